@@ -1,0 +1,59 @@
+//! Stages that await I/O.
+
+use std::fmt;
+use std::future::Future;
+
+use crate::{Burst, ErrorPolicy, Failures, Outbox};
+
+/// A typed pipeline step that awaits: one future per *burst*, never one per item.
+///
+/// The runtime drives async stages on the tokio current-thread runtime owned by the
+/// stage's worker, as one long-lived task; the stage's future may await sockets, files
+/// or timers. Items left in the burst when the future completes are offered again.
+///
+/// ```
+/// use pipewright_stages::{AsyncStage, Burst, Failures, Outbox};
+///
+/// /// Resolves names with some async lookup; here a timer stands in for it.
+/// struct Resolve;
+///
+/// impl AsyncStage for Resolve {
+///     type In = String;
+///     type Out = (String, usize);
+///     type Error = std::convert::Infallible;
+///
+///     async fn process_burst(
+///         &mut self,
+///         burst: &mut Burst<'_, String>,
+///         out: &mut Outbox<'_, (String, usize)>,
+///         _failures: &mut Failures<'_, Self::Error>,
+///     ) {
+///         tokio::time::sleep(std::time::Duration::from_millis(1)).await; // one await per burst
+///         while let Some(name) = burst.pop() {
+///             let len = name.len();
+///             out.push((name, len));
+///         }
+///     }
+/// }
+/// ```
+pub trait AsyncStage: Send + 'static {
+    /// What the stage consumes.
+    type In: Send + 'static;
+    /// What the stage emits.
+    type Out: Send + 'static;
+    /// Why one item failed.
+    type Error: fmt::Debug + fmt::Display + Send + 'static;
+
+    /// Processes a burst; per-item failures go to `failures`.
+    fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, Self::In>,
+        out: &mut Outbox<'_, Self::Out>,
+        failures: &mut Failures<'_, Self::Error>,
+    ) -> impl Future<Output = ()>;
+
+    /// How the executor treats failed items and panics of this stage.
+    fn error_policy(&self) -> ErrorPolicy {
+        ErrorPolicy::DropAndCount
+    }
+}

@@ -1,0 +1,258 @@
+//! The interface between a built [`Pipeline`](crate::Pipeline) and an executor.
+//!
+//! Users do not need this module; executors do. A pipeline is a graph of type-erased
+//! *nodes* joined by type-erased *edges*. The executor chooses a [`Transport`] (how an
+//! edge carries items: a lock-free ring between workers, a plain buffer between fused
+//! stages), asks each edge to [`connect`](ErasedEdge::connect) itself, binds the typed
+//! ends into the nodes, then activates nodes. Types were checked when the pipeline was
+//! built; binding a wrong end is a [`BindError`], never undefined behaviour.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// How items cross edges. An executor implements this once for all item types.
+pub trait Transport: Send + Sync + Sized + 'static {
+    /// The producing end of an edge.
+    type Sender<T: Send + 'static>: OutPort<T> + 'static;
+    /// The consuming end of an edge.
+    type Receiver<T: Send + 'static>: InPort<T> + 'static;
+
+    /// Makes the channel for one edge: one sender per producer endpoint, in the order of
+    /// [`EdgeInfo::producers`], and the receiver.
+    fn channel<T: Send + 'static>(
+        &self,
+        edge: &EdgeInfo,
+    ) -> (Vec<Self::Sender<T>>, Self::Receiver<T>);
+}
+
+/// The producing end of an edge, used one burst at a time.
+pub trait OutPort<T>: Send {
+    /// Moves as many items as fit from the front of `items`; what does not fit stays.
+    fn push(&mut self, items: &mut VecDeque<T>);
+    /// Marks this producer as finished; the consumer ends once all producers have.
+    fn close(&mut self);
+}
+
+/// The consuming end of an edge, used one burst at a time.
+pub trait InPort<T>: Send {
+    /// Appends up to `max` items to `items`; returns how many.
+    fn pull(&mut self, items: &mut VecDeque<T>, max: usize) -> usize;
+    /// True once every producer has closed and every item has been pulled.
+    fn is_finished(&self) -> bool;
+    /// Items waiting in the edge (may be stale by the time it returns).
+    fn len(&self) -> usize;
+    /// True when no items are waiting.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Index of a node in [`Pipeline::nodes`](crate::Pipeline).
+pub type NodeId = usize;
+/// Index of an edge in [`Pipeline::edges`](crate::Pipeline).
+pub type EdgeId = usize;
+
+/// One end of an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Output port `port` (or the input) of node `node`.
+    Node {
+        /// The node.
+        node: NodeId,
+        /// The port index (0 for single-output nodes and for inputs).
+        port: usize,
+    },
+    /// An input the application sends into, by index in declaration order.
+    Input(usize),
+    /// An output the application receives from, by index in declaration order.
+    Output(usize),
+}
+
+/// What an executor knows about one edge when it builds its channel.
+#[derive(Debug, Clone)]
+pub struct EdgeInfo {
+    /// The edge's index.
+    pub id: EdgeId,
+    /// Who pushes into it (more than one for a merge).
+    pub producers: Vec<Endpoint>,
+    /// Who pulls from it.
+    pub consumer: Endpoint,
+    /// `std::any::type_name` of the items, for diagnostics.
+    pub item_type: &'static str,
+}
+
+/// Why a typed end could not be bound into a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// The end carried another item type than the port expects.
+    #[error("edge end of the wrong type for port {port} of `{node}`")]
+    WrongType {
+        /// The node's name.
+        node: String,
+        /// The port index.
+        port: usize,
+    },
+    /// The node has no such port.
+    #[error("`{node}` has no port {port}")]
+    NoSuchPort {
+        /// The node's name.
+        node: String,
+        /// The port index.
+        port: usize,
+    },
+}
+
+/// What one activation of a node achieved; the executor schedules by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// Items were consumed or emitted.
+    Progress,
+    /// No input is waiting.
+    Idle,
+    /// Output is full; the node will not take input until it drains.
+    Blocked,
+    /// The stage holds input it may not process yet (rate limit); retry after this long.
+    Throttled(Duration),
+    /// Input ended, everything was emitted, outputs are closed.
+    Finished,
+    /// The stage failed under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy).
+    Failed(crate::StageFailure),
+}
+
+/// Why items were dropped, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The stage reported an error for the item.
+    Error,
+    /// The stage panicked while processing the item.
+    Panic,
+    /// A router's key chose no existing route.
+    Unrouted,
+    /// The pipeline was aborted (failure or shutdown deadline) with the item in flight.
+    Aborted,
+    /// A timeout layer gave up on the item.
+    Timeout,
+}
+
+impl DropReason {
+    /// The label value used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Error => "error",
+            DropReason::Panic => "panic",
+            DropReason::Unrouted => "unrouted",
+            DropReason::Aborted => "aborted",
+            DropReason::Timeout => "timeout",
+        }
+    }
+
+    /// Every reason, for exporters that pre-register counters.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Error,
+        DropReason::Panic,
+        DropReason::Unrouted,
+        DropReason::Aborted,
+        DropReason::Timeout,
+    ];
+}
+
+/// Receives a node's per-burst accounting. Called once per burst, never per item.
+pub trait Observer: Send {
+    /// A burst took `items_in` items and emitted `items_out`; `nanos` is the burst's
+    /// service time when this burst was timed (the node samples).
+    fn burst(&mut self, items_in: usize, items_out: usize, nanos: Option<u64>);
+    /// `count` items were dropped for `reason`.
+    fn dropped(&mut self, reason: DropReason, count: usize);
+    /// The stage panicked (the item in hand is also reported as dropped).
+    fn panicked(&mut self, message: &str);
+}
+
+/// An observer that records nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {
+    fn burst(&mut self, _: usize, _: usize, _: Option<u64>) {}
+    fn dropped(&mut self, _: DropReason, _: usize) {}
+    fn panicked(&mut self, _: &str) {}
+}
+
+/// How a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Called from the worker's loop: [`ErasedNode::activate`].
+    Sync,
+    /// Runs as one long-lived task on the worker's async runtime:
+    /// [`ErasedNode::into_task`].
+    Async,
+}
+
+/// What a long-lived async node task needs from its executor.
+pub trait TaskContext: 'static {
+    /// Waits until woken by an edge (input arrived, output space freed) or until
+    /// `timeout`; spurious returns are allowed.
+    fn park(&self, timeout: Option<Duration>) -> Pin<Box<dyn Future<Output = ()> + '_>>;
+    /// True once the pipeline is aborting; the task returns promptly.
+    fn aborted(&self) -> bool;
+    /// Reports a failure under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy).
+    fn fail(&self, failure: crate::StageFailure);
+}
+
+/// A type-erased pipeline node, ready to be bound and run.
+pub trait ErasedNode<X: Transport>: Send {
+    /// How the node runs.
+    fn kind(&self) -> NodeKind;
+    /// Number of output ports.
+    fn outputs(&self) -> usize;
+    /// Whether the node has an input port (sources do not).
+    fn has_input(&self) -> bool;
+    /// Binds the receiver of the node's input edge (an `X::Receiver<In>`).
+    fn bind_input(&mut self, port: Box<dyn Any + Send>) -> Result<(), BindError>;
+    /// Binds the sender of output port `index` (an `X::Sender<Out>`).
+    fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError>;
+    /// Sets where per-burst accounting goes.
+    fn bind_observer(&mut self, observer: Box<dyn Observer>);
+    /// Sets the most items taken per activation (at least 1).
+    fn set_burst(&mut self, burst: usize);
+    /// The burst size in use.
+    fn burst(&self) -> usize;
+    /// One activation of a [`NodeKind::Sync`] node.
+    fn activate(&mut self) -> Activation;
+    /// Turns a [`NodeKind::Async`] node into its task (called once, at start).
+    fn into_task(
+        self: Box<Self>,
+        cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>>;
+    /// Drops everything the node holds (abort), returning how many items it held.
+    fn abandon(&mut self) -> usize;
+}
+
+/// A type-erased edge, able to build its typed channel from a transport.
+pub trait ErasedEdge<X: Transport>: Send {
+    /// Builds the channel; returns the boxed senders (one per producer) and receiver.
+    fn connect(
+        &self,
+        transport: &X,
+        info: &EdgeInfo,
+    ) -> (Vec<Box<dyn Any + Send>>, Box<dyn Any + Send>);
+}
+
+pub(crate) struct TypedEdge<T>(pub(crate) std::marker::PhantomData<fn(T)>);
+
+impl<X: Transport, T: Send + 'static> ErasedEdge<X> for TypedEdge<T> {
+    fn connect(
+        &self,
+        transport: &X,
+        info: &EdgeInfo,
+    ) -> (Vec<Box<dyn Any + Send>>, Box<dyn Any + Send>) {
+        let (senders, receiver) = transport.channel::<T>(info);
+        let senders = senders
+            .into_iter()
+            .map(|s| Box::new(s) as Box<dyn Any + Send>)
+            .collect();
+        (senders, Box::new(receiver))
+    }
+}

@@ -1,0 +1,67 @@
+//! Where items come from when they are not sent in from outside.
+
+use std::time::Duration;
+
+use crate::Outbox;
+
+/// What a [`Source`] reports after a pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// It produced items (or may have more right away).
+    Ready,
+    /// Nothing now; try again after the given time, or when woken if `None`.
+    Idle(Option<Duration>),
+    /// It will never produce again; its output is closed once drained.
+    Exhausted,
+}
+
+/// A producer of items driven by a worker: a generator, a file reader, a socket.
+///
+/// ```
+/// use pipewright_stages::{Outbox, Source, SourceState};
+///
+/// struct Count(u64, u64);
+///
+/// impl Source for Count {
+///     type Out = u64;
+///     fn pull(&mut self, out: &mut Outbox<'_, u64>, max: usize) -> SourceState {
+///         for _ in 0..max {
+///             if self.0 == self.1 {
+///                 return SourceState::Exhausted;
+///             }
+///             out.push(self.0);
+///             self.0 += 1;
+///         }
+///         SourceState::Ready
+///     }
+/// }
+/// ```
+pub trait Source: Send + 'static {
+    /// What the source emits.
+    type Out: Send + 'static;
+
+    /// Emits up to `max` items.
+    fn pull(&mut self, out: &mut Outbox<'_, Self::Out>, max: usize) -> SourceState;
+}
+
+/// A source over any iterator.
+#[derive(Debug)]
+pub struct IterSource<I>(pub I);
+
+impl<I> Source for IterSource<I>
+where
+    I: Iterator + Send + 'static,
+    I::Item: Send + 'static,
+{
+    type Out = I::Item;
+
+    fn pull(&mut self, out: &mut Outbox<'_, I::Item>, max: usize) -> SourceState {
+        for _ in 0..max {
+            match self.0.next() {
+                Some(item) => out.push(item),
+                None => return SourceState::Exhausted,
+            }
+        }
+        SourceState::Ready
+    }
+}

@@ -1,0 +1,153 @@
+//! Requests that carry their own completion through a pipeline, so that a whole
+//! pipeline can be served as a `tower::Service` with one answer per request.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+
+use tokio::sync::oneshot;
+
+use crate::{Outbox, RequestError, Stage};
+
+/// The completion of one request: answering it consumes it; dropping it unanswered
+/// tells the caller [`RequestError::Dropped`].
+pub struct Ticket<R> {
+    reply: oneshot::Sender<Result<R, RequestError>>,
+}
+
+impl<R> fmt::Debug for Ticket<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ticket")
+    }
+}
+
+impl<R> Ticket<R> {
+    /// Answers the request. Returns false when the caller has gone away.
+    pub fn answer(self, result: Result<R, RequestError>) -> bool {
+        self.reply.send(result).is_ok()
+    }
+}
+
+/// An item of type `T` travelling through a pipeline on behalf of a request whose
+/// response type is `R`, or the error that already ended it.
+pub struct Tagged<T, R> {
+    ticket: Ticket<R>,
+    value: Result<T, RequestError>,
+}
+
+impl<T: fmt::Debug, R> fmt::Debug for Tagged<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tagged").field("value", &self.value).finish()
+    }
+}
+
+/// Where the caller of a tagged request waits for its answer.
+pub type Reply<R> = oneshot::Receiver<Result<R, RequestError>>;
+
+impl<T, R> Tagged<T, R> {
+    /// A new request and the receiver its answer will arrive on.
+    pub fn new(value: T) -> (Self, Reply<R>) {
+        let (reply, rx) = oneshot::channel();
+        (Self { ticket: Ticket { reply }, value: Ok(value) }, rx)
+    }
+
+    /// The value, or the error that ended the request.
+    pub fn value(&self) -> Result<&T, &RequestError> {
+        self.value.as_ref()
+    }
+
+    /// Splits into the ticket and the value.
+    pub fn into_parts(self) -> (Ticket<R>, Result<T, RequestError>) {
+        (self.ticket, self.value)
+    }
+}
+
+impl<R> Tagged<R, R> {
+    /// Answers the request with its value (or its error).
+    pub fn respond(self) -> bool {
+        self.ticket.answer(self.value)
+    }
+}
+
+/// Runs a one-in-one-out [`Stage`] on tagged requests: the ticket follows the item; an
+/// error, no output or several outputs answer the request with a [`RequestError`].
+pub struct TaggedStage<S: Stage, R> {
+    name: String,
+    inner: S,
+    scratch: VecDeque<S::Out>,
+    _r: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<S: Stage, R> fmt::Debug for TaggedStage<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaggedStage").field("name", &self.name).finish()
+    }
+}
+
+impl<S: Stage, R> TaggedStage<S, R> {
+    /// Wraps `inner`; `name` appears in the request errors it produces.
+    pub fn new(name: &str, inner: S) -> Self {
+        Self { name: name.to_string(), inner, scratch: VecDeque::new(), _r: std::marker::PhantomData }
+    }
+}
+
+impl<S: Stage, R: Send + 'static> Stage for TaggedStage<S, R> {
+    type In = Tagged<S::In, R>;
+    type Out = Tagged<S::Out, R>;
+    type Error = Infallible;
+
+    #[inline]
+    fn process(&mut self, item: Self::In, out: &mut Outbox<'_, Self::Out>) -> Result<(), Infallible> {
+        let Tagged { ticket, value } = item;
+        let value = match value {
+            Err(e) => Err(e),
+            Ok(v) => {
+                self.scratch.clear();
+                match self.inner.process(v, &mut Outbox::new(&mut self.scratch)) {
+                    Err(e) => Err(RequestError::Stage { stage: self.name.clone(), message: e.to_string() }),
+                    Ok(()) => match self.scratch.len() {
+                        1 => Ok(self.scratch.pop_front().expect("length checked")),
+                        0 => Err(RequestError::NoOutput { stage: self.name.clone() }),
+                        n => {
+                            self.scratch.clear();
+                            Err(RequestError::Ambiguous { stage: self.name.clone(), outputs: n })
+                        }
+                    },
+                }
+            }
+        };
+        out.push(Tagged { ticket, value });
+        Ok(())
+    }
+}
+
+/// The sink that answers tagged requests.
+#[derive(Debug)]
+pub(crate) struct Respond<R>(pub(crate) std::marker::PhantomData<fn(R)>);
+
+impl<R: Send + 'static> Stage for Respond<R> {
+    type In = Tagged<R, R>;
+    type Out = ();
+    type Error = Infallible;
+
+    #[inline]
+    fn process(&mut self, item: Self::In, _out: &mut Outbox<'_, ()>) -> Result<(), Infallible> {
+        // A caller that stopped waiting is not an error of the pipeline.
+        let _answered = item.respond();
+        Ok(())
+    }
+}
+
+impl<'b, T: Send + 'static, R: Send + 'static, X: crate::exec::Transport> crate::Stream<'b, Tagged<T, R>, X> {
+    /// Feeds tagged requests through a one-in-one-out stage; see [`TaggedStage`].
+    pub fn then_tagged<S: Stage<In = T>>(self, name: &str, stage: S) -> crate::Stream<'b, Tagged<S::Out, R>, X> {
+        self.then(name, TaggedStage::new(name, stage))
+    }
+}
+
+impl<R: Send + 'static, X: crate::exec::Transport> crate::Stream<'_, Tagged<R, R>, X> {
+    /// Ends the stream by answering every request.
+    pub fn respond(self, name: &str) {
+        self.sink(name, Respond(std::marker::PhantomData));
+    }
+}
