@@ -1,1 +1,82 @@
-//! placeholder
+//! The runtime of [pipewright]: runs pipelines built with `pipewright-stages` on
+//! pinned worker threads joined by lock-free rings.
+//!
+//! - [`Plan`]: which stages share a worker (fused: called directly on each other's
+//!   bursts) and which are joined by a ring, on which CPUs, with which ring and burst
+//!   sizes.
+//! - [`Runtime::start`] → [`Running`]: [`Input`]/[`Output`] handles, [`Running::drain`]
+//!   (every accepted item processed), [`Running::shutdown`] with a deadline,
+//!   [`Running::snapshot`] of per-stage counters.
+//! - [`ring`]: the bounded SPSC and MPSC rings, loom-checked.
+//! - [`PipelineService`]: a running pipeline as a `tower::Service`.
+//!
+//! ```
+//! use pipewright_runtime::{stage, Plan, PipelineBuilder, Runtime};
+//!
+//! let b = PipelineBuilder::new();
+//! let numbers = b.source("numbers", pipewright_runtime::IterSource(0..10_000u64));
+//! let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+//! let sum = total.clone();
+//! numbers
+//!     .then("double", stage::map(|x: u64| x * 2))
+//!     .for_each("sum", move |x| { sum.fetch_add(x, std::sync::atomic::Ordering::Relaxed); });
+//! let report = Runtime::start(b.build()?, Plan::spread(2))?.join()?;
+//! assert!(report.completed);
+//! assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 2 * (0..10_000u64).sum::<u64>());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [pipewright]: https://docs.rs/pipewright
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub, unsafe_op_in_unsafe_fn, rust_2018_idioms)]
+
+pub(crate) mod sync;
+
+pub mod ring;
+pub mod signal;
+
+#[cfg(not(loom))]
+mod handles;
+#[cfg(not(loom))]
+mod link;
+#[cfg(not(loom))]
+mod plan;
+#[cfg(all(not(loom), feature = "prometheus"))]
+pub mod prometheus;
+#[cfg(not(loom))]
+mod running;
+#[cfg(not(loom))]
+mod service;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod transport;
+#[cfg(not(loom))]
+mod worker;
+
+#[cfg(not(loom))]
+pub use handles::{Input, Output, SendError, TrySendError};
+#[cfg(not(loom))]
+pub use plan::{available_cpus, Pin, Plan, PlanError, ResolvedPlan, ResolvedWorker, WorkerSpec, DEFAULT_RING_CAPACITY};
+#[cfg(not(loom))]
+pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
+#[cfg(not(loom))]
+pub use service::{PipelineService, ResponseFuture};
+#[cfg(not(loom))]
+pub use stats::{Snapshot, StageSnapshot};
+#[cfg(not(loom))]
+pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTransport};
+
+#[cfg(not(loom))]
+pub use pipewright_stages::{
+    layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer, Outbox,
+    OutputId, RequestError, ServiceStage, Source, SourceState, Stage, StageFailure, Tagged,
+};
+
+/// The pipeline builder for this runtime: `pipewright_stages::PipelineBuilder` with the
+/// runtime's [`RingTransport`].
+#[cfg(not(loom))]
+pub type PipelineBuilder = pipewright_stages::PipelineBuilder<RingTransport>;
+
+/// A typed stream of a [`PipelineBuilder`].
+#[cfg(not(loom))]
+pub type Stream<'b, T> = pipewright_stages::Stream<'b, T, RingTransport>;

@@ -19,6 +19,9 @@ pub trait Transport: Send + Sync + Sized + 'static {
     type Sender<T: Send + 'static>: OutPort<T> + 'static;
     /// The consuming end of an edge.
     type Receiver<T: Send + 'static>: InPort<T> + 'static;
+    /// A type-erased handle on an edge that the executor keeps for itself (occupancy
+    /// probes, closing, discarding), made while the item type is still known.
+    type EdgeHandle: Send + 'static;
 
     /// Makes the channel for one edge: one sender per producer endpoint, in the order of
     /// [`EdgeInfo::producers`], and the receiver.
@@ -26,6 +29,25 @@ pub trait Transport: Send + Sync + Sized + 'static {
         &self,
         edge: &EdgeInfo,
     ) -> (Vec<Self::Sender<T>>, Self::Receiver<T>);
+
+    /// Makes the executor's handle on an edge from its receiver.
+    fn edge_handle<T: Send + 'static>(receiver: &Self::Receiver<T>) -> Self::EdgeHandle;
+}
+
+/// An edge's channel, its ends boxed for binding into nodes.
+pub struct Connected<X: Transport> {
+    /// One sender (an `X::Sender<T>`) per producer, in [`EdgeInfo::producers`] order.
+    pub senders: Vec<Box<dyn Any + Send>>,
+    /// The receiver (an `X::Receiver<T>`).
+    pub receiver: Box<dyn Any + Send>,
+    /// The executor's own handle on the edge.
+    pub handle: X::EdgeHandle,
+}
+
+impl<X: Transport> std::fmt::Debug for Connected<X> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected").field("senders", &self.senders.len()).finish()
+    }
 }
 
 /// The producing end of an edge, used one burst at a time.
@@ -232,27 +254,20 @@ pub trait ErasedNode<X: Transport>: Send {
 
 /// A type-erased edge, able to build its typed channel from a transport.
 pub trait ErasedEdge<X: Transport>: Send {
-    /// Builds the channel; returns the boxed senders (one per producer) and receiver.
-    fn connect(
-        &self,
-        transport: &X,
-        info: &EdgeInfo,
-    ) -> (Vec<Box<dyn Any + Send>>, Box<dyn Any + Send>);
+    /// Builds the channel.
+    fn connect(&self, transport: &X, info: &EdgeInfo) -> Connected<X>;
 }
 
 pub(crate) struct TypedEdge<T>(pub(crate) std::marker::PhantomData<fn(T)>);
 
 impl<X: Transport, T: Send + 'static> ErasedEdge<X> for TypedEdge<T> {
-    fn connect(
-        &self,
-        transport: &X,
-        info: &EdgeInfo,
-    ) -> (Vec<Box<dyn Any + Send>>, Box<dyn Any + Send>) {
+    fn connect(&self, transport: &X, info: &EdgeInfo) -> Connected<X> {
         let (senders, receiver) = transport.channel::<T>(info);
-        let senders = senders
-            .into_iter()
-            .map(|s| Box::new(s) as Box<dyn Any + Send>)
-            .collect();
-        (senders, Box::new(receiver))
+        let handle = X::edge_handle::<T>(&receiver);
+        Connected {
+            senders: senders.into_iter().map(|s| Box::new(s) as Box<dyn Any + Send>).collect(),
+            receiver: Box::new(receiver),
+            handle,
+        }
     }
 }

@@ -94,6 +94,7 @@ impl<T: Send> InPort<T> for InlineReceiver<T> {
 impl Transport for InlineTransport {
     type Sender<T: Send + 'static> = InlineSender<T>;
     type Receiver<T: Send + 'static> = InlineReceiver<T>;
+    type EdgeHandle = ();
 
     fn channel<T: Send + 'static>(&self, edge: &EdgeInfo) -> (Vec<InlineSender<T>>, InlineReceiver<T>) {
         // Outputs are read after the run; they must not block it.
@@ -109,6 +110,8 @@ impl Transport for InlineTransport {
         let senders = edge.producers.iter().map(|_| InlineSender { chan: chan.clone(), closed: false }).collect();
         (senders, InlineReceiver { chan })
     }
+
+    fn edge_handle<T: Send + 'static>(_: &InlineReceiver<T>) {}
 }
 
 /// Why an inline run stopped.
@@ -159,7 +162,8 @@ impl InlineRun {
         let mut outputs: Vec<Option<Box<dyn Any + Send>>> = (0..pipeline.outputs.len()).map(|_| None).collect();
         for e in 0..pipeline.edges.len() {
             let info = pipeline.edges[e].info.clone();
-            let (senders, receiver) = pipeline.edges[e].edge.connect(&InlineTransport, &info);
+            let connected = pipeline.edges[e].edge.connect(&InlineTransport, &info);
+            let (senders, receiver) = (connected.senders, connected.receiver);
             for (producer, sender) in info.producers.iter().zip(senders) {
                 match *producer {
                     Endpoint::Node { node, port } => pipeline.nodes[node].node.bind_output(port, sender).expect("types checked at build"),

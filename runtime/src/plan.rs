@@ -1,0 +1,270 @@
+//! Plans: which stages run on which worker, pinned to which core, with which ring
+//! sizes and bursts. Plans are plain data: printable, comparable, buildable in code.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// Default slots per inter-worker ring.
+pub const DEFAULT_RING_CAPACITY: usize = 1024;
+
+/// Where a worker's thread runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// Pinned to this CPU id.
+    Core(usize),
+    /// Pinned to CPU `worker index % number of CPUs` (the default).
+    Auto,
+    /// Not pinned: the OS scheduler decides.
+    Float,
+}
+
+/// One worker of a plan: a pinned OS thread running the listed stages, fused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// Stage names, in any order (the runtime runs them in pipeline order).
+    pub stages: Vec<String>,
+    /// CPU placement.
+    pub pin: Pin,
+}
+
+/// How stages are laid out on workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    Fused,
+    PerStage,
+    Spread(usize),
+    Explicit(Vec<WorkerSpec>),
+}
+
+/// A mapping of stages onto workers, plus ring capacities and burst sizes.
+///
+/// ```
+/// use pipewright_runtime::{Pin, Plan};
+///
+/// // Two workers: parse+checksum fused on CPU 0, route+sink on CPU 1.
+/// let plan = Plan::explicit()
+///     .worker(["parse", "checksum"], Pin::Core(0))
+///     .worker(["route", "sink"], Pin::Core(1))
+///     .ring_capacity(4096)
+///     .burst("parse", 64);
+/// println!("{plan}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    layout: Layout,
+    ring_capacity: usize,
+    ring_overrides: HashMap<String, usize>,
+    bursts: HashMap<String, usize>,
+}
+
+impl Default for Plan {
+    /// Spread over as many workers as the machine has CPUs.
+    fn default() -> Self {
+        Self::spread(available_cpus())
+    }
+}
+
+/// CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl Plan {
+    fn with_layout(layout: Layout) -> Self {
+        Self { layout, ring_capacity: DEFAULT_RING_CAPACITY, ring_overrides: HashMap::new(), bursts: HashMap::new() }
+    }
+
+    /// Every stage on one worker: all edges fused, no rings.
+    pub fn fused() -> Self {
+        Self::with_layout(Layout::Fused)
+    }
+
+    /// One worker per stage: every edge is a ring.
+    pub fn per_stage() -> Self {
+        Self::with_layout(Layout::PerStage)
+    }
+
+    /// `workers` workers, each taking a contiguous run of stages in pipeline order
+    /// (balanced by count).
+    pub fn spread(workers: usize) -> Self {
+        Self::with_layout(Layout::Spread(workers))
+    }
+
+    /// An explicit plan; add workers with [`worker`](Plan::worker).
+    pub fn explicit() -> Self {
+        Self::with_layout(Layout::Explicit(Vec::new()))
+    }
+
+    /// Adds a worker running `stages` (only for [`Plan::explicit`] plans; on another
+    /// plan this turns it into an explicit one).
+    pub fn worker<S: Into<String>>(mut self, stages: impl IntoIterator<Item = S>, pin: Pin) -> Self {
+        let spec = WorkerSpec { stages: stages.into_iter().map(Into::into).collect(), pin };
+        match &mut self.layout {
+            Layout::Explicit(workers) => workers.push(spec),
+            other => *other = Layout::Explicit(vec![spec]),
+        }
+        self
+    }
+
+    /// Slots of every inter-worker ring (rounded up to a power of two).
+    pub fn ring_capacity(mut self, capacity: usize) -> Self {
+        self.ring_capacity = capacity;
+        self
+    }
+
+    /// Slots of the ring in front of one stage (or application output).
+    pub fn ring_capacity_for(mut self, stage: &str, capacity: usize) -> Self {
+        self.ring_overrides.insert(stage.to_string(), capacity);
+        self
+    }
+
+    /// Burst size of one stage (overrides what the builder set).
+    pub fn burst(mut self, stage: &str, burst: usize) -> Self {
+        self.bursts.insert(stage.to_string(), burst);
+        self
+    }
+
+    /// Sets the burst size of every stage.
+    pub fn burst_all(mut self, burst: usize) -> Self {
+        self.bursts.insert(ALL.to_string(), burst);
+        self
+    }
+
+    pub(crate) fn burst_for(&self, stage: &str) -> Option<usize> {
+        self.bursts.get(stage).or_else(|| self.bursts.get(ALL)).copied()
+    }
+
+    pub(crate) fn ring_for(&self, consumer: &str) -> usize {
+        self.ring_overrides.get(consumer).copied().unwrap_or(self.ring_capacity)
+    }
+
+    /// Resolves the plan against a pipeline's stage names (in pipeline order).
+    pub fn resolve(&self, stages: &[&str]) -> Result<ResolvedPlan, PlanError> {
+        if self.ring_capacity == 0 || self.ring_overrides.values().any(|c| *c == 0) {
+            return Err(PlanError::ZeroRing);
+        }
+        if let Some((stage, _)) = self.bursts.iter().find(|(_, b)| **b == 0) {
+            return Err(PlanError::ZeroBurst(stage.clone()));
+        }
+        for name in self.bursts.keys().chain(self.ring_overrides.keys()) {
+            if name != ALL && !stages.contains(&name.as_str()) {
+                return Err(PlanError::UnknownStage(name.clone()));
+            }
+        }
+        let n = stages.len();
+        let groups: Vec<(Vec<usize>, Pin)> = match &self.layout {
+            Layout::Fused => vec![((0..n).collect(), Pin::Auto)],
+            Layout::PerStage => (0..n).map(|i| (vec![i], Pin::Auto)).collect(),
+            Layout::Spread(0) => return Err(PlanError::NoWorkers),
+            Layout::Spread(w) => {
+                let w = (*w).min(n.max(1));
+                (0..w).map(|k| ((k * n / w..(k + 1) * n / w).collect(), Pin::Auto)).collect()
+            }
+            Layout::Explicit(workers) => {
+                if workers.is_empty() {
+                    return Err(PlanError::NoWorkers);
+                }
+                let mut seen = vec![false; n];
+                let mut groups = Vec::new();
+                for w in workers {
+                    let mut ids = Vec::new();
+                    for name in &w.stages {
+                        let id = stages.iter().position(|s| s == name).ok_or_else(|| PlanError::UnknownStage(name.clone()))?;
+                        if std::mem::replace(&mut seen[id], true) {
+                            return Err(PlanError::StageTwice(name.clone()));
+                        }
+                        ids.push(id);
+                    }
+                    ids.sort_unstable();
+                    groups.push((ids, w.pin));
+                }
+                if let Some(missing) = seen.iter().position(|s| !s) {
+                    return Err(PlanError::StageMissing(stages[missing].to_string()));
+                }
+                groups
+            }
+        };
+        let cpus = available_cpus();
+        let mut workers = Vec::new();
+        for (index, (nodes, pin)) in groups.into_iter().enumerate() {
+            let core = match pin {
+                Pin::Core(c) if c >= cpus => return Err(PlanError::NoSuchCore { core: c, cpus }),
+                Pin::Core(c) => Some(c),
+                Pin::Auto => Some(index % cpus),
+                Pin::Float => None,
+            };
+            workers.push(ResolvedWorker { nodes, core });
+        }
+        Ok(ResolvedPlan { workers })
+    }
+}
+
+const ALL: &str = "*";
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.layout {
+            Layout::Fused => write!(f, "fused (one worker)")?,
+            Layout::PerStage => write!(f, "one worker per stage")?,
+            Layout::Spread(w) => write!(f, "spread over {w} workers")?,
+            Layout::Explicit(workers) => {
+                for (i, w) in workers.iter().enumerate() {
+                    let pin = match w.pin {
+                        Pin::Core(c) => format!("cpu {c}"),
+                        Pin::Auto => "cpu auto".into(),
+                        Pin::Float => "unpinned".into(),
+                    };
+                    write!(f, "{}worker {i} [{pin}]: {}", if i > 0 { "; " } else { "" }, w.stages.join(" -> "))?;
+                }
+            }
+        }
+        write!(f, "; rings {} slots", self.ring_capacity)
+    }
+}
+
+/// A plan resolved against a pipeline: node ids per worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPlan {
+    /// Workers in order.
+    pub workers: Vec<ResolvedWorker>,
+}
+
+/// One resolved worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedWorker {
+    /// Node ids, in pipeline order.
+    pub nodes: Vec<usize>,
+    /// CPU to pin to, if any.
+    pub core: Option<usize>,
+}
+
+/// Why a plan does not fit a pipeline or this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The plan names a stage the pipeline does not have.
+    #[error("the plan names stage `{0}`, which the pipeline does not have; check the names passed to the builder")]
+    UnknownStage(String),
+    /// A stage appears on two workers.
+    #[error("stage `{0}` is placed on two workers; give each stage exactly one worker")]
+    StageTwice(String),
+    /// A stage appears on no worker.
+    #[error("stage `{0}` is on no worker; add it to one")]
+    StageMissing(String),
+    /// The plan has no workers.
+    #[error("the plan has no workers; add at least one")]
+    NoWorkers,
+    /// A ring of zero slots could never carry an item.
+    #[error("a ring capacity of 0 was requested; use at least 1 (it is rounded up to a power of two)")]
+    ZeroRing,
+    /// A burst of zero would never make progress.
+    #[error("stage `{0}` has burst size 0; use at least 1")]
+    ZeroBurst(String),
+    /// Pinning to a CPU that does not exist.
+    #[error("CPU {core} does not exist: this machine has {cpus} (ids 0..{cpus}); pick one of those or Pin::Auto")]
+    NoSuchCore {
+        /// The requested CPU.
+        core: usize,
+        /// CPUs available.
+        cpus: usize,
+    },
+}

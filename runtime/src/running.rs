@@ -1,0 +1,422 @@
+//! Starting a pipeline on workers, and its lifecycle: drain, shutdown with a deadline,
+//! join, snapshots.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+use pipewright_stages::exec::{BindError, Endpoint, NodeKind};
+use pipewright_stages::{InputId, OutputId, Pipeline, StageFailure};
+
+use crate::handles::{Input, Output};
+use crate::link::{Link, Waker};
+use crate::plan::{Plan, PlanError};
+use crate::signal::Signal;
+use crate::stats::{Snapshot, StageStats, StatsObserver};
+use crate::transport::{EdgeKind, EdgePlan, RingReceiver, RingSender, RingTransport};
+use crate::worker::{self, Control, WorkerSetup};
+
+/// A pipeline built for the runtime.
+pub type RuntimePipeline = Pipeline<RingTransport>;
+
+/// Why a pipeline did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The plan does not fit the pipeline or the machine.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// An edge end could not be bound (a bug: types are checked at build time).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A worker thread could not be spawned.
+    #[error("cannot spawn a worker thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Why a run ended badly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// A stage failed under `ErrorPolicy::FailPipeline` (or a worker died).
+    #[error(transparent)]
+    Failed(#[from] StageFailure),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// True when every stage finished by draining its input (nothing was abandoned).
+    pub completed: bool,
+    /// Items dropped because the run was aborted or hit its deadline (also in the
+    /// per-stage `aborted` counters).
+    pub abandoned: u64,
+    /// Items that reached an output nobody took a handle for (discarded, counted).
+    pub unclaimed_outputs: u64,
+    /// Wall time from start to the end of the run.
+    pub elapsed: Duration,
+    /// Final counters.
+    pub snapshot: Snapshot,
+}
+
+type Discard = fn(&mut (dyn Any + Send)) -> u64;
+
+struct StageMeta {
+    name: String,
+    worker: usize,
+    burst: usize,
+    stats: Arc<StageStats>,
+    input: Option<(EdgeKind, usize, Box<dyn Fn() -> usize + Send + Sync>)>,
+}
+
+/// A pipeline running on its workers.
+///
+/// ```
+/// use pipewright_runtime::{stage, Plan, PipelineBuilder, Runtime};
+///
+/// let b = PipelineBuilder::new();
+/// let (input, numbers) = b.input::<u64>("numbers");
+/// let out = numbers
+///     .then("square", stage::map(|x: u64| x * x))
+///     .then("plus-one", stage::map(|x: u64| x + 1))
+///     .output("results");
+/// let mut running = Runtime::start(b.build()?, Plan::spread(2))?;
+/// let mut tx = running.input(&input).expect("input open");
+/// let rx = running.output(&out).expect("output not taken yet");
+/// for i in 0..1000 {
+///     tx.send(i)?;
+/// }
+/// drop(tx);
+/// let report = running.drain()?;
+/// assert!(report.completed);
+/// assert_eq!(rx.collect().len(), 1000);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Running {
+    control: Arc<Control>,
+    threads: Vec<JoinHandle<()>>,
+    inputs: Vec<Option<Box<dyn Any + Send>>>,
+    input_closers: Vec<Box<dyn Fn() + Send + Sync>>,
+    outputs: Vec<Option<Box<dyn Any + Send>>>,
+    output_discards: Vec<Discard>,
+    stages: Vec<StageMeta>,
+    edges: Vec<(String, EdgeKind)>,
+    started: Instant,
+    plan: Plan,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("plan", &self.plan.to_string()).field("workers", &self.threads.len()).finish()
+    }
+}
+
+/// Starts pipelines.
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime;
+
+impl Runtime {
+    /// Starts `pipeline` on the workers of `plan`.
+    pub fn start(mut pipeline: RuntimePipeline, plan: Plan) -> Result<Running, StartError> {
+        let names: Vec<String> = pipeline.nodes.iter().map(|n| n.name.clone()).collect();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let resolved = plan.resolve(&name_refs)?;
+        let mut worker_of = vec![0usize; names.len()];
+        for (w, worker) in resolved.workers.iter().enumerate() {
+            for &node in &worker.nodes {
+                worker_of[node] = w;
+            }
+        }
+        let control = Arc::new(Control::new(resolved.workers.len()));
+        let worker_signals: Vec<Arc<Signal>> = resolved.workers.iter().map(|_| Arc::new(Signal::new())).collect();
+        let node_signals: Vec<Arc<Signal>> = (0..names.len())
+            .map(|n| match pipeline.nodes[n].node.kind() {
+                NodeKind::Async => Arc::new(Signal::new()),
+                NodeKind::Sync => worker_signals[worker_of[n]].clone(),
+            })
+            .collect();
+        for signal in worker_signals.iter().chain(&node_signals) {
+            control.add_signal(signal.clone());
+        }
+
+        // Plan every edge: its kind, its capacity, who it wakes.
+        let input_events: Vec<Arc<Event>> = pipeline.inputs.iter().map(|_| Arc::new(Event::new())).collect();
+        let output_events: Vec<Arc<Event>> = pipeline.outputs.iter().map(|_| Arc::new(Event::new())).collect();
+        let mut edge_plans = Vec::new();
+        for entry in &pipeline.edges {
+            let info = &entry.info;
+            let consumer_worker = match info.consumer {
+                Endpoint::Node { node, .. } => Some(worker_of[node]),
+                _ => None,
+            };
+            let all_local = consumer_worker.is_some()
+                && info.producers.iter().all(|p| matches!(*p, Endpoint::Node { node, .. } if Some(worker_of[node]) == consumer_worker));
+            let has_input = info.producers.iter().any(|p| matches!(p, Endpoint::Input(_)));
+            let kind = if all_local {
+                EdgeKind::Local
+            } else if info.producers.len() == 1 && !has_input {
+                EdgeKind::Spsc
+            } else {
+                EdgeKind::Mpsc
+            };
+            let (consumer, capacity) = match info.consumer {
+                Endpoint::Node { node, .. } => (Waker::Signal(node_signals[node].clone()), plan.ring_for(&names[node])),
+                Endpoint::Output(i) => (Waker::External(output_events[i].clone()), plan.ring_for(&pipeline.outputs[i].0)),
+                Endpoint::Input(_) => unreachable!("inputs never consume"),
+            };
+            let producers = info
+                .producers
+                .iter()
+                .map(|p| match *p {
+                    Endpoint::Node { node, .. } => Waker::Signal(node_signals[node].clone()),
+                    Endpoint::Input(i) => Waker::External(input_events[i].clone()),
+                    Endpoint::Output(_) => unreachable!("outputs never produce"),
+                })
+                .collect();
+            edge_plans.push(EdgePlan { kind, capacity, link: Arc::new(Link::new(consumer, producers)) });
+        }
+        let edge_kinds: Vec<EdgeKind> = edge_plans.iter().map(|e| e.kind).collect();
+        let edge_caps: Vec<usize> = edge_plans.iter().map(|e| e.capacity).collect();
+        let transport = RingTransport { edges: edge_plans };
+
+        // Connect edges and bind their ends.
+        let mut inputs: Vec<Option<Box<dyn Any + Send>>> = pipeline.inputs.iter().map(|_| None).collect();
+        let mut outputs: Vec<Option<Box<dyn Any + Send>>> = pipeline.outputs.iter().map(|_| None).collect();
+        let mut probes: HashMap<usize, Box<dyn Fn() -> usize + Send + Sync>> = HashMap::new();
+        let mut input_closers = Vec::new();
+        let mut output_discards: Vec<Option<Discard>> = pipeline.outputs.iter().map(|_| None).collect();
+        for e in 0..pipeline.edges.len() {
+            let info = pipeline.edges[e].info.clone();
+            let connected = pipeline.edges[e].edge.connect(&transport, &info);
+            let (senders, receiver, handle) = (connected.senders, connected.receiver, connected.handle);
+            let fed_by_input = info.producers.iter().any(|p| matches!(p, Endpoint::Input(_)));
+            if fed_by_input {
+                if let Some(closer) = handle.closer {
+                    input_closers.push(closer);
+                }
+            }
+            for (producer, sender) in info.producers.iter().zip(senders) {
+                match *producer {
+                    Endpoint::Node { node, port } => pipeline.nodes[node].node.bind_output(port, sender)?,
+                    Endpoint::Input(i) => inputs[i] = Some(sender),
+                    Endpoint::Output(_) => unreachable!(),
+                }
+            }
+            match info.consumer {
+                Endpoint::Node { node, .. } => {
+                    probes.insert(node, handle.probe);
+                    pipeline.nodes[node].node.bind_input(receiver)?;
+                }
+                Endpoint::Output(i) => {
+                    output_discards[i] = Some(handle.discard);
+                    outputs[i] = Some(receiver);
+                }
+                Endpoint::Input(_) => unreachable!(),
+            }
+        }
+
+        // Observers, bursts, per-stage metadata.
+        let mut stages = Vec::new();
+        for (id, entry) in pipeline.nodes.iter_mut().enumerate() {
+            if let Some(burst) = plan.burst_for(&entry.name) {
+                entry.node.set_burst(burst);
+            }
+            let stats = Arc::new(StageStats::default());
+            entry.node.bind_observer(Box::new(StatsObserver::new(&entry.name, stats.clone())));
+            let input = entry.input.map(|edge| (edge_kinds[edge], edge_caps[edge], probes.remove(&id).expect("every input edge has a probe")));
+            stages.push(StageMeta { name: entry.name.clone(), worker: worker_of[id], burst: entry.node.burst(), stats, input });
+        }
+        let edges = pipeline.edges.iter().map(|e| (format!("{:?}->{:?}", e.info.producers, e.info.consumer), edge_kinds[e.info.id])).collect();
+
+        // Hand nodes to workers, in pipeline order.
+        let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
+        for (id, entry) in pipeline.nodes.into_iter().enumerate() {
+            let own = (entry.node.kind() == NodeKind::Async).then(|| node_signals[id].clone());
+            per_worker[worker_of[id]].push((entry.node, own));
+        }
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        for (index, (nodes, worker)) in per_worker.into_iter().zip(&resolved.workers).enumerate() {
+            let setup = WorkerSetup { index, core: worker.core, signal: worker_signals[index].clone(), nodes, control: control.clone() };
+            match worker::spawn(setup) {
+                Ok(handle) => threads.push(handle),
+                Err(error) => {
+                    control.abort();
+                    return Err(error.into());
+                }
+            }
+        }
+        tracing::info!(target: "pipewright", plan = %plan, workers = threads.len(), "pipeline started");
+        let _ = (input_events, output_events);
+        Ok(Running { control, threads, inputs, input_closers, outputs, output_discards: output_discards.into_iter().map(|d| d.expect("every output has an edge")).collect(), stages, edges, started, plan })
+    }
+}
+
+impl Running {
+    /// A sending handle for an application input, or `None` once it is closed.
+    pub fn input<T: Send + 'static>(&self, id: &InputId<T>) -> Option<Input<T>> {
+        let sender = self.inputs.get(id.index())?.as_ref()?.downcast_ref::<RingSender<T>>().expect("InputId type matches its edge");
+        let space = sender.space_event();
+        sender.try_clone().map(|s| Input::new(s, space))
+    }
+
+    /// The receiving handle of an application output (once: outputs have one reader).
+    pub fn output<T: Send + 'static>(&mut self, id: &OutputId<T>) -> Option<Output<T>> {
+        let boxed = self.outputs.get_mut(id.index())?.take()?;
+        let receiver = *boxed.downcast::<RingReceiver<T>>().expect("OutputId type matches its edge");
+        let ready = receiver.ready_event();
+        Some(Output::new(receiver, ready))
+    }
+
+    /// Stops accepting input: pending sends fail with `Closed` and hand their item
+    /// back; everything already accepted is still processed.
+    pub fn close_inputs(&mut self) {
+        for close in &self.input_closers {
+            close();
+        }
+        // Our own producer handles would otherwise keep the input edges open.
+        for input in &mut self.inputs {
+            input.take();
+        }
+    }
+
+    /// Closes inputs and waits until every accepted item has been processed and every
+    /// stage has finished.
+    pub fn drain(mut self) -> Result<Report, RunError> {
+        self.close_inputs();
+        self.wait(None)
+    }
+
+    /// Like [`drain`](Running::drain), but after `deadline` aborts: items still in
+    /// flight are dropped and counted as `aborted` (see [`Report::abandoned`]).
+    pub fn shutdown(mut self, deadline: Duration) -> Result<Report, RunError> {
+        self.close_inputs();
+        self.wait(Some(deadline))
+    }
+
+    /// Waits for the pipeline to end by itself: sources exhausted, and each input ended
+    /// by the drop of its last [`Input`] handle (inputs are not force-closed).
+    pub fn join(mut self) -> Result<Report, RunError> {
+        for input in &mut self.inputs {
+            input.take();
+        }
+        self.wait(None)
+    }
+
+    /// Aborts now: every worker stops at its next activation.
+    pub fn abort(self) -> Result<Report, RunError> {
+        self.control.abort();
+        self.shutdown(Duration::ZERO)
+    }
+
+    /// True once every worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.control.all_done()
+    }
+
+    fn wait(&mut self, deadline: Option<Duration>) -> Result<Report, RunError> {
+        let end = deadline.map(|d| Instant::now() + d);
+        let mut unclaimed = 0u64;
+        let mut outputs: Vec<(Box<dyn Any + Send>, Discard)> = self
+            .outputs
+            .iter_mut()
+            .zip(&self.output_discards)
+            .filter_map(|(o, d)| o.take().map(|o| (o, *d)))
+            .collect();
+        let mut completed = true;
+        loop {
+            // Outputs nobody holds are drained here so they cannot stall the run.
+            for (out, discard) in &mut outputs {
+                unclaimed += discard(out.as_mut());
+            }
+            if self.control.wait_done(Duration::from_millis(5)) {
+                break;
+            }
+            if let Some(end) = end {
+                if Instant::now() >= end && !self.control.aborted() {
+                    tracing::warn!(target: "pipewright", "shutdown deadline reached; aborting in-flight items");
+                    completed = false;
+                    self.control.abort();
+                }
+            }
+        }
+        for (out, discard) in &mut outputs {
+            unclaimed += discard(out.as_mut());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let snapshot = self.snapshot();
+        let abandoned = snapshot.stages.iter().flat_map(|s| &s.dropped).filter(|(r, _)| *r == "aborted").map(|(_, n)| n).sum();
+        if let Some(failure) = self.control.failure() {
+            return Err(RunError::Failed(failure));
+        }
+        Ok(Report {
+            completed: completed && !self.control.aborted(),
+            abandoned,
+            unclaimed_outputs: unclaimed,
+            elapsed: self.started.elapsed(),
+            snapshot,
+        })
+    }
+
+    /// Counters of every stage now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            stages: self
+                .stages
+                .iter()
+                .map(|meta| {
+                    let mut s = meta.stats.snapshot(&meta.name);
+                    s.worker = meta.worker;
+                    s.burst = meta.burst;
+                    if let Some((kind, capacity, probe)) = &meta.input {
+                        s.queue_depth = probe();
+                        s.queue_capacity = *capacity;
+                        s.input_kind = kind.as_str();
+                    } else {
+                        s.input_kind = "-";
+                    }
+                    s
+                })
+                .collect(),
+        }
+    }
+
+    /// Publishes queue depths as `pipewright_stage_queue_depth` gauges (counters and
+    /// histograms are published as they happen; gauges when this is called).
+    pub fn publish_gauges(&self) {
+        for s in self.snapshot().stages {
+            metrics::gauge!("pipewright_stage_queue_depth", "stage" => s.name.clone()).set(s.queue_depth as f64);
+            metrics::gauge!("pipewright_stage_worker", "stage" => s.name).set(s.worker as f64);
+        }
+    }
+
+    /// The plan this pipeline runs with.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Every edge with how it is carried (for diagnostics).
+    pub fn edges(&self) -> &[(String, EdgeKind)] {
+        &self.edges
+    }
+
+    /// Time since start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            // Dropped without drain or shutdown: stop the workers rather than leak them.
+            self.control.abort();
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+}

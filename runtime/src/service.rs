@@ -1,0 +1,96 @@
+//! A running pipeline as a `tower::Service`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pipewright_stages::{RequestError, Tagged};
+use tower_service::Service;
+
+use crate::handles::{Input, TrySendError};
+
+/// Calls a running pipeline as a `tower::Service<Req, Response = Resp>`.
+///
+/// The pipeline's input carries [`Tagged<Req, Resp>`](Tagged) items, so every request
+/// travels with its own completion and is answered exactly once, whatever order the
+/// pipeline finishes requests in. Build it with [`Stream::then_tagged`] and end it with
+/// [`Stream::respond`].
+///
+/// `poll_ready` is always ready while the pipeline is open; a call that finds the input
+/// full waits inside its response future (backpressure without a hidden reservation).
+/// Each call allocates its response channel and boxed future.
+///
+/// [`Stream::then_tagged`]: pipewright_stages::Stream::then_tagged
+/// [`Stream::respond`]: pipewright_stages::Stream::respond
+///
+/// ```
+/// use pipewright_runtime::{stage, PipelineBuilder, PipelineService, Plan, Runtime, Tagged};
+/// use tower::{Service, ServiceExt};
+///
+/// let b = PipelineBuilder::new();
+/// let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
+/// requests
+///     .then_tagged("square", stage::map(|x: u64| x * x))
+///     .then_tagged("plus-one", stage::map(|x: u64| x + 1))
+///     .respond("reply");
+/// let running = Runtime::start(b.build()?, Plan::fused())?;
+/// let mut service = PipelineService::new(running.input(&input).unwrap());
+/// let rt = tokio::runtime::Builder::new_current_thread().build()?;
+/// let answer = rt.block_on(async { service.ready().await?.call(7).await })?;
+/// assert_eq!(answer, 50);
+/// drop(service);
+/// running.drain()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct PipelineService<Req, Resp> {
+    input: Input<Tagged<Req, Resp>>,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
+    /// Serves requests through the pipeline behind `input`.
+    pub fn new(input: Input<Tagged<Req, Resp>>) -> Self {
+        Self { input }
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Clone for PipelineService<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self { input: self.input.clone() }
+    }
+}
+
+/// The response future of [`PipelineService`].
+pub type ResponseFuture<Resp> = Pin<Box<dyn Future<Output = Result<Resp, RequestError>> + Send>>;
+
+impl<Req: Send + 'static, Resp: Send + 'static> Service<Req> for PipelineService<Req, Resp> {
+    type Response = Resp;
+    type Error = RequestError;
+    type Future = ResponseFuture<Resp>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), RequestError>> {
+        if self.input.is_closed() {
+            Poll::Ready(Err(RequestError::Closed))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let (tagged, reply) = Tagged::new(request);
+        match self.input.try_send(tagged) {
+            Ok(()) => Box::pin(async move { reply.await.unwrap_or(Err(RequestError::Dropped)) }),
+            Err(TrySendError::Closed(_)) => Box::pin(async { Err(RequestError::Closed) }),
+            Err(TrySendError::Full(tagged)) => {
+                let mut input = self.input.try_clone();
+                Box::pin(async move {
+                    let Some(input) = input.as_mut() else { return Err(RequestError::Closed) };
+                    if input.send_async(tagged).await.is_err() {
+                        return Err(RequestError::Closed);
+                    }
+                    reply.await.unwrap_or(Err(RequestError::Dropped))
+                })
+            }
+        }
+    }
+}

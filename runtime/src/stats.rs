@@ -1,0 +1,222 @@
+//! Per-stage counters: written once per burst by the stage's worker, read at any time
+//! by [`Running::snapshot`](crate::Running::snapshot), and mirrored to the `metrics`
+//! facade (so any installed recorder, e.g. the Prometheus exporter, sees them).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use metrics::{counter, histogram, Counter, Histogram};
+use pipewright_stages::exec::{DropReason, Observer};
+
+const BUCKETS: usize = 40;
+
+/// Counters of one stage. Single writer (the stage's worker), any number of readers.
+#[derive(Debug)]
+pub(crate) struct StageStats {
+    items_in: AtomicU64,
+    items_out: AtomicU64,
+    bursts: AtomicU64,
+    panics: AtomicU64,
+    dropped: [AtomicU64; 5],
+    timed_items: AtomicU64,
+    timed_nanos: AtomicU64,
+    /// Bucket `b` counts sampled bursts whose ns/item was in [2^b, 2^(b+1)).
+    ns_per_item: [AtomicU64; BUCKETS],
+}
+
+impl Default for StageStats {
+    fn default() -> Self {
+        Self {
+            items_in: AtomicU64::new(0),
+            items_out: AtomicU64::new(0),
+            bursts: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            dropped: Default::default(),
+            timed_items: AtomicU64::new(0),
+            timed_nanos: AtomicU64::new(0),
+            ns_per_item: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    // Single writer: a load and a store are enough and cheaper than a locked add.
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+fn reason_index(reason: DropReason) -> usize {
+    DropReason::ALL.iter().position(|r| *r == reason).expect("ALL lists every reason")
+}
+
+/// Feeds one stage's [`StageStats`] and its `metrics` handles.
+pub(crate) struct StatsObserver {
+    stats: Arc<StageStats>,
+    items_in: Counter,
+    items_out: Counter,
+    dropped: [Counter; 5],
+    panics: Counter,
+    burst_size: Histogram,
+    ns_per_item: Histogram,
+}
+
+impl StatsObserver {
+    pub(crate) fn new(stage: &str, stats: Arc<StageStats>) -> Self {
+        let s = stage.to_string();
+        Self {
+            stats,
+            items_in: counter!("pipewright_stage_items_in_total", "stage" => s.clone()),
+            items_out: counter!("pipewright_stage_items_out_total", "stage" => s.clone()),
+            dropped: DropReason::ALL.map(|r| counter!("pipewright_stage_dropped_total", "stage" => s.clone(), "reason" => r.as_str())),
+            panics: counter!("pipewright_stage_panics_total", "stage" => s.clone()),
+            burst_size: histogram!("pipewright_stage_burst_size", "stage" => s.clone()),
+            ns_per_item: histogram!("pipewright_stage_service_ns_per_item", "stage" => s),
+        }
+    }
+}
+
+impl Observer for StatsObserver {
+    #[inline]
+    fn burst(&mut self, items_in: usize, items_out: usize, nanos: Option<u64>) {
+        let s = &*self.stats;
+        bump(&s.items_in, items_in as u64);
+        bump(&s.items_out, items_out as u64);
+        bump(&s.bursts, 1);
+        self.items_in.increment(items_in as u64);
+        self.items_out.increment(items_out as u64);
+        if let Some(nanos) = nanos {
+            // Only sampled bursts reach the histograms: recording is not free.
+            let items = items_in.max(items_out).max(1) as u64;
+            bump(&s.timed_items, items);
+            bump(&s.timed_nanos, nanos);
+            let per_item = nanos / items;
+            let bucket = (u64::BITS - per_item.leading_zeros()).min(BUCKETS as u32 - 1) as usize;
+            bump(&s.ns_per_item[bucket], 1);
+            self.burst_size.record(items as f64);
+            self.ns_per_item.record(per_item as f64);
+        }
+    }
+
+    fn dropped(&mut self, reason: DropReason, count: usize) {
+        let i = reason_index(reason);
+        bump(&self.stats.dropped[i], count as u64);
+        self.dropped[i].increment(count as u64);
+    }
+
+    fn panicked(&mut self, message: &str) {
+        bump(&self.stats.panics, 1);
+        self.panics.increment(1);
+        tracing::error!(target: "pipewright", panic = message, "stage panicked");
+    }
+}
+
+/// A point-in-time copy of one stage's counters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StageSnapshot {
+    /// Stage name.
+    pub name: String,
+    /// Worker index the stage runs on.
+    pub worker: usize,
+    /// Burst size in use.
+    pub burst: usize,
+    /// Items taken from the input.
+    pub items_in: u64,
+    /// Items emitted.
+    pub items_out: u64,
+    /// Activations that did work.
+    pub bursts: u64,
+    /// Panics caught.
+    pub panics: u64,
+    /// Dropped items by reason (`error`, `panic`, `unrouted`, `aborted`, `timeout`).
+    pub dropped: Vec<(&'static str, u64)>,
+    /// Mean service time per item over sampled bursts, in ns.
+    pub mean_ns_per_item: Option<f64>,
+    /// 99th percentile of sampled per-item service time, as a power-of-two upper bound.
+    pub p99_ns_per_item: Option<u64>,
+    /// Items waiting in the stage's input edge.
+    pub queue_depth: usize,
+    /// Slots of the stage's input edge (0 for sources).
+    pub queue_capacity: usize,
+    /// How the input edge is carried (`fused`, `spsc`, `mpsc`, or `-`).
+    pub input_kind: &'static str,
+}
+
+impl StageSnapshot {
+    /// Sum of all drops.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl StageStats {
+    pub(crate) fn snapshot(&self, name: &str) -> StageSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let timed_items = load(&self.timed_items);
+        let buckets: Vec<u64> = self.ns_per_item.iter().map(load).collect();
+        let total: u64 = buckets.iter().sum();
+        let p99 = (total > 0).then(|| {
+            let target = total - total / 100;
+            let mut seen = 0;
+            for (b, n) in buckets.iter().enumerate() {
+                seen += n;
+                if seen >= target {
+                    return 1u64 << b;
+                }
+            }
+            1u64 << (BUCKETS - 1)
+        });
+        StageSnapshot {
+            name: name.to_string(),
+            items_in: load(&self.items_in),
+            items_out: load(&self.items_out),
+            bursts: load(&self.bursts),
+            panics: load(&self.panics),
+            dropped: DropReason::ALL.iter().zip(&self.dropped).map(|(r, n)| (r.as_str(), load(n))).collect(),
+            mean_ns_per_item: (timed_items > 0).then(|| load(&self.timed_nanos) as f64 / timed_items as f64),
+            p99_ns_per_item: p99,
+            ..StageSnapshot::default()
+        }
+    }
+}
+
+/// A point-in-time copy of every stage's counters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    /// Stages in pipeline order.
+    pub stages: Vec<StageSnapshot>,
+}
+
+impl Snapshot {
+    /// The stage named `name`.
+    pub fn stage(&self, name: &str) -> Option<&StageSnapshot> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Items currently held in edges (rings and fused buffers) between stages.
+    pub fn queued(&self) -> usize {
+        self.stages.iter().map(|s| s.queue_depth).sum()
+    }
+}
+
+impl fmt::Display for Snapshot {
+    /// A table: one row per stage.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<16} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>6} {:>13} {:>8}",
+            "stage", "worker", "burst", "in", "out", "ns/item", "p99<=ns", "input", "queue", "dropped"
+        )?;
+        for s in &self.stages {
+            let ns = s.mean_ns_per_item.map(|n| format!("{n:.1}")).unwrap_or_else(|| "-".into());
+            let p99 = s.p99_ns_per_item.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            let queue = if s.queue_capacity == 0 { "-".to_string() } else { format!("{}/{}", s.queue_depth, s.queue_capacity) };
+            writeln!(
+                f,
+                "{:<16} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>6} {:>13} {:>8}",
+                s.name, s.worker, s.burst, s.items_in, s.items_out, ns, p99, s.input_kind, queue, s.dropped_total()
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! [`RingTransport`]: how the runtime carries items across each edge.
+//!
+//! Per edge, chosen from the plan: a plain buffer when every producer and the consumer
+//! are fused on one worker; an SPSC ring for one producer on another worker; an MPSC
+//! ring for merges and application inputs.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pipewright_stages::exec::{EdgeInfo, InPort, OutPort, Transport};
+
+use crate::link::Link;
+use crate::ring::{MpscConsumer, MpscProducer, SpscConsumer, SpscProducer};
+
+/// How one edge is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// Producers and consumer are fused on one worker: a reused buffer, no atomics.
+    Local,
+    /// One producer, another worker: lock-free SPSC ring.
+    Spsc,
+    /// Several producers or an application input: lock-free MPSC ring.
+    Mpsc,
+}
+
+impl EdgeKind {
+    /// Short lowercase name for tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeKind::Local => "fused",
+            EdgeKind::Spsc => "spsc",
+            EdgeKind::Mpsc => "mpsc",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct EdgePlan {
+    pub(crate) kind: EdgeKind,
+    pub(crate) capacity: usize,
+    pub(crate) link: Arc<Link>,
+}
+
+/// The runtime's [`Transport`]; built by the runtime from a plan, not by users.
+#[derive(Debug)]
+pub struct RingTransport {
+    pub(crate) edges: Vec<EdgePlan>,
+}
+
+struct LocalQueue<T> {
+    items: VecDeque<T>,
+    open_producers: usize,
+}
+
+fn lock<T>(q: &Mutex<LocalQueue<T>>) -> MutexGuard<'_, LocalQueue<T>> {
+    // Held only for queue moves that cannot panic midway.
+    q.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The producing end of an edge.
+pub struct RingSender<T> {
+    inner: SenderInner<T>,
+    link: Arc<Link>,
+    closed: bool,
+}
+
+enum SenderInner<T> {
+    Local { queue: Arc<Mutex<LocalQueue<T>>>, capacity: usize },
+    Spsc(SpscProducer<T>),
+    Mpsc(MpscProducer<T>),
+}
+
+/// The consuming end of an edge.
+pub struct RingReceiver<T> {
+    inner: ReceiverInner<T>,
+    link: Arc<Link>,
+}
+
+enum ReceiverInner<T> {
+    Local(Arc<Mutex<LocalQueue<T>>>),
+    Spsc(SpscConsumer<T>),
+    Mpsc(MpscConsumer<T>),
+}
+
+impl<T> std::fmt::Debug for RingSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingSender")
+    }
+}
+impl<T> std::fmt::Debug for RingReceiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingReceiver")
+    }
+}
+
+impl<T: Send> RingSender<T> {
+    #[inline]
+    fn try_push(&mut self, items: &mut VecDeque<T>) -> usize {
+        let before = items.len();
+        match &mut self.inner {
+            SenderInner::Local { queue, capacity } => {
+                let mut q = lock(queue);
+                let room = capacity.saturating_sub(q.items.len()).min(items.len());
+                if room == items.len() && q.items.is_empty() {
+                    // Hand the whole burst over without moving items.
+                    std::mem::swap(&mut q.items, items);
+                } else {
+                    q.items.extend(items.drain(..room));
+                }
+            }
+            SenderInner::Spsc(p) => {
+                p.push_burst(items);
+            }
+            SenderInner::Mpsc(p) => {
+                let _full_or_closed = p.push_burst(items);
+            }
+        }
+        before - items.len()
+    }
+
+    /// Pushes what fits and wakes the consumer; returns how many went in.
+    #[inline]
+    pub(crate) fn push_some(&mut self, items: &mut VecDeque<T>) -> usize {
+        let pushed = self.try_push(items);
+        if pushed > 0 {
+            self.link.pushed();
+        }
+        pushed
+    }
+
+    /// Tells the consumer a producer waits for space.
+    pub(crate) fn arm(&self) {
+        self.link.space.arm();
+    }
+
+    /// True once the edge no longer accepts items.
+    pub(crate) fn is_closed(&self) -> bool {
+        match &self.inner {
+            SenderInner::Mpsc(p) => p.is_closed(),
+            _ => self.closed,
+        }
+    }
+
+    /// Another handle onto the same MPSC edge (application inputs are cloneable).
+    pub(crate) fn try_clone(&self) -> Option<Self> {
+        match &self.inner {
+            SenderInner::Mpsc(p) => p.try_clone().map(|p| RingSender { inner: SenderInner::Mpsc(p), link: self.link.clone(), closed: false }),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Send> OutPort<T> for RingSender<T> {
+    #[inline]
+    fn push(&mut self, items: &mut VecDeque<T>) {
+        let mut pushed = self.try_push(items);
+        if !items.is_empty() {
+            // Short: tell the consumer we wait for space, then look once more so a pop
+            // that raced with the arm is not missed (see `Doorbell`).
+            self.link.space.arm();
+            pushed += self.try_push(items);
+        }
+        if pushed > 0 {
+            self.link.pushed();
+        }
+    }
+
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        match &mut self.inner {
+            SenderInner::Local { queue, .. } => lock(queue).open_producers -= 1,
+            SenderInner::Spsc(p) => p.close(),
+            SenderInner::Mpsc(p) => p.close(),
+        }
+        // The consumer may be parked waiting for input that will now never come.
+        self.link.pushed();
+    }
+}
+
+impl<T> Drop for RingSender<T> {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            if let SenderInner::Local { queue, .. } = &self.inner {
+                lock(queue).open_producers -= 1;
+            }
+            // Ring producers close themselves on drop.
+            self.link.pushed();
+        }
+    }
+}
+
+impl<T: Send> InPort<T> for RingReceiver<T> {
+    #[inline]
+    fn pull(&mut self, items: &mut VecDeque<T>, max: usize) -> usize {
+        let n = match &mut self.inner {
+            ReceiverInner::Local(queue) => {
+                let mut q = lock(queue);
+                if items.is_empty() && q.items.len() <= max {
+                    let n = q.items.len();
+                    std::mem::swap(&mut q.items, items);
+                    n
+                } else {
+                    let n = q.items.len().min(max);
+                    items.extend(q.items.drain(..n));
+                    n
+                }
+            }
+            ReceiverInner::Spsc(c) => c.pop_burst(items, max),
+            ReceiverInner::Mpsc(c) => c.pop_burst(items, max),
+        };
+        if n > 0 {
+            self.link.popped();
+        }
+        n
+    }
+
+    fn is_finished(&self) -> bool {
+        match &self.inner {
+            ReceiverInner::Local(queue) => {
+                let q = lock(queue);
+                q.open_producers == 0 && q.items.is_empty()
+            }
+            ReceiverInner::Spsc(c) => c.is_finished(),
+            ReceiverInner::Mpsc(c) => c.is_finished(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.inner {
+            ReceiverInner::Local(queue) => lock(queue).items.len(),
+            ReceiverInner::Spsc(c) => c.len(),
+            ReceiverInner::Mpsc(c) => c.len(),
+        }
+    }
+}
+
+impl<T: Send> RingReceiver<T> {
+    /// Reports the edge's occupancy from any thread.
+    pub(crate) fn depth_probe(&self) -> Box<dyn Fn() -> usize + Send + Sync>
+    where
+        T: 'static,
+    {
+        match &self.inner {
+            ReceiverInner::Local(queue) => {
+                let queue = queue.clone();
+                Box::new(move || lock(&queue).items.len())
+            }
+            ReceiverInner::Spsc(c) => Box::new(c.depth_probe()),
+            ReceiverInner::Mpsc(c) => Box::new(c.depth_probe()),
+        }
+    }
+
+    /// Closes the edge from any thread, if it is an MPSC ring (application inputs).
+    pub(crate) fn closer(&self) -> Option<Box<dyn Fn() + Send + Sync>>
+    where
+        T: 'static,
+    {
+        match &self.inner {
+            ReceiverInner::Mpsc(c) => Some(Box::new(c.closer())),
+            _ => None,
+        }
+    }
+}
+
+impl Transport for RingTransport {
+    type Sender<T: Send + 'static> = RingSender<T>;
+    type Receiver<T: Send + 'static> = RingReceiver<T>;
+    type EdgeHandle = EdgeHandle;
+
+    fn edge_handle<T: Send + 'static>(receiver: &RingReceiver<T>) -> EdgeHandle {
+        EdgeHandle { probe: receiver.depth_probe(), closer: receiver.closer(), discard: discard::<T> }
+    }
+
+    fn channel<T: Send + 'static>(&self, edge: &EdgeInfo) -> (Vec<RingSender<T>>, RingReceiver<T>) {
+        let plan = &self.edges[edge.id];
+        let link = plan.link.clone();
+        let producers = edge.producers.len();
+        let sender = |inner| RingSender { inner, link: link.clone(), closed: false };
+        match plan.kind {
+            EdgeKind::Local => {
+                let queue = Arc::new(Mutex::new(LocalQueue { items: VecDeque::new(), open_producers: producers }));
+                let senders = (0..producers)
+                    .map(|_| sender(SenderInner::Local { queue: queue.clone(), capacity: plan.capacity }))
+                    .collect();
+                (senders, RingReceiver { inner: ReceiverInner::Local(queue), link: link.clone() })
+            }
+            EdgeKind::Spsc => {
+                let (p, c) = crate::ring::spsc(plan.capacity);
+                (vec![sender(SenderInner::Spsc(p))], RingReceiver { inner: ReceiverInner::Spsc(c), link: link.clone() })
+            }
+            EdgeKind::Mpsc => {
+                let (ps, c) = crate::ring::mpsc(plan.capacity, producers);
+                let senders = ps.into_iter().map(|p| sender(SenderInner::Mpsc(p))).collect();
+                (senders, RingReceiver { inner: ReceiverInner::Mpsc(c), link: link.clone() })
+            }
+        }
+    }
+}
+
+/// The runtime's own handle on an edge.
+pub struct EdgeHandle {
+    pub(crate) probe: Box<dyn Fn() -> usize + Send + Sync>,
+    pub(crate) closer: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Pulls and drops everything waiting in a boxed `RingReceiver<T>`; returns how many.
+    pub(crate) discard: fn(&mut (dyn std::any::Any + Send)) -> u64,
+}
+
+impl std::fmt::Debug for EdgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeHandle").field("depth", &(self.probe)()).finish()
+    }
+}
+
+fn discard<T: Send + 'static>(receiver: &mut (dyn std::any::Any + Send)) -> u64 {
+    let Some(receiver) = receiver.downcast_mut::<RingReceiver<T>>() else { return 0 };
+    let mut sink = VecDeque::new();
+    let mut total = 0;
+    loop {
+        let n = receiver.pull(&mut sink, 1024);
+        if n == 0 {
+            return total;
+        }
+        total += n as u64;
+        sink.clear();
+    }
+}
+
+impl<T> RingSender<T> {
+    /// The event application producers on this edge wait on for space.
+    pub(crate) fn space_event(&self) -> std::sync::Arc<event_listener::Event> {
+        self.link.producers.iter().find_map(|w| match w {
+            crate::link::Waker::External(e) => Some(e.clone()),
+            _ => None,
+        }).unwrap_or_default()
+    }
+}
+
+impl<T> RingReceiver<T> {
+    /// The event an application consumer of this edge waits on for items.
+    pub(crate) fn ready_event(&self) -> std::sync::Arc<event_listener::Event> {
+        match &self.link.consumer {
+            crate::link::Waker::External(e) => e.clone(),
+            _ => Default::default(),
+        }
+    }
+}

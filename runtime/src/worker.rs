@@ -1,0 +1,246 @@
+//! A worker: one OS thread, pinned, owning a tokio current-thread runtime, running its
+//! fused sync stages in pipeline order and its async stages as long-lived tasks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use pipewright_stages::exec::{Activation, ErasedNode, NodeKind, TaskContext};
+use pipewright_stages::StageFailure;
+
+use crate::signal::Signal;
+use crate::transport::RingTransport;
+
+/// Idle passes over the worker's stages before it parks. Short: these machines have
+/// two cores, and a spinning worker steals the one its producer needs.
+const SPIN_PASSES: u32 = 64;
+/// While sync stages keep making progress, let async tasks on the same worker run
+/// once every this many passes.
+const YIELD_EVERY: u32 = 32;
+
+/// Shared by all workers of one running pipeline.
+#[derive(Debug)]
+pub(crate) struct Control {
+    aborted: std::sync::atomic::AtomicBool,
+    failure: Mutex<Option<StageFailure>>,
+    signals: Mutex<Vec<Arc<Signal>>>,
+    running: Mutex<usize>,
+    finished: Condvar,
+}
+
+impl Control {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            aborted: Default::default(),
+            failure: Mutex::new(None),
+            signals: Mutex::new(Vec::new()),
+            running: Mutex::new(workers),
+            finished: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn add_signal(&self, signal: Arc<Signal>) {
+        self.signals.lock().unwrap_or_else(|p| p.into_inner()).push(signal);
+    }
+
+    pub(crate) fn aborted(&self) -> bool {
+        self.aborted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops every worker promptly (items in flight are counted as `aborted`).
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, std::sync::atomic::Ordering::Release);
+        for signal in self.signals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            signal.notify();
+        }
+    }
+
+    pub(crate) fn fail(&self, failure: StageFailure) {
+        tracing::error!(target: "pipewright", stage = %failure.stage, message = %failure.message, "pipeline failed");
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failure);
+        self.abort();
+    }
+
+    pub(crate) fn failure(&self) -> Option<StageFailure> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn worker_done(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        *running -= 1;
+        self.finished.notify_all();
+    }
+
+    /// Waits until every worker is done or `timeout` passes; true if all are done.
+    pub(crate) fn wait_done(&self, timeout: Duration) -> bool {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (running, _) = self
+            .finished
+            .wait_timeout_while(running, timeout, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *running == 0
+    }
+
+    pub(crate) fn all_done(&self) -> bool {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) == 0
+    }
+}
+
+struct TaskCx {
+    signal: Arc<Signal>,
+    control: Arc<Control>,
+}
+
+impl TaskContext for TaskCx {
+    fn park(&self, timeout: Option<Duration>) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(async move {
+            match timeout {
+                Some(limit) => {
+                    let _ = tokio::time::timeout(limit, self.signal.park()).await;
+                }
+                None => self.signal.park().await,
+            }
+        })
+    }
+    fn aborted(&self) -> bool {
+        self.control.aborted()
+    }
+    fn fail(&self, failure: StageFailure) {
+        self.control.fail(failure);
+    }
+}
+
+/// What one worker is given.
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    pub(crate) core: Option<usize>,
+    pub(crate) signal: Arc<Signal>,
+    /// Nodes in pipeline order, each with its own signal if it is async.
+    pub(crate) nodes: Vec<(Box<dyn ErasedNode<RingTransport>>, Option<Arc<Signal>>)>,
+    pub(crate) control: Arc<Control>,
+}
+
+/// Marks the worker done however its thread ends, so `drain` and `shutdown` never
+/// wait on a worker that is gone.
+struct DoneGuard(Arc<Control>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(StageFailure { stage: "<worker>".into(), message: "worker thread panicked".into() });
+        }
+        self.0.worker_done();
+    }
+}
+
+pub(crate) fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("pipewright-w{}", setup.index)).spawn(move || run(setup))
+}
+
+fn run(setup: WorkerSetup) {
+    let WorkerSetup { index: _, core, signal, nodes, control } = setup;
+    let _done = DoneGuard(control.clone());
+    if let Some(core) = core {
+        // Pinning is best effort: in a container the CPU may be outside our cpuset.
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            tracing::warn!(target: "pipewright", core, "could not pin worker; running unpinned");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            control.fail(StageFailure { stage: "<worker>".into(), message: format!("cannot start tokio runtime: {error}") });
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut sync_nodes = Vec::new();
+        let mut tasks = Vec::new();
+        for (node, own_signal) in nodes {
+            if node.kind() == NodeKind::Async {
+                let cx = TaskCx { signal: own_signal.unwrap_or_else(|| signal.clone()), control: control.clone() };
+                tasks.push(tokio::task::spawn_local(node.into_task(Box::new(cx))));
+            } else {
+                sync_nodes.push(node);
+            }
+        }
+        sync_loop(&mut sync_nodes, &signal, &control, !tasks.is_empty()).await;
+        for task in tasks {
+            match task.await {
+                Ok(Activation::Failed(failure)) => control.fail(failure),
+                Ok(_) => {}
+                Err(error) => control.fail(StageFailure { stage: "<async task>".into(), message: error.to_string() }),
+            }
+        }
+    });
+}
+
+async fn sync_loop(
+    nodes: &mut [Box<dyn ErasedNode<RingTransport>>],
+    signal: &Signal,
+    control: &Control,
+    has_tasks: bool,
+) {
+    let mut finished = vec![false; nodes.len()];
+    let mut remaining = nodes.len();
+    let mut idle_passes = 0u32;
+    let mut passes = 0u32;
+    while remaining > 0 {
+        if control.aborted() {
+            for node in nodes.iter_mut() {
+                node.abandon();
+            }
+            return;
+        }
+        let mut progress = false;
+        let mut throttle: Option<Duration> = None;
+        for (node, done) in nodes.iter_mut().zip(finished.iter_mut()) {
+            if *done {
+                continue;
+            }
+            match node.activate() {
+                Activation::Progress => progress = true,
+                Activation::Finished => {
+                    *done = true;
+                    remaining -= 1;
+                    progress = true;
+                }
+                Activation::Throttled(wait) => throttle = Some(throttle.map_or(wait, |t| t.min(wait))),
+                Activation::Idle | Activation::Blocked => {}
+                Activation::Failed(failure) => {
+                    control.fail(failure);
+                    for node in nodes.iter_mut() {
+                        node.abandon();
+                    }
+                    return;
+                }
+            }
+        }
+        passes = passes.wrapping_add(1);
+        if progress {
+            idle_passes = 0;
+            if has_tasks && passes % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        idle_passes += 1;
+        if idle_passes < SPIN_PASSES {
+            if has_tasks {
+                tokio::task::yield_now().await;
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        idle_passes = 0;
+        match throttle {
+            Some(wait) => {
+                let _ = tokio::time::timeout(wait, signal.park()).await;
+            }
+            None => signal.park().await,
+        }
+    }
+}
