@@ -1,1 +1,49 @@
-//! placeholder
+//! **pipewright**: composable, typed, staged pipelines that give each stage its own
+//! resources — cores, rings, burst budgets — in the spirit of SEDA and VPP, composing
+//! with the tower ecosystem in both directions.
+//!
+//! Depend on this crate and compose pipelines in code:
+//!
+//! ```
+//! use pipewright::{stage, PipelineBuilder, Plan, Runtime};
+//!
+//! let b = PipelineBuilder::new();
+//! let (input, lines) = b.input::<String>("lines");
+//! let lengths = lines
+//!     .then("trim", stage::map(|s: String| s.trim().to_string()))
+//!     .then("non-empty", stage::filter(|s: &String| !s.is_empty()))
+//!     .then("length", stage::map(|s: String| s.len()))
+//!     .output("lengths");
+//! let mut running = Runtime::start(b.build()?, Plan::spread(2))?;
+//! let mut tx = running.input(&input).unwrap();
+//! let rx = running.output(&lengths).unwrap();
+//! for line in [" a ", "", "pipe"] {
+//!     tx.send(line.to_string())?;
+//! }
+//! drop(tx);
+//! running.drain()?;
+//! assert_eq!(rx.collect(), vec![1, 4]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Features: `runtime` (default) adds the threaded runtime; `prometheus` adds the
+//! Prometheus exporter. Without `runtime`, the stages, layers and builder remain, with
+//! the single-threaded [`inline`] executor.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use pipewright_stages::{
+    exec, inline, layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer,
+    Outbox, OutputId, Pipeline, Reply, RequestError, ServiceStage, Source, SourceState, Stage, StageFailure, Tagged,
+    TaggedStage, Ticket,
+};
+
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::{
+    available_cpus, ring, signal, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError,
+    Report, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError, Stream,
+    TrySendError,
+};
+
+#[cfg(feature = "prometheus")]
+pub use pipewright_runtime::prometheus;
