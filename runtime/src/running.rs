@@ -97,7 +97,6 @@ pub struct Running {
     control: Arc<Control>,
     threads: Vec<JoinHandle<()>>,
     inputs: Vec<Option<Box<dyn Any + Send>>>,
-    input_closers: Vec<Box<dyn Fn() + Send + Sync>>,
     outputs: Vec<Option<Box<dyn Any + Send>>>,
     output_discards: Vec<Discard>,
     stages: Vec<StageMeta>,
@@ -128,7 +127,8 @@ impl Runtime {
                 worker_of[node] = w;
             }
         }
-        let control = Arc::new(Control::new(resolved.workers.len()));
+        let async_tasks = pipeline.nodes.iter().filter(|n| n.node.kind() == NodeKind::Async).count();
+        let control = Arc::new(Control::new(resolved.workers.len(), async_tasks));
         let worker_signals: Vec<Arc<Signal>> = resolved.workers.iter().map(|_| Arc::new(Signal::new())).collect();
         let node_signals: Vec<Arc<Signal>> = (0..names.len())
             .map(|n| match pipeline.nodes[n].node.kind() {
@@ -235,6 +235,7 @@ impl Runtime {
             let own = (entry.node.kind() == NodeKind::Async).then(|| node_signals[id].clone());
             per_worker[worker_of[id]].push((entry.node, own));
         }
+        control.set_input_closers(input_closers);
         let started = Instant::now();
         let mut threads = Vec::new();
         for (index, (nodes, worker)) in per_worker.into_iter().zip(&resolved.workers).enumerate() {
@@ -249,7 +250,7 @@ impl Runtime {
         }
         tracing::info!(target: "pipewright", plan = %plan, workers = threads.len(), "pipeline started");
         let _ = (input_events, output_events);
-        Ok(Running { control, threads, inputs, input_closers, outputs, output_discards: output_discards.into_iter().map(|d| d.expect("every output has an edge")).collect(), stages, edges, started, plan })
+        Ok(Running { control, threads, inputs, outputs, output_discards: output_discards.into_iter().map(|d| d.expect("every output has an edge")).collect(), stages, edges, started, plan })
     }
 }
 
@@ -272,9 +273,7 @@ impl Running {
     /// Stops accepting input: pending sends fail with `Closed` and hand their item
     /// back; everything already accepted is still processed.
     pub fn close_inputs(&mut self) {
-        for close in &self.input_closers {
-            close();
-        }
+        self.control.close_inputs();
         // Our own producer handles would otherwise keep the input edges open.
         for input in &mut self.inputs {
             input.take();

@@ -46,6 +46,11 @@ impl Signal {
 
     /// Polls a park: `Ready` once notified (consuming the notification).
     pub fn poll_park(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // loom's `AtomicWaker` takes the waker by value; `register_by_ref` is its
+        // equivalent of `futures`' `register(&Waker)`.
+        #[cfg(loom)]
+        self.waker.register_by_ref(cx.waker());
+        #[cfg(not(loom))]
         self.waker.register(cx.waker());
         loop {
             match self.state.load(Ordering::Acquire) {

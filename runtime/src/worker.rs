@@ -19,24 +19,69 @@ const SPIN_PASSES: u32 = 64;
 /// once every this many passes.
 const YIELD_EVERY: u32 = 32;
 
+/// How long an abort waits for every stage to stop producing before it discards
+/// anyway (a stage stuck in user code must not hang shutdown).
+const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
+
 /// Shared by all workers of one running pipeline.
-#[derive(Debug)]
 pub(crate) struct Control {
     aborted: std::sync::atomic::AtomicBool,
     failure: Mutex<Option<StageFailure>>,
     signals: Mutex<Vec<Arc<Signal>>>,
     running: Mutex<usize>,
     finished: Condvar,
+    /// Worker loops and async tasks: all of them stop producing before any discards.
+    participants: usize,
+    quiescent: std::sync::atomic::AtomicUsize,
+    input_closers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("aborted", &self.aborted()).finish()
+    }
 }
 
 impl Control {
-    pub(crate) fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize, async_tasks: usize) -> Self {
         Self {
             aborted: Default::default(),
             failure: Mutex::new(None),
             signals: Mutex::new(Vec::new()),
             running: Mutex::new(workers),
             finished: Condvar::new(),
+            participants: workers + async_tasks,
+            quiescent: Default::default(),
+            input_closers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn set_input_closers(&self, closers: Vec<Box<dyn Fn() + Send + Sync>>) {
+        *self.input_closers.lock().unwrap_or_else(|p| p.into_inner()) = closers;
+    }
+
+    /// Closes every application input: sends fail with `Closed` and hand items back.
+    pub(crate) fn close_inputs(&self) {
+        for close in self.input_closers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            close();
+        }
+    }
+
+    /// A worker loop or async task that will never produce again (it finished).
+    fn arrive(&self) {
+        self.quiescent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Arrives at the abort barrier and waits for every worker loop and async task.
+    async fn quiesce(&self) {
+        self.arrive();
+        let start = std::time::Instant::now();
+        while self.quiescent.load(std::sync::atomic::Ordering::Acquire) < self.participants {
+            if start.elapsed() > QUIESCE_LIMIT {
+                tracing::warn!(target: "pipewright", "a stage did not stop within {QUIESCE_LIMIT:?}; discarding anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -51,6 +96,7 @@ impl Control {
     /// Stops every worker promptly (items in flight are counted as `aborted`).
     pub(crate) fn abort(&self) {
         self.aborted.store(true, std::sync::atomic::Ordering::Release);
+        self.close_inputs();
         for signal in self.signals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             signal.notify();
         }
@@ -105,6 +151,9 @@ impl TaskContext for TaskCx {
     }
     fn aborted(&self) -> bool {
         self.control.aborted()
+    }
+    fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(self.control.quiesce())
     }
     fn fail(&self, failure: StageFailure) {
         self.control.fail(failure);
@@ -161,7 +210,16 @@ fn run(setup: WorkerSetup) {
         for (node, own_signal) in nodes {
             if node.kind() == NodeKind::Async {
                 let cx = TaskCx { signal: own_signal.unwrap_or_else(|| signal.clone()), control: control.clone() };
-                tasks.push(tokio::task::spawn_local(node.into_task(Box::new(cx))));
+                let task = node.into_task(Box::new(cx));
+                let control = control.clone();
+                tasks.push(tokio::task::spawn_local(async move {
+                    let result = task.await;
+                    // `Idle` is the abort path, which arrived at the barrier itself.
+                    if result != Activation::Idle {
+                        control.arrive();
+                    }
+                    result
+                }));
             } else {
                 sync_nodes.push(node);
             }
@@ -189,9 +247,7 @@ async fn sync_loop(
     let mut passes = 0u32;
     while remaining > 0 {
         if control.aborted() {
-            for node in nodes.iter_mut() {
-                node.abandon();
-            }
+            abort_loop(nodes, control).await;
             return;
         }
         let mut progress = false;
@@ -211,9 +267,7 @@ async fn sync_loop(
                 Activation::Idle | Activation::Blocked => {}
                 Activation::Failed(failure) => {
                     control.fail(failure);
-                    for node in nodes.iter_mut() {
-                        node.abandon();
-                    }
+                    abort_loop(nodes, control).await;
                     return;
                 }
             }
@@ -243,4 +297,15 @@ async fn sync_loop(
             None => signal.park().await,
         }
     }
+    control.arrive();
 }
+
+/// Stops producing, waits until every other stage has too, then drops and counts what
+/// this worker's stages hold and what waits in their input edges.
+async fn abort_loop(nodes: &mut [Box<dyn ErasedNode<RingTransport>>], control: &Control) {
+    control.quiesce().await;
+    for node in nodes.iter_mut() {
+        node.abandon();
+    }
+}
+

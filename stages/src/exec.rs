@@ -217,8 +217,12 @@ pub trait TaskContext: 'static {
     /// Waits until woken by an edge (input arrived, output space freed) or until
     /// `timeout`; spurious returns are allowed.
     fn park(&self, timeout: Option<Duration>) -> Pin<Box<dyn Future<Output = ()> + '_>>;
-    /// True once the pipeline is aborting; the task returns promptly.
+    /// True once the pipeline is aborting; the task then calls [`quiesce`](TaskContext::quiesce),
+    /// [`ErasedNode::abandon`]s what it holds, and returns.
     fn aborted(&self) -> bool;
+    /// After an abort: waits until no stage anywhere in the pipeline produces any more,
+    /// so that what is then discarded (and counted) is final.
+    fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
     /// Reports a failure under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy).
     fn fail(&self, failure: crate::StageFailure);
 }

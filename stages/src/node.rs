@@ -98,6 +98,23 @@ impl<T: Send + 'static, X: Transport> InSlot<T, X> {
         }
     }
 
+    /// Drops the burst buffer and everything waiting in the edge; returns how many.
+    fn discard(&mut self) -> usize {
+        let mut dropped = self.buf.len();
+        self.buf.clear();
+        if let Some(receiver) = &mut self.receiver {
+            loop {
+                let n = receiver.pull(&mut self.buf, 1024);
+                if n == 0 {
+                    break;
+                }
+                dropped += n;
+                self.buf.clear();
+            }
+        }
+        dropped
+    }
+
     fn finished(&self) -> bool {
         self.buf.is_empty() && self.receiver.as_ref().is_none_or(|r| r.is_finished())
     }
@@ -270,8 +287,7 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
     }
 
     fn abandon(&mut self) -> usize {
-        let held = self.input.buf.len() + self.output.buf.len();
-        self.input.buf.clear();
+        let held = self.input.discard() + self.output.buf.len();
         self.output.buf.clear();
         if held > 0 {
             self.common.observer.dropped(DropReason::Aborted, held);
@@ -332,6 +348,7 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
             let mut errors: Vec<S::Error> = Vec::new();
             loop {
                 if cx.aborted() {
+                    cx.quiesce().await;
                     node.abandon();
                     return Activation::Idle;
                 }
@@ -385,8 +402,7 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
     }
 
     fn abandon(&mut self) -> usize {
-        let held = self.input.buf.len() + self.output.buf.len();
-        self.input.buf.clear();
+        let held = self.input.discard() + self.output.buf.len();
         self.output.buf.clear();
         if held > 0 {
             self.common.observer.dropped(DropReason::Aborted, held);
@@ -608,8 +624,7 @@ where
     }
 
     fn abandon(&mut self) -> usize {
-        let mut held = self.input.buf.len();
-        self.input.buf.clear();
+        let mut held = self.input.discard();
         for out in &mut self.outputs {
             held += out.buf.len();
             out.buf.clear();
@@ -697,8 +712,7 @@ impl<T: Send + 'static, E: Send + 'static, X: Transport> ErasedNode<X> for Split
     }
 
     fn abandon(&mut self) -> usize {
-        let held = self.input.buf.len() + self.ok.buf.len() + self.err.buf.len();
-        self.input.buf.clear();
+        let held = self.input.discard() + self.ok.buf.len() + self.err.buf.len();
         self.ok.buf.clear();
         self.err.buf.clear();
         if held > 0 {

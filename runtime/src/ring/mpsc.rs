@@ -119,7 +119,12 @@ impl<T> MpscProducer<T> {
                 return Err(PushError::Closed);
             }
             let head = shared.head.load(Ordering::Acquire);
-            let free = capacity - (tail - head);
+            // `tail` can be stale (loaded before other producers claimed and the
+            // consumer popped past it), so `head` may be ahead of it: a plain
+            // `tail - head` would underflow. Such a `tail` is never current, so the
+            // CAS below fails and we retry with the fresh value; only a `tail` that
+            // wins the CAS (then `head <= tail`) decides how many items we take.
+            let free = capacity - tail.saturating_sub(head);
             let n = free.min(items.len());
             if n == 0 {
                 return Err(PushError::Full);
