@@ -1,1 +1,24 @@
-fn main(){}
+//! The `pipewright` command-line tool.
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser, Debug)]
+#[command(name = "pipewright", version, about = "Typed staged pipelines with per-stage resources")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a multi-stage demo pipeline on this machine, with a live per-stage view.
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Command::Demo(args) => cli::demo::run(args),
+    }
+}

@@ -140,6 +140,13 @@ impl Runtime {
             control.add_signal(signal.clone());
         }
 
+        for entry in pipeline.nodes.iter_mut() {
+            if let Some(burst) = plan.burst_for(&entry.name) {
+                entry.node.set_burst(burst);
+            }
+        }
+        let bursts: Vec<usize> = pipeline.nodes.iter().map(|n| n.node.burst()).collect();
+
         // Plan every edge: its kind, its capacity, who it wakes.
         let input_events: Vec<Arc<Event>> = pipeline.inputs.iter().map(|_| Arc::new(Event::new())).collect();
         let output_events: Vec<Arc<Event>> = pipeline.outputs.iter().map(|_| Arc::new(Event::new())).collect();
@@ -160,11 +167,26 @@ impl Runtime {
             } else {
                 EdgeKind::Mpsc
             };
-            let (consumer, capacity) = match info.consumer {
+            let (consumer, mut capacity) = match info.consumer {
                 Endpoint::Node { node, .. } => (Waker::Signal(node_signals[node].clone()), plan.ring_for(&names[node])),
                 Endpoint::Output(i) => (Waker::External(output_events[i].clone()), plan.ring_for(&pipeline.outputs[i].0)),
                 Endpoint::Input(_) => unreachable!("inputs never consume"),
             };
+            if kind == EdgeKind::Local {
+                // Fused stages hand bursts over directly; the buffer only needs room for
+                // a burst in each direction, not a ring's worth of latency.
+                let widest = info
+                    .producers
+                    .iter()
+                    .chain(std::iter::once(&info.consumer))
+                    .filter_map(|e| match *e {
+                        Endpoint::Node { node, .. } => Some(bursts[node]),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(1);
+                capacity = 2 * widest;
+            }
             let producers = info
                 .producers
                 .iter()
@@ -219,9 +241,6 @@ impl Runtime {
         // Observers, bursts, per-stage metadata.
         let mut stages = Vec::new();
         for (id, entry) in pipeline.nodes.iter_mut().enumerate() {
-            if let Some(burst) = plan.burst_for(&entry.name) {
-                entry.node.set_burst(burst);
-            }
             let stats = Arc::new(StageStats::default());
             entry.node.bind_observer(Box::new(StatsObserver::new(&entry.name, stats.clone())));
             let input = entry.input.map(|edge| (edge_kinds[edge], edge_caps[edge], probes.remove(&id).expect("every input edge has a probe")));

@@ -1,0 +1,90 @@
+//! A per-stage live view refreshed in place, like VPP's `show runtime`.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use pipewright::{Running, Snapshot};
+
+/// Redraws a per-stage table every `every` until `done` says stop.
+pub(crate) struct LiveView {
+    last: Option<(Instant, Snapshot)>,
+    lines_drawn: usize,
+    tty: bool,
+}
+
+impl LiveView {
+    pub(crate) fn new() -> Self {
+        Self { last: None, lines_drawn: 0, tty: std::io::stdout().is_terminal() }
+    }
+
+    /// Draws one frame from the running pipeline's counters.
+    pub(crate) fn frame(&mut self, running: &Running) {
+        let now = Instant::now();
+        let snap = running.snapshot();
+        running.publish_gauges();
+        let mut out = String::new();
+        out.push_str(&format!(
+            "pipewright demo  t={:>5.1}s  plan: {}\n",
+            running.elapsed().as_secs_f64(),
+            running.plan()
+        ));
+        out.push_str(&format!(
+            "{:<12} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
+            "stage", "wkr", "burst", "in/s", "out/s", "ns/item", "p99<=ns", "input", "queue", "dropped"
+        ));
+        for s in &snap.stages {
+            let (rate_in, rate_out) = match &self.last {
+                Some((then, prev)) => {
+                    let dt = now.duration_since(*then).as_secs_f64().max(1e-9);
+                    let p = prev.stage(&s.name).cloned().unwrap_or_default();
+                    ((s.items_in - p.items_in) as f64 / dt, (s.items_out - p.items_out) as f64 / dt)
+                }
+                None => (0.0, 0.0),
+            };
+            let queue = if s.queue_capacity == 0 { "-".to_string() } else { format!("{}/{}", s.queue_depth, s.queue_capacity) };
+            out.push_str(&format!(
+                "{:<12} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
+                s.name,
+                s.worker,
+                s.burst,
+                human(rate_in),
+                human(rate_out),
+                s.mean_ns_per_item.map(|n| format!("{n:.1}")).unwrap_or_else(|| "-".into()),
+                s.p99_ns_per_item.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                s.input_kind,
+                queue,
+                s.dropped_total(),
+            ));
+        }
+        let mut stdout = std::io::stdout().lock();
+        if self.tty && self.lines_drawn > 0 {
+            // Move up over the previous frame and overwrite it.
+            let _ = write!(stdout, "\x1b[{}A\x1b[J", self.lines_drawn);
+        }
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+        self.lines_drawn = out.lines().count();
+        self.last = Some((now, snap));
+    }
+
+    /// Draws frames every `every` while `keep_going` returns true.
+    pub(crate) fn run_until(&mut self, running: &Running, every: Duration, mut keep_going: impl FnMut() -> bool) {
+        while keep_going() && !running.is_finished() {
+            self.frame(running);
+            std::thread::sleep(every);
+        }
+    }
+}
+
+/// 1234567.0 -> "1.23M".
+pub(crate) fn human(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}

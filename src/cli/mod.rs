@@ -1,0 +1,4 @@
+//! Subcommands of the `pipewright` tool.
+
+pub(crate) mod demo;
+pub(crate) mod live;
