@@ -21,7 +21,11 @@ fn run(plan: Plan) -> Result<(), Box<dyn std::error::Error>> {
         });
     println!("plan: {plan}");
     let report = Runtime::start(b.build()?, plan)?.join()?;
-    println!("{:.1} M items/s\n{}", 2.0 / report.elapsed.as_secs_f64(), report.snapshot);
+    println!(
+        "{:.1} M items/s\n{}",
+        2.0 / report.elapsed.as_secs_f64(),
+        report.snapshot
+    );
     Ok(())
 }
 

@@ -14,7 +14,10 @@ enum Event {
 
 fn parse(line: &str) -> Result<Event, String> {
     match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["click", x, y] => Ok(Event::Click { x: x.parse().map_err(|e| format!("{e}"))?, y: y.parse().map_err(|e| format!("{e}"))? }),
+        ["click", x, y] => Ok(Event::Click {
+            x: x.parse().map_err(|e| format!("{e}"))?,
+            y: y.parse().map_err(|e| format!("{e}"))?,
+        }),
         ["key", k] if k.chars().count() == 1 => Ok(Event::Key(k.chars().next().unwrap())),
         _ => Err(format!("cannot parse {line:?}")),
     }
@@ -23,12 +26,17 @@ fn parse(line: &str) -> Result<Event, String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let b = PipelineBuilder::new();
     let (input, lines) = b.input::<&'static str>("lines");
-    let (events, errors) = lines.then("parse", RouteErrorsLayer.layer(stage::try_map(parse))).split_errors("ok-or-err");
+    let (events, errors) = lines
+        .then("parse", RouteErrorsLayer.layer(stage::try_map(parse)))
+        .split_errors("ok-or-err");
     let [clicks, keys] = events.route("by-kind", |e: &Event| match e {
         Event::Click { .. } => 0,
         Event::Key(_) => 1,
     });
-    let clicks = clicks.then("clicks", stage::map(|e: Event| format!("{e:?} in quadrant {}", quadrant(&e))));
+    let clicks = clicks.then(
+        "clicks",
+        stage::map(|e: Event| format!("{e:?} in quadrant {}", quadrant(&e))),
+    );
     let keys = keys.then(
         "keys",
         stage::map(|e: Event| match e {
@@ -40,7 +48,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let errors = errors.output("errors");
 
     let mut running = Runtime::start(b.build()?, Plan::spread(2))?;
-    let (described, errors) = (running.output(&described).unwrap(), running.output(&errors).unwrap());
+    let (described, errors) = (
+        running.output(&described).unwrap(),
+        running.output(&errors).unwrap(),
+    );
     let mut tx = running.input(&input).unwrap();
     for line in ["click 10 20", "key q", "click -1 2", "key w", "scroll 3"] {
         tx.send(line)?;

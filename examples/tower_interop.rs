@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let b = PipelineBuilder::new();
     let (ids, stream) = b.input::<u32>("ids");
-    let names = stream.then_async("lookup", ServiceStage::new(lookup)).then("shout", stage::map(|s: String| s.to_uppercase())).output("names");
+    let names = stream
+        .then_async("lookup", ServiceStage::new(lookup))
+        .then("shout", stage::map(|s: String| s.to_uppercase()))
+        .output("names");
     let mut running = Runtime::start(b.build()?, Plan::fused())?;
     let rx = running.output(&names).unwrap();
     let mut tx = running.input(&ids).unwrap();
@@ -30,14 +33,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (requests, stream) = b.input::<Tagged<String, usize>>("requests");
     stream
         .then_tagged("trim", stage::map(|s: String| s.trim().to_string()))
-        .then_tagged("count", stage::map(|s: String| s.split_whitespace().count()))
+        .then_tagged(
+            "count",
+            stage::map(|s: String| s.split_whitespace().count()),
+        )
         .respond("reply");
     let running = Runtime::start(b.build()?, Plan::spread(2))?;
     let service = PipelineService::new(running.input(&requests).unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         for text in ["one two three", "  pipelines compose  "] {
-            let words = service.clone().ready().await?.call(text.to_string()).await?;
+            let words = service
+                .clone()
+                .ready()
+                .await?
+                .call(text.to_string())
+                .await?;
             println!("{text:?} has {words} words");
         }
         Ok::<_, pipewright::RequestError>(())

@@ -33,16 +33,16 @@
 #![warn(missing_docs)]
 
 pub use pipewright_stages::{
-    exec, inline, layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer,
-    Outbox, OutputId, Pipeline, Reply, RequestError, ServiceStage, Source, SourceState, Stage, StageFailure, Tagged,
-    TaggedStage, Ticket,
+    exec, inline, layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId,
+    IterSource, Layer, Outbox, OutputId, Pipeline, Reply, RequestError, ServiceStage, Source,
+    SourceState, Stage, StageFailure, Tagged, TaggedStage, Ticket,
 };
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::{
-    available_cpus, ring, signal, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError,
-    Report, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError, Stream,
-    TrySendError,
+    available_cpus, ring, signal, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService,
+    Plan, PlanError, Report, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot,
+    StageSnapshot, StartError, Stream, TrySendError,
 };
 
 #[cfg(feature = "prometheus")]

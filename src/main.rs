@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser, Debug)]
-#[command(name = "pipewright", version, about = "Typed staged pipelines with per-stage resources")]
+#[command(
+    name = "pipewright",
+    version,
+    about = "Typed staged pipelines with per-stage resources"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -34,7 +34,10 @@ static GLOBAL: Counting = Counting;
 fn allocations_for(items: u64, plan: Plan) -> u64 {
     let b = PipelineBuilder::new();
     b.source("gen", IterSource(0..items))
-        .then("mix", stage::map(|x: u64| x.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .then(
+            "mix",
+            stage::map(|x: u64| x.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )
         .then("even", stage::filter(|x: &u64| x % 2 == 0))
         .then("fold", stage::map(|x: u64| x >> 7))
         .for_each("sink", |x| {
@@ -49,7 +52,12 @@ fn allocations_for(items: u64, plan: Plan) -> u64 {
 
 #[test]
 fn allocations_do_not_grow_with_items() {
-    for plan in [Plan::fused(), Plan::explicit().worker(["gen", "mix"], Pin::Auto).worker(["even", "fold", "sink"], Pin::Auto)] {
+    for plan in [
+        Plan::fused(),
+        Plan::explicit()
+            .worker(["gen", "mix"], Pin::Auto)
+            .worker(["even", "fold", "sink"], Pin::Auto),
+    ] {
         let small = allocations_for(20_000, plan.clone());
         let large = allocations_for(2_000_000, plan.clone());
         // 1.98M more items; a per-item (or per-burst) allocation would add >= 60k.

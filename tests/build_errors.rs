@@ -8,7 +8,13 @@ fn unconnected_output_is_reported() {
     let (_input, numbers) = b.input::<u32>("numbers");
     let _dangling = numbers.then("double", stage::map(|x: u32| x * 2));
     let err = b.build().unwrap_err();
-    assert_eq!(err, BuildError::UnconnectedOutput { stage: "double".into(), port: 0 });
+    assert_eq!(
+        err,
+        BuildError::UnconnectedOutput {
+            stage: "double".into(),
+            port: 0
+        }
+    );
     assert!(err.to_string().contains("not connected"));
 }
 
@@ -18,7 +24,13 @@ fn unconnected_route_is_reported() {
     let (_input, numbers) = b.input::<u32>("numbers");
     let [a, _b] = numbers.route("split", |x: &u32| (*x % 2) as usize);
     a.for_each("sink", |_| {});
-    assert_eq!(b.build().unwrap_err(), BuildError::UnconnectedOutput { stage: "split".into(), port: 1 });
+    assert_eq!(
+        b.build().unwrap_err(),
+        BuildError::UnconnectedOutput {
+            stage: "split".into(),
+            port: 1
+        }
+    );
 }
 
 #[test]
@@ -26,33 +38,61 @@ fn duplicate_names_and_empty_pipelines_are_rejected() {
     let b = PipelineBuilder::new();
     let (_i, numbers) = b.input::<u32>("x");
     numbers.for_each("x", |_| {});
-    assert_eq!(b.build().unwrap_err(), BuildError::DuplicateName("x".into()));
-    assert_eq!(PipelineBuilder::new().build().unwrap_err(), BuildError::Empty);
+    assert_eq!(
+        b.build().unwrap_err(),
+        BuildError::DuplicateName("x".into())
+    );
+    assert_eq!(
+        PipelineBuilder::new().build().unwrap_err(),
+        BuildError::Empty
+    );
     let b = PipelineBuilder::new();
     let (_i, numbers) = b.input::<u32>("in");
-    numbers.then("zero", stage::map(|x: u32| x)).burst(0).for_each("sink", |_| {});
+    numbers
+        .then("zero", stage::map(|x: u32| x))
+        .burst(0)
+        .for_each("sink", |_| {});
     assert_eq!(b.build().unwrap_err(), BuildError::ZeroBurst("zero".into()));
 }
 
 fn two_stage() -> pipewright::RuntimePipeline {
     let b = PipelineBuilder::new();
     let (_i, numbers) = b.input::<u32>("in");
-    numbers.then("a", stage::map(|x: u32| x)).for_each("b", |_| {});
+    numbers
+        .then("a", stage::map(|x: u32| x))
+        .for_each("b", |_| {});
     b.build().unwrap()
 }
 
 #[test]
 fn plans_that_do_not_fit_are_rejected_with_a_reason() {
     let cases = [
-        (Plan::explicit().worker(["a", "c"], Pin::Auto), PlanError::UnknownStage("c".into())),
-        (Plan::explicit().worker(["a"], Pin::Auto), PlanError::StageMissing("b".into())),
-        (Plan::explicit().worker(["a", "b"], Pin::Auto).worker(["a"], Pin::Auto), PlanError::StageTwice("a".into())),
+        (
+            Plan::explicit().worker(["a", "c"], Pin::Auto),
+            PlanError::UnknownStage("c".into()),
+        ),
+        (
+            Plan::explicit().worker(["a"], Pin::Auto),
+            PlanError::StageMissing("b".into()),
+        ),
+        (
+            Plan::explicit()
+                .worker(["a", "b"], Pin::Auto)
+                .worker(["a"], Pin::Auto),
+            PlanError::StageTwice("a".into()),
+        ),
         (Plan::fused().ring_capacity(0), PlanError::ZeroRing),
-        (Plan::fused().burst("a", 0), PlanError::ZeroBurst("a".into())),
+        (
+            Plan::fused().burst("a", 0),
+            PlanError::ZeroBurst("a".into()),
+        ),
         (Plan::spread(0), PlanError::NoWorkers),
         (
             Plan::explicit().worker(["a", "b"], Pin::Core(4096)),
-            PlanError::NoSuchCore { core: 4096, cpus: pipewright::available_cpus() },
+            PlanError::NoSuchCore {
+                core: 4096,
+                cpus: pipewright::available_cpus(),
+            },
         ),
     ];
     for (plan, want) in cases {

@@ -14,10 +14,15 @@ const PER_SENDER: u64 = 40_000;
 fn run_mixed(plan: Plan) {
     let b = PipelineBuilder::new();
     let (input, numbers) = b.input::<u64>("numbers");
-    let [even, odd] = numbers.then("double", stage::map(|x: u64| x * 2)).route("parity", |x: &u64| ((x / 2) % 2) as usize);
+    let [even, odd] = numbers
+        .then("double", stage::map(|x: u64| x * 2))
+        .route("parity", |x: &u64| ((x / 2) % 2) as usize);
     let even = even.then("even", stage::map(|x: u64| x / 2));
     let odd = odd.then("odd", stage::map(|x: u64| x / 2));
-    let out = even.merge(odd).then("tag", stage::map(|x: u64| x + 1)).output("out");
+    let out = even
+        .merge(odd)
+        .then("tag", stage::map(|x: u64| x + 1))
+        .output("out");
     let mut running = Runtime::start(b.build().unwrap(), plan.ring_capacity(64)).unwrap();
     let rx = running.output(&out).unwrap();
     let collector = std::thread::spawn(move || rx.collect());
@@ -65,7 +70,13 @@ fn drain_loses_and_duplicates_nothing_per_stage() {
 
 #[test]
 fn drain_with_tiny_rings_and_bursts() {
-    run_mixed(Plan::explicit().worker(["double", "parity"], Pin::Auto).worker(["even", "odd", "tag"], Pin::Auto).burst_all(1).ring_capacity(2));
+    run_mixed(
+        Plan::explicit()
+            .worker(["double", "parity"], Pin::Auto)
+            .worker(["even", "odd", "tag"], Pin::Auto)
+            .burst_all(1)
+            .ring_capacity(2),
+    );
 }
 
 #[test]
@@ -82,7 +93,8 @@ fn shutdown_deadline_accounts_for_every_accepted_item() {
             }),
         )
         .output("out");
-    let mut running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(256)).unwrap();
+    let mut running =
+        Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(256)).unwrap();
     let mut rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -107,7 +119,7 @@ fn shutdown_deadline_accounts_for_every_accepted_item() {
     let report = running.shutdown(Duration::from_millis(5)).unwrap();
     sender.join().unwrap();
     let mut received = 0u64;
-    while let Some(_) = rx.try_recv() {
+    while rx.try_recv().is_some() {
         received += 1;
     }
     assert!(rx.is_finished());
@@ -133,7 +145,11 @@ fn backpressure_bounds_items_in_flight() {
             sink_seen.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_micros(50));
         });
-    let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(RING).burst_all(BURST)).unwrap();
+    let running = Runtime::start(
+        b.build().unwrap(),
+        Plan::per_stage().ring_capacity(RING).burst_all(BURST),
+    )
+    .unwrap();
     // Edges: 3 rings of RING; each stage holds at most one input burst and one output burst.
     let bound = (3 * RING + 4 * 2 * BURST) as u64;
     let mut max_in_flight = 0;
@@ -145,7 +161,10 @@ fn backpressure_bounds_items_in_flight() {
         max_in_flight = max_in_flight.max(produced.saturating_sub(consumed));
     }
     assert!(seen.load(Ordering::Relaxed) > 0, "the sink made progress");
-    assert!(max_in_flight <= bound, "{max_in_flight} items in flight exceeds the bound {bound}");
+    assert!(
+        max_in_flight <= bound,
+        "{max_in_flight} items in flight exceeds the bound {bound}"
+    );
     let report = running.abort().unwrap();
     assert!(!report.completed);
 }
@@ -174,10 +193,15 @@ fn source_pipeline_joins_when_exhausted() {
     let b = PipelineBuilder::new();
     let sum = Arc::new(AtomicU64::new(0));
     let s = sum.clone();
-    b.source("numbers", IterSource(1..=100_000u64)).then("id", stage::map(|x: u64| x)).for_each("sum", move |x| {
-        s.fetch_add(x, Ordering::Relaxed);
-    });
-    let report = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap().join().unwrap();
+    b.source("numbers", IterSource(1..=100_000u64))
+        .then("id", stage::map(|x: u64| x))
+        .for_each("sum", move |x| {
+            s.fetch_add(x, Ordering::Relaxed);
+        });
+    let report = Runtime::start(b.build().unwrap(), Plan::spread(2))
+        .unwrap()
+        .join()
+        .unwrap();
     assert!(report.completed);
     assert_eq!(sum.load(Ordering::Relaxed), 100_000 * 100_001 / 2);
 }

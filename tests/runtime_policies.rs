@@ -14,7 +14,10 @@ fn explode_on_hundreds(x: u64) -> u64 {
 fn panicking_stage_drops_and_counts_by_default() {
     let b = PipelineBuilder::new();
     let (input, numbers) = b.input::<u64>("numbers");
-    let out = numbers.then("fragile", stage::map(explode_on_hundreds)).then("after", stage::map(|x: u64| x)).output("out");
+    let out = numbers
+        .then("fragile", stage::map(explode_on_hundreds))
+        .then("after", stage::map(|x: u64| x))
+        .output("out");
     let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
     let rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();
@@ -24,10 +27,22 @@ fn panicking_stage_drops_and_counts_by_default() {
     drop(tx);
     let report = running.drain().unwrap();
     let got = rx.collect();
-    assert_eq!(got, (1..=1000).filter(|x| x % 100 != 0).collect::<Vec<_>>(), "order kept, panicking items dropped");
+    assert_eq!(
+        got,
+        (1..=1000).filter(|x| x % 100 != 0).collect::<Vec<_>>(),
+        "order kept, panicking items dropped"
+    );
     let fragile = report.snapshot.stage("fragile").unwrap().clone();
     assert_eq!(fragile.panics, 10);
-    assert_eq!(fragile.dropped.iter().find(|(r, _)| *r == "panic").unwrap().1, 10);
+    assert_eq!(
+        fragile
+            .dropped
+            .iter()
+            .find(|(r, _)| *r == "panic")
+            .unwrap()
+            .1,
+        10
+    );
 }
 
 #[test]
@@ -35,7 +50,10 @@ fn panicking_stage_fails_the_pipeline_under_fail_policy() {
     let b = PipelineBuilder::new();
     let (input, numbers) = b.input::<u64>("numbers");
     numbers
-        .then("fragile", ErrorPolicyLayer::fail_pipeline().layer(stage::map(explode_on_hundreds)))
+        .then(
+            "fragile",
+            ErrorPolicyLayer::fail_pipeline().layer(stage::map(explode_on_hundreds)),
+        )
         .for_each("sink", |_| {});
     let running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
     let mut tx = running.input(&input).unwrap();
@@ -59,7 +77,9 @@ fn stage_errors_are_counted_routed_or_fatal() {
     // Drop and count (default).
     let b = PipelineBuilder::new();
     let (input, text) = b.input::<&'static str>("text");
-    let out = text.then("parse", stage::try_map(|s: &str| s.parse::<u32>())).output("out");
+    let out = text
+        .then("parse", stage::try_map(|s: &str| s.parse::<u32>()))
+        .output("out");
     let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
     let rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();
@@ -74,8 +94,20 @@ fn stage_errors_are_counted_routed_or_fatal() {
     // Routed to a typed error output.
     let b = PipelineBuilder::new();
     let (input, text) = b.input::<&'static str>("text");
-    let (ok, err) = text.then("parse", RouteErrorsLayer.layer(stage::try_map(|s: &str| s.parse::<u32>()))).split_errors("split");
-    let (ok, err) = (ok.output("ok"), err.then("describe", stage::map(|e: std::num::ParseIntError| e.to_string())).output("err"));
+    let (ok, err) = text
+        .then(
+            "parse",
+            RouteErrorsLayer.layer(stage::try_map(|s: &str| s.parse::<u32>())),
+        )
+        .split_errors("split");
+    let (ok, err) = (
+        ok.output("ok"),
+        err.then(
+            "describe",
+            stage::map(|e: std::num::ParseIntError| e.to_string()),
+        )
+        .output("err"),
+    );
     let mut running = Runtime::start(b.build().unwrap(), Plan::per_stage()).unwrap();
     let (ok_rx, err_rx) = (running.output(&ok).unwrap(), running.output(&err).unwrap());
     let mut tx = running.input(&input).unwrap();
@@ -85,13 +117,19 @@ fn stage_errors_are_counted_routed_or_fatal() {
     drop(tx);
     running.drain().unwrap();
     assert_eq!(ok_rx.collect(), vec![1, 3]);
-    assert_eq!(err_rx.collect(), vec!["invalid digit found in string".to_string()]);
+    assert_eq!(
+        err_rx.collect(),
+        vec!["invalid digit found in string".to_string()]
+    );
 
     // Fatal.
     let b = PipelineBuilder::new();
     let (input, text) = b.input::<&'static str>("text");
-    text.then("parse", ErrorPolicyLayer::fail_pipeline().layer(stage::try_map(|s: &str| s.parse::<u32>())))
-        .for_each("sink", |_| {});
+    text.then(
+        "parse",
+        ErrorPolicyLayer::fail_pipeline().layer(stage::try_map(|s: &str| s.parse::<u32>())),
+    )
+    .for_each("sink", |_| {});
     let running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
     let mut tx = running.input(&input).unwrap();
     let _ = tx.send("1");

@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pipewright::layer::{RateLimitLayer, TimeoutLayer};
 use pipewright::{
-    stage, AsyncStage, Burst, Failures, Layer, Outbox, PipelineBuilder, PipelineService, Plan, RequestError, Runtime,
-    ServiceStage, Tagged,
+    stage, AsyncStage, Burst, Failures, Layer, Outbox, PipelineBuilder, PipelineService, Plan,
+    RequestError, Runtime, ServiceStage, Tagged,
 };
 use tower::{Service, ServiceExt};
 
@@ -17,12 +17,19 @@ fn pipeline_serves_concurrent_tower_calls_each_with_its_own_answer() {
     let (input, requests) = b.input::<Tagged<u64, String>>("requests");
     requests
         .then_tagged("square", stage::map(|x: u64| x * x))
-        .then_tagged("reject-49", stage::try_map(|x: u64| if x == 49 { Err("no 49s") } else { Ok(x) }))
+        .then_tagged(
+            "reject-49",
+            stage::try_map(|x: u64| if x == 49 { Err("no 49s") } else { Ok(x) }),
+        )
         .then_tagged("render", stage::map(|x: u64| format!("<{x}>")))
         .respond("reply");
     let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(8)).unwrap();
     let service = PipelineService::new(running.input(&input).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let results: Vec<(u64, Result<String, RequestError>)> = rt.block_on(async {
         let calls = FuturesUnordered::new();
         for i in 0..2000u64 {
@@ -34,7 +41,10 @@ fn pipeline_serves_concurrent_tower_calls_each_with_its_own_answer() {
     assert_eq!(results.len(), 2000);
     for (i, result) in results {
         if i == 7 {
-            assert!(matches!(result, Err(RequestError::Stage { ref stage, .. }) if stage == "reject-49"), "{result:?}");
+            assert!(
+                matches!(result, Err(RequestError::Stage { ref stage, .. }) if stage == "reject-49"),
+                "{result:?}"
+            );
         } else {
             assert_eq!(result.unwrap(), format!("<{}>", i * i));
         }
@@ -55,7 +65,10 @@ fn a_tower_service_runs_as_an_async_stage() {
     });
     let b = PipelineBuilder::new();
     let (input, numbers) = b.input::<u64>("numbers");
-    let out = numbers.then_async("svc", ServiceStage::new(counter)).then("plus", stage::map(|x: u64| x + 1)).output("out");
+    let out = numbers
+        .then_async("svc", ServiceStage::new(counter))
+        .then("plus", stage::map(|x: u64| x + 1))
+        .output("out");
     let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
     let rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();
@@ -77,7 +90,12 @@ impl AsyncStage for Sleepy {
     type Out = u64;
     type Error = Infallible;
 
-    async fn process_burst(&mut self, burst: &mut Burst<'_, u64>, out: &mut Outbox<'_, u64>, _f: &mut Failures<'_, Infallible>) {
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, u64>,
+        out: &mut Outbox<'_, u64>,
+        _f: &mut Failures<'_, Infallible>,
+    ) {
         while let Some(x) = burst.peek().copied() {
             if x >= 1_000 {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -92,7 +110,13 @@ impl AsyncStage for Sleepy {
 fn timeout_layer_fails_the_rest_of_a_stuck_burst() {
     let b = PipelineBuilder::new();
     let (input, numbers) = b.input::<u64>("numbers");
-    let out = numbers.then_async("sleepy", TimeoutLayer::new(Duration::from_millis(20)).layer(Sleepy)).burst(4).output("out");
+    let out = numbers
+        .then_async(
+            "sleepy",
+            TimeoutLayer::new(Duration::from_millis(20)).layer(Sleepy),
+        )
+        .burst(4)
+        .output("out");
     let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
     let rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();
@@ -103,14 +127,23 @@ fn timeout_layer_fails_the_rest_of_a_stuck_burst() {
     let report = running.drain().unwrap();
     let got = rx.collect();
     assert_eq!(got, vec![1, 2]);
-    assert_eq!(report.snapshot.stage("sleepy").unwrap().dropped_total(), 2, "the stuck item and the one behind it");
+    assert_eq!(
+        report.snapshot.stage("sleepy").unwrap().dropped_total(),
+        2,
+        "the stuck item and the one behind it"
+    );
 }
 
 #[test]
 fn rate_limited_stage_delivers_everything() {
     let b = PipelineBuilder::new();
     let (input, numbers) = b.input::<u64>("numbers");
-    let out = numbers.then("limited", RateLimitLayer::per_second(20_000.0, 16).layer(stage::map(|x: u64| x))).output("out");
+    let out = numbers
+        .then(
+            "limited",
+            RateLimitLayer::per_second(20_000.0, 16).layer(stage::map(|x: u64| x)),
+        )
+        .output("out");
     let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
     let rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();

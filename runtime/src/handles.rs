@@ -49,7 +49,11 @@ pub struct Input<T> {
 
 impl<T: Send + 'static> Input<T> {
     pub(crate) fn new(sender: RingSender<T>, space: Arc<Event>) -> Self {
-        Self { sender, space, one: VecDeque::with_capacity(1) }
+        Self {
+            sender,
+            space,
+            one: VecDeque::with_capacity(1),
+        }
     }
 
     /// Sends one item without waiting.
@@ -133,7 +137,9 @@ impl<T: Send + 'static> Input<T> {
             }
             listener.await;
         }
-        Err(SendError::Closed(self.one.pop_front().expect("item not taken")))
+        Err(SendError::Closed(
+            self.one.pop_front().expect("item not taken"),
+        ))
     }
 
     /// True once the input no longer accepts items.
@@ -143,7 +149,9 @@ impl<T: Send + 'static> Input<T> {
 
     /// Another producer handle, or `None` once the input is closed.
     pub fn try_clone(&self) -> Option<Self> {
-        self.sender.try_clone().map(|sender| Self::new(sender, self.space.clone()))
+        self.sender
+            .try_clone()
+            .map(|sender| Self::new(sender, self.space.clone()))
     }
 }
 
@@ -151,7 +159,8 @@ impl<T: Send + 'static> Clone for Input<T> {
     /// # Panics
     /// If the input is already closed; use [`Input::try_clone`] to check.
     fn clone(&self) -> Self {
-        self.try_clone().expect("cloning a closed pipeline input; use try_clone")
+        self.try_clone()
+            .expect("cloning a closed pipeline input; use try_clone")
     }
 }
 
@@ -168,7 +177,11 @@ const OUTPUT_BURST: usize = 256;
 
 impl<T: Send + 'static> Output<T> {
     pub(crate) fn new(receiver: RingReceiver<T>, ready: Arc<Event>) -> Self {
-        Self { receiver, ready, buf: VecDeque::new() }
+        Self {
+            receiver,
+            ready,
+            buf: VecDeque::new(),
+        }
     }
 
     /// Takes an item if one is ready.

@@ -27,7 +27,13 @@
 //! ```
 //!
 //! [pipewright]: https://docs.rs/pipewright
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, unsafe_op_in_unsafe_fn, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    unsafe_op_in_unsafe_fn,
+    rust_2018_idioms
+)]
 
 pub(crate) mod sync;
 
@@ -56,7 +62,10 @@ mod worker;
 #[cfg(not(loom))]
 pub use handles::{Input, Output, SendError, TrySendError};
 #[cfg(not(loom))]
-pub use plan::{available_cpus, Pin, Plan, PlanError, ResolvedPlan, ResolvedWorker, WorkerSpec, DEFAULT_RING_CAPACITY};
+pub use plan::{
+    available_cpus, Pin, Plan, PlanError, ResolvedPlan, ResolvedWorker, WorkerSpec,
+    DEFAULT_RING_CAPACITY,
+};
 #[cfg(not(loom))]
 pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
 #[cfg(not(loom))]
@@ -68,8 +77,8 @@ pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTranspor
 
 #[cfg(not(loom))]
 pub use pipewright_stages::{
-    layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer, Outbox,
-    OutputId, RequestError, ServiceStage, Source, SourceState, Stage, StageFailure, Tagged,
+    layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer,
+    Outbox, OutputId, RequestError, ServiceStage, Source, SourceState, Stage, StageFailure, Tagged,
 };
 
 /// The pipeline builder for this runtime: `pipewright_stages::PipelineBuilder` with the

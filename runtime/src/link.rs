@@ -39,7 +39,11 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn new(consumer: Waker, producers: Vec<Waker>) -> Self {
-        Self { consumer, producers, space: Doorbell::new() }
+        Self {
+            consumer,
+            producers,
+            space: Doorbell::new(),
+        }
     }
 
     /// Items were pushed.

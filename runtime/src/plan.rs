@@ -66,12 +66,19 @@ impl Default for Plan {
 
 /// CPUs this process may run on.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Plan {
     fn with_layout(layout: Layout) -> Self {
-        Self { layout, ring_capacity: DEFAULT_RING_CAPACITY, ring_overrides: HashMap::new(), bursts: HashMap::new() }
+        Self {
+            layout,
+            ring_capacity: DEFAULT_RING_CAPACITY,
+            ring_overrides: HashMap::new(),
+            bursts: HashMap::new(),
+        }
     }
 
     /// Every stage on one worker: all edges fused, no rings.
@@ -97,8 +104,15 @@ impl Plan {
 
     /// Adds a worker running `stages` (only for [`Plan::explicit`] plans; on another
     /// plan this turns it into an explicit one).
-    pub fn worker<S: Into<String>>(mut self, stages: impl IntoIterator<Item = S>, pin: Pin) -> Self {
-        let spec = WorkerSpec { stages: stages.into_iter().map(Into::into).collect(), pin };
+    pub fn worker<S: Into<String>>(
+        mut self,
+        stages: impl IntoIterator<Item = S>,
+        pin: Pin,
+    ) -> Self {
+        let spec = WorkerSpec {
+            stages: stages.into_iter().map(Into::into).collect(),
+            pin,
+        };
         match &mut self.layout {
             Layout::Explicit(workers) => workers.push(spec),
             other => *other = Layout::Explicit(vec![spec]),
@@ -131,11 +145,17 @@ impl Plan {
     }
 
     pub(crate) fn burst_for(&self, stage: &str) -> Option<usize> {
-        self.bursts.get(stage).or_else(|| self.bursts.get(ALL)).copied()
+        self.bursts
+            .get(stage)
+            .or_else(|| self.bursts.get(ALL))
+            .copied()
     }
 
     pub(crate) fn ring_for(&self, consumer: &str) -> usize {
-        self.ring_overrides.get(consumer).copied().unwrap_or(self.ring_capacity)
+        self.ring_overrides
+            .get(consumer)
+            .copied()
+            .unwrap_or(self.ring_capacity)
     }
 
     /// Resolves the plan against a pipeline's stage names (in pipeline order).
@@ -158,7 +178,9 @@ impl Plan {
             Layout::Spread(0) => return Err(PlanError::NoWorkers),
             Layout::Spread(w) => {
                 let w = (*w).min(n.max(1));
-                (0..w).map(|k| ((k * n / w..(k + 1) * n / w).collect(), Pin::Auto)).collect()
+                (0..w)
+                    .map(|k| ((k * n / w..(k + 1) * n / w).collect(), Pin::Auto))
+                    .collect()
             }
             Layout::Explicit(workers) => {
                 if workers.is_empty() {
@@ -169,7 +191,10 @@ impl Plan {
                 for w in workers {
                     let mut ids = Vec::new();
                     for name in &w.stages {
-                        let id = stages.iter().position(|s| s == name).ok_or_else(|| PlanError::UnknownStage(name.clone()))?;
+                        let id = stages
+                            .iter()
+                            .position(|s| s == name)
+                            .ok_or_else(|| PlanError::UnknownStage(name.clone()))?;
                         if std::mem::replace(&mut seen[id], true) {
                             return Err(PlanError::StageTwice(name.clone()));
                         }
@@ -214,7 +239,12 @@ impl fmt::Display for Plan {
                         Pin::Auto => "cpu auto".into(),
                         Pin::Float => "unpinned".into(),
                     };
-                    write!(f, "{}worker {i} [{pin}]: {}", if i > 0 { "; " } else { "" }, w.stages.join(" -> "))?;
+                    write!(
+                        f,
+                        "{}worker {i} [{pin}]: {}",
+                        if i > 0 { "; " } else { "" },
+                        w.stages.join(" -> ")
+                    )?;
                 }
             }
         }
@@ -254,7 +284,9 @@ pub enum PlanError {
     #[error("the plan has no workers; add at least one")]
     NoWorkers,
     /// A ring of zero slots could never carry an item.
-    #[error("a ring capacity of 0 was requested; use at least 1 (it is rounded up to a power of two)")]
+    #[error(
+        "a ring capacity of 0 was requested; use at least 1 (it is rounded up to a power of two)"
+    )]
     ZeroRing,
     /// A burst of zero would never make progress.
     #[error("stage `{0}` has burst size 0; use at least 1")]

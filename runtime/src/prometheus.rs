@@ -8,5 +8,7 @@ use std::net::SocketAddr;
 /// Queue-depth gauges are published by [`Running::publish_gauges`](crate::Running::publish_gauges);
 /// call it periodically (the CLI does every refresh).
 pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
 }

@@ -61,13 +61,14 @@ pub struct Report {
 }
 
 type Discard = fn(&mut (dyn Any + Send)) -> u64;
+type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
 
 struct StageMeta {
     name: String,
     worker: usize,
     burst: usize,
     stats: Arc<StageStats>,
-    input: Option<(EdgeKind, usize, Box<dyn Fn() -> usize + Send + Sync>)>,
+    input: Option<(EdgeKind, usize, DepthProbe)>,
 }
 
 /// A pipeline running on its workers.
@@ -107,7 +108,10 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("plan", &self.plan.to_string()).field("workers", &self.threads.len()).finish()
+        f.debug_struct("Running")
+            .field("plan", &self.plan.to_string())
+            .field("workers", &self.threads.len())
+            .finish()
     }
 }
 
@@ -127,9 +131,17 @@ impl Runtime {
                 worker_of[node] = w;
             }
         }
-        let async_tasks = pipeline.nodes.iter().filter(|n| n.node.kind() == NodeKind::Async).count();
+        let async_tasks = pipeline
+            .nodes
+            .iter()
+            .filter(|n| n.node.kind() == NodeKind::Async)
+            .count();
         let control = Arc::new(Control::new(resolved.workers.len(), async_tasks));
-        let worker_signals: Vec<Arc<Signal>> = resolved.workers.iter().map(|_| Arc::new(Signal::new())).collect();
+        let worker_signals: Vec<Arc<Signal>> = resolved
+            .workers
+            .iter()
+            .map(|_| Arc::new(Signal::new()))
+            .collect();
         let node_signals: Vec<Arc<Signal>> = (0..names.len())
             .map(|n| match pipeline.nodes[n].node.kind() {
                 NodeKind::Async => Arc::new(Signal::new()),
@@ -148,8 +160,16 @@ impl Runtime {
         let bursts: Vec<usize> = pipeline.nodes.iter().map(|n| n.node.burst()).collect();
 
         // Plan every edge: its kind, its capacity, who it wakes.
-        let input_events: Vec<Arc<Event>> = pipeline.inputs.iter().map(|_| Arc::new(Event::new())).collect();
-        let output_events: Vec<Arc<Event>> = pipeline.outputs.iter().map(|_| Arc::new(Event::new())).collect();
+        let input_events: Vec<Arc<Event>> = pipeline
+            .inputs
+            .iter()
+            .map(|_| Arc::new(Event::new()))
+            .collect();
+        let output_events: Vec<Arc<Event>> = pipeline
+            .outputs
+            .iter()
+            .map(|_| Arc::new(Event::new()))
+            .collect();
         let mut edge_plans = Vec::new();
         for entry in &pipeline.edges {
             let info = &entry.info;
@@ -159,7 +179,10 @@ impl Runtime {
             };
             let all_local = consumer_worker.is_some()
                 && info.producers.iter().all(|p| matches!(*p, Endpoint::Node { node, .. } if Some(worker_of[node]) == consumer_worker));
-            let has_input = info.producers.iter().any(|p| matches!(p, Endpoint::Input(_)));
+            let has_input = info
+                .producers
+                .iter()
+                .any(|p| matches!(p, Endpoint::Input(_)));
             let kind = if all_local {
                 EdgeKind::Local
             } else if info.producers.len() == 1 && !has_input {
@@ -168,8 +191,14 @@ impl Runtime {
                 EdgeKind::Mpsc
             };
             let (consumer, mut capacity) = match info.consumer {
-                Endpoint::Node { node, .. } => (Waker::Signal(node_signals[node].clone()), plan.ring_for(&names[node])),
-                Endpoint::Output(i) => (Waker::External(output_events[i].clone()), plan.ring_for(&pipeline.outputs[i].0)),
+                Endpoint::Node { node, .. } => (
+                    Waker::Signal(node_signals[node].clone()),
+                    plan.ring_for(&names[node]),
+                ),
+                Endpoint::Output(i) => (
+                    Waker::External(output_events[i].clone()),
+                    plan.ring_for(&pipeline.outputs[i].0),
+                ),
                 Endpoint::Input(_) => unreachable!("inputs never consume"),
             };
             if kind == EdgeKind::Local {
@@ -196,23 +225,34 @@ impl Runtime {
                     Endpoint::Output(_) => unreachable!("outputs never produce"),
                 })
                 .collect();
-            edge_plans.push(EdgePlan { kind, capacity, link: Arc::new(Link::new(consumer, producers)) });
+            edge_plans.push(EdgePlan {
+                kind,
+                capacity,
+                link: Arc::new(Link::new(consumer, producers)),
+            });
         }
         let edge_kinds: Vec<EdgeKind> = edge_plans.iter().map(|e| e.kind).collect();
         let edge_caps: Vec<usize> = edge_plans.iter().map(|e| e.capacity).collect();
         let transport = RingTransport { edges: edge_plans };
 
         // Connect edges and bind their ends.
-        let mut inputs: Vec<Option<Box<dyn Any + Send>>> = pipeline.inputs.iter().map(|_| None).collect();
-        let mut outputs: Vec<Option<Box<dyn Any + Send>>> = pipeline.outputs.iter().map(|_| None).collect();
-        let mut probes: HashMap<usize, Box<dyn Fn() -> usize + Send + Sync>> = HashMap::new();
+        let mut inputs: Vec<Option<Box<dyn Any + Send>>> =
+            pipeline.inputs.iter().map(|_| None).collect();
+        let mut outputs: Vec<Option<Box<dyn Any + Send>>> =
+            pipeline.outputs.iter().map(|_| None).collect();
+        let mut probes: HashMap<usize, DepthProbe> = HashMap::new();
         let mut input_closers = Vec::new();
-        let mut output_discards: Vec<Option<Discard>> = pipeline.outputs.iter().map(|_| None).collect();
+        let mut output_discards: Vec<Option<Discard>> =
+            pipeline.outputs.iter().map(|_| None).collect();
         for e in 0..pipeline.edges.len() {
             let info = pipeline.edges[e].info.clone();
             let connected = pipeline.edges[e].edge.connect(&transport, &info);
-            let (senders, receiver, handle) = (connected.senders, connected.receiver, connected.handle);
-            let fed_by_input = info.producers.iter().any(|p| matches!(p, Endpoint::Input(_)));
+            let (senders, receiver, handle) =
+                (connected.senders, connected.receiver, connected.handle);
+            let fed_by_input = info
+                .producers
+                .iter()
+                .any(|p| matches!(p, Endpoint::Input(_)));
             if fed_by_input {
                 if let Some(closer) = handle.closer {
                     input_closers.push(closer);
@@ -220,7 +260,9 @@ impl Runtime {
             }
             for (producer, sender) in info.producers.iter().zip(senders) {
                 match *producer {
-                    Endpoint::Node { node, port } => pipeline.nodes[node].node.bind_output(port, sender)?,
+                    Endpoint::Node { node, port } => {
+                        pipeline.nodes[node].node.bind_output(port, sender)?
+                    }
                     Endpoint::Input(i) => inputs[i] = Some(sender),
                     Endpoint::Output(_) => unreachable!(),
                 }
@@ -242,11 +284,34 @@ impl Runtime {
         let mut stages = Vec::new();
         for (id, entry) in pipeline.nodes.iter_mut().enumerate() {
             let stats = Arc::new(StageStats::default());
-            entry.node.bind_observer(Box::new(StatsObserver::new(&entry.name, stats.clone())));
-            let input = entry.input.map(|edge| (edge_kinds[edge], edge_caps[edge], probes.remove(&id).expect("every input edge has a probe")));
-            stages.push(StageMeta { name: entry.name.clone(), worker: worker_of[id], burst: entry.node.burst(), stats, input });
+            entry
+                .node
+                .bind_observer(Box::new(StatsObserver::new(&entry.name, stats.clone())));
+            let input = entry.input.map(|edge| {
+                (
+                    edge_kinds[edge],
+                    edge_caps[edge],
+                    probes.remove(&id).expect("every input edge has a probe"),
+                )
+            });
+            stages.push(StageMeta {
+                name: entry.name.clone(),
+                worker: worker_of[id],
+                burst: entry.node.burst(),
+                stats,
+                input,
+            });
         }
-        let edges = pipeline.edges.iter().map(|e| (format!("{:?}->{:?}", e.info.producers, e.info.consumer), edge_kinds[e.info.id])).collect();
+        let edges = pipeline
+            .edges
+            .iter()
+            .map(|e| {
+                (
+                    format!("{:?}->{:?}", e.info.producers, e.info.consumer),
+                    edge_kinds[e.info.id],
+                )
+            })
+            .collect();
 
         // Hand nodes to workers, in pipeline order.
         let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
@@ -258,7 +323,13 @@ impl Runtime {
         let started = Instant::now();
         let mut threads = Vec::new();
         for (index, (nodes, worker)) in per_worker.into_iter().zip(&resolved.workers).enumerate() {
-            let setup = WorkerSetup { index, core: worker.core, signal: worker_signals[index].clone(), nodes, control: control.clone() };
+            let setup = WorkerSetup {
+                index,
+                core: worker.core,
+                signal: worker_signals[index].clone(),
+                nodes,
+                control: control.clone(),
+            };
             match worker::spawn(setup) {
                 Ok(handle) => threads.push(handle),
                 Err(error) => {
@@ -269,14 +340,32 @@ impl Runtime {
         }
         tracing::info!(target: "pipewright", plan = %plan, workers = threads.len(), "pipeline started");
         let _ = (input_events, output_events);
-        Ok(Running { control, threads, inputs, outputs, output_discards: output_discards.into_iter().map(|d| d.expect("every output has an edge")).collect(), stages, edges, started, plan })
+        Ok(Running {
+            control,
+            threads,
+            inputs,
+            outputs,
+            output_discards: output_discards
+                .into_iter()
+                .map(|d| d.expect("every output has an edge"))
+                .collect(),
+            stages,
+            edges,
+            started,
+            plan,
+        })
     }
 }
 
 impl Running {
     /// A sending handle for an application input, or `None` once it is closed.
     pub fn input<T: Send + 'static>(&self, id: &InputId<T>) -> Option<Input<T>> {
-        let sender = self.inputs.get(id.index())?.as_ref()?.downcast_ref::<RingSender<T>>().expect("InputId type matches its edge");
+        let sender = self
+            .inputs
+            .get(id.index())?
+            .as_ref()?
+            .downcast_ref::<RingSender<T>>()
+            .expect("InputId type matches its edge");
         let space = sender.space_event();
         sender.try_clone().map(|s| Input::new(s, space))
     }
@@ -284,7 +373,9 @@ impl Running {
     /// The receiving handle of an application output (once: outputs have one reader).
     pub fn output<T: Send + 'static>(&mut self, id: &OutputId<T>) -> Option<Output<T>> {
         let boxed = self.outputs.get_mut(id.index())?.take()?;
-        let receiver = *boxed.downcast::<RingReceiver<T>>().expect("OutputId type matches its edge");
+        let receiver = *boxed
+            .downcast::<RingReceiver<T>>()
+            .expect("OutputId type matches its edge");
         let ready = receiver.ready_event();
         Some(Output::new(receiver, ready))
     }
@@ -366,7 +457,13 @@ impl Running {
             let _ = thread.join();
         }
         let snapshot = self.snapshot();
-        let abandoned = snapshot.stages.iter().flat_map(|s| &s.dropped).filter(|(r, _)| *r == "aborted").map(|(_, n)| n).sum();
+        let abandoned = snapshot
+            .stages
+            .iter()
+            .flat_map(|s| &s.dropped)
+            .filter(|(r, _)| *r == "aborted")
+            .map(|(_, n)| n)
+            .sum();
         if let Some(failure) = self.control.failure() {
             return Err(RunError::Failed(failure));
         }
@@ -406,7 +503,8 @@ impl Running {
     /// histograms are published as they happen; gauges when this is called).
     pub fn publish_gauges(&self) {
         for s in self.snapshot().stages {
-            metrics::gauge!("pipewright_stage_queue_depth", "stage" => s.name.clone()).set(s.queue_depth as f64);
+            metrics::gauge!("pipewright_stage_queue_depth", "stage" => s.name.clone())
+                .set(s.queue_depth as f64);
             metrics::gauge!("pipewright_stage_worker", "stage" => s.name).set(s.worker as f64);
         }
     }

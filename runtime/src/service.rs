@@ -56,7 +56,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
 
 impl<Req: Send + 'static, Resp: Send + 'static> Clone for PipelineService<Req, Resp> {
     fn clone(&self) -> Self {
-        Self { input: self.input.clone() }
+        Self {
+            input: self.input.clone(),
+        }
     }
 }
 
@@ -84,7 +86,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Service<Req> for PipelineService
             Err(TrySendError::Full(tagged)) => {
                 let mut input = self.input.try_clone();
                 Box::pin(async move {
-                    let Some(input) = input.as_mut() else { return Err(RequestError::Closed) };
+                    let Some(input) = input.as_mut() else {
+                        return Err(RequestError::Closed);
+                    };
                     if input.send_async(tagged).await.is_err() {
                         return Err(RequestError::Closed);
                     }

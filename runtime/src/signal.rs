@@ -33,7 +33,10 @@ impl Default for Signal {
 impl Signal {
     /// A signal with no pending notification.
     pub fn new() -> Self {
-        Self { state: AtomicUsize::new(IDLE), waker: AtomicWaker::new() }
+        Self {
+            state: AtomicUsize::new(IDLE),
+            waker: AtomicWaker::new(),
+        }
     }
 
     /// Wakes the owner if it is parked, or makes its next park return at once.
@@ -60,7 +63,11 @@ impl Signal {
                     return Poll::Ready(());
                 }
                 IDLE => {
-                    if self.state.compare_exchange(IDLE, PARKED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    if self
+                        .state
+                        .compare_exchange(IDLE, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
                         return Poll::Pending;
                     }
                 }
@@ -102,7 +109,9 @@ pub struct Doorbell {
 impl Doorbell {
     /// A disarmed doorbell.
     pub fn new() -> Self {
-        Self { armed: crate::sync::AtomicBool::new(false) }
+        Self {
+            armed: crate::sync::AtomicBool::new(false),
+        }
     }
 
     /// The producer is about to wait for space.

@@ -43,11 +43,17 @@ impl Default for StageStats {
 #[inline]
 fn bump(counter: &AtomicU64, by: u64) {
     // Single writer: a load and a store are enough and cheaper than a locked add.
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 fn reason_index(reason: DropReason) -> usize {
-    DropReason::ALL.iter().position(|r| *r == reason).expect("ALL lists every reason")
+    DropReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("ALL lists every reason")
 }
 
 /// Feeds one stage's [`StageStats`] and its `metrics` handles.
@@ -172,8 +178,13 @@ impl StageStats {
             items_out: load(&self.items_out),
             bursts: load(&self.bursts),
             panics: load(&self.panics),
-            dropped: DropReason::ALL.iter().zip(&self.dropped).map(|(r, n)| (r.as_str(), load(n))).collect(),
-            mean_ns_per_item: (timed_items > 0).then(|| load(&self.timed_nanos) as f64 / timed_items as f64),
+            dropped: DropReason::ALL
+                .iter()
+                .zip(&self.dropped)
+                .map(|(r, n)| (r.as_str(), load(n)))
+                .collect(),
+            mean_ns_per_item: (timed_items > 0)
+                .then(|| load(&self.timed_nanos) as f64 / timed_items as f64),
             p99_ns_per_item: p99,
             ..StageSnapshot::default()
         }
@@ -205,16 +216,44 @@ impl fmt::Display for Snapshot {
         writeln!(
             f,
             "{:<16} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>6} {:>13} {:>8}",
-            "stage", "worker", "burst", "in", "out", "ns/item", "p99<=ns", "input", "queue", "dropped"
+            "stage",
+            "worker",
+            "burst",
+            "in",
+            "out",
+            "ns/item",
+            "p99<=ns",
+            "input",
+            "queue",
+            "dropped"
         )?;
         for s in &self.stages {
-            let ns = s.mean_ns_per_item.map(|n| format!("{n:.1}")).unwrap_or_else(|| "-".into());
-            let p99 = s.p99_ns_per_item.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-            let queue = if s.queue_capacity == 0 { "-".to_string() } else { format!("{}/{}", s.queue_depth, s.queue_capacity) };
+            let ns = s
+                .mean_ns_per_item
+                .map(|n| format!("{n:.1}"))
+                .unwrap_or_else(|| "-".into());
+            let p99 = s
+                .p99_ns_per_item
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into());
+            let queue = if s.queue_capacity == 0 {
+                "-".to_string()
+            } else {
+                format!("{}/{}", s.queue_depth, s.queue_capacity)
+            };
             writeln!(
                 f,
                 "{:<16} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>6} {:>13} {:>8}",
-                s.name, s.worker, s.burst, s.items_in, s.items_out, ns, p99, s.input_kind, queue, s.dropped_total()
+                s.name,
+                s.worker,
+                s.burst,
+                s.items_in,
+                s.items_out,
+                ns,
+                p99,
+                s.input_kind,
+                queue,
+                s.dropped_total()
             )?;
         }
         Ok(())

@@ -65,7 +65,10 @@ pub struct RingSender<T> {
 }
 
 enum SenderInner<T> {
-    Local { queue: Arc<Mutex<LocalQueue<T>>>, capacity: usize },
+    Local {
+        queue: Arc<Mutex<LocalQueue<T>>>,
+        capacity: usize,
+    },
     Spsc(SpscProducer<T>),
     Mpsc(MpscProducer<T>),
 }
@@ -144,7 +147,11 @@ impl<T: Send> RingSender<T> {
     /// Another handle onto the same MPSC edge (application inputs are cloneable).
     pub(crate) fn try_clone(&self) -> Option<Self> {
         match &self.inner {
-            SenderInner::Mpsc(p) => p.try_clone().map(|p| RingSender { inner: SenderInner::Mpsc(p), link: self.link.clone(), closed: false }),
+            SenderInner::Mpsc(p) => p.try_clone().map(|p| RingSender {
+                inner: SenderInner::Mpsc(p),
+                link: self.link.clone(),
+                closed: false,
+            }),
             _ => None,
         }
     }
@@ -272,30 +279,67 @@ impl Transport for RingTransport {
     type EdgeHandle = EdgeHandle;
 
     fn edge_handle<T: Send + 'static>(receiver: &RingReceiver<T>) -> EdgeHandle {
-        EdgeHandle { probe: receiver.depth_probe(), closer: receiver.closer(), discard: discard::<T> }
+        EdgeHandle {
+            probe: receiver.depth_probe(),
+            closer: receiver.closer(),
+            discard: discard::<T>,
+        }
     }
 
     fn channel<T: Send + 'static>(&self, edge: &EdgeInfo) -> (Vec<RingSender<T>>, RingReceiver<T>) {
         let plan = &self.edges[edge.id];
         let link = plan.link.clone();
         let producers = edge.producers.len();
-        let sender = |inner| RingSender { inner, link: link.clone(), closed: false };
+        let sender = |inner| RingSender {
+            inner,
+            link: link.clone(),
+            closed: false,
+        };
         match plan.kind {
             EdgeKind::Local => {
-                let queue = Arc::new(Mutex::new(LocalQueue { items: VecDeque::new(), open_producers: producers }));
+                let queue = Arc::new(Mutex::new(LocalQueue {
+                    items: VecDeque::new(),
+                    open_producers: producers,
+                }));
                 let senders = (0..producers)
-                    .map(|_| sender(SenderInner::Local { queue: queue.clone(), capacity: plan.capacity }))
+                    .map(|_| {
+                        sender(SenderInner::Local {
+                            queue: queue.clone(),
+                            capacity: plan.capacity,
+                        })
+                    })
                     .collect();
-                (senders, RingReceiver { inner: ReceiverInner::Local(queue), link: link.clone() })
+                (
+                    senders,
+                    RingReceiver {
+                        inner: ReceiverInner::Local(queue),
+                        link: link.clone(),
+                    },
+                )
             }
             EdgeKind::Spsc => {
                 let (p, c) = crate::ring::spsc(plan.capacity);
-                (vec![sender(SenderInner::Spsc(p))], RingReceiver { inner: ReceiverInner::Spsc(c), link: link.clone() })
+                (
+                    vec![sender(SenderInner::Spsc(p))],
+                    RingReceiver {
+                        inner: ReceiverInner::Spsc(c),
+                        link: link.clone(),
+                    },
+                )
             }
             EdgeKind::Mpsc => {
                 let (ps, c) = crate::ring::mpsc(plan.capacity, producers);
-                let senders = ps.into_iter().map(|p| sender(SenderInner::Mpsc(p))).collect();
-                (senders, RingReceiver { inner: ReceiverInner::Mpsc(c), link: link.clone() })
+                let senders = ps
+                    .into_iter()
+                    .map(|p| sender(SenderInner::Mpsc(p)))
+                    .collect();
+                (
+                    senders,
+                    RingReceiver {
+                        inner: ReceiverInner::Mpsc(c),
+                        link: link.clone(),
+                    },
+                )
             }
         }
     }
@@ -311,12 +355,16 @@ pub struct EdgeHandle {
 
 impl std::fmt::Debug for EdgeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EdgeHandle").field("depth", &(self.probe)()).finish()
+        f.debug_struct("EdgeHandle")
+            .field("depth", &(self.probe)())
+            .finish()
     }
 }
 
 fn discard<T: Send + 'static>(receiver: &mut (dyn std::any::Any + Send)) -> u64 {
-    let Some(receiver) = receiver.downcast_mut::<RingReceiver<T>>() else { return 0 };
+    let Some(receiver) = receiver.downcast_mut::<RingReceiver<T>>() else {
+        return 0;
+    };
     let mut sink = VecDeque::new();
     let mut total = 0;
     loop {
@@ -332,10 +380,14 @@ fn discard<T: Send + 'static>(receiver: &mut (dyn std::any::Any + Send)) -> u64 
 impl<T> RingSender<T> {
     /// The event application producers on this edge wait on for space.
     pub(crate) fn space_event(&self) -> std::sync::Arc<event_listener::Event> {
-        self.link.producers.iter().find_map(|w| match w {
-            crate::link::Waker::External(e) => Some(e.clone()),
-            _ => None,
-        }).unwrap_or_default()
+        self.link
+            .producers
+            .iter()
+            .find_map(|w| match w {
+                crate::link::Waker::External(e) => Some(e.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 }
 

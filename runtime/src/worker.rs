@@ -38,7 +38,9 @@ pub(crate) struct Control {
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control").field("aborted", &self.aborted()).finish()
+        f.debug_struct("Control")
+            .field("aborted", &self.aborted())
+            .finish()
     }
 }
 
@@ -62,14 +64,20 @@ impl Control {
 
     /// Closes every application input: sends fail with `Closed` and hand items back.
     pub(crate) fn close_inputs(&self) {
-        for close in self.input_closers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for close in self
+            .input_closers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             close();
         }
     }
 
     /// A worker loop or async task that will never produce again (it finished).
     fn arrive(&self) {
-        self.quiescent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.quiescent
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Arrives at the abort barrier and waits for every worker loop and async task.
@@ -86,7 +94,10 @@ impl Control {
     }
 
     pub(crate) fn add_signal(&self, signal: Arc<Signal>) {
-        self.signals.lock().unwrap_or_else(|p| p.into_inner()).push(signal);
+        self.signals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(signal);
     }
 
     pub(crate) fn aborted(&self) -> bool {
@@ -95,21 +106,33 @@ impl Control {
 
     /// Stops every worker promptly (items in flight are counted as `aborted`).
     pub(crate) fn abort(&self) {
-        self.aborted.store(true, std::sync::atomic::Ordering::Release);
+        self.aborted
+            .store(true, std::sync::atomic::Ordering::Release);
         self.close_inputs();
-        for signal in self.signals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for signal in self
+            .signals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             signal.notify();
         }
     }
 
     pub(crate) fn fail(&self, failure: StageFailure) {
         tracing::error!(target: "pipewright", stage = %failure.stage, message = %failure.message, "pipeline failed");
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failure);
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(failure);
         self.abort();
     }
 
     pub(crate) fn failure(&self) -> Option<StageFailure> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn worker_done(&self) {
@@ -160,13 +183,16 @@ impl TaskContext for TaskCx {
     }
 }
 
+/// A node and, if it is async, the signal of its own task.
+pub(crate) type WorkerNode = (Box<dyn ErasedNode<RingTransport>>, Option<Arc<Signal>>);
+
 /// What one worker is given.
 pub(crate) struct WorkerSetup {
     pub(crate) index: usize,
     pub(crate) core: Option<usize>,
     pub(crate) signal: Arc<Signal>,
     /// Nodes in pipeline order, each with its own signal if it is async.
-    pub(crate) nodes: Vec<(Box<dyn ErasedNode<RingTransport>>, Option<Arc<Signal>>)>,
+    pub(crate) nodes: Vec<WorkerNode>,
     pub(crate) control: Arc<Control>,
 }
 
@@ -177,18 +203,29 @@ struct DoneGuard(Arc<Control>);
 impl Drop for DoneGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.fail(StageFailure { stage: "<worker>".into(), message: "worker thread panicked".into() });
+            self.0.fail(StageFailure {
+                stage: "<worker>".into(),
+                message: "worker thread panicked".into(),
+            });
         }
         self.0.worker_done();
     }
 }
 
 pub(crate) fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("pipewright-w{}", setup.index)).spawn(move || run(setup))
+    std::thread::Builder::new()
+        .name(format!("pipewright-w{}", setup.index))
+        .spawn(move || run(setup))
 }
 
 fn run(setup: WorkerSetup) {
-    let WorkerSetup { index: _, core, signal, nodes, control } = setup;
+    let WorkerSetup {
+        index: _,
+        core,
+        signal,
+        nodes,
+        control,
+    } = setup;
     let _done = DoneGuard(control.clone());
     if let Some(core) = core {
         // Pinning is best effort: in a container the CPU may be outside our cpuset.
@@ -196,10 +233,16 @@ fn run(setup: WorkerSetup) {
             tracing::warn!(target: "pipewright", core, "could not pin worker; running unpinned");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
-            control.fail(StageFailure { stage: "<worker>".into(), message: format!("cannot start tokio runtime: {error}") });
+            control.fail(StageFailure {
+                stage: "<worker>".into(),
+                message: format!("cannot start tokio runtime: {error}"),
+            });
             return;
         }
     };
@@ -209,7 +252,10 @@ fn run(setup: WorkerSetup) {
         let mut tasks = Vec::new();
         for (node, own_signal) in nodes {
             if node.kind() == NodeKind::Async {
-                let cx = TaskCx { signal: own_signal.unwrap_or_else(|| signal.clone()), control: control.clone() };
+                let cx = TaskCx {
+                    signal: own_signal.unwrap_or_else(|| signal.clone()),
+                    control: control.clone(),
+                };
                 let task = node.into_task(Box::new(cx));
                 let control = control.clone();
                 tasks.push(tokio::task::spawn_local(async move {
@@ -229,7 +275,10 @@ fn run(setup: WorkerSetup) {
             match task.await {
                 Ok(Activation::Failed(failure)) => control.fail(failure),
                 Ok(_) => {}
-                Err(error) => control.fail(StageFailure { stage: "<async task>".into(), message: error.to_string() }),
+                Err(error) => control.fail(StageFailure {
+                    stage: "<async task>".into(),
+                    message: error.to_string(),
+                }),
             }
         }
     });
@@ -263,7 +312,9 @@ async fn sync_loop(
                     remaining -= 1;
                     progress = true;
                 }
-                Activation::Throttled(wait) => throttle = Some(throttle.map_or(wait, |t| t.min(wait))),
+                Activation::Throttled(wait) => {
+                    throttle = Some(throttle.map_or(wait, |t| t.min(wait)))
+                }
                 Activation::Idle | Activation::Blocked => {}
                 Activation::Failed(failure) => {
                     control.fail(failure);
@@ -308,4 +359,3 @@ async fn abort_loop(nodes: &mut [Box<dyn ErasedNode<RingTransport>>], control: &
         node.abandon();
     }
 }
-

@@ -73,7 +73,11 @@ impl Source for Generator {
                 chunk.copy_from_slice(&x.to_le_bytes());
             }
             let declared_len = if seq % 1000 == 999 { 200 } else { 64 };
-            out.push(RawRecord { seq, declared_len, payload });
+            out.push(RawRecord {
+                seq,
+                declared_len,
+                payload,
+            });
         }
         SourceState::Ready
     }
@@ -96,15 +100,24 @@ impl Stage for Parse {
 
     fn process(&mut self, raw: RawRecord, out: &mut Outbox<'_, Record>) -> Result<(), BadLength> {
         if usize::from(raw.declared_len) > raw.payload.len() {
-            return Err(BadLength { seq: raw.seq, declared: raw.declared_len });
+            return Err(BadLength {
+                seq: raw.seq,
+                declared: raw.declared_len,
+            });
         }
-        out.push(Record { seq: raw.seq, key: raw.payload[0] % 4, payload: raw.payload });
+        out.push(Record {
+            seq: raw.seq,
+            key: raw.payload[0] % 4,
+            payload: raw.payload,
+        });
         Ok(())
     }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -113,19 +126,40 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let totals = Arc::new([(); 4].map(|_| AtomicU64::new(0)));
 
     let b = PipelineBuilder::new();
-    let raw = b.source("generate", Generator { seq: 0, stop: stop.clone() });
+    let raw = b.source(
+        "generate",
+        Generator {
+            seq: 0,
+            stop: stop.clone(),
+        },
+    );
     let records = raw.then("parse", Parse);
-    let summed = records.then("checksum", stage::map(|r: Record| Summed { key: r.key, sum: fnv1a(&r.payload) ^ r.seq }));
+    let summed = records.then(
+        "checksum",
+        stage::map(|r: Record| Summed {
+            key: r.key,
+            sum: fnv1a(&r.payload) ^ r.seq,
+        }),
+    );
     let [hot, cold] = summed.route("by-key", |s: &Summed| usize::from(s.key != 0));
     let hot_seen = hot_total.clone();
     let hot = hot.then(
         "hot",
         stage::map(move |s: Summed| {
             hot_seen.fetch_add(1, Ordering::Relaxed);
-            Summed { key: s.key, sum: s.sum.rotate_left(7) }
+            Summed {
+                key: s.key,
+                sum: s.sum.rotate_left(7),
+            }
         }),
     );
-    let cold = cold.then("cold", stage::map(|s: Summed| Summed { key: s.key, sum: s.sum.wrapping_mul(31) }));
+    let cold = cold.then(
+        "cold",
+        stage::map(|s: Summed| Summed {
+            key: s.key,
+            sum: s.sum.wrapping_mul(31),
+        }),
+    );
     let sink_totals = totals.clone();
     hot.merge(cold).for_each("aggregate", move |s: Summed| {
         sink_totals[usize::from(s.key)].fetch_add(1, Ordering::Relaxed);
@@ -143,33 +177,72 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     .burst_all(args.burst);
 
-    println!("pipewright demo: generate -> parse -> checksum -> by-key -> (hot | cold) -> aggregate");
-    println!("running for {:.1}s on {} CPUs; ctrl-c to stop early\n", args.seconds, pipewright::available_cpus());
+    println!(
+        "pipewright demo: generate -> parse -> checksum -> by-key -> (hot | cold) -> aggregate"
+    );
+    println!(
+        "running for {:.1}s on {} CPUs; ctrl-c to stop early\n",
+        args.seconds,
+        pipewright::available_cpus()
+    );
     let running = Runtime::start(pipeline, plan).context("starting the demo pipeline")?;
     let started = Instant::now();
     let mut view = LiveView::new();
     let limit = Duration::from_secs_f64(args.seconds.max(0.1));
-    view.run_until(&running, Duration::from_millis(args.refresh_ms.max(50)), || started.elapsed() < limit);
+    view.run_until(
+        &running,
+        Duration::from_millis(args.refresh_ms.max(50)),
+        || started.elapsed() < limit,
+    );
     stop.store(true, Ordering::Relaxed);
     let report = running.join().context("running the demo pipeline")?;
     view.frame_final(&report);
 
     let secs = report.elapsed.as_secs_f64();
-    let generated = report.snapshot.stage("generate").map(|s| s.items_out).unwrap_or(0);
+    let generated = report
+        .snapshot
+        .stage("generate")
+        .map(|s| s.items_out)
+        .unwrap_or(0);
     let delivered: u64 = totals.iter().map(|t| t.load(Ordering::Relaxed)).sum();
-    let rejected = report.snapshot.stage("parse").map(|s| s.dropped_total()).unwrap_or(0);
+    let rejected = report
+        .snapshot
+        .stage("parse")
+        .map(|s| s.dropped_total())
+        .unwrap_or(0);
     println!("\nsummary");
-    println!("  generated  {generated:>12}  ({}/s)", human(generated as f64 / secs));
+    println!(
+        "  generated  {generated:>12}  ({}/s)",
+        human(generated as f64 / secs)
+    );
     println!("  rejected   {rejected:>12}  (corrupt records, typed error `BadLength`, counted at `parse`)");
-    println!("  delivered  {delivered:>12}  (hot {} / cold {})", hot_total.load(Ordering::Relaxed), delivered - hot_total.load(Ordering::Relaxed));
-    println!("  accounted  {}", if generated == delivered + rejected { "yes: generated = delivered + rejected" } else { "NO: items unaccounted for" });
-    anyhow::ensure!(generated == delivered + rejected, "the demo lost items: {generated} generated, {delivered} delivered, {rejected} rejected");
+    println!(
+        "  delivered  {delivered:>12}  (hot {} / cold {})",
+        hot_total.load(Ordering::Relaxed),
+        delivered - hot_total.load(Ordering::Relaxed)
+    );
+    println!(
+        "  accounted  {}",
+        if generated == delivered + rejected {
+            "yes: generated = delivered + rejected"
+        } else {
+            "NO: items unaccounted for"
+        }
+    );
+    anyhow::ensure!(
+        generated == delivered + rejected,
+        "the demo lost items: {generated} generated, {delivered} delivered, {rejected} rejected"
+    );
     Ok(())
 }
 
 impl LiveView {
     /// Prints the final per-stage table.
     pub(crate) fn frame_final(&mut self, report: &pipewright::Report) {
-        println!("\nfinal per-stage totals ({:.2}s):\n{}", report.elapsed.as_secs_f64(), report.snapshot);
+        println!(
+            "\nfinal per-stage totals ({:.2}s):\n{}",
+            report.elapsed.as_secs_f64(),
+            report.snapshot
+        );
     }
 }

@@ -14,7 +14,11 @@ pub(crate) struct LiveView {
 
 impl LiveView {
     pub(crate) fn new() -> Self {
-        Self { last: None, lines_drawn: 0, tty: std::io::stdout().is_terminal() }
+        Self {
+            last: None,
+            lines_drawn: 0,
+            tty: std::io::stdout().is_terminal(),
+        }
     }
 
     /// Draws one frame from the running pipeline's counters.
@@ -30,18 +34,34 @@ impl LiveView {
         ));
         out.push_str(&format!(
             "{:<12} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
-            "stage", "wkr", "burst", "in/s", "out/s", "ns/item", "p99<=ns", "input", "queue", "dropped"
+            "stage",
+            "wkr",
+            "burst",
+            "in/s",
+            "out/s",
+            "ns/item",
+            "p99<=ns",
+            "input",
+            "queue",
+            "dropped"
         ));
         for s in &snap.stages {
             let (rate_in, rate_out) = match &self.last {
                 Some((then, prev)) => {
                     let dt = now.duration_since(*then).as_secs_f64().max(1e-9);
                     let p = prev.stage(&s.name).cloned().unwrap_or_default();
-                    ((s.items_in - p.items_in) as f64 / dt, (s.items_out - p.items_out) as f64 / dt)
+                    (
+                        (s.items_in - p.items_in) as f64 / dt,
+                        (s.items_out - p.items_out) as f64 / dt,
+                    )
                 }
                 None => (0.0, 0.0),
             };
-            let queue = if s.queue_capacity == 0 { "-".to_string() } else { format!("{}/{}", s.queue_depth, s.queue_capacity) };
+            let queue = if s.queue_capacity == 0 {
+                "-".to_string()
+            } else {
+                format!("{}/{}", s.queue_depth, s.queue_capacity)
+            };
             out.push_str(&format!(
                 "{:<12} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
                 s.name,
@@ -49,8 +69,12 @@ impl LiveView {
                 s.burst,
                 human(rate_in),
                 human(rate_out),
-                s.mean_ns_per_item.map(|n| format!("{n:.1}")).unwrap_or_else(|| "-".into()),
-                s.p99_ns_per_item.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                s.mean_ns_per_item
+                    .map(|n| format!("{n:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                s.p99_ns_per_item
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 s.input_kind,
                 queue,
                 s.dropped_total(),
@@ -68,7 +92,12 @@ impl LiveView {
     }
 
     /// Draws frames every `every` while `keep_going` returns true.
-    pub(crate) fn run_until(&mut self, running: &Running, every: Duration, mut keep_going: impl FnMut() -> bool) {
+    pub(crate) fn run_until(
+        &mut self,
+        running: &Running,
+        every: Duration,
+        mut keep_going: impl FnMut() -> bool,
+    ) {
         while keep_going() && !running.is_finished() {
             self.frame(running);
             std::thread::sleep(every);

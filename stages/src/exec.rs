@@ -46,7 +46,9 @@ pub struct Connected<X: Transport> {
 
 impl<X: Transport> std::fmt::Debug for Connected<X> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connected").field("senders", &self.senders.len()).finish()
+        f.debug_struct("Connected")
+            .field("senders", &self.senders.len())
+            .finish()
     }
 }
 
@@ -269,7 +271,10 @@ impl<X: Transport, T: Send + 'static> ErasedEdge<X> for TypedEdge<T> {
         let (senders, receiver) = transport.channel::<T>(info);
         let handle = X::edge_handle::<T>(&receiver);
         Connected {
-            senders: senders.into_iter().map(|s| Box::new(s) as Box<dyn Any + Send>).collect(),
+            senders: senders
+                .into_iter()
+                .map(|s| Box::new(s) as Box<dyn Any + Send>)
+                .collect(),
             receiver: Box::new(receiver),
             handle,
         }

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
 
-use crate::exec::{EdgeId, EdgeInfo, Endpoint, ErasedEdge, ErasedNode, NodeId, Transport, TypedEdge};
+use crate::exec::{
+    EdgeId, EdgeInfo, Endpoint, ErasedEdge, ErasedNode, NodeId, Transport, TypedEdge,
+};
 use crate::node::{AsyncStageNode, RouterNode, SourceNode, SplitNode, StageNode, DEFAULT_BURST};
 use crate::{AsyncStage, BuildError, Source, Stage};
 
@@ -46,6 +48,9 @@ macro_rules! id_impls {
 }
 id_impls!(InputId);
 id_impls!(OutputId);
+
+/// The producers feeding a new edge, its typed builder and its item type's name.
+type EdgeFeed<X> = (Vec<Endpoint>, Box<dyn ErasedEdge<X>>, &'static str);
 
 /// One node of a built pipeline.
 pub struct NodeEntry<X: Transport> {
@@ -127,7 +132,10 @@ impl<X: Transport> fmt::Debug for PipelineBuilder<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let g = self.graph.borrow();
         f.debug_struct("PipelineBuilder")
-            .field("nodes", &g.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &g.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -170,12 +178,23 @@ impl<X: Transport> PipelineBuilder<X> {
         g.inputs.push((name.to_string(), None));
         let endpoint = Endpoint::Input(index);
         g.open.push(endpoint);
-        (InputId { index, _t: PhantomData }, Stream::new(self, vec![endpoint]))
+        (
+            InputId {
+                index,
+                _t: PhantomData,
+            },
+            Stream::new(self, vec![endpoint]),
+        )
     }
 
     /// Adds a source stage driven by a worker.
     pub fn source<S: Source>(&self, name: &str, source: S) -> Stream<'_, S::Out, X> {
-        let id = self.add_node(name, Box::new(SourceNode::<S, X>::new(name.to_string(), source)), None, 1);
+        let id = self.add_node(
+            name,
+            Box::new(SourceNode::<S, X>::new(name.to_string(), source)),
+            None,
+            1,
+        );
         Stream::new(self, vec![Endpoint::Node { node: id, port: 0 }])
     }
 
@@ -185,7 +204,10 @@ impl<X: Transport> PipelineBuilder<X> {
         &'b self,
         streams: impl IntoIterator<Item = Stream<'b, T, X>>,
     ) -> Stream<'b, T, X> {
-        let producers = streams.into_iter().flat_map(|s| s.into_producers()).collect();
+        let producers = streams
+            .into_iter()
+            .flat_map(|s| s.into_producers())
+            .collect();
         Stream::new(self, producers)
     }
 
@@ -200,9 +222,18 @@ impl<X: Transport> PipelineBuilder<X> {
         }
         if let Some(open) = g.open.first() {
             return Err(match *open {
-                Endpoint::Node { node, port } => BuildError::UnconnectedOutput { stage: g.nodes[node].name.clone(), port },
-                Endpoint::Input(i) => BuildError::UnconnectedOutput { stage: g.inputs[i].0.clone(), port: 0 },
-                Endpoint::Output(i) => BuildError::UnconnectedOutput { stage: g.outputs[i].0.clone(), port: 0 },
+                Endpoint::Node { node, port } => BuildError::UnconnectedOutput {
+                    stage: g.nodes[node].name.clone(),
+                    port,
+                },
+                Endpoint::Input(i) => BuildError::UnconnectedOutput {
+                    stage: g.inputs[i].0.clone(),
+                    port: 0,
+                },
+                Endpoint::Output(i) => BuildError::UnconnectedOutput {
+                    stage: g.outputs[i].0.clone(),
+                    port: 0,
+                },
             });
         }
         for node in &g.nodes {
@@ -213,7 +244,11 @@ impl<X: Transport> PipelineBuilder<X> {
         Ok(Pipeline {
             nodes: g.nodes,
             edges: g.edges,
-            inputs: g.inputs.into_iter().map(|(n, e)| (n, e.expect("inputs are connected when open is empty"))).collect(),
+            inputs: g
+                .inputs
+                .into_iter()
+                .map(|(n, e)| (n, e.expect("inputs are connected when open is empty")))
+                .collect(),
             outputs: g.outputs,
         })
     }
@@ -222,7 +257,7 @@ impl<X: Transport> PipelineBuilder<X> {
         &self,
         name: &str,
         mut node: Box<dyn ErasedNode<X>>,
-        input: Option<(Vec<Endpoint>, Box<dyn ErasedEdge<X>>, &'static str)>,
+        input: Option<EdgeFeed<X>>,
         outputs: usize,
     ) -> NodeId {
         let mut g = self.graph.borrow_mut();
@@ -230,9 +265,19 @@ impl<X: Transport> PipelineBuilder<X> {
         node.set_burst(g.default_burst);
         let id = g.nodes.len();
         let input_edge = input.map(|(producers, edge, item_type)| {
-            g.connect(producers, Endpoint::Node { node: id, port: 0 }, edge, item_type)
+            g.connect(
+                producers,
+                Endpoint::Node { node: id, port: 0 },
+                edge,
+                item_type,
+            )
         });
-        g.nodes.push(NodeEntry { name: name.to_string(), node, input: input_edge, outputs: vec![None; outputs] });
+        g.nodes.push(NodeEntry {
+            name: name.to_string(),
+            node,
+            input: input_edge,
+            outputs: vec![None; outputs],
+        });
         for port in 0..outputs {
             g.open.push(Endpoint::Node { node: id, port });
         }
@@ -263,7 +308,15 @@ impl<X: Transport> Graph<X> {
                 Endpoint::Output(_) => unreachable!("outputs never produce"),
             }
         }
-        self.edges.push(EdgeEntry { info: EdgeInfo { id, producers, consumer, item_type }, edge });
+        self.edges.push(EdgeEntry {
+            info: EdgeInfo {
+                id,
+                producers,
+                consumer,
+                item_type,
+            },
+            edge,
+        });
         id
     }
 }
@@ -282,35 +335,55 @@ pub struct Stream<'b, T, X: Transport> {
 
 impl<T, X: Transport> fmt::Debug for Stream<'_, T, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stream").field("item", &std::any::type_name::<T>()).field("producers", &self.producers).finish()
+        f.debug_struct("Stream")
+            .field("item", &std::any::type_name::<T>())
+            .field("producers", &self.producers)
+            .finish()
     }
 }
 
 impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
     fn new(builder: &'b PipelineBuilder<X>, producers: Vec<Endpoint>) -> Self {
-        Self { builder, producers, _t: PhantomData }
+        Self {
+            builder,
+            producers,
+            _t: PhantomData,
+        }
     }
 
     fn into_producers(self) -> Vec<Endpoint> {
         self.producers
     }
 
-    fn feed(self) -> (&'b PipelineBuilder<X>, Option<(Vec<Endpoint>, Box<dyn ErasedEdge<X>>, &'static str)>) {
+    fn feed(self) -> (&'b PipelineBuilder<X>, Option<EdgeFeed<X>>) {
         let edge: Box<dyn ErasedEdge<X>> = Box::new(TypedEdge::<T>(PhantomData));
-        (self.builder, Some((self.producers, edge, std::any::type_name::<T>())))
+        (
+            self.builder,
+            Some((self.producers, edge, std::any::type_name::<T>())),
+        )
     }
 
     /// Feeds the stream into a synchronous stage.
     pub fn then<S: Stage<In = T>>(self, name: &str, stage: S) -> Stream<'b, S::Out, X> {
         let (b, input) = self.feed();
-        let id = b.add_node(name, Box::new(StageNode::<S, X>::new(name.to_string(), stage)), input, 1);
+        let id = b.add_node(
+            name,
+            Box::new(StageNode::<S, X>::new(name.to_string(), stage)),
+            input,
+            1,
+        );
         Stream::new(b, vec![Endpoint::Node { node: id, port: 0 }])
     }
 
     /// Feeds the stream into an async stage (runs as a task on its worker's runtime).
     pub fn then_async<S: AsyncStage<In = T>>(self, name: &str, stage: S) -> Stream<'b, S::Out, X> {
         let (b, input) = self.feed();
-        let id = b.add_node(name, Box::new(AsyncStageNode::<S, X>::new(name.to_string(), stage)), input, 1);
+        let id = b.add_node(
+            name,
+            Box::new(AsyncStageNode::<S, X>::new(name.to_string(), stage)),
+            input,
+            1,
+        );
         Stream::new(b, vec![Endpoint::Node { node: id, port: 0 }])
     }
 
@@ -327,7 +400,12 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
                 g.error = Some(BuildError::NoRoutes(name.to_string()));
             }
         }
-        let id = b.add_node(name, Box::new(RouterNode::<T, R, X>::new(name.to_string(), route, N)), input, N);
+        let id = b.add_node(
+            name,
+            Box::new(RouterNode::<T, R, X>::new(name.to_string(), route, N)),
+            input,
+            N,
+        );
         std::array::from_fn(|port| Stream::new(b, vec![Endpoint::Node { node: id, port }]))
     }
 
@@ -340,8 +418,16 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
     /// Ends the stream in a stage whose outputs are discarded (a sink).
     pub fn sink<S: Stage<In = T>>(self, name: &str, stage: S) {
         let (b, input) = self.feed();
-        let id = b.add_node(name, Box::new(StageNode::<S, X>::new(name.to_string(), stage)), input, 1);
-        b.graph.borrow_mut().open.retain(|o| *o != Endpoint::Node { node: id, port: 0 });
+        let id = b.add_node(
+            name,
+            Box::new(StageNode::<S, X>::new(name.to_string(), stage)),
+            input,
+            1,
+        );
+        b.graph
+            .borrow_mut()
+            .open
+            .retain(|o| *o != Endpoint::Node { node: id, port: 0 });
     }
 
     /// Ends the stream in a closure called for every item.
@@ -358,7 +444,10 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
         let index = g.outputs.len();
         let edge_id = g.connect(producers, Endpoint::Output(index), edge, item_type);
         g.outputs.push((name.to_string(), edge_id));
-        OutputId { index, _t: PhantomData }
+        OutputId {
+            index,
+            _t: PhantomData,
+        }
     }
 
     /// Sets the burst size of the stage(s) producing this stream.
@@ -384,7 +473,12 @@ impl<'b, T: Send + 'static, E: Send + 'static, X: Transport> Stream<'b, Result<T
     /// output of a stage wrapped in [`RouteErrorsLayer`](crate::layer::RouteErrorsLayer).
     pub fn split_errors(self, name: &str) -> (Stream<'b, T, X>, Stream<'b, E, X>) {
         let (b, input) = self.feed();
-        let id = b.add_node(name, Box::new(SplitNode::<T, E, X>::new(name.to_string())), input, 2);
+        let id = b.add_node(
+            name,
+            Box::new(SplitNode::<T, E, X>::new(name.to_string())),
+            input,
+            2,
+        );
         (
             Stream::new(b, vec![Endpoint::Node { node: id, port: 0 }]),
             Stream::new(b, vec![Endpoint::Node { node: id, port: 1 }]),

@@ -55,7 +55,10 @@ impl<T> std::fmt::Debug for InlineReceiver<T> {
 impl<T: Send> OutPort<T> for InlineSender<T> {
     fn push(&mut self, items: &mut VecDeque<T>) {
         let mut chan = lock(&self.chan);
-        let room = chan.capacity.saturating_sub(chan.items.len()).min(items.len());
+        let room = chan
+            .capacity
+            .saturating_sub(chan.items.len())
+            .min(items.len());
         chan.items.extend(items.drain(..room));
     }
     fn close(&mut self) {
@@ -96,7 +99,10 @@ impl Transport for InlineTransport {
     type Receiver<T: Send + 'static> = InlineReceiver<T>;
     type EdgeHandle = ();
 
-    fn channel<T: Send + 'static>(&self, edge: &EdgeInfo) -> (Vec<InlineSender<T>>, InlineReceiver<T>) {
+    fn channel<T: Send + 'static>(
+        &self,
+        edge: &EdgeInfo,
+    ) -> (Vec<InlineSender<T>>, InlineReceiver<T>) {
         // Outputs are read after the run; they must not block it.
         let capacity = match edge.consumer {
             Endpoint::Output(_) => usize::MAX,
@@ -107,7 +113,14 @@ impl Transport for InlineTransport {
             capacity,
             open_producers: edge.producers.len(),
         }));
-        let senders = edge.producers.iter().map(|_| InlineSender { chan: chan.clone(), closed: false }).collect();
+        let senders = edge
+            .producers
+            .iter()
+            .map(|_| InlineSender {
+                chan: chan.clone(),
+                closed: false,
+            })
+            .collect();
         (senders, InlineReceiver { chan })
     }
 
@@ -121,7 +134,9 @@ pub enum InlineError {
     #[error(transparent)]
     Failed(#[from] StageFailure),
     /// The pipeline has an async stage; run it on the threaded runtime instead.
-    #[error("stage `{0}` is async: inline runs execute sync stages only; use pipewright's runtime")]
+    #[error(
+        "stage `{0}` is async: inline runs execute sync stages only; use pipewright's runtime"
+    )]
     AsyncStage(String),
     /// A stage is throttled or waiting on an async source; the inline executor does
     /// not sleep.
@@ -144,7 +159,9 @@ pub struct InlineRun {
 
 impl std::fmt::Debug for InlineRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InlineRun").field("stages", &self.pipeline.stage_names()).finish()
+        f.debug_struct("InlineRun")
+            .field("stages", &self.pipeline.stage_names())
+            .finish()
     }
 }
 
@@ -158,21 +175,29 @@ impl Pipeline<InlineTransport> {
 
 impl InlineRun {
     fn new(mut pipeline: Pipeline<InlineTransport>) -> Self {
-        let mut inputs: Vec<Option<Box<dyn Any + Send>>> = (0..pipeline.inputs.len()).map(|_| None).collect();
-        let mut outputs: Vec<Option<Box<dyn Any + Send>>> = (0..pipeline.outputs.len()).map(|_| None).collect();
+        let mut inputs: Vec<Option<Box<dyn Any + Send>>> =
+            (0..pipeline.inputs.len()).map(|_| None).collect();
+        let mut outputs: Vec<Option<Box<dyn Any + Send>>> =
+            (0..pipeline.outputs.len()).map(|_| None).collect();
         for e in 0..pipeline.edges.len() {
             let info = pipeline.edges[e].info.clone();
             let connected = pipeline.edges[e].edge.connect(&InlineTransport, &info);
             let (senders, receiver) = (connected.senders, connected.receiver);
             for (producer, sender) in info.producers.iter().zip(senders) {
                 match *producer {
-                    Endpoint::Node { node, port } => pipeline.nodes[node].node.bind_output(port, sender).expect("types checked at build"),
+                    Endpoint::Node { node, port } => pipeline.nodes[node]
+                        .node
+                        .bind_output(port, sender)
+                        .expect("types checked at build"),
                     Endpoint::Input(i) => inputs[i] = Some(sender),
                     Endpoint::Output(_) => unreachable!(),
                 }
             }
             match info.consumer {
-                Endpoint::Node { node, .. } => pipeline.nodes[node].node.bind_input(receiver).expect("types checked at build"),
+                Endpoint::Node { node, .. } => pipeline.nodes[node]
+                    .node
+                    .bind_input(receiver)
+                    .expect("types checked at build"),
                 Endpoint::Output(i) => outputs[i] = Some(receiver),
                 Endpoint::Input(_) => unreachable!(),
             }
@@ -182,18 +207,31 @@ impl InlineRun {
         Self {
             pipeline,
             inputs,
-            outputs: outputs.into_iter().map(|o| o.expect("every output has an edge")).collect(),
+            outputs: outputs
+                .into_iter()
+                .map(|o| o.expect("every output has an edge"))
+                .collect(),
             pending: (0..n_inputs).map(|_| None).collect(),
             finished: vec![false; n],
         }
     }
 
-    fn input_sender<T: Send + 'static>(&mut self, input: &InputId<T>) -> Option<&mut InlineSender<T>> {
-        self.inputs[input.index].as_mut().map(|s| s.downcast_mut::<InlineSender<T>>().expect("InputId type matches its edge"))
+    fn input_sender<T: Send + 'static>(
+        &mut self,
+        input: &InputId<T>,
+    ) -> Option<&mut InlineSender<T>> {
+        self.inputs[input.index].as_mut().map(|s| {
+            s.downcast_mut::<InlineSender<T>>()
+                .expect("InputId type matches its edge")
+        })
     }
 
     /// Queues items on an input; they enter the pipeline as it makes room.
-    pub fn send_all<T: Send + 'static>(&mut self, input: &InputId<T>, items: impl IntoIterator<Item = T>) {
+    pub fn send_all<T: Send + 'static>(
+        &mut self,
+        input: &InputId<T>,
+        items: impl IntoIterator<Item = T>,
+    ) {
         let mut queue: VecDeque<T> = items.into_iter().collect();
         if let Some(sender) = self.input_sender(input) {
             sender.push(&mut queue);
@@ -211,7 +249,10 @@ impl InlineRun {
                 previous = None;
             }
             let before = queue.len();
-            sender.downcast_mut::<InlineSender<T>>().expect("InputId type matches its edge").push(&mut queue);
+            sender
+                .downcast_mut::<InlineSender<T>>()
+                .expect("InputId type matches its edge")
+                .push(&mut queue);
             (queue.len() < before, queue.is_empty())
         }));
     }
@@ -288,4 +329,3 @@ impl InlineRun {
         items.into()
     }
 }
-

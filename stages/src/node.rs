@@ -18,7 +18,9 @@ use crate::exec::{
     Activation, BindError, DropReason, ErasedNode, InPort, NodeKind, NoopObserver, Observer,
     OutPort, TaskContext, Transport,
 };
-use crate::{AsyncStage, Burst, ErrorPolicy, Failures, Outbox, Source, SourceState, Stage, StageFailure};
+use crate::{
+    AsyncStage, Burst, ErrorPolicy, Failures, Outbox, Source, SourceState, Stage, StageFailure,
+};
 
 /// Time one burst in this many; `Instant::now` costs tens of ns, too much per burst of 1.
 const TIMING_SAMPLE_MASK: u64 = 7;
@@ -34,13 +36,25 @@ pub(crate) struct OutSlot<T: Send + 'static, X: Transport> {
 
 impl<T: Send + 'static, X: Transport> OutSlot<T, X> {
     pub(crate) fn new() -> Self {
-        Self { sender: None, buf: VecDeque::new(), closed: false }
+        Self {
+            sender: None,
+            buf: VecDeque::new(),
+            closed: false,
+        }
     }
 
-    fn bind(&mut self, node: &str, port: usize, boxed: Box<dyn Any + Send>) -> Result<(), BindError> {
+    fn bind(
+        &mut self,
+        node: &str,
+        port: usize,
+        boxed: Box<dyn Any + Send>,
+    ) -> Result<(), BindError> {
         let sender = boxed
             .downcast::<X::Sender<T>>()
-            .map_err(|_| BindError::WrongType { node: node.to_string(), port })?;
+            .map_err(|_| BindError::WrongType {
+                node: node.to_string(),
+                port,
+            })?;
         self.sender = Some(*sender);
         Ok(())
     }
@@ -76,13 +90,19 @@ pub(crate) struct InSlot<T: Send + 'static, X: Transport> {
 
 impl<T: Send + 'static, X: Transport> InSlot<T, X> {
     pub(crate) fn new() -> Self {
-        Self { receiver: None, buf: VecDeque::new() }
+        Self {
+            receiver: None,
+            buf: VecDeque::new(),
+        }
     }
 
     fn bind(&mut self, node: &str, boxed: Box<dyn Any + Send>) -> Result<(), BindError> {
         let receiver = boxed
             .downcast::<X::Receiver<T>>()
-            .map_err(|_| BindError::WrongType { node: node.to_string(), port: 0 })?;
+            .map_err(|_| BindError::WrongType {
+                node: node.to_string(),
+                port: 0,
+            })?;
         self.receiver = Some(*receiver);
         Ok(())
     }
@@ -130,7 +150,12 @@ pub(crate) struct Common {
 
 impl Common {
     pub(crate) fn new(name: String) -> Self {
-        Self { name, burst: DEFAULT_BURST, observer: Box::new(NoopObserver), bursts: 0 }
+        Self {
+            name,
+            burst: DEFAULT_BURST,
+            observer: Box::new(NoopObserver),
+            bursts: 0,
+        }
     }
 
     #[inline]
@@ -140,23 +165,35 @@ impl Common {
     }
 
     fn failure(&self, message: String) -> StageFailure {
-        StageFailure { stage: self.name.clone(), message }
+        StageFailure {
+            stage: self.name.clone(),
+            message,
+        }
     }
 
     /// Applies the error policy to a burst's failures; `Some` stops the pipeline.
-    fn settle<E: std::fmt::Display>(&mut self, policy: ErrorPolicy, errors: &mut Vec<E>) -> Option<StageFailure> {
+    fn settle<E: std::fmt::Display>(
+        &mut self,
+        policy: ErrorPolicy,
+        errors: &mut Vec<E>,
+    ) -> Option<StageFailure> {
         if errors.is_empty() {
             return None;
         }
         let count = errors.len();
         self.observer.dropped(DropReason::Error, count);
-        let failure = (policy == ErrorPolicy::FailPipeline).then(|| self.failure(errors[0].to_string()));
+        let failure =
+            (policy == ErrorPolicy::FailPipeline).then(|| self.failure(errors[0].to_string()));
         errors.clear();
         failure
     }
 
     /// Accounts a caught panic; `Some` stops the pipeline.
-    fn settle_panic(&mut self, policy: ErrorPolicy, payload: &(dyn Any + Send)) -> Option<StageFailure> {
+    fn settle_panic(
+        &mut self,
+        policy: ErrorPolicy,
+        payload: &(dyn Any + Send),
+    ) -> Option<StageFailure> {
         let message = panic_message(payload);
         self.observer.panicked(&message);
         self.observer.dropped(DropReason::Panic, 1);
@@ -230,7 +267,10 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
     }
     fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
         if index != 0 {
-            return Err(BindError::NoSuchPort { node: self.common.name.clone(), port: index });
+            return Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            });
         }
         self.output.bind(&self.common.name, 0, port)
     }
@@ -251,7 +291,11 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
         }
         self.input.fill(self.common.burst);
         if self.input.buf.is_empty() {
-            return if self.input.finished() { self.finish() } else { Activation::Idle };
+            return if self.input.finished() {
+                self.finish()
+            } else {
+                Activation::Idle
+            };
         }
         let before = self.input.buf.len();
         let timer = self.common.start_timer();
@@ -259,11 +303,17 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
         let stage = &mut self.stage;
         let (inbuf, outbuf, errors) = (&mut self.input.buf, &mut self.output.buf, &mut self.errors);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            stage.process_burst(&mut Burst::new(inbuf), &mut Outbox::new(outbuf), &mut Failures::new(errors))
+            stage.process_burst(
+                &mut Burst::new(inbuf),
+                &mut Outbox::new(outbuf),
+                &mut Failures::new(errors),
+            )
         }));
         let nanos = timer.map(|t| t.elapsed().as_nanos() as u64);
         let taken = before - self.input.buf.len();
-        self.common.observer.burst(taken, self.output.buf.len(), nanos);
+        self.common
+            .observer
+            .burst(taken, self.output.buf.len(), nanos);
         if let Err(payload) = outcome {
             if let Some(failure) = self.common.settle_panic(policy, &*payload) {
                 return Activation::Failed(failure);
@@ -276,14 +326,25 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
         if taken == 0 {
             // Nothing taken: the stage is throttled. Without a hint, retry soon rather
             // than spin on a stage that declines its input.
-            let wait = self.stage.backoff().unwrap_or(std::time::Duration::from_millis(1));
+            let wait = self
+                .stage
+                .backoff()
+                .unwrap_or(std::time::Duration::from_millis(1));
             return Activation::Throttled(wait);
         }
         Activation::Progress
     }
 
-    fn into_task(self: Box<Self>, _cx: Box<dyn TaskContext>) -> Pin<Box<dyn Future<Output = Activation>>> {
-        Box::pin(async { Activation::Failed(StageFailure { stage: "sync".into(), message: "a sync stage cannot run as a task".into() }) })
+    fn into_task(
+        self: Box<Self>,
+        _cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
+        Box::pin(async {
+            Activation::Failed(StageFailure {
+                stage: "sync".into(),
+                message: "a sync stage cannot run as a task".into(),
+            })
+        })
     }
 
     fn abandon(&mut self) -> usize {
@@ -306,7 +367,12 @@ pub(crate) struct AsyncStageNode<S: AsyncStage, X: Transport> {
 
 impl<S: AsyncStage, X: Transport> AsyncStageNode<S, X> {
     pub(crate) fn new(name: String, stage: S) -> Self {
-        Self { common: Common::new(name), stage, input: InSlot::new(), output: OutSlot::new() }
+        Self {
+            common: Common::new(name),
+            stage,
+            input: InSlot::new(),
+            output: OutSlot::new(),
+        }
     }
 }
 
@@ -325,7 +391,10 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
     }
     fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
         if index != 0 {
-            return Err(BindError::NoSuchPort { node: self.common.name.clone(), port: index });
+            return Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            });
         }
         self.output.bind(&self.common.name, 0, port)
     }
@@ -339,10 +408,16 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
         self.common.burst
     }
     fn activate(&mut self) -> Activation {
-        Activation::Failed(self.common.failure("an async stage must run as a task".into()))
+        Activation::Failed(
+            self.common
+                .failure("an async stage must run as a task".into()),
+        )
     }
 
-    fn into_task(self: Box<Self>, cx: Box<dyn TaskContext>) -> Pin<Box<dyn Future<Output = Activation>>> {
+    fn into_task(
+        self: Box<Self>,
+        cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
         let mut node = *self;
         Box::pin(async move {
             let mut errors: Vec<S::Error> = Vec::new();
@@ -373,11 +448,16 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                 let timer = node.common.start_timer();
                 let policy = node.stage.error_policy();
                 let outcome = {
-                    let (stage, inbuf, outbuf) = (&mut node.stage, &mut node.input.buf, &mut node.output.buf);
+                    let (stage, inbuf, outbuf) =
+                        (&mut node.stage, &mut node.input.buf, &mut node.output.buf);
                     let errs = &mut errors;
                     AssertUnwindSafe(async move {
                         stage
-                            .process_burst(&mut Burst::new(inbuf), &mut Outbox::new(outbuf), &mut Failures::new(errs))
+                            .process_burst(
+                                &mut Burst::new(inbuf),
+                                &mut Outbox::new(outbuf),
+                                &mut Failures::new(errs),
+                            )
                             .await
                     })
                     .catch_unwind()
@@ -385,7 +465,9 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                 };
                 let nanos = timer.map(|t| t.elapsed().as_nanos() as u64);
                 let taken = before - node.input.buf.len();
-                node.common.observer.burst(taken, node.output.buf.len(), nanos);
+                node.common
+                    .observer
+                    .burst(taken, node.output.buf.len(), nanos);
                 if let Err(payload) = outcome {
                     if let Some(failure) = node.common.settle_panic(policy, &*payload) {
                         cx.fail(failure.clone());
@@ -421,7 +503,12 @@ pub(crate) struct SourceNode<S: Source, X: Transport> {
 
 impl<S: Source, X: Transport> SourceNode<S, X> {
     pub(crate) fn new(name: String, source: S) -> Self {
-        Self { common: Common::new(name), source, output: OutSlot::new(), exhausted: false }
+        Self {
+            common: Common::new(name),
+            source,
+            output: OutSlot::new(),
+            exhausted: false,
+        }
     }
 }
 
@@ -436,11 +523,17 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         false
     }
     fn bind_input(&mut self, _port: Box<dyn Any + Send>) -> Result<(), BindError> {
-        Err(BindError::NoSuchPort { node: self.common.name.clone(), port: 0 })
+        Err(BindError::NoSuchPort {
+            node: self.common.name.clone(),
+            port: 0,
+        })
     }
     fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
         if index != 0 {
-            return Err(BindError::NoSuchPort { node: self.common.name.clone(), port: index });
+            return Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            });
         }
         self.output.bind(&self.common.name, 0, port)
     }
@@ -466,11 +559,15 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         let timer = self.common.start_timer();
         let source = &mut self.source;
         let (out, burst) = (&mut self.output.buf, self.common.burst);
-        let state = match catch_unwind(AssertUnwindSafe(|| source.pull(&mut Outbox::new(out), burst))) {
+        let state = match catch_unwind(AssertUnwindSafe(|| {
+            source.pull(&mut Outbox::new(out), burst)
+        })) {
             Ok(state) => state,
             Err(payload) => {
                 // A source that panics cannot be trusted to resume: end it.
-                let failure = self.common.settle_panic(ErrorPolicy::FailPipeline, &*payload);
+                let failure = self
+                    .common
+                    .settle_panic(ErrorPolicy::FailPipeline, &*payload);
                 return Activation::Failed(failure.expect("fail policy always reports"));
             }
         };
@@ -497,7 +594,10 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         }
     }
 
-    fn into_task(self: Box<Self>, _cx: Box<dyn TaskContext>) -> Pin<Box<dyn Future<Output = Activation>>> {
+    fn into_task(
+        self: Box<Self>,
+        _cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
         Box::pin(async { Activation::Idle })
     }
 
@@ -561,7 +661,10 @@ where
         let name = self.common.name.clone();
         match self.outputs.get_mut(index) {
             Some(slot) => slot.bind(&name, index, port),
-            None => Err(BindError::NoSuchPort { node: name, port: index }),
+            None => Err(BindError::NoSuchPort {
+                node: name,
+                port: index,
+            }),
         }
     }
     fn bind_observer(&mut self, observer: Box<dyn Observer>) {
@@ -611,7 +714,10 @@ where
             self.common.observer.dropped(DropReason::Unrouted, unrouted);
         }
         if let Err(payload) = outcome {
-            if let Some(failure) = self.common.settle_panic(ErrorPolicy::DropAndCount, &*payload) {
+            if let Some(failure) = self
+                .common
+                .settle_panic(ErrorPolicy::DropAndCount, &*payload)
+            {
                 return Activation::Failed(failure);
             }
         }
@@ -619,7 +725,10 @@ where
         Activation::Progress
     }
 
-    fn into_task(self: Box<Self>, _cx: Box<dyn TaskContext>) -> Pin<Box<dyn Future<Output = Activation>>> {
+    fn into_task(
+        self: Box<Self>,
+        _cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
         Box::pin(async { Activation::Idle })
     }
 
@@ -646,7 +755,12 @@ pub(crate) struct SplitNode<T: Send + 'static, E: Send + 'static, X: Transport> 
 
 impl<T: Send + 'static, E: Send + 'static, X: Transport> SplitNode<T, E, X> {
     pub(crate) fn new(name: String) -> Self {
-        Self { common: Common::new(name), input: InSlot::new(), ok: OutSlot::new(), err: OutSlot::new() }
+        Self {
+            common: Common::new(name),
+            input: InSlot::new(),
+            ok: OutSlot::new(),
+            err: OutSlot::new(),
+        }
     }
 }
 
@@ -667,7 +781,10 @@ impl<T: Send + 'static, E: Send + 'static, X: Transport> ErasedNode<X> for Split
         match index {
             0 => self.ok.bind(&self.common.name, 0, port),
             1 => self.err.bind(&self.common.name, 1, port),
-            _ => Err(BindError::NoSuchPort { node: self.common.name.clone(), port: index }),
+            _ => Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            }),
         }
     }
     fn bind_observer(&mut self, observer: Box<dyn Observer>) {
@@ -707,7 +824,10 @@ impl<T: Send + 'static, E: Send + 'static, X: Transport> ErasedNode<X> for Split
         Activation::Progress
     }
 
-    fn into_task(self: Box<Self>, _cx: Box<dyn TaskContext>) -> Pin<Box<dyn Future<Output = Activation>>> {
+    fn into_task(
+        self: Box<Self>,
+        _cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
         Box::pin(async { Activation::Idle })
     }
 

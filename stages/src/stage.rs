@@ -47,8 +47,11 @@ pub trait Stage: Send + 'static {
     type Error: fmt::Debug + fmt::Display + Send + 'static;
 
     /// Processes one item.
-    fn process(&mut self, item: Self::In, out: &mut Outbox<'_, Self::Out>)
-        -> Result<(), Self::Error>;
+    fn process(
+        &mut self,
+        item: Self::In,
+        out: &mut Outbox<'_, Self::Out>,
+    ) -> Result<(), Self::Error>;
 
     /// Processes a burst. Items left in `burst` are offered again on the next activation.
     #[inline]
@@ -96,7 +99,10 @@ pub fn map<In, Out, F>(f: F) -> Map<F, In>
 where
     F: FnMut(In) -> Out + Send + 'static,
 {
-    Map { f, _in: std::marker::PhantomData }
+    Map {
+        f,
+        _in: std::marker::PhantomData,
+    }
 }
 
 /// A stage from a fallible closure `In -> Result<Out, E>`; errors go to the error policy.
@@ -104,7 +110,10 @@ pub fn try_map<In, Out, E, F>(f: F) -> TryMap<F, In>
 where
     F: FnMut(In) -> Result<Out, E> + Send + 'static,
 {
-    TryMap { f, _in: std::marker::PhantomData }
+    TryMap {
+        f,
+        _in: std::marker::PhantomData,
+    }
 }
 
 /// A stage that keeps the items for which the predicate holds.
@@ -112,7 +121,10 @@ pub fn filter<T, F>(f: F) -> Filter<F, T>
 where
     F: FnMut(&T) -> bool + Send + 'static,
 {
-    Filter { f, _t: std::marker::PhantomData }
+    Filter {
+        f,
+        _t: std::marker::PhantomData,
+    }
 }
 
 /// A sink stage that hands every item to a closure and emits nothing.
@@ -120,7 +132,10 @@ pub fn for_each<T, F>(f: F) -> ForEach<F, T>
 where
     F: FnMut(T) + Send + 'static,
 {
-    ForEach { f, _t: std::marker::PhantomData }
+    ForEach {
+        f,
+        _t: std::marker::PhantomData,
+    }
 }
 
 /// See [`map`].

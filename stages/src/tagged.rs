@@ -37,7 +37,9 @@ pub struct Tagged<T, R> {
 
 impl<T: fmt::Debug, R> fmt::Debug for Tagged<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tagged").field("value", &self.value).finish()
+        f.debug_struct("Tagged")
+            .field("value", &self.value)
+            .finish()
     }
 }
 
@@ -48,7 +50,13 @@ impl<T, R> Tagged<T, R> {
     /// A new request and the receiver its answer will arrive on.
     pub fn new(value: T) -> (Self, Reply<R>) {
         let (reply, rx) = oneshot::channel();
-        (Self { ticket: Ticket { reply }, value: Ok(value) }, rx)
+        (
+            Self {
+                ticket: Ticket { reply },
+                value: Ok(value),
+            },
+            rx,
+        )
     }
 
     /// The value, or the error that ended the request.
@@ -80,14 +88,21 @@ pub struct TaggedStage<S: Stage, R> {
 
 impl<S: Stage, R> fmt::Debug for TaggedStage<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaggedStage").field("name", &self.name).finish()
+        f.debug_struct("TaggedStage")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl<S: Stage, R> TaggedStage<S, R> {
     /// Wraps `inner`; `name` appears in the request errors it produces.
     pub fn new(name: &str, inner: S) -> Self {
-        Self { name: name.to_string(), inner, scratch: VecDeque::new(), _r: std::marker::PhantomData }
+        Self {
+            name: name.to_string(),
+            inner,
+            scratch: VecDeque::new(),
+            _r: std::marker::PhantomData,
+        }
     }
 }
 
@@ -97,20 +112,32 @@ impl<S: Stage, R: Send + 'static> Stage for TaggedStage<S, R> {
     type Error = Infallible;
 
     #[inline]
-    fn process(&mut self, item: Self::In, out: &mut Outbox<'_, Self::Out>) -> Result<(), Infallible> {
+    fn process(
+        &mut self,
+        item: Self::In,
+        out: &mut Outbox<'_, Self::Out>,
+    ) -> Result<(), Infallible> {
         let Tagged { ticket, value } = item;
         let value = match value {
             Err(e) => Err(e),
             Ok(v) => {
                 self.scratch.clear();
                 match self.inner.process(v, &mut Outbox::new(&mut self.scratch)) {
-                    Err(e) => Err(RequestError::Stage { stage: self.name.clone(), message: e.to_string() }),
+                    Err(e) => Err(RequestError::Stage {
+                        stage: self.name.clone(),
+                        message: e.to_string(),
+                    }),
                     Ok(()) => match self.scratch.len() {
                         1 => Ok(self.scratch.pop_front().expect("length checked")),
-                        0 => Err(RequestError::NoOutput { stage: self.name.clone() }),
+                        0 => Err(RequestError::NoOutput {
+                            stage: self.name.clone(),
+                        }),
                         n => {
                             self.scratch.clear();
-                            Err(RequestError::Ambiguous { stage: self.name.clone(), outputs: n })
+                            Err(RequestError::Ambiguous {
+                                stage: self.name.clone(),
+                                outputs: n,
+                            })
                         }
                     },
                 }
@@ -138,9 +165,15 @@ impl<R: Send + 'static> Stage for Respond<R> {
     }
 }
 
-impl<'b, T: Send + 'static, R: Send + 'static, X: crate::exec::Transport> crate::Stream<'b, Tagged<T, R>, X> {
+impl<'b, T: Send + 'static, R: Send + 'static, X: crate::exec::Transport>
+    crate::Stream<'b, Tagged<T, R>, X>
+{
     /// Feeds tagged requests through a one-in-one-out stage; see [`TaggedStage`].
-    pub fn then_tagged<S: Stage<In = T>>(self, name: &str, stage: S) -> crate::Stream<'b, Tagged<S::Out, R>, X> {
+    pub fn then_tagged<S: Stage<In = T>>(
+        self,
+        name: &str,
+        stage: S,
+    ) -> crate::Stream<'b, Tagged<S::Out, R>, X> {
         self.then(name, TaggedStage::new(name, stage))
     }
 }

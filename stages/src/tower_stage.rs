@@ -34,14 +34,19 @@ pub struct ServiceStage<S: Service<Req>, Req> {
 
 impl<S: Service<Req>, Req> fmt::Debug for ServiceStage<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceStage").field("in_flight", &self.in_flight.len()).finish()
+        f.debug_struct("ServiceStage")
+            .field("in_flight", &self.in_flight.len())
+            .finish()
     }
 }
 
 impl<S: Service<Req>, Req> ServiceStage<S, Req> {
     /// Lifts `service`.
     pub fn new(service: S) -> Self {
-        Self { service, in_flight: FuturesOrdered::new() }
+        Self {
+            service,
+            in_flight: FuturesOrdered::new(),
+        }
     }
 }
 

@@ -81,7 +81,9 @@ impl<T> std::fmt::Debug for MpscProducer<T> {
 }
 impl<T> std::fmt::Debug for MpscConsumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MpscConsumer").field("head", &self.head).finish()
+        f.debug_struct("MpscConsumer")
+            .field("head", &self.head)
+            .finish()
     }
 }
 
@@ -93,9 +95,19 @@ pub(super) fn new<T>(capacity: usize, producers: usize) -> (Vec<MpscProducer<T>>
         open_producers: AtomicUsize::new(producers),
         mask: slots - 1,
         // Position p's slot starts "not published" (seq != p + 1) for every p.
-        slots: (0..slots).map(|_| Slot { seq: AtomicUsize::new(0), value: UnsafeCell::new(MaybeUninit::uninit()) }).collect(),
+        slots: (0..slots)
+            .map(|_| Slot {
+                seq: AtomicUsize::new(0),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect(),
     });
-    let producers = (0..producers).map(|_| MpscProducer { shared: shared.clone(), closed: false }).collect();
+    let producers = (0..producers)
+        .map(|_| MpscProducer {
+            shared: shared.clone(),
+            closed: false,
+        })
+        .collect();
     (producers, MpscConsumer { shared, head: 0 })
 }
 
@@ -113,23 +125,34 @@ impl<T> MpscProducer<T> {
         }
         let shared = &*self.shared;
         let capacity = shared.mask + 1;
-        let mut tail = shared.tail.load(Ordering::Relaxed);
+        // Acquire, here and on a failed CAS: `tail` only changes by read-modify-writes,
+        // so reading a value synchronizes with every claim up to it, and each of those
+        // claimers had seen `head >= its new tail - capacity`. The `head` we load next
+        // is then at least that recent, so `tail - head <= capacity`. (With Relaxed, a
+        // fresh `tail` could meet a stale `head`, `free` would wrap around, and the CAS
+        // could claim slots the consumer has not read yet.)
+        let mut tail = shared.tail.load(Ordering::Acquire);
         let (start, n) = loop {
             if tail & CLOSED != 0 {
                 return Err(PushError::Closed);
             }
             let head = shared.head.load(Ordering::Acquire);
-            // `tail` can be stale (loaded before other producers claimed and the
-            // consumer popped past it), so `head` may be ahead of it: a plain
-            // `tail - head` would underflow. Such a `tail` is never current, so the
-            // CAS below fails and we retry with the fresh value; only a `tail` that
-            // wins the CAS (then `head <= tail`) decides how many items we take.
+            // `tail` itself can be stale (the consumer popped past it after other
+            // producers claimed more), so `head` may be ahead of it: a plain
+            // `tail - head` would underflow. Such a `tail` is not current, so the CAS
+            // below fails and we retry with the fresh value; only a `tail` that wins
+            // the CAS (then `head <= tail`) decides how many items we take.
             let free = capacity - tail.saturating_sub(head);
             let n = free.min(items.len());
             if n == 0 {
                 return Err(PushError::Full);
             }
-            match shared.tail.compare_exchange_weak(tail, tail + n, Ordering::AcqRel, Ordering::Relaxed) {
+            match shared.tail.compare_exchange_weak(
+                tail,
+                tail + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break (tail, n),
                 Err(now) => tail = now,
             }
@@ -192,8 +215,18 @@ impl<T> MpscProducer<T> {
             if open == 0 || self.is_closed() {
                 return None;
             }
-            match self.shared.open_producers.compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(Self { shared: self.shared.clone(), closed: false }),
+            match self.shared.open_producers.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(Self {
+                        shared: self.shared.clone(),
+                        closed: false,
+                    })
+                }
                 Err(now) => open = now,
             }
         }
@@ -264,7 +297,10 @@ impl<T> MpscConsumer<T> {
         T: Send + 'static,
     {
         let shared = self.shared.clone();
-        move || (shared.tail.load(Ordering::Acquire) & !CLOSED).saturating_sub(shared.head.load(Ordering::Acquire))
+        move || {
+            (shared.tail.load(Ordering::Acquire) & !CLOSED)
+                .saturating_sub(shared.head.load(Ordering::Acquire))
+        }
     }
 
     /// A handle that closes the ring from any thread (drain of application inputs).

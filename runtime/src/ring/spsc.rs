@@ -55,12 +55,16 @@ pub struct SpscConsumer<T> {
 
 impl<T> std::fmt::Debug for SpscProducer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpscProducer").field("tail", &self.tail).finish()
+        f.debug_struct("SpscProducer")
+            .field("tail", &self.tail)
+            .finish()
     }
 }
 impl<T> std::fmt::Debug for SpscConsumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpscConsumer").field("head", &self.head).finish()
+        f.debug_struct("SpscConsumer")
+            .field("head", &self.head)
+            .finish()
     }
 }
 
@@ -71,11 +75,21 @@ pub(super) fn new<T>(capacity: usize) -> (SpscProducer<T>, SpscConsumer<T>) {
         tail: CachePadded::new(AtomicUsize::new(0)),
         closed: AtomicBool::new(false),
         mask: slots - 1,
-        slots: (0..slots).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect(),
+        slots: (0..slots)
+            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .collect(),
     });
     (
-        SpscProducer { shared: shared.clone(), tail: 0, cached_head: 0 },
-        SpscConsumer { shared, head: 0, cached_tail: 0 },
+        SpscProducer {
+            shared: shared.clone(),
+            tail: 0,
+            cached_head: 0,
+        },
+        SpscConsumer {
+            shared,
+            head: 0,
+            cached_tail: 0,
+        },
     )
 }
 
@@ -172,7 +186,8 @@ impl<T> SpscConsumer<T> {
             // SAFETY: pos < tail (Acquire-loaded), so the producer initialised this slot
             // and will not touch it again until we publish a head past it. We move the
             // item out exactly once.
-            let item = self.shared.slots[pos & self.shared.mask].with(|slot| unsafe { (*slot).assume_init_read() });
+            let item = self.shared.slots[pos & self.shared.mask]
+                .with(|slot| unsafe { (*slot).assume_init_read() });
             out.push_back(item);
         }
         if n > 0 {
@@ -193,7 +208,8 @@ impl<T> SpscConsumer<T> {
         }
         let pos = self.head;
         // SAFETY: as in `pop_burst`.
-        let item = self.shared.slots[pos & self.shared.mask].with(|slot| unsafe { (*slot).assume_init_read() });
+        let item = self.shared.slots[pos & self.shared.mask]
+            .with(|slot| unsafe { (*slot).assume_init_read() });
         self.head = pos + 1;
         self.shared.head.store(self.head, Ordering::Release);
         Some(item)
@@ -225,6 +241,7 @@ impl<T> SpscConsumer<T> {
     pub fn is_finished(&self) -> bool {
         // `closed` first: its Acquire makes every push before the close visible to the
         // `tail` load that follows.
-        self.shared.closed.load(Ordering::Acquire) && self.shared.tail.load(Ordering::Acquire) == self.head
+        self.shared.closed.load(Ordering::Acquire)
+            && self.shared.tail.load(Ordering::Acquire) == self.head
     }
 }

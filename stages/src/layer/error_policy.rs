@@ -14,19 +14,26 @@ pub struct ErrorPolicyLayer {
 impl ErrorPolicyLayer {
     /// Failed items are dropped and counted; the pipeline carries on.
     pub fn drop_and_count() -> Self {
-        Self { policy: ErrorPolicy::DropAndCount }
+        Self {
+            policy: ErrorPolicy::DropAndCount,
+        }
     }
 
     /// The first failed item (or panic) stops the pipeline.
     pub fn fail_pipeline() -> Self {
-        Self { policy: ErrorPolicy::FailPipeline }
+        Self {
+            policy: ErrorPolicy::FailPipeline,
+        }
     }
 }
 
 impl<S> Layer<S> for ErrorPolicyLayer {
     type Service = WithPolicy<S>;
     fn layer(&self, inner: S) -> WithPolicy<S> {
-        WithPolicy { inner, policy: self.policy }
+        WithPolicy {
+            inner,
+            policy: self.policy,
+        }
     }
 }
 
@@ -47,7 +54,12 @@ impl<S: Stage> Stage for WithPolicy<S> {
         self.inner.process(item, out)
     }
     #[inline]
-    fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, S::Error>) {
+    fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
         self.inner.process_burst(burst, out, failures)
     }
     fn flush(&mut self, out: &mut Outbox<'_, S::Out>) -> Result<(), S::Error> {
@@ -66,7 +78,12 @@ impl<S: AsyncStage> AsyncStage for WithPolicy<S> {
     type Out = S::Out;
     type Error = S::Error;
 
-    async fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, S::Error>) {
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
         self.inner.process_burst(burst, out, failures).await
     }
     fn error_policy(&self) -> ErrorPolicy {
@@ -99,7 +116,10 @@ pub struct RouteErrorsLayer;
 impl<S: Stage> Layer<S> for RouteErrorsLayer {
     type Service = RouteErrors<S>;
     fn layer(&self, inner: S) -> RouteErrors<S> {
-        RouteErrors { inner, scratch: VecDeque::new() }
+        RouteErrors {
+            inner,
+            scratch: VecDeque::new(),
+        }
     }
 }
 
@@ -120,7 +140,9 @@ where
 
     #[inline]
     fn process(&mut self, item: S::In, out: &mut Outbox<'_, Self::Out>) -> Result<(), Infallible> {
-        let result = self.inner.process(item, &mut Outbox::new(&mut self.scratch));
+        let result = self
+            .inner
+            .process(item, &mut Outbox::new(&mut self.scratch));
         out.extend(self.scratch.drain(..).map(Ok));
         if let Err(error) = result {
             out.push(Err(error));

@@ -17,7 +17,9 @@ pub struct MetricsLayer {
 impl MetricsLayer {
     /// Records under the label `layer = name`.
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string() }
+        Self {
+            name: name.to_string(),
+        }
     }
 }
 
@@ -70,7 +72,12 @@ impl<S: Stage> Stage for Metrics<S> {
         result
     }
     #[inline]
-    fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, S::Error>) {
+    fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
         let (b0, o0, f0) = (burst.len(), out.len(), failures.len());
         self.inner.process_burst(burst, out, failures);
         self.record(b0 - burst.len(), out.len() - o0, failures.len() - f0);
@@ -91,7 +98,12 @@ impl<S: AsyncStage> AsyncStage for Metrics<S> {
     type Out = S::Out;
     type Error = S::Error;
 
-    async fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, S::Error>) {
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
         let (b0, o0, f0) = (burst.len(), out.len(), failures.len());
         self.inner.process_burst(burst, out, failures).await;
         self.record(b0 - burst.len(), out.len() - o0, failures.len() - f0);

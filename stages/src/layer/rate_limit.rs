@@ -19,7 +19,12 @@ impl TokenBucket {
     /// A full bucket. `rate` must be positive; `capacity` at least 1.
     pub fn new(rate: f64, capacity: u32) -> Self {
         let capacity = f64::from(capacity.max(1));
-        Self { rate: rate.max(f64::MIN_POSITIVE), capacity, tokens: capacity, last: Instant::now() }
+        Self {
+            rate: rate.max(f64::MIN_POSITIVE),
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -65,7 +70,10 @@ impl RateLimitLayer {
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit { inner, bucket: TokenBucket::new(self.rate, self.capacity) }
+        RateLimit {
+            inner,
+            bucket: TokenBucket::new(self.rate, self.capacity),
+        }
     }
 }
 
@@ -85,7 +93,12 @@ impl<S: Stage> Stage for RateLimit<S> {
         self.inner.process(item, out)
     }
 
-    fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, S::Error>) {
+    fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
         let granted = self.bucket.take(burst.len(), Instant::now());
         for _ in 0..granted {
             let Some(item) = burst.pop() else { break };
@@ -110,7 +123,12 @@ impl<S: AsyncStage> AsyncStage for RateLimit<S> {
     type Out = S::Out;
     type Error = S::Error;
 
-    async fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, S::Error>) {
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
         let want = burst.len();
         let mut granted = 0;
         while granted < want {

@@ -24,7 +24,10 @@ impl TimeoutLayer {
 impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout { inner, limit: self.limit }
+        Timeout {
+            inner,
+            limit: self.limit,
+        }
     }
 }
 
@@ -51,11 +54,17 @@ impl<S: AsyncStage> AsyncStage for Timeout<S> {
     type Out = S::Out;
     type Error = TimeoutError<S::Error>;
 
-    async fn process_burst(&mut self, burst: &mut Burst<'_, S::In>, out: &mut Outbox<'_, S::Out>, failures: &mut Failures<'_, Self::Error>) {
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, S::In>,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, Self::Error>,
+    ) {
         let mut inner_failures = Vec::new();
         let finished = tokio::time::timeout(
             self.limit,
-            self.inner.process_burst(burst, out, &mut Failures::new(&mut inner_failures)),
+            self.inner
+                .process_burst(burst, out, &mut Failures::new(&mut inner_failures)),
         )
         .await;
         for error in inner_failures {
