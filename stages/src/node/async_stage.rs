@@ -1,0 +1,142 @@
+//! The node of an [`AsyncStage`], run as one long-lived task.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use super::{Common, InSlot, OutSlot};
+use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::FutureExt;
+
+use crate::exec::{NodeKind, TaskContext};
+use crate::{AsyncStage, Burst, Failures, Outbox};
+
+/// Wraps an [`AsyncStage`]; runs as one task for the pipeline's lifetime.
+pub(crate) struct AsyncStageNode<S: AsyncStage, X: Transport> {
+    common: Common,
+    stage: S,
+    input: InSlot<S::In, X>,
+    output: OutSlot<S::Out, X>,
+}
+
+impl<S: AsyncStage, X: Transport> AsyncStageNode<S, X> {
+    pub(crate) fn new(name: String, stage: S) -> Self {
+        Self {
+            common: Common::new(name),
+            stage,
+            input: InSlot::new(),
+            output: OutSlot::new(),
+        }
+    }
+}
+
+impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Async
+    }
+    fn outputs(&self) -> usize {
+        1
+    }
+    fn has_input(&self) -> bool {
+        true
+    }
+    fn bind_input(&mut self, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        self.input.bind(&self.common.name, port)
+    }
+    fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        if index != 0 {
+            return Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            });
+        }
+        self.output.bind(&self.common.name, 0, port)
+    }
+    common_node_methods!();
+    fn activate(&mut self) -> Activation {
+        Activation::Failed(
+            self.common
+                .failure("an async stage must run as a task".into()),
+        )
+    }
+
+    fn into_task(
+        self: Box<Self>,
+        cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
+        let mut node = *self;
+        Box::pin(async move {
+            let mut errors: Vec<S::Error> = Vec::new();
+            loop {
+                if cx.aborted() {
+                    cx.quiesce().await;
+                    node.abandon();
+                    return Activation::Idle;
+                }
+                if !node.output.flush() {
+                    cx.park(None).await;
+                    continue;
+                }
+                node.input.fill(node.common.burst);
+                if node.input.buf.is_empty() {
+                    if node.input.finished() {
+                        if !node.output.flush() {
+                            cx.park(None).await;
+                            continue;
+                        }
+                        node.output.close();
+                        return Activation::Finished;
+                    }
+                    cx.park(None).await;
+                    continue;
+                }
+                let before = node.input.buf.len();
+                let timer = node.common.start_timer();
+                let policy = node.stage.error_policy();
+                let outcome = {
+                    let (stage, inbuf, outbuf) =
+                        (&mut node.stage, &mut node.input.buf, &mut node.output.buf);
+                    let errs = &mut errors;
+                    AssertUnwindSafe(async move {
+                        stage
+                            .process_burst(
+                                &mut Burst::new(inbuf),
+                                &mut Outbox::new(outbuf),
+                                &mut Failures::new(errs),
+                            )
+                            .await
+                    })
+                    .catch_unwind()
+                    .await
+                };
+                let nanos = timer.map(|t| t.elapsed().as_nanos() as u64);
+                let taken = before - node.input.buf.len();
+                node.common
+                    .observer
+                    .burst(taken, node.output.buf.len(), nanos);
+                if let Err(payload) = outcome {
+                    if let Some(failure) = node.common.settle_panic(policy, &*payload) {
+                        cx.fail(failure.clone());
+                        return Activation::Failed(failure);
+                    }
+                }
+                if let Some(failure) = node.common.settle(policy, &mut errors) {
+                    cx.fail(failure.clone());
+                    return Activation::Failed(failure);
+                }
+                node.output.flush();
+            }
+        })
+    }
+
+    fn abandon(&mut self) -> usize {
+        let held = self.input.discard() + self.output.buf.len();
+        self.output.buf.clear();
+        if held > 0 {
+            self.common.observer.dropped(DropReason::Aborted, held);
+        }
+        held
+    }
+}

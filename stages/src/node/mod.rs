@@ -1,0 +1,235 @@
+//! The executor-facing nodes that wrap stages, sources and routers.
+//!
+//! Each node owns the buffers its stage works on (reused across activations, so a
+//! steady state allocates nothing), applies the stage's error policy, catches panics,
+//! and reports one line of accounting per burst to its [`Observer`].
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::error::panic_message;
+use crate::exec::{BindError, DropReason, InPort, NoopObserver, Observer, OutPort, Transport};
+use crate::{ErrorPolicy, StageFailure};
+
+/// Time one burst in this many; `Instant::now` costs tens of ns, too much per burst of 1.
+const TIMING_SAMPLE_MASK: u64 = 7;
+
+pub(crate) const DEFAULT_BURST: usize = 32;
+
+/// One output port: the sender once bound and the items not yet accepted downstream.
+pub(crate) struct OutSlot<T: Send + 'static, X: Transport> {
+    sender: Option<X::Sender<T>>,
+    pub(crate) buf: VecDeque<T>,
+    closed: bool,
+}
+
+impl<T: Send + 'static, X: Transport> OutSlot<T, X> {
+    pub(crate) fn new() -> Self {
+        Self {
+            sender: None,
+            buf: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    fn bind(
+        &mut self,
+        node: &str,
+        port: usize,
+        boxed: Box<dyn Any + Send>,
+    ) -> Result<(), BindError> {
+        let sender = boxed
+            .downcast::<X::Sender<T>>()
+            .map_err(|_| BindError::WrongType {
+                node: node.to_string(),
+                port,
+            })?;
+        self.sender = Some(*sender);
+        Ok(())
+    }
+
+    /// Hands pending items downstream; true when nothing is left pending.
+    #[inline]
+    pub(crate) fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        match &mut self.sender {
+            Some(sender) => sender.push(&mut self.buf),
+            // An unbound output is a sink's: nothing downstream wants the items.
+            None => self.buf.clear(),
+        }
+        self.buf.is_empty()
+    }
+
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            if let Some(sender) = &mut self.sender {
+                sender.close();
+            }
+        }
+    }
+}
+
+pub(crate) struct InSlot<T: Send + 'static, X: Transport> {
+    receiver: Option<X::Receiver<T>>,
+    pub(crate) buf: VecDeque<T>,
+}
+
+impl<T: Send + 'static, X: Transport> InSlot<T, X> {
+    pub(crate) fn new() -> Self {
+        Self {
+            receiver: None,
+            buf: VecDeque::new(),
+        }
+    }
+
+    fn bind(&mut self, node: &str, boxed: Box<dyn Any + Send>) -> Result<(), BindError> {
+        let receiver = boxed
+            .downcast::<X::Receiver<T>>()
+            .map_err(|_| BindError::WrongType {
+                node: node.to_string(),
+                port: 0,
+            })?;
+        self.receiver = Some(*receiver);
+        Ok(())
+    }
+
+    /// Tops the burst buffer up to `max` items.
+    #[inline]
+    fn fill(&mut self, max: usize) {
+        let have = self.buf.len();
+        if have < max {
+            if let Some(receiver) = &mut self.receiver {
+                receiver.pull(&mut self.buf, max - have);
+            }
+        }
+    }
+
+    /// Drops the burst buffer and everything waiting in the edge; returns how many.
+    fn discard(&mut self) -> usize {
+        let mut dropped = self.buf.len();
+        self.buf.clear();
+        if let Some(receiver) = &mut self.receiver {
+            loop {
+                let n = receiver.pull(&mut self.buf, 1024);
+                if n == 0 {
+                    break;
+                }
+                dropped += n;
+                self.buf.clear();
+            }
+        }
+        dropped
+    }
+
+    fn finished(&self) -> bool {
+        self.buf.is_empty() && self.receiver.as_ref().is_none_or(|r| r.is_finished())
+    }
+}
+
+/// Bookkeeping shared by every node kind.
+pub(crate) struct Common {
+    pub(crate) name: String,
+    pub(crate) burst: usize,
+    pub(crate) observer: Box<dyn Observer>,
+    bursts: u64,
+}
+
+impl Common {
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            name,
+            burst: DEFAULT_BURST,
+            observer: Box::new(NoopObserver),
+            bursts: 0,
+        }
+    }
+
+    #[inline]
+    fn start_timer(&mut self) -> Option<Instant> {
+        self.bursts = self.bursts.wrapping_add(1);
+        (self.bursts & TIMING_SAMPLE_MASK == 0).then(Instant::now)
+    }
+
+    fn failure(&self, message: String) -> StageFailure {
+        StageFailure {
+            stage: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Applies the error policy to a burst's failures; `Some` stops the pipeline.
+    fn settle<E: std::fmt::Display>(
+        &mut self,
+        policy: ErrorPolicy,
+        errors: &mut Vec<E>,
+    ) -> Option<StageFailure> {
+        if errors.is_empty() {
+            return None;
+        }
+        let count = errors.len();
+        self.observer.dropped(DropReason::Error, count);
+        let failure =
+            (policy == ErrorPolicy::FailPipeline).then(|| self.failure(errors[0].to_string()));
+        errors.clear();
+        failure
+    }
+
+    /// Accounts a caught panic; `Some` stops the pipeline.
+    fn settle_panic(
+        &mut self,
+        policy: ErrorPolicy,
+        payload: &(dyn Any + Send),
+    ) -> Option<StageFailure> {
+        let message = panic_message(payload);
+        self.observer.panicked(&message);
+        self.observer.dropped(DropReason::Panic, 1);
+        (policy == ErrorPolicy::FailPipeline).then(|| self.failure(format!("panicked: {message}")))
+    }
+}
+
+/// The accessors every node implements the same way (they need `self.common`).
+macro_rules! common_node_methods {
+    () => {
+        fn bind_observer(&mut self, observer: Box<dyn crate::exec::Observer>) {
+            self.common.observer = observer;
+        }
+        fn set_burst(&mut self, burst: usize) {
+            self.common.burst = burst.max(1);
+        }
+        fn burst(&self) -> usize {
+            self.common.burst
+        }
+    };
+}
+
+/// `kind` and `into_task` of nodes driven from the worker loop.
+macro_rules! sync_node_methods {
+    () => {
+        fn kind(&self) -> crate::exec::NodeKind {
+            crate::exec::NodeKind::Sync
+        }
+        fn into_task(
+            self: Box<Self>,
+            _cx: Box<dyn crate::exec::TaskContext>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::exec::Activation>>> {
+            let failure = self
+                .common
+                .failure("a sync node cannot run as a task".into());
+            Box::pin(async move { crate::exec::Activation::Failed(failure) })
+        }
+    };
+}
+
+mod async_stage;
+mod router;
+mod source;
+mod stage;
+
+pub(crate) use async_stage::AsyncStageNode;
+pub(crate) use router::{RouterNode, SplitNode};
+pub(crate) use source::SourceNode;
+pub(crate) use stage::StageNode;
