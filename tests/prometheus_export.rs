@@ -54,7 +54,7 @@ fn stage_counters_reach_prometheus() {
     let body = scrape(port);
     for line in [
         "pipewright_stage_items_in_total{stage=\"double\"} 100",
-        "pipewright_stage_items_out_total{stage=\"odd-only\"} 50",
+        "pipewright_stage_items_out_total{stage=\"multiple-of-4\"} 50",
         "pipewright_layer_items_in_total{layer=\"doubler\"} 100",
     ] {
         assert!(body.contains(line), "missing `{line}` in:\n{body}");

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use event_listener::Event;
 
 use crate::signal::{Doorbell, Signal};
@@ -15,6 +16,9 @@ pub(crate) enum Waker {
     Signal(Arc<Signal>),
     /// Application threads or tasks holding an `Input`/`Output` handle.
     External(Arc<Event>),
+    /// Nobody: a fused edge between sync stages of one worker, whose loop runs the
+    /// consumer right after the producer anyway.
+    Nobody,
 }
 
 impl Waker {
@@ -25,6 +29,7 @@ impl Waker {
             Waker::External(event) => {
                 event.notify(usize::MAX);
             }
+            Waker::Nobody => {}
         }
     }
 }
@@ -34,15 +39,21 @@ impl Waker {
 pub(crate) struct Link {
     pub(crate) consumer: Waker,
     pub(crate) producers: Vec<Waker>,
-    pub(crate) space: Doorbell,
+    /// Written by the consumer on every pop: kept off the line the producer reads.
+    pub(crate) space: CachePadded<Doorbell>,
+    /// True when no side ever needs waking (see [`Waker::Nobody`]).
+    quiet: bool,
 }
 
 impl Link {
     pub(crate) fn new(consumer: Waker, producers: Vec<Waker>) -> Self {
+        let quiet = matches!(consumer, Waker::Nobody)
+            && producers.iter().all(|p| matches!(p, Waker::Nobody));
         Self {
             consumer,
             producers,
-            space: Doorbell::new(),
+            space: CachePadded::new(Doorbell::new()),
+            quiet,
         }
     }
 
@@ -52,10 +63,18 @@ impl Link {
         self.consumer.wake();
     }
 
+    /// A producer found no room and is about to wait.
+    #[inline]
+    pub(crate) fn arm(&self) {
+        if !self.quiet {
+            self.space.arm();
+        }
+    }
+
     /// Items were popped: wake producers if one was waiting for space.
     #[inline]
     pub(crate) fn popped(&self) {
-        if self.space.take() {
+        if !self.quiet && self.space.take() {
             for producer in &self.producers {
                 producer.wake();
             }

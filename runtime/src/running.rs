@@ -158,6 +158,7 @@ impl Runtime {
             }
         }
         let bursts: Vec<usize> = pipeline.nodes.iter().map(|n| n.node.burst()).collect();
+        let kinds: Vec<NodeKind> = pipeline.nodes.iter().map(|n| n.node.kind()).collect();
 
         // Plan every edge: its kind, its capacity, who it wakes.
         let input_events: Vec<Arc<Event>> = pipeline
@@ -190,7 +191,14 @@ impl Runtime {
             } else {
                 EdgeKind::Mpsc
             };
+            // Sync stages fused on one worker are run in order by its loop: an edge
+            // between them needs no wake-ups in either direction.
+            let sync_at = |e: &Endpoint| matches!(*e, Endpoint::Node { node, .. } if kinds[node] == NodeKind::Sync);
+            let silent = kind == EdgeKind::Local
+                && sync_at(&info.consumer)
+                && info.producers.iter().all(sync_at);
             let (consumer, mut capacity) = match info.consumer {
+                Endpoint::Node { .. } if silent => (Waker::Nobody, 0),
                 Endpoint::Node { node, .. } => (
                     Waker::Signal(node_signals[node].clone()),
                     plan.ring_for(&names[node]),
@@ -220,6 +228,7 @@ impl Runtime {
                 .producers
                 .iter()
                 .map(|p| match *p {
+                    Endpoint::Node { .. } if silent => Waker::Nobody,
                     Endpoint::Node { node, .. } => Waker::Signal(node_signals[node].clone()),
                     Endpoint::Input(i) => Waker::External(input_events[i].clone()),
                     Endpoint::Output(_) => unreachable!("outputs never produce"),

@@ -133,7 +133,7 @@ impl<T: Send> RingSender<T> {
 
     /// Tells the consumer a producer waits for space.
     pub(crate) fn arm(&self) {
-        self.link.space.arm();
+        self.link.arm();
     }
 
     /// True once the edge no longer accepts items.
@@ -164,7 +164,7 @@ impl<T: Send> OutPort<T> for RingSender<T> {
         if !items.is_empty() {
             // Short: tell the consumer we wait for space, then look once more so a pop
             // that raced with the arm is not missed (see `Doorbell`).
-            self.link.space.arm();
+            self.link.arm();
             pushed += self.try_push(items);
         }
         if pushed > 0 {

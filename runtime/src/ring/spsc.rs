@@ -124,9 +124,14 @@ impl<T> SpscProducer<T> {
     #[inline]
     pub fn push_burst(&mut self, items: &mut VecDeque<T>) -> usize {
         let n = self.free(items.len()).min(items.len());
-        for item in items.drain(..n) {
-            self.write(item);
+        let shared = &*self.shared;
+        let (mask, start) = (shared.mask, self.tail);
+        for (pos, item) in (start..start + n).zip(items.drain(..n)) {
+            // SAFETY: as in `write`: `free()` showed every position in start..start+n is
+            // a full lap past the consumer's head and unpublished.
+            shared.slots[pos & mask].with_mut(|slot| unsafe { (*slot).write(item) });
         }
+        self.tail = start + n;
         if n > 0 {
             self.shared.tail.store(self.tail, Ordering::Release);
         }
@@ -182,14 +187,14 @@ impl<T> SpscConsumer<T> {
             avail = self.cached_tail - self.head;
         }
         let n = avail.min(max);
-        for pos in self.head..self.head + n {
+        let shared = &*self.shared;
+        let mask = shared.mask;
+        out.extend((self.head..self.head + n).map(|pos| {
             // SAFETY: pos < tail (Acquire-loaded), so the producer initialised this slot
             // and will not touch it again until we publish a head past it. We move the
             // item out exactly once.
-            let item = self.shared.slots[pos & self.shared.mask]
-                .with(|slot| unsafe { (*slot).assume_init_read() });
-            out.push_back(item);
-        }
+            shared.slots[pos & mask].with(|slot| unsafe { (*slot).assume_init_read() })
+        }));
         if n > 0 {
             self.head += n;
             self.shared.head.store(self.head, Ordering::Release);

@@ -93,7 +93,7 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                     continue;
                 }
                 let before = node.input.buf.len();
-                let timer = node.common.start_timer();
+                let timer = node.common.start_timer(before);
                 let policy = node.stage.error_policy();
                 let outcome = {
                     let (stage, inbuf, outbuf) =

@@ -12,8 +12,9 @@ use crate::error::panic_message;
 use crate::exec::{BindError, DropReason, InPort, NoopObserver, Observer, OutPort, Transport};
 use crate::{ErrorPolicy, StageFailure};
 
-/// Time one burst in this many; `Instant::now` costs tens of ns, too much per burst of 1.
-const TIMING_SAMPLE_MASK: u64 = 7;
+/// Time one burst per this many items: `Instant::now` costs tens of ns, too much to pay
+/// on every burst when bursts are small.
+const TIMING_SAMPLE_ITEMS: usize = 256;
 
 pub(crate) const DEFAULT_BURST: usize = 32;
 
@@ -135,7 +136,7 @@ pub(crate) struct Common {
     pub(crate) name: String,
     pub(crate) burst: usize,
     pub(crate) observer: Box<dyn Observer>,
-    bursts: u64,
+    untimed_items: usize,
 }
 
 impl Common {
@@ -144,14 +145,18 @@ impl Common {
             name,
             burst: DEFAULT_BURST,
             observer: Box::new(NoopObserver),
-            bursts: 0,
+            untimed_items: 0,
         }
     }
 
     #[inline]
-    fn start_timer(&mut self) -> Option<Instant> {
-        self.bursts = self.bursts.wrapping_add(1);
-        (self.bursts & TIMING_SAMPLE_MASK == 0).then(Instant::now)
+    fn start_timer(&mut self, items: usize) -> Option<Instant> {
+        self.untimed_items += items;
+        if self.untimed_items < TIMING_SAMPLE_ITEMS {
+            return None;
+        }
+        self.untimed_items = 0;
+        Some(Instant::now())
     }
 
     fn failure(&self, message: String) -> StageFailure {

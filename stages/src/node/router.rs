@@ -79,7 +79,7 @@ where
             }
             return Activation::Idle;
         }
-        let timer = self.common.start_timer();
+        let timer = self.common.start_timer(self.input.buf.len());
         let taken = self.input.buf.len();
         let mut unrouted = 0;
         let route = &mut self.route;

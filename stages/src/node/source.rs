@@ -60,7 +60,7 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
             self.output.close();
             return Activation::Finished;
         }
-        let timer = self.common.start_timer();
+        let timer = self.common.start_timer(self.common.burst);
         let source = &mut self.source;
         let (out, burst) = (&mut self.output.buf, self.common.burst);
         let state = match catch_unwind(AssertUnwindSafe(|| {

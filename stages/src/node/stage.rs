@@ -94,7 +94,7 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
             };
         }
         let before = self.input.buf.len();
-        let timer = self.common.start_timer();
+        let timer = self.common.start_timer(before);
         let policy = self.stage.error_policy();
         let stage = &mut self.stage;
         let (inbuf, outbuf, errors) = (&mut self.input.buf, &mut self.output.buf, &mut self.errors);
