@@ -54,7 +54,7 @@ pub trait Stage: Send + 'static {
     ) -> Result<(), Self::Error>;
 
     /// Processes a burst. Items left in `burst` are offered again on the next activation.
-    #[inline]
+    #[inline(always)]
     fn process_burst(
         &mut self,
         burst: &mut Burst<'_, Self::In>,
@@ -183,7 +183,7 @@ where
     type Out = Out;
     type Error = Infallible;
 
-    #[inline]
+    #[inline(always)]
     fn process(&mut self, item: In, out: &mut Outbox<'_, Out>) -> Result<(), Infallible> {
         out.push((self.f)(item));
         Ok(())
@@ -201,7 +201,7 @@ where
     type Out = Out;
     type Error = E;
 
-    #[inline]
+    #[inline(always)]
     fn process(&mut self, item: In, out: &mut Outbox<'_, Out>) -> Result<(), E> {
         out.push((self.f)(item)?);
         Ok(())
@@ -217,7 +217,7 @@ where
     type Out = T;
     type Error = Infallible;
 
-    #[inline]
+    #[inline(always)]
     fn process(&mut self, item: T, out: &mut Outbox<'_, T>) -> Result<(), Infallible> {
         if (self.f)(&item) {
             out.push(item);
@@ -235,7 +235,7 @@ where
     type Out = ();
     type Error = Infallible;
 
-    #[inline]
+    #[inline(always)]
     fn process(&mut self, item: T, _out: &mut Outbox<'_, ()>) -> Result<(), Infallible> {
         (self.f)(item);
         Ok(())
