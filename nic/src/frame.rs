@@ -81,7 +81,12 @@ impl fmt::Debug for Frame {
 impl Frame {
     /// An empty frame able to hold `capacity` bytes after `headroom` bytes of headroom.
     pub fn with_capacity(headroom: usize, capacity: usize) -> Self {
-        Self { buf: vec![0; headroom + capacity].into_boxed_slice(), head: headroom, len: 0, meta: FrameMeta::default() }
+        Self {
+            buf: vec![0; headroom + capacity].into_boxed_slice(),
+            head: headroom,
+            len: 0,
+            meta: FrameMeta::default(),
+        }
     }
 
     /// A frame holding a copy of `bytes`, with [`DEFAULT_HEADROOM`].
@@ -101,6 +106,20 @@ impl Frame {
         self.len = bytes.len();
         self.meta = FrameMeta::default();
         self.data_mut().copy_from_slice(bytes);
+    }
+
+    /// Empties the frame, leaving `headroom` bytes (at most the buffer) in front.
+    #[inline]
+    pub fn clear(&mut self, headroom: usize) {
+        self.head = headroom.min(self.buf.len());
+        self.len = 0;
+        self.meta = FrameMeta::default();
+    }
+
+    /// Size of the underlying buffer (headroom + data + tailroom).
+    #[inline]
+    pub fn buffer_len(&self) -> usize {
+        self.buf.len()
     }
 
     /// The packet bytes.

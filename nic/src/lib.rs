@@ -1,10 +1,19 @@
 //! pipewright's software NIC: the packet path of an SR-IOV NIC with stateless tunnel
 //! offload, as pipewright stages over bursts of frames.
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
 #![deny(unsafe_code)]
 
 #[cfg(not(loom))]
 mod frame;
+#[cfg(not(loom))]
+pub mod offload;
+#[cfg(not(loom))]
+mod pool;
 pub mod rules;
 pub(crate) mod sync;
 #[cfg(not(loom))]
@@ -14,3 +23,5 @@ pub mod wire;
 
 #[cfg(not(loom))]
 pub use frame::{Frame, FrameMeta, Gso, GsoKind, PartialCsum, DEFAULT_HEADROOM};
+#[cfg(not(loom))]
+pub use pool::FramePool;

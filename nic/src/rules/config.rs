@@ -35,8 +35,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    EgressAction, EgressRule, EgressTable, IngressAction, IngressRule, IngressTable, RuleError, RuleId, TrapAction,
-    VfIdentity,
+    EgressAction, EgressRule, EgressTable, IngressAction, IngressRule, IngressTable, RuleError,
+    RuleId, TrapAction, VfIdentity,
 };
 use crate::tunnel::{TunnelKind, TunnelOption, TunnelSpec};
 
@@ -47,7 +47,9 @@ pub enum ConfigError {
     #[error("rule file: {0}")]
     Toml(#[from] toml::de::Error),
     /// A MAC address that is not six colon-separated hex bytes.
-    #[error("rule file: `{0}` is not a MAC address (expected six hex bytes like 02:00:00:00:00:01)")]
+    #[error(
+        "rule file: `{0}` is not a MAC address (expected six hex bytes like 02:00:00:00:00:01)"
+    )]
     Mac(String),
     /// An action that needs a field that is missing.
     #[error("rule file: rule {rule}: action `{action}` needs `{field}`")]
@@ -76,7 +78,9 @@ fn mac(s: &str) -> Result<[u8; 6], ConfigError> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');
     for byte in &mut out {
-        let part = parts.next().ok_or_else(|| ConfigError::Mac(s.to_string()))?;
+        let part = parts
+            .next()
+            .ok_or_else(|| ConfigError::Mac(s.to_string()))?;
         if part.len() != 2 {
             return Err(ConfigError::Mac(s.to_string()));
         }
@@ -200,7 +204,12 @@ impl RuleFile {
     pub fn egress_table(&self) -> Result<EgressTable, ConfigError> {
         let mut b = EgressTable::builder();
         for v in &self.vf {
-            b = b.vf(VfIdentity { vf: v.vf, mac: mac(&v.mac)?, ips: v.ips.clone(), vlan: v.vlan });
+            b = b.vf(VfIdentity {
+                vf: v.vf,
+                mac: mac(&v.mac)?,
+                ips: v.ips.clone(),
+                vlan: v.vlan,
+            });
         }
         for n in &self.neighbour {
             b = b.neighbour(n.vf, n.ip, mac(&n.mac)?);
@@ -209,7 +218,11 @@ impl RuleFile {
             let tunnel = |field| {
                 e.tunnel
                     .as_ref()
-                    .ok_or(ConfigError::Missing { rule: e.id, action: e.action.clone(), field })
+                    .ok_or(ConfigError::Missing {
+                        rule: e.id,
+                        action: e.action.clone(),
+                        field,
+                    })
                     .and_then(TunnelEntry::spec)
                     .map(Arc::new)
             };
@@ -218,7 +231,12 @@ impl RuleFile {
                 "flood" => EgressAction::Trap(TrapAction::Flood(tunnel("tunnel")?)),
                 "answer-arp" => EgressAction::Trap(TrapAction::AnswerArp),
                 "drop" => EgressAction::Drop,
-                other => return Err(ConfigError::Action { rule: e.id, action: other.to_string() }),
+                other => {
+                    return Err(ConfigError::Action {
+                        rule: e.id,
+                        action: other.to_string(),
+                    })
+                }
             };
             b = b.rule(EgressRule {
                 id: e.id,
@@ -242,10 +260,19 @@ impl RuleFile {
         for r in &self.ingress {
             let action = match r.action.as_str() {
                 "deliver" => IngressAction::Deliver {
-                    vf: r.vf.ok_or(ConfigError::Missing { rule: r.id, action: r.action.clone(), field: "vf" })?,
+                    vf: r.vf.ok_or(ConfigError::Missing {
+                        rule: r.id,
+                        action: r.action.clone(),
+                        field: "vf",
+                    })?,
                 },
                 "drop" => IngressAction::Drop,
-                other => return Err(ConfigError::Action { rule: r.id, action: other.to_string() }),
+                other => {
+                    return Err(ConfigError::Action {
+                        rule: r.id,
+                        action: other.to_string(),
+                    })
+                }
             };
             b = b.rule(IngressRule {
                 id: r.id,

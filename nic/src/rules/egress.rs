@@ -176,12 +176,18 @@ impl EgressTable {
             return EgressDecision::Drop(EgressDrop::UnknownVf);
         };
         let id = &vf.identity;
-        let ip_ok = key.src_ip.is_none_or(|ip| ip.is_unspecified() || id.ips.contains(&ip));
+        let ip_ok = key
+            .src_ip
+            .is_none_or(|ip| ip.is_unspecified() || id.ips.contains(&ip));
         if key.src_mac != id.mac || !ip_ok || key.vlan != id.vlan {
             return EgressDecision::Drop(EgressDrop::Spoofed);
         }
         let matches = |i: &usize| self.fields_match(&self.rules[*i], key);
-        let by_prefix = key.dst_ip.into_iter().flat_map(|dst| vf.by_prefix.matches(dst)).find_map(|l| l.iter().copied().find(matches));
+        let by_prefix = key
+            .dst_ip
+            .into_iter()
+            .flat_map(|dst| vf.by_prefix.matches(dst))
+            .find_map(|l| l.iter().copied().find(matches));
         match by_prefix.or_else(|| vf.any_dst.iter().copied().find(matches)) {
             Some(i) => self.decide(i),
             None => EgressDecision::Drop(EgressDrop::NoRule),
@@ -199,10 +205,24 @@ impl EgressTable {
         let rule = &self.rules[i];
         let counters = &*self.counters[i];
         match &rule.action {
-            EgressAction::Encap(spec) => EgressDecision::Encap { rule: rule.id, spec, counters },
-            EgressAction::Trap(TrapAction::AnswerArp) => EgressDecision::AnswerArp { rule: rule.id, counters },
-            EgressAction::Trap(TrapAction::Flood(spec)) => EgressDecision::Flood { rule: rule.id, spec, counters },
-            EgressAction::Drop => EgressDecision::RuleDrop { rule: rule.id, counters },
+            EgressAction::Encap(spec) => EgressDecision::Encap {
+                rule: rule.id,
+                spec,
+                counters,
+            },
+            EgressAction::Trap(TrapAction::AnswerArp) => EgressDecision::AnswerArp {
+                rule: rule.id,
+                counters,
+            },
+            EgressAction::Trap(TrapAction::Flood(spec)) => EgressDecision::Flood {
+                rule: rule.id,
+                spec,
+                counters,
+            },
+            EgressAction::Drop => EgressDecision::RuleDrop {
+                rule: rule.id,
+                counters,
+            },
         }
     }
 
@@ -218,7 +238,10 @@ impl EgressTable {
 
     /// Counters of rule `id`.
     pub fn counters(&self, id: RuleId) -> Option<&RuleCounters> {
-        self.rules.iter().position(|r| r.id == id).map(|i| &*self.counters[i])
+        self.rules
+            .iter()
+            .position(|r| r.id == id)
+            .map(|i| &*self.counters[i])
     }
 
     /// Every rule, in id order.
@@ -272,21 +295,37 @@ impl EgressTableBuilder {
             .vfs
             .into_iter()
             .map(|identity| {
-                (identity.vf, VfRules { identity, by_prefix: Lpm::default(), any_dst: Vec::new(), neighbours: HashMap::new() })
+                (
+                    identity.vf,
+                    VfRules {
+                        identity,
+                        by_prefix: Lpm::default(),
+                        any_dst: Vec::new(),
+                        neighbours: HashMap::new(),
+                    },
+                )
             })
             .collect();
         for (i, rule) in self.rules.iter().enumerate() {
-            if let EgressAction::Encap(spec) | EgressAction::Trap(TrapAction::Flood(spec)) = &rule.action {
+            if let EgressAction::Encap(spec) | EgressAction::Trap(TrapAction::Flood(spec)) =
+                &rule.action
+            {
                 validate_spec(rule.id, spec)?;
             }
-            let vf = vfs.get_mut(&rule.vf).ok_or(RuleError::UnknownVf { rule: rule.id, vf: rule.vf })?;
+            let vf = vfs.get_mut(&rule.vf).ok_or(RuleError::UnknownVf {
+                rule: rule.id,
+                vf: rule.vf,
+            })?;
             match rule.dst_prefix {
                 Some(prefix) => vf.by_prefix.entry(prefix.trunc(), Vec::new).push(i),
                 None => vf.any_dst.push(i),
             }
         }
         for (vf, ip, mac) in self.neighbours {
-            vfs.get_mut(&vf).ok_or(RuleError::UnknownVf { rule: 0, vf })?.neighbours.insert(ip, mac);
+            vfs.get_mut(&vf)
+                .ok_or(RuleError::UnknownVf { rule: 0, vf })?
+                .neighbours
+                .insert(ip, mac);
         }
         let counters = self
             .rules
@@ -294,22 +333,40 @@ impl EgressTableBuilder {
             .map(|r| {
                 self.previous
                     .as_ref()
-                    .and_then(|p| p.rules.iter().position(|q| q.id == r.id).map(|i| p.counters[i].clone()))
+                    .and_then(|p| {
+                        p.rules
+                            .iter()
+                            .position(|q| q.id == r.id)
+                            .map(|i| p.counters[i].clone())
+                    })
                     .unwrap_or_default()
             })
             .collect();
-        Ok(EgressTable { rules: self.rules, counters, vfs })
+        Ok(EgressTable {
+            rules: self.rules,
+            counters,
+            vfs,
+        })
     }
 }
 
 pub(crate) fn validate_spec(rule: RuleId, spec: &TunnelSpec) -> Result<(), RuleError> {
     if spec.vni > spec.kind.max_vni() {
-        return Err(RuleError::VniRange { rule, vni: spec.vni, kind: spec.kind.as_str(), max: spec.kind.max_vni() });
+        return Err(RuleError::VniRange {
+            rule,
+            vni: spec.vni,
+            kind: spec.kind.as_str(),
+            max: spec.kind.max_vni(),
+        });
     }
     if spec.outer_src.is_ipv4() != spec.outer_dst.is_ipv4() {
         return Err(RuleError::MixedFamilies(rule));
     }
-    if spec.options.iter().any(|o| o.data.len() % 4 != 0 || o.data.len() > 124) {
+    if spec
+        .options
+        .iter()
+        .any(|o| o.data.len() % 4 != 0 || o.data.len() > 124)
+    {
         return Err(RuleError::BadOption(rule));
     }
     Ok(())

@@ -145,20 +145,30 @@ impl IngressTable {
         let rule = &self.rules[i];
         let counters = &*self.counters[i];
         match rule.action {
-            IngressAction::Drop => IngressDecision::RuleDrop { rule: rule.id, counters },
+            IngressAction::Drop => IngressDecision::RuleDrop {
+                rule: rule.id,
+                counters,
+            },
             IngressAction::Deliver { vf } => {
                 let own = self.vf_macs.get(&vf);
                 if !is_group(&key.inner_dst_mac) && own != Some(&key.inner_dst_mac) {
                     return IngressDecision::Drop(IngressDrop::NotForVf);
                 }
-                IngressDecision::Deliver { rule: rule.id, vf, counters }
+                IngressDecision::Deliver {
+                    rule: rule.id,
+                    vf,
+                    counters,
+                }
             }
         }
     }
 
     /// Counters of rule `id`.
     pub fn counters(&self, id: RuleId) -> Option<&RuleCounters> {
-        self.rules.iter().position(|r| r.id == id).map(|i| &*self.counters[i])
+        self.rules
+            .iter()
+            .position(|r| r.id == id)
+            .map(|i| &*self.counters[i])
     }
 
     /// Every rule, in id order.
@@ -203,14 +213,22 @@ impl IngressTableBuilder {
         let mut by_vni: HashMap<_, Vec<usize>> = HashMap::new();
         for (i, r) in self.rules.iter().enumerate() {
             if r.vni > r.kind.max_vni() {
-                return Err(RuleError::VniRange { rule: r.id, vni: r.vni, kind: r.kind.as_str(), max: r.kind.max_vni() });
+                return Err(RuleError::VniRange {
+                    rule: r.id,
+                    vni: r.vni,
+                    kind: r.kind.as_str(),
+                    max: r.kind.max_vni(),
+                });
             }
             if let IngressAction::Deliver { vf } = r.action {
                 if !self.vf_macs.contains_key(&vf) {
                     return Err(RuleError::UnknownVf { rule: r.id, vf });
                 }
             }
-            by_vni.entry((r.kind, r.vni, r.outer_dst)).or_default().push(i);
+            by_vni
+                .entry((r.kind, r.vni, r.outer_dst))
+                .or_default()
+                .push(i);
         }
         let counters = self
             .rules
@@ -218,10 +236,20 @@ impl IngressTableBuilder {
             .map(|r| {
                 self.previous
                     .as_ref()
-                    .and_then(|p| p.rules.iter().position(|q| q.id == r.id).map(|i| p.counters[i].clone()))
+                    .and_then(|p| {
+                        p.rules
+                            .iter()
+                            .position(|q| q.id == r.id)
+                            .map(|i| p.counters[i].clone())
+                    })
                     .unwrap_or_default()
             })
             .collect();
-        Ok(IngressTable { rules: self.rules, counters, by_vni, vf_macs: self.vf_macs })
+        Ok(IngressTable {
+            rules: self.rules,
+            counters,
+            by_vni,
+            vf_macs: self.vf_macs,
+        })
     }
 }

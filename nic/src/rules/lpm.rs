@@ -16,7 +16,10 @@ pub(crate) struct Lpm<V> {
 
 impl<V> Default for Lpm<V> {
     fn default() -> Self {
-        Self { v4: Vec::new(), v6: Vec::new() }
+        Self {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
     }
 }
 
@@ -46,11 +49,17 @@ impl<V> Lpm<V> {
                     Some(i) => i,
                     None => {
                         self.v4.push((len, HashMap::new()));
-                        self.v4.sort_by(|a, b| b.0.cmp(&a.0));
-                        self.v4.iter().position(|(l, _)| *l == len).expect("just inserted")
+                        self.v4.sort_by_key(|e| std::cmp::Reverse(e.0));
+                        self.v4
+                            .iter()
+                            .position(|(l, _)| *l == len)
+                            .expect("just inserted")
                     }
                 };
-                self.v4[i].1.entry(u32::from(p.network()) & mask4(len)).or_insert_with(make)
+                self.v4[i]
+                    .1
+                    .entry(u32::from(p.network()) & mask4(len))
+                    .or_insert_with(make)
             }
             IpNet::V6(p) => {
                 let len = p.prefix_len();
@@ -58,11 +67,17 @@ impl<V> Lpm<V> {
                     Some(i) => i,
                     None => {
                         self.v6.push((len, HashMap::new()));
-                        self.v6.sort_by(|a, b| b.0.cmp(&a.0));
-                        self.v6.iter().position(|(l, _)| *l == len).expect("just inserted")
+                        self.v6.sort_by_key(|e| std::cmp::Reverse(e.0));
+                        self.v6
+                            .iter()
+                            .position(|(l, _)| *l == len)
+                            .expect("just inserted")
                     }
                 };
-                self.v6[i].1.entry(u128::from(p.network()) & mask6(len)).or_insert_with(make)
+                self.v6[i]
+                    .1
+                    .entry(u128::from(p.network()) & mask6(len))
+                    .or_insert_with(make)
             }
         }
     }
@@ -73,8 +88,14 @@ impl<V> Lpm<V> {
             IpAddr::V4(a) => (Some(u32::from(a)), None),
             IpAddr::V6(a) => (None, Some(u128::from(a))),
         };
-        let m4 = self.v4.iter().filter_map(move |(len, map)| v4.and_then(|a| map.get(&(a & mask4(*len)))));
-        let m6 = self.v6.iter().filter_map(move |(len, map)| v6.and_then(|a| map.get(&(a & mask6(*len)))));
+        let m4 = self
+            .v4
+            .iter()
+            .filter_map(move |(len, map)| v4.and_then(|a| map.get(&(a & mask4(*len)))));
+        let m6 = self
+            .v6
+            .iter()
+            .filter_map(move |(len, map)| v6.and_then(|a| map.get(&(a & mask6(*len)))));
         m4.chain(m6)
     }
 }

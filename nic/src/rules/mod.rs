@@ -23,12 +23,13 @@ pub use config::{ConfigError, RuleFile};
 pub use counters::RuleCounters;
 #[cfg(not(loom))]
 pub use egress::{
-    EgressAction, EgressDecision, EgressDrop, EgressKey, EgressRule, EgressTable, EgressTableBuilder, TrapAction,
-    VfIdentity,
+    EgressAction, EgressDecision, EgressDrop, EgressKey, EgressRule, EgressTable,
+    EgressTableBuilder, TrapAction, VfIdentity,
 };
 #[cfg(not(loom))]
 pub use ingress::{
-    IngressAction, IngressDecision, IngressDrop, IngressKey, IngressRule, IngressTable, IngressTableBuilder,
+    IngressAction, IngressDecision, IngressDrop, IngressKey, IngressRule, IngressTable,
+    IngressTableBuilder,
 };
 pub use versioned::{Reader, Versioned};
 

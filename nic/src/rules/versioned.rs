@@ -25,13 +25,17 @@ pub struct Versioned<T> {
 
 impl<T> Clone for Versioned<T> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone() }
+        Self {
+            shared: self.shared.clone(),
+        }
     }
 }
 
 impl<T> std::fmt::Debug for Versioned<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Versioned").field("version", &self.shared.latest.load(Ordering::Relaxed)).finish()
+        f.debug_struct("Versioned")
+            .field("version", &self.shared.latest.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -41,7 +45,10 @@ impl<T> Versioned<T> {
         Self {
             shared: Arc::new(Shared {
                 latest: AtomicU64::new(1),
-                slot: Mutex::new(Slot { version: 1, table: Arc::new(table) }),
+                slot: Mutex::new(Slot {
+                    version: 1,
+                    table: Arc::new(table),
+                }),
             }),
         }
     }
@@ -67,7 +74,11 @@ impl<T> Versioned<T> {
     /// A reader for one worker.
     pub fn reader(&self) -> Reader<T> {
         let (seen, table) = self.current();
-        Reader { shared: self.clone(), seen, table }
+        Reader {
+            shared: self.clone(),
+            seen,
+            table,
+        }
     }
 }
 
@@ -80,7 +91,9 @@ pub struct Reader<T> {
 
 impl<T> std::fmt::Debug for Reader<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("version", &self.seen).finish()
+        f.debug_struct("Reader")
+            .field("version", &self.seen)
+            .finish()
     }
 }
 

@@ -2,6 +2,10 @@
 
 use std::net::IpAddr;
 
+mod encap;
+
+pub use encap::{flow_hash, EncapError, EncapTemplate, MAX_OUTER_LEN};
+
 /// A tunnel encapsulation kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -119,7 +119,11 @@ mod tests {
     fn naive(data: &[u8]) -> u16 {
         let mut s: u32 = 0;
         for (i, b) in data.iter().enumerate() {
-            s += if i % 2 == 0 { u32::from(*b) << 8 } else { u32::from(*b) };
+            s += if i % 2 == 0 {
+                u32::from(*b) << 8
+            } else {
+                u32::from(*b)
+            };
             s = (s & 0xffff) + (s >> 16);
         }
         s as u16
@@ -143,14 +147,20 @@ mod tests {
 
     #[test]
     fn pseudo_headers() {
-        let (a, b) = (Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(192, 168, 0, 199));
+        let (a, b) = (
+            Ipv4Addr::new(192, 168, 0, 1),
+            Ipv4Addr::new(192, 168, 0, 199),
+        );
         let mut bytes = Vec::new();
         bytes.extend(a.octets());
         bytes.extend(b.octets());
         bytes.extend([0, 17, 0, 30]);
         assert_eq!(fold(pseudo_v4(a, b, 17, 30)), naive(&bytes));
 
-        let (a, b) = ("2001:db8::1".parse::<Ipv6Addr>().unwrap(), "fe80::ffff:1".parse().unwrap());
+        let (a, b) = (
+            "2001:db8::1".parse::<Ipv6Addr>().unwrap(),
+            "fe80::ffff:1".parse::<Ipv6Addr>().unwrap(),
+        );
         let mut bytes = Vec::new();
         bytes.extend(a.octets());
         bytes.extend(b.octets());

@@ -133,16 +133,34 @@ mod tests {
     #[test]
     fn reasons_are_distinct_and_display_mentions_layer() {
         let all = [
-            WireError::Truncated { layer: "udp", needed: 8, got: 3 },
-            WireError::BadLength { layer: "udp", field: "length", value: 4 },
-            WireError::BadVersion { layer: "ipv4", version: 6 },
+            WireError::Truncated {
+                layer: "udp",
+                needed: 8,
+                got: 3,
+            },
+            WireError::BadLength {
+                layer: "udp",
+                field: "length",
+                value: 4,
+            },
+            WireError::BadVersion {
+                layer: "ipv4",
+                version: 6,
+            },
             WireError::BadChecksum { layer: "ipv4" },
             WireError::UnknownEtherType(0x1234),
             WireError::OptionsOverflow { layer: "geneve" },
             WireError::Fragmented,
             WireError::UnsupportedProtocol(99),
-            WireError::BadField { layer: "vxlan", field: "flags" },
-            WireError::Unsupported { layer: "arp", field: "htype", value: 6 },
+            WireError::BadField {
+                layer: "vxlan",
+                field: "flags",
+            },
+            WireError::Unsupported {
+                layer: "arp",
+                field: "htype",
+                value: 6,
+            },
             WireError::TooManyHeaders { layer: "ipv6" },
         ];
         for (i, a) in all.iter().enumerate() {

@@ -41,7 +41,11 @@ pub(crate) fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
 #[inline(always)]
 pub(crate) fn need(layer: &'static str, b: &[u8], needed: usize) -> Result<(), super::WireError> {
     if b.len() < needed {
-        Err(super::WireError::Truncated { layer, needed, got: b.len() })
+        Err(super::WireError::Truncated {
+            layer,
+            needed,
+            got: b.len(),
+        })
     } else {
         Ok(())
     }

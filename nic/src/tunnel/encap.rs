@@ -1,0 +1,292 @@
+//! Encapsulation from a prebuilt outer-header template, as OVS and DPDK do it: the
+//! outer Ethernet, IP, UDP and tunnel headers are built once per rule; per packet only
+//! the lengths, the IP id, the UDP source port (flow entropy) and the checksums are
+//! patched, and the header is written into the frame's headroom.
+
+use std::net::IpAddr;
+
+use super::{TunnelKind, TunnelSpec};
+use crate::wire::checksum;
+use crate::Frame;
+
+/// Largest outer header: Ethernet 14 + IPv6 40 + UDP 8 + Geneve 8 + 4 options.
+pub const MAX_OUTER_LEN: usize = 14 + 40 + 8 + 8 + 4 * 128;
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const UDP_LEN: usize = 8;
+const PROTO_UDP: u8 = 17;
+/// Source ports are drawn from the dynamic range (RFC 7348 section 5, RFC 8926 3.3).
+const ENTROPY_PORT_BASE: u16 = 49152;
+
+/// Why a frame could not be encapsulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncapError {
+    /// The frame has less headroom than the outer header needs.
+    #[error("frame has {have} bytes of headroom, the outer header needs {need}")]
+    NoHeadroom {
+        /// Headroom needed.
+        need: usize,
+        /// Headroom available.
+        have: usize,
+    },
+    /// The encapsulated packet would exceed the underlay MTU (no outer fragmentation).
+    #[error("encapsulated packet of {len} bytes exceeds the underlay MTU {mtu}")]
+    TooBig {
+        /// IP length after encapsulation.
+        len: usize,
+        /// The underlay MTU.
+        mtu: usize,
+    },
+    /// Geneve options longer than the header can describe (252 bytes).
+    #[error("Geneve options of {0} bytes exceed the 252-byte limit")]
+    OptionsTooLong(usize),
+}
+
+/// A prebuilt outer header for one tunnel rule.
+#[derive(Clone)]
+pub struct EncapTemplate {
+    bytes: Box<[u8]>,
+    kind: TunnelKind,
+    v6: bool,
+    udp_off: usize,
+    tunnel_off: usize,
+    /// Ones-complement sum of the IPv4 header with total length, id and checksum zero.
+    ip_base: u32,
+    /// PWT: sum of its header with entropy and checksum zero.
+    pwt_base: u32,
+    /// Underlay MTU (IP packet size limit).
+    mtu: usize,
+}
+
+impl std::fmt::Debug for EncapTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncapTemplate")
+            .field("kind", &self.kind)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl EncapTemplate {
+    /// Builds the template for `spec`, for an underlay with IP MTU `mtu`.
+    pub fn new(spec: &TunnelSpec, mtu: usize) -> Result<Self, EncapError> {
+        let v6 = spec.outer_dst.is_ipv6();
+        let ip_len = if v6 { IPV6_LEN } else { IPV4_LEN };
+        let options_len: usize = spec.options.iter().map(|o| 4 + o.data.len()).sum();
+        if spec.kind == TunnelKind::Geneve && options_len > 252 {
+            return Err(EncapError::OptionsTooLong(options_len));
+        }
+        let tunnel_len = match spec.kind {
+            TunnelKind::Vxlan => 8,
+            TunnelKind::Geneve => 8 + options_len,
+            TunnelKind::Pwt => 12,
+        };
+        let (udp_off, tunnel_off) = (ETH_LEN + ip_len, ETH_LEN + ip_len + UDP_LEN);
+        let mut b = vec![0u8; tunnel_off + tunnel_len];
+        b[0..6].copy_from_slice(&spec.outer_dst_mac);
+        b[6..12].copy_from_slice(&spec.outer_src_mac);
+        b[12..14].copy_from_slice(&(if v6 { 0x86DDu16 } else { 0x0800u16 }).to_be_bytes());
+        let ip = &mut b[ETH_LEN..udp_off];
+        match (spec.outer_src, spec.outer_dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                ip[0] = 0x45;
+                ip[6] = if spec.df { 0x40 } else { 0 };
+                ip[8] = spec.ttl;
+                ip[9] = PROTO_UDP;
+                ip[12..16].copy_from_slice(&src.octets());
+                ip[16..20].copy_from_slice(&dst.octets());
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                ip[0] = 0x60;
+                ip[6] = PROTO_UDP;
+                ip[7] = spec.ttl;
+                ip[8..24].copy_from_slice(&src.octets());
+                ip[24..40].copy_from_slice(&dst.octets());
+            }
+            _ => {
+                // Validated by the rule table; a mixed pair falls back to the destination's family.
+                return Err(EncapError::OptionsTooLong(usize::MAX));
+            }
+        }
+        let ip_base = if v6 {
+            0
+        } else {
+            checksum::sum(&b[ETH_LEN..udp_off])
+        };
+        b[udp_off + 2..udp_off + 4].copy_from_slice(&spec.udp_dst_port.to_be_bytes());
+        let t = &mut b[tunnel_off..];
+        let mut pwt_base = 0;
+        match spec.kind {
+            TunnelKind::Vxlan => {
+                t[0] = 0x08; // I flag: the VNI is valid
+                t[4..7].copy_from_slice(&spec.vni.to_be_bytes()[1..]);
+            }
+            TunnelKind::Geneve => {
+                t[0] = (options_len / 4) as u8; // version 0, option length in words
+                t[1] = if spec.options.iter().any(|o| o.kind & 0x80 != 0) {
+                    0x40
+                } else {
+                    0
+                }; // C bit
+                t[2..4].copy_from_slice(&0x6558u16.to_be_bytes());
+                t[4..7].copy_from_slice(&spec.vni.to_be_bytes()[1..]);
+                let mut at = 8;
+                for o in &spec.options {
+                    t[at..at + 2].copy_from_slice(&o.class.to_be_bytes());
+                    t[at + 2] = o.kind;
+                    t[at + 3] = (o.data.len() / 4) as u8 & 0x1f;
+                    t[at + 4..at + 4 + o.data.len()].copy_from_slice(&o.data);
+                    at += 4 + o.data.len();
+                }
+            }
+            TunnelKind::Pwt => {
+                t[0] = 0x13; // version 1, header length 3 words
+                t[2..4].copy_from_slice(&0x6558u16.to_be_bytes());
+                t[4..8].copy_from_slice(&spec.vni.to_be_bytes());
+                pwt_base = checksum::sum(&t[..12]);
+            }
+        }
+        Ok(Self {
+            bytes: b.into_boxed_slice(),
+            kind: spec.kind,
+            v6,
+            udp_off,
+            tunnel_off,
+            ip_base,
+            pwt_base,
+            mtu,
+        })
+    }
+
+    /// Bytes the outer header adds to a frame.
+    #[inline]
+    pub fn overhead(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The largest inner frame that fits the underlay MTU once encapsulated.
+    #[inline]
+    pub fn max_inner_len(&self) -> usize {
+        (self.mtu + ETH_LEN).saturating_sub(self.bytes.len())
+    }
+
+    /// The tunnel kind.
+    pub fn kind(&self) -> TunnelKind {
+        self.kind
+    }
+
+    /// The template bytes (outer header with per-packet fields zero).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Encapsulates `frame` in place: writes the outer header into its headroom and
+    /// patches the per-packet fields. `ip_id` is the outer IPv4 identification;
+    /// `entropy` (a hash of the inner flow) picks the UDP source port.
+    #[inline]
+    pub fn encap(&self, frame: &mut Frame, ip_id: u16, entropy: u32) -> Result<(), EncapError> {
+        let inner_len = frame.len();
+        let total = self.bytes.len() + inner_len;
+        if total - ETH_LEN > self.mtu {
+            return Err(EncapError::TooBig {
+                len: total - ETH_LEN,
+                mtu: self.mtu,
+            });
+        }
+        let have = frame.headroom();
+        let Some(hdr) = frame.try_push_front(self.bytes.len()) else {
+            return Err(EncapError::NoHeadroom {
+                need: self.bytes.len(),
+                have,
+            });
+        };
+        hdr.copy_from_slice(&self.bytes);
+        let ip_len = (total - ETH_LEN) as u16;
+        let udp_len = (total - self.udp_off) as u16;
+        let src_port = ENTROPY_PORT_BASE | (entropy as u16 & 0x3fff);
+        if self.v6 {
+            hdr[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&udp_len.to_be_bytes());
+        } else {
+            hdr[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&ip_len.to_be_bytes());
+            hdr[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&ip_id.to_be_bytes());
+            let csum = checksum::finish(checksum::combine(
+                self.ip_base,
+                u32::from(ip_len) + u32::from(ip_id),
+            ));
+            hdr[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&csum.to_be_bytes());
+        }
+        let u = self.udp_off;
+        hdr[u..u + 2].copy_from_slice(&src_port.to_be_bytes());
+        hdr[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
+        if self.kind == TunnelKind::Pwt {
+            let t = self.tunnel_off;
+            let flow = entropy as u16;
+            hdr[t + 8..t + 10].copy_from_slice(&flow.to_be_bytes());
+            let csum = checksum::finish(checksum::combine(self.pwt_base, u32::from(flow)));
+            hdr[t + 10..t + 12].copy_from_slice(&csum.to_be_bytes());
+        }
+        if self.v6 {
+            // IPv6 requires a UDP checksum (RFC 8200); it covers the whole packet.
+            let data = frame.data_mut();
+            let (src, dst) = (ipv6_at(data, ETH_LEN + 8), ipv6_at(data, ETH_LEN + 24));
+            let pseudo = checksum::pseudo_v6(src, dst, PROTO_UDP, u32::from(udp_len));
+            let sum = checksum::combine(pseudo, checksum::sum(&data[u..]));
+            let csum = match checksum::finish(sum) {
+                0 => 0xffff,
+                c => c,
+            };
+            data[u + 6..u + 8].copy_from_slice(&csum.to_be_bytes());
+        }
+        Ok(())
+    }
+}
+
+fn ipv6_at(data: &[u8], at: usize) -> std::net::Ipv6Addr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&data[at..at + 16]);
+    o.into()
+}
+
+/// A hash of the inner frame's flow (addresses, protocol and ports) for the outer UDP
+/// source port, so that ECMP in the underlay keeps each inner flow on one path. Reads
+/// only what is there: a short or odd frame hashes what it has, never panics.
+#[inline]
+pub fn flow_hash(inner: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut mix = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+    };
+    let get = |a: usize, b: usize| inner.get(a..b).unwrap_or(&[]);
+    mix(get(0, 12)); // MACs
+    let mut l3 = 14;
+    let mut ethertype = u16::from_be_bytes([
+        inner.get(12).copied().unwrap_or(0),
+        inner.get(13).copied().unwrap_or(0),
+    ]);
+    if ethertype == 0x8100 {
+        l3 = 18;
+        ethertype = u16::from_be_bytes([
+            inner.get(16).copied().unwrap_or(0),
+            inner.get(17).copied().unwrap_or(0),
+        ]);
+    }
+    match ethertype {
+        0x0800 => {
+            let ihl = usize::from(inner.get(l3).copied().unwrap_or(0x45) & 0x0f) * 4;
+            mix(get(l3 + 9, l3 + 10));
+            mix(get(l3 + 12, l3 + 20));
+            mix(get(l3 + ihl, l3 + ihl + 4));
+        }
+        0x86DD => {
+            mix(get(l3 + 6, l3 + 7));
+            mix(get(l3 + 8, l3 + 40));
+            mix(get(l3 + 40, l3 + 44));
+        }
+        _ => mix(get(12, 14)),
+    }
+    h ^ (h >> 16)
+}
