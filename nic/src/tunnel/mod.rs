@@ -2,8 +2,10 @@
 
 use std::net::IpAddr;
 
+mod decap;
 mod encap;
 
+pub use decap::{parse_outer, strip_outer, DecapConfig, DecapError, Outer};
 pub use encap::{flow_hash, EncapError, EncapTemplate, MAX_OUTER_LEN};
 
 /// A tunnel encapsulation kind.

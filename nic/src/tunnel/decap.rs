@@ -1,0 +1,199 @@
+//! Parsing the outer headers of a tunnelled frame from the underlay and removing
+//! them: the ingress half of a stateless tunnel offload.
+
+use std::net::IpAddr;
+
+use super::TunnelKind;
+use crate::rules::IngressKey;
+use crate::wire::{
+    ethertype, ip_proto, EthernetFrame, GenevePacket, Ipv4Packet, Ipv6Packet, PwtPacket, UdpPacket, VxlanPacket,
+    WireError,
+};
+use crate::Frame;
+
+const TEB: u16 = ethertype::TEB;
+
+/// Which UDP destination ports carry which tunnel, and what to accept.
+#[derive(Debug, Clone)]
+pub struct DecapConfig {
+    ports: Vec<(u16, TunnelKind)>,
+    /// Accept Geneve packets with the C (critical options) bit. RFC 8926 requires an
+    /// endpoint that does not process a critical option to drop the packet; we process
+    /// none, so the default is to drop them.
+    pub accept_critical_options: bool,
+}
+
+impl Default for DecapConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![
+                (TunnelKind::Vxlan.default_port(), TunnelKind::Vxlan),
+                (TunnelKind::Geneve.default_port(), TunnelKind::Geneve),
+                (TunnelKind::Pwt.default_port(), TunnelKind::Pwt),
+            ],
+            accept_critical_options: false,
+        }
+    }
+}
+
+impl DecapConfig {
+    /// Accepts (`true`) or drops Geneve packets with critical options.
+    pub fn accept_critical_options(mut self, accept: bool) -> Self {
+        self.accept_critical_options = accept;
+        self
+    }
+
+    /// Carries `kind` on UDP port `port` too (or instead, if the port was mapped).
+    pub fn port(mut self, port: u16, kind: TunnelKind) -> Self {
+        self.ports.retain(|(p, _)| *p != port);
+        self.ports.push((port, kind));
+        self
+    }
+
+    #[inline]
+    fn kind_of(&self, port: u16) -> Option<TunnelKind> {
+        self.ports.iter().find(|(p, _)| *p == port).map(|(_, k)| *k)
+    }
+}
+
+/// Why a frame from the underlay was not decapsulated. Every variant is counted by
+/// [`reason`](DecapError::reason) and the frame dropped; none panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecapError {
+    /// A header is malformed or truncated.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Not UDP over IPv4/IPv6.
+    #[error("not a UDP tunnel packet")]
+    NotUdp,
+    /// A UDP port that carries no configured tunnel.
+    #[error("UDP port {0} carries no tunnel")]
+    UnknownPort(u16),
+    /// The outer UDP checksum is wrong (or missing on IPv6).
+    #[error("bad outer UDP checksum")]
+    BadUdpChecksum,
+    /// The inner protocol is not Ethernet.
+    #[error("tunnel carries protocol {0:#06x}, not Ethernet")]
+    NotEthernet(u16),
+    /// A Geneve packet with critical options we do not process.
+    #[error("Geneve packet with critical options")]
+    CriticalOptions,
+}
+
+impl DecapError {
+    /// Label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecapError::Wire(e) => e.reason(),
+            DecapError::NotUdp => "not_udp",
+            DecapError::UnknownPort(_) => "unknown_port",
+            DecapError::BadUdpChecksum => "bad_checksum",
+            DecapError::NotEthernet(_) => "not_ethernet",
+            DecapError::CriticalOptions => "critical_options",
+        }
+    }
+}
+
+/// Where the inner frame is, and the fields ingress rules match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outer {
+    /// The ingress rule key.
+    pub key: IngressKey,
+    /// Offset of the inner Ethernet frame.
+    pub inner_off: usize,
+    /// Length of the inner Ethernet frame.
+    pub inner_len: usize,
+}
+
+/// Parses and validates the outer headers of `data` (Ethernet, IPv4/IPv6 with header
+/// checksum, UDP with checksum, VXLAN/Geneve/PWT). Never panics on any input.
+#[inline]
+pub fn parse_outer(data: &[u8], config: &DecapConfig) -> Result<Outer, DecapError> {
+    let eth = EthernetFrame::new_checked(data)?;
+    let l3_off = eth.header_len();
+    let (src, dst, udp_off, udp_end) = match eth.ethertype() {
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::new_checked(&data[l3_off..])?;
+            if !ip.verify_checksum() {
+                return Err(WireError::BadChecksum { layer: "ipv4" }.into());
+            }
+            if ip.is_fragment() {
+                return Err(WireError::Fragmented.into());
+            }
+            if ip.protocol() != ip_proto::UDP {
+                return Err(DecapError::NotUdp);
+            }
+            let start = l3_off + ip.header_len();
+            (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), start, l3_off + usize::from(ip.total_len()))
+        }
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(&data[l3_off..])?;
+            let (proto, off) = ip.upper_layer()?;
+            if proto != ip_proto::UDP {
+                return Err(DecapError::NotUdp);
+            }
+            let end = l3_off + 40 + ip.payload().len();
+            (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), l3_off + off, end)
+        }
+        _ => return Err(DecapError::NotUdp),
+    };
+    let udp = UdpPacket::new_checked(&data[udp_off..udp_end])?;
+    let csum_ok = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => udp.verify_checksum_v4(s, d),
+        (IpAddr::V6(s), IpAddr::V6(d)) => udp.verify_checksum_v6(s, d),
+        _ => false,
+    };
+    if !csum_ok {
+        return Err(DecapError::BadUdpChecksum);
+    }
+    let port = udp.dst_port();
+    let kind = config.kind_of(port).ok_or(DecapError::UnknownPort(port))?;
+    let tun_off = udp_off + 8;
+    let tun_end = udp_off + usize::from(udp.len());
+    let tun = &data[tun_off..tun_end];
+    let (vni, hdr_len) = match kind {
+        TunnelKind::Vxlan => {
+            let v = VxlanPacket::new_checked(tun)?;
+            if !v.vni_valid() {
+                return Err(WireError::BadField { layer: "vxlan", field: "flags" }.into());
+            }
+            (v.vni(), 8)
+        }
+        TunnelKind::Geneve => {
+            let g = GenevePacket::new_checked(tun)?;
+            if g.protocol_type() != TEB {
+                return Err(DecapError::NotEthernet(g.protocol_type()));
+            }
+            if g.critical() && !config.accept_critical_options {
+                return Err(DecapError::CriticalOptions);
+            }
+            (g.vni(), g.header_len())
+        }
+        TunnelKind::Pwt => {
+            let p = PwtPacket::new_checked(tun)?;
+            if !p.verify_checksum() {
+                return Err(WireError::BadChecksum { layer: "pwt" }.into());
+            }
+            if p.protocol_type() != TEB {
+                return Err(DecapError::NotEthernet(p.protocol_type()));
+            }
+            (p.tenant_id(), p.header_len())
+        }
+    };
+    let inner_off = tun_off + hdr_len;
+    let inner = EthernetFrame::new_checked(&data[inner_off..tun_end])?;
+    let mut inner_dst_mac = [0u8; 6];
+    inner_dst_mac.copy_from_slice(&inner.dst().0);
+    Ok(Outer {
+        key: IngressKey { kind, vni, outer_src: src, outer_dst: dst, udp_dst_port: port, inner_dst_mac },
+        inner_off,
+        inner_len: tun_end - inner_off,
+    })
+}
+
+/// Removes the outer headers found by [`parse_outer`], leaving the inner frame.
+#[inline]
+pub fn strip_outer(frame: &mut Frame, outer: &Outer) {
+    frame.pull_front(outer.inner_off);
+    frame.truncate(outer.inner_len);
+}
