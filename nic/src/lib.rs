@@ -13,6 +13,8 @@ mod frame;
 #[cfg(not(loom))]
 pub mod offload;
 #[cfg(not(loom))]
+pub mod pipeline;
+#[cfg(not(loom))]
 mod pool;
 pub mod rules;
 pub(crate) mod sync;

@@ -4,7 +4,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use pipewright_nic::offload::{complete_partial, segment, verify_l3l4, OffloadError};
-use pipewright_nic::wire::{checksum, ip_proto, Ipv4Packet, Ipv6Packet, TcpFlags, TcpPacket, UdpPacket};
+use pipewright_nic::wire::{
+    checksum, ip_proto, Ipv4Packet, Ipv6Packet, TcpFlags, TcpPacket, UdpPacket,
+};
 use pipewright_nic::{Frame, FramePool, Gso, GsoKind, PartialCsum};
 use proptest::prelude::*;
 
@@ -41,12 +43,20 @@ fn tcp4_superframe(payload: &[u8], flags: u8) -> Frame {
     tcp[12] = 5 << 4;
     tcp[13] = flags;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let pseudo = checksum::fold(checksum::pseudo_v4(SRC4, DST4, ip_proto::TCP, (20 + payload.len()) as u16));
+    let pseudo = checksum::fold(checksum::pseudo_v4(
+        SRC4,
+        DST4,
+        ip_proto::TCP,
+        (20 + payload.len()) as u16,
+    ));
     tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
     f.extend_from_slice(&tcp);
     f.extend_from_slice(payload);
     let mut frame = Frame::from_bytes(&f);
-    frame.meta.csum = Some(PartialCsum { start: 34, offset: 16 });
+    frame.meta.csum = Some(PartialCsum {
+        start: 34,
+        offset: 16,
+    });
     frame
 }
 
@@ -59,7 +69,10 @@ fn tso_cuts_a_64k_superframe_into_valid_segments() {
     let payload: Vec<u8> = (0..60_000u32).map(|i| (i * 7 + i / 256) as u8).collect();
     let flags = (TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN | TcpFlags::CWR).bits();
     let mut frame = tcp4_superframe(&payload, flags);
-    frame.meta.gso = Some(Gso { kind: GsoKind::TcpV4, size: 1448 });
+    frame.meta.gso = Some(Gso {
+        kind: GsoKind::TcpV4,
+        size: 1448,
+    });
     frame.meta.vf = 3;
     let mut out = Vec::new();
     let n = segment(frame, &pool(), &mut out).unwrap();
@@ -73,11 +86,26 @@ fn tso_cuts_a_64k_superframe_into_valid_segments() {
         assert_eq!(ip.ident(), 0x1000u16.wrapping_add(i as u16));
         assert!(ip.dont_frag());
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-        assert_eq!(tcp.seq_number(), 0xfffff000u32.wrapping_add((i * 1448) as u32));
+        assert_eq!(
+            tcp.seq_number(),
+            0xfffff000u32.wrapping_add((i * 1448) as u32)
+        );
         let last = i + 1 == n;
-        assert_eq!(tcp.flags().contains(TcpFlags::FIN), last, "FIN only on the last segment");
-        assert_eq!(tcp.flags().contains(TcpFlags::PSH), last, "PSH only on the last segment");
-        assert_eq!(tcp.flags().contains(TcpFlags::CWR), i == 0, "CWR only on the first segment");
+        assert_eq!(
+            tcp.flags().contains(TcpFlags::FIN),
+            last,
+            "FIN only on the last segment"
+        );
+        assert_eq!(
+            tcp.flags().contains(TcpFlags::PSH),
+            last,
+            "PSH only on the last segment"
+        );
+        assert_eq!(
+            tcp.flags().contains(TcpFlags::CWR),
+            i == 0,
+            "CWR only on the first segment"
+        );
         assert!(tcp.flags().contains(TcpFlags::ACK));
         assert!(tcp.payload().len() <= 1448);
         rebuilt.extend_from_slice(tcp.payload());
@@ -105,7 +133,10 @@ fn tso_over_ipv6_and_uso() {
     f.extend_from_slice(&tcp);
     f.extend_from_slice(&payload);
     let mut frame = Frame::from_bytes(&f);
-    frame.meta.gso = Some(Gso { kind: GsoKind::TcpV6, size: 1400 });
+    frame.meta.gso = Some(Gso {
+        kind: GsoKind::TcpV6,
+        size: 1400,
+    });
     let mut out = Vec::new();
     assert_eq!(segment(frame, &pool(), &mut out).unwrap(), 4);
     for seg in &out {
@@ -133,7 +164,10 @@ fn tso_over_ipv6_and_uso() {
     f.extend_from_slice(&udp);
     f.extend_from_slice(&payload);
     let mut frame = Frame::from_bytes(&f);
-    frame.meta.gso = Some(Gso { kind: GsoKind::Udp, size: 1200 });
+    frame.meta.gso = Some(Gso {
+        kind: GsoKind::Udp,
+        size: 1200,
+    });
     let mut out = Vec::new();
     assert_eq!(segment(frame, &pool(), &mut out).unwrap(), 5);
     let mut total = 0;
@@ -150,14 +184,23 @@ fn tso_over_ipv6_and_uso() {
 #[test]
 fn partial_checksums_are_completed_and_bad_ones_caught() {
     let mut frame = tcp4_superframe(&[1, 2, 3, 4, 5], TcpFlags::ACK.bits());
-    assert!(matches!(verify_l3l4(frame.data()), Err(OffloadError::BadChecksum("tcp"))));
+    assert!(matches!(
+        verify_l3l4(frame.data()),
+        Err(OffloadError::BadChecksum("tcp"))
+    ));
     complete_partial(&mut frame).unwrap();
     verify_l3l4(frame.data()).unwrap();
     assert!(frame.meta.csum.is_none());
     // Offsets outside the frame are a typed error, not a panic.
     let mut bad = tcp4_superframe(&[1], 0);
-    bad.meta.csum = Some(PartialCsum { start: 34, offset: 60_000 });
-    assert!(matches!(complete_partial(&mut bad), Err(OffloadError::BadCsumOffsets { .. })));
+    bad.meta.csum = Some(PartialCsum {
+        start: 34,
+        offset: 60_000,
+    });
+    assert!(matches!(
+        complete_partial(&mut bad),
+        Err(OffloadError::BadCsumOffsets { .. })
+    ));
     // A flipped payload bit fails verification.
     let mut flipped = frame.clone();
     let last = flipped.len() - 1;
@@ -168,16 +211,34 @@ fn partial_checksums_are_completed_and_bad_ones_caught() {
 #[test]
 fn bad_segmentation_requests_are_typed_errors() {
     let mut frame = tcp4_superframe(&[0u8; 3000], 0);
-    frame.meta.gso = Some(Gso { kind: GsoKind::TcpV6, size: 1000 });
-    assert!(matches!(segment(frame, &pool(), &mut Vec::new()), Err(OffloadError::Unsegmentable(_))));
+    frame.meta.gso = Some(Gso {
+        kind: GsoKind::TcpV6,
+        size: 1000,
+    });
+    assert!(matches!(
+        segment(frame, &pool(), &mut Vec::new()),
+        Err(OffloadError::Unsegmentable(_))
+    ));
     let mut frame = tcp4_superframe(&[0u8; 3000], 0);
-    frame.meta.gso = Some(Gso { kind: GsoKind::TcpV4, size: 0 });
-    assert!(matches!(segment(frame, &pool(), &mut Vec::new()), Err(OffloadError::BadSegmentSize(0))));
+    frame.meta.gso = Some(Gso {
+        kind: GsoKind::TcpV4,
+        size: 0,
+    });
+    assert!(matches!(
+        segment(frame, &pool(), &mut Vec::new()),
+        Err(OffloadError::BadSegmentSize(0))
+    ));
     let whole = tcp4_superframe(&[0u8; 3000], 0);
     for cut in [0, 13, 20, 40, 53] {
         let mut short = Frame::from_bytes(&whole.data()[..cut]);
-        short.meta.gso = Some(Gso { kind: GsoKind::TcpV4, size: 1000 });
-        assert!(segment(short, &pool(), &mut Vec::new()).is_err(), "cut at {cut}");
+        short.meta.gso = Some(Gso {
+            kind: GsoKind::TcpV4,
+            size: 1000,
+        });
+        assert!(
+            segment(short, &pool(), &mut Vec::new()).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 

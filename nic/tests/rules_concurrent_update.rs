@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pipewright_nic::rules::{EgressAction, EgressDecision, EgressKey, EgressRule, EgressTable, Versioned, VfIdentity};
+use pipewright_nic::rules::{
+    EgressAction, EgressDecision, EgressKey, EgressRule, EgressTable, Versioned, VfIdentity,
+};
 use pipewright_nic::tunnel::{TunnelKind, TunnelSpec};
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -36,7 +38,12 @@ fn table(version: u32, previous: Option<Arc<EgressTable>>) -> EgressTable {
         action: EgressAction::Encap(spec(dst)),
     };
     let mut b = EgressTable::builder()
-        .vf(VfIdentity { vf: 1, mac: MAC, ips: vec!["10.0.0.1".parse().unwrap()], vlan: None })
+        .vf(VfIdentity {
+            vf: 1,
+            mac: MAC,
+            ips: vec!["10.0.0.1".parse().unwrap()],
+            vlan: None,
+        })
         .rule(rule(1, "10.1.0.0/16", "192.168.0.2"))
         .rule(rule(2, "10.2.0.0/16", "192.168.0.3"));
     if let Some(p) = previous {
@@ -74,7 +81,11 @@ fn bursts_see_one_version_and_counters_add_up() {
                         match table.classify(key) {
                             EgressDecision::Encap { spec, counters, .. } => {
                                 counters.add(1, 64);
-                                assert_eq!(*vni.get_or_insert(spec.vni), spec.vni, "a burst saw two table versions");
+                                assert_eq!(
+                                    *vni.get_or_insert(spec.vni),
+                                    spec.vni,
+                                    "a burst saw two table versions"
+                                );
                             }
                             other => panic!("unexpected {other:?}"),
                         }
@@ -96,5 +107,9 @@ fn bursts_see_one_version_and_counters_add_up() {
     }
     let (_, last) = shared.current();
     let counted = last.counters(1).unwrap().packets() + last.counters(2).unwrap().packets();
-    assert_eq!(counted, classified.load(Ordering::Relaxed), "counters lost or double-counted packets");
+    assert_eq!(
+        counted,
+        classified.load(Ordering::Relaxed),
+        "counters lost or double-counted packets"
+    );
 }

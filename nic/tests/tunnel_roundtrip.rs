@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use pipewright_nic::tunnel::{
-    flow_hash, parse_outer, strip_outer, DecapConfig, DecapError, EncapError, EncapTemplate, TunnelKind,
-    TunnelOption, TunnelSpec,
+    flow_hash, parse_outer, strip_outer, DecapConfig, DecapError, EncapError, EncapTemplate,
+    TunnelKind, TunnelOption, TunnelSpec,
 };
 use pipewright_nic::Frame;
 use proptest::prelude::*;
@@ -15,7 +15,10 @@ fn spec(kind: TunnelKind, v6: bool, vni: u32, options: Vec<TunnelOption>) -> Tun
     let (src, dst): (IpAddr, IpAddr) = if v6 {
         ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
     } else {
-        ("192.168.0.1".parse().unwrap(), "192.168.0.2".parse().unwrap())
+        (
+            "192.168.0.1".parse().unwrap(),
+            "192.168.0.2".parse().unwrap(),
+        )
     };
     TunnelSpec {
         kind,
@@ -127,34 +130,61 @@ fn decap_rejects_with_typed_reasons() {
     // Outer IPv4 header checksum.
     let mut f = fresh();
     f.data_mut()[14 + 8] ^= 1; // TTL
-    assert_eq!(parse_outer(f.data(), &config).unwrap_err().reason(), "bad_checksum");
+    assert_eq!(
+        parse_outer(f.data(), &config).unwrap_err().reason(),
+        "bad_checksum"
+    );
     // Outer UDP checksum present and wrong.
     let mut f = fresh();
     f.data_mut()[14 + 20 + 6] = 0x12;
-    assert_eq!(parse_outer(f.data(), &config), Err(DecapError::BadUdpChecksum));
+    assert_eq!(
+        parse_outer(f.data(), &config),
+        Err(DecapError::BadUdpChecksum)
+    );
     // An unknown port.
     let mut f = fresh();
     f.data_mut()[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&5555u16.to_be_bytes());
-    assert_eq!(parse_outer(f.data(), &config), Err(DecapError::UnknownPort(5555)));
+    assert_eq!(
+        parse_outer(f.data(), &config),
+        Err(DecapError::UnknownPort(5555))
+    );
     // VXLAN I flag cleared.
     let mut f = fresh();
     f.data_mut()[14 + 20 + 8] = 0;
-    assert_eq!(parse_outer(f.data(), &config).unwrap_err().reason(), "bad_field");
+    assert_eq!(
+        parse_outer(f.data(), &config).unwrap_err().reason(),
+        "bad_field"
+    );
     // Truncated at every length: an error, never a panic.
     let f = fresh();
     for len in 0..f.len() - original.len() + 14 {
-        assert!(parse_outer(&f.data()[..len], &config).is_err(), "accepted a frame cut to {len} bytes");
+        assert!(
+            parse_outer(&f.data()[..len], &config).is_err(),
+            "accepted a frame cut to {len} bytes"
+        );
     }
     // Geneve with a critical option is dropped unless configured otherwise.
     let g = spec_with_critical();
     let t = EncapTemplate::new(&g, 1500).unwrap();
     let mut f = Frame::from_bytes(&original);
     t.encap(&mut f, 1, 2).unwrap();
-    assert_eq!(parse_outer(f.data(), &config), Err(DecapError::CriticalOptions));
+    assert_eq!(
+        parse_outer(f.data(), &config),
+        Err(DecapError::CriticalOptions)
+    );
 }
 
 fn spec_with_critical() -> TunnelSpec {
-    spec(TunnelKind::Geneve, false, 9, vec![TunnelOption { class: 1, kind: 0x81, data: vec![0; 8] }])
+    spec(
+        TunnelKind::Geneve,
+        false,
+        9,
+        vec![TunnelOption {
+            class: 1,
+            kind: 0x81,
+            data: vec![0; 8],
+        }],
+    )
 }
 
 #[test]
@@ -166,11 +196,20 @@ fn encap_respects_mtu_and_headroom() {
     let mut fits = Frame::from_bytes(&vec![0u8; 1464]);
     template.encap(&mut fits, 1, 1).unwrap();
     let mut big = Frame::from_bytes(&vec![0u8; 1465]);
-    assert_eq!(template.encap(&mut big, 1, 1), Err(EncapError::TooBig { len: 1501, mtu: 1500 }));
+    assert_eq!(
+        template.encap(&mut big, 1, 1),
+        Err(EncapError::TooBig {
+            len: 1501,
+            mtu: 1500
+        })
+    );
     assert_eq!(big.len(), 1465, "a refused frame is left untouched");
     let mut tight = Frame::with_capacity(10, 100);
     tight.try_push_back(60).unwrap();
-    assert_eq!(template.encap(&mut tight, 1, 1), Err(EncapError::NoHeadroom { need: 50, have: 10 }));
+    assert_eq!(
+        template.encap(&mut tight, 1, 1),
+        Err(EncapError::NoHeadroom { need: 50, have: 10 })
+    );
 }
 
 #[test]
@@ -184,7 +223,11 @@ fn flow_hash_keeps_a_flow_together_and_spreads_flows() {
     frame[34..38].copy_from_slice(&[0x9c, 0x40, 0, 80]);
     let a = flow_hash(&frame);
     frame[18] = 0x77; // IP id differs between packets of one flow
-    assert_eq!(flow_hash(&frame), a, "per-packet fields must not move the flow");
+    assert_eq!(
+        flow_hash(&frame),
+        a,
+        "per-packet fields must not move the flow"
+    );
     frame[35] ^= 1; // another source port: another flow
     assert_ne!(flow_hash(&frame), a);
     for len in 0..frame.len() {

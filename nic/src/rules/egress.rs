@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::counters::RuleCounters;
 use super::lpm::Lpm;
 use super::{RuleError, RuleId};
-use crate::tunnel::TunnelSpec;
+use crate::tunnel::{EncapTemplate, TunnelSpec};
 
 /// Who a VF is: a VF may only send as itself (anti-spoofing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +114,8 @@ pub enum EgressDecision<'t> {
         rule: RuleId,
         /// The tunnel.
         spec: &'t TunnelSpec,
+        /// Its prebuilt outer header.
+        template: &'t Arc<EncapTemplate>,
         /// The rule's counters.
         counters: &'t RuleCounters,
     },
@@ -130,6 +132,8 @@ pub enum EgressDecision<'t> {
         rule: RuleId,
         /// The tunnel.
         spec: &'t TunnelSpec,
+        /// Its prebuilt outer header.
+        template: &'t Arc<EncapTemplate>,
         /// The rule's counters.
         counters: &'t RuleCounters,
     },
@@ -160,6 +164,7 @@ struct VfRules {
 pub struct EgressTable {
     rules: Vec<EgressRule>,
     counters: Vec<Arc<RuleCounters>>,
+    templates: Vec<Option<Arc<EncapTemplate>>>,
     vfs: HashMap<u16, VfRules>,
 }
 
@@ -204,25 +209,33 @@ impl EgressTable {
     fn decide(&self, i: usize) -> EgressDecision<'_> {
         let rule = &self.rules[i];
         let counters = &*self.counters[i];
-        match &rule.action {
-            EgressAction::Encap(spec) => EgressDecision::Encap {
+        let template = self.templates[i].as_ref();
+        match (&rule.action, template) {
+            (EgressAction::Encap(spec), Some(template)) => EgressDecision::Encap {
                 rule: rule.id,
                 spec,
+                template,
                 counters,
             },
-            EgressAction::Trap(TrapAction::AnswerArp) => EgressDecision::AnswerArp {
+            (EgressAction::Trap(TrapAction::Flood(spec)), Some(template)) => {
+                EgressDecision::Flood {
+                    rule: rule.id,
+                    spec,
+                    template,
+                    counters,
+                }
+            }
+            (EgressAction::Trap(TrapAction::AnswerArp), _) => EgressDecision::AnswerArp {
                 rule: rule.id,
                 counters,
             },
-            EgressAction::Trap(TrapAction::Flood(spec)) => EgressDecision::Flood {
-                rule: rule.id,
-                spec,
-                counters,
-            },
-            EgressAction::Drop => EgressDecision::RuleDrop {
+            (EgressAction::Drop, _) => EgressDecision::RuleDrop {
                 rule: rule.id,
                 counters,
             },
+            (EgressAction::Encap(_) | EgressAction::Trap(TrapAction::Flood(_)), None) => {
+                unreachable!("build() makes a template for every tunnel rule")
+            }
         }
     }
 
@@ -257,6 +270,7 @@ pub struct EgressTableBuilder {
     rules: Vec<EgressRule>,
     neighbours: Vec<(u16, Ipv4Addr, [u8; 6])>,
     previous: Option<Arc<EgressTable>>,
+    mtu: Option<usize>,
 }
 
 impl EgressTableBuilder {
@@ -275,6 +289,13 @@ impl EgressTableBuilder {
     /// Adds a neighbour entry (IP -> MAC) that `vf` may resolve by ARP.
     pub fn neighbour(mut self, vf: u16, ip: Ipv4Addr, mac: [u8; 6]) -> Self {
         self.neighbours.push((vf, ip, mac));
+        self
+    }
+
+    /// The underlay's IP MTU (default 1500): encapsulated packets larger than this are
+    /// dropped, never fragmented.
+    pub fn underlay_mtu(mut self, mtu: usize) -> Self {
+        self.mtu = Some(mtu);
         self
     }
 
@@ -342,9 +363,23 @@ impl EgressTableBuilder {
                     .unwrap_or_default()
             })
             .collect();
+        let mtu = self.mtu.unwrap_or(1500);
+        let templates = self
+            .rules
+            .iter()
+            .map(|r| match &r.action {
+                EgressAction::Encap(spec) | EgressAction::Trap(TrapAction::Flood(spec)) => {
+                    EncapTemplate::new(spec, mtu)
+                        .map(|t| Some(Arc::new(t)))
+                        .map_err(|error| RuleError::Template { rule: r.id, error })
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(EgressTable {
             rules: self.rules,
             counters,
+            templates,
             vfs,
         })
     }

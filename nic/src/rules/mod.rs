@@ -69,4 +69,13 @@ pub enum RuleError {
     /// A Geneve option whose data is not a multiple of 4 bytes or is too long.
     #[error("rule {0}: Geneve option data must be a multiple of 4 bytes and at most 124")]
     BadOption(RuleId),
+    /// The outer header template could not be built.
+    #[cfg(not(loom))]
+    #[error("rule {rule}: {error}")]
+    Template {
+        /// The rule.
+        rule: RuleId,
+        /// Why.
+        error: crate::tunnel::EncapError,
+    },
 }

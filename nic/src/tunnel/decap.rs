@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use super::TunnelKind;
 use crate::rules::IngressKey;
 use crate::wire::{
-    ethertype, ip_proto, EthernetFrame, GenevePacket, Ipv4Packet, Ipv6Packet, PwtPacket, UdpPacket, VxlanPacket,
-    WireError,
+    ethertype, ip_proto, EthernetFrame, GenevePacket, Ipv4Packet, Ipv6Packet, PwtPacket, UdpPacket,
+    VxlanPacket, WireError,
 };
 use crate::Frame;
 
@@ -124,7 +124,12 @@ pub fn parse_outer(data: &[u8], config: &DecapConfig) -> Result<Outer, DecapErro
                 return Err(DecapError::NotUdp);
             }
             let start = l3_off + ip.header_len();
-            (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), start, l3_off + usize::from(ip.total_len()))
+            (
+                IpAddr::V4(ip.src_addr()),
+                IpAddr::V4(ip.dst_addr()),
+                start,
+                l3_off + usize::from(ip.total_len()),
+            )
         }
         ethertype::IPV6 => {
             let ip = Ipv6Packet::new_checked(&data[l3_off..])?;
@@ -133,7 +138,12 @@ pub fn parse_outer(data: &[u8], config: &DecapConfig) -> Result<Outer, DecapErro
                 return Err(DecapError::NotUdp);
             }
             let end = l3_off + 40 + ip.payload().len();
-            (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), l3_off + off, end)
+            (
+                IpAddr::V6(ip.src_addr()),
+                IpAddr::V6(ip.dst_addr()),
+                l3_off + off,
+                end,
+            )
         }
         _ => return Err(DecapError::NotUdp),
     };
@@ -155,7 +165,11 @@ pub fn parse_outer(data: &[u8], config: &DecapConfig) -> Result<Outer, DecapErro
         TunnelKind::Vxlan => {
             let v = VxlanPacket::new_checked(tun)?;
             if !v.vni_valid() {
-                return Err(WireError::BadField { layer: "vxlan", field: "flags" }.into());
+                return Err(WireError::BadField {
+                    layer: "vxlan",
+                    field: "flags",
+                }
+                .into());
             }
             (v.vni(), 8)
         }
@@ -185,7 +199,14 @@ pub fn parse_outer(data: &[u8], config: &DecapConfig) -> Result<Outer, DecapErro
     let mut inner_dst_mac = [0u8; 6];
     inner_dst_mac.copy_from_slice(&inner.dst().0);
     Ok(Outer {
-        key: IngressKey { kind, vni, outer_src: src, outer_dst: dst, udp_dst_port: port, inner_dst_mac },
+        key: IngressKey {
+            kind,
+            vni,
+            outer_src: src,
+            outer_dst: dst,
+            udp_dst_port: port,
+            inner_dst_mac,
+        },
         inner_off,
         inner_len: tun_end - inner_off,
     })
