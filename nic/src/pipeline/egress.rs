@@ -294,16 +294,7 @@ impl Stage for Encap {
         let entropy = flow_hash(frame.data());
         template
             .encap(&mut frame, self.ip_id, entropy)
-            .map_err(|e| {
-                self.stats.drop_frame(
-                    "egress-encap",
-                    match e {
-                        crate::tunnel::EncapError::TooBig { .. } => "mtu_exceeded",
-                        crate::tunnel::EncapError::NoHeadroom { .. } => "no_headroom",
-                        crate::tunnel::EncapError::OptionsTooLong(_) => "bad_template",
-                    },
-                )
-            })?;
+            .map_err(|e| self.stats.drop_frame("egress-encap", e.reason()))?;
         out.push(frame);
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::wire::checksum;
 use crate::Frame;
 
 /// Largest outer header: Ethernet 14 + IPv6 40 + UDP 8 + Geneve 8 + 4 options.
-pub const MAX_OUTER_LEN: usize = 14 + 40 + 8 + 8 + 4 * 128;
+pub const MAX_OUTER_LEN: usize = 14 + 40 + 8 + 8 + 252;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
@@ -42,6 +42,33 @@ pub enum EncapError {
     /// Geneve options longer than the header can describe (252 bytes).
     #[error("Geneve options of {0} bytes exceed the 252-byte limit")]
     OptionsTooLong(usize),
+    /// A Geneve option whose data is not a multiple of 4 bytes or exceeds 124 bytes.
+    #[error("Geneve option data of {0} bytes: it must be a multiple of 4 and at most 124")]
+    BadOption(usize),
+    /// A VNI (or tenant id) that does not fit the tunnel's header.
+    #[error("VNI {vni} does not fit the tunnel header (max {max})")]
+    VniRange {
+        /// The VNI.
+        vni: u32,
+        /// The largest the kind carries.
+        max: u32,
+    },
+    /// Outer source and destination of different IP families.
+    #[error("outer source and destination must both be IPv4 or both IPv6")]
+    MixedFamilies,
+}
+
+impl EncapError {
+    /// Label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EncapError::NoHeadroom { .. } => "no_headroom",
+            EncapError::TooBig { .. } => "mtu_exceeded",
+            EncapError::OptionsTooLong(_) | EncapError::BadOption(_) => "bad_options",
+            EncapError::VniRange { .. } => "vni_range",
+            EncapError::MixedFamilies => "mixed_families",
+        }
+    }
 }
 
 /// A prebuilt outer header for one tunnel rule.
@@ -70,13 +97,28 @@ impl std::fmt::Debug for EncapTemplate {
 }
 
 impl EncapTemplate {
-    /// Builds the template for `spec`, for an underlay with IP MTU `mtu`.
+    /// Builds the template for `spec`, for an underlay with IP MTU `mtu` (at most the
+    /// largest IP packet the outer header can describe: 65535 bytes for IPv4, 65575
+    /// for IPv6; a larger `mtu` is capped).
     pub fn new(spec: &TunnelSpec, mtu: usize) -> Result<Self, EncapError> {
         let v6 = spec.outer_dst.is_ipv6();
         let ip_len = if v6 { IPV6_LEN } else { IPV4_LEN };
         let options_len: usize = spec.options.iter().map(|o| 4 + o.data.len()).sum();
         if spec.kind == TunnelKind::Geneve && options_len > 252 {
             return Err(EncapError::OptionsTooLong(options_len));
+        }
+        if let Some(o) = spec
+            .options
+            .iter()
+            .find(|o| o.data.len() % 4 != 0 || o.data.len() > 124)
+        {
+            return Err(EncapError::BadOption(o.data.len()));
+        }
+        if spec.vni > spec.kind.max_vni() {
+            return Err(EncapError::VniRange {
+                vni: spec.vni,
+                max: spec.kind.max_vni(),
+            });
         }
         let tunnel_len = match spec.kind {
             TunnelKind::Vxlan => 8,
@@ -105,10 +147,7 @@ impl EncapTemplate {
                 ip[8..24].copy_from_slice(&src.octets());
                 ip[24..40].copy_from_slice(&dst.octets());
             }
-            _ => {
-                // Validated by the rule table; a mixed pair falls back to the destination's family.
-                return Err(EncapError::OptionsTooLong(usize::MAX));
-            }
+            _ => return Err(EncapError::MixedFamilies),
         }
         let ip_base = if v6 {
             0
@@ -148,6 +187,10 @@ impl EncapTemplate {
                 pwt_base = checksum::sum(&t[..12]);
             }
         }
+        // The IPv4 total length and the IPv6 payload length are 16-bit fields: no MTU
+        // lets an IP packet grow past what they can describe (jumbograms, RFC 2675,
+        // are not supported), or the lengths written per packet would wrap.
+        let mtu = mtu.min(if v6 { IPV6_LEN + 0xffff } else { 0xffff });
         Ok(Self {
             bytes: b.into_boxed_slice(),
             kind: spec.kind,
