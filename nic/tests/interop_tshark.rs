@@ -776,7 +776,7 @@ fn check_frame(case: &Case<'_>, c: &mut Check<'_>) {
                 )
             });
         }
-        TunnelKind::Pwt => unreachable!("tshark has no PWT dissector"),
+        TunnelKind::Pwt | TunnelKind::Custom(_) => unreachable!("tshark has no dissector for it"),
     }
 
     // The inner packet.

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::counters::RuleCounters;
 use super::lpm::Lpm;
 use super::{RuleError, RuleId};
-use crate::tunnel::{EncapTemplate, TunnelSpec};
+use crate::tunnel::{builtin, EncapError, EncapTemplate, Tunnel, TunnelSpec};
 
 /// Who a VF is: a VF may only send as itself (anti-spoofing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,14 +263,23 @@ impl EgressTable {
     }
 }
 
+impl std::fmt::Debug for EgressTableBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressTableBuilder")
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
 /// Builds an [`EgressTable`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EgressTableBuilder {
     vfs: Vec<VfIdentity>,
     rules: Vec<EgressRule>,
     neighbours: Vec<(u16, Ipv4Addr, [u8; 6])>,
     previous: Option<Arc<EgressTable>>,
     mtu: Option<usize>,
+    tunnels: Vec<Arc<dyn Tunnel>>,
 }
 
 impl EgressTableBuilder {
@@ -289,6 +298,13 @@ impl EgressTableBuilder {
     /// Adds a neighbour entry (IP -> MAC) that `vf` may resolve by ARP.
     pub fn neighbour(mut self, vf: u16, ip: Ipv4Addr, mac: [u8; 6]) -> Self {
         self.neighbours.push((vf, ip, mac));
+        self
+    }
+
+    /// Registers a tunnel implemented outside this crate, for rules whose spec names
+    /// its [`TunnelKind::Custom`](crate::tunnel::TunnelKind::Custom) kind.
+    pub fn tunnel(mut self, tunnel: Arc<dyn Tunnel>) -> Self {
+        self.tunnels.push(tunnel);
         self
     }
 
@@ -369,7 +385,10 @@ impl EgressTableBuilder {
             .iter()
             .map(|r| match &r.action {
                 EgressAction::Encap(spec) | EgressAction::Trap(TrapAction::Flood(spec)) => {
-                    EncapTemplate::new(spec, mtu)
+                    builtin(spec.kind)
+                        .or_else(|| self.tunnels.iter().find(|t| t.kind() == spec.kind).cloned())
+                        .ok_or(EncapError::UnknownTunnel(spec.kind))
+                        .and_then(|tunnel| EncapTemplate::with_tunnel(spec, tunnel, mtu))
                         .map(|t| Some(Arc::new(t)))
                         .map_err(|error| RuleError::Template { rule: r.id, error })
                 }

@@ -3,20 +3,19 @@
 
 use std::net::IpAddr;
 
-use super::TunnelKind;
+use std::sync::Arc;
+
+use super::{Geneve, Pwt, Tunnel, TunnelKind, Vxlan};
 use crate::rules::IngressKey;
 use crate::wire::{
-    ethertype, ip_proto, EthernetFrame, GenevePacket, Ipv4Packet, Ipv6Packet, PwtPacket, UdpPacket,
-    VxlanPacket, WireError,
+    ethertype, ip_proto, EthernetFrame, Ipv4Packet, Ipv6Packet, UdpPacket, WireError,
 };
 use crate::Frame;
-
-const TEB: u16 = ethertype::TEB;
 
 /// Which UDP destination ports carry which tunnel, and what to accept.
 #[derive(Debug, Clone)]
 pub struct DecapConfig {
-    ports: Vec<(u16, TunnelKind)>,
+    ports: Vec<(u16, Arc<dyn Tunnel>)>,
     /// Accept Geneve packets with the C (critical options) bit. RFC 8926 requires an
     /// endpoint that does not process a critical option to drop the packet; we process
     /// none, so the default is to drop them.
@@ -27,9 +26,12 @@ impl Default for DecapConfig {
     fn default() -> Self {
         Self {
             ports: vec![
-                (TunnelKind::Vxlan.default_port(), TunnelKind::Vxlan),
-                (TunnelKind::Geneve.default_port(), TunnelKind::Geneve),
-                (TunnelKind::Pwt.default_port(), TunnelKind::Pwt),
+                (
+                    TunnelKind::Vxlan.default_port(),
+                    Arc::new(Vxlan) as Arc<dyn Tunnel>,
+                ),
+                (TunnelKind::Geneve.default_port(), Arc::new(Geneve)),
+                (TunnelKind::Pwt.default_port(), Arc::new(Pwt)),
             ],
             accept_critical_options: false,
         }
@@ -43,16 +45,29 @@ impl DecapConfig {
         self
     }
 
-    /// Carries `kind` on UDP port `port` too (or instead, if the port was mapped).
-    pub fn port(mut self, port: u16, kind: TunnelKind) -> Self {
+    /// Carries the built-in tunnel `kind` on UDP port `port` too (or instead, if the
+    /// port was mapped). For a custom kind use [`tunnel`](DecapConfig::tunnel).
+    pub fn port(self, port: u16, kind: TunnelKind) -> Self {
+        match super::builtin(kind) {
+            Some(tunnel) => self.tunnel(port, tunnel),
+            None => self,
+        }
+    }
+
+    /// Carries `tunnel` (any [`Tunnel`], including one defined outside this crate) on
+    /// UDP port `port`.
+    pub fn tunnel(mut self, port: u16, tunnel: Arc<dyn Tunnel>) -> Self {
         self.ports.retain(|(p, _)| *p != port);
-        self.ports.push((port, kind));
+        self.ports.push((port, tunnel));
         self
     }
 
     #[inline]
-    fn kind_of(&self, port: u16) -> Option<TunnelKind> {
-        self.ports.iter().find(|(p, _)| *p == port).map(|(_, k)| *k)
+    fn tunnel_on(&self, port: u16) -> Option<&dyn Tunnel> {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, t)| &**t)
     }
 }
 
@@ -157,43 +172,13 @@ pub fn parse_outer(data: &[u8], config: &DecapConfig) -> Result<Outer, DecapErro
         return Err(DecapError::BadUdpChecksum);
     }
     let port = udp.dst_port();
-    let kind = config.kind_of(port).ok_or(DecapError::UnknownPort(port))?;
+    let tunnel = config
+        .tunnel_on(port)
+        .ok_or(DecapError::UnknownPort(port))?;
+    let kind = tunnel.kind();
     let tun_off = udp_off + 8;
     let tun_end = udp_off + usize::from(udp.len());
-    let tun = &data[tun_off..tun_end];
-    let (vni, hdr_len) = match kind {
-        TunnelKind::Vxlan => {
-            let v = VxlanPacket::new_checked(tun)?;
-            if !v.vni_valid() {
-                return Err(WireError::BadField {
-                    layer: "vxlan",
-                    field: "flags",
-                }
-                .into());
-            }
-            (v.vni(), 8)
-        }
-        TunnelKind::Geneve => {
-            let g = GenevePacket::new_checked(tun)?;
-            if g.protocol_type() != TEB {
-                return Err(DecapError::NotEthernet(g.protocol_type()));
-            }
-            if g.critical() && !config.accept_critical_options {
-                return Err(DecapError::CriticalOptions);
-            }
-            (g.vni(), g.header_len())
-        }
-        TunnelKind::Pwt => {
-            let p = PwtPacket::new_checked(tun)?;
-            if !p.verify_checksum() {
-                return Err(WireError::BadChecksum { layer: "pwt" }.into());
-            }
-            if p.protocol_type() != TEB {
-                return Err(DecapError::NotEthernet(p.protocol_type()));
-            }
-            (p.tenant_id(), p.header_len())
-        }
-    };
+    let (vni, hdr_len) = tunnel.decode(&data[tun_off..tun_end], config)?;
     let inner_off = tun_off + hdr_len;
     let inner = EthernetFrame::new_checked(&data[inner_off..tun_end])?;
     let mut inner_dst_mac = [0u8; 6];

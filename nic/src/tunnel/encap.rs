@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-use super::{TunnelKind, TunnelSpec};
+use std::sync::Arc;
+
+use super::{Tunnel, TunnelKind, TunnelSpec};
 use crate::wire::checksum;
 use crate::Frame;
 
@@ -56,6 +58,11 @@ pub enum EncapError {
     /// Outer source and destination of different IP families.
     #[error("outer source and destination must both be IPv4 or both IPv6")]
     MixedFamilies,
+    /// A custom tunnel kind with no [`Tunnel`] registered for it.
+    #[error(
+        "no tunnel implementation for {0:?}; build the template with EncapTemplate::with_tunnel"
+    )]
+    UnknownTunnel(TunnelKind),
 }
 
 impl EncapError {
@@ -67,6 +74,7 @@ impl EncapError {
             EncapError::OptionsTooLong(_) | EncapError::BadOption(_) => "bad_options",
             EncapError::VniRange { .. } => "vni_range",
             EncapError::MixedFamilies => "mixed_families",
+            EncapError::UnknownTunnel(_) => "unknown_tunnel",
         }
     }
 }
@@ -81,8 +89,9 @@ pub struct EncapTemplate {
     tunnel_off: usize,
     /// Ones-complement sum of the IPv4 header with total length, id and checksum zero.
     ip_base: u32,
-    /// PWT: sum of its header with entropy and checksum zero.
-    pwt_base: u32,
+    /// Writes the tunnel header and patches it per packet.
+    tunnel: Arc<dyn Tunnel>,
+    patches: bool,
     /// Underlay MTU (IP packet size limit).
     mtu: usize,
 }
@@ -101,12 +110,19 @@ impl EncapTemplate {
     /// largest IP packet the outer header can describe: 65535 bytes for IPv4, 65575
     /// for IPv6; a larger `mtu` is capped).
     pub fn new(spec: &TunnelSpec, mtu: usize) -> Result<Self, EncapError> {
+        let tunnel = super::builtin(spec.kind).ok_or(EncapError::UnknownTunnel(spec.kind))?;
+        Self::with_tunnel(spec, tunnel, mtu)
+    }
+
+    /// Like [`new`](EncapTemplate::new), with the tunnel header written by `tunnel`
+    /// (for tunnels added outside this crate).
+    pub fn with_tunnel(
+        spec: &TunnelSpec,
+        tunnel: Arc<dyn Tunnel>,
+        mtu: usize,
+    ) -> Result<Self, EncapError> {
         let v6 = spec.outer_dst.is_ipv6();
         let ip_len = if v6 { IPV6_LEN } else { IPV4_LEN };
-        let options_len: usize = spec.options.iter().map(|o| 4 + o.data.len()).sum();
-        if spec.kind == TunnelKind::Geneve && options_len > 252 {
-            return Err(EncapError::OptionsTooLong(options_len));
-        }
         if let Some(o) = spec
             .options
             .iter()
@@ -114,17 +130,13 @@ impl EncapTemplate {
         {
             return Err(EncapError::BadOption(o.data.len()));
         }
-        if spec.vni > spec.kind.max_vni() {
+        if spec.vni > tunnel.max_vni() {
             return Err(EncapError::VniRange {
                 vni: spec.vni,
-                max: spec.kind.max_vni(),
+                max: tunnel.max_vni(),
             });
         }
-        let tunnel_len = match spec.kind {
-            TunnelKind::Vxlan => 8,
-            TunnelKind::Geneve => 8 + options_len,
-            TunnelKind::Pwt => 12,
-        };
+        let tunnel_len = tunnel.header_len(spec)?;
         let (udp_off, tunnel_off) = (ETH_LEN + ip_len, ETH_LEN + ip_len + UDP_LEN);
         let mut b = vec![0u8; tunnel_off + tunnel_len];
         b[0..6].copy_from_slice(&spec.outer_dst_mac);
@@ -155,38 +167,7 @@ impl EncapTemplate {
             checksum::sum(&b[ETH_LEN..udp_off])
         };
         b[udp_off + 2..udp_off + 4].copy_from_slice(&spec.udp_dst_port.to_be_bytes());
-        let t = &mut b[tunnel_off..];
-        let mut pwt_base = 0;
-        match spec.kind {
-            TunnelKind::Vxlan => {
-                t[0] = 0x08; // I flag: the VNI is valid
-                t[4..7].copy_from_slice(&spec.vni.to_be_bytes()[1..]);
-            }
-            TunnelKind::Geneve => {
-                t[0] = (options_len / 4) as u8; // version 0, option length in words
-                t[1] = if spec.options.iter().any(|o| o.kind & 0x80 != 0) {
-                    0x40
-                } else {
-                    0
-                }; // C bit
-                t[2..4].copy_from_slice(&0x6558u16.to_be_bytes());
-                t[4..7].copy_from_slice(&spec.vni.to_be_bytes()[1..]);
-                let mut at = 8;
-                for o in &spec.options {
-                    t[at..at + 2].copy_from_slice(&o.class.to_be_bytes());
-                    t[at + 2] = o.kind;
-                    t[at + 3] = (o.data.len() / 4) as u8 & 0x1f;
-                    t[at + 4..at + 4 + o.data.len()].copy_from_slice(&o.data);
-                    at += 4 + o.data.len();
-                }
-            }
-            TunnelKind::Pwt => {
-                t[0] = 0x13; // version 1, header length 3 words
-                t[2..4].copy_from_slice(&0x6558u16.to_be_bytes());
-                t[4..8].copy_from_slice(&spec.vni.to_be_bytes());
-                pwt_base = checksum::sum(&t[..12]);
-            }
-        }
+        tunnel.write_template(spec, &mut b[tunnel_off..])?;
         // The IPv4 total length and the IPv6 payload length are 16-bit fields: no MTU
         // lets an IP packet grow past what they can describe (jumbograms, RFC 2675,
         // are not supported), or the lengths written per packet would wrap.
@@ -194,11 +175,12 @@ impl EncapTemplate {
         Ok(Self {
             bytes: b.into_boxed_slice(),
             kind: spec.kind,
+            patches: tunnel.patches(),
+            tunnel,
             v6,
             udp_off,
             tunnel_off,
             ip_base,
-            pwt_base,
             mtu,
         })
     }
@@ -263,12 +245,8 @@ impl EncapTemplate {
         let u = self.udp_off;
         hdr[u..u + 2].copy_from_slice(&src_port.to_be_bytes());
         hdr[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
-        if self.kind == TunnelKind::Pwt {
-            let t = self.tunnel_off;
-            let flow = entropy as u16;
-            hdr[t + 8..t + 10].copy_from_slice(&flow.to_be_bytes());
-            let csum = checksum::finish(checksum::combine(self.pwt_base, u32::from(flow)));
-            hdr[t + 10..t + 12].copy_from_slice(&csum.to_be_bytes());
+        if self.patches {
+            self.tunnel.patch(&mut hdr[self.tunnel_off..], entropy);
         }
         if self.v6 {
             // IPv6 requires a UDP checksum (RFC 8200); it covers the whole packet.

@@ -4,9 +4,11 @@ use std::net::IpAddr;
 
 mod decap;
 mod encap;
+mod kinds;
 
 pub use decap::{parse_outer, strip_outer, DecapConfig, DecapError, Outer};
 pub use encap::{flow_hash, EncapError, EncapTemplate, MAX_OUTER_LEN};
+pub use kinds::{builtin, Geneve, Pwt, Tunnel, Vxlan};
 
 /// A tunnel encapsulation kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -18,15 +20,19 @@ pub enum TunnelKind {
     Geneve,
     /// pipewright's own stateless tunnel (see `wire::pwt`), 32-bit tenant id, UDP 7470.
     Pwt,
+    /// A tunnel added by the user (an `impl Tunnel`), by a number of their choosing.
+    Custom(u16),
 }
 
 impl TunnelKind {
-    /// The IANA (or our) default UDP destination port.
+    /// The IANA (or our) default UDP destination port; 0 for custom tunnels, whose
+    /// port must be configured.
     pub fn default_port(self) -> u16 {
         match self {
             TunnelKind::Vxlan => 4789,
             TunnelKind::Geneve => 6081,
             TunnelKind::Pwt => 7470,
+            TunnelKind::Custom(_) => 0,
         }
     }
 
@@ -34,7 +40,7 @@ impl TunnelKind {
     pub fn max_vni(self) -> u32 {
         match self {
             TunnelKind::Vxlan | TunnelKind::Geneve => (1 << 24) - 1,
-            TunnelKind::Pwt => u32::MAX,
+            TunnelKind::Pwt | TunnelKind::Custom(_) => u32::MAX,
         }
     }
 
@@ -44,6 +50,7 @@ impl TunnelKind {
             TunnelKind::Vxlan => "vxlan",
             TunnelKind::Geneve => "geneve",
             TunnelKind::Pwt => "pwt",
+            TunnelKind::Custom(_) => "custom",
         }
     }
 }
