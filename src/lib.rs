@@ -26,7 +26,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Features: `runtime` (default) adds the threaded runtime; `prometheus` adds the
+//! Features: `runtime` (default) adds the threaded runtime; `nic` (default) the software
+//! NIC packet path; `prometheus` adds the
 //! Prometheus exporter. Without `runtime`, the stages, layers and builder remain, with
 //! the single-threaded [`inline`] executor.
 #![forbid(unsafe_code)]
@@ -40,10 +41,15 @@ pub use pipewright_stages::{
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::{
-    available_cpus, ring, signal, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService,
+    available_cpus, controller, ring, signal, ApplyError, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService,
     Plan, PlanError, Report, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot,
     StageSnapshot, StartError, Stream, TrySendError,
 };
 
 #[cfg(feature = "prometheus")]
 pub use pipewright_runtime::prometheus;
+
+/// The software NIC: wire formats, stateless tunnels, VF rule tables, offloads and the
+/// egress/ingress packet pipelines (feature `nic`).
+#[cfg(feature = "nic")]
+pub use pipewright_nic as nic;

@@ -47,6 +47,8 @@ mod handles;
 #[cfg(not(loom))]
 mod link;
 #[cfg(not(loom))]
+mod mailbox;
+#[cfg(not(loom))]
 mod plan;
 #[cfg(all(not(loom), feature = "prometheus"))]
 pub mod prometheus;
@@ -69,7 +71,7 @@ pub use plan::{
     DEFAULT_RING_CAPACITY,
 };
 #[cfg(not(loom))]
-pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
+pub use running::{ApplyError, Report, RunError, Running, Runtime, RuntimePipeline, StartError};
 #[cfg(not(loom))]
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]

@@ -19,6 +19,8 @@ pub(crate) enum Waker {
     /// Nobody: a fused edge between sync stages of one worker, whose loop runs the
     /// consumer right after the producer anyway.
     Nobody,
+    /// Whichever worker currently runs a stage that can move.
+    Owner(Arc<crate::signal::Owner>),
 }
 
 impl Waker {
@@ -30,6 +32,7 @@ impl Waker {
                 event.notify(usize::MAX);
             }
             Waker::Nobody => {}
+            Waker::Owner(owner) => owner.notify(),
         }
     }
 }

@@ -55,6 +55,7 @@ pub struct Plan {
     ring_capacity: usize,
     ring_overrides: HashMap<String, usize>,
     bursts: HashMap<String, usize>,
+    adaptive: bool,
 }
 
 impl Default for Plan {
@@ -78,6 +79,7 @@ impl Plan {
             ring_capacity: DEFAULT_RING_CAPACITY,
             ring_overrides: HashMap::new(),
             bursts: HashMap::new(),
+            adaptive: false,
         }
     }
 
@@ -118,6 +120,19 @@ impl Plan {
             other => *other = Layout::Explicit(vec![spec]),
         }
         self
+    }
+
+    /// Lets stages move between workers while running (see
+    /// [`Running::apply`](crate::Running::apply) and the [`controller`](crate::controller)).
+    /// Costs one extra atomic per wake-up; fused sync stages keep waking each other.
+    pub fn adaptive(mut self) -> Self {
+        self.adaptive = true;
+        self
+    }
+
+    /// Whether stages may move while running.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive
     }
 
     /// Slots of every inter-worker ring (rounded up to a power of two).

@@ -11,10 +11,12 @@ use event_listener::Event;
 use pipewright_stages::exec::{BindError, Endpoint, NodeKind};
 use pipewright_stages::{InputId, OutputId, Pipeline, StageFailure};
 
+use crate::controller::Decision;
 use crate::handles::{Input, Output};
 use crate::link::{Link, Waker};
+use crate::mailbox::{Command, Mailboxes};
 use crate::plan::{Plan, PlanError};
-use crate::signal::Signal;
+use crate::signal::{Owner, Signal};
 use crate::stats::{Snapshot, StageStats, StatsObserver};
 use crate::transport::{EdgeKind, EdgePlan, RingReceiver, RingSender, RingTransport};
 use crate::worker::{self, Control, WorkerSetup};
@@ -66,6 +68,8 @@ type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
 struct StageMeta {
     name: String,
     worker: usize,
+    /// Present when the stage can move; says where it runs now.
+    owner: Option<Arc<Owner>>,
     burst: usize,
     stats: Arc<StageStats>,
     input: Option<(EdgeKind, usize, DepthProbe)>,
@@ -104,6 +108,33 @@ pub struct Running {
     edges: Vec<(String, EdgeKind)>,
     started: Instant,
     plan: Plan,
+    mailboxes: Option<Arc<Mailboxes>>,
+    workers: usize,
+}
+
+/// Why a plan change could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The pipeline was not started with an adaptive plan.
+    #[error("stages cannot move: start the pipeline with `Plan::adaptive()`")]
+    NotAdaptive,
+    /// No stage has that name.
+    #[error("no stage named `{0}`")]
+    UnknownStage(String),
+    /// The stage cannot move (async stages run as tasks of their worker).
+    #[error("stage `{0}` cannot move between workers (it is async)")]
+    Pinned(String),
+    /// No such worker.
+    #[error("worker {worker} does not exist (the pipeline has {workers})")]
+    NoSuchWorker {
+        /// The worker asked for.
+        worker: usize,
+        /// Workers running.
+        workers: usize,
+    },
+    /// A burst of zero.
+    #[error("a burst size of 0 never makes progress; use at least 1")]
+    ZeroBurst,
 }
 
 impl std::fmt::Debug for Running {
@@ -136,12 +167,28 @@ impl Runtime {
             .iter()
             .filter(|n| n.node.kind() == NodeKind::Async)
             .count();
-        let control = Arc::new(Control::new(resolved.workers.len(), async_tasks));
         let worker_signals: Vec<Arc<Signal>> = resolved
             .workers
             .iter()
             .map(|_| Arc::new(Signal::new()))
             .collect();
+        // When stages may move, every sync stage is woken through its current owner.
+        let adaptive = plan.is_adaptive();
+        let worker_table: Arc<Vec<Arc<Signal>>> = Arc::new(worker_signals.clone());
+        let owners: Vec<Option<Arc<Owner>>> = (0..names.len())
+            .map(|n| {
+                (adaptive && pipeline.nodes[n].node.kind() == NodeKind::Sync)
+                    .then(|| Arc::new(Owner::new(worker_of[n], worker_table.clone())))
+            })
+            .collect();
+        let mailboxes =
+            adaptive.then(|| Arc::new(Mailboxes::new(worker_signals.clone(), owners.clone())));
+        let mut control = Control::new(resolved.workers.len(), async_tasks);
+        if let Some(m) = &mailboxes {
+            let sync_nodes = owners.iter().filter(|o| o.is_some()).count();
+            control = control.with_mailboxes(m.clone(), sync_nodes);
+        }
+        let control = Arc::new(control);
         let node_signals: Vec<Arc<Signal>> = (0..names.len())
             .map(|n| match pipeline.nodes[n].node.kind() {
                 NodeKind::Async => Arc::new(Signal::new()),
@@ -159,6 +206,10 @@ impl Runtime {
         }
         let bursts: Vec<usize> = pipeline.nodes.iter().map(|n| n.node.burst()).collect();
         let kinds: Vec<NodeKind> = pipeline.nodes.iter().map(|n| n.node.kind()).collect();
+        let node_waker = |node: usize| match &owners[node] {
+            Some(owner) => Waker::Owner(owner.clone()),
+            None => Waker::Signal(node_signals[node].clone()),
+        };
 
         // Plan every edge: its kind, its capacity, who it wakes.
         let input_events: Vec<Arc<Event>> = pipeline
@@ -194,15 +245,13 @@ impl Runtime {
             // Sync stages fused on one worker are run in order by its loop: an edge
             // between them needs no wake-ups in either direction.
             let sync_at = |e: &Endpoint| matches!(*e, Endpoint::Node { node, .. } if kinds[node] == NodeKind::Sync);
-            let silent = kind == EdgeKind::Local
+            let silent = !adaptive
+                && kind == EdgeKind::Local
                 && sync_at(&info.consumer)
                 && info.producers.iter().all(sync_at);
             let (consumer, mut capacity) = match info.consumer {
                 Endpoint::Node { .. } if silent => (Waker::Nobody, 0),
-                Endpoint::Node { node, .. } => (
-                    Waker::Signal(node_signals[node].clone()),
-                    plan.ring_for(&names[node]),
-                ),
+                Endpoint::Node { node, .. } => (node_waker(node), plan.ring_for(&names[node])),
                 Endpoint::Output(i) => (
                     Waker::External(output_events[i].clone()),
                     plan.ring_for(&pipeline.outputs[i].0),
@@ -229,7 +278,7 @@ impl Runtime {
                 .iter()
                 .map(|p| match *p {
                     Endpoint::Node { .. } if silent => Waker::Nobody,
-                    Endpoint::Node { node, .. } => Waker::Signal(node_signals[node].clone()),
+                    Endpoint::Node { node, .. } => node_waker(node),
                     Endpoint::Input(i) => Waker::External(input_events[i].clone()),
                     Endpoint::Output(_) => unreachable!("outputs never produce"),
                 })
@@ -306,6 +355,7 @@ impl Runtime {
             stages.push(StageMeta {
                 name: entry.name.clone(),
                 worker: worker_of[id],
+                owner: owners[id].clone(),
                 burst: entry.node.burst(),
                 stats,
                 input,
@@ -326,7 +376,7 @@ impl Runtime {
         let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
         for (id, entry) in pipeline.nodes.into_iter().enumerate() {
             let own = (entry.node.kind() == NodeKind::Async).then(|| node_signals[id].clone());
-            per_worker[worker_of[id]].push((entry.node, own));
+            per_worker[worker_of[id]].push((id, entry.node, own));
         }
         control.set_input_closers(input_closers);
         let started = Instant::now();
@@ -362,6 +412,8 @@ impl Runtime {
             edges,
             started,
             plan,
+            mailboxes,
+            workers: resolved.workers.len(),
         })
     }
 }
@@ -493,7 +545,7 @@ impl Running {
                 .iter()
                 .map(|meta| {
                     let mut s = meta.stats.snapshot(&meta.name);
-                    s.worker = meta.worker;
+                    s.worker = meta.owner.as_ref().map_or(meta.worker, |o| o.current());
                     s.burst = meta.burst;
                     if let Some((kind, capacity, probe)) = &meta.input {
                         s.queue_depth = probe();
@@ -516,6 +568,51 @@ impl Running {
                 .set(s.queue_depth as f64);
             metrics::gauge!("pipewright_stage_worker", "stage" => s.name).set(s.worker as f64);
         }
+    }
+
+    /// Applies a plan change live: moves a stage to another worker at its next burst
+    /// boundary (no item lost, duplicated or reordered) or sets its burst size. Needs a
+    /// [`Plan::adaptive`] plan. Every change is logged (`tracing`) and counted
+    /// (`pipewright_controller_decisions_total`).
+    pub fn apply(&self, decision: &Decision) -> Result<(), ApplyError> {
+        let mailboxes = self.mailboxes.as_ref().ok_or(ApplyError::NotAdaptive)?;
+        let (stage, kind) = match decision {
+            Decision::Move { stage, .. } => (stage, "move"),
+            Decision::Burst { stage, .. } => (stage, "burst"),
+        };
+        let node = self
+            .stages
+            .iter()
+            .position(|m| &m.name == stage)
+            .ok_or_else(|| ApplyError::UnknownStage(stage.clone()))?;
+        let owner = self.stages[node]
+            .owner
+            .as_ref()
+            .ok_or_else(|| ApplyError::Pinned(stage.clone()))?;
+        match decision {
+            Decision::Move { to, .. } => {
+                if *to >= self.workers {
+                    return Err(ApplyError::NoSuchWorker {
+                        worker: *to,
+                        workers: self.workers,
+                    });
+                }
+                let from = owner.current();
+                if from != *to {
+                    mailboxes.send(from, Command::Detach { node, to: *to });
+                }
+            }
+            Decision::Burst { to, .. } => {
+                if *to == 0 {
+                    return Err(ApplyError::ZeroBurst);
+                }
+                mailboxes.send(owner.current(), Command::SetBurst { node, burst: *to });
+                // A move in flight may land the stage elsewhere first; send there too.
+            }
+        }
+        tracing::info!(target: "pipewright::controller", %decision, "plan change");
+        metrics::counter!("pipewright_controller_decisions_total", "kind" => kind).increment(1);
+        Ok(())
     }
 
     /// The plan this pipeline runs with.

@@ -126,3 +126,43 @@ impl Doorbell {
         self.armed.swap(false, Ordering::AcqRel)
     }
 }
+
+/// Wakes whichever worker currently owns a stage that can move between workers.
+///
+/// A producer reads the owner with a read-modify-write and the runtime hands a stage
+/// over with a swap, so the two are totally ordered: either the producer's read comes
+/// first (and the handover, which synchronises with it, carries the pushed item to the
+/// new owner's first activation) or it sees the new owner and wakes it. No wake-up is
+/// lost in the handover (loom model in `tests/loom_handover.rs`).
+#[derive(Debug)]
+pub struct Owner {
+    worker: AtomicUsize,
+    workers: crate::sync::Arc<Vec<crate::sync::Arc<Signal>>>,
+}
+
+impl Owner {
+    /// A stage owned by `worker`, one of `workers`.
+    pub fn new(worker: usize, workers: crate::sync::Arc<Vec<crate::sync::Arc<Signal>>>) -> Self {
+        Self {
+            worker: AtomicUsize::new(worker),
+            workers,
+        }
+    }
+
+    /// Wakes the current owner.
+    #[inline]
+    pub fn notify(&self) {
+        let w = self.worker.fetch_add(0, Ordering::AcqRel);
+        self.workers[w].notify();
+    }
+
+    /// The current owner.
+    pub fn current(&self) -> usize {
+        self.worker.fetch_add(0, Ordering::AcqRel)
+    }
+
+    /// Hands the stage to `worker`; returns the previous owner.
+    pub fn hand_over(&self, worker: usize) -> usize {
+        self.worker.swap(worker, Ordering::AcqRel)
+    }
+}

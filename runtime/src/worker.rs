@@ -9,6 +9,7 @@ use std::time::Duration;
 use pipewright_stages::exec::{Activation, ErasedNode, NodeKind, TaskContext};
 use pipewright_stages::StageFailure;
 
+use crate::mailbox::{Command, Mailboxes};
 use crate::signal::Signal;
 use crate::transport::RingTransport;
 
@@ -34,6 +35,10 @@ pub(crate) struct Control {
     participants: usize,
     quiescent: std::sync::atomic::AtomicUsize,
     input_closers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// Present when stages may move between workers.
+    pub(crate) mailboxes: Option<Arc<Mailboxes>>,
+    /// Sync stages not yet finished (used when stages may move).
+    pub(crate) unfinished: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Control {
@@ -55,6 +60,28 @@ impl Control {
             participants: workers + async_tasks,
             quiescent: Default::default(),
             input_closers: Mutex::new(Vec::new()),
+            mailboxes: None,
+            unfinished: Default::default(),
+        }
+    }
+
+    /// Lets stages move between workers (see [`Mailboxes`]).
+    pub(crate) fn with_mailboxes(mut self, mailboxes: Arc<Mailboxes>, sync_nodes: usize) -> Self {
+        self.mailboxes = Some(mailboxes);
+        self.unfinished = std::sync::atomic::AtomicUsize::new(sync_nodes);
+        self
+    }
+
+    /// A sync stage finished; the last one wakes every worker so idle ones exit.
+    fn node_finished(&self) {
+        if let Some(mailboxes) = &self.mailboxes {
+            if self
+                .unfinished
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                == 1
+            {
+                mailboxes.wake_all();
+            }
         }
     }
 
@@ -183,8 +210,12 @@ impl TaskContext for TaskCx {
     }
 }
 
-/// A node and, if it is async, the signal of its own task.
-pub(crate) type WorkerNode = (Box<dyn ErasedNode<RingTransport>>, Option<Arc<Signal>>);
+/// A node's id, the node and, if it is async, the signal of its own task.
+pub(crate) type WorkerNode = (
+    usize,
+    Box<dyn ErasedNode<RingTransport>>,
+    Option<Arc<Signal>>,
+);
 
 /// What one worker is given.
 pub(crate) struct WorkerSetup {
@@ -220,7 +251,7 @@ pub(crate) fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHand
 
 fn run(setup: WorkerSetup) {
     let WorkerSetup {
-        index: _,
+        index,
         core,
         signal,
         nodes,
@@ -250,7 +281,7 @@ fn run(setup: WorkerSetup) {
     local.block_on(&runtime, async move {
         let mut sync_nodes = Vec::new();
         let mut tasks = Vec::new();
-        for (node, own_signal) in nodes {
+        for (id, node, own_signal) in nodes {
             if node.kind() == NodeKind::Async {
                 let cx = TaskCx {
                     signal: own_signal.unwrap_or_else(|| signal.clone()),
@@ -267,10 +298,22 @@ fn run(setup: WorkerSetup) {
                     result
                 }));
             } else {
-                sync_nodes.push(node);
+                sync_nodes.push(Slot {
+                    id,
+                    node,
+                    done: false,
+                });
             }
         }
-        sync_loop(&mut sync_nodes, &signal, &control, !tasks.is_empty()).await;
+        let mut worker = SyncLoop {
+            index,
+            slots: sync_nodes,
+            signal: &signal,
+            control: &control,
+            has_tasks: !tasks.is_empty(),
+            mail: Vec::new(),
+        };
+        worker.run().await;
         for task in tasks {
             match task.await {
                 Ok(Activation::Failed(failure)) => control.fail(failure),
@@ -284,78 +327,159 @@ fn run(setup: WorkerSetup) {
     });
 }
 
-async fn sync_loop(
-    nodes: &mut [Box<dyn ErasedNode<RingTransport>>],
-    signal: &Signal,
-    control: &Control,
-    has_tasks: bool,
-) {
-    let mut finished = vec![false; nodes.len()];
-    let mut remaining = nodes.len();
-    let mut idle_passes = 0u32;
-    let mut passes = 0u32;
-    while remaining > 0 {
-        if control.aborted() {
-            abort_loop(nodes, control).await;
-            return;
-        }
-        let mut progress = false;
-        let mut throttle: Option<Duration> = None;
-        for (node, done) in nodes.iter_mut().zip(finished.iter_mut()) {
-            if *done {
-                continue;
-            }
-            match node.activate() {
-                Activation::Progress => progress = true,
-                Activation::Finished => {
-                    *done = true;
-                    remaining -= 1;
-                    progress = true;
-                }
-                Activation::Throttled(wait) => {
-                    throttle = Some(throttle.map_or(wait, |t| t.min(wait)))
-                }
-                Activation::Idle | Activation::Blocked => {}
-                Activation::Failed(failure) => {
-                    control.fail(failure);
-                    abort_loop(nodes, control).await;
-                    return;
-                }
-            }
-        }
-        passes = passes.wrapping_add(1);
-        if progress {
-            idle_passes = 0;
-            if has_tasks && passes % YIELD_EVERY == 0 {
-                tokio::task::yield_now().await;
-            }
-            continue;
-        }
-        idle_passes += 1;
-        if idle_passes < SPIN_PASSES {
-            if has_tasks {
-                tokio::task::yield_now().await;
-            } else {
-                std::hint::spin_loop();
-            }
-            continue;
-        }
-        idle_passes = 0;
-        match throttle {
-            Some(wait) => {
-                let _ = tokio::time::timeout(wait, signal.park()).await;
-            }
-            None => signal.park().await,
-        }
-    }
-    control.arrive();
+/// A sync node on a worker, with its id (pipeline order) and whether it finished.
+struct Slot {
+    id: usize,
+    node: Box<dyn ErasedNode<RingTransport>>,
+    done: bool,
 }
 
-/// Stops producing, waits until every other stage has too, then drops and counts what
-/// this worker's stages hold and what waits in their input edges.
-async fn abort_loop(nodes: &mut [Box<dyn ErasedNode<RingTransport>>], control: &Control) {
-    control.quiesce().await;
-    for node in nodes.iter_mut() {
-        node.abandon();
+struct SyncLoop<'a> {
+    index: usize,
+    slots: Vec<Slot>,
+    signal: &'a Signal,
+    control: &'a Control,
+    has_tasks: bool,
+    mail: Vec<Command>,
+}
+
+impl SyncLoop<'_> {
+    /// True while this worker has work: its own unfinished stages, or (when stages
+    /// can move) any unfinished stage anywhere.
+    fn running(&self) -> bool {
+        match &self.control.mailboxes {
+            Some(_) => {
+                self.control
+                    .unfinished
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    > 0
+            }
+            None => self.slots.iter().any(|s| !s.done),
+        }
+    }
+
+    /// Applies re-planning commands; true if a stage arrived (run it right away).
+    fn handle_mail(&mut self) -> bool {
+        let Some(mailboxes) = &self.control.mailboxes else {
+            return false;
+        };
+        if !mailboxes.take(self.index, &mut self.mail) {
+            return false;
+        }
+        let mut arrived = false;
+        for command in std::mem::take(&mut self.mail) {
+            match command {
+                Command::Detach { node, to } => {
+                    let Some(at) = self.slots.iter().position(|s| s.id == node && !s.done) else {
+                        continue;
+                    };
+                    if self.control.aborted() {
+                        continue;
+                    }
+                    let slot = self.slots.remove(at);
+                    if let Some(owner) = &mailboxes.owners[node] {
+                        // After this swap producers wake `to`; wakes before it were
+                        // ordered before the hand-over and their items travel with it.
+                        owner.hand_over(to);
+                    }
+                    mailboxes.send(
+                        to,
+                        Command::Attach {
+                            node,
+                            boxed: slot.node,
+                        },
+                    );
+                }
+                Command::Attach { node, boxed } => {
+                    let at = self.slots.partition_point(|s| s.id < node);
+                    self.slots.insert(
+                        at,
+                        Slot {
+                            id: node,
+                            node: boxed,
+                            done: false,
+                        },
+                    );
+                    arrived = true;
+                }
+                Command::SetBurst { node, burst } => {
+                    if let Some(slot) = self.slots.iter_mut().find(|s| s.id == node) {
+                        slot.node.set_burst(burst);
+                    }
+                }
+            }
+        }
+        arrived
+    }
+
+    async fn run(&mut self) {
+        let mut idle_passes = 0u32;
+        let mut passes = 0u32;
+        loop {
+            if self.control.aborted() {
+                self.abort().await;
+                return;
+            }
+            let mut progress = self.handle_mail();
+            if !self.running() {
+                break;
+            }
+            let mut throttle: Option<Duration> = None;
+            for slot in self.slots.iter_mut().filter(|s| !s.done) {
+                match slot.node.activate() {
+                    Activation::Progress => progress = true,
+                    Activation::Finished => {
+                        slot.done = true;
+                        progress = true;
+                        self.control.node_finished();
+                    }
+                    Activation::Throttled(wait) => {
+                        throttle = Some(throttle.map_or(wait, |t| t.min(wait)))
+                    }
+                    Activation::Idle | Activation::Blocked => {}
+                    Activation::Failed(failure) => {
+                        self.control.fail(failure);
+                        self.abort().await;
+                        return;
+                    }
+                }
+            }
+            passes = passes.wrapping_add(1);
+            if progress {
+                idle_passes = 0;
+                if self.has_tasks && passes % YIELD_EVERY == 0 {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            idle_passes += 1;
+            if idle_passes < SPIN_PASSES {
+                if self.has_tasks {
+                    tokio::task::yield_now().await;
+                } else {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            idle_passes = 0;
+            match throttle {
+                Some(wait) => {
+                    let _ = tokio::time::timeout(wait, self.signal.park()).await;
+                }
+                None => self.signal.park().await,
+            }
+        }
+        self.control.arrive();
+    }
+
+    /// Stops producing, waits until every other stage has too, takes in any stage that
+    /// was being handed over, then drops and counts what this worker's stages hold and
+    /// what waits in their input edges.
+    async fn abort(&mut self) {
+        self.control.quiesce().await;
+        self.handle_mail();
+        for slot in &mut self.slots {
+            slot.node.abandon();
+        }
     }
 }
