@@ -1,7 +1,7 @@
 //! The egress rule table: traffic from a VF, matched by VF, addresses, VLAN and
 //! EtherType, then encapsulated, trapped to the control path, or dropped.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -190,9 +190,7 @@ impl EgressTable {
         let matches = |i: &usize| self.fields_match(&self.rules[*i], key);
         let by_prefix = key
             .dst_ip
-            .into_iter()
-            .flat_map(|dst| vf.by_prefix.matches(dst))
-            .find_map(|l| l.iter().copied().find(matches));
+            .and_then(|dst| vf.by_prefix.find_map(dst, |l| l.iter().copied().find(matches)));
         match by_prefix.or_else(|| vf.any_dst.iter().copied().find(matches)) {
             Some(i) => self.decide(i),
             None => EgressDecision::Drop(EgressDrop::NoRule),
@@ -338,7 +336,7 @@ impl EgressTableBuilder {
                         identity,
                         by_prefix: Lpm::default(),
                         any_dst: Vec::new(),
-                        neighbours: HashMap::new(),
+                        neighbours: HashMap::default(),
                     },
                 )
             })

@@ -5,7 +5,7 @@
 //! Tenant isolation is enforced here, not left to rule authors: a unicast inner frame
 //! is delivered only if its destination MAC is the MAC of the VF the rule names.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -210,7 +210,7 @@ impl IngressTableBuilder {
         if let Some(w) = self.rules.windows(2).find(|w| w[0].id == w[1].id) {
             return Err(RuleError::DuplicateId(w[0].id));
         }
-        let mut by_vni: HashMap<_, Vec<usize>> = HashMap::new();
+        let mut by_vni: HashMap<_, Vec<usize>> = HashMap::default();
         for (i, r) in self.rules.iter().enumerate() {
             if r.vni > r.kind.max_vni() {
                 return Err(RuleError::VniRange {

@@ -2,7 +2,7 @@
 //! in use, probed from the longest length down (at most as many probes as distinct
 //! lengths, typically a handful).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -48,7 +48,7 @@ impl<V> Lpm<V> {
                 let i = match self.v4.iter().position(|(l, _)| *l == len) {
                     Some(i) => i,
                     None => {
-                        self.v4.push((len, HashMap::new()));
+                        self.v4.push((len, HashMap::default()));
                         self.v4.sort_by_key(|e| std::cmp::Reverse(e.0));
                         self.v4
                             .iter()
@@ -66,7 +66,7 @@ impl<V> Lpm<V> {
                 let i = match self.v6.iter().position(|(l, _)| *l == len) {
                     Some(i) => i,
                     None => {
-                        self.v6.push((len, HashMap::new()));
+                        self.v6.push((len, HashMap::default()));
                         self.v6.sort_by_key(|e| std::cmp::Reverse(e.0));
                         self.v6
                             .iter()
@@ -82,20 +82,28 @@ impl<V> Lpm<V> {
         }
     }
 
-    /// Values of every prefix containing `addr`, longest first.
-    pub(crate) fn matches(&self, addr: IpAddr) -> impl Iterator<Item = &V> {
-        let (v4, v6) = match addr {
-            IpAddr::V4(a) => (Some(u32::from(a)), None),
-            IpAddr::V6(a) => (None, Some(u128::from(a))),
-        };
-        let m4 = self
-            .v4
-            .iter()
-            .filter_map(move |(len, map)| v4.and_then(|a| map.get(&(a & mask4(*len)))));
-        let m6 = self
-            .v6
-            .iter()
-            .filter_map(move |(len, map)| v6.and_then(|a| map.get(&(a & mask6(*len)))));
-        m4.chain(m6)
+    /// Visits the values of every prefix containing `addr`, longest first, until `f`
+    /// returns `Some`. Plain loops: this runs once per packet.
+    #[inline]
+    pub(crate) fn find_map<R>(&self, addr: IpAddr, mut f: impl FnMut(&V) -> Option<R>) -> Option<R> {
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                for (len, map) in &self.v4 {
+                    if let Some(found) = map.get(&(a & mask4(*len))).and_then(&mut f) {
+                        return Some(found);
+                    }
+                }
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                for (len, map) in &self.v6 {
+                    if let Some(found) = map.get(&(a & mask6(*len))).and_then(&mut f) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        None
     }
 }

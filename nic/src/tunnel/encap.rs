@@ -272,42 +272,45 @@ fn ipv6_at(data: &[u8], at: usize) -> std::net::Ipv6Addr {
 
 /// A hash of the inner frame's flow (addresses, protocol and ports) for the outer UDP
 /// source port, so that ECMP in the underlay keeps each inner flow on one path. Reads
-/// only what is there: a short or odd frame hashes what it has, never panics.
+/// only what is there: a short or odd frame hashes what it has, never panics. The flow
+/// fields are gathered into one small buffer and mixed a word at a time.
 #[inline]
 pub fn flow_hash(inner: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let mut mix = |bytes: &[u8]| {
-        for b in bytes {
-            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-        }
+    let mut key = [0u8; 64];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        let m = bytes.len().min(key.len() - n);
+        key[n..n + m].copy_from_slice(&bytes[..m]);
+        n += m;
     };
     let get = |a: usize, b: usize| inner.get(a..b).unwrap_or(&[]);
-    mix(get(0, 12)); // MACs
+    let byte = |at: usize| inner.get(at).copied().unwrap_or(0);
+    put(get(0, 12)); // MACs
     let mut l3 = 14;
-    let mut ethertype = u16::from_be_bytes([
-        inner.get(12).copied().unwrap_or(0),
-        inner.get(13).copied().unwrap_or(0),
-    ]);
+    let mut ethertype = u16::from_be_bytes([byte(12), byte(13)]);
     if ethertype == 0x8100 {
         l3 = 18;
-        ethertype = u16::from_be_bytes([
-            inner.get(16).copied().unwrap_or(0),
-            inner.get(17).copied().unwrap_or(0),
-        ]);
+        ethertype = u16::from_be_bytes([byte(16), byte(17)]);
     }
     match ethertype {
         0x0800 => {
             let ihl = usize::from(inner.get(l3).copied().unwrap_or(0x45) & 0x0f) * 4;
-            mix(get(l3 + 9, l3 + 10));
-            mix(get(l3 + 12, l3 + 20));
-            mix(get(l3 + ihl, l3 + ihl + 4));
+            put(get(l3 + 9, l3 + 10));
+            put(get(l3 + 12, l3 + 20));
+            put(get(l3 + ihl, l3 + ihl + 4));
         }
         0x86DD => {
-            mix(get(l3 + 6, l3 + 7));
-            mix(get(l3 + 8, l3 + 40));
-            mix(get(l3 + 40, l3 + 44));
+            put(get(l3 + 6, l3 + 7));
+            put(get(l3 + 8, l3 + 40));
+            put(get(l3 + 40, l3 + 44));
         }
-        _ => mix(get(12, 14)),
+        _ => put(get(12, 14)),
     }
-    h ^ (h >> 16)
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15 ^ n as u64;
+    for word in key[..n.div_ceil(8) * 8].chunks_exact(8) {
+        let w = u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]);
+        h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 32;
+    }
+    (h ^ (h >> 29)) as u32
 }
