@@ -265,8 +265,12 @@ impl Controller {
             let backlog = s.queue_capacity > 0 && s.queue_depth * 2 > s.queue_capacity;
             let to = if burst_ns > target && s.burst > min {
                 (s.burst / 2).max(min)
-            } else if backlog && burst_ns * 2.0 < target / 2.0 && s.burst < max {
-                (s.burst * 2).min(max)
+            } else if backlog
+                && burst_ns * 2.0 < target / 2.0
+                && s.burst < max.min(s.queue_capacity)
+            {
+                // A burst larger than the input edge could never fill.
+                (s.burst * 2).min(max).min(s.queue_capacity)
             } else {
                 continue;
             };

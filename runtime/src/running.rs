@@ -11,7 +11,7 @@ use event_listener::Event;
 use pipewright_stages::exec::{BindError, Endpoint, NodeKind};
 use pipewright_stages::{InputId, OutputId, Pipeline, StageFailure};
 
-use crate::controller::Decision;
+use crate::controller::{Controller, Decision, Observation, StageLoad};
 use crate::handles::{Input, Output};
 use crate::link::{Link, Waker};
 use crate::mailbox::{Command, Mailboxes};
@@ -68,9 +68,10 @@ type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
 struct StageMeta {
     name: String,
     worker: usize,
+    /// The burst size last set (by the plan, or live by `apply`).
+    burst_now: std::sync::atomic::AtomicUsize,
     /// Present when the stage can move; says where it runs now.
     owner: Option<Arc<Owner>>,
-    burst: usize,
     stats: Arc<StageStats>,
     input: Option<(EdgeKind, usize, DepthProbe)>,
 }
@@ -356,7 +357,7 @@ impl Runtime {
                 name: entry.name.clone(),
                 worker: worker_of[id],
                 owner: owners[id].clone(),
-                burst: entry.node.burst(),
+                burst_now: std::sync::atomic::AtomicUsize::new(entry.node.burst()),
                 stats,
                 input,
             });
@@ -546,7 +547,7 @@ impl Running {
                 .map(|meta| {
                     let mut s = meta.stats.snapshot(&meta.name);
                     s.worker = meta.owner.as_ref().map_or(meta.worker, |o| o.current());
-                    s.burst = meta.burst;
+                    s.burst = meta.burst_now.load(std::sync::atomic::Ordering::Relaxed);
                     if let Some((kind, capacity, probe)) = &meta.input {
                         s.queue_depth = probe();
                         s.queue_capacity = *capacity;
@@ -607,12 +608,75 @@ impl Running {
                     return Err(ApplyError::ZeroBurst);
                 }
                 mailboxes.send(owner.current(), Command::SetBurst { node, burst: *to });
-                // A move in flight may land the stage elsewhere first; send there too.
+                self.stages[node]
+                    .burst_now
+                    .store(*to, std::sync::atomic::Ordering::Relaxed);
             }
         }
         tracing::info!(target: "pipewright::controller", %decision, "plan change");
         metrics::counter!("pipewright_controller_decisions_total", "kind" => kind).increment(1);
         Ok(())
+    }
+
+    /// What each stage did between two snapshots taken `interval` apart, as the
+    /// [`Controller`](crate::controller::Controller) sees it.
+    pub fn observe(&self, previous: &Snapshot, now: &Snapshot, interval: Duration) -> Observation {
+        let stages = now
+            .stages
+            .iter()
+            .zip(&self.stages)
+            .map(|(s, meta)| {
+                let before = previous.stage(&s.name).cloned().unwrap_or_default();
+                // Sources take nothing in: their work is what they emit.
+                let items = if meta.input.is_some() {
+                    s.items_in.saturating_sub(before.items_in)
+                } else {
+                    s.items_out.saturating_sub(before.items_out)
+                };
+                let timed = s.timed_items.saturating_sub(before.timed_items);
+                let ns_per_item = if timed > 0 {
+                    Some(s.timed_nanos.saturating_sub(before.timed_nanos) as f64 / timed as f64)
+                } else {
+                    s.mean_ns_per_item
+                };
+                StageLoad {
+                    name: s.name.clone(),
+                    worker: s.worker,
+                    busy_ns: items as f64 * ns_per_item.unwrap_or(0.0),
+                    items,
+                    ns_per_item,
+                    queue_depth: s.queue_depth,
+                    queue_capacity: s.queue_capacity,
+                    burst: s.burst,
+                    movable: meta.owner.is_some(),
+                }
+            })
+            .collect();
+        Observation {
+            interval_ns: interval.as_nanos() as f64,
+            workers: self.workers,
+            stages,
+        }
+    }
+
+    /// One controller interval: observes since `previous` (then replaces it with the
+    /// current snapshot), asks `controller`, applies its decisions live and returns them.
+    pub fn control_step(
+        &self,
+        controller: &mut Controller,
+        previous: &mut Snapshot,
+        interval: Duration,
+    ) -> Vec<Decision> {
+        let now = self.snapshot();
+        let observation = self.observe(previous, &now, interval);
+        let decisions = controller.observe(&observation);
+        for decision in &decisions {
+            if let Err(error) = self.apply(decision) {
+                tracing::warn!(target: "pipewright::controller", %decision, %error, "plan change not applied");
+            }
+        }
+        *previous = now;
+        decisions
     }
 
     /// The plan this pipeline runs with.

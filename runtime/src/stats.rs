@@ -138,6 +138,10 @@ pub struct StageSnapshot {
     pub dropped: Vec<(&'static str, u64)>,
     /// Mean service time per item over sampled bursts, in ns.
     pub mean_ns_per_item: Option<f64>,
+    /// Items in the bursts that were timed (the sample behind `mean_ns_per_item`).
+    pub timed_items: u64,
+    /// Total service time of the timed bursts, in ns.
+    pub timed_nanos: u64,
     /// 99th percentile of sampled per-item service time, as a power-of-two upper bound.
     pub p99_ns_per_item: Option<u64>,
     /// Items waiting in the stage's input edge.
@@ -183,6 +187,8 @@ impl StageStats {
                 .zip(&self.dropped)
                 .map(|(r, n)| (r.as_str(), load(n)))
                 .collect(),
+            timed_items,
+            timed_nanos: load(&self.timed_nanos),
             mean_ns_per_item: (timed_items > 0)
                 .then(|| load(&self.timed_nanos) as f64 / timed_items as f64),
             p99_ns_per_item: p99,
