@@ -29,7 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         options: vec![],
     });
     let table = EgressTable::builder()
-        .vf(VfIdentity { vf: 1, mac: VF_MAC, ips: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1))], vlan: None })
+        .vf(VfIdentity {
+            vf: 1,
+            mac: VF_MAC,
+            ips: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1))],
+            vlan: None,
+        })
         .rule(EgressRule {
             id: 1,
             vf: 1,
@@ -59,14 +64,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tx = running.input(&from_vf).unwrap();
     for i in 0..10_000u32 {
         // Every 1000th frame is sent to an address no rule covers.
-        let dst = if i % 1000 == 999 { Ipv4Addr::new(172, 16, 0, 1) } else { Ipv4Addr::new(10, 1, 0, 2) };
+        let dst = if i % 1000 == 999 {
+            Ipv4Addr::new(172, 16, 0, 1)
+        } else {
+            Ipv4Addr::new(10, 1, 0, 2)
+        };
         tx.send(udp_from_vf(dst, &i.to_be_bytes()))?;
     }
     drop(tx);
     let report = running.drain()?;
     let frames = underlay_port.join().expect("underlay thread");
     let first = parse_outer(frames[0].data(), &DecapConfig::default())?;
-    println!("{} frames encapsulated; first: VNI {} {} -> {}", frames.len(), first.key.vni, first.key.outer_src, first.key.outer_dst);
+    println!(
+        "{} frames encapsulated; first: VNI {} {} -> {}",
+        frames.len(),
+        first.key.vni,
+        first.key.outer_src,
+        first.key.outer_dst
+    );
     let counters = config.table.current().1;
     let rule = counters.counters(1).unwrap();
     println!("rule 1: {} packets, {} bytes", rule.packets(), rule.bytes());

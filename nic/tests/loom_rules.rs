@@ -14,13 +14,19 @@ struct Table {
 #[test]
 fn readers_see_whole_tables_in_order() {
     loom::model(|| {
-        let shared = Versioned::new(Table { version_a: 0, version_b: 0 });
+        let shared = Versioned::new(Table {
+            version_a: 0,
+            version_b: 0,
+        });
         let mut reader = shared.reader();
         let writer = {
             let shared = shared.clone();
             loom::thread::spawn(move || {
                 for v in 1..=2 {
-                    shared.publish(Table { version_a: v, version_b: v });
+                    shared.publish(Table {
+                        version_a: v,
+                        version_b: v,
+                    });
                 }
             })
         };
@@ -32,6 +38,10 @@ fn readers_see_whole_tables_in_order() {
             last = table.version_a;
         }
         writer.join().unwrap();
-        assert_eq!(reader.refresh().version_a, 2, "the last update is seen once the writer is done");
+        assert_eq!(
+            reader.refresh().version_a,
+            2,
+            "the last update is seen once the writer is done"
+        );
     });
 }

@@ -188,9 +188,10 @@ impl EgressTable {
             return EgressDecision::Drop(EgressDrop::Spoofed);
         }
         let matches = |i: &usize| self.fields_match(&self.rules[*i], key);
-        let by_prefix = key
-            .dst_ip
-            .and_then(|dst| vf.by_prefix.find_map(dst, |l| l.iter().copied().find(matches)));
+        let by_prefix = key.dst_ip.and_then(|dst| {
+            vf.by_prefix
+                .find_map(dst, |l| l.iter().copied().find(matches))
+        });
         match by_prefix.or_else(|| vf.any_dst.iter().copied().find(matches)) {
             Some(i) => self.decide(i),
             None => EgressDecision::Drop(EgressDrop::NoRule),

@@ -85,7 +85,11 @@ impl<V> Lpm<V> {
     /// Visits the values of every prefix containing `addr`, longest first, until `f`
     /// returns `Some`. Plain loops: this runs once per packet.
     #[inline]
-    pub(crate) fn find_map<R>(&self, addr: IpAddr, mut f: impl FnMut(&V) -> Option<R>) -> Option<R> {
+    pub(crate) fn find_map<R>(
+        &self,
+        addr: IpAddr,
+        mut f: impl FnMut(&V) -> Option<R>,
+    ) -> Option<R> {
         match addr {
             IpAddr::V4(a) => {
                 let a = u32::from(a);

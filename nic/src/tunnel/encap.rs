@@ -308,7 +308,9 @@ pub fn flow_hash(inner: &[u8]) -> u32 {
     }
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15 ^ n as u64;
     for word in key[..n.div_ceil(8) * 8].chunks_exact(8) {
-        let w = u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]);
+        let w = u64::from_le_bytes([
+            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+        ]);
         h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
         h ^= h >> 32;
     }
