@@ -1,4 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{RuleError, RuleId};
 
 /// Packet and byte counters of one rule, shared by every table version that has the
 /// rule and by every worker matching against it.
@@ -25,4 +28,31 @@ impl RuleCounters {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+}
+
+/// Sorts rules by id and rejects a repeated id.
+pub(crate) fn sort_unique<R>(rules: &mut [R], id: impl Fn(&R) -> RuleId) -> Result<(), RuleError> {
+    rules.sort_by_key(|r| id(r));
+    match rules.windows(2).find(|w| id(&w[0]) == id(&w[1])) {
+        Some(w) => Err(RuleError::DuplicateId(id(&w[0]))),
+        None => Ok(()),
+    }
+}
+
+/// Counters for each of `ids`: the previous table's counters for ids it also had
+/// (counts survive updates), fresh ones otherwise.
+pub(crate) fn carried(
+    ids: impl Iterator<Item = RuleId>,
+    previous: Option<(&[RuleId], &[Arc<RuleCounters>])>,
+) -> Vec<Arc<RuleCounters>> {
+    ids.map(|id| {
+        previous
+            .and_then(|(old, counters)| {
+                old.iter()
+                    .position(|o| *o == id)
+                    .map(|i| counters[i].clone())
+            })
+            .unwrap_or_default()
+    })
+    .collect()
 }

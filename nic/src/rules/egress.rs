@@ -323,10 +323,7 @@ impl EgressTableBuilder {
 
     /// Validates and builds.
     pub fn build(mut self) -> Result<EgressTable, RuleError> {
-        self.rules.sort_by_key(|r| r.id);
-        if let Some(w) = self.rules.windows(2).find(|w| w[0].id == w[1].id) {
-            return Err(RuleError::DuplicateId(w[0].id));
-        }
+        super::counters::sort_unique(&mut self.rules, |r| r.id)?;
         let mut vfs: HashMap<u16, VfRules> = self
             .vfs
             .into_iter()
@@ -363,21 +360,16 @@ impl EgressTableBuilder {
                 .neighbours
                 .insert(ip, mac);
         }
-        let counters = self
-            .rules
-            .iter()
-            .map(|r| {
-                self.previous
-                    .as_ref()
-                    .and_then(|p| {
-                        p.rules
-                            .iter()
-                            .position(|q| q.id == r.id)
-                            .map(|i| p.counters[i].clone())
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
+        let previous_ids: Option<Vec<RuleId>> = self
+            .previous
+            .as_ref()
+            .map(|p| p.rules.iter().map(|r| r.id).collect());
+        let counters = super::counters::carried(
+            self.rules.iter().map(|r| r.id),
+            previous_ids
+                .as_deref()
+                .zip(self.previous.as_ref().map(|p| &p.counters[..])),
+        );
         let mtu = self.mtu.unwrap_or(1500);
         let templates = self
             .rules

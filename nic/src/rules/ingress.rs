@@ -206,10 +206,7 @@ impl IngressTableBuilder {
 
     /// Validates and builds.
     pub fn build(mut self) -> Result<IngressTable, RuleError> {
-        self.rules.sort_by_key(|r| r.id);
-        if let Some(w) = self.rules.windows(2).find(|w| w[0].id == w[1].id) {
-            return Err(RuleError::DuplicateId(w[0].id));
-        }
+        super::counters::sort_unique(&mut self.rules, |r| r.id)?;
         let mut by_vni: HashMap<_, Vec<usize>> = HashMap::default();
         for (i, r) in self.rules.iter().enumerate() {
             if r.vni > r.kind.max_vni() {
@@ -230,21 +227,16 @@ impl IngressTableBuilder {
                 .or_default()
                 .push(i);
         }
-        let counters = self
-            .rules
-            .iter()
-            .map(|r| {
-                self.previous
-                    .as_ref()
-                    .and_then(|p| {
-                        p.rules
-                            .iter()
-                            .position(|q| q.id == r.id)
-                            .map(|i| p.counters[i].clone())
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
+        let previous_ids: Option<Vec<RuleId>> = self
+            .previous
+            .as_ref()
+            .map(|p| p.rules.iter().map(|r| r.id).collect());
+        let counters = super::counters::carried(
+            self.rules.iter().map(|r| r.id),
+            previous_ids
+                .as_deref()
+                .zip(self.previous.as_ref().map(|p| &p.counters[..])),
+        );
         Ok(IngressTable {
             rules: self.rules,
             counters,
