@@ -50,6 +50,8 @@ mod link;
 mod mailbox;
 #[cfg(not(loom))]
 mod plan;
+#[cfg(not(loom))]
+pub mod plan_file;
 #[cfg(all(not(loom), feature = "prometheus"))]
 pub mod prometheus;
 #[cfg(not(loom))]

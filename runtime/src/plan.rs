@@ -241,6 +241,40 @@ impl Plan {
 
 const ALL: &str = "*";
 
+/// A generated layout, for plan files.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LayoutKind {
+    Fused,
+    PerStage,
+    Spread(usize),
+}
+
+impl Plan {
+    pub(crate) fn layout_parts(&self) -> (Option<LayoutKind>, Vec<WorkerSpec>) {
+        match &self.layout {
+            Layout::Fused => (Some(LayoutKind::Fused), Vec::new()),
+            Layout::PerStage => (Some(LayoutKind::PerStage), Vec::new()),
+            Layout::Spread(n) => (Some(LayoutKind::Spread(*n)), Vec::new()),
+            Layout::Explicit(w) => (None, w.clone()),
+        }
+    }
+
+    pub(crate) fn ring_capacity_default(&self) -> usize {
+        self.ring_capacity
+    }
+
+    pub(crate) fn bursts_map(&self) -> Vec<(String, usize)> {
+        self.bursts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    pub(crate) fn rings_map(&self) -> Vec<(String, usize)> {
+        self.ring_overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.layout {
@@ -306,6 +340,9 @@ pub enum PlanError {
     /// A burst of zero would never make progress.
     #[error("stage `{0}` has burst size 0; use at least 1")]
     ZeroBurst(String),
+    /// A plan file that is not valid.
+    #[error("plan file: {0}")]
+    File(String),
     /// Pinning to a CPU that does not exist.
     #[error("CPU {core} does not exist: this machine has {cpus} (ids 0..{cpus}); pick one of those or Pin::Auto")]
     NoSuchCore {
