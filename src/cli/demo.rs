@@ -25,6 +25,10 @@ pub(crate) struct DemoArgs {
     /// Refresh interval of the live view, in milliseconds.
     #[arg(long, default_value_t = 500)]
     refresh_ms: u64,
+    /// Let the adaptive controller move stages between workers and resize bursts
+    /// (its decisions are shown under the table).
+    #[arg(long)]
+    adaptive: bool,
 }
 
 /// A raw record as it might arrive from a socket: a header and a 64-byte payload.
@@ -176,6 +180,10 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         other => anyhow::bail!("unknown plan `{other}`: use two-workers, fused or per-stage"),
     }
     .burst_all(args.burst);
+    let plan = if args.adaptive { plan.adaptive() } else { plan };
+    let mut controller = args
+        .adaptive
+        .then(|| pipewright::controller::Controller::new(Default::default()));
 
     println!(
         "pipewright demo: generate -> parse -> checksum -> by-key -> (hot | cold) -> aggregate"
@@ -192,6 +200,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     view.run_until(
         &running,
         Duration::from_millis(args.refresh_ms.max(50)),
+        controller.as_mut(),
         || started.elapsed() < limit,
     );
     stop.store(true, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use pipewright::controller::Controller;
 use pipewright::{Running, Snapshot};
 
 /// Redraws a per-stage table every `every` until `done` says stop.
@@ -10,6 +11,8 @@ pub(crate) struct LiveView {
     last: Option<(Instant, Snapshot)>,
     lines_drawn: usize,
     tty: bool,
+    /// The controller's latest decisions, newest last.
+    decisions: std::collections::VecDeque<String>,
 }
 
 impl LiveView {
@@ -18,6 +21,7 @@ impl LiveView {
             last: None,
             lines_drawn: 0,
             tty: std::io::stdout().is_terminal(),
+            decisions: std::collections::VecDeque::new(),
         }
     }
 
@@ -80,6 +84,12 @@ impl LiveView {
                 s.dropped_total(),
             ));
         }
+        if !self.decisions.is_empty() {
+            out.push_str("controller decisions (latest last):\n");
+            for d in &self.decisions {
+                out.push_str(&format!("  {d}\n"));
+            }
+        }
         let mut stdout = std::io::stdout().lock();
         if self.tty && self.lines_drawn > 0 {
             // Move up over the previous frame and overwrite it.
@@ -91,14 +101,26 @@ impl LiveView {
         self.last = Some((now, snap));
     }
 
-    /// Draws frames every `every` while `keep_going` returns true.
+    /// Draws frames every `every` while `keep_going` returns true; with a controller,
+    /// runs one control step per frame and shows its decisions.
     pub(crate) fn run_until(
         &mut self,
         running: &Running,
         every: Duration,
+        mut controller: Option<&mut Controller>,
         mut keep_going: impl FnMut() -> bool,
     ) {
+        let mut previous = running.snapshot();
         while keep_going() && !running.is_finished() {
+            if let Some(c) = controller.as_deref_mut() {
+                for d in running.control_step(c, &mut previous, every) {
+                    self.decisions
+                        .push_back(format!("t={:.1}s {d}", running.elapsed().as_secs_f64()));
+                    if self.decisions.len() > 6 {
+                        self.decisions.pop_front();
+                    }
+                }
+            }
             self.frame(running);
             std::thread::sleep(every);
         }
