@@ -63,6 +63,8 @@ mod stats;
 #[cfg(not(loom))]
 mod transport;
 #[cfg(not(loom))]
+pub mod uring;
+#[cfg(not(loom))]
 mod worker;
 
 #[cfg(not(loom))]

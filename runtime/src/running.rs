@@ -454,6 +454,10 @@ impl Running {
 
     /// Closes inputs and waits until every accepted item has been processed and every
     /// stage has finished.
+    ///
+    /// Outputs you took with [`output`](Running::output) must be read while this waits
+    /// (from another thread or task): a full output stops the stages feeding it, by
+    /// design. Outputs nobody took are drained and counted in the report.
     pub fn drain(mut self) -> Result<Report, RunError> {
         self.close_inputs();
         self.wait(None)
