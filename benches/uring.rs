@@ -1,0 +1,180 @@
+//! Suite `uring`: the io_uring file stages against plain std calls.
+//!
+//! `file-write-fsync`: durable appends per second of 512-byte records. Ours: a source
+//! feeding `FileSink` (group commit: one write and one `fdatasync` per burst of 64),
+//! acknowledgements read concurrently. Peers: `std-fsync-each` (write + `sync_data`
+//! per record) and `std-fsync-batch` (the same batching as ours, blocking calls).
+//! `file-read`: MB/s reading a file through `FileReader` (1 MiB ranges, 8 in flight),
+//! against `std-read` (sequential 1 MiB reads). The file's pages are dropped from the
+//! page cache (`posix_fadvise(DONTNEED)`) before every read run, so both read storage.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pipewright::uring::{FileReader, FileSink, ReadRange};
+use pipewright::{IterSource, PipelineBuilder, Plan, Runtime};
+
+const RECORD: usize = 512;
+const BATCH: usize = 64;
+
+fn quick() -> bool {
+    std::env::var_os("PIPEWRIGHT_BENCH_QUICK").is_some()
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pipewright-bench-uring-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch directory");
+    d
+}
+
+fn records(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![(i % 251) as u8; RECORD]).collect()
+}
+
+fn ours_write(path: &Path, n: usize) -> f64 {
+    let b = PipelineBuilder::new();
+    let acks = b
+        .source("records", IterSource(records(n).into_iter()))
+        .burst(BATCH)
+        .then_async("log", FileSink::create(path).expect("create"))
+        .burst(BATCH)
+        .output("acks");
+    let start = Instant::now();
+    let mut running = Runtime::start(b.build().expect("pipeline"), Plan::fused().burst_all(BATCH))
+        .expect("start");
+    let rx = running.output(&acks).expect("output");
+    let reader = std::thread::spawn(move || rx.count());
+    running.join().expect("run");
+    let acked = reader.join().expect("reader");
+    assert_eq!(acked, n);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn std_write(path: &Path, n: usize, batch: usize) -> f64 {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("create");
+    let recs = records(n);
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(batch * RECORD);
+    for group in recs.chunks(batch) {
+        buf.clear();
+        for r in group {
+            buf.extend_from_slice(r);
+        }
+        file.write_all(&buf).expect("write");
+        file.sync_data().expect("fdatasync");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn evict(path: &Path) {
+    let f = File::open(path).expect("open");
+    f.sync_all().expect("sync");
+    // SAFETY: a valid open descriptor; advisory call with no memory arguments.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+fn ours_read(path: &Path, size: u64) -> f64 {
+    evict(path);
+    let b = PipelineBuilder::new();
+    let chunks = b
+        .source("ranges", IterSource(ReadRange::chunks(size, 1 << 20)))
+        .burst(8)
+        .then_async("read", FileReader::open(path).expect("open"))
+        .burst(8)
+        .output("chunks");
+    let start = Instant::now();
+    let mut running = Runtime::start(b.build().expect("pipeline"), Plan::fused()).expect("start");
+    let rx = running.output(&chunks).expect("output");
+    let reader = std::thread::spawn(move || rx.map(|c| c.data.len() as u64).sum::<u64>());
+    running.join().expect("run");
+    assert_eq!(reader.join().expect("reader"), size);
+    size as f64 / 1e6 / start.elapsed().as_secs_f64()
+}
+
+fn std_read(path: &Path, size: u64) -> f64 {
+    evict(path);
+    let start = Instant::now();
+    let mut f = File::open(path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        std::hint::black_box(&buf[..n]);
+    }
+    assert_eq!(total, size);
+    size as f64 / 1e6 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn result(case: &str, ours: f64, peer: &str, theirs: f64, unit: &str) {
+    println!(
+        "RESULT suite=uring case={case} ours={ours:.1} peer={peer}:{theirs:.1} unit={unit} better=higher ratio={:.3}",
+        ours / theirs
+    );
+}
+
+fn main() {
+    let d = dir();
+    let (n, n_each, size, rounds) = if quick() {
+        (20_000, 500, 128 << 20, 3)
+    } else {
+        (100_000, 2_000, 1 << 30, 3)
+    };
+    let path = d.join("log");
+    eprintln!("== uring: file-write-fsync ({n} records of {RECORD} B; {n_each} for fsync-each)");
+    let (mut ours, mut each, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(ours_write(&path, n));
+        batch.push(std_write(&path, n, BATCH));
+        each.push(std_write(&path, n_each, 1));
+    }
+    let ours = median(ours);
+    result(
+        "file-write-fsync",
+        ours,
+        "std-fsync-each",
+        median(each),
+        "appends/s",
+    );
+    result(
+        "file-write-fsync",
+        ours,
+        "std-fsync-batch",
+        median(batch),
+        "appends/s",
+    );
+
+    eprintln!("== uring: file-read ({} MiB)", size >> 20);
+    let data = d.join("data");
+    {
+        let mut f = File::create(&data).expect("create");
+        let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8).collect();
+        for _ in 0..(size >> 20) {
+            f.write_all(&block).expect("write");
+        }
+        f.sync_all().expect("sync");
+    }
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(ours_read(&data, size));
+        peer.push(std_read(&data, size));
+    }
+    result("file-read", median(ours), "std-read", median(peer), "MB/s");
+    let _ = std::fs::remove_dir_all(&d);
+}
