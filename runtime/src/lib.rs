@@ -55,6 +55,8 @@ pub mod plan_file;
 #[cfg(all(not(loom), feature = "prometheus"))]
 pub mod prometheus;
 #[cfg(not(loom))]
+mod replan;
+#[cfg(not(loom))]
 mod running;
 #[cfg(not(loom))]
 mod service;
@@ -75,7 +77,9 @@ pub use plan::{
     DEFAULT_RING_CAPACITY,
 };
 #[cfg(not(loom))]
-pub use running::{ApplyError, Report, RunError, Running, Runtime, RuntimePipeline, StartError};
+pub use replan::ApplyError;
+#[cfg(not(loom))]
+pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
 #[cfg(not(loom))]
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]

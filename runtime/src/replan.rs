@@ -1,0 +1,143 @@
+//! Live re-planning of a running pipeline: applying the controller's decisions.
+
+use std::time::Duration;
+
+use crate::controller::{Controller, Decision, Observation, StageLoad};
+use crate::mailbox::Command;
+use crate::running::Running;
+use crate::stats::Snapshot;
+
+/// Why a plan change could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The pipeline was not started with an adaptive plan.
+    #[error("stages cannot move: start the pipeline with `Plan::adaptive()`")]
+    NotAdaptive,
+    /// No stage has that name.
+    #[error("no stage named `{0}`")]
+    UnknownStage(String),
+    /// The stage cannot move (async stages run as tasks of their worker).
+    #[error("stage `{0}` cannot move between workers (it is async)")]
+    Pinned(String),
+    /// No such worker.
+    #[error("worker {worker} does not exist (the pipeline has {workers})")]
+    NoSuchWorker {
+        /// The worker asked for.
+        worker: usize,
+        /// Workers running.
+        workers: usize,
+    },
+    /// A burst of zero.
+    #[error("a burst size of 0 never makes progress; use at least 1")]
+    ZeroBurst,
+}
+
+impl Running {
+    /// Applies a plan change live: moves a stage to another worker at its next burst
+    /// boundary (no item lost, duplicated or reordered) or sets its burst size. Needs a
+    /// [`Plan::adaptive`] plan. Every change is logged (`tracing`) and counted
+    /// (`pipewright_controller_decisions_total`).
+    pub fn apply(&self, decision: &Decision) -> Result<(), ApplyError> {
+        let mailboxes = self.mailboxes.as_ref().ok_or(ApplyError::NotAdaptive)?;
+        let (stage, kind) = match decision {
+            Decision::Move { stage, .. } => (stage, "move"),
+            Decision::Burst { stage, .. } => (stage, "burst"),
+        };
+        let node = self
+            .stages
+            .iter()
+            .position(|m| &m.name == stage)
+            .ok_or_else(|| ApplyError::UnknownStage(stage.clone()))?;
+        let owner = self.stages[node]
+            .owner
+            .as_ref()
+            .ok_or_else(|| ApplyError::Pinned(stage.clone()))?;
+        match decision {
+            Decision::Move { to, .. } => {
+                if *to >= self.workers {
+                    return Err(ApplyError::NoSuchWorker {
+                        worker: *to,
+                        workers: self.workers,
+                    });
+                }
+                let from = owner.current();
+                if from != *to {
+                    mailboxes.send(from, Command::Detach { node, to: *to });
+                }
+            }
+            Decision::Burst { to, .. } => {
+                if *to == 0 {
+                    return Err(ApplyError::ZeroBurst);
+                }
+                mailboxes.send(owner.current(), Command::SetBurst { node, burst: *to });
+                self.stages[node]
+                    .burst_now
+                    .store(*to, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        tracing::info!(target: "pipewright::controller", %decision, "plan change");
+        metrics::counter!("pipewright_controller_decisions_total", "kind" => kind).increment(1);
+        Ok(())
+    }
+
+    /// What each stage did between two snapshots taken `interval` apart, as the
+    /// [`Controller`](crate::controller::Controller) sees it.
+    pub fn observe(&self, previous: &Snapshot, now: &Snapshot, interval: Duration) -> Observation {
+        let stages = now
+            .stages
+            .iter()
+            .zip(&self.stages)
+            .map(|(s, meta)| {
+                let before = previous.stage(&s.name).cloned().unwrap_or_default();
+                // Sources take nothing in: their work is what they emit.
+                let items = if meta.input.is_some() {
+                    s.items_in.saturating_sub(before.items_in)
+                } else {
+                    s.items_out.saturating_sub(before.items_out)
+                };
+                let timed = s.timed_items.saturating_sub(before.timed_items);
+                let ns_per_item = if timed > 0 {
+                    Some(s.timed_nanos.saturating_sub(before.timed_nanos) as f64 / timed as f64)
+                } else {
+                    s.mean_ns_per_item
+                };
+                StageLoad {
+                    name: s.name.clone(),
+                    worker: s.worker,
+                    busy_ns: items as f64 * ns_per_item.unwrap_or(0.0),
+                    items,
+                    ns_per_item,
+                    queue_depth: s.queue_depth,
+                    queue_capacity: s.queue_capacity,
+                    burst: s.burst,
+                    movable: meta.owner.is_some(),
+                }
+            })
+            .collect();
+        Observation {
+            interval_ns: interval.as_nanos() as f64,
+            workers: self.workers,
+            stages,
+        }
+    }
+
+    /// One controller interval: observes since `previous` (then replaces it with the
+    /// current snapshot), asks `controller`, applies its decisions live and returns them.
+    pub fn control_step(
+        &self,
+        controller: &mut Controller,
+        previous: &mut Snapshot,
+        interval: Duration,
+    ) -> Vec<Decision> {
+        let now = self.snapshot();
+        let observation = self.observe(previous, &now, interval);
+        let decisions = controller.observe(&observation);
+        for decision in &decisions {
+            if let Err(error) = self.apply(decision) {
+                tracing::warn!(target: "pipewright::controller", %decision, %error, "plan change not applied");
+            }
+        }
+        *previous = now;
+        decisions
+    }
+}
