@@ -568,10 +568,20 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
-            // Dropped without drain or shutdown: stop the workers rather than leak them.
+            // Dropped without drain or shutdown (often while unwinding from a panic):
+            // stop the workers. A worker stuck inside a stage's own code cannot be
+            // stopped; after a grace period it is detached rather than hanging the drop.
             self.control.abort();
-            for thread in self.threads.drain(..) {
-                let _ = thread.join();
+            if self.control.wait_done(Duration::from_secs(3)) {
+                for thread in self.threads.drain(..) {
+                    let _ = thread.join();
+                }
+            } else {
+                tracing::error!(
+                    target: "pipewright",
+                    "a stage did not return within 3 s of the abort; detaching its worker thread"
+                );
+                self.threads.clear();
             }
         }
     }

@@ -15,11 +15,13 @@
 //! # let _ = parse;
 //! ```
 
+mod budget;
 mod error_policy;
 mod metrics;
 mod rate_limit;
 mod timeout;
 
+pub use budget::{ByteBudget, Charged, Released};
 pub use error_policy::{ErrorPolicyLayer, RouteErrors, RouteErrorsLayer, WithPolicy};
 pub use metrics::{Metrics, MetricsLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, TokenBucket};

@@ -1,0 +1,85 @@
+//! The bytes-in-flight budget is a hard bound on item memory: with a stalled sink the
+//! source pauses instead of filling queues (item buffers counted by the allocator).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipewright::layer::ByteBudget;
+use pipewright::{stage, IterSource, PipelineBuilder, Plan, Runtime};
+
+/// Items are 4096-byte buffers; the allocator tracks how many are alive.
+const ITEM: usize = 4096;
+static LIVE_ITEMS: AtomicUsize = AtomicUsize::new(0);
+static PEAK_ITEMS: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+// SAFETY: forwards to the system allocator unchanged; only counts item-sized blocks.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() == ITEM {
+            let now = LIVE_ITEMS.fetch_add(1, Ordering::Relaxed) + 1;
+            PEAK_ITEMS.fetch_max(now, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.size() == ITEM {
+            LIVE_ITEMS.fetch_sub(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn a_stalled_sink_pauses_the_source_within_the_budget() {
+    const BUDGET: usize = 64 * ITEM;
+    let budget = ByteBudget::new(BUDGET);
+    let stalled = Arc::new(AtomicBool::new(true));
+    let gate = stalled.clone();
+    let b = PipelineBuilder::new();
+    // An endless source allocating a fresh buffer per item (created lazily, on pull).
+    let items = IterSource((0u64..).map(|i| vec![(i % 251) as u8; ITEM]));
+    b.source("make", budget.charge(items, |v: &Vec<u8>| v.len()))
+        .then("touch", stage::map(|v: Vec<u8>| v))
+        .sink(
+            "slow",
+            budget.release_after(
+                stage::for_each(move |v: Vec<u8>| {
+                    while gate.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    std::hint::black_box(v);
+                }),
+                |v: &Vec<u8>| v.len(),
+            ),
+        );
+    // Big rings: without the budget, thousands of items would queue up.
+    let running =
+        Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(4096)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let peak_while_stalled = PEAK_ITEMS.load(Ordering::Relaxed);
+    assert!(budget.in_flight() <= BUDGET);
+    stalled.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(100));
+    let snap = running.snapshot();
+    assert!(
+        snap.stage("slow").unwrap().items_in > 64,
+        "the sink resumed and items flowed"
+    );
+    running.abort().unwrap();
+    // The sink holds one item while stalled; the budget covers everything in flight.
+    assert!(
+        peak_while_stalled * ITEM <= BUDGET + 2 * ITEM,
+        "{peak_while_stalled} item buffers alive at once; the budget allows {}",
+        BUDGET / ITEM
+    );
+    assert!(PEAK_ITEMS.load(Ordering::Relaxed) * ITEM <= BUDGET + 2 * ITEM);
+}
