@@ -41,6 +41,8 @@ pub mod ring;
 pub mod signal;
 
 #[cfg(not(loom))]
+pub mod allocator;
+#[cfg(not(loom))]
 pub mod controller;
 #[cfg(not(loom))]
 mod handles;

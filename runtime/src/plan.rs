@@ -175,6 +175,11 @@ impl Plan {
 
     /// Resolves the plan against a pipeline's stage names (in pipeline order).
     pub fn resolve(&self, stages: &[&str]) -> Result<ResolvedPlan, PlanError> {
+        self.resolve_for(stages, available_cpus())
+    }
+
+    /// Resolves the plan for a machine with `cpus` CPUs (ids `0..cpus`).
+    pub fn resolve_for(&self, stages: &[&str], cpus: usize) -> Result<ResolvedPlan, PlanError> {
         if self.ring_capacity == 0 || self.ring_overrides.values().any(|c| *c == 0) {
             return Err(PlanError::ZeroRing);
         }
@@ -224,7 +229,7 @@ impl Plan {
                 groups
             }
         };
-        let cpus = available_cpus();
+        let cpus = cpus.max(1);
         let mut workers = Vec::new();
         for (index, (nodes, pin)) in groups.into_iter().enumerate() {
             let core = match pin {
@@ -318,7 +323,7 @@ pub struct ResolvedWorker {
 }
 
 /// Why a plan does not fit a pipeline or this machine.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
     /// The plan names a stage the pipeline does not have.
     #[error("the plan names stage `{0}`, which the pipeline does not have; check the names passed to the builder")]
@@ -340,6 +345,30 @@ pub enum PlanError {
     /// A burst of zero would never make progress.
     #[error("stage `{0}` has burst size 0; use at least 1")]
     ZeroBurst(String),
+    /// More dedicated workers than CPUs.
+    #[error("the stages need {wanted} CPUs of their own but this machine has {cpus}; share some (Cores::Share) or fuse them")]
+    NotEnoughCores {
+        /// CPUs asked for.
+        wanted: usize,
+        /// CPUs available.
+        cpus: usize,
+    },
+    /// Two stages asked for the same CPU of their own.
+    #[error(
+        "two stages ask for CPU {core} of their own; give one another CPU or Cores::Dedicated"
+    )]
+    CoreTwice {
+        /// The CPU.
+        core: usize,
+    },
+    /// A share that is not a positive number.
+    #[error("stage `{stage}` asks for a share of weight {weight}; use a positive number")]
+    BadShare {
+        /// The stage.
+        stage: String,
+        /// The weight given.
+        weight: f64,
+    },
     /// A plan file that is not valid.
     #[error("plan file: {0}")]
     File(String),
