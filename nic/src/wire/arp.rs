@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use super::ethernet::{ethertype, MacAddr};
-use super::field::{array, be16, need, set_be16};
+use super::field::{array, be16, need, set_be16, view_constructors};
 use super::WireError;
 
 const LAYER: &str = "arp";
@@ -56,20 +56,7 @@ pub struct ArpPacket<T> {
 }
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
-    /// Wraps a buffer without checking it; accessors panic if it is shorter than
-    /// [`ARP_LEN`].
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after checking its length and that it is Ethernet/IPv4 ARP.
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check()?;
-        Ok(p)
-    }
+    view_constructors!(check, ARP_LEN);
 
     /// Checks the length and the hardware/protocol types and sizes.
     #[inline]
@@ -95,12 +82,6 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
             return unsupported("plen", self.plen().into());
         }
         Ok(())
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Hardware type (1 = Ethernet).

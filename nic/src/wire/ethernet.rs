@@ -5,7 +5,7 @@
 //! the first tag (QinQ) is recognised as well. [`EthernetFrame::vlan`] reports the
 //! outer VLAN id, [`EthernetFrame::ethertype`] the innermost type.
 
-use super::field::{array, be16, need, set_be16};
+use super::field::{array, be16, need, set_be16, view_constructors};
 pub use super::mac::MacAddr;
 use super::WireError;
 
@@ -44,21 +44,7 @@ pub struct EthernetFrame<T> {
 }
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
-    /// Wraps a buffer without checking it; accessors panic if it is shorter than
-    /// [`ETHERNET_HEADER_LEN`]. Use for emitting into a buffer of known size.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after checking that it holds the whole header, tags included;
-    /// no accessor of the result can panic.
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let f = Self::new_unchecked(buffer);
-        f.check_len()?;
-        Ok(f)
-    }
+    view_constructors!(check_len, ETHERNET_HEADER_LEN);
 
     /// Checks that the buffer holds the header, tags included.
     #[inline]
@@ -72,12 +58,6 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
             }
         }
         Ok(())
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Number of VLAN tags (0..=2); a tag is only counted when the buffer holds it.

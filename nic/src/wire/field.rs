@@ -50,3 +50,40 @@ pub(crate) fn need(layer: &'static str, b: &[u8], needed: usize) -> Result<(), s
         Ok(())
     }
 }
+
+/// The constructors every view shares: `new_unchecked`, `new_checked` (which runs the
+/// view's own length check) and `into_inner`. Expanded inside `impl<T: AsRef<[u8]>>`.
+macro_rules! view_constructors {
+    ($check:ident, $min:ident) => {
+        #[doc = concat!(
+            "Wraps a buffer without checking it; fixed-field accessors panic if it is shorter than [`",
+            stringify!($min),
+            "`]. Use for emitting into a buffer you sized."
+        )]
+        #[inline]
+        pub const fn new_unchecked(buffer: T) -> Self {
+            Self { buffer }
+        }
+
+        #[doc = concat!(
+            "Wraps a buffer after [`",
+            stringify!($check),
+            "`](Self::",
+            stringify!($check),
+            "); no accessor of the result can panic."
+        )]
+        #[inline]
+        pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+            let p = Self::new_unchecked(buffer);
+            p.$check()?;
+            Ok(p)
+        }
+
+        /// The wrapped buffer.
+        #[inline]
+        pub fn into_inner(self) -> T {
+            self.buffer
+        }
+    };
+}
+pub(crate) use view_constructors;

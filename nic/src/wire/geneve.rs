@@ -27,7 +27,7 @@
 //! with a bigger option area still view and decapsulate fine through
 //! [`GenevePacket`]; only `GeneveRepr::parse` rejects them as `Unsupported`.
 
-use super::field::{be16, be32, need, set_be16, set_be32};
+use super::field::{be16, be32, need, set_be16, set_be32, view_constructors};
 pub use super::geneve_opt::{GeneveOption, GeneveOptionList, GeneveOptions};
 use super::WireError;
 
@@ -49,21 +49,7 @@ pub struct GenevePacket<T> {
 }
 
 impl<T: AsRef<[u8]>> GenevePacket<T> {
-    /// Wraps a buffer without checking it; accessors panic if it is shorter than
-    /// [`GENEVE_HEADER_LEN`].
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`check_len`](Self::check_len); no accessor of the result
-    /// can panic. (Individual TLVs are checked as they are iterated.)
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, GENEVE_HEADER_LEN);
 
     /// Checks the version (0) and that header and option area fit in the buffer.
     #[inline]
@@ -80,12 +66,6 @@ impl<T: AsRef<[u8]>> GenevePacket<T> {
             return Err(WireError::OptionsOverflow { layer: LAYER });
         }
         Ok(())
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Version (0).

@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::field::{array, be16, need, set_be16};
+use super::field::{array, be16, need, set_be16, view_constructors};
 use super::WireError;
 
 const LAYER: &str = "ipv4";
@@ -23,21 +23,7 @@ pub struct Ipv4Packet<T> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
-    /// Wraps a buffer without checking it; fixed-field accessors panic if it is
-    /// shorter than [`IPV4_HEADER_LEN`]. Use for emitting.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`check_len`](Self::check_len); no accessor of the result
-    /// can panic.
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, IPV4_HEADER_LEN);
 
     /// Checks version, header length and total length against each other and the
     /// buffer.
@@ -69,12 +55,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
             });
         }
         need(LAYER, b, tl)
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Version (4).

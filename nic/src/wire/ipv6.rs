@@ -8,7 +8,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::field::{array, be16, be32, need, set_be16, set_be32};
+use super::field::{array, be16, be32, need, set_be16, set_be32, view_constructors};
 use super::ip_proto;
 use super::WireError;
 
@@ -27,21 +27,7 @@ pub struct Ipv6Packet<T> {
 }
 
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
-    /// Wraps a buffer without checking it; fixed-field accessors panic if it is
-    /// shorter than [`IPV6_HEADER_LEN`]. Use for emitting.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`check_len`](Self::check_len); no accessor of the result
-    /// can panic.
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, IPV6_HEADER_LEN);
 
     /// Checks the version and that header and payload fit in the buffer.
     #[inline]
@@ -55,12 +41,6 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             });
         }
         need(LAYER, b, IPV6_HEADER_LEN + usize::from(self.payload_len()))
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Version (6).

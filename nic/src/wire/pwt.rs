@@ -31,7 +31,7 @@
 //! PWT runs over UDP port [`PWT_PORT`] (7470).
 
 use super::checksum;
-use super::field::{be16, be32, need, set_be16, set_be32};
+use super::field::{be16, be32, need, set_be16, set_be32, view_constructors};
 use super::WireError;
 
 const LAYER: &str = "pwt";
@@ -52,21 +52,7 @@ pub struct PwtPacket<T> {
 }
 
 impl<T: AsRef<[u8]>> PwtPacket<T> {
-    /// Wraps a buffer without checking it; accessors panic if it is shorter than
-    /// [`PWT_HEADER_LEN`].
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`check_len`](Self::check_len); no accessor of the result
-    /// can panic. (The checksum is verified by [`PwtRepr::parse`].)
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, PWT_HEADER_LEN);
 
     /// Checks the version, that HLen is at least 3 and that the header fits.
     #[inline]
@@ -91,12 +77,6 @@ impl<T: AsRef<[u8]>> PwtPacket<T> {
             return Err(WireError::OptionsOverflow { layer: LAYER });
         }
         Ok(())
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Version (1).

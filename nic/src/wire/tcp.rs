@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::checksum;
-use super::field::{be16, be32, need, set_be16, set_be32};
+use super::field::{be16, be32, need, set_be16, set_be32, view_constructors};
 use super::ip_proto;
 pub use super::tcp_flags::TcpFlags;
 use super::WireError;
@@ -23,21 +23,7 @@ pub struct TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
-    /// Wraps a buffer without checking it; fixed-field accessors panic if it is
-    /// shorter than [`TCP_HEADER_LEN`]. Use for emitting.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`check_len`](Self::check_len); no accessor of the result
-    /// can panic.
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, TCP_HEADER_LEN);
 
     /// Checks that the data offset is at least 5 and the header, options included,
     /// fits in the buffer.
@@ -54,12 +40,6 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
             });
         }
         need(LAYER, b, hl)
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Source port.

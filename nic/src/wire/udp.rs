@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::checksum;
-use super::field::{be16, need, set_be16};
+use super::field::{be16, need, set_be16, view_constructors};
 use super::ip_proto;
 use super::WireError;
 
@@ -22,21 +22,7 @@ pub struct UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
-    /// Wraps a buffer without checking it; accessors panic if it is shorter than
-    /// [`UDP_HEADER_LEN`]. Use for emitting.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`check_len`](Self::check_len); no accessor of the result
-    /// can panic.
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, UDP_HEADER_LEN);
 
     /// Checks that the length field is at least 8 and fits in the buffer.
     #[inline]
@@ -52,12 +38,6 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
             });
         }
         need(LAYER, b, len)
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Source port.

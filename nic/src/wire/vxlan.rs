@@ -12,7 +12,7 @@
 //! The payload is an Ethernet frame. The I flag must be set; reserved bits are
 //! ignored on parse and written as zero on emit.
 
-use super::field::{be32, need, set_be32};
+use super::field::{be32, need, set_be32, view_constructors};
 use super::WireError;
 
 const LAYER: &str = "vxlan";
@@ -33,32 +33,12 @@ pub struct VxlanPacket<T> {
 }
 
 impl<T: AsRef<[u8]>> VxlanPacket<T> {
-    /// Wraps a buffer without checking it; accessors panic if it is shorter than
-    /// [`VXLAN_HEADER_LEN`].
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after checking that it holds the header; no accessor of the
-    /// result can panic. (The I flag is checked by [`VxlanRepr::parse`].)
-    #[inline]
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
+    view_constructors!(check_len, VXLAN_HEADER_LEN);
 
     /// Checks that the buffer holds the header.
     #[inline]
     pub fn check_len(&self) -> Result<(), WireError> {
         need(LAYER, self.buffer.as_ref(), VXLAN_HEADER_LEN)
-    }
-
-    /// The wrapped buffer.
-    #[inline]
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// The flags byte.
