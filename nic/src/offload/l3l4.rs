@@ -1,6 +1,7 @@
 //! Locating the L3 and L4 headers of an Ethernet frame, bounds-checked.
 
 use super::OffloadError;
+use crate::wire::{ethertype, EthernetFrame, Ipv4Packet, Ipv6Packet, IPV6_HEADER_LEN};
 
 /// The network layer of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,59 +28,38 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// Finds the headers of an Ethernet (optionally 802.1Q-tagged) IPv4/IPv6 frame.
+    /// Finds the headers of an Ethernet (optionally VLAN-tagged) IPv4/IPv6 frame,
+    /// validated by the wire views. IPv6 extension headers are not walked: the L4
+    /// header must follow the fixed header (offloads of such frames are refused).
     pub fn parse(data: &[u8]) -> Result<Self, OffloadError> {
-        let be16 = |at: usize| -> Result<u16, OffloadError> {
-            data.get(at..at + 2)
-                .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                .ok_or(OffloadError::Malformed("truncated"))
-        };
-        let mut l3_off = 14;
-        let mut ethertype = be16(12)?;
-        if ethertype == 0x8100 {
-            ethertype = be16(16)?;
-            l3_off = 18;
-        }
-        match ethertype {
-            0x0800 => {
-                let vihl = *data
-                    .get(l3_off)
-                    .ok_or(OffloadError::Malformed("truncated ipv4"))?;
-                let ihl = usize::from(vihl & 0x0f) * 4;
-                if vihl >> 4 != 4 || ihl < 20 {
-                    return Err(OffloadError::Malformed("ipv4 version/ihl"));
-                }
-                let total = usize::from(be16(l3_off + 2)?);
-                let ip_end = l3_off + total;
-                if total < ihl || ip_end > data.len() {
-                    return Err(OffloadError::Malformed("ipv4 total length"));
-                }
-                let frag = be16(l3_off + 6)?;
-                if frag & 0x3fff != 0 {
+        let eth =
+            EthernetFrame::new_checked(data).map_err(|_| OffloadError::Malformed("truncated"))?;
+        let l3_off = eth.header_len();
+        let l3 = &data[l3_off..];
+        match eth.ethertype() {
+            ethertype::IPV4 => {
+                let ip = Ipv4Packet::new_checked(l3)
+                    .map_err(|_| OffloadError::Malformed("ipv4 header"))?;
+                if ip.is_fragment() {
                     return Err(OffloadError::Unsegmentable("ipv4 fragment"));
                 }
                 Ok(Self {
                     l3: L3::V4,
                     l3_off,
-                    l4_off: l3_off + ihl,
-                    protocol: data[l3_off + 9],
-                    ip_end,
+                    l4_off: l3_off + ip.header_len(),
+                    protocol: ip.protocol(),
+                    ip_end: l3_off + usize::from(ip.total_len()),
                 })
             }
-            0x86DD => {
-                if data.len() < l3_off + 40 || data[l3_off] >> 4 != 6 {
-                    return Err(OffloadError::Malformed("ipv6 header"));
-                }
-                let ip_end = l3_off + 40 + usize::from(be16(l3_off + 4)?);
-                if ip_end > data.len() {
-                    return Err(OffloadError::Malformed("ipv6 payload length"));
-                }
+            ethertype::IPV6 => {
+                let ip = Ipv6Packet::new_checked(l3)
+                    .map_err(|_| OffloadError::Malformed("ipv6 header"))?;
                 Ok(Self {
                     l3: L3::V6,
                     l3_off,
-                    l4_off: l3_off + 40,
-                    protocol: data[l3_off + 6],
-                    ip_end,
+                    l4_off: l3_off + IPV6_HEADER_LEN,
+                    protocol: ip.next_header(),
+                    ip_end: l3_off + IPV6_HEADER_LEN + usize::from(ip.payload_len()),
                 })
             }
             _ => Err(OffloadError::Unsegmentable("not IPv4/IPv6")),
