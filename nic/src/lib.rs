@@ -13,7 +13,11 @@ mod frame;
 #[cfg(not(loom))]
 pub mod offload;
 #[cfg(not(loom))]
+pub mod host;
+#[cfg(not(loom))]
 pub mod pipeline;
+#[cfg(not(loom))]
+pub mod port;
 #[cfg(not(loom))]
 mod pool;
 pub mod rules;

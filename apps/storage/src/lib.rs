@@ -1,0 +1,1 @@
+//! The storage commit chain (being written).

@@ -1,0 +1,1 @@
+//! Host harness (being written).
