@@ -41,9 +41,10 @@ pub use pipewright_stages::{
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::{
-    available_cpus, controller, plan_file, ring, signal, uring, ApplyError, EdgeKind, Input,
-    Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError, Report, RunError, Running,
-    Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError, Stream, TrySendError,
+    available_cpus, controller, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
+    EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError, Report,
+    RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
+    Stream, TrySendError,
 };
 
 #[cfg(feature = "prometheus")]

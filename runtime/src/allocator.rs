@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::budget::ActivationBudget;
 use crate::plan::{available_cpus, Pin, Plan, PlanError};
 
 /// What one stage needs.
@@ -15,6 +16,8 @@ pub struct Need {
     pub ring: Option<usize>,
     /// Its burst size, if it cares.
     pub burst: Option<usize>,
+    /// Items and time per activation, if more than one burst.
+    pub activation: Option<ActivationBudget>,
 }
 
 /// A stage's claim on CPU.
@@ -35,6 +38,7 @@ impl Default for Need {
             cores: Cores::Share(1.0),
             ring: None,
             burst: None,
+            activation: None,
         }
     }
 }
@@ -199,6 +203,9 @@ impl Allocator {
             let need = self.need_of(s);
             if let Some(r) = need.ring {
                 plan = plan.ring_capacity_for(s, r);
+            }
+            if let Some(a) = need.activation {
+                plan = plan.activation(s, a);
             }
             if let Some(b) = need.burst {
                 plan = plan.burst(s, b);

@@ -43,6 +43,8 @@ pub mod signal;
 #[cfg(not(loom))]
 pub mod allocator;
 #[cfg(not(loom))]
+mod budget;
+#[cfg(not(loom))]
 pub mod controller;
 #[cfg(not(loom))]
 mod handles;
@@ -71,6 +73,8 @@ pub mod uring;
 #[cfg(not(loom))]
 mod worker;
 
+#[cfg(not(loom))]
+pub use budget::ActivationBudget;
 #[cfg(not(loom))]
 pub use handles::{Input, Output, SendError, TrySendError};
 #[cfg(not(loom))]

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::budget::ActivationBudget;
+
 /// Default slots per inter-worker ring.
 pub const DEFAULT_RING_CAPACITY: usize = 1024;
 
@@ -55,6 +57,7 @@ pub struct Plan {
     ring_capacity: usize,
     ring_overrides: HashMap<String, usize>,
     bursts: HashMap<String, usize>,
+    activations: HashMap<String, ActivationBudget>,
     adaptive: bool,
 }
 
@@ -79,6 +82,7 @@ impl Plan {
             ring_capacity: DEFAULT_RING_CAPACITY,
             ring_overrides: HashMap::new(),
             bursts: HashMap::new(),
+            activations: HashMap::new(),
             adaptive: false,
         }
     }
@@ -153,6 +157,24 @@ impl Plan {
         self
     }
 
+    /// Sets how much `stage` may do per activation before its worker moves on (see
+    /// [`ActivationBudget`]; the default is one burst).
+    pub fn activation(mut self, stage: &str, budget: ActivationBudget) -> Self {
+        self.activations.insert(stage.to_string(), budget);
+        self
+    }
+
+    pub(crate) fn activation_for(&self, stage: &str) -> ActivationBudget {
+        self.activations.get(stage).copied().unwrap_or_default()
+    }
+
+    pub(crate) fn activations_map(&self) -> Vec<(String, ActivationBudget)> {
+        self.activations
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     /// Sets the burst size of every stage.
     pub fn burst_all(mut self, burst: usize) -> Self {
         self.bursts.insert(ALL.to_string(), burst);
@@ -186,7 +208,20 @@ impl Plan {
         if let Some((stage, _)) = self.bursts.iter().find(|(_, b)| **b == 0) {
             return Err(PlanError::ZeroBurst(stage.clone()));
         }
-        for name in self.bursts.keys().chain(self.ring_overrides.keys()) {
+        for (stage, budget) in &self.activations {
+            if let Some(what) = budget.invalid() {
+                return Err(PlanError::BadBudget {
+                    stage: stage.clone(),
+                    what,
+                });
+            }
+        }
+        for name in self
+            .bursts
+            .keys()
+            .chain(self.ring_overrides.keys())
+            .chain(self.activations.keys())
+        {
             if name != ALL && !stages.contains(&name.as_str()) {
                 return Err(PlanError::UnknownStage(name.clone()));
             }
@@ -368,6 +403,14 @@ pub enum PlanError {
         stage: String,
         /// The weight given.
         weight: f64,
+    },
+    /// A budget that would never let the stage make progress.
+    #[error("stage `{stage}` has {what}; give it at least one item and a non-zero time, or leave the budget out for one burst per activation")]
+    BadBudget {
+        /// The stage.
+        stage: String,
+        /// What is wrong.
+        what: &'static str,
     },
     /// A plan file that is not valid.
     #[error("plan file: {0}")]

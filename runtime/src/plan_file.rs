@@ -11,6 +11,10 @@
 //! [rings]
 //! sink = 4096     # the ring in front of `sink`
 //!
+//! [activation.checksum]   # per activation: up to 256 items, at most 50 µs
+//! items = 256
+//! time_us = 50
+//!
 //! [[worker]]
 //! stages = ["parse", "checksum"]
 //! cpu = 0
@@ -27,6 +31,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::ActivationBudget;
 use crate::plan::{Pin, Plan, PlanError};
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -42,8 +47,19 @@ struct PlanFile {
     bursts: BTreeMap<String, usize>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     rings: BTreeMap<String, usize>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    activation: BTreeMap<String, ActivationFile>,
     #[serde(default, rename = "worker", skip_serializing_if = "Vec::is_empty")]
     workers: Vec<WorkerFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ActivationFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    items: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_us: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -120,6 +136,15 @@ impl Plan {
         for (stage, capacity) in &file.rings {
             plan = plan.ring_capacity_for(stage, *capacity);
         }
+        for (stage, a) in &file.activation {
+            plan = plan.activation(
+                stage,
+                ActivationBudget {
+                    items: a.items,
+                    time: a.time_us.map(std::time::Duration::from_micros),
+                },
+            );
+        }
         if file.adaptive {
             plan = plan.adaptive();
         }
@@ -139,6 +164,17 @@ impl Plan {
             }),
             bursts: self.bursts_map().into_iter().collect(),
             rings: self.rings_map().into_iter().collect(),
+            activation: self
+                .activations_map()
+                .into_iter()
+                .map(|(stage, a)| {
+                    let file = ActivationFile {
+                        items: a.items,
+                        time_us: a.time.map(|t| t.as_micros() as u64),
+                    };
+                    (stage, file)
+                })
+                .collect(),
             workers: workers
                 .into_iter()
                 .map(|w| WorkerFile {

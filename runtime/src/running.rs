@@ -158,7 +158,9 @@ impl Runtime {
             .collect();
         let mailboxes =
             adaptive.then(|| Arc::new(Mailboxes::new(worker_signals.clone(), owners.clone())));
-        let mut control = Control::new(resolved.workers.len(), async_tasks);
+        let budgets = names.iter().map(|n| plan.activation_for(n)).collect();
+        let mut control =
+            Control::new(resolved.workers.len(), async_tasks).with_activation_budgets(budgets);
         if let Some(m) = &mailboxes {
             let sync_nodes = owners.iter().filter(|o| o.is_some()).count();
             control = control.with_mailboxes(m.clone(), sync_nodes);

@@ -4,11 +4,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pipewright_stages::exec::{Activation, ErasedNode, NodeKind, TaskContext};
 use pipewright_stages::StageFailure;
 
+use crate::budget::ActivationBudget;
 use crate::mailbox::{Command, Mailboxes};
 use crate::signal::Signal;
 use crate::transport::RingTransport;
@@ -39,6 +40,8 @@ pub(crate) struct Control {
     pub(crate) mailboxes: Option<Arc<Mailboxes>>,
     /// Sync stages not yet finished (used when stages may move).
     pub(crate) unfinished: std::sync::atomic::AtomicUsize,
+    /// Per-activation budget of each node, by node id.
+    pub(crate) activation: Vec<ActivationBudget>,
 }
 
 impl std::fmt::Debug for Control {
@@ -62,7 +65,14 @@ impl Control {
             input_closers: Mutex::new(Vec::new()),
             mailboxes: None,
             unfinished: Default::default(),
+            activation: Vec::new(),
         }
+    }
+
+    /// Sets each node's per-activation budget (by node id).
+    pub(crate) fn with_activation_budgets(mut self, budgets: Vec<ActivationBudget>) -> Self {
+        self.activation = budgets;
+        self
     }
 
     /// Lets stages move between workers (see [`Mailboxes`]).
@@ -327,6 +337,28 @@ fn run(setup: WorkerSetup) {
     });
 }
 
+/// Activates a node for one burst, or, with a larger budget, for bursts until the
+/// budget is spent or the node stops making progress. Returns the last activation
+/// and whether bursts before it made progress.
+#[inline]
+fn activate_within(slot: &mut Slot, budget: ActivationBudget) -> (Activation, bool) {
+    let start = budget.time.map(|_| Instant::now());
+    let first = slot.node.activate();
+    if budget.is_single_burst() || first != Activation::Progress {
+        return (first, false);
+    }
+    let burst = slot.node.burst();
+    let mut charged = burst;
+    let elapsed = || start.map_or(Duration::ZERO, |s| s.elapsed());
+    while budget.allows_more(charged, elapsed) {
+        match slot.node.activate() {
+            Activation::Progress => charged += burst,
+            other => return (other, true),
+        }
+    }
+    (Activation::Progress, true)
+}
+
 /// A sync node on a worker, with its id (pipeline order) and whether it finished.
 struct Slot {
     id: usize,
@@ -426,7 +458,15 @@ impl SyncLoop<'_> {
             }
             let mut throttle: Option<Duration> = None;
             for slot in self.slots.iter_mut().filter(|s| !s.done) {
-                match slot.node.activate() {
+                let budget = self
+                    .control
+                    .activation
+                    .get(slot.id)
+                    .copied()
+                    .unwrap_or_default();
+                let (activation, earlier_progress) = activate_within(slot, budget);
+                progress |= earlier_progress;
+                match activation {
                     Activation::Progress => progress = true,
                     Activation::Finished => {
                         slot.done = true;
