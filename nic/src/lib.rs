@@ -11,15 +11,15 @@
 #[cfg(not(loom))]
 mod frame;
 #[cfg(not(loom))]
-pub mod offload;
-#[cfg(not(loom))]
 pub mod host;
+#[cfg(not(loom))]
+pub mod offload;
 #[cfg(not(loom))]
 pub mod pipeline;
 #[cfg(not(loom))]
-pub mod port;
-#[cfg(not(loom))]
 mod pool;
+#[cfg(not(loom))]
+pub mod port;
 pub mod rules;
 pub(crate) mod sync;
 #[cfg(not(loom))]
