@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pipewright::uring::{FileReader, FileSink, ReadRange};
-use pipewright::{IterSource, PipelineBuilder, Plan, Runtime};
+use pipewright::uring::{BufferPool, FileReader, FileSink, ReadRange};
+use pipewright::{IterSource, PipelineBuilder, Plan, Runtime, UringBudget};
 
 const RECORD: usize = 512;
 const BATCH: usize = 64;
@@ -83,15 +83,24 @@ fn evict(path: &Path) {
 
 fn ours_read(path: &Path, size: u64) -> f64 {
     evict(path);
+    let pool = BufferPool::new(16, 1 << 20).expect("buffer pool");
     let b = PipelineBuilder::new();
     let chunks = b
         .source("ranges", IterSource(ReadRange::chunks(size, 1 << 20)))
         .burst(8)
-        .then_async("read", FileReader::open(path).expect("open"))
+        .then_async("read", FileReader::with_buffers(path, pool).expect("open"))
         .burst(8)
         .output("chunks");
+    // The reader's I/O budget: 16 reads in flight into 16 registered 1 MiB buffers.
+    let plan = Plan::fused().uring(
+        "read",
+        UringBudget {
+            sq_entries: 16,
+            fixed_buffers: 16,
+        },
+    );
     let start = Instant::now();
-    let mut running = Runtime::start(b.build().expect("pipeline"), Plan::fused()).expect("start");
+    let mut running = Runtime::start(b.build().expect("pipeline"), plan).expect("start");
     let rx = running.output(&chunks).expect("output");
     let reader = std::thread::spawn(move || rx.map(|c| c.data.len() as u64).sum::<u64>());
     running.join().expect("run");

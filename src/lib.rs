@@ -44,7 +44,7 @@ pub use pipewright_runtime::{
     available_cpus, controller, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
     EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError, Report,
     RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
-    Stream, TrySendError,
+    Stream, TrySendError, UringBudget,
 };
 
 #[cfg(feature = "prometheus")]

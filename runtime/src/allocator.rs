@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::budget::ActivationBudget;
+use crate::budget::{ActivationBudget, UringBudget};
 use crate::plan::{available_cpus, Pin, Plan, PlanError};
 
 /// What one stage needs.
@@ -18,6 +18,8 @@ pub struct Need {
     pub burst: Option<usize>,
     /// Items and time per activation, if more than one burst.
     pub activation: Option<ActivationBudget>,
+    /// What it needs of its worker's io_uring, if it does I/O.
+    pub uring: Option<UringBudget>,
 }
 
 /// A stage's claim on CPU.
@@ -39,6 +41,7 @@ impl Default for Need {
             ring: None,
             burst: None,
             activation: None,
+            uring: None,
         }
     }
 }
@@ -203,6 +206,9 @@ impl Allocator {
             let need = self.need_of(s);
             if let Some(r) = need.ring {
                 plan = plan.ring_capacity_for(s, r);
+            }
+            if let Some(u) = need.uring {
+                plan = plan.uring(s, u);
             }
             if let Some(a) = need.activation {
                 plan = plan.activation(s, a);

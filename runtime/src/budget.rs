@@ -91,6 +91,46 @@ impl ActivationBudget {
     }
 }
 
+/// What an I/O stage needs of its worker's io_uring: submission queue entries (the
+/// operations it keeps in flight) and fixed-buffer table slots (for a
+/// [`BufferPool`](crate::uring::BufferPool) registered with the ring). A worker's ring
+/// is sized by the sum over the stages it runs.
+///
+/// ```
+/// use pipewright_runtime::{Plan, UringBudget};
+///
+/// // Up to 64 reads in flight, into 64 registered buffers.
+/// let plan = Plan::fused().uring("read", UringBudget { sq_entries: 64, fixed_buffers: 64 });
+/// assert!(plan.resolve(&["ranges", "read", "sink"]).is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringBudget {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Fixed-buffer table slots.
+    pub fixed_buffers: u32,
+}
+
+/// The kernel's limit on a ring's entries (`IORING_MAX_ENTRIES`).
+pub(crate) const MAX_URING_ENTRIES: u32 = 32_768;
+/// The kernel's limit on registered buffers (`IORING_MAX_REG_BUFFERS`).
+pub(crate) const MAX_FIXED_BUFFERS: u32 = 16_384;
+
+impl UringBudget {
+    /// Why the budget cannot be met, if it cannot.
+    pub(crate) fn invalid(&self) -> Option<&'static str> {
+        if self.sq_entries == 0 {
+            Some("an io_uring budget of 0 submission entries")
+        } else if self.sq_entries > MAX_URING_ENTRIES {
+            Some("more io_uring entries than the kernel allows (32768)")
+        } else if self.fixed_buffers > MAX_FIXED_BUFFERS {
+            Some("more fixed buffers than the kernel allows (16384)")
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

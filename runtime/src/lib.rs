@@ -74,7 +74,7 @@ pub mod uring;
 mod worker;
 
 #[cfg(not(loom))]
-pub use budget::ActivationBudget;
+pub use budget::{ActivationBudget, UringBudget};
 #[cfg(not(loom))]
 pub use handles::{Input, Output, SendError, TrySendError};
 #[cfg(not(loom))]

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::budget::ActivationBudget;
+use crate::budget::{ActivationBudget, UringBudget, MAX_FIXED_BUFFERS, MAX_URING_ENTRIES};
+use crate::uring::UringConfig;
 
 /// Default slots per inter-worker ring.
 pub const DEFAULT_RING_CAPACITY: usize = 1024;
@@ -58,6 +59,7 @@ pub struct Plan {
     ring_overrides: HashMap<String, usize>,
     bursts: HashMap<String, usize>,
     activations: HashMap<String, ActivationBudget>,
+    urings: HashMap<String, UringBudget>,
     adaptive: bool,
 }
 
@@ -83,6 +85,7 @@ impl Plan {
             ring_overrides: HashMap::new(),
             bursts: HashMap::new(),
             activations: HashMap::new(),
+            urings: HashMap::new(),
             adaptive: false,
         }
     }
@@ -164,6 +167,20 @@ impl Plan {
         self
     }
 
+    /// Declares what I/O `stage` needs of its worker's io_uring (see [`UringBudget`]).
+    pub fn uring(mut self, stage: &str, budget: UringBudget) -> Self {
+        self.urings.insert(stage.to_string(), budget);
+        self
+    }
+
+    pub(crate) fn uring_for(&self, stage: &str) -> Option<UringBudget> {
+        self.urings.get(stage).copied()
+    }
+
+    pub(crate) fn urings_map(&self) -> Vec<(String, UringBudget)> {
+        self.urings.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     pub(crate) fn activation_for(&self, stage: &str) -> ActivationBudget {
         self.activations.get(stage).copied().unwrap_or_default()
     }
@@ -216,11 +233,20 @@ impl Plan {
                 });
             }
         }
+        for (stage, budget) in &self.urings {
+            if let Some(what) = budget.invalid() {
+                return Err(PlanError::BadBudget {
+                    stage: stage.clone(),
+                    what,
+                });
+            }
+        }
         for name in self
             .bursts
             .keys()
             .chain(self.ring_overrides.keys())
             .chain(self.activations.keys())
+            .chain(self.urings.keys())
         {
             if name != ALL && !stages.contains(&name.as_str()) {
                 return Err(PlanError::UnknownStage(name.clone()));
@@ -273,7 +299,24 @@ impl Plan {
                 Pin::Auto => Some(index % cpus),
                 Pin::Float => None,
             };
-            workers.push(ResolvedWorker { nodes, core });
+            let mut uring: Option<UringConfig> = None;
+            for &node in &nodes {
+                if let Some(b) = self.uring_for(stages[node]) {
+                    let c = uring.get_or_insert(UringConfig {
+                        entries: 0,
+                        fixed_buffers: 0,
+                    });
+                    c.entries += b.sq_entries;
+                    c.fixed_buffers += b.fixed_buffers;
+                    if c.entries > MAX_URING_ENTRIES || c.fixed_buffers > MAX_FIXED_BUFFERS {
+                        return Err(PlanError::BadBudget {
+                            stage: stages[node].to_string(),
+                            what: "an io_uring budget that, with the other stages on its worker, exceeds the kernel's limits (32768 entries, 16384 fixed buffers)",
+                        });
+                    }
+                }
+            }
+            workers.push(ResolvedWorker { nodes, core, uring });
         }
         Ok(ResolvedPlan { workers })
     }
@@ -355,6 +398,9 @@ pub struct ResolvedWorker {
     pub nodes: Vec<usize>,
     /// CPU to pin to, if any.
     pub core: Option<usize>,
+    /// The worker's io_uring, sized by its stages' declared budgets (`None`: the
+    /// default ring, created only if a stage uses it).
+    pub uring: Option<UringConfig>,
 }
 
 /// Why a plan does not fit a pipeline or this machine.

@@ -15,6 +15,10 @@
 //! items = 256
 //! time_us = 50
 //!
+//! [uring.log]             # the io_uring share of an I/O stage
+//! sq_entries = 64
+//! fixed_buffers = 16
+//!
 //! [[worker]]
 //! stages = ["parse", "checksum"]
 //! cpu = 0
@@ -31,7 +35,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::ActivationBudget;
+use crate::budget::{ActivationBudget, UringBudget};
 use crate::plan::{Pin, Plan, PlanError};
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -49,6 +53,8 @@ struct PlanFile {
     rings: BTreeMap<String, usize>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     activation: BTreeMap<String, ActivationFile>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    uring: BTreeMap<String, UringFile>,
     #[serde(default, rename = "worker", skip_serializing_if = "Vec::is_empty")]
     workers: Vec<WorkerFile>,
 }
@@ -60,6 +66,14 @@ struct ActivationFile {
     items: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     time_us: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct UringFile {
+    sq_entries: u32,
+    #[serde(default)]
+    fixed_buffers: u32,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -136,6 +150,15 @@ impl Plan {
         for (stage, capacity) in &file.rings {
             plan = plan.ring_capacity_for(stage, *capacity);
         }
+        for (stage, u) in &file.uring {
+            plan = plan.uring(
+                stage,
+                UringBudget {
+                    sq_entries: u.sq_entries,
+                    fixed_buffers: u.fixed_buffers,
+                },
+            );
+        }
         for (stage, a) in &file.activation {
             plan = plan.activation(
                 stage,
@@ -164,6 +187,17 @@ impl Plan {
             }),
             bursts: self.bursts_map().into_iter().collect(),
             rings: self.rings_map().into_iter().collect(),
+            uring: self
+                .urings_map()
+                .into_iter()
+                .map(|(stage, u)| {
+                    let file = UringFile {
+                        sq_entries: u.sq_entries,
+                        fixed_buffers: u.fixed_buffers,
+                    };
+                    (stage, file)
+                })
+                .collect(),
             activation: self
                 .activations_map()
                 .into_iter()

@@ -365,6 +365,7 @@ impl Runtime {
                 signal: worker_signals[index].clone(),
                 nodes,
                 control: control.clone(),
+                uring: worker.uring,
             };
             match worker::spawn(setup) {
                 Ok(handle) => threads.push(handle),

@@ -235,6 +235,8 @@ pub(crate) struct WorkerSetup {
     /// Nodes in pipeline order, each with its own signal if it is async.
     pub(crate) nodes: Vec<WorkerNode>,
     pub(crate) control: Arc<Control>,
+    /// The worker's io_uring sizing from the plan, if its stages declared one.
+    pub(crate) uring: Option<crate::uring::UringConfig>,
 }
 
 /// Marks the worker done however its thread ends, so `drain` and `shutdown` never
@@ -266,7 +268,11 @@ fn run(setup: WorkerSetup) {
         signal,
         nodes,
         control,
+        uring,
     } = setup;
+    if let Some(config) = uring {
+        crate::uring::configure(config);
+    }
     let _done = DoneGuard(control.clone());
     if let Some(core) = core {
         // Pinning is best effort: in a container the CPU may be outside our cpuset.

@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
-use pipewright_runtime::uring::{FileReader, FileSink, ReadRange};
-use pipewright_runtime::{IterSource, PipelineBuilder, Plan, Runtime};
+use pipewright_runtime::uring::{self, BufferPool, Chunk, FileReader, FileSink, ReadRange};
+use pipewright_runtime::{
+    stage, IterSource, PipelineBuilder, Plan, PlanError, Runtime, UringBudget,
+};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pipewright-uring-{}-{name}", std::process::id()));
@@ -128,4 +130,155 @@ fn a_read_error_is_a_typed_failure_not_a_panic() {
         "EISDIR counted as an error drop"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Reads `content` back through a pooled reader under `plan`, the consumer dropping
+/// each chunk (returning its buffer) as it goes; returns the bytes and the number of
+/// fixed-buffer slots the reader's ring had registered.
+fn read_pooled_file(name: &str, content: &[u8], pool: BufferPool, plan: Plan) -> (Vec<u8>, u32) {
+    let path = scratch(name);
+    std::fs::write(&path, content).unwrap();
+    let b = PipelineBuilder::new();
+    let chunk_size = pool.buffer_size();
+    let chunks = b
+        .source(
+            "ranges",
+            IterSource(ReadRange::chunks(content.len() as u64, chunk_size)),
+        )
+        .then_async("read", FileReader::with_buffers(&path, pool).unwrap())
+        .then(
+            "probe",
+            stage::map(|c: Chunk| (c, uring::fixed_buffers_registered())),
+        )
+        .output("chunks");
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
+    let rx = running.output(&chunks).unwrap();
+    let consumer = std::thread::spawn(move || {
+        let mut rebuilt = Vec::new();
+        let mut registered = 0;
+        for (chunk, fixed) in rx {
+            assert_eq!(chunk.offset, rebuilt.len() as u64);
+            rebuilt.extend_from_slice(&chunk.data);
+            registered = registered.max(fixed);
+        }
+        (rebuilt, registered)
+    });
+    running.join().unwrap();
+    let result = consumer.join().unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    result
+}
+
+#[test]
+fn a_pooled_reader_uses_registered_buffers_when_the_plan_gives_them() {
+    let content: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    // A pool much smaller than a burst: the reader must not wait on its own chunks.
+    let pool = BufferPool::new(4, 256 * 1024).unwrap();
+    let plan = Plan::fused().burst_all(16).uring(
+        "read",
+        UringBudget {
+            sq_entries: 16,
+            fixed_buffers: 4,
+        },
+    );
+    let (rebuilt, registered) = read_pooled_file("pooled-fixed", &content, pool.clone(), plan);
+    assert_eq!(rebuilt, content);
+    assert_eq!(registered, 4, "the pool was registered as fixed buffers");
+    assert_eq!(pool.available(), 4, "every buffer came back");
+}
+
+#[test]
+fn a_pooled_reader_without_fixed_slots_reads_plainly() {
+    let content: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+    let pool = BufferPool::new(2, 64 * 1024).unwrap();
+    let (rebuilt, registered) =
+        read_pooled_file("pooled-plain", &content, pool, Plan::fused().burst_all(8));
+    assert_eq!(rebuilt, content);
+    assert_eq!(registered, 0);
+}
+
+#[test]
+fn a_range_longer_than_a_pooled_buffer_is_a_typed_failure() {
+    let path = scratch("pooled-long");
+    std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+    let pool = BufferPool::new(2, 4096).unwrap();
+    let b = PipelineBuilder::new();
+    let ranges = [
+        ReadRange {
+            offset: 0,
+            len: 4096,
+        },
+        ReadRange {
+            offset: 4096,
+            len: 5000,
+        },
+    ];
+    let chunks = b
+        .source("ranges", IterSource(ranges.into_iter()))
+        .then_async("read", FileReader::with_buffers(&path, pool).unwrap())
+        .output("chunks");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let rx = running.output(&chunks).unwrap();
+    let consumer = std::thread::spawn(move || rx.map(|c| c.data.len()).collect::<Vec<_>>());
+    let report = running.join().unwrap();
+    assert_eq!(consumer.join().unwrap(), vec![4096]);
+    assert_eq!(report.snapshot.stage("read").unwrap().dropped_total(), 1);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn uring_budgets_are_checked_at_plan_time() {
+    let stages = ["ranges", "read"];
+    let zero = Plan::fused().uring(
+        "read",
+        UringBudget {
+            sq_entries: 0,
+            fixed_buffers: 0,
+        },
+    );
+    assert!(matches!(
+        zero.resolve(&stages),
+        Err(PlanError::BadBudget { ref stage, .. }) if stage == "read"
+    ));
+    let too_many = Plan::fused()
+        .uring(
+            "ranges",
+            UringBudget {
+                sq_entries: 20_000,
+                fixed_buffers: 0,
+            },
+        )
+        .uring(
+            "read",
+            UringBudget {
+                sq_entries: 20_000,
+                fixed_buffers: 0,
+            },
+        );
+    let err = too_many.resolve(&stages).unwrap_err();
+    assert!(err.to_string().contains("kernel's limits"), "{err}");
+    let ok = Plan::spread(2)
+        .uring(
+            "ranges",
+            UringBudget {
+                sq_entries: 20_000,
+                fixed_buffers: 0,
+            },
+        )
+        .uring(
+            "read",
+            UringBudget {
+                sq_entries: 20_000,
+                fixed_buffers: 8,
+            },
+        )
+        .resolve_for(&stages, 2)
+        .unwrap();
+    assert_eq!(
+        ok.workers[1].uring,
+        Some(uring::UringConfig {
+            entries: 20_000,
+            fixed_buffers: 8
+        })
+    );
 }

@@ -3,29 +3,46 @@
 //! alive (and in place) until its completion has been reaped.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
 
-/// Sizing of a worker's io_uring.
-#[derive(Debug, Clone, Copy)]
+use super::buffers::{PooledBuf, Region};
+
+/// Sizing of a worker's io_uring: what the plan gives the worker from its stages'
+/// declared [`UringBudget`](crate::UringBudget)s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringConfig {
     /// Submission queue entries.
     pub entries: u32,
+    /// Slots of the ring's fixed-buffer table (0: none registered).
+    pub fixed_buffers: u32,
 }
 
 impl Default for UringConfig {
     fn default() -> Self {
-        Self { entries: 256 }
+        Self {
+            entries: 256,
+            fixed_buffers: 0,
+        }
     }
+}
+
+/// Buffer pools registered with a ring as fixed buffers: slot ranges of its sparse
+/// table. Each entry keeps its pool's memory alive as long as the ring may use it.
+struct FixedTable {
+    capacity: u32,
+    next: u32,
+    pools: Vec<(u64, u32, Arc<Region>)>,
 }
 
 enum Slot {
@@ -41,10 +58,34 @@ pub(crate) struct Driver {
     ring: IoUring,
     ops: Slab<Slot>,
     unsubmitted: bool,
+    fixed: FixedTable,
 }
 
 thread_local! {
     static DRIVER: RefCell<Option<Rc<RefCell<Driver>>>> = const { RefCell::new(None) };
+    static CONFIG: Cell<UringConfig> = const {
+        Cell::new(UringConfig {
+            entries: 256,
+            fixed_buffers: 0,
+        })
+    };
+}
+
+/// Sets how the calling thread's ring is sized when it is created (workers call this
+/// before their stages run, from the plan).
+pub(crate) fn configure(config: UringConfig) {
+    CONFIG.with(|c| c.set(config));
+}
+
+/// Fixed-buffer slots in use on the calling thread's ring (0 if it has none yet):
+/// how many pooled buffers are registered with it.
+pub fn fixed_buffers_registered() -> u32 {
+    DRIVER.with(|d| d.borrow().as_ref().map_or(0, |d| d.borrow().fixed.next))
+}
+
+/// The configuration the calling thread's ring is (or will be) created with.
+pub fn current_config() -> UringConfig {
+    CONFIG.with(|c| c.get())
 }
 
 impl Driver {
@@ -66,6 +107,37 @@ impl Driver {
                 _ => {}
             }
         }
+    }
+
+    /// The fixed-buffer index of `buf` on this ring, registering its pool on first use
+    /// if the table has room; `None`: use a plain (unregistered) operation.
+    fn fixed_index(&mut self, buf: &PooledBuf) -> Option<u16> {
+        let id = buf.pool_id();
+        if let Some((_, base, _)) = self.fixed.pools.iter().find(|(p, _, _)| *p == id) {
+            return u16::try_from(base + buf.index()).ok();
+        }
+        let region = buf.region();
+        let count = region.count as u32;
+        if self.fixed.capacity - self.fixed.next < count {
+            return None;
+        }
+        let iovecs: Vec<libc::iovec> = (0..region.count).map(|i| region.iovec(i)).collect();
+        // SAFETY: the iovecs describe `region`'s allocation, which the table keeps alive
+        // (an `Arc` in `fixed.pools`) for as long as the ring exists.
+        let registered = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(self.fixed.next, &iovecs, None)
+        };
+        if let Err(error) = registered {
+            tracing::debug!(target: "pipewright", %error, "fixed buffers not registered; using plain reads");
+            self.fixed.capacity = self.fixed.next;
+            return None;
+        }
+        let base = self.fixed.next;
+        self.fixed.next += count;
+        self.fixed.pools.push((id, base, region.clone()));
+        u16::try_from(base + buf.index()).ok()
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -97,7 +169,24 @@ fn current() -> io::Result<Rc<RefCell<Driver>>> {
     if let Some(d) = DRIVER.with(|d| d.borrow().clone()) {
         return Ok(d);
     }
-    let ring = IoUring::new(UringConfig::default().entries)?;
+    let config = current_config();
+    let ring = IoUring::new(config.entries.max(1))?;
+    let mut fixed = FixedTable {
+        capacity: 0,
+        next: 0,
+        pools: Vec::new(),
+    };
+    if config.fixed_buffers > 0 {
+        match ring
+            .submitter()
+            .register_buffers_sparse(config.fixed_buffers)
+        {
+            Ok(()) => fixed.capacity = config.fixed_buffers,
+            Err(error) => {
+                tracing::warn!(target: "pipewright", %error, slots = config.fixed_buffers, "cannot register a fixed-buffer table; reads use unregistered buffers")
+            }
+        }
+    }
     // SAFETY: eventfd(2) with valid flags; the result is checked before use and owned
     // from then on.
     let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -111,6 +200,7 @@ fn current() -> io::Result<Rc<RefCell<Driver>>> {
         ring,
         ops: Slab::new(),
         unsubmitted: false,
+        fixed,
     }));
     // SAFETY: `eventfd` is an open descriptor owned by the `OwnedFd` the AsyncFd takes
     // ownership of; it stays open, and the same, until the AsyncFd is dropped.
@@ -153,8 +243,12 @@ impl<T: 'static> Op<T> {
     /// Every pointer in `entry` must point into heap memory owned by `resource` that
     /// stays valid and in place while `resource` is alive (moving `resource` must not
     /// move that memory: a `Vec`'s buffer, not an inline array).
-    unsafe fn new(entry: squeue::Entry, resource: T) -> io::Result<Self> {
-        let driver = current()?;
+    /// On failure the resource comes back with the error (nothing was queued).
+    unsafe fn new(entry: squeue::Entry, resource: T) -> Result<Self, (io::Error, T)> {
+        let driver = match current() {
+            Ok(d) => d,
+            Err(e) => return Err((e, resource)),
+        };
         let index = {
             let mut d = driver.borrow_mut();
             let index = d.ops.insert(Slot::Waiting(None));
@@ -171,7 +265,10 @@ impl<T: 'static> Op<T> {
                     break;
                 }
                 // Queue full: hand what is queued to the kernel and make room.
-                d.ring.submit()?;
+                if let Err(e) = d.ring.submit() {
+                    d.ops.remove(index);
+                    return Err((e, resource));
+                }
                 d.reap();
             }
             d.unsubmitted = true;
@@ -254,7 +351,7 @@ pub async fn write_at(
             let (r, buf) = op.await;
             (r.map(|n| n as usize), buf)
         }
-        Err(e) => (Err(e), Vec::new()),
+        Err((e, buf)) => (Err(e), buf),
     }
 }
 
@@ -282,7 +379,46 @@ pub async fn read_at(
             }
             (r.map(|n| n as usize), buf)
         }
-        Err(e) => (Err(e), Vec::new()),
+        Err((e, buf)) => (Err(e), buf),
+    }
+}
+
+/// Reads up to `len` bytes (at most the buffer's capacity) at `offset` of `fd` into a
+/// pooled buffer, as a fixed-buffer read when the worker's ring has the pool
+/// registered (see [`UringBudget`](crate::UringBudget)); the buffer's length is set to
+/// the bytes read.
+pub async fn read_pooled(
+    fd: RawFd,
+    mut buf: PooledBuf,
+    len: usize,
+    offset: u64,
+) -> (io::Result<usize>, PooledBuf) {
+    let len32 = len.min(buf.capacity()).min(u32::MAX as usize) as u32;
+    let driver = match current() {
+        Ok(d) => d,
+        Err(e) => return (Err(e), buf),
+    };
+    let fixed = driver.borrow_mut().fixed_index(&buf);
+    let ptr = buf.as_mut_ptr();
+    let entry = match fixed {
+        Some(index) => opcode::ReadFixed::new(types::Fd(fd), ptr, len32, index)
+            .offset(offset)
+            .build(),
+        None => opcode::Read::new(types::Fd(fd), ptr, len32)
+            .offset(offset)
+            .build(),
+    };
+    // SAFETY: the entry points into `buf`'s part of its pool's region (`len32` <=
+    // capacity); the op owns `buf`, so the region and that part stay ours until done.
+    match unsafe { Op::new(entry, buf) } {
+        Ok(op) => {
+            let (r, mut buf) = op.await;
+            if let Ok(n) = r {
+                buf.set_len(n as usize);
+            }
+            (r.map(|n| n as usize), buf)
+        }
+        Err((e, buf)) => (Err(e), buf),
     }
 }
 
@@ -292,6 +428,6 @@ pub async fn fdatasync(fd: RawFd) -> io::Result<()> {
         .flags(types::FsyncFlags::DATASYNC)
         .build();
     // SAFETY: the entry refers to no memory.
-    let op = unsafe { Op::new(entry, ()) }?;
+    let op = unsafe { Op::new(entry, ()) }.map_err(|(e, ())| e)?;
     op.await.0.map(|_| ())
 }

@@ -2,12 +2,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use pipewright_stages::{AsyncStage, Burst, Failures, Outbox};
 
-use super::{fdatasync, read_at, write_at};
+use super::{fdatasync, read_at, read_pooled, write_at, BufferPool, PooledBuf};
 
 /// A record made durable by [`FileSink`]: where it is in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,28 +157,108 @@ impl ReadRange {
 }
 
 /// Bytes read by [`FileReader`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Chunk {
     /// Where they start in the file.
     pub offset: u64,
     /// The bytes (shorter than asked at the end of the file).
-    pub data: Vec<u8>,
+    pub data: ChunkBytes,
+}
+
+/// The bytes of a [`Chunk`]: its own allocation, or a buffer of the reader's pool that
+/// goes back to the pool when the chunk is dropped. Dereferences to `[u8]` either way.
+#[derive(Debug, PartialEq)]
+pub enum ChunkBytes {
+    /// A buffer of its own.
+    Owned(Vec<u8>),
+    /// A buffer of a [`BufferPool`].
+    Pooled(PooledBuf),
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Owned(v) => v,
+            ChunkBytes::Pooled(b) => b,
+        }
+    }
 }
 
 /// Reads ranges of a file through io_uring, a whole burst of reads in flight at once,
 /// emitting chunks in input order.
+///
+/// With [`FileReader::with_buffers`] it reads into a [`BufferPool`]: no allocation per
+/// chunk, at most the pool's buffers in flight (a reader whose consumer holds every
+/// buffer waits for one to come back), and fixed-buffer reads when the plan gave its
+/// worker fixed-buffer slots ([`UringBudget`](crate::UringBudget)).
+///
+/// ```no_run
+/// use pipewright_runtime::uring::{BufferPool, FileReader, ReadRange};
+/// use pipewright_runtime::{PipelineBuilder, Plan, Runtime, UringBudget};
+///
+/// let pool = BufferPool::new(32, 1 << 20)?;
+/// let b = PipelineBuilder::new();
+/// let (ranges, input) = b.input::<ReadRange>("ranges");
+/// let chunks = input
+///     .then_async("read", FileReader::with_buffers("/var/tmp/big", pool)?)
+///     .output("chunks");
+/// let plan = Plan::fused().uring("read", UringBudget { sq_entries: 32, fixed_buffers: 32 });
+/// let running = Runtime::start(b.build()?, plan)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct FileReader {
     file: File,
+    pool: Option<BufferPool>,
 }
 
 impl FileReader {
-    /// Opens `path` for reading.
+    /// Opens `path` for reading; each chunk gets a buffer of its own.
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
         Ok(Self {
             file: File::open(path)?,
+            pool: None,
         })
     }
+
+    /// Opens `path` for reading into `pool`'s buffers. Ranges longer than a buffer
+    /// fail (split them with [`ReadRange::chunks`] at `pool.buffer_size()`).
+    pub fn with_buffers(path: impl AsRef<Path>, pool: BufferPool) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(path)?,
+            pool: Some(pool),
+        })
+    }
+}
+
+async fn read_range(fd: RawFd, buf: Option<PooledBuf>, r: ReadRange) -> io::Result<Chunk> {
+    let data = match buf {
+        None => {
+            let (result, data) = read_at(fd, Vec::new(), r.len, r.offset).await;
+            result?;
+            ChunkBytes::Owned(data)
+        }
+        Some(buf) if r.len > buf.capacity() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a read of {} bytes does not fit the pool's {}-byte buffers; split ranges with ReadRange::chunks(size, pool.buffer_size())",
+                    r.len,
+                    buf.capacity()
+                ),
+            ))
+        }
+        Some(buf) => {
+            let (result, buf) = read_pooled(fd, buf, r.len, r.offset).await;
+            result?;
+            ChunkBytes::Pooled(buf)
+        }
+    };
+    Ok(Chunk {
+        offset: r.offset,
+        data,
+    })
 }
 
 impl AsyncStage for FileReader {
@@ -193,16 +273,24 @@ impl AsyncStage for FileReader {
         failures: &mut Failures<'_, io::Error>,
     ) {
         let fd = self.file.as_raw_fd();
-        let reads: Vec<_> = burst
-            .drain()
-            .map(|r| async move {
-                let (result, data) = read_at(fd, Vec::new(), r.len, r.offset).await;
-                result.map(|_| Chunk {
-                    offset: r.offset,
-                    data,
-                })
-            })
-            .collect();
+        let reads: Vec<_> = match &self.pool {
+            None => burst.drain().map(|r| read_range(fd, None, r)).collect(),
+            Some(pool) => {
+                // As many reads as there are free buffers (waiting for one if none):
+                // the rest of the burst stays queued, so the pool bounds the bytes in
+                // flight and a burst larger than the pool cannot wait on itself.
+                let mut bufs = vec![pool.take().await];
+                while bufs.len() < burst.len() {
+                    match pool.try_take() {
+                        Some(b) => bufs.push(b),
+                        None => break,
+                    }
+                }
+                bufs.into_iter()
+                    .map_while(|buf| burst.pop().map(|r| read_range(fd, Some(buf), r)))
+                    .collect()
+            }
+        };
         for result in futures::future::join_all(reads).await {
             match result {
                 Ok(chunk) => out.push(chunk),

@@ -8,12 +8,24 @@
 //! their buffers until the kernel is done with them, even if the awaiting future is
 //! dropped.
 //!
+//! The ring is a resource of the plan: stages declare a [`UringBudget`](crate::UringBudget)
+//! (submission entries, fixed-buffer slots) and each worker's ring is sized by the
+//! sum over its stages. A [`BufferPool`] is a stage's I/O memory budget; on a worker
+//! whose ring has fixed-buffer slots, the pool is registered on first use and reads
+//! into it are `READ_FIXED`.
+//!
 //! Stages built on it: [`FileSink`] (appends with group commit: one write and one
 //! `fdatasync` per burst, records acknowledged only once durable) and [`FileReader`]
 //! (reads ranges of a file, a burst of reads in flight at once).
 
+mod buffers;
 mod driver;
 mod file;
 
-pub use driver::{fdatasync, read_at, write_at, UringConfig};
-pub use file::{Chunk, Durable, FileReader, FileSink, ReadRange};
+pub use buffers::{BufferPool, PooledBuf};
+pub(crate) use driver::configure;
+pub use driver::{
+    current_config, fdatasync, fixed_buffers_registered, read_at, read_pooled, write_at,
+    UringConfig,
+};
+pub use file::{Chunk, ChunkBytes, Durable, FileReader, FileSink, ReadRange};
