@@ -52,6 +52,17 @@ enum Slot {
     Done(i32),
     /// The awaiting future was dropped: the resource is kept until the completion.
     Orphaned(#[allow(dead_code)] Box<dyn Any>),
+    /// A multishot operation: completions (result, flags) not yet taken, the waker of
+    /// its consumer, and whether the kernel has posted its last completion.
+    Stream {
+        queue: std::collections::VecDeque<(i32, u32)>,
+        waker: Option<Waker>,
+        ended: bool,
+    },
+    /// A multishot operation whose owner is gone: it was cancelled; its resources
+    /// (and provided-buffer group, unregistered at the end) are kept until its last
+    /// completion.
+    StreamOrphaned(#[allow(dead_code)] Box<dyn Any>, Option<u16>),
 }
 
 pub(crate) struct Driver {
@@ -59,6 +70,7 @@ pub(crate) struct Driver {
     ops: Slab<Slot>,
     unsubmitted: bool,
     fixed: FixedTable,
+    next_bgid: u16,
 }
 
 thread_local! {
@@ -91,6 +103,7 @@ pub fn current_config() -> UringConfig {
 impl Driver {
     fn reap(&mut self) {
         let Driver { ring, ops, .. } = self;
+        let mut finished_groups = Vec::new();
         for cqe in ring.completion() {
             let index = cqe.user_data() as usize;
             match ops.get_mut(index) {
@@ -104,9 +117,40 @@ impl Driver {
                 Some(Slot::Orphaned(_)) => {
                     ops.remove(index);
                 }
+                Some(Slot::Stream {
+                    queue,
+                    waker,
+                    ended,
+                }) => {
+                    queue.push_back((cqe.result(), cqe.flags()));
+                    if !io_uring::cqueue::more(cqe.flags()) {
+                        *ended = true;
+                    }
+                    if let Some(w) = waker.take() {
+                        w.wake();
+                    }
+                }
+                Some(Slot::StreamOrphaned(_, group)) if !io_uring::cqueue::more(cqe.flags()) => {
+                    finished_groups.extend(*group);
+                    ops.remove(index);
+                }
                 _ => {}
             }
         }
+        for bgid in finished_groups {
+            let _ = ring.submitter().unregister_buf_ring(bgid);
+        }
+    }
+
+    /// A fresh provided-buffer group id on this ring.
+    pub(crate) fn next_buffer_group(&mut self) -> u16 {
+        let id = self.next_bgid;
+        self.next_bgid = self.next_bgid.wrapping_add(1);
+        id
+    }
+
+    pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.ring.submitter()
     }
 
     /// The fixed-buffer index of `buf` on this ring, registering its pool on first use
@@ -154,13 +198,163 @@ impl Drop for Driver {
         // The kernel may still be using buffers of operations in flight: wait for every
         // completion before the buffers (and the ring) go away.
         let _ = self.flush();
-        while self.ops.iter().any(|(_, s)| !matches!(s, Slot::Done(_))) {
+        let live: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Stream { ended: false, .. }))
+            .map(|(i, _)| i as u64)
+            .collect();
+        for index in live {
+            self.push_cancel(index);
+        }
+        let _ = self.ring.submit();
+        while self
+            .ops
+            .iter()
+            .any(|(_, s)| !matches!(s, Slot::Done(_) | Slot::Stream { ended: true, .. }))
+        {
             if self.ring.submit_and_wait(1).is_err() {
                 break;
             }
             self.reap();
         }
     }
+}
+
+impl Driver {
+    /// Queues a cancellation of the operation with user data `target` (its own
+    /// completion is ignored: it carries no slot).
+    fn push_cancel(&mut self, target: u64) {
+        let entry = opcode::AsyncCancel::new(target).build().user_data(u64::MAX);
+        loop {
+            // SAFETY: a cancel refers to no memory.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                self.unsubmitted = true;
+                return;
+            }
+            if self.ring.submit().is_err() {
+                return;
+            }
+            self.reap();
+        }
+    }
+}
+
+/// A multishot operation in flight: a stream of completions.
+pub(crate) struct StreamOp {
+    driver: Rc<RefCell<Driver>>,
+    index: usize,
+    /// Kept alive (with the buffer group) until the kernel's last completion.
+    keep: Option<(Box<dyn Any>, Option<u16>)>,
+}
+
+impl StreamOp {
+    /// Starts a multishot `entry`, whose memory lives in `keep` (and in the provided
+    /// buffer group `group`, if any).
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must point into heap memory owned by `keep` (or the
+    /// group's buffers, which `keep` must own too), stable while `keep` is alive.
+    pub(crate) unsafe fn start(
+        entry: squeue::Entry,
+        keep: Box<dyn Any>,
+        group: Option<u16>,
+    ) -> io::Result<Self> {
+        let driver = current()?;
+        let index = {
+            let mut d = driver.borrow_mut();
+            let index = d.ops.insert(Slot::Stream {
+                queue: Default::default(),
+                waker: None,
+                ended: false,
+            });
+            let entry = entry.user_data(index as u64);
+            loop {
+                // SAFETY: the caller guarantees the entry's memory lives in `keep`,
+                // which this op (or its orphaned slot) holds until the last completion.
+                if unsafe { d.ring.submission().push(&entry) }.is_ok() {
+                    break;
+                }
+                if let Err(e) = d.ring.submit() {
+                    d.ops.remove(index);
+                    return Err(e);
+                }
+                d.reap();
+            }
+            d.unsubmitted = true;
+            index
+        };
+        Ok(Self {
+            driver,
+            index,
+            keep: Some((keep, group)),
+        })
+    }
+
+    /// Whether the kernel has posted its last completion.
+    pub(crate) fn ended(&self) -> bool {
+        matches!(
+            self.driver.borrow().ops.get(self.index),
+            Some(Slot::Stream { ended: true, .. })
+        )
+    }
+
+    /// Moves completions that have arrived into `out`; waits for at least one unless
+    /// the operation has ended. Returns false once it has ended and nothing is left
+    /// (re-arm it then).
+    pub(crate) fn poll_completions(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<(i32, u32)>,
+    ) -> Poll<bool> {
+        let mut d = self.driver.borrow_mut();
+        if let Err(error) = d.flush() {
+            tracing::warn!(target: "pipewright", %error, "io_uring submit failed");
+        }
+        d.reap();
+        let Slot::Stream {
+            queue,
+            waker,
+            ended,
+        } = &mut d.ops[self.index]
+        else {
+            unreachable!("a stream op's slot stays a stream while the op lives")
+        };
+        if !queue.is_empty() {
+            out.extend(queue.drain(..));
+            return Poll::Ready(true);
+        }
+        if *ended {
+            return Poll::Ready(false);
+        }
+        *waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for StreamOp {
+    fn drop(&mut self) {
+        let mut d = self.driver.borrow_mut();
+        let (keep, group) = self.keep.take().expect("kept until drop");
+        match &d.ops[self.index] {
+            // Ended: the kernel is done with it; its owner decides about the group.
+            Slot::Stream { ended: true, .. } => {
+                d.ops.remove(self.index);
+            }
+            _ => {
+                d.ops[self.index] = Slot::StreamOrphaned(keep, group);
+                let index = self.index as u64;
+                d.push_cancel(index);
+                let _ = d.flush();
+            }
+        }
+    }
+}
+
+/// The current worker's driver (created on first use), for modules that register
+/// resources with it.
+pub(crate) fn driver() -> io::Result<Rc<RefCell<Driver>>> {
+    current()
 }
 
 /// The current worker's driver, created (with its reaping task) on first use. Must be
@@ -201,6 +395,7 @@ fn current() -> io::Result<Rc<RefCell<Driver>>> {
         ops: Slab::new(),
         unsubmitted: false,
         fixed,
+        next_bgid: 0,
     }));
     // SAFETY: `eventfd` is an open descriptor owned by the `OwnedFd` the AsyncFd takes
     // ownership of; it stays open, and the same, until the AsyncFd is dropped.
@@ -230,7 +425,7 @@ fn current() -> io::Result<Rc<RefCell<Driver>>> {
 }
 
 /// An operation in flight; resolves to its result and gives the resource back.
-struct Op<T: 'static> {
+pub(crate) struct Op<T: 'static> {
     driver: Rc<RefCell<Driver>>,
     index: usize,
     resource: Option<T>,
@@ -244,7 +439,7 @@ impl<T: 'static> Op<T> {
     /// stays valid and in place while `resource` is alive (moving `resource` must not
     /// move that memory: a `Vec`'s buffer, not an inline array).
     /// On failure the resource comes back with the error (nothing was queued).
-    unsafe fn new(entry: squeue::Entry, resource: T) -> Result<Self, (io::Error, T)> {
+    pub(crate) unsafe fn new(entry: squeue::Entry, resource: T) -> Result<Self, (io::Error, T)> {
         let driver = match current() {
             Ok(d) => d,
             Err(e) => return Err((e, resource)),
@@ -313,7 +508,9 @@ impl<T: Unpin + 'static> Future for Op<T> {
                 *waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            Slot::Orphaned(_) => unreachable!("an op is orphaned only when its future is dropped"),
+            Slot::Orphaned(_) | Slot::Stream { .. } | Slot::StreamOrphaned(..) => {
+                unreachable!("a one-shot op's slot is Waiting or Done while its future lives")
+            }
         }
     }
 }

@@ -19,8 +19,10 @@
 //! (reads ranges of a file, a burst of reads in flight at once).
 
 mod buffers;
+mod bufring;
 mod driver;
 mod file;
+mod udp;
 
 pub use buffers::{BufferPool, PooledBuf};
 pub(crate) use driver::configure;
@@ -29,3 +31,4 @@ pub use driver::{
     UringConfig,
 };
 pub use file::{Chunk, ChunkBytes, Durable, FileReader, FileSink, ReadRange};
+pub use udp::{Received, UdpConfig, UdpCounters, UdpRing};
