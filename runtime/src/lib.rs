@@ -95,8 +95,9 @@ pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTranspor
 
 #[cfg(not(loom))]
 pub use pipewright_stages::{
-    layer, stage, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer,
-    Outbox, OutputId, RequestError, ServiceStage, Source, SourceState, Stage, StageFailure, Tagged,
+    layer, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId,
+    IterSource, Layer, Outbox, OutputId, RequestError, ServiceStage, Source, SourceState, Stage,
+    StageFailure, Tagged,
 };
 
 /// The pipeline builder for this runtime: `pipewright_stages::PipelineBuilder` with the

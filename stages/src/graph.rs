@@ -8,7 +8,9 @@ use std::marker::PhantomData;
 use crate::exec::{
     EdgeId, EdgeInfo, Endpoint, ErasedEdge, ErasedNode, NodeId, Transport, TypedEdge,
 };
-use crate::node::{AsyncStageNode, RouterNode, SourceNode, SplitNode, StageNode, DEFAULT_BURST};
+use crate::node::{
+    AsyncSourceNode, AsyncStageNode, RouterNode, SourceNode, SplitNode, StageNode, DEFAULT_BURST,
+};
 use crate::{AsyncStage, BuildError, Source, Stage};
 
 /// A handle to an application input of item type `T`, used to send into a running
@@ -192,6 +194,22 @@ impl<X: Transport> PipelineBuilder<X> {
         let id = self.add_node(
             name,
             Box::new(SourceNode::<S, X>::new(name.to_string(), source)),
+            None,
+            1,
+        );
+        Stream::new(self, vec![Endpoint::Node { node: id, port: 0 }])
+    }
+
+    /// Adds an [`AsyncSource`](crate::AsyncSource): it runs as a task on its worker and
+    /// awaits its items (sockets, ports) instead of being polled.
+    pub fn source_async<S: crate::AsyncSource>(
+        &self,
+        name: &str,
+        source: S,
+    ) -> Stream<'_, S::Out, X> {
+        let id = self.add_node(
+            name,
+            Box::new(AsyncSourceNode::<S, X>::new(name.to_string(), source)),
             None,
             1,
         );

@@ -57,7 +57,7 @@ pub use async_stage::AsyncStage;
 pub use burst::{Burst, Failures, Outbox};
 pub use error::{BuildError, ErrorPolicy, RequestError, StageFailure};
 pub use graph::{InputId, OutputId, Pipeline, PipelineBuilder, Stream};
-pub use source::{IterSource, Source, SourceState};
+pub use source::{AsyncSource, IterSource, Source, SourceState};
 pub use stage::Stage;
 pub use tagged::{Reply, Tagged, TaggedStage, Ticket};
 pub use tower_stage::ServiceStage;

@@ -44,6 +44,42 @@ pub trait Source: Send + 'static {
     fn pull(&mut self, out: &mut Outbox<'_, Self::Out>, max: usize) -> SourceState;
 }
 
+/// A producer that awaits: a socket, a port, a timer. Driven by its worker as one
+/// long-lived task; `pull` should await until it has at least one item (or the source
+/// has ended) rather than return empty-handed. An abort drops a pending `pull`, so a
+/// source waiting for traffic never holds up shutdown.
+///
+/// ```
+/// use pipewright_stages::{AsyncSource, Outbox, SourceState};
+///
+/// /// Ticks every millisecond, ten times.
+/// struct Ticks(u32);
+///
+/// impl AsyncSource for Ticks {
+///     type Out = u32;
+///     async fn pull(&mut self, out: &mut Outbox<'_, u32>, _max: usize) -> SourceState {
+///         if self.0 == 10 {
+///             return SourceState::Exhausted;
+///         }
+///         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+///         self.0 += 1;
+///         out.push(self.0);
+///         SourceState::Ready
+///     }
+/// }
+/// ```
+pub trait AsyncSource: Send + 'static {
+    /// What the source emits.
+    type Out: Send + 'static;
+
+    /// Emits up to `max` items, awaiting the first.
+    fn pull(
+        &mut self,
+        out: &mut Outbox<'_, Self::Out>,
+        max: usize,
+    ) -> impl std::future::Future<Output = SourceState>;
+}
+
 /// A source over any iterator.
 #[derive(Debug)]
 pub struct IterSource<I>(pub I);

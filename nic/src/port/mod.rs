@@ -106,4 +106,5 @@ pub trait VfPort: Send + fmt::Debug {
 }
 
 pub mod tap;
+pub use tap::TapPort;
 pub mod xsk;

@@ -229,11 +229,13 @@ macro_rules! sync_node_methods {
     };
 }
 
+mod async_source;
 mod async_stage;
 mod router;
 mod source;
 mod stage;
 
+pub(crate) use async_source::AsyncSourceNode;
 pub(crate) use async_stage::AsyncStageNode;
 pub(crate) use router::{RouterNode, SplitNode};
 pub(crate) use source::SourceNode;

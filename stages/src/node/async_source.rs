@@ -1,0 +1,171 @@
+//! The node of an [`AsyncSource`], run as one long-lived task.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+
+use futures::future::{select, Either};
+use futures::FutureExt;
+
+use super::{Common, OutSlot};
+use crate::exec::{
+    Activation, BindError, DropReason, ErasedNode, NodeKind, TaskContext, Transport,
+};
+use crate::{AsyncSource, ErrorPolicy, Outbox, SourceState};
+
+/// Wraps an [`AsyncSource`]; runs as one task for the pipeline's lifetime.
+pub(crate) struct AsyncSourceNode<S: AsyncSource, X: Transport> {
+    common: Common,
+    source: S,
+    output: OutSlot<S::Out, X>,
+}
+
+impl<S: AsyncSource, X: Transport> AsyncSourceNode<S, X> {
+    pub(crate) fn new(name: String, source: S) -> Self {
+        Self {
+            common: Common::new(name),
+            source,
+            output: OutSlot::new(),
+        }
+    }
+}
+
+/// Resolves once the pipeline is aborted (checked each time the node is woken).
+async fn aborted(cx: &dyn TaskContext) {
+    while !cx.aborted() {
+        cx.park(None).await;
+    }
+}
+
+impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Async
+    }
+    fn outputs(&self) -> usize {
+        1
+    }
+    fn has_input(&self) -> bool {
+        false
+    }
+    fn bind_input(&mut self, _port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        Err(BindError::NoSuchPort {
+            node: self.common.name.clone(),
+            port: 0,
+        })
+    }
+    fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        if index != 0 {
+            return Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            });
+        }
+        self.output.bind(&self.common.name, 0, port)
+    }
+    common_node_methods!();
+    fn activate(&mut self) -> Activation {
+        Activation::Failed(
+            self.common
+                .failure("an async source must run as a task".into()),
+        )
+    }
+
+    fn into_task(
+        self: Box<Self>,
+        cx: Box<dyn TaskContext>,
+    ) -> Pin<Box<dyn Future<Output = Activation>>> {
+        let mut node = *self;
+        Box::pin(async move {
+            loop {
+                if cx.aborted() {
+                    cx.quiesce().await;
+                    node.abandon();
+                    return Activation::Idle;
+                }
+                if !node.output.flush() {
+                    cx.park(None).await;
+                    continue;
+                }
+                let timer = node.common.start_timer(node.common.burst);
+                let burst = node.common.burst;
+                let pulled = {
+                    let (source, out) = (&mut node.source, &mut node.output.buf);
+                    let pull =
+                        AssertUnwindSafe(
+                            async move { source.pull(&mut Outbox::new(out), burst).await },
+                        )
+                        .catch_unwind();
+                    // A source awaiting its next item (a packet, a connection) must not
+                    // hold up an abort: the wait is dropped, the items already emitted
+                    // stay in the output buffer and are counted as abandoned.
+                    match select(pin!(pull), pin!(aborted(&*cx))).await {
+                        Either::Left((outcome, _)) => Some(outcome),
+                        Either::Right(((), _)) => None,
+                    }
+                };
+                let Some(outcome) = pulled else { continue };
+                let state = match outcome {
+                    Ok(state) => state,
+                    Err(payload) => {
+                        let failure = node
+                            .common
+                            .settle_panic(ErrorPolicy::FailPipeline, &*payload)
+                            .expect("fail policy always reports");
+                        cx.fail(failure.clone());
+                        return Activation::Failed(failure);
+                    }
+                };
+                let nanos = timer.map(|t| t.elapsed().as_nanos() as u64);
+                let emitted = node.output.buf.len();
+                if emitted > 0 {
+                    node.common.observer.burst(0, emitted, nanos);
+                }
+                node.output.flush();
+                match state {
+                    SourceState::Exhausted => {
+                        while !node.output.flush() {
+                            if cx.aborted() {
+                                break;
+                            }
+                            cx.park(None).await;
+                        }
+                        if cx.aborted() {
+                            continue;
+                        }
+                        node.output.close();
+                        return Activation::Finished;
+                    }
+                    SourceState::Idle(Some(wait)) if emitted == 0 => cx.park(Some(wait)).await,
+                    SourceState::Idle(None) if emitted == 0 => tokio_free_yield().await,
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    fn abandon(&mut self) -> usize {
+        let held = self.output.buf.len();
+        self.output.buf.clear();
+        if held > 0 {
+            self.common.observer.dropped(DropReason::Aborted, held);
+        }
+        held
+    }
+}
+
+/// Yields once to the executor (an async source that reports `Idle(None)` without
+/// awaiting anything must not starve the other tasks of its worker).
+async fn tokio_free_yield() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
