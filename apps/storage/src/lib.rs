@@ -1,1 +1,108 @@
-//! The storage commit chain (being written).
+//! pipewright's storage commit chain: pages on a chain of storage nodes, committed
+//! atomically by a linear two-phase commit with durable intents and a decider.
+//!
+//! This crate holds the node's pure, synchronous pieces; the node process wires them
+//! onto a pipewright pipeline (decode → analyse → log with group commit → forward):
+//!
+//! - [`log`]: the append-only log (intent, decision, completion, forget records):
+//!   framing with length + CRC-32C, [`log::encode`] into a caller buffer (for the
+//!   group-commit sink), [`log::replay`] up to the first torn or corrupt record;
+//! - [`pages`]: the page file of fixed 8 KiB pages with a versioned, checksummed header;
+//! - [`locks`]: the no-wait page lock table used by the prepare analysis (`Sync`,
+//!   loom-checked);
+//! - [`protocol`]: the per-node, sans-I/O protocol state machine [`protocol::Node`].
+//!
+//! # The protocol
+//!
+//! The coordinator (client) orders the nodes holding the transaction's pages into a
+//! chain; the last is the **decider**. One `Prepare` carrying the chain and every node's
+//! writes travels down the chain; each node analyses its own writes (page locks,
+//! expected versions, space), makes its **intent** durable and only then forwards. The
+//! decider analyses, makes its intent and the **decision** durable, answers the client,
+//! and sends `Commit` back up the chain: 2(N−1) messages. Each node applies its writes,
+//! passes `Commit` on, and acknowledges to the decider once its completion record is
+//! durable; the decider forgets the decision after the last `Ack`.
+//!
+//! ```text
+//!  client        head (n0)             n1                decider (n2)
+//!    | Prepare      |                   |                     |
+//!    |------------->| lock+check        |                     |
+//!    |              | log Intent, fsync |                     |
+//!    |              |----- Prepare ---->| lock+check          |
+//!    |              |                   | log Intent, fsync   |
+//!    |              |                   |------ Prepare ----->| lock+check
+//!    |              |                   |                     | log Intent+Decision, fsync
+//!    |<----------------------------- Committed ---------------| apply, unlock
+//!    |              |                   |<----- Commit -------|
+//!    |              |<---- Commit ------| apply, unlock       |
+//!    |              | apply, unlock     | log Completion, fsync
+//!    |              | log Completion,   |------- Ack -------->|
+//!    |              |   fsync           |                     |
+//!    |              |---------------------- Ack ------------->| log Forget
+//!
+//!  failed analysis at n1:           crash of a yes-voter (n0 or n1):
+//!    n1: log Completion(abort),       restart: replay log, re-take the intent's
+//!        fsync, reply Aborted to         locks, send Resolve to the decider, which
+//!        the client, Abort -> n0         answers Commit or Abort
+//!    n0: unlock, Abort -> (head)
+//! ```
+//!
+//! # The guarantee: presumed abort
+//!
+//! - **Atomicity.** Every node applies the transaction's writes or none does. The only
+//!   commit point is the decider's durable `Decision(commit)`; the decider writes it only
+//!   after receiving the `Prepare` from its predecessor, i.e. after every other node's
+//!   intent is durable.
+//! - **Durability of answers.** The client is told `Committed` only after the decision is
+//!   durable; it is told `Aborted` only after an abort record is durable on the node
+//!   that refused (so a late duplicate `Prepare` cannot revive the transaction).
+//! - **A yes-voter never aborts on its own.** A node with a durable intent and no logged
+//!   outcome is *in doubt*: it keeps its page locks, across restarts, until the decider
+//!   (or its successor's `Abort`) tells it the outcome.
+//! - **Presumed abort, exactly:** a decider asked (`Resolve`) about a transaction it has
+//!   no record of decides *abort*, makes that decision durable, and then answers abort;
+//!   from then on a late `Prepare` for that transaction is refused. It has no record
+//!   only if it never logged a decision for it: a commit decision is kept in the log and
+//!   in memory, and re-sent, until **every** other chain node has acknowledged a durable
+//!   completion (`Forget`); only after that may a log checkpoint drop it. Abort
+//!   decisions and abort completions need no acknowledgements, and a node's abort
+//!   completion after an `Abort` message is written lazily (if lost, asking again gives
+//!   abort again).
+//!
+//! # What blocks when
+//!
+//! - Transactions never wait for locks: a prepare that meets a held page aborts at once
+//!   with `Conflict { page, holder }` (no-wait; no deadlocks), and the client retries.
+//! - A node that prepared holds its page locks until it learns the outcome. If the
+//!   decider is down or unreachable, in-doubt nodes stay blocked (as in any two-phase
+//!   commit): other transactions touching those pages abort with `Conflict` until the
+//!   decider answers a `Resolve`. Nodes *before* a failed node are released by the
+//!   `Abort` flowing back, or by `Resolve` → presumed abort if that message is lost.
+//! - The coordinator's failure after sending `Prepare` blocks nothing: the chain runs
+//!   without it, and only its answer is lost.
+//! - The decider keeps a committed decision (memory and log) until every node
+//!   acknowledges; a permanently lost node keeps it forever.
+//!
+//! # Determinism and the host
+//!
+//! [`protocol::Node`] performs no I/O: its host executes the returned
+//! [`protocol::Action`]s in order — `Send`, `Persist` (append to the log; call
+//! `persisted(id)` once durable, and the node sends nothing depending on the record
+//! before that), `Apply` (page writes, synced at checkpoints; until then the intents in
+//! the log are the redo source) and `Reply`. `tests/model.rs` model checks the very same
+//! state machine with `stateright` under message loss, duplication, reordering and
+//! crashes.
+
+#![warn(missing_docs)]
+
+pub mod locks;
+#[cfg(not(loom))]
+pub mod log;
+#[cfg(not(loom))]
+pub mod pages;
+#[cfg(not(loom))]
+pub mod protocol;
+mod sync;
+mod types;
+
+pub use types::{ClientId, NodeId, PageId, TxnId, Version};

@@ -1,0 +1,102 @@
+//! The records of a node's log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
+
+/// One page modification: write `data` to `page` if it is still at version `expected`;
+/// the page's version becomes `expected + 1`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PageWrite {
+    /// The page to write.
+    pub page: PageId,
+    /// The version the client based this write on.
+    pub expected: Version,
+    /// The page's new contents (at most [`PAGE_SIZE`](crate::pages::PAGE_SIZE) bytes;
+    /// the rest of the page is zero).
+    pub data: Vec<u8>,
+}
+
+/// The outcome of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Every node's writes take effect.
+    Commit,
+    /// No node's writes take effect.
+    Abort,
+}
+
+/// A node's durable intent to commit: its analysis succeeded, its locks are held and it
+/// will not abort on its own (it voted yes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Intent {
+    /// The transaction.
+    pub txn: TxnId,
+    /// Who awaits the outcome.
+    pub client: ClientId,
+    /// The order of commit decisions; the last node is the decider.
+    pub chain: Vec<NodeId>,
+    /// This node's writes (redone from here on recovery when the outcome is commit).
+    pub writes: Vec<PageWrite>,
+}
+
+impl Intent {
+    /// The decider of this transaction (the chain's last node).
+    pub fn decider(&self) -> Option<NodeId> {
+        self.chain.last().copied()
+    }
+}
+
+/// A record of a node's log.
+///
+/// ```
+/// use pipewright_storage::log::{encode, replay, Record, Verdict};
+/// use pipewright_storage::TxnId;
+///
+/// let mut buf = Vec::new();
+/// encode(&Record::Decision { txn: TxnId(1), verdict: Verdict::Commit }, &mut buf).unwrap();
+/// encode(&Record::Forget { txn: TxnId(1) }, &mut buf).unwrap();
+/// let replayed = replay(&buf);
+/// assert_eq!(replayed.records.len(), 2);
+/// assert_eq!(replayed.valid_len, buf.len());
+/// assert!(replayed.corruption.is_none());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Record {
+    /// This node prepared the transaction (voted yes).
+    Intent(Intent),
+    /// The decider's decision (only in the decider's log). A `Commit` decision always
+    /// follows the decider's own `Intent` for the transaction.
+    Decision {
+        /// The transaction.
+        txn: TxnId,
+        /// Commit or abort.
+        verdict: Verdict,
+    },
+    /// A non-decider node learnt the outcome (commit: its writes were applied; abort:
+    /// its locks were released, or its own analysis refused the transaction).
+    Completion {
+        /// The transaction.
+        txn: TxnId,
+        /// Commit or abort.
+        verdict: Verdict,
+    },
+    /// The decider received every completion acknowledgement for a committed
+    /// transaction: it no longer re-sends `Commit` for it after a restart.
+    Forget {
+        /// The transaction.
+        txn: TxnId,
+    },
+}
+
+impl Record {
+    /// The transaction this record is about.
+    pub fn txn(&self) -> TxnId {
+        match self {
+            Record::Intent(i) => i.txn,
+            Record::Decision { txn, .. }
+            | Record::Completion { txn, .. }
+            | Record::Forget { txn } => *txn,
+        }
+    }
+}

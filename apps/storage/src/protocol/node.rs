@@ -1,0 +1,474 @@
+//! One node's protocol state machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use super::state::{NodeConfig, TxnStatus};
+use super::state::{Phase, Txn};
+
+use super::{AbortReason, Action, Malformed, Message, Outcome, Prepare, RecordId};
+use crate::locks::LockTable;
+use crate::log::{Intent, Record, Verdict};
+use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
+
+/// One storage node's side of the linear two-phase commit.
+///
+/// A two-node chain `[1, 2]` committing one write on each node (the host loop is the
+/// test's: deliver each `Send`, acknowledge each `Persist` at once):
+///
+/// ```
+/// use pipewright_storage::log::PageWrite;
+/// use pipewright_storage::protocol::{Action, Message, Node, NodeConfig, Outcome, Prepare};
+/// use pipewright_storage::{ClientId, NodeId, PageId, TxnId};
+/// use std::collections::VecDeque;
+///
+/// let ids = [NodeId(1), NodeId(2)];
+/// let mut nodes: Vec<Node> =
+///     ids.iter().map(|&id| Node::new(id, NodeConfig::default(), Default::default())).collect();
+/// let write = |page| vec![PageWrite { page: PageId(page), expected: 0, data: vec![7] }];
+/// let prepare = Prepare {
+///     txn: TxnId(1),
+///     client: ClientId(9),
+///     chain: ids.to_vec(),
+///     writes: vec![(ids[0], write(0)), (ids[1], write(5))],
+/// };
+/// let mut inbox = VecDeque::from([(0, Message::Prepare(prepare))]);
+/// let mut replies = Vec::new();
+/// while let Some((at, msg)) = inbox.pop_front() {
+///     let mut todo = nodes[at].handle(msg);
+///     while let Some(action) = todo.pop() {
+///         match action {
+///             Action::Send { to, msg } => inbox.push_back(((to.0 - 1) as usize, msg)),
+///             Action::Persist { id, .. } => todo.extend(nodes[at].persisted(id)),
+///             Action::Apply { .. } => {}
+///             Action::Reply { outcome, .. } => replies.push(outcome),
+///         }
+///     }
+/// }
+/// assert_eq!(replies, vec![Outcome::Committed]);
+/// assert_eq!(nodes[0].version(PageId(0)), 1);
+/// assert_eq!(nodes[1].version(PageId(5)), 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Node {
+    pub(super) id: NodeId,
+    pub(super) next_record: u64,
+    pub(super) versions: BTreeMap<PageId, Version>,
+    pub(super) locks: LockTable,
+    pub(super) txns: BTreeMap<TxnId, Txn>,
+    /// Record id → the transaction whose next step waits for it to be durable.
+    pub(super) waiting: BTreeMap<RecordId, TxnId>,
+}
+
+impl Node {
+    /// A fresh node with the committed page versions of its page store (pages absent
+    /// from `versions` are at version 0) and an empty log.
+    pub fn new(id: NodeId, config: NodeConfig, versions: BTreeMap<PageId, Version>) -> Self {
+        Self {
+            id,
+            next_record: 0,
+            versions,
+            locks: LockTable::new(config.lock_capacity),
+            txns: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The lock table (shareable with other tasks of the node: it is `Sync`).
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// A page's committed version as this node knows it.
+    pub fn version(&self, page: PageId) -> Version {
+        self.versions.get(&page).copied().unwrap_or(0)
+    }
+
+    /// Where `txn` stands on this node.
+    pub fn status(&self, txn: TxnId) -> TxnStatus {
+        match self.txns.get(&txn).map(|t| &t.phase) {
+            None => TxnStatus::Unknown,
+            Some(Phase::Preparing { .. }) => TxnStatus::Preparing,
+            Some(Phase::Prepared { in_doubt }) => TxnStatus::Prepared {
+                in_doubt: *in_doubt,
+            },
+            Some(Phase::Deciding) => TxnStatus::Deciding,
+            Some(Phase::Refusing { .. }) => TxnStatus::Refusing,
+            Some(Phase::Completing) => TxnStatus::Completing,
+            Some(Phase::AwaitingAcks { .. }) => TxnStatus::AwaitingAcks,
+            Some(Phase::Finished(v)) => TxnStatus::Finished(*v),
+        }
+    }
+
+    pub(super) fn persist(&mut self, record: Record, out: &mut Vec<Action>) -> RecordId {
+        let id = RecordId(self.next_record);
+        self.next_record += 1;
+        out.push(Action::Persist { id, record });
+        id
+    }
+
+    fn persist_then(&mut self, txn: TxnId, record: Record, out: &mut Vec<Action>) {
+        let id = self.persist(record, out);
+        self.waiting.insert(id, txn);
+    }
+
+    fn neighbour(&self, chain: &[NodeId], step: isize) -> Option<NodeId> {
+        let at = chain.iter().position(|&n| n == self.id)? as isize + step;
+        usize::try_from(at).ok().and_then(|i| chain.get(i).copied())
+    }
+
+    /// Handle a message from a peer or (for `Prepare` at the head) a client.
+    pub fn handle(&mut self, msg: Message) -> Vec<Action> {
+        let mut out = Vec::new();
+        match msg {
+            Message::Prepare(p) => self.on_prepare(p, &mut out),
+            Message::Commit { txn } => self.on_commit(txn, &mut out),
+            Message::Abort { txn } => self.on_abort(txn, &mut out),
+            Message::Ack { txn, from } => self.on_ack(txn, from, &mut out),
+            Message::Resolve { txn, from, client } => self.on_resolve(txn, from, client, &mut out),
+        }
+        out
+    }
+
+    fn on_prepare(&mut self, p: Prepare, out: &mut Vec<Action>) {
+        if let Some(t) = self.txns.get(&p.txn) {
+            // A duplicate. If we already aborted it, the sender is still prepared: tell it.
+            if t.phase == Phase::Finished(Verdict::Abort) {
+                if let Some(prev) = self.neighbour(&p.chain, -1) {
+                    out.push(Action::Send {
+                        to: prev,
+                        msg: Message::Abort { txn: p.txn },
+                    });
+                }
+            }
+            return;
+        }
+        let malformed = if p.chain.is_empty() {
+            Some(Malformed::EmptyChain)
+        } else if !p.chain.contains(&self.id) {
+            Some(Malformed::NotInChain)
+        } else if (1..p.chain.len()).any(|i| p.chain[..i].contains(&p.chain[i])) {
+            Some(Malformed::RepeatedNode)
+        } else {
+            None
+        };
+        if let Some(what) = malformed {
+            let reason = AbortReason::Malformed {
+                node: self.id,
+                what,
+            };
+            out.push(Action::Reply {
+                client: p.client,
+                txn: p.txn,
+                outcome: Outcome::Aborted(reason),
+            });
+            return;
+        }
+        let writes = p.writes_of(self.id).to_vec();
+        let wants: Vec<(PageId, Version)> = writes.iter().map(|w| (w.page, w.expected)).collect();
+        let versions = &self.versions;
+        let analysis = self.locks.prepare(p.txn, &wants, |page| {
+            versions.get(&page).copied().unwrap_or(0)
+        });
+        let is_decider = p.decider() == Some(self.id);
+        let (txn, client, chain) = (p.txn, p.client, p.chain.clone());
+        let phase = match analysis {
+            Err(error) => {
+                let reason = AbortReason::Refused {
+                    node: self.id,
+                    error,
+                };
+                let record = if is_decider {
+                    Record::Decision {
+                        txn,
+                        verdict: Verdict::Abort,
+                    }
+                } else {
+                    Record::Completion {
+                        txn,
+                        verdict: Verdict::Abort,
+                    }
+                };
+                self.persist_then(txn, record, out);
+                Phase::Refusing {
+                    reason,
+                    askers: BTreeSet::new(),
+                }
+            }
+            Ok(()) => {
+                let intent = Intent {
+                    txn,
+                    client,
+                    chain: chain.clone(),
+                    writes: writes.clone(),
+                };
+                if is_decider {
+                    self.persist(Record::Intent(intent), out);
+                    self.persist_then(
+                        txn,
+                        Record::Decision {
+                            txn,
+                            verdict: Verdict::Commit,
+                        },
+                        out,
+                    );
+                    Phase::Deciding
+                } else {
+                    self.persist_then(txn, Record::Intent(intent), out);
+                    Phase::Preparing { forward: p }
+                }
+            }
+        };
+        self.txns.insert(
+            txn,
+            Txn {
+                client,
+                chain,
+                writes,
+                phase,
+            },
+        );
+    }
+
+    /// Apply a committed transaction's writes here and release its locks.
+    fn apply(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let writes = self.txns[&txn].writes.clone();
+        for w in &writes {
+            self.versions.insert(w.page, w.expected + 1);
+        }
+        self.locks.release(txn);
+        if !writes.is_empty() {
+            out.push(Action::Apply { txn, writes });
+        }
+    }
+
+    fn send_back(&self, txn: TxnId, msg: Message, out: &mut Vec<Action>) {
+        if let Some(prev) = self.neighbour(&self.txns[&txn].chain, -1) {
+            out.push(Action::Send { to: prev, msg });
+        }
+    }
+
+    fn on_commit(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get(&txn) else { return };
+        match t.phase {
+            Phase::Prepared { .. } => {
+                self.apply(txn, out);
+                self.send_back(txn, Message::Commit { txn }, out);
+                self.persist_then(
+                    txn,
+                    Record::Completion {
+                        txn,
+                        verdict: Verdict::Commit,
+                    },
+                    out,
+                );
+                self.set_phase(txn, Phase::Completing);
+            }
+            // The decider re-sent `Commit` (it restarted, or our `Ack` was lost).
+            Phase::Finished(Verdict::Commit) => {
+                if let Some(&decider) = t.chain.last() {
+                    if decider != self.id {
+                        out.push(Action::Send {
+                            to: decider,
+                            msg: Message::Ack { txn, from: self.id },
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_abort(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get(&txn) else { return };
+        if let Phase::Prepared { .. } = t.phase {
+            self.locks.release(txn);
+            // Presumed abort: the abort record need not be forced; if it is lost, the
+            // restarted node asks the decider again and gets abort again.
+            self.persist(
+                Record::Completion {
+                    txn,
+                    verdict: Verdict::Abort,
+                },
+                out,
+            );
+            self.send_back(txn, Message::Abort { txn }, out);
+            self.set_phase(txn, Phase::Finished(Verdict::Abort));
+        }
+    }
+
+    fn on_ack(&mut self, txn: TxnId, from: NodeId, out: &mut Vec<Action>) {
+        let Some(Txn {
+            phase: Phase::AwaitingAcks { awaiting },
+            ..
+        }) = self.txns.get_mut(&txn)
+        else {
+            return;
+        };
+        awaiting.remove(&from);
+        if awaiting.is_empty() {
+            self.persist(Record::Forget { txn }, out);
+            self.set_phase(txn, Phase::Finished(Verdict::Commit));
+        }
+    }
+
+    fn on_resolve(&mut self, txn: TxnId, from: NodeId, client: ClientId, out: &mut Vec<Action>) {
+        let answer = |verdict| Action::Send {
+            to: from,
+            msg: match verdict {
+                Verdict::Commit => Message::Commit { txn },
+                Verdict::Abort => Message::Abort { txn },
+            },
+        };
+        match self.txns.get_mut(&txn).map(|t| &mut t.phase) {
+            Some(Phase::AwaitingAcks { .. }) => out.push(answer(Verdict::Commit)),
+            Some(Phase::Finished(v)) => out.push(answer(*v)),
+            Some(Phase::Refusing { askers, .. }) => {
+                askers.insert(from);
+            }
+            // Our own decision is on its way to the log; the asker retries.
+            Some(_) => {}
+            None => {
+                // Presumed abort: never saw the prepare (or it is still on its way).
+                // Decide abort, durably, before answering, so that a late prepare can
+                // never make us decide commit.
+                self.persist_then(
+                    txn,
+                    Record::Decision {
+                        txn,
+                        verdict: Verdict::Abort,
+                    },
+                    out,
+                );
+                let phase = Phase::Refusing {
+                    reason: AbortReason::Unresolved,
+                    askers: BTreeSet::from([from]),
+                };
+                let t = Txn {
+                    client,
+                    chain: Vec::new(),
+                    writes: Vec::new(),
+                    phase,
+                };
+                self.txns.insert(txn, t);
+            }
+        }
+    }
+
+    fn set_phase(&mut self, txn: TxnId, phase: Phase) {
+        if let Some(t) = self.txns.get_mut(&txn) {
+            t.phase = phase;
+        }
+    }
+
+    /// Every record up to and including `id` is durable: take the steps that waited.
+    pub fn persisted(&mut self, id: RecordId) -> Vec<Action> {
+        let mut out = Vec::new();
+        let later = self.waiting.split_off(&RecordId(id.0 + 1));
+        let ready = std::mem::replace(&mut self.waiting, later);
+        for txn in ready.into_values() {
+            self.advance(txn, &mut out);
+        }
+        out
+    }
+
+    fn advance(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut t.phase, Phase::Finished(Verdict::Abort));
+        let client = t.client;
+        match phase {
+            Phase::Preparing { forward } => {
+                if let Some(next) = self.neighbour(&forward.chain, 1) {
+                    out.push(Action::Send {
+                        to: next,
+                        msg: Message::Prepare(forward),
+                    });
+                }
+                self.set_phase(txn, Phase::Prepared { in_doubt: false });
+            }
+            Phase::Deciding => {
+                self.apply(txn, out);
+                out.push(Action::Reply {
+                    client,
+                    txn,
+                    outcome: Outcome::Committed,
+                });
+                self.send_back(txn, Message::Commit { txn }, out);
+                let awaiting: BTreeSet<NodeId> = self.txns[&txn]
+                    .chain
+                    .iter()
+                    .copied()
+                    .filter(|&n| n != self.id)
+                    .collect();
+                if awaiting.is_empty() {
+                    self.persist(Record::Forget { txn }, out);
+                    self.set_phase(txn, Phase::Finished(Verdict::Commit));
+                } else {
+                    self.set_phase(txn, Phase::AwaitingAcks { awaiting });
+                }
+            }
+            Phase::Refusing { reason, askers } => {
+                out.push(Action::Reply {
+                    client,
+                    txn,
+                    outcome: Outcome::Aborted(reason),
+                });
+                self.send_back(txn, Message::Abort { txn }, out);
+                for to in askers {
+                    out.push(Action::Send {
+                        to,
+                        msg: Message::Abort { txn },
+                    });
+                }
+                // Finished(Abort) already set by the replace above.
+            }
+            Phase::Completing => {
+                if let Some(&decider) = self.txns[&txn].chain.last() {
+                    out.push(Action::Send {
+                        to: decider,
+                        msg: Message::Ack { txn, from: self.id },
+                    });
+                }
+                self.set_phase(txn, Phase::Finished(Verdict::Commit));
+            }
+            other => self.set_phase(txn, other),
+        }
+    }
+
+    /// The retry timer fired: prepared nodes ask the decider (`Resolve`), the decider
+    /// re-sends `Commit` to nodes that have not acknowledged. Call it every few hundred
+    /// milliseconds; it only re-sends idempotent messages.
+    pub fn tick(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (&txn, t) in &self.txns {
+            match &t.phase {
+                Phase::Prepared { .. } => {
+                    if let Some(&decider) = t.chain.last() {
+                        let msg = Message::Resolve {
+                            txn,
+                            from: self.id,
+                            client: t.client,
+                        };
+                        out.push(Action::Send { to: decider, msg });
+                    }
+                }
+                Phase::AwaitingAcks { awaiting } => {
+                    for &to in awaiting {
+                        out.push(Action::Send {
+                            to,
+                            msg: Message::Commit { txn },
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

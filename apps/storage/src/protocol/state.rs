@@ -1,0 +1,77 @@
+//! A node's per-transaction state and tunables.
+
+use std::collections::BTreeSet;
+
+use super::{AbortReason, Prepare};
+use crate::log::{PageWrite, Verdict};
+use crate::types::{ClientId, NodeId};
+
+/// A node's tunables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// At most this many pages locked by prepared transactions at once; a prepare that
+    /// would exceed it aborts with `NoSpace` (admission control).
+    pub lock_capacity: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            lock_capacity: 1 << 16,
+        }
+    }
+}
+
+/// Where a transaction stands on one node (see [`Node::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxnStatus {
+    /// The node has no record of it.
+    Unknown,
+    /// Analysis passed, locks held, the intent is being made durable.
+    Preparing,
+    /// Voted yes (intent durable), waiting for the outcome. `in_doubt` after a restart.
+    Prepared {
+        /// Recovered from the log rather than prepared in this incarnation.
+        in_doubt: bool,
+    },
+    /// The decider's commit decision is being made durable.
+    Deciding,
+    /// An abort record is being made durable (failed analysis, or a decider answering a
+    /// `Resolve` for a transaction it never saw).
+    Refusing,
+    /// Commit applied, the completion record is being made durable (then `Ack`).
+    Completing,
+    /// The decider decided commit and waits for these nodes' acknowledgements.
+    AwaitingAcks,
+    /// The outcome is final here.
+    Finished(Verdict),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Phase {
+    Preparing {
+        forward: Prepare,
+    },
+    Prepared {
+        in_doubt: bool,
+    },
+    Deciding,
+    Refusing {
+        reason: AbortReason,
+        askers: BTreeSet<NodeId>,
+    },
+    Completing,
+    AwaitingAcks {
+        awaiting: BTreeSet<NodeId>,
+    },
+    Finished(Verdict),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Txn {
+    pub(super) client: ClientId,
+    /// Empty when the node learnt of the transaction only through a `Resolve`.
+    pub(super) chain: Vec<NodeId>,
+    pub(super) writes: Vec<PageWrite>,
+    pub(super) phase: Phase,
+}

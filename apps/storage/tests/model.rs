@@ -1,0 +1,405 @@
+//! Model check of the commit-chain protocol with `stateright`.
+//!
+//! The model drives the real [`Node`] state machines (no re-implementation) over a
+//! network that loses, duplicates and reorders messages, with per-record log flushes
+//! (a crash can fall between any two log writes), node crashes (volatile state and
+//! unflushed log records lost; the page file survives, as with `kill -9`), restarts
+//! through [`Node::recover`] from the durable records, and retry timer ticks. Faults are
+//! bounded by per-run budgets so the state space is finite.
+//!
+//! Sized to finish in well under 60 s in the default debug test profile on 2 cores;
+//! each case prints its state count and time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use pipewright_storage::log::{PageWrite, Record, Verdict};
+use pipewright_storage::protocol::{
+    Action, Message, Node, NodeConfig, Outcome, Prepare, RecordId, TxnStatus,
+};
+use pipewright_storage::{ClientId, NodeId, PageId, TxnId, Version};
+use stateright::{Checker, Model, Property};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Budget {
+    crashes: u8,
+    losses: u8,
+    dups: u8,
+    ticks: u8,
+}
+
+struct ChainModel {
+    nodes: usize,
+    txns: Vec<Prepare>,
+    faults: Budget,
+    liveness: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct State {
+    nodes: Vec<Option<Node>>,
+    durable: Vec<Vec<Record>>,
+    pending: Vec<VecDeque<(RecordId, Record)>>,
+    pages: Vec<BTreeMap<PageId, Version>>,
+    net: BTreeSet<(NodeId, Message)>,
+    budget: Budget,
+    // Ghost (history) variables, for the properties.
+    outcomes: BTreeSet<(usize, TxnId, Verdict)>,
+    applied: BTreeSet<(usize, PageId, Version, TxnId)>,
+    decided: BTreeSet<(TxnId, Verdict)>,
+    replies: BTreeSet<(TxnId, bool)>,
+    commit_before_decision: bool,
+    unilateral_abort: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Act {
+    Deliver(NodeId, Message),
+    Duplicate(NodeId, Message),
+    Lose(NodeId, Message),
+    Flush(usize),
+    Crash(usize),
+    Recover(usize),
+    Tick(usize),
+}
+
+fn config() -> NodeConfig {
+    NodeConfig { lock_capacity: 4 }
+}
+
+impl ChainModel {
+    fn run(&self, s: &mut State, n: usize, actions: Vec<Action>, spontaneous: bool) {
+        for action in actions {
+            match action {
+                Action::Send { to, msg } => {
+                    s.net.insert((to, msg));
+                }
+                Action::Persist { id, record } => s.pending[n].push_back((id, record)),
+                Action::Apply { txn, writes } => {
+                    if !s.decided.contains(&(txn, Verdict::Commit)) {
+                        s.commit_before_decision = true;
+                    }
+                    for w in writes {
+                        s.pages[n].insert(w.page, w.expected + 1);
+                        s.applied.insert((n, w.page, w.expected, txn));
+                    }
+                    s.outcomes.insert((n, txn, Verdict::Commit));
+                }
+                Action::Reply { txn, outcome, .. } => {
+                    let committed = outcome == Outcome::Committed;
+                    if committed && !s.decided.contains(&(txn, Verdict::Commit)) {
+                        s.commit_before_decision = true;
+                    }
+                    s.replies.insert((txn, committed));
+                }
+            }
+        }
+        let Some(node) = &s.nodes[n] else { return };
+        for p in &self.txns {
+            let verdict = match node.status(p.txn) {
+                TxnStatus::Finished(v) => v,
+                TxnStatus::Completing | TxnStatus::AwaitingAcks => Verdict::Commit,
+                _ => continue,
+            };
+            if s.outcomes.insert((n, p.txn, verdict)) && spontaneous && verdict == Verdict::Abort {
+                s.unilateral_abort = true;
+            }
+        }
+    }
+
+    fn deliver(&self, s: &mut State, to: NodeId, msg: Message) {
+        let n = to.0 as usize;
+        if let Some(node) = s.nodes[n].as_mut() {
+            let actions = node.handle(msg);
+            self.run(s, n, actions, false);
+        }
+    }
+
+    fn settled(&self, s: &State) -> bool {
+        self.txns.iter().all(|p| {
+            s.replies.iter().any(|&(t, _)| t == p.txn)
+                && s.nodes.iter().flatten().all(|node| {
+                    matches!(
+                        node.status(p.txn),
+                        TxnStatus::Unknown | TxnStatus::Finished(_)
+                    )
+                })
+        })
+    }
+}
+
+impl Model for ChainModel {
+    type State = State;
+    type Action = Act;
+
+    fn init_states(&self) -> Vec<State> {
+        let n = self.nodes;
+        let net = self
+            .txns
+            .iter()
+            .map(|p| (p.chain[0], Message::Prepare(p.clone())))
+            .collect();
+        vec![State {
+            nodes: (0..n)
+                .map(|i| Some(Node::new(NodeId(i as u32), config(), BTreeMap::new())))
+                .collect(),
+            durable: vec![Vec::new(); n],
+            pending: vec![VecDeque::new(); n],
+            pages: vec![BTreeMap::new(); n],
+            net,
+            budget: self.faults,
+            outcomes: BTreeSet::new(),
+            applied: BTreeSet::new(),
+            decided: BTreeSet::new(),
+            replies: BTreeSet::new(),
+            commit_before_decision: false,
+            unilateral_abort: false,
+        }]
+    }
+
+    fn actions(&self, s: &State, out: &mut Vec<Act>) {
+        for (to, msg) in &s.net {
+            out.push(Act::Deliver(*to, msg.clone()));
+            if s.budget.dups > 0 {
+                out.push(Act::Duplicate(*to, msg.clone()));
+            }
+            if s.budget.losses > 0 {
+                out.push(Act::Lose(*to, msg.clone()));
+            }
+        }
+        for (i, node) in s.nodes.iter().enumerate() {
+            match node {
+                Some(node) => {
+                    if !s.pending[i].is_empty() {
+                        out.push(Act::Flush(i));
+                    }
+                    if s.budget.crashes > 0 {
+                        out.push(Act::Crash(i));
+                    }
+                    if s.budget.ticks > 0 && !node.clone().tick().is_empty() {
+                        out.push(Act::Tick(i));
+                    }
+                }
+                None => out.push(Act::Recover(i)),
+            }
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Act) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Act::Deliver(to, msg) => {
+                s.net.remove(&(to, msg.clone()));
+                self.deliver(&mut s, to, msg);
+            }
+            Act::Duplicate(to, msg) => {
+                s.budget.dups -= 1;
+                self.deliver(&mut s, to, msg);
+            }
+            Act::Lose(to, msg) => {
+                s.budget.losses -= 1;
+                s.net.remove(&(to, msg));
+            }
+            Act::Flush(n) => {
+                let (id, record) = s.pending[n].pop_front()?;
+                if let Record::Decision { txn, verdict } = &record {
+                    s.decided.insert((*txn, *verdict));
+                }
+                s.durable[n].push(record);
+                let actions = s.nodes[n].as_mut()?.persisted(id);
+                self.run(&mut s, n, actions, false);
+            }
+            Act::Crash(n) => {
+                s.budget.crashes -= 1;
+                s.nodes[n] = None;
+                s.pending[n].clear();
+            }
+            Act::Recover(n) => {
+                let id = NodeId(n as u32);
+                let records = s.durable[n].clone();
+                let (node, actions) =
+                    Node::recover(id, config(), s.pages[n].clone(), records).ok()?;
+                s.nodes[n] = Some(node);
+                self.run(&mut s, n, actions, true);
+            }
+            Act::Tick(n) => {
+                s.budget.ticks -= 1;
+                let actions = s.nodes[n].as_mut()?.tick();
+                self.run(&mut s, n, actions, true);
+            }
+        }
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        let mut props = vec![
+            Property::always("atomicity", |_, s: &State| {
+                let committed = |t| {
+                    s.outcomes
+                        .iter()
+                        .any(|&(_, x, v)| x == t && v == Verdict::Commit)
+                        || s.replies.contains(&(t, true))
+                };
+                let aborted = |t| {
+                    s.outcomes
+                        .iter()
+                        .any(|&(_, x, v)| x == t && v == Verdict::Abort)
+                        || s.replies.contains(&(t, false))
+                };
+                s.outcomes
+                    .iter()
+                    .all(|&(_, t, _)| !(committed(t) && aborted(t)))
+                    && s.replies
+                        .iter()
+                        .all(|&(t, _)| !(committed(t) && aborted(t)))
+            }),
+            Property::always(
+                "commit applied or replied only after a durable decision",
+                |_, s: &State| !s.commit_before_decision,
+            ),
+            Property::always("a yes-voter never aborts on its own", |_, s: &State| {
+                !s.unilateral_abort
+            }),
+            Property::always("no lost update", |_, s: &State| {
+                let keys: Vec<_> = s.applied.iter().map(|&(n, p, v, _)| (n, p, v)).collect();
+                keys.windows(2).all(|w| w[0] != w[1])
+            }),
+            Property::sometimes("a transaction commits", |_, s: &State| {
+                s.replies.iter().any(|r| r.1)
+            }),
+            Property::sometimes("a transaction aborts", |_, s: &State| {
+                s.replies.iter().any(|r| !r.1)
+            }),
+        ];
+        if self.liveness {
+            props.push(Property::eventually(
+                "every transaction is decided everywhere",
+                |m: &ChainModel, s| m.settled(s),
+            ));
+        }
+        props
+    }
+}
+
+fn write(page: u64) -> Vec<PageWrite> {
+    vec![PageWrite {
+        page: PageId(page),
+        expected: 0,
+        data: vec![page as u8 + 1],
+    }]
+}
+
+/// Transaction 1 writes page 0 on every node, chain 0 → 1 → … (decider: the last node).
+/// Transaction 2 writes page 0 on node 0 (conflicting with transaction 1) and page 1 on
+/// node 1, over the reversed two-node chain 1 → 0 (another decider).
+fn txns(nodes: usize, count: usize) -> Vec<Prepare> {
+    let chain: Vec<NodeId> = (0..nodes as u32).map(NodeId).collect();
+    let mut out = vec![Prepare {
+        txn: TxnId(1),
+        client: ClientId(1),
+        writes: chain.iter().map(|&n| (n, write(0))).collect(),
+        chain,
+    }];
+    if count > 1 {
+        out.push(Prepare {
+            txn: TxnId(2),
+            client: ClientId(2),
+            chain: vec![NodeId(1), NodeId(0)],
+            writes: vec![(NodeId(0), write(0)), (NodeId(1), write(1))],
+        });
+    }
+    out
+}
+
+fn check(name: &str, model: ChainModel) {
+    let start = Instant::now();
+    let checker = model.checker().threads(2).spawn_bfs().join();
+    let elapsed = start.elapsed();
+    println!(
+        "model {name}: {} unique states ({} visited), max depth {}, {:.1?}",
+        checker.unique_state_count(),
+        checker.state_count(),
+        checker.max_depth(),
+        elapsed
+    );
+    checker.assert_properties();
+}
+
+const NO_FAULTS: Budget = Budget {
+    crashes: 0,
+    losses: 0,
+    dups: 0,
+    ticks: 0,
+};
+
+#[test]
+fn two_nodes_two_txns_no_faults_all_decided() {
+    let faults = Budget {
+        dups: 1,
+        ..NO_FAULTS
+    };
+    check(
+        "n2-t2-dup",
+        ChainModel {
+            nodes: 2,
+            txns: txns(2, 2),
+            faults,
+            liveness: true,
+        },
+    );
+}
+
+#[test]
+fn three_nodes_two_txns_no_faults_all_decided() {
+    let faults = Budget {
+        dups: 1,
+        ..NO_FAULTS
+    };
+    check(
+        "n3-t2-dup",
+        ChainModel {
+            nodes: 3,
+            txns: txns(3, 2),
+            faults,
+            liveness: true,
+        },
+    );
+}
+
+#[test]
+fn two_nodes_two_txns_with_crash_loss_dup() {
+    let faults = Budget {
+        crashes: 1,
+        losses: 1,
+        dups: 1,
+        ticks: 1,
+    };
+    check(
+        "n2-t2-faults",
+        ChainModel {
+            nodes: 2,
+            txns: txns(2, 2),
+            faults,
+            liveness: false,
+        },
+    );
+}
+
+#[test]
+fn three_nodes_one_txn_with_crash_loss_dup() {
+    let faults = Budget {
+        crashes: 1,
+        losses: 1,
+        dups: 1,
+        ticks: 1,
+    };
+    check(
+        "n3-t1-faults",
+        ChainModel {
+            nodes: 3,
+            txns: txns(3, 1),
+            faults,
+            liveness: false,
+        },
+    );
+}

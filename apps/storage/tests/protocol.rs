@@ -1,0 +1,351 @@
+//! Deterministic scenarios of the protocol, with real log bytes and page files.
+
+use std::collections::VecDeque;
+
+use pipewright_storage::locks::PrepareError;
+use pipewright_storage::log::{encode, replay, PageWrite, Record, Verdict};
+use pipewright_storage::pages::PageStore;
+use pipewright_storage::protocol::{
+    AbortReason, Action, Message, Node, NodeConfig, Outcome, Prepare, RecordId, TxnStatus,
+};
+use pipewright_storage::{ClientId, NodeId, PageId, TxnId};
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    logs: Vec<Vec<u8>>,
+    pages: Vec<PageStore>,
+    net: VecDeque<(NodeId, Message)>,
+    sent: Vec<Message>,
+    replies: Vec<(TxnId, Outcome)>,
+}
+
+impl Cluster {
+    fn new(n: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = (0..n)
+            .map(|i| PageStore::open(dir.path().join(format!("pages{i}")), 8).unwrap())
+            .collect();
+        Self {
+            _dir: dir,
+            nodes: (0..n)
+                .map(|i| Node::new(NodeId(i), NodeConfig::default(), Default::default()))
+                .collect(),
+            logs: vec![Vec::new(); n as usize],
+            pages,
+            net: VecDeque::new(),
+            sent: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+
+    /// Carry out `actions` of node `n`; log records become durable at once.
+    fn run(&mut self, n: usize, actions: Vec<Action>) {
+        let mut todo: VecDeque<Action> = actions.into();
+        while let Some(action) = todo.pop_front() {
+            match action {
+                Action::Send { to, msg } => {
+                    self.sent.push(msg.clone());
+                    self.net.push_back((to, msg));
+                }
+                Action::Persist { id, record } => {
+                    encode(&record, &mut self.logs[n]).unwrap();
+                    todo.extend(self.nodes[n].persisted(id));
+                }
+                Action::Apply { writes, .. } => {
+                    for w in writes {
+                        self.pages[n]
+                            .apply(w.page, w.expected + 1, &w.data)
+                            .unwrap();
+                    }
+                }
+                Action::Reply { txn, outcome, .. } => self.replies.push((txn, outcome)),
+            }
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        while let Some((to, msg)) = self.net.pop_front() {
+            let actions = self.nodes[to.0 as usize].handle(msg);
+            self.run(to.0 as usize, actions);
+        }
+    }
+
+    /// Kill node `n` and restart it from its log bytes and page file.
+    fn crash_and_recover(&mut self, n: usize) {
+        let replayed = replay(&self.logs[n]);
+        assert!(replayed.corruption.is_none());
+        let versions = self.pages[n].scan().unwrap().versions;
+        let (node, actions) = Node::recover(
+            NodeId(n as u32),
+            NodeConfig::default(),
+            versions,
+            replayed.records,
+        )
+        .unwrap();
+        self.nodes[n] = node;
+        self.run(n, actions);
+    }
+
+    fn start(&mut self, p: Prepare) {
+        self.net.push_back((p.chain[0], Message::Prepare(p)));
+    }
+}
+
+fn w(page: u64, expected: u64) -> Vec<PageWrite> {
+    vec![PageWrite {
+        page: PageId(page),
+        expected,
+        data: vec![page as u8, expected as u8],
+    }]
+}
+
+fn txn(id: u64, chain: &[u32], page: u64) -> Prepare {
+    let chain: Vec<NodeId> = chain.iter().copied().map(NodeId).collect();
+    Prepare {
+        txn: TxnId(id),
+        client: ClientId(id),
+        writes: chain.iter().map(|&n| (n, w(page, 0))).collect(),
+        chain,
+    }
+}
+
+#[test]
+fn three_node_commit_uses_2n_minus_2_messages_then_acks() {
+    let mut c = Cluster::new(3);
+    c.start(txn(1, &[0, 1, 2], 4));
+    c.deliver_all();
+    assert_eq!(c.replies, vec![(TxnId(1), Outcome::Committed)]);
+    let count = |f: fn(&Message) -> bool| c.sent.iter().filter(|m| f(m)).count();
+    assert_eq!(count(|m| matches!(m, Message::Prepare(_))), 2);
+    assert_eq!(count(|m| matches!(m, Message::Commit { .. })), 2);
+    assert_eq!(count(|m| matches!(m, Message::Ack { .. })), 2);
+    for n in 0..3 {
+        assert_eq!(c.pages[n].read(PageId(4)).unwrap().0, 1);
+        assert_eq!(
+            c.nodes[n].status(TxnId(1)),
+            TxnStatus::Finished(Verdict::Commit)
+        );
+        assert!(c.nodes[n].locks().is_empty());
+    }
+    // The decider logged intent, decision and, after both acks, forget.
+    let decider_log = replay(&c.logs[2]).records;
+    assert!(matches!(
+        decider_log[..],
+        [
+            Record::Intent(_),
+            Record::Decision { .. },
+            Record::Forget { .. }
+        ]
+    ));
+}
+
+#[test]
+fn failed_analysis_aborts_back_to_the_head_and_releases_locks() {
+    let mut c = Cluster::new(3);
+    // Node 1's page is already at version 1: the transaction's expected 0 is stale.
+    c.pages[1].apply(PageId(4), 1, b"newer").unwrap();
+    let versions = c.pages[1].scan().unwrap().versions;
+    c.nodes[1] = Node::new(NodeId(1), NodeConfig::default(), versions);
+    c.start(txn(1, &[0, 1, 2], 4));
+    c.deliver_all();
+    let reason = AbortReason::Refused {
+        node: NodeId(1),
+        error: PrepareError::VersionMismatch {
+            page: PageId(4),
+            expected: 0,
+            found: 1,
+        },
+    };
+    assert_eq!(c.replies, vec![(TxnId(1), Outcome::Aborted(reason))]);
+    assert_eq!(
+        c.nodes[0].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Abort)
+    );
+    assert!(c.nodes[0].locks().is_empty());
+    assert_eq!(c.nodes[2].status(TxnId(1)), TxnStatus::Unknown);
+    assert_eq!(c.pages[0].read(PageId(4)).unwrap().0, 0);
+}
+
+#[test]
+fn overlapping_transactions_conflict_without_waiting() {
+    let mut c = Cluster::new(2);
+    c.start(txn(1, &[0, 1], 3));
+    // Deliver only the first hop: txn 1 is prepared on node 0 and holds page 3.
+    let (to, msg) = c.net.pop_front().unwrap();
+    let actions = c.nodes[to.0 as usize].handle(msg);
+    c.run(0, actions);
+    let held = c.net.pop_front().unwrap();
+    c.start(txn(2, &[0, 1], 3));
+    c.deliver_all();
+    let conflict = PrepareError::Conflict {
+        page: PageId(3),
+        holder: TxnId(1),
+    };
+    assert_eq!(
+        c.replies,
+        vec![(
+            TxnId(2),
+            Outcome::Aborted(AbortReason::Refused {
+                node: NodeId(0),
+                error: conflict
+            })
+        )]
+    );
+    c.net.push_back(held);
+    c.deliver_all();
+    assert_eq!(c.replies[1], (TxnId(1), Outcome::Committed));
+}
+
+#[test]
+fn client_is_answered_only_once_the_decision_is_durable() {
+    let mut decider = Node::new(NodeId(0), NodeConfig::default(), Default::default());
+    let actions = decider.handle(Message::Prepare(txn(1, &[0], 1)));
+    assert!(actions.iter().all(|a| matches!(a, Action::Persist { .. })));
+    let last = actions.iter().filter_map(|a| match a {
+        Action::Persist { id, .. } => Some(*id),
+        _ => None,
+    });
+    let last = last.max().unwrap();
+    // The intent alone being durable is not enough.
+    assert!(decider.persisted(RecordId(last.0 - 1)).is_empty());
+    let after = decider.persisted(last);
+    assert!(after.iter().any(|a| matches!(
+        a,
+        Action::Reply {
+            outcome: Outcome::Committed,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn an_in_doubt_node_keeps_its_locks_and_asks_the_decider() {
+    let mut c = Cluster::new(3);
+    c.start(txn(1, &[0, 1, 2], 5));
+    // Run until the decider has decided, then lose the Commit to node 1 and crash it.
+    while let Some((to, msg)) = c.net.pop_front() {
+        if to == NodeId(1) && matches!(msg, Message::Commit { .. }) {
+            break;
+        }
+        let actions = c.nodes[to.0 as usize].handle(msg);
+        c.run(to.0 as usize, actions);
+    }
+    assert_eq!(c.replies, vec![(TxnId(1), Outcome::Committed)]);
+    c.net.clear();
+    c.crash_and_recover(1);
+    assert_eq!(
+        c.nodes[1].status(TxnId(1)),
+        TxnStatus::Prepared { in_doubt: true }
+    );
+    assert_eq!(c.nodes[1].locks().holder(PageId(5)), Some(TxnId(1)));
+    assert!(matches!(
+        c.net.front(),
+        Some((NodeId(2), Message::Resolve { .. }))
+    ));
+    c.deliver_all();
+    assert_eq!(
+        c.nodes[1].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Commit)
+    );
+    assert_eq!(c.pages[1].read(PageId(5)).unwrap().0, 1);
+    // Node 1 passed the Commit on to node 0, and both acknowledged.
+    assert_eq!(c.pages[0].read(PageId(5)).unwrap().0, 1);
+    assert_eq!(
+        c.nodes[2].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Commit)
+    );
+}
+
+#[test]
+fn the_decider_re_sends_commit_until_every_node_acknowledges() {
+    let mut c = Cluster::new(2);
+    c.start(txn(1, &[0, 1], 6));
+    while let Some((to, msg)) = c.net.pop_front() {
+        if matches!(msg, Message::Commit { .. }) {
+            continue; // lost
+        }
+        let actions = c.nodes[to.0 as usize].handle(msg);
+        c.run(to.0 as usize, actions);
+    }
+    assert_eq!(c.nodes[1].status(TxnId(1)), TxnStatus::AwaitingAcks);
+    assert_eq!(
+        c.nodes[0].status(TxnId(1)),
+        TxnStatus::Prepared { in_doubt: false }
+    );
+    let tick = c.nodes[1].tick();
+    assert_eq!(
+        tick,
+        vec![Action::Send {
+            to: NodeId(0),
+            msg: Message::Commit { txn: TxnId(1) }
+        }]
+    );
+    c.run(1, tick);
+    c.deliver_all();
+    assert_eq!(c.pages[0].read(PageId(6)).unwrap().0, 1);
+    assert_eq!(
+        c.nodes[1].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Commit)
+    );
+    // After a restart the decider has forgotten nothing it must remember.
+    c.crash_and_recover(1);
+    assert_eq!(
+        c.nodes[1].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Commit)
+    );
+    assert!(c.net.is_empty());
+}
+
+#[test]
+fn a_decider_that_never_saw_the_prepare_aborts_durably_before_answering() {
+    let mut decider = Node::new(NodeId(2), NodeConfig::default(), Default::default());
+    let actions = decider.handle(Message::Resolve {
+        txn: TxnId(7),
+        from: NodeId(0),
+        client: ClientId(7),
+    });
+    let [Action::Persist { id, record }] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(
+        record,
+        &Record::Decision {
+            txn: TxnId(7),
+            verdict: Verdict::Abort
+        }
+    );
+    let after = decider.persisted(*id);
+    assert!(after.contains(&Action::Send {
+        to: NodeId(0),
+        msg: Message::Abort { txn: TxnId(7) }
+    }));
+    // The late prepare can no longer commit it.
+    let late = decider.handle(Message::Prepare(txn(7, &[0, 2], 1)));
+    assert_eq!(
+        late,
+        vec![Action::Send {
+            to: NodeId(0),
+            msg: Message::Abort { txn: TxnId(7) }
+        }]
+    );
+}
+
+#[test]
+fn recovery_redoes_committed_writes_in_commit_order() {
+    let mut c = Cluster::new(1);
+    c.start(txn(1, &[0], 2));
+    c.deliver_all();
+    let mut second = txn(2, &[0], 2);
+    second.writes = vec![(NodeId(0), w(2, 1))];
+    c.start(second);
+    c.deliver_all();
+    assert_eq!(c.pages[0].read(PageId(2)).unwrap().0, 2);
+    // The page file lost both writes (never synced); the log redoes them in order.
+    let dir = tempfile::tempdir().unwrap();
+    c.pages[0] = PageStore::open(dir.path().join("fresh"), 8).unwrap();
+    c.crash_and_recover(0);
+    let (version, data) = c.pages[0].read(PageId(2)).unwrap();
+    assert_eq!((version, &data[..2]), (2, &[2u8, 1][..]));
+    assert_eq!(c.nodes[0].version(PageId(2)), 2);
+}
