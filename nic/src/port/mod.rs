@@ -108,3 +108,4 @@ pub trait VfPort: Send + fmt::Debug {
 pub mod tap;
 pub use tap::TapPort;
 pub mod xsk;
+pub use xsk::AfXdpPort;
