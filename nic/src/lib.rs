@@ -9,6 +9,8 @@
 #![deny(unsafe_code)]
 
 #[cfg(not(loom))]
+pub mod dataplane;
+#[cfg(not(loom))]
 mod frame;
 #[cfg(not(loom))]
 pub mod host;

@@ -51,6 +51,8 @@ mod handles;
 #[cfg(not(loom))]
 mod link;
 #[cfg(not(loom))]
+mod local;
+#[cfg(not(loom))]
 mod mailbox;
 #[cfg(not(loom))]
 mod plan;
@@ -58,6 +60,8 @@ mod plan;
 pub mod plan_file;
 #[cfg(all(not(loom), feature = "prometheus"))]
 pub mod prometheus;
+#[cfg(not(loom))]
+pub mod readiness;
 #[cfg(not(loom))]
 mod replan;
 #[cfg(not(loom))]
@@ -75,6 +79,8 @@ mod worker;
 
 #[cfg(not(loom))]
 pub use budget::{ActivationBudget, UringBudget};
+#[cfg(not(loom))]
+pub use local::{WorkerLocal, WrongThread};
 #[cfg(not(loom))]
 pub use handles::{Input, Output, SendError, TrySendError};
 #[cfg(not(loom))]

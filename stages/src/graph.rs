@@ -448,6 +448,22 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
             .retain(|o| *o != Endpoint::Node { node: id, port: 0 });
     }
 
+    /// Ends the stream in an async stage whose outputs are discarded (an I/O sink: a
+    /// socket, a file).
+    pub fn sink_async<S: AsyncStage<In = T>>(self, name: &str, stage: S) {
+        let (b, input) = self.feed();
+        let id = b.add_node(
+            name,
+            Box::new(AsyncStageNode::<S, X>::new(name.to_string(), stage)),
+            input,
+            1,
+        );
+        b.graph
+            .borrow_mut()
+            .open
+            .retain(|o| *o != Endpoint::Node { node: id, port: 0 });
+    }
+
     /// Ends the stream in a closure called for every item.
     pub fn for_each<F: FnMut(T) + Send + 'static>(self, name: &str, f: F) {
         self.sink(name, crate::stage::for_each(f));

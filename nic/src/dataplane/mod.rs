@@ -1,0 +1,344 @@
+//! The data plane on real interfaces: VF ports (AF_XDP or TAP) feed the egress path,
+//! whose encapsulated frames leave through io_uring UDP sockets on the underlay;
+//! tunnelled datagrams received there go through the ingress path to the VF ports.
+//!
+//! ```text
+//!  VF 0 rx ─┐                                   ┌─> underlay-tx (io_uring, GSO)
+//!  VF 1 rx ─┴─> egress-classify ─> route ─┬─────┘
+//!                                         └─ ARP replies ─┐
+//!  underlay-rx 4789 ─┐                                    ├─> vf-tx (by meta.vf)
+//!  underlay-rx 6081 ─┴─> ingress-match ─> ingress-decap ──┘
+//! ```
+//!
+//! Every stage is an ordinary pipewright stage; the [`Plan`] places them on workers
+//! (by default the VF side and the underlay side each get one).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pipewright_nic::dataplane::{DataPlane, UnderlayConfig};
+//! use pipewright_nic::port::TapPort;
+//! use pipewright_nic::rules::{EgressTable, IngressTable, Versioned};
+//!
+//! # fn tables() -> (EgressTable, IngressTable) { unimplemented!() }
+//! let (egress, ingress) = tables();
+//! let running = DataPlane::builder()
+//!     .vf(Box::new(TapPort::open_existing("tap0", 0)?))
+//!     .underlay(UnderlayConfig::new("192.168.77.1".parse()?))
+//!     .egress(Versioned::new(egress))
+//!     .ingress(Versioned::new(ingress))
+//!     .start()?;
+//! std::thread::sleep(std::time::Duration::from_secs(10));
+//! println!("{:?}", running.stats().all());
+//! running.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pipewright_runtime::{
+    Pin as CpuPin, PipelineBuilder, Plan, Report, RunError, Running, Runtime,
+};
+use tokio::sync::Notify;
+
+use crate::pipeline::{egress, ingress, EgressConfig, NicStats};
+use crate::port::{PortCounters, VfPort};
+use crate::rules::{EgressTable, IngressTable, Versioned};
+use crate::tunnel::{DecapConfig, TunnelKind};
+use crate::{FramePool, DEFAULT_HEADROOM};
+
+mod underlay;
+mod vf;
+
+pub use underlay::{UnderlayConfig, UnderlayRx, UnderlayTx};
+pub use vf::{SharedPort, VfRx, VfTx};
+
+/// Tells the data plane's sources to stop: they end, and the pipeline drains.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<(AtomicBool, Notify)>);
+
+impl Stop {
+    /// Asks every source to end.
+    pub fn stop(&self) {
+        self.0 .0.store(true, Ordering::Release);
+        self.0 .1.notify_waiters();
+    }
+
+    /// Whether [`Stop::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0 .0.load(Ordering::Acquire)
+    }
+
+    /// Resolves once stopped.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0 .1.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    /// Something the builder needs was not given.
+    #[error("data plane: {0}")]
+    Missing(&'static str),
+    /// A socket could not be bound.
+    #[error("underlay socket {what}: {source}; check that the address is configured on an interface of this namespace and the port is free")]
+    Socket {
+        /// Which socket.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pipeline could not be built or started.
+    #[error("data plane pipeline: {0}")]
+    Start(String),
+}
+
+/// Builds a [`RunningDataPlane`].
+#[derive(Debug, Default)]
+pub struct DataPlaneBuilder {
+    vfs: Vec<Box<dyn VfPort>>,
+    underlay: Option<UnderlayConfig>,
+    rx_ports: Vec<u16>,
+    decap: Option<DecapConfig>,
+    egress: Option<Versioned<EgressTable>>,
+    ingress: Option<Versioned<IngressTable>>,
+    plan: Option<Plan>,
+    burst: Option<usize>,
+}
+
+/// Entry point: see [`DataPlane::builder`].
+#[derive(Debug)]
+pub struct DataPlane;
+
+impl DataPlane {
+    /// A data plane to configure.
+    pub fn builder() -> DataPlaneBuilder {
+        DataPlaneBuilder::default()
+    }
+}
+
+impl DataPlaneBuilder {
+    /// Adds a VF port (its [`VfPort::vf`] number is the VF the rules name).
+    pub fn vf(mut self, port: Box<dyn VfPort>) -> Self {
+        self.vfs.push(port);
+        self
+    }
+
+    /// The underlay sockets' address and sizing.
+    pub fn underlay(mut self, config: UnderlayConfig) -> Self {
+        self.underlay = Some(config);
+        self
+    }
+
+    /// Receives tunnelled traffic on this UDP port (default: VXLAN's 4789).
+    pub fn rx_port(mut self, port: u16) -> Self {
+        self.rx_ports.push(port);
+        self
+    }
+
+    /// Which tunnels the receive ports speak (default: VXLAN 4789, Geneve 6081, the
+    /// proprietary tunnel on its port).
+    pub fn decap(mut self, decap: DecapConfig) -> Self {
+        self.decap = Some(decap);
+        self
+    }
+
+    /// The egress rule table (publish new versions into it to change rules live).
+    pub fn egress(mut self, table: Versioned<EgressTable>) -> Self {
+        self.egress = Some(table);
+        self
+    }
+
+    /// The ingress rule table (publish new versions into it to change rules live).
+    pub fn ingress(mut self, table: Versioned<IngressTable>) -> Self {
+        self.ingress = Some(table);
+        self
+    }
+
+    /// Where the stages run (default: VF side on one worker, underlay side on another).
+    pub fn plan(mut self, plan: Plan) -> Self {
+        self.plan = Some(plan);
+        self
+    }
+
+    /// Burst size of every stage (default 64).
+    pub fn burst(mut self, burst: usize) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Binds the sockets, builds the pipeline and starts it.
+    pub fn start(self) -> Result<RunningDataPlane, DataPlaneError> {
+        let underlay = self.underlay.ok_or(DataPlaneError::Missing(
+            "no underlay: call .underlay(UnderlayConfig::new(local_ip))",
+        ))?;
+        let egress_table = self
+            .egress
+            .ok_or(DataPlaneError::Missing("no egress table: call .egress(..)"))?;
+        let ingress_table = self.ingress.ok_or(DataPlaneError::Missing(
+            "no ingress table: call .ingress(..)",
+        ))?;
+        if self.vfs.is_empty() {
+            return Err(DataPlaneError::Missing("no VF port: call .vf(port)"));
+        }
+        let rx_ports = if self.rx_ports.is_empty() {
+            vec![TunnelKind::Vxlan.default_port()]
+        } else {
+            self.rx_ports
+        };
+        let stats = NicStats::new();
+        let stop = Stop::default();
+        // Room for a 64 KiB TSO segment plus outer headers is not needed per frame:
+        // segmentation produces MTU-size frames; receive frames carry one datagram.
+        let pool = Arc::new(FramePool::new(DEFAULT_HEADROOM, 9216, 8192));
+        let ports: Vec<(u16, SharedPort)> = self
+            .vfs
+            .into_iter()
+            .map(|p| (p.vf(), Arc::new(Mutex::new(p))))
+            .collect();
+
+        let b = PipelineBuilder::new().default_burst(self.burst.unwrap_or(64));
+        let rx = ports.iter().map(|(vf, port)| {
+            b.source_async(
+                &format!("vf{vf}-rx"),
+                VfRx::new(port.clone(), pool.clone(), stats.clone(), stop.clone()),
+            )
+        });
+        let from_vfs = b.merge(rx.collect::<Vec<_>>());
+        let out = egress(
+            from_vfs,
+            &EgressConfig {
+                table: egress_table,
+                pool: pool.clone(),
+                stats: stats.clone(),
+            },
+        );
+        let tx = UnderlayTx::bind(underlay.clone(), pool.clone(), stats.clone()).map_err(|e| {
+            DataPlaneError::Socket {
+                what: format!("for sending on {}", underlay.local),
+                source: e,
+            }
+        })?;
+        out.underlay.sink_async("underlay-tx", tx);
+        let mut from_underlay = Vec::new();
+        for port in &rx_ports {
+            let rx = UnderlayRx::bind(
+                underlay.clone(),
+                *port,
+                pool.clone(),
+                stats.clone(),
+                stop.clone(),
+            )
+            .map_err(|e| DataPlaneError::Socket {
+                what: format!("{}:{port}", underlay.local),
+                source: e,
+            })?;
+            from_underlay.push(b.source_async(&format!("underlay-rx-{port}"), rx));
+        }
+        let inner = ingress(
+            b.merge(from_underlay),
+            &ingress_table,
+            self.decap.unwrap_or_default(),
+            &stats,
+        );
+        inner
+            .merge(out.to_vf)
+            .sink("vf-tx", VfTx::new(&ports, pool.clone(), stats.clone()));
+        let pipeline = b
+            .build()
+            .map_err(|e| DataPlaneError::Start(e.to_string()))?;
+        let plan = match self.plan {
+            Some(plan) => plan,
+            None => default_plan(&ports, &rx_ports),
+        };
+        let running =
+            Runtime::start(pipeline, plan).map_err(|e| DataPlaneError::Start(e.to_string()))?;
+        Ok(RunningDataPlane {
+            running,
+            stop,
+            stats,
+            ports,
+        })
+    }
+}
+
+/// VF receive + egress on one worker, underlay receive + ingress + VF transmit and the
+/// underlay transmit on another (each direction's hot path stays on one core).
+fn default_plan(ports: &[(u16, SharedPort)], rx_ports: &[u16]) -> Plan {
+    let mut vf_side: Vec<String> = ports.iter().map(|(vf, _)| format!("vf{vf}-rx")).collect();
+    vf_side.extend(
+        [
+            "egress-classify",
+            "egress-route",
+            "egress-offload",
+            "egress-encap",
+            "underlay-tx",
+        ]
+        .map(String::from),
+    );
+    let mut underlay_side: Vec<String> = rx_ports
+        .iter()
+        .map(|p| format!("underlay-rx-{p}"))
+        .collect();
+    underlay_side.extend(["ingress-match", "ingress-decap", "vf-tx"].map(String::from));
+    Plan::explicit()
+        .worker(vf_side, CpuPin::Auto)
+        .worker(underlay_side, CpuPin::Auto)
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct RunningDataPlane {
+    running: Running,
+    stop: Stop,
+    stats: NicStats,
+    ports: Vec<(u16, SharedPort)>,
+}
+
+impl RunningDataPlane {
+    /// Drop counters by stage and reason.
+    pub fn stats(&self) -> &NicStats {
+        &self.stats
+    }
+
+    /// Per-stage counters of the pipeline.
+    pub fn snapshot(&self) -> pipewright_runtime::Snapshot {
+        self.running.snapshot()
+    }
+
+    /// Counters of each VF port.
+    pub fn port_counters(&self) -> Vec<(u16, PortCounters)> {
+        self.ports
+            .iter()
+            .map(|(vf, p)| (*vf, vf::lock(p).counters()))
+            .collect()
+    }
+
+    /// A handle that stops the data plane from another thread (a signal handler).
+    pub fn stopper(&self) -> Stop {
+        self.stop.clone()
+    }
+
+    /// Stops the sources, lets what is in flight through, and returns the final
+    /// report (after at most `deadline`, abandoning and counting what is left).
+    pub fn stop_within(self, deadline: Duration) -> Result<Report, RunError> {
+        self.stop.stop();
+        self.running.shutdown(deadline)
+    }
+
+    /// [`RunningDataPlane::stop_within`] with two seconds.
+    pub fn stop(self) -> Result<Report, RunError> {
+        self.stop_within(Duration::from_secs(2))
+    }
+}

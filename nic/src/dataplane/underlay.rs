@@ -1,0 +1,451 @@
+//! The underlay on io_uring UDP sockets.
+//!
+//! Transmit: egress emits whole outer frames (Ethernet, IP, UDP, tunnel header, inner
+//! frame). The sink sends each frame's UDP payload from a small pool of sockets, picked
+//! by the frame's outer UDP source port (the flow's entropy), so one flow stays on one
+//! socket and its order is kept. Runs of frames of one flow with one payload size (the
+//! segments of a TSO super-frame, or a guest's stream of equal datagrams) go out as
+//! one GSO send.
+//!
+//! Receive: a multishot receive (with GRO) on the tunnel's port. The kernel has
+//! already checked the outer IP and UDP headers; the source writes an outer header in
+//! front of each datagram again so that one decapsulation path (`parse_outer`) serves
+//! both this socket underlay and raw-frame underlays.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+
+use pipewright_runtime::uring::{Received, UdpConfig, UdpRing};
+use pipewright_runtime::{
+    AsyncSource, AsyncStage, Burst, Failures, Outbox, SourceState, WorkerLocal,
+};
+
+use super::Stop;
+use crate::pipeline::NicStats;
+use crate::wire::{ethertype, ip_proto, Ipv4Packet, Ipv6Packet, UdpPacket};
+use crate::{Frame, FramePool};
+
+/// Most datagrams the kernel accepts in one GSO send.
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send (a UDP datagram's limit, less headers).
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Where an outer frame goes: its destination and the UDP payload's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OuterDst {
+    to: SocketAddr,
+    src_port: u16,
+    payload_off: usize,
+    payload_len: usize,
+}
+
+/// Reads the destination of an encapsulated frame (Ethernet + IPv4/IPv6 + UDP).
+fn outer_dst(data: &[u8]) -> Option<OuterDst> {
+    let ethertype = u16::from_be_bytes([*data.get(12)?, *data.get(13)?]);
+    let (ip, udp_off) = match ethertype {
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::new_checked(data.get(14..)?).ok()?;
+            if ip.protocol() != ip_proto::UDP {
+                return None;
+            }
+            (IpAddr::V4(ip.dst_addr()), 14 + ip.header_len())
+        }
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(data.get(14..)?).ok()?;
+            if ip.next_header() != ip_proto::UDP {
+                return None;
+            }
+            (IpAddr::V6(ip.dst_addr()), 14 + 40)
+        }
+        _ => return None,
+    };
+    let udp = UdpPacket::new_checked(data.get(udp_off..)?).ok()?;
+    let len = usize::from(udp.len()).checked_sub(8)?;
+    let payload_off = udp_off + 8;
+    if payload_off + len > data.len() {
+        return None;
+    }
+    Some(OuterDst {
+        to: SocketAddr::new(ip, udp.dst_port()),
+        src_port: udp.src_port(),
+        payload_off,
+        payload_len: len,
+    })
+}
+
+/// Configuration of the underlay.
+#[derive(Debug, Clone)]
+pub struct UnderlayConfig {
+    /// The data plane's underlay address (sockets bind to it).
+    pub local: IpAddr,
+    /// Sending sockets (flows are spread over them by source port).
+    pub tx_sockets: usize,
+    /// Provided buffers per receiving socket.
+    pub rx_buffers: u16,
+    /// Bytes per receive buffer (GRO coalesces up to 64 KiB into one).
+    pub rx_buffer_size: usize,
+    /// Coalesce received datagrams (UDP GRO).
+    pub gro: bool,
+    /// Send runs of equal datagrams with UDP GSO.
+    pub gso: bool,
+}
+
+impl UnderlayConfig {
+    /// Defaults for an underlay address.
+    pub fn new(local: IpAddr) -> Self {
+        Self {
+            local,
+            tx_sockets: 4,
+            rx_buffers: 256,
+            rx_buffer_size: 65_536,
+            gro: true,
+            gso: true,
+        }
+    }
+}
+
+/// Sends encapsulated frames; see the module docs.
+pub struct UnderlayTx {
+    config: UnderlayConfig,
+    sockets: Vec<UdpSocket>,
+    rings: WorkerLocal<Vec<UdpRing>>,
+    pool: Arc<FramePool>,
+    stats: NicStats,
+    spare: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UnderlayTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnderlayTx")
+            .field("local", &self.config.local)
+            .field("sockets", &self.config.tx_sockets)
+            .finish()
+    }
+}
+
+impl UnderlayTx {
+    /// Binds the sending sockets now (so a bad address fails at setup); their rings
+    /// are created on the worker that runs the stage.
+    pub(crate) fn bind(
+        config: UnderlayConfig,
+        pool: Arc<FramePool>,
+        stats: NicStats,
+    ) -> std::io::Result<Self> {
+        let sockets = (0..config.tx_sockets.max(1))
+            .map(|_| UdpSocket::bind(SocketAddr::new(config.local, 0)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            sockets,
+            rings: WorkerLocal::new(),
+            pool,
+            stats,
+            spare: Vec::new(),
+        })
+    }
+
+    fn rings(&mut self) -> std::io::Result<&[UdpRing]> {
+        let sockets = &mut self.sockets;
+        let rings = self.rings.get_or_try_init(|| {
+            // Sending sockets receive nothing of interest: one small buffer each.
+            let config = UdpConfig {
+                buffers: 1,
+                buffer_size: 2048,
+                gro: false,
+            };
+            sockets
+                .drain(..)
+                .map(|s| UdpRing::new(s, config))
+                .collect::<std::io::Result<Vec<_>>>()
+        })?;
+        Ok(rings)
+    }
+}
+
+/// One send: a destination, a socket, the payload (one datagram or a GSO run).
+struct Send {
+    to: SocketAddr,
+    socket: usize,
+    payload: Vec<u8>,
+    segment: Option<u16>,
+    datagrams: usize,
+}
+
+impl AsyncStage for UnderlayTx {
+    type In = Frame;
+    type Out = ();
+    type Error = std::io::Error;
+
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, Frame>,
+        _out: &mut Outbox<'_, ()>,
+        failures: &mut Failures<'_, std::io::Error>,
+    ) {
+        let sockets = self.config.tx_sockets.max(1);
+        let gso = self.config.gso;
+        let mut sends: Vec<Send> = Vec::new();
+        let mut used = Vec::new();
+        while let Some(frame) = burst.pop() {
+            let Some(dst) = outer_dst(frame.data()) else {
+                self.stats.drop_frame("underlay-tx", "not-encapsulated");
+                used.push(frame);
+                continue;
+            };
+            let payload = &frame.data()[dst.payload_off..dst.payload_off + dst.payload_len];
+            let socket = usize::from(dst.src_port) % sockets;
+            // Extend the previous send when this datagram continues its GSO run: same
+            // destination and socket, same size as its segments (the last may be
+            // shorter, and then closes the run).
+            let extend = gso
+                && sends.last().is_some_and(|s| {
+                    let seg = s.segment.map_or(s.payload.len(), usize::from);
+                    s.to == dst.to
+                        && s.socket == socket
+                        && s.payload.len() % seg == 0
+                        && payload.len() <= seg
+                        && s.datagrams < MAX_GSO_SEGMENTS
+                        && s.payload.len() + payload.len() <= MAX_GSO_BYTES
+                });
+            if extend {
+                let s = sends.last_mut().expect("checked");
+                if s.segment.is_none() {
+                    s.segment = Some(s.payload.len() as u16);
+                }
+                s.payload.extend_from_slice(payload);
+                s.datagrams += 1;
+            } else {
+                let mut buf = self.spare.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(payload);
+                sends.push(Send {
+                    to: dst.to,
+                    socket,
+                    payload: buf,
+                    segment: None,
+                    datagrams: 1,
+                });
+            }
+            used.push(frame);
+        }
+        self.pool.give_back(used);
+        let rings = match self.rings() {
+            Ok(r) => r,
+            Err(e) => {
+                for _ in &sends {
+                    failures.push(std::io::Error::new(e.kind(), e.to_string()));
+                }
+                return;
+            }
+        };
+        let pending = sends.into_iter().map(|s| {
+            let ring = &rings[s.socket];
+            async move {
+                // A run of one is a plain datagram (GSO of one segment is refused by
+                // some kernels for sizes above the MTU).
+                let segment = s.segment.filter(|_| s.datagrams > 1);
+                let (result, buf) = ring.send(s.to, s.payload, segment).await;
+                (result, buf, s.datagrams)
+            }
+        });
+        for (result, buf, datagrams) in futures::future::join_all(pending).await {
+            if let Err(e) = result {
+                for _ in 0..datagrams {
+                    failures.push(std::io::Error::new(e.kind(), e.to_string()));
+                }
+            }
+            if self.spare.len() < 256 {
+                self.spare.push(buf);
+            }
+        }
+    }
+}
+
+/// Receives tunnelled datagrams on one port; see the module docs.
+pub struct UnderlayRx {
+    socket: Option<UdpSocket>,
+    ring: WorkerLocal<UdpRing>,
+    config: UnderlayConfig,
+    local: SocketAddr,
+    pool: Arc<FramePool>,
+    stats: NicStats,
+    stop: Stop,
+}
+
+impl std::fmt::Debug for UnderlayRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnderlayRx")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl UnderlayRx {
+    /// Binds the tunnel port now (a port in use fails at setup).
+    pub(crate) fn bind(
+        config: UnderlayConfig,
+        port: u16,
+        pool: Arc<FramePool>,
+        stats: NicStats,
+        stop: Stop,
+    ) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(config.local, port))?;
+        let local = socket.local_addr()?;
+        Ok(Self {
+            socket: Some(socket),
+            ring: WorkerLocal::new(),
+            config,
+            local,
+            pool,
+            stats,
+            stop,
+        })
+    }
+}
+
+/// Writes Ethernet + IP + UDP headers for a datagram from `from` to `local` in front
+/// of `payload`, into `frame`.
+fn rebuild_outer(frame: &mut Frame, from: SocketAddr, local: SocketAddr, payload: &[u8]) -> bool {
+    let udp_len = 8 + payload.len();
+    let Ok(udp_len16) = u16::try_from(udp_len) else {
+        return false;
+    };
+    let (l3_len, ethertype) = match from {
+        SocketAddr::V4(_) => (20, ethertype::IPV4),
+        SocketAddr::V6(_) => (40, ethertype::IPV6),
+    };
+    let total = 14 + l3_len + udp_len;
+    let Some(buf) = frame.try_push_back(total) else {
+        return false;
+    };
+    buf[..12].fill(0);
+    buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    let udp_at = 14 + l3_len;
+    buf[udp_at..udp_at + 2].copy_from_slice(&from.port().to_be_bytes());
+    buf[udp_at + 2..udp_at + 4].copy_from_slice(&local.port().to_be_bytes());
+    buf[udp_at + 4..udp_at + 6].copy_from_slice(&udp_len16.to_be_bytes());
+    buf[udp_at + 6..udp_at + 8].fill(0);
+    buf[udp_at + 8..].copy_from_slice(payload);
+    match (from.ip(), local.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let ip = &mut buf[14..34];
+            ip[0] = 0x45;
+            ip[1] = 0;
+            ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+            ip[4..8].fill(0);
+            ip[8] = 64;
+            ip[9] = ip_proto::UDP;
+            ip[10..12].fill(0);
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
+            let Ok(mut packet) = Ipv4Packet::new_checked(&mut buf[14..]) else {
+                return false;
+            };
+            packet.fill_checksum();
+            // UDP checksum 0 over IPv4: "not computed"; the kernel verified it.
+            true
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let ip = &mut buf[14..54];
+            ip[0] = 0x60;
+            ip[1..4].fill(0);
+            ip[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+            ip[6] = ip_proto::UDP;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&src.octets());
+            ip[24..40].copy_from_slice(&dst.octets());
+            let Ok(mut udp) = UdpPacket::new_checked(&mut buf[54..]) else {
+                return false;
+            };
+            udp.fill_checksum_v6(src, dst);
+            true
+        }
+        _ => false,
+    }
+}
+
+impl AsyncSource for UnderlayRx {
+    type Out = Frame;
+
+    async fn pull(&mut self, out: &mut Outbox<'_, Frame>, _max: usize) -> SourceState {
+        let config = UdpConfig {
+            buffers: self.config.rx_buffers,
+            buffer_size: self.config.rx_buffer_size,
+            gro: self.config.gro,
+        };
+        let socket = &mut self.socket;
+        let ring = match self.ring.get_or_try_init(|| match socket.take() {
+            Some(s) => UdpRing::new(s, config),
+            None => Err(std::io::Error::other("the underlay socket is gone")),
+        }) {
+            Ok(ring) => ring,
+            Err(error) => {
+                tracing::error!(target: "pipewright", %error, local = %self.local, "cannot start the underlay receive");
+                self.stats.drop_frame("underlay-rx", "socket-setup");
+                return SourceState::Exhausted;
+            }
+        };
+        let (pool, stats, local) = (&self.pool, &self.stats, self.local);
+        let on_buffer = |r: Received<'_>| {
+            for datagram in r.datagrams() {
+                let mut frame = pool.take_one();
+                if rebuild_outer(&mut frame, r.from, local, datagram) {
+                    out.push(frame);
+                } else {
+                    stats.drop_frame("underlay-rx", "too-large");
+                    pool.give_back([frame]);
+                }
+            }
+        };
+        tokio::select! {
+            received = ring.recv_burst(on_buffer) => match received {
+                Ok(_) => SourceState::Ready,
+                Err(error) => {
+                    tracing::error!(target: "pipewright", %error, "underlay receive stopped");
+                    SourceState::Exhausted
+                }
+            },
+            () = self.stop.wait() => SourceState::Exhausted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::{parse_outer, DecapConfig};
+
+    #[test]
+    fn rebuilt_outer_headers_parse_as_the_datagram_arrived() {
+        // A VXLAN header (VNI 100) and a minimal inner Ethernet frame.
+        let mut payload = vec![0x08, 0, 0, 0, 0, 0, 100, 0];
+        payload.extend([0xaa; 6]);
+        payload.extend([0xbb; 6]);
+        payload.extend([0x08, 0x00]);
+        payload.extend([0u8; 46]);
+        let from: SocketAddr = "192.168.77.2:54321".parse().unwrap();
+        let local: SocketAddr = "192.168.77.1:4789".parse().unwrap();
+        let pool = FramePool::new(128, 2048, 4);
+        let mut frame = pool.take_one();
+        assert!(rebuild_outer(&mut frame, from, local, &payload));
+        let outer = parse_outer(frame.data(), &DecapConfig::default()).unwrap();
+        assert_eq!(outer.key.vni, 100);
+        assert_eq!(outer.key.outer_src, from.ip());
+        assert_eq!(outer.key.outer_dst, local.ip());
+        assert_eq!(outer.inner_len, payload.len() - 8);
+        let dst = outer_dst(frame.data()).unwrap();
+        assert_eq!(dst.to, local);
+        assert_eq!(dst.src_port, 54321);
+        assert_eq!(&frame.data()[dst.payload_off..], &payload[..]);
+    }
+
+    #[test]
+    fn garbage_has_no_outer_destination() {
+        assert_eq!(outer_dst(&[]), None);
+        assert_eq!(outer_dst(&[0xff; 60]), None);
+        let mut truncated = vec![0u8; 12];
+        truncated.extend(ethertype::IPV4.to_be_bytes());
+        truncated.extend([0x45, 0, 0, 200]);
+        assert_eq!(outer_dst(&truncated), None);
+    }
+}

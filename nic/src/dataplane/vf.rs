@@ -1,0 +1,196 @@
+//! VF ports as pipeline stages: a source that awaits frames from a port, and a sink
+//! that hands frames to the port of the VF they are for.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pipewright_runtime::readiness::Readable;
+use pipewright_runtime::{AsyncSource, Burst, Failures, Outbox, SourceState, Stage, WorkerLocal};
+
+use super::Stop;
+use crate::pipeline::NicStats;
+use crate::port::VfPort;
+use crate::{Frame, FramePool};
+
+/// A port shared by its receive source and the transmit sink (one lock per burst).
+pub type SharedPort = Arc<Mutex<Box<dyn VfPort>>>;
+
+pub(crate) fn lock(port: &SharedPort) -> MutexGuard<'_, Box<dyn VfPort>> {
+    port.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Frames the guest sends, as a source: awaits the port's descriptor (never spins).
+pub struct VfRx {
+    port: SharedPort,
+    pool: Arc<FramePool>,
+    stats: NicStats,
+    stop: Stop,
+    fd: WorkerLocal<Readable>,
+    scratch: Vec<Frame>,
+}
+
+impl std::fmt::Debug for VfRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfRx").field("port", &self.port).finish()
+    }
+}
+
+impl VfRx {
+    pub(crate) fn new(port: SharedPort, pool: Arc<FramePool>, stats: NicStats, stop: Stop) -> Self {
+        Self {
+            port,
+            pool,
+            stats,
+            stop,
+            fd: WorkerLocal::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl AsyncSource for VfRx {
+    type Out = Frame;
+
+    async fn pull(&mut self, out: &mut Outbox<'_, Frame>, max: usize) -> SourceState {
+        let port = &self.port;
+        let fd = match self
+            .fd
+            .get_or_try_init(|| Readable::new(lock(port).rx_fd()))
+        {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::error!(target: "pipewright", %error, "cannot watch a VF port; its receive stops");
+                self.stats.drop_frame("vf-rx", "port-unwatchable");
+                return SourceState::Exhausted;
+            }
+        };
+        loop {
+            if self.stop.is_stopped() {
+                return SourceState::Exhausted;
+            }
+            let guard = tokio::select! {
+                ready = fd.ready() => match ready {
+                    Ok(guard) => guard,
+                    Err(_) => return SourceState::Exhausted,
+                },
+                () = self.stop.wait() => return SourceState::Exhausted,
+            };
+            let received = lock(&self.port).recv_burst(&self.pool, &mut self.scratch, max);
+            match received {
+                Ok(0) => guard.not_ready(),
+                Ok(_) => {
+                    for frame in self.scratch.drain(..) {
+                        out.push(frame);
+                    }
+                    return SourceState::Ready;
+                }
+                Err(error) => {
+                    // The port reported a failure (a bad descriptor, a kernel error):
+                    // counted; the port keeps serving.
+                    tracing::debug!(target: "pipewright", %error, "VF receive failed");
+                    self.stats.drop_frame("vf-rx", "port-error");
+                    guard.not_ready();
+                }
+            }
+        }
+    }
+}
+
+/// Hands frames to the port of their VF (`meta.vf`). A VF whose receive ring is full
+/// drops the frame, counted as `vf-ring-full`, as a NIC does: waiting would stall
+/// every other VF behind one guest that does not read.
+pub struct VfTx {
+    ports: Vec<Option<SharedPort>>,
+    pool: Arc<FramePool>,
+    stats: NicStats,
+    batch: Vec<Frame>,
+}
+
+impl std::fmt::Debug for VfTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfTx")
+            .field("vfs", &self.ports.iter().filter(|p| p.is_some()).count())
+            .finish()
+    }
+}
+
+impl VfTx {
+    pub(crate) fn new(ports: &[(u16, SharedPort)], pool: Arc<FramePool>, stats: NicStats) -> Self {
+        let size = ports
+            .iter()
+            .map(|(vf, _)| usize::from(*vf) + 1)
+            .max()
+            .unwrap_or(0);
+        let mut by_vf = vec![None; size];
+        for (vf, port) in ports {
+            by_vf[usize::from(*vf)] = Some(port.clone());
+        }
+        Self {
+            ports: by_vf,
+            pool,
+            stats,
+            batch: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self, vf: u16) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let Some(Some(port)) = self.ports.get(usize::from(vf)) else {
+            for _ in self.batch.drain(..) {
+                self.stats.drop_frame("vf-tx", "no-such-vf");
+            }
+            return;
+        };
+        let mut port = lock(port);
+        // A couple of retries let the kernel drain a ring that just filled.
+        for _ in 0..3 {
+            match port.send_burst(&mut self.batch, &self.pool) {
+                Ok(_) if self.batch.is_empty() => return,
+                Ok(_) => std::thread::yield_now(),
+                Err(error) => {
+                    tracing::debug!(target: "pipewright", %error, vf, "VF send failed");
+                    self.stats.drop_frame("vf-tx", "port-error");
+                    break;
+                }
+            }
+        }
+        for _ in self.batch.drain(..) {
+            self.stats.drop_frame("vf-tx", "vf-ring-full");
+        }
+    }
+}
+
+impl Stage for VfTx {
+    type In = Frame;
+    type Out = ();
+    type Error = std::convert::Infallible;
+
+    fn process(&mut self, frame: Frame, _: &mut Outbox<'_, ()>) -> Result<(), Self::Error> {
+        let vf = frame.meta.vf;
+        self.batch.push(frame);
+        self.flush(vf);
+        Ok(())
+    }
+
+    fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, Frame>,
+        _out: &mut Outbox<'_, ()>,
+        _failures: &mut Failures<'_, Self::Error>,
+    ) {
+        // Consecutive frames for one VF go to its port as one batch.
+        let mut current = None;
+        while let Some(frame) = burst.pop() {
+            let vf = frame.meta.vf;
+            if current.is_some_and(|c| c != vf) {
+                self.flush(current.expect("checked"));
+            }
+            current = Some(vf);
+            self.batch.push(frame);
+        }
+        if let Some(vf) = current {
+            self.flush(vf);
+        }
+    }
+}
