@@ -48,9 +48,11 @@ use crate::rules::{EgressTable, IngressTable, Versioned};
 use crate::tunnel::{DecapConfig, TunnelKind};
 use crate::{FramePool, DEFAULT_HEADROOM};
 
+mod on_host;
 mod underlay;
 mod vf;
 
+pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
 pub use underlay::{UnderlayConfig, UnderlayRx, UnderlayTx};
 pub use vf::{SharedPort, VfRx, VfTx};
 
@@ -260,7 +262,7 @@ impl DataPlaneBuilder {
             .map_err(|e| DataPlaneError::Start(e.to_string()))?;
         let plan = match self.plan {
             Some(plan) => plan,
-            None => default_plan(&ports, &rx_ports),
+            None => default_plan(&pipeline.stage_names()),
         };
         let running =
             Runtime::start(pipeline, plan).map_err(|e| DataPlaneError::Start(e.to_string()))?;
@@ -273,25 +275,14 @@ impl DataPlaneBuilder {
     }
 }
 
-/// VF receive + egress on one worker, underlay receive + ingress + VF transmit and the
-/// underlay transmit on another (each direction's hot path stays on one core).
-fn default_plan(ports: &[(u16, SharedPort)], rx_ports: &[u16]) -> Plan {
-    let mut vf_side: Vec<String> = ports.iter().map(|(vf, _)| format!("vf{vf}-rx")).collect();
-    vf_side.extend(
-        [
-            "egress-classify",
-            "egress-route",
-            "egress-offload",
-            "egress-encap",
-            "underlay-tx",
-        ]
-        .map(String::from),
-    );
-    let mut underlay_side: Vec<String> = rx_ports
-        .iter()
-        .map(|p| format!("underlay-rx-{p}"))
-        .collect();
-    underlay_side.extend(["ingress-match", "ingress-decap", "vf-tx"].map(String::from));
+/// VF receive + egress + underlay transmit on one worker; underlay receive + ingress +
+/// VF transmit on another: each direction's hot path stays on one core.
+fn default_plan(stages: &[&str]) -> Plan {
+    let (vf_side, underlay_side): (Vec<&str>, Vec<&str>) = stages.iter().partition(|s| {
+        (s.starts_with("vf") && s.ends_with("-rx"))
+            || s.starts_with("egress")
+            || **s == "underlay-tx"
+    });
     Plan::explicit()
         .worker(vf_side, CpuPin::Auto)
         .worker(underlay_side, CpuPin::Auto)

@@ -36,6 +36,7 @@ use std::io;
 
 use crate::port::PortError;
 
+mod ethtool;
 mod netlink;
 mod netns;
 mod topology;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{HostError, Namespace, Netlink};
+use super::{ethtool, HostError, Namespace, Netlink};
 use crate::port::TapPort;
 use crate::wire::MacAddr;
 
@@ -354,6 +354,12 @@ impl HostBuilder {
         let dp_nl = Netlink::open(&host.dp)?;
         for (i, spec) in self.vfs.iter().enumerate() {
             let info = build_vf(&dp_nl, &host.dp, &host.guests[i], i as u16, spec)?;
+            if info.kind == VfKind::Veth {
+                // An AF_XDP port carries no offload metadata (unlike a VF descriptor or
+                // a TAP's vnet header): the guest must hand over complete checksums.
+                let ifname = info.guest_ifname.clone();
+                host.guests[i].run(move || ethtool::tx_checksum_off(&ifname))??;
+            }
             host.vfs.push(info);
         }
         if let (Some(ul), Some(remote)) = (&self.underlay, &host.remote) {
@@ -365,6 +371,13 @@ impl HostBuilder {
             r_nl.add_addr(r.index, ul.remote_ip)?;
             dp_nl.set_link(d.index, None, None, true)?;
             r_nl.set_link(r.index, None, None, true)?;
+            // Complete inner checksums in the remote's kernel, as a real NIC would on
+            // the wire (see `ethtool`).
+            remote.run(|| {
+                ethtool::tx_checksum_off(UNDERLAY_IF)?;
+                debug_assert!(!ethtool::tx_checksum(UNDERLAY_IF)?);
+                Ok::<_, HostError>(())
+            })??;
             for v in &self.vnis {
                 host.vnis.push(build_vni(&r_nl, r.index, ul, v)?);
             }

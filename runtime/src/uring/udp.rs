@@ -62,7 +62,9 @@ impl Received<'_> {
             .segment_size
             .map_or(self.data.len(), usize::from)
             .max(1);
-        self.data.chunks(seg)
+        // An empty datagram is a datagram too (and `chunks` yields nothing for it).
+        let empty = self.data.is_empty().then_some(self.data);
+        self.data.chunks(seg).chain(empty)
     }
 }
 
