@@ -19,10 +19,15 @@ struct Args {
 enum Command {
     /// Run a multi-stage demo pipeline on this machine, with a live per-stage view.
     Demo(cli::demo::DemoArgs),
+    /// The software NIC: run the data plane on real interfaces, or a full demo topology.
+    #[cfg(feature = "nic")]
+    Nic(cli::nic::NicArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Demo(args) => cli::demo::run(args),
+        #[cfg(feature = "nic")]
+        Command::Nic(args) => cli::nic::run(args),
     }
 }

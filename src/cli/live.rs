@@ -13,6 +13,7 @@ pub(crate) struct LiveView {
     tty: bool,
     /// The controller's latest decisions, newest last.
     decisions: std::collections::VecDeque<String>,
+    title: &'static str,
 }
 
 impl LiveView {
@@ -22,6 +23,15 @@ impl LiveView {
             lines_drawn: 0,
             tty: std::io::stdout().is_terminal(),
             decisions: std::collections::VecDeque::new(),
+            title: "pipewright demo",
+        }
+    }
+
+    /// A view whose header says `title`.
+    pub(crate) fn titled(title: &'static str) -> Self {
+        Self {
+            title,
+            ..Self::new()
         }
     }
 
@@ -32,12 +42,14 @@ impl LiveView {
         running.publish_gauges();
         let mut out = String::new();
         out.push_str(&format!(
-            "pipewright demo  t={:>5.1}s  plan: {}\n",
+            "{}  t={:>5.1}s  plan: {}\n",
+            self.title,
             running.elapsed().as_secs_f64(),
             running.plan()
         ));
+        let w = snap.stages.iter().map(|s| s.name.len()).max().unwrap_or(5).max(5);
         out.push_str(&format!(
-            "{:<12} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
+            "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
             "stage",
             "wkr",
             "burst",
@@ -67,7 +79,7 @@ impl LiveView {
                 format!("{}/{}", s.queue_depth, s.queue_capacity)
             };
             out.push_str(&format!(
-                "{:<12} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
+                "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
                 s.name,
                 s.worker,
                 s.burst,

@@ -2,3 +2,5 @@
 
 pub(crate) mod demo;
 pub(crate) mod live;
+#[cfg(feature = "nic")]
+pub(crate) mod nic;

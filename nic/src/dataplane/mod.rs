@@ -48,10 +48,12 @@ use crate::rules::{EgressTable, IngressTable, Versioned};
 use crate::tunnel::{DecapConfig, TunnelKind};
 use crate::{FramePool, DEFAULT_HEADROOM};
 
+mod config;
 mod on_host;
 mod underlay;
 mod vf;
 
+pub use config::{DataPlaneConfig, DataPlaneConfigError, PortEntry, PortKind};
 pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
 pub use underlay::{UnderlayConfig, UnderlayRx, UnderlayTx};
 pub use vf::{SharedPort, VfRx, VfTx};
@@ -306,6 +308,11 @@ impl RunningDataPlane {
     /// Per-stage counters of the pipeline.
     pub fn snapshot(&self) -> pipewright_runtime::Snapshot {
         self.running.snapshot()
+    }
+
+    /// The running pipeline (for live views and metrics).
+    pub fn running(&self) -> &Running {
+        &self.running
     }
 
     /// Counters of each VF port.

@@ -16,8 +16,7 @@
 //! vf = 1
 //! dst_prefix = "10.0.0.0/24"
 //! action = "encap"
-//! tunnel = { kind = "vxlan", vni = 100, outer_src = "192.168.0.1", outer_dst = "192.168.0.2",
-//!            outer_src_mac = "02:aa:00:00:00:01", outer_dst_mac = "02:aa:00:00:00:02" }
+//! tunnel = { kind = "vxlan", vni = 100, outer_src = "192.168.0.1", outer_dst = "192.168.0.2", outer_src_mac = "02:aa:00:00:00:01", outer_dst_mac = "02:aa:00:00:00:02" }
 //!
 //! [[ingress]]
 //! id = 20
