@@ -19,6 +19,9 @@ struct Args {
 enum Command {
     /// Run a multi-stage demo pipeline on this machine, with a live per-stage view.
     Demo(cli::demo::DemoArgs),
+    /// The storage commit chain: node processes, a local cluster, transactions, bench.
+    #[cfg(feature = "storage")]
+    Storage(cli::storage::StorageArgs),
     /// The software NIC: run the data plane on real interfaces, or a full demo topology.
     #[cfg(feature = "nic")]
     Nic(cli::nic::NicArgs),
@@ -27,6 +30,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Demo(args) => cli::demo::run(args),
+        #[cfg(feature = "storage")]
+        Command::Storage(args) => cli::storage::run(args),
         #[cfg(feature = "nic")]
         Command::Nic(args) => cli::nic::run(args),
     }

@@ -4,3 +4,5 @@ pub(crate) mod demo;
 pub(crate) mod live;
 #[cfg(feature = "nic")]
 pub(crate) mod nic;
+#[cfg(feature = "storage")]
+pub(crate) mod storage;

@@ -95,14 +95,64 @@
 
 #![warn(missing_docs)]
 
+#[cfg(not(loom))]
+pub mod bank;
+#[cfg(not(loom))]
+pub mod bench;
+#[cfg(not(loom))]
+pub mod client;
+#[cfg(not(loom))]
+pub mod cluster;
 pub mod locks;
 #[cfg(not(loom))]
 pub mod log;
 #[cfg(not(loom))]
 pub mod pages;
 #[cfg(not(loom))]
+pub mod peers;
+#[cfg(not(loom))]
 pub mod protocol;
+#[cfg(not(loom))]
+pub mod server;
 mod sync;
 mod types;
+#[cfg(not(loom))]
+pub mod wire;
 
 pub use types::{ClientId, NodeId, PageId, TxnId, Version};
+
+/// A tokio runtime for the node process and clients (`threads` workers, I/O and
+/// timers enabled), for callers that do not otherwise depend on tokio.
+///
+/// ```
+/// let rt = pipewright_storage::io_runtime(1)?;
+/// assert_eq!(rt.block_on(async { 1 + 1 }), 2);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[cfg(not(loom))]
+pub fn io_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM. Must be polled within a tokio
+/// runtime.
+#[cfg(not(loom))]
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+}

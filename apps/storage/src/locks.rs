@@ -49,6 +49,22 @@ pub enum PrepareError {
         /// The repeated page.
         page: PageId,
     },
+    /// The page is beyond the node's page file.
+    #[error("page {page} is beyond the node's {capacity} pages")]
+    OutOfRange {
+        /// The page asked for.
+        page: PageId,
+        /// Pages the node has.
+        capacity: u64,
+    },
+    /// The write carries more than a page of data.
+    #[error("{len} bytes for page {page} exceed a page")]
+    TooLarge {
+        /// The page.
+        page: PageId,
+        /// The data's length.
+        len: usize,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

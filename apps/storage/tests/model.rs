@@ -64,7 +64,10 @@ enum Act {
 }
 
 fn config() -> NodeConfig {
-    NodeConfig { lock_capacity: 4 }
+    NodeConfig {
+        lock_capacity: 4,
+        ..NodeConfig::default()
+    }
 }
 
 impl ChainModel {

@@ -51,6 +51,7 @@ use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Node {
     pub(super) id: NodeId,
+    pub(super) page_capacity: u64,
     pub(super) next_record: u64,
     pub(super) versions: BTreeMap<PageId, Version>,
     pub(super) locks: LockTable,
@@ -65,6 +66,7 @@ impl Node {
     pub fn new(id: NodeId, config: NodeConfig, versions: BTreeMap<PageId, Version>) -> Self {
         Self {
             id,
+            page_capacity: config.page_capacity,
             next_record: 0,
             versions,
             locks: LockTable::new(config.lock_capacity),
@@ -171,8 +173,10 @@ impl Node {
         let writes = p.writes_of(self.id).to_vec();
         let wants: Vec<(PageId, Version)> = writes.iter().map(|w| (w.page, w.expected)).collect();
         let versions = &self.versions;
-        let analysis = self.locks.prepare(p.txn, &wants, |page| {
-            versions.get(&page).copied().unwrap_or(0)
+        let analysis = self.check_writes(&writes).and_then(|()| {
+            self.locks.prepare(p.txn, &wants, |page| {
+                versions.get(&page).copied().unwrap_or(0)
+            })
         });
         let is_decider = p.decider() == Some(self.id);
         let (txn, client, chain) = (p.txn, p.client, p.chain.clone());

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use super::{AbortReason, Prepare};
+use super::{AbortReason, Node, Prepare};
+use crate::locks::PrepareError;
 use crate::log::{PageWrite, Verdict};
+use crate::pages::PAGE_SIZE;
 use crate::types::{ClientId, NodeId};
 
 /// A node's tunables.
@@ -12,12 +14,17 @@ pub struct NodeConfig {
     /// At most this many pages locked by prepared transactions at once; a prepare that
     /// would exceed it aborts with `NoSpace` (admission control).
     pub lock_capacity: usize,
+    /// Pages in the node's page file: a prepare writing a page at or beyond it, or more
+    /// than a page of data, is refused (`OutOfRange`, `TooLarge`) rather than accepted
+    /// and then failing to apply.
+    pub page_capacity: u64,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             lock_capacity: 1 << 16,
+            page_capacity: u64::MAX,
         }
     }
 }
@@ -74,4 +81,34 @@ pub(super) struct Txn {
     pub(super) chain: Vec<NodeId>,
     pub(super) writes: Vec<PageWrite>,
     pub(super) phase: Phase,
+}
+
+impl Node {
+    /// Transactions not yet finished here (preparing, prepared or in doubt, deciding,
+    /// refusing, completing, or a decider awaiting acknowledgements). Zero once the
+    /// node is quiescent.
+    pub fn unfinished(&self) -> usize {
+        self.txns
+            .values()
+            .filter(|t| !matches!(t.phase, Phase::Finished(_)))
+            .count()
+    }
+
+    pub(super) fn check_writes(&self, writes: &[PageWrite]) -> Result<(), PrepareError> {
+        for w in writes {
+            if w.page.0 >= self.page_capacity {
+                return Err(PrepareError::OutOfRange {
+                    page: w.page,
+                    capacity: self.page_capacity,
+                });
+            }
+            if w.data.len() > PAGE_SIZE {
+                return Err(PrepareError::TooLarge {
+                    page: w.page,
+                    len: w.data.len(),
+                });
+            }
+        }
+        Ok(())
+    }
 }

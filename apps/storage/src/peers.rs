@@ -1,0 +1,138 @@
+//! The peers file: which node listens where.
+//!
+//! A TOML table mapping node ids to socket addresses:
+//!
+//! ```toml
+//! [nodes]
+//! 1 = "127.0.0.1:7101"
+//! 2 = "127.0.0.1:7102"
+//! 3 = "127.0.0.1:7103"
+//! ```
+//!
+//! ```
+//! use pipewright_storage::peers::Peers;
+//! use pipewright_storage::NodeId;
+//!
+//! let peers = Peers::parse("[nodes]\n1 = \"127.0.0.1:7101\"\n2 = \"127.0.0.1:7102\"\n")?;
+//! assert_eq!(peers.addr(NodeId(2)).unwrap().port(), 7102);
+//! assert_eq!(Peers::parse(&peers.to_toml())?, peers);
+//! assert!(Peers::parse("[nodes]\nx = \"nowhere\"").is_err());
+//! # Ok::<(), pipewright_storage::peers::PeersError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// A peers file could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    /// The file could not be read or written.
+    #[error("peers file {path}: {error}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("peers file is not a `[nodes]` table of id = \"address\": {0}")]
+    Syntax(#[from] toml::de::Error),
+    /// A key is not a node id.
+    #[error("`{0}` is not a node id (a non-negative integer)")]
+    BadId(String),
+    /// A value is not a socket address.
+    #[error("node {id}: `{addr}` is not an address like 127.0.0.1:7101")]
+    BadAddr {
+        /// The node.
+        id: String,
+        /// The value.
+        addr: String,
+    },
+    /// The file names no node.
+    #[error("the peers file names no node")]
+    Empty,
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    nodes: BTreeMap<String, String>,
+}
+
+/// Node id → listening address, for every node of a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers {
+    nodes: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl Peers {
+    /// Peers from a map.
+    pub fn new(nodes: BTreeMap<NodeId, SocketAddr>) -> Self {
+        Self { nodes }
+    }
+
+    /// Parse the TOML text of a peers file.
+    pub fn parse(text: &str) -> Result<Self, PeersError> {
+        let file: File = toml::from_str(text)?;
+        let mut nodes = BTreeMap::new();
+        for (id, addr) in file.nodes {
+            let node = id
+                .trim()
+                .parse()
+                .map_err(|_| PeersError::BadId(id.clone()))?;
+            let sock = addr.parse().map_err(|_| PeersError::BadAddr { id, addr })?;
+            nodes.insert(NodeId(node), sock);
+        }
+        if nodes.is_empty() {
+            return Err(PeersError::Empty);
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Read and parse a peers file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, PeersError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| PeersError::Io {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// The TOML text of this peers file.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from("[nodes]\n");
+        for (id, addr) in &self.nodes {
+            out.push_str(&format!("{} = \"{addr}\"\n", id.0));
+        }
+        out
+    }
+
+    /// Write the peers file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), PeersError> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_toml()).map_err(|error| PeersError::Io {
+            path: path.display().to_string(),
+            error,
+        })
+    }
+
+    /// A node's address.
+    pub fn addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.nodes.get(&node).copied()
+    }
+
+    /// Every node, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
+        self.nodes.iter().map(|(&n, &a)| (n, a))
+    }
+
+    /// The node ids, ascending.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+}

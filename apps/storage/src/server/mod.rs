@@ -1,0 +1,313 @@
+//! The storage node process: recovery, the request pipeline on the pipewright
+//! runtime, and the TCP transport.
+//!
+//! ```text
+//!            TCP (peers + clients, one listener; first frame says which)
+//!                │ decoded frames            admission: in-flight budget → Busy
+//!                ▼
+//!  ┌────────┐  ┌──────┐  LogBatch  ┌──────────────────────┐  LogDurable  ┌───────────┐
+//!  │ ticker │─▶│ node │───────────▶│ log = uring FileSink │─────────────▶│ after-log │
+//!  └────────┘  └──────┘            │ 1 write + 1 fdatasync│              └───────────┘
+//!   retries     Node::handle/tick   │ per burst            │  Node::persisted(id):
+//!               sends, page writes, └──────────────────────┘  forward Prepare, decide,
+//!               replies; records →                             reply, Commit, Ack
+//!               pending log bytes
+//! ```
+//!
+//! The node and after-log stages share one worker, the log stage has its own: while
+//! one burst is being synced, the node stage keeps analysing and the next burst of
+//! records gathers in the ring (group commit). Record ids reach the log in id order
+//! and are acknowledged in log order (see `State`'s docs for why the protocol node is
+//! shared under a mutex). Any failure to log or to apply a committed write stops the
+//! pipeline (fail-stop); [`NodeServer::run_until`] then returns the error and a restart
+//! recovers from the log.
+//!
+//! On start, [`NodeServer::start`] replays the log, truncates a torn or corrupt tail
+//! (a record that does not check out is never applied), rebuilds the node with
+//! [`Node::recover`], redoes committed writes, re-takes in-doubt locks and asks the
+//! deciders, and only then serves.
+
+mod net;
+mod stages;
+mod state;
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pipewright_runtime::uring::FileSink;
+use pipewright_runtime::{Pin, PipelineBuilder, Plan, RunError, Running, Runtime, StartError};
+use tokio::net::TcpListener;
+
+use crate::log::{replay_file, Corruption};
+use crate::pages::{PageError, PageStore};
+use crate::peers::Peers;
+use crate::protocol::{Action, Message, Node, NodeConfig, RecoverError};
+use crate::types::{NodeId, PageId};
+use crate::wire::NodeStatus;
+
+pub use state::NodeFault;
+
+use net::Ctx;
+use stages::{AfterLog, LogStage, NodeStage, Ticker};
+use state::{lock, Effects, State, Stats};
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id (must be in `peers`).
+    pub id: NodeId,
+    /// Where to listen for peers and clients.
+    pub listen: SocketAddr,
+    /// The data directory (`log` and `pages` inside; created if missing).
+    pub data: PathBuf,
+    /// Every node of the cluster.
+    pub peers: Peers,
+    /// Pages in the page file.
+    pub pages: u64,
+    /// Client transactions admitted at this node (as head) at once; beyond it clients
+    /// get `Busy`.
+    pub max_in_flight: usize,
+    /// Page locks held by prepared transactions at once (the lock table's capacity).
+    pub lock_capacity: usize,
+    /// The retry timer (in-doubt `Resolve`, the decider's `Commit` re-sends).
+    pub tick: Duration,
+}
+
+impl NodeOptions {
+    /// Options with defaults: 1024 pages, 1024 transactions in flight, 65536 page
+    /// locks, a 200 ms retry timer.
+    ///
+    /// ```
+    /// use pipewright_storage::{peers::Peers, server::NodeOptions, NodeId};
+    /// let peers = Peers::parse("[nodes]\n1 = \"127.0.0.1:7101\"")?;
+    /// let opts = NodeOptions::new(NodeId(1), "127.0.0.1:7101".parse()?, "/tmp/n1".into(), peers);
+    /// assert_eq!(opts.max_in_flight, 1024);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(id: NodeId, listen: SocketAddr, data: PathBuf, peers: Peers) -> Self {
+        Self {
+            id,
+            listen,
+            data,
+            peers,
+            pages: 1024,
+            max_in_flight: 1024,
+            lock_capacity: 1 << 16,
+            tick: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory, log or listener failed.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The page file failed.
+    #[error("page file: {0}")]
+    Pages(#[from] PageError),
+    /// The log cannot be recovered from.
+    #[error("recovery: {0}")]
+    Recover(#[from] RecoverError),
+    /// The pipeline could not be built or started.
+    #[error("starting the pipeline: {0}")]
+    Start(String),
+    /// The pipeline stopped: a log write or page write failed (fail-stop).
+    #[error("the node stopped: {0}")]
+    Failed(#[from] RunError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |error| NodeError::Io { what, error }
+}
+
+/// What recovery found in the log and page file.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// Valid records replayed.
+    pub records: usize,
+    /// Where and why replay stopped early (the torn or corrupt tail was truncated).
+    pub corruption: Option<Corruption>,
+    /// Bytes truncated from the log's tail.
+    pub truncated_bytes: u64,
+    /// Pages that failed their checksum (treated as never written; redone from the log).
+    pub corrupt_pages: Vec<PageId>,
+    /// Committed transactions whose writes were redone.
+    pub redone: usize,
+    /// In-doubt transactions (intent logged, outcome unknown) now asking their decider.
+    pub in_doubt: usize,
+}
+
+/// A running storage node.
+#[derive(Debug)]
+pub struct NodeServer {
+    local_addr: SocketAddr,
+    recovered: Recovered,
+    running: Running,
+    accept: tokio::task::JoinHandle<()>,
+    shared: state::Shared,
+    fx: Arc<Effects>,
+}
+
+impl NodeServer {
+    /// Recover from `opts.data` and start serving on `opts.listen`. Must be called
+    /// within a tokio runtime (with I/O and time enabled).
+    pub async fn start(opts: NodeOptions) -> Result<NodeServer, NodeError> {
+        std::fs::create_dir_all(&opts.data).map_err(io("creating the data directory"))?;
+        let pages = PageStore::open(opts.data.join("pages"), opts.pages)?;
+        let scan = pages.scan()?;
+        let log_path = opts.data.join("log");
+        let mut recovered = Recovered {
+            corrupt_pages: scan.corrupt.clone(),
+            ..Recovered::default()
+        };
+        let records = if log_path.exists() {
+            let replay = replay_file(&log_path).map_err(io("reading the log"))?;
+            if replay.corruption.is_some() {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&log_path)
+                    .map_err(io("opening the log"))?;
+                let len = file.metadata().map_err(io("the log"))?.len();
+                recovered.truncated_bytes = len - replay.valid_len as u64;
+                file.set_len(replay.valid_len as u64)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io("truncating the log's torn tail"))?;
+            }
+            recovered.records = replay.records.len();
+            recovered.corruption = replay.corruption;
+            replay.records
+        } else {
+            Vec::new()
+        };
+        let config = NodeConfig {
+            lock_capacity: opts.lock_capacity,
+            page_capacity: opts.pages,
+        };
+        let (node, actions) = Node::recover(opts.id, config, scan.versions, records)?;
+        for action in &actions {
+            match action {
+                Action::Apply { .. } => recovered.redone += 1,
+                Action::Send {
+                    msg: Message::Resolve { .. },
+                    ..
+                } => recovered.in_doubt += 1,
+                _ => {}
+            }
+        }
+        let sink = FileSink::append(&log_path).map_err(io("opening the log"))?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(io(format!("listening on {}", opts.listen)))?;
+        let local_addr = listener.local_addr().map_err(io("listener address"))?;
+
+        let shared = Arc::new(Mutex::new(State::new(node, pages)));
+        let (links, pending_links) = net::link_queues(opts.peers.iter());
+        let fx = Arc::new(Effects {
+            id: opts.id,
+            links,
+            clients: Mutex::default(),
+            stats: Stats::default(),
+            max_in_flight: opts.max_in_flight.max(1),
+        });
+        let b = PipelineBuilder::new();
+        let (inbound_id, inbound) = b.input("inbound");
+        let ticks = b.source_async("ticker", Ticker { every: opts.tick });
+        let node_stage = NodeStage {
+            shared: shared.clone(),
+            fx: fx.clone(),
+        };
+        let after_log = AfterLog {
+            shared: shared.clone(),
+            fx: fx.clone(),
+        };
+        b.merge([inbound, ticks])
+            .then("node", node_stage)
+            .then_async("log", LogStage::new(sink, fx.clone()))
+            .sink("after-log", after_log);
+        let pipeline = b.build().map_err(|e| NodeError::Start(e.to_string()))?;
+        let plan = Plan::explicit()
+            .worker(["ticker", "node", "after-log"], Pin::Float)
+            .worker(["log"], Pin::Float)
+            .burst("node", 64)
+            .burst("log", 256);
+        let running = Runtime::start(pipeline, plan)
+            .map_err(|e: StartError| NodeError::Start(e.to_string()))?;
+        let input = running
+            .input(&inbound_id)
+            .ok_or_else(|| NodeError::Start("the pipeline input is closed".into()))?;
+        net::start_links(opts.id, pending_links, &input);
+        // Recovery's actions (redo, Resolve, Commit re-sends) before serving.
+        lock(&shared)
+            .execute(&fx, actions)
+            .map_err(|e| NodeError::Start(e.to_string()))?;
+        let ctx = Ctx {
+            shared: shared.clone(),
+            fx: fx.clone(),
+        };
+        let accept = tokio::spawn(net::accept_loop(listener, ctx, input));
+        Ok(NodeServer {
+            local_addr,
+            recovered,
+            running,
+            accept,
+            shared,
+            fx,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// What recovery found.
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    /// The node's status and counters.
+    pub fn status(&self) -> NodeStatus {
+        lock(&self.shared).status(&self.fx)
+    }
+
+    /// Serve until `shutdown` completes (then stop within a second) or the pipeline
+    /// fails (then return its error).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        tokio::pin!(shutdown);
+        let failed = loop {
+            tokio::select! {
+                _ = &mut shutdown => break false,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if self.running.is_finished() {
+                        break true;
+                    }
+                }
+            }
+        };
+        self.accept.abort();
+        let running = self.running;
+        let report = tokio::task::spawn_blocking(move || {
+            if failed {
+                running.join()
+            } else {
+                running.shutdown(Duration::from_secs(1))
+            }
+        })
+        .await
+        .map_err(|e| NodeError::Start(format!("joining the pipeline: {e}")))?;
+        report?;
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! The node's TCP side: the listener (peers and clients on one port) and one outgoing
+//! link per peer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pipewright_runtime::Input;
+use serde::de::DeserializeOwned;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use super::stages::Inbound;
+use super::state::{lock, Effects, Shared};
+use crate::pages::PAGE_SIZE;
+use crate::protocol::Message;
+use crate::types::{ClientId, NodeId};
+use crate::wire::{self, codec, ClientRequest, ClientResponse, FrameError, Hello};
+
+/// Messages queued per peer link before further sends are dropped (and counted).
+pub(crate) const LINK_QUEUE: usize = 4096;
+
+/// What every connection task needs.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) shared: Shared,
+    pub(crate) fx: Arc<Effects>,
+}
+
+impl Ctx {
+    fn malformed(&self, error: &FrameError) -> bool {
+        let bad = match error {
+            FrameError::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+            FrameError::Closed => false,
+            _ => true,
+        };
+        if bad {
+            self.fx.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("storage_malformed_frames_total").increment(1);
+        }
+        bad
+    }
+}
+
+async fn next_frame<T, S>(frames: &mut S) -> Result<T, FrameError>
+where
+    T: DeserializeOwned,
+    S: futures::Stream<Item = std::io::Result<bytes::BytesMut>> + Unpin,
+{
+    match frames.next().await {
+        None => Err(FrameError::Closed),
+        Some(Err(e)) => Err(FrameError::Io(e)),
+        Some(Ok(bytes)) => wire::decode(&bytes),
+    }
+}
+
+/// Accept connections until the task is aborted.
+pub(crate) async fn accept_loop(listener: TcpListener, ctx: Ctx, input: Input<Inbound>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(input) = input.try_clone() else {
+            return;
+        };
+        tokio::spawn(serve_connection(stream, ctx.clone(), input));
+    }
+}
+
+async fn serve_connection(stream: TcpStream, ctx: Ctx, input: Input<Inbound>) {
+    let mut framed = Framed::new(stream, codec());
+    match next_frame::<Hello, _>(&mut framed).await {
+        Ok(Hello::Peer { .. }) => serve_peer(framed, &ctx, input).await,
+        Ok(Hello::Client { id }) => serve_client(framed, id, &ctx, input).await,
+        Err(e) => {
+            ctx.malformed(&e);
+        }
+    }
+}
+
+type Frames = Framed<TcpStream, LengthDelimitedCodec>;
+
+async fn serve_peer(mut framed: Frames, ctx: &Ctx, mut input: Input<Inbound>) {
+    loop {
+        match next_frame::<Message, _>(&mut framed).await {
+            Ok(msg) => {
+                if input.send_async(Inbound::Peer(msg)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                ctx.malformed(&e);
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<Inbound>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ClientResponse>();
+    let _ = tx.send(ClientResponse::Welcome { node: ctx.fx.id });
+    ctx.fx
+        .clients
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, tx.clone());
+    let (mut sink, mut frames) = framed.split();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            if sink.feed(wire::encode(&first)).await.is_err() {
+                return;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if sink.feed(wire::encode(&more)).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let request = match next_frame::<ClientRequest, _>(&mut frames).await {
+            Ok(request) => request,
+            Err(e) => {
+                ctx.malformed(&e);
+                break;
+            }
+        };
+        match request {
+            ClientRequest::Prepare(mut prepare) => {
+                prepare.client = id;
+                if !ctx.fx.admit() {
+                    let _ = tx.send(ClientResponse::Busy { txn: prepare.txn });
+                } else if input.send_async(Inbound::Client(prepare)).await.is_err() {
+                    break;
+                }
+            }
+            ClientRequest::Read { req, page } => {
+                let read = lock(&ctx.shared).pages.read(page);
+                let _ = tx.send(match read {
+                    Ok((version, mut data)) => {
+                        let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                        data.truncate(used.min(PAGE_SIZE));
+                        ClientResponse::Page { req, version, data }
+                    }
+                    Err(e) => ClientResponse::Failed {
+                        req,
+                        error: e.to_string(),
+                    },
+                });
+            }
+            ClientRequest::Status { req } => {
+                let status = lock(&ctx.shared).status(&ctx.fx);
+                let _ = tx.send(ClientResponse::Status { req, status });
+            }
+        }
+    }
+    {
+        let mut clients = ctx.fx.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.get(&id).is_some_and(|t| t.same_channel(&tx)) {
+            clients.remove(&id);
+        }
+    }
+    drop(tx);
+    writer.abort();
+}
+
+/// A peer link's queue, created before the pipeline runs (the node's effects hold the
+/// sending side); its task starts once the pipeline's input exists.
+pub(crate) struct PendingLink {
+    pub(crate) id: NodeId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) rx: mpsc::Receiver<Message>,
+}
+
+/// Queues for one link per node of `peers` (the node's own is a loopback).
+pub(crate) fn link_queues(
+    peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+) -> (HashMap<NodeId, mpsc::Sender<Message>>, Vec<PendingLink>) {
+    let mut links = HashMap::new();
+    let mut pending = Vec::new();
+    for (id, addr) in peers {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        links.insert(id, tx);
+        pending.push(PendingLink { id, addr, rx });
+    }
+    (links, pending)
+}
+
+/// Start the link tasks: a reconnecting TCP link per peer, a loopback for `me`.
+pub(crate) fn start_links(me: NodeId, pending: Vec<PendingLink>, input: &Input<Inbound>) {
+    for PendingLink { id, addr, rx } in pending {
+        if id == me {
+            if let Some(input) = input.try_clone() {
+                tokio::spawn(loopback(rx, input));
+            }
+        } else {
+            tokio::spawn(link(me, addr, rx));
+        }
+    }
+}
+
+async fn loopback(mut rx: mpsc::Receiver<Message>, mut input: Input<Inbound>) {
+    while let Some(msg) = rx.recv().await {
+        if input.send_async(Inbound::Peer(msg)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One connection to `addr`, re-established with backoff; messages queued while it is
+/// down wait in the queue (up to [`LINK_QUEUE`]), messages written to a connection that
+/// then fails are lost (the protocol re-sends what matters).
+async fn link(me: NodeId, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(20);
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut frames = FramedWrite::new(write, codec());
+        // The peer never writes to this connection: reading tells us when it is gone.
+        let mut closed = FramedRead::new(read, codec());
+        if frames
+            .send(wire::encode(&Hello::Peer { from: me }))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                _ = closed.next() => break,
+            };
+            let Some(msg) = msg else { return };
+            let mut ok = frames.feed(wire::encode(&msg)).await.is_ok();
+            while ok {
+                match rx.try_recv() {
+                    Ok(more) => ok = frames.feed(wire::encode(&more)).await.is_ok(),
+                    Err(_) => break,
+                }
+            }
+            if !ok || SinkExt::<bytes::Bytes>::flush(&mut frames).await.is_err() {
+                break;
+            }
+        }
+    }
+}

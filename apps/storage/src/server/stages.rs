@@ -1,0 +1,212 @@
+//! The stages of a node's request path.
+//!
+//! ```text
+//!  inbound (connections) ─┐
+//!                         ├─▶ node ──LogBatch──▶ log (FileSink: one write +  ──LogDurable──▶ after-log
+//!  ticker (retry timer) ──┘   handle/tick         one fdatasync per burst)                   persisted(id)
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipewright_runtime::uring::{Durable, FileSink};
+use pipewright_runtime::{
+    AsyncSource, AsyncStage, Burst, ErrorPolicy, Failures, Outbox, SourceState, Stage,
+};
+
+use super::state::{lock, Effects, LogBatch, NodeFault, Shared};
+use crate::protocol::{Message, Prepare, RecordId};
+
+/// What enters a node's pipeline.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A protocol message from a peer.
+    Peer(Message),
+    /// A client's `Prepare`, already admitted against the in-flight budget.
+    Client(Prepare),
+    /// The retry timer fired.
+    Tick,
+}
+
+/// Records up to `last` are durable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogDurable {
+    pub(crate) last: RecordId,
+}
+
+/// Calls [`Node::handle`](crate::protocol::Node::handle) /
+/// [`tick`](crate::protocol::Node::tick) for each inbound item, carries out the
+/// actions, and emits the burst's new log records as one [`LogBatch`].
+pub(crate) struct NodeStage {
+    pub(crate) shared: Shared,
+    pub(crate) fx: Arc<Effects>,
+}
+
+impl Stage for NodeStage {
+    type In = Inbound;
+    type Out = LogBatch;
+    type Error = NodeFault;
+
+    fn process(&mut self, item: Inbound, out: &mut Outbox<'_, LogBatch>) -> Result<(), NodeFault> {
+        let mut burst = VecDeque::from([item]);
+        let mut failures = Vec::new();
+        self.process_burst(
+            &mut Burst::new(&mut burst),
+            out,
+            &mut Failures::new(&mut failures),
+        );
+        failures.pop().map_or(Ok(()), Err)
+    }
+
+    fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, Inbound>,
+        out: &mut Outbox<'_, LogBatch>,
+        failures: &mut Failures<'_, NodeFault>,
+    ) {
+        let mut state = lock(&self.shared);
+        let fx = &*self.fx;
+        while let Some(item) = burst.pop() {
+            let done = match item {
+                Inbound::Peer(msg) => {
+                    let actions = state.node.handle(msg);
+                    state.execute(fx, actions)
+                }
+                Inbound::Client(prepare) => state.client_prepare(fx, prepare),
+                Inbound::Tick => {
+                    let actions = state.node.tick();
+                    state.execute(fx, actions)
+                }
+            };
+            if let Err(fault) = done {
+                failures.push(fault);
+                return;
+            }
+        }
+        state.sweep_admitted(fx);
+        if let Some(batch) = state.take_pending() {
+            out.push(batch);
+        }
+    }
+
+    fn error_policy(&self) -> ErrorPolicy {
+        ErrorPolicy::FailPipeline
+    }
+}
+
+/// The log: [`FileSink`] (io_uring group commit) carrying the record ids through.
+///
+/// Each burst of batches is one write and one `fdatasync` in the sink; only once it
+/// returned is the burst's last record id emitted. A failed write or sync fails the
+/// pipeline: the node stops rather than acknowledge anything it cannot prove durable.
+pub(crate) struct LogStage {
+    pub(crate) sink: FileSink,
+    pub(crate) fx: Arc<Effects>,
+    bytes: VecDeque<Vec<u8>>,
+    durable: VecDeque<Durable>,
+    errors: Vec<std::io::Error>,
+}
+
+impl LogStage {
+    pub(crate) fn new(sink: FileSink, fx: Arc<Effects>) -> Self {
+        Self {
+            sink,
+            fx,
+            bytes: VecDeque::new(),
+            durable: VecDeque::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl AsyncStage for LogStage {
+    type In = LogBatch;
+    type Out = LogDurable;
+    type Error = NodeFault;
+
+    async fn process_burst(
+        &mut self,
+        burst: &mut Burst<'_, LogBatch>,
+        out: &mut Outbox<'_, LogDurable>,
+        failures: &mut Failures<'_, NodeFault>,
+    ) {
+        let mut last = None;
+        let mut total = 0;
+        for batch in burst.drain() {
+            last = Some(batch.last);
+            total += batch.bytes.len();
+            self.bytes.push_back(batch.bytes);
+        }
+        let Some(last) = last else { return };
+        self.durable.clear();
+        self.errors.clear();
+        self.sink
+            .process_burst(
+                &mut Burst::new(&mut self.bytes),
+                &mut Outbox::new(&mut self.durable),
+                &mut Failures::new(&mut self.errors),
+            )
+            .await;
+        self.bytes.clear();
+        if let Some(e) = self.errors.pop() {
+            failures.push(NodeFault::Log(e));
+            return;
+        }
+        let stats = &self.fx.stats;
+        stats.log_bytes.fetch_add(total as u64, Ordering::Relaxed);
+        stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("storage_log_syncs_total").increment(1);
+        out.push(LogDurable { last });
+    }
+
+    fn error_policy(&self) -> ErrorPolicy {
+        ErrorPolicy::FailPipeline
+    }
+}
+
+/// Feeds durability back into the node ([`Node::persisted`]) and carries out what
+/// became possible: forwarding a `Prepare`, the decider's reply and `Commit`, `Ack`s.
+///
+/// Records it asks to persist (a decider's `Forget`) join the pending log bytes and
+/// go out with the node stage's next batch (at the latest on the next tick).
+///
+/// [`Node::persisted`]: crate::protocol::Node::persisted
+pub(crate) struct AfterLog {
+    pub(crate) shared: Shared,
+    pub(crate) fx: Arc<Effects>,
+}
+
+impl Stage for AfterLog {
+    type In = LogDurable;
+    type Out = ();
+    type Error = NodeFault;
+
+    fn process(&mut self, durable: LogDurable, _out: &mut Outbox<'_, ()>) -> Result<(), NodeFault> {
+        let mut state = lock(&self.shared);
+        let actions = state.node.persisted(durable.last);
+        state.execute(&self.fx, actions)?;
+        state.sweep_admitted(&self.fx);
+        Ok(())
+    }
+
+    fn error_policy(&self) -> ErrorPolicy {
+        ErrorPolicy::FailPipeline
+    }
+}
+
+/// The retry timer: one [`Inbound::Tick`] every `every`.
+pub(crate) struct Ticker {
+    pub(crate) every: Duration,
+}
+
+impl AsyncSource for Ticker {
+    type Out = Inbound;
+
+    async fn pull(&mut self, out: &mut Outbox<'_, Inbound>, _max: usize) -> SourceState {
+        tokio::time::sleep(self.every).await;
+        out.push(Inbound::Tick);
+        SourceState::Ready
+    }
+}

@@ -1,0 +1,228 @@
+//! The node's shared state and the host side of the protocol: carrying out
+//! [`Action`]s.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use crate::log::{self, EncodeError};
+use crate::pages::{PageError, PageStore};
+use crate::protocol::{Action, Message, Node, RecordId, TxnStatus};
+use crate::types::{ClientId, NodeId, TxnId};
+use crate::wire::{ClientResponse, NodeStatus};
+
+/// A stage of the node's pipeline could not carry out an action: the node stops
+/// (fail-stop) and its restart recovers from the log.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFault {
+    /// A record could not be encoded for the log.
+    #[error("encoding a log record: {0}")]
+    Encode(#[from] EncodeError),
+    /// A committed write could not be applied to the page file.
+    #[error("applying a committed write: {0}")]
+    Page(#[from] PageError),
+    /// The log write or its `fdatasync` failed: nothing of that burst is acknowledged.
+    #[error("log write: {0}")]
+    Log(#[from] std::io::Error),
+}
+
+/// What the node's stages share under one mutex.
+///
+/// The protocol node is one state machine fed from two stages: the node stage (new
+/// messages, ticks) and the after-log stage (`persisted`, once the group-commit sink
+/// says records are durable). Both must see and update the same transactions, lock
+/// table and page versions, and the record ids they allocate must reach the log in id
+/// order. A mutex around the node, the page file and the pending log bytes gives both:
+/// every call into the node, the page writes it asks for and the encoding of the
+/// records it asks to persist happen in one critical section, so the pending bytes are
+/// always in record-id order, and page writes of one page are applied in commit order
+/// whichever stage produced them. Critical sections are short (no awaits, no network;
+/// page writes go to the page cache) and the two stages share a worker in the default
+/// plan, so the mutex is uncontended there.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) node: Node,
+    pub(crate) pages: PageStore,
+    /// Encoded records not yet handed to the log stage, in id order.
+    pending: Vec<u8>,
+    /// The id of the last record in `pending`.
+    pending_last: Option<RecordId>,
+    /// Client transactions admitted at this node and not yet finished here.
+    admitted: HashSet<TxnId>,
+}
+
+/// A run of encoded log records for the group-commit sink: every record up to `last`
+/// not handed over before.
+#[derive(Debug)]
+pub(crate) struct LogBatch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) last: RecordId,
+}
+
+/// Counters of a node (also published through the `metrics` facade).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) busy: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) dropped_sends: AtomicU64,
+    pub(crate) log_bytes: AtomicU64,
+    pub(crate) log_syncs: AtomicU64,
+}
+
+/// Where a node's actions go: peer links and client connections.
+#[derive(Debug)]
+pub(crate) struct Effects {
+    pub(crate) id: NodeId,
+    pub(crate) links: HashMap<NodeId, mpsc::Sender<Message>>,
+    pub(crate) clients: Mutex<HashMap<ClientId, mpsc::UnboundedSender<ClientResponse>>>,
+    pub(crate) stats: Stats,
+    pub(crate) max_in_flight: usize,
+}
+
+impl Effects {
+    /// Queue `msg` for node `to`; best effort (a full link queue drops and counts).
+    pub(crate) fn send(&self, to: NodeId, msg: Message) {
+        let sent = self.links.get(&to).is_some_and(|l| l.try_send(msg).is_ok());
+        if !sent {
+            self.stats.dropped_sends.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("storage_dropped_sends_total").increment(1);
+        }
+    }
+
+    /// Answer a client, if it is connected here.
+    pub(crate) fn reply(&self, client: ClientId, response: ClientResponse) {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = clients.get(&client) {
+            let _ = tx.send(response);
+        }
+    }
+
+    /// Take one unit of the in-flight budget; false when it is spent.
+    pub(crate) fn admit(&self) -> bool {
+        let admitted = self
+            .stats
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_in_flight).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("storage_busy_total").increment(1);
+        }
+        admitted
+    }
+
+    fn release(&self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The state behind its mutex.
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+/// Lock the shared state. A panic inside a critical section stops the pipeline
+/// (fail-stop), so a poisoned mutex is only ever seen on the way down.
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    pub(crate) fn new(node: Node, pages: PageStore) -> Self {
+        Self {
+            node,
+            pages,
+            pending: Vec::new(),
+            pending_last: None,
+            admitted: HashSet::new(),
+        }
+    }
+
+    /// Carry out `actions` in order: sends are queued on the links, page writes go to
+    /// the page file, records are encoded into the pending log bytes, replies go to
+    /// client connections.
+    pub(crate) fn execute(&mut self, fx: &Effects, actions: Vec<Action>) -> Result<(), NodeFault> {
+        for action in actions {
+            match action {
+                Action::Send { to, msg } => fx.send(to, msg),
+                Action::Persist { id, record } => {
+                    log::encode(&record, &mut self.pending)?;
+                    self.pending_last = Some(id);
+                }
+                Action::Apply { writes, .. } => {
+                    for w in writes {
+                        self.pages.apply(w.page, w.expected + 1, &w.data)?;
+                    }
+                }
+                Action::Reply {
+                    client,
+                    txn,
+                    outcome,
+                } => fx.reply(client, ClientResponse::Outcome { txn, outcome }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle a client's `Prepare` admitted by [`Effects::admit`].
+    pub(crate) fn client_prepare(
+        &mut self,
+        fx: &Effects,
+        prepare: crate::protocol::Prepare,
+    ) -> Result<(), NodeFault> {
+        let txn = prepare.txn;
+        let duplicate = self.node.status(txn) != TxnStatus::Unknown;
+        let actions = self.node.handle(Message::Prepare(prepare));
+        self.execute(fx, actions)?;
+        let done = matches!(
+            self.node.status(txn),
+            TxnStatus::Unknown | TxnStatus::Finished(_)
+        );
+        if duplicate || done || !self.admitted.insert(txn) {
+            fx.release();
+        }
+        Ok(())
+    }
+
+    /// Give back the in-flight budget of admitted transactions that finished here.
+    pub(crate) fn sweep_admitted(&mut self, fx: &Effects) {
+        let node = &self.node;
+        self.admitted.retain(|&txn| {
+            let done = matches!(
+                node.status(txn),
+                TxnStatus::Unknown | TxnStatus::Finished(_)
+            );
+            if done {
+                fx.release();
+            }
+            !done
+        });
+    }
+
+    /// The records encoded since the last call, for the log stage.
+    pub(crate) fn take_pending(&mut self) -> Option<LogBatch> {
+        let last = self.pending_last.take()?;
+        Some(LogBatch {
+            bytes: std::mem::take(&mut self.pending),
+            last,
+        })
+    }
+
+    /// The node's status and counters.
+    pub(crate) fn status(&self, fx: &Effects) -> NodeStatus {
+        let s = &fx.stats;
+        NodeStatus {
+            node: fx.id,
+            unfinished: self.node.unfinished() as u64,
+            in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
+            busy: s.busy.load(Ordering::Relaxed),
+            malformed_frames: s.malformed.load(Ordering::Relaxed),
+            dropped_sends: s.dropped_sends.load(Ordering::Relaxed),
+            log_bytes: s.log_bytes.load(Ordering::Relaxed),
+            log_syncs: s.log_syncs.load(Ordering::Relaxed),
+        }
+    }
+}
