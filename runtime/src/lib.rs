@@ -80,9 +80,9 @@ mod worker;
 #[cfg(not(loom))]
 pub use budget::{ActivationBudget, UringBudget};
 #[cfg(not(loom))]
-pub use local::{WorkerLocal, WrongThread};
-#[cfg(not(loom))]
 pub use handles::{Input, Output, SendError, TrySendError};
+#[cfg(not(loom))]
+pub use local::{WorkerLocal, WrongThread};
 #[cfg(not(loom))]
 pub use plan::{
     available_cpus, Pin, Plan, PlanError, ResolvedPlan, ResolvedWorker, WorkerSpec,

@@ -47,7 +47,13 @@ impl LiveView {
             running.elapsed().as_secs_f64(),
             running.plan()
         ));
-        let w = snap.stages.iter().map(|s| s.name.len()).max().unwrap_or(5).max(5);
+        let w = snap
+            .stages
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         out.push_str(&format!(
             "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
             "stage",

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use super::{DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig};
 use crate::port::xsk::XdpMode;
 use crate::port::{AfXdpPort, PortError, TapPort, VfPort};
-use crate::rules::{ConfigError, RuleFile};
 use crate::rules::Versioned;
+use crate::rules::{ConfigError, RuleFile};
 
 /// Why a data plane config could not be used.
 #[derive(Debug, thiserror::Error)]
