@@ -276,6 +276,56 @@ impl Host {
             })
     }
 
+    /// Joins the data-plane namespaces of two hosts built without an underlay by one
+    /// underlay veth (`ul0` on both sides): `spec.dp_ip` on `a`'s end,
+    /// `spec.remote_ip` on `b`'s. Each host's [`Host::underlay`] is then filled in from
+    /// its own side (for `b`, `dp_*` is `b`'s end and `remote_*` is `a`'s), so two data
+    /// planes can tunnel to each other (pipewright ↔ pipewright). Transmit checksum
+    /// offload is turned off on both ends, as on the remote's end of a normal
+    /// underlay, so that captured frames carry complete checksums. The link goes away
+    /// with either host.
+    pub fn join_underlay(a: &mut Host, b: &mut Host, spec: &UnderlaySpec) -> Result<(), HostError> {
+        if a.underlay.is_some() || b.underlay.is_some() || a.remote.is_some() || b.remote.is_some()
+        {
+            return Err(HostError::Spec(
+                "join_underlay: both hosts must be built without an underlay".into(),
+            ));
+        }
+        let a_nl = Netlink::open(&a.dp)?;
+        let b_nl = Netlink::open(&b.dp)?;
+        a_nl.add_veth(UNDERLAY_IF, UNDERLAY_IF, &b.dp, spec.mtu, None)?;
+        let a_end = a_nl.link(UNDERLAY_IF)?;
+        let b_end = b_nl.link(UNDERLAY_IF)?;
+        a_nl.add_addr(a_end.index, spec.dp_ip)?;
+        b_nl.add_addr(b_end.index, spec.remote_ip)?;
+        a_nl.set_link(a_end.index, None, None, true)?;
+        b_nl.set_link(b_end.index, None, None, true)?;
+        for ns in [&a.dp, &b.dp] {
+            ns.run(|| ethtool::tx_checksum_off(UNDERLAY_IF))??;
+        }
+        a.underlay = Some(UnderlayInfo {
+            ifname: UNDERLAY_IF.into(),
+            dp_ifindex: a_end.index,
+            dp_mac: a_end.mac,
+            dp_ip: spec.dp_ip,
+            remote_ifindex: b_end.index,
+            remote_mac: b_end.mac,
+            remote_ip: spec.remote_ip,
+            mtu: spec.mtu,
+        });
+        b.underlay = Some(UnderlayInfo {
+            ifname: UNDERLAY_IF.into(),
+            dp_ifindex: b_end.index,
+            dp_mac: b_end.mac,
+            dp_ip: spec.remote_ip,
+            remote_ifindex: a_end.index,
+            remote_mac: a_end.mac,
+            remote_ip: spec.dp_ip,
+            mtu: spec.mtu,
+        });
+        Ok(())
+    }
+
     /// Deletes every namespace, reporting the first failure.
     pub fn teardown(mut self) -> Result<(), HostError> {
         let mut first = Ok(());
