@@ -10,7 +10,7 @@ use pipewright_storage::bench::{self, BenchOptions};
 use pipewright_storage::client::{StorageClient, Transaction};
 use pipewright_storage::cluster::LocalCluster;
 use pipewright_storage::peers::Peers;
-use pipewright_storage::server::{NodeOptions, NodeServer};
+use pipewright_storage::server::{CrashAt, NodeOptions, NodeServer};
 use pipewright_storage::{io_runtime, shutdown_signal, NodeId, PageId};
 
 #[derive(Args, Debug)]
@@ -47,6 +47,9 @@ struct NodeTunables {
     /// Retry timer (in-doubt resolve, commit re-sends), in milliseconds.
     #[arg(long, default_value_t = 200)]
     tick_ms: u64,
+    /// How long a prepared transaction waits before asking its decider, in ms.
+    #[arg(long, default_value_t = 1000)]
+    resolve_after_ms: u64,
 }
 
 impl NodeTunables {
@@ -58,6 +61,8 @@ impl NodeTunables {
             self.max_in_flight.to_string(),
             "--tick-ms".into(),
             self.tick_ms.to_string(),
+            "--resolve-after-ms".into(),
+            self.resolve_after_ms.to_string(),
         ]
     }
 }
@@ -78,6 +83,11 @@ struct NodeArgs {
     peers: PathBuf,
     #[command(flatten)]
     tunables: NodeTunables,
+    /// Fault tests: abort the process the N-th time it reaches STEP
+    /// (before-intent, after-intent, after-decision, before-completion,
+    /// after-completion), as `STEP:N`.
+    #[arg(long, hide = true)]
+    crash_at: Option<CrashAt>,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +171,8 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     opts.pages = a.tunables.pages;
     opts.max_in_flight = a.tunables.max_in_flight;
     opts.tick = Duration::from_millis(a.tunables.tick_ms.max(1));
+    opts.resolve_after = Duration::from_millis(a.tunables.resolve_after_ms);
+    opts.crash_at = a.crash_at;
     io_runtime(2)?.block_on(async {
         let server = NodeServer::start(opts).await?;
         let r = server.recovered();

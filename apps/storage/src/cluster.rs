@@ -101,6 +101,10 @@ impl LocalCluster {
     }
 
     fn spawn(&mut self, node: NodeId) -> io::Result<()> {
+        self.spawn_with(node, &[])
+    }
+
+    fn spawn_with(&mut self, node: NodeId, more: &[String]) -> io::Result<()> {
         let addr = self.peers.addr(node).expect("a node of the cluster");
         let log = OpenOptions::new()
             .create(true)
@@ -114,6 +118,7 @@ impl LocalCluster {
             .arg("--peers")
             .arg(self.peers_path())
             .args(&self.extra)
+            .args(more)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -169,6 +174,31 @@ impl LocalCluster {
         self.kill(node)?;
         self.spawn(node)?;
         self.wait_ready(node, Duration::from_secs(20))
+    }
+
+    /// Restart a node with extra arguments for this run only (e.g. a crash point).
+    pub fn restart_with(&mut self, node: NodeId, args: &[String]) -> io::Result<()> {
+        self.kill(node)?;
+        self.spawn_with(node, args)?;
+        self.wait_ready(node, Duration::from_secs(20))
+    }
+
+    /// Wait up to `timeout` for `node` to exit by itself; true if it did (and was
+    /// reaped).
+    pub fn wait_exit(&mut self, node: NodeId, timeout: Duration) -> io::Result<bool> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(child) = self.children.get_mut(&node) {
+                if child.try_wait()?.is_some() {
+                    self.children.remove(&node);
+                    return Ok(true);
+                }
+            } else {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(false)
     }
 
     /// Whether every node is still running.

@@ -1,8 +1,7 @@
 //! pipewright's storage commit chain: pages on a chain of storage nodes, committed
 //! atomically by a linear two-phase commit with durable intents and a decider.
 //!
-//! This crate holds the node's pure, synchronous pieces; the node process wires them
-//! onto a pipewright pipeline (decode → analyse → log with group commit → forward):
+//! The node's pure, synchronous pieces:
 //!
 //! - [`log`]: the append-only log (intent, decision, completion, forget records):
 //!   framing with length + CRC-32C, [`log::encode`] into a caller buffer (for the
@@ -11,6 +10,20 @@
 //! - [`locks`]: the no-wait page lock table used by the prepare analysis (`Sync`,
 //!   loom-checked);
 //! - [`protocol`]: the per-node, sans-I/O protocol state machine [`protocol::Node`].
+//!
+//! and the processes built on them:
+//!
+//! - [`server`]: the node process. Its request path is a pipewright pipeline on the
+//!   pipewright runtime — decoded frames → node stage (`Node::handle`) → the io_uring
+//!   group-commit log sink (one write + one `fdatasync` per burst) → after-log stage
+//!   (`Node::persisted`: forward, decide, reply) — with a TCP transport ([`wire`]:
+//!   length-delimited postcard frames; one link per peer; clients on the same
+//!   listener), admission control (`Busy`) and recovery from the log on start;
+//! - [`client`]: [`client::StorageClient`], the coordinator, a
+//!   `tower::Service<Transaction>`, plus page reads;
+//! - [`peers`]: the peers file; [`cluster`]: a local cluster of node processes;
+//!   [`bank`] and [`bench`](mod@bench): the bank workload and benchmark behind
+//!   `pipewright storage bench`.
 //!
 //! # The protocol
 //!

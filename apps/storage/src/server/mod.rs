@@ -16,17 +16,43 @@
 //!
 //! The node and after-log stages share one worker, the log stage has its own: while
 //! one burst is being synced, the node stage keeps analysing and the next burst of
-//! records gathers in the ring (group commit). Record ids reach the log in id order
-//! and are acknowledged in log order (see `State`'s docs for why the protocol node is
-//! shared under a mutex). Any failure to log or to apply a committed write stops the
-//! pipeline (fail-stop); [`NodeServer::run_until`] then returns the error and a restart
-//! recovers from the log.
+//! records gathers in the ring (group commit). Any failure to log or to apply a
+//! committed write stops the pipeline (fail-stop); [`NodeServer::run_until`] then
+//! returns the error and a restart recovers from the log.
+//!
+//! # Why the protocol node is shared under a mutex
+//!
+//! [`Node`] is one state machine fed from two stages: the node stage (messages,
+//! ticks) and the after-log stage (`persisted`, once the sink reports records
+//! durable). Both must see the same transactions, lock table and page versions, and
+//! the record ids either allocates must reach the log in id order (the contract:
+//! records become durable, and are acknowledged, in id order). Passing `persisted`
+//! back through the node stage's input instead would close a cycle of bounded rings
+//! (node → log → after-log → node) that can deadlock under backpressure. So the node,
+//! the page file and the encoded-but-not-yet-logged records sit behind one
+//! `Arc<Mutex<_>>`: every call into the node, the page writes it asks for and the
+//! encoding of the records it asks to persist happen in one critical section, which
+//! keeps the pending log bytes in record-id order and applies writes of one page in
+//! commit order whichever stage produced them. Records the after-log stage produces
+//! (a decider's `Forget`) join the pending bytes and leave with the node stage's next
+//! batch (at the latest on the next tick). Critical sections are short (no awaits, no
+//! network; page writes go to the page cache) and both stages share a worker, so the
+//! mutex is uncontended there; connection tasks take it only to read pages.
+//!
+//! # Timers
+//!
+//! A ticker source feeds the node stage every `tick`: the decider re-sends `Commit`
+//! to nodes that have not acknowledged, and a node prepared for longer than
+//! `resolve_after` asks its decider (`Resolve`). Asking sooner would be safe but
+//! costly: a decider that has not seen the `Prepare` yet decides abort (presumed
+//! abort).
 //!
 //! On start, [`NodeServer::start`] replays the log, truncates a torn or corrupt tail
 //! (a record that does not check out is never applied), rebuilds the node with
 //! [`Node::recover`], redoes committed writes, re-takes in-doubt locks and asks the
 //! deciders, and only then serves.
 
+mod faults;
 mod net;
 mod stages;
 mod state;
@@ -49,6 +75,7 @@ use crate::protocol::{Action, Message, Node, NodeConfig, RecoverError};
 use crate::types::{NodeId, PageId};
 use crate::wire::NodeStatus;
 
+pub use faults::{CrashAt, Step};
 pub use state::NodeFault;
 
 use net::Ctx;
@@ -75,11 +102,16 @@ pub struct NodeOptions {
     pub lock_capacity: usize,
     /// The retry timer (in-doubt `Resolve`, the decider's `Commit` re-sends).
     pub tick: Duration,
+    /// How long a prepared transaction waits for its outcome before asking the decider
+    /// (a decider that has not seen the `Prepare` yet answers abort).
+    pub resolve_after: Duration,
+    /// Fault tests: abort the process at this protocol step.
+    pub crash_at: Option<CrashAt>,
 }
 
 impl NodeOptions {
     /// Options with defaults: 1024 pages, 1024 transactions in flight, 65536 page
-    /// locks, a 200 ms retry timer.
+    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared.
     ///
     /// ```
     /// use pipewright_storage::{peers::Peers, server::NodeOptions, NodeId};
@@ -98,6 +130,8 @@ impl NodeOptions {
             max_in_flight: 1024,
             lock_capacity: 1 << 16,
             tick: Duration::from_millis(200),
+            resolve_after: Duration::from_secs(1),
+            crash_at: None,
         }
     }
 }
@@ -212,7 +246,7 @@ impl NodeServer {
             .map_err(io(format!("listening on {}", opts.listen)))?;
         let local_addr = listener.local_addr().map_err(io("listener address"))?;
 
-        let shared = Arc::new(Mutex::new(State::new(node, pages)));
+        let shared = Arc::new(Mutex::new(State::new(node, pages, opts.resolve_after)));
         let (links, pending_links) = net::link_queues(opts.peers.iter());
         let fx = Arc::new(Effects {
             id: opts.id,
@@ -220,6 +254,7 @@ impl NodeServer {
             clients: Mutex::default(),
             stats: Stats::default(),
             max_in_flight: opts.max_in_flight.max(1),
+            crash: opts.crash_at.map(faults::Armed::new),
         });
         let b = PipelineBuilder::new();
         let (inbound_id, inbound) = b.input("inbound");

@@ -75,10 +75,7 @@ impl Stage for NodeStage {
                     state.execute(fx, actions)
                 }
                 Inbound::Client(prepare) => state.client_prepare(fx, prepare),
-                Inbound::Tick => {
-                    let actions = state.node.tick();
-                    state.execute(fx, actions)
-                }
+                Inbound::Tick => state.tick(fx),
             };
             if let Err(fault) = done {
                 failures.push(fault);

@@ -4,9 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::faults::Armed;
 use crate::log::{self, EncodeError};
 use crate::pages::{PageError, PageStore};
 use crate::protocol::{Action, Message, Node, RecordId, TxnStatus};
@@ -28,19 +30,8 @@ pub enum NodeFault {
     Log(#[from] std::io::Error),
 }
 
-/// What the node's stages share under one mutex.
-///
-/// The protocol node is one state machine fed from two stages: the node stage (new
-/// messages, ticks) and the after-log stage (`persisted`, once the group-commit sink
-/// says records are durable). Both must see and update the same transactions, lock
-/// table and page versions, and the record ids they allocate must reach the log in id
-/// order. A mutex around the node, the page file and the pending log bytes gives both:
-/// every call into the node, the page writes it asks for and the encoding of the
-/// records it asks to persist happen in one critical section, so the pending bytes are
-/// always in record-id order, and page writes of one page are applied in commit order
-/// whichever stage produced them. Critical sections are short (no awaits, no network;
-/// page writes go to the page cache) and the two stages share a worker in the default
-/// plan, so the mutex is uncontended there.
+/// What the node's stages share under one mutex (see the [module docs](super) for
+/// why).
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) node: Node,
@@ -51,6 +42,10 @@ pub(crate) struct State {
     pending_last: Option<RecordId>,
     /// Client transactions admitted at this node and not yet finished here.
     admitted: HashSet<TxnId>,
+    /// How long a transaction stays prepared before the tick asks its decider.
+    resolve_after: Duration,
+    /// When each prepared transaction was first seen waiting by the tick.
+    prepared_since: HashMap<TxnId, Instant>,
 }
 
 /// A run of encoded log records for the group-commit sink: every record up to `last`
@@ -80,6 +75,8 @@ pub(crate) struct Effects {
     pub(crate) clients: Mutex<HashMap<ClientId, mpsc::UnboundedSender<ClientResponse>>>,
     pub(crate) stats: Stats,
     pub(crate) max_in_flight: usize,
+    /// A crash point for fault tests.
+    pub(crate) crash: Option<Armed>,
 }
 
 impl Effects {
@@ -131,20 +128,50 @@ pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 }
 
 impl State {
-    pub(crate) fn new(node: Node, pages: PageStore) -> Self {
+    pub(crate) fn new(node: Node, pages: PageStore, resolve_after: Duration) -> Self {
         Self {
             node,
             pages,
             pending: Vec::new(),
             pending_last: None,
             admitted: HashSet::new(),
+            resolve_after,
+            prepared_since: HashMap::new(),
         }
+    }
+
+    /// The retry timer: [`Node::tick`], except that a transaction prepared in this
+    /// incarnation asks its decider (`Resolve`) only once it has waited
+    /// `resolve_after`. A decider that has not yet seen the `Prepare` answers a
+    /// `Resolve` with abort (presumed abort), so asking at once would abort
+    /// transactions that are merely still travelling down the chain. In-doubt
+    /// transactions found by recovery ask at once (recovery sends their `Resolve`).
+    pub(crate) fn tick(&mut self, fx: &Effects) -> Result<(), NodeFault> {
+        let now = Instant::now();
+        let mut actions = self.node.tick();
+        let mut waiting = HashSet::new();
+        actions.retain(|action| match action {
+            Action::Send {
+                msg: Message::Resolve { txn, .. },
+                ..
+            } => {
+                waiting.insert(*txn);
+                let since = *self.prepared_since.entry(*txn).or_insert(now);
+                now.duration_since(since) >= self.resolve_after
+            }
+            _ => true,
+        });
+        self.prepared_since.retain(|txn, _| waiting.contains(txn));
+        self.execute(fx, actions)
     }
 
     /// Carry out `actions` in order: sends are queued on the links, page writes go to
     /// the page file, records are encoded into the pending log bytes, replies go to
     /// client connections.
     pub(crate) fn execute(&mut self, fx: &Effects, actions: Vec<Action>) -> Result<(), NodeFault> {
+        if let Some(crash) = &fx.crash {
+            crash.check(&actions);
+        }
         for action in actions {
             match action {
                 Action::Send { to, msg } => fx.send(to, msg),

@@ -1,0 +1,126 @@
+//! Shared by the storage cluster tests: a cluster of node processes in a temporary
+//! directory, a concurrent bank workload and the audit.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipewright_storage::bank::{Bank, Rng};
+use pipewright_storage::client::{ClientError, StorageClient};
+use pipewright_storage::cluster::LocalCluster;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
+
+/// A cluster in its own temporary directory, removed afterwards.
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    dir: PathBuf,
+}
+
+impl TestCluster {
+    pub fn start(name: &str, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("pw-storage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let cluster = LocalCluster::start(Path::new(EXE), &dir, 3, None, &extra)
+            .unwrap_or_else(|e| panic!("starting the cluster: {e}"));
+        Self { cluster, dir }
+    }
+
+    pub fn client(&self) -> StorageClient {
+        StorageClient::with_timeout(self.cluster.peers().clone(), Duration::from_secs(3))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.cluster.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("node logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Counts {
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
+    pub busy: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl Counts {
+    pub fn line(&self) -> String {
+        format!(
+            "committed {}, aborted+retried {}, busy {}, timeouts/io {}",
+            self.committed.load(Ordering::Relaxed),
+            self.aborted.load(Ordering::Relaxed),
+            self.busy.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Run transfers from `clients` concurrent clients until `stop` is set.
+pub fn spawn_workload(
+    rt: &tokio::runtime::Runtime,
+    bank: &Arc<Bank>,
+    cluster: &TestCluster,
+    clients: usize,
+    span: Option<usize>,
+    stop: &Arc<AtomicBool>,
+    counts: &Arc<Counts>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|i| {
+            let (bank, stop, counts) = (bank.clone(), stop.clone(), counts.clone());
+            let client = cluster.client();
+            rt.spawn(async move {
+                let mut rng = Rng::with_seed(i as u64 + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    let span = span.unwrap_or_else(|| 2 + rng.usize(0..2));
+                    let counter = match bank.transfer_via(&client, span, &mut rng).await {
+                        Ok(()) => &counts.committed,
+                        Err(ClientError::Aborted(_)) => &counts.aborted,
+                        Err(ClientError::Busy { .. }) => &counts.busy,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            &counts.other
+                        }
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+pub fn audit(rt: &tokio::runtime::Runtime, bank: &Bank, what: &str) {
+    bank.clear_cache();
+    rt.block_on(bank.settle(Duration::from_secs(30)))
+        .unwrap_or_else(|e| panic!("{what}: the cluster did not settle: {e}"));
+    let audit = rt.block_on(bank.audit()).expect("audit");
+    println!(
+        "{what}: audited {} accounts: total {} (expected {}), min balance {}, lost acknowledged commits {}",
+        audit.accounts,
+        audit.total,
+        bank.expected_total(),
+        audit.min,
+        audit.lost.len()
+    );
+    assert_eq!(
+        audit.total,
+        bank.expected_total(),
+        "{what}: money created or destroyed"
+    );
+    assert!(audit.min >= 0, "{what}: negative balance");
+    assert!(
+        audit.lost.is_empty(),
+        "{what}: acknowledged commits lost: {:?}",
+        audit.lost
+    );
+}
