@@ -1,0 +1,285 @@
+//! The `nic_e2e` suite: pipewright's data plane on real interfaces against the Linux
+//! kernel's own VXLAN (`kernel-vxlan`), guest namespace to remote namespace, in one run.
+//!
+//! Run with `cargo bench --bench nic_e2e` as root (network namespaces, veth, TAP, XDP);
+//! without them it prints one `SKIP suite=nic_e2e: <why>` line and exits 0.
+//! `PIPEWRIGHT_BENCH_QUICK=1` runs every case with short windows (under 60 s in all,
+//! topology setup included). `PIPEWRIGHT_BENCH_CASE=<text>` runs only the cases whose
+//! name contains `<text>`; `PIPEWRIGHT_BENCH_ONLY=ours|peer` one side only (no RESULT
+//! line; for `perf record`). `PIPEWRIGHT_NIC_E2E_GEN_THREADS` sets the UDP generator's
+//! thread count (default 2).
+//!
+//! # Topologies (see `topo`)
+//!
+//! Both are built by the host harness with the same addresses and the same remote
+//! namespace (kernel vxlan devices on `ul0`, 192.168.77.2); they differ only in the
+//! data-plane namespace: pipewright (AF_XDP port on the guest's veth, or a TAP VF; the
+//! io_uring UDP underlay) versus a Linux bridge joining the guest's veth to a kernel
+//! vxlan device. Per packet both do the same work: take the guest's frame,
+//! encapsulate it in VXLAN/UDP/IPv4, send it over the underlay veth to the remote,
+//! whose kernel vxlan device decapsulates it.
+//!
+//! # Cases
+//!
+//! - `udp-64B-pps`: 64-byte UDP *payloads* (106-byte inner frames) from the guest,
+//!   ours through the AF_XDP VF. `sendmmsg` generator (see `udp`), packets delivered
+//!   per second at the remote's vxlan device over a fixed window after a warm-up.
+//! - `tcp-bulk-gbps`: one `iperf3` stream, ours through the TAP VF (TSO super-frames
+//!   segmented in user space, sent with UDP GSO); the kernel guest keeps TSO.
+//! - `latency-rr-p50-us`, `latency-rr-p99-us`: UDP ping-pong round trips (see `rr`),
+//!   ours through the AF_XDP VF (the TAP VF's figures are printed to stderr too).
+//!
+//! Every case runs `rounds` rounds, each running both sides, in alternating order;
+//! the RESULT is the median per side. Progress, per-run details (offered load, CPU
+//! use, the data plane's per-stage ns/item and burst sizes) go to stderr; the RESULT
+//! lines of DESIGN.md section 6 to stdout.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod probe;
+mod rr;
+mod tcp;
+mod topo;
+mod udp;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use common::Side;
+use probe::Sample;
+use topo::{Ours, Peer};
+
+const PEER: &str = "kernel-vxlan";
+
+struct Config {
+    rounds: usize,
+    udp_warmup: Duration,
+    udp_window: Duration,
+    tcp_secs: u32,
+    tcp_omit: u32,
+    rr_window: Duration,
+    gen_threads: usize,
+    filter: Option<String>,
+    only: Option<Side>,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let quick = common::quick();
+        let gen_threads = std::env::var("PIPEWRIGHT_NIC_E2E_GEN_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(2);
+        let s = |q: u64, f: u64| Duration::from_millis(if quick { q } else { f });
+        Self {
+            rounds: if quick { 2 } else { 3 },
+            udp_warmup: s(500, 1000),
+            udp_window: s(2000, 10_000),
+            tcp_secs: if quick { 2 } else { 10 },
+            tcp_omit: 1,
+            rr_window: s(1500, 5000),
+            gen_threads,
+            filter: common::case_filter(),
+            only: common::only(),
+        }
+    }
+
+    fn wants(&self, case: &str) -> bool {
+        common::wants(self.filter.as_deref(), case)
+    }
+
+    /// The sides of round `r`, alternating which goes first.
+    fn sides(&self, r: usize) -> Vec<Side> {
+        let order = if r % 2 == 0 {
+            [Side::Ours, Side::Peer]
+        } else {
+            [Side::Peer, Side::Ours]
+        };
+        order
+            .into_iter()
+            .filter(|s| self.only.is_none_or(|o| o == *s))
+            .collect()
+    }
+}
+
+fn name(side: Side) -> &'static str {
+    match side {
+        Side::Ours => "ours",
+        Side::Peer => PEER,
+    }
+}
+
+/// Runs `f` for every round and side; returns the values per side (ours, peer).
+fn rounds<T>(
+    cfg: &Config,
+    case: &str,
+    mut f: impl FnMut(Side) -> Result<T>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for r in 0..cfg.rounds {
+        for side in cfg.sides(r) {
+            eprintln!(
+                "nic_e2e: {case} round {}/{} {}",
+                r + 1,
+                cfg.rounds,
+                name(side)
+            );
+            let v = f(side)?;
+            match side {
+                Side::Ours => ours.push(v),
+                Side::Peer => peer.push(v),
+            }
+        }
+    }
+    Ok((ours, peer))
+}
+
+fn result(cfg: &Config, case: &str, ours: Vec<f64>, peer: Vec<f64>, unit: &str, better: &str) {
+    if cfg.only.is_some() || ours.is_empty() || peer.is_empty() {
+        return;
+    }
+    let (o, p) = (common::median(ours), common::median(peer));
+    let digits = if unit == "pps" { 0 } else { 2 };
+    println!(
+        "RESULT suite=nic_e2e case={case} ours={o:.digits$} peer={PEER}:{p:.digits$} unit={unit} better={better} ratio={:.3}",
+        o / p
+    );
+}
+
+fn main() {
+    if let Err(why) = pipewright_nic::host::can_run() {
+        println!("SKIP suite=nic_e2e: {why}");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("nic_e2e: failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cfg = Config::from_env();
+    let started = Instant::now();
+    eprintln!(
+        "nic_e2e: {} mode, {} rounds, load average {}; building both topologies",
+        if common::quick() { "quick" } else { "full" },
+        cfg.rounds,
+        common::loadavg()
+    );
+    let rss_before = probe::rss_kib();
+    let peer = Peer::build()?;
+    let ours = Ours::build()?;
+    let rss_start = probe::rss_kib();
+    eprintln!(
+        "nic_e2e: topologies up in {:.1} s; process RSS {} KiB before the data plane, {} KiB with it",
+        started.elapsed().as_secs_f64(),
+        rss_before,
+        rss_start
+    );
+
+    if cfg.wants("udp-64B-pps") {
+        let (o, p) = rounds(&cfg, "udp-64B-pps", |side| {
+            let (path, plane) = match side {
+                Side::Ours => (ours.afxdp(), Some(ours.plane())),
+                Side::Peer => (peer.path(), None),
+            };
+            let (pps, detail) = udp::measure(
+                &path,
+                plane,
+                cfg.gen_threads,
+                cfg.udp_warmup,
+                cfg.udp_window,
+            )?;
+            eprintln!("  {}: {detail}", name(side));
+            Ok(pps)
+        })?;
+        result(&cfg, "udp-64B-pps", o, p, "pps", "higher");
+        if cfg.gen_threads != 1 && cfg.only.is_none() {
+            // One generator thread leaves the second core to pipewright's worker (the
+            // kernel does all its work in the sender's context): for the record.
+            let w = (cfg.udp_warmup, cfg.udp_window);
+            let (o, od) = udp::measure(&ours.afxdp(), Some(ours.plane()), 1, w.0, w.1)?;
+            let (p, pd) = udp::measure(&peer.path(), None, 1, w.0, w.1)?;
+            eprintln!("  ours, 1 generator thread: {od}\n  {PEER}, 1 generator thread: {pd}");
+            eprintln!(
+                "nic_e2e: udp-64B-pps with 1 generator thread (informational): ours {o:.0} peer {p:.0} ratio {:.3}",
+                o / p
+            );
+        }
+    }
+
+    if cfg.wants("tcp-bulk-gbps") {
+        if tcp::available() {
+            let _servers = [
+                tcp::Server::start(&ours.tap())?,
+                tcp::Server::start(&peer.path())?,
+            ];
+            let (o, p) = rounds(&cfg, "tcp-bulk-gbps", |side| {
+                let (path, plane) = match side {
+                    Side::Ours => (ours.tap(), Some(ours.plane())),
+                    Side::Peer => (peer.path(), None),
+                };
+                let s0 = Sample::take(plane);
+                let (gbps, detail) = tcp::measure(&path, cfg.tcp_secs, cfg.tcp_omit)?;
+                let s1 = Sample::take(plane);
+                // Segments of 1448 bytes (MSS at MTU 1500): CPU per segment.
+                let segments =
+                    (gbps * 1e9 / 8.0 / 1448.0 * f64::from(cfg.tcp_secs + cfg.tcp_omit)) as u64;
+                eprintln!("  {}: {detail}; {}", name(side), s0.cpu_line(&s1, segments));
+                if plane.is_some() {
+                    eprint!("{}", s0.stage_table(&s1));
+                }
+                Ok(gbps)
+            })?;
+            result(&cfg, "tcp-bulk-gbps", o, p, "Gbit/s", "higher");
+        } else {
+            println!(
+                "SKIP suite=nic_e2e case=tcp-bulk-gbps: {} not found",
+                tcp::IPERF3
+            );
+        }
+    }
+
+    if cfg.wants("latency-rr") {
+        // The TAP VF's round trips, for the record (not a RESULT).
+        if cfg.only.is_none_or(|o| o == Side::Ours) {
+            let tap = rr::measure(&ours.tap(), cfg.rr_window / 2)?;
+            eprintln!(
+                "  ours via TAP (informational): p50 {:.1} us p99 {:.1} us ({} samples, {} lost)",
+                tap.p50_us, tap.p99_us, tap.samples, tap.lost
+            );
+        }
+        let (o, p) = rounds(&cfg, "latency-rr-us", |side| {
+            let path = match side {
+                Side::Ours => ours.afxdp(),
+                Side::Peer => peer.path(),
+            };
+            let r = rr::measure(&path, cfg.rr_window)?;
+            eprintln!(
+                "  {}: p50 {:.1} us p99 {:.1} us ({} samples, {} lost)",
+                name(side),
+                r.p50_us,
+                r.p99_us,
+                r.samples,
+                r.lost
+            );
+            Ok((r.p50_us, r.p99_us))
+        })?;
+        let split = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) { v.iter().copied().unzip() };
+        let ((o50, o99), (p50, p99)) = (split(&o), split(&p));
+        result(&cfg, "latency-rr-p50-us", o50, p50, "us", "lower");
+        result(&cfg, "latency-rr-p99-us", o99, p99, "us", "lower");
+    }
+
+    eprintln!(
+        "nic_e2e: done in {:.1} s; process RSS {} KiB at the end ({} KiB at start); nic drops {:?}",
+        started.elapsed().as_secs_f64(),
+        probe::rss_kib(),
+        rss_start,
+        ours.plane().stats().all()
+    );
+    drop(ours);
+    drop(peer);
+    Ok(())
+}
