@@ -1,5 +1,6 @@
 //! Node servers in-process on loopback: commits over a chain, reads, a torn log tail
 //! truncated on restart, `Busy` from a full in-flight budget.
+#![cfg(not(loom))]
 
 use std::collections::BTreeMap;
 use std::io::Write;
