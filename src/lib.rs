@@ -34,7 +34,7 @@
 #![warn(missing_docs)]
 
 pub use pipewright_stages::{
-    exec, inline, layer, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy, Failures,
+    exec, inline, layer, source, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy, Failures,
     InputId, IterSource, Layer, Outbox, OutputId, Pipeline, Reply, RequestError, ServiceStage,
     Source, SourceState, Stage, StageFailure, Tagged, TaggedStage, Ticket,
 };
@@ -54,3 +54,8 @@ pub use pipewright_runtime::prometheus;
 /// egress/ingress packet pipelines (feature `nic`).
 #[cfg(feature = "nic")]
 pub use pipewright_nic as nic;
+
+/// The storage commit chain: node processes, client, bank workload (feature
+/// `storage`).
+#[cfg(feature = "storage")]
+pub use pipewright_storage as storage;

@@ -92,3 +92,51 @@ fn a_waiting_async_source_does_not_hold_up_shutdown() {
         start.elapsed()
     );
 }
+
+#[test]
+fn an_interval_source_ticks_no_faster_than_its_period() {
+    let b = PipelineBuilder::new();
+    let ticks = b
+        .source_async(
+            "tick",
+            pipewright::source::interval(Duration::from_millis(20)),
+        )
+        .output("ticks");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let rx = running.output(&ticks).unwrap();
+    let got: Vec<Instant> = rx.take(5).collect();
+    running.shutdown(Duration::from_millis(100)).unwrap();
+    assert_eq!(got.len(), 5);
+    // The timer never fires early: from the 1st to the 5th tick at least the 2nd..5th
+    // due times passed (60 ms), whatever the scheduling delays.
+    assert!(
+        got[4] - got[0] >= Duration::from_millis(60),
+        "{:?}",
+        got[4] - got[0]
+    );
+}
+
+#[test]
+fn finished_resolves_when_a_stage_fails_the_pipeline() {
+    use pipewright::{stage, Layer};
+    let b = PipelineBuilder::new();
+    b.source("n", pipewright::IterSource(0..1_000_000u64))
+        .then(
+            "picky",
+            pipewright::layer::ErrorPolicyLayer::fail_pipeline().layer(stage::try_map(|x: u64| {
+                if x == 1000 {
+                    Err("no 1000")
+                } else {
+                    Ok(x)
+                }
+            })),
+        )
+        .for_each("sink", |_| {});
+    let running = Runtime::start(b.build().unwrap(), Plan::per_stage()).unwrap();
+    futures::executor::block_on(running.finished());
+    assert!(running.is_finished());
+    assert!(matches!(
+        running.join(),
+        Err(pipewright::RunError::Failed { .. })
+    ));
+}

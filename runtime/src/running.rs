@@ -467,6 +467,32 @@ impl Running {
         self.control.all_done()
     }
 
+    /// Resolves once every worker is done: the pipeline completed, or failed (a stage
+    /// under `FailPipeline`, a panic) or was aborted. For async callers that must not
+    /// block a thread; `join`/`drain` then return at once with the report.
+    ///
+    /// ```
+    /// use pipewright_runtime::{IterSource, PipelineBuilder, Plan, Runtime};
+    /// let b = PipelineBuilder::new();
+    /// b.source("n", IterSource(0..100u32)).for_each("sink", |_| {});
+    /// let running = Runtime::start(b.build()?, Plan::fused())?;
+    /// futures::executor::block_on(running.finished());
+    /// assert!(running.join()?.completed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn finished(&self) {
+        loop {
+            if self.control.all_done() {
+                return;
+            }
+            let listener = self.control.done.listen();
+            if self.control.all_done() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
     fn wait(&mut self, deadline: Option<Duration>) -> Result<Report, RunError> {
         let end = deadline.map(|d| Instant::now() + d);
         let mut unclaimed = 0u64;

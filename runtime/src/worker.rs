@@ -32,6 +32,8 @@ pub(crate) struct Control {
     signals: Mutex<Vec<Arc<Signal>>>,
     running: Mutex<usize>,
     finished: Condvar,
+    /// Notified when a worker is done, for async waiters.
+    pub(crate) done: event_listener::Event,
     /// Worker loops and async tasks: all of them stop producing before any discards.
     participants: usize,
     quiescent: std::sync::atomic::AtomicUsize,
@@ -60,6 +62,7 @@ impl Control {
             signals: Mutex::new(Vec::new()),
             running: Mutex::new(workers),
             finished: Condvar::new(),
+            done: event_listener::Event::new(),
             participants: workers + async_tasks,
             quiescent: Default::default(),
             input_closers: Mutex::new(Vec::new()),
@@ -176,6 +179,8 @@ impl Control {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         *running -= 1;
         self.finished.notify_all();
+        drop(running);
+        self.done.notify(usize::MAX);
     }
 
     /// Waits until every worker is done or `timeout` passes; true if all are done.

@@ -48,7 +48,7 @@ mod graph;
 pub mod inline;
 pub mod layer;
 mod node;
-mod source;
+pub mod source;
 pub mod stage;
 mod tagged;
 mod tower_stage;

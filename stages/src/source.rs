@@ -101,3 +101,47 @@ where
         SourceState::Ready
     }
 }
+
+/// A source that emits the time every `period` (a timer for ticks, retries,
+/// periodic flushes): see [`interval`].
+#[derive(Debug)]
+pub struct Interval {
+    period: std::time::Duration,
+    next: Option<tokio::time::Instant>,
+}
+
+/// Emits [`std::time::Instant::now`] every `period` (at least 1 ms), forever; missed
+/// ticks are skipped, not bunched up. Runs as an [`AsyncSource`] on its worker's
+/// timer.
+///
+/// ```
+/// use std::time::Duration;
+/// use pipewright_stages::source::interval;
+/// let ticks = interval(Duration::from_millis(200)); // b.source_async("tick", ticks)
+/// # let _ = ticks;
+/// ```
+pub fn interval(period: std::time::Duration) -> Interval {
+    Interval {
+        period: period.max(std::time::Duration::from_millis(1)),
+        next: None,
+    }
+}
+
+impl AsyncSource for Interval {
+    type Out = std::time::Instant;
+
+    async fn pull(&mut self, out: &mut Outbox<'_, std::time::Instant>, _max: usize) -> SourceState {
+        let now = tokio::time::Instant::now();
+        let next = *self.next.get_or_insert(now + self.period);
+        tokio::time::sleep_until(next).await;
+        let now = tokio::time::Instant::now();
+        // Skip missed ticks: the next one is a whole period after the latest due time.
+        let mut due = next + self.period;
+        while due <= now {
+            due += self.period;
+        }
+        self.next = Some(due);
+        out.push(std::time::Instant::now());
+        SourceState::Ready
+    }
+}
