@@ -23,7 +23,7 @@ use std::thread::{self, ThreadId};
 ///
 /// let mut stage = MyStage { ring: WorkerLocal::new() };
 /// // On the worker, at first use:
-/// let ring = stage.ring.get_or_try_init(|| Ok::<_, ()>(Rc::new(7))).unwrap();
+/// let ring = stage.ring.get_or_try_init(|| Ok::<_, std::io::Error>(Rc::new(7))).unwrap();
 /// assert_eq!(**ring, 7);
 /// ```
 pub struct WorkerLocal<T> {
