@@ -1,0 +1,191 @@
+//! Our side: a [`LocalCluster`] of real `pipewright storage node` processes on loopback
+//! (each logging through its io_uring group-commit sink, one `fdatasync` per burst),
+//! driven by `concurrency` coordinators, each a [`StorageClient`] of its own (its own
+//! connections, like a peer coordinator's) used as a `tower::Service<Transaction>`.
+//! Coordinator `t` owns pages `4t..4t+3` on every node, so transactions never
+//! conflict; each writes one full page (8 KiB, incompressible) on every node of the
+//! chain (ascending node ids; the last node decides).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use hdrhistogram::Histogram;
+use pipewright_storage::client::{ClientError, StorageClient, Transaction};
+use pipewright_storage::cluster::LocalCluster;
+use pipewright_storage::pages::PAGE_SIZE;
+use pipewright_storage::peers::Peers;
+use pipewright_storage::{NodeId, PageId, Version};
+use tower::{Service, ServiceExt};
+
+use super::{payload, Measured, PAGES_PER_COORDINATOR};
+
+/// A running cluster of `nodes` node processes.
+pub struct Ours {
+    cluster: LocalCluster,
+    nodes: u32,
+}
+
+impl Ours {
+    /// Start `nodes` node processes of `exe` with their data under `dir`.
+    pub fn start(exe: &Path, dir: &Path, nodes: u32) -> Result<Self> {
+        let cluster = LocalCluster::start(exe, dir, nodes, None, &[])
+            .with_context(|| format!("starting a {nodes}-node cluster in {}", dir.display()))?;
+        Ok(Self { cluster, nodes })
+    }
+
+    /// Run transactions for `warmup` + `window`; measure the `window`.
+    pub fn run(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        concurrency: usize,
+        warmup: Duration,
+        window: Duration,
+    ) -> Result<Measured> {
+        let nodes: Vec<NodeId> = (1..=self.nodes).map(NodeId).collect();
+        let peers = self.cluster.peers().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let measuring = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let all = Arc::new(AtomicU64::new(0));
+        let before = rt.block_on(log_counters(&peers, &nodes));
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+        let m = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..concurrency {
+                let mut client = StorageClient::new(peers.clone());
+                let nodes = nodes.clone();
+                let (stop, measuring) = (stop.clone(), measuring.clone());
+                let (committed, failed, hist) = (committed.clone(), failed.clone(), hist.clone());
+                let all = all.clone();
+                tasks.push(tokio::spawn(async move {
+                    let pages: Vec<PageId> = (0..PAGES_PER_COORDINATOR)
+                        .map(|i| PageId((t * PAGES_PER_COORDINATOR + i) as u64))
+                        .collect();
+                    let mut versions = read_versions(&client, &nodes, &pages).await?;
+                    let mut data = payload(t, PAGE_SIZE);
+                    let mut local = Histogram::<u64>::new(3).expect("histogram");
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let slot = n % pages.len();
+                        data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                        let mut txn = Transaction::new();
+                        for (i, &node) in nodes.iter().enumerate() {
+                            txn = txn.write(node, pages[slot], versions[i][slot], data.clone());
+                        }
+                        let counted = measuring.load(Ordering::Relaxed);
+                        let start = Instant::now();
+                        let r = client.ready().await?.call(txn).await;
+                        match r {
+                            Ok(_) => {
+                                for v in &mut versions {
+                                    v[slot] += 1;
+                                }
+                                all.fetch_add(1, Ordering::Relaxed);
+                                if counted && !stop.load(Ordering::Relaxed) {
+                                    committed.fetch_add(1, Ordering::Relaxed);
+                                    let _ = local.record(start.elapsed().as_micros().max(1) as u64);
+                                }
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                if failed.load(Ordering::Relaxed) <= 5 {
+                                    eprintln!("commit_chain:   ours: coordinator {t}: {e}");
+                                }
+                                if matches!(e, ClientError::Busy { .. }) {
+                                    tokio::time::sleep(Duration::from_millis(1)).await;
+                                }
+                                versions = read_versions(&client, &nodes, &pages).await?;
+                            }
+                        }
+                        n += 1;
+                    }
+                    hist.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add(&local)
+                        .ok();
+                    Ok::<_, ClientError>(())
+                }));
+            }
+            tokio::time::sleep(warmup).await;
+            measuring.store(true, Ordering::Relaxed);
+            let start = Instant::now();
+            tokio::time::sleep(window).await;
+            stop.store(true, Ordering::Relaxed);
+            let secs = start.elapsed().as_secs_f64();
+            for task in tasks {
+                task.await
+                    .map_err(|e| anyhow!("coordinator task: {e}"))?
+                    .context("coordinator")?;
+            }
+            let h = hist.lock().unwrap_or_else(|p| p.into_inner());
+            Ok::<_, anyhow::Error>(Measured::from(committed.load(Ordering::Relaxed), secs, &h))
+        })?;
+        if !self.cluster.all_running() {
+            return Err(anyhow!("a node process exited during the run"));
+        }
+        let after = rt.block_on(log_counters(&peers, &nodes));
+        let txns = all.load(Ordering::Relaxed).max(1) as f64;
+        let per_node: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| {
+                let syncs = a.0.saturating_sub(b.0);
+                let bytes = a.1.saturating_sub(b.1);
+                format!(
+                    "{syncs} ({:.1} txn/sync, {:.0} B/txn)",
+                    txns / syncs.max(1) as f64,
+                    bytes as f64 / txns
+                )
+            })
+            .collect();
+        eprintln!(
+            "commit_chain:   ours: {} txns in all; log fdatasyncs per node: {}",
+            txns,
+            per_node.join(", ")
+        );
+        let failed = failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            eprintln!("commit_chain:   ours: {failed} transactions failed (retried)");
+        }
+        Ok(m)
+    }
+
+    /// Stop the node processes (SIGTERM).
+    pub fn stop(mut self) {
+        self.cluster.stop();
+    }
+}
+
+/// The committed versions of `pages` on every node (`[node][page]`).
+async fn read_versions(
+    client: &StorageClient,
+    nodes: &[NodeId],
+    pages: &[PageId],
+) -> Result<Vec<Vec<Version>>, ClientError> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for &node in nodes {
+        let mut v = Vec::with_capacity(pages.len());
+        for &page in pages {
+            v.push(client.read(node, page).await?.version);
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Each node's (log fdatasyncs, log bytes) so far; zeros if a node does not answer.
+async fn log_counters(peers: &Peers, nodes: &[NodeId]) -> Vec<(u64, u64)> {
+    let client = StorageClient::new(peers.clone());
+    let mut out = Vec::with_capacity(nodes.len());
+    for &node in nodes {
+        out.push(match client.status(node).await {
+            Ok(s) => (s.log_syncs, s.log_bytes),
+            Err(_) => (0, 0),
+        });
+    }
+    out
+}

@@ -1,0 +1,404 @@
+//! The peer, `postgres-2pc`: PostgreSQL servers (the Debian package's binaries) doing
+//! the same work with two-phase commit. Each server runs from its own temporary data
+//! directory on loopback (TCP), `fsync=on`, `synchronous_commit=on`, the default
+//! `wal_sync_method` (`fdatasync` on Linux). Every coordinator (a thread with one
+//! connection per server) owns 4 "page" rows (`id`, `version`, 8 KiB `bytea` of
+//! incompressible data, stored uncompressed) on every server and updates one of them on
+//! every server inside one distributed transaction: `BEGIN; UPDATE; PREPARE
+//! TRANSACTION` on each server, then `COMMIT PREPARED` on each (`ROLLBACK PREPARED`
+//! if any prepare failed). The client's answer is the end of the commit phase.
+//!
+//! By default a coordinator talks to the servers of a phase in parallel (a standard
+//! 2PC coordinator); `PIPEWRIGHT_COMMIT_CHAIN_PG=serial` goes server by server.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::{payload, Measured, PAGES_PER_COORDINATOR};
+
+/// Servers started and not yet stopped (bin dir, data dir), for the Ctrl-C handler.
+static RUNNING: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Prepares that failed (the first few are printed).
+static FAILED_PREPARES: AtomicU64 = AtomicU64::new(0);
+
+/// Where the server binaries are: `PIPEWRIGHT_COMMIT_CHAIN_PG_BIN` if set, else the
+/// newest `/usr/lib/postgresql/<v>/bin`; `None` if not installed.
+pub fn binaries() -> Option<PathBuf> {
+    let usable = |p: &Path| p.join("postgres").exists() && p.join("initdb").exists();
+    if let Some(dir) = std::env::var_os("PIPEWRIGHT_COMMIT_CHAIN_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return usable(&dir).then_some(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| usable(p))
+        .collect();
+    // The newest major version (`9.6` < `15`).
+    found.sort_by_key(|p| {
+        let major = p
+            .parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str());
+        major
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `bin/<tool> args`, as the `postgres` user when we are root (PostgreSQL refuses to
+/// run as root; the Debian package creates that user).
+fn tool(bin: &Path, name: &str) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(bin.join(name));
+        cmd
+    } else {
+        Command::new(bin.join(name))
+    }
+}
+
+fn stop(bin: &Path, dir: &Path) {
+    let _ = tool(bin, "pg_ctl")
+        .arg("-D")
+        .arg(dir)
+        .args(["-m", "immediate", "-w", "stop"])
+        .output();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Stop every server still running (the Ctrl-C handler).
+pub fn stop_all() {
+    for (bin, dir) in std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|p| p.into_inner())) {
+        stop(&bin, &dir);
+    }
+}
+
+/// A running PostgreSQL server; stopped (`-m immediate`) and its directory removed on
+/// drop.
+struct Server {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl Server {
+    /// initdb + start on `port` in a fresh directory under `base`.
+    fn start(bin: &Path, base: &Path, port: u16) -> Result<Self, String> {
+        let dir = base.join(format!("pg{port}"));
+        let out = tool(bin, "initdb")
+            .arg("-D")
+            .arg(&dir)
+            .args(["-A", "trust", "-U", "bench", "--no-sync"])
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((bin.to_path_buf(), dir.clone()));
+        let server = Self {
+            dir,
+            port,
+            bin: bin.to_path_buf(),
+        };
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on -c synchronous_commit=on -c full_page_writes=on -c max_prepared_transactions=256 -c max_connections=200 -c shared_buffers=64MB",
+            server.dir.display()
+        );
+        let out = tool(bin, "pg_ctl")
+            .arg("-D")
+            .arg(&server.dir)
+            .args(["-o", &opts, "-l"])
+            .arg(server.dir.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .map_err(|e| format!("pg_ctl start: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(server.dir.join("log")).unwrap_or_default()
+            ));
+        }
+        Ok(server)
+    }
+
+    fn connect(&self) -> Result<postgres::Client, String> {
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=bench dbname=postgres",
+                self.port
+            ),
+            postgres::NoTls,
+        )
+        .map_err(|e| format!("connect to port {}: {e}", self.port))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&self.bin, &self.dir);
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, d)| d != &self.dir);
+    }
+}
+
+/// `n` servers with the page table set up for `concurrency` coordinators.
+pub struct Peer {
+    servers: Vec<Server>,
+    parallel: bool,
+}
+
+impl Peer {
+    /// Start `n` servers under `base` (all at once), with `concurrency * 4` pages of
+    /// `page_size` bytes each.
+    pub fn start(
+        bin: &Path,
+        base: &Path,
+        n: usize,
+        concurrency: usize,
+        page_size: usize,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(base)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !ok.success() {
+                return Err("chown to the postgres user failed".into());
+            }
+        }
+        let ports = (0..n)
+            .map(|_| super::free_port())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let started: Vec<Result<Server, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ports
+                .iter()
+                .map(|&port| s.spawn(move || Server::start(bin, base, port)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("start panicked".into())))
+                .collect()
+        });
+        let servers = started.into_iter().collect::<Result<Vec<_>, _>>()?;
+        for s in &servers {
+            let mut c = s.connect()?;
+            c.batch_execute(
+                "CREATE TABLE pages (id int PRIMARY KEY, version bigint NOT NULL, data bytea NOT NULL);
+                 ALTER TABLE pages ALTER COLUMN data SET STORAGE EXTERNAL",
+            )
+            .map_err(|e| e.to_string())?;
+            for id in 0..concurrency * PAGES_PER_COORDINATOR {
+                let data = payload(id, page_size);
+                c.execute(
+                    "INSERT INTO pages VALUES ($1, 0, $2)",
+                    &[&(id as i32), &data],
+                )
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        let parallel = std::env::var("PIPEWRIGHT_COMMIT_CHAIN_PG").as_deref() != Ok("serial");
+        Ok(Self { servers, parallel })
+    }
+
+    /// How the coordinator drives a phase.
+    pub fn mode(&self) -> &'static str {
+        if self.parallel {
+            "parallel"
+        } else {
+            "serial"
+        }
+    }
+
+    /// Run `concurrency` coordinator threads for `warmup` + `window`; measure the
+    /// `window`.
+    pub fn run(
+        &self,
+        concurrency: usize,
+        warmup: Duration,
+        window: Duration,
+        page_size: usize,
+    ) -> Result<Measured, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let measuring = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+        let parallel = self.parallel;
+        let mut threads = Vec::new();
+        for t in 0..concurrency {
+            let mut conns = Vec::new();
+            for s in &self.servers {
+                let mut client = s.connect()?;
+                let update = client
+                    .prepare("UPDATE pages SET data = $1, version = version + 1 WHERE id = $2")
+                    .map_err(|e| e.to_string())?;
+                conns.push(Conn { client, update });
+            }
+            let (stop, measuring) = (stop.clone(), measuring.clone());
+            let (committed, hist) = (committed.clone(), hist.clone());
+            let gid_base = gid_seed();
+            threads.push(std::thread::spawn(move || -> Result<(), String> {
+                let mut data = payload(t, page_size);
+                let mut local = Histogram::<u64>::new(3).expect("histogram");
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    // Each coordinator works its own pages: no conflicts, like ours.
+                    let page = (t * PAGES_PER_COORDINATOR + n % PAGES_PER_COORDINATOR) as i32;
+                    data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                    let counted = measuring.load(Ordering::Relaxed);
+                    let start = Instant::now();
+                    let gid = format!("b{gid_base:x}t{t}x{n}");
+                    if transaction(&mut conns, parallel, page, &data, &gid)?
+                        && counted
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(start.elapsed().as_micros().max(1) as u64);
+                    }
+                    n += 1;
+                }
+                hist.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(&local)
+                    .ok();
+                Ok(())
+            }));
+        }
+        std::thread::sleep(warmup);
+        measuring.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64();
+        for t in threads {
+            t.join()
+                .map_err(|_| "coordinator thread panicked".to_string())??;
+        }
+        let h = hist.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Measured::from(committed.load(Ordering::Relaxed), secs, &h))
+    }
+}
+
+/// Distinct transaction ids across runs against the same servers.
+fn gid_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+}
+
+struct Conn {
+    client: postgres::Client,
+    update: postgres::Statement,
+}
+
+/// `f(i, conn)` on every connection: in parallel (scoped threads; the first inline)
+/// or one after the other.
+fn on_all<T: Send>(
+    conns: &mut [Conn],
+    parallel: bool,
+    f: impl Fn(usize, &mut Conn) -> T + Sync,
+) -> Vec<T> {
+    if !parallel {
+        return conns.iter_mut().enumerate().map(|(i, c)| f(i, c)).collect();
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let (first, rest) = conns.split_first_mut().expect("at least one server");
+        let handles: Vec<_> = rest
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| s.spawn(move || f(i + 1, c)))
+            .collect();
+        let mut out = vec![f(0, first)];
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("postgres worker thread")),
+        );
+        out
+    })
+}
+
+/// One distributed transaction: the page row `page` gets new contents on every
+/// server, or nothing changes anywhere. `Ok(false)` if it aborted.
+fn transaction(
+    conns: &mut [Conn],
+    parallel: bool,
+    page: i32,
+    data: &[u8],
+    gid: &str,
+) -> Result<bool, String> {
+    let prepared = on_all(conns, parallel, |_, c| -> Result<(), String> {
+        let r = (|| {
+            c.client.batch_execute("BEGIN")?;
+            if c.client.execute(&c.update, &[&data, &page])? != 1 {
+                return Ok(false);
+            }
+            c.client
+                .batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))?;
+            Ok::<_, postgres::Error>(true)
+        })();
+        match r {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let _ = c.client.batch_execute("ROLLBACK");
+                Err(format!("page {page} missing"))
+            }
+            Err(e) => {
+                let _ = c.client.batch_execute("ROLLBACK");
+                Err(e.to_string())
+            }
+        }
+    });
+    let ok = prepared.iter().all(Result::is_ok);
+    if let Some(Err(e)) = prepared.iter().find(|r| r.is_err()) {
+        if conns.iter().any(|c| c.client.is_closed()) {
+            return Err(format!("a server closed the connection: {e}"));
+        }
+        if FAILED_PREPARES.fetch_add(1, Ordering::Relaxed) < 5 {
+            eprintln!("commit_chain:   postgres-2pc: prepare failed: {e}");
+        }
+    }
+    let verb = if ok {
+        "COMMIT PREPARED"
+    } else {
+        "ROLLBACK PREPARED"
+    };
+    let prepared = &prepared;
+    let finished = on_all(conns, parallel, |i, c| {
+        if prepared[i].is_err() {
+            return Ok(());
+        }
+        c.client
+            .batch_execute(&format!("{verb} '{gid}'"))
+            .map_err(|e| format!("{verb}: {e}"))
+    });
+    finished.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(ok)
+}
