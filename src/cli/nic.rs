@@ -105,8 +105,8 @@ fn finish(plane: RunningDataPlane) -> anyhow::Result<()> {
     println!("\nport counters:");
     for (vf, c) in ports {
         println!(
-            "  VF {vf}: rx {} frames / {} B, tx {} frames / {} B, dropped {}",
-            c.rx_frames, c.rx_bytes, c.tx_frames, c.tx_bytes, c.dropped
+            "  VF {vf}: rx {} frames / {} B, tx {} frames / {} B, dropped {} (kernel {})",
+            c.rx_frames, c.rx_bytes, c.tx_frames, c.tx_bytes, c.dropped, c.kernel_dropped
         );
     }
     println!("drops by reason:");

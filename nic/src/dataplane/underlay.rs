@@ -191,6 +191,11 @@ impl AsyncStage for UnderlayTx {
         let sockets = self.config.tx_sockets.max(1);
         let gso = self.config.gso;
         let mut sends: Vec<Send> = Vec::new();
+        // Each socket's latest send: the GSO run its next datagram may extend. Frames
+        // of one flow always use one socket, and a socket's sends go to the kernel in
+        // order, so extending the socket's latest send keeps every flow's order while
+        // flows interleaved in the burst still form runs.
+        let mut open: Vec<Option<usize>> = vec![None; sockets];
         let mut used = Vec::new();
         while let Some(frame) = burst.pop() {
             let Some(dst) = outer_dst(frame.data()) else {
@@ -200,11 +205,11 @@ impl AsyncStage for UnderlayTx {
             };
             let payload = &frame.data()[dst.payload_off..dst.payload_off + dst.payload_len];
             let socket = usize::from(dst.src_port) % sockets;
-            // Extend the previous send when this datagram continues its GSO run: same
-            // destination and socket, same size as its segments (the last may be
-            // shorter, and then closes the run).
+            // Extend the socket's latest send when this datagram continues its GSO run:
+            // same destination, same size as its segments (the last may be shorter, and
+            // then closes the run).
             let extend = gso
-                && sends.last().is_some_and(|s| {
+                && open[socket].map(|i| &sends[i]).is_some_and(|s| {
                     let seg = s.segment.map_or(s.payload.len(), usize::from);
                     s.to == dst.to
                         && s.socket == socket
@@ -214,7 +219,7 @@ impl AsyncStage for UnderlayTx {
                         && s.payload.len() + payload.len() <= MAX_GSO_BYTES
                 });
             if extend {
-                let s = sends.last_mut().expect("checked");
+                let s = &mut sends[open[socket].expect("checked")];
                 if s.segment.is_none() {
                     s.segment = Some(s.payload.len() as u16);
                 }
@@ -231,6 +236,7 @@ impl AsyncStage for UnderlayTx {
                     segment: None,
                     datagrams: 1,
                 });
+                open[socket] = Some(sends.len() - 1);
             }
             used.push(frame);
         }

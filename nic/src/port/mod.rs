@@ -75,6 +75,10 @@ pub struct PortCounters {
     /// Frames dropped by the port (too large, malformed descriptor, kernel ring full
     /// with drop policy), each also reported as an error or counted by reason.
     pub dropped: u64,
+    /// Frames the kernel dropped on the way to the port before it could see them (an
+    /// AF_XDP socket's full RX ring or missing fill buffers), where the backend can
+    /// tell; 0 otherwise.
+    pub kernel_dropped: u64,
 }
 
 /// A virtual function's port: a non-blocking, burst-oriented frame interface.

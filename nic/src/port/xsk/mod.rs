@@ -483,6 +483,14 @@ impl VfPort for AfXdpPort {
     }
 
     fn counters(&self) -> PortCounters {
-        self.counters
+        // The kernel's own drops (read with one getsockopt; counters are not on the
+        // hot path).
+        let kernel_dropped = self
+            .kernel_stats()
+            .map_or(0, |k| k.rx_dropped + k.rx_ring_full);
+        PortCounters {
+            kernel_dropped,
+            ..self.counters
+        }
     }
 }
