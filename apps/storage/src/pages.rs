@@ -196,6 +196,12 @@ impl PageStore {
         Ok(())
     }
 
+    /// A second handle on the page file (for a task that syncs it, such as the log
+    /// writer before a checkpoint).
+    pub fn sync_handle(&self) -> Result<File, PageError> {
+        Ok(self.file.try_clone()?)
+    }
+
     /// Make every applied page durable (`fdatasync`).
     pub fn sync(&self) -> Result<(), PageError> {
         Ok(self.file.sync_data()?)

@@ -23,8 +23,10 @@ id_type!(
     NodeId(u32)
 );
 id_type!(
-    /// A distributed transaction. Unique for the lifetime of the cluster: nodes remember
-    /// finished transaction ids and ignore a late duplicate `Prepare` for one.
+    /// A distributed transaction. Unique for the lifetime of the cluster, and
+    /// increasing per client ([`ClientId`]): a node remembers a finished transaction
+    /// for a while, then forgets it and keeps only its client's highest forgotten id
+    /// (a low-water mark), below which a late `Prepare` is refused.
     TxnId(u64)
 );
 id_type!(

@@ -137,6 +137,23 @@ pub struct NodeStatus {
     pub log_bytes: u64,
     /// Group-commit bursts (one write + one `fdatasync` each) since the node started.
     pub log_syncs: u64,
+    /// Bytes of the log on disk now (the current segment; two segments briefly
+    /// during a checkpoint).
+    pub log_disk_bytes: u64,
+    /// Checkpoints made durable since the node started.
+    pub checkpoints: u64,
+    /// Transactions the node remembers (unfinished, or finished and not yet
+    /// forgotten by a checkpoint).
+    pub remembered: u64,
+    /// Clients with a low-water mark of forgotten transactions.
+    pub low_water_marks: u64,
+    /// Fault injection on the peer links (off unless enabled for tests): messages
+    /// dropped, duplicated and delayed.
+    pub net_dropped: u64,
+    /// See `net_dropped`.
+    pub net_duplicated: u64,
+    /// See `net_dropped`.
+    pub net_delayed: u64,
 }
 
 /// A frame could not be read or decoded.

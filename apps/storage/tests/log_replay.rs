@@ -38,13 +38,17 @@ fn record() -> impl Strategy<Value = Record> {
         });
     prop_oneof![
         intent,
-        (any::<u64>(), verdict()).prop_map(|(t, verdict)| Record::Decision {
+        (any::<u64>(), any::<u64>(), verdict()).prop_map(|(t, c, verdict)| Record::Decision {
             txn: TxnId(t),
+            client: ClientId(c),
             verdict
         }),
-        (any::<u64>(), verdict()).prop_map(|(t, verdict)| Record::Completion {
-            txn: TxnId(t),
-            verdict
+        (any::<u64>(), any::<u64>(), verdict()).prop_map(|(t, c, verdict)| {
+            Record::Completion {
+                txn: TxnId(t),
+                client: ClientId(c),
+                verdict,
+            }
         }),
         any::<u64>().prop_map(|t| Record::Forget { txn: TxnId(t) }),
     ]
@@ -183,6 +187,7 @@ fn replay_a_torn_file_then_truncate_and_append() {
         encode(
             &Record::Completion {
                 txn: TxnId(t),
+                client: ClientId(1),
                 verdict: Verdict::Commit,
             },
             &mut buf,

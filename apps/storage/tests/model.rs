@@ -4,8 +4,10 @@
 //! network that loses, duplicates and reorders messages, with per-record log flushes
 //! (a crash can fall between any two log writes), node crashes (volatile state and
 //! unflushed log records lost; the page file survives, as with `kill -9`), restarts
-//! through [`Node::recover`] from the durable records, and retry timer ticks. Faults are
-//! bounded by per-run budgets so the state space is finite.
+//! through [`Node::recover`] from the durable records, retry timer ticks, and
+//! checkpoints (a flushed checkpoint record replaces the durable log, as the new log
+//! segment does; the node then forgets transactions finished at the previous one).
+//! Faults are bounded by per-run budgets so the state space is finite.
 //!
 //! Sized to finish in well under 60 s in the default debug test profile on 2 cores;
 //! each case prints its state count and time.
@@ -26,6 +28,7 @@ struct Budget {
     losses: u8,
     dups: u8,
     ticks: u8,
+    checkpoints: u8,
 }
 
 struct ChainModel {
@@ -50,6 +53,9 @@ struct State {
     replies: BTreeSet<(TxnId, bool)>,
     commit_before_decision: bool,
     unilateral_abort: bool,
+    /// (node, txn) forgotten by a checkpoint.
+    forgotten: BTreeSet<(usize, TxnId)>,
+    revived: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -61,6 +67,7 @@ enum Act {
     Crash(usize),
     Recover(usize),
     Tick(usize),
+    Checkpoint(usize),
 }
 
 fn config() -> NodeConfig {
@@ -99,6 +106,9 @@ impl ChainModel {
         }
         let Some(node) = &s.nodes[n] else { return };
         for p in &self.txns {
+            if s.forgotten.contains(&(n, p.txn)) && node.status(p.txn) != TxnStatus::Unknown {
+                s.revived = true;
+            }
             let verdict = match node.status(p.txn) {
                 TxnStatus::Finished(v) => v,
                 TxnStatus::Completing | TxnStatus::AwaitingAcks => Verdict::Commit,
@@ -157,6 +167,8 @@ impl Model for ChainModel {
             replies: BTreeSet::new(),
             commit_before_decision: false,
             unilateral_abort: false,
+            forgotten: BTreeSet::new(),
+            revived: false,
         }]
     }
 
@@ -182,6 +194,14 @@ impl Model for ChainModel {
                     if s.budget.ticks > 0 && !node.clone().tick().is_empty() {
                         out.push(Act::Tick(i));
                     }
+                    // Only on a node whose log is flushed (fewer interleavings, same
+                    // coverage: records queued after the checkpoint behave alike).
+                    if s.budget.checkpoints > 0
+                        && !node.checkpoint_in_progress()
+                        && s.pending[i].is_empty()
+                    {
+                        out.push(Act::Checkpoint(i));
+                    }
                 }
                 None => out.push(Act::Recover(i)),
             }
@@ -205,11 +225,30 @@ impl Model for ChainModel {
             }
             Act::Flush(n) => {
                 let (id, record) = s.pending[n].pop_front()?;
-                if let Record::Decision { txn, verdict } = &record {
+                if let Record::Decision { txn, verdict, .. } = &record {
                     s.decided.insert((*txn, *verdict));
                 }
+                let checkpoint = matches!(record, Record::Checkpoint(_));
+                if checkpoint {
+                    // A new log segment; the older one is deleted.
+                    s.durable[n].clear();
+                }
                 s.durable[n].push(record);
-                let actions = s.nodes[n].as_mut()?.persisted(id);
+                let node = s.nodes[n].as_mut()?;
+                let known: Vec<TxnId> = self
+                    .txns
+                    .iter()
+                    .map(|p| p.txn)
+                    .filter(|&t| node.status(t) != TxnStatus::Unknown)
+                    .collect();
+                let actions = node.persisted(id);
+                if checkpoint {
+                    for t in known {
+                        if node.status(t) == TxnStatus::Unknown {
+                            s.forgotten.insert((n, t));
+                        }
+                    }
+                }
                 self.run(&mut s, n, actions, false);
             }
             Act::Crash(n) => {
@@ -229,6 +268,11 @@ impl Model for ChainModel {
                 s.budget.ticks -= 1;
                 let actions = s.nodes[n].as_mut()?.tick();
                 self.run(&mut s, n, actions, true);
+            }
+            Act::Checkpoint(n) => {
+                s.budget.checkpoints -= 1;
+                let actions = s.nodes[n].as_mut()?.checkpoint();
+                self.run(&mut s, n, actions, false);
             }
         }
         Some(s)
@@ -263,6 +307,10 @@ impl Model for ChainModel {
             Property::always("a yes-voter never aborts on its own", |_, s: &State| {
                 !s.unilateral_abort
             }),
+            Property::always(
+                "a forgotten transaction never comes back",
+                |_, s: &State| !s.revived,
+            ),
             Property::always("no lost update", |_, s: &State| {
                 let keys: Vec<_> = s.applied.iter().map(|&(n, p, v, _)| (n, p, v)).collect();
                 keys.windows(2).all(|w| w[0] != w[1])
@@ -274,6 +322,12 @@ impl Model for ChainModel {
                 s.replies.iter().any(|r| !r.1)
             }),
         ];
+        if self.faults.checkpoints > 0 {
+            props.push(Property::sometimes(
+                "a checkpoint forgets a transaction",
+                |_, s: &State| !s.forgotten.is_empty(),
+            ));
+        }
         if self.liveness {
             props.push(Property::eventually(
                 "every transaction is decided everywhere",
@@ -333,6 +387,7 @@ const NO_FAULTS: Budget = Budget {
     losses: 0,
     dups: 0,
     ticks: 0,
+    checkpoints: 0,
 };
 
 #[test]
@@ -376,6 +431,7 @@ fn two_nodes_two_txns_with_crash_loss_dup() {
         losses: 1,
         dups: 1,
         ticks: 1,
+        checkpoints: 0,
     };
     check(
         "n2-t2-faults",
@@ -395,12 +451,56 @@ fn three_nodes_one_txn_with_crash_loss_dup() {
         losses: 1,
         dups: 1,
         ticks: 1,
+        checkpoints: 0,
     };
     check(
         "n3-t1-faults",
         ChainModel {
             nodes: 3,
             txns: txns(3, 1),
+            faults,
+            liveness: false,
+        },
+    );
+}
+
+/// Checkpoints forget finished transactions (after two of them); a late duplicate
+/// `Prepare` or `Resolve` must still be refused, and every transaction still decided
+/// everywhere.
+#[test]
+fn two_nodes_two_txns_with_checkpoints_and_dups_all_decided() {
+    let faults = Budget {
+        dups: 1,
+        checkpoints: 2,
+        ..NO_FAULTS
+    };
+    check(
+        "n2-t2-checkpoints",
+        ChainModel {
+            nodes: 2,
+            txns: txns(2, 2),
+            faults,
+            liveness: true,
+        },
+    );
+}
+
+/// Recovery from a checkpoint keeps every in-doubt intent and undelivered commit
+/// decision, across a crash at any point (before, during or after the checkpoint).
+#[test]
+fn two_nodes_one_txn_with_checkpoints_crash_dup() {
+    let faults = Budget {
+        crashes: 1,
+        losses: 0,
+        dups: 1,
+        ticks: 1,
+        checkpoints: 2,
+    };
+    check(
+        "n2-t1-checkpoints-crash",
+        ChainModel {
+            nodes: 2,
+            txns: txns(2, 1),
             faults,
             liveness: false,
         },

@@ -278,7 +278,10 @@ fn the_decider_re_sends_commit_until_every_node_acknowledges() {
         tick,
         vec![Action::Send {
             to: NodeId(0),
-            msg: Message::Commit { txn: TxnId(1) }
+            msg: Message::Commit {
+                txn: TxnId(1),
+                decider: NodeId(1)
+            }
         }]
     );
     c.run(1, tick);
@@ -312,6 +315,7 @@ fn a_decider_that_never_saw_the_prepare_aborts_durably_before_answering() {
         record,
         &Record::Decision {
             txn: TxnId(7),
+            client: ClientId(7),
             verdict: Verdict::Abort
         }
     );

@@ -172,6 +172,10 @@ struct Inner {
     conns: tokio::sync::Mutex<HashMap<NodeId, Arc<Conn>>>,
     waiters: Arc<Waiters>,
     next_req: AtomicU64,
+    /// Transaction ids are increasing per client (from a random start): a node that
+    /// forgot a finished transaction refuses any unknown one at or below the
+    /// highest forgotten id of its client.
+    next_txn: AtomicU64,
 }
 
 /// A client of a storage cluster. Cheap to clone (clones share connections).
@@ -200,6 +204,7 @@ impl StorageClient {
                 conns: Default::default(),
                 waiters: Default::default(),
                 next_req: AtomicU64::new(1),
+                next_txn: AtomicU64::new(fastrand::u64(1..1 << 62)),
             }),
         }
     }
@@ -241,7 +246,7 @@ impl StorageClient {
         for &node in &chain {
             conns.push(self.conn(node).await?);
         }
-        let id = TxnId(fastrand::u64(1..));
+        let id = TxnId(self.inner.next_txn.fetch_add(1, Ordering::Relaxed));
         let prepare = Prepare {
             txn: id,
             client: self.inner.id,

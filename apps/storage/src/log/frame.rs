@@ -6,7 +6,7 @@
 //! +-----------+-----------+--------+------------------------+
 //! | len: u32  | crc: u32  | type:u8| payload: len bytes     |
 //! +-----------+-----------+--------+------------------------+
-//!   little endian            1..=4   postcard (serde)
+//!   little endian            1..=5   postcard (serde)
 //! ```
 //!
 //! `crc` is CRC-32C (Castagnoli) over the `len` bytes, the type byte and the payload, so a
@@ -16,8 +16,8 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::record::{Intent, Record, Verdict};
-use crate::types::TxnId;
+use super::record::{Checkpoint, Intent, Record, Verdict};
+use crate::types::{ClientId, TxnId};
 
 /// Bytes before a record's payload: length, checksum, type.
 pub const FRAME_HEADER: usize = 9;
@@ -28,6 +28,7 @@ const T_INTENT: u8 = 1;
 const T_DECISION: u8 = 2;
 const T_COMPLETION: u8 = 3;
 const T_FORGET: u8 = 4;
+const T_CHECKPOINT: u8 = 5;
 
 /// A record could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +137,18 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) -> Result<usize, EncodeError> 
     let keep = out.len();
     let res = match record {
         Record::Intent(intent) => put_payload(out, T_INTENT, intent),
-        Record::Decision { txn, verdict } => put_payload(out, T_DECISION, &(txn, verdict)),
-        Record::Completion { txn, verdict } => put_payload(out, T_COMPLETION, &(txn, verdict)),
+        Record::Decision {
+            txn,
+            client,
+            verdict,
+        } => put_payload(out, T_DECISION, &(txn, client, verdict)),
+        Record::Completion {
+            txn,
+            client,
+            verdict,
+        } => put_payload(out, T_COMPLETION, &(txn, client, verdict)),
         Record::Forget { txn } => put_payload(out, T_FORGET, txn),
+        Record::Checkpoint(c) => put_payload(out, T_CHECKPOINT, c),
     };
     if res.is_err() {
         out.truncate(keep);
@@ -179,13 +189,23 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Record, usize), CorruptionReason> {
     let record = match kind {
         T_INTENT => Record::Intent(decode::<Intent>(payload, "intent")?),
         T_DECISION => {
-            let (txn, verdict) = decode::<(TxnId, Verdict)>(payload, "decision")?;
-            Record::Decision { txn, verdict }
+            let (txn, client, verdict) = decode::<(TxnId, ClientId, Verdict)>(payload, "decision")?;
+            Record::Decision {
+                txn,
+                client,
+                verdict,
+            }
         }
         T_COMPLETION => {
-            let (txn, verdict) = decode::<(TxnId, Verdict)>(payload, "completion")?;
-            Record::Completion { txn, verdict }
+            let (txn, client, verdict) =
+                decode::<(TxnId, ClientId, Verdict)>(payload, "completion")?;
+            Record::Completion {
+                txn,
+                client,
+                verdict,
+            }
         }
+        T_CHECKPOINT => Record::Checkpoint(decode::<Checkpoint>(payload, "checkpoint")?),
         T_FORGET => Record::Forget {
             txn: decode::<TxnId>(payload, "forget")?,
         },

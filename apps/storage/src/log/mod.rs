@@ -6,12 +6,16 @@
 //! [`replay`] returns every complete, valid record up to the first torn or corrupt
 //! frame and the length of that valid prefix; the node truncates the file there and
 //! never applies a half-written record.
+//!
+//! The log is kept in [`segments`]: a checkpoint starts a new segment and lets the
+//! older one be deleted, so the log's disk use stays bounded.
 
 pub mod frame;
 mod record;
+pub mod segments;
 
 pub use frame::{
     decode_frame, encode, replay, replay_file, Corruption, CorruptionReason, EncodeError, Replay,
     FRAME_HEADER, MAX_PAYLOAD,
 };
-pub use record::{Intent, PageWrite, Record, Verdict};
+pub use record::{Checkpoint, Intent, PageWrite, Record, Verdict};

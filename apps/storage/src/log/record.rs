@@ -51,10 +51,10 @@ impl Intent {
 ///
 /// ```
 /// use pipewright_storage::log::{encode, replay, Record, Verdict};
-/// use pipewright_storage::TxnId;
+/// use pipewright_storage::{ClientId, TxnId};
 ///
 /// let mut buf = Vec::new();
-/// encode(&Record::Decision { txn: TxnId(1), verdict: Verdict::Commit }, &mut buf).unwrap();
+/// encode(&Record::Decision { txn: TxnId(1), client: ClientId(7), verdict: Verdict::Commit }, &mut buf).unwrap();
 /// encode(&Record::Forget { txn: TxnId(1) }, &mut buf).unwrap();
 /// let replayed = replay(&buf);
 /// assert_eq!(replayed.records.len(), 2);
@@ -70,6 +70,8 @@ pub enum Record {
     Decision {
         /// The transaction.
         txn: TxnId,
+        /// Its client (whose low-water mark covers the transaction once forgotten).
+        client: ClientId,
         /// Commit or abort.
         verdict: Verdict,
     },
@@ -78,6 +80,8 @@ pub enum Record {
     Completion {
         /// The transaction.
         txn: TxnId,
+        /// Its client (whose low-water mark covers the transaction once forgotten).
+        client: ClientId,
         /// Commit or abort.
         verdict: Verdict,
     },
@@ -87,16 +91,41 @@ pub enum Record {
         /// The transaction.
         txn: TxnId,
     },
+    /// The first record of a log segment: everything the node still needs from the
+    /// records before it (which recovery then ignores). See [`Checkpoint`].
+    Checkpoint(Checkpoint),
+}
+
+/// A checkpoint: the node's durable state once every transaction it forgets is
+/// out of the log.
+///
+/// Written as the first record of a new log segment, after the page file was synced
+/// (so no write of a forgotten transaction needs redo). Recovery from a segment
+/// starts from its checkpoint and then replays the records after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Per client, the highest transaction id this node has forgotten: a `Prepare` or
+    /// `Resolve` for an unknown transaction at or below its client's mark is a late
+    /// one (a duplicate, or overtaken by a later transaction of the same client) and
+    /// is refused without creating any state.
+    pub marks: Vec<(ClientId, TxnId)>,
+    /// Transactions whose outcome is final here and that are still remembered (they
+    /// are forgotten at the next checkpoint): `(txn, client, verdict)`.
+    pub finished: Vec<(TxnId, ClientId, Verdict)>,
+    /// Re-logged records of the transactions not finished here (intents; a decider's
+    /// commit decisions still awaiting acknowledgements), in their original order.
+    pub open: Vec<Record>,
 }
 
 impl Record {
-    /// The transaction this record is about.
-    pub fn txn(&self) -> TxnId {
+    /// The transaction this record is about (`None` for a checkpoint).
+    pub fn txn(&self) -> Option<TxnId> {
         match self {
-            Record::Intent(i) => i.txn,
+            Record::Intent(i) => Some(i.txn),
             Record::Decision { txn, .. }
             | Record::Completion { txn, .. }
-            | Record::Forget { txn } => *txn,
+            | Record::Forget { txn } => Some(*txn),
+            Record::Checkpoint(_) => None,
         }
     }
 }

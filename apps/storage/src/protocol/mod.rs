@@ -63,6 +63,9 @@ pub enum Message {
     Commit {
         /// The transaction.
         txn: TxnId,
+        /// The decider, to which a node that completed acknowledges (`Ack`), also
+        /// when it already forgot the transaction.
+        decider: NodeId,
     },
     /// The transaction aborts: sent toward the head by a node whose analysis failed (and
     /// passed on by each prepared node), or as the answer to a `Resolve`.
@@ -93,7 +96,7 @@ impl Message {
     pub fn txn(&self) -> TxnId {
         match self {
             Message::Prepare(p) => p.txn,
-            Message::Commit { txn }
+            Message::Commit { txn, .. }
             | Message::Abort { txn }
             | Message::Ack { txn, .. }
             | Message::Resolve { txn, .. } => *txn,

@@ -7,7 +7,7 @@ use super::state::{Phase, Txn};
 
 use super::{AbortReason, Action, Malformed, Message, Outcome, Prepare, RecordId};
 use crate::locks::LockTable;
-use crate::log::{Intent, Record, Verdict};
+use crate::log::{Checkpoint, Intent, Record, Verdict};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// One storage node's side of the linear two-phase commit.
@@ -58,6 +58,11 @@ pub struct Node {
     pub(super) txns: BTreeMap<TxnId, Txn>,
     /// Record id → the transaction whose next step waits for it to be durable.
     pub(super) waiting: BTreeMap<RecordId, TxnId>,
+    /// Per client, the highest forgotten transaction id (see [`Checkpoint::marks`]).
+    pub(super) marks: BTreeMap<ClientId, TxnId>,
+    /// A checkpoint on its way to the log: its record id and the transactions it
+    /// forgets once durable.
+    pub(super) checkpointing: Option<(RecordId, Vec<TxnId>)>,
 }
 
 impl Node {
@@ -72,6 +77,8 @@ impl Node {
             locks: LockTable::new(config.lock_capacity),
             txns: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            marks: BTreeMap::new(),
+            checkpointing: None,
         }
     }
 
@@ -128,7 +135,7 @@ impl Node {
         let mut out = Vec::new();
         match msg {
             Message::Prepare(p) => self.on_prepare(p, &mut out),
-            Message::Commit { txn } => self.on_commit(txn, &mut out),
+            Message::Commit { txn, decider } => self.on_commit(txn, decider, &mut out),
             Message::Abort { txn } => self.on_abort(txn, &mut out),
             Message::Ack { txn, from } => self.on_ack(txn, from, &mut out),
             Message::Resolve { txn, from, client } => self.on_resolve(txn, from, client, &mut out),
@@ -146,6 +153,20 @@ impl Node {
                         msg: Message::Abort { txn: p.txn },
                     });
                 }
+            }
+            return;
+        }
+        if self.is_late(p.client, p.txn) {
+            // Forgotten here (finished and checkpointed), or overtaken by a later
+            // transaction of the same client that was: refused without any state (the
+            // mark is durable, so every later copy is refused too). The outcome is not
+            // known any more, so the client is not answered; a predecessor still
+            // prepared is told to abort (one that finished ignores it).
+            if let Some(prev) = self.neighbour(&p.chain, -1) {
+                out.push(Action::Send {
+                    to: prev,
+                    msg: Message::Abort { txn: p.txn },
+                });
             }
             return;
         }
@@ -189,11 +210,13 @@ impl Node {
                 let record = if is_decider {
                     Record::Decision {
                         txn,
+                        client,
                         verdict: Verdict::Abort,
                     }
                 } else {
                     Record::Completion {
                         txn,
+                        client,
                         verdict: Verdict::Abort,
                     }
                 };
@@ -216,6 +239,7 @@ impl Node {
                         txn,
                         Record::Decision {
                             txn,
+                            client,
                             verdict: Verdict::Commit,
                         },
                         out,
@@ -234,8 +258,14 @@ impl Node {
                 chain,
                 writes,
                 phase,
+                aged: false,
             },
         );
+    }
+
+    /// Whether `txn` of `client` is at or below the client's low-water mark.
+    fn is_late(&self, client: ClientId, txn: TxnId) -> bool {
+        self.marks.get(&client).is_some_and(|&mark| txn <= mark)
     }
 
     /// Apply a committed transaction's writes here and release its locks.
@@ -256,16 +286,31 @@ impl Node {
         }
     }
 
-    fn on_commit(&mut self, txn: TxnId, out: &mut Vec<Action>) {
-        let Some(t) = self.txns.get(&txn) else { return };
+    fn on_commit(&mut self, txn: TxnId, decider: NodeId, out: &mut Vec<Action>) {
+        let ack = Action::Send {
+            to: decider,
+            msg: Message::Ack { txn, from: self.id },
+        };
+        let Some(t) = self.txns.get(&txn) else {
+            // A commit decision needs our durable intent, which we keep until the
+            // outcome is durable here: a transaction we do not know was completed and
+            // then forgotten. The decider re-sent `Commit` (it restarted, or our `Ack`
+            // was lost): acknowledge again.
+            if decider != self.id {
+                out.push(ack);
+            }
+            return;
+        };
         match t.phase {
             Phase::Prepared { .. } => {
+                let client = t.client;
                 self.apply(txn, out);
-                self.send_back(txn, Message::Commit { txn }, out);
+                self.send_back(txn, Message::Commit { txn, decider }, out);
                 self.persist_then(
                     txn,
                     Record::Completion {
                         txn,
+                        client,
                         verdict: Verdict::Commit,
                     },
                     out,
@@ -273,16 +318,7 @@ impl Node {
                 self.set_phase(txn, Phase::Completing);
             }
             // The decider re-sent `Commit` (it restarted, or our `Ack` was lost).
-            Phase::Finished(Verdict::Commit) => {
-                if let Some(&decider) = t.chain.last() {
-                    if decider != self.id {
-                        out.push(Action::Send {
-                            to: decider,
-                            msg: Message::Ack { txn, from: self.id },
-                        });
-                    }
-                }
-            }
+            Phase::Finished(Verdict::Commit) if decider != self.id => out.push(ack),
             _ => {}
         }
     }
@@ -290,12 +326,14 @@ impl Node {
     fn on_abort(&mut self, txn: TxnId, out: &mut Vec<Action>) {
         let Some(t) = self.txns.get(&txn) else { return };
         if let Phase::Prepared { .. } = t.phase {
+            let client = t.client;
             self.locks.release(txn);
             // Presumed abort: the abort record need not be forced; if it is lost, the
             // restarted node asks the decider again and gets abort again.
             self.persist(
                 Record::Completion {
                     txn,
+                    client,
                     verdict: Verdict::Abort,
                 },
                 out,
@@ -321,13 +359,15 @@ impl Node {
     }
 
     fn on_resolve(&mut self, txn: TxnId, from: NodeId, client: ClientId, out: &mut Vec<Action>) {
+        let me = self.id;
         let answer = |verdict| Action::Send {
             to: from,
             msg: match verdict {
-                Verdict::Commit => Message::Commit { txn },
+                Verdict::Commit => Message::Commit { txn, decider: me },
                 Verdict::Abort => Message::Abort { txn },
             },
         };
+        let late = self.is_late(client, txn);
         match self.txns.get_mut(&txn).map(|t| &mut t.phase) {
             Some(Phase::AwaitingAcks { .. }) => out.push(answer(Verdict::Commit)),
             Some(Phase::Finished(v)) => out.push(answer(*v)),
@@ -336,6 +376,12 @@ impl Node {
             }
             // Our own decision is on its way to the log; the asker retries.
             Some(_) => {}
+            // Forgotten: a committed transaction is forgotten only once every node
+            // acknowledged it, so no node is still prepared and this `Resolve` is a
+            // stale copy; an aborted one, or one whose `Prepare` is refused as late
+            // from now on, can only abort. Answer abort, with no record and no reply
+            // to the client (whose answer, if any, was given long ago).
+            None if late => out.push(answer(Verdict::Abort)),
             None => {
                 // Presumed abort: never saw the prepare (or it is still on its way).
                 // Decide abort, durably, before answering, so that a late prepare can
@@ -344,6 +390,7 @@ impl Node {
                     txn,
                     Record::Decision {
                         txn,
+                        client,
                         verdict: Verdict::Abort,
                     },
                     out,
@@ -357,6 +404,7 @@ impl Node {
                     chain: Vec::new(),
                     writes: Vec::new(),
                     phase,
+                    aged: false,
                 };
                 self.txns.insert(txn, t);
             }
@@ -377,6 +425,78 @@ impl Node {
         for txn in ready.into_values() {
             self.advance(txn, &mut out);
         }
+        if self.checkpointing.as_ref().is_some_and(|(at, _)| *at <= id) {
+            let (_, forget) = self.checkpointing.take().expect("checked");
+            for txn in forget {
+                self.forget(txn);
+            }
+        }
+        out
+    }
+
+    fn forget(&mut self, txn: TxnId) {
+        if let Some(t) = self.txns.remove(&txn) {
+            debug_assert!(matches!(t.phase, Phase::Finished(_)));
+            let mark = self.marks.entry(t.client).or_insert(txn);
+            *mark = (*mark).max(txn);
+        }
+    }
+
+    /// Start a checkpoint: the action to persist a [`Record::Checkpoint`] that the
+    /// host writes as the first record of a **new log segment**, after syncing the
+    /// page file (every page write asked for so far must be durable before the
+    /// checkpoint is). Once it is durable ([`persisted`](Self::persisted)) the host
+    /// may delete the older segments, and the node forgets every transaction that
+    /// was already finished at the previous checkpoint: a transaction is remembered
+    /// for at least one full checkpoint interval after it finished, then only its
+    /// client's low-water mark covers it.
+    ///
+    /// Returns nothing while an earlier checkpoint is still on its way to the log.
+    pub fn checkpoint(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.checkpointing.is_some() {
+            return out;
+        }
+        let mut cp = Checkpoint::default();
+        let mut marks = self.marks.clone();
+        let mut forget = Vec::new();
+        for (&txn, t) in &mut self.txns {
+            let client = t.client;
+            let intent = || {
+                Record::Intent(Intent {
+                    txn,
+                    client,
+                    chain: t.chain.clone(),
+                    writes: t.writes.clone(),
+                })
+            };
+            match &t.phase {
+                Phase::Finished(_) if t.aged => {
+                    forget.push(txn);
+                    let mark = marks.entry(client).or_insert(txn);
+                    *mark = (*mark).max(txn);
+                }
+                Phase::Finished(v) => cp.finished.push((txn, client, *v)),
+                // Their outcome record precedes the checkpoint in the log.
+                Phase::Refusing { .. } => cp.finished.push((txn, client, Verdict::Abort)),
+                Phase::Completing => cp.finished.push((txn, client, Verdict::Commit)),
+                Phase::Preparing { .. } | Phase::Prepared { .. } => cp.open.push(intent()),
+                Phase::Deciding | Phase::AwaitingAcks { .. } => {
+                    cp.open.push(intent());
+                    cp.open.push(Record::Decision {
+                        txn,
+                        client,
+                        verdict: Verdict::Commit,
+                    });
+                }
+            }
+            if matches!(t.phase, Phase::Finished(_)) {
+                t.aged = true;
+            }
+        }
+        cp.marks = marks.into_iter().collect();
+        let id = self.persist(Record::Checkpoint(cp), &mut out);
+        self.checkpointing = Some((id, forget));
         out
     }
 
@@ -403,7 +523,8 @@ impl Node {
                     txn,
                     outcome: Outcome::Committed,
                 });
-                self.send_back(txn, Message::Commit { txn }, out);
+                let decider = self.id;
+                self.send_back(txn, Message::Commit { txn, decider }, out);
                 let awaiting: BTreeSet<NodeId> = self.txns[&txn]
                     .chain
                     .iter()
@@ -466,7 +587,10 @@ impl Node {
                     for &to in awaiting {
                         out.push(Action::Send {
                             to,
-                            msg: Message::Commit { txn },
+                            msg: Message::Commit {
+                                txn,
+                                decider: self.id,
+                            },
                         });
                     }
                 }

@@ -6,7 +6,7 @@ use super::state::{Phase, Txn};
 use super::{Action, Message, Node, NodeConfig};
 use crate::locks::PrepareError;
 use crate::log::{Intent, Record, Verdict};
-use crate::types::{NodeId, PageId, TxnId, Version};
+use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// The log cannot be recovered from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +23,7 @@ pub enum RecoverError {
 
 #[derive(Default)]
 struct Summary {
+    client: Option<ClientId>,
     intent: Option<Intent>,
     decision: Option<Verdict>,
     completion: Option<Verdict>,
@@ -35,10 +36,15 @@ impl Node {
     /// Rebuild a node after a restart from its page versions (a [`scan`] of its page
     /// store) and the records [`replay`]ed from its log, in log order.
     ///
+    /// A [`Record::Checkpoint`] replaces everything before it: its low-water marks,
+    /// its finished transactions and its re-logged open records are the state the
+    /// records after it build on.
+    ///
     /// Returns the node and the actions to carry out first:
-    /// - `Apply` redoes committed writes the page file may have lost (a write is redone
-    ///   only where the page is still at the write's expected version, so redo is
-    ///   idempotent), in commit order;
+    /// - `Apply` redoes committed writes the page file may have lost, in commit order.
+    ///   A write is redone only where the page is at or below the write's expected
+    ///   version (writes carry whole pages, so this also repairs a page torn by a
+    ///   crash, which scans as version 0); versions only grow, so redo is idempotent;
     /// - for every **in-doubt** intent (voted yes, no outcome logged) the node re-takes
     ///   the intent's page locks and sends `Resolve` to the decider: a node that voted
     ///   yes never aborts on its own;
@@ -60,17 +66,42 @@ impl Node {
         let mut node = Node::new(id, config, versions);
         let mut out = Vec::new();
         let mut txns: BTreeMap<TxnId, Summary> = BTreeMap::new();
-        for (at, record) in records.into_iter().enumerate() {
-            let s = txns.entry(record.txn()).or_default();
+        let mut finished: BTreeMap<TxnId, (ClientId, Verdict)> = BTreeMap::new();
+        let mut at = 0;
+        let mut todo: Vec<Record> = records.into_iter().collect();
+        todo.reverse();
+        while let Some(record) = todo.pop() {
+            at += 1;
+            let txn = match &record {
+                Record::Checkpoint(cp) => {
+                    txns.clear();
+                    finished = cp.finished.iter().map(|&(t, c, v)| (t, (c, v))).collect();
+                    node.marks = cp.marks.iter().copied().collect();
+                    todo.extend(cp.open.iter().rev().cloned());
+                    continue;
+                }
+                other => other.txn().expect("not a checkpoint"),
+            };
+            let s = txns.entry(txn).or_default();
             match record {
-                Record::Intent(intent) => s.intent = Some(intent),
-                Record::Decision { verdict, .. } => {
+                Record::Intent(intent) => {
+                    s.client = Some(intent.client);
+                    s.intent = Some(intent);
+                }
+                Record::Decision {
+                    verdict, client, ..
+                } => {
+                    s.client.get_or_insert(client);
                     (s.decision, s.outcome_at) = (Some(verdict), at)
                 }
-                Record::Completion { verdict, .. } => {
+                Record::Completion {
+                    verdict, client, ..
+                } => {
+                    s.client.get_or_insert(client);
                     (s.completion, s.outcome_at) = (Some(verdict), at)
                 }
                 Record::Forget { .. } => s.forgotten = true,
+                Record::Checkpoint(_) => unreachable!("handled above"),
             }
         }
         // Redo committed writes in the order they were committed here.
@@ -87,7 +118,7 @@ impl Node {
             let redo: Vec<_> = intent
                 .writes
                 .iter()
-                .filter(|w| node.version(w.page) == w.expected)
+                .filter(|w| node.version(w.page) <= w.expected)
                 .cloned()
                 .collect();
             for w in &redo {
@@ -98,8 +129,9 @@ impl Node {
             }
         }
         for (txn, s) in txns {
-            let (client, chain, writes) = match s.intent {
-                Some(i) => (i.client, i.chain, i.writes),
+            let client = s.client.unwrap_or_default();
+            let (chain, writes) = match s.intent {
+                Some(i) => (i.chain, i.writes),
                 None => Default::default(),
             };
             let outcome = s.decision.or(s.completion);
@@ -110,7 +142,7 @@ impl Node {
                     for &to in &awaiting {
                         out.push(Action::Send {
                             to,
-                            msg: Message::Commit { txn },
+                            msg: Message::Commit { txn, decider: id },
                         });
                     }
                     if awaiting.is_empty() {
@@ -144,8 +176,18 @@ impl Node {
                     chain,
                     writes,
                     phase,
+                    aged: false,
                 },
             );
+        }
+        for (txn, (client, verdict)) in finished {
+            node.txns.entry(txn).or_insert(Txn {
+                client,
+                chain: Vec::new(),
+                writes: Vec::new(),
+                phase: Phase::Finished(verdict),
+                aged: true,
+            });
         }
         Ok((node, out))
     }

@@ -81,6 +81,9 @@ pub(super) struct Txn {
     pub(super) chain: Vec<NodeId>,
     pub(super) writes: Vec<PageWrite>,
     pub(super) phase: Phase,
+    /// Finished, and already finished when the last checkpoint was taken: the next
+    /// checkpoint forgets it.
+    pub(super) aged: bool,
 }
 
 impl Node {
@@ -92,6 +95,30 @@ impl Node {
             .values()
             .filter(|t| !matches!(t.phase, Phase::Finished(_)))
             .count()
+    }
+
+    /// Transactions this node remembers (unfinished ones, and finished ones not yet
+    /// forgotten by a checkpoint): bounded by the transactions in flight plus those
+    /// finished during the last two checkpoint intervals.
+    pub fn remembered(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Clients with a low-water mark (one entry per client whose transactions were
+    /// forgotten here).
+    pub fn clients_with_marks(&self) -> usize {
+        self.marks.len()
+    }
+
+    /// Give up the checkpoint started by [`checkpoint`](Self::checkpoint) (the host
+    /// could not write it): nothing is forgotten, and a later checkpoint may start.
+    pub fn cancel_checkpoint(&mut self) {
+        self.checkpointing = None;
+    }
+
+    /// Whether a checkpoint is on its way to the log.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.checkpointing.is_some()
     }
 
     pub(super) fn check_writes(&self, writes: &[PageWrite]) -> Result<(), PrepareError> {

@@ -22,16 +22,27 @@ pub enum Step {
     BeforeCompletion,
     /// The completion is durable; the `Ack` is not yet sent to the decider.
     AfterCompletion,
+    /// A checkpoint was started; nothing of it is written yet.
+    BeforeCheckpoint,
+    /// The new log segment exists and holds half of the checkpoint record (a torn
+    /// checkpoint); the old segment is complete.
+    CheckpointTorn,
+    /// The new segment with its checkpoint is durable; the old segment is not yet
+    /// deleted.
+    AfterCheckpoint,
 }
 
 impl Step {
-    /// Every step, in protocol order.
-    pub const ALL: [Step; 5] = [
+    /// Every step, in protocol order, then the checkpoint's steps.
+    pub const ALL: [Step; 8] = [
         Step::BeforeIntent,
         Step::AfterIntent,
         Step::AfterDecision,
         Step::BeforeCompletion,
         Step::AfterCompletion,
+        Step::BeforeCheckpoint,
+        Step::CheckpointTorn,
+        Step::AfterCheckpoint,
     ];
 
     /// The name used on the command line.
@@ -42,6 +53,9 @@ impl Step {
             Step::AfterDecision => "after-decision",
             Step::BeforeCompletion => "before-completion",
             Step::AfterCompletion => "after-completion",
+            Step::BeforeCheckpoint => "before-checkpoint",
+            Step::CheckpointTorn => "checkpoint-torn",
+            Step::AfterCheckpoint => "after-checkpoint",
         }
     }
 
@@ -81,6 +95,12 @@ impl Step {
                     Step::AfterCompletion,
                     Action::Send {
                         msg: Message::Ack { .. },
+                        ..
+                    },
+                ) | (
+                    Step::BeforeCheckpoint,
+                    Action::Persist {
+                        record: Record::Checkpoint(_),
                         ..
                     },
                 )
@@ -140,9 +160,25 @@ impl Armed {
 
     /// Abort the process if `actions` complete the armed step's `n`-th occurrence.
     pub(crate) fn check(&self, actions: &[Action]) {
-        if self.at.step.matches(actions)
-            && self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.at.n
-        {
+        if self.at.step.matches(actions) {
+            self.count();
+        }
+    }
+
+    /// Whether the next occurrence of `step` is the armed one.
+    pub(crate) fn armed_at(&self, step: Step) -> bool {
+        self.at.step == step && self.seen.load(Ordering::Relaxed) + 1 == self.at.n
+    }
+
+    /// Abort the process if this is the armed step's `n`-th occurrence.
+    pub(crate) fn reached(&self, step: Step) {
+        if self.at.step == step {
+            self.count();
+        }
+    }
+
+    fn count(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.at.n {
             eprintln!(
                 "crash point {}:{} reached: aborting",
                 self.at.step.name(),
@@ -150,5 +186,66 @@ impl Armed {
             );
             std::process::abort();
         }
+    }
+}
+
+/// Fault injection on a node's peer links, for tests: each message a node sends to
+/// a peer is dropped with probability `drop`, otherwise sent twice with probability
+/// `duplicate`, and each copy is delayed by a uniformly random time up to
+/// `max_delay` (so messages are also reordered). Off by default; enabled by the
+/// `PIPEWRIGHT_STORAGE_NET_FAULTS` environment variable of the node process, e.g.
+/// `drop=0.05,dup=0.05,delay-ms=20,seed=7`.
+///
+/// ```
+/// use pipewright_storage::server::NetFaults;
+/// let f: NetFaults = "drop=0.1,dup=0.05,delay-ms=20,seed=3".parse()?;
+/// assert_eq!((f.drop, f.duplicate, f.max_delay.as_millis(), f.seed), (0.1, 0.05, 20, 3));
+/// assert!("drop=2".parse::<NetFaults>().is_err());
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetFaults {
+    /// Probability that a message is dropped.
+    pub drop: f64,
+    /// Probability that a (not dropped) message is sent twice.
+    pub duplicate: f64,
+    /// Each copy is delayed by up to this long.
+    pub max_delay: std::time::Duration,
+    /// Seed of the fault decisions.
+    pub seed: u64,
+}
+
+impl FromStr for NetFaults {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut f = NetFaults {
+            drop: 0.0,
+            duplicate: 0.0,
+            max_delay: std::time::Duration::ZERO,
+            seed: 1,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected KEY=VALUE"))?;
+            let prob = |v: &str| match v.parse::<f64>() {
+                Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+                _ => Err(format!("`{part}`: not a probability")),
+            };
+            match key {
+                "drop" => f.drop = prob(value)?,
+                "dup" => f.duplicate = prob(value)?,
+                "delay-ms" => {
+                    let ms = value
+                        .parse()
+                        .map_err(|_| format!("`{part}`: not milliseconds"))?;
+                    f.max_delay = std::time::Duration::from_millis(ms);
+                }
+                "seed" => f.seed = value.parse().map_err(|_| format!("`{part}`: not a seed"))?,
+                _ => return Err(format!("`{key}`: one of drop, dup, delay-ms, seed")),
+            }
+        }
+        Ok(f)
     }
 }

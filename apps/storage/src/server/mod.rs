@@ -57,10 +57,10 @@ mod net;
 mod stages;
 mod state;
 
-use std::fs::OpenOptions;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,14 +68,14 @@ use pipewright_runtime::uring::FileSink;
 use pipewright_runtime::{Pin, PipelineBuilder, Plan, RunError, Running, Runtime, StartError};
 use tokio::net::TcpListener;
 
-use crate::log::{replay_file, Corruption};
+use crate::log::{segments, Corruption};
 use crate::pages::{PageError, PageStore};
 use crate::peers::Peers;
 use crate::protocol::{Action, Message, Node, NodeConfig, RecoverError};
 use crate::types::{NodeId, PageId};
 use crate::wire::NodeStatus;
 
-pub use faults::{CrashAt, Step};
+pub use faults::{CrashAt, NetFaults, Step};
 pub use state::NodeFault;
 
 use net::Ctx;
@@ -107,11 +107,26 @@ pub struct NodeOptions {
     pub resolve_after: Duration,
     /// Fault tests: abort the process at this protocol step.
     pub crash_at: Option<CrashAt>,
+    /// Start a checkpoint (a new log segment; finished transactions forgotten) once
+    /// this many log bytes were written since the last one.
+    pub checkpoint_bytes: u64,
+    /// Fault tests: drop, duplicate and delay messages to peers.
+    pub net_faults: Option<NetFaults>,
 }
+
+/// Environment variable overriding [`NodeOptions::checkpoint_bytes`] (for tests and
+/// experiments; the CLI has no flag for it).
+pub const CHECKPOINT_BYTES_ENV: &str = "PIPEWRIGHT_STORAGE_CHECKPOINT_BYTES";
+/// Environment variable enabling [`NetFaults`] on the peer links, e.g.
+/// `drop=0.05,dup=0.05,delay-ms=20,seed=7` (fault tests only).
+pub const NET_FAULTS_ENV: &str = "PIPEWRIGHT_STORAGE_NET_FAULTS";
 
 impl NodeOptions {
     /// Options with defaults: 1024 pages, 1024 transactions in flight, 65536 page
-    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared.
+    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared, a checkpoint every
+    /// 4 MiB of log, no fault injection; the environment variables
+    /// [`CHECKPOINT_BYTES_ENV`] and [`NET_FAULTS_ENV`] override the last two (an
+    /// unparsable value is ignored with a message on stderr).
     ///
     /// ```
     /// use pipewright_storage::{peers::Peers, server::NodeOptions, NodeId};
@@ -132,6 +147,19 @@ impl NodeOptions {
             tick: Duration::from_millis(200),
             resolve_after: Duration::from_secs(1),
             crash_at: None,
+            checkpoint_bytes: env_parse(CHECKPOINT_BYTES_ENV).unwrap_or(4 << 20),
+            net_faults: env_parse(NET_FAULTS_ENV),
+        }
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let value = std::env::var(name).ok()?;
+    match value.parse() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("ignoring {name}={value}: not a valid value");
+            None
         }
     }
 }
@@ -175,6 +203,12 @@ pub struct Recovered {
     pub corruption: Option<Corruption>,
     /// Bytes truncated from the log's tail.
     pub truncated_bytes: u64,
+    /// The log segment recovered from (0: the log was never checkpointed).
+    pub segment: u64,
+    /// Log segments deleted (older ones; a newer one with a torn checkpoint).
+    pub deleted_segments: Vec<u64>,
+    /// Transactions remembered after recovery.
+    pub remembered: usize,
     /// Pages that failed their checksum (treated as never written; redone from the log).
     pub corrupt_pages: Vec<PageId>,
     /// Committed transactions whose writes were redone.
@@ -201,35 +235,24 @@ impl NodeServer {
         std::fs::create_dir_all(&opts.data).map_err(io("creating the data directory"))?;
         let pages = PageStore::open(opts.data.join("pages"), opts.pages)?;
         let scan = pages.scan()?;
-        let log_path = opts.data.join("log");
+        let opened = segments::open(&opts.data).map_err(io("opening the log"))?;
+        let log_path = segments::segment_path(&opts.data, opened.seq);
         let mut recovered = Recovered {
             corrupt_pages: scan.corrupt.clone(),
+            records: opened.replay.records.len(),
+            corruption: opened.replay.corruption,
+            truncated_bytes: opened.truncated_bytes,
+            segment: opened.seq,
+            deleted_segments: opened.deleted,
             ..Recovered::default()
         };
-        let records = if log_path.exists() {
-            let replay = replay_file(&log_path).map_err(io("reading the log"))?;
-            if replay.corruption.is_some() {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&log_path)
-                    .map_err(io("opening the log"))?;
-                let len = file.metadata().map_err(io("the log"))?.len();
-                recovered.truncated_bytes = len - replay.valid_len as u64;
-                file.set_len(replay.valid_len as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io("truncating the log's torn tail"))?;
-            }
-            recovered.records = replay.records.len();
-            recovered.corruption = replay.corruption;
-            replay.records
-        } else {
-            Vec::new()
-        };
+        let records = opened.replay.records;
         let config = NodeConfig {
             lock_capacity: opts.lock_capacity,
             page_capacity: opts.pages,
         };
         let (node, actions) = Node::recover(opts.id, config, scan.versions, records)?;
+        recovered.remembered = node.remembered();
         for action in &actions {
             match action {
                 Action::Apply { .. } => recovered.redone += 1,
@@ -246,7 +269,13 @@ impl NodeServer {
             .map_err(io(format!("listening on {}", opts.listen)))?;
         let local_addr = listener.local_addr().map_err(io("listener address"))?;
 
-        let shared = Arc::new(Mutex::new(State::new(node, pages, opts.resolve_after)));
+        let page_handle = pages.sync_handle()?;
+        let shared = Arc::new(Mutex::new(State::new(
+            node,
+            pages,
+            opts.resolve_after,
+            opts.checkpoint_bytes,
+        )));
         let (links, pending_links) = net::link_queues(opts.peers.iter());
         let fx = Arc::new(Effects {
             id: opts.id,
@@ -269,7 +298,10 @@ impl NodeServer {
         };
         b.merge([inbound, ticks])
             .then("node", node_stage)
-            .then_async("log", LogStage::new(sink, fx.clone()))
+            .then_async(
+                "log",
+                LogStage::new(sink, fx.clone(), opts.data.clone(), opened.seq, page_handle),
+            )
             .sink("after-log", after_log);
         let pipeline = b.build().map_err(|e| NodeError::Start(e.to_string()))?;
         let plan = Plan::explicit()
@@ -282,7 +314,10 @@ impl NodeServer {
         let input = running
             .input(&inbound_id)
             .ok_or_else(|| NodeError::Start("the pipeline input is closed".into()))?;
-        net::start_links(opts.id, pending_links, &input);
+        fx.stats
+            .log_disk_bytes
+            .store(segments::disk_bytes(&opts.data), Ordering::Relaxed);
+        net::start_links(opts.id, pending_links, &input, opts.net_faults, &fx);
         // Recovery's actions (redo, Resolve, Commit re-sends) before serving.
         lock(&shared)
             .execute(&fx, actions)

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use super::faults::NetFaults;
 use super::stages::Inbound;
 use super::state::{lock, Effects, Shared};
 use crate::pages::PAGE_SIZE;
@@ -195,15 +196,65 @@ pub(crate) fn link_queues(
     (links, pending)
 }
 
-/// Start the link tasks: a reconnecting TCP link per peer, a loopback for `me`.
-pub(crate) fn start_links(me: NodeId, pending: Vec<PendingLink>, input: &Input<Inbound>) {
+/// Start the link tasks: a reconnecting TCP link per peer (behind a fault injector
+/// if `faults` is set), a loopback for `me`.
+pub(crate) fn start_links(
+    me: NodeId,
+    pending: Vec<PendingLink>,
+    input: &Input<Inbound>,
+    faults: Option<NetFaults>,
+    fx: &Arc<Effects>,
+) {
     for PendingLink { id, addr, rx } in pending {
         if id == me {
             if let Some(input) = input.try_clone() {
                 tokio::spawn(loopback(rx, input));
             }
+        } else if let Some(faults) = faults {
+            let (tx, faulty_rx) = mpsc::channel(LINK_QUEUE);
+            let rng =
+                fastrand::Rng::with_seed(faults.seed ^ (u64::from(me.0) << 32) ^ u64::from(id.0));
+            tokio::spawn(inject_faults(rx, tx, faults, rng, fx.clone()));
+            tokio::spawn(link(me, addr, faulty_rx));
         } else {
             tokio::spawn(link(me, addr, rx));
+        }
+    }
+}
+
+/// The fault injector in front of one peer link: drops, duplicates and delays (and
+/// so reorders) messages as [`NetFaults`] says, counting what it did.
+async fn inject_faults(
+    mut rx: mpsc::Receiver<Message>,
+    tx: mpsc::Sender<Message>,
+    faults: NetFaults,
+    mut rng: fastrand::Rng,
+    fx: Arc<Effects>,
+) {
+    let stats = &fx.stats;
+    while let Some(msg) = rx.recv().await {
+        if rng.f64() < faults.drop {
+            stats.net_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let copies = if rng.f64() < faults.duplicate {
+            stats.net_duplicated.fetch_add(1, Ordering::Relaxed);
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = faults.max_delay.mul_f64(rng.f64());
+            let (tx, msg) = (tx.clone(), msg.clone());
+            if delay.is_zero() {
+                let _ = tx.try_send(msg);
+            } else {
+                stats.net_delayed.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.try_send(msg);
+                });
+            }
         }
     }
 }

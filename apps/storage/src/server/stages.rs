@@ -7,16 +7,21 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipewright_runtime::uring::{Durable, FileSink};
+use pipewright_runtime::uring::{fdatasync, Durable, FileSink};
 use pipewright_runtime::{
     AsyncSource, AsyncStage, Burst, ErrorPolicy, Failures, Outbox, SourceState, Stage,
 };
 
+use super::faults::Step;
 use super::state::{lock, Effects, LogBatch, NodeFault, Shared};
+use crate::log::segments;
 use crate::protocol::{Message, Prepare, RecordId};
 
 /// What enters a node's pipeline.
@@ -83,6 +88,10 @@ impl Stage for NodeStage {
             }
         }
         state.sweep_admitted(fx);
+        if let Err(fault) = state.maybe_checkpoint(fx) {
+            failures.push(fault);
+            return;
+        }
         if let Some(batch) = state.take_pending() {
             out.push(batch);
         }
@@ -98,23 +107,135 @@ impl Stage for NodeStage {
 /// Each burst of batches is one write and one `fdatasync` in the sink; only once it
 /// returned is the burst's last record id emitted. A failed write or sync fails the
 /// pipeline: the node stops rather than acknowledge anything it cannot prove durable.
+///
+/// A batch holding a checkpoint rotates the log (see [`segments`]): the bytes before
+/// the checkpoint are synced to the current segment, the page file is synced, the
+/// checkpoint and what follows go to a new segment, which is synced with its
+/// directory entry, and only then is the old segment deleted and the burst
+/// acknowledged.
 pub(crate) struct LogStage {
-    pub(crate) sink: FileSink,
-    pub(crate) fx: Arc<Effects>,
+    sink: FileSink,
+    fx: Arc<Effects>,
+    dir: PathBuf,
+    seq: u64,
+    /// The page file (a second handle), synced before a checkpoint is written.
+    pages: File,
     bytes: VecDeque<Vec<u8>>,
     durable: VecDeque<Durable>,
     errors: Vec<std::io::Error>,
 }
 
 impl LogStage {
-    pub(crate) fn new(sink: FileSink, fx: Arc<Effects>) -> Self {
+    pub(crate) fn new(
+        sink: FileSink,
+        fx: Arc<Effects>,
+        dir: PathBuf,
+        seq: u64,
+        pages: File,
+    ) -> Self {
         Self {
             sink,
             fx,
+            dir,
+            seq,
+            pages,
             bytes: VecDeque::new(),
             durable: VecDeque::new(),
             errors: Vec::new(),
         }
+    }
+
+    /// Write and sync the queued bytes to the current segment.
+    async fn flush(&mut self) -> Result<(), NodeFault> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        self.durable.clear();
+        self.errors.clear();
+        self.sink
+            .process_burst(
+                &mut Burst::new(&mut self.bytes),
+                &mut Outbox::new(&mut self.durable),
+                &mut Failures::new(&mut self.errors),
+            )
+            .await;
+        self.bytes.clear();
+        match self.errors.pop() {
+            Some(e) => Err(NodeFault::Log(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sync the page file and start the next segment.
+    async fn rotate(&mut self) -> Result<(), NodeFault> {
+        fdatasync(self.pages.as_raw_fd()).await?;
+        self.seq += 1;
+        self.sink = FileSink::create(segments::segment_path(&self.dir, self.seq))?;
+        self.fx.stats.log_disk_bytes.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The new segment is durable: make its directory entry durable, then delete the
+    /// older segments.
+    fn retire_old_segments(&mut self) -> Result<(), NodeFault> {
+        segments::sync_dir(&self.dir)?;
+        if let Some(crash) = &self.fx.crash {
+            crash.reached(Step::AfterCheckpoint);
+        }
+        for seq in segments::segments(&self.dir)? {
+            if seq < self.seq {
+                std::fs::remove_file(segments::segment_path(&self.dir, seq))?;
+            }
+        }
+        segments::sync_dir(&self.dir)?;
+        self.fx.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("storage_checkpoints_total").increment(1);
+        Ok(())
+    }
+
+    async fn write(&mut self, batches: Vec<LogBatch>) -> Result<(), NodeFault> {
+        let mut rotated = false;
+        for mut batch in batches {
+            if let Some(at) = batch.rotate_at {
+                let tail = batch.bytes.split_off(at);
+                self.push(batch.bytes);
+                self.flush().await?;
+                self.rotate().await?;
+                let fx = self.fx.clone();
+                if let Some(crash) = fx
+                    .crash
+                    .as_ref()
+                    .filter(|c| c.armed_at(Step::CheckpointTorn))
+                {
+                    // Half of the checkpoint reaches the new segment, then the crash.
+                    let half = tail[..tail.len() / 2].to_vec();
+                    self.push(half);
+                    self.flush().await?;
+                    crash.reached(Step::CheckpointTorn);
+                    return Err(NodeFault::Log(std::io::Error::other("crash point")));
+                }
+                self.push(tail);
+                rotated = true;
+            } else {
+                self.push(batch.bytes);
+            }
+        }
+        self.flush().await?;
+        if rotated {
+            self.retire_old_segments()?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, bytes: Vec<u8>) {
+        let stats = &self.fx.stats;
+        stats
+            .log_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        stats
+            .log_disk_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.bytes.push_back(bytes);
     }
 }
 
@@ -129,30 +250,15 @@ impl AsyncStage for LogStage {
         out: &mut Outbox<'_, LogDurable>,
         failures: &mut Failures<'_, NodeFault>,
     ) {
-        let mut last = None;
-        let mut total = 0;
-        for batch in burst.drain() {
-            last = Some(batch.last);
-            total += batch.bytes.len();
-            self.bytes.push_back(batch.bytes);
-        }
-        let Some(last) = last else { return };
-        self.durable.clear();
-        self.errors.clear();
-        self.sink
-            .process_burst(
-                &mut Burst::new(&mut self.bytes),
-                &mut Outbox::new(&mut self.durable),
-                &mut Failures::new(&mut self.errors),
-            )
-            .await;
-        self.bytes.clear();
-        if let Some(e) = self.errors.pop() {
-            failures.push(NodeFault::Log(e));
+        let batches: Vec<LogBatch> = burst.drain().collect();
+        let Some(last) = batches.last().map(|b| b.last) else {
+            return;
+        };
+        if let Err(fault) = self.write(batches).await {
+            failures.push(fault);
             return;
         }
         let stats = &self.fx.stats;
-        stats.log_bytes.fetch_add(total as u64, Ordering::Relaxed);
         stats.log_syncs.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("storage_log_syncs_total").increment(1);
         out.push(LogDurable { last });

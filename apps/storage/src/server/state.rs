@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::faults::Armed;
-use crate::log::{self, EncodeError};
+use crate::log::{self, EncodeError, Record};
 use crate::pages::{PageError, PageStore};
 use crate::protocol::{Action, Message, Node, RecordId, TxnStatus};
 use crate::types::{ClientId, NodeId, TxnId};
@@ -40,6 +40,12 @@ pub(crate) struct State {
     pending: Vec<u8>,
     /// The id of the last record in `pending`.
     pending_last: Option<RecordId>,
+    /// Where in `pending` a checkpoint record starts (a new log segment).
+    pending_rotate: Option<usize>,
+    /// Log bytes encoded since the last checkpoint was started.
+    since_checkpoint: u64,
+    /// Start a checkpoint once this many log bytes were written since the last.
+    checkpoint_bytes: u64,
     /// Client transactions admitted at this node and not yet finished here.
     admitted: HashSet<TxnId>,
     /// How long a transaction stays prepared before the tick asks its decider.
@@ -54,6 +60,9 @@ pub(crate) struct State {
 pub(crate) struct LogBatch {
     pub(crate) bytes: Vec<u8>,
     pub(crate) last: RecordId,
+    /// The offset in `bytes` of a checkpoint record: it and what follows go to a new
+    /// log segment.
+    pub(crate) rotate_at: Option<usize>,
 }
 
 /// Counters of a node (also published through the `metrics` facade).
@@ -65,6 +74,11 @@ pub(crate) struct Stats {
     pub(crate) dropped_sends: AtomicU64,
     pub(crate) log_bytes: AtomicU64,
     pub(crate) log_syncs: AtomicU64,
+    pub(crate) log_disk_bytes: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) net_dropped: AtomicU64,
+    pub(crate) net_duplicated: AtomicU64,
+    pub(crate) net_delayed: AtomicU64,
 }
 
 /// Where a node's actions go: peer links and client connections.
@@ -128,12 +142,20 @@ pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 }
 
 impl State {
-    pub(crate) fn new(node: Node, pages: PageStore, resolve_after: Duration) -> Self {
+    pub(crate) fn new(
+        node: Node,
+        pages: PageStore,
+        resolve_after: Duration,
+        checkpoint_bytes: u64,
+    ) -> Self {
         Self {
             node,
             pages,
             pending: Vec::new(),
             pending_last: None,
+            pending_rotate: None,
+            since_checkpoint: 0,
+            checkpoint_bytes: checkpoint_bytes.max(1),
             admitted: HashSet::new(),
             resolve_after,
             prepared_since: HashMap::new(),
@@ -176,7 +198,20 @@ impl State {
             match action {
                 Action::Send { to, msg } => fx.send(to, msg),
                 Action::Persist { id, record } => {
-                    log::encode(&record, &mut self.pending)?;
+                    let start = self.pending.len();
+                    match log::encode(&record, &mut self.pending) {
+                        Ok(len) => self.since_checkpoint += len as u64,
+                        // A checkpoint too large for one record (a huge number of
+                        // open transactions): skip it, the next one is tried later.
+                        Err(EncodeError::TooLong(_)) if matches!(record, Record::Checkpoint(_)) => {
+                            self.node.cancel_checkpoint();
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    if matches!(record, Record::Checkpoint(_)) {
+                        self.pending_rotate = Some(start);
+                    }
                     self.pending_last = Some(id);
                 }
                 Action::Apply { writes, .. } => {
@@ -229,12 +264,24 @@ impl State {
         });
     }
 
+    /// Start a checkpoint if enough log was written since the last one (and none is
+    /// on its way to the log).
+    pub(crate) fn maybe_checkpoint(&mut self, fx: &Effects) -> Result<(), NodeFault> {
+        if self.since_checkpoint < self.checkpoint_bytes || self.node.checkpoint_in_progress() {
+            return Ok(());
+        }
+        self.since_checkpoint = 0;
+        let actions = self.node.checkpoint();
+        self.execute(fx, actions)
+    }
+
     /// The records encoded since the last call, for the log stage.
     pub(crate) fn take_pending(&mut self) -> Option<LogBatch> {
         let last = self.pending_last.take()?;
         Some(LogBatch {
             bytes: std::mem::take(&mut self.pending),
             last,
+            rotate_at: self.pending_rotate.take(),
         })
     }
 
@@ -250,6 +297,13 @@ impl State {
             dropped_sends: s.dropped_sends.load(Ordering::Relaxed),
             log_bytes: s.log_bytes.load(Ordering::Relaxed),
             log_syncs: s.log_syncs.load(Ordering::Relaxed),
+            log_disk_bytes: s.log_disk_bytes.load(Ordering::Relaxed),
+            checkpoints: s.checkpoints.load(Ordering::Relaxed),
+            remembered: self.node.remembered() as u64,
+            low_water_marks: self.node.clients_with_marks() as u64,
+            net_dropped: s.net_dropped.load(Ordering::Relaxed),
+            net_duplicated: s.net_duplicated.load(Ordering::Relaxed),
+            net_delayed: s.net_delayed.load(Ordering::Relaxed),
         }
     }
 }
