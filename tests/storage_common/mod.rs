@@ -21,10 +21,20 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// With environment variables for the node processes (checkpoint size, network
+    /// faults).
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("pw-storage-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let cluster = LocalCluster::start(Path::new(EXE), &dir, 3, None, &extra)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cluster = LocalCluster::start_with_env(Path::new(EXE), &dir, 3, None, &extra, &env)
             .unwrap_or_else(|e| panic!("starting the cluster: {e}"));
         Self { cluster, dir }
     }

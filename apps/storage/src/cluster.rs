@@ -38,6 +38,7 @@ pub struct LocalCluster {
     dir: PathBuf,
     peers: Peers,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     children: BTreeMap<NodeId, Child>,
 }
 
@@ -55,6 +56,20 @@ impl LocalCluster {
         nodes: u32,
         base_port: Option<u16>,
         extra: &[String],
+    ) -> io::Result<Self> {
+        Self::start_with_env(exe, dir, nodes, base_port, extra, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables for every node process
+    /// (e.g. [`NET_FAULTS_ENV`](crate::server::NET_FAULTS_ENV) in fault tests), also
+    /// on restarts.
+    pub fn start_with_env(
+        exe: &Path,
+        dir: &Path,
+        nodes: u32,
+        base_port: Option<u16>,
+        extra: &[String],
+        env: &[(String, String)],
     ) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut map = BTreeMap::new();
@@ -74,6 +89,7 @@ impl LocalCluster {
             dir: dir.to_path_buf(),
             peers,
             extra: extra.to_vec(),
+            env: env.to_vec(),
             children: BTreeMap::new(),
         };
         for id in cluster.peers.ids() {
@@ -119,6 +135,7 @@ impl LocalCluster {
             .arg(self.peers_path())
             .args(&self.extra)
             .args(more)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
