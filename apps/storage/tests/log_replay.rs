@@ -1,8 +1,8 @@
 //! Log framing and replay: round trips, torn tails, bit flips, random garbage.
 
 use pipewright_storage::log::{
-    decode_frame, encode, replay, replay_file, CorruptionReason, Intent, PageWrite, Record,
-    Verdict, FRAME_HEADER,
+    decode_frame, encode, replay, replay_file, Checkpoint, CorruptionReason, Intent, PageWrite,
+    Record, Verdict, FRAME_HEADER,
 };
 use pipewright_storage::{ClientId, NodeId, PageId, TxnId};
 use proptest::prelude::*;
@@ -51,6 +51,23 @@ fn record() -> impl Strategy<Value = Record> {
             }
         }),
         any::<u64>().prop_map(|t| Record::Forget { txn: TxnId(t) }),
+        (
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            proptest::collection::vec((any::<u64>(), any::<u64>(), verdict()), 0..4),
+        )
+            .prop_map(|(marks, finished)| {
+                Record::Checkpoint(Checkpoint {
+                    marks: marks
+                        .into_iter()
+                        .map(|(c, t)| (ClientId(c), TxnId(t)))
+                        .collect(),
+                    finished: finished
+                        .into_iter()
+                        .map(|(t, c, v)| (TxnId(t), ClientId(c), v))
+                        .collect(),
+                    open: vec![Record::Forget { txn: TxnId(1) }],
+                })
+            }),
     ]
 }
 

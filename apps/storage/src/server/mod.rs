@@ -47,7 +47,15 @@
 //! costly: a decider that has not seen the `Prepare` yet decides abort (presumed
 //! abort).
 //!
-//! On start, [`NodeServer::start`] replays the log, truncates a torn or corrupt tail
+//! # Checkpoints
+//!
+//! Once `checkpoint_bytes` of log were written since the last checkpoint, the node
+//! stage starts one ([`Node::checkpoint`]); its record is the first of a new log
+//! segment, and the log stage syncs the page file before writing it and deletes the
+//! old segment only once it is durable (see [`segments`](crate::log::segments)).
+//!
+//! On start, [`NodeServer::start`] picks the log segment to recover from (the newest
+//! with a complete checkpoint), deletes the others, replays it, truncates a torn or corrupt tail
 //! (a record that does not check out is never applied), rebuilds the node with
 //! [`Node::recover`], redoes committed writes, re-takes in-doubt locks and asks the
 //! deciders, and only then serves.
