@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use pipewright_nic::dataplane::{DataPlane, RunningDataPlane, UnderlayConfig};
-use pipewright_nic::host::{can_run, Host, Namespace, UnderlaySpec, VfKind, VfSpec};
+use pipewright_nic::host::{netns_or_skip, Host, Namespace, UnderlaySpec, VfKind, VfSpec};
 use pipewright_nic::port::xsk::XdpMode;
 use pipewright_nic::port::{AfXdpPort, VfPort};
 use pipewright_nic::rules::{
@@ -61,19 +61,6 @@ const MSS: u64 = 1448;
 /// Datagrams that show a capture has started (to the discard port of B's underlay).
 const PROBE: &[u8] = b"pipewright capture probe";
 const PROBE_PORT: u16 = 9;
-
-fn netns_or_skip(test: &str) -> bool {
-    match can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test}: PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-            false
-        }
-    }
-}
 
 /// Whether tshark runs; otherwise a SKIP line (or a failure when required).
 fn tshark_or_skip(test: &str) -> bool {

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use pipewright_nic::dataplane::{DataPlane, RunningDataPlane, UnderlayConfig};
-use pipewright_nic::host::{can_run, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
+use pipewright_nic::host::{netns_or_skip, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright_nic::pipeline::NicStats;
 use pipewright_nic::rules::{
     EgressAction, EgressRule, EgressTable, IngressAction, IngressRule, IngressTable, RuleId,
@@ -48,19 +48,6 @@ use pipewright_nic::wire::MacAddr;
 
 const VNI: u32 = 100;
 const SIZE: u64 = 100 << 20;
-
-fn netns_or_skip(test: &str) -> bool {
-    match can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test}: PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-            false
-        }
-    }
-}
 
 /// A unique namespace prefix: pid and a counter (as a letter), so that even
 /// `PREFIX-remote` stays within 15 characters.

@@ -14,21 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipewright_nic::dataplane::{start_on_host, OnHostOptions, RunningDataPlane};
-use pipewright_nic::host::{can_run, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
+use pipewright_nic::host::{netns_or_skip, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright_nic::wire::MacAddr;
-
-fn netns_or_skip(test: &str) -> bool {
-    match can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test}: PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-            false
-        }
-    }
-}
 
 fn prefix(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);

@@ -5,33 +5,17 @@
 //! Needs root; without it every test prints a SKIP line (and fails instead when
 //! `PIPEWRIGHT_REQUIRE_NETNS=1`).
 
-use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipewright_nic::host::{
-    can_run, Host, HostError, Namespace, Netlink, UnderlaySpec, VfKind, VfSpec, VniSpec,
+    netns_or_skip, Host, HostError, Namespace, Netlink, UnderlaySpec, VfKind, VfSpec, VniSpec,
 };
 use pipewright_nic::port::VfPort;
 use pipewright_nic::wire::MacAddr;
 use pipewright_nic::{FramePool, DEFAULT_HEADROOM};
-
-/// Whether netns tests can run; prints why not (or panics if they are required).
-fn netns_or_skip(test: &str) -> bool {
-    match can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test}: PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            // Straight to stderr: libtest does not capture it, so the skip is seen.
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-            false
-        }
-    }
-}
 
 /// A prefix unique to this process and call, so tests run in parallel.
 fn prefix(tag: &str) -> String {

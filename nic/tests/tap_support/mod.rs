@@ -1,12 +1,11 @@
 //! Shared by the TAP port tests: a guest namespace on a TAP, waiting for frames,
 //! and hand-built Ethernet/IPv4/UDP/TCP frames with full or partial checksums.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pipewright_nic::host::{can_run, Namespace, Netlink};
+use pipewright_nic::host::{Namespace, Netlink};
 use pipewright_nic::port::{TapPort, VfPort};
 use pipewright_nic::wire::{checksum, MacAddr};
 use pipewright_nic::{Frame, FramePool, DEFAULT_HEADROOM};
@@ -17,20 +16,7 @@ pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 75, 0, 2);
 pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 75, 0, 1);
 pub const VF: u16 = 3;
 
-/// Whether netns tests can run; prints why not (or panics if they are required).
-pub fn netns_or_skip(test: &str) -> bool {
-    match can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test}: PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            // Straight to stderr: libtest does not capture it, so the skip is seen.
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-            false
-        }
-    }
-}
+pub use pipewright_nic::host::netns_or_skip;
 
 /// A guest: a namespace whose only NIC is the TAP `tap0` (10.75.0.2/24, MAC
 /// GUEST_MAC, IPv6 off), with PEER_IP a permanent neighbour at PEER_MAC; and the
