@@ -34,9 +34,9 @@
 #![warn(missing_docs)]
 
 pub use pipewright_stages::{
-    exec, inline, layer, source, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy, Failures,
-    InputId, IterSource, Layer, Outbox, OutputId, Pipeline, Reply, RequestError, ServiceStage,
-    Source, SourceState, Stage, StageFailure, Tagged, TaggedStage, Ticket,
+    exec, inline, layer, source, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy,
+    Failures, InputId, IterSource, Layer, Outbox, OutputId, Pipeline, Reply, RequestError,
+    ServiceStage, Source, SourceState, Stage, StageFailure, Tagged, TaggedStage, Ticket,
 };
 
 #[cfg(feature = "runtime")]
