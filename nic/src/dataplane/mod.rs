@@ -58,6 +58,11 @@ pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
 pub use underlay::{UnderlayConfig, UnderlayRx, UnderlayTx};
 pub use vf::{SharedPort, VfRx, VfTx};
 
+/// Frames per burst unless configured: large enough that a burst from a busy VF
+/// leaves the underlay as a few long GSO runs (in `nic_e2e`, 64-byte UDP: 256 gave
+/// 1.00–1.01 of the kernel's vxlan where 64 gave 0.95), small enough to stay in cache.
+pub const DEFAULT_BURST: usize = 256;
+
 /// Tells the data plane's sources to stop: they end, and the pipeline drains.
 #[derive(Debug, Clone, Default)]
 pub struct Stop(Arc<(AtomicBool, Notify)>);
@@ -176,7 +181,7 @@ impl DataPlaneBuilder {
         self
     }
 
-    /// Burst size of every stage (default 64).
+    /// Burst size of every stage (default [`DEFAULT_BURST`]).
     pub fn burst(mut self, burst: usize) -> Self {
         self.burst = Some(burst);
         self
@@ -212,7 +217,7 @@ impl DataPlaneBuilder {
             .map(|p| (p.vf(), Arc::new(Mutex::new(p))))
             .collect();
 
-        let b = PipelineBuilder::new().default_burst(self.burst.unwrap_or(64));
+        let b = PipelineBuilder::new().default_burst(self.burst.unwrap_or(DEFAULT_BURST));
         let rx = ports.iter().map(|(vf, port)| {
             b.source_async(
                 &format!("vf{vf}-rx"),

@@ -68,7 +68,7 @@ impl Default for OnHostOptions {
         Self {
             kind: TunnelKind::Vxlan,
             xdp_mode: XdpMode::Native,
-            burst: 64,
+            burst: super::DEFAULT_BURST,
         }
     }
 }
