@@ -17,10 +17,11 @@
 //! use std::sync::Arc;
 //! use pipewright_nic::dataplane::{DataPlane, UnderlayConfig};
 //! use pipewright_nic::port::TapPort;
-//! use pipewright_nic::rules::{EgressTable, IngressTable, Versioned};
+//! use pipewright_nic::rules::{RuleFile, Versioned};
 //!
-//! # fn tables() -> (EgressTable, IngressTable) { unimplemented!() }
-//! let (egress, ingress) = tables();
+//! // VF identities, egress and ingress rules from a TOML rule file.
+//! let rules = RuleFile::parse(&std::fs::read_to_string("rules.toml")?)?;
+//! let (egress, ingress) = (rules.egress_table()?, rules.ingress_table()?);
 //! let running = DataPlane::builder()
 //!     .vf(Box::new(TapPort::open_existing("tap0", 0)?))
 //!     .underlay(UnderlayConfig::new("192.168.77.1".parse()?))
