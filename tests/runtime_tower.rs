@@ -1,6 +1,7 @@
 //! tower interop both ways, async stages and their layers, on real workers.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -154,4 +155,130 @@ fn rate_limited_stage_delivers_everything() {
     let report = running.drain().unwrap();
     assert_eq!(rx.collect(), (0..500).collect::<Vec<_>>());
     assert_eq!(report.snapshot.stage("limited").unwrap().dropped_total(), 0);
+}
+
+/// A service whose calls complete only once `n` of them are in flight at the same time:
+/// a stage that waits for each burst before taking the next never gets there.
+fn needs_in_flight(
+    n: usize,
+) -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = impl Future<Output = Result<u64, Infallible>> + Send,
+> + Clone
+       + Send {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    tower::service_fn(move |x: u64| {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            Ok::<_, Infallible>(x * 10)
+        }
+    })
+}
+
+#[test]
+fn service_stage_keeps_calls_in_flight_across_bursts() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_async("calls", ServiceStage::new(needs_in_flight(16)).window(64))
+        .burst(4)
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let (mut tx, mut rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    for x in 0..16 {
+        tx.send(x).unwrap();
+    }
+    // Bursts of 4 can only complete once all 16 calls overlap; the timeout only turns
+    // the old behaviour (a deadlock) into a failure instead of a hang.
+    let mut got = Vec::new();
+    while got.len() < 16 {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(x)) => got.push(x),
+            other => panic!("calls did not overlap across bursts: {other:?} after {got:?}"),
+        }
+    }
+    assert_eq!(got, (0..16).map(|x| x * 10).collect::<Vec<_>>(), "in order");
+    drop(tx);
+    running.drain().unwrap();
+}
+
+#[test]
+fn unordered_service_stage_is_not_held_up_by_a_slow_call() {
+    // Item 0 completes only after every other item has reached the output.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let service = tower::service_fn(move |x: u64| {
+        let mut released = released.clone();
+        async move {
+            if x == 0 {
+                released.wait_for(|r| *r).await.unwrap();
+            }
+            Ok::<_, Infallible>(x)
+        }
+    });
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_async("calls", ServiceStage::unordered(service).window(8))
+        .burst(2)
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let (mut tx, mut rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    for x in 0..100 {
+        tx.send(x).unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 99 {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(x)) => got.push(x),
+            other => panic!("a slow call held up the others: {other:?} after {got:?}"),
+        }
+    }
+    assert!(!got.contains(&0));
+    release.send(true).unwrap();
+    drop(tx);
+    let report = running.drain().unwrap();
+    got.extend(rx.collect());
+    got.sort_unstable();
+    assert_eq!(got, (0..100).collect::<Vec<_>>(), "every item exactly once");
+    let calls = report.snapshot.stage("calls").unwrap();
+    assert_eq!((calls.items_in, calls.items_out), (100, 100));
+}
+
+#[test]
+fn failed_calls_in_flight_are_counted_once_and_the_rest_delivered() {
+    let service = tower::service_fn(|x: u64| async move {
+        tokio::time::sleep(Duration::from_micros(50 * (x % 7))).await;
+        if x % 10 == 3 {
+            Err("multiple of ten plus three")
+        } else {
+            Ok(x)
+        }
+    });
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_async("calls", ServiceStage::new(service).window(32))
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let (mut tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    for x in 0..1000 {
+        tx.send(x).unwrap();
+    }
+    drop(tx);
+    let report = running.drain().unwrap();
+    let expected: Vec<u64> = (0..1000).filter(|x| x % 10 != 3).collect();
+    assert_eq!(rx.collect(), expected);
+    assert_eq!(report.snapshot.stage("calls").unwrap().dropped_total(), 100);
 }

@@ -56,4 +56,28 @@ pub trait AsyncStage: Send + 'static {
     fn error_policy(&self) -> ErrorPolicy {
         ErrorPolicy::DropAndCount
     }
+
+    /// Items this stage has taken from its bursts but not yet emitted or failed: calls
+    /// still in flight. While it is non-zero the executor keeps the stage's output open
+    /// and, when no new input is waiting, drives [`progress`](AsyncStage::progress).
+    ///
+    /// A stage that finishes everything inside `process_burst` keeps the default, 0.
+    fn pending(&self) -> usize {
+        0
+    }
+
+    /// Emits the results of pending work as it completes; returns once at least one
+    /// pending item settled (at once when none is pending).
+    ///
+    /// The executor races this future against new input and drops it when input
+    /// arrives, so it must be cancel-safe: dropped between two awaits, it loses
+    /// nothing (results already pushed to `out` stay there, calls not yet complete stay
+    /// pending).
+    fn progress(
+        &mut self,
+        _out: &mut Outbox<'_, Self::Out>,
+        _failures: &mut Failures<'_, Self::Error>,
+    ) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }

@@ -89,6 +89,16 @@ impl<S: AsyncStage> AsyncStage for WithPolicy<S> {
     fn error_policy(&self) -> ErrorPolicy {
         self.policy
     }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    async fn progress(
+        &mut self,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
+        self.inner.progress(out, failures).await
+    }
 }
 
 /// Routes a stage's failures to a typed error output instead of dropping them: the

@@ -111,4 +111,16 @@ impl<S: AsyncStage> AsyncStage for Metrics<S> {
     fn error_policy(&self) -> ErrorPolicy {
         self.inner.error_policy()
     }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    async fn progress(
+        &mut self,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
+        let (o0, f0) = (out.len(), failures.len());
+        self.inner.progress(out, failures).await;
+        self.record(0, out.len() - o0, failures.len() - f0);
+    }
 }

@@ -143,4 +143,14 @@ impl<S: AsyncStage> AsyncStage for RateLimit<S> {
     fn error_policy(&self) -> ErrorPolicy {
         self.inner.error_policy()
     }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    async fn progress(
+        &mut self,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, S::Error>,
+    ) {
+        self.inner.progress(out, failures).await
+    }
 }

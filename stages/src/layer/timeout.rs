@@ -79,4 +79,22 @@ impl<S: AsyncStage> AsyncStage for Timeout<S> {
     fn error_policy(&self) -> ErrorPolicy {
         self.inner.error_policy()
     }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    async fn progress(
+        &mut self,
+        out: &mut Outbox<'_, S::Out>,
+        failures: &mut Failures<'_, Self::Error>,
+    ) {
+        // Calls in flight are bounded by the inner stage (a tower `Timeout` on the
+        // service bounds each call); this only maps their failures.
+        let mut inner_failures = Vec::new();
+        self.inner
+            .progress(out, &mut Failures::new(&mut inner_failures))
+            .await;
+        for error in inner_failures {
+            failures.push(TimeoutError::Inner(error));
+        }
+    }
 }

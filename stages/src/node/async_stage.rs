@@ -81,6 +81,31 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                 }
                 node.input.fill(node.common.burst);
                 if node.input.buf.is_empty() {
+                    if node.stage.pending() > 0 {
+                        // Calls in flight: emit their results as they complete, and
+                        // stop waiting for them as soon as new input arrives.
+                        let before = node.output.buf.len();
+                        {
+                            let mut outbox = Outbox::new(&mut node.output.buf);
+                            let mut failures = Failures::new(&mut errors);
+                            let progress = node.stage.progress(&mut outbox, &mut failures);
+                            // Parking also ends on an abort, so a hung call cannot
+                            // hold up a shutdown.
+                            let park = cx.park(None);
+                            futures::pin_mut!(progress);
+                            futures::future::select(progress, park).await;
+                        }
+                        let emitted = node.output.buf.len() - before;
+                        node.common.observer.burst(0, emitted, None);
+                        if let Some(failure) =
+                            node.common.settle(node.stage.error_policy(), &mut errors)
+                        {
+                            cx.fail(failure.clone());
+                            return Activation::Failed(failure);
+                        }
+                        node.output.flush();
+                        continue;
+                    }
                     if node.input.finished() {
                         if !node.output.flush() {
                             cx.park(None).await;
@@ -132,7 +157,8 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
     }
 
     fn abandon(&mut self) -> usize {
-        let held = self.input.discard() + self.output.buf.len();
+        // Calls still in flight are dropped with the stage: count them with the rest.
+        let held = self.input.discard() + self.output.buf.len() + self.stage.pending();
         self.output.buf.clear();
         if held > 0 {
             self.common.observer.dropped(DropReason::Aborted, held);
