@@ -35,16 +35,17 @@
 
 pub use pipewright_stages::{
     exec, inline, layer, source, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy,
-    Failures, InputId, IterSource, Layer, Outbox, OutputId, Pipeline, Reply, RequestError,
-    ServiceStage, Source, SourceState, Stage, StageFailure, Tagged, TaggedStage, Ticket,
+    Failures, InputId, IterSource, Layer, Outbox, OutputId, Pipeline, ReplicaControl, ReplicaError,
+    Replicas, Reply, RequestError, ServiceStage, Source, SourceState, Spreader, Stage, StageError,
+    StageFailure, Tagged, TaggedStage, Ticket,
 };
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::{
     available_cpus, controller, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
-    EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError, Report,
-    RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
-    Stream, TrySendError, UringBudget,
+    ControlStep, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError,
+    Report, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot,
+    StartError, Stream, TrySendError, UringBudget,
 };
 
 #[cfg(feature = "prometheus")]

@@ -282,3 +282,60 @@ fn failed_calls_in_flight_are_counted_once_and_the_rest_delivered() {
     assert_eq!(rx.collect(), expected);
     assert_eq!(report.snapshot.stage("calls").unwrap().dropped_total(), 100);
 }
+
+/// The typed error of the lookup service in the tagged async test.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("no account {0}")]
+struct NoAccount(u64);
+
+#[test]
+fn an_async_tagged_stage_answers_each_caller_with_its_typed_error() {
+    let b = PipelineBuilder::new();
+    let (input, requests) = b.input::<Tagged<u64, String>>("requests");
+    let lookup = tower::service_fn(|id: u64| async move {
+        tokio::time::sleep(Duration::from_micros(100 * (id % 5))).await;
+        if id % 4 == 0 {
+            Err(NoAccount(id))
+        } else {
+            Ok(format!("account-{id}"))
+        }
+    });
+    requests
+        .then_tagged_async("lookup", lookup, 64)
+        .then_tagged("shout", stage::map(|s: String| s.to_uppercase()))
+        .respond("reply");
+    let running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let service = PipelineService::new(running.input(&input).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let results: Vec<(u64, Result<String, RequestError>)> = rt.block_on(async {
+        let calls = FuturesUnordered::new();
+        for i in 0..500u64 {
+            let mut svc = service.clone();
+            calls.push(async move { (i, svc.ready().await.unwrap().call(i).await) });
+        }
+        calls.collect().await
+    });
+    assert_eq!(results.len(), 500);
+    for (i, result) in results {
+        if i % 4 == 0 {
+            let Err(RequestError::Stage {
+                stage,
+                error: Some(error),
+                ..
+            }) = result
+            else {
+                panic!("request {i}: {result:?}");
+            };
+            assert_eq!(stage, "lookup");
+            assert_eq!(error.downcast_ref::<NoAccount>(), Some(&NoAccount(i)));
+        } else {
+            assert_eq!(result.unwrap(), format!("ACCOUNT-{i}"));
+        }
+    }
+    drop(service);
+    running.drain().unwrap();
+}

@@ -260,6 +260,11 @@ impl Controller {
         let target = self.config.burst_latency_target_ns;
         let mut out = Vec::new();
         for s in &obs.stages {
+            // Only a stage the runtime can reach at a burst boundary can be resized
+            // live (async stages run as tasks): propose nothing it would refuse.
+            if !s.movable {
+                continue;
+            }
             let Some(ns) = s.ns_per_item else { continue };
             let burst_ns = ns * s.burst as f64;
             let backlog = s.queue_capacity > 0 && s.queue_depth * 2 > s.queue_capacity;
@@ -460,5 +465,17 @@ mod tests {
                 .iter()
                 .all(|d| !matches!(d, Decision::Move { .. })));
         }
+    }
+
+    #[test]
+    fn async_stages_get_no_burst_proposals_the_runtime_would_refuse() {
+        let c = Controller::new(ControllerConfig::default());
+        let mut s = stage("enrich", 0, 0.5);
+        s.movable = false;
+        s.ns_per_item = Some(5_000.0); // would shrink if it could
+        assert!(c.bursts(&obs(vec![s.clone()])).is_empty());
+        s.ns_per_item = Some(100.0);
+        s.queue_depth = 900; // would grow if it could
+        assert!(c.bursts(&obs(vec![s])).is_empty());
     }
 }

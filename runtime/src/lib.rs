@@ -89,7 +89,7 @@ pub use plan::{
     DEFAULT_RING_CAPACITY,
 };
 #[cfg(not(loom))]
-pub use replan::ApplyError;
+pub use replan::{ApplyError, ControlStep};
 #[cfg(not(loom))]
 pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
 #[cfg(not(loom))]
@@ -102,8 +102,8 @@ pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTranspor
 #[cfg(not(loom))]
 pub use pipewright_stages::{
     layer, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy, Failures, InputId,
-    IterSource, Layer, Outbox, OutputId, RequestError, ServiceStage, Source, SourceState, Stage,
-    StageFailure, Tagged,
+    IterSource, Layer, Outbox, OutputId, ReplicaControl, ReplicaError, Replicas, RequestError,
+    ServiceStage, Source, SourceState, Spreader, Stage, StageFailure, Tagged,
 };
 
 /// The pipeline builder for this runtime: `pipewright_stages::PipelineBuilder` with the

@@ -60,6 +60,7 @@ pub struct Plan {
     bursts: HashMap<String, usize>,
     activations: HashMap<String, ActivationBudget>,
     urings: HashMap<String, UringBudget>,
+    replicas: HashMap<String, usize>,
     adaptive: bool,
 }
 
@@ -86,6 +87,7 @@ impl Plan {
             bursts: HashMap::new(),
             activations: HashMap::new(),
             urings: HashMap::new(),
+            replicas: HashMap::new(),
             adaptive: false,
         }
     }
@@ -173,8 +175,24 @@ impl Plan {
         self
     }
 
+    /// Starts a replicated stage (see `Stream::then_replicated`) with `active` of its
+    /// declared replicas receiving items (the default is all of them); the rest stay
+    /// parked until [`Running::set_replicas`](crate::Running::set_replicas) or the
+    /// controller activates them.
+    pub fn replicas(mut self, stage: &str, active: usize) -> Self {
+        self.replicas.insert(stage.to_string(), active);
+        self
+    }
+
+    pub(crate) fn replicas_for(&self, stage: &str) -> Option<usize> {
+        self.replicas.get(stage).copied()
+    }
+
     pub(crate) fn uring_for(&self, stage: &str) -> Option<UringBudget> {
-        self.urings.get(stage).copied()
+        self.urings
+            .get(stage)
+            .or_else(|| self.urings.get(replica_base(stage)?))
+            .copied()
     }
 
     pub(crate) fn urings_map(&self) -> Vec<(String, UringBudget)> {
@@ -182,7 +200,11 @@ impl Plan {
     }
 
     pub(crate) fn activation_for(&self, stage: &str) -> ActivationBudget {
-        self.activations.get(stage).copied().unwrap_or_default()
+        self.activations
+            .get(stage)
+            .or_else(|| self.activations.get(replica_base(stage)?))
+            .copied()
+            .unwrap_or_default()
     }
 
     pub(crate) fn activations_map(&self) -> Vec<(String, ActivationBudget)> {
@@ -201,6 +223,7 @@ impl Plan {
     pub(crate) fn burst_for(&self, stage: &str) -> Option<usize> {
         self.bursts
             .get(stage)
+            .or_else(|| self.bursts.get(replica_base(stage)?))
             .or_else(|| self.bursts.get(ALL))
             .copied()
     }
@@ -208,6 +231,7 @@ impl Plan {
     pub(crate) fn ring_for(&self, consumer: &str) -> usize {
         self.ring_overrides
             .get(consumer)
+            .or_else(|| self.ring_overrides.get(replica_base(consumer)?))
             .copied()
             .unwrap_or(self.ring_capacity)
     }
@@ -247,8 +271,12 @@ impl Plan {
             .chain(self.ring_overrides.keys())
             .chain(self.activations.keys())
             .chain(self.urings.keys())
+            .chain(self.replicas.keys())
         {
-            if name != ALL && !stages.contains(&name.as_str()) {
+            let replicated = stages
+                .iter()
+                .any(|s| replica_base(s) == Some(name.as_str()));
+            if name != ALL && !stages.contains(&name.as_str()) && !replicated {
                 return Err(PlanError::UnknownStage(name.clone()));
             }
         }
@@ -259,9 +287,11 @@ impl Plan {
             Layout::Spread(0) => return Err(PlanError::NoWorkers),
             Layout::Spread(w) => {
                 let w = (*w).min(n.max(1));
-                (0..w)
+                let mut groups: Vec<(Vec<usize>, Pin)> = (0..w)
                     .map(|k| ((k * n / w..(k + 1) * n / w).collect(), Pin::Auto))
-                    .collect()
+                    .collect();
+                spread_replicas(stages, &mut groups);
+                groups
             }
             Layout::Explicit(workers) => {
                 if workers.is_empty() {
@@ -272,17 +302,64 @@ impl Plan {
                 for w in workers {
                     let mut ids = Vec::new();
                     for name in &w.stages {
-                        let id = stages
-                            .iter()
-                            .position(|s| s == name)
-                            .ok_or_else(|| PlanError::UnknownStage(name.clone()))?;
-                        if std::mem::replace(&mut seen[id], true) {
-                            return Err(PlanError::StageTwice(name.clone()));
+                        if let Some(id) = stages.iter().position(|s| s == name) {
+                            if std::mem::replace(&mut seen[id], true) {
+                                return Err(PlanError::StageTwice(name.clone()));
+                            }
+                            ids.push(id);
+                            continue;
                         }
+                        // A replicated stage's name: this worker takes its next replica
+                        // (and the first worker naming it also takes its split).
+                        let next = stages.iter().enumerate().position(|(i, s)| {
+                            !seen[i] && parse_replica(s).is_some_and(|(base, _)| base == name)
+                        });
+                        let Some(id) = next else {
+                            let known = stages.iter().any(|s| replica_base(s) == Some(name));
+                            return Err(if known {
+                                PlanError::StageTwice(name.clone())
+                            } else {
+                                PlanError::UnknownStage(name.clone())
+                            });
+                        };
+                        seen[id] = true;
                         ids.push(id);
+                        for part in ["split", "order"] {
+                            let part = format!("{name}/{part}");
+                            if let Some(p) = stages.iter().position(|s| *s == part) {
+                                if !seen[p]
+                                    && (part.ends_with("split") || last_mention(workers, name, w))
+                                {
+                                    seen[p] = true;
+                                    ids.push(p);
+                                }
+                            }
+                        }
                     }
                     ids.sort_unstable();
                     groups.push((ids, w.pin));
+                }
+                // Replicas no worker named go round the workers that named their stage.
+                for (id, stage) in stages.iter().enumerate() {
+                    if seen[id] {
+                        continue;
+                    }
+                    let Some((base, index)) = parse_replica(stage) else {
+                        continue;
+                    };
+                    let hosts: Vec<usize> = workers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| w.stages.iter().any(|s| s == base))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !hosts.is_empty() {
+                        seen[id] = true;
+                        groups[hosts[index % hosts.len()]].0.push(id);
+                    }
+                }
+                for group in &mut groups {
+                    group.0.sort_unstable();
                 }
                 if let Some(missing) = seen.iter().position(|s| !s) {
                     return Err(PlanError::StageMissing(stages[missing].to_string()));
@@ -323,6 +400,56 @@ impl Plan {
 }
 
 const ALL: &str = "*";
+
+/// `parse#1` → `("parse", 1)`.
+fn parse_replica(name: &str) -> Option<(&str, usize)> {
+    pipewright_stages::parse_replica_name(name)
+}
+
+/// The replicated stage a node belongs to: `parse#1` → `parse` (its split and order
+/// nodes are plumbing with names of their own).
+fn replica_base(name: &str) -> Option<&str> {
+    parse_replica(name).map(|(base, _)| base)
+}
+
+/// Whether `worker` is the last of `workers` that names `stage`.
+fn last_mention(workers: &[WorkerSpec], stage: &str, worker: &WorkerSpec) -> bool {
+    let last = workers
+        .iter()
+        .rposition(|w| w.stages.iter().any(|s| s == stage));
+    last.is_some_and(|i| std::ptr::eq(&workers[i], worker))
+}
+
+/// Moves the replicas of each replicated stage onto distinct workers, starting at the
+/// worker that holds its split: a contiguous spread could put them all on one.
+fn spread_replicas(stages: &[&str], groups: &mut [(Vec<usize>, Pin)]) {
+    let workers = groups.len();
+    if workers < 2 {
+        return;
+    }
+    let worker_of = |groups: &[(Vec<usize>, Pin)], id: usize| {
+        groups.iter().position(|(ids, _)| ids.contains(&id))
+    };
+    for (id, stage) in stages.iter().enumerate() {
+        let Some((base, index)) = parse_replica(stage) else {
+            continue;
+        };
+        let split = format!("{base}/split");
+        let start = stages
+            .iter()
+            .position(|s| *s == split)
+            .and_then(|s| worker_of(groups, s))
+            .unwrap_or(0);
+        let target = (start + index) % workers;
+        if let Some(from) = worker_of(groups, id) {
+            groups[from].0.retain(|&n| n != id);
+        }
+        groups[target].0.push(id);
+    }
+    for (ids, _) in groups.iter_mut() {
+        ids.sort_unstable();
+    }
+}
 
 /// A generated layout, for plan files.
 #[derive(Debug, Clone, Copy)]
@@ -458,6 +585,9 @@ pub enum PlanError {
         /// What is wrong.
         what: &'static str,
     },
+    /// A replica count the stage cannot take.
+    #[error(transparent)]
+    Replicas(#[from] pipewright_stages::ReplicaError),
     /// A plan file that is not valid.
     #[error("plan file: {0}")]
     File(String),

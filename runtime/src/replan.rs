@@ -16,8 +16,9 @@ pub enum ApplyError {
     /// No stage has that name.
     #[error("no stage named `{0}`")]
     UnknownStage(String),
-    /// The stage cannot move (async stages run as tasks of their worker).
-    #[error("stage `{0}` cannot move between workers (it is async)")]
+    /// The stage cannot be moved or resized live: async stages run as tasks of their
+    /// worker.
+    #[error("stage `{0}` is async (it runs as a task of its worker), so it cannot be moved or have its burst changed while running; set it in the plan instead")]
     Pinned(String),
     /// No such worker.
     #[error("worker {worker} does not exist (the pipeline has {workers})")]
@@ -122,22 +123,54 @@ impl Running {
     }
 
     /// One controller interval: observes since `previous` (then replaces it with the
-    /// current snapshot), asks `controller`, applies its decisions live and returns them.
+    /// current snapshot), asks `controller`, applies its decisions live and returns
+    /// which were applied and which were refused (and why).
     pub fn control_step(
         &self,
         controller: &mut Controller,
         previous: &mut Snapshot,
         interval: Duration,
-    ) -> Vec<Decision> {
+    ) -> ControlStep {
         let now = self.snapshot();
         let observation = self.observe(previous, &now, interval);
-        let decisions = controller.observe(&observation);
-        for decision in &decisions {
-            if let Err(error) = self.apply(decision) {
-                tracing::warn!(target: "pipewright::controller", %decision, %error, "plan change not applied");
+        let mut step = ControlStep::default();
+        for decision in controller.observe(&observation) {
+            match self.apply(&decision) {
+                Ok(()) => step.applied.push(decision),
+                Err(error) => {
+                    tracing::warn!(target: "pipewright::controller", %decision, %error, "plan change refused");
+                    metrics::counter!("pipewright_controller_refused_total").increment(1);
+                    step.refused.push((decision, error));
+                }
             }
         }
         *previous = now;
-        decisions
+        step
+    }
+}
+
+/// What one [`Running::control_step`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ControlStep {
+    /// Decisions applied to the running pipeline.
+    pub applied: Vec<Decision>,
+    /// Decisions the runtime refused, with the reason (a controller bug, or a stage
+    /// that changed kind under it).
+    pub refused: Vec<(Decision, ApplyError)>,
+}
+
+impl ControlStep {
+    /// The applied decisions.
+    pub fn iter(&self) -> std::slice::Iter<'_, Decision> {
+        self.applied.iter()
+    }
+}
+
+impl IntoIterator for ControlStep {
+    type Item = Decision;
+    type IntoIter = std::vec::IntoIter<Decision>;
+    /// The applied decisions.
+    fn into_iter(self) -> Self::IntoIter {
+        self.applied.into_iter()
     }
 }

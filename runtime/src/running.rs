@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use pipewright_stages::exec::{BindError, Endpoint, NodeKind};
-use pipewright_stages::{InputId, OutputId, Pipeline, StageFailure};
+use pipewright_stages::{InputId, OutputId, Pipeline, ReplicaControl, ReplicaError, StageFailure};
 
 use crate::handles::{Input, Output};
 use crate::link::{Link, Waker};
@@ -110,6 +110,7 @@ pub struct Running {
     plan: Plan,
     pub(crate) mailboxes: Option<Arc<Mailboxes>>,
     pub(crate) workers: usize,
+    replicas: Vec<ReplicaControl>,
 }
 
 impl std::fmt::Debug for Running {
@@ -349,6 +350,17 @@ impl Runtime {
             })
             .collect();
 
+        // Replicated stages start with the plan's count of active replicas.
+        let mut replicas = Vec::new();
+        for entry in &pipeline.nodes {
+            if let Some(control) = entry.node.replica_control() {
+                if let Some(active) = plan.replicas_for(control.stage()) {
+                    control.set_initial(active).map_err(PlanError::from)?;
+                }
+                replicas.push(control);
+            }
+        }
+
         // Hand nodes to workers, in pipeline order.
         let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
         for (id, entry) in pipeline.nodes.into_iter().enumerate() {
@@ -392,11 +404,37 @@ impl Runtime {
             plan,
             mailboxes,
             workers: resolved.workers.len(),
+            replicas,
         })
     }
 }
 
 impl Running {
+    /// The live control of replicated stage `stage` (declared with
+    /// `Stream::then_replicated`).
+    pub fn replicas(&self, stage: &str) -> Option<&ReplicaControl> {
+        self.replicas.iter().find(|c| c.stage() == stage)
+    }
+
+    /// Gives new items of replicated stage `stage` to `active` of its replicas from
+    /// its next burst on; a replica taken out finishes what it holds, so no item is
+    /// lost or processed twice.
+    pub fn set_replicas(&self, stage: &str, active: usize) -> Result<(), ReplicaError> {
+        let control = self
+            .replicas(stage)
+            .ok_or_else(|| ReplicaError::NotReplicated {
+                stage: stage.to_string(),
+            })?;
+        let before = control.active();
+        control.set_active(active)?;
+        if before != active {
+            tracing::info!(target: "pipewright", stage, from = before, to = active, "replicas changed");
+            metrics::gauge!("pipewright_stage_replicas", "stage" => stage.to_string())
+                .set(active as f64);
+        }
+        Ok(())
+    }
+
     /// A sending handle for an application input, or `None` once it is closed.
     pub fn input<T: Send + 'static>(&self, id: &InputId<T>) -> Option<Input<T>> {
         let sender = self

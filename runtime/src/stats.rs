@@ -210,6 +210,16 @@ impl Snapshot {
         self.stages.iter().find(|s| s.name == name)
     }
 
+    /// The replicas of replicated stage `name` (`name#0`, `name#1`, ...), in order.
+    pub fn replicas(&self, name: &str) -> Vec<&StageSnapshot> {
+        self.stages
+            .iter()
+            .filter(|s| {
+                pipewright_stages::parse_replica_name(&s.name).is_some_and(|(b, _)| b == name)
+            })
+            .collect()
+    }
+
     /// Items currently held in edges (rings and fused buffers) between stages.
     pub fn queued(&self) -> usize {
         self.stages.iter().map(|s| s.queue_depth).sum()

@@ -50,6 +50,51 @@ pub enum BuildError {
     NoRoutes(String),
 }
 
+/// A stage's own error for one request, kept typed for the caller.
+///
+/// `downcast_ref::<E>()` gives back the stage's error value (for async stages built
+/// with `then_tagged_async`, whose service errors are `std::error::Error`s).
+#[derive(Clone)]
+pub struct StageError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl StageError {
+    /// Wraps a stage's error.
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(error: E) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+
+    /// The stage's error as its own type, if it is an `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref::<E>()
+    }
+
+    /// The error as a trait object.
+    pub fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+/// Two errors are equal when they are the same value or read the same.
+impl PartialEq for StageError {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for StageError {}
+
 /// Why a request sent through a pipeline (see [`Tagged`](crate::Tagged)) got no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -60,6 +105,9 @@ pub enum RequestError {
         stage: String,
         /// The stage's error, rendered.
         message: String,
+        /// The stage's error itself, where the stage's error type allows it (async
+        /// tagged stages): `error.downcast_ref::<E>()`.
+        error: Option<StageError>,
     },
     /// A stage produced no output for the request (a filter, for example).
     #[error("stage `{stage}` produced no output for the request")]

@@ -256,6 +256,12 @@ pub trait ErasedNode<X: Transport>: Send {
     ) -> Pin<Box<dyn Future<Output = Activation>>>;
     /// Drops everything the node holds (abort), returning how many items it held.
     fn abandon(&mut self) -> usize;
+
+    /// The live control of a replicated stage's split node (`None` for every other
+    /// node): the runtime sets the plan's replica count through it.
+    fn replica_control(&self) -> Option<crate::replica::ReplicaControl> {
+        None
+    }
 }
 
 /// A type-erased edge, able to build its typed channel from a transport.

@@ -9,7 +9,8 @@ use crate::exec::{
     EdgeId, EdgeInfo, Endpoint, ErasedEdge, ErasedNode, NodeId, Transport, TypedEdge,
 };
 use crate::node::{
-    AsyncSourceNode, AsyncStageNode, RouterNode, SourceNode, SplitNode, StageNode, DEFAULT_BURST,
+    AsyncSourceNode, AsyncStageNode, Bare, Numbering, ReorderNode, ReplicaSplitNode, RouterNode,
+    SourceNode, SplitNode, StageNode, DEFAULT_BURST,
 };
 use crate::{AsyncStage, BuildError, Source, Stage};
 
@@ -405,6 +406,78 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
         Stream::new(b, vec![Endpoint::Node { node: id, port: 0 }])
     }
 
+    /// Feeds the stream into a stage that runs as up to `replicas.max` instances, each
+    /// made by `make(index)` and named `name#index`, so that a plan can give the stage
+    /// several workers (see [`Replicas`](crate::Replicas)). A plan refers to the whole
+    /// set as `name`, or to one replica as `name#index`.
+    pub fn then_replicated<S: Stage<In = T>>(
+        self,
+        name: &str,
+        replicas: crate::Replicas<T>,
+        mut make: impl FnMut(usize) -> S,
+    ) -> Stream<'b, S::Out, X> {
+        let b = self.builder;
+        b.graph.borrow_mut().claim_name(name);
+        let max = replicas.max;
+        let control = crate::ReplicaControl::new(name, max, replicas.key.is_some());
+        let split = format!("{name}/split");
+        if replicas.ordered {
+            let (_, input) = self.feed();
+            let id = b.add_node(
+                &split,
+                Box::new(ReplicaSplitNode::<T, Numbering, X>::new(
+                    split.clone(),
+                    control,
+                    replicas.key,
+                    true,
+                )),
+                input,
+                max,
+            );
+            let settled: Vec<Stream<'b, crate::replica::Settled<S::Out>, X>> = (0..max)
+                .map(|i| {
+                    Stream::<crate::replica::Numbered<T>, X>::new(
+                        b,
+                        vec![Endpoint::Node { node: id, port: i }],
+                    )
+                    .then(
+                        &crate::replica_name(name, i),
+                        crate::replica::Sequenced::new(make(i)),
+                    )
+                })
+                .collect();
+            let order = format!("{name}/order");
+            let (_, input) = b.merge(settled).feed();
+            let id = b.add_node(
+                &order,
+                Box::new(ReorderNode::<S::Out, X>::new(order.clone())),
+                input,
+                1,
+            );
+            Stream::new(b, vec![Endpoint::Node { node: id, port: 0 }])
+        } else {
+            let (_, input) = self.feed();
+            let id = b.add_node(
+                &split,
+                Box::new(ReplicaSplitNode::<T, Bare, X>::new(
+                    split.clone(),
+                    control,
+                    replicas.key,
+                    false,
+                )),
+                input,
+                max,
+            );
+            let outs: Vec<Stream<'b, S::Out, X>> = (0..max)
+                .map(|i| {
+                    Stream::<T, X>::new(b, vec![Endpoint::Node { node: id, port: i }])
+                        .then(&crate::replica_name(name, i), make(i))
+                })
+                .collect();
+            b.merge(outs)
+        }
+    }
+
     /// Splits the stream over `N` typed outputs: `route` returns the output index for
     /// each item. Items whose index is `N` or more are dropped and counted as `unrouted`.
     pub fn route<const N: usize, R>(self, name: &str, route: R) -> [Stream<'b, T, X>; N]
@@ -544,6 +617,14 @@ impl<X: Transport> fmt::Debug for Pipeline<X> {
 }
 
 impl<X: Transport> Pipeline<X> {
+    /// The live controls of the pipeline's replicated stages, in pipeline order.
+    pub fn replica_controls(&self) -> Vec<crate::ReplicaControl> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.replica_control())
+            .collect()
+    }
+
     /// Stage names in topological order.
     pub fn stage_names(&self) -> Vec<&str> {
         self.nodes.iter().map(|n| n.name.as_str()).collect()

@@ -48,15 +48,20 @@ mod graph;
 pub mod inline;
 pub mod layer;
 mod node;
+mod replica;
 pub mod source;
 pub mod stage;
 mod tagged;
+mod tagged_service;
 mod tower_stage;
 
 pub use async_stage::AsyncStage;
 pub use burst::{Burst, Failures, Outbox};
-pub use error::{BuildError, ErrorPolicy, RequestError, StageFailure};
+pub use error::{BuildError, ErrorPolicy, RequestError, StageError, StageFailure};
 pub use graph::{InputId, OutputId, Pipeline, PipelineBuilder, Stream};
+pub use replica::{
+    parse_replica_name, replica_name, ReplicaControl, ReplicaError, Replicas, Spreader,
+};
 pub use source::{AsyncSource, IterSource, Source, SourceState};
 pub use stage::Stage;
 pub use tagged::{Reply, Tagged, TaggedStage, Ticket};

@@ -68,6 +68,11 @@ impl<T, R> Tagged<T, R> {
     pub fn into_parts(self) -> (Ticket<R>, Result<T, RequestError>) {
         (self.ticket, self.value)
     }
+
+    /// Puts a ticket and a value (or the error that ended the request) back together.
+    pub fn from_parts(ticket: Ticket<R>, value: Result<T, RequestError>) -> Self {
+        Self { ticket, value }
+    }
 }
 
 impl<R> Tagged<R, R> {
@@ -126,6 +131,7 @@ impl<S: Stage, R: Send + 'static> Stage for TaggedStage<S, R> {
                     Err(e) => Err(RequestError::Stage {
                         stage: self.name.clone(),
                         message: e.to_string(),
+                        error: None,
                     }),
                     Ok(()) => match self.scratch.len() {
                         1 => Ok(self.scratch.pop_front().expect("length checked")),
@@ -175,6 +181,28 @@ impl<'b, T: Send + 'static, R: Send + 'static, X: crate::exec::Transport>
         stage: S,
     ) -> crate::Stream<'b, Tagged<S::Out, R>, X> {
         self.then(name, TaggedStage::new(name, stage))
+    }
+
+    /// Runs a `tower::Service` on tagged requests, many calls in flight at once (up to
+    /// the service's readiness and `window`): the ticket follows each call, and a
+    /// failed call answers its request with [`RequestError::Stage`] carrying the
+    /// service's typed error (`error.downcast_ref::<S::Error>()`).
+    pub fn then_tagged_async<S>(
+        self,
+        name: &str,
+        service: S,
+        window: usize,
+    ) -> crate::Stream<'b, Tagged<S::Response, R>, X>
+    where
+        S: tower_service::Service<T> + Send + 'static,
+        S::Future: Send,
+        S::Response: Send + 'static,
+        S::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.then_async(
+            name,
+            crate::tagged_service::TaggedService::new(name, service, window),
+        )
     }
 }
 

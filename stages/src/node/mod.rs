@@ -231,12 +231,14 @@ macro_rules! sync_node_methods {
 
 mod async_source;
 mod async_stage;
+mod replica;
 mod router;
 mod source;
 mod stage;
 
 pub(crate) use async_source::AsyncSourceNode;
 pub(crate) use async_stage::AsyncStageNode;
+pub(crate) use replica::{Bare, Numbering, ReorderNode, SplitNode as ReplicaSplitNode};
 pub(crate) use router::{RouterNode, SplitNode};
 pub(crate) use source::SourceNode;
 pub(crate) use stage::StageNode;

@@ -1,0 +1,277 @@
+//! The split and reorder nodes around a replicated stage.
+
+use std::any::Any;
+use std::collections::VecDeque;
+
+use super::{Common, InSlot, OutSlot};
+use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
+use crate::replica::{Emitted, KeyFn, Numbered, ReplicaControl, Settled, Spreader};
+
+/// How the split wraps an item for its replica: numbered (ordered) or as it is.
+pub(crate) trait Envelope<T>: Send + 'static {
+    type Out: Send + 'static;
+    fn wrap(seq: u64, item: T) -> Self::Out;
+}
+
+/// Ordered replicas: items carry their number to the reorder stage.
+pub(crate) struct Numbering;
+impl<T: Send + 'static> Envelope<T> for Numbering {
+    type Out = Numbered<T>;
+    #[inline]
+    fn wrap(seq: u64, item: T) -> Numbered<T> {
+        Numbered { seq, item }
+    }
+}
+
+/// Unordered replicas: items go as they are.
+pub(crate) struct Bare;
+impl<T: Send + 'static> Envelope<T> for Bare {
+    type Out = T;
+    #[inline]
+    fn wrap(_seq: u64, item: T) -> T {
+        item
+    }
+}
+
+/// Spreads one stream over the active replicas of a stage.
+pub(crate) struct SplitNode<T: Send + 'static, E: Envelope<T>, X: Transport> {
+    common: Common,
+    control: ReplicaControl,
+    key: Option<KeyFn<T>>,
+    /// Strict round robin (ordered): a full replica holds the split back, which bounds
+    /// how far the others can run ahead of it (and so the reorder buffer).
+    strict: bool,
+    input: InSlot<T, X>,
+    outputs: Vec<OutSlot<E::Out, X>>,
+    spreader: Spreader,
+}
+
+impl<T: Send + 'static, E: Envelope<T>, X: Transport> SplitNode<T, E, X> {
+    pub(crate) fn new(
+        name: String,
+        control: ReplicaControl,
+        key: Option<KeyFn<T>>,
+        strict: bool,
+    ) -> Self {
+        let outputs = (0..control.max()).map(|_| OutSlot::new()).collect();
+        Self {
+            common: Common::new(name),
+            control,
+            key,
+            strict,
+            input: InSlot::new(),
+            outputs,
+            spreader: Spreader::new(strict),
+        }
+    }
+
+    /// Flushes every replica's pending items; the number still holding some.
+    fn flush_all(&mut self) -> usize {
+        let mut held = 0;
+        for out in &mut self.outputs {
+            held += usize::from(!out.flush());
+        }
+        held
+    }
+}
+
+impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNode<T, E, X> {
+    sync_node_methods!();
+    fn outputs(&self) -> usize {
+        self.outputs.len()
+    }
+    fn has_input(&self) -> bool {
+        true
+    }
+    fn bind_input(&mut self, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        self.input.bind(&self.common.name, port)
+    }
+    fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        let name = self.common.name.clone();
+        match self.outputs.get_mut(index) {
+            Some(slot) => slot.bind(&name, index, port),
+            None => Err(BindError::NoSuchPort {
+                node: name,
+                port: index,
+            }),
+        }
+    }
+    common_node_methods!();
+    fn replica_control(&self) -> Option<ReplicaControl> {
+        Some(self.control.clone())
+    }
+
+    fn activate(&mut self) -> Activation {
+        let active = self.control.active().clamp(1, self.outputs.len());
+        let held = self.flush_all();
+        let keyed = self.key.is_some();
+        if (self.strict || keyed) && held > 0 || held >= active {
+            return Activation::Blocked;
+        }
+        self.input.fill(self.common.burst);
+        if self.input.buf.is_empty() {
+            if self.input.finished() {
+                if held > 0 {
+                    return Activation::Blocked;
+                }
+                for out in &mut self.outputs {
+                    out.close();
+                }
+                return Activation::Finished;
+            }
+            return Activation::Idle;
+        }
+        let taken = self.input.buf.len();
+        let burst = self.common.burst;
+        while let Some(item) = self.input.buf.pop_front() {
+            let key = self.key.as_mut().map(|key| key(&item));
+            let outputs = &self.outputs;
+            let (replica, seq) = self
+                .spreader
+                .pick(active, key, |r| outputs[r].buf.len() >= burst);
+            self.outputs[replica].buf.push_back(E::wrap(seq, item));
+        }
+        self.common.observer.burst(taken, taken, None);
+        self.flush_all();
+        Activation::Progress
+    }
+
+    fn abandon(&mut self) -> usize {
+        let mut held = self.input.discard();
+        for out in &mut self.outputs {
+            held += out.buf.len();
+            out.buf.clear();
+        }
+        if held > 0 {
+            self.common.observer.dropped(DropReason::Aborted, held);
+        }
+        held
+    }
+}
+
+/// Puts the outputs of an ordered replicated stage back in input order.
+pub(crate) struct ReorderNode<T: Send + 'static, X: Transport> {
+    common: Common,
+    input: InSlot<Settled<T>, X>,
+    output: OutSlot<T, X>,
+    /// Outputs of inputs `next..`, by `seq - next`; `None` until that input settled.
+    waiting: VecDeque<Option<Emitted<T>>>,
+    next: u64,
+    /// What replicas emitted when their input ended (after every numbered item).
+    tail: VecDeque<T>,
+}
+
+impl<T: Send + 'static, X: Transport> ReorderNode<T, X> {
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            common: Common::new(name),
+            input: InSlot::new(),
+            output: OutSlot::new(),
+            waiting: VecDeque::new(),
+            next: 0,
+            tail: VecDeque::new(),
+        }
+    }
+
+    fn release(&mut self) -> usize {
+        let mut emitted = 0;
+        while let Some(Some(_)) = self.waiting.front() {
+            let outputs = self.waiting.pop_front().flatten().expect("checked above");
+            self.next += 1;
+            match outputs {
+                Emitted::None => {}
+                Emitted::One(item) => {
+                    self.output.buf.push_back(item);
+                    emitted += 1;
+                }
+                Emitted::Many(items) => {
+                    emitted += items.len();
+                    self.output.buf.extend(items);
+                }
+            }
+        }
+        emitted
+    }
+}
+
+impl<T: Send + 'static, X: Transport> ErasedNode<X> for ReorderNode<T, X> {
+    sync_node_methods!();
+    fn outputs(&self) -> usize {
+        1
+    }
+    fn has_input(&self) -> bool {
+        true
+    }
+    fn bind_input(&mut self, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        self.input.bind(&self.common.name, port)
+    }
+    fn bind_output(&mut self, index: usize, port: Box<dyn Any + Send>) -> Result<(), BindError> {
+        if index != 0 {
+            return Err(BindError::NoSuchPort {
+                node: self.common.name.clone(),
+                port: index,
+            });
+        }
+        self.output.bind(&self.common.name, 0, port)
+    }
+    common_node_methods!();
+
+    fn activate(&mut self) -> Activation {
+        if !self.output.flush() {
+            return Activation::Blocked;
+        }
+        self.input.fill(self.common.burst);
+        if self.input.buf.is_empty() {
+            if self.input.finished() {
+                // Every number settled unless the pipeline was aborted; emit what is
+                // left in order either way, then the replicas' end-of-input outputs.
+                while let Some(slot) = self.waiting.pop_front() {
+                    match slot {
+                        Some(Emitted::One(item)) => self.output.buf.push_back(item),
+                        Some(Emitted::Many(items)) => self.output.buf.extend(items),
+                        _ => {}
+                    }
+                }
+                self.output.buf.append(&mut self.tail);
+                if !self.output.flush() {
+                    return Activation::Blocked;
+                }
+                self.output.close();
+                return Activation::Finished;
+            }
+            return Activation::Idle;
+        }
+        let taken = self.input.buf.len();
+        while let Some(Settled { seq, outputs }) = self.input.buf.pop_front() {
+            if seq == u64::MAX {
+                match outputs {
+                    Emitted::None => {}
+                    Emitted::One(item) => self.tail.push_back(item),
+                    Emitted::Many(items) => self.tail.extend(items),
+                }
+                continue;
+            }
+            let offset = (seq - self.next) as usize;
+            if self.waiting.len() <= offset {
+                self.waiting.resize_with(offset + 1, || None);
+            }
+            self.waiting[offset] = Some(outputs);
+        }
+        let emitted = self.release();
+        self.common.observer.burst(taken, emitted, None);
+        self.output.flush();
+        Activation::Progress
+    }
+
+    fn abandon(&mut self) -> usize {
+        let mut held = self.input.discard() + self.output.buf.len() + self.tail.len();
+        held += self.waiting.iter().filter(|s| s.is_some()).count();
+        self.output.buf.clear();
+        self.tail.clear();
+        self.waiting.clear();
+        if held > 0 {
+            self.common.observer.dropped(DropReason::Aborted, held);
+        }
+        held
+    }
+}

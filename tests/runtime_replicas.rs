@@ -1,0 +1,279 @@
+//! Stage replicas on real workers: every item exactly once, order restored where asked,
+//! keys kept on one replica, and the replica count changed while items flow.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pipewright::{
+    stage, Input, Outbox, Output, PipelineBuilder, Plan, ReplicaError, Replicas, Report, Running,
+    Runtime, Stage,
+};
+
+/// Sends `items` while another thread collects the output (the output ring is
+/// bounded, so nobody reading it would stop the pipeline), then drains.
+fn send_and_collect<T: Send + 'static, U: Send + 'static>(
+    running: Running,
+    mut tx: Input<T>,
+    rx: Output<U>,
+    items: impl IntoIterator<Item = T>,
+) -> (Vec<U>, Report) {
+    let collector = std::thread::spawn(move || rx.collect());
+    for item in items {
+        assert!(tx.send(item).is_ok(), "the pipeline stopped taking items");
+    }
+    drop(tx);
+    let report = running.drain().unwrap();
+    (collector.join().unwrap(), report)
+}
+
+/// Enough work per item that two replicas are really busy at once.
+fn checksum(x: u64) -> u64 {
+    (0..64).fold(x, |h, i| {
+        h.rotate_left(5) ^ (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) + i)
+    })
+}
+
+#[test]
+fn ordered_replicas_keep_input_order_and_share_the_work() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("hash", Replicas::new(2), |_| {
+            stage::map(|x: u64| (x, checksum(x)))
+        })
+        .output("out");
+    let pipeline = b.build().unwrap();
+    let mut running = Runtime::start(pipeline, Plan::spread(2).ring_capacity(64)).unwrap();
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (got, report) = send_and_collect(running, tx, rx, 0..50_000u64);
+    assert_eq!(got.len(), 50_000);
+    for (i, (x, h)) in got.into_iter().enumerate() {
+        assert_eq!((x, h), (i as u64, checksum(i as u64)));
+    }
+    let replicas = report.snapshot.replicas("hash");
+    assert_eq!(replicas.len(), 2);
+    // Ordered replicas take turns: each gets exactly half.
+    assert_eq!(replicas[0].items_in, 25_000);
+    assert_eq!(replicas[1].items_in, 25_000);
+}
+
+#[test]
+fn spread_plans_put_replicas_on_different_workers() {
+    let names = ["src", "p/split", "p#0", "p#1", "p#2", "p/order", "sink"];
+    let resolved = Plan::spread(2).resolve_for(&names, 2).unwrap();
+    let worker_of = |node: usize| {
+        resolved
+            .workers
+            .iter()
+            .position(|w| w.nodes.contains(&node))
+            .unwrap()
+    };
+    assert_ne!(worker_of(2), worker_of(3));
+    assert_eq!(
+        worker_of(2),
+        worker_of(4),
+        "three replicas on two workers wrap around"
+    );
+    // Explicit plans name the replicated stage once per worker that runs a replica.
+    let explicit = Plan::explicit()
+        .worker(["src", "p"], pipewright::Pin::Auto)
+        .worker(["p", "sink"], pipewright::Pin::Auto)
+        .resolve_for(&names, 2)
+        .unwrap();
+    assert_eq!(explicit.workers[0].nodes, vec![0, 1, 2, 4]);
+    assert_eq!(explicit.workers[1].nodes, vec![3, 5, 6]);
+}
+
+#[test]
+fn unordered_replicas_deliver_every_item_once() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("hash", Replicas::new(3).unordered(), |_| {
+            stage::map(|x: u64| (x, checksum(x)))
+        })
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (got, _) = send_and_collect(running, tx, rx, 0..30_000u64);
+    let mut got: Vec<u64> = got.into_iter().map(|(x, _)| x).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..30_000).collect::<Vec<_>>());
+}
+
+/// Counts items per key, and records which replica saw each key.
+struct CountPerKey {
+    replica: usize,
+    counts: HashMap<u64, u64>,
+    seen_by: Arc<Mutex<HashMap<u64, Vec<usize>>>>,
+}
+
+impl Stage for CountPerKey {
+    type In = (u64, u64);
+    type Out = (u64, u64);
+    type Error = std::convert::Infallible;
+
+    fn process(
+        &mut self,
+        (key, _): (u64, u64),
+        out: &mut Outbox<'_, (u64, u64)>,
+    ) -> Result<(), Self::Error> {
+        let count = self.counts.entry(key).or_insert(0);
+        if *count == 0 {
+            self.seen_by
+                .lock()
+                .unwrap()
+                .entry(key)
+                .or_default()
+                .push(self.replica);
+        }
+        *count += 1;
+        out.push((key, *count));
+        Ok(())
+    }
+}
+
+#[test]
+fn keyed_replicas_keep_each_key_on_one_replica() {
+    let seen_by = Arc::new(Mutex::new(HashMap::new()));
+    let b = PipelineBuilder::new();
+    let (input, events) = b.input::<(u64, u64)>("events");
+    let seen = seen_by.clone();
+    let out = events
+        .then_replicated(
+            "count",
+            Replicas::new(2)
+                .unordered()
+                .by_key(|(key, _): &(u64, u64)| *key),
+            move |replica| CountPerKey {
+                replica,
+                counts: HashMap::new(),
+                seen_by: seen.clone(),
+            },
+        )
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    assert!(matches!(
+        running.set_replicas("count", 1),
+        Err(ReplicaError::Keyed { .. })
+    ));
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (got, _) = send_and_collect(running, tx, rx, (0..20_000u64).map(|i| (i % 97, i)));
+    // Per key the running counts arrive as 1, 2, 3, ...: one replica, in order.
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    for (key, count) in got {
+        let prev = last.insert(key, count).unwrap_or(0);
+        assert_eq!(count, prev + 1, "key {key}");
+    }
+    let seen_by = seen_by.lock().unwrap();
+    assert_eq!(seen_by.len(), 97);
+    assert!(seen_by.values().all(|r| r.len() == 1));
+    let on_first = seen_by.values().filter(|r| r[0] == 0).count();
+    assert!(
+        on_first > 0 && on_first < 97,
+        "keys spread over both replicas"
+    );
+}
+
+#[test]
+fn replicas_are_added_and_removed_live_without_losing_or_repeating_an_item() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("hash", Replicas::new(2), |_| stage::map(|x: u64| x * 3))
+        .output("out");
+    let mut running =
+        Runtime::start(b.build().unwrap(), Plan::spread(2).replicas("hash", 1)).unwrap();
+    assert_eq!(running.replicas("hash").unwrap().active(), 1);
+    let (mut tx, mut rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let mut expect = 0u64;
+    let mut replica1_items = Vec::new();
+    for (round, active) in [1, 2, 1, 2, 2, 1].into_iter().enumerate() {
+        running.set_replicas("hash", active).unwrap();
+        // A round fits in the output ring, so this thread can send it all, then read.
+        let base = round as u64 * 500;
+        for x in base..base + 500 {
+            tx.send(x).unwrap();
+        }
+        for _ in 0..500 {
+            let got = rx.recv().expect("every item comes out");
+            assert_eq!(got, expect * 3, "in order, once");
+            expect += 1;
+        }
+        replica1_items.push(running.snapshot().stage("hash#1").unwrap().items_in);
+    }
+    drop(tx);
+    running.drain().unwrap();
+    // Rounds with one replica gave the second one nothing new.
+    assert_eq!(replica1_items[0], 0);
+    assert_eq!(replica1_items[1], 250);
+    assert_eq!(replica1_items[2], 250);
+    assert_eq!(replica1_items[5], replica1_items[4]);
+    assert!(matches!(
+        running_errors(),
+        ReplicaError::OutOfRange { max: 2, .. }
+    ));
+}
+
+fn running_errors() -> ReplicaError {
+    let b = PipelineBuilder::new();
+    let (_input, numbers) = b.input::<u64>("numbers");
+    let _ = numbers
+        .then_replicated("hash", Replicas::new(2), |_| stage::map(|x: u64| x))
+        .output("out");
+    let running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    assert!(matches!(
+        running.set_replicas("nope", 1),
+        Err(ReplicaError::NotReplicated { .. })
+    ));
+    let error = running.set_replicas("hash", 3).unwrap_err();
+    running.abort().unwrap();
+    error
+}
+
+#[test]
+fn an_ordered_replica_that_fails_or_panics_on_items_does_not_stall_the_order() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("picky", Replicas::new(2), |_| {
+            stage::try_map(|x: u64| {
+                if x % 100 == 7 {
+                    panic!("seven");
+                }
+                if x % 10 == 3 {
+                    Err("ends in three")
+                } else {
+                    Ok(x)
+                }
+            })
+        })
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (got, report) = send_and_collect(running, tx, rx, 0..2_000u64);
+    let expected: Vec<u64> = (0..2_000).filter(|x| x % 10 != 3 && x % 100 != 7).collect();
+    assert_eq!(got, expected);
+    let dropped: u64 = report
+        .snapshot
+        .replicas("picky")
+        .iter()
+        .map(|r| r.dropped_total())
+        .sum();
+    assert_eq!(dropped, 200 + 20);
+}
