@@ -8,10 +8,11 @@
 //!    candidate when `q ≤ q_level` and its rate ratio is at least the floor.
 //! 3. **Smallest explaining combination**: candidates are taken smallest first
 //!    (singles, then pairs, then full combinations), most significant first; each is
-//!    kept only if its failures still exceed, significantly and by the ratio floor,
-//!    what the findings kept so far predict (every full combination gets the
-//!    highest rate of a kept finding that contains it, or the rate of the part of the
-//!    type no finding covers). Then findings that the others explain are dropped,
+//!    kept only if its failures still exceed, significantly and by a ratio floor,
+//!    what the findings kept so far predict: a Poisson log-linear model of the full
+//!    combinations with a base rate and one multiplicative factor per kept finding,
+//!    fitted by maximum likelihood (iterative proportional fitting). Then findings
+//!    that the others explain are dropped,
 //!    least significant first (a kernel that only runs on one instance type is
 //!    explained by the instance type, a pair by its attribute), and the two passes
 //!    repeat until nothing changes. Only removal follows the FDR step, so the
@@ -75,6 +76,9 @@ pub struct DetectConfig {
     pub level: f64,
     /// Significance of the "not explained by the other findings" test.
     pub alpha_explain: f64,
+    /// How far (observed over expected) a cell must exceed what the other findings
+    /// explain to be reported on its own.
+    pub explain_ratio: f64,
     /// A resource is flagged when abnormal in at least this many application types.
     pub flag_min_app_types: usize,
 }
@@ -89,6 +93,7 @@ impl Default for DetectConfig {
             unit: Unit::Hours,
             level: 0.95,
             alpha_explain: 0.01,
+            explain_ratio: 1.25,
             flag_min_app_types: 2,
         }
     }
@@ -272,38 +277,64 @@ impl<'a> AppModel<'a> {
             .collect()
     }
 
-    /// Whether candidate `c` (members `mc`, failures `x`, exposure `e`) exceeds what
-    /// the findings `kept` predict.
-    fn elevated(&self, mc: &[usize], x: u64, kept: &[(&[usize], f64)], cfg: &DetectConfig) -> bool {
-        let mut covered = vec![f64::NAN; self.full.len()];
-        for (members, rate) in kept {
-            for &g in members.iter() {
-                let r = &mut covered[g];
-                if r.is_nan() || *r < *rate {
-                    *r = *rate;
+    /// The Poisson log-linear model with one factor per kept finding (and a base
+    /// rate), fitted by maximum likelihood (iterative proportional fitting: each
+    /// finding's observed failures equal its expected failures, and so do the type's):
+    /// the expected rate of every full combination.
+    fn fit(&self, kept: &[&[usize]]) -> Vec<f64> {
+        let base = if self.e > 0.0 {
+            self.x as f64 / self.e
+        } else {
+            0.0
+        };
+        let mut rates = vec![base; self.full.len()];
+        if kept.is_empty() {
+            return rates;
+        }
+        let observed: Vec<f64> = kept
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|&g| self.full[g].1 as f64)
+                    .sum::<f64>()
+                    .max(1e-9)
+            })
+            .collect();
+        for _ in 0..200 {
+            let mut worst: f64 = 0.0;
+            for (j, members) in kept.iter().enumerate() {
+                let exp: f64 = members.iter().map(|&g| self.full[g].2 * rates[g]).sum();
+                if exp <= 0.0 {
+                    continue;
+                }
+                let f = observed[j] / exp;
+                worst = worst.max((f.ln()).abs());
+                for &g in members.iter() {
+                    rates[g] *= f;
                 }
             }
-        }
-        let (mut cx, mut ce) = (0u64, 0.0);
-        for (g, r) in covered.iter().enumerate() {
-            if !r.is_nan() {
-                cx += self.full[g].1;
-                ce += self.full[g].2;
+            let total: f64 = (0..self.full.len())
+                .map(|g| self.full[g].2 * rates[g])
+                .sum();
+            if total > 0.0 {
+                let f = self.x as f64 / total;
+                worst = worst.max(f.ln().abs());
+                for r in &mut rates {
+                    *r *= f;
+                }
+            }
+            if worst < 1e-7 {
+                break;
             }
         }
-        let clean = if self.e - ce > 0.0 {
-            (self.x - cx) as f64 / (self.e - ce)
-        } else {
-            self.x as f64 / self.e
-        };
-        let expected: f64 = mc
-            .iter()
-            .map(|&g| {
-                let r = covered[g];
-                self.full[g].2 * if r.is_nan() { clean } else { r }
-            })
-            .sum();
-        poisson_excess(x, expected) <= cfg.alpha_explain && x as f64 >= cfg.min_ratio * expected
+        rates
+    }
+
+    /// Whether a cell (members `mc`, `x` failures) exceeds what the fitted `rates`
+    /// predict, significantly and by the ratio floor.
+    fn elevated(&self, mc: &[usize], x: u64, rates: &[f64], cfg: &DetectConfig) -> bool {
+        let expected: f64 = mc.iter().map(|&g| self.full[g].2 * rates[g]).sum();
+        poisson_excess(x, expected) <= cfg.alpha_explain && x as f64 >= cfg.explain_ratio * expected
     }
 }
 
@@ -406,18 +437,21 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
             .iter()
             .map(|&i| (i, model.members(&tests[i].attrs)))
             .collect();
-        let rate = |i: usize| tests[i].x as f64 / tests[i].e;
+        let fit = |kept: &[usize]| {
+            let ms: Vec<&[usize]> = kept.iter().map(|k| &members[k][..]).collect();
+            model.fit(&ms)
+        };
         let mut kept: Vec<usize> = Vec::new();
         for _round in 0..4 {
             let mut changed = false;
+            let mut rates = fit(&kept);
             for &c in &cands {
                 if kept.contains(&c) {
                     continue;
                 }
-                let ks: Vec<(&[usize], f64)> =
-                    kept.iter().map(|&k| (&members[&k][..], rate(k))).collect();
-                if model.elevated(&members[&c], tests[c].x, &ks, cfg) {
+                if model.elevated(&members[&c], tests[c].x, &rates, cfg) {
                     kept.push(c);
+                    rates = fit(&kept);
                     changed = true;
                 }
             }
@@ -432,12 +466,9 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
                 });
                 let mut removed = None;
                 for &f in &order {
-                    let ks: Vec<(&[usize], f64)> = kept
-                        .iter()
-                        .filter(|&&k| k != f)
-                        .map(|&k| (&members[&k][..], rate(k)))
-                        .collect();
-                    if !model.elevated(&members[&f], tests[f].x, &ks, cfg) {
+                    let others: Vec<usize> = kept.iter().copied().filter(|&k| k != f).collect();
+                    let rates = fit(&others);
+                    if !model.elevated(&members[&f], tests[f].x, &rates, cfg) {
                         removed = Some(f);
                         break;
                     }

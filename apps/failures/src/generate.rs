@@ -363,3 +363,10 @@ pub fn generate_with(
 pub fn generate(cfg: &FleetConfig, out: &mut impl Write) -> io::Result<FleetSummary> {
     generate_with(cfg, out, |_, _, _| Ok(()))
 }
+
+impl FleetSummary {
+    /// The summary (with the planted patterns) as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}

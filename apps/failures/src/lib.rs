@@ -57,9 +57,11 @@ mod checkpoint;
 mod detect;
 mod event;
 mod generate;
+mod html;
 mod log;
 mod pipeline;
 mod report;
+mod serve;
 mod stats;
 
 pub use aggregate::{
@@ -78,6 +80,7 @@ pub use generate::{
     default_patterns, generate, generate_with, FleetConfig, FleetSummary, Planted, APP_TYPES,
     CATALOGUE,
 };
+pub use html::render as render_html;
 pub use log::{
     decode as decode_log, encode as encode_log, replay as replay_log, Record, Replay,
     MAX_RECORD as MAX_LOG_RECORD,
@@ -87,4 +90,5 @@ pub use pipeline::{
     LineError, LogStage, ParseStage, Parsed, Shared, FILE_BATCH_BYTES, MAX_ERRORS_SHOWN,
 };
 pub use report::{to_json, to_table};
+pub use serve::{run_until_signal, unix_now, Recovered, ServeError, ServeOptions, Server};
 pub use stats::{bh_adjust, poisson_excess, rate_interval, rate_test};

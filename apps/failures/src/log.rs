@@ -107,7 +107,6 @@ pub fn replay(path: &Path, from: u64) -> io::Result<Replay> {
     })
 }
 
-#[allow(dead_code)] // used by the serve path
 /// Syncs the directory holding `path` (a new file's entry is durable after this).
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
