@@ -8,7 +8,8 @@
 //!    candidate when `q ≤ q_level` and its rate ratio is at least the floor.
 //! 3. **Smallest explaining combination**: candidates are taken smallest first
 //!    (singles, then pairs, then full combinations), most significant first; each is
-//!    kept only if its failures still exceed, significantly and by a ratio floor,
+//!    kept only if its failures still exceed, significantly (Bonferroni over the
+//!    type's candidates) and by a ratio floor,
 //!    what the findings kept so far predict: a Poisson log-linear model of the full
 //!    combinations with a base rate and one multiplicative factor per kept finding,
 //!    fitted by maximum likelihood (iterative proportional fitting). Then findings
@@ -74,7 +75,8 @@ pub struct DetectConfig {
     pub unit: Unit,
     /// Confidence of the rate intervals.
     pub level: f64,
-    /// Significance of the "not explained by the other findings" test.
+    /// Significance of the "not explained by the other findings" test (family-wise,
+    /// over the candidates of an application type: Bonferroni).
     pub alpha_explain: f64,
     /// How far (observed over expected) a cell must exceed what the other findings
     /// explain to be reported on its own.
@@ -92,7 +94,7 @@ impl Default for DetectConfig {
             min_expected: 5.0,
             unit: Unit::Hours,
             level: 0.95,
-            alpha_explain: 0.01,
+            alpha_explain: 0.05,
             explain_ratio: 1.25,
             flag_min_app_types: 2,
         }
@@ -332,9 +334,16 @@ impl<'a> AppModel<'a> {
 
     /// Whether a cell (members `mc`, `x` failures) exceeds what the fitted `rates`
     /// predict, significantly and by the ratio floor.
-    fn elevated(&self, mc: &[usize], x: u64, rates: &[f64], cfg: &DetectConfig) -> bool {
+    fn elevated(
+        &self,
+        mc: &[usize],
+        x: u64,
+        rates: &[f64],
+        alpha: f64,
+        cfg: &DetectConfig,
+    ) -> bool {
         let expected: f64 = mc.iter().map(|&g| self.full[g].2 * rates[g]).sum();
-        poisson_excess(x, expected) <= cfg.alpha_explain && x as f64 >= cfg.explain_ratio * expected
+        poisson_excess(x, expected) <= alpha && x as f64 >= cfg.explain_ratio * expected
     }
 }
 
@@ -441,6 +450,8 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
             let ms: Vec<&[usize]> = kept.iter().map(|k| &members[k][..]).collect();
             model.fit(&ms)
         };
+        // Each candidate is tested against the model: Bonferroni over them.
+        let alpha = cfg.alpha_explain / cands.len() as f64;
         let mut kept: Vec<usize> = Vec::new();
         for _round in 0..4 {
             let mut changed = false;
@@ -449,7 +460,7 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
                 if kept.contains(&c) {
                     continue;
                 }
-                if model.elevated(&members[&c], tests[c].x, &rates, cfg) {
+                if model.elevated(&members[&c], tests[c].x, &rates, alpha, cfg) {
                     kept.push(c);
                     rates = fit(&kept);
                     changed = true;
@@ -468,7 +479,7 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
                 for &f in &order {
                     let others: Vec<usize> = kept.iter().copied().filter(|&k| k != f).collect();
                     let rates = fit(&others);
-                    if !model.elevated(&members[&f], tests[f].x, &rates, cfg) {
+                    if !model.elevated(&members[&f], tests[f].x, &rates, alpha, cfg) {
                         removed = Some(f);
                         break;
                     }

@@ -86,8 +86,9 @@ pub use log::{
     MAX_RECORD as MAX_LOG_RECORD,
 };
 pub use pipeline::{
-    feed_lines, ingest_reader, Ack, AdmitStage, AfterApply, ApplyStage, Batch, IngestError,
-    LineError, LogStage, ParseStage, Parsed, Shared, FILE_BATCH_BYTES, MAX_ERRORS_SHOWN,
+    feed_lines, ingest_reader, ingest_reader_durable, Ack, AdmitStage, AfterApply, ApplyStage,
+    Batch, IngestError, LineError, LogStage, ParseStage, Parsed, Shared, FILE_BATCH_BYTES,
+    MAX_ERRORS_SHOWN,
 };
 pub use report::{to_json, to_table};
 pub use serve::{run_until_signal, unix_now, Recovered, ServeError, ServeOptions, Server};

@@ -350,21 +350,57 @@ pub fn ingest_reader(
     aggs: Aggregates,
     now: i64,
 ) -> Result<Aggregates, IngestError> {
+    ingest(input, aggs, now, None)
+}
+
+/// Like [`ingest_reader`], with every accepted line made durable in a log at
+/// `log_path` (created or truncated) before it is applied: parse → admit → log
+/// (io_uring group commit) → apply, on three workers.
+pub fn ingest_reader_durable(
+    input: impl BufRead,
+    aggs: Aggregates,
+    now: i64,
+    log_path: &std::path::Path,
+) -> Result<Aggregates, IngestError> {
+    ingest(input, aggs, now, Some(log_path))
+}
+
+fn ingest(
+    input: impl BufRead,
+    aggs: Aggregates,
+    now: i64,
+    log_path: Option<&std::path::Path>,
+) -> Result<Aggregates, IngestError> {
     let limits = aggs.limits().clone();
     let shared: Shared = Arc::new(Mutex::new(aggs));
     let b = PipelineBuilder::new();
     let (input_id, batches) = b.input::<Batch>("lines");
-    batches
+    let admitted = batches
         .then("parse", ParseStage::new(limits))
-        .then("admit", AdmitStage::new(shared.clone()))
-        .sink("apply", ApplyStage::new(shared.clone(), ()));
+        .then("admit", AdmitStage::new(shared.clone()));
+    let plan = match log_path {
+        Some(path) => {
+            let sink = FileSink::create(path)?;
+            admitted
+                .then_async("log", LogStage::new(sink))
+                .sink("apply", ApplyStage::new(shared.clone(), ()));
+            Plan::explicit()
+                .worker(["parse"], Pin::Float)
+                .worker(["admit", "apply"], Pin::Float)
+                .worker(["log"], Pin::Float)
+                .burst_all(8)
+        }
+        None => {
+            admitted.sink("apply", ApplyStage::new(shared.clone(), ()));
+            Plan::explicit()
+                .worker(["parse"], Pin::Float)
+                .worker(["admit", "apply"], Pin::Float)
+                .burst_all(8)
+        }
+    };
     let pipeline = b
         .build()
         .map_err(|e| IngestError::Pipeline(e.to_string()))?;
-    let plan = Plan::explicit()
-        .worker(["parse"], Pin::Float)
-        .worker(["admit", "apply"], Pin::Float)
-        .burst_all(8);
     let running =
         Runtime::start(pipeline, plan).map_err(|e| IngestError::Pipeline(e.to_string()))?;
     let mut tx = running
