@@ -214,7 +214,7 @@ fn ingest(quick: bool) {
         eprintln!("skipped: ingest-events-per-s needs python3 with duckdb (pip install duckdb)");
         return;
     }
-    let events = if quick { 150_000 } else { 10_000_000 };
+    let events = if quick { 300_000 } else { 10_000_000 };
     let dir = std::env::temp_dir().join(format!("pw-failures-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("fleet.jsonl");

@@ -33,7 +33,17 @@
 //! In `serve`, a batch is acknowledged only after its accepted lines are in the log
 //! (the runtime's io_uring group-commit `FileSink`: one write and one `fdatasync` per
 //! burst); aggregates are checkpointed to `redb` with the log offset they include, and
-//! recovery replays the log after it. `kill -9` loses nothing acknowledged.
+//! recovery replays the log after it. `kill -9` loses nothing acknowledged. After each
+//! checkpoint the log's prefix is released with `fallocate(PUNCH_HOLE)` (offsets
+//! unchanged), so its disk use is bounded by what came after the last checkpoint.
+//!
+//! # Bounds
+//!
+//! [`Limits`]: line length, attributes per event, distinct attribute names, values per
+//! attribute and application types (past them a line is refused as
+//! `attribute_explosion`, typically an identifier sent as an attribute). Memory is
+//! about the number of distinct full combinations times the time buckets they were
+//! seen in (one hour by default).
 //!
 //! ```
 //! use pipewright_failures::{detect, generate, ingest_reader, Aggregates, DetectConfig, FleetConfig};
@@ -60,6 +70,7 @@ mod generate;
 mod html;
 mod log;
 mod pipeline;
+mod punch;
 mod report;
 mod serve;
 mod stats;

@@ -70,6 +70,8 @@ pub const MAX_ERRORS_SHOWN: usize = 100;
 #[derive(Debug)]
 pub struct Parsed {
     events: Vec<Event>,
+    /// The line number of each event.
+    lines: Vec<u64>,
     /// The accepted lines, as they arrived (what the log stores).
     raw: Vec<u8>,
     errors: Vec<(u64, EventError)>,
@@ -103,6 +105,7 @@ impl ParseStage {
     /// Parses every line of `batch`.
     pub fn parse(&self, batch: Batch) -> Parsed {
         let mut events = Vec::new();
+        let mut lines = Vec::new();
         let mut errors = Vec::new();
         let mut raw = Vec::with_capacity(batch.bytes.len());
         for (i, line) in batch.bytes.split(|b| *b == b'\n').enumerate() {
@@ -113,6 +116,7 @@ impl ParseStage {
             match parse_line(line, &self.limits, batch.now) {
                 Ok(e) => {
                     events.push(e);
+                    lines.push(batch.first_line + i as u64);
                     raw.extend_from_slice(line);
                     raw.push(b'\n');
                 }
@@ -125,6 +129,7 @@ impl ParseStage {
         }
         Parsed {
             events,
+            lines,
             raw,
             errors,
             now: batch.now,
@@ -174,14 +179,13 @@ impl Stage for AdmitStage {
         }
         drop(aggs);
         if !refused.is_empty() {
-            // Rebuild the accepted lines without the refused events (their line numbers
-            // are not known here any more: they are reported as line 0).
+            // Rebuild the accepted lines without the refused events.
             let mut keep = vec![true; p.events.len()];
             for (i, err) in refused {
                 metrics::counter!("failures_bad_lines_total", "reason" => err.reason().as_str())
                     .increment(1);
                 keep[i] = false;
-                p.errors.push((0, err));
+                p.errors.push((p.lines[i], err));
             }
             let mut raw = Vec::with_capacity(p.raw.len());
             for (line, k) in p.raw.split(|b| *b == b'\n').zip(&keep) {
@@ -192,6 +196,9 @@ impl Stage for AdmitStage {
             }
             let mut k = keep.iter();
             p.events.retain(|_| *k.next().expect("one flag per event"));
+            let mut k = keep.iter();
+            p.lines.retain(|_| *k.next().expect("one flag per line"));
+            p.errors.sort_by_key(|e| e.0);
             p.raw = raw;
         }
         out.push(p);

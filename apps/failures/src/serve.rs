@@ -114,6 +114,8 @@ pub struct Recovered {
 
 struct Checkpointer {
     store: Arc<Checkpoints>,
+    /// The log, whose checkpointed prefix is released after each checkpoint.
+    log: std::fs::File,
     every: u64,
     since: u64,
     last_end: Option<u64>,
@@ -131,6 +133,11 @@ impl AfterApply for Checkpointer {
                     Ok(()) => {
                         metrics::counter!("failures_checkpoints_total").increment(1);
                         self.since = 0;
+                        // The checkpoint holds everything before `end`: free its blocks
+                        // (a failure only leaves the disk use higher).
+                        if crate::punch::punch_prefix(&self.log, end).is_err() {
+                            metrics::counter!("failures_log_punch_errors_total").increment(1);
+                        }
                     }
                     // The log still holds everything: a failed checkpoint only
                     // lengthens the next recovery. Counted, retried next batch.
@@ -236,6 +243,10 @@ impl Server {
                     shared.clone(),
                     Checkpointer {
                         store: store.clone(),
+                        log: OpenOptions::new()
+                            .write(true)
+                            .open(&log_path)
+                            .map_err(io("opening the log"))?,
                         every: opts.checkpoint_every.max(1),
                         since: 0,
                         last_end: Some(replay.end),

@@ -117,6 +117,17 @@ fn ingests_over_http_reports_and_recovers() {
     let (status, _) = http(addr, "GET", "/nope", b"");
     assert_eq!(status, 404);
 
+    // Checkpoints released the log's prefix: fewer blocks than its size.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir.path().join("events.log")).unwrap();
+        assert!(
+            m.blocks() * 512 < m.len() / 2,
+            "log of {} bytes holds {} blocks",
+            m.len(),
+            m.blocks()
+        );
+    }
     let before = server.aggregates().canonical();
     server.shutdown().unwrap();
     // Restart: checkpoint + log replay give back the same state.
