@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Aggregates, AppAgg, Attr, Counts};
+use crate::aggregate::{Aggregates, AppAgg, Attr, Counts, Interner};
 use crate::event::EXPOSURE_SCALE;
 use crate::stats::{bh_adjust, poisson_excess, rate_interval, rate_test};
 
@@ -259,13 +259,19 @@ struct AppModel<'a> {
 }
 
 impl<'a> AppModel<'a> {
-    fn new(agg: &'a AppAgg, unit: Unit) -> Self {
+    fn new(agg: &'a AppAgg, unit: Unit, it: &Interner) -> Self {
         let mut full: Vec<(&[Attr], u64, f64)> = agg
             .full
             .iter()
             .map(|(k, c)| (&k[..], c.counts.failures, unit.of(&c.counts)))
             .collect();
-        full.sort_by(|a, b| a.0.cmp(b.0));
+        // By names, not ids: sums run in the same order whatever the arrival order.
+        let names = |k: &[Attr]| -> Vec<(&str, &str)> {
+            let mut v: Vec<(&str, &str)> = k.iter().map(|a| (it.name(*a), it.value(*a))).collect();
+            v.sort_unstable();
+            v
+        };
+        full.sort_by_cached_key(|f| names(f.0));
         Self {
             full,
             x: agg.total.failures,
@@ -353,7 +359,12 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
     let it = &aggs.interner;
     let mut tests: Vec<Test> = Vec::new();
     let mut summaries = Vec::new();
-    for (app, agg) in aggs.apps.iter().enumerate() {
+    let mut min_exposures = vec![f64::INFINITY; aggs.apps.len()];
+    // Application types by name, so the report does not depend on arrival order.
+    let mut by_name: Vec<usize> = (0..aggs.apps.len()).collect();
+    by_name.sort_by(|a, b| it.app_type_names[*a].cmp(&it.app_type_names[*b]));
+    for &app in &by_name {
+        let agg = &aggs.apps[app];
         let x_all = agg.total.failures;
         let e_all = unit.of(&agg.total);
         let rate_all = if e_all > 0.0 {
@@ -403,6 +414,7 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
                 consider(k.to_vec(), &cell.counts);
             }
         }
+        min_exposures[app] = min_e;
         summaries.push(AppTypeSummary {
             app_type: it.app_type_names[app].to_string(),
             failures: x_all,
@@ -417,8 +429,13 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
     let names = |attrs: &[Attr]| -> Vec<(&str, &str)> {
         attrs.iter().map(|a| (it.name(*a), it.value(*a))).collect()
     };
+    let app_name = |app: usize| &*it.app_type_names[app];
     tests.sort_by(|a, b| {
-        (a.app, a.attrs.len(), names(&a.attrs)).cmp(&(b.app, b.attrs.len(), names(&b.attrs)))
+        (app_name(a.app), a.attrs.len(), names(&a.attrs)).cmp(&(
+            app_name(b.app),
+            b.attrs.len(),
+            names(&b.attrs),
+        ))
     });
     let q = bh_adjust(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
     let candidates: Vec<usize> = (0..tests.len())
@@ -427,7 +444,8 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
     let discoveries = candidates.len();
 
     let mut findings = Vec::new();
-    for (app, agg) in aggs.apps.iter().enumerate() {
+    for &app in &by_name {
+        let agg = &aggs.apps[app];
         let mut cands: Vec<usize> = candidates
             .iter()
             .copied()
@@ -441,7 +459,7 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
                 .partial_cmp(&(tests[b].attrs.len(), tests[b].p))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let model = AppModel::new(agg, unit);
+        let model = AppModel::new(agg, unit, it);
         let members: BTreeMap<usize, Vec<usize>> = cands
             .iter()
             .map(|&i| (i, model.members(&tests[i].attrs)))
@@ -496,7 +514,7 @@ pub fn detect(aggs: &Aggregates, cfg: &DetectConfig) -> Report {
                 break;
             }
         }
-        let min_e = summaries[app].min_exposure;
+        let min_e = min_exposures[app];
         for &k in &kept {
             let t = &tests[k];
             let (lo, hi) = rate_interval(t.x, t.e, cfg.level);
