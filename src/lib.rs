@@ -60,3 +60,8 @@ pub use pipewright_nic as nic;
 /// `storage`).
 #[cfg(feature = "storage")]
 pub use pipewright_storage as storage;
+
+/// Failure-pattern analytics: ingest, exact tests with FDR control, suggestions
+/// (feature `failures`).
+#[cfg(feature = "failures")]
+pub use pipewright_failures as failures;

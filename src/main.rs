@@ -25,6 +25,9 @@ enum Command {
     /// The software NIC: run the data plane on real interfaces, or a full demo topology.
     #[cfg(feature = "nic")]
     Nic(cli::nic::NicArgs),
+    /// Failure-pattern analytics: generate a fleet, report on events, serve ingestion.
+    #[cfg(feature = "failures")]
+    Failures(cli::failures::FailuresArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => cli::storage::run(args),
         #[cfg(feature = "nic")]
         Command::Nic(args) => cli::nic::run(args),
+        #[cfg(feature = "failures")]
+        Command::Failures(args) => cli::failures::run(args),
     }
 }

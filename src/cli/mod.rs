@@ -1,6 +1,8 @@
 //! Subcommands of the `pipewright` tool.
 
 pub(crate) mod demo;
+#[cfg(feature = "failures")]
+pub(crate) mod failures;
 pub(crate) mod live;
 #[cfg(feature = "nic")]
 pub(crate) mod nic;
