@@ -1,0 +1,66 @@
+//! pipewright's lease balancer and connection rebalancing.
+//!
+//! # The weight formula
+//!
+//! Per producer `p`, [`Weights`] combines what the producer says about itself
+//! (gRFC A58's server load report) with what consumers saw of it (tower's
+//! client-observed latency idea, reported to the agent instead of kept per client):
+//!
+//! ```text
+//! base(p)   = rps / (utilisation + (error_rate / rps) * error_penalty)       (A58)
+//!             — or the mean base of the others while p is in its blackout
+//!               period, its report is older than weight_expiry, or rps/utilisation is 0
+//! lat(p)    = clamp(geomean_q(latency_q) / latency_p, 1/C, C) ^ fade      (consumers)
+//! err(p)    = 1 / (1 + consumer_error_penalty * failure_fraction_p * fade)
+//! fade      = exp(-age of p's last consumer report / consumer_decay)
+//! weight(p) = base(p) * lat(p) * err(p), and 0 if p has not reported for dead_after
+//! ```
+//!
+//! Why: `rps/utilisation` is the producer's own estimate of what it can serve at full
+//! use (its capacity); the error term makes a producer that answers fast with errors
+//! look busy (A58). A new producer gets the mean, not its first (often optimistic,
+//! idle) report, until its blackout ends — so a joining producer is not flooded. The
+//! consumers' view catches what the producer cannot see of itself (network, a stuck
+//! thread, slow answers under a low utilisation): latency relative to the fleet's
+//! geometric mean is scale-free, and clamped so one bad report cannot zero a producer.
+//! Consumer latencies and failures are exponentially weighted averages; when no
+//! consumer reports arrive their influence fades back to neutral, so a producer once
+//! judged slow gets traffic again and is re-measured. Reports are sanitised (non-finite
+//! or negative fields count as 0), so weights are always finite and non-negative.
+//!
+//! Selection is **weighted power of two choices** with a seeded RNG: two draws in
+//! proportion to weight, the one with fewer active leases per unit weight wins. Many
+//! consumers asking at once therefore spread (each grant raises the winner's lease
+//! count) instead of all getting the heaviest producer.
+//!
+//! # The shedding rule
+//!
+//! [`Shedder`] runs once per interval on a node with its own [`Indicators`] and its
+//! peers' gossiped ones. With `load = metric / capacity` and `mean` over this node and
+//! the peers whose indicators are fresh (stale peers count as no capacity):
+//!
+//! 1. overloaded iff `load > threshold` and `load > mean * (1 + ratio)` (with no fresh
+//!    peer, the threshold alone decides — and then there is no peer to shed to);
+//! 2. shed only after `hits` consecutive overloaded intervals (hysteresis; the count
+//!    restarts after each shed, so the effect of one shed is seen before the next);
+//! 3. and only if at least one fresh peer has headroom: `load_peer <= mean` and
+//!    `load_peer <= load * (1 - margin)`;
+//! 4. close `ceil(connections * min(load - mean, room) / load)` connections, where
+//!    `room` is the summed gap to the mean of the peers with headroom — the moved load
+//!    is bounded by what all of them can take, not aimed at the single emptiest node;
+//! 5. capped by a token bucket (`max_rate` per second, depth `burst`) whose allowance
+//!    is scaled by a seeded random factor in `[1 - jitter, 1]`.
+//!
+//! Every decision carries its [`Verdict`].
+#![deny(missing_docs)]
+
+mod shed;
+mod weights;
+
+pub use shed::{
+    replay_shed, Decision, Indicators, Metric, ShedConfig, ShedEvent, Shedder, Verdict,
+};
+pub use weights::{
+    replay, ConsumerId, ConsumerReport, Event, ProducerId, ProducerReport, TimedEvent,
+    WeightConfig, WeightView, Weights,
+};
