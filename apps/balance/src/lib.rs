@@ -54,8 +54,28 @@
 //! Every decision carries its [`Verdict`].
 #![deny(missing_docs)]
 
+mod agent;
+mod agent_client;
+mod client;
+mod error;
+mod lease;
+mod producer;
 mod shed;
 mod weights;
+mod wire;
+
+pub use agent::core::{AgentConfig, AgentCore, Effect, Registered};
+pub use agent::{load_registry, now_ms, AgentOptions, AgentServer, AgentService};
+pub use agent_client::{AgentClient, AGENT_TIMEOUT};
+pub use client::{BalancedClient, ClientOptions, ClientStats};
+pub use error::BalanceError;
+pub use lease::{ClusterKey, LeaseClaims, LeaseToken, TAG_LEN};
+pub use producer::{ProducerOptions, ProducerServer, ProducerStats, ServiceTime};
+pub use wire::{
+    codec, decode, encode, AgentRequest, AgentResponse, AgentStatus, Lease, LeaseRequest,
+    LeaseResponse, Peer, ProducerFrame, ProducerStatus, ProducerView, Refusal, Request,
+    SignedStatus, MAX_AGENT_FRAME, MAX_PRODUCER_FRAME,
+};
 
 pub use shed::{
     replay_shed, Decision, Indicators, Metric, ShedConfig, ShedEvent, Shedder, Verdict,

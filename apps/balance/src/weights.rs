@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct ProducerId(pub u64);
 
 /// A consumer's identity (chosen by the consumer; bound into its lease ids).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct ConsumerId(pub u64);
 
 /// What a producer reports about itself (an ORCA-like load report).
@@ -132,6 +134,9 @@ pub enum Event {
     },
     /// A lease on this producer ended.
     Release(ProducerId),
+    /// A lease on this producer was taken up without a selection (a renewal of a
+    /// lease issued before an agent restart).
+    Acquire(ProducerId),
 }
 
 /// One producer's weight and what it is made of, for status and metrics.
@@ -427,6 +432,7 @@ impl Weights {
             Event::Consumer(id, r) => self.consumer_report(ev.at, *id, *r),
             Event::Select { count, avoid } => return Some(self.select(ev.at, *count, avoid)),
             Event::Release(id) => self.release(*id),
+            Event::Acquire(id) => self.acquire(*id),
         }
         None
     }
