@@ -59,3 +59,7 @@ pub use pipewright_nic as nic;
 /// `storage`).
 #[cfg(feature = "storage")]
 pub use pipewright_storage as storage;
+
+/// The lease balancer and connection rebalancing (feature `balance`).
+#[cfg(feature = "balance")]
+pub use pipewright_balance as balance;

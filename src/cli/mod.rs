@@ -1,5 +1,7 @@
 //! Subcommands of the `pipewright` tool.
 
+#[cfg(feature = "balance")]
+pub(crate) mod balance;
 pub(crate) mod demo;
 pub(crate) mod live;
 #[cfg(feature = "nic")]

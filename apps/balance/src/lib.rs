@@ -59,6 +59,7 @@ mod agent_client;
 mod client;
 mod error;
 mod lease;
+mod load;
 mod producer;
 mod shed;
 mod weights;
@@ -70,11 +71,12 @@ pub use agent_client::{AgentClient, AGENT_TIMEOUT};
 pub use client::{BalancedClient, ClientOptions, ClientStats};
 pub use error::BalanceError;
 pub use lease::{ClusterKey, LeaseClaims, LeaseToken, TAG_LEN};
+pub use load::{io_runtime, run_load, shutdown_signal, LoadOptions, LoadReport};
 pub use producer::{ProducerOptions, ProducerServer, ProducerStats, ServiceTime};
 pub use wire::{
-    codec, decode, encode, AgentRequest, AgentResponse, AgentStatus, Lease, LeaseRequest,
-    LeaseResponse, Peer, ProducerFrame, ProducerStatus, ProducerView, Refusal, Request,
-    SignedStatus, MAX_AGENT_FRAME, MAX_PRODUCER_FRAME,
+    codec, decode, encode, status_json, AgentRequest, AgentResponse, AgentStatus, Lease,
+    LeaseRequest, LeaseResponse, Peer, ProducerFrame, ProducerStatus, ProducerView, Refusal,
+    Request, SignedStatus, MAX_AGENT_FRAME, MAX_PRODUCER_FRAME,
 };
 
 pub use shed::{

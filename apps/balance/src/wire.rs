@@ -268,3 +268,8 @@ pub enum ProducerFrame {
     /// answered; later ones are refused unexecuted with `Busy`.
     GoAway,
 }
+
+/// An agent status as pretty JSON.
+pub fn status_json(s: &AgentStatus) -> String {
+    serde_json::to_string_pretty(s).expect("status encodes")
+}
