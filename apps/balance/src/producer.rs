@@ -190,6 +190,9 @@ struct Inner {
     rng: Mutex<ChaCha8Rng>,
     last_verdict: Mutex<Option<Verdict>>,
     stop: AtomicBool,
+    /// Service-time multiplier set at run time (f64 bits; 1.0 = none).
+    factor: AtomicU64,
+    crashed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running producer.
@@ -236,6 +239,8 @@ impl ProducerServer {
             next_conn: AtomicU64::new(0),
             last_verdict: Mutex::new(None),
             stop: AtomicBool::new(false),
+            factor: AtomicU64::new(1.0f64.to_bits()),
+            crashed: tokio::sync::watch::Sender::new(false),
         });
         let gossip = Arc::new(gossip);
         let tasks = vec![
@@ -257,6 +262,21 @@ impl ProducerServer {
     /// Its counters.
     pub fn stats(&self) -> &ProducerStats {
         &self.inner.stats
+    }
+
+    /// Multiplies its service time by `factor` from now on (a producer degrading).
+    pub fn degrade(&self, factor: f64) {
+        self.inner.factor.store(factor.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Stops at once like a crashed process: connections reset, nothing answered,
+    /// no more reports.
+    pub fn crash(self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.crashed.send_replace(true);
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 
     /// Tells its agent it leaves, then stops.
@@ -341,11 +361,19 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
         }
     });
     let pending = Arc::new(AtomicU32::new(0));
+    let mut crashed = inner.crashed.subscribe();
+    if *crashed.borrow() {
+        return;
+    }
     let mut draining = false;
     let mut drain_deadline = None::<tokio::time::Instant>;
     loop {
         let frame = tokio::select! {
             f = frames.next() => f,
+            _ = crashed.changed() => {
+                writer.abort();
+                return;
+            }
             Some(()) = go_rx.recv(), if !draining => {
                 draining = true;
                 drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
@@ -406,6 +434,10 @@ async fn execute(inner: &Inner, req: Request) -> ProducerFrame {
             if inner.started.elapsed() >= after {
                 st = st.scaled(inner.opts.degrade_factor);
             }
+        }
+        let f = f64::from_bits(inner.factor.load(Ordering::Relaxed));
+        if f != 1.0 {
+            st = st.scaled(f);
         }
         (
             st.sample(&mut *rng),

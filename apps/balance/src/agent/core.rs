@@ -27,6 +27,9 @@ pub struct AgentConfig {
     pub max_want: u16,
     /// The weight engine's tuning.
     pub weights: WeightConfig,
+    /// Refuse renewals on producers holding more than twice their weight's share of
+    /// the leases (off only to compare against no rebalancing at all).
+    pub rebalance_leases: bool,
 }
 
 impl Default for AgentConfig {
@@ -36,6 +39,7 @@ impl Default for AgentConfig {
             lease_ttl: Duration::from_secs(10),
             max_want: 16,
             weights: WeightConfig::default(),
+            rebalance_leases: true,
         }
     }
 }
@@ -267,7 +271,9 @@ impl AgentCore {
                     Some(_) if req.avoid.contains(&c.producer) => Err(Refusal::ProducerShedding),
                     // A producer whose own shedder is over its threshold moves its
                     // connections itself; refusing renewals too would move them twice.
-                    Some(_) if self.self_balancing(c.producer) => Ok(()),
+                    Some(_) if !self.config.rebalance_leases || self.self_balancing(c.producer) => {
+                        Ok(())
+                    }
                     Some(_) => match leases_of.get_mut(&c.producer) {
                         Some((n, w))
                             if *n >= 2

@@ -256,6 +256,18 @@ impl AgentServer {
         )
     }
 
+    /// A handle reading the agent's status (for in-process observers).
+    pub fn status_handle(&self) -> impl Fn() -> AgentStatus + Send + Sync + 'static {
+        let (core, counters) = (self.core.clone(), self.counters.clone());
+        move || {
+            lock(&core).status(
+                now_ms(),
+                counters.busy.load(Ordering::Relaxed),
+                counters.malformed.load(Ordering::Relaxed),
+            )
+        }
+    }
+
     /// Serves until `shutdown` completes or the pipeline fails.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), BalanceError> {
         tokio::pin!(shutdown);
