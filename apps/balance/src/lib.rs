@@ -52,6 +52,68 @@
 //!    is scaled by a seeded random factor in `[1 - jitter, 1]`.
 //!
 //! Every decision carries its [`Verdict`].
+//!
+//! # The lease protocol
+//!
+//! A consumer sends its agent one [`LeaseRequest`] per renewal period (a third of the
+//! lease length or less) carrying: the leases to **renew**, the leases it **releases**
+//! (it moved off them), its **reports** (per leased producer: requests, mean latency,
+//! errors, timeouts — each paired with the lease token that proves it held that
+//! producer), producers to **avoid** (one that just sent it `GoAway`) and how many new
+//! leases it **wants**. The agent answers renewed leases (new tokens, later expiry),
+//! refused renewals with a [`Refusal`] (revocation: forged, not yours, expired,
+//! producer gone, or `Rebalance` — the producer holds more than twice its weight's
+//! share of the leases) and granted leases.
+//!
+//! A lease id ([`LeaseToken`]) is `{id, agent, consumer, producer, expiry}` and an
+//! HMAC-SHA256 tag under the cluster key: any agent of the cluster verifies it without
+//! state, so an agent restart keeps every lease valid until its expiry and renewable.
+//! A report is accepted only with a genuine token of *this* consumer, for a producer of
+//! this agent, not expired by more than a lease length, and once per token: a client
+//! cannot push down a producer it never leased, nor repeat one report.
+//!
+//! Producers send a [`SignedStatus`] (their [`ProducerReport`] and [`Indicators`],
+//! tagged with the cluster key) every period; the first registers them in the agent's
+//! registry (`producers.json`, written with fsync and an atomic rename before the
+//! answer), so a restarted agent knows every producer before it reports again. The
+//! answer lists its peers' gossip addresses; producers gossip indicators to each other
+//! over UDP and run the [`Shedder`]. A shed connection is drained: the producer sends
+//! [`ProducerFrame::GoAway`], answers everything sent before it, refuses later requests
+//! unexecuted (`Busy`, safe to resend anywhere), and closes when the client has taken
+//! its answers; the client asks for a new lease avoiding that producer, and the agent
+//! gives a shedding producer no new leases.
+//!
+//! The consumer ([`BalancedClient`], a `tower::Service<Request>`) spreads requests over
+//! its leased producers by power of two choices on a peak-EWMA latency estimate times
+//! outstanding requests (tower's `PeakEwma` cost). A request refused unexecuted is sent
+//! elsewhere; a request whose connection fails in flight is retried only if idempotent,
+//! otherwise it fails with [`BalanceError::Interrupted`] — never silently duplicated.
+//!
+//! # Example
+//!
+//! The weight engine and the shedding decider are plain values: feed them reports and
+//! the time, read decisions.
+//!
+//! ```
+//! use std::time::Duration;
+//! use pipewright_balance::*;
+//!
+//! let mut w = Weights::new(WeightConfig { blackout: Duration::ZERO, ..Default::default() });
+//! let t = Duration::from_secs(1);
+//! let report = |utilisation, rps| ProducerReport { utilisation, rps, ..Default::default() };
+//! w.producer_report(t, ProducerId(1), report(0.5, 100.0)); // capacity ~200/s
+//! w.producer_report(t, ProducerId(2), report(0.5, 400.0)); // capacity ~800/s
+//! assert_eq!(w.weight(t, ProducerId(2)), 4.0 * w.weight(t, ProducerId(1)));
+//! let picks: Vec<_> = (0..10).flat_map(|_| w.select(t, 1, &[])).collect();
+//! assert!(picks.contains(&ProducerId(1)) && picks.contains(&ProducerId(2)));
+//!
+//! let mut shed = Shedder::new(ShedConfig { hits: 2, jitter: 0.0, ..Default::default() });
+//! let conns = |n| Indicators { connections: n, capacity: 1.0, ..Default::default() };
+//! shed.peer(t, 7, conns(10));
+//! assert_eq!(shed.tick(t, conns(30)).verdict, Verdict::Warming);
+//! let d = shed.tick(t + Duration::from_millis(500), conns(30));
+//! assert_eq!((d.verdict, d.close), (Verdict::Shed, 10)); // toward the mean of 20
+//! ```
 #![deny(missing_docs)]
 
 mod agent;
