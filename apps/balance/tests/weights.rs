@@ -41,8 +41,10 @@ fn decisions_text(d: &[(Duration, Vec<ProducerId>)]) -> String {
         .collect()
 }
 
-/// A recorded trace replays to byte-identical decisions, run after run, and to the
-/// decisions recorded with it (`UPDATE_GOLDEN=1` rewrites them after a deliberate
+/// A scripted trace (`weights_trace.jsonl`: five producers, one degrading at 20 s, one
+/// silent from 30 s, one joining at 45 s; three consumers' reports; selections every
+/// 250 ms) replays to byte-identical decisions, run after run, and to the decisions
+/// recorded with it (`UPDATE_GOLDEN=1` rewrites them after a deliberate
 /// change of the formula).
 #[test]
 fn recorded_trace_replays_identically() {
@@ -317,4 +319,24 @@ proptest! {
         prop_assert!(new.blackout);
         prop_assert_eq!(new.weight, v[0].weight);
     }
+}
+
+/// A trace recorded by a live agent (`pipewright balance agent --trace`: four producer
+/// processes, one slowed 20x mid-run, one failing 20 % of requests, one killed with
+/// kill -9; six consumers) replays to exactly the selections the live agent made.
+#[test]
+fn live_agent_trace_replays_to_its_live_decisions() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let text = std::fs::read_to_string(format!("{dir}agent_trace.jsonl")).unwrap();
+    let mut lines = text.lines();
+    let config: WeightConfig = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let trace: Vec<TimedEvent> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let live: String =
+        std::fs::read_to_string(format!("{dir}agent_trace.decisions.jsonl")).unwrap();
+    let replayed: String = replay(config, &trace)
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap() + "\n")
+        .collect();
+    assert!(live.lines().count() > 10);
+    assert_eq!(replayed, live);
 }

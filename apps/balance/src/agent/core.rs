@@ -78,6 +78,7 @@ pub struct AgentCore {
     next_lease: u64,
     stats: AgentStatus,
     trace: Option<Vec<TimedEvent>>,
+    decisions: Vec<(Duration, Vec<ProducerId>)>,
 }
 
 /// What the caller must do after a call besides answering.
@@ -127,17 +128,33 @@ impl AgentCore {
             reported: HashSet::new(),
             stats,
             trace: None,
+            decisions: Vec::new(),
         }
     }
 
-    /// Records every weight-engine input from now on (see [`take_trace`](Self::take_trace)).
-    pub fn record(&mut self) {
+    /// Records every weight-engine input from now on, starting with the producers
+    /// already known (see [`take_trace`](Self::take_trace)). Record from the start
+    /// (right after [`new`](Self::new)) for a trace that replays exactly.
+    pub fn record(&mut self, now_ms: u64) {
         self.trace = Some(Vec::new());
+        self.decisions = Vec::new();
+        let known: Vec<ProducerId> = self.producers.keys().copied().collect();
+        for id in known {
+            self.log(now_ms, Event::Add(id));
+        }
     }
 
-    /// The recorded weight-engine inputs so far.
-    pub fn take_trace(&mut self) -> Vec<TimedEvent> {
-        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    /// The recorded weight-engine inputs, and the selections made, so far.
+    pub fn take_trace(&mut self) -> (Vec<TimedEvent>, Vec<(Duration, Vec<ProducerId>)>) {
+        (
+            self.trace.as_mut().map(std::mem::take).unwrap_or_default(),
+            std::mem::take(&mut self.decisions),
+        )
+    }
+
+    /// The weight engine's configuration (to replay a trace with).
+    pub fn weight_config(&self) -> WeightConfig {
+        *self.weights.config()
     }
 
     fn log(&mut self, now_ms: u64, event: Event) {
@@ -314,8 +331,18 @@ impl AgentCore {
             let mut avoid = req.avoid.clone();
             avoid.extend(resp.renewed.iter().map(|l| l.token.claims.producer));
             avoid.extend(resp.refused.iter().map(|(t, _)| t.claims.producer));
+            // Logged before it runs, as replay applies it.
+            self.log(
+                now_ms,
+                Event::Select {
+                    count: want,
+                    avoid: avoid.clone(),
+                },
+            );
             let picks = self.weights.select(now, want, &avoid);
-            self.log(now_ms, Event::Select { count: want, avoid });
+            if self.trace.is_some() {
+                self.decisions.push((now, picks.clone()));
+            }
             for p in picks {
                 if let Some(l) = self.issue(now_ms, req.consumer, p) {
                     resp.granted.push(l);

@@ -137,7 +137,7 @@ impl AgentServer {
         let registry = load_registry(&opts.data)?;
         let mut core = AgentCore::new(opts.config.clone(), opts.key.clone(), now_ms(), &registry);
         if opts.trace.is_some() {
-            core.record();
+            core.record(now_ms());
         }
         let core: Shared = Arc::new(Mutex::new(core));
         let counters = Arc::new(Counters::default());
@@ -281,16 +281,31 @@ impl AgentServer {
         }
         self.accept.abort();
         if let Some(path) = &self.trace {
-            let trace = lock(&self.core).take_trace();
-            let mut text = String::new();
+            let (config, (trace, decisions)) = {
+                let mut core = lock(&self.core);
+                (core.weight_config(), core.take_trace())
+            };
+            // First line: the weight configuration; then one event per line. The live
+            // selections go to `<trace>.decisions` (a replay must reproduce them).
+            let mut text = serde_json::to_string(&config).expect("config encodes");
+            text.push('\n');
             for ev in trace {
                 text.push_str(&serde_json::to_string(&ev).expect("events encode"));
                 text.push('\n');
             }
-            std::fs::write(path, text).map_err(|e| BalanceError::Io {
-                what: format!("writing the trace {}", path.display()),
-                source: e,
-            })?;
+            let mut dec = String::new();
+            for d in decisions {
+                dec.push_str(&serde_json::to_string(&d).expect("decisions encode"));
+                dec.push('\n');
+            }
+            let mut dpath = path.clone().into_os_string();
+            dpath.push(".decisions");
+            for (p, body) in [(path.clone(), text), (PathBuf::from(dpath), dec)] {
+                std::fs::write(&p, body).map_err(|e| BalanceError::Io {
+                    what: format!("writing the trace {}", p.display()),
+                    source: e,
+                })?;
+            }
         }
         drop(self.service);
         let running = self.running;
