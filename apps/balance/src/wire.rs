@@ -71,6 +71,8 @@ pub struct Lease {
 pub enum Refusal {
     /// The token's tag is not the agent's.
     Forged,
+    /// The lease was issued by another agent of the cluster (ask that one).
+    OtherAgent,
     /// The token is another consumer's.
     NotYours,
     /// The lease already expired.

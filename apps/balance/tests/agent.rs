@@ -450,3 +450,65 @@ async fn joining_node_receives_connections() {
     assert!(balanced, "connections did not spread: {n:?}");
     assert!(shed <= 2 * 16 + 3, "{shed} closures for 16 needed moves");
 }
+
+/// Two agents, each assigned its own producers; a consumer told of both fails over to
+/// the second when the first stops, and keeps serving without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_fails_over_between_agents() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a1 = AgentServer::start(AgentOptions {
+        config: AgentConfig {
+            agent: 1,
+            ..agent_opts(d1.path()).config
+        },
+        ..agent_opts(d1.path())
+    })
+    .await
+    .unwrap();
+    let a2 = AgentServer::start(AgentOptions {
+        config: AgentConfig {
+            agent: 2,
+            ..agent_opts(d2.path()).config
+        },
+        ..agent_opts(d2.path())
+    })
+    .await
+    .unwrap();
+    let (x1, x2) = (a1.local_addr(), a2.local_addr());
+    let _p = [
+        producer(1, x1, 1).await,
+        producer(2, x1, 1).await,
+        producer(3, x2, 1).await,
+        producer(4, x2, 1).await,
+    ];
+    wait_producers(&a1, 2).await;
+    wait_producers(&a2, 2).await;
+    // Consumer 2 starts at agent index 2 % 2 = 0: the first agent.
+    let c = BalancedClient::new(ClientOptions {
+        consumer: ConsumerId(2),
+        agents: vec![x1, x2],
+        leases: 2,
+        renew_every: Duration::from_millis(200),
+        ..ClientOptions::default()
+    });
+    assert!(c.wait_ready(Duration::from_secs(5)).await);
+    let mut on = c.producers();
+    on.sort();
+    assert_eq!(on, vec![ProducerId(1), ProducerId(2)]);
+    a1.run_until(async {}).await.unwrap();
+    let mut moved = false;
+    for _ in 0..500 {
+        for r in futures::future::join_all((0..8).map(|_| c.send(false, vec![7]))).await {
+            r.expect("client-visible error during agent failover");
+        }
+        if c.producers().iter().all(|p| p.0 >= 3) && !c.producers().is_empty() {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "still on {:?}", c.producers());
+    assert!(
+        a2.status().refused > 0,
+        "the first agent's leases were not refused by the second"
+    );
+}

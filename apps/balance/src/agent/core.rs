@@ -214,8 +214,11 @@ impl AgentCore {
     /// Whether a token is genuine, this consumer's and was issued for a producer of
     /// this agent.
     fn check(&self, consumer: ConsumerId, t: &LeaseToken) -> Result<(), Refusal> {
-        if !t.verify(&self.key) || t.claims.agent != self.config.agent {
+        if !t.verify(&self.key) {
             return Err(Refusal::Forged);
+        }
+        if t.claims.agent != self.config.agent {
+            return Err(Refusal::OtherAgent);
         }
         if t.claims.consumer != consumer {
             return Err(Refusal::NotYours);
@@ -318,7 +321,10 @@ impl AgentCore {
                     }
                 }
                 Err(why) => {
-                    if why != Refusal::Forged && why != Refusal::NotYours {
+                    if !matches!(
+                        why,
+                        Refusal::Forged | Refusal::NotYours | Refusal::OtherAgent
+                    ) {
                         self.end(now_ms, &c);
                     }
                     resp.refused.push((*token, why));
