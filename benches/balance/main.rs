@@ -544,6 +544,19 @@ async fn run_one(c: Contender, sc: &Scenario) -> Outcome {
         }
     });
     let out = drive(&s, sc.concurrency, sc.total, faults).await;
+    let served: Vec<u64> = producers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map_or(0, |p| p.stats().completed.load(Ordering::Relaxed))
+        })
+        .collect();
+    eprintln!(
+        "    {:<20} requests served per producer {served:?}",
+        c.name()
+    );
     if let Some(t) = task {
         t.abort();
     }

@@ -106,6 +106,8 @@ struct Held {
     went_away: AtomicBool,
     dead: AtomicBool,
     pending: AtomicU32,
+    /// Start times of the requests in flight, by request id.
+    outstanding: Mutex<HashMap<u64, Instant>>,
     /// (peak-EWMA latency µs, last update).
     ewma: Mutex<(f64, Instant)>,
     period: Mutex<ConsumerReport>,
@@ -116,10 +118,20 @@ impl Held {
         !self.draining.load(Ordering::Acquire) && !self.dead.load(Ordering::Acquire)
     }
 
+    /// Peak-EWMA cost: the latency estimate (decayed since its last update, and never
+    /// below the age of the oldest request still outstanding — a producer that has not
+    /// answered yet is at least that slow) times the outstanding requests plus one.
     fn cost(&self, decay: Duration) -> f64 {
         let (est, at) = *self.ewma.lock().unwrap_or_else(|p| p.into_inner());
         let d = (-at.elapsed().as_secs_f64() / decay.as_secs_f64().max(1e-9)).exp();
-        (est * d + 1.0) * (f64::from(self.pending.load(Ordering::Relaxed)) + 1.0)
+        let oldest = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e6);
+        ((est * d).max(oldest) + 1.0) * (f64::from(self.pending.load(Ordering::Relaxed)) + 1.0)
     }
 
     fn observe(&self, rtt: Duration, decay: Duration) {
@@ -322,6 +334,10 @@ async fn call(
         let (tx, rx) = oneshot::channel();
         held.pending.fetch_add(1, Ordering::AcqRel);
         let start = Instant::now();
+        held.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, start);
         let sent = held.tx.send((
             Request {
                 id,
@@ -340,6 +356,10 @@ async fn call(
                 .map(|r| r.unwrap_or(Outcome::Lost))
         };
         held.pending.fetch_sub(1, Ordering::AcqRel);
+        held.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         match outcome {
             Some(Outcome::Done(p)) => {
                 held.observe(start.elapsed(), shared.opts.decay);
@@ -405,7 +425,16 @@ async fn connect(shared: &Arc<Shared>, lease: Lease) -> Option<Arc<Held>> {
         went_away: AtomicBool::new(false),
         dead: AtomicBool::new(false),
         pending: AtomicU32::new(0),
-        ewma: Mutex::new((0.0, Instant::now())),
+        outstanding: Mutex::new(HashMap::new()),
+        // Without a hint, tower's default first estimate (0.5 ms).
+        ewma: Mutex::new((
+            if lease.latency_hint_us > 0.0 {
+                lease.latency_hint_us
+            } else {
+                500.0
+            },
+            Instant::now(),
+        )),
         period: Mutex::new(ConsumerReport::default()),
     });
     tokio::spawn(conn_task(stream, rx, held.clone(), shared.clone()));

@@ -8,8 +8,10 @@
 //!
 //! ```text
 //! base(p)   = rps / (utilisation + (error_rate / rps) * error_penalty)       (A58)
-//!             — or the mean base of the others while p is in its blackout
-//!               period, its report is older than weight_expiry, or rps/utilisation is 0
+//!             from p's last non-empty report (rps and utilisation > 0; empty
+//!             reports are ignored, as in A58) — or the mean base of the others
+//!             while p is in its blackout period (from its first non-empty report) or
+//!             that report is older than weight_expiry
 //! lat(p)    = clamp(geomean_q(latency_q) / latency_p, 1/C, C) ^ fade      (consumers)
 //! err(p)    = 1 / (1 + consumer_error_penalty * failure_fraction_p * fade)
 //! fade      = exp(-age of p's last consumer report / consumer_decay)

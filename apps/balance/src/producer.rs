@@ -539,6 +539,11 @@ async fn control_loop(inner: Arc<Inner>, addr: SocketAddr, gossip: Arc<UdpSocket
             rps: (done - last.1) as f64 / secs,
             error_rate: (failed - last.2) as f64 / secs,
             shedding: false,
+            service_us: if done > last.1 {
+                (busy_us - last.3) as f64 / (done - last.1) as f64
+            } else {
+                0.0
+            },
         };
         last = (now, done, failed, busy_us);
         let local = indicators(&inner, util);

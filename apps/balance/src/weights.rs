@@ -32,6 +32,9 @@ pub struct ProducerReport {
     pub error_rate: f64,
     /// The producer is shedding connections: give it no new leases.
     pub shedding: bool,
+    /// Mean service time of the period's requests, microseconds (0 = none served).
+    #[serde(default)]
+    pub service_us: f64,
 }
 
 /// What a consumer observed of one producer since its previous report.
@@ -101,6 +104,9 @@ struct Producer {
     added: Duration,
     first_report: Option<Duration>,
     last_report: Option<(Duration, ProducerReport)>,
+    /// The last report with requests and utilisation (A58 ignores empty reports: an
+    /// idle producer keeps its last weight until it expires).
+    last_nonempty: Option<(Duration, ProducerReport)>,
     consumers: Option<ConsumerView>,
     active_leases: u64,
 }
@@ -201,6 +207,7 @@ impl Weights {
             added: now,
             first_report: None,
             last_report: None,
+            last_nonempty: None,
             consumers: None,
             active_leases: 0,
         });
@@ -222,9 +229,14 @@ impl Weights {
             rps: sane(report.rps),
             error_rate: sane(report.error_rate),
             shedding: report.shedding,
+            service_us: sane(report.service_us),
         };
-        if p.first_report.is_none() {
-            p.first_report = Some(now);
+        if clean.rps > 0.0 && clean.utilisation > 0.0 {
+            // The blackout runs from the first non-empty report (A58's non_empty_since).
+            if p.first_report.is_none() {
+                p.first_report = Some(now);
+            }
+            p.last_nonempty = Some((now, clean));
         }
         p.last_report = Some((now, clean));
     }
@@ -262,6 +274,21 @@ impl Weights {
         }
     }
 
+    /// What a consumer should expect of `id`'s latency, µs: the consumers' average if
+    /// fresh, else the producer's own mean service time (a new lease starts its
+    /// latency estimate here instead of probing a known-slow producer).
+    pub fn latency_hint(&self, now: Duration, id: ProducerId) -> Option<f64> {
+        let p = self.producers.get(&id)?;
+        if let Some(v) = &p.consumers {
+            if now.saturating_sub(v.at) <= self.config.consumer_decay && v.latency_us > 0.0 {
+                return Some(v.latency_us);
+            }
+        }
+        p.last_nonempty
+            .map(|(_, r)| r.service_us)
+            .filter(|&s| s > 0.0)
+    }
+
     /// A lease on `id` ended (expired, released or revoked).
     pub fn release(&mut self, id: ProducerId) {
         if let Some(p) = self.producers.get_mut(&id) {
@@ -278,7 +305,7 @@ impl Weights {
     }
 
     fn a58(&self, now: Duration, p: &Producer) -> Option<f64> {
-        let (at, r) = p.last_report?;
+        let (at, r) = p.last_nonempty?;
         let first = p.first_report?;
         if now.saturating_sub(at) > self.config.weight_expiry
             || now.saturating_sub(first) < self.config.blackout

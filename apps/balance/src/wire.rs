@@ -64,6 +64,9 @@ pub struct Lease {
     pub token: LeaseToken,
     /// Where the producer serves.
     pub addr: SocketAddr,
+    /// Expected latency on this producer, µs (0 = unknown): the starting point of the
+    /// consumer's estimate.
+    pub latency_hint_us: f64,
 }
 
 /// Why a renewal was refused: the lease is over (revoked).

@@ -204,6 +204,7 @@ fn arb_report() -> impl Strategy<Value = ProducerReport> {
             rps: r,
             error_rate: e,
             shedding: s,
+            service_us: r * 3.0,
         })
 }
 

@@ -197,6 +197,10 @@ impl AgentCore {
         Some(Lease {
             token: LeaseToken::sign(&self.key, claims),
             addr,
+            latency_hint_us: self
+                .weights
+                .latency_hint(at(now_ms), producer)
+                .unwrap_or(0.0),
         })
     }
 
@@ -296,7 +300,7 @@ impl AgentCore {
                     }
                     Some(_) => match leases_of.get_mut(&c.producer) {
                         Some((n, w))
-                            if *n >= 2
+                            if *n >= 1
                                 && total_l > 0
                                 && (*n as f64 / total_l as f64) > 2.0 * *w / total_w =>
                         {
