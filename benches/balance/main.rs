@@ -52,6 +52,78 @@ use tower::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Counts live heap bytes (for the agent's memory per producer and per lease).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts bytes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The agent's state in bytes per producer and per lease (live heap, this process).
+fn agent_memory(producers: u64, leases: u64) {
+    use pipewright::balance::{AgentCore, LeaseRequest, ProducerStatus};
+    let now = 1_800_000_000_000u64;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut core = AgentCore::new(AgentConfig::default(), key(), now, &[]);
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    for i in 0..producers {
+        let status = ProducerStatus {
+            id: ProducerId(i),
+            addr,
+            gossip: addr,
+            report: ProducerReport {
+                utilisation: 0.5,
+                rps: 100.0,
+                ..Default::default()
+            },
+            indicators: Indicators::default(),
+            shed_total: 0,
+            last_verdict: None,
+            leaving: false,
+        };
+        let _ = core.producer(now, &status);
+    }
+    let with_producers = LIVE.load(Ordering::Relaxed);
+    for i in 0..leases {
+        let r = core.lease(
+            now + 1,
+            &LeaseRequest {
+                consumer: ConsumerId(i),
+                want: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.granted.len(), 1);
+    }
+    let with_leases = LIVE.load(Ordering::Relaxed);
+    eprintln!(
+        "agent memory: {:.0} bytes per producer ({producers} producers), {:.0} bytes per lease ({leases} leases)",
+        (with_producers - before) as f64 / producers as f64,
+        (with_leases - with_producers) as f64 / leases as f64
+    );
+    drop(core);
+}
+
 fn key() -> ClusterKey {
     ClusterKey::from_passphrase("bench")
 }
@@ -964,6 +1036,13 @@ fn main() {
         .build()
         .unwrap();
     eprintln!("balance suite (quick={quick}, load {})", common::loadavg());
+    if common::wants(filter.as_deref(), "agent-cost") {
+        // Before any runtime work, so nothing else allocates meanwhile.
+        agent_memory(
+            if quick { 1_000 } else { 2_000 },
+            if quick { 20_000 } else { 100_000 },
+        );
+    }
     rt.block_on(async {
         let peers = [Contender::TowerP2c, Contender::RoundRobin, Contender::Wrr];
         if common::wants(filter.as_deref(), "p999-heterogeneous") {
