@@ -65,3 +65,7 @@ pub use pipewright_storage as storage;
 /// (feature `failures`).
 #[cfg(feature = "failures")]
 pub use pipewright_failures as failures;
+
+/// The lease balancer and connection rebalancing (feature `balance`).
+#[cfg(feature = "balance")]
+pub use pipewright_balance as balance;

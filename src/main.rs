@@ -22,6 +22,9 @@ enum Command {
     /// The storage commit chain: node processes, a local cluster, transactions, bench.
     #[cfg(feature = "storage")]
     Storage(cli::storage::StorageArgs),
+    /// The lease balancer: agent, producers, a consumer load, status.
+    #[cfg(feature = "balance")]
+    Balance(cli::balance::BalanceArgs),
     /// The software NIC: run the data plane on real interfaces, or a full demo topology.
     #[cfg(feature = "nic")]
     Nic(cli::nic::NicArgs),
@@ -35,6 +38,8 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => cli::demo::run(args),
         #[cfg(feature = "storage")]
         Command::Storage(args) => cli::storage::run(args),
+        #[cfg(feature = "balance")]
+        Command::Balance(args) => cli::balance::run(args),
         #[cfg(feature = "nic")]
         Command::Nic(args) => cli::nic::run(args),
         #[cfg(feature = "failures")]

@@ -15,7 +15,7 @@ use loom::thread;
 use pipewright_runtime::ring::{spsc, SpscConsumer};
 use pipewright_stages::{ReplicaControl, Replicas, Spreader};
 
-const ITEMS: u32 = 4;
+const ITEMS: u32 = 3;
 
 fn control(max: usize) -> ReplicaControl {
     // The builder makes the control; a throwaway pipeline gives us the shipped one.
@@ -54,7 +54,10 @@ fn replica(
 }
 
 fn model(quit_when_retired: bool) {
-    loom::model(move || {
+    // Replicas spin (yield) on an empty ring: allow the branches that takes.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 100_000;
+    builder.check(move || {
         let control = control(2);
         let done = Arc::new(Mutex::new(Vec::new()));
         let (mut tx0, rx0) = spsc::<(u64, u32)>(4);

@@ -1,5 +1,7 @@
 //! Subcommands of the `pipewright` tool.
 
+#[cfg(feature = "balance")]
+pub(crate) mod balance;
 pub(crate) mod demo;
 #[cfg(feature = "failures")]
 pub(crate) mod failures;

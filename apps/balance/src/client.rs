@@ -1,0 +1,641 @@
+//! The consumer: a `tower::Service<Request>` that holds leases from the agents, sends
+//! requests to the leased producers, measures them, reports on renewal, and moves on
+//! expiry, revocation, failure or a producer's `GoAway`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::Framed;
+use tower_service::Service;
+
+use crate::agent::now_ms;
+use crate::agent_client::AgentClient;
+use crate::error::BalanceError;
+use crate::lease::LeaseToken;
+use crate::weights::{ConsumerId, ConsumerReport, ProducerId};
+use crate::wire::{
+    self, AgentRequest, AgentResponse, Lease, LeaseRequest, ProducerFrame, Request,
+    MAX_PRODUCER_FRAME,
+};
+
+/// How a [`BalancedClient`] behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The consumer's id.
+    pub consumer: ConsumerId,
+    /// The agents to ask, tried in turn starting at `consumer % len`.
+    pub agents: Vec<SocketAddr>,
+    /// Producers leased at once (requests are spread over them by their observed cost).
+    pub leases: usize,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Lease renewal and report period (well inside the lease length).
+    pub renew_every: Duration,
+    /// Attempts of a request that was refused unexecuted (`Busy`, after `GoAway`) or, if
+    /// idempotent, lost with its connection.
+    pub max_attempts: u32,
+    /// A producer that sent `GoAway` is not asked for again for this long.
+    pub avoid_for: Duration,
+    /// Time constant of the per-producer latency estimate (peak EWMA).
+    pub decay: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            consumer: ConsumerId(0),
+            agents: Vec::new(),
+            leases: 2,
+            timeout: Duration::from_secs(5),
+            renew_every: Duration::from_secs(1),
+            max_attempts: 3,
+            avoid_for: Duration::from_secs(3),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a [`BalancedClient`] did.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Requests answered `Done`.
+    pub ok: AtomicU64,
+    /// Requests answered `Failed` by a producer.
+    pub failed: AtomicU64,
+    /// Non-idempotent requests whose connection failed in flight (outcome unknown).
+    pub interrupted: AtomicU64,
+    /// Requests that timed out.
+    pub timed_out: AtomicU64,
+    /// Requests that found no producer.
+    pub no_producer: AtomicU64,
+    /// Attempts repeated on another producer (refused unexecuted, or idempotent).
+    pub retried: AtomicU64,
+    /// Leases given up (revoked, expired, failed, `GoAway`).
+    pub moved: AtomicU64,
+    /// `GoAway` frames received.
+    pub go_aways: AtomicU64,
+    /// Lease requests that failed (agent unreachable or busy).
+    pub agent_errors: AtomicU64,
+}
+
+enum Outcome {
+    Done(Vec<u8>),
+    Failed(String),
+    Busy,
+    Lost,
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Outcome>>;
+
+struct Held {
+    token: Mutex<LeaseToken>,
+    producer: ProducerId,
+    tx: mpsc::UnboundedSender<(Request, oneshot::Sender<Outcome>)>,
+    /// No new requests (GoAway, refused renewal, expiry).
+    draining: AtomicBool,
+    /// Got `GoAway` from the producer.
+    went_away: AtomicBool,
+    dead: AtomicBool,
+    pending: AtomicU32,
+    /// Start times of the requests in flight, by request id.
+    outstanding: Mutex<HashMap<u64, Instant>>,
+    /// (peak-EWMA latency µs, last update).
+    ewma: Mutex<(f64, Instant)>,
+    period: Mutex<ConsumerReport>,
+}
+
+impl Held {
+    fn usable(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.dead.load(Ordering::Acquire)
+    }
+
+    /// Peak-EWMA cost: the latency estimate (decayed since its last update, and never
+    /// below the age of the oldest request still outstanding — a producer that has not
+    /// answered yet is at least that slow) times the outstanding requests plus one.
+    fn cost(&self, decay: Duration) -> f64 {
+        let (est, at) = *self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        let d = (-at.elapsed().as_secs_f64() / decay.as_secs_f64().max(1e-9)).exp();
+        let oldest = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e6);
+        ((est * d).max(oldest) + 1.0) * (f64::from(self.pending.load(Ordering::Relaxed)) + 1.0)
+    }
+
+    fn observe(&self, rtt: Duration, decay: Duration) {
+        let rtt = rtt.as_secs_f64() * 1e6;
+        let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        e.0 = if rtt > e.0 {
+            rtt
+        } else {
+            let d = (-now.duration_since(e.1).as_secs_f64() / decay.as_secs_f64().max(1e-9)).exp();
+            e.0 * d + rtt * (1.0 - d)
+        };
+        e.1 = now;
+        let mut p = self.period.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f64::from(p.requests);
+        p.mean_latency_us = (p.mean_latency_us * n + rtt) / (n + 1.0);
+        p.requests += 1;
+    }
+
+    fn take_report(&self) -> ConsumerReport {
+        std::mem::take(&mut *self.period.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+struct Shared {
+    opts: ClientOptions,
+    leases: Mutex<Vec<Arc<Held>>>,
+    wake: Notify,
+    ready: Notify,
+    next_id: AtomicU64,
+    stats: ClientStats,
+    closed: AtomicBool,
+}
+
+/// The consumer client. Cheap to clone; all clones share the leases.
+#[derive(Clone)]
+pub struct BalancedClient {
+    shared: Arc<Shared>,
+    _manager: Arc<ManagerGuard>,
+}
+
+struct ManagerGuard(tokio::task::JoinHandle<()>, Arc<Shared>);
+
+impl Drop for ManagerGuard {
+    fn drop(&mut self) {
+        self.1.closed.store(true, Ordering::Release);
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for BalancedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalancedClient")
+            .field("consumer", &self.shared.opts.consumer)
+            .finish()
+    }
+}
+
+impl BalancedClient {
+    /// Starts the lease manager (in the current tokio runtime).
+    pub fn new(opts: ClientOptions) -> Self {
+        let shared = Arc::new(Shared {
+            opts,
+            leases: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            ready: Notify::new(),
+            next_id: AtomicU64::new(1),
+            stats: ClientStats::default(),
+            closed: AtomicBool::new(false),
+        });
+        let manager = tokio::spawn(manage(shared.clone()));
+        Self {
+            _manager: Arc::new(ManagerGuard(manager, shared.clone())),
+            shared,
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.shared.stats
+    }
+
+    /// Producers currently leased and usable.
+    pub fn producers(&self) -> Vec<ProducerId> {
+        self.shared
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|h| h.usable())
+            .map(|h| h.producer)
+            .collect()
+    }
+
+    /// Waits until at least one producer is leased (or `timeout`).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            if !self.producers().is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(end, self.shared.ready.notified())
+                .await
+                .is_err()
+            {
+                return !self.producers().is_empty();
+            }
+        }
+    }
+
+    /// Sends one request (see [`Service::call`]).
+    pub async fn send(&self, idempotent: bool, payload: Vec<u8>) -> Result<Vec<u8>, BalanceError> {
+        call(self.shared.clone(), idempotent, payload).await
+    }
+}
+
+impl Service<Request> for BalancedClient {
+    type Response = Vec<u8>;
+    type Error = BalanceError;
+    type Future = Pin<Box<dyn Future<Output = Result<Vec<u8>, BalanceError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BalanceError>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Poll::Ready(Err(BalanceError::Closed))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The request's `id` is replaced by the client's own.
+    fn call(&mut self, req: Request) -> Self::Future {
+        Box::pin(call(self.shared.clone(), req.idempotent, req.payload))
+    }
+}
+
+fn pick(shared: &Shared) -> Option<Arc<Held>> {
+    let leases = shared.leases.lock().unwrap_or_else(|p| p.into_inner());
+    let usable: Vec<&Arc<Held>> = leases.iter().filter(|h| h.usable()).collect();
+    match usable.len() {
+        0 => None,
+        1 => Some(usable[0].clone()),
+        n => {
+            // Power of two choices by peak-EWMA cost among the leased producers.
+            let a = fastrand_index(shared, n);
+            let mut b = fastrand_index(shared, n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let d = shared.opts.decay;
+            let (x, y) = (usable[a], usable[b]);
+            Some(if y.cost(d) < x.cost(d) {
+                y.clone()
+            } else {
+                x.clone()
+            })
+        }
+    }
+}
+
+/// A cheap per-call index from the request counter (splitmix64).
+fn fastrand_index(shared: &Shared, n: usize) -> usize {
+    let mut z = shared
+        .next_id
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % n as u64) as usize
+}
+
+async fn call(
+    shared: Arc<Shared>,
+    idempotent: bool,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, BalanceError> {
+    let deadline = tokio::time::Instant::now() + shared.opts.timeout;
+    let mut attempts = 0u32;
+    loop {
+        let held = loop {
+            if let Some(h) = pick(&shared) {
+                break h;
+            }
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(BalanceError::Closed);
+            }
+            shared.wake.notify_one();
+            if tokio::time::timeout_at(deadline, shared.ready.notified())
+                .await
+                .is_err()
+            {
+                shared.stats.no_producer.fetch_add(1, Ordering::Relaxed);
+                return Err(BalanceError::NoProducer(
+                    "no lease could be obtained in time".into(),
+                ));
+            }
+        };
+        attempts += 1;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        held.pending.fetch_add(1, Ordering::AcqRel);
+        let start = Instant::now();
+        held.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, start);
+        let sent = held.tx.send((
+            Request {
+                id,
+                idempotent,
+                payload: payload.clone(),
+            },
+            tx,
+        ));
+        let outcome = if sent.is_err() {
+            // The connection task is gone: nothing was sent.
+            Some(Outcome::Busy)
+        } else {
+            tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .map(|r| r.unwrap_or(Outcome::Lost))
+        };
+        held.pending.fetch_sub(1, Ordering::AcqRel);
+        held.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        match outcome {
+            Some(Outcome::Done(p)) => {
+                held.observe(start.elapsed(), shared.opts.decay);
+                shared.stats.ok.fetch_add(1, Ordering::Relaxed);
+                return Ok(p);
+            }
+            Some(Outcome::Failed(why)) => {
+                held.observe(start.elapsed(), shared.opts.decay);
+                held.period.lock().unwrap_or_else(|p| p.into_inner()).errors += 1;
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(BalanceError::Failed(why));
+            }
+            Some(Outcome::Busy) => {
+                // Refused unexecuted: safe to send elsewhere, idempotent or not.
+                if attempts >= shared.opts.max_attempts {
+                    shared.stats.no_producer.fetch_add(1, Ordering::Relaxed);
+                    return Err(BalanceError::NoProducer(format!(
+                        "refused by {attempts} producers (busy or leaving)"
+                    )));
+                }
+                shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Outcome::Lost) => {
+                held.period
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .timeouts += 1;
+                if !idempotent {
+                    shared.stats.interrupted.fetch_add(1, Ordering::Relaxed);
+                    return Err(BalanceError::Interrupted(held.producer.0));
+                }
+                if attempts >= shared.opts.max_attempts {
+                    shared.stats.interrupted.fetch_add(1, Ordering::Relaxed);
+                    return Err(BalanceError::Interrupted(held.producer.0));
+                }
+                shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                held.period
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .timeouts += 1;
+                shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                return Err(BalanceError::Timeout);
+            }
+        }
+    }
+}
+
+/// Connects to a leased producer and starts its connection task.
+async fn connect(shared: &Arc<Shared>, lease: Lease) -> Option<Arc<Held>> {
+    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(lease.addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let held = Arc::new(Held {
+        token: Mutex::new(lease.token),
+        producer: lease.token.claims.producer,
+        tx,
+        draining: AtomicBool::new(false),
+        went_away: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
+        pending: AtomicU32::new(0),
+        outstanding: Mutex::new(HashMap::new()),
+        // Without a hint, tower's default first estimate (0.5 ms).
+        ewma: Mutex::new((
+            if lease.latency_hint_us > 0.0 {
+                lease.latency_hint_us
+            } else {
+                500.0
+            },
+            Instant::now(),
+        )),
+        period: Mutex::new(ConsumerReport::default()),
+    });
+    tokio::spawn(conn_task(stream, rx, held.clone(), shared.clone()));
+    Some(held)
+}
+
+async fn conn_task(
+    stream: TcpStream,
+    mut rx: mpsc::UnboundedReceiver<(Request, oneshot::Sender<Outcome>)>,
+    held: Arc<Held>,
+    shared: Arc<Shared>,
+) {
+    let (mut sink, mut frames) = Framed::new(stream, wire::codec(MAX_PRODUCER_FRAME)).split();
+    let mut pending: Pending = HashMap::new();
+    let mut input_open = true;
+    loop {
+        if held.draining.load(Ordering::Acquire) && pending.is_empty() {
+            // Drained: everything sent was answered. Refuse whatever was queued
+            // meanwhile (unexecuted) and close.
+            rx.close();
+            while let Ok((_, t)) = rx.try_recv() {
+                let _ = t.send(Outcome::Busy);
+            }
+            break;
+        }
+        tokio::select! {
+            m = rx.recv(), if input_open => match m {
+                Some((req, t)) => {
+                    if held.draining.load(Ordering::Acquire) && held.went_away.load(Ordering::Acquire) {
+                        let _ = t.send(Outcome::Busy);
+                        continue;
+                    }
+                    let id = req.id;
+                    pending.insert(id, t);
+                    if sink.send(wire::encode(&req)).await.is_err() {
+                        break;
+                    }
+                }
+                None => input_open = false,
+            },
+            f = frames.next() => {
+                let Some(Ok(bytes)) = f else { break };
+                let Ok(frame) = wire::decode::<ProducerFrame>(&bytes) else { break };
+                let (id, outcome) = match frame {
+                    ProducerFrame::Done { id, payload } => (id, Outcome::Done(payload)),
+                    ProducerFrame::Failed { id, reason } => (id, Outcome::Failed(reason)),
+                    ProducerFrame::Busy { id } => (id, Outcome::Busy),
+                    ProducerFrame::GoAway => {
+                        held.went_away.store(true, Ordering::Release);
+                        held.draining.store(true, Ordering::Release);
+                        shared.stats.go_aways.fetch_add(1, Ordering::Relaxed);
+                        shared.wake.notify_one();
+                        continue;
+                    }
+                };
+                if let Some(t) = pending.remove(&id) {
+                    let _ = t.send(outcome);
+                }
+            }
+            // Re-check draining now and then (set by the manager without a message).
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    held.dead.store(true, Ordering::Release);
+    for (_, t) in pending.drain() {
+        let _ = t.send(Outcome::Lost);
+    }
+    rx.close();
+    while let Ok((_, t)) = rx.try_recv() {
+        let _ = t.send(Outcome::Busy);
+    }
+    shared.wake.notify_one();
+}
+
+/// The lease manager: renew, report, release and replace leases.
+async fn manage(shared: Arc<Shared>) {
+    let opts = shared.opts.clone();
+    let mut agent: Option<AgentClient> = None;
+    let mut next_agent = if opts.agents.is_empty() {
+        0
+    } else {
+        opts.consumer.0 as usize % opts.agents.len()
+    };
+    let mut avoid: Vec<(ProducerId, Instant)> = Vec::new();
+    loop {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let now = now_ms();
+        avoid.retain(|(_, at)| at.elapsed() < opts.avoid_for);
+        let (live, ended): (Vec<Arc<Held>>, Vec<Arc<Held>>) = {
+            let mut leases = shared.leases.lock().unwrap_or_else(|p| p.into_inner());
+            for h in leases.iter() {
+                if h.token
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .claims
+                    .expires_ms
+                    <= now
+                {
+                    h.draining.store(true, Ordering::Release);
+                }
+            }
+            let all = std::mem::take(&mut *leases);
+            let (live, ended): (Vec<_>, Vec<_>) = all.into_iter().partition(|h| h.usable());
+            *leases = live.clone();
+            (live, ended)
+        };
+        for h in &ended {
+            shared.stats.moved.fetch_add(1, Ordering::Relaxed);
+            if h.went_away.load(Ordering::Acquire) || h.dead.load(Ordering::Acquire) {
+                avoid.push((h.producer, Instant::now()));
+            }
+        }
+        let mut req = LeaseRequest {
+            consumer: opts.consumer,
+            want: opts.leases.saturating_sub(live.len()) as u16,
+            avoid: avoid.iter().map(|a| a.0).collect(),
+            ..LeaseRequest::default()
+        };
+        for h in live.iter().chain(&ended) {
+            let token = *h.token.lock().unwrap_or_else(|p| p.into_inner());
+            let r = h.take_report();
+            if r.requests > 0 || r.timeouts > 0 {
+                req.reports.push((token, r));
+            }
+        }
+        req.renew = live
+            .iter()
+            .map(|h| *h.token.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        req.release = ended
+            .iter()
+            .map(|h| *h.token.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut answer = None;
+        for _ in 0..opts.agents.len().max(1) {
+            if opts.agents.is_empty() {
+                break;
+            }
+            if agent.is_none() {
+                agent = AgentClient::connect(opts.agents[next_agent]).await.ok();
+            }
+            if let Some(c) = agent.as_mut() {
+                match c.call(&AgentRequest::Lease(req.clone())).await {
+                    Ok(AgentResponse::Lease(r)) => {
+                        answer = Some(r);
+                        break;
+                    }
+                    Ok(AgentResponse::Busy) => {}
+                    _ => {}
+                }
+            }
+            shared.stats.agent_errors.fetch_add(1, Ordering::Relaxed);
+            agent = None;
+            next_agent = (next_agent + 1) % opts.agents.len();
+        }
+        if let Some(r) = answer {
+            for l in &r.renewed {
+                // A renewal keeps the lease id's producer; match on the producer.
+                if let Some(h) = live.iter().find(|h| h.producer == l.token.claims.producer) {
+                    *h.token.lock().unwrap_or_else(|p| p.into_inner()) = l.token;
+                }
+            }
+            for (t, _) in &r.refused {
+                if let Some(h) = live.iter().find(|h| {
+                    h.token.lock().unwrap_or_else(|p| p.into_inner()).claims.id == t.claims.id
+                }) {
+                    h.draining.store(true, Ordering::Release);
+                }
+            }
+            for l in r.granted {
+                match connect(&shared, l).await {
+                    Some(h) => shared
+                        .leases
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(h),
+                    None => avoid.push((l.token.claims.producer, Instant::now())),
+                }
+            }
+            shared.ready.notify_waiters();
+        }
+        // Renew on the period, or at once when a lease is lost or none is held.
+        let sleep = if shared
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|h| h.usable())
+        {
+            opts.renew_every
+        } else {
+            Duration::from_millis(100).min(opts.renew_every)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.wake.notified() => {
+                // Let a burst of failures settle into one request.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
