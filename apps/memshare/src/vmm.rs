@@ -1,0 +1,332 @@
+//! A small VMM on `kvm-ioctls`: one VM, its guest memory regions, one vCPU in 32-bit
+//! protected mode, and the port-I/O protocol of [`crate::payload`]. The vCPU runs on
+//! its own thread; a command that overruns its deadline is interrupted with a signal.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::error::GuestError;
+use crate::payload::{self, Params, Program, PORT_CMD, PORT_DONE};
+use crate::sys::{GuestMemory, PAGE};
+
+/// Size of the low region (parameters, code, stack) before the results array.
+const LOW_BYTES: usize = payload::RESULTS_GPA as usize;
+
+/// What the guest should run and with how much memory.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The guest program.
+    pub program: Program,
+    /// The parameter block (image size, write selection).
+    pub params: Params,
+    /// Guest RAM in bytes beyond the low region and results: the image plus free RAM.
+    pub ram_bytes: u64,
+}
+
+/// How a vCPU thread ended.
+#[derive(Debug)]
+enum Event {
+    Done(u32),
+    Stopped(Result<(), GuestError>),
+}
+
+/// One running virtual machine (KVM VM + one vCPU thread).
+#[derive(Debug)]
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    low: GuestMemory,
+    image: GuestMemory,
+    _ram: Option<GuestMemory>,
+    image_pages: u32,
+    cmd_tx: Option<Sender<u32>>,
+    ev_rx: Receiver<Event>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    dead: Option<GuestError>,
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN() + 1
+}
+
+impl Vm {
+    /// Create the VM with `image` (a mapping of `params.image_pages` pages, prepared by
+    /// the loader) as guest memory at [`payload::IMAGE_GPA`], load the program and start
+    /// the vCPU (which waits for the first command).
+    pub fn start(config: &VmConfig, image: GuestMemory) -> Result<Self, GuestError> {
+        static HANDLER: Once = Once::new();
+        HANDLER.call_once(|| {
+            register_signal_handler(kick_signal(), on_kick).expect("a real-time signal handler")
+        });
+        let image_bytes = u64::from(config.params.image_pages) * PAGE as u64;
+        if image_bytes > config.ram_bytes {
+            return Err(GuestError::ImageTooLarge {
+                image_bytes,
+                ram_bytes: config.ram_bytes,
+            });
+        }
+        if image.len() as u64 != image_bytes.max(PAGE as u64) {
+            return Err(GuestError::Setup(format!(
+                "image mapping has {} bytes, parameters say {image_bytes}",
+                image.len()
+            )));
+        }
+        if payload::IMAGE_GPA + config.ram_bytes > 1 << 32 {
+            return Err(GuestError::ImageTooLarge {
+                image_bytes: config.ram_bytes,
+                ram_bytes: (1 << 32) - payload::IMAGE_GPA,
+            });
+        }
+        let setup = |what: &str, e: kvm_ioctls::Error| GuestError::Setup(format!("{what}: {e}"));
+        let kvm = Kvm::new().map_err(|e| setup("open /dev/kvm", e))?;
+        let vm = kvm.create_vm().map_err(|e| setup("create VM", e))?;
+        let results_bytes = (config.params.image_pages as usize * 4).div_ceil(PAGE) * PAGE;
+        let mut low = GuestMemory::anonymous(LOW_BYTES + results_bytes.max(PAGE))
+            .map_err(|e| GuestError::Setup(format!("low memory: {e}")))?;
+        let rest = config.ram_bytes - image_bytes;
+        let ram = if rest > 0 {
+            Some(
+                GuestMemory::anonymous(rest as usize)
+                    .map_err(|e| GuestError::Setup(format!("free RAM: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let mut regions = vec![(0u64, &low), (payload::IMAGE_GPA, &image)];
+        if let Some(r) = &ram {
+            regions.push((payload::IMAGE_GPA + image.len() as u64, r));
+        }
+        for (slot, (gpa, m)) in regions.into_iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: m.len() as u64,
+                userspace_addr: m.addr(),
+            };
+            // SAFETY: the region describes a live mapping owned by the `Vm` being built,
+            // which keeps it (in `low`, `image`, `_ram`) until after the VM fd is closed;
+            // slots and guest ranges do not overlap.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(|e| setup("memory region", e))?;
+        }
+        low.write(payload::PARAMS_GPA as usize, &config.params.to_bytes())
+            .map_err(|e| GuestError::Setup(format!("parameters: {e}")))?;
+        low.write(payload::CODE_GPA as usize, &config.program.assemble())
+            .map_err(|e| GuestError::Setup(format!("program: {e}")))?;
+        let vcpu = vm.create_vcpu(0).map_err(|e| setup("create vCPU", e))?;
+        protected_mode(&vcpu).map_err(|e| setup("vCPU registers", e))?;
+
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || {
+                let end = run_vcpu(vcpu, &cmd_rx, &ev_tx, &stop2);
+                let _ = ev_tx.send(Event::Stopped(end));
+            })
+            .map_err(|e| GuestError::Setup(format!("vCPU thread: {e}")))?;
+        Ok(Self {
+            _kvm: kvm,
+            _vm: vm,
+            low,
+            image,
+            _ram: ram,
+            image_pages: config.params.image_pages,
+            cmd_tx: Some(cmd_tx),
+            ev_rx,
+            stop,
+            thread: Some(thread),
+            dead: None,
+        })
+    }
+
+    /// Run one guest command; the guest must finish it within `deadline`. Returns the
+    /// count the guest reported. After an error the VM is stopped for good.
+    pub fn command(&mut self, cmd: u32, deadline: Duration) -> Result<u32, GuestError> {
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        let sent = self.cmd_tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok());
+        let until = Instant::now() + deadline;
+        let r = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.ev_rx.recv_timeout(left) {
+                Ok(Event::Done(v)) => break Ok(v),
+                Ok(Event::Stopped(Ok(()))) => break Err(GuestError::Halted),
+                Ok(Event::Stopped(Err(e))) => break Err(e),
+                Err(RecvTimeoutError::Disconnected) => break Err(GuestError::Halted),
+                Err(RecvTimeoutError::Timeout) if sent => {
+                    self.interrupt();
+                    break Err(GuestError::Deadline {
+                        ms: deadline.as_millis() as u64,
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => break Err(GuestError::Halted),
+            }
+        };
+        if let Err(e) = &r {
+            self.dead = Some(e.clone());
+            self.interrupt();
+        }
+        r
+    }
+
+    /// Checksum every image page in the guest; returns the guest's checksums.
+    pub fn checksum(&mut self, deadline: Duration) -> Result<Vec<u32>, GuestError> {
+        let n = self.command(payload::CMD_CHECKSUM, deadline)?;
+        if n != self.image_pages {
+            return Err(GuestError::Protocol(format!(
+                "guest checksummed {n} pages of {}",
+                self.image_pages
+            )));
+        }
+        let mut raw = vec![0u8; n as usize * 4];
+        self.low
+            .read(payload::RESULTS_GPA as usize, &mut raw)
+            .map_err(|e| GuestError::Protocol(e.to_string()))?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// Have the guest write its markers; returns how many pages it wrote.
+    pub fn write(&mut self, deadline: Duration) -> Result<u32, GuestError> {
+        self.command(payload::CMD_WRITE, deadline)
+    }
+
+    /// The host mapping of the image (for inspection: address, length).
+    pub fn image_range(&self) -> (u64, u64) {
+        (self.image.addr(), self.image.len() as u64)
+    }
+
+    /// Copy bytes of guest image memory out (host view).
+    pub fn read_image(&self, offset: usize, out: &mut [u8]) -> std::io::Result<()> {
+        self.image.read(offset, out)
+    }
+
+    /// Stop the vCPU thread (it may be inside the guest) and wait for it.
+    fn interrupt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cmd_tx = None;
+        if let Some(t) = self.thread.take() {
+            while !t.is_finished() {
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.interrupt();
+    }
+}
+
+fn run_vcpu(
+    mut vcpu: VcpuFd,
+    cmd_rx: &Receiver<u32>,
+    ev_tx: &Sender<Event>,
+    stop: &AtomicBool,
+) -> Result<(), GuestError> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Err(GuestError::Interrupted);
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(PORT_CMD, data)) => {
+                let Ok(cmd) = cmd_rx.recv() else {
+                    return Err(GuestError::Interrupted);
+                };
+                let bytes = cmd.to_le_bytes();
+                let n = data.len().min(4);
+                data[..n].copy_from_slice(&bytes[..n]);
+            }
+            Ok(VcpuExit::IoOut(PORT_DONE, data)) => {
+                let mut b = [0u8; 4];
+                let n = data.len().min(4);
+                b[..n].copy_from_slice(&data[..n]);
+                if ev_tx.send(Event::Done(u32::from_le_bytes(b))).is_err() {
+                    return Err(GuestError::Interrupted);
+                }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                return Err(GuestError::BadPort {
+                    port,
+                    write: true,
+                    len: data.len(),
+                })
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                return Err(GuestError::BadPort {
+                    port,
+                    write: false,
+                    len: data.len(),
+                })
+            }
+            Ok(VcpuExit::MmioRead(gpa, _)) | Ok(VcpuExit::MmioWrite(gpa, _)) => {
+                return Err(GuestError::BadMemoryAccess { gpa })
+            }
+            Ok(VcpuExit::Shutdown) => return Err(GuestError::TripleFault),
+            Ok(VcpuExit::Hlt) => return Ok(()),
+            Ok(other) => return Err(GuestError::UnexpectedExit(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => return Err(GuestError::UnexpectedExit(format!("KVM_RUN: {e}"))),
+        }
+    }
+}
+
+fn flat(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Flat 32-bit protected mode, paging off, no interrupt table: any exception becomes a
+/// triple fault (a `Shutdown` exit).
+fn protected_mode(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    let mut s = vcpu.get_sregs()?;
+    s.cs = flat(0x8, true);
+    for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss] {
+        *seg = flat(0x10, false);
+    }
+    s.idt.base = 0;
+    s.idt.limit = 0;
+    s.cr0 = 0x11; // PE | ET
+    s.cr4 = 0;
+    s.efer = 0;
+    vcpu.set_sregs(&s)?;
+    let mut r = vcpu.get_regs()?;
+    r.rip = payload::CODE_GPA;
+    r.rsp = payload::STACK_TOP;
+    r.rflags = 0x2;
+    vcpu.set_regs(&r)
+}
