@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// A guest stopped or could not start. The VM is gone after any of these; the host and
 /// the other VMs are not affected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum GuestError {
     /// The VM could not be created (KVM, memory regions, vCPU registers).
     #[error("VM setup failed: {0} (is /dev/kvm present and accessible?)")]
