@@ -3,6 +3,7 @@
 mod error;
 mod host;
 mod image;
+mod images;
 mod payload;
 mod policy;
 mod store;
@@ -19,6 +20,7 @@ pub use image::{
     achievable, is_zero, manifest_path, parse_manifest, read_manifest, write_manifest,
     Achievable, ContentId, Image,
 };
+pub use images::{generate, Generated, ImageSet};
 pub use payload::{marker, page_checksum, selected, write_threshold, Params, Program};
 pub use policy::{admit, Admission, Sharing};
 pub use store::{ContentIndex, ContentStore, LoadMap, LoadStats, Placed, ZERO_SLOT};
