@@ -59,3 +59,8 @@ pub use pipewright_nic as nic;
 /// `storage`).
 #[cfg(feature = "storage")]
 pub use pipewright_storage as storage;
+
+/// VM memory sharing on KVM: trust groups, per-group content stores, VM processes that
+/// map image memory copy-on-write from them (feature `memshare`).
+#[cfg(feature = "memshare")]
+pub use pipewright_memshare as memshare;

@@ -25,6 +25,9 @@ enum Command {
     /// The software NIC: run the data plane on real interfaces, or a full demo topology.
     #[cfg(feature = "nic")]
     Nic(cli::nic::NicArgs),
+    /// VM memory sharing on KVM: run VMs in trust groups, generate images, live status.
+    #[cfg(feature = "memshare")]
+    Memshare(cli::memshare::MemshareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => cli::storage::run(args),
         #[cfg(feature = "nic")]
         Command::Nic(args) => cli::nic::run(args),
+        #[cfg(feature = "memshare")]
+        Command::Memshare(args) => cli::memshare::run(args),
     }
 }

@@ -326,7 +326,11 @@ impl Host {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_file(&map_path);
-                self.groups.get_mut(group).expect("exists").store.unload(&map);
+                self.groups
+                    .get_mut(group)
+                    .expect("exists")
+                    .store
+                    .unload(&map);
                 return Err(e);
             }
         };
@@ -357,7 +361,11 @@ impl Host {
                 let _ = vm.child.kill();
                 let _ = vm.child.wait();
                 let _ = std::fs::remove_file(&vm.map_path);
-                self.groups.get_mut(group).expect("exists").store.unload(&vm.map);
+                self.groups
+                    .get_mut(group)
+                    .expect("exists")
+                    .store
+                    .unload(&vm.map);
                 return Err(match other {
                     Ok(Reply::Failed(e)) => e.into(),
                     Ok(r) => Error::VmProcess {
@@ -375,14 +383,14 @@ impl Host {
     }
 
     fn spawn(&self, id: VmId, spec: &VmSpec) -> Result<(Child, ChildStdin, ChildStdout), Error> {
-        let (prog, args) = self
-            .config
-            .vm_command
-            .split_first()
-            .ok_or_else(|| Error::VmProcess {
-                vm: id,
-                reason: "no VM command configured".into(),
-            })?;
+        let (prog, args) =
+            self.config
+                .vm_command
+                .split_first()
+                .ok_or_else(|| Error::VmProcess {
+                    vm: id,
+                    reason: "no VM command configured".into(),
+                })?;
         let mut child = Command::new(prog)
             .args(args)
             .arg("--spec")
@@ -402,10 +410,9 @@ impl Host {
 
     fn request(&mut self, id: VmId, line: &str) -> Result<Reply, Error> {
         let vm = self.vms.get_mut(&id).ok_or(Error::UnknownVm(id))?;
-        let sent = vm
-            .stdin
-            .as_mut()
-            .is_some_and(|s| s.write_all(format!("{line}\n").as_bytes()).is_ok() && s.flush().is_ok());
+        let sent = vm.stdin.as_mut().is_some_and(|s| {
+            s.write_all(format!("{line}\n").as_bytes()).is_ok() && s.flush().is_ok()
+        });
         if !sent {
             return Err(Error::VmProcess {
                 vm: id,
@@ -525,7 +532,9 @@ impl Host {
             .vms
             .values()
             .filter(|v| v.group == group)
-            .map(|v| anonymous_in_range(v.pid, v.image_addr, v.image_len).unwrap_or(0) / PAGE as u64)
+            .map(|v| {
+                anonymous_in_range(v.pid, v.image_addr, v.image_len).unwrap_or(0) / PAGE as u64
+            })
             .sum())
     }
 

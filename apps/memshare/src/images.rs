@@ -205,7 +205,10 @@ pub fn generate(set: &ImageSet) -> Result<Generated, ImageError> {
         let out = Command::new("mkfs.ext4")
             .args(["-q", "-F", "-b", "4096", "-m", "0", "-O", "^has_journal"])
             .args(["-L", "pwbase", "-U", "6c1e1b4e-6c6f-4ad2-9a3e-7069706577a1"])
-            .args(["-E", "hash_seed=6c1e1b4e-6c6f-4ad2-9a3e-7069706577a1,root_owner=0:0"])
+            .args([
+                "-E",
+                "hash_seed=6c1e1b4e-6c6f-4ad2-9a3e-7069706577a1,root_owner=0:0",
+            ])
             .arg("-d")
             .arg(&staging)
             .arg(&base)
@@ -213,9 +216,7 @@ pub fn generate(set: &ImageSet) -> Result<Generated, ImageError> {
             .env("E2FSPROGS_FAKE_TIME", "1700000000")
             .output()
             .map_err(|e| {
-                ImageError::Build(format!(
-                    "cannot run mkfs.ext4 ({e}); install e2fsprogs"
-                ))
+                ImageError::Build(format!("cannot run mkfs.ext4 ({e}); install e2fsprogs"))
             })?;
         if out.status.success() {
             ok = true;

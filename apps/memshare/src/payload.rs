@@ -1,11 +1,13 @@
-//! The guest: 32-bit protected-mode code assembled at run time with `iced-x86`, and the
+//! The guest: 64-bit long-mode code assembled at run time with `iced-x86`, and the
 //! host-side model of what it computes (so the host can check every answer).
 //!
-//! Guest physical layout (flat segments, paging off):
+//! Guest physical layout (flat segments; the VMM identity-maps the low 4 GiB with 2 MiB
+//! pages, so guest-virtual = guest-physical):
 //!
 //! | address            | what                                                   |
 //! |--------------------|--------------------------------------------------------|
 //! | `0x1000`           | parameter block (`u32` fields, see [`Params`])          |
+//! | `0x9000..0xf000`   | page tables (PML4, PDPT, four page directories)        |
 //! | `0x10000`          | code                                                   |
 //! | `0x80000`          | top of stack                                           |
 //! | `0x100000`         | results: one `u32` checksum per image page              |
@@ -23,6 +25,8 @@ use iced_x86::code_asm::*;
 pub(crate) const PARAMS_GPA: u64 = 0x1000;
 /// Guest-physical address of the code.
 pub(crate) const CODE_GPA: u64 = 0x10000;
+/// Guest-physical address of the top-level page table (PML4).
+pub(crate) const PML4_GPA: u64 = 0x9000;
 /// Initial stack pointer.
 pub(crate) const STACK_TOP: u64 = 0x80000;
 /// Guest-physical address of the results array.
@@ -136,7 +140,8 @@ impl Program {
                 a.hlt()
             }),
             Program::WildRead => simple(|a| {
-                a.mov(eax, dword_ptr(0xf000_0000u32))?;
+                a.mov(esi, 0xf000_0000u32)?;
+                a.mov(eax, dword_ptr(rsi))?;
                 a.hlt()
             }),
         };
@@ -147,14 +152,13 @@ impl Program {
 fn simple(
     body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(32)?;
+    let mut a = CodeAssembler::new(64)?;
     body(&mut a)?;
     a.assemble(CODE_GPA)
 }
 
 fn checksummer() -> Result<Vec<u8>, IcedError> {
-    let p = PARAMS_GPA as u32;
-    let mut a = CodeAssembler::new(32)?;
+    let mut a = CodeAssembler::new(64)?;
     let mut top = a.create_label();
     let mut do_checksum = a.create_label();
     let mut do_write = a.create_label();
@@ -166,7 +170,9 @@ fn checksummer() -> Result<Vec<u8>, IcedError> {
     let mut w_skip = a.create_label();
     let mut w_done = a.create_label();
 
+    // r8 = parameter block.
     a.mov(esp, STACK_TOP as u32)?;
+    a.mov(r8d, PARAMS_GPA as u32)?;
     // top: eax = in(PORT_CMD); dispatch.
     a.set_label(&mut top)?;
     a.mov(dx, u32::from(PORT_CMD))?;
@@ -183,52 +189,52 @@ fn checksummer() -> Result<Vec<u8>, IcedError> {
     a.out(dx, eax)?;
     a.jmp(top)?;
 
-    // checksum: esi = page pointer, ecx = pages left, edi = result pointer.
+    // checksum: rsi = page pointer, ecx = pages left, rdi = result pointer.
     a.set_label(&mut do_checksum)?;
-    a.mov(esi, dword_ptr(p + 4))?;
-    a.mov(ecx, dword_ptr(p + 8))?;
-    a.mov(edi, dword_ptr(p + 12))?;
+    a.mov(esi, dword_ptr(r8 + 4))?;
+    a.mov(ecx, dword_ptr(r8 + 8))?;
+    a.mov(edi, dword_ptr(r8 + 12))?;
     a.set_label(&mut page_loop)?;
     a.test(ecx, ecx)?;
     a.jz(cs_done)?;
     a.mov(eax, FNV_OFFSET)?;
     a.mov(ebp, 1024u32)?;
     a.set_label(&mut word_loop)?;
-    a.xor(eax, dword_ptr(esi))?;
+    a.xor(eax, dword_ptr(rsi))?;
     a.imul_3(eax, eax, FNV_PRIME as i32)?;
-    a.add(esi, 4)?;
+    a.add(rsi, 4)?;
     a.dec(ebp)?;
     a.jnz(word_loop)?;
-    a.mov(dword_ptr(edi), eax)?;
-    a.add(edi, 4)?;
+    a.mov(dword_ptr(rdi), eax)?;
+    a.add(rdi, 4)?;
     a.dec(ecx)?;
     a.jmp(page_loop)?;
     a.set_label(&mut cs_done)?;
-    a.mov(eax, dword_ptr(p + 8))?;
+    a.mov(eax, dword_ptr(r8 + 8))?;
     a.mov(dx, u32::from(PORT_DONE))?;
     a.out(dx, eax)?;
     a.jmp(top)?;
 
-    // write: ecx = page index, esi = page pointer, ebx = pages written.
+    // write: ecx = page index, rsi = page pointer, ebx = pages written.
     a.set_label(&mut do_write)?;
     a.xor(ecx, ecx)?;
     a.xor(ebx, ebx)?;
-    a.mov(esi, dword_ptr(p + 4))?;
+    a.mov(esi, dword_ptr(r8 + 4))?;
     a.set_label(&mut w_loop)?;
-    a.cmp(ecx, dword_ptr(p + 8))?;
+    a.cmp(ecx, dword_ptr(r8 + 8))?;
     a.jae(w_done)?;
     a.mov(eax, ecx)?;
-    a.xor(eax, dword_ptr(p + 20))?;
+    a.xor(eax, dword_ptr(r8 + 20))?;
     a.imul_3(eax, eax, GOLDEN as i32)?;
     a.shr(eax, 8)?;
-    a.cmp(eax, dword_ptr(p + 16))?;
+    a.cmp(eax, dword_ptr(r8 + 16))?;
     a.jae(w_skip)?;
     a.mov(eax, ecx)?;
-    a.xor(eax, dword_ptr(p + 24))?;
-    a.mov(dword_ptr(esi), eax)?;
+    a.xor(eax, dword_ptr(r8 + 24))?;
+    a.mov(dword_ptr(rsi), eax)?;
     a.inc(ebx)?;
     a.set_label(&mut w_skip)?;
-    a.add(esi, 4096)?;
+    a.add(rsi, 4096)?;
     a.inc(ecx)?;
     a.jmp(w_loop)?;
     a.set_label(&mut w_done)?;

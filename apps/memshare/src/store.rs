@@ -394,7 +394,9 @@ mod tests {
 
     #[test]
     fn runs_merge_consecutive_slots_and_skip_zero() {
-        let m = LoadMap { slots: vec![0, 1, 2, ZERO_SLOT, 3, 9, 10, 4] };
+        let m = LoadMap {
+            slots: vec![0, 1, 2, ZERO_SLOT, 3, 9, 10, 4],
+        };
         assert_eq!(m.runs(), vec![(0, 0, 3), (4, 3, 1), (5, 9, 2), (7, 4, 1)]);
         assert_eq!(LoadMap::from_bytes(&m.to_bytes()).unwrap(), m);
     }

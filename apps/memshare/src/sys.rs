@@ -206,7 +206,11 @@ pub fn anonymous_in_range(pid: u32, start: u64, len: u64) -> io::Result<u64> {
         }
         if inside {
             if let Some(rest) = line.strip_prefix("Anonymous:") {
-                if let Some(kib) = rest.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                if let Some(kib) = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
                     total += kib * 1024;
                 }
             }

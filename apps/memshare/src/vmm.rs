@@ -1,5 +1,5 @@
-//! A small VMM on `kvm-ioctls`: one VM, its guest memory regions, one vCPU in 32-bit
-//! protected mode, and the port-I/O protocol of [`crate::payload`]. The vCPU runs on
+//! A small VMM on `kvm-ioctls`: one VM, its guest memory regions, one vCPU in 64-bit
+//! long mode (identity-mapped low 4 GiB), and the port-I/O protocol of [`crate::payload`]. The vCPU runs on
 //! its own thread; a command that overruns its deadline is interrupted with a signal.
 #![allow(unsafe_code)]
 
@@ -118,15 +118,16 @@ impl Vm {
             // SAFETY: the region describes a live mapping owned by the `Vm` being built,
             // which keeps it (in `low`, `image`, `_ram`) until after the VM fd is closed;
             // slots and guest ranges do not overlap.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(|e| setup("memory region", e))?;
+            unsafe { vm.set_user_memory_region(region) }.map_err(|e| setup("memory region", e))?;
         }
         low.write(payload::PARAMS_GPA as usize, &config.params.to_bytes())
             .map_err(|e| GuestError::Setup(format!("parameters: {e}")))?;
+        low.write(payload::PML4_GPA as usize, &page_tables())
+            .map_err(|e| GuestError::Setup(format!("page tables: {e}")))?;
         low.write(payload::CODE_GPA as usize, &config.program.assemble())
             .map_err(|e| GuestError::Setup(format!("program: {e}")))?;
         let vcpu = vm.create_vcpu(0).map_err(|e| setup("create vCPU", e))?;
-        protected_mode(&vcpu).map_err(|e| setup("vCPU registers", e))?;
+        long_mode(&vcpu).map_err(|e| setup("vCPU registers", e))?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
@@ -296,13 +297,13 @@ fn flat(selector: u16, code: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
-        selector,
+        selector: selector | 3,
         type_: if code { 0xb } else { 0x3 },
         present: 1,
-        dpl: 0,
-        db: 1,
+        dpl: 3,
+        db: u8::from(!code),
         s: 1,
-        l: 0,
+        l: u8::from(code),
         g: 1,
         avl: 0,
         unusable: 0,
@@ -310,23 +311,43 @@ fn flat(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
-/// Flat 32-bit protected mode, paging off, no interrupt table: any exception becomes a
-/// triple fault (a `Shutdown` exit).
-fn protected_mode(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+/// PML4, PDPT and four page directories identity-mapping 0..4 GiB with 2 MiB pages,
+/// laid out from [`payload::PML4_GPA`].
+fn page_tables() -> Vec<u8> {
+    const P_RW: u64 = 0x7; // present, writable, user
+    const PS: u64 = 0x80;
+    let pml4 = payload::PML4_GPA;
+    let pdpt = pml4 + 0x1000;
+    let pd = pdpt + 0x1000;
+    let mut t = vec![0u64; 6 * 512];
+    t[0] = pdpt | P_RW;
+    for g in 0..4u64 {
+        t[512 + g as usize] = (pd + g * 0x1000) | P_RW;
+        for j in 0..512u64 {
+            t[1024 + (g * 512 + j) as usize] = (g << 30) | (j << 21) | P_RW | PS;
+        }
+    }
+    t.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
+
+/// 64-bit long mode with paging through [`page_tables`], no interrupt table: any
+/// exception becomes a triple fault (a `Shutdown` exit).
+fn long_mode(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let mut s = vcpu.get_sregs()?;
-    s.cs = flat(0x8, true);
+    s.cs = flat(0x18, true);
     for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss] {
-        *seg = flat(0x10, false);
+        *seg = flat(0x20, false);
     }
     s.idt.base = 0;
     s.idt.limit = 0;
-    s.cr0 = 0x11; // PE | ET
-    s.cr4 = 0;
-    s.efer = 0;
+    s.cr3 = payload::PML4_GPA;
+    s.cr4 = 0x20; // PAE
+    s.cr0 = 0x8000_0011; // PG | ET | PE
+    s.efer = 0x500; // LMA | LME
     vcpu.set_sregs(&s)?;
     let mut r = vcpu.get_regs()?;
     r.rip = payload::CODE_GPA;
     r.rsp = payload::STACK_TOP;
-    r.rflags = 0x2;
+    r.rflags = 0x3002; // IOPL 3: the guest's port I/O exits to the VMM
     vcpu.set_regs(&r)
 }

@@ -81,7 +81,9 @@ fn map_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
 }
 
 fn send(out: &mut impl Write, r: &Reply) -> bool {
-    serde_json::to_writer(&mut *out, r).is_ok() && out.write_all(b"\n").is_ok() && out.flush().is_ok()
+    serde_json::to_writer(&mut *out, r).is_ok()
+        && out.write_all(b"\n").is_ok()
+        && out.flush().is_ok()
 }
 
 /// Run the VM process for `spec` until stdin closes or a `halt`; returns the exit code
@@ -132,7 +134,9 @@ pub fn vm_main(spec: &VmSpec) -> i32 {
                 send(&mut out, &Reply::Halted);
                 return 0;
             }
-            other => Err(GuestError::Protocol(format!("unknown host command {other:?}"))),
+            other => Err(GuestError::Protocol(format!(
+                "unknown host command {other:?}"
+            ))),
         };
         match reply {
             Ok(r) => {

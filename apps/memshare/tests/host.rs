@@ -113,7 +113,10 @@ fn one_group_shares_frames_writes_copy_for_the_writer_only() {
     }
     let st = h.status("blue").unwrap();
     assert_eq!(st.broken_pages, b_pages.len() as u64);
-    assert_eq!(st.vms.iter().find(|v| v.id == b).unwrap().broken_pages, b_pages.len() as u64);
+    assert_eq!(
+        st.vms.iter().find(|v| v.id == b).unwrap().broken_pages,
+        b_pages.len() as u64
+    );
     assert_eq!(st.vms.iter().find(|v| v.id == a).unwrap().broken_pages, 0);
     eprintln!("shared {shared} pages, B broke {} of them", b_pages.len());
 }
@@ -128,10 +131,18 @@ fn tenants_never_share_a_frame() {
     let mut h = host(dir.path());
     h.create_group("tenant-a", GROUP).unwrap();
     h.create_group("tenant-b", GROUP).unwrap();
-    let a1 = h.start_vm("tenant-a", &VmRequest::new(&img, 0.0, 1)).unwrap();
-    let a2 = h.start_vm("tenant-a", &VmRequest::new(&img, 0.0, 2)).unwrap();
-    let b1 = h.start_vm("tenant-b", &VmRequest::new(&img, 0.0, 3)).unwrap();
-    let b2 = h.start_vm("tenant-b", &VmRequest::new(&img, 0.0, 4)).unwrap();
+    let a1 = h
+        .start_vm("tenant-a", &VmRequest::new(&img, 0.0, 1))
+        .unwrap();
+    let a2 = h
+        .start_vm("tenant-a", &VmRequest::new(&img, 0.0, 2))
+        .unwrap();
+    let b1 = h
+        .start_vm("tenant-b", &VmRequest::new(&img, 0.0, 3))
+        .unwrap();
+    let b2 = h
+        .start_vm("tenant-b", &VmRequest::new(&img, 0.0, 4))
+        .unwrap();
     for id in [a1, a2, b1, b2] {
         assert_eq!(h.checksum(id).unwrap(), sums(&bytes));
     }
@@ -154,7 +165,10 @@ fn tenants_never_share_a_frame() {
     let tenant_a: HashSet<u64> = sa1.union(&sa2).copied().collect();
     let tenant_b: HashSet<u64> = sb1.union(&sb2).copied().collect();
     assert_eq!(tenant_a.intersection(&tenant_b).count(), 0);
-    eprintln!("{} frames per tenant, none shared across tenants", tenant_a.len());
+    eprintln!(
+        "{} frames per tenant, none shared across tenants",
+        tenant_a.len()
+    );
 }
 
 #[test]
@@ -234,7 +248,13 @@ fn the_reserve_refuses_new_vms_once_guests_broke_too_many_pages() {
     let dir = tmp();
     let (img, _) = image(dir.path(), "r.raw", 100, 7);
     let mut h = host(dir.path());
-    h.create_group("r", GroupConfig { cow_reserve_pages: 60 }).unwrap();
+    h.create_group(
+        "r",
+        GroupConfig {
+            cow_reserve_pages: 60,
+        },
+    )
+    .unwrap();
     // Expects to break 50 pages: within the reserve.
     let w = h.start_vm("r", &VmRequest::new(&img, 0.5, 1)).unwrap();
     let written = h.write(w).unwrap();
@@ -287,12 +307,22 @@ fn bad_input_gets_typed_errors_and_the_others_go_on() {
         pipewright_memshare::manifest_path(&short),
     )
     .unwrap();
-    let e = h.start_vm("g", &VmRequest::new(&short, 0.0, 1)).unwrap_err();
-    assert!(matches!(e, Error::Image(ImageError::Truncated { .. })), "{e}");
+    let e = h
+        .start_vm("g", &VmRequest::new(&short, 0.0, 1))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Image(ImageError::Truncated { .. })),
+        "{e}"
+    );
     let ragged = dir.path().join("ragged.raw");
     std::fs::write(&ragged, &bytes[..1000]).unwrap();
-    let e = h.start_vm("g", &VmRequest::new(&ragged, 0.0, 1)).unwrap_err();
-    assert!(matches!(e, Error::Image(ImageError::Truncated { .. })), "{e}");
+    let e = h
+        .start_vm("g", &VmRequest::new(&ragged, 0.0, 1))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Image(ImageError::Truncated { .. })),
+        "{e}"
+    );
     // Corrupt: one flipped byte late in the image; nothing of it stays in the store.
     let bad = dir.path().join("bad.raw");
     let mut flipped = bytes.clone();
@@ -310,18 +340,31 @@ fn bad_input_gets_typed_errors_and_the_others_go_on() {
     );
     std::fs::write(pipewright_memshare::manifest_path(&bad), b"garbage").unwrap();
     let e = h.start_vm("g", &VmRequest::new(&bad, 0.0, 1)).unwrap_err();
-    assert!(matches!(e, Error::Image(ImageError::BadManifest { .. })), "{e}");
+    assert!(
+        matches!(e, Error::Image(ImageError::BadManifest { .. })),
+        "{e}"
+    );
     // Larger than guest memory.
     let mut req = VmRequest::new(&img, 0.0, 1);
     req.ram_bytes = Some(16 * PAGE as u64);
     let e = h.start_vm("g", &req).unwrap_err();
-    assert!(matches!(e, Error::Guest(GuestError::ImageTooLarge { .. })), "{e}");
+    assert!(
+        matches!(e, Error::Guest(GuestError::ImageTooLarge { .. })),
+        "{e}"
+    );
     assert_eq!(h.store("g").unwrap().index().total_refs(), refs);
 
     // Misbehaving guests in their own processes: typed errors, then reaped.
     for (program, want) in [
         (Program::TripleFault, GuestError::TripleFault),
-        (Program::BadPort, GuestError::BadPort { port: 0x1234, write: true, len: 4 }),
+        (
+            Program::BadPort,
+            GuestError::BadPort {
+                port: 0x1234,
+                write: true,
+                len: 4,
+            },
+        ),
     ] {
         let mut req = VmRequest::new(&img, 0.0, 1);
         req.program = program;

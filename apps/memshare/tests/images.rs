@@ -35,7 +35,11 @@ fn base_is_a_real_ext4_and_derived_images_change_exactly_the_chosen_blocks() {
         .arg(&g.base)
         .output()
         .unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 
     let base = std::fs::read(&g.base).unwrap();
     let base_ids: Vec<ContentId> = base.chunks(PAGE).map(ContentId::of).collect();
@@ -62,7 +66,12 @@ fn base_is_a_real_ext4_and_derived_images_change_exactly_the_chosen_blocks() {
     assert_eq!(g.achievable.distinct, distinct.len() as u64);
     assert_eq!(
         g.achievable.distinct,
-        base_ids.iter().copied().filter(|&i| i != zero).collect::<HashSet<_>>().len() as u64
+        base_ids
+            .iter()
+            .copied()
+            .filter(|&i| i != zero)
+            .collect::<HashSet<_>>()
+            .len() as u64
             + g.derived.iter().map(|(_, n)| n).sum::<u64>()
     );
     assert_eq!(g.achievable.loaded, 3 * g.blocks);

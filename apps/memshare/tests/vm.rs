@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use pipewright_memshare::{
-    marker, page_checksum, selected, write_threshold, GuestError, GuestMemory, Params, Program,
-    Vm, VmConfig, PAGE,
+    marker, page_checksum, selected, write_threshold, GuestError, GuestMemory, Params, Program, Vm,
+    VmConfig, PAGE,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -66,16 +66,28 @@ fn misbehaving_guests_get_typed_errors_and_the_host_goes_on() {
     let cases: [(Program, fn(&GuestError) -> bool); 4] = [
         (Program::TripleFault, |e| *e == GuestError::TripleFault),
         (Program::BadPort, |e| {
-            matches!(e, GuestError::BadPort { port: 0x1234, write: true, len: 4 })
+            matches!(
+                e,
+                GuestError::BadPort {
+                    port: 0x1234,
+                    write: true,
+                    len: 4
+                }
+            )
         }),
         (Program::WildRead, |e| {
             matches!(e, GuestError::BadMemoryAccess { gpa: 0xf000_0000 })
         }),
-        (Program::Spin, |e| matches!(e, GuestError::Deadline { ms: 300 })),
+        (Program::Spin, |e| {
+            matches!(e, GuestError::Deadline { ms: 300 })
+        }),
     ];
     for (program, check) in cases {
-        let mut vm = Vm::start(&config(program, 4, 0.0), GuestMemory::copied(&image).unwrap())
-            .unwrap();
+        let mut vm = Vm::start(
+            &config(program, 4, 0.0),
+            GuestMemory::copied(&image).unwrap(),
+        )
+        .unwrap();
         let err = vm.checksum(Duration::from_millis(300)).unwrap_err();
         assert!(check(&err), "{program:?}: {err}");
         // The VM stays stopped with the same error.

@@ -13,7 +13,9 @@ pub(crate) fn kvm_or_skip() -> bool {
         if std::env::var("PIPEWRIGHT_REQUIRE_KVM").is_ok_and(|v| v == "1") {
             panic!("/dev/kvm is missing or not accessible and PIPEWRIGHT_REQUIRE_KVM=1");
         }
-        eprintln!("skipped: /dev/kvm missing or not accessible (needs KVM and root or the kvm group)");
+        eprintln!(
+            "skipped: /dev/kvm missing or not accessible (needs KVM and root or the kvm group)"
+        );
     }
     ok
 }
