@@ -14,7 +14,7 @@ use crate::payload::Program;
 use crate::policy::{admit, Admission, Sharing};
 use crate::store::{ContentStore, LoadMap, LoadStats};
 use crate::sys::{anonymous_in_range, proc_memory, ProcMemory, PAGE};
-use crate::vmproc::{Reply, VmSpec};
+use crate::vmproc::{Loading, Reply, VmSpec};
 
 /// How the host runs.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub struct VmRequest {
     pub seed: u32,
     /// The guest program.
     pub program: Program,
+    /// How the image gets into guest memory (shared from the store by default).
+    pub loading: Loading,
 }
 
 impl VmRequest {
@@ -59,6 +61,7 @@ impl VmRequest {
             write_fraction,
             seed,
             program: Program::Checksummer,
+            loading: Loading::Shared,
         }
     }
 }
@@ -66,12 +69,31 @@ impl VmRequest {
 /// Identifies a VM on its host.
 pub type VmId = u64;
 
+/// Identifies an unchanged image file: device, inode, size, mtime, ctime.
+type ImageKey = (u64, u64, u64, i64, i64, i64, i64);
+
+fn image_key(path: &Path) -> Option<ImageKey> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
 #[derive(Debug)]
 struct Group {
     dir: PathBuf,
     store: ContentStore,
     config: GroupConfig,
     refused: u64,
+    /// Load maps of the images the group's VMs run, with how many VMs use each.
+    cache: std::collections::HashMap<ImageKey, (LoadMap, LoadStats, u32)>,
 }
 
 #[derive(Debug)]
@@ -88,6 +110,7 @@ struct VmProc {
     map_path: PathBuf,
     load: LoadStats,
     write_fraction: f64,
+    cache_key: Option<ImageKey>,
 }
 
 /// One VM in a status report.
@@ -257,6 +280,7 @@ impl Host {
                 store,
                 config,
                 refused: 0,
+                cache: Default::default(),
             },
         );
         self.publish(name);
@@ -299,7 +323,42 @@ impl Host {
             }
             .into());
         }
-        let (map, load) = g.store.load(&mut image)?;
+        let key = image_key(&req.image);
+        let cached = key.and_then(|k| g.cache.get(&k).map(|(m, s, _)| (m.clone(), *s)));
+        let (map, load) = if req.loading == Loading::Shared {
+            match cached {
+                // The same unchanged file again: its blocks were hashed and compared when
+                // it was first loaded; take references on the same slots.
+                Some((map, stats)) if g.store.retain(&map) => {
+                    metrics::counter!("memshare_image_cache_hits").increment(1);
+                    (
+                        map,
+                        LoadStats {
+                            shared: stats.pages - stats.zero,
+                            stored: 0,
+                            collisions: 0,
+                            ..stats
+                        },
+                    )
+                }
+                _ => {
+                    let (map, stats) = g.store.load(&mut image)?;
+                    if let Some(k) = key {
+                        g.cache.insert(k, (map.clone(), stats, 0));
+                    }
+                    (map, stats)
+                }
+            }
+        } else {
+            let pages = image.blocks();
+            (
+                LoadMap { slots: Vec::new() },
+                LoadStats {
+                    pages,
+                    ..LoadStats::default()
+                },
+            )
+        };
         let id = self.next;
         self.next += 1;
         let g = self.groups.get_mut(group).expect("checked above");
@@ -309,6 +368,8 @@ impl Host {
             group: group.into(),
             store: g.store.path().to_path_buf(),
             map: map_path.clone(),
+            loading: req.loading,
+            image: req.image.clone(),
             ram_bytes,
             write_fraction: req.write_fraction,
             select_seed: req.seed,
@@ -331,6 +392,7 @@ impl Host {
                     .expect("exists")
                     .store
                     .unload(&map);
+                self.forget_unused(group, key);
                 return Err(e);
             }
         };
@@ -347,6 +409,7 @@ impl Host {
             map_path,
             load,
             write_fraction: req.write_fraction,
+            cache_key: None,
         };
         match read_reply(id, &mut vm.stdout) {
             Ok(Reply::Ready {
@@ -366,6 +429,7 @@ impl Host {
                     .expect("exists")
                     .store
                     .unload(&vm.map);
+                self.forget_unused(group, key);
                 return Err(match other {
                     Ok(Reply::Failed(e)) => e.into(),
                     Ok(r) => Error::VmProcess {
@@ -377,9 +441,26 @@ impl Host {
             }
         }
         metrics::counter!("memshare_vms_started").increment(1);
+        if req.loading == Loading::Shared {
+            if let Some(e) =
+                key.and_then(|k| self.groups.get_mut(group).and_then(|g| g.cache.get_mut(&k)))
+            {
+                e.2 += 1;
+            }
+        }
+        vm.cache_key = key.filter(|_| req.loading == Loading::Shared);
         self.vms.insert(id, vm);
         self.publish(group);
         Ok(id)
+    }
+
+    /// Drop a cached load map no running VM uses (its slots may be freed and reused).
+    fn forget_unused(&mut self, group: &str, key: Option<ImageKey>) {
+        if let (Some(g), Some(k)) = (self.groups.get_mut(group), key) {
+            if g.cache.get(&k).is_some_and(|e| e.2 == 0) {
+                g.cache.remove(&k);
+            }
+        }
     }
 
     fn spawn(&self, id: VmId, spec: &VmSpec) -> Result<(Child, ChildStdin, ChildStdout), Error> {
@@ -471,6 +552,14 @@ impl Host {
             let _ = std::fs::remove_file(&vm.map_path);
             if let Some(g) = self.groups.get_mut(&vm.group) {
                 g.store.unload(&vm.map);
+                if let Some(k) = vm.cache_key {
+                    if let Some(e) = g.cache.get_mut(&k) {
+                        e.2 = e.2.saturating_sub(1);
+                        if e.2 == 0 {
+                            g.cache.remove(&k);
+                        }
+                    }
+                }
             }
             metrics::counter!("memshare_vms_ended").increment(1);
             self.publish(&vm.group);

@@ -197,7 +197,9 @@ pub fn generate(set: &ImageSet) -> Result<Generated, ImageError> {
         )));
     }
     let base = set.out.join("base.raw");
-    let mut size_kib = (data_blocks * 4 * 110 / 100) + copied * 8 + 8192;
+    // File data plus 5 %, a little per file for inodes and directories, 4 MiB of
+    // metadata; grown by 30 % per retry when mkfs.ext4 runs out of space.
+    let mut size_kib = (data_blocks * 4 * 105 / 100) + copied + 4096;
     let mut ok = false;
     let mut last_err = String::new();
     for _ in 0..4 {

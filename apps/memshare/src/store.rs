@@ -97,9 +97,16 @@ impl<K: Hash + Eq + Clone> ContentIndex<K> {
         }
     }
 
-    fn retain(&mut self, s: u32) {
-        self.slots[s as usize].refs += 1;
-        self.refs += 1;
+    /// Take one more reference to a live `slot` (false if the slot is not live).
+    pub fn retain(&mut self, s: u32) -> bool {
+        match self.slots.get_mut(s as usize) {
+            Some(e) if e.id.is_some() => {
+                e.refs += 1;
+                self.refs += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drop one reference to `slot`; returns true when the slot became free (its page
@@ -299,6 +306,21 @@ impl ContentStore {
         metrics::counter!("memshare_pages_shared_at_load").increment(stats.shared);
         metrics::counter!("memshare_hash_collisions").increment(stats.collisions);
         Ok((map, stats))
+    }
+
+    /// Take references for another VM on an image loaded before with `map` (its slots
+    /// must still be live, i.e. another VM still maps them). Returns false, with nothing
+    /// retained, if one is not.
+    pub fn retain(&mut self, map: &LoadMap) -> bool {
+        for (n, &s) in map.slots.iter().enumerate() {
+            if s != ZERO_SLOT && !self.index.retain(s) {
+                self.unload(&LoadMap {
+                    slots: map.slots[..n].to_vec(),
+                });
+                return false;
+            }
+        }
+        true
     }
 
     /// Drop the references of a loaded image; slots nobody maps any more are punched

@@ -25,6 +25,10 @@ pub struct VmSpec {
     pub store: PathBuf,
     /// The load map file (`u32` slot per image block).
     pub map: PathBuf,
+    /// How the image gets into guest memory.
+    pub loading: Loading,
+    /// The image file (read directly by the copy loadings).
+    pub image: PathBuf,
     /// Guest RAM for the image and free memory, in bytes.
     pub ram_bytes: u64,
     /// Fraction of image pages the guest's write command writes.
@@ -37,6 +41,20 @@ pub struct VmSpec {
     pub program: Program,
     /// Deadline of one guest command, in milliseconds.
     pub deadline_ms: u64,
+}
+
+/// How a VM's image gets into its guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loading {
+    /// Mapped `MAP_PRIVATE` from the group's content store: shared from the start.
+    #[default]
+    Shared,
+    /// A plain copy into private anonymous memory (no sharing).
+    Copy,
+    /// A plain copy into anonymous memory marked `MADV_MERGEABLE`, for KSM to merge
+    /// later (what QEMU does).
+    CopyMergeable,
 }
 
 /// One line from the VM process.
@@ -62,8 +80,37 @@ pub enum Reply {
     Failed(GuestError),
 }
 
+fn copy_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
+    use std::io::Read;
+    let setup = |what: &str, e: std::io::Error| GuestError::Setup(format!("{what}: {e}"));
+    let mut f = File::open(&spec.image).map_err(|e| setup("image", e))?;
+    let len = f.metadata().map_err(|e| setup("image", e))?.len() as usize;
+    let mut mem = GuestMemory::anonymous(len).map_err(|e| setup("image memory", e))?;
+    mem.advise(libc::MADV_NOHUGEPAGE)
+        .map_err(|e| setup("madvise", e))?;
+    if spec.loading == Loading::CopyMergeable {
+        mem.advise(libc::MADV_MERGEABLE)
+            .map_err(|e| setup("madvise(MADV_MERGEABLE)", e))?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = f.read(&mut buf).map_err(|e| setup("image", e))?;
+        if n == 0 {
+            return Err(GuestError::Setup("image shrank while loading".into()));
+        }
+        mem.write(at, &buf[..n])
+            .map_err(|e| setup("image memory", e))?;
+        at += n;
+    }
+    Ok(mem)
+}
+
 fn map_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
     let setup = |what: &str, e: std::io::Error| GuestError::Setup(format!("{what}: {e}"));
+    if spec.loading != Loading::Shared {
+        return copy_image(spec);
+    }
     let bytes = std::fs::read(&spec.map).map_err(|e| setup("load map", e))?;
     let map = LoadMap::from_bytes(&bytes)
         .ok_or_else(|| GuestError::Setup("load map is not a whole number of slots".into()))?;

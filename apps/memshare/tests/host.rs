@@ -399,3 +399,33 @@ fn bad_input_gets_typed_errors_and_the_others_go_on() {
     assert_eq!(h.store("g").unwrap().index().total_refs(), refs);
     assert_eq!(h.checksum(good).unwrap(), sums(&bytes));
 }
+
+#[test]
+fn a_second_vm_on_an_unchanged_image_reuses_its_load_and_a_rewritten_image_is_reloaded() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let (img, bytes) = image(dir.path(), "c.raw", 80, 21);
+    let mut h = host(dir.path());
+    h.create_group("c", GROUP).unwrap();
+    let a = h.start_vm("c", &VmRequest::new(&img, 0.0, 1)).unwrap();
+    let b = h.start_vm("c", &VmRequest::new(&img, 0.0, 2)).unwrap();
+    let st = h.status("c").unwrap();
+    let (la, lb) = (st.vms[0].load, st.vms[1].load);
+    assert_eq!(la.stored, la.pages - la.zero);
+    assert_eq!((lb.stored, lb.shared), (0, lb.pages - lb.zero));
+    assert_eq!(h.checksum(b).unwrap(), sums(&bytes));
+    // Rewrite the image in place (new content, new manifest): the next VM must see it.
+    let mut changed = bytes.clone();
+    changed[7 * PAGE..8 * PAGE].copy_from_slice(&common::pattern(1, 777));
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(&img, &changed).unwrap();
+    let ids: Vec<ContentId> = changed.chunks(PAGE).map(ContentId::of).collect();
+    write_manifest(&img, &ids).unwrap();
+    let c = h.start_vm("c", &VmRequest::new(&img, 0.0, 3)).unwrap();
+    assert_eq!(h.checksum(c).unwrap(), sums(&changed));
+    assert_eq!(h.checksum(a).unwrap(), sums(&bytes));
+    let lc = h.status("c").unwrap().vms[2].load;
+    assert_eq!(lc.stored, 1);
+}
