@@ -450,7 +450,6 @@ impl Host {
         }
         vm.cache_key = key.filter(|_| req.loading == Loading::Shared);
         self.vms.insert(id, vm);
-        self.publish(group);
         Ok(id)
     }
 
@@ -562,7 +561,6 @@ impl Host {
                 }
             }
             metrics::counter!("memshare_vms_ended").increment(1);
-            self.publish(&vm.group);
         }
     }
 
@@ -674,7 +672,8 @@ impl Host {
         Ok(s)
     }
 
-    /// Write the group's status where `pipewright memshare status` finds it.
+    /// Write the group's status where `pipewright memshare status` finds it (the caller
+    /// decides how often: it reads every VM's smaps).
     pub fn publish(&self, group: &str) {
         if let (Ok(s), Some(g)) = (self.status(group), self.groups.get(group)) {
             let tmp = g.dir.join("status.json.tmp");

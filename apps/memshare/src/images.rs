@@ -240,7 +240,7 @@ pub fn generate(set: &ImageSet) -> Result<Generated, ImageError> {
         .collect();
     let base_set: std::collections::HashSet<ContentId> = base_ids.iter().copied().collect();
     let mut chunks = Chunks {
-        files: files[used.min(files.len())..].to_vec().into_iter(),
+        files: files.split_off(used.min(files.len())).into_iter(),
         buf: Vec::new(),
         at: 0,
         seen: Default::default(),

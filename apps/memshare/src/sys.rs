@@ -113,6 +113,11 @@ impl GuestMemory {
         self.len
     }
 
+    /// Never true: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Copy `out.len()` bytes starting at `offset` out of the range.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> io::Result<()> {
         self.check(offset, out.len())?;

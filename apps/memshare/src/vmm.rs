@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -162,22 +162,18 @@ impl Vm {
             return Err(e.clone());
         }
         let sent = self.cmd_tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok());
-        let until = Instant::now() + deadline;
-        let r = loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.ev_rx.recv_timeout(left) {
-                Ok(Event::Done(v)) => break Ok(v),
-                Ok(Event::Stopped(Ok(()))) => break Err(GuestError::Halted),
-                Ok(Event::Stopped(Err(e))) => break Err(e),
-                Err(RecvTimeoutError::Disconnected) => break Err(GuestError::Halted),
-                Err(RecvTimeoutError::Timeout) if sent => {
-                    self.interrupt();
-                    break Err(GuestError::Deadline {
-                        ms: deadline.as_millis() as u64,
-                    });
-                }
-                Err(RecvTimeoutError::Timeout) => break Err(GuestError::Halted),
+        let r = match self.ev_rx.recv_timeout(deadline) {
+            Ok(Event::Done(v)) => Ok(v),
+            Ok(Event::Stopped(Ok(()))) => Err(GuestError::Halted),
+            Ok(Event::Stopped(Err(e))) => Err(e),
+            Err(RecvTimeoutError::Disconnected) => Err(GuestError::Halted),
+            Err(RecvTimeoutError::Timeout) if sent => {
+                self.interrupt();
+                Err(GuestError::Deadline {
+                    ms: deadline.as_millis() as u64,
+                })
             }
+            Err(RecvTimeoutError::Timeout) => Err(GuestError::Halted),
         };
         if let Err(e) = &r {
             self.dead = Some(e.clone());

@@ -63,7 +63,8 @@ fn misbehaving_guests_get_typed_errors_and_the_host_goes_on() {
         return;
     }
     let image = common::pattern(4, 2);
-    let cases: [(Program, fn(&GuestError) -> bool); 4] = [
+    type Check = fn(&GuestError) -> bool;
+    let cases: [(Program, Check); 4] = [
         (Program::TripleFault, |e| *e == GuestError::TripleFault),
         (Program::BadPort, |e| {
             matches!(
