@@ -106,6 +106,7 @@ struct VmProc {
     pid: u32,
     image_addr: u64,
     image_len: u64,
+    window_addr: u64,
     map: LoadMap,
     map_path: PathBuf,
     load: LoadStats,
@@ -297,6 +298,14 @@ impl Host {
     /// image loaded into the group's store (shared where its content is already there),
     /// then the VM process. Returns once the guest runs.
     pub fn start_vm(&mut self, group: &str, req: &VmRequest) -> Result<VmId, Error> {
+        let r = self.start_vm_inner(group, req);
+        if let Err(e) = &r {
+            metrics::counter!("memshare_vm_start_errors", "kind" => error_kind(e)).increment(1);
+        }
+        r
+    }
+
+    fn start_vm_inner(&mut self, group: &str, req: &VmRequest) -> Result<VmId, Error> {
         self.reap();
         let broken = self.group_broken_pages(group)?;
         let mut image = Image::open(&req.image)?;
@@ -405,6 +414,7 @@ impl Host {
             stdout: BufReader::new(stdout),
             image_addr: 0,
             image_len: 0,
+            window_addr: 0,
             map,
             map_path,
             load,
@@ -415,10 +425,12 @@ impl Host {
             Ok(Reply::Ready {
                 image_addr,
                 image_len,
+                window_addr,
                 ..
             }) => {
                 vm.image_addr = image_addr;
                 vm.image_len = image_len;
+                vm.window_addr = window_addr;
             }
             other => {
                 let _ = vm.child.kill();
@@ -500,7 +512,10 @@ impl Host {
             });
         }
         match read_reply(id, &mut vm.stdout)? {
-            Reply::Failed(e) => Err(e.into()),
+            Reply::Failed(e) => {
+                metrics::counter!("memshare_guest_errors").increment(1);
+                Err(e.into())
+            }
             r => Ok(r),
         }
     }
@@ -512,6 +527,24 @@ impl Host {
             r => Err(Error::VmProcess {
                 vm: id,
                 reason: format!("expected checksums, got {r:?}"),
+            }),
+        }
+    }
+
+    /// Have VM `id`'s guest read `count` image blocks from `first` through its
+    /// paravirtual block device; returns its checksum of each block and how many reads
+    /// the device served so far (each by mapping the block's stored page).
+    pub fn device_read(
+        &mut self,
+        id: VmId,
+        first: u32,
+        count: u32,
+    ) -> Result<(Vec<u32>, u64), Error> {
+        match self.request(id, &format!("devread {first} {count}"))? {
+            Reply::DeviceRead { sums, reads } => Ok((sums, reads)),
+            r => Err(Error::VmProcess {
+                vm: id,
+                reason: format!("expected device checksums, got {r:?}"),
             }),
         }
     }
@@ -592,6 +625,11 @@ impl Host {
     /// Where VM `id`'s image lives in its process: `(address, length)`.
     pub fn image_range(&self, id: VmId) -> Option<(u64, u64)> {
         self.vms.get(&id).map(|v| (v.image_addr, v.image_len))
+    }
+
+    /// Where VM `id`'s block device window lives in its process (`None`: no device).
+    pub fn device_window(&self, id: VmId) -> Option<u64> {
+        self.vms.get(&id).map(|v| v.window_addr).filter(|&a| a != 0)
     }
 
     /// The group's content store (reference counts, resident size).
@@ -697,6 +735,19 @@ impl Drop for Host {
         for g in self.groups.values() {
             let _ = std::fs::remove_dir_all(&g.dir);
         }
+    }
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Image(crate::ImageError::Truncated { .. }) => "truncated",
+        Error::Image(crate::ImageError::Corrupt { .. }) => "corrupt",
+        Error::Image(_) => "image",
+        Error::Guest(crate::GuestError::ImageTooLarge { .. }) => "too_large",
+        Error::Guest(_) => "guest",
+        Error::UnknownGroup(_) => "unknown_group",
+        Error::ReserveExhausted { .. } => "reserve",
+        _ => "other",
     }
 }
 

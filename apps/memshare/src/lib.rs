@@ -21,7 +21,15 @@
 //!    VM of the group reads the store's physical pages; a guest write makes the kernel copy
 //!    that page for that VM only (copy-on-write). Zero blocks stay anonymous memory (reads
 //!    see the kernel's zero page; nothing is stored).
-//! 4. **Reference counts.** Every mapped block holds a reference to its slot; when a VM
+//! 4. **Run-time reads.** Each VM also has a paravirtual block device ([`BlockDevice`])
+//!    over its image: the guest writes a block number and a window page to its ports, and
+//!    the VMM serves the read by mapping the block's stored page over that window page
+//!    (`MAP_PRIVATE`), not by copying it — Satori's sharing-aware block device, with the
+//!    same frames every other reader of that content in the group uses.
+//! 5. **Image reuse.** A group remembers the load map of each image file its VMs run
+//!    (keyed by device, inode, size, mtime and ctime): another VM on the unchanged file
+//!    takes references on the same slots without reading and hashing it again.
+//! 6. **Reference counts.** Every mapped block holds a reference to its slot; when a VM
 //!    ends (stopped, crashed, `kill -9`: [`Host::reap`]) its references go, and slots no
 //!    VM maps any more are punched out of the store file, returning their memory.
 //!
@@ -118,11 +126,11 @@ pub use image::{
     ContentId, Image,
 };
 pub use images::{generate, Generated, ImageSet};
-pub use payload::{marker, page_checksum, selected, write_threshold, Params, Program};
+pub use payload::{marker, page_checksum, selected, write_threshold, Params, Program, DEV_PAGES};
 pub use policy::{admit, Admission, Sharing};
 pub use store::{ContentIndex, ContentStore, LoadMap, LoadStats, Placed, ZERO_SLOT};
 pub use sys::{
     anonymous_in_range, frames, parse_smaps, proc_memory, GuestMemory, ProcMemory, PAGE,
 };
-pub use vmm::{Vm, VmConfig};
+pub use vmm::{BlockDevice, Vm, VmConfig};
 pub use vmproc::{vm_main, Loading, Reply, VmSpec};

@@ -11,13 +11,16 @@
 //! | `0x10000`          | code                                                   |
 //! | `0x80000`          | top of stack                                           |
 //! | `0x100000`         | results: one `u32` checksum per image page              |
+//! | `0x2000_0000`      | block device window ([`DEV_PAGES`] pages)               |
 //! | `0x4000_0000`      | the image, page `i` at `IMAGE_GPA + i * 4096`           |
 //!
 //! Protocol over port I/O: the guest reads a command from [`PORT_CMD`] (the host blocks
 //! that read until it has one), runs it, and writes a count to [`PORT_DONE`]. Commands:
 //! [`CMD_CHECKSUM`] (FNV-1a over each page's 32-bit words into the results array),
 //! [`CMD_WRITE`] (write a marker into the first word of each selected page) and
-//! [`CMD_HALT`]. Any other port is a bad port write.
+//! [`CMD_HALT`], and `CMD_DEVREAD` (read image blocks through the paravirtual block
+//! device: for each, write the block number and the window page to the device ports, read
+//! its status, checksum the window page). Any other port is a bad port write.
 
 use iced_x86::code_asm::*;
 
@@ -43,6 +46,21 @@ pub(crate) const CMD_CHECKSUM: u32 = 1;
 pub(crate) const CMD_WRITE: u32 = 2;
 /// Command: halt the vCPU.
 pub(crate) const CMD_HALT: u32 = 3;
+/// Command: read blocks through the paravirtual block device into the device window and
+/// checksum them (first block at parameter offset 28, count at 32).
+pub(crate) const CMD_DEVREAD: u32 = 4;
+/// Device port: the image block of the next read.
+pub(crate) const PORT_BLK_BLOCK: u16 = 0x510;
+/// Device port: the window page to read into (starts the read).
+pub(crate) const PORT_BLK_PAGE: u16 = 0x511;
+/// Device port: status of the last read (0 = done).
+pub(crate) const PORT_BLK_STATUS: u16 = 0x512;
+/// Guest-physical address of the block device's window.
+pub(crate) const DEV_GPA: u64 = 0x2000_0000;
+/// Pages in the device window.
+pub const DEV_PAGES: u32 = 256;
+/// What the guest reports when a device read failed.
+pub(crate) const DEV_FAILED: u32 = 0xffff_fffe;
 /// Magic value at the start of the parameter block.
 pub(crate) const PARAMS_MAGIC: u32 = 0x5357_4d50;
 
@@ -65,7 +83,7 @@ pub struct Params {
 
 impl Params {
     /// The block's bytes.
-    pub fn to_bytes(self) -> [u8; 32] {
+    pub fn to_bytes(self) -> [u8; 40] {
         let words = [
             PARAMS_MAGIC,
             IMAGE_GPA as u32,
@@ -75,8 +93,10 @@ impl Params {
             self.select_seed,
             self.marker_seed,
             0,
+            0,
+            0,
         ];
-        let mut out = [0u8; 32];
+        let mut out = [0u8; 40];
         for (o, w) in out.chunks_exact_mut(4).zip(words) {
             o.copy_from_slice(&w.to_le_bytes());
         }
@@ -169,6 +189,11 @@ fn checksummer() -> Result<Vec<u8>, IcedError> {
     let mut w_loop = a.create_label();
     let mut w_skip = a.create_label();
     let mut w_done = a.create_label();
+    let mut do_devread = a.create_label();
+    let mut d_loop = a.create_label();
+    let mut d_word = a.create_label();
+    let mut d_fail = a.create_label();
+    let mut d_done = a.create_label();
 
     // r8 = parameter block.
     a.mov(esp, STACK_TOP as u32)?;
@@ -183,6 +208,8 @@ fn checksummer() -> Result<Vec<u8>, IcedError> {
     a.je(do_write)?;
     a.cmp(eax, CMD_HALT)?;
     a.je(do_halt)?;
+    a.cmp(eax, CMD_DEVREAD)?;
+    a.je(do_devread)?;
     // Unknown command: report 0xffffffff as done.
     a.mov(eax, 0xffff_ffffu32)?;
     a.mov(dx, u32::from(PORT_DONE))?;
@@ -239,6 +266,50 @@ fn checksummer() -> Result<Vec<u8>, IcedError> {
     a.jmp(w_loop)?;
     a.set_label(&mut w_done)?;
     a.mov(eax, ebx)?;
+    a.mov(dx, u32::from(PORT_DONE))?;
+    a.out(dx, eax)?;
+    a.jmp(top)?;
+
+    // devread: ecx = k, rdi = result pointer, r9 = window page pointer.
+    a.set_label(&mut do_devread)?;
+    a.xor(ecx, ecx)?;
+    a.mov(edi, dword_ptr(r8 + 12))?;
+    a.mov(r9d, DEV_GPA as u32)?;
+    a.set_label(&mut d_loop)?;
+    a.cmp(ecx, dword_ptr(r8 + 32))?;
+    a.jae(d_done)?;
+    a.mov(eax, dword_ptr(r8 + 28))?;
+    a.add(eax, ecx)?;
+    a.mov(dx, u32::from(PORT_BLK_BLOCK))?;
+    a.out(dx, eax)?;
+    a.mov(eax, ecx)?;
+    a.mov(dx, u32::from(PORT_BLK_PAGE))?;
+    a.out(dx, eax)?;
+    a.mov(dx, u32::from(PORT_BLK_STATUS))?;
+    a.in_(eax, dx)?;
+    a.test(eax, eax)?;
+    a.jnz(d_fail)?;
+    a.mov(rsi, r9)?;
+    a.mov(eax, FNV_OFFSET)?;
+    a.mov(ebp, 1024u32)?;
+    a.set_label(&mut d_word)?;
+    a.xor(eax, dword_ptr(rsi))?;
+    a.imul_3(eax, eax, FNV_PRIME as i32)?;
+    a.add(rsi, 4)?;
+    a.dec(ebp)?;
+    a.jnz(d_word)?;
+    a.mov(dword_ptr(rdi), eax)?;
+    a.add(rdi, 4)?;
+    a.add(r9, 4096)?;
+    a.inc(ecx)?;
+    a.jmp(d_loop)?;
+    a.set_label(&mut d_fail)?;
+    a.mov(eax, DEV_FAILED)?;
+    a.mov(dx, u32::from(PORT_DONE))?;
+    a.out(dx, eax)?;
+    a.jmp(top)?;
+    a.set_label(&mut d_done)?;
+    a.mov(eax, ecx)?;
     a.mov(dx, u32::from(PORT_DONE))?;
     a.out(dx, eax)?;
     a.jmp(top)?;

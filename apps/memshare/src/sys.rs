@@ -86,6 +86,33 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Replace `pages` pages at page `at` with fresh private anonymous memory (zeros).
+    pub(crate) fn overlay_anonymous(&mut self, at: usize, pages: usize) -> io::Result<()> {
+        let end = at
+            .checked_add(pages)
+            .and_then(|e| e.checked_mul(PAGE))
+            .ok_or_else(|| io::Error::other("overlay out of range"))?;
+        if end > self.len || pages == 0 {
+            return Err(io::Error::other("overlay out of range"));
+        }
+        // SAFETY: as in `overlay_private`: the range lies inside this owned mapping and no
+        // Rust reference into it exists.
+        let ptr = unsafe {
+            libc::mmap(
+                self.ptr.add(at * PAGE).cast(),
+                pages * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Advise the kernel about the whole range (`MADV_NOHUGEPAGE`, `MADV_MERGEABLE`, ...).
     pub fn advise(&self, advice: libc::c_int) -> io::Result<()> {
         // SAFETY: madvise on a range this value owns; it changes no memory contents.

@@ -3,7 +3,8 @@
 //! its own thread; a command that overruns its deadline is interrupted with a signal.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
@@ -14,7 +15,11 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::error::GuestError;
-use crate::payload::{self, Params, Program, PORT_CMD, PORT_DONE};
+use crate::payload::{
+    self, Params, Program, DEV_PAGES, PORT_BLK_BLOCK, PORT_BLK_PAGE, PORT_BLK_STATUS, PORT_CMD,
+    PORT_DONE,
+};
+use crate::store::{LoadMap, ZERO_SLOT};
 use crate::sys::{GuestMemory, PAGE};
 
 /// Size of the low region (parameters, code, stack) before the results array.
@@ -31,6 +36,44 @@ pub struct VmConfig {
     pub ram_bytes: u64,
 }
 
+/// The paravirtual block device: the guest reads image blocks into its device window
+/// and the VMM serves each read by **mapping** the block's page from the content store
+/// over the window page (`MAP_PRIVATE`), not by copying it, so a block read at run time
+/// shares the same physical page as every other reader of that content in the group.
+#[derive(Debug)]
+pub struct BlockDevice {
+    store: File,
+    map: LoadMap,
+}
+
+impl BlockDevice {
+    /// A device over the image whose blocks `map` places in `store`.
+    pub fn new(store: File, map: LoadMap) -> Self {
+        Self { store, map }
+    }
+
+    /// Serve one read: map `block` at window page `page`. Returns the status the guest
+    /// sees (0 done, 1 no such block, 2 no such window page, 3 mapping failed).
+    fn serve(&self, window: &mut GuestMemory, block: u32, page: u32) -> u32 {
+        if page >= DEV_PAGES {
+            return 2;
+        }
+        let Some(&slot) = self.map.slots.get(block as usize) else {
+            return 1;
+        };
+        let r = if slot == ZERO_SLOT {
+            window.overlay_anonymous(page as usize, 1)
+        } else {
+            window.overlay_private(page as usize, 1, &self.store, u64::from(slot))
+        };
+        if r.is_ok() {
+            0
+        } else {
+            3
+        }
+    }
+}
+
 /// How a vCPU thread ended.
 #[derive(Debug)]
 enum Event {
@@ -43,6 +86,9 @@ enum Event {
 pub struct Vm {
     _kvm: Kvm,
     _vm: VmFd,
+    window: Option<GuestMemory>,
+    window_range: Option<(u64, u64)>,
+    device_reads: Arc<AtomicU64>,
     low: GuestMemory,
     image: GuestMemory,
     _ram: Option<GuestMemory>,
@@ -50,7 +96,7 @@ pub struct Vm {
     cmd_tx: Option<Sender<u32>>,
     ev_rx: Receiver<Event>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<GuestMemory>>>,
     dead: Option<GuestError>,
 }
 
@@ -65,6 +111,16 @@ impl Vm {
     /// the loader) as guest memory at [`payload::IMAGE_GPA`], load the program and start
     /// the vCPU (which waits for the first command).
     pub fn start(config: &VmConfig, image: GuestMemory) -> Result<Self, GuestError> {
+        Self::start_with_device(config, image, None)
+    }
+
+    /// [`Vm::start`] with a paravirtual block device over the image (its window at
+    /// guest-physical `0x2000_0000`, `DEV_PAGES` pages).
+    pub fn start_with_device(
+        config: &VmConfig,
+        image: GuestMemory,
+        device: Option<BlockDevice>,
+    ) -> Result<Self, GuestError> {
         static HANDLER: Once = Once::new();
         HANDLER.call_once(|| {
             register_signal_handler(kick_signal(), on_kick).expect("a real-time signal handler")
@@ -103,9 +159,19 @@ impl Vm {
         } else {
             None
         };
+        let window = match device {
+            Some(_) => Some(
+                GuestMemory::anonymous(DEV_PAGES as usize * PAGE)
+                    .map_err(|e| GuestError::Setup(format!("device window: {e}")))?,
+            ),
+            None => None,
+        };
         let mut regions = vec![(0u64, &low), (payload::IMAGE_GPA, &image)];
         if let Some(r) = &ram {
             regions.push((payload::IMAGE_GPA + image.len() as u64, r));
+        }
+        if let Some(w) = &window {
+            regions.push((payload::DEV_GPA, w));
         }
         for (slot, (gpa, m)) in regions.into_iter().enumerate() {
             let region = kvm_userspace_memory_region {
@@ -133,16 +199,25 @@ impl Vm {
         let (ev_tx, ev_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let device_reads = Arc::new(AtomicU64::new(0));
+        let reads = device_reads.clone();
+        let window_range = window.as_ref().map(|w| (w.addr(), w.len() as u64));
+        let mut dev = device.zip(window);
         let thread = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
-                let end = run_vcpu(vcpu, &cmd_rx, &ev_tx, &stop2);
+                let end = run_vcpu(vcpu, &cmd_rx, &ev_tx, &stop2, dev.as_mut(), &reads);
                 let _ = ev_tx.send(Event::Stopped(end));
+                // The window goes back to the `Vm`, which keeps it until the VM is closed.
+                dev.map(|(_, w)| w)
             })
             .map_err(|e| GuestError::Setup(format!("vCPU thread: {e}")))?;
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
+            window: None,
+            window_range,
+            device_reads,
             low,
             image,
             _ram: ram,
@@ -206,6 +281,58 @@ impl Vm {
         self.command(payload::CMD_WRITE, deadline)
     }
 
+    /// Have the guest read `count` image blocks from `first` through the block device
+    /// (into window pages 0..count) and return its checksum of each.
+    pub fn device_read(
+        &mut self,
+        first: u32,
+        count: u32,
+        deadline: Duration,
+    ) -> Result<Vec<u32>, GuestError> {
+        if count > DEV_PAGES.min(self.image_pages) {
+            return Err(GuestError::Protocol(format!(
+                "device reads of {count} blocks exceed the window or the results ({})",
+                DEV_PAGES.min(self.image_pages)
+            )));
+        }
+        let mut p = [0u8; 8];
+        p[..4].copy_from_slice(&first.to_le_bytes());
+        p[4..].copy_from_slice(&count.to_le_bytes());
+        self.low
+            .write(payload::PARAMS_GPA as usize + 28, &p)
+            .map_err(|e| GuestError::Protocol(e.to_string()))?;
+        let n = self.command(payload::CMD_DEVREAD, deadline)?;
+        if n == payload::DEV_FAILED {
+            return Err(GuestError::Protocol(format!(
+                "device read of blocks {first}..{} failed (no such block?)",
+                u64::from(first) + u64::from(count)
+            )));
+        }
+        if n != count {
+            return Err(GuestError::Protocol(format!(
+                "guest read {n} of {count} blocks"
+            )));
+        }
+        let mut raw = vec![0u8; n as usize * 4];
+        self.low
+            .read(payload::RESULTS_GPA as usize, &mut raw)
+            .map_err(|e| GuestError::Protocol(e.to_string()))?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// Where the block device's window lives in this process: `(address, length)`.
+    pub fn device_window(&self) -> Option<(u64, u64)> {
+        self.window_range
+    }
+
+    /// Block reads the device served (each by mapping a stored page).
+    pub fn device_reads(&self) -> u64 {
+        self.device_reads.load(Ordering::Relaxed)
+    }
+
     /// The host mapping of the image (for inspection: address, length).
     pub fn image_range(&self) -> (u64, u64) {
         (self.image.addr(), self.image.len() as u64)
@@ -225,7 +352,9 @@ impl Vm {
                 let _ = t.kill(kick_signal());
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = t.join();
+            if let Ok(w) = t.join() {
+                self.window = w;
+            }
         }
     }
 }
@@ -241,7 +370,16 @@ fn run_vcpu(
     cmd_rx: &Receiver<u32>,
     ev_tx: &Sender<Event>,
     stop: &AtomicBool,
+    mut dev: Option<&mut (BlockDevice, GuestMemory)>,
+    reads: &AtomicU64,
 ) -> Result<(), GuestError> {
+    let (mut block, mut status) = (0u32, 0u32);
+    let word = |data: &[u8]| {
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        u32::from_le_bytes(b)
+    };
     loop {
         if stop.load(Ordering::SeqCst) {
             return Err(GuestError::Interrupted);
@@ -262,6 +400,20 @@ fn run_vcpu(
                 if ev_tx.send(Event::Done(u32::from_le_bytes(b))).is_err() {
                     return Err(GuestError::Interrupted);
                 }
+            }
+            Ok(VcpuExit::IoOut(PORT_BLK_BLOCK, data)) if dev.is_some() => block = word(data),
+            Ok(VcpuExit::IoOut(PORT_BLK_PAGE, data)) if dev.is_some() => {
+                if let Some((d, window)) = dev.as_deref_mut() {
+                    status = d.serve(window, block, word(data));
+                    if status == 0 {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(VcpuExit::IoIn(PORT_BLK_STATUS, data)) if dev.is_some() => {
+                let b = status.to_le_bytes();
+                let n = data.len().min(4);
+                data[..n].copy_from_slice(&b[..n]);
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 return Err(GuestError::BadPort {

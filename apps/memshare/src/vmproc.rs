@@ -12,7 +12,7 @@ use crate::error::GuestError;
 use crate::payload::{write_threshold, Params, Program, CMD_HALT};
 use crate::store::LoadMap;
 use crate::sys::{GuestMemory, PAGE};
-use crate::vmm::{Vm, VmConfig};
+use crate::vmm::{BlockDevice, Vm, VmConfig};
 
 /// Everything a VM process needs, passed as one JSON argument.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -69,11 +69,21 @@ pub enum Reply {
         image_addr: u64,
         /// Its length.
         image_len: u64,
+        /// Host virtual address of the block device window (0: no device).
+        window_addr: u64,
     },
     /// The guest's checksum per image page.
     Checksums(Vec<u32>),
     /// Pages the guest wrote.
     Written(u32),
+    /// The guest's checksums of blocks read through the block device, and the device's
+    /// reads so far.
+    DeviceRead {
+        /// Checksum per block read.
+        sums: Vec<u32>,
+        /// Reads the device served so far.
+        reads: u64,
+    },
     /// The guest halted on request.
     Halted,
     /// The VM failed (it is gone).
@@ -106,10 +116,10 @@ fn copy_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
     Ok(mem)
 }
 
-fn map_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
+fn map_image(spec: &VmSpec) -> Result<(GuestMemory, Option<BlockDevice>), GuestError> {
     let setup = |what: &str, e: std::io::Error| GuestError::Setup(format!("{what}: {e}"));
     if spec.loading != Loading::Shared {
-        return copy_image(spec);
+        return Ok((copy_image(spec)?, None));
     }
     let bytes = std::fs::read(&spec.map).map_err(|e| setup("load map", e))?;
     let map = LoadMap::from_bytes(&bytes)
@@ -124,7 +134,7 @@ fn map_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
         mem.overlay_private(page, n, &store, u64::from(slot))
             .map_err(|e| setup("map store pages", e))?;
     }
-    Ok(mem)
+    Ok((mem, Some(BlockDevice::new(store, map))))
 }
 
 fn send(out: &mut impl Write, r: &Reply) -> bool {
@@ -138,7 +148,7 @@ fn send(out: &mut impl Write, r: &Reply) -> bool {
 pub fn vm_main(spec: &VmSpec) -> i32 {
     let mut out = std::io::stdout().lock();
     let start = || -> Result<Vm, GuestError> {
-        let image = map_image(spec)?;
+        let (image, device) = map_image(spec)?;
         let pages = (image.len() / PAGE) as u32;
         let config = VmConfig {
             program: spec.program,
@@ -150,7 +160,7 @@ pub fn vm_main(spec: &VmSpec) -> i32 {
             },
             ram_bytes: spec.ram_bytes,
         };
-        Vm::start(&config, image)
+        Vm::start_with_device(&config, image, device)
     };
     let mut vm = match start() {
         Ok(vm) => vm,
@@ -166,6 +176,7 @@ pub fn vm_main(spec: &VmSpec) -> i32 {
             pid: std::process::id(),
             image_addr,
             image_len,
+            window_addr: vm.device_window().map_or(0, |w| w.0),
         },
     ) {
         return 0;
@@ -176,6 +187,18 @@ pub fn vm_main(spec: &VmSpec) -> i32 {
         let reply = match line.trim() {
             "checksum" => vm.checksum(deadline).map(Reply::Checksums),
             "write" => vm.write(deadline).map(Reply::Written),
+            l if l.starts_with("devread ") => {
+                let mut it = l.split_whitespace().skip(1).map(str::parse::<u32>);
+                match (it.next(), it.next()) {
+                    (Some(Ok(first)), Some(Ok(count))) => vm
+                        .device_read(first, count, deadline)
+                        .map(|sums| Reply::DeviceRead {
+                            sums,
+                            reads: vm.device_reads(),
+                        }),
+                    _ => Err(GuestError::Protocol(format!("bad devread {l:?}"))),
+                }
+            }
             "halt" => {
                 let _ = vm.command(CMD_HALT, deadline);
                 send(&mut out, &Reply::Halted);

@@ -429,3 +429,40 @@ fn a_second_vm_on_an_unchanged_image_reuses_its_load_and_a_rewritten_image_is_re
     let lc = h.status("c").unwrap().vms[2].load;
     assert_eq!(lc.stored, 1);
 }
+
+#[test]
+fn block_device_reads_are_served_by_mapping_the_stored_page() {
+    if !common::kvm_or_skip() || !common::root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let (img, bytes) = image(dir.path(), "d.raw", 120, 31);
+    let mut h = host(dir.path());
+    h.create_group("d", GROUP).unwrap();
+    let a = h.start_vm("d", &VmRequest::new(&img, 0.0, 1)).unwrap();
+    let b = h.start_vm("d", &VmRequest::new(&img, 0.0, 2)).unwrap();
+    assert_eq!(h.checksum(b).unwrap(), sums(&bytes));
+    let before = h.store("d").unwrap().resident_bytes().unwrap();
+    // A reads blocks 30..90 through its device: the guest's checksums are the image's.
+    let (got, reads) = h.device_read(a, 30, 60).unwrap();
+    assert_eq!(got, sums(&bytes)[30..90].to_vec());
+    assert_eq!(reads, 60);
+    // Each window page is the very frame B's image page uses (the stored page), zero
+    // blocks excepted (fresh zero memory): mapped, not copied; the store did not grow.
+    let window = frames(h.pid(a).unwrap(), h.device_window(a).unwrap(), 60).unwrap();
+    let fb = vm_frames(&h, b);
+    let map = h.load_maps("d")[0].1.clone();
+    let mut mapped = 0;
+    for k in 0..60 {
+        if map.slots[30 + k] != ZERO_SLOT {
+            assert_eq!(window[k], fb[30 + k], "block {} was copied", 30 + k);
+            mapped += 1;
+        }
+    }
+    assert!(mapped > 50);
+    assert_eq!(h.store("d").unwrap().resident_bytes().unwrap(), before);
+    // A read past the image is refused; the VM goes on.
+    let e = h.device_read(a, 100, 30).unwrap_err();
+    assert!(matches!(e, Error::Guest(GuestError::Protocol(_))), "{e}");
+    assert_eq!(h.checksum(a).unwrap(), sums(&bytes));
+}
