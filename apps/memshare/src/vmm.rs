@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -121,10 +121,13 @@ impl Vm {
         image: GuestMemory,
         device: Option<BlockDevice>,
     ) -> Result<Self, GuestError> {
-        static HANDLER: Once = Once::new();
-        HANDLER.call_once(|| {
-            register_signal_handler(kick_signal(), on_kick).expect("a real-time signal handler")
-        });
+        static HANDLER: OnceLock<Result<(), String>> = OnceLock::new();
+        HANDLER
+            .get_or_init(|| {
+                register_signal_handler(kick_signal(), on_kick).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| GuestError::Setup(format!("vCPU kick signal handler: {e}")))?;
         let image_bytes = u64::from(config.params.image_pages) * PAGE as u64;
         if image_bytes > config.ram_bytes {
             return Err(GuestError::ImageTooLarge {
