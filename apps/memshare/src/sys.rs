@@ -294,6 +294,16 @@ mod tests {
         assert!(m.write(usize::MAX, b"x").is_err());
     }
 
+    proptest::proptest! {
+        /// Any text parses without panicking; known keys add up exactly.
+        #[test]
+        fn smaps_parser_takes_any_text(junk in ".{0,200}", rss in 0u64..1 << 30, pss in 0u64..1 << 30) {
+            let _ = parse_smaps(&junk);
+            let m = parse_smaps(&format!("{junk}\nRss: {rss} kB\nPss: {pss} kB\n"));
+            proptest::prop_assert!(m.rss >= rss * 1024 && m.pss >= pss * 1024);
+        }
+    }
+
     #[test]
     fn smaps_rollup_parses() {
         let t = "00400000-7fff [rollup]\nRss: 100 kB\nPss: 50 kB\nPrivate_Clean: 10 kB\nPrivate_Dirty: 20 kB\nAnonymous: 7 kB\n";
