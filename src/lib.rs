@@ -69,3 +69,7 @@ pub use pipewright_failures as failures;
 /// The lease balancer and connection rebalancing (feature `balance`).
 #[cfg(feature = "balance")]
 pub use pipewright_balance as balance;
+/// VM memory sharing on KVM: trust groups, per-group content stores, VM processes that
+/// map image memory copy-on-write from them (feature `memshare`).
+#[cfg(feature = "memshare")]
+pub use pipewright_memshare as memshare;

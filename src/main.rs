@@ -31,6 +31,9 @@ enum Command {
     /// Failure-pattern analytics: generate a fleet, report on events, serve ingestion.
     #[cfg(feature = "failures")]
     Failures(cli::failures::FailuresArgs),
+    /// VM memory sharing on KVM: run VMs in trust groups, generate images, live status.
+    #[cfg(feature = "memshare")]
+    Memshare(cli::memshare::MemshareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Nic(args) => cli::nic::run(args),
         #[cfg(feature = "failures")]
         Command::Failures(args) => cli::failures::run(args),
+        #[cfg(feature = "memshare")]
+        Command::Memshare(args) => cli::memshare::run(args),
     }
 }

@@ -6,6 +6,8 @@ pub(crate) mod demo;
 #[cfg(feature = "failures")]
 pub(crate) mod failures;
 pub(crate) mod live;
+#[cfg(feature = "memshare")]
+pub(crate) mod memshare;
 #[cfg(feature = "nic")]
 pub(crate) mod nic;
 #[cfg(feature = "storage")]
