@@ -12,17 +12,21 @@
 //! instance id and the next fill writes blocks tagged with it, so a reader that raced
 //! the reuse sees [`Verdict::Stale`] and goes back to the lookup.
 
+// `pub` items: the loom model reaches them through `loom_api` (loom builds only).
+#![allow(unreachable_pub)]
+
 use crate::sync::{AtomicU64, Ordering};
 
 /// A chunk slot's shared state: current instance id and write sequence.
 #[derive(Debug)]
-pub(crate) struct SlotCell {
+pub struct SlotCell {
     instance: AtomicU64,
     seq: AtomicU64,
 }
 
 impl SlotCell {
-    pub(crate) fn new(instance: u64) -> Self {
+    /// A slot on `instance`, no write in progress.
+    pub fn new(instance: u64) -> Self {
         Self {
             instance: AtomicU64::new(instance),
             seq: AtomicU64::new(0),
@@ -30,34 +34,34 @@ impl SlotCell {
     }
 
     /// The slot's current instance id.
-    pub(crate) fn instance(&self) -> u64 {
+    pub fn instance(&self) -> u64 {
         self.instance.load(Ordering::SeqCst)
     }
 
     /// Gives the slot a new instance id (only after it is durable in the metadata).
-    pub(crate) fn set_instance(&self, id: u64) {
+    pub fn set_instance(&self, id: u64) {
         self.instance.store(id, Ordering::SeqCst);
     }
 
     /// The write sequence a reader snapshots before reading.
-    pub(crate) fn seq(&self) -> u64 {
+    pub fn seq(&self) -> u64 {
         self.seq.load(Ordering::SeqCst)
     }
 
     /// A write into the slot starts (the sequence becomes odd).
-    pub(crate) fn begin_write(&self) {
+    pub fn begin_write(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The write ended (the sequence is even again).
-    pub(crate) fn end_write(&self) {
+    pub fn end_write(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 /// What a reader may do with a block it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Serve it.
     Valid,
     /// Written under another instance, or the slot moved on: never serve; look up again.
@@ -71,7 +75,7 @@ pub(crate) enum Verdict {
 
 /// The check, in this order: the tag's and the slot's instance, the write sequence, the
 /// checksum.
-pub(crate) fn check(
+pub fn check(
     expected: u64,
     tag_instance: u64,
     checksum_ok: bool,
