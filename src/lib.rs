@@ -59,3 +59,8 @@ pub use pipewright_nic as nic;
 /// `storage`).
 #[cfg(feature = "storage")]
 pub use pipewright_storage as storage;
+
+/// The cache gateway: chunk cache with instance ids, NBD gateway, trace replay (feature
+/// `cache`).
+#[cfg(feature = "cache")]
+pub use pipewright_cache as cache;

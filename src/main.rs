@@ -25,6 +25,9 @@ enum Command {
     /// The software NIC: run the data plane on real interfaces, or a full demo topology.
     #[cfg(feature = "nic")]
     Nic(cli::nic::NicArgs),
+    /// The cache gateway: chunk cache over a backend served by NBD, status, trace replay.
+    #[cfg(feature = "cache")]
+    Cache(cli::cache::CacheArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => cli::storage::run(args),
         #[cfg(feature = "nic")]
         Command::Nic(args) => cli::nic::run(args),
+        #[cfg(feature = "cache")]
+        Command::Cache(args) => cli::cache::run(args),
     }
 }

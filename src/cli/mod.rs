@@ -1,5 +1,7 @@
 //! Subcommands of the `pipewright` tool.
 
+#[cfg(feature = "cache")]
+pub(crate) mod cache;
 pub(crate) mod demo;
 pub(crate) mod live;
 #[cfg(feature = "nic")]

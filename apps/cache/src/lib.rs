@@ -104,7 +104,11 @@ mod error;
 #[cfg(not(loom))]
 pub mod faults;
 #[cfg(not(loom))]
+mod gateway;
+#[cfg(not(loom))]
 mod meta;
+#[cfg(not(loom))]
+pub mod nbd;
 #[cfg(not(loom))]
 pub mod policy;
 #[cfg(not(loom))]
@@ -123,6 +127,8 @@ pub use cache::{Cache, VolumeId};
 pub use config::{CacheConfig, WriteMode};
 #[cfg(not(loom))]
 pub use error::CacheError;
+#[cfg(not(loom))]
+pub use gateway::{io_runtime, parse_size, shutdown_signal, status_path, Gateway};
 #[cfg(not(loom))]
 pub use policy::{
     simulate_request, Clock, EvictionPolicy, Fifo, Lru, PolicyKind, S3Fifo, Sieve, UnknownPolicy,
