@@ -24,6 +24,35 @@ enum CacheCommand {
     Gateway(GatewayArgs),
     /// Show a running gateway's chunks, hit ratio, evictions, refusals and NBD counters.
     Status(StatusArgs),
+    /// Replay a trace (libCacheSim CSV conventions or oracleGeneral binary): miss ratio,
+    /// requests/s, and a miss-ratio curve with --sizes.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The trace file (`*.oracleGeneral*` / `*.bin`: binary; otherwise CSV).
+    #[arg(long)]
+    trace: PathBuf,
+    /// CSV options, libCacheSim style: "obj-id-col=2,has-header=true,delimiter=,".
+    #[arg(short = 't', long = "trace-options")]
+    trace_options: Option<String>,
+    /// Eviction policy (or "all").
+    #[arg(long, default_value = "lru")]
+    policy: String,
+    /// Cache size: objects, or a percentage of the trace's distinct objects (10%).
+    #[arg(long, default_value = "10%")]
+    size: String,
+    /// Several sizes for a miss-ratio curve: "1%,5%,10%,20%".
+    #[arg(long)]
+    sizes: Option<String>,
+    /// Write the curve as an SVG plot.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Replay through the real chunk store (4 KiB chunks over a file backend in a
+    /// temporary directory) instead of the policy-only simulator.
+    #[arg(long)]
+    real: bool,
 }
 
 #[derive(Args, Debug)]
@@ -67,6 +96,7 @@ struct StatusArgs {
 pub(crate) fn run(args: CacheArgs) -> anyhow::Result<()> {
     match args.command {
         CacheCommand::Gateway(a) => gateway(a),
+        CacheCommand::Replay(a) => replay(a),
         CacheCommand::Status(a) => {
             let p = status_path(&a.cache_file);
             let text = std::fs::read_to_string(&p).with_context(|| {
@@ -109,4 +139,78 @@ fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         eprintln!("{}", gw.status());
         anyhow::Ok(())
     })
+}
+
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    use pipewright_cache::replay;
+    let format = replay::format_for(&a.trace, a.trace_options.as_deref())?;
+    let ids = replay::read_trace(&a.trace, &format)?;
+    let distinct = replay::distinct(&ids);
+    let policies: Vec<PolicyKind> = if a.policy == "all" {
+        PolicyKind::ALL.to_vec()
+    } else {
+        a.policy
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()?
+    };
+    let sizes: Vec<usize> = a
+        .sizes
+        .as_deref()
+        .unwrap_or(&a.size)
+        .split(',')
+        .map(|s| replay::parse_size(s, distinct))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "trace {}: {} requests, {} distinct objects; mode {}",
+        a.trace.display(),
+        ids.len(),
+        distinct,
+        if a.real {
+            "real (chunk store)"
+        } else {
+            "policy-only"
+        }
+    );
+    println!(
+        "{:<8} {:>10} {:>11} {:>14}",
+        "policy", "size", "miss ratio", "requests/s"
+    );
+    let rt = if a.real { Some(io_runtime()?) } else { None };
+    let mut curves = Vec::new();
+    for &p in &policies {
+        let mut pts = Vec::new();
+        for &size in &sizes {
+            let r = match &rt {
+                None => replay::simulate(&ids, p, size),
+                Some(rt) => {
+                    let dir = tempfile_dir()?;
+                    let r = rt.block_on(replay::replay_real(&ids, p, size, &dir));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    r?
+                }
+            };
+            println!(
+                "{:<8} {:>10} {:>11.6} {:>14.0}",
+                p.name(),
+                size,
+                r.miss_ratio(),
+                r.reqs_per_sec()
+            );
+            pts.push((size, r.miss_ratio()));
+        }
+        curves.push((p, pts));
+    }
+    if let Some(path) = a.plot {
+        let title = format!("miss ratio: {}", a.trace.display());
+        std::fs::write(&path, replay::curve_svg(&curves, &title))?;
+        println!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pipewright-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

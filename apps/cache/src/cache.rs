@@ -624,22 +624,22 @@ impl Inner {
                 .write_blocks(slot, 0, &data, instance, key.addr());
             cell.end_write();
             w?;
-            inner.store.sync()?;
-            inner.meta.commit(
-                &[(
-                    slot,
-                    ChunkRecord {
-                        state: SlotState::Clean,
-                        volume: key.volume,
-                        chunk: key.chunk,
-                        instance,
-                        dirty: Vec::new(),
-                    },
-                )],
-                None,
-                None,
-                &[],
-            )?;
+            // No fdatasync here: a clean chunk's bytes need not be durable. After a
+            // crash that lost some of them, their tags no longer match (instance or
+            // CRC) and the chunk is refetched; the next sync of the file (any
+            // acknowledged write's) makes them durable anyway.
+            // A clean chunk's mapping may be lost at a crash (the chunk is then
+            // refetched); it never names bytes that are not synced.
+            inner.meta.commit_lazy(&[(
+                slot,
+                ChunkRecord {
+                    state: SlotState::Clean,
+                    volume: key.volume,
+                    chunk: key.chunk,
+                    instance,
+                    dirty: Vec::new(),
+                },
+            )])?;
             Ok(())
         })
         .await;

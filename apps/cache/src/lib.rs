@@ -71,6 +71,12 @@
 //! per 4 KiB block in its 16-byte tag (0.4% of the space), so it can be 64 bits: at a
 //! million evictions per second it wraps after 584,000 years. Nothing has to be swept.
 //!
+//! A **fill** writes the chunk's blocks and tags and publishes the mapping in a
+//! metadata transaction that becomes durable with the next durable one; it does not
+//! `fdatasync` the cache file. A clean chunk needs no durability of its own: if a crash
+//! loses some of its bytes or its mapping, the tags no longer match (instance id or
+//! CRC) or the slot is free under a fresh id, and the chunk is fetched again.
+//!
 //! # The write guarantee
 //!
 //! - **Write-back** (default): a write is acknowledged only after (1) the chunk's
@@ -111,6 +117,8 @@ mod meta;
 pub mod nbd;
 #[cfg(not(loom))]
 pub mod policy;
+#[cfg(not(loom))]
+pub mod replay;
 #[cfg(not(loom))]
 mod service;
 mod slot;

