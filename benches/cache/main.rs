@@ -208,7 +208,7 @@ fn nbd_read(filter: Option<&str>) {
     std::fs::create_dir_all(dir.join("volumes")).unwrap();
     let vol = dir.join("volumes/disk");
     let data: Vec<u8> = (0..mib * (1 << 20))
-        .map(|i| (i * 2654435761 >> 13) as u8)
+        .map(|i| ((i * 2654435761) >> 13) as u8)
         .collect();
     std::fs::write(&vol, data).unwrap();
     let bytes = mib << 20;
