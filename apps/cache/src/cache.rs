@@ -241,6 +241,25 @@ impl Cache {
         Ok(out)
     }
 
+    /// Whether every chunk of `[offset, offset+len)` of `volume` is resident now (the
+    /// lookup of the request path; a `false` read will fill).
+    pub fn is_resident(&self, volume: VolumeId, offset: u64, len: u64) -> bool {
+        let cs = self.inner.cfg.chunk_size;
+        if len == 0 {
+            return true;
+        }
+        let st = self.inner.lock();
+        (offset / cs..=(offset + len - 1) / cs).all(|chunk| {
+            matches!(
+                st.index.get(&ChunkKey {
+                    volume: volume.0,
+                    chunk
+                }),
+                Some(Entry::Resident(_))
+            )
+        })
+    }
+
     /// Writes `data` at `offset` of `volume`; returns once the write is acknowledged
     /// under the configured [`WriteMode`].
     pub async fn write(

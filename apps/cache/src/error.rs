@@ -58,6 +58,9 @@ pub enum CacheError {
         /// Block in the chunk.
         block: u32,
     },
+    /// The request pipeline could not be built or started on the runtime.
+    #[error("the cache's request pipeline could not start: {0}; check the plan (cores, workers)")]
+    Pipeline(String),
     /// The cache is closed.
     #[error("the cache is closed")]
     Closed,

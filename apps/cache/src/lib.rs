@@ -116,6 +116,8 @@ mod meta;
 #[cfg(not(loom))]
 pub mod nbd;
 #[cfg(not(loom))]
+pub mod pipeline;
+#[cfg(not(loom))]
 pub mod policy;
 #[cfg(not(loom))]
 pub mod replay;
