@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::config::CacheConfig;
 use crate::error::CacheError;
 use crate::nbd::NbdServer;
+use pipewright_runtime::Plan;
 
 /// Parses a size: bytes, or with a `K`/`M`/`G`/`T` suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, CacheError> {
@@ -73,6 +74,7 @@ pub struct Gateway {
     cache: Cache,
     server: NbdServer,
     addr: SocketAddr,
+    running: Option<pipewright_runtime::Running>,
 }
 
 impl Gateway {
@@ -85,7 +87,10 @@ impl Gateway {
         let cache = Cache::open(cfg.clone(), backend).await?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let server = NbdServer::new(cache.clone());
+        // The request path runs as a pipewright pipeline on one worker (lookup,
+        // hit / fill / write stages fused); the NBD connections feed it.
+        let (running, path) = crate::pipeline::start(cache.clone(), Plan::fused())?;
+        let server = NbdServer::with_pipeline(cache.clone(), path);
         tokio::spawn(server.clone().serve(listener));
         let status = status_path(&cfg.cache_file);
         let (c, s) = (cache.clone(), server.clone());
@@ -103,6 +108,7 @@ impl Gateway {
             cache,
             server,
             addr,
+            running: Some(running),
         })
     }
 
@@ -114,6 +120,11 @@ impl Gateway {
     /// The cache it serves.
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// The request pipeline's per-stage counters (lookup, hit, fill, write).
+    pub fn pipeline_snapshot(&self) -> Option<pipewright_runtime::Snapshot> {
+        self.running.as_ref().map(|r| r.snapshot())
     }
 
     /// The status text `pipewright cache status` prints.

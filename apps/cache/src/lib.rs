@@ -6,7 +6,13 @@
 //!   metadata in `redb`, volumes from a [`Backend`] ([`FileBackend`]: files of a
 //!   directory). Reads fill whole chunks on a miss, one backend fetch per chunk however
 //!   many requests miss on it at once.
-//! - [`CacheService`]: the cache as a `tower::Service<BlockRequest>`.
+//! - [`CacheService`]: the cache as a `tower::Service<BlockRequest>`; [`pipeline`]: the
+//!   request path as a pipewright pipeline on the runtime (lookup router → hit / fill /
+//!   write stages → reply), served as a `tower::Service` too; the gateway's NBD
+//!   connections feed it.
+//! - [`nbd`]: the NBD server; [`Gateway`]: cache + pipeline + NBD listener + status.
+//! - [`replay`]: libCacheSim-compatible trace replay, policy-only or through the real
+//!   chunk store.
 //! - [`EvictionPolicy`]: sans-I/O victim choice, with [`Lru`], [`Fifo`], [`Clock`],
 //!   [`Sieve`] and [`S3Fifo`]; [`simulate_request`] drives one the way libCacheSim
 //!   does for trace replay.

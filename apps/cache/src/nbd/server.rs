@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, Semaphore};
 use super::wire::*;
 use crate::cache::{Cache, VolumeId};
 use crate::error::CacheError;
+use crate::pipeline::PipelineReply;
+use crate::service::{BlockRequest, BlockResponse};
+use pipewright_runtime::PipelineService;
 
 /// Connection-level counters of an [`NbdServer`].
 #[derive(Debug, Default)]
@@ -34,11 +37,22 @@ fn bump(c: &AtomicU64, name: &'static str) {
 }
 
 /// Serves a [`Cache`]'s volumes over NBD.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NbdServer {
     cache: Cache,
+    /// The request path on the pipewright runtime, when the server was given one.
+    path: Option<PipelineService<BlockRequest, PipelineReply>>,
     stats: Arc<NbdStats>,
     max_in_flight: usize,
+}
+
+impl std::fmt::Debug for NbdServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdServer")
+            .field("cache", &self.cache)
+            .field("pipeline", &self.path.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 const TFLAGS: u16 = TFLAG_HAS_FLAGS
@@ -52,8 +66,18 @@ impl NbdServer {
     pub fn new(cache: Cache) -> Self {
         Self {
             cache,
+            path: None,
             stats: Arc::default(),
             max_in_flight: 64,
+        }
+    }
+
+    /// A server whose reads and writes go through the cache's request pipeline
+    /// ([`pipeline::start`](crate::pipeline::start)) instead of calling the cache.
+    pub fn with_pipeline(cache: Cache, path: PipelineService<BlockRequest, PipelineReply>) -> Self {
+        Self {
+            path: Some(path),
+            ..Self::new(cache)
         }
     }
 
@@ -243,8 +267,35 @@ impl NbdServer {
             }
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let (cache, tx, stats) = (self.cache.clone(), tx.clone(), self.stats.clone());
+            let path = self.path.clone();
             tokio::spawn(async move {
-                let reply = serve(&cache, volume, req, payload).await;
+                let reply = match (path, req.kind) {
+                    (Some(path), CMD_READ) if req.len <= MAX_PAYLOAD => {
+                        through(
+                            path,
+                            BlockRequest::Read {
+                                volume,
+                                offset: req.offset,
+                                len: req.len as u64,
+                            },
+                            false,
+                        )
+                        .await
+                    }
+                    (Some(path), CMD_WRITE) => {
+                        through(
+                            path,
+                            BlockRequest::Write {
+                                volume,
+                                offset: req.offset,
+                                data: payload,
+                            },
+                            true,
+                        )
+                        .await
+                    }
+                    _ => serve(&cache, volume, req, payload).await,
+                };
                 bump(&stats.requests, "cache_nbd_requests_total");
                 let mut out = Vec::with_capacity(16 + reply.as_ref().map_or(0, |d| d.len()));
                 match reply {
@@ -277,6 +328,21 @@ fn errno(e: &CacheError, write: bool) -> u32 {
         CacheError::OutOfRange { .. } if write => ENOSPC,
         CacheError::OutOfRange { .. } | CacheError::UnknownVolume(_) => EINVAL,
         _ => EIO,
+    }
+}
+
+async fn through(
+    path: PipelineService<BlockRequest, PipelineReply>,
+    req: BlockRequest,
+    write: bool,
+) -> Result<Vec<u8>, u32> {
+    use tower::ServiceExt;
+    match path.oneshot(req).await {
+        Ok(Ok(BlockResponse::Data(d))) => Ok(d),
+        Ok(Ok(_)) => Ok(Vec::new()),
+        Ok(Err(e)) => Err(errno(&e, write)),
+        // Dropped inside the pipeline (shutdown): an I/O error for the client.
+        Err(_) => Err(EIO),
     }
 }
 
