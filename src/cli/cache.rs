@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pipewright_cache::{
-    io_runtime, parse_size, shutdown_signal, status_path, CacheConfig, FileBackend, Gateway,
-    PolicyKind, WriteMode,
+    io_runtime, parse_size, status_path, CacheConfig, FileBackend, Gateway, PolicyKind, WriteMode,
 };
 
 #[derive(Args, Debug)]
@@ -133,7 +132,7 @@ fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         }
         use std::io::Write;
         std::io::stdout().flush()?;
-        shutdown_signal().await?;
+        gw.run_until_shutdown().await?;
         // Everything dirty reaches the backend before a clean stop.
         gw.cache().flush().await?;
         eprintln!("{}", gw.status());

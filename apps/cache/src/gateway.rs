@@ -74,7 +74,8 @@ pub struct Gateway {
     cache: Cache,
     server: NbdServer,
     addr: SocketAddr,
-    running: Option<pipewright_runtime::Running>,
+    running: pipewright_runtime::Running,
+    status_file: PathBuf,
 }
 
 impl Gateway {
@@ -92,23 +93,13 @@ impl Gateway {
         let (running, path) = crate::pipeline::start(cache.clone(), Plan::fused())?;
         let server = NbdServer::with_pipeline(cache.clone(), path);
         tokio::spawn(server.clone().serve(listener));
-        let status = status_path(&cfg.cache_file);
-        let (c, s) = (cache.clone(), server.clone());
-        tokio::spawn(async move {
-            loop {
-                let text = render_status(&c, &s, addr);
-                let tmp = status.with_extension("status.tmp");
-                if std::fs::write(&tmp, text).is_ok() {
-                    let _ = std::fs::rename(&tmp, &status);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
+        let status_file = status_path(&cfg.cache_file);
         Ok(Gateway {
             cache,
             server,
             addr,
-            running: Some(running),
+            running,
+            status_file,
         })
     }
 
@@ -123,17 +114,50 @@ impl Gateway {
     }
 
     /// The request pipeline's per-stage counters (lookup, hit, fill, write).
-    pub fn pipeline_snapshot(&self) -> Option<pipewright_runtime::Snapshot> {
-        self.running.as_ref().map(|r| r.snapshot())
+    pub fn pipeline_snapshot(&self) -> pipewright_runtime::Snapshot {
+        self.running.snapshot()
+    }
+
+    /// Writes [`Gateway::status`] to the status file beside the cache file (atomically:
+    /// a temporary file renamed), where `pipewright cache status` reads it.
+    pub fn write_status(&self) -> std::io::Result<()> {
+        let tmp = self.status_file.with_extension("status.tmp");
+        std::fs::write(&tmp, self.status())?;
+        std::fs::rename(&tmp, &self.status_file)
+    }
+
+    /// Refreshes the status file twice a second until SIGINT or SIGTERM.
+    pub async fn run_until_shutdown(&self) -> std::io::Result<()> {
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            if let Err(e) = self.write_status() {
+                eprintln!("pipewright-cache: cannot write the status file: {e}");
+            }
+            tokio::select! {
+                r = &mut stop => return r,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 
     /// The status text `pipewright cache status` prints.
     pub fn status(&self) -> String {
-        render_status(&self.cache, &self.server, self.addr)
+        render_status(
+            &self.cache,
+            &self.server,
+            self.addr,
+            Some(&self.running.snapshot()),
+        )
     }
 }
 
-fn render_status(cache: &Cache, server: &NbdServer, addr: SocketAddr) -> String {
+fn render_status(
+    cache: &Cache,
+    server: &NbdServer,
+    addr: SocketAddr,
+    stages: Option<&pipewright_runtime::Snapshot>,
+) -> String {
     let s = cache.stats();
     let n = server.stats();
     let mut out = format!("gateway nbd://{addr}\n");
@@ -177,6 +201,20 @@ fn render_status(cache: &Cache, server: &NbdServer, addr: SocketAddr) -> String 
         n.protocol_errors.load(Ordering::Relaxed),
         n.unknown_exports.load(Ordering::Relaxed)
     );
+    if let Some(snap) = stages {
+        out += "stages:";
+        for st in &snap.stages {
+            out += &format!(
+                " {}[in {} bursts {}{}]",
+                st.name,
+                st.items_in,
+                st.bursts,
+                st.mean_ns_per_item
+                    .map_or(String::new(), |ns| format!(" {:.1} us/item", ns / 1000.0))
+            );
+        }
+        out += "\n";
+    }
     out
 }
 
