@@ -778,7 +778,7 @@ impl Inner {
                     % every
                     == 0
             {
-                tokio::time::sleep(Duration::from_millis(3)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // The block read runs on the blocking pool (positioned I/O); eviction and
             // reuse of the slot may race it, which the check below catches.

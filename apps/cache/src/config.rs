@@ -42,7 +42,7 @@ pub struct CacheConfig {
     pub write_mode: WriteMode,
     /// Dirty data reaches the backend within this long.
     pub flush_deadline: Duration,
-    /// Fault injection: every n-th block read stalls 3 ms between its lookup and its
+    /// Fault injection: every n-th block read stalls 10 ms between its lookup and its
     /// read (a slow disk), so eviction and reuse can overtake it (0: never).
     #[doc(hidden)]
     pub stall_reads_every: u32,
