@@ -73,3 +73,7 @@ pub use pipewright_balance as balance;
 /// map image memory copy-on-write from them (feature `memshare`).
 #[cfg(feature = "memshare")]
 pub use pipewright_memshare as memshare;
+/// The cache gateway: chunk cache with instance ids, NBD gateway, trace replay (feature
+/// `cache`).
+#[cfg(feature = "cache")]
+pub use pipewright_cache as cache;

@@ -34,6 +34,9 @@ enum Command {
     /// VM memory sharing on KVM: run VMs in trust groups, generate images, live status.
     #[cfg(feature = "memshare")]
     Memshare(cli::memshare::MemshareArgs),
+    /// The cache gateway: chunk cache over a backend served by NBD, status, trace replay.
+    #[cfg(feature = "cache")]
+    Cache(cli::cache::CacheArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Failures(args) => cli::failures::run(args),
         #[cfg(feature = "memshare")]
         Command::Memshare(args) => cli::memshare::run(args),
+        #[cfg(feature = "cache")]
+        Command::Cache(args) => cli::cache::run(args),
     }
 }

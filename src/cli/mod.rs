@@ -2,6 +2,8 @@
 
 #[cfg(feature = "balance")]
 pub(crate) mod balance;
+#[cfg(feature = "cache")]
+pub(crate) mod cache;
 pub(crate) mod demo;
 #[cfg(feature = "failures")]
 pub(crate) mod failures;

@@ -1,0 +1,162 @@
+//! pipewright's cache gateway: a chunk cache on local disk in front of object storage,
+//! with a new instance id per evicted chunk, durable metadata and pluggable eviction.
+//!
+//! - [`Cache`]: the engine. One preallocated cache file of chunk slots (default 1 MiB
+//!   chunks of 4 KiB blocks, every block tagged with its instance id and a CRC-32C),
+//!   metadata in `redb`, volumes from a [`Backend`] ([`FileBackend`]: files of a
+//!   directory). Reads fill whole chunks on a miss, one backend fetch per chunk however
+//!   many requests miss on it at once.
+//! - [`CacheService`]: the cache as a `tower::Service<BlockRequest>`; [`pipeline`]: the
+//!   request path as a pipewright pipeline on the runtime (lookup router → hit / fill /
+//!   write stages → reply), served as a `tower::Service` too; the gateway's NBD
+//!   connections feed it.
+//! - [`nbd`]: the NBD server; [`Gateway`]: cache + pipeline + NBD listener + status.
+//! - [`replay`]: libCacheSim-compatible trace replay, policy-only or through the real
+//!   chunk store.
+//! - [`EvictionPolicy`]: sans-I/O victim choice, with [`Lru`], [`Fifo`], [`Clock`],
+//!   [`Sieve`] and [`S3Fifo`]; [`simulate_request`] drives one the way libCacheSim
+//!   does for trace replay.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use pipewright_cache::{Cache, CacheConfig, FileBackend};
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! std::fs::create_dir(dir.path().join("volumes"))?;
+//! std::fs::write(dir.path().join("volumes/disk0"), vec![7u8; 4 << 20])?;
+//! let backend = Arc::new(FileBackend::new(dir.path().join("volumes"))?);
+//! let mut cfg = CacheConfig::new(dir.path().join("cache"), 8);
+//! cfg.chunk_size = 256 << 10;
+//! let cache = Cache::open(cfg, backend).await?;
+//! let disk = cache.volume("disk0")?;
+//! cache.write(disk, 4096, &[1u8; 4096]).await?;   // acknowledged: durable in the cache
+//! assert_eq!(cache.read(disk, 4096, 2).await?, vec![1, 1]);
+//! assert_eq!(cache.stats().misses, 1);  // one fill for the write, then a hit
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # The instance-id protocol
+//!
+//! Each chunk slot has a current **instance id**, a `u64` from one durable counter in
+//! the metadata store. A block is stored with a tag: the instance id of the slot when
+//! it was written, and a CRC-32C over (instance id, volume, chunk, block, bytes). A read
+//! looks the chunk up (slot, instance id *i*, the slot's write sequence), reads the
+//! block and its tag, and serves the bytes only if the tag says *i*, no write overlapped,
+//! the checksum holds and the slot is still on *i*. Otherwise:
+//!
+//! - tag ≠ *i* or slot moved on: a **stale** block (counted in
+//!   `stale_refusals`); the read looks the chunk up again (and misses if it was evicted);
+//! - a write overlapped: read again;
+//! - checksum failure on the current instance: a **corrupt** block (counted); a clean
+//!   chunk is dropped and refetched, a dirty block is an error (its data is lost).
+//!
+//! Eviction never rewrites or erases blocks and never waits for readers:
+//!
+//! ```text
+//!  evictor                                   reader of chunk C (slot S, instance i)
+//!  policy picks C in S                       lookup: S, i
+//!  lock S (no writer), flush dirty blocks
+//!    to the backend, backend sync,
+//!    record S clean (commit)
+//!  remove C from the index                   (a new lookup of C misses → backend)
+//!  commit S → free, instance j = next++ ──── durable before S is reused
+//!  S.instance = j; S joins the free list
+//!  a fill of D into S writes tags j          read block: tag j ≠ i → stale, refused
+//! ```
+//!
+//! Instance ids never repeat: the counter only grows, is durable in the same
+//! transaction that hands an id out, and at every open each free slot gets a fresh id
+//! (so the tags a fill wrote before a crash, under an id the metadata never recorded
+//! for that chunk, can never match). **Why no wrap-around GC:** bcache keeps an 8-bit
+//! generation per bucket because the generation is copied into every btree pointer, so
+//! it wraps after 256 reuses and a garbage collector must first drop the pointers that
+//! still carry old generations. Our id is stored once per chunk in the metadata and once
+//! per 4 KiB block in its 16-byte tag (0.4% of the space), so it can be 64 bits: at a
+//! million evictions per second it wraps after 584,000 years. Nothing has to be swept.
+//!
+//! A **fill** writes the chunk's blocks and tags and publishes the mapping in a
+//! metadata transaction that becomes durable with the next durable one; it does not
+//! `fdatasync` the cache file. A clean chunk needs no durability of its own: if a crash
+//! loses some of its bytes or its mapping, the tags no longer match (instance id or
+//! CRC) or the slot is free under a fresh id, and the chunk is fetched again.
+//!
+//! # The write guarantee
+//!
+//! - **Write-back** (default): a write is acknowledged only after (1) the chunk's
+//!   dirty-block set including the written blocks is committed in the metadata store,
+//!   then (2) the bytes and their tags are written to the cache file and `fdatasync`ed.
+//!   Dirty blocks reach the backend (written and synced) within the flush deadline
+//!   (the flusher runs every deadline/4 and writes back what has been dirty for
+//!   deadline/2), and always before their chunk is evicted: eviction flushes and
+//!   records the chunk clean before its slot gets a new instance id. After a crash the
+//!   metadata's dirty sets are reloaded and flushed. An acknowledged write is lost only
+//!   if the cache file itself loses synced data, or a later write to the same block
+//!   tears it at a crash (the tag's checksum then catches it and the block is reported,
+//!   never served).
+//! - **Write-through**: acknowledged once durable in the cache file and written and
+//!   synced to the backend.
+//!
+//! A request that reaches past a volume's end, or names an unknown volume, is refused
+//! with a typed error ([`CacheError`]) and counted in `bad_requests`.
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
+mod sync;
+
+#[cfg(not(loom))]
+mod backend;
+#[cfg(not(loom))]
+mod cache;
+#[cfg(not(loom))]
+mod config;
+#[cfg(not(loom))]
+mod error;
+#[cfg(not(loom))]
+pub mod faults;
+#[cfg(not(loom))]
+mod gateway;
+#[cfg(not(loom))]
+mod meta;
+#[cfg(not(loom))]
+pub mod nbd;
+#[cfg(not(loom))]
+pub mod pipeline;
+#[cfg(not(loom))]
+pub mod policy;
+#[cfg(not(loom))]
+pub mod replay;
+#[cfg(not(loom))]
+mod service;
+mod slot;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod store;
+
+#[cfg(not(loom))]
+pub use backend::{Backend, FileBackend, VolumeInfo};
+#[cfg(not(loom))]
+pub use cache::{Cache, VolumeId};
+#[cfg(not(loom))]
+pub use config::{CacheConfig, WriteMode};
+#[cfg(not(loom))]
+pub use error::CacheError;
+#[cfg(not(loom))]
+pub use gateway::{io_runtime, parse_size, shutdown_signal, status_path, Gateway};
+#[cfg(not(loom))]
+pub use policy::{
+    simulate_request, Clock, EvictionPolicy, Fifo, Lru, PolicyKind, S3Fifo, Sieve, UnknownPolicy,
+};
+#[cfg(not(loom))]
+pub use service::{BlockRequest, BlockResponse, CacheService};
+#[cfg(not(loom))]
+pub use stats::CacheStats;
+
+/// The instance-id check, exposed for the loom model (`tests/loom_instance.rs`).
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api {
+    pub use crate::slot::{check, SlotCell, Verdict};
+}

@@ -1,0 +1,395 @@
+//! The NBD server: handshake, option haggling and the transmission loop.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::wire::*;
+use crate::cache::{Cache, VolumeId};
+use crate::error::CacheError;
+use crate::pipeline::PipelineReply;
+use crate::service::{BlockRequest, BlockResponse};
+use pipewright_runtime::PipelineService;
+
+/// Connection-level counters of an [`NbdServer`].
+#[derive(Debug, Default)]
+pub struct NbdStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Requests served (any reply).
+    pub requests: AtomicU64,
+    /// Requests answered with an error.
+    pub error_replies: AtomicU64,
+    /// Connections closed for a protocol violation (bad magic, oversized payload,
+    /// malformed option).
+    pub protocol_errors: AtomicU64,
+    /// Export names asked for that do not exist.
+    pub unknown_exports: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, name: &'static str) {
+    c.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(name).increment(1);
+}
+
+/// Serves a [`Cache`]'s volumes over NBD.
+#[derive(Clone)]
+pub struct NbdServer {
+    cache: Cache,
+    /// The request path on the pipewright runtime, when the server was given one.
+    path: Option<PipelineService<BlockRequest, PipelineReply>>,
+    stats: Arc<NbdStats>,
+    max_in_flight: usize,
+}
+
+impl std::fmt::Debug for NbdServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdServer")
+            .field("cache", &self.cache)
+            .field("pipeline", &self.path.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const TFLAGS: u16 = TFLAG_HAS_FLAGS
+    | TFLAG_SEND_FLUSH
+    | TFLAG_SEND_FUA
+    | TFLAG_SEND_WRITE_ZEROES
+    | TFLAG_CAN_MULTI_CONN;
+
+impl NbdServer {
+    /// A server of `cache`'s volumes.
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            path: None,
+            stats: Arc::default(),
+            max_in_flight: 64,
+        }
+    }
+
+    /// A server whose reads and writes go through the cache's request pipeline
+    /// ([`pipeline::start`](crate::pipeline::start)) instead of calling the cache.
+    pub fn with_pipeline(cache: Cache, path: PipelineService<BlockRequest, PipelineReply>) -> Self {
+        Self {
+            path: Some(path),
+            ..Self::new(cache)
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<NbdStats> {
+        &self.stats
+    }
+
+    /// Accepts connections until the listener fails; each connection is served on its
+    /// own task, and a failing connection never affects the others.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (sock, _) = listener.accept().await?;
+            let _ = sock.set_nodelay(true);
+            bump(&self.stats.connections, "cache_nbd_connections_total");
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.connection(sock).await {
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        eprintln!("pipewright-cache: nbd connection ended: {e}");
+                    }
+                }
+            });
+        }
+    }
+
+    fn find_export(&self, name: &str) -> Option<VolumeId> {
+        if name.is_empty() {
+            // The default export: the first volume by name.
+            let first = self.cache.volumes().into_iter().next()?;
+            return self.cache.volume(&first.name).ok();
+        }
+        self.cache.volume(name).ok()
+    }
+
+    async fn connection(&self, sock: TcpStream) -> io::Result<()> {
+        let (rd, mut wr) = sock.into_split();
+        let mut rd = BufReader::with_capacity(256 << 10, rd);
+        let mut hello = Vec::with_capacity(18);
+        hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        wr.write_all(&hello).await?;
+        let client_flags = rd.read_u32().await?;
+        let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+        let volume = loop {
+            let magic = rd.read_u64().await?;
+            let option = rd.read_u32().await?;
+            let len = rd.read_u32().await?;
+            if magic != IHAVEOPT || len > 64 << 10 {
+                bump(
+                    &self.stats.protocol_errors,
+                    "cache_nbd_protocol_errors_total",
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed option",
+                ));
+            }
+            let mut data = vec![0u8; len as usize];
+            rd.read_exact(&mut data).await?;
+            let mut out = Vec::new();
+            match option {
+                OPT_EXPORT_NAME => {
+                    let name = String::from_utf8_lossy(&data).into_owned();
+                    let Some(v) = self.find_export(&name) else {
+                        bump(
+                            &self.stats.unknown_exports,
+                            "cache_nbd_unknown_exports_total",
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("unknown export {name:?}"),
+                        ));
+                    };
+                    out.extend_from_slice(&self.cache.volume_size(v).to_be_bytes());
+                    out.extend_from_slice(&TFLAGS.to_be_bytes());
+                    if !no_zeroes {
+                        out.extend_from_slice(&[0u8; 124]);
+                    }
+                    wr.write_all(&out).await?;
+                    break v;
+                }
+                OPT_ABORT => {
+                    option_reply(&mut out, option, REP_ACK, &[]);
+                    wr.write_all(&out).await?;
+                    return Ok(());
+                }
+                OPT_LIST => {
+                    for v in self.cache.volumes() {
+                        let mut d = (v.name.len() as u32).to_be_bytes().to_vec();
+                        d.extend_from_slice(v.name.as_bytes());
+                        option_reply(&mut out, option, REP_SERVER, &d);
+                    }
+                    option_reply(&mut out, option, REP_ACK, &[]);
+                }
+                OPT_INFO | OPT_GO => match info_name(&data) {
+                    None => {
+                        bump(
+                            &self.stats.protocol_errors,
+                            "cache_nbd_protocol_errors_total",
+                        );
+                        option_reply(
+                            &mut out,
+                            option,
+                            REP_ERR_INVALID,
+                            b"malformed NBD_OPT_INFO/GO payload",
+                        );
+                    }
+                    Some(name) => match self.find_export(name) {
+                        None => {
+                            bump(
+                                &self.stats.unknown_exports,
+                                "cache_nbd_unknown_exports_total",
+                            );
+                            let msg =
+                                format!("unknown export {name:?}; NBD_OPT_LIST shows the exports");
+                            option_reply(&mut out, option, REP_ERR_UNKNOWN, msg.as_bytes());
+                        }
+                        Some(v) => {
+                            let mut d = INFO_EXPORT.to_be_bytes().to_vec();
+                            d.extend_from_slice(&self.cache.volume_size(v).to_be_bytes());
+                            d.extend_from_slice(&TFLAGS.to_be_bytes());
+                            option_reply(&mut out, option, REP_INFO, &d);
+                            let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                            d.extend_from_slice(&1u32.to_be_bytes());
+                            d.extend_from_slice(&self.cache.block_size().to_be_bytes());
+                            d.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
+                            option_reply(&mut out, option, REP_INFO, &d);
+                            option_reply(&mut out, option, REP_ACK, &[]);
+                            if option == OPT_GO {
+                                wr.write_all(&out).await?;
+                                break v;
+                            }
+                        }
+                    },
+                },
+                _ => {
+                    option_reply(&mut out, option, REP_ERR_UNSUP, b"option not supported");
+                }
+            }
+            wr.write_all(&out).await?;
+        };
+        self.transmission(rd, wr, volume).await
+    }
+
+    async fn transmission(
+        &self,
+        mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        mut wr: tokio::net::tcp::OwnedWriteHalf,
+        volume: VolumeId,
+    ) -> io::Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.max_in_flight * 2);
+        let writer = tokio::spawn(async move {
+            while let Some(buf) = rx.recv().await {
+                wr.write_all(&buf).await?;
+            }
+            wr.shutdown().await
+        });
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let mut header = [0u8; Request::LEN];
+        let result = loop {
+            if let Err(e) = rd.read_exact(&mut header).await {
+                break Err(e);
+            }
+            let req = match Request::parse(&header) {
+                Ok(r) => r,
+                Err(e) => {
+                    bump(
+                        &self.stats.protocol_errors,
+                        "cache_nbd_protocol_errors_total",
+                    );
+                    break Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
+            };
+            let payload = if req.kind == CMD_WRITE {
+                let mut p = vec![0u8; req.len as usize];
+                if let Err(e) = rd.read_exact(&mut p).await {
+                    break Err(e);
+                }
+                p
+            } else {
+                Vec::new()
+            };
+            if req.kind == CMD_DISC {
+                break Ok(());
+            }
+            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            let (cache, tx, stats) = (self.cache.clone(), tx.clone(), self.stats.clone());
+            let path = self.path.clone();
+            tokio::spawn(async move {
+                let reply = match (path, req.kind) {
+                    (Some(path), CMD_READ) if req.len <= MAX_PAYLOAD => {
+                        through(
+                            path,
+                            BlockRequest::Read {
+                                volume,
+                                offset: req.offset,
+                                len: req.len as u64,
+                            },
+                            false,
+                        )
+                        .await
+                    }
+                    (Some(path), CMD_WRITE) => {
+                        through(
+                            path,
+                            BlockRequest::Write {
+                                volume,
+                                offset: req.offset,
+                                data: payload,
+                            },
+                            true,
+                        )
+                        .await
+                    }
+                    _ => serve(&cache, volume, req, payload).await,
+                };
+                bump(&stats.requests, "cache_nbd_requests_total");
+                let mut out = Vec::with_capacity(16 + reply.as_ref().map_or(0, |d| d.len()));
+                match reply {
+                    Ok(data) => {
+                        simple_reply(&mut out, 0, req.cookie);
+                        out.extend_from_slice(&data);
+                    }
+                    Err(errno) => {
+                        bump(&stats.error_replies, "cache_nbd_error_replies_total");
+                        simple_reply(&mut out, errno, req.cookie);
+                    }
+                }
+                let _ = tx.send(out).await;
+                drop(permit);
+            });
+        };
+        // Every accepted request gets its reply before the connection closes.
+        let _ = permits.acquire_many(self.max_in_flight as u32).await;
+        drop(tx);
+        let _ = writer.await;
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),
+            r => r,
+        }
+    }
+}
+
+fn errno(e: &CacheError, write: bool) -> u32 {
+    match e {
+        CacheError::OutOfRange { .. } if write => ENOSPC,
+        CacheError::OutOfRange { .. } | CacheError::UnknownVolume(_) => EINVAL,
+        _ => EIO,
+    }
+}
+
+async fn through(
+    path: PipelineService<BlockRequest, PipelineReply>,
+    req: BlockRequest,
+    write: bool,
+) -> Result<Vec<u8>, u32> {
+    use tower::ServiceExt;
+    match path.oneshot(req).await {
+        Ok(Ok(BlockResponse::Data(d))) => Ok(d),
+        Ok(Ok(_)) => Ok(Vec::new()),
+        Ok(Err(e)) => Err(errno(&e, write)),
+        // Dropped inside the pipeline (shutdown): an I/O error for the client.
+        Err(_) => Err(EIO),
+    }
+}
+
+async fn serve(
+    cache: &Cache,
+    volume: VolumeId,
+    req: Request,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, u32> {
+    match req.kind {
+        CMD_READ => {
+            if req.len > MAX_PAYLOAD {
+                return Err(EINVAL);
+            }
+            cache
+                .read(volume, req.offset, req.len as u64)
+                .await
+                .map_err(|e| errno(&e, false))
+        }
+        CMD_WRITE => cache
+            .write(volume, req.offset, &payload)
+            .await
+            .map(|()| Vec::new())
+            .map_err(|e| errno(&e, true)),
+        CMD_WRITE_ZEROES => {
+            let size = cache.volume_size(volume);
+            if req
+                .offset
+                .checked_add(req.len as u64)
+                .is_none_or(|end| end > size)
+            {
+                return Err(ENOSPC);
+            }
+            let zeros = vec![0u8; (req.len as usize).min(1 << 20)];
+            let mut done = 0u64;
+            while done < req.len as u64 {
+                let n = (req.len as u64 - done).min(zeros.len() as u64) as usize;
+                cache
+                    .write(volume, req.offset + done, &zeros[..n])
+                    .await
+                    .map_err(|e| errno(&e, true))?;
+                done += n as u64;
+            }
+            Ok(Vec::new())
+        }
+        CMD_FLUSH => cache.flush().await.map(|()| Vec::new()).map_err(|_| EIO),
+        _ => Err(EINVAL),
+    }
+    .map_err(|e| if e == 0 { ENOTSUP } else { e })
+}

@@ -1,0 +1,271 @@
+//! The chunk store: one preallocated cache file of `chunks` slots of `chunk_size`
+//! bytes, with a tag per block.
+//!
+//! ```text
+//!  0            block_size                         data_off
+//!  | header     | tags: 16 B per block of every    | chunk 0 | chunk 1 | ... | chunk N-1 |
+//!  |            | slot, padded to a block          |         |         |     |           |
+//! ```
+//!
+//! A tag is the instance id the block was written under, a CRC-32C over (instance,
+//! volume, chunk number, block index, bytes) and a magic; a zeroed tag (never
+//! written) fails every check. Blocks and tags are written with positioned I/O
+//! (`pwrite`) and made durable with `fdatasync` before any metadata names them.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::CacheError;
+use crate::slot::SlotCell;
+
+const MAGIC: &[u8; 8] = b"PWCACHE1";
+const TAG_MAGIC: u32 = 0x5057_4254;
+/// Bytes of one block tag.
+pub(crate) const TAG_SIZE: usize = 16;
+
+/// The shape of a cache file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) chunks: u32,
+    pub(crate) chunk_size: u64,
+    pub(crate) block_size: u32,
+}
+
+impl Geometry {
+    pub(crate) fn blocks_per_chunk(&self) -> u32 {
+        (self.chunk_size / self.block_size as u64) as u32
+    }
+    fn tag_off(&self) -> u64 {
+        self.block_size as u64
+    }
+    fn data_off(&self) -> u64 {
+        let tags = self.chunks as u64 * self.blocks_per_chunk() as u64 * TAG_SIZE as u64;
+        self.tag_off() + tags.div_ceil(self.block_size as u64) * self.block_size as u64
+    }
+    /// Bytes of the whole file.
+    pub(crate) fn file_size(&self) -> u64 {
+        self.data_off() + self.chunks as u64 * self.chunk_size
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} chunks of {} bytes, {}-byte blocks",
+            self.chunks, self.chunk_size, self.block_size
+        )
+    }
+}
+
+/// The address a block's checksum covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockAddr {
+    pub(crate) volume: u32,
+    pub(crate) chunk: u64,
+}
+
+/// A block's tag as read from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub(crate) instance: u64,
+    pub(crate) crc: u32,
+    pub(crate) magic_ok: bool,
+}
+
+pub(crate) fn block_crc(instance: u64, addr: BlockAddr, block: u32, data: &[u8]) -> u32 {
+    let mut head = [0u8; 24];
+    head[..8].copy_from_slice(&instance.to_le_bytes());
+    head[8..12].copy_from_slice(&addr.volume.to_le_bytes());
+    head[12..20].copy_from_slice(&addr.chunk.to_le_bytes());
+    head[20..24].copy_from_slice(&block.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&head), data)
+}
+
+impl Tag {
+    fn decode(b: &[u8]) -> Tag {
+        let instance = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        let magic = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+        Tag {
+            instance,
+            crc,
+            magic_ok: magic == TAG_MAGIC,
+        }
+    }
+    fn encode(instance: u64, crc: u32, out: &mut [u8]) {
+        out[..8].copy_from_slice(&instance.to_le_bytes());
+        out[8..12].copy_from_slice(&crc.to_le_bytes());
+        out[12..16].copy_from_slice(&TAG_MAGIC.to_le_bytes());
+    }
+    /// Whether `data` is what this tag was written for.
+    pub(crate) fn matches(&self, addr: BlockAddr, block: u32, data: &[u8]) -> bool {
+        self.magic_ok && self.crc == block_crc(self.instance, addr, block, data)
+    }
+}
+
+/// The cache file, its geometry and the slot cells.
+#[derive(Debug)]
+pub(crate) struct ChunkStore {
+    file: File,
+    pub(crate) geometry: Geometry,
+    pub(crate) cells: Vec<SlotCell>,
+    /// Identifies this formatting of the file; the metadata must carry the same.
+    pub(crate) nonce: u64,
+}
+
+impl ChunkStore {
+    /// Opens the cache file, formatting it (preallocated, new nonce) when it is new or
+    /// its header is damaged; refuses a file with another geometry.
+    pub(crate) fn open(path: &Path, geometry: Geometry) -> Result<(Self, bool), CacheError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut header = vec![0u8; 64];
+        let len = file.metadata()?.len();
+        let mut formatted = false;
+        let nonce =
+            if len >= 64 && file.read_exact_at(&mut header, 0).is_ok() && &header[..8] == MAGIC {
+                let crc = u32::from_le_bytes(header[40..44].try_into().expect("4"));
+                if crc32c::crc32c(&header[..40]) != crc {
+                    None
+                } else {
+                    let found = Geometry {
+                        block_size: u32::from_le_bytes(header[12..16].try_into().expect("4")),
+                        chunk_size: u64::from_le_bytes(header[16..24].try_into().expect("8")),
+                        chunks: u32::from_le_bytes(header[24..28].try_into().expect("4")),
+                    };
+                    if found != geometry {
+                        return Err(CacheError::GeometryMismatch {
+                            path: path.display().to_string(),
+                            found: found.describe(),
+                            wanted: geometry.describe(),
+                        });
+                    }
+                    Some(u64::from_le_bytes(header[32..40].try_into().expect("8")))
+                }
+            } else {
+                None
+            };
+        let nonce = match nonce {
+            Some(n) => n,
+            None => {
+                formatted = true;
+                let nonce = fresh_nonce();
+                file.set_len(0)?;
+                // Preallocate: no ENOSPC in the middle of a fill later.
+                let size = geometry.file_size();
+                if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)
+                    .is_err()
+                {
+                    file.set_len(size)?;
+                }
+                let mut h = vec![0u8; geometry.block_size as usize];
+                h[..8].copy_from_slice(MAGIC);
+                h[8..12].copy_from_slice(&1u32.to_le_bytes());
+                h[12..16].copy_from_slice(&geometry.block_size.to_le_bytes());
+                h[16..24].copy_from_slice(&geometry.chunk_size.to_le_bytes());
+                h[24..28].copy_from_slice(&geometry.chunks.to_le_bytes());
+                h[32..40].copy_from_slice(&nonce.to_le_bytes());
+                let crc = crc32c::crc32c(&h[..40]);
+                h[40..44].copy_from_slice(&crc.to_le_bytes());
+                file.write_all_at(&h, 0)?;
+                file.sync_all()?;
+                nonce
+            }
+        };
+        let cells = (0..geometry.chunks).map(|_| SlotCell::new(0)).collect();
+        Ok((
+            Self {
+                file,
+                geometry,
+                cells,
+                nonce,
+            },
+            formatted,
+        ))
+    }
+
+    fn data_pos(&self, slot: u32, block: u32) -> u64 {
+        self.geometry.data_off()
+            + slot as u64 * self.geometry.chunk_size
+            + block as u64 * self.geometry.block_size as u64
+    }
+
+    fn tag_pos(&self, slot: u32, block: u32) -> u64 {
+        self.geometry.tag_off()
+            + (slot as u64 * self.geometry.blocks_per_chunk() as u64 + block as u64)
+                * TAG_SIZE as u64
+    }
+
+    /// Reads `count` blocks from `first` of `slot` into `data` and their tags.
+    pub(crate) fn read_blocks(
+        &self,
+        slot: u32,
+        first: u32,
+        count: u32,
+        data: &mut Vec<u8>,
+    ) -> io::Result<Vec<Tag>> {
+        let bs = self.geometry.block_size as usize;
+        data.resize(count as usize * bs, 0);
+        self.file.read_exact_at(data, self.data_pos(slot, first))?;
+        let mut raw = vec![0u8; count as usize * TAG_SIZE];
+        self.file
+            .read_exact_at(&mut raw, self.tag_pos(slot, first))?;
+        Ok(raw.chunks_exact(TAG_SIZE).map(Tag::decode).collect())
+    }
+
+    /// Writes whole blocks from `first` of `slot` with their tags under `instance`:
+    /// bytes first, then tags (a crash between leaves tags that fail the check).
+    pub(crate) fn write_blocks(
+        &self,
+        slot: u32,
+        first: u32,
+        data: &[u8],
+        instance: u64,
+        addr: BlockAddr,
+    ) -> io::Result<()> {
+        let bs = self.geometry.block_size as usize;
+        debug_assert_eq!(data.len() % bs, 0);
+        let mut tags = vec![0u8; data.len() / bs * TAG_SIZE];
+        for (i, block) in data.chunks_exact(bs).enumerate() {
+            let b = first + i as u32;
+            Tag::encode(
+                instance,
+                block_crc(instance, addr, b, block),
+                &mut tags[i * TAG_SIZE..(i + 1) * TAG_SIZE],
+            );
+        }
+        self.file.write_all_at(data, self.data_pos(slot, first))?;
+        self.file.write_all_at(&tags, self.tag_pos(slot, first))
+    }
+
+    /// Writes only the first `blocks` blocks' bytes (no tags): the torn fill a crash
+    /// point leaves behind.
+    pub(crate) fn write_torn(&self, slot: u32, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.data_pos(slot, 0))
+    }
+
+    /// `fdatasync(2)` of the cache file.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Damages one byte of a stored block (for tests of the checksum path).
+    pub(crate) fn corrupt_byte(&self, slot: u32, block: u32) -> io::Result<()> {
+        let pos = self.data_pos(slot, block) + 7;
+        let mut b = [0u8; 1];
+        self.file.read_exact_at(&mut b, pos)?;
+        b[0] ^= 0x5a;
+        self.file.write_all_at(&b, pos)
+    }
+}
+
+fn fresh_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}

@@ -1,0 +1,174 @@
+//! The NBD gateway process with real clients: nbdinfo/nbdcopy (libnbd-bin),
+//! qemu-img/qemu-io (qemu-utils), and malformed requests from a raw socket.
+#![cfg(feature = "cache")]
+
+mod cache_common;
+
+use std::process::Command;
+
+use cache_common::{have_tool, random_file, sha256, Client, ClientError, Gateway};
+
+const MIB: usize = 1 << 20;
+
+fn volumes(dir: &std::path::Path, sizes: &[(&str, usize)]) {
+    std::fs::create_dir_all(dir.join("volumes")).unwrap();
+    for (i, (name, size)) in sizes.iter().enumerate() {
+        random_file(&dir.join("volumes").join(name), *size, 1000 + i as u64);
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn nbdinfo_lists_exports_and_unknown_export_is_refused() {
+    if !have_tool("nbdinfo", "libnbd-bin", "NBD_TOOLS") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    volumes(dir.path(), &[("alpha", 8 * MIB), ("beta", 3 * MIB)]);
+    let gw = Gateway::start(dir.path(), "4M", &[], &[]);
+    let list = run(Command::new("nbdinfo")
+        .arg("--list")
+        .arg(format!("nbd://{}", gw.addr)));
+    assert!(list.contains("alpha") && list.contains("beta"), "{list}");
+    let size = run(Command::new("nbdinfo").arg("--size").arg(gw.uri("beta")));
+    assert_eq!(size.trim(), (3 * MIB).to_string());
+    let bad = Command::new("nbdinfo")
+        .arg(gw.uri("nope"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "an unknown export must be refused");
+    // The gateway keeps serving everyone else.
+    let size = run(Command::new("nbdinfo").arg("--size").arg(gw.uri("alpha")));
+    assert_eq!(size.trim(), (8 * MIB).to_string());
+    gw.stop();
+}
+
+#[test]
+fn nbdcopy_out_and_back_matches_checksums() {
+    if !have_tool("nbdcopy", "libnbd-bin", "NBD_TOOLS") {
+        return;
+    }
+    let mib: usize = std::env::var("PIPEWRIGHT_CACHE_NBDCOPY_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96);
+    let dir = tempfile::tempdir().unwrap();
+    volumes(dir.path(), &[("disk", mib * MIB)]);
+    let original = sha256(&dir.path().join("volumes/disk"));
+    // A cache of a third of the volume: the copies evict as they go.
+    let size = format!("{}M", (mib / 3).max(8));
+    let gw = Gateway::start(dir.path(), &size, &["--flush-deadline-ms", "500"], &[]);
+    let out = dir.path().join("out.img");
+    run(Command::new("nbdcopy").arg(gw.uri("disk")).arg(&out));
+    assert_eq!(sha256(&out), original, "copy out differs from the backend");
+    let new = dir.path().join("new.img");
+    random_file(&new, mib * MIB, 77);
+    run(Command::new("nbdcopy").arg(&new).arg(gw.uri("disk")));
+    let back = dir.path().join("back.img");
+    run(Command::new("nbdcopy").arg(gw.uri("disk")).arg(&back));
+    assert_eq!(
+        sha256(&back),
+        sha256(&new),
+        "copy back differs from what was written"
+    );
+    gw.stop();
+    assert_eq!(
+        sha256(&dir.path().join("volumes/disk")),
+        sha256(&new),
+        "the backend does not hold the written image after the gateway stopped"
+    );
+    println!("nbdcopy: {mib} MiB out, in and out again through a {size} cache");
+}
+
+#[test]
+fn qemu_img_convert_and_qemu_io_verify() {
+    if !have_tool("qemu-img", "qemu-utils", "QEMU") || !have_tool("qemu-io", "qemu-utils", "QEMU") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    volumes(dir.path(), &[("vm", 16 * MIB)]);
+    let gw = Gateway::start(dir.path(), "4M", &[], &[]);
+    let out = dir.path().join("vm.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(gw.uri("vm"))
+        .arg(&out));
+    assert_eq!(sha256(&out), sha256(&dir.path().join("volumes/vm")));
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 1M 192k",
+            "-c",
+            "write -P 0xcd 5000 3000",
+        ])
+        .arg(gw.uri("vm")));
+    let verify = run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0xab 1M 192k",
+            "-c",
+            "read -P 0xcd 5000 3000",
+        ])
+        .arg(gw.uri("vm")));
+    assert!(!verify.contains("Pattern verification failed"), "{verify}");
+    gw.stop();
+    let disk = std::fs::read(dir.path().join("volumes/vm")).unwrap();
+    assert!(disk[MIB..MIB + 192 * 1024].iter().all(|&b| b == 0xab));
+    assert!(disk[5000..8000].iter().all(|&b| b == 0xcd));
+}
+
+#[test]
+fn malformed_and_out_of_range_requests_get_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    volumes(dir.path(), &[("disk", 2 * MIB)]);
+    let gw = Gateway::start(dir.path(), "4M", &[], &[]);
+    assert!(matches!(
+        Client::connect(&gw.addr, "nope"),
+        Err(ClientError::Refused(_))
+    ));
+    let mut c = Client::connect(&gw.addr, "disk").unwrap();
+    assert_eq!(c.size, 2 * MIB as u64);
+    assert!(matches!(
+        c.read(2 * MIB as u64 - 10, 20),
+        Err(ClientError::Errno(22))
+    ));
+    assert!(matches!(
+        c.write(2 * MIB as u64, &[1; 512]),
+        Err(ClientError::Errno(28))
+    ));
+    // An unknown command: EINVAL, the connection goes on.
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&42u16.to_be_bytes());
+    req.extend_from_slice(&99u64.to_be_bytes());
+    req.extend_from_slice(&0u64.to_be_bytes());
+    req.extend_from_slice(&0u32.to_be_bytes());
+    c.raw(&req).unwrap();
+    assert_eq!(c.reply_header().unwrap(), (22, 99));
+    c.write(4096, &[9; 4096]).unwrap();
+    assert_eq!(c.read(4096, 4096).unwrap(), vec![9; 4096]);
+    // Garbage instead of a request: that connection is closed ...
+    let mut bad = Client::connect(&gw.addr, "disk").unwrap();
+    bad.raw(&[0xde; 28]).unwrap();
+    assert!(bad.reply_header().is_err());
+    // ... and everyone else is still served.
+    assert_eq!(c.read(4096, 4096).unwrap(), vec![9; 4096]);
+    let mut again = Client::connect(&gw.addr, "disk").unwrap();
+    again.flush().unwrap();
+    gw.stop();
+}
