@@ -12,15 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipewright_storage::bank::Bank;
+use pipewright_storage::io_runtime;
 use pipewright_storage::log::segments;
-use pipewright_storage::server::{Step, CHECKPOINT_BYTES_ENV};
-use pipewright_storage::{io_runtime, NodeId};
+use pipewright_storage::server::CHECKPOINT_BYTES_ENV;
+#[cfg(feature = "storage-faults")]
+use pipewright_storage::{server::Step, NodeId};
 use storage_common::{audit, spawn_workload, Counts, TestCluster};
 
 const CHECKPOINT_BYTES: u64 = 64 << 10;
 
 #[test]
 fn log_and_memory_stay_bounded_over_thousands_of_transactions() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let env = [(CHECKPOINT_BYTES_ENV, "65536")];
     let mut cluster = TestCluster::start_with_env("compaction", &["--tick-ms", "100"], &env);
     let rt = io_runtime(2).unwrap();
@@ -102,8 +108,14 @@ fn log_and_memory_stay_bounded_over_thousands_of_transactions() {
     audit(&rt, &bank, "kill -9 of every node after compaction");
 }
 
+/// Needs the node's crash points (feature `storage-faults`).
+#[cfg(feature = "storage-faults")]
 #[test]
 fn kill_9_at_each_checkpoint_step() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let env = [(CHECKPOINT_BYTES_ENV, "16384")];
     let mut cluster = TestCluster::start_with_env("checkpoint-crash", &["--tick-ms", "100"], &env);
     let rt = io_runtime(2).unwrap();
