@@ -6,7 +6,7 @@
 //!   what is missing and how to get it, and returns early; with the matching
 //!   `PIPEWRIGHT_REQUIRE_<THING>=1` set (CI sets them all), it fails instead, saying
 //!   that the tool is missing. See [`require`], [`require_that`], [`netns`],
-//!   [`io_uring`], [`af_xdp`].
+//!   [`io_uring()`], [`af_xdp`].
 //! - **[`CountingAlloc`]**: a global allocator that counts allocations and tracks
 //!   blocks of one watched size, for "no allocation per item" and memory-bound tests.
 //! - **[`tshark`]**: runs Wireshark's CLI on a capture and returns its fields, the

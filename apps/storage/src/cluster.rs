@@ -64,7 +64,7 @@ impl LocalCluster {
     }
 
     /// [`start`](Self::start) with environment variables for every node process
-    /// (e.g. [`NET_FAULTS_ENV`](crate::server::NET_FAULTS_ENV) in fault tests), also
+    /// (e.g. `PIPEWRIGHT_STORAGE_NET_FAULTS` in fault tests, with the feature `faults`), also
     /// on restarts.
     pub fn start_with_env(
         exe: &Path,

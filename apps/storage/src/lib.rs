@@ -23,7 +23,7 @@
 //! - [`client`]: [`client::StorageClient`], the coordinator, a
 //!   `tower::Service<Transaction>`, plus page reads;
 //! - [`peers`]: the peers file; [`cluster`]: a local cluster of node processes;
-//!   [`bank`] and [`bench`](mod@bench): the bank workload and benchmark behind
+//!   `bank` and `bench` (feature `bench`): the bank workload and benchmark behind
 //!   `pipewright storage bench`.
 //!
 //! # The protocol

@@ -94,7 +94,8 @@ pub struct TapOffloads {
     pub uso: bool,
 }
 
-/// A VF port on a TAP device. See the [module docs](self).
+/// A VF port on a TAP device: one queue, virtio-net headers carrying the offload
+/// metadata; TSO/USO/checksum offloads as the kernel grants them ([`TapOffloads`]).
 pub struct TapPort {
     fd: OwnedFd,
     name: String,

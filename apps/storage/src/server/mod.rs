@@ -52,7 +52,7 @@
 //! Once `checkpoint_bytes` of log were written since the last checkpoint, the node
 //! stage starts one ([`Node::checkpoint`]); its record is the first of a new log
 //! segment, and the log stage syncs the page file before writing it and deletes the
-//! old segment only once it is durable (see [`segments`](crate::log::segments)).
+//! old segment only once it is durable (see [`crate::log::segments`]).
 //!
 //! On start, [`NodeServer::start`] picks the log segment to recover from (the newest
 //! with a complete checkpoint), deletes the others, replays it, truncates a torn or corrupt tail
