@@ -79,8 +79,19 @@ impl Topo {
         for ns in [h, g] {
             ip(&format!("-n {ns} link set lo up"));
             // No IPv6 chatter (DAD, router solicitations) on the wire under test.
-            let off = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
-            ip(&format!("netns exec {ns} sysctl -qw {off}"));
+            // Written through /proc in the namespace: `sysctl` (procps) is not on
+            // every machine.
+            let off =
+                "for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done";
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "sh", "-c", off])
+                .output()
+                .expect("run ip netns exec");
+            assert!(
+                out.status.success(),
+                "disable IPv6 in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         ip(&format!(
             "-n {h} link add xp0 address {pm} mtu {mtu} type veth \
