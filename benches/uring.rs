@@ -10,7 +10,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -77,8 +76,13 @@ fn std_write(path: &Path, n: usize, batch: usize) -> f64 {
 fn evict(path: &Path) {
     let f = File::open(path).expect("open");
     f.sync_all().expect("sync");
-    // SAFETY: a valid open descriptor; advisory call with no memory arguments.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .expect("posix_fadvise(DONTNEED)");
 }
 
 fn ours_read(path: &Path, size: u64) -> f64 {

@@ -26,12 +26,39 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Features: `runtime` (default) adds the threaded runtime; `nic` (default) the software
-//! NIC packet path; `prometheus` adds the
-//! Prometheus exporter. Without `runtime`, the stages, layers and builder remain, with
-//! the single-threaded [`inline`] executor.
+//! # Features
+//!
+//! - `runtime` (default): the threaded runtime — pinned workers, rings, [`Plan`]s, the
+//!   live [`Runtime`], the tower service adapter — and [`PipelineBuilder`], the graph
+//!   builder over the runtime's rings.
+//! - `nic` (default): the software NIC packet path, [`nic`].
+//! - `storage` (default): the storage commit chain, [`storage`], and `pipewright
+//!   storage` in the CLI; `storage-faults` adds its fault injection for the fault tests.
+//! - `prometheus`: the Prometheus exporter for the runtime's metrics.
+//!
+//! # Without default features
+//!
+//! `default-features = false` leaves what needs no threads and no I/O: the [`Stage`]
+//! trait and the [`stage`] constructors, [`layer`]s, sources, the transport-generic
+//! graph builder [`graph::PipelineBuilder`] and the single-threaded [`inline`]
+//! executor that runs a built pipeline on the calling thread:
+//!
+//! ```
+//! use pipewright::{graph::PipelineBuilder, inline::InlineTransport, stage};
+//!
+//! let builder = PipelineBuilder::<InlineTransport>::new();
+//! let (input, numbers) = builder.input::<u32>("numbers");
+//! let evens = numbers
+//!     .then("square", stage::map(|x: u32| x * x))
+//!     .then("evens", stage::filter(|x: &u32| x % 2 == 0))
+//!     .output("even-squares");
+//! let mut run = builder.build()?.run_inline();
+//! run.send_all(&input, 1..=6);
+//! run.finish()?;
+//! assert_eq!(run.take_output(&evens), vec![4, 16, 36]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub use pipewright_stages::{
     exec, inline, layer, source, stage, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy,
@@ -39,6 +66,14 @@ pub use pipewright_stages::{
     Replicas, Reply, RequestError, ServiceStage, Source, SourceState, Spreader, Stage, StageError,
     StageFailure, Tagged, TaggedStage, Ticket,
 };
+
+/// The pipeline graph builder, generic over the transport that carries items between
+/// stages (always available): with [`inline::InlineTransport`] a built pipeline runs
+/// on the calling thread. With the feature `runtime`, [`PipelineBuilder`] is this
+/// builder over the runtime's rings.
+pub mod graph {
+    pub use pipewright_stages::{PipelineBuilder, Stream};
+}
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::{

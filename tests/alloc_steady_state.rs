@@ -1,35 +1,12 @@
 //! No allocation per item on the hot path: allocations during a run do not grow with
 //! the number of items (counted by a global allocator).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use pipewright_testkit::CountingAlloc;
 
 use pipewright::{stage, IterSource, Pin, PipelineBuilder, Plan, Runtime};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 fn allocations_for(items: u64, plan: Plan) -> u64 {
     let b = PipelineBuilder::new();
@@ -44,10 +21,10 @@ fn allocations_for(items: u64, plan: Plan) -> u64 {
             std::hint::black_box(x);
         });
     let pipeline = b.build().unwrap();
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOC.allocations();
     let report = Runtime::start(pipeline, plan).unwrap().join().unwrap();
     assert!(report.completed);
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    ALLOC.allocations() - before
 }
 
 #[test]

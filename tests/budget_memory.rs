@@ -1,45 +1,24 @@
 //! The bytes-in-flight budget is a hard bound on item memory: with a stalled sink the
 //! source pauses instead of filling queues (item buffers counted by the allocator).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pipewright::layer::ByteBudget;
 use pipewright::{stage, IterSource, PipelineBuilder, Plan, Runtime};
+use pipewright_testkit::CountingAlloc;
 
 /// Items are 4096-byte buffers; the allocator tracks how many are alive.
 const ITEM: usize = 4096;
-static LIVE_ITEMS: AtomicUsize = AtomicUsize::new(0);
-static PEAK_ITEMS: AtomicUsize = AtomicUsize::new(0);
 
-struct Counting;
-
-// SAFETY: forwards to the system allocator unchanged; only counts item-sized blocks.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() == ITEM {
-            let now = LIVE_ITEMS.fetch_add(1, Ordering::Relaxed) + 1;
-            PEAK_ITEMS.fetch_max(now, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if layout.size() == ITEM {
-            LIVE_ITEMS.fetch_sub(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts the live item-sized blocks (watching `ITEM`).
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 #[test]
 fn a_stalled_sink_pauses_the_source_within_the_budget() {
+    ALLOC.watch(ITEM);
     const BUDGET: usize = 64 * ITEM;
     let budget = ByteBudget::new(BUDGET);
     let stalled = Arc::new(AtomicBool::new(true));
@@ -65,7 +44,7 @@ fn a_stalled_sink_pauses_the_source_within_the_budget() {
     let running =
         Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(4096)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let peak_while_stalled = PEAK_ITEMS.load(Ordering::Relaxed);
+    let peak_while_stalled = ALLOC.peak();
     assert!(budget.in_flight() <= BUDGET);
     stalled.store(false, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(100));
@@ -81,5 +60,5 @@ fn a_stalled_sink_pauses_the_source_within_the_budget() {
         "{peak_while_stalled} item buffers alive at once; the budget allows {}",
         BUDGET / ITEM
     );
-    assert!(PEAK_ITEMS.load(Ordering::Relaxed) * ITEM <= BUDGET + 2 * ITEM);
+    assert!(ALLOC.peak() * ITEM <= BUDGET + 2 * ITEM);
 }

@@ -9,12 +9,17 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pipewright::nic::host::{netns_or_skip, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
+use pipewright::nic::host::{Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright::nic::wire::MacAddr;
+use pipewright_testkit::PING;
 
 #[test]
 fn nic_run_serves_a_guest_from_a_config_file() {
-    if !netns_or_skip("nic_run_serves_a_guest") {
+    if !(pipewright_testkit::netns()
+        && pipewright_testkit::af_xdp()
+        && pipewright_testkit::io_uring()
+        && PING.require())
+    {
         return;
     }
     let prefix = format!("pwc{}", std::process::id() % 100_000);

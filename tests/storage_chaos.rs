@@ -4,7 +4,9 @@
 //! of random nodes at random times, with small checkpoints so the logs rotate all
 //! along. After each phase the bank is audited: the total is constant, no balance is
 //! negative, every acknowledged transfer is durable.
-#![cfg(feature = "storage")]
+//!
+//! Needs the node's fault injection: feature `storage-faults` (on with `--all-features`).
+#![cfg(feature = "storage-faults")]
 
 mod storage_common;
 
@@ -33,6 +35,10 @@ fn injected(rt: &tokio::runtime::Runtime, client: &StorageClient) -> (u64, u64, 
 
 #[test]
 fn bank_over_lossy_duplicating_reordering_links() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let env = [
         (NET_FAULTS_ENV, "drop=0.05,dup=0.05,delay-ms=20,seed=7"),
         (CHECKPOINT_BYTES_ENV, "65536"),
@@ -73,6 +79,10 @@ fn bank_over_lossy_duplicating_reordering_links() {
 
 #[test]
 fn random_kill_9_during_the_bank_workload() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let env = [
         (NET_FAULTS_ENV, "drop=0.02,dup=0.02,delay-ms=10,seed=11"),
         (CHECKPOINT_BYTES_ENV, "65536"),

@@ -19,6 +19,10 @@ use tower::{Service, ServiceExt};
 
 #[test]
 fn bank_with_concurrent_clients_keeps_its_total() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let cluster = TestCluster::start("bank", &[]);
     let rt = io_runtime(2).unwrap();
     let bank = Arc::new(Bank::new(cluster.client(), 8));
@@ -52,6 +56,10 @@ fn bank_with_concurrent_clients_keeps_its_total() {
 
 #[test]
 fn acknowledged_transactions_survive_kill_9_of_every_node() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let mut cluster = TestCluster::start("kill9", &["--tick-ms", "100"]);
     let rt = io_runtime(2).unwrap();
     let bank = Arc::new(Bank::new(cluster.client(), 8));
@@ -103,6 +111,10 @@ fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> bool {
 
 #[test]
 fn malformed_frames_close_only_their_connection() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let cluster = TestCluster::start("malformed", &[]);
     let rt = io_runtime(2).unwrap();
     let client = cluster.client();
@@ -139,6 +151,10 @@ fn malformed_frames_close_only_their_connection() {
 
 #[test]
 fn busy_under_a_tiny_in_flight_budget_loses_nothing() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let cluster = TestCluster::start("busy", &["--max-in-flight", "1"]);
     let rt = io_runtime(2).unwrap();
     let client = cluster.client();

@@ -12,15 +12,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipewright_storage::bank::Bank;
+use pipewright_storage::io_runtime;
 use pipewright_storage::log::segments;
-use pipewright_storage::server::{Step, CHECKPOINT_BYTES_ENV};
-use pipewright_storage::{io_runtime, NodeId};
+use pipewright_storage::server::CHECKPOINT_BYTES_ENV;
+#[cfg(feature = "storage-faults")]
+use pipewright_storage::{server::Step, NodeId};
 use storage_common::{audit, spawn_workload, Counts, TestCluster};
 
 const CHECKPOINT_BYTES: u64 = 64 << 10;
+/// Committed transfers the bounded-state test runs.
+const TRANSACTIONS: u64 = 5000;
 
 #[test]
 fn log_and_memory_stay_bounded_over_thousands_of_transactions() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let env = [(CHECKPOINT_BYTES_ENV, "65536")];
     let mut cluster = TestCluster::start_with_env("compaction", &["--tick-ms", "100"], &env);
     let rt = io_runtime(2).unwrap();
@@ -34,9 +42,17 @@ fn log_and_memory_stay_bounded_over_thousands_of_transactions() {
     let tasks = spawn_workload(&rt, &bank, &cluster, 6, None, &stop, &counts);
     let start = Instant::now();
     let (mut max_disk, mut max_remembered, mut samples) = (0u64, 0u64, 0);
-    while start.elapsed() < Duration::from_secs(20)
-        && counts.committed.load(Ordering::Relaxed) < 6000
-    {
+    // A fixed amount of work, not a time window: how many transactions a node
+    // remembers depends on the log bytes per checkpoint interval, so the bound below
+    // needs enough commits whatever the machine's speed (the deadline only stops a
+    // hung run).
+    while counts.committed.load(Ordering::Relaxed) < TRANSACTIONS {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "only {} of {TRANSACTIONS} transactions committed in 300 s: {}",
+            counts.committed.load(Ordering::Relaxed),
+            counts.line()
+        );
         std::thread::sleep(Duration::from_millis(250));
         for id in cluster.cluster.peers().ids() {
             let s = rt.block_on(client.status(id)).unwrap();
@@ -69,7 +85,7 @@ fn log_and_memory_stay_bounded_over_thousands_of_transactions() {
         counts.line()
     );
     assert!(
-        committed >= 1000,
+        committed >= TRANSACTIONS,
         "too few transactions committed: {committed}"
     );
     assert!(checkpoints >= 6, "too few checkpoints: {checkpoints}");
@@ -102,8 +118,14 @@ fn log_and_memory_stay_bounded_over_thousands_of_transactions() {
     audit(&rt, &bank, "kill -9 of every node after compaction");
 }
 
+/// Needs the node's crash points (feature `storage-faults`).
+#[cfg(feature = "storage-faults")]
 #[test]
 fn kill_9_at_each_checkpoint_step() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let env = [(CHECKPOINT_BYTES_ENV, "16384")];
     let mut cluster = TestCluster::start_with_env("checkpoint-crash", &["--tick-ms", "100"], &env);
     let rt = io_runtime(2).unwrap();

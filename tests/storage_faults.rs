@@ -3,7 +3,9 @@
 //! the coordinator (a client process) is killed mid-run; after each crash the node is
 //! restarted and the bank is audited (total constant, no negative balance, every
 //! acknowledged transfer durable).
-#![cfg(feature = "storage")]
+//!
+//! Needs the node's crash points: feature `storage-faults` (on with `--all-features`).
+#![cfg(feature = "storage-faults")]
 
 mod storage_common;
 
@@ -19,6 +21,10 @@ use storage_common::{audit, spawn_workload, Counts, TestCluster, EXE};
 
 #[test]
 fn kill_9_of_each_role_at_each_protocol_step() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let mut cluster = TestCluster::start("faults", &["--tick-ms", "100"]);
     let rt = io_runtime(2).unwrap();
     let bank = Arc::new(Bank::new(cluster.client(), 8));

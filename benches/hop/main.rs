@@ -44,6 +44,8 @@
 //! `work` holds the four stage functions both sides run, `harness` the configuration
 //! and the alternating-rounds runner, `pipeline` our source/sink pipeline; the cases
 //! live in `cross_core`, `ring`, `fused` and `service`, each next to its peer.
+// A benchmark binary: `pub` marks what its modules share; nothing is exported.
+#![allow(unreachable_pub)]
 
 #[path = "../common/mod.rs"]
 mod common;

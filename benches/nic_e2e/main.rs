@@ -33,6 +33,8 @@
 //! the RESULT is the median per side. Progress, per-run details (offered load, CPU
 //! use, the data plane's per-stage ns/item and burst sizes) go to stderr; the RESULT
 //! lines of DESIGN.md section 6 to stdout.
+// A benchmark binary: `pub` marks what its modules share; nothing is exported.
+#![allow(unreachable_pub)]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -92,9 +92,8 @@ pub fn thread_times() -> BTreeMap<String, (u64, u64)> {
 }
 
 fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
+    let t = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK);
+    if let Ok(Some(t)) = t.map(|t| t.filter(|&t| t > 0)) {
         t as f64
     } else {
         100.0

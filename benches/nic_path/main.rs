@@ -86,6 +86,8 @@
 //! the public building blocks, `peer` is the etherparse NIC, `check` the equivalence
 //! checks and `harness` the configuration and the rotating-rounds runner; the cases
 //! (their runners and RESULT lines) live in `egress`, `ingress` and `tso`.
+// A benchmark binary: `pub` marks what its modules share; nothing is exported.
+#![allow(unreachable_pub)]
 
 mod check;
 #[path = "../common/mod.rs"]

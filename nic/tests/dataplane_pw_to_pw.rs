@@ -26,7 +26,6 @@
 //! `PIPEWRIGHT_REQUIRE_NETNS=1`); the capture needs tshark (SKIP of the capture part
 //! otherwise, failure with `PIPEWRIGHT_REQUIRE_TSHARK=1`).
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -37,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use pipewright_nic::dataplane::{DataPlane, RunningDataPlane, UnderlayConfig};
-use pipewright_nic::host::{netns_or_skip, Host, Namespace, UnderlaySpec, VfKind, VfSpec};
-use pipewright_nic::port::xsk::XdpMode;
+use pipewright_nic::host::{Host, Namespace, UnderlaySpec, VfKind, VfSpec};
+use pipewright_nic::port::XdpMode;
 use pipewright_nic::port::{AfXdpPort, VfPort};
 use pipewright_nic::rules::{
     EgressAction, EgressRule, EgressTable, IngressAction, IngressRule, IngressTable, TrapAction,
@@ -46,9 +45,10 @@ use pipewright_nic::rules::{
 };
 use pipewright_nic::tunnel::{DecapConfig, TunnelKind, TunnelSpec};
 use pipewright_nic::wire::MacAddr;
+use pipewright_testkit::PING;
 
 mod pw_capture;
-use pw_capture::{check_capture, decode, tshark_or_skip, Capture};
+use pw_capture::{check_capture, decode, Capture};
 
 const GUEST_A: Ipv4Addr = Ipv4Addr::new(10, 61, 0, 1);
 const GUEST_B: Ipv4Addr = Ipv4Addr::new(10, 61, 0, 2);
@@ -380,11 +380,15 @@ fn stop(name: &str, plane: RunningDataPlane) {
 
 #[test]
 fn geneve_pipewright_to_pipewright_ping_tcp_and_tshark_capture() {
-    const TEST: &str = "geneve_pipewright_to_pipewright";
-    if !netns_or_skip(TEST) {
+    if !(pipewright_testkit::netns()
+        && pipewright_testkit::af_xdp()
+        && pipewright_testkit::io_uring()
+        && PING.require())
+    {
         return;
     }
-    let capture = tshark_or_skip(TEST);
+    // Without tshark the capture part is skipped (one line), the rest runs.
+    let capture = pipewright_testkit::tshark::require();
     let vni = 0x00_be_ef;
     let kind = TunnelKind::Geneve;
     let (a, b) = pair("g");
@@ -445,8 +449,11 @@ fn geneve_pipewright_to_pipewright_ping_tcp_and_tshark_capture() {
 
 #[test]
 fn pwt_pipewright_to_pipewright_ping_and_tcp() {
-    const TEST: &str = "pwt_pipewright_to_pipewright";
-    if !netns_or_skip(TEST) {
+    if !(pipewright_testkit::netns()
+        && pipewright_testkit::af_xdp()
+        && pipewright_testkit::io_uring()
+        && PING.require())
+    {
         return;
     }
     // A tenant id beyond 24 bits: PWT carries 32.

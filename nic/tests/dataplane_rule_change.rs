@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use pipewright_nic::dataplane::{DataPlane, RunningDataPlane, UnderlayConfig};
-use pipewright_nic::host::{netns_or_skip, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
+use pipewright_nic::host::{Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright_nic::pipeline::NicStats;
 use pipewright_nic::rules::{
     EgressAction, EgressRule, EgressTable, IngressAction, IngressRule, IngressTable, RuleId,
@@ -45,6 +45,7 @@ use pipewright_nic::rules::{
 };
 use pipewright_nic::tunnel::{TunnelKind, TunnelSpec};
 use pipewright_nic::wire::MacAddr;
+use pipewright_testkit::PING;
 
 const VNI: u32 = 100;
 const SIZE: u64 = 100 << 20;
@@ -218,8 +219,7 @@ fn describe(plane: &RunningDataPlane) -> String {
 
 #[test]
 fn rule_changes_during_a_100mb_transfer_lose_nothing_and_counters_add_up() {
-    const TEST: &str = "rule_changes_during_a_transfer";
-    if !netns_or_skip(TEST) {
+    if !(pipewright_testkit::netns() && pipewright_testkit::io_uring() && PING.require()) {
         return;
     }
     let host = Host::builder(&prefix())

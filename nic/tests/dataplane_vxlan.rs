@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipewright_nic::dataplane::{start_on_host, OnHostOptions, RunningDataPlane};
-use pipewright_nic::host::{netns_or_skip, Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
+use pipewright_nic::host::{Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright_nic::wire::MacAddr;
+use pipewright_testkit::PING;
 
 fn prefix(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -71,7 +72,11 @@ fn stop(plane: RunningDataPlane) {
 
 #[test]
 fn guests_reach_the_kernel_vxlan_peer_ping_udp_and_100mb_tcp() {
-    if !netns_or_skip("guests_reach_the_kernel_vxlan_peer") {
+    if !(pipewright_testkit::netns()
+        && pipewright_testkit::af_xdp()
+        && pipewright_testkit::io_uring()
+        && PING.require())
+    {
         return;
     }
     let host = host("a", [VfKind::Tap, VfKind::Veth]);
@@ -207,7 +212,11 @@ fn pattern_byte(i: u64) -> u8 {
 
 #[test]
 fn vnis_are_isolated_spoofing_and_underlay_garbage_are_counted() {
-    if !netns_or_skip("vnis_are_isolated") {
+    if !(pipewright_testkit::netns()
+        && pipewright_testkit::af_xdp()
+        && pipewright_testkit::io_uring()
+        && PING.require())
+    {
         return;
     }
     let host = host("b", [VfKind::Tap, VfKind::Tap]);

@@ -4,6 +4,8 @@
 //!
 //! Needs root; without it every test prints a SKIP line (and fails instead when
 //! `PIPEWRIGHT_REQUIRE_NETNS=1`).
+// Raw ICMP sockets (an echo sent and awaited without the `ping` program).
+#![allow(unsafe_code)]
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipewright_nic::host::{
-    netns_or_skip, Host, HostError, Namespace, Netlink, UnderlaySpec, VfKind, VfSpec, VniSpec,
+    Host, HostError, Namespace, Netlink, UnderlaySpec, VfKind, VfSpec, VniSpec,
 };
 use pipewright_nic::port::VfPort;
 use pipewright_nic::wire::MacAddr;
@@ -91,7 +93,7 @@ fn assert_has(out: &str, want: &str) {
 
 #[test]
 fn builds_the_topology_and_tears_it_down() {
-    if !netns_or_skip("builds_the_topology_and_tears_it_down") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let p = prefix("b");
@@ -209,7 +211,7 @@ fn builds_the_topology_and_tears_it_down() {
 /// answers); true if a reply came back.
 fn ping(ns: &Namespace, dst: Ipv4Addr) -> bool {
     ns.run(move || {
-        // SAFETY (test): a raw ICMP socket, used only through the fd below.
+        // SAFETY: a raw ICMP socket, used only through the fd below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         let id = (std::process::id() & 0xffff) as u16;
@@ -247,7 +249,7 @@ fn ping(ns: &Namespace, dst: Ipv4Addr) -> bool {
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut ok = false;
-        // SAFETY (test): valid pointers and lengths for each call.
+        // SAFETY: valid pointers and lengths for each call.
         unsafe {
             libc::setsockopt(
                 fd,
@@ -295,7 +297,7 @@ fn fold(mut s: u32) -> u16 {
 
 #[test]
 fn traffic_crosses_the_underlay() {
-    if !netns_or_skip("traffic_crosses_the_underlay") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let p = prefix("u");
@@ -337,7 +339,7 @@ fn traffic_crosses_the_underlay() {
 
 #[test]
 fn clean_stale_recovers_from_a_crashed_run() {
-    if !netns_or_skip("clean_stale_recovers_from_a_crashed_run") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let p = prefix("c");
@@ -369,7 +371,7 @@ fn clean_stale_recovers_from_a_crashed_run() {
 
 #[test]
 fn namespaces_isolate_and_errors_say_what_failed() {
-    if !netns_or_skip("namespaces_isolate_and_errors_say_what_failed") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let p = prefix("n");
@@ -437,7 +439,7 @@ fn namespaces_isolate_and_errors_say_what_failed() {
 
 #[test]
 fn tap_vf_reaches_its_guest() {
-    if !netns_or_skip("tap_vf_reaches_its_guest") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let p = prefix("t");

@@ -2,9 +2,8 @@
 //! in place in their own buffers (headroom) and decapsulated by moving the start.
 #![cfg(not(loom))]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use pipewright_testkit::CountingAlloc;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pipewright_nic::pipeline::{egress, ingress, EgressConfig, NicStats};
@@ -18,29 +17,8 @@ use pipewright_nic::{Frame, FramePool};
 use pipewright_stages::inline::InlineTransport;
 use pipewright_stages::PipelineBuilder;
 
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc::new();
 
 const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -142,10 +120,10 @@ fn run(frames: usize) -> u64 {
     let pipeline = b.build().unwrap();
     let input_frames: Vec<Frame> = (0..frames).map(|_| frame()).collect();
     let mut run = pipeline.run_inline();
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOC.allocations();
     run.send_all(&input, input_frames);
     run.finish().unwrap();
-    let used = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let used = ALLOC.allocations() - before;
     let out = run.take_output(&delivered);
     assert_eq!(out.len(), frames);
     assert_eq!(stats.total(), 0);

@@ -1,7 +1,7 @@
 //! The AF_XDP port on real veth pairs, each end in its own fresh network namespace
 //! (`pwx<pid>-<test>-h` holds the port's end `xp0`, `...-g` the guest's end `xg0`).
-//! Needs root; without it every test prints a skip message, or fails when
-//! `PIPEWRIGHT_REQUIRE_NETNS=1`. Tests run in parallel: names are unique per test.
+//! Needs root, network namespaces and AF_XDP; without them every test prints one skip
+//! line, or fails when `PIPEWRIGHT_REQUIRE_NETNS=1` (`PIPEWRIGHT_REQUIRE_AF_XDP=1`). Tests run in parallel: names are unique per test.
 //!
 //! Kernel behaviours seen on veth (Linux 6.18), which the tests pin down:
 //! - native (driver) and generic XDP both work; AF_XDP binds in copy mode only
@@ -19,6 +19,8 @@
 //! - a guest blasting 100k datagrams with no flow control lost none (the port kept up);
 //!   the bulk test still paces with a credit window so "nothing lost" does not depend
 //!   on timing.
+// setns, poll and AF_PACKET sockets on the guest side of the veth.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -27,7 +29,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pipewright_nic::port::xsk::{AfXdpPort, BindMode, XdpMode};
+use pipewright_nic::port::{AfXdpPort, BindMode, XdpMode};
 use pipewright_nic::port::{PortError, VfPort};
 use pipewright_nic::wire::checksum;
 use pipewright_nic::{Frame, FramePool, DEFAULT_HEADROOM};
@@ -37,39 +39,12 @@ const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const PORT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
-/// Why the tests cannot run here, if they cannot (probed once per process).
-fn skip_reason() -> Option<String> {
-    static REASON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    REASON.get_or_init(probe).clone()
-}
-
-fn probe() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    let probe = format!("pwxprobe{}", std::process::id());
-    match Command::new("ip").args(["netns", "add", &probe]).output() {
-        Ok(o) if o.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-            None
-        }
-        Ok(o) => Some(format!(
-            "`ip netns add` failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Some(format!("cannot run `ip`: {e}")),
-    }
-}
-
+/// Returns from the test (after one skip line) unless root, network namespaces and
+/// AF_XDP sockets are available; fails instead under `PIPEWRIGHT_REQUIRE_NETNS=1` /
+/// `PIPEWRIGHT_REQUIRE_AF_XDP=1`.
 macro_rules! require_netns {
     () => {
-        if let Some(why) = skip_reason() {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            let test = std::thread::current().name().unwrap_or("?").to_string();
-            eprintln!("SKIP {test}: needs root and network namespaces ({why})");
+        if !(pipewright_testkit::netns() && pipewright_testkit::af_xdp()) {
             return;
         }
     };
@@ -104,8 +79,19 @@ impl Topo {
         for ns in [h, g] {
             ip(&format!("-n {ns} link set lo up"));
             // No IPv6 chatter (DAD, router solicitations) on the wire under test.
-            let off = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
-            ip(&format!("netns exec {ns} sysctl -qw {off}"));
+            // Written through /proc in the namespace: `sysctl` (procps) is not on
+            // every machine.
+            let off =
+                "for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done";
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "sh", "-c", off])
+                .output()
+                .expect("run ip netns exec");
+            assert!(
+                out.status.success(),
+                "disable IPv6 in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         ip(&format!(
             "-n {h} link add xp0 address {pm} mtu {mtu} type veth \

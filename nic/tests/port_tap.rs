@@ -10,8 +10,8 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use pipewright_nic::offload::{complete_partial, segment, verify_l3l4};
-use pipewright_nic::port::tap::{TapDropReason, VNET_HDR_LEN};
 use pipewright_nic::port::{PortError, TapPort, VfPort};
+use pipewright_nic::port::{TapDropReason, VNET_HDR_LEN};
 use pipewright_nic::{Frame, FrameMeta, Gso, GsoKind, PartialCsum};
 
 mod tap_support;
@@ -19,7 +19,7 @@ use tap_support::*;
 
 #[test]
 fn guest_frames_arrive_byte_exact_with_offload_metadata() {
-    if !netns_or_skip("guest_frames_arrive_byte_exact_with_offload_metadata") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let Guest { mut port, ns } = guest("r");
@@ -118,18 +118,8 @@ fn guest_frames_arrive_byte_exact_with_offload_metadata() {
     // UDP segmentation offload (when the kernel took TUN_F_USO): one send with
     // UDP_SEGMENT arrives as one super-frame with GsoKind::Udp.
     if offloads.uso {
-        let gso_size: libc::c_int = 1000;
-        // SAFETY (test): setsockopt with a valid int option on a live socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&gso_size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::UdpGsoSegment, &1000)
+            .expect("setsockopt(UDP_SEGMENT)");
         let big = pattern(3500, 3);
         let mut uso = recv_matching(
             &mut port,
@@ -171,7 +161,7 @@ fn guest_frames_arrive_byte_exact_with_offload_metadata() {
 
 #[test]
 fn frames_sent_reach_the_guests_socket() {
-    if !netns_or_skip("frames_sent_reach_the_guests_socket") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let Guest { mut port, ns } = guest("s");
@@ -220,7 +210,7 @@ fn frames_sent_reach_the_guests_socket() {
 
 #[test]
 fn malformed_metadata_is_dropped_and_counted() {
-    if !netns_or_skip("malformed_metadata_is_dropped_and_counted") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let Guest { mut port, ns } = guest("m");
@@ -285,7 +275,7 @@ fn malformed_metadata_is_dropped_and_counted() {
 
 #[test]
 fn tcp_from_the_guest_arrives_as_tso_super_frames() {
-    if !netns_or_skip("tcp_from_the_guest_arrives_as_tso_super_frames") {
+    if !pipewright_testkit::netns() {
         return;
     }
     let Guest { mut port, ns } = guest("t");

@@ -124,6 +124,14 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if let Err(why) = can_run() {
         bail!("`pipewright nic demo` builds network namespaces and interfaces: {why}");
     }
+    // Checked before anything is built: the guests ping through the data plane.
+    let in_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+    };
+    if !in_path("ping") {
+        bail!("`pipewright nic demo` pings through the data plane: ping not found (install the Debian package iputils-ping)");
+    }
     println!("building the topology (prefix {:?}) ...", args.prefix);
     let host = Host::builder(&args.prefix)
         .vf(VfSpec::new(

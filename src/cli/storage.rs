@@ -10,7 +10,9 @@ use pipewright_storage::bench::{self, BenchOptions};
 use pipewright_storage::client::{StorageClient, Transaction};
 use pipewright_storage::cluster::LocalCluster;
 use pipewright_storage::peers::Peers;
-use pipewright_storage::server::{CrashAt, NodeOptions, NodeServer};
+#[cfg(feature = "storage-faults")]
+use pipewright_storage::server::CrashAt;
+use pipewright_storage::server::{NodeOptions, NodeServer};
 use pipewright_storage::{io_runtime, shutdown_signal, NodeId, PageId};
 
 #[derive(Args, Debug)]
@@ -85,7 +87,8 @@ struct NodeArgs {
     tunables: NodeTunables,
     /// Fault tests: abort the process the N-th time it reaches STEP
     /// (before-intent, after-intent, after-decision, before-completion,
-    /// after-completion), as `STEP:N`.
+    /// after-completion), as `STEP:N` (feature `storage-faults`).
+    #[cfg(feature = "storage-faults")]
     #[arg(long, hide = true)]
     crash_at: Option<CrashAt>,
 }
@@ -172,7 +175,10 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     opts.max_in_flight = a.tunables.max_in_flight;
     opts.tick = Duration::from_millis(a.tunables.tick_ms.max(1));
     opts.resolve_after = Duration::from_millis(a.tunables.resolve_after_ms);
-    opts.crash_at = a.crash_at;
+    #[cfg(feature = "storage-faults")]
+    {
+        opts.crash_at = a.crash_at;
+    }
     io_runtime(2)?.block_on(async {
         let server = NodeServer::start(opts).await?;
         let r = server.recovered();
@@ -225,22 +231,8 @@ fn txn(a: TxnArgs) -> anyhow::Result<()> {
     let client = client(&a.peers)?;
     let mut t = Transaction::new();
     for w in &a.writes {
-        let parts: Vec<&str> = w.splitn(4, ':').collect();
-        let [node, page, version, hex] = parts[..] else {
-            bail!("`{w}`: expected NODE:PAGE:VERSION:HEX");
-        };
-        let data = decode_hex(hex).with_context(|| format!("`{w}`: bad hex data"))?;
-        let parse = |s: &str, what| {
-            s.parse::<u64>()
-                .with_context(|| format!("`{w}`: bad {what}"))
-        };
-        let node = u32::try_from(parse(node, "node")?).context("node id too large")?;
-        t = t.write(
-            NodeId(node),
-            PageId(parse(page, "page")?),
-            parse(version, "version")?,
-            data,
-        );
+        let (node, page, version, data) = parse_write(w)?;
+        t = t.write(node, page, version, data);
     }
     if !a.chain.is_empty() {
         t = t.chain(a.chain.iter().map(|&n| NodeId(n)).collect());
@@ -256,7 +248,7 @@ fn read(a: ReadArgs) -> anyhow::Result<()> {
     let client = client(&a.peers)?;
     io_runtime(1)?.block_on(async {
         let page = client.read(NodeId(a.node), PageId(a.page)).await?;
-        let hex: String = page.data.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&page.data);
         println!(
             "node {} page {} version {} data {hex}",
             a.node, a.page, page.version
@@ -319,12 +311,40 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        bail!("odd number of hex digits");
+/// One `--write NODE:PAGE:VERSION:HEX`.
+fn parse_write(w: &str) -> anyhow::Result<(NodeId, PageId, u64, Vec<u8>)> {
+    let parts: Vec<&str> = w.splitn(4, ':').collect();
+    let [node, page, version, data] = parts[..] else {
+        bail!("`{w}`: expected NODE:PAGE:VERSION:HEX");
+    };
+    let data = hex::decode(data)
+        .with_context(|| format!("`{w}`: bad data: write the bytes as hex digits, two per byte"))?;
+    let parse = |s: &str, what| {
+        s.parse::<u64>()
+            .with_context(|| format!("`{w}`: bad {what}"))
+    };
+    let node = u32::try_from(parse(node, "node")?).context("node id too large")?;
+    Ok((
+        NodeId(node),
+        PageId(parse(page, "page")?),
+        parse(version, "version")?,
+        data,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_parse_and_bad_hex_is_an_error_not_a_panic() {
+        let (node, page, version, data) = parse_write("2:7:0:00ff10").unwrap();
+        assert_eq!((node, page, version), (NodeId(2), PageId(7), 0));
+        assert_eq!(data, [0x00, 0xff, 0x10]);
+        // Non-ASCII input split a hand-written parser's byte slicing mid-character.
+        for bad in ["1:1:0:é0", "1:1:0:0é", "1:1:0:abc", "1:1:0:zz", "1:1:0"] {
+            let err = parse_write(bad).unwrap_err();
+            assert!(format!("{err:#}").contains(bad), "{bad}: {err:#}");
+        }
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(Into::into))
-        .collect()
 }

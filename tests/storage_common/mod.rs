@@ -11,22 +11,22 @@ use pipewright_storage::bank::{Bank, Rng};
 use pipewright_storage::client::{ClientError, StorageClient};
 use pipewright_storage::cluster::LocalCluster;
 
-pub const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
+pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
 
 /// A cluster in its own temporary directory, removed afterwards.
-pub struct TestCluster {
-    pub cluster: LocalCluster,
+pub(crate) struct TestCluster {
+    pub(crate) cluster: LocalCluster,
     dir: PathBuf,
 }
 
 impl TestCluster {
-    pub fn start(name: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(name: &str, extra: &[&str]) -> Self {
         Self::start_with_env(name, extra, &[])
     }
 
     /// With environment variables for the node processes (checkpoint size, network
     /// faults).
-    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("pw-storage-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -39,7 +39,7 @@ impl TestCluster {
         Self { cluster, dir }
     }
 
-    pub fn client(&self) -> StorageClient {
+    pub(crate) fn client(&self) -> StorageClient {
         StorageClient::with_timeout(self.cluster.peers().clone(), Duration::from_secs(3))
     }
 }
@@ -56,15 +56,15 @@ impl Drop for TestCluster {
 }
 
 #[derive(Default)]
-pub struct Counts {
-    pub committed: AtomicU64,
-    pub aborted: AtomicU64,
-    pub busy: AtomicU64,
-    pub other: AtomicU64,
+pub(crate) struct Counts {
+    pub(crate) committed: AtomicU64,
+    pub(crate) aborted: AtomicU64,
+    pub(crate) busy: AtomicU64,
+    pub(crate) other: AtomicU64,
 }
 
 impl Counts {
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "committed {}, aborted+retried {}, busy {}, timeouts/io {}",
             self.committed.load(Ordering::Relaxed),
@@ -76,7 +76,7 @@ impl Counts {
 }
 
 /// Run transfers from `clients` concurrent clients until `stop` is set.
-pub fn spawn_workload(
+pub(crate) fn spawn_workload(
     rt: &tokio::runtime::Runtime,
     bank: &Arc<Bank>,
     cluster: &TestCluster,
@@ -109,7 +109,7 @@ pub fn spawn_workload(
         .collect()
 }
 
-pub fn audit(rt: &tokio::runtime::Runtime, bank: &Bank, what: &str) {
+pub(crate) fn audit(rt: &tokio::runtime::Runtime, bank: &Bank, what: &str) {
     bank.clear_cache();
     rt.block_on(bank.settle(Duration::from_secs(30)))
         .unwrap_or_else(|e| panic!("{what}: the cluster did not settle: {e}"));

@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::peers::Peers;
 use crate::types::NodeId;
 
@@ -61,7 +64,7 @@ impl LocalCluster {
     }
 
     /// [`start`](Self::start) with environment variables for every node process
-    /// (e.g. [`NET_FAULTS_ENV`](crate::server::NET_FAULTS_ENV) in fault tests), also
+    /// (e.g. `PIPEWRIGHT_STORAGE_NET_FAULTS` in fault tests, with the feature `faults`), also
     /// on restarts.
     pub fn start_with_env(
         exe: &Path,
@@ -139,13 +142,7 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        kill_with_parent(&mut cmd);
         self.children.insert(node, cmd.spawn()?);
         Ok(())
     }
@@ -252,9 +249,8 @@ impl LocalCluster {
     /// Stop every node with SIGTERM (SIGKILL after 5 s).
     pub fn stop(&mut self) {
         for child in self.children.values() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -274,5 +270,16 @@ impl Drop for LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Makes the child get SIGKILL when this process dies (`PR_SET_PDEATHSIG`), so a
+/// crashed test leaves no node processes behind.
+#[allow(unsafe_code)]
+fn kill_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec; it only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
     }
 }

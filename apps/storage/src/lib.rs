@@ -23,7 +23,7 @@
 //! - [`client`]: [`client::StorageClient`], the coordinator, a
 //!   `tower::Service<Transaction>`, plus page reads;
 //! - [`peers`]: the peers file; [`cluster`]: a local cluster of node processes;
-//!   [`bank`] and [`bench`](mod@bench): the bank workload and benchmark behind
+//!   `bank` and `bench` (feature `bench`): the bank workload and benchmark behind
 //!   `pipewright storage bench`.
 //!
 //! # The protocol
@@ -158,16 +158,21 @@
 //!
 //! # Fault injection
 //!
-//! Tests can start node processes with `PIPEWRIGHT_STORAGE_NET_FAULTS` (see
-//! [`server::NetFaults`]: drop, duplicate, delay/reorder messages on peer links) and
-//! `PIPEWRIGHT_STORAGE_CHECKPOINT_BYTES` (small checkpoints), and with the hidden
-//! `--crash-at STEP:N` flag (protocol and checkpoint steps, [`server::Step`]).
+//! Only with the cargo feature `faults` (off by default; the facade's
+//! `storage-faults`): tests can start node processes with
+//! `PIPEWRIGHT_STORAGE_NET_FAULTS` (see `server::NetFaults`: drop, duplicate,
+//! delay/reorder messages on peer links) and with the hidden `--crash-at STEP:N` flag
+//! (protocol and checkpoint steps, `server::Step`). Any build can set
+//! `PIPEWRIGHT_STORAGE_CHECKPOINT_BYTES` (small checkpoints).
+//!
+//! The bank workload and its benchmark driver (`bank`, `bench`) are behind the
+//! feature `bench` (on in the facade's `storage`, for `pipewright storage bench`).
 
 #![warn(missing_docs)]
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), feature = "bench"))]
 pub mod bank;
-#[cfg(not(loom))]
+#[cfg(all(not(loom), feature = "bench"))]
 pub mod bench;
 #[cfg(not(loom))]
 pub mod client;

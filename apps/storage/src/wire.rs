@@ -148,7 +148,8 @@ pub struct NodeStatus {
     /// Clients with a low-water mark of forgotten transactions.
     pub low_water_marks: u64,
     /// Fault injection on the peer links (off unless enabled for tests): messages
-    /// dropped, duplicated and delayed.
+    /// dropped, duplicated and delayed. Always 0 from a node built without the
+    /// feature `faults` (the fields stay, so every build speaks the same protocol).
     pub net_dropped: u64,
     /// See `net_dropped`.
     pub net_duplicated: u64,

@@ -49,6 +49,10 @@ impl Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_log_tail_is_truncated_and_committed_data_survives() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let peers = Peers::new(BTreeMap::from([(NodeId(1), addr)]));
@@ -98,6 +102,10 @@ async fn a_torn_log_tail_is_truncated_and_committed_data_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_commit_in_any_chain_order_and_refuse_bad_writes() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|i| (NodeId(i), free_addr())).collect();
     let peers = Peers::new(addrs.clone());
@@ -144,6 +152,10 @@ async fn three_nodes_commit_in_any_chain_order_and_refuse_bad_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_in_flight_budget_answers_busy() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let addrs: BTreeMap<NodeId, SocketAddr> = (1..=2).map(|i| (NodeId(i), free_addr())).collect();
     let peers = Peers::new(addrs.clone());

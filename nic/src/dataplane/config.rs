@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig};
-use crate::port::xsk::XdpMode;
+use crate::port::XdpMode;
 use crate::port::{AfXdpPort, PortError, TapPort, VfPort};
 use crate::rules::Versioned;
 use crate::rules::{ConfigError, RuleFile};

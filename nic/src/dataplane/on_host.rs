@@ -10,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::{DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig};
 use crate::host::{Host, HostError, VfKind};
-use crate::port::xsk::XdpMode;
+use crate::port::XdpMode;
 use crate::port::{AfXdpPort, PortError, VfPort};
 use crate::rules::{
     EgressAction, EgressRule, EgressTable, IngressAction, IngressRule, IngressTable, RuleError,

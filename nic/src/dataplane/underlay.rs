@@ -318,29 +318,11 @@ impl UnderlayRx {
 
 /// Sets the kernel receive buffer of `socket` to `bytes`: `SO_RCVBUFFORCE` (not capped
 /// by `net.core.rmem_max`, needs `CAP_NET_ADMIN`), else `SO_RCVBUF` (capped).
-#[allow(unsafe_code)]
 fn set_rcvbuf(socket: &UdpSocket, bytes: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |option| {
-        // SAFETY: setsockopt on a live socket with a pointer to a c_int of the size
-        // passed; the kernel only reads it.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::RcvBufForce, &bytes)
+        .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &bytes))
+        .map_err(std::io::Error::from)
 }
 
 /// Writes Ethernet + IP + UDP headers for a datagram from `from` to `local` in front
@@ -480,27 +462,14 @@ mod tests {
     }
 
     #[test]
-    #[allow(unsafe_code)]
     fn receive_sockets_get_the_configured_buffer() {
-        use std::os::fd::AsRawFd;
         let config = UnderlayConfig::new("127.0.0.1".parse().unwrap());
         let pool = Arc::new(FramePool::new(128, 2048, 4));
         let rx =
             UnderlayRx::bind(config.clone(), 0, pool, NicStats::new(), Stop::default()).unwrap();
         let socket = rx.socket.as_ref().unwrap();
-        let mut got: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt on a live socket into a c_int of the size passed.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&mut got as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0);
+        let got = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::RcvBuf)
+            .expect("getsockopt(SO_RCVBUF)");
         // The kernel doubles what it grants; without CAP_NET_ADMIN it grants at most
         // net.core.rmem_max (with it, all that was asked).
         let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
@@ -509,7 +478,7 @@ mod tests {
             .unwrap_or(0);
         let granted = config.rx_socket_buffer.min(max);
         assert!(
-            got as usize >= 2 * granted,
+            got >= 2 * granted,
             "SO_RCVBUF {got}, want at least 2 x {granted}"
         );
     }

@@ -147,20 +147,3 @@ pub fn can_run() -> Result<(), String> {
     std::fs::create_dir_all(NETNS_DIR).map_err(|e| format!("cannot create {NETNS_DIR}: {e}"))?;
     Ok(())
 }
-
-/// For tests: whether `test` can run here (see [`can_run`]). Otherwise prints
-/// `SKIP <test>: <why>` to stderr (uncaptured, so it is seen) and returns false — or,
-/// when `PIPEWRIGHT_REQUIRE_NETNS=1` (as in CI), panics, so a skip never hides there.
-pub fn netns_or_skip(test: &str) -> bool {
-    match can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test}: PIPEWRIGHT_REQUIRE_NETNS=1 but netns tests cannot run: {why}");
-            }
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-            false
-        }
-    }
-}

@@ -109,7 +109,11 @@ pub trait VfPort: Send + fmt::Debug {
     fn counters(&self) -> PortCounters;
 }
 
-pub mod tap;
-pub use tap::TapPort;
-pub mod xsk;
-pub use xsk::AfXdpPort;
+mod tap;
+mod xsk;
+
+pub use tap::{
+    decode_vnet_hdr, encode_vnet_hdr, TapDropReason, TapDrops, TapOffloads, TapPort, MAX_FRAME_LEN,
+    VNET_HDR_LEN,
+};
+pub use xsk::{AfXdpBuilder, AfXdpPort, BindMode, XdpMode, XskCounters, XskKernelStats};

@@ -50,7 +50,8 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::{PortCounters, PortError, VfPort};
@@ -94,9 +95,11 @@ pub struct TapOffloads {
     pub uso: bool,
 }
 
-/// A VF port on a TAP device. See the [module docs](self).
+/// A VF port on a TAP device: one queue, virtio-net headers carrying the offload
+/// metadata; TSO/USO/checksum offloads as the kernel grants them ([`TapOffloads`]).
 pub struct TapPort {
-    fd: OwnedFd,
+    /// The TAP queue's descriptor (a `File` for its vectored reads and writes).
+    file: File,
     name: String,
     vf: u16,
     offloads: TapOffloads,
@@ -110,7 +113,7 @@ impl fmt::Debug for TapPort {
         f.debug_struct("TapPort")
             .field("name", &self.name)
             .field("vf", &self.vf)
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.file.as_raw_fd())
             .field("offloads", &self.offloads)
             .field("counters", &self.counters)
             .field("drops", &self.drops)
@@ -212,7 +215,7 @@ impl TapPort {
             .map_err(|e| PortError::io(format!("TUNSETOFFLOAD csum+tso on {name}"), e))?;
 
         Ok(Self {
-            fd,
+            file: File::from(fd),
             name: name.to_string(),
             vf,
             offloads,
@@ -227,7 +230,7 @@ impl TapPort {
         // SAFETY: TUNSETPERSIST takes its argument by value; no memory is touched.
         let rc = unsafe {
             libc::ioctl(
-                self.fd.as_raw_fd(),
+                self.file.as_raw_fd(),
                 libc::TUNSETPERSIST,
                 libc::c_ulong::from(persistent),
             )
@@ -287,50 +290,16 @@ impl TapPort {
 
     /// One `readv`: header, the pool frame's room, then the overflow buffer.
     fn read_one(&mut self, hdr: &mut [u8; VNET_HDR_LEN], room: &mut [u8]) -> io::Result<usize> {
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_mut_ptr().cast(),
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: room.as_mut_ptr().cast(),
-                iov_len: room.len(),
-            },
-            libc::iovec {
-                iov_base: self.overflow.as_mut_ptr().cast(),
-                iov_len: self.overflow.len(),
-            },
-        ];
-        // SAFETY: every iovec points into a live, exclusively borrowed buffer of the
-        // stated length; the kernel writes at most that much into each.
-        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as _) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        (&self.file).read_vectored(&mut [
+            IoSliceMut::new(hdr),
+            IoSliceMut::new(room),
+            IoSliceMut::new(&mut self.overflow),
+        ])
     }
 
     /// One `writev`: header then the frame's bytes.
     fn write_one(&self, hdr: &[u8; VNET_HDR_LEN], data: &[u8]) -> io::Result<usize> {
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: data.as_ptr() as *mut libc::c_void,
-                iov_len: data.len(),
-            },
-        ];
-        // SAFETY: the iovecs point into live buffers of the stated lengths, which
-        // writev only reads (the `*mut` cast is what the C signature asks for).
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as _) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        (&self.file).write_vectored(&[IoSlice::new(hdr), IoSlice::new(data)])
     }
 }
 
@@ -464,7 +433,7 @@ impl VfPort for TapPort {
     }
 
     fn rx_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.file.as_fd()
     }
 
     fn counters(&self) -> PortCounters {

@@ -15,7 +15,7 @@ mod egress;
 mod ingress;
 #[cfg(not(loom))]
 mod lpm;
-pub mod versioned;
+mod versioned;
 
 #[cfg(not(loom))]
 pub use config::{ConfigError, RuleFile};

@@ -49,7 +49,7 @@ pub struct Vxlan;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Geneve;
 
-/// PWT, pipewright's tunnel (see [`wire::pwt`](crate::wire::pwt)): 12 bytes, 32-bit
+/// PWT, pipewright's tunnel (see [`PwtPacket`](crate::wire::PwtPacket)): 12 bytes, 32-bit
 /// tenant id, flow entropy, and a checksum over its own header.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pwt;

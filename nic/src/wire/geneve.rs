@@ -190,7 +190,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GenevePacket<T> {
     }
 }
 
-/// A Geneve header as a value, options inline (see the [module docs](self)).
+/// A Geneve header as a value, options inline (RFC 8926; parse with
+/// [`GenevePacket`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GeneveRepr {
     /// The O bit (control packet).

@@ -48,35 +48,37 @@
 //! # Ok::<(), WireError>(())
 //! ```
 
-pub mod arp;
+mod arp;
 pub mod checksum;
 mod error;
-pub mod ethernet;
+mod ethernet;
 mod field;
-pub mod geneve;
+mod geneve;
 mod geneve_opt;
 pub mod ip_proto;
-pub mod ipv4;
-pub mod ipv6;
+mod ipv4;
+mod ipv6;
 mod mac;
-pub mod pwt;
-pub mod tcp;
+mod pwt;
+mod tcp;
 mod tcp_flags;
-pub mod udp;
-pub mod vxlan;
+mod udp;
+mod vxlan;
 
-pub use arp::{ArpOp, ArpPacket, ArpRepr, ARP_LEN};
+pub use arp::{ArpOp, ArpPacket, ArpRepr, ARP_LEN, HTYPE_ETHERNET};
 pub use error::WireError;
 pub use ethernet::{
     ethertype, EthernetFrame, EthernetRepr, MacAddr, ETHERNET_HEADER_LEN, VLAN_TAG_LEN,
 };
 pub use geneve::{
     GeneveOption, GeneveOptionList, GeneveOptions, GenevePacket, GeneveRepr, GENEVE_HEADER_LEN,
-    GENEVE_PORT,
+    GENEVE_MAX_OPTIONS_LEN, GENEVE_MAX_VNI, GENEVE_PORT,
 };
 pub use ipv4::{Ipv4Packet, Ipv4Repr, IPV4_HEADER_LEN};
 pub use ipv6::{Ipv6Packet, Ipv6Repr, IPV6_HEADER_LEN, MAX_EXT_HEADERS};
-pub use pwt::{PwtPacket, PwtRepr, PWT_FLAG_OAM, PWT_HEADER_LEN, PWT_PORT};
+pub use pwt::{PwtPacket, PwtRepr, PWT_FLAG_OAM, PWT_HEADER_LEN, PWT_PORT, PWT_VERSION};
 pub use tcp::{TcpFlags, TcpPacket, TcpRepr, TCP_HEADER_LEN};
 pub use udp::{UdpPacket, UdpRepr, UDP_HEADER_LEN};
-pub use vxlan::{VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN, VXLAN_PORT};
+pub use vxlan::{
+    VxlanPacket, VxlanRepr, VXLAN_FLAG_I, VXLAN_HEADER_LEN, VXLAN_MAX_VNI, VXLAN_PORT,
+};

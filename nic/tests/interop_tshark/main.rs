@@ -2,10 +2,9 @@
 //! independent decoder, tshark (Wireshark's CLI), plus golden byte checks of the
 //! tunnel headers against the layouts in RFC 7348 (VXLAN) and RFC 8926 (Geneve).
 //!
-//! The tshark test skips (with a message) when tshark is not installed, unless
-//! `PIPEWRIGHT_REQUIRE_TSHARK=1` is set (set it in CI: a missing tshark then fails
-//! the test instead of skipping it). Set `TSHARK=/path/to/tshark` to use another
-//! binary.
+//! The tshark test skips with one line when tshark is not installed (Debian package
+//! tshark), unless `PIPEWRIGHT_REQUIRE_TSHARK=1` is set (CI sets it: a missing tshark
+//! then fails the test instead). Set `TSHARK=/path/to/tshark` to use another binary.
 #![cfg(not(loom))]
 
 mod checks;
@@ -13,8 +12,6 @@ mod frames;
 mod golden;
 mod pcap;
 mod tshark;
-
-use std::process::Command;
 
 use pipewright_nic::tunnel::{flow_hash, EncapTemplate, TunnelKind};
 use pipewright_nic::wire::*;
@@ -24,20 +21,13 @@ use checks::{check_control, check_frame, Check};
 use frames::*;
 use golden::rfc1071;
 use pcap::write_pcap;
-use tshark::{controls, tshark_bin, tshark_fields};
+use tshark::{controls, tshark_fields};
 
 // ---------------------------------------------------------------- tshark
 
 #[test]
 fn tshark_decodes_encapsulated_frames() {
-    if Command::new(tshark_bin()).arg("-v").output().is_err() {
-        if std::env::var_os("PIPEWRIGHT_REQUIRE_TSHARK").is_some_and(|v| v == "1") {
-            panic!("tshark not found and PIPEWRIGHT_REQUIRE_TSHARK=1");
-        }
-        eprintln!(
-            "SKIPPED: tshark not found; .ci/run installs it with apt-get install tshark \
-             (set TSHARK=/path/to/tshark to use another binary)"
-        );
+    if !pipewright_testkit::tshark::require() {
         return;
     }
     let tunnels = tunnels();

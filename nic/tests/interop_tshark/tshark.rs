@@ -1,14 +1,11 @@
 //! Running tshark and parsing its field output.
 
-use std::collections::HashMap;
-use std::process::Command;
-
 use crate::frames::Case;
 
 // ---------------------------------------------------------------- tshark
 
 /// Fields asked of tshark, one column each; repeated fields (outer and inner) come
-/// back joined with [`AGG`].
+/// back joined with `;`.
 pub(crate) const FIELDS: &[&str] = &[
     "frame.number",
     "frame.protocols",
@@ -54,66 +51,23 @@ pub(crate) const FIELDS: &[&str] = &[
     "_ws.expert.severity",
     "_ws.expert.message",
 ];
-pub(crate) const AGG: char = ';';
-
-pub(crate) fn tshark_bin() -> String {
-    std::env::var("TSHARK").unwrap_or_else(|_| "tshark".to_owned())
-}
+pub(crate) use pipewright_testkit::tshark::num;
 
 /// Runs tshark on `pcap`, one row per frame: field name -> every occurrence.
-pub(crate) fn tshark_fields(pcap: &std::path::Path) -> Vec<HashMap<&'static str, Vec<String>>> {
-    let mut cmd = Command::new(tshark_bin());
-    // An empty personal configuration: no user preference changes what is checked.
-    cmd.env("WIRESHARK_CONFIG_DIR", pcap.parent().unwrap())
-        .arg("-r")
-        .arg(pcap)
-        .args(["-n", "-T", "fields"])
-        .args(["-E", "separator=/t", "-E", "occurrence=a", "-E", "quote=n"])
-        .args(["-E", &format!("aggregator={AGG}")])
-        .args(["-o", "ip.check_checksum:TRUE"])
-        .args(["-o", "udp.check_checksum:TRUE"])
-        .args(["-o", "tcp.check_checksum:TRUE"])
-        // No sequence analysis: the lone TCP segments would be "ACKed unseen" warnings.
-        .args(["-o", "tcp.analyze_sequence_numbers:FALSE"]);
-    for f in FIELDS {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tshark failed ({}):\n{}\n{stdout}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|line| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            assert_eq!(cols.len(), FIELDS.len(), "tshark row: {line}");
-            FIELDS
-                .iter()
-                .zip(cols)
-                .map(|(f, c)| {
-                    let v = if c.is_empty() {
-                        vec![]
-                    } else {
-                        c.split(AGG).map(str::to_owned).collect()
-                    };
-                    (*f, v)
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// tshark prints integers in decimal or, for hex-based fields, as `0x...`.
-pub(crate) fn num(s: &str) -> u64 {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    }
-    .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+pub(crate) fn tshark_fields(pcap: &std::path::Path) -> Vec<pipewright_testkit::tshark::Row> {
+    pipewright_testkit::tshark::fields(
+        pcap,
+        FIELDS,
+        &[
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            // No sequence analysis: the lone TCP segments would be "ACKed unseen" warnings.
+            "-o",
+            "tcp.analyze_sequence_numbers:FALSE",
+        ],
+    )
 }
 
 /// Negative controls, appended after the real frames: corrupted copies that tshark

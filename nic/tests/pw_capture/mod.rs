@@ -3,31 +3,9 @@
 
 use super::*;
 
-/// Whether tshark runs; otherwise a SKIP line (or a failure when required).
-pub fn tshark_or_skip(test: &str) -> bool {
-    match Command::new(tshark_bin()).arg("-v").output() {
-        Ok(o) if o.status.success() => true,
-        _ => {
-            if std::env::var("PIPEWRIGHT_REQUIRE_TSHARK").as_deref() == Ok("1") {
-                panic!("{test}: tshark not found and PIPEWRIGHT_REQUIRE_TSHARK=1");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test} (capture part): tshark not found; install it (apt-get install \
-                 tshark) or set TSHARK=/path/to/tshark"
-            );
-            false
-        }
-    }
-}
-
-pub fn tshark_bin() -> String {
-    std::env::var("TSHARK").unwrap_or_else(|_| "tshark".to_owned())
-}
-
 /// A tshark capture running in a namespace; interrupted (by its pid) when stopped or
 /// dropped.
-pub struct Capture {
+pub(crate) struct Capture {
     child: Child,
     file: PathBuf,
     /// tshark's messages (stderr), line by line.
@@ -38,11 +16,11 @@ impl Capture {
     /// Starts `tshark -i ifname -w file` inside `ns` and waits until it captures:
     /// tshark says "Capturing on" a little before packets are written, so `probe` (a
     /// datagram sent across the interface) is repeated until the file grows.
-    pub fn start(ns: &str, ifname: &str, dir: &Path, probe: impl Fn()) -> Capture {
+    pub(crate) fn start(ns: &str, ifname: &str, dir: &Path, probe: impl Fn()) -> Capture {
         let file = dir.join("underlay.pcapng");
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(tshark_bin())
+            .arg(pipewright_testkit::tshark::bin())
             .args(["-i", ifname, "-n", "-q", "-s", "256"])
             // A safety stop, should the test die before interrupting it.
             .args(["-a", "duration:120"])
@@ -99,7 +77,7 @@ impl Capture {
 
     /// Interrupts tshark (it writes out what it has) and returns the file and what
     /// tshark said last (how many packets it captured and dropped).
-    pub fn stop(mut self) -> (PathBuf, String) {
+    pub(crate) fn stop(mut self) -> (PathBuf, String) {
         // tshark lags behind the traffic and loses what it has not read when
         // interrupted: wait until its file stops growing first.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -139,10 +117,10 @@ impl Capture {
         (self.file.clone(), said.join(" / "))
     }
 
-    pub fn interrupt(&self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+    pub(crate) fn interrupt(&self) {
+        // The pid of a child we spawned and have not reaped.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
     }
 }
 
@@ -155,7 +133,7 @@ impl Drop for Capture {
     }
 }
 
-pub const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "frame.number",
     "frame.len",
     "frame.cap_len",
@@ -181,83 +159,33 @@ pub const FIELDS: &[&str] = &[
     "_ws.malformed",
 ];
 
-type Row = HashMap<&'static str, Vec<String>>;
+pub(crate) use pipewright_testkit::tshark::Row;
+use pipewright_testkit::tshark::{good, num};
 
 /// Decodes `file` with tshark: one row per frame, field -> every occurrence (outer
 /// first, then inner).
-pub fn decode(file: &Path) -> Vec<Row> {
-    let mut cmd = Command::new(tshark_bin());
-    cmd.env("WIRESHARK_CONFIG_DIR", file.parent().unwrap())
-        .arg("-r")
-        .arg(file)
-        .args(["-n", "-T", "fields", "-d", "udp.port==6081,geneve"])
-        .args(["-E", "separator=/t", "-E", "occurrence=a", "-E", "quote=n"])
-        .args(["-E", "aggregator=;"])
-        .args(["-o", "ip.check_checksum:TRUE"]);
-    for f in FIELDS {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark -r");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tshark -r failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|line| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            assert_eq!(cols.len(), FIELDS.len(), "tshark row: {line}");
-            FIELDS
-                .iter()
-                .zip(cols)
-                .map(|(f, c)| {
-                    let v = if c.is_empty() {
-                        vec![]
-                    } else {
-                        c.split(';').map(str::to_owned).collect()
-                    };
-                    (*f, v)
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// A checksum status (epan/proto.h `proto_checksum_enum_e`) that says "good": tshark
-/// prints it as a number, some versions by name.
-pub fn good(status: &str) -> bool {
-    matches!(status, "1" | "Good")
-}
-
-pub fn num(s: &str) -> u64 {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    }
-    .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+pub(crate) fn decode(file: &Path) -> Vec<Row> {
+    pipewright_testkit::tshark::fields(file, FIELDS, &["-d", "udp.port==6081,geneve"])
 }
 
 /// What the Geneve capture showed.
 #[derive(Debug, Default)]
-pub struct Seen {
-    pub frames: usize,
-    pub underlay_arp: usize,
-    pub probes: usize,
-    pub geneve: usize,
-    pub echo_requests: usize,
-    pub echo_replies: usize,
-    pub tcp_data_ab: usize,
-    pub tcp_data_ba: usize,
-    pub tcp_bytes_ab: u64,
-    pub tcp_bytes_ba: u64,
+pub(crate) struct Seen {
+    pub(crate) frames: usize,
+    pub(crate) underlay_arp: usize,
+    pub(crate) probes: usize,
+    pub(crate) geneve: usize,
+    pub(crate) echo_requests: usize,
+    pub(crate) echo_replies: usize,
+    pub(crate) tcp_data_ab: usize,
+    pub(crate) tcp_data_ba: usize,
+    pub(crate) tcp_bytes_ab: u64,
+    pub(crate) tcp_bytes_ba: u64,
 }
 
 /// Checks every frame of the underlay capture; returns what was seen, or the list of
 /// disagreements.
-pub fn check_capture(rows: &[Row], vni: u32, a_ul_mac: MacAddr, b_ul_mac: MacAddr) -> Seen {
+pub(crate) fn check_capture(rows: &[Row], vni: u32, a_ul_mac: MacAddr, b_ul_mac: MacAddr) -> Seen {
     let mut seen = Seen::default();
     let mut bad = Vec::new();
     let get = |r: &Row, f: &str| r.get(f).cloned().unwrap_or_default();

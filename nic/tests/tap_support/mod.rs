@@ -10,23 +10,21 @@ use pipewright_nic::port::{TapPort, VfPort};
 use pipewright_nic::wire::{checksum, MacAddr};
 use pipewright_nic::{Frame, FramePool, DEFAULT_HEADROOM};
 
-pub const GUEST_MAC: MacAddr = MacAddr([0x02, 0x47, 0, 0, 0, 2]);
-pub const PEER_MAC: MacAddr = MacAddr([0x02, 0x47, 0, 0, 0, 1]);
-pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 75, 0, 2);
-pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 75, 0, 1);
-pub const VF: u16 = 3;
-
-pub use pipewright_nic::host::netns_or_skip;
+pub(crate) const GUEST_MAC: MacAddr = MacAddr([0x02, 0x47, 0, 0, 0, 2]);
+pub(crate) const PEER_MAC: MacAddr = MacAddr([0x02, 0x47, 0, 0, 0, 1]);
+pub(crate) const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 75, 0, 2);
+pub(crate) const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 75, 0, 1);
+pub(crate) const VF: u16 = 3;
 
 /// A guest: a namespace whose only NIC is the TAP `tap0` (10.75.0.2/24, MAC
 /// GUEST_MAC, IPv6 off), with PEER_IP a permanent neighbour at PEER_MAC; and the
 /// port on that TAP. Fields drop in order: the port, then the namespace.
-pub struct Guest {
-    pub port: TapPort,
-    pub ns: Namespace,
+pub(crate) struct Guest {
+    pub(crate) port: TapPort,
+    pub(crate) ns: Namespace,
 }
 
-pub fn guest(tag: &str) -> Guest {
+pub(crate) fn guest(tag: &str) -> Guest {
     static N: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
         "pwt{}{tag}{}",
@@ -55,25 +53,26 @@ pub fn guest(tag: &str) -> Guest {
     Guest { port, ns }
 }
 
-pub fn pool() -> FramePool {
+pub(crate) fn pool() -> FramePool {
     FramePool::new(DEFAULT_HEADROOM, 2048, 256)
 }
 
 /// Waits on the port's rx fd (up to `ms`), then receives a burst.
-pub fn recv(port: &mut TapPort, pool: &FramePool, out: &mut Vec<Frame>, ms: i32) -> usize {
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&port.rx_fd()),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY (test): one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+pub(crate) fn recv(port: &mut TapPort, pool: &FramePool, out: &mut Vec<Frame>, ms: i32) -> usize {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    {
+        let mut pfd = [PollFd::new(port.rx_fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut pfd,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+    }
     port.recv_burst(pool, out, 64).expect("recv_burst")
 }
 
 /// Receives until a frame matches `want`, for up to 5 s, calling `poke` between
 /// waits (to make the guest send again).
-pub fn recv_matching(
+pub(crate) fn recv_matching(
     port: &mut TapPort,
     pool: &FramePool,
     mut poke: impl FnMut(),
@@ -92,7 +91,7 @@ pub fn recv_matching(
     panic!("no matching frame from the guest within 5 s");
 }
 
-pub fn ipv4_frame(
+pub(crate) fn ipv4_frame(
     dst: MacAddr,
     src: MacAddr,
     sip: Ipv4Addr,
@@ -123,7 +122,7 @@ pub fn ipv4_frame(
 
 /// Fills the L4 checksum at `at` in `l4`: the full checksum, or (partial) only the
 /// pseudo-header sum the way a guest leaves it for the device.
-pub fn fill_l4_csum(
+pub(crate) fn fill_l4_csum(
     l4: &mut [u8],
     at: usize,
     sip: Ipv4Addr,
@@ -141,7 +140,7 @@ pub fn fill_l4_csum(
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-pub fn udp_to_guest(payload: &[u8], partial: bool, sport: u16, dport: u16) -> Vec<u8> {
+pub(crate) fn udp_to_guest(payload: &[u8], partial: bool, sport: u16, dport: u16) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend(sport.to_be_bytes());
     l4.extend(dport.to_be_bytes());
@@ -154,12 +153,12 @@ pub fn udp_to_guest(payload: &[u8], partial: bool, sport: u16, dport: u16) -> Ve
 
 // TCP, for playing the peer by hand.
 
-pub const PEER_ISN: u32 = 0x1000_0000;
-pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
-pub const PSH: u8 = 0x08;
+pub(crate) const PEER_ISN: u32 = 0x1000_0000;
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const ACK: u8 = 0x10;
+pub(crate) const PSH: u8 = 0x08;
 
-pub fn tcp_to_guest(
+pub(crate) fn tcp_to_guest(
     dport: u16,
     seq: u32,
     ack: u32,
@@ -183,6 +182,6 @@ pub fn tcp_to_guest(
     ipv4_frame(GUEST_MAC, PEER_MAC, PEER_IP, GUEST_IP, 6, 0, &l4)
 }
 
-pub fn pattern(len: usize, k: usize) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, k: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * k) % 251) as u8).collect()
 }

@@ -9,14 +9,14 @@ use pipewright_nic::wire::*;
 
 // ---------------------------------------------------------------- sample packets
 
-pub const M1: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
-pub const M2: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 2]);
-pub const A4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-pub const B4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
-pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub(crate) const M1: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
+pub(crate) const M2: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 2]);
+pub(crate) const A4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub(crate) const B4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub(crate) const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub(crate) const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
-pub fn eth(vlan: Option<u16>, inner_vlan: Option<u16>, ty: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn eth(vlan: Option<u16>, inner_vlan: Option<u16>, ty: u16, payload: &[u8]) -> Vec<u8> {
     let r = EthernetRepr {
         dst: M1,
         src: M2,
@@ -31,7 +31,7 @@ pub fn eth(vlan: Option<u16>, inner_vlan: Option<u16>, ty: u16, payload: &[u8]) 
     b
 }
 
-pub fn arp() -> Vec<u8> {
+pub(crate) fn arp() -> Vec<u8> {
     let r = ArpRepr {
         op: ArpOp::Request,
         sender_mac: M1,
@@ -44,7 +44,7 @@ pub fn arp() -> Vec<u8> {
     b
 }
 
-pub fn ipv4(protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4(protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let r = Ipv4Repr {
         src: A4,
         dst: B4,
@@ -68,7 +68,7 @@ pub fn ipv4(protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
 }
 
 /// IPv6 with extension headers `(type, bytes)` chained in order before `proto`.
-pub fn ipv6(exts: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv6(exts: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, (_, bytes)) in exts.iter().enumerate() {
         let mut h = bytes.clone();
@@ -92,13 +92,13 @@ pub fn ipv6(exts: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-pub enum Pseudo {
+pub(crate) enum Pseudo {
     V4,
     V4NoCsum,
     V6,
 }
 
-pub fn udp(pseudo: Pseudo, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn udp(pseudo: Pseudo, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let r = UdpRepr {
         src_port: 49_999,
         dst_port,
@@ -116,7 +116,7 @@ pub fn udp(pseudo: Pseudo, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-pub fn tcp(v6: bool, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn tcp(v6: bool, payload: &[u8]) -> Vec<u8> {
     let r = TcpRepr {
         src_port: 1234,
         dst_port: 443,
@@ -140,7 +140,7 @@ pub fn tcp(v6: bool, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-pub fn tunnel_vxlan(inner: &[u8]) -> Vec<u8> {
+pub(crate) fn tunnel_vxlan(inner: &[u8]) -> Vec<u8> {
     let mut b = vec![0; VXLAN_HEADER_LEN];
     VxlanRepr { vni: 42 }
         .emit(&mut VxlanPacket::new_unchecked(&mut b[..]))
@@ -149,7 +149,7 @@ pub fn tunnel_vxlan(inner: &[u8]) -> Vec<u8> {
     b
 }
 
-pub fn tunnel_geneve(inner: &[u8]) -> Vec<u8> {
+pub(crate) fn tunnel_geneve(inner: &[u8]) -> Vec<u8> {
     let mut options = GeneveOptionList::new();
     options.push(0x0102, 0x80, &[1, 2, 3, 4]).unwrap();
     options.push(0xffff, 0x01, &[5; 8]).unwrap();
@@ -167,7 +167,7 @@ pub fn tunnel_geneve(inner: &[u8]) -> Vec<u8> {
     b
 }
 
-pub fn tunnel_pwt(inner: &[u8]) -> Vec<u8> {
+pub(crate) fn tunnel_pwt(inner: &[u8]) -> Vec<u8> {
     let r = PwtRepr {
         flags: 0,
         protocol_type: ethertype::TEB,
@@ -185,7 +185,7 @@ pub fn tunnel_pwt(inner: &[u8]) -> Vec<u8> {
 }
 
 /// Valid frames covering every format, each fully decodable by [`decode`].
-pub fn samples() -> Vec<Vec<u8>> {
+pub(crate) fn samples() -> Vec<Vec<u8>> {
     let ext = |ty: u8, len: usize| {
         (ty, {
             let mut v = vec![0u8; len];
@@ -263,7 +263,7 @@ pub fn samples() -> Vec<Vec<u8>> {
 /// Decodes a frame through every layer, tunnels included. `strict`: semantic errors
 /// (checksums, flags) fail the decode; otherwise they are ignored and decoding goes on
 /// with the views. Returns the number of layers decoded.
-pub fn decode(b: &[u8], strict: bool, depth: usize) -> Result<usize, WireError> {
+pub(crate) fn decode(b: &[u8], strict: bool, depth: usize) -> Result<usize, WireError> {
     let soft = |r: Result<(), WireError>| if strict { r } else { Ok(()) };
     let f = EthernetFrame::new_checked(b)?;
     soft(EthernetRepr::parse(&f).map(drop))?;
@@ -297,7 +297,7 @@ pub fn decode(b: &[u8], strict: bool, depth: usize) -> Result<usize, WireError> 
     }
 }
 
-pub fn l4(
+pub(crate) fn l4(
     proto: u8,
     data: &[u8],
     v4: Option<(Ipv4Addr, Ipv4Addr)>,

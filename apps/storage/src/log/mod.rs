@@ -1,6 +1,7 @@
 //! The append-only log of a node: intents, decisions, completions.
 //!
-//! Records are framed (length, CRC-32C, type, postcard payload; see [`frame`]) and
+//! Records are framed (length, CRC-32C, type, postcard payload: a [`FRAME_HEADER`]-byte header, then the
+//! payload) and
 //! encoded into a caller buffer with [`encode`], so the node's writer can append a burst
 //! of frames and make them durable with one `fdatasync` (group commit). After a crash,
 //! [`replay`] returns every complete, valid record up to the first torn or corrupt
@@ -10,7 +11,7 @@
 //! The log is kept in [`segments`]: a checkpoint starts a new segment and lets the
 //! older one be deleted, so the log's disk use stays bounded.
 
-pub mod frame;
+mod frame;
 mod record;
 pub mod segments;
 

@@ -52,7 +52,7 @@
 //! Once `checkpoint_bytes` of log were written since the last checkpoint, the node
 //! stage starts one ([`Node::checkpoint`]); its record is the first of a new log
 //! segment, and the log stage syncs the page file before writing it and deletes the
-//! old segment only once it is durable (see [`segments`](crate::log::segments)).
+//! old segment only once it is durable (see [`crate::log::segments`]).
 //!
 //! On start, [`NodeServer::start`] picks the log segment to recover from (the newest
 //! with a complete checkpoint), deletes the others, replays it, truncates a torn or corrupt tail
@@ -60,6 +60,7 @@
 //! [`Node::recover`], redoes committed writes, re-takes in-doubt locks and asks the
 //! deciders, and only then serves.
 
+#[cfg(feature = "faults")]
 mod faults;
 mod net;
 mod stages;
@@ -83,6 +84,7 @@ use crate::protocol::{Action, Message, Node, NodeConfig, RecoverError};
 use crate::types::{NodeId, PageId};
 use crate::wire::NodeStatus;
 
+#[cfg(feature = "faults")]
 pub use faults::{CrashAt, NetFaults, Step};
 pub use state::NodeFault;
 
@@ -113,12 +115,14 @@ pub struct NodeOptions {
     /// How long a prepared transaction waits for its outcome before asking the decider
     /// (a decider that has not seen the `Prepare` yet answers abort).
     pub resolve_after: Duration,
-    /// Fault tests: abort the process at this protocol step.
+    /// Fault tests: abort the process at this protocol step (feature `faults`).
+    #[cfg(feature = "faults")]
     pub crash_at: Option<CrashAt>,
     /// Start a checkpoint (a new log segment; finished transactions forgotten) once
     /// this many log bytes were written since the last one.
     pub checkpoint_bytes: u64,
-    /// Fault tests: drop, duplicate and delay messages to peers.
+    /// Fault tests: drop, duplicate and delay messages to peers (feature `faults`).
+    #[cfg(feature = "faults")]
     pub net_faults: Option<NetFaults>,
 }
 
@@ -126,15 +130,17 @@ pub struct NodeOptions {
 /// experiments; the CLI has no flag for it).
 pub const CHECKPOINT_BYTES_ENV: &str = "PIPEWRIGHT_STORAGE_CHECKPOINT_BYTES";
 /// Environment variable enabling [`NetFaults`] on the peer links, e.g.
-/// `drop=0.05,dup=0.05,delay-ms=20,seed=7` (fault tests only).
+/// `drop=0.05,dup=0.05,delay-ms=20,seed=7` (fault tests only: feature `faults`).
+#[cfg(feature = "faults")]
 pub const NET_FAULTS_ENV: &str = "PIPEWRIGHT_STORAGE_NET_FAULTS";
 
 impl NodeOptions {
     /// Options with defaults: 1024 pages, 1024 transactions in flight, 65536 page
     /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared, a checkpoint every
-    /// 4 MiB of log, no fault injection; the environment variables
-    /// [`CHECKPOINT_BYTES_ENV`] and [`NET_FAULTS_ENV`] override the last two (an
-    /// unparsable value is ignored with a message on stderr).
+    /// 4 MiB of log, no fault injection; the environment variable
+    /// [`CHECKPOINT_BYTES_ENV`] overrides the checkpoint size, and with feature `faults`
+    /// `NET_FAULTS_ENV` sets the network faults (an unparsable value is ignored with a
+    /// message on stderr).
     ///
     /// ```
     /// use pipewright_storage::{peers::Peers, server::NodeOptions, NodeId};
@@ -154,8 +160,10 @@ impl NodeOptions {
             lock_capacity: 1 << 16,
             tick: Duration::from_millis(200),
             resolve_after: Duration::from_secs(1),
+            #[cfg(feature = "faults")]
             crash_at: None,
             checkpoint_bytes: env_parse(CHECKPOINT_BYTES_ENV).unwrap_or(4 << 20),
+            #[cfg(feature = "faults")]
             net_faults: env_parse(NET_FAULTS_ENV),
         }
     }
@@ -291,6 +299,7 @@ impl NodeServer {
             clients: Mutex::default(),
             stats: Stats::default(),
             max_in_flight: opts.max_in_flight.max(1),
+            #[cfg(feature = "faults")]
             crash: opts.crash_at.map(faults::Armed::new),
         });
         let b = PipelineBuilder::new();
@@ -325,7 +334,10 @@ impl NodeServer {
         fx.stats
             .log_disk_bytes
             .store(segments::disk_bytes(&opts.data), Ordering::Relaxed);
+        #[cfg(feature = "faults")]
         net::start_links(opts.id, pending_links, &input, opts.net_faults, &fx);
+        #[cfg(not(feature = "faults"))]
+        net::start_links(opts.id, pending_links, &input);
         // Recovery's actions (redo, Resolve, Commit re-sends) before serving.
         lock(&shared)
             .execute(&fx, actions)

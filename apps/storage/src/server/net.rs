@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
+#[cfg(feature = "faults")]
 use super::faults::NetFaults;
 use super::stages::Inbound;
 use super::state::{lock, Effects, Shared};
@@ -202,21 +203,25 @@ pub(crate) fn start_links(
     me: NodeId,
     pending: Vec<PendingLink>,
     input: &Input<Inbound>,
-    faults: Option<NetFaults>,
-    fx: &Arc<Effects>,
+    #[cfg(feature = "faults")] faults: Option<NetFaults>,
+    #[cfg(feature = "faults")] fx: &Arc<Effects>,
 ) {
     for PendingLink { id, addr, rx } in pending {
         if id == me {
             if let Some(input) = input.try_clone() {
                 tokio::spawn(loopback(rx, input));
             }
-        } else if let Some(faults) = faults {
-            let (tx, faulty_rx) = mpsc::channel(LINK_QUEUE);
-            let rng =
-                fastrand::Rng::with_seed(faults.seed ^ (u64::from(me.0) << 32) ^ u64::from(id.0));
-            tokio::spawn(inject_faults(rx, tx, faults, rng, fx.clone()));
-            tokio::spawn(link(me, addr, faulty_rx));
         } else {
+            #[cfg(feature = "faults")]
+            if let Some(faults) = faults {
+                let (tx, faulty_rx) = mpsc::channel(LINK_QUEUE);
+                let rng = fastrand::Rng::with_seed(
+                    faults.seed ^ (u64::from(me.0) << 32) ^ u64::from(id.0),
+                );
+                tokio::spawn(inject_faults(rx, tx, faults, rng, fx.clone()));
+                tokio::spawn(link(me, addr, faulty_rx));
+                continue;
+            }
             tokio::spawn(link(me, addr, rx));
         }
     }
@@ -224,6 +229,7 @@ pub(crate) fn start_links(
 
 /// The fault injector in front of one peer link: drops, duplicates and delays (and
 /// so reorders) messages as [`NetFaults`] says, counting what it did.
+#[cfg(feature = "faults")]
 async fn inject_faults(
     mut rx: mpsc::Receiver<Message>,
     tx: mpsc::Sender<Message>,

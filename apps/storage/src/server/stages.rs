@@ -19,6 +19,7 @@ use pipewright_runtime::{
     AsyncSource, AsyncStage, Burst, ErrorPolicy, Failures, Outbox, SourceState, Stage,
 };
 
+#[cfg(feature = "faults")]
 use super::faults::Step;
 use super::state::{lock, Effects, LogBatch, NodeFault, Shared};
 use crate::log::segments;
@@ -179,6 +180,7 @@ impl LogStage {
     /// older segments.
     fn retire_old_segments(&mut self) -> Result<(), NodeFault> {
         segments::sync_dir(&self.dir)?;
+        #[cfg(feature = "faults")]
         if let Some(crash) = &self.fx.crash {
             crash.reached(Step::AfterCheckpoint);
         }
@@ -201,8 +203,8 @@ impl LogStage {
                 self.push(batch.bytes);
                 self.flush().await?;
                 self.rotate().await?;
-                let fx = self.fx.clone();
-                if let Some(crash) = &fx.crash {
+                #[cfg(feature = "faults")]
+                if let Some(crash) = &self.fx.clone().crash {
                     if crash.armed_at(Step::CheckpointTorn) {
                         // Half of the checkpoint reaches the new segment, then the crash.
                         let half = tail[..tail.len() / 2].to_vec();

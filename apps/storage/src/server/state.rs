@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+#[cfg(feature = "faults")]
 use super::faults::Armed;
 use crate::log::{self, EncodeError, Record};
 use crate::pages::{PageError, PageStore};
@@ -90,6 +91,7 @@ pub(crate) struct Effects {
     pub(crate) stats: Stats,
     pub(crate) max_in_flight: usize,
     /// A crash point for fault tests.
+    #[cfg(feature = "faults")]
     pub(crate) crash: Option<Armed>,
 }
 
@@ -191,6 +193,7 @@ impl State {
     /// the page file, records are encoded into the pending log bytes, replies go to
     /// client connections.
     pub(crate) fn execute(&mut self, fx: &Effects, actions: Vec<Action>) -> Result<(), NodeFault> {
+        #[cfg(feature = "faults")]
         if let Some(crash) = &fx.crash {
             crash.check(&actions);
         }

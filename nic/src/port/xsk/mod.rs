@@ -44,7 +44,7 @@ const MAX_KICKS: usize = 64;
 /// A VF port on an AF_XDP socket.
 ///
 /// ```no_run
-/// use pipewright_nic::port::xsk::{AfXdpPort, XdpMode};
+/// use pipewright_nic::port::{AfXdpPort, XdpMode};
 /// use pipewright_nic::port::VfPort;
 /// use pipewright_nic::{FramePool, DEFAULT_HEADROOM};
 ///
