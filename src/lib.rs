@@ -104,11 +104,11 @@ pub use pipewright_failures as failures;
 /// The lease balancer and connection rebalancing (feature `balance`).
 #[cfg(feature = "balance")]
 pub use pipewright_balance as balance;
-/// VM memory sharing on KVM: trust groups, per-group content stores, VM processes that
-/// map image memory copy-on-write from them (feature `memshare`).
-#[cfg(feature = "memshare")]
-pub use pipewright_memshare as memshare;
 /// The cache gateway: chunk cache with instance ids, NBD gateway, trace replay (feature
 /// `cache`).
 #[cfg(feature = "cache")]
 pub use pipewright_cache as cache;
+/// VM memory sharing on KVM: trust groups, per-group content stores, VM processes that
+/// map image memory copy-on-write from them (feature `memshare`).
+#[cfg(feature = "memshare")]
+pub use pipewright_memshare as memshare;

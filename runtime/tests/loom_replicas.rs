@@ -95,7 +95,10 @@ fn model(quit_when_retired: bool) {
         done.extend(first);
         done.sort_unstable();
         let expected: Vec<(u64, u32)> = (0..ITEMS).map(|i| (u64::from(i), i)).collect();
-        assert_eq!(done, expected, "every item processed once, every number seen");
+        assert_eq!(
+            done, expected,
+            "every item processed once, every number seen"
+        );
     });
 }
 
