@@ -4,30 +4,30 @@
 
 /// The side `PIPEWRIGHT_BENCH_ONLY` runs alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Ours,
     Peer,
 }
 
 /// Whether the environment variable `name` is set to something other than empty or `0`.
-pub fn flag(name: &str) -> bool {
+pub(crate) fn flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// `PIPEWRIGHT_BENCH_QUICK`: fewer items and rounds.
-pub fn quick() -> bool {
+pub(crate) fn quick() -> bool {
     flag("PIPEWRIGHT_BENCH_QUICK")
 }
 
 /// `PIPEWRIGHT_BENCH_CASE=<text>`: run only the cases whose name contains `<text>`.
-pub fn case_filter() -> Option<String> {
+pub(crate) fn case_filter() -> Option<String> {
     std::env::var("PIPEWRIGHT_BENCH_CASE")
         .ok()
         .filter(|f| !f.is_empty())
 }
 
 /// `PIPEWRIGHT_BENCH_ONLY=ours|peer`: run one side only (and print no RESULT line).
-pub fn only() -> Option<Side> {
+pub(crate) fn only() -> Option<Side> {
     match std::env::var("PIPEWRIGHT_BENCH_ONLY").as_deref() {
         Ok("ours") => Some(Side::Ours),
         Ok("peer") => Some(Side::Peer),
@@ -36,11 +36,11 @@ pub fn only() -> Option<Side> {
 }
 
 /// Whether `case` passes the `PIPEWRIGHT_BENCH_CASE` filter (everything does without one).
-pub fn wants(filter: Option<&str>, case: &str) -> bool {
+pub(crate) fn wants(filter: Option<&str>, case: &str) -> bool {
     filter.is_none_or(|f| case.contains(f))
 }
 
-pub fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let mid = xs.len() / 2;
     if xs.len() % 2 == 0 {
@@ -51,7 +51,7 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// The 1, 5 and 15 minute load averages (Linux), or `?`.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())

@@ -8,19 +8,19 @@ use pipewright::failures::{parse_line, Event, EventKind, Exposure, Limits, EXPOS
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 use statrs::stats_tests::{fishers_exact, Alternative};
 
-pub type Combo = Vec<(String, String)>;
+pub(crate) type Combo = Vec<(String, String)>;
 /// (app_type, combination), combination sorted.
-pub type Key = (String, Combo);
+pub(crate) type Key = (String, Combo);
 
 #[derive(Default, Clone, Copy)]
-pub struct Cell {
+pub(crate) struct Cell {
     pub failures: u64,
     pub reports: u64,
     pub hours: f64,
 }
 
 #[derive(Default)]
-pub struct App {
+pub(crate) struct App {
     pub failures: u64,
     pub reports: u64,
     pub hours: f64,
@@ -31,12 +31,12 @@ pub struct App {
 
 /// Per-cell counts of failure events, exposure reports and hours.
 #[derive(Default)]
-pub struct PeerCounts {
+pub(crate) struct PeerCounts {
     pub apps: BTreeMap<String, App>,
 }
 
 impl PeerCounts {
-    pub fn add_lines(&mut self, bytes: &[u8], now: i64) {
+    pub(crate) fn add_lines(&mut self, bytes: &[u8], now: i64) {
         for line in bytes.split(|b| *b == b'\n') {
             if line.is_empty() {
                 continue;
@@ -47,7 +47,7 @@ impl PeerCounts {
         }
     }
 
-    pub fn add(&mut self, e: &Event) {
+    pub(crate) fn add(&mut self, e: &Event) {
         let (f, r, h) = match &e.kind {
             EventKind::Failure(_) => (1, 0, 0.0),
             EventKind::Exposure(Exposure::Hours(h)) => (0, 1, *h as f64 / EXPOSURE_SCALE),
@@ -91,7 +91,7 @@ fn chi2_2x2(a: f64, b: f64, c: f64, d: f64) -> (f64, f64) {
 /// support > 0.15 in the group; at most pairs; |support difference| >= 0.15 (only
 /// higher-in-failures deviations are kept, as we look for high failure rates); a χ²
 /// test at α = 0.05 / (items tested) for items, Fisher's exact test for pairs; φ >= 0.03.
-pub fn socorro(counts: &PeerCounts) -> BTreeSet<Key> {
+pub(crate) fn socorro(counts: &PeerCounts) -> BTreeSet<Key> {
     let mut out = BTreeSet::new();
     for (app_type, app) in &counts.apps {
         if app.failures < 5 || app.reports == 0 {
@@ -157,7 +157,7 @@ pub fn socorro(counts: &PeerCounts) -> BTreeSet<Key> {
 
 /// Any cell (attribute, pair or full combination) with exposure whose rate is over
 /// twice the mean rate of its application type.
-pub fn naive(counts: &PeerCounts) -> BTreeSet<Key> {
+pub(crate) fn naive(counts: &PeerCounts) -> BTreeSet<Key> {
     let mut out = BTreeSet::new();
     for (app_type, app) in &counts.apps {
         if app.hours <= 0.0 {

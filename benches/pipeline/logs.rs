@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// One parsed access-log line.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub minute: u64,
     pub status: u16,
     pub bytes: u64,
@@ -20,7 +20,7 @@ pub struct Entry {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Agent {
+pub(crate) enum Agent {
     Browser,
     Bot,
     Cli,
@@ -29,7 +29,7 @@ pub enum Agent {
 
 /// Why a line is not a log entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("missing field {0}")]
     Missing(&'static str),
     #[error("bad timestamp")]
@@ -41,7 +41,7 @@ pub enum ParseError {
 }
 
 /// Writes `lines` lines, 1% malformed, to `path` (deterministic).
-pub fn generate(path: &Path, lines: usize) -> std::io::Result<()> {
+pub(crate) fn generate(path: &Path, lines: usize) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
@@ -91,7 +91,7 @@ pub fn generate(path: &Path, lines: usize) -> std::io::Result<()> {
 }
 
 /// The lines of `path`.
-pub fn read_lines(path: &Path) -> impl Iterator<Item = String> {
+pub(crate) fn read_lines(path: &Path) -> impl Iterator<Item = String> {
     BufReader::with_capacity(1 << 16, std::fs::File::open(path).expect("log file"))
         .lines()
         .map(|l| l.expect("readable log file"))
@@ -119,7 +119,7 @@ fn num(s: &str, what: &'static str) -> Result<u64, ParseError> {
 
 /// Parses one line: timestamp, address, method, URL (percent-decoded and normalised
 /// into a route id), status, bytes, latency and user agent class.
-pub fn parse(line: &str) -> Result<Entry, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<Entry, ParseError> {
     let mut fields = line.splitn(7, ' ');
     let time = fields.next().ok_or(ParseError::Missing("time"))?;
     let addr = fields.next().ok_or(ParseError::Missing("address"))?;
@@ -189,19 +189,19 @@ pub fn parse(line: &str) -> Result<Entry, ParseError> {
 }
 
 /// Status class: 0 for 2xx, 1 for 3xx, 2 for 4xx, 3 for 5xx.
-pub fn class(entry: &Entry) -> usize {
+pub(crate) fn class(entry: &Entry) -> usize {
     (entry.status / 100).clamp(2, 5) as usize - 2
 }
 
 /// Per-minute, per-class totals.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub minutes: HashMap<(u64, usize), (u64, u64, u64)>,
     pub malformed: u64,
 }
 
 impl Summary {
-    pub fn add(&mut self, class: usize, e: &Entry) {
+    pub(crate) fn add(&mut self, class: usize, e: &Entry) {
         let cell = self.minutes.entry((e.minute, class)).or_default();
         cell.0 += 1;
         cell.1 += e.bytes;
@@ -209,7 +209,7 @@ impl Summary {
     }
 
     /// A digest every contender must reproduce.
-    pub fn digest(&self) -> (usize, u64, u64, u64) {
+    pub(crate) fn digest(&self) -> (usize, u64, u64, u64) {
         let (n, b, l) = self
             .minutes
             .values()

@@ -7,11 +7,11 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-pub const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
+pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
 
 /// Whether `tool` is on PATH; otherwise prints one skip line (or panics if
 /// `PIPEWRIGHT_REQUIRE_<VAR>=1`).
-pub fn have_tool(tool: &str, package: &str, var: &str) -> bool {
+pub(crate) fn have_tool(tool: &str, package: &str, var: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -27,7 +27,7 @@ pub fn have_tool(tool: &str, package: &str, var: &str) -> bool {
     found
 }
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub child: Child,
     pub addr: String,
     pub dir: PathBuf,
@@ -36,7 +36,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `pipewright cache gateway` on an ephemeral port over `dir/volumes`, cache
     /// file `dir/cache`, with extra args and environment.
-    pub fn start(dir: &Path, size: &str, extra: &[&str], env: &[(&str, String)]) -> Gateway {
+    pub(crate) fn start(dir: &Path, size: &str, extra: &[&str], env: &[(&str, String)]) -> Gateway {
         let mut cmd = Command::new(EXE);
         cmd.args([
             "cache",
@@ -84,12 +84,12 @@ impl Gateway {
         }
     }
 
-    pub fn uri(&self, export: &str) -> String {
+    pub(crate) fn uri(&self, export: &str) -> String {
         format!("nbd://{}/{}", self.addr, export)
     }
 
     /// SIGTERM and wait: the gateway flushes before it exits.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -98,14 +98,14 @@ impl Gateway {
         assert!(status.success(), "gateway exited with {status}");
     }
 
-    pub fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Waits for the process to exit by itself (a crash point); returns whether it
     /// died of a signal.
-    pub fn wait_crash(mut self) -> bool {
+    pub(crate) fn wait_crash(mut self) -> bool {
         let status = self.child.wait().unwrap();
         !status.success()
     }
@@ -119,14 +119,14 @@ impl Drop for Gateway {
 }
 
 /// A minimal NBD client.
-pub struct Client {
+pub(crate) struct Client {
     sock: TcpStream,
     cookie: u64,
     pub size: u64,
 }
 
 #[derive(Debug)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     Io(std::io::Error),
     Errno(u32),
     Refused(u32),
@@ -139,7 +139,7 @@ impl From<std::io::Error> for ClientError {
 }
 
 impl Client {
-    pub fn connect(addr: &str, export: &str) -> Result<Client, ClientError> {
+    pub(crate) fn connect(addr: &str, export: &str) -> Result<Client, ClientError> {
         let mut sock = TcpStream::connect(addr)?;
         sock.set_nodelay(true)?;
         let mut hello = [0u8; 18];
@@ -213,25 +213,25 @@ impl Client {
         Ok(d)
     }
 
-    pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, ClientError> {
+    pub(crate) fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, ClientError> {
         self.request(0, offset, len, &[])
     }
 
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         self.request(1, offset, data.len() as u32, data).map(drop)
     }
 
-    pub fn flush(&mut self) -> Result<(), ClientError> {
+    pub(crate) fn flush(&mut self) -> Result<(), ClientError> {
         self.request(3, 0, 0, &[]).map(drop)
     }
 
     /// Sends raw bytes (malformed-request tests).
-    pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.sock.write_all(bytes)
     }
 
     /// Reads one reply header: (error, cookie), or an I/O error if the server closed.
-    pub fn reply_header(&mut self) -> std::io::Result<(u32, u64)> {
+    pub(crate) fn reply_header(&mut self) -> std::io::Result<(u32, u64)> {
         let mut h = [0u8; 16];
         self.sock.read_exact(&mut h)?;
         Ok((
@@ -241,7 +241,7 @@ impl Client {
     }
 }
 
-pub fn sha256(path: &Path) -> String {
+pub(crate) fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -251,7 +251,7 @@ pub fn sha256(path: &Path) -> String {
 }
 
 /// Writes a file of `len` pseudo-random bytes from `seed`.
-pub fn random_file(path: &Path, len: usize, seed: u64) {
+pub(crate) fn random_file(path: &Path, len: usize, seed: u64) {
     let mut x = seed | 1;
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
