@@ -12,32 +12,8 @@ mod logs;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use logs::{class, parse, Entry, Summary};
-use pipewright::{
-    stage, IterSource, Outbox, Pin, PipelineBuilder, Plan, Replicas, Runtime, ServiceStage, Stage,
-};
-
-/// Per-minute, per-class totals, emitted once when the input ends.
-#[derive(Default)]
-struct Aggregate(Summary);
-
-impl Stage for Aggregate {
-    type In = (usize, Entry);
-    type Out = Summary;
-    type Error = Infallible;
-    fn process(
-        &mut self,
-        (class, e): (usize, Entry),
-        _: &mut Outbox<'_, Summary>,
-    ) -> Result<(), Infallible> {
-        self.0.add(class, &e);
-        Ok(())
-    }
-    fn flush(&mut self, out: &mut Outbox<'_, Summary>) -> Result<(), Infallible> {
-        out.push(std::mem::take(&mut self.0));
-        Ok(())
-    }
-}
+use logs::{class, parse, Aggregate, Entry};
+use pipewright::{stage, IterSource, Pin, PipelineBuilder, Plan, Replicas, Runtime, ServiceStage};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lines: usize = std::env::args()

@@ -217,3 +217,26 @@ impl Summary {
         (self.minutes.len(), n, b ^ l, self.malformed)
     }
 }
+
+/// The aggregation stage of the pipewright side: per-minute, per-class totals, emitted
+/// once when the input ends.
+#[derive(Default)]
+pub(crate) struct Aggregate(Summary);
+
+impl pipewright::Stage for Aggregate {
+    type In = (usize, Entry);
+    type Out = Summary;
+    type Error = std::convert::Infallible;
+    fn process(
+        &mut self,
+        (class, e): (usize, Entry),
+        _: &mut pipewright::Outbox<'_, Summary>,
+    ) -> Result<(), Self::Error> {
+        self.0.add(class, &e);
+        Ok(())
+    }
+    fn flush(&mut self, out: &mut pipewright::Outbox<'_, Summary>) -> Result<(), Self::Error> {
+        out.push(std::mem::take(&mut self.0));
+        Ok(())
+    }
+}

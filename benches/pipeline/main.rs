@@ -21,32 +21,8 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use logs::{class, parse, Entry, ParseError, Summary};
-use pipewright::{
-    stage, IterSource, Outbox, Pin, PipelineBuilder, Plan, Replicas, Runtime, ServiceStage, Stage,
-};
-
-/// The aggregation stage: per-minute, per-class totals, emitted once at the end.
-#[derive(Default)]
-struct Aggregate(Summary);
-
-impl Stage for Aggregate {
-    type In = (usize, Entry);
-    type Out = Summary;
-    type Error = Infallible;
-    fn process(
-        &mut self,
-        (class, e): (usize, Entry),
-        _: &mut Outbox<'_, Summary>,
-    ) -> Result<(), Infallible> {
-        self.0.add(class, &e);
-        Ok(())
-    }
-    fn flush(&mut self, out: &mut Outbox<'_, Summary>) -> Result<(), Infallible> {
-        out.push(std::mem::take(&mut self.0));
-        Ok(())
-    }
-}
+use logs::{class, parse, Aggregate, Entry, ParseError, Summary};
+use pipewright::{stage, IterSource, Pin, PipelineBuilder, Plan, Replicas, Runtime, ServiceStage};
 
 fn plain_loop(path: &Path) -> Summary {
     let mut summary = Summary::default();
