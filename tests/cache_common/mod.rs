@@ -10,21 +10,9 @@ use std::process::{Child, Command, Stdio};
 pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
 
 /// Whether `tool` is on PATH; otherwise prints one skip line (or panics if
-/// `PIPEWRIGHT_REQUIRE_<VAR>=1`).
+/// `PIPEWRIGHT_REQUIRE_<VAR>=1`): the testkit's check, with the variable's short name.
 pub(crate) fn have_tool(tool: &str, package: &str, var: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var(format!("PIPEWRIGHT_REQUIRE_{var}")).as_deref() == Ok("1") {
-            panic!("{tool} not found (Debian package {package}) and PIPEWRIGHT_REQUIRE_{var}=1");
-        }
-        println!("skipped: {tool} not found (Debian package {package})");
-    }
-    found
+    pipewright_testkit::require(tool, package, &format!("PIPEWRIGHT_REQUIRE_{var}"))
 }
 
 pub(crate) struct Gateway {
