@@ -108,6 +108,9 @@ pub enum Verdict {
     Warming,
     /// Over long enough, but no fresh peer has headroom.
     NoPeerCapacity,
+    /// Over, but the excess is less than one connection's worth of load: closing
+    /// one would only hand the imbalance to a peer (and back, next interval).
+    Granular,
     /// Would shed, but the rate cap allows none now.
     RateLimited,
     /// Shed this many connections.
@@ -244,10 +247,13 @@ impl Shedder {
         } else {
             excess
         };
-        // In connections: the fraction of our load to move times our connections.
-        let want = (f64::from(local.connections) * moved / load)
-            .ceil()
-            .max(1.0);
+        // In whole connections, rounded down: a closure that moves more than the
+        // excess (or the room) overshoots, and the receiver becomes the overloaded
+        // node of the next interval, so loads of a few connections would ping-pong.
+        let want = (f64::from(local.connections) * moved / load).floor();
+        if want < 1.0 {
+            return decision(Verdict::Granular, 0);
+        }
         let jitter = 1.0 - c.jitter.clamp(0.0, 1.0) * self.rng.random::<f64>();
         let allowed = (self.tokens * jitter).floor();
         let close = want.min(allowed).min(f64::from(local.connections));
