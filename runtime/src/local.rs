@@ -6,6 +6,9 @@
 //! used on one thread only, it may travel inside a stage because nothing but that
 //! thread ever touches the value.
 
+// Unsafe here: `Send` for a value only its owning thread ever touches.
+#![allow(unsafe_code)]
+
 use std::thread::{self, ThreadId};
 
 /// A value created on, and only ever touched by, one thread (the worker's), inside a

@@ -1,6 +1,9 @@
 //! Readiness of a descriptor a stage does not own (a port's socket, a TAP device),
 //! on the worker's tokio reactor.
 
+// Unsafe here: registers a borrowed descriptor with the reactor (the caller keeps it open).
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 

@@ -17,6 +17,9 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn group_commit_sink_acknowledges_durable_records_in_order() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let path = scratch("sink");
     let records: Vec<Vec<u8>> = (0..5_000u32)
         .map(|i| format!("record {i:05} {}\n", "x".repeat((i % 97) as usize)).into_bytes())
@@ -56,6 +59,9 @@ fn group_commit_sink_acknowledges_durable_records_in_order() {
 
 #[test]
 fn appending_continues_after_the_existing_end() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let path = scratch("append");
     std::fs::write(&path, b"head\n").unwrap();
     let b = PipelineBuilder::new();
@@ -77,6 +83,9 @@ fn appending_continues_after_the_existing_end() {
 
 #[test]
 fn reader_returns_the_file_in_order() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let path = scratch("reader");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &content).unwrap();
@@ -102,6 +111,9 @@ fn reader_returns_the_file_in_order() {
 
 #[test]
 fn a_read_error_is_a_typed_failure_not_a_panic() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let path = scratch("readerr");
     std::fs::write(&path, b"short").unwrap();
     let b = PipelineBuilder::new();
@@ -171,6 +183,9 @@ fn read_pooled_file(name: &str, content: &[u8], pool: BufferPool, plan: Plan) ->
 
 #[test]
 fn a_pooled_reader_uses_registered_buffers_when_the_plan_gives_them() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let content: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
     // A pool much smaller than a burst: the reader must not wait on its own chunks.
     let pool = BufferPool::new(4, 256 * 1024).unwrap();
@@ -189,6 +204,9 @@ fn a_pooled_reader_uses_registered_buffers_when_the_plan_gives_them() {
 
 #[test]
 fn a_pooled_reader_without_fixed_slots_reads_plainly() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let content: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
     let pool = BufferPool::new(2, 64 * 1024).unwrap();
     let (rebuilt, registered) =
@@ -199,6 +217,9 @@ fn a_pooled_reader_without_fixed_slots_reads_plainly() {
 
 #[test]
 fn a_range_longer_than_a_pooled_buffer_is_a_typed_failure() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
     let path = scratch("pooled-long");
     std::fs::write(&path, vec![7u8; 10_000]).unwrap();
     let pool = BufferPool::new(2, 4096).unwrap();

@@ -7,6 +7,9 @@
 //! the ring closed, so a close and a claim cannot race: a producer either claims before
 //! the close (and its items will be consumed) or sees the mark and gets its items back.
 
+// Unsafe here: slots of `MaybeUninit` written once and read once, ordered by the sequence numbers.
+#![allow(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 

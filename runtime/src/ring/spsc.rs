@@ -1,6 +1,9 @@
 //! Single-producer single-consumer ring (Lamport queue with cached indices, as in rtrb
 //! and DPDK's `rte_ring` SP/SC mode).
 
+// Unsafe here: slots of `MaybeUninit` written once and read once, ordered by head and tail.
+#![allow(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 

@@ -10,6 +10,9 @@
 //! This module holds the only `unsafe` of the pool: the buffers are disjoint slices of
 //! one region, and each is handed out to exactly one [`PooledBuf`] at a time.
 
+// Unsafe here: one allocated region split into disjoint buffers, each lent to one owner.
+#![allow(unsafe_code)]
+
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fmt;
 use std::ops::{Deref, DerefMut};

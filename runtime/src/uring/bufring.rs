@@ -7,6 +7,9 @@
 //! tail is the `resv` field of descriptor 0 (byte 14), written by us with release
 //! ordering after the descriptors it publishes.
 
+// Unsafe here: the provided-buffer ring shared with the kernel (raw memory and its tail).
+#![allow(unsafe_code)]
+
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::Cell;
 use std::io;
@@ -145,7 +148,7 @@ mod tests {
     #[test]
     fn descriptors_and_tail_follow_the_kernel_layout() {
         let ring = BufRing::new(4, 100).unwrap();
-        // SAFETY (test): reading the descriptor array we own, nothing else uses it.
+        // SAFETY: (test) reading the descriptor array we own, nothing else uses it.
         let (tail, bid2, len0) = unsafe {
             let base = ring.ring.as_ptr();
             (
@@ -158,7 +161,7 @@ mod tests {
         assert_eq!(bid2, 2);
         assert_eq!(len0, 100);
         ring.give_back([1]);
-        // SAFETY (test): as above.
+        // SAFETY: (test) as above.
         let tail = unsafe { ring.ring.as_ptr().add(14).cast::<u16>().read() };
         assert_eq!(tail, 5);
         assert!(BufRing::new(3, 10).is_err());

@@ -2,6 +2,9 @@
 //! the kernel reads and writes memory we hand it, so each operation keeps its buffer
 //! alive (and in place) until its completion has been reaped.
 
+// Unsafe here: io_uring submissions hand the kernel memory that must stay alive until reaped.
+#![allow(unsafe_code)]
+
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -4,6 +4,9 @@
 //! operations submitted together, with UDP GSO (`UDP_SEGMENT`) so one operation sends
 //! a run of equal-size datagrams.
 
+// Unsafe here: `sendmsg`/`recvmsg` headers and socket options through libc and io_uring.
+#![allow(unsafe_code)]
+
 use std::future::poll_fn;
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -430,11 +433,12 @@ mod tests {
 
     #[test]
     fn sender_addresses_parse_from_sockaddr_bytes() {
+        // SAFETY: an all-zero sockaddr_storage is a valid value.
         let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
         for addr in ["10.1.2.3:4789", "[fd00::5]:6081"] {
             let addr: SocketAddr = addr.parse().unwrap();
             let len = write_sockaddr(&mut storage, addr) as usize;
-            // SAFETY (test): reading the bytes of a local, initialised struct.
+            // SAFETY: (test) reading the bytes of a local, initialised struct.
             let bytes = unsafe {
                 std::slice::from_raw_parts(
                     (&storage as *const libc::sockaddr_storage).cast::<u8>(),
