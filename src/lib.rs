@@ -75,7 +75,9 @@ pub mod graph {
     pub use pipewright_stages::{PipelineBuilder, Stream};
 }
 
-#[cfg(feature = "runtime")]
+// Under `--cfg loom` the runtime builds only its model-checked parts (rings, signals,
+// the `sync` facade): users' loom tests run pipelines with the `inline` executor.
+#[cfg(all(feature = "runtime", not(loom)))]
 pub use pipewright_runtime::{
     available_cpus, controller, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
     ControlStep, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError,
@@ -83,7 +85,13 @@ pub use pipewright_runtime::{
     StartError, Stream, TrySendError, UringBudget,
 };
 
-#[cfg(feature = "prometheus")]
+#[cfg(all(feature = "runtime", loom))]
+pub use pipewright_runtime::{ring, signal};
+
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::sync;
+
+#[cfg(all(feature = "prometheus", not(loom)))]
 pub use pipewright_runtime::prometheus;
 
 /// The software NIC: wire formats, stateless tunnels, VF rule tables, offloads and the

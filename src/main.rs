@@ -1,9 +1,12 @@
 //! The `pipewright` command-line tool.
 
+#[cfg(not(loom))]
 use clap::{Parser, Subcommand};
 
+#[cfg(not(loom))]
 mod cli;
 
+#[cfg(not(loom))]
 #[derive(Parser, Debug)]
 #[command(
     name = "pipewright",
@@ -15,6 +18,7 @@ struct Args {
     command: Command,
 }
 
+#[cfg(not(loom))]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a multi-stage demo pipeline on this machine, with a live per-stage view.
@@ -39,6 +43,7 @@ enum Command {
     Cache(cli::cache::CacheArgs),
 }
 
+#[cfg(not(loom))]
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Demo(args) => cli::demo::run(args),
@@ -55,4 +60,11 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "cache")]
         Command::Cache(args) => cli::cache::run(args),
     }
+}
+
+/// Under `--cfg loom` (a build for loom tests) the runtime the CLI drives is not built.
+#[cfg(loom)]
+fn main() {
+    eprintln!("pipewright: the CLI is not built under --cfg loom (that build is for loom tests)");
+    std::process::exit(2);
 }

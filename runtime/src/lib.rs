@@ -9,6 +9,8 @@
 //!   [`Running::snapshot`] of per-stage counters.
 //! - [`ring`]: the bounded SPSC and MPSC rings, loom-checked.
 //! - [`PipelineService`]: a running pipeline as a `tower::Service`.
+//! - [`sync`]: `std`'s or loom's synchronization types, for model-checking the
+//!   runtime's rings and your own stages' shared state under `--cfg loom`.
 //!
 //! ```
 //! use pipewright_runtime::{stage, Plan, PipelineBuilder, Runtime};
@@ -35,7 +37,7 @@
     rust_2018_idioms
 )]
 
-pub(crate) mod sync;
+pub mod sync;
 
 pub mod ring;
 pub mod signal;

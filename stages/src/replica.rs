@@ -333,7 +333,7 @@ impl<S: Stage> Stage for Sequenced<S> {
         let Numbered { seq, item } = item;
         let inner = &mut self.inner;
         let scratch = &mut self.scratch;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let result = crate::node::catch_unwind(std::panic::AssertUnwindSafe(|| {
             inner.process(item, &mut Outbox::new(scratch))
         }));
         let outputs = self.take_scratch();

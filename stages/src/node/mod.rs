@@ -18,6 +18,19 @@ const TIMING_SAMPLE_ITEMS: usize = 256;
 
 pub(crate) const DEFAULT_BURST: usize = 32;
 
+/// Runs a stage's, source's or router's code, catching a panic so that the node can
+/// apply the error policy. Under `--cfg loom` nothing is caught: a panic there is a
+/// failed check of the model (loom's own, or an assertion in the user's stage) and must
+/// reach `loom::model`, which reports it with the schedule that caused it.
+pub(crate) fn catch_unwind<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+) -> std::thread::Result<R> {
+    #[cfg(not(loom))]
+    return std::panic::catch_unwind(f);
+    #[cfg(loom)]
+    return Ok(f());
+}
+
 /// One output port: the sender once bound and the items not yet accepted downstream.
 pub(crate) struct OutSlot<T: Send + 'static, X: Transport> {
     sender: Option<X::Sender<T>>,

@@ -1,8 +1,9 @@
 //! Routers: one input, several typed outputs.
 
 use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 
+use super::catch_unwind;
 use super::{Common, InSlot, OutSlot};
 use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
 use crate::ErrorPolicy;

@@ -1,8 +1,9 @@
 //! The node of a [`Source`].
 
 use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 
+use super::catch_unwind;
 use super::{Common, OutSlot};
 use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
 use crate::{ErrorPolicy, Outbox, Source, SourceState};

@@ -1,8 +1,9 @@
 //! The node of a synchronous [`Stage`].
 
 use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 
+use super::catch_unwind;
 use super::{Common, InSlot, OutSlot};
 use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
 use crate::{Burst, Failures, Outbox, Stage};
