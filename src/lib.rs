@@ -29,12 +29,25 @@
 //! # Features
 //!
 //! - `runtime` (default): the threaded runtime — pinned workers, rings, [`Plan`]s, the
-//!   live [`Runtime`], the tower service adapter — and [`PipelineBuilder`], the graph
-//!   builder over the runtime's rings.
-//! - `nic` (default): the software NIC packet path, [`nic`].
-//! - `storage` (default): the storage commit chain, [`storage`], and `pipewright
-//!   storage` in the CLI; `storage-faults` adds its fault injection for the fault tests.
+//!   live [`Runtime`], the tower service adapter, the [`sync`] facade — and
+//!   [`PipelineBuilder`], the graph builder over the runtime's rings.
+//! - `stages` (always on, needs no flag): [`Stage`], layers, sources, the generic
+//!   graph builder and the [`inline`] executor.
+//! - `cli`: the `pipewright` command-line tool (the binary requires it) and its
+//!   dependencies (clap, anyhow, ctrlc): `cargo run --features cli -- demo`; each
+//!   system's feature below adds its subcommand.
 //! - `prometheus`: the Prometheus exporter for the runtime's metrics.
+//! - `nic`: the software NIC packet path, `pipewright::nic` (`pipewright nic`).
+//! - `storage`: the storage commit chain, `pipewright::storage` (`pipewright storage`).
+//! - `storage-faults`: `storage` with its fault injection (crash points, lossy links),
+//!   for the fault tests.
+//! - `failures`: failure-pattern analytics, `pipewright::failures` (`pipewright failures`).
+//! - `balance`: the lease balancer, `pipewright::balance` (`pipewright balance`).
+//! - `memshare`: VM memory sharing on KVM, `pipewright::memshare` (`pipewright memshare`).
+//! - `cache`: the cache gateway, `pipewright::cache` (`pipewright cache`).
+//!
+//! Under `RUSTFLAGS="--cfg loom"` the facade builds for loom tests: the stages, the
+//! [`inline`] executor and [`sync`] with loom's types (see the guide's loom page).
 //!
 //! # Without default features
 //!

@@ -1,7 +1,8 @@
 //! The lease balancer with real processes on loopback: `pipewright balance agent` and
 //! `producer` processes killed with SIGKILL mid-run, an agent restarted, a producer
 //! degrading, a node joining. The consumers are `BalancedClient`s in the test process.
-#![cfg(feature = "balance")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "balance", feature = "cli"))]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

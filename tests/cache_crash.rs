@@ -1,7 +1,8 @@
 //! kill -9 of the gateway process at each crash point (fill, evict, flush, metadata
 //! commit) and at a random moment, then restart: no stale or torn block is served, no
 //! acknowledged write is lost, and dirty data still reaches the backend.
-#![cfg(feature = "cache")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "cache", feature = "cli"))]
 
 mod cache_common;
 

@@ -1,6 +1,7 @@
 //! The NBD gateway process with real clients: nbdinfo/nbdcopy (libnbd-bin),
 //! qemu-img/qemu-io (qemu-utils), and malformed requests from a raw socket.
-#![cfg(feature = "cache")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "cache", feature = "cli"))]
 
 mod cache_common;
 

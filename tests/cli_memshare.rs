@@ -3,7 +3,8 @@
 //!
 //! Needs /dev/kvm and mkfs.ext4; without them it prints a skip line (and fails instead
 //! when `PIPEWRIGHT_REQUIRE_KVM=1`).
-#![cfg(feature = "memshare")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "memshare", feature = "cli"))]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

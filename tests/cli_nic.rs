@@ -4,7 +4,8 @@
 //!
 //! Needs root and network namespaces; without them it prints a SKIP line (and fails
 //! instead when `PIPEWRIGHT_REQUIRE_NETNS=1`).
-#![cfg(feature = "nic")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "nic", feature = "cli"))]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

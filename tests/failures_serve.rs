@@ -2,7 +2,8 @@
 //! ingestion: after a restart on the same data directory, every acknowledged event is
 //! there (and nothing that was never sent).
 
-#![cfg(feature = "failures")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "failures", feature = "cli"))]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -6,7 +6,8 @@
 //! negative, every acknowledged transfer is durable.
 //!
 //! Needs the node's fault injection: feature `storage-faults` (on with `--all-features`).
-#![cfg(feature = "storage-faults")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "storage-faults", feature = "cli"))]
 
 mod storage_common;
 

@@ -1,7 +1,8 @@
 //! The storage commit chain with real node processes on loopback: a bank workload with
 //! concurrent clients, `kill -9` of every node and restart, malformed frames, and
 //! admission control.
-#![cfg(feature = "storage")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "storage", feature = "cli"))]
 
 mod storage_common;
 

@@ -3,7 +3,8 @@
 //! recovery after compaction keeps every acknowledged transaction, and a `kill -9` at
 //! each step of a checkpoint (before it, with a torn checkpoint in the new segment,
 //! after it is durable but before the old segment is deleted) recovers correctly.
-#![cfg(feature = "storage")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "storage", feature = "cli"))]
 
 mod storage_common;
 

@@ -5,7 +5,8 @@
 //! acknowledged transfer durable).
 //!
 //! Needs the node's crash points: feature `storage-faults` (on with `--all-features`).
-#![cfg(feature = "storage-faults")]
+// The tests run the `pipewright` binary, which needs the feature `cli`.
+#![cfg(all(feature = "storage-faults", feature = "cli"))]
 
 mod storage_common;
 

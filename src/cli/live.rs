@@ -28,6 +28,8 @@ impl LiveView {
     }
 
     /// A view whose header says `title`.
+    // Only the NIC's subcommands title their view so far.
+    #[cfg_attr(not(feature = "nic"), allow(dead_code))]
     pub(crate) fn titled(title: &'static str) -> Self {
         Self {
             title,
