@@ -83,9 +83,17 @@ pub use pipewright_stages::{
 /// The pipeline graph builder, generic over the transport that carries items between
 /// stages (always available): with [`inline::InlineTransport`] a built pipeline runs
 /// on the calling thread. With the feature `runtime`, [`PipelineBuilder`] is this
-/// builder over the runtime's rings.
+/// builder over the runtime's rings, [`RingTransport`].
+///
+/// [`PipelineBuilder`]: crate::PipelineBuilder
+/// [`RingTransport`]: crate::graph::RingTransport
 pub mod graph {
     pub use pipewright_stages::{PipelineBuilder, Stream};
+
+    /// The runtime's [`Transport`](crate::exec::Transport): bounded lock-free rings
+    /// between workers, direct calls between stages fused on one worker.
+    #[cfg(all(feature = "runtime", not(loom)))]
+    pub use pipewright_runtime::RingTransport;
 }
 
 // Under `--cfg loom` the runtime builds only its model-checked parts (rings, signals,
@@ -93,10 +101,62 @@ pub mod graph {
 #[cfg(all(feature = "runtime", not(loom)))]
 pub use pipewright_runtime::{
     available_cpus, controller, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
-    ControlStep, EdgeKind, Input, Output, Pin, PipelineBuilder, PipelineService, Plan, PlanError,
-    Report, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot,
-    StartError, Stream, TrySendError, UringBudget,
+    ControlStep, EdgeKind, Input, Output, Pin, PipelineService, Plan, PlanError, Report, RunError,
+    Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
+    TrySendError, UringBudget, WorkerLocal, WrongThread,
 };
+
+/// The pipeline builder of the threaded runtime: [`graph::PipelineBuilder`] over the
+/// runtime's rings ([`graph::RingTransport`]). Its methods, documented there:
+///
+/// - [`new`](graph::PipelineBuilder::new): an empty builder;
+///   [`default_burst`](graph::PipelineBuilder::default_burst) for the stages added next.
+/// - [`input`](graph::PipelineBuilder::input): an input you send into from outside
+///   ([`Running::input`]); [`source`](graph::PipelineBuilder::source) and
+///   [`source_async`](graph::PipelineBuilder::source_async): a [`Source`] or
+///   [`AsyncSource`] the runtime drives. Each returns a [`Stream`].
+/// - [`merge`](graph::PipelineBuilder::merge): one stream from several.
+/// - [`build`](graph::PipelineBuilder::build): the validated [`Pipeline`] (or a
+///   [`BuildError`]) for [`Runtime::start`].
+///
+/// ```
+/// use pipewright::{stage, PipelineBuilder, Plan, Runtime};
+///
+/// let b = PipelineBuilder::new();
+/// let (input, numbers) = b.input::<u64>("numbers");
+/// let doubled = numbers.then("double", stage::map(|x: u64| 2 * x)).output("doubled");
+/// let mut running = Runtime::start(b.build()?, Plan::fused())?;
+/// let mut tx = running.input(&input).unwrap();
+/// let rx = running.output(&doubled).unwrap();
+/// tx.send(21)?;
+/// drop(tx);
+/// running.drain()?;
+/// assert_eq!(rx.collect(), vec![42]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(all(feature = "runtime", not(loom)))]
+pub type PipelineBuilder = graph::PipelineBuilder<graph::RingTransport>;
+
+/// A typed stream of items of type `T` in a [`PipelineBuilder`]:
+/// [`graph::Stream`] over the runtime's rings. Its methods, documented there:
+///
+/// - Stages: [`then`](graph::Stream::then) (a [`Stage`]),
+///   [`then_async`](graph::Stream::then_async) (an [`AsyncStage`], e.g. a
+///   [`ServiceStage`] over a tower service),
+///   [`then_replicated`](graph::Stream::then_replicated) (a stage with
+///   [`Replicas`] a [`Plan`] spreads over workers), [`burst`](graph::Stream::burst).
+/// - Shape: [`route`](graph::Stream::route) (one typed output per index),
+///   [`merge`](graph::Stream::merge), [`split_errors`](graph::Stream::split_errors)
+///   (a stream of `Result`s into its values and its errors).
+/// - Ends: [`output`](graph::Stream::output) (read with [`Running::output`]),
+///   [`for_each`](graph::Stream::for_each), [`sink`](graph::Stream::sink),
+///   [`sink_async`](graph::Stream::sink_async).
+/// - Requests ([`Tagged`] items, for [`PipelineService`]):
+///   [`then_tagged`](graph::Stream::then_tagged),
+///   [`then_tagged_async`](graph::Stream::then_tagged_async),
+///   [`respond`](graph::Stream::respond).
+#[cfg(all(feature = "runtime", not(loom)))]
+pub type Stream<'b, T> = graph::Stream<'b, T, graph::RingTransport>;
 
 #[cfg(all(feature = "runtime", loom))]
 pub use pipewright_runtime::{ring, signal};

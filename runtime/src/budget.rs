@@ -16,7 +16,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use pipewright_runtime::{ActivationBudget, Plan};
+/// use pipewright::{ActivationBudget, Plan};
 ///
 /// // `crypto` may run up to 512 items (16 bursts of 32) but no longer than 50 µs
 /// // each time the worker reaches it.
@@ -97,7 +97,7 @@ impl ActivationBudget {
 /// is sized by the sum over the stages it runs.
 ///
 /// ```
-/// use pipewright_runtime::{Plan, UringBudget};
+/// use pipewright::{Plan, UringBudget};
 ///
 /// // Up to 64 reads in flight, into 64 registered buffers.
 /// let plan = Plan::fused().uring("read", UringBudget { sq_entries: 64, fixed_buffers: 64 });

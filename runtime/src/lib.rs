@@ -13,10 +13,10 @@
 //!   runtime's rings and your own stages' shared state under `--cfg loom`.
 //!
 //! ```
-//! use pipewright_runtime::{stage, Plan, PipelineBuilder, Runtime};
+//! use pipewright::{stage, Plan, PipelineBuilder, Runtime};
 //!
 //! let b = PipelineBuilder::new();
-//! let numbers = b.source("numbers", pipewright_runtime::IterSource(0..10_000u64));
+//! let numbers = b.source("numbers", pipewright::IterSource(0..10_000u64));
 //! let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
 //! let sum = total.clone();
 //! numbers
@@ -108,11 +108,15 @@ pub use pipewright_stages::{
     ServiceStage, Source, SourceState, Spreader, Stage, StageFailure, Tagged,
 };
 
-/// The pipeline builder for this runtime: `pipewright_stages::PipelineBuilder` with the
-/// runtime's [`RingTransport`].
+/// The pipeline builder for this runtime: [`pipewright_stages::PipelineBuilder`] with
+/// the runtime's [`RingTransport`]; its methods (`new`, `input`, `source`, `merge`,
+/// `build`) are documented there. Users of the facade know it as
+/// `pipewright::PipelineBuilder`.
 #[cfg(not(loom))]
 pub type PipelineBuilder = pipewright_stages::PipelineBuilder<RingTransport>;
 
-/// A typed stream of a [`PipelineBuilder`].
+/// A typed stream of a [`PipelineBuilder`]: [`pipewright_stages::Stream`] with the
+/// runtime's [`RingTransport`]; its methods (`then`, `then_replicated`, `route`,
+/// `output`, ...) are documented there.
 #[cfg(not(loom))]
 pub type Stream<'b, T> = pipewright_stages::Stream<'b, T, RingTransport>;

@@ -16,7 +16,7 @@ use std::thread::{self, ThreadId};
 ///
 /// ```
 /// use std::rc::Rc;
-/// use pipewright_runtime::WorkerLocal;
+/// use pipewright::WorkerLocal;
 ///
 /// struct MyStage {
 ///     ring: WorkerLocal<Rc<u32>>, // stands for a !Send io_uring resource

@@ -42,7 +42,7 @@ enum Layout {
 /// A mapping of stages onto workers, plus ring capacities and burst sizes.
 ///
 /// ```
-/// use pipewright_runtime::{Pin, Plan};
+/// use pipewright::{Pin, Plan};
 ///
 /// // Two workers: parse+checksum fused on CPU 0, route+sink on CPU 1.
 /// let plan = Plan::explicit()

@@ -36,8 +36,8 @@ pub enum ApplyError {
 impl Running {
     /// Applies a plan change live: moves a stage to another worker at its next burst
     /// boundary (no item lost, duplicated or reordered) or sets its burst size. Needs a
-    /// [`Plan::adaptive`] plan. Every change is logged (`tracing`) and counted
-    /// (`pipewright_controller_decisions_total`).
+    /// [`Plan::adaptive`](crate::Plan::adaptive) plan. Every change is logged
+    /// (`tracing`) and counted (`pipewright_controller_decisions_total`).
     pub fn apply(&self, decision: &Decision) -> Result<(), ApplyError> {
         let mailboxes = self.mailboxes.as_ref().ok_or(ApplyError::NotAdaptive)?;
         let (stage, kind) = match decision {

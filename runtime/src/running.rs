@@ -78,7 +78,7 @@ pub(crate) struct StageMeta {
 /// A pipeline running on its workers.
 ///
 /// ```
-/// use pipewright_runtime::{stage, Plan, PipelineBuilder, Runtime};
+/// use pipewright::{stage, Plan, PipelineBuilder, Runtime};
 ///
 /// let b = PipelineBuilder::new();
 /// let (input, numbers) = b.input::<u64>("numbers");
@@ -510,7 +510,7 @@ impl Running {
     /// block a thread; `join`/`drain` then return at once with the report.
     ///
     /// ```
-    /// use pipewright_runtime::{IterSource, PipelineBuilder, Plan, Runtime};
+    /// use pipewright::{IterSource, PipelineBuilder, Plan, Runtime};
     /// let b = PipelineBuilder::new();
     /// b.source("n", IterSource(0..100u32)).for_each("sink", |_| {});
     /// let running = Runtime::start(b.build()?, Plan::fused())?;

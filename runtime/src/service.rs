@@ -24,7 +24,7 @@ use crate::handles::{Input, TrySendError};
 /// [`Stream::respond`]: pipewright_stages::Stream::respond
 ///
 /// ```
-/// use pipewright_runtime::{stage, PipelineBuilder, PipelineService, Plan, Runtime, Tagged};
+/// use pipewright::{stage, PipelineBuilder, PipelineService, Plan, Runtime, Tagged};
 /// use tower::{Service, ServiceExt};
 ///
 /// let b = PipelineBuilder::new();

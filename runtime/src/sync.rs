@@ -57,11 +57,11 @@ pub use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, Rw
 #[cfg(not(loom))]
 pub use std::thread;
 
-// The runtime's own lock-free code names these at the facade's root.
+// The runtime's own lock-free code names these at this module's root.
 pub(crate) use self::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Atomic integers, booleans and pointers, [`Ordering`](atomic::Ordering) and
-/// [`fence`](atomic::fence): `std::sync::atomic`'s, or loom's under `--cfg loom`.
+/// Atomic integers, booleans and pointers, [`Ordering`] and [`fence`]:
+/// `std::sync::atomic`'s, or loom's under `--cfg loom`.
 pub mod atomic {
     #[cfg(loom)]
     pub use loom::sync::atomic::{

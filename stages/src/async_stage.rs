@@ -12,7 +12,7 @@ use crate::{Burst, ErrorPolicy, Failures, Outbox};
 /// or timers. Items left in the burst when the future completes are offered again.
 ///
 /// ```
-/// use pipewright_stages::{AsyncStage, Burst, Failures, Outbox};
+/// use pipewright::{AsyncStage, Burst, Failures, Outbox};
 ///
 /// /// Resolves names with some async lookup; here a timer stands in for it.
 /// struct Resolve;
@@ -53,6 +53,9 @@ pub trait AsyncStage: Send + 'static {
     ) -> impl Future<Output = ()>;
 
     /// How the executor treats failed items and panics of this stage.
+    ///
+    /// By default [`ErrorPolicy::DropAndCount`]: a failed item is dropped and counted,
+    /// the stage carries on.
     fn error_policy(&self) -> ErrorPolicy {
         ErrorPolicy::DropAndCount
     }

@@ -8,7 +8,8 @@
 /// [`RouteErrorsLayer`](crate::layer::RouteErrorsLayer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorPolicy {
-    /// Drop the failed item, count it (reason `error` or `panic`) and carry on.
+    /// Drop the failed item, count it (reason `error` or `panic`) and carry on. The
+    /// default.
     #[default]
     DropAndCount,
     /// Stop the whole pipeline and report the failure from its `join`.

@@ -111,7 +111,7 @@ struct Graph<X: Transport> {
 /// the graph on the calling thread.
 ///
 /// ```
-/// use pipewright_stages::{inline::InlineTransport, stage, PipelineBuilder};
+/// use pipewright::{graph::PipelineBuilder, inline::InlineTransport, stage};
 ///
 /// let b = PipelineBuilder::<InlineTransport>::new();
 /// let (input, words) = b.input::<&'static str>("words");

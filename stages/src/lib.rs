@@ -16,7 +16,7 @@
 //! - [`inline`]: a deterministic single-threaded executor for tests and examples.
 //!
 //! ```
-//! use pipewright_stages::{inline::InlineTransport, stage, PipelineBuilder};
+//! use pipewright::{graph::PipelineBuilder, inline::InlineTransport, stage};
 //!
 //! let builder = PipelineBuilder::<InlineTransport>::new();
 //! let (input, numbers) = builder.input::<u32>("numbers");

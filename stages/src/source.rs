@@ -18,7 +18,7 @@ pub enum SourceState {
 /// A producer of items driven by a worker: a generator, a file reader, a socket.
 ///
 /// ```
-/// use pipewright_stages::{Outbox, Source, SourceState};
+/// use pipewright::{Outbox, Source, SourceState};
 ///
 /// struct Count(u64, u64);
 ///
@@ -50,7 +50,7 @@ pub trait Source: Send + 'static {
 /// source waiting for traffic never holds up shutdown.
 ///
 /// ```
-/// use pipewright_stages::{AsyncSource, Outbox, SourceState};
+/// use pipewright::{AsyncSource, Outbox, SourceState};
 ///
 /// /// Ticks every millisecond, ten times.
 /// struct Ticks(u32);
@@ -116,7 +116,7 @@ pub struct Interval {
 ///
 /// ```
 /// use std::time::Duration;
-/// use pipewright_stages::source::interval;
+/// use pipewright::source::interval;
 /// let ticks = interval(Duration::from_millis(200)); // b.source_async("tick", ticks)
 /// # let _ = ticks;
 /// ```

@@ -15,10 +15,11 @@ use crate::{Burst, ErrorPolicy, Failures, Outbox};
 /// be handled better at once (vectorised checksums, one syscall per burst).
 ///
 /// A per-item `Err` is handed to the stage's [`ErrorPolicy`]; a panic is caught by the
-/// executor, counted, and handled by the same policy.
+/// executor, counted, and handled by the same policy (under `--cfg loom` a panic is
+/// not caught, so that loom reports it).
 ///
 /// ```
-/// use pipewright_stages::{Outbox, Stage};
+/// use pipewright::{Outbox, Stage};
 ///
 /// /// Splits lines into words.
 /// struct Words;
@@ -54,6 +55,9 @@ pub trait Stage: Send + 'static {
     ) -> Result<(), Self::Error>;
 
     /// Processes a burst. Items left in `burst` are offered again on the next activation.
+    ///
+    /// By default: [`process`](Stage::process) for each item in turn, every `Err`
+    /// pushed to `failures`.
     #[inline(always)]
     fn process_burst(
         &mut self,
@@ -70,17 +74,26 @@ pub trait Stage: Send + 'static {
 
     /// Called once when the input has ended, before the stage's output is closed:
     /// a batching stage emits what it holds.
+    ///
+    /// By default: nothing to emit, `Ok(())`.
     fn flush(&mut self, _out: &mut Outbox<'_, Self::Out>) -> Result<(), Self::Error> {
         Ok(())
     }
 
     /// How the executor treats failed items and panics of this stage.
+    ///
+    /// By default [`ErrorPolicy::DropAndCount`]: a failed item is dropped and counted,
+    /// the stage carries on. Override it, or wrap the stage in
+    /// [`ErrorPolicyLayer`](crate::layer::ErrorPolicyLayer), for
+    /// [`ErrorPolicy::FailPipeline`].
     fn error_policy(&self) -> ErrorPolicy {
         ErrorPolicy::DropAndCount
     }
 
     /// When the last activation left items in its burst: how long until the stage can
     /// take more (a rate limiter's refill time). `None` means "as soon as there is work".
+    ///
+    /// By default `None`.
     fn backoff(&self) -> Option<Duration> {
         None
     }
@@ -89,7 +102,7 @@ pub trait Stage: Send + 'static {
 /// A stage from a closure `In -> Out`.
 ///
 /// ```
-/// use pipewright_stages::{stage, Outbox, Stage};
+/// use pipewright::{stage, Outbox, Stage};
 /// let mut double = stage::map(|x: u32| x * 2);
 /// let mut buf = std::collections::VecDeque::new();
 /// double.process(21, &mut Outbox::new(&mut buf)).unwrap();

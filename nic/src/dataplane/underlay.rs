@@ -177,6 +177,8 @@ struct Send {
     datagrams: usize,
 }
 
+// The data plane's own ports: not listed among the framework trait's implementors.
+#[doc(hidden)]
 impl AsyncStage for UnderlayTx {
     type In = Frame;
     type Out = ();
@@ -386,6 +388,8 @@ fn rebuild_outer(frame: &mut Frame, from: SocketAddr, local: SocketAddr, payload
     }
 }
 
+// The data plane's own ports: not listed among the framework trait's implementors.
+#[doc(hidden)]
 impl AsyncSource for UnderlayRx {
     type Out = Frame;
 

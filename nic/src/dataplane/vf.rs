@@ -47,6 +47,8 @@ impl VfRx {
     }
 }
 
+// The data plane's own ports: not listed among the framework trait's implementors.
+#[doc(hidden)]
 impl AsyncSource for VfRx {
     type Out = Frame;
 
@@ -161,6 +163,8 @@ impl VfTx {
     }
 }
 
+// The data plane's own ports: not listed among the framework trait's implementors.
+#[doc(hidden)]
 impl Stage for VfTx {
     type In = Frame;
     type Out = ();

@@ -68,7 +68,7 @@ impl Region {
 /// A pool of `count` I/O buffers of `size` bytes each.
 ///
 /// ```
-/// use pipewright_runtime::uring::BufferPool;
+/// use pipewright::uring::BufferPool;
 ///
 /// let pool = BufferPool::new(4, 64 * 1024)?;
 /// let mut buf = pool.try_take().expect("a buffer is free");

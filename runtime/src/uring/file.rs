@@ -24,7 +24,7 @@ pub struct Durable {
 /// dropped.
 ///
 /// ```no_run
-/// use pipewright_runtime::{uring::FileSink, PipelineBuilder, Plan, Runtime};
+/// use pipewright::{uring::FileSink, PipelineBuilder, Plan, Runtime};
 /// let b = PipelineBuilder::new();
 /// let (input, records) = b.input::<Vec<u8>>("records");
 /// let acks = records.then_async("log", FileSink::create("/tmp/log")?).output("acks");
@@ -194,8 +194,8 @@ impl std::ops::Deref for ChunkBytes {
 /// worker fixed-buffer slots ([`UringBudget`](crate::UringBudget)).
 ///
 /// ```no_run
-/// use pipewright_runtime::uring::{BufferPool, FileReader, ReadRange};
-/// use pipewright_runtime::{PipelineBuilder, Plan, Runtime, UringBudget};
+/// use pipewright::uring::{BufferPool, FileReader, ReadRange};
+/// use pipewright::{PipelineBuilder, Plan, Runtime, UringBudget};
 ///
 /// let pool = BufferPool::new(32, 1 << 20)?;
 /// let b = PipelineBuilder::new();

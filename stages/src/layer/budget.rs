@@ -14,7 +14,7 @@ use crate::{Burst, ErrorPolicy, Failures, Outbox, Source, SourceState, Stage};
 /// put the release where every item ends, or release in the dropping stage.
 ///
 /// ```
-/// use pipewright_stages::layer::ByteBudget;
+/// use pipewright::layer::ByteBudget;
 /// let budget = ByteBudget::new(1 << 20);
 /// assert!(budget.try_charge(1000));
 /// budget.release(1000);

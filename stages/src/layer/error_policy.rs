@@ -106,7 +106,7 @@ impl<S: AsyncStage> AsyncStage for WithPolicy<S> {
 /// [`Stream::split_errors`](crate::Stream::split_errors).
 ///
 /// ```
-/// use pipewright_stages::{inline::InlineTransport, layer::RouteErrorsLayer, stage, Layer, PipelineBuilder};
+/// use pipewright::{graph::PipelineBuilder, inline::InlineTransport, layer::RouteErrorsLayer, stage, Layer};
 ///
 /// let b = PipelineBuilder::<InlineTransport>::new();
 /// let (input, text) = b.input::<&'static str>("text");

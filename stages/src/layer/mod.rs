@@ -5,8 +5,8 @@
 //! [`AsyncStage`](crate::AsyncStage).
 //!
 //! ```
-//! use pipewright_stages::layer::{ErrorPolicyLayer, MetricsLayer, RateLimitLayer};
-//! use pipewright_stages::{stage, Layer};
+//! use pipewright::layer::{ErrorPolicyLayer, MetricsLayer, RateLimitLayer};
+//! use pipewright::{stage, Layer};
 //!
 //! let parse = stage::try_map(|s: String| s.parse::<u64>());
 //! let parse = ErrorPolicyLayer::drop_and_count().layer(parse);
