@@ -110,7 +110,7 @@ pub struct Running {
     plan: Plan,
     pub(crate) mailboxes: Option<Arc<Mailboxes>>,
     pub(crate) workers: usize,
-    replicas: Vec<ReplicaControl>,
+    pub(crate) replicas: Vec<ReplicaControl>,
 }
 
 impl std::fmt::Debug for Running {
