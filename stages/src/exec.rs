@@ -227,6 +227,33 @@ pub trait TaskContext: 'static {
     fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
     /// Reports a failure under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy).
     fn fail(&self, failure: crate::StageFailure);
+    /// Lets the other tasks and stages of the worker run before this task goes on. An
+    /// async stage's task calls it after each turn of work (see [`TASK_TURN`]): its
+    /// executor may run it without a cooperative budget, so this is what keeps it
+    /// from starving its neighbours. The default yields once to the executor.
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(yield_once())
+    }
+}
+
+/// How long an async stage's task works (taking bursts, settling calls) before it
+/// yields to its worker's other stages and tasks: about one burst of a sync stage.
+pub const TASK_TURN: Duration = Duration::from_micros(50);
+
+/// Returns `Pending` once, waking itself: the executor runs its other ready tasks
+/// before this one resumes.
+pub(crate) async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// A type-erased pipeline node, ready to be bound and run.
