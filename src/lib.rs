@@ -83,6 +83,10 @@ pub use pipewright_runtime::{
     StartError, Stream, TrySendError, UringBudget,
 };
 
+/// Building blocks: stopping sources (see [`Running::stop_handle`]).
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::StopHandle;
+
 #[cfg(feature = "prometheus")]
 pub use pipewright_runtime::prometheus;
 

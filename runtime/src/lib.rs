@@ -71,6 +71,8 @@ mod service;
 #[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
+mod stop;
+#[cfg(not(loom))]
 mod transport;
 #[cfg(not(loom))]
 pub mod uring;
@@ -96,6 +98,8 @@ pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartErro
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]
 pub use stats::{Snapshot, StageSnapshot};
+#[cfg(not(loom))]
+pub use stop::StopHandle;
 #[cfg(not(loom))]
 pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTransport};
 

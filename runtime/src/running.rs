@@ -17,6 +17,7 @@ use crate::mailbox::Mailboxes;
 use crate::plan::{Plan, PlanError};
 use crate::signal::{Owner, Signal};
 use crate::stats::{Snapshot, StageStats, StatsObserver};
+use crate::stop::StopHandle;
 use crate::transport::{EdgeKind, EdgePlan, RingReceiver, RingSender, RingTransport};
 use crate::worker::{self, Control, WorkerSetup};
 
@@ -59,6 +60,11 @@ pub struct Report {
     pub elapsed: Duration,
     /// Final counters.
     pub snapshot: Snapshot,
+    /// Sources that ended with an error ([`SourceState::Failed`](crate::SourceState::Failed)),
+    /// by name with the error's message. The rest of the pipeline drained normally
+    /// (`completed` may still be true): check this to tell a clean end from a failed
+    /// read.
+    pub source_errors: Vec<StageFailure>,
 }
 
 type Discard = fn(&mut (dyn Any + Send)) -> u64;
@@ -111,6 +117,7 @@ pub struct Running {
     pub(crate) mailboxes: Option<Arc<Mailboxes>>,
     pub(crate) workers: usize,
     replicas: Vec<ReplicaControl>,
+    stop: StopHandle,
 }
 
 impl std::fmt::Debug for Running {
@@ -176,6 +183,13 @@ impl Runtime {
         for signal in worker_signals.iter().chain(&node_signals) {
             control.add_signal(signal.clone());
         }
+        let stop = StopHandle::new(
+            worker_signals
+                .iter()
+                .chain(&node_signals)
+                .cloned()
+                .collect(),
+        );
 
         for entry in pipeline.nodes.iter_mut() {
             if let Some(burst) = plan.burst_for(&entry.name) {
@@ -363,7 +377,8 @@ impl Runtime {
 
         // Hand nodes to workers, in pipeline order.
         let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
-        for (id, entry) in pipeline.nodes.into_iter().enumerate() {
+        for (id, mut entry) in pipeline.nodes.into_iter().enumerate() {
+            entry.node.bind_stop(stop.flag());
             let own = (entry.node.kind() == NodeKind::Async).then(|| node_signals[id].clone());
             per_worker[worker_of[id]].push((id, entry.node, own));
         }
@@ -405,6 +420,7 @@ impl Runtime {
             mailboxes,
             workers: resolved.workers.len(),
             replicas,
+            stop,
         })
     }
 }
@@ -455,6 +471,13 @@ impl Running {
             .expect("OutputId type matches its edge");
         let ready = receiver.ready_event();
         Some(Output::new(receiver, ready))
+    }
+
+    /// A handle that ends every source of this pipeline from any thread (a Ctrl-C or
+    /// SIGTERM handler, an admin endpoint); the pipeline then drains. See
+    /// [`StopHandle`] for how to wire signals to it.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// Stops accepting input: pending sends fail with `Closed` and hand their item
@@ -574,7 +597,18 @@ impl Running {
         if let Some(failure) = self.control.failure() {
             return Err(RunError::Failed(failure));
         }
+        let source_errors = snapshot
+            .stages
+            .iter()
+            .filter_map(|s| {
+                s.source_error.as_ref().map(|message| StageFailure {
+                    stage: s.name.clone(),
+                    message: message.clone(),
+                })
+            })
+            .collect();
         Ok(Report {
+            source_errors,
             completed: completed && !self.control.aborted(),
             abandoned,
             unclaimed_outputs: unclaimed,

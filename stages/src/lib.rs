@@ -51,6 +51,7 @@ mod node;
 mod replica;
 pub mod source;
 pub mod stage;
+mod stop;
 mod tagged;
 mod tagged_service;
 mod tower_stage;
