@@ -86,6 +86,9 @@ pub use pipewright_runtime::{
 /// Building blocks: stopping sources (see [`Running::stop_handle`]).
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::StopHandle;
+/// Building blocks: ready-made file, TCP and UDP sources.
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::sources;
 
 #[cfg(feature = "prometheus")]
 pub use pipewright_runtime::prometheus;

@@ -69,6 +69,8 @@ mod running;
 #[cfg(not(loom))]
 mod service;
 #[cfg(not(loom))]
+pub mod sources;
+#[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
 mod stop;
