@@ -55,6 +55,7 @@ mod stop;
 mod tagged;
 mod tagged_service;
 mod tower_stage;
+pub mod window;
 
 pub use async_stage::AsyncStage;
 pub use burst::{Burst, Failures, Outbox};

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::{Burst, ErrorPolicy, Failures, Outbox};
 
+/// Windowed aggregation stages (tumbling and sliding; by count, event time or
+/// processing time).
+pub use crate::window;
+
 /// A typed, synchronous pipeline step: `In -> Out`, zero or more outputs per input.
 ///
 /// The executor hands a stage a [`Burst`] of up to its burst budget of items per
