@@ -56,7 +56,9 @@ pub struct Report {
     pub abandoned: u64,
     /// Items that reached an output nobody took a handle for (discarded, counted).
     pub unclaimed_outputs: u64,
-    /// Wall time from start to the end of the run.
+    /// Wall time from start until the last worker finished (not until `drain` or
+    /// `join` returned: a report taken long after the run ended still says how long
+    /// it ran).
     pub elapsed: Duration,
     /// Final counters.
     pub snapshot: Snapshot,
@@ -79,6 +81,8 @@ pub(crate) struct StageMeta {
     pub(crate) owner: Option<Arc<Owner>>,
     pub(crate) stats: Arc<StageStats>,
     pub(crate) input: Option<(EdgeKind, usize, DepthProbe)>,
+    /// The stages feeding its input edge (to tell whether a fused edge still is).
+    pub(crate) producers: Vec<usize>,
 }
 
 /// A pipeline running on its workers.
@@ -331,6 +335,11 @@ impl Runtime {
         }
 
         // Observers, bursts, per-stage metadata.
+        let edge_producers: Vec<Vec<Endpoint>> = pipeline
+            .edges
+            .iter()
+            .map(|e| e.info.producers.clone())
+            .collect();
         let mut stages = Vec::new();
         for (id, entry) in pipeline.nodes.iter_mut().enumerate() {
             let stats = Arc::new(StageStats::default());
@@ -344,7 +353,20 @@ impl Runtime {
                     probes.remove(&id).expect("every input edge has a probe"),
                 )
             });
+            let producers = entry
+                .input
+                .map(|edge| {
+                    edge_producers[edge]
+                        .iter()
+                        .filter_map(|p| match *p {
+                            Endpoint::Node { node, .. } => Some(node),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             stages.push(StageMeta {
+                producers,
                 name: entry.name.clone(),
                 worker: worker_of[id],
                 owner: owners[id].clone(),
@@ -612,25 +634,40 @@ impl Running {
             completed: completed && !self.control.aborted(),
             abandoned,
             unclaimed_outputs: unclaimed,
-            elapsed: self.started.elapsed(),
+            elapsed: self
+                .control
+                .finished_at()
+                .unwrap_or_else(Instant::now)
+                .saturating_duration_since(self.started),
             snapshot,
         })
     }
 
     /// Counters of every stage now.
     pub fn snapshot(&self) -> Snapshot {
+        let worker_now =
+            |meta: &StageMeta| meta.owner.as_ref().map_or(meta.worker, |o| o.current());
+        let workers: Vec<usize> = self.stages.iter().map(worker_now).collect();
         Snapshot {
             stages: self
                 .stages
                 .iter()
-                .map(|meta| {
+                .enumerate()
+                .map(|(id, meta)| {
                     let mut s = meta.stats.snapshot(&meta.name);
-                    s.worker = meta.owner.as_ref().map_or(meta.worker, |o| o.current());
+                    s.worker = workers[id];
                     s.burst = meta.burst_now.load(std::sync::atomic::Ordering::Relaxed);
                     if let Some((kind, capacity, probe)) = &meta.input {
                         s.queue_depth = probe();
                         s.queue_capacity = *capacity;
-                        s.input_kind = kind.as_str();
+                        // A fused edge whose ends a live move put on different workers
+                        // is carried by its locked queue across threads.
+                        let split = meta.producers.iter().any(|&p| workers[p] != workers[id]);
+                        s.input_kind = if *kind == EdgeKind::Local && split {
+                            "shared"
+                        } else {
+                            kind.as_str()
+                        };
                     } else {
                         s.input_kind = "-";
                     }

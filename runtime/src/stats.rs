@@ -164,7 +164,10 @@ pub struct StageSnapshot {
     pub queue_depth: usize,
     /// Slots of the stage's input edge (0 for sources).
     pub queue_capacity: usize,
-    /// How the input edge is carried (`fused`, `spsc`, `mpsc`, or `-`).
+    /// How the input edge is carried now: `fused` (same worker, a plain buffer),
+    /// `spsc` or `mpsc` (a lock-free ring between workers), `shared` (planned fused,
+    /// but a live move put its ends on different workers: its buffer is shared under a
+    /// lock), or `-` (a source).
     pub input_kind: &'static str,
     /// For a source that ended with [`SourceState::Failed`](crate::SourceState::Failed):
     /// its error's message.
