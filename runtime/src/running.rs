@@ -401,6 +401,10 @@ impl Runtime {
         let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
         for (id, mut entry) in pipeline.nodes.into_iter().enumerate() {
             entry.node.bind_stop(stop.flag());
+            #[cfg(feature = "tracing-spans")]
+            {
+                entry.node = crate::traced::Traced::wrap(&entry.name, entry.node);
+            }
             let own = (entry.node.kind() == NodeKind::Async).then(|| node_signals[id].clone());
             per_worker[worker_of[id]].push((id, entry.node, own));
         }
