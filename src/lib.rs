@@ -83,12 +83,12 @@ pub use pipewright_runtime::{
     StartError, Stream, TrySendError, UringBudget,
 };
 
-/// Building blocks: stopping sources (see [`Running::stop_handle`]).
-#[cfg(feature = "runtime")]
-pub use pipewright_runtime::StopHandle;
 /// Building blocks: ready-made file, TCP and UDP sources.
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::sources;
+/// Building blocks: stopping sources (see [`Running::stop_handle`]).
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::StopHandle;
 
 #[cfg(feature = "prometheus")]
 pub use pipewright_runtime::prometheus;

@@ -7,7 +7,9 @@
 //!   and emits zero or more outputs per input into an [`Outbox`].
 //! - [`AsyncStage`]: the same for stages that await I/O: one future per burst, never one
 //!   per item.
-//! - [`Source`]: where items come from when they do not arrive from outside.
+//! - [`Source`]: where items come from when they do not arrive from outside; a source
+//!   that cannot go on ends with [`SourceState::Failed`].
+//! - [`window`]: tumbling and sliding windows by count, event time or processing time.
 //! - [`layer`]: tower-style layers (metrics, rate limit, timeout, error policy).
 //! - [`PipelineBuilder`] and [`Stream`]: typed composition checked by the compiler, with
 //!   routers, splits and merges; [`Pipeline`] is the validated result.
