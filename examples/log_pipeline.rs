@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use logs::{class, parse, Entry, Summary};
-use pipewright::sources::{FileLines, Line, NotUtf8};
+use pipewright::sources::{BadLine, FileLines, Line};
 use pipewright::stage::window::{self, Windowed, Windows};
 use pipewright::{stage, Pin, PipelineBuilder, Plan, Replicas, Runtime, ServiceStage};
 
@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .source("lines", FileLines::open(&path)?)
         .then(
             "utf8",
-            stage::try_map(|l: Result<Line, NotUtf8>| l.map(|l| l.text)),
+            stage::try_map(|l: Result<Line, BadLine>| l.map(|l| l.text)),
         )
         // Stateless and CPU-bound: one replica per worker, output order not needed.
         .then_replicated("parse", Replicas::new(2).unordered(), |_| {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pipewright_runtime::sources::{
-    length_prefixed, FileError, FileLines, FileRecords, Framing, Line, NotUtf8, TcpSource,
+    length_prefixed, BadLine, FileError, FileLines, FileRecords, Framing, Line, TcpSource,
     UdpSource,
 };
 use pipewright_runtime::{stage, PipelineBuilder, Plan, Runtime};
@@ -29,11 +29,11 @@ fn wait_for(counter: &AtomicU64, at_least: u64) {
 fn read_lines(
     source: FileLines,
     plan: Plan,
-) -> (Vec<Result<Line, NotUtf8>>, pipewright_runtime::Report) {
+) -> (Vec<Result<Line, BadLine>>, pipewright_runtime::Report) {
     let b = PipelineBuilder::new();
     let out = b
         .source("lines", source)
-        .then("pass", stage::map(|l: Result<Line, NotUtf8>| l))
+        .then("pass", stage::map(|l: Result<Line, BadLine>| l))
         .output("lines-out");
     let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
     let rx = running.output(&out).unwrap();
@@ -68,9 +68,17 @@ fn file_lines_have_exact_offsets_and_bad_utf8_is_a_typed_error() {
     assert_eq!(items[1], ok(6, "windows"));
     assert_eq!(items[2], ok(15, ""));
     let bad = items[3].as_ref().unwrap_err();
-    assert_eq!(bad.offset, 16);
-    assert_eq!(bad.bytes, b"bad \xff\xfe bytes");
-    assert_eq!(bad.error.valid_up_to(), 4);
+    let BadLine::NotUtf8 {
+        offset,
+        bytes,
+        error,
+    } = bad
+    else {
+        panic!("expected NotUtf8, got {bad:?}");
+    };
+    assert_eq!((*offset, bad.offset()), (16, 16));
+    assert_eq!(bytes, b"bad \xff\xfe bytes");
+    assert_eq!(error.valid_up_to(), 4);
     assert!(bad.to_string().contains("byte 16 is not valid UTF-8"));
     assert_eq!(items[4], ok(29, "ünïcode"));
     assert_eq!(
@@ -82,6 +90,42 @@ fn file_lines_have_exact_offsets_and_bad_utf8_is_a_typed_error() {
         let at = line.offset as usize;
         assert_eq!(&content[at..at + line.text.len()], line.text.as_bytes());
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_overlong_line_is_skipped_as_a_typed_error_without_being_held() {
+    let dir = temp_dir("long");
+    let path = dir.join("long.log");
+    let mut content = b"short\n".to_vec();
+    content.extend(std::iter::repeat_n(b'z', 300_000));
+    content.extend_from_slice(b"\r\nafter\n");
+    content.extend_from_slice(&[b'q'; 101]);
+    content.extend_from_slice(b"\nexactly-100:");
+    content.extend_from_slice(&[b'k'; 87]);
+    content.extend_from_slice(b"\n");
+    content.extend(std::iter::repeat_n(b'e', 5_000)); // over the limit, no newline
+    std::fs::write(&path, &content).unwrap();
+    let (items, report) = read_lines(FileLines::open(&path).unwrap().max_line(100), Plan::fused());
+    assert!(report.completed);
+    let ok = |offset: u64, text: String| Ok(Line { offset, text });
+    let too_long = |offset: u64, len: u64| {
+        Err(BadLine::TooLong {
+            offset,
+            len,
+            max: 100,
+        })
+    };
+    assert_eq!(items.len(), 6, "{items:?}");
+    assert_eq!(items[0], ok(0, "short".into()));
+    assert_eq!(items[1], too_long(6, 300_002));
+    assert_eq!(items[2], ok(300_008, "after".into()));
+    assert_eq!(items[3], too_long(300_014, 102));
+    let exact = format!("exactly-100:{}", "k".repeat(87));
+    assert_eq!(exact.len(), 99);
+    assert_eq!(items[4], ok(300_116, exact));
+    assert_eq!(items[5], too_long(300_216, 5_000));
+    assert_eq!(300_216 + 5_000, content.len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -54,20 +54,44 @@ pub struct Line {
     pub text: String,
 }
 
-/// A line that is not valid UTF-8: its bytes are kept, nothing is lost.
+/// A line that cannot be a [`Line`]; the next line is read normally.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the line at byte {offset} is not valid UTF-8 ({error}): fix the file's encoding, or decode `bytes` with `String::from_utf8_lossy`")]
-pub struct NotUtf8 {
-    /// Byte offset of the line's first byte in the file.
-    pub offset: u64,
-    /// The line's bytes, without its line ending.
-    pub bytes: Vec<u8>,
-    /// Where decoding failed.
-    pub error: std::str::Utf8Error,
+pub enum BadLine {
+    /// The line is not valid UTF-8: its bytes are kept, nothing is lost.
+    #[error("the line at byte {offset} is not valid UTF-8 ({error}): fix the file's encoding, or decode `bytes` with `String::from_utf8_lossy`")]
+    NotUtf8 {
+        /// Byte offset of the line's first byte in the file.
+        offset: u64,
+        /// The line's bytes, without its line ending.
+        bytes: Vec<u8>,
+        /// Where decoding failed.
+        error: std::str::Utf8Error,
+    },
+    /// The line is longer than the source's limit; it was skipped, not buffered.
+    #[error("the line at byte {offset} is {len} bytes, over the limit of {max}: raise it with `FileLines::max_line`, or check the file is line-oriented text")]
+    TooLong {
+        /// Byte offset of the line's first byte in the file.
+        offset: u64,
+        /// Its length in bytes, with its line ending.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl BadLine {
+    /// Byte offset of the bad line in the file.
+    pub fn offset(&self) -> u64 {
+        match self {
+            BadLine::NotUtf8 { offset, .. } | BadLine::TooLong { offset, .. } => *offset,
+        }
+    }
 }
 
 /// Reads a file line by line: each item is `Ok(Line)` with the line's byte offset, or
-/// `Err(NotUtf8)` for a line that is not UTF-8 (the next line is read normally). A
+/// `Err(BadLine)` for a line that is not UTF-8 or is longer than
+/// [`max_line`](FileLines::max_line) (1 MiB by default; such a line is skipped
+/// without being held in memory). The next line is read normally. A
 /// read error ends the source with [`FileError::Read`] (see
 /// [`SourceState::Failed`]). Pulls at most `max` lines per activation, so a full
 /// pipeline simply leaves the rest of the file unread.
@@ -105,6 +129,9 @@ pub struct FileLines {
     offset: u64,
     /// A line read so far (kept across pulls when following a growing file).
     partial: Vec<u8>,
+    /// Bytes of the current line skipped because it is over `max_line`.
+    skipped: Option<u64>,
+    max_line: usize,
     follow: Option<Duration>,
 }
 
@@ -121,6 +148,8 @@ impl FileLines {
             reader: BufReader::with_capacity(64 * 1024, file),
             offset: 0,
             partial: Vec::new(),
+            skipped: None,
+            max_line: 1 << 20,
             follow: None,
         })
     }
@@ -133,7 +162,62 @@ impl FileLines {
         self
     }
 
-    fn emit(&mut self, out: &mut Outbox<'_, Result<Line, NotUtf8>>) {
+    /// Sets the longest line kept, in bytes (at least 1); longer lines are
+    /// [`BadLine::TooLong`].
+    pub fn max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes.max(1);
+        self
+    }
+
+    /// Reads the rest of the current line into `partial` (or skips it, once it is
+    /// over the limit); true when it ended with `\n`, false at the end of the file.
+    fn read_line(&mut self) -> std::io::Result<bool> {
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available.is_empty() {
+                return Ok(false);
+            }
+            let (take, complete) = match available.iter().position(|&b| b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (available.len(), false),
+            };
+            match &mut self.skipped {
+                Some(skipped) => *skipped += take as u64,
+                None => {
+                    self.partial.extend_from_slice(&available[..take]);
+                    if self.partial.len() > self.max_line + 2 {
+                        // Over the limit (with room for `\r\n`): stop holding it.
+                        self.skipped = Some(self.partial.len() as u64);
+                        self.partial = Vec::new();
+                    }
+                }
+            }
+            self.reader.consume(take);
+            if complete {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// True when a line was held back (partial, or being skipped).
+    fn in_line(&self) -> bool {
+        !self.partial.is_empty() || self.skipped.is_some()
+    }
+
+    fn emit(&mut self, out: &mut Outbox<'_, Result<Line, BadLine>>) {
+        if let Some(len) = self.skipped.take() {
+            out.push(Err(BadLine::TooLong {
+                offset: self.offset,
+                len,
+                max: self.max_line,
+            }));
+            self.offset += len;
+            return;
+        }
         let bytes = std::mem::take(&mut self.partial);
         let offset = self.offset;
         self.offset += bytes.len() as u64;
@@ -146,9 +230,17 @@ impl FileLines {
         }
         let mut bytes = bytes;
         bytes.truncate(end);
+        if bytes.len() > self.max_line {
+            out.push(Err(BadLine::TooLong {
+                offset,
+                len: self.offset - offset,
+                max: self.max_line,
+            }));
+            return;
+        }
         out.push(match String::from_utf8(bytes) {
             Ok(text) => Ok(Line { offset, text }),
-            Err(error) => Err(NotUtf8 {
+            Err(error) => Err(BadLine::NotUtf8 {
                 offset,
                 error: error.utf8_error(),
                 bytes: error.into_bytes(),
@@ -158,27 +250,26 @@ impl FileLines {
 }
 
 impl Source for FileLines {
-    type Out = Result<Line, NotUtf8>;
+    type Out = Result<Line, BadLine>;
 
     fn pull(&mut self, out: &mut Outbox<'_, Self::Out>, max: usize) -> SourceState {
         for _ in 0..max {
-            match self.reader.read_until(b'\n', &mut self.partial) {
-                Ok(_) if self.partial.ends_with(b"\n") => self.emit(out),
-                Ok(_) => {
+            match self.read_line() {
+                Ok(true) => self.emit(out),
+                Ok(false) => {
                     // End of file (with perhaps a last line without `\n`).
                     if let Some(poll) = self.follow {
                         return SourceState::Idle(Some(poll));
                     }
-                    if !self.partial.is_empty() {
+                    if self.in_line() {
                         self.emit(out);
                     }
                     return SourceState::Exhausted;
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return SourceState::failed(FileError::Read {
                         path: self.path.clone(),
-                        offset: self.offset + self.partial.len() as u64,
+                        offset: self.offset + self.skipped.unwrap_or(self.partial.len() as u64),
                         source,
                     })
                 }

@@ -11,7 +11,7 @@ mod framing;
 mod tcp;
 mod udp;
 
-pub use file::{FileError, FileLines, FileRecords, Line, NotUtf8, Record};
+pub use file::{BadLine, FileError, FileLines, FileRecords, Line, Record};
 pub use framing::{length_prefixed, FrameError, Framing};
 pub use tcp::{Message, SocketError, SocketStats, TcpSource};
 pub use udp::{Datagram, UdpSource};
