@@ -393,3 +393,68 @@ fn an_interval_source_ticks_until_stopped() {
     assert!(ticks >= 5);
     assert_eq!(seen.load(Ordering::Relaxed), ticks);
 }
+
+#[test]
+fn a_full_pipeline_stops_reading_tcp_and_the_sender_blocks() {
+    use std::sync::atomic::AtomicBool;
+
+    let source = TcpSource::bind("127.0.0.1:0", Framing::LINES)
+        .unwrap()
+        .queue(64);
+    let addr = source.local_addr();
+    let stats = source.stats();
+    let gate = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let b = PipelineBuilder::new();
+    let (open, count) = (gate.clone(), seen.clone());
+    b.source_async("tcp", source).for_each("sink", move |_| {
+        // Held shut until the sender has been pushed back.
+        while !open.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    let running = Runtime::start(b.build().unwrap(), Plan::spread(2).ring_capacity(64)).unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let line = b"a line of the kind a log shipper sends, long enough to fill buffers\n";
+    let (mut lines, mut written_in_line) = (0u64, 0usize);
+    // Write until the kernel says the peer stopped reading (bounded: 1 GiB).
+    let mut total = 0usize;
+    loop {
+        match stream.write(&line[written_in_line..]) {
+            Ok(n) => {
+                total += n;
+                written_in_line += n;
+                if written_in_line == line.len() {
+                    lines += 1;
+                    written_in_line = 0;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write failed: {e}"),
+        }
+        assert!(total < 1 << 30, "the source never pushed back");
+    }
+    // Everything in the kernel's buffers is unread: the source took only what fits
+    // in its queue, its burst, the ring and the sink's burst.
+    let queued = stats.messages();
+    assert!(
+        queued <= 64 + 64 + 3 * 32 + 1,
+        "{queued} messages taken while the pipeline was full"
+    );
+    assert!(lines > 10 * queued, "{lines} lines sent, {queued} taken");
+    // Open the gate, finish the last line, and everything arrives.
+    gate.store(true, Ordering::Release);
+    stream.set_nonblocking(false).unwrap();
+    stream.write_all(&line[written_in_line..]).unwrap();
+    if written_in_line > 0 {
+        lines += 1;
+    }
+    drop(stream);
+    wait_for(&seen, lines);
+    running.stop_handle().stop();
+    let report = running.drain().unwrap();
+    assert_eq!(report.snapshot.stage("sink").unwrap().items_in, lines);
+    println!("{lines} lines; at most {queued} taken while full");
+}
