@@ -88,6 +88,14 @@ pub trait Stage: Send + 'static {
     fn backoff(&self) -> Option<Duration> {
         None
     }
+
+    /// Called when the stage's input is empty but has not ended: a stage with timers
+    /// (a processing-time window) emits what is due and returns how long until it next
+    /// needs to be called, even if no item arrives; its worker then parks at most that
+    /// long. `None` (the default): call it only when items arrive.
+    fn on_idle(&mut self, _out: &mut Outbox<'_, Self::Out>) -> Option<Duration> {
+        None
+    }
 }
 
 /// A stage from a closure `In -> Out`.

@@ -238,4 +238,7 @@ where
     fn backoff(&self) -> Option<Duration> {
         self.stage.backoff()
     }
+    fn on_idle(&mut self, out: &mut Outbox<'_, S::Out>) -> Option<Duration> {
+        self.stage.on_idle(out)
+    }
 }

@@ -102,6 +102,13 @@ impl<A> Table<A> {
         self.watermark
     }
 
+    /// The end of the earliest open window.
+    pub(crate) fn first_end(&self) -> Option<u64> {
+        self.open
+            .first_key_value()
+            .map(|(start, _)| start.saturating_add(self.windows.size))
+    }
+
     /// Folds an item at `t` into each of its windows that is still open; false when
     /// every one of them has closed (the item is late).
     pub(crate) fn insert(

@@ -19,9 +19,9 @@
 //!   output (`split_errors`). With sliding windows an item is folded into those of its
 //!   windows still open, and is late only if none is.
 //! - **Processing time**: when the item reaches the stage, in a unit you choose. A
-//!   window closes when the first item after its end arrives, or when the input ends
-//!   (a stage runs when items arrive: an idle stream does not close windows by
-//!   itself).
+//!   window closes when its end passes, whether or not items arrive (the stage asks
+//!   its worker to wake it then, through [`Stage::on_idle`](crate::Stage::on_idle)),
+//!   or when the input ends.
 //!
 //! Windows start at multiples of the step from 0 (the epoch, for timestamps).
 //!

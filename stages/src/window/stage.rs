@@ -13,6 +13,15 @@ pub trait Clock<T>: Send + 'static {
     fn stamp(&mut self, item: &T) -> u64;
     /// The watermark after the last stamped item: no later item is expected before it.
     fn watermark(&self) -> u64;
+    /// For clocks that advance by themselves (processing time): the watermark now,
+    /// with no item. `None` (the default): only items advance it.
+    fn idle_watermark(&mut self) -> Option<u64> {
+        None
+    }
+    /// For clocks that advance by themselves: how long until the axis reaches `at`.
+    fn wait_until(&self, _at: u64) -> Option<Duration> {
+        None
+    }
 }
 
 /// Count windows: the n-th item (from 0) is at position n.
@@ -68,14 +77,32 @@ pub struct ByProcessingTime {
     last: u64,
 }
 
-impl<T> Clock<T> for ByProcessingTime {
-    fn stamp(&mut self, _: &T) -> u64 {
+impl ByProcessingTime {
+    fn now(&mut self) -> u64 {
         let units = self.origin.elapsed().as_nanos() / self.unit.as_nanos().max(1);
         self.last = self.last.max(u64::try_from(units).unwrap_or(u64::MAX));
         self.last
     }
+}
+
+impl<T> Clock<T> for ByProcessingTime {
+    fn stamp(&mut self, _: &T) -> u64 {
+        self.now()
+    }
     fn watermark(&self) -> u64 {
         self.last
+    }
+    fn idle_watermark(&mut self) -> Option<u64> {
+        Some(self.now())
+    }
+    fn wait_until(&self, at: u64) -> Option<Duration> {
+        let units = at.saturating_sub(self.last);
+        let nanos = u128::from(units) * self.unit.as_nanos().max(1);
+        // Past the unit boundary, not on it: the window must have ended when woken.
+        Some(
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+                + Duration::from_micros(100),
+        )
     }
 }
 
@@ -215,5 +242,13 @@ where
     fn flush(&mut self, out: &mut Outbox<'_, Windowed<A>>) -> Result<(), Late<T>> {
         self.table.flush(|w| out.push(w));
         Ok(())
+    }
+
+    /// Processing-time windows close on time while no item arrives.
+    fn on_idle(&mut self, out: &mut Outbox<'_, Windowed<A>>) -> Option<Duration> {
+        let now = self.clock.idle_watermark()?;
+        self.table.advance(now, |w| out.push(w));
+        let end = self.table.first_end()?;
+        self.clock.wait_until(end)
     }
 }
