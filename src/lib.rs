@@ -83,6 +83,13 @@ pub use pipewright_runtime::{
     StartError, Stream, TrySendError, UringBudget,
 };
 
+/// Building blocks: ready-made file, TCP and UDP sources.
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::sources;
+/// Building blocks: stopping sources (see [`Running::stop_handle`]).
+#[cfg(feature = "runtime")]
+pub use pipewright_runtime::StopHandle;
+
 #[cfg(feature = "prometheus")]
 pub use pipewright_runtime::prometheus;
 

@@ -48,6 +48,8 @@ pub(crate) struct Control {
     pub(crate) unfinished: std::sync::atomic::AtomicUsize,
     /// Per-activation budget of each node, by node id.
     pub(crate) activation: Vec<ActivationBudget>,
+    /// When the last worker ended (the run's end, for `Report::elapsed`).
+    finished_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -73,6 +75,7 @@ impl Control {
             mailboxes: None,
             unfinished: Default::default(),
             activation: Vec::new(),
+            finished_at: Mutex::new(None),
         }
     }
 
@@ -182,6 +185,9 @@ impl Control {
     fn worker_done(&self) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         *running -= 1;
+        if *running == 0 {
+            *self.finished_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         self.finished.notify_all();
         drop(running);
         self.done.notify(usize::MAX);
@@ -195,6 +201,11 @@ impl Control {
             .wait_timeout_while(running, timeout, |n| *n > 0)
             .unwrap_or_else(|p| p.into_inner());
         *running == 0
+    }
+
+    /// When the last worker ended, once it has.
+    pub(crate) fn finished_at(&self) -> Option<Instant> {
+        *self.finished_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn all_done(&self) -> bool {

@@ -13,6 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use crate::stop::StopFlag;
+
 /// How items cross edges. An executor implements this once for all item types.
 pub trait Transport: Send + Sync + Sized + 'static {
     /// The producing end of an edge.
@@ -192,6 +194,9 @@ pub trait Observer: Send {
     fn dropped(&mut self, reason: DropReason, count: usize);
     /// The stage panicked (the item in hand is also reported as dropped).
     fn panicked(&mut self, message: &str);
+    /// A source reported an error ([`SourceState::Failed`](crate::SourceState::Failed))
+    /// and was ended; called once per source at most.
+    fn source_failed(&mut self, _error: &crate::StageError) {}
 }
 
 /// An observer that records nothing.
@@ -283,6 +288,10 @@ pub trait ErasedNode<X: Transport>: Send {
     ) -> Pin<Box<dyn Future<Output = Activation>>>;
     /// Drops everything the node holds (abort), returning how many items it held.
     fn abandon(&mut self) -> usize;
+
+    /// Gives a source node the pipeline's stop flag: once it is raised the source
+    /// pulls no more, emits what it holds and closes its output. Other nodes ignore it.
+    fn bind_stop(&mut self, _stop: StopFlag) {}
 
     /// The live control of a replicated stage's split node (`None` for every other
     /// node): the runtime sets the plan's replica count through it.

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::{Common, OutSlot};
-use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
+use crate::exec::{Activation, BindError, DropReason, ErasedNode, StopFlag, Transport};
 use crate::{ErrorPolicy, Outbox, Source, SourceState};
 
 /// Wraps a [`Source`].
@@ -13,6 +13,7 @@ pub(crate) struct SourceNode<S: Source, X: Transport> {
     source: S,
     output: OutSlot<S::Out, X>,
     exhausted: bool,
+    stop: Option<StopFlag>,
 }
 
 impl<S: Source, X: Transport> SourceNode<S, X> {
@@ -22,6 +23,7 @@ impl<S: Source, X: Transport> SourceNode<S, X> {
             source,
             output: OutSlot::new(),
             exhausted: false,
+            stop: None,
         }
     }
 }
@@ -56,7 +58,9 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         if !self.output.flush() {
             return Activation::Blocked;
         }
-        if self.exhausted {
+        if self.exhausted || self.stop.as_ref().is_some_and(StopFlag::is_raised) {
+            // Stopped from outside: pull no more; what was emitted has been flushed.
+            self.exhausted = true;
             self.output.close();
             return Activation::Finished;
         }
@@ -82,7 +86,10 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         }
         self.output.flush();
         match state {
-            SourceState::Exhausted => {
+            SourceState::Exhausted | SourceState::Failed(_) => {
+                if let SourceState::Failed(error) = &state {
+                    self.common.observer.source_failed(error);
+                }
                 self.exhausted = true;
                 if self.output.flush() {
                     self.output.close();
@@ -96,6 +103,10 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
             SourceState::Idle(Some(wait)) => Activation::Throttled(wait),
             SourceState::Idle(None) => Activation::Idle,
         }
+    }
+
+    fn bind_stop(&mut self, stop: StopFlag) {
+        self.stop = Some(stop);
     }
 
     fn abandon(&mut self) -> usize {
