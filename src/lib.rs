@@ -37,6 +37,8 @@
 //!   dependencies (clap, anyhow, ctrlc): `cargo run --features cli -- demo`; each
 //!   system's feature below adds its subcommand.
 //! - `prometheus`: the Prometheus exporter for the runtime's metrics.
+//! - `tracing-spans`: a `trace`-level `tracing` span per stage activation (target
+//!   `pipewright`); zero cost when off.
 //! - `nic`: the software NIC packet path, `pipewright::nic` (`pipewright nic`).
 //! - `storage`: the storage commit chain, `pipewright::storage` (`pipewright storage`).
 //! - `storage-faults`: `storage` with its fault injection (crash points, lossy links),
@@ -163,6 +165,13 @@ pub use pipewright_runtime::{ring, signal};
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::sync;
+
+/// Building blocks: ready-made file, TCP and UDP sources.
+#[cfg(all(feature = "runtime", not(loom)))]
+pub use pipewright_runtime::sources;
+/// Building blocks: stopping sources (see [`Running::stop_handle`]).
+#[cfg(all(feature = "runtime", not(loom)))]
+pub use pipewright_runtime::StopHandle;
 
 #[cfg(all(feature = "prometheus", not(loom)))]
 pub use pipewright_runtime::prometheus;

@@ -277,3 +277,44 @@ fn an_ordered_replica_that_fails_or_panics_on_items_does_not_stall_the_order() {
         .sum();
     assert_eq!(dropped, 200 + 20);
 }
+
+/// The controller sees replicated stages and its replica decisions are applied live
+/// (under any plan: the count lives in the split) or refused with the reason.
+#[test]
+fn controller_replica_decisions_are_applied_or_refused_with_the_reason() {
+    use pipewright::controller::Decision;
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("hash", Replicas::new(2), |_| stage::map(|x: u64| x * 3))
+        .output("out");
+    let mut running =
+        Runtime::start(b.build().unwrap(), Plan::spread(2).replicas("hash", 1)).unwrap();
+    let now = running.snapshot();
+    let seen = running.observe(&now, &now, std::time::Duration::from_millis(100));
+    assert_eq!(seen.replicated.len(), 1);
+    assert_eq!((seen.replicated[0].active, seen.replicated[0].max), (1, 2));
+    let grow = Decision::Replicas {
+        stage: "hash".into(),
+        from: 1,
+        to: 2,
+    };
+    running.apply(&grow).unwrap();
+    assert_eq!(running.replicas("hash").unwrap().active(), 2);
+    let too_many = Decision::Replicas {
+        stage: "hash".into(),
+        from: 2,
+        to: 3,
+    };
+    let refused = running.apply(&too_many).unwrap_err();
+    assert!(
+        refused.to_string().contains("choose between 1 and 2"),
+        "{refused}"
+    );
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (got, _) = send_and_collect(running, tx, rx, 0..1000u64);
+    assert_eq!(got, (0..1000).map(|x| x * 3).collect::<Vec<_>>());
+}

@@ -28,6 +28,12 @@ pub struct ControllerConfig {
     pub burst_latency_target_ns: f64,
     /// Smallest and largest burst the controller sets.
     pub burst_range: (usize, usize),
+    /// Add a replica to a replicated stage when its active replicas are, on average,
+    /// busier than this share of a core and the next replica's worker has room.
+    pub replicas_grow_above: f64,
+    /// Take a replica out when the stage's load would keep one fewer replica below
+    /// this share of a core each.
+    pub replicas_shrink_below: f64,
 }
 
 impl Default for ControllerConfig {
@@ -39,6 +45,8 @@ impl Default for ControllerConfig {
             fuse_below: 0.4,
             burst_latency_target_ns: 50_000.0,
             burst_range: (1, 256),
+            replicas_grow_above: 0.75,
+            replicas_shrink_below: 0.45,
         }
     }
 }
@@ -73,8 +81,22 @@ pub struct Observation {
     pub interval_ns: f64,
     /// Workers available.
     pub workers: usize,
-    /// Stages, in pipeline order.
+    /// Stages, in pipeline order (a replicated stage's replicas as `name#i` rows).
     pub stages: Vec<StageLoad>,
+    /// Replicated stages whose replica count the runtime can change live.
+    pub replicated: Vec<ReplicatedStage>,
+}
+
+/// A replicated stage as the controller sees it (its replicas are the
+/// `name#0..name#max` rows of [`Observation::stages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedStage {
+    /// The stage's name.
+    pub name: String,
+    /// Replicas receiving new items now (the first `active` of them).
+    pub active: usize,
+    /// Replicas declared.
+    pub max: usize,
 }
 
 /// A plan change.
@@ -98,6 +120,15 @@ pub enum Decision {
         /// Its burst now.
         from: usize,
         /// Its burst after.
+        to: usize,
+    },
+    /// Give new items of replicated stage `stage` to `to` of its replicas.
+    Replicas {
+        /// The replicated stage.
+        stage: String,
+        /// Replicas active now.
+        from: usize,
+        /// Replicas active after.
         to: usize,
     },
 }
@@ -127,6 +158,9 @@ impl fmt::Display for Decision {
                 write!(f, "move {stage}: worker {from} -> {to} ({why})")
             }
             Decision::Burst { stage, from, to } => write!(f, "burst {stage}: {from} -> {to}"),
+            Decision::Replicas { stage, from, to } => {
+                write!(f, "replicas {stage}: {from} -> {to}")
+            }
         }
     }
 }
@@ -139,6 +173,9 @@ pub struct Controller {
     underused_for: u32,
     resting: u32,
     decisions: u64,
+    /// Per replicated stage: consecutive intervals it wanted to grow (> 0) or shrink
+    /// (< 0).
+    replica_trend: Vec<(String, i32)>,
 }
 
 impl Controller {
@@ -150,6 +187,7 @@ impl Controller {
             underused_for: 0,
             resting: 0,
             decisions: 0,
+            replica_trend: Vec::new(),
         }
     }
 
@@ -178,6 +216,12 @@ impl Controller {
             return out;
         }
         let util = Self::utilisation(obs);
+        if let Some(d) = self.replicas(obs, &util) {
+            self.act();
+            out.push(d);
+            self.decisions += out.len() as u64;
+            return out;
+        }
         let total: f64 = util.iter().sum();
         let used_workers = util.iter().filter(|u| **u > 0.0).count();
         // Fuse back when everything fits comfortably on one core.
@@ -189,7 +233,7 @@ impl Controller {
                 let moves: Vec<Decision> = obs
                     .stages
                     .iter()
-                    .filter(|s| s.movable && s.worker != target)
+                    .filter(|s| s.movable && !is_replica(s) && s.worker != target)
                     .map(|s| Decision::Move {
                         stage: s.name.clone(),
                         from: s.worker,
@@ -222,6 +266,74 @@ impl Controller {
         out
     }
 
+    /// A replicated stage whose active replicas are saturated gets one more (on a
+    /// worker with room); one whose load fits in fewer gives one back. Changing the
+    /// count beats moving stages: it is how a stage gets more than one core.
+    fn replicas(&mut self, obs: &Observation, util: &[f64]) -> Option<Decision> {
+        let interval = obs.interval_ns.max(1.0);
+        let mut wanted = None;
+        for r in &obs.replicated {
+            let rows: Vec<&StageLoad> = obs
+                .stages
+                .iter()
+                .filter(|s| {
+                    pipewright_stages::parse_replica_name(&s.name).is_some_and(|(b, _)| b == r.name)
+                })
+                .collect();
+            let share = |i: usize| {
+                rows.iter()
+                    .find(|s| {
+                        pipewright_stages::parse_replica_name(&s.name).map(|p| p.1) == Some(i)
+                    })
+                    .map(|s| s.busy_ns / interval)
+            };
+            let load: f64 = (0..r.active).filter_map(share).sum();
+            let next_worker = rows
+                .iter()
+                .find(|s| {
+                    pipewright_stages::parse_replica_name(&s.name).map(|p| p.1) == Some(r.active)
+                })
+                .map(|s| s.worker);
+            let grow = r.active < r.max
+                && load / r.active.max(1) as f64 > self.config.replicas_grow_above
+                && next_worker.is_some_and(|w| {
+                    util.get(w)
+                        .is_some_and(|u| *u < 1.0 - self.config.replicas_grow_above)
+                });
+            let shrink =
+                r.active > 1 && load / ((r.active - 1) as f64) < self.config.replicas_shrink_below;
+            let step: i32 = if grow {
+                1
+            } else if shrink {
+                -1
+            } else {
+                0
+            };
+            let trend = match self.replica_trend.iter_mut().find(|t| t.0 == r.name) {
+                Some(t) => &mut t.1,
+                None => {
+                    self.replica_trend.push((r.name.clone(), 0));
+                    &mut self.replica_trend.last_mut().expect("just pushed").1
+                }
+            };
+            *trend = match step {
+                0 => 0,
+                s if s.signum() == trend.signum() => *trend + s,
+                s => s,
+            };
+            if wanted.is_none() && trend.unsigned_abs() >= self.config.patience {
+                let to = if step > 0 { r.active + 1 } else { r.active - 1 };
+                *trend = 0;
+                wanted = Some(Decision::Replicas {
+                    stage: r.name.clone(),
+                    from: r.active,
+                    to,
+                });
+            }
+        }
+        wanted
+    }
+
     fn act(&mut self) {
         self.resting = self.config.cooldown;
         self.imbalanced_for = 0;
@@ -234,7 +346,13 @@ impl Controller {
         let before = util[hi] - util[lo];
         let mut best: Option<(&StageLoad, f64)> = None;
         let on_hi = obs.stages.iter().filter(|s| s.worker == hi).count();
-        for s in obs.stages.iter().filter(|s| s.worker == hi && s.movable) {
+        // Replicas keep their workers: a replicated stage gets more or fewer cores
+        // through its replica count, never by stacking replicas on one worker.
+        for s in obs
+            .stages
+            .iter()
+            .filter(|s| s.worker == hi && s.movable && !is_replica(s))
+        {
             if on_hi == 1 {
                 break; // a stage alone on its worker already has the core
             }
@@ -289,6 +407,10 @@ impl Controller {
     }
 }
 
+fn is_replica(s: &StageLoad) -> bool {
+    pipewright_stages::parse_replica_name(&s.name).is_some()
+}
+
 fn busiest(u: &[f64]) -> usize {
     (0..u.len())
         .max_by(|a, b| u[*a].total_cmp(&u[*b]))
@@ -324,6 +446,7 @@ mod tests {
             interval_ns: 1e8,
             workers: 2,
             stages,
+            replicated: Vec::new(),
         }
     }
 
@@ -477,5 +600,116 @@ mod tests {
         s.ns_per_item = Some(100.0);
         s.queue_depth = 900; // would grow if it could
         assert!(c.bursts(&obs(vec![s])).is_empty());
+    }
+
+    /// `parse` declared with two replicas on workers 0 and 1, `active` of them used;
+    /// the active ones each busy `share` of a core; `other` on worker 1.
+    fn replicated(active: usize, share: f64, other: f64) -> Observation {
+        let mut o = obs(vec![
+            stage("read", 0, 0.05),
+            stage("parse/split", 0, 0.05),
+            stage("parse#0", 0, share),
+            stage("parse#1", 1, if active > 1 { share } else { 0.0 }),
+            stage("parse/order", 1, 0.02),
+            stage("sum", 1, other),
+        ]);
+        o.replicated.push(ReplicatedStage {
+            name: "parse".into(),
+            active,
+            max: 2,
+        });
+        o
+    }
+
+    /// Applies replica changes to a stage whose total work is `work` cores' worth.
+    fn apply_replicas(
+        o: &Observation,
+        decisions: &[Decision],
+        work: f64,
+        other: f64,
+    ) -> Observation {
+        let mut active = o.replicated[0].active;
+        for d in decisions {
+            if let Decision::Replicas { to, .. } = d {
+                active = *to;
+            }
+        }
+        // Saturated replicas cannot be busier than one core each.
+        replicated(active, (work / active as f64).min(1.0), other)
+    }
+
+    #[test]
+    fn a_saturated_replicated_stage_gets_its_next_replica_after_patience() {
+        let mut c = Controller::new(ControllerConfig::default());
+        let o = replicated(1, 0.95, 0.1);
+        assert!(c.observe(&o).is_empty());
+        assert!(c.observe(&o).is_empty());
+        assert_eq!(
+            c.observe(&o),
+            vec![Decision::Replicas {
+                stage: "parse".into(),
+                from: 1,
+                to: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn no_replica_is_added_where_its_worker_has_no_room() {
+        let mut c = Controller::new(ControllerConfig::default());
+        let o = replicated(1, 0.95, 0.9);
+        for _ in 0..20 {
+            assert!(c
+                .observe(&o)
+                .iter()
+                .all(|d| !matches!(d, Decision::Replicas { .. })));
+        }
+    }
+
+    #[test]
+    fn replicas_are_given_back_when_the_load_fits_in_fewer() {
+        let mut c = Controller::new(ControllerConfig::default());
+        let o = replicated(2, 0.15, 0.1);
+        let mut decisions = Vec::new();
+        for _ in 0..3 {
+            decisions.extend(c.observe(&o));
+        }
+        assert!(decisions.contains(&Decision::Replicas {
+            stage: "parse".into(),
+            from: 2,
+            to: 1
+        }));
+    }
+
+    #[test]
+    fn replica_counts_settle_under_steady_load() {
+        for work in [0.3f64, 0.6, 0.8, 1.2, 1.9] {
+            let mut c = Controller::new(ControllerConfig::default());
+            let mut o = replicated(1, work.min(1.0), 0.1);
+            let mut changes = 0;
+            for _ in 0..300 {
+                let d = c.observe(&o);
+                changes += d
+                    .iter()
+                    .filter(|d| matches!(d, Decision::Replicas { .. }))
+                    .count();
+                o = apply_replicas(&o, &d, work, 0.1);
+            }
+            assert!(changes <= 1, "work {work}: {changes} replica changes");
+        }
+    }
+
+    #[test]
+    fn replicas_are_never_moved_onto_a_siblings_worker() {
+        let mut c = Controller::new(ControllerConfig::default());
+        // Worker 0 is far busier, but its only movable candidates are replicas.
+        let o = replicated(2, 0.9, 0.0);
+        for _ in 0..20 {
+            for d in c.observe(&o) {
+                if let Decision::Move { stage, .. } = &d {
+                    assert!(!stage.contains('#'), "{d}");
+                }
+            }
+        }
     }
 }

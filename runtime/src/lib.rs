@@ -28,6 +28,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Logging and tracing
+//!
+//! The runtime logs through [`tracing`](https://docs.rs/tracing), target
+//! `pipewright`: `info` when a pipeline starts, a stop is requested, replicas change;
+//! `warn` for a source that failed, a refused re-planning decision, a shutdown deadline;
+//! `error` for a panic or a failed pipeline. Install any subscriber (e.g.
+//! `tracing_subscriber::fmt().with_env_filter("pipewright=info").init()`) to see them.
+//! With the feature `tracing-spans`, every sync stage activation runs in a
+//! `trace`-level span `activation` (fields `stage`, `burst`, `outcome`: `progress`,
+//! `idle`, `blocked`, `throttled`, `finished` or `failed`) and every async stage task in
+//! a span `task` (field `stage`), entered on each poll; events your stages log nest
+//! inside them. Without the feature no span is created: it costs nothing.
+//!
 //! [pipewright]: https://docs.rs/pipewright
 #![warn(
     missing_docs,
@@ -71,7 +84,13 @@ mod running;
 #[cfg(not(loom))]
 mod service;
 #[cfg(not(loom))]
+pub mod sources;
+#[cfg(not(loom))]
 mod stats;
+#[cfg(not(loom))]
+mod stop;
+#[cfg(all(not(loom), feature = "tracing-spans"))]
+mod traced;
 #[cfg(not(loom))]
 mod transport;
 #[cfg(not(loom))]
@@ -98,6 +117,8 @@ pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartErro
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]
 pub use stats::{Snapshot, StageSnapshot};
+#[cfg(not(loom))]
+pub use stop::StopHandle;
 #[cfg(not(loom))]
 pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTransport};
 

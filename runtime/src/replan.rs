@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::controller::{Controller, Decision, Observation, StageLoad};
+use crate::controller::{Controller, Decision, Observation, ReplicatedStage, StageLoad};
 use crate::mailbox::Command;
 use crate::running::Running;
 use crate::stats::Snapshot;
@@ -31,6 +31,9 @@ pub enum ApplyError {
     /// A burst of zero.
     #[error("a burst size of 0 never makes progress; use at least 1")]
     ZeroBurst,
+    /// The replica count was refused (the message says why and what to do).
+    #[error(transparent)]
+    Replicas(#[from] pipewright_stages::ReplicaError),
 }
 
 impl Running {
@@ -39,11 +42,19 @@ impl Running {
     /// [`Plan::adaptive`](crate::Plan::adaptive) plan. Every change is logged
     /// (`tracing`) and counted (`pipewright_controller_decisions_total`).
     pub fn apply(&self, decision: &Decision) -> Result<(), ApplyError> {
-        let mailboxes = self.mailboxes.as_ref().ok_or(ApplyError::NotAdaptive)?;
         let (stage, kind) = match decision {
             Decision::Move { stage, .. } => (stage, "move"),
             Decision::Burst { stage, .. } => (stage, "burst"),
+            Decision::Replicas { stage, to, .. } => {
+                // Through the split's shared control: works under any plan.
+                self.set_replicas(stage, *to)?;
+                tracing::info!(target: "pipewright::controller", %decision, "plan change");
+                metrics::counter!("pipewright_controller_decisions_total", "kind" => "replicas")
+                    .increment(1);
+                return Ok(());
+            }
         };
+        let mailboxes = self.mailboxes.as_ref().ok_or(ApplyError::NotAdaptive)?;
         let node = self
             .stages
             .iter()
@@ -66,6 +77,7 @@ impl Running {
                     mailboxes.send(from, Command::Detach { node, to: *to });
                 }
             }
+            Decision::Replicas { .. } => {}
             Decision::Burst { to, .. } => {
                 if *to == 0 {
                     return Err(ApplyError::ZeroBurst);
@@ -115,10 +127,21 @@ impl Running {
                 }
             })
             .collect();
+        let replicated = self
+            .replicas
+            .iter()
+            .filter(|c| !c.is_keyed())
+            .map(|c| ReplicatedStage {
+                name: c.stage().to_string(),
+                active: c.active(),
+                max: c.max(),
+            })
+            .collect();
         Observation {
             interval_ns: interval.as_nanos() as f64,
             workers: self.workers,
             stages,
+            replicated,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::mailbox::Mailboxes;
 use crate::plan::{Plan, PlanError};
 use crate::signal::{Owner, Signal};
 use crate::stats::{Snapshot, StageStats, StatsObserver};
+use crate::stop::StopHandle;
 use crate::transport::{EdgeKind, EdgePlan, RingReceiver, RingSender, RingTransport};
 use crate::worker::{self, Control, WorkerSetup};
 
@@ -55,10 +56,17 @@ pub struct Report {
     pub abandoned: u64,
     /// Items that reached an output nobody took a handle for (discarded, counted).
     pub unclaimed_outputs: u64,
-    /// Wall time from start to the end of the run.
+    /// Wall time from start until the last worker finished (not until `drain` or
+    /// `join` returned: a report taken long after the run ended still says how long
+    /// it ran).
     pub elapsed: Duration,
     /// Final counters.
     pub snapshot: Snapshot,
+    /// Sources that ended with an error ([`SourceState::Failed`](crate::SourceState::Failed)),
+    /// by name with the error's message. The rest of the pipeline drained normally
+    /// (`completed` may still be true): check this to tell a clean end from a failed
+    /// read.
+    pub source_errors: Vec<StageFailure>,
 }
 
 type Discard = fn(&mut (dyn Any + Send)) -> u64;
@@ -73,6 +81,8 @@ pub(crate) struct StageMeta {
     pub(crate) owner: Option<Arc<Owner>>,
     pub(crate) stats: Arc<StageStats>,
     pub(crate) input: Option<(EdgeKind, usize, DepthProbe)>,
+    /// The stages feeding its input edge (to tell whether a fused edge still is).
+    pub(crate) producers: Vec<usize>,
 }
 
 /// A pipeline running on its workers.
@@ -110,7 +120,8 @@ pub struct Running {
     plan: Plan,
     pub(crate) mailboxes: Option<Arc<Mailboxes>>,
     pub(crate) workers: usize,
-    replicas: Vec<ReplicaControl>,
+    pub(crate) replicas: Vec<ReplicaControl>,
+    stop: StopHandle,
 }
 
 impl std::fmt::Debug for Running {
@@ -176,6 +187,13 @@ impl Runtime {
         for signal in worker_signals.iter().chain(&node_signals) {
             control.add_signal(signal.clone());
         }
+        let stop = StopHandle::new(
+            worker_signals
+                .iter()
+                .chain(&node_signals)
+                .cloned()
+                .collect(),
+        );
 
         for entry in pipeline.nodes.iter_mut() {
             if let Some(burst) = plan.burst_for(&entry.name) {
@@ -317,6 +335,11 @@ impl Runtime {
         }
 
         // Observers, bursts, per-stage metadata.
+        let edge_producers: Vec<Vec<Endpoint>> = pipeline
+            .edges
+            .iter()
+            .map(|e| e.info.producers.clone())
+            .collect();
         let mut stages = Vec::new();
         for (id, entry) in pipeline.nodes.iter_mut().enumerate() {
             let stats = Arc::new(StageStats::default());
@@ -330,7 +353,20 @@ impl Runtime {
                     probes.remove(&id).expect("every input edge has a probe"),
                 )
             });
+            let producers = entry
+                .input
+                .map(|edge| {
+                    edge_producers[edge]
+                        .iter()
+                        .filter_map(|p| match *p {
+                            Endpoint::Node { node, .. } => Some(node),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             stages.push(StageMeta {
+                producers,
                 name: entry.name.clone(),
                 worker: worker_of[id],
                 owner: owners[id].clone(),
@@ -363,7 +399,12 @@ impl Runtime {
 
         // Hand nodes to workers, in pipeline order.
         let mut per_worker: Vec<Vec<_>> = resolved.workers.iter().map(|_| Vec::new()).collect();
-        for (id, entry) in pipeline.nodes.into_iter().enumerate() {
+        for (id, mut entry) in pipeline.nodes.into_iter().enumerate() {
+            entry.node.bind_stop(stop.flag());
+            #[cfg(feature = "tracing-spans")]
+            {
+                entry.node = crate::traced::Traced::wrap(&entry.name, entry.node);
+            }
             let own = (entry.node.kind() == NodeKind::Async).then(|| node_signals[id].clone());
             per_worker[worker_of[id]].push((id, entry.node, own));
         }
@@ -405,6 +446,7 @@ impl Runtime {
             mailboxes,
             workers: resolved.workers.len(),
             replicas,
+            stop,
         })
     }
 }
@@ -455,6 +497,13 @@ impl Running {
             .expect("OutputId type matches its edge");
         let ready = receiver.ready_event();
         Some(Output::new(receiver, ready))
+    }
+
+    /// A handle that ends every source of this pipeline from any thread (a Ctrl-C or
+    /// SIGTERM handler, an admin endpoint); the pipeline then drains. See
+    /// [`StopHandle`] for how to wire signals to it.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// Stops accepting input: pending sends fail with `Closed` and hand their item
@@ -574,29 +623,55 @@ impl Running {
         if let Some(failure) = self.control.failure() {
             return Err(RunError::Failed(failure));
         }
+        let source_errors = snapshot
+            .stages
+            .iter()
+            .filter_map(|s| {
+                s.source_error.as_ref().map(|message| StageFailure {
+                    stage: s.name.clone(),
+                    message: message.clone(),
+                })
+            })
+            .collect();
         Ok(Report {
+            source_errors,
             completed: completed && !self.control.aborted(),
             abandoned,
             unclaimed_outputs: unclaimed,
-            elapsed: self.started.elapsed(),
+            elapsed: self
+                .control
+                .finished_at()
+                .unwrap_or_else(Instant::now)
+                .saturating_duration_since(self.started),
             snapshot,
         })
     }
 
     /// Counters of every stage now.
     pub fn snapshot(&self) -> Snapshot {
+        let worker_now =
+            |meta: &StageMeta| meta.owner.as_ref().map_or(meta.worker, |o| o.current());
+        let workers: Vec<usize> = self.stages.iter().map(worker_now).collect();
         Snapshot {
             stages: self
                 .stages
                 .iter()
-                .map(|meta| {
+                .enumerate()
+                .map(|(id, meta)| {
                     let mut s = meta.stats.snapshot(&meta.name);
-                    s.worker = meta.owner.as_ref().map_or(meta.worker, |o| o.current());
+                    s.worker = workers[id];
                     s.burst = meta.burst_now.load(std::sync::atomic::Ordering::Relaxed);
                     if let Some((kind, capacity, probe)) = &meta.input {
                         s.queue_depth = probe();
                         s.queue_capacity = *capacity;
-                        s.input_kind = kind.as_str();
+                        // A fused edge whose ends a live move put on different workers
+                        // is carried by its locked queue across threads.
+                        let split = meta.producers.iter().any(|&p| workers[p] != workers[id]);
+                        s.input_kind = if *kind == EdgeKind::Local && split {
+                            "shared"
+                        } else {
+                            kind.as_str()
+                        };
                     } else {
                         s.input_kind = "-";
                     }

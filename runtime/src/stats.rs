@@ -23,6 +23,8 @@ pub(crate) struct StageStats {
     timed_nanos: AtomicU64,
     /// Bucket `b` counts sampled bursts whose ns/item was in [2^b, 2^(b+1)).
     ns_per_item: [AtomicU64; BUCKETS],
+    /// The error that ended this stage, if it is a source that failed.
+    source_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for StageStats {
@@ -36,6 +38,7 @@ impl Default for StageStats {
             timed_items: AtomicU64::new(0),
             timed_nanos: AtomicU64::new(0),
             ns_per_item: std::array::from_fn(|_| AtomicU64::new(0)),
+            source_error: std::sync::Mutex::new(None),
         }
     }
 }
@@ -63,6 +66,7 @@ pub(crate) struct StatsObserver {
     items_out: Counter,
     dropped: [Counter; 5],
     panics: Counter,
+    stage: String,
     burst_size: Histogram,
     ns_per_item: Histogram,
 }
@@ -76,6 +80,7 @@ impl StatsObserver {
             items_out: counter!("pipewright_stage_items_out_total", "stage" => s.clone()),
             dropped: DropReason::ALL.map(|r| counter!("pipewright_stage_dropped_total", "stage" => s.clone(), "reason" => r.as_str())),
             panics: counter!("pipewright_stage_panics_total", "stage" => s.clone()),
+            stage: s.clone(),
             burst_size: histogram!("pipewright_stage_burst_size", "stage" => s.clone()),
             ns_per_item: histogram!("pipewright_stage_service_ns_per_item", "stage" => s),
         }
@@ -115,6 +120,17 @@ impl Observer for StatsObserver {
         self.panics.increment(1);
         tracing::error!(target: "pipewright", panic = message, "stage panicked");
     }
+
+    fn source_failed(&mut self, error: &pipewright_stages::StageError) {
+        let message = error.to_string();
+        tracing::warn!(target: "pipewright", stage = %self.stage, error = %message, "source failed; ending it");
+        counter!("pipewright_source_errors_total", "stage" => self.stage.clone()).increment(1);
+        *self
+            .stats
+            .source_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
 }
 
 /// A point-in-time copy of one stage's counters.
@@ -148,8 +164,14 @@ pub struct StageSnapshot {
     pub queue_depth: usize,
     /// Slots of the stage's input edge (0 for sources).
     pub queue_capacity: usize,
-    /// How the input edge is carried (`fused`, `spsc`, `mpsc`, or `-`).
+    /// How the input edge is carried now: `fused` (same worker, a plain buffer),
+    /// `spsc` or `mpsc` (a lock-free ring between workers), `shared` (planned fused,
+    /// but a live move put its ends on different workers: its buffer is shared under a
+    /// lock), or `-` (a source).
     pub input_kind: &'static str,
+    /// For a source that ended with [`SourceState::Failed`](crate::SourceState::Failed):
+    /// its error's message.
+    pub source_error: Option<String>,
 }
 
 impl StageSnapshot {
@@ -192,6 +214,11 @@ impl StageStats {
             mean_ns_per_item: (timed_items > 0)
                 .then(|| load(&self.timed_nanos) as f64 / timed_items as f64),
             p99_ns_per_item: p99,
+            source_error: self
+                .source_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..StageSnapshot::default()
         }
     }

@@ -13,6 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use crate::stop::StopFlag;
+
 /// How items cross edges. An executor implements this once for all item types.
 pub trait Transport: Send + Sync + Sized + 'static {
     /// The producing end of an edge.
@@ -192,6 +194,9 @@ pub trait Observer: Send {
     fn dropped(&mut self, reason: DropReason, count: usize);
     /// The stage panicked (the item in hand is also reported as dropped).
     fn panicked(&mut self, message: &str);
+    /// A source reported an error ([`SourceState::Failed`](crate::SourceState::Failed))
+    /// and was ended; called once per source at most.
+    fn source_failed(&mut self, _error: &crate::StageError) {}
 }
 
 /// An observer that records nothing.
@@ -227,6 +232,33 @@ pub trait TaskContext: 'static {
     fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
     /// Reports a failure under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy).
     fn fail(&self, failure: crate::StageFailure);
+    /// Lets the other tasks and stages of the worker run before this task goes on. An
+    /// async stage's task calls it after each turn of work (see [`TASK_TURN`]): its
+    /// executor may run it without a cooperative budget, so this is what keeps it
+    /// from starving its neighbours. The default yields once to the executor.
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(yield_once())
+    }
+}
+
+/// How long an async stage's task works (taking bursts, settling calls) before it
+/// yields to its worker's other stages and tasks: about one burst of a sync stage.
+pub const TASK_TURN: Duration = Duration::from_micros(50);
+
+/// Returns `Pending` once, waking itself: the executor runs its other ready tasks
+/// before this one resumes.
+pub(crate) async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// A type-erased pipeline node, ready to be bound and run.
@@ -256,6 +288,10 @@ pub trait ErasedNode<X: Transport>: Send {
     ) -> Pin<Box<dyn Future<Output = Activation>>>;
     /// Drops everything the node holds (abort), returning how many items it held.
     fn abandon(&mut self) -> usize;
+
+    /// Gives a source node the pipeline's stop flag: once it is raised the source
+    /// pulls no more, emits what it holds and closes its output. Other nodes ignore it.
+    fn bind_stop(&mut self, _stop: StopFlag) {}
 
     /// The live control of a replicated stage's split node (`None` for every other
     /// node): the runtime sets the plan's replica count through it.

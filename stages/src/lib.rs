@@ -7,7 +7,9 @@
 //!   and emits zero or more outputs per input into an [`Outbox`].
 //! - [`AsyncStage`]: the same for stages that await I/O: one future per burst, never one
 //!   per item.
-//! - [`Source`]: where items come from when they do not arrive from outside.
+//! - [`Source`]: where items come from when they do not arrive from outside; a source
+//!   that cannot go on ends with [`SourceState::Failed`].
+//! - [`window`]: tumbling and sliding windows by count, event time or processing time.
 //! - [`layer`]: tower-style layers (metrics, rate limit, timeout, error policy).
 //! - [`PipelineBuilder`] and [`Stream`]: typed composition checked by the compiler, with
 //!   routers, splits and merges; [`Pipeline`] is the validated result.
@@ -51,9 +53,11 @@ mod node;
 mod replica;
 pub mod source;
 pub mod stage;
+mod stop;
 mod tagged;
 mod tagged_service;
 mod tower_stage;
+pub mod window;
 
 pub use async_stage::AsyncStage;
 pub use burst::{Burst, Failures, Outbox};

@@ -2,10 +2,37 @@
 
 use std::time::Duration;
 
-use crate::Outbox;
+use crate::{Outbox, StageError};
 
 /// What a [`Source`] reports after a pull.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A source that cannot go on (a read failed, a socket closed under it) returns
+/// [`Failed`](SourceState::Failed): the items it emitted before are kept and flow on,
+/// the source is ended, the rest of the pipeline drains, and the error is counted
+/// (`pipewright_source_errors_total`) and reported with the source's name in the
+/// run's report (`Report::source_errors`).
+///
+/// ```
+/// use pipewright::{Outbox, Source, SourceState};
+///
+/// /// Reads numbers from a reader, one per line; a bad read ends the source.
+/// struct Numbers<R>(std::io::Lines<R>);
+///
+/// impl<R: std::io::BufRead + Send + 'static> Source for Numbers<R> {
+///     type Out = String;
+///     fn pull(&mut self, out: &mut Outbox<'_, String>, max: usize) -> SourceState {
+///         for _ in 0..max {
+///             match self.0.next() {
+///                 Some(Ok(line)) => out.push(line),
+///                 Some(Err(error)) => return SourceState::failed(error),
+///                 None => return SourceState::Exhausted,
+///             }
+///         }
+///         SourceState::Ready
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceState {
     /// It produced items (or may have more right away).
     Ready,
@@ -13,6 +40,22 @@ pub enum SourceState {
     Idle(Option<Duration>),
     /// It will never produce again; its output is closed once drained.
     Exhausted,
+    /// It failed and will never produce again: the error is counted and reported, the
+    /// items emitted so far (including by this pull) flow on, its output is closed.
+    Failed(StageError),
+}
+
+impl SourceState {
+    /// [`SourceState::Failed`] with `error`.
+    pub fn failed<E: std::error::Error + Send + Sync + 'static>(error: E) -> Self {
+        Self::Failed(StageError::new(error))
+    }
+
+    /// True for [`Exhausted`](SourceState::Exhausted) and
+    /// [`Failed`](SourceState::Failed): the source will not be pulled again.
+    pub fn is_end(&self) -> bool {
+        matches!(self, Self::Exhausted | Self::Failed(_))
+    }
 }
 
 /// A producer of items driven by a worker: a generator, a file reader, a socket.
@@ -46,8 +89,12 @@ pub trait Source: Send + 'static {
 
 /// A producer that awaits: a socket, a port, a timer. Driven by its worker as one
 /// long-lived task; `pull` should await until it has at least one item (or the source
-/// has ended) rather than return empty-handed. An abort drops a pending `pull`, so a
-/// source waiting for traffic never holds up shutdown.
+/// has ended) rather than return empty-handed. An abort, or a stop (the runtime's
+/// `StopHandle`), drops a pending `pull` at the await it is parked in, so a source
+/// waiting for traffic never holds up shutdown: keep state that must survive in
+/// `self` and await only cancel-safe operations (`recv`, `accept`, `read_buf` into a
+/// buffer you own), never ones that lose data when dropped midway. On a stop, the
+/// items the dropped pull had already pushed into `out` are kept and flow on.
 ///
 /// ```
 /// use pipewright::{AsyncSource, Outbox, SourceState};

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::{Burst, ErrorPolicy, Failures, Outbox};
 
+/// Windowed aggregation stages (tumbling and sliding; by count, event time or
+/// processing time).
+pub use crate::window;
+
 /// A typed, synchronous pipeline step: `In -> Out`, zero or more outputs per input.
 ///
 /// The executor hands a stage a [`Burst`] of up to its burst budget of items per
@@ -95,6 +99,14 @@ pub trait Stage: Send + 'static {
     ///
     /// By default `None`.
     fn backoff(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called when the stage's input is empty but has not ended: a stage with timers
+    /// (a processing-time window) emits what is due and returns how long until it next
+    /// needs to be called, even if no item arrives; its worker then parks at most that
+    /// long. `None` (the default): call it only when items arrive.
+    fn on_idle(&mut self, _out: &mut Outbox<'_, Self::Out>) -> Option<Duration> {
         None
     }
 }

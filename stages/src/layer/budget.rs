@@ -92,6 +92,7 @@ impl ByteBudget {
             budget: self.clone(),
             held: None,
             scratch: std::collections::VecDeque::new(),
+            end: None,
         }
     }
 
@@ -117,6 +118,9 @@ pub struct Charged<S: Source, W> {
     /// An item pulled but not yet admitted (kept, never dropped).
     held: Option<S::Out>,
     scratch: std::collections::VecDeque<S::Out>,
+    /// How the inner source ended (exhausted or failed), reported once what was
+    /// pulled before it has been admitted.
+    end: Option<SourceState>,
 }
 
 impl<S: Source, W> fmt::Debug for Charged<S, W> {
@@ -144,9 +148,13 @@ where
         while emitted < max {
             let item = match self.held.take().or_else(|| self.scratch.pop_front()) {
                 Some(item) => item,
+                None if self.end.is_some() => break,
                 None => {
                     // Pull one item at a time: a pulled item is already memory in flight.
                     state = self.source.pull(&mut Outbox::new(&mut self.scratch), 1);
+                    if state.is_end() {
+                        self.end = Some(state.clone());
+                    }
                     match self.scratch.pop_front() {
                         Some(item) => item,
                         None => break,
@@ -159,14 +167,14 @@ where
             }
             out.push(item);
             emitted += 1;
-            if state == SourceState::Exhausted && self.scratch.is_empty() {
-                return SourceState::Exhausted;
-            }
         }
         if self.held.is_some() || !self.scratch.is_empty() {
             return SourceState::Ready;
         }
-        state
+        match &self.end {
+            Some(end) => end.clone(),
+            None => state,
+        }
     }
 }
 
@@ -229,5 +237,8 @@ where
     }
     fn backoff(&self) -> Option<Duration> {
         self.stage.backoff()
+    }
+    fn on_idle(&mut self, out: &mut Outbox<'_, S::Out>) -> Option<Duration> {
+        self.stage.on_idle(out)
     }
 }

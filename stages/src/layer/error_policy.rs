@@ -71,6 +71,9 @@ impl<S: Stage> Stage for WithPolicy<S> {
     fn backoff(&self) -> Option<std::time::Duration> {
         self.inner.backoff()
     }
+    fn on_idle(&mut self, out: &mut Outbox<'_, S::Out>) -> Option<std::time::Duration> {
+        self.inner.on_idle(out)
+    }
 }
 
 impl<S: AsyncStage> AsyncStage for WithPolicy<S> {
@@ -169,5 +172,10 @@ where
     }
     fn backoff(&self) -> Option<std::time::Duration> {
         self.inner.backoff()
+    }
+    fn on_idle(&mut self, out: &mut Outbox<'_, Self::Out>) -> Option<std::time::Duration> {
+        let wait = self.inner.on_idle(&mut Outbox::new(&mut self.scratch));
+        out.extend(self.scratch.drain(..).map(Ok));
+        wait
     }
 }

@@ -91,6 +91,9 @@ impl<S: Stage> Stage for Metrics<S> {
     fn backoff(&self) -> Option<std::time::Duration> {
         self.inner.backoff()
     }
+    fn on_idle(&mut self, out: &mut Outbox<'_, S::Out>) -> Option<std::time::Duration> {
+        self.inner.on_idle(out)
+    }
 }
 
 impl<S: AsyncStage> AsyncStage for Metrics<S> {

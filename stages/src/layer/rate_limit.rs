@@ -116,6 +116,9 @@ impl<S: Stage> Stage for RateLimit<S> {
     fn backoff(&self) -> Option<Duration> {
         Some(self.bucket.wait_for(1).max(Duration::from_micros(50)))
     }
+    fn on_idle(&mut self, out: &mut Outbox<'_, S::Out>) -> Option<Duration> {
+        self.inner.on_idle(out)
+    }
 }
 
 impl<S: AsyncStage> AsyncStage for RateLimit<S> {

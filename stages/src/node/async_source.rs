@@ -10,7 +10,7 @@ use futures::FutureExt;
 
 use super::{Common, OutSlot};
 use crate::exec::{
-    Activation, BindError, DropReason, ErasedNode, NodeKind, TaskContext, Transport,
+    Activation, BindError, DropReason, ErasedNode, NodeKind, StopFlag, TaskContext, Transport,
 };
 use crate::{AsyncSource, ErrorPolicy, Outbox, SourceState};
 
@@ -19,6 +19,7 @@ pub(crate) struct AsyncSourceNode<S: AsyncSource, X: Transport> {
     common: Common,
     source: S,
     output: OutSlot<S::Out, X>,
+    stop: Option<StopFlag>,
 }
 
 impl<S: AsyncSource, X: Transport> AsyncSourceNode<S, X> {
@@ -27,13 +28,20 @@ impl<S: AsyncSource, X: Transport> AsyncSourceNode<S, X> {
             common: Common::new(name),
             source,
             output: OutSlot::new(),
+            stop: None,
         }
     }
 }
 
-/// Resolves once the pipeline is aborted (checked each time the node is woken).
-async fn aborted(cx: &dyn TaskContext) {
-    while !cx.aborted() {
+/// True once the pipeline's stop flag is raised.
+fn stopped(stop: Option<&StopFlag>) -> bool {
+    stop.is_some_and(StopFlag::is_raised)
+}
+
+/// Resolves once the pipeline is aborted or stopped (checked each time the node is
+/// woken; a stop handle wakes every node).
+async fn interrupted(cx: &dyn TaskContext, stop: Option<&StopFlag>) {
+    while !cx.aborted() && !stopped(stop) {
         cx.park(None).await;
     }
 }
@@ -76,6 +84,7 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
         cx: Box<dyn TaskContext>,
     ) -> Pin<Box<dyn Future<Output = Activation>>> {
         let mut node = *self;
+        let stop = node.stop.clone();
         Box::pin(async move {
             loop {
                 if cx.aborted() {
@@ -87,6 +96,11 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                     cx.park(None).await;
                     continue;
                 }
+                if stopped(stop.as_ref()) {
+                    // Stopped from outside and everything emitted is flushed: end.
+                    node.output.close();
+                    return Activation::Finished;
+                }
                 let timer = node.common.start_timer(node.common.burst);
                 let burst = node.common.burst;
                 let pulled = {
@@ -97,14 +111,21 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                         )
                         .catch_unwind();
                     // A source awaiting its next item (a packet, a connection) must not
-                    // hold up an abort: the wait is dropped, the items already emitted
-                    // stay in the output buffer and are counted as abandoned.
-                    match select(pin!(pull), pin!(aborted(&*cx))).await {
+                    // hold up an abort or a stop: the wait is dropped. On an abort the
+                    // items already emitted stay in the output buffer and are counted
+                    // as abandoned; on a stop they are counted as emitted and flow on.
+                    match select(pin!(pull), pin!(interrupted(&*cx, stop.as_ref()))).await {
                         Either::Left((outcome, _)) => Some(outcome),
                         Either::Right(((), _)) => None,
                     }
                 };
-                let Some(outcome) = pulled else { continue };
+                let Some(outcome) = pulled else {
+                    let emitted = node.output.buf.len();
+                    if !cx.aborted() && emitted > 0 {
+                        node.common.observer.burst(0, emitted, None);
+                    }
+                    continue;
+                };
                 let state = match outcome {
                     Ok(state) => state,
                     Err(payload) => {
@@ -123,7 +144,10 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                 }
                 node.output.flush();
                 match state {
-                    SourceState::Exhausted => {
+                    SourceState::Exhausted | SourceState::Failed(_) => {
+                        if let SourceState::Failed(error) = &state {
+                            node.common.observer.source_failed(error);
+                        }
                         while !node.output.flush() {
                             if cx.aborted() {
                                 break;
@@ -142,6 +166,10 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                 }
             }
         })
+    }
+
+    fn bind_stop(&mut self, stop: StopFlag) {
+        self.stop = Some(stop);
     }
 
     fn abandon(&mut self) -> usize {

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 
 use super::catch_unwind;
 use super::{Common, OutSlot};
-use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
+use crate::exec::{Activation, BindError, DropReason, ErasedNode, StopFlag, Transport};
 use crate::{ErrorPolicy, Outbox, Source, SourceState};
 
 /// Wraps a [`Source`].
@@ -14,6 +14,7 @@ pub(crate) struct SourceNode<S: Source, X: Transport> {
     source: S,
     output: OutSlot<S::Out, X>,
     exhausted: bool,
+    stop: Option<StopFlag>,
 }
 
 impl<S: Source, X: Transport> SourceNode<S, X> {
@@ -23,6 +24,7 @@ impl<S: Source, X: Transport> SourceNode<S, X> {
             source,
             output: OutSlot::new(),
             exhausted: false,
+            stop: None,
         }
     }
 }
@@ -57,7 +59,9 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         if !self.output.flush() {
             return Activation::Blocked;
         }
-        if self.exhausted {
+        if self.exhausted || self.stop.as_ref().is_some_and(StopFlag::is_raised) {
+            // Stopped from outside: pull no more; what was emitted has been flushed.
+            self.exhausted = true;
             self.output.close();
             return Activation::Finished;
         }
@@ -83,7 +87,10 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
         }
         self.output.flush();
         match state {
-            SourceState::Exhausted => {
+            SourceState::Exhausted | SourceState::Failed(_) => {
+                if let SourceState::Failed(error) = &state {
+                    self.common.observer.source_failed(error);
+                }
                 self.exhausted = true;
                 if self.output.flush() {
                     self.output.close();
@@ -97,6 +104,10 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
             SourceState::Idle(Some(wait)) => Activation::Throttled(wait),
             SourceState::Idle(None) => Activation::Idle,
         }
+    }
+
+    fn bind_stop(&mut self, stop: StopFlag) {
+        self.stop = Some(stop);
     }
 
     fn abandon(&mut self) -> usize {

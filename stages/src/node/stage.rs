@@ -30,6 +30,33 @@ impl<S: Stage, X: Transport> StageNode<S, X> {
         }
     }
 
+    /// No input waiting: give a stage with timers its turn ([`Stage::on_idle`]).
+    #[inline]
+    fn idle(&mut self) -> Activation {
+        let stage = &mut self.stage;
+        let out = &mut self.output.buf;
+        let wait = match catch_unwind(AssertUnwindSafe(|| stage.on_idle(&mut Outbox::new(out)))) {
+            Ok(wait) => wait,
+            Err(payload) => {
+                let policy = self.stage.error_policy();
+                if let Some(failure) = self.common.settle_panic(policy, &*payload) {
+                    return Activation::Failed(failure);
+                }
+                None
+            }
+        };
+        let emitted = self.output.buf.len();
+        if emitted > 0 {
+            self.common.observer.burst(0, emitted, None);
+            self.output.flush();
+            return Activation::Progress;
+        }
+        match wait {
+            Some(wait) => Activation::Throttled(wait),
+            None => Activation::Idle,
+        }
+    }
+
     fn finish(&mut self) -> Activation {
         if !self.flushed {
             self.flushed = true;
@@ -88,11 +115,10 @@ impl<S: Stage, X: Transport> ErasedNode<X> for StageNode<S, X> {
         }
         self.input.fill(self.common.burst);
         if self.input.buf.is_empty() {
-            return if self.input.finished() {
-                self.finish()
-            } else {
-                Activation::Idle
-            };
+            if self.input.finished() {
+                return self.finish();
+            }
+            return self.idle();
         }
         let before = self.input.buf.len();
         let timer = self.common.start_timer(before);
