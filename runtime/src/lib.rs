@@ -67,7 +67,6 @@ mod handles;
 mod link;
 #[cfg(not(loom))]
 mod local;
-#[cfg(not(loom))]
 mod mailbox;
 #[cfg(not(loom))]
 mod plan;
