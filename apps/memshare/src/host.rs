@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::image::Image;
+use crate::loader::LoaderConfig;
 use crate::payload::Program;
 use crate::policy::{admit, Admission, Sharing};
 use crate::store::{ContentStore, LoadMap, LoadStats};
@@ -26,6 +27,8 @@ pub struct HostConfig {
     pub vm_command: Vec<OsString>,
     /// Deadline of one guest command.
     pub deadline: Duration,
+    /// How images are loaded into a group's store (the loader pipeline's shape).
+    pub loader: LoaderConfig,
 }
 
 /// A trust group's settings.
@@ -307,6 +310,7 @@ impl Host {
 
     fn start_vm_inner(&mut self, group: &str, req: &VmRequest) -> Result<VmId, Error> {
         self.reap();
+        let loader = self.config.loader.clone();
         let broken = self.group_broken_pages(group)?;
         let mut image = Image::open(&req.image)?;
         let expected = (image.blocks() as f64 * req.write_fraction.clamp(0.0, 1.0)).ceil() as u64;
@@ -351,7 +355,7 @@ impl Host {
                     )
                 }
                 _ => {
-                    let (map, stats) = g.store.load(&mut image)?;
+                    let (map, stats) = g.store.load_with(&mut image, &loader)?;
                     if let Some(k) = key {
                         g.cache.insert(k, (map.clone(), stats, 0));
                     }
