@@ -15,8 +15,8 @@
 //!   page with an equal stored one or stores it, in image order, so the load map and the
 //!   store's slots are the same as the inline loop's ([`ContentStore::load_inline`]).
 //!
-//! The pipeline runs on the pipewright runtime with `Plan::spread(workers)` for one
-//! load and ends with it; the calling thread waits. The first error (a read error, a
+//! The pipeline runs on the pipewright runtime ([`LoaderConfig::plan`]: the first
+//! worker reads and hashes, the last hashes and places) for one load and ends with it; the calling thread waits. The first error (a read error, a
 //! block that does not match the manifest, store I/O) stops the reading, and the store
 //! undoes what the load referenced.
 //!
@@ -31,7 +31,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pipewright_runtime::{
-    stage, Outbox, PipelineBuilder, Plan, Replicas, Runtime, Source, SourceState,
+    stage, Outbox, Pin, PipelineBuilder, Plan, Replicas, Runtime, Source, SourceState,
 };
 
 use crate::error::{Error, ImageError};
@@ -57,26 +57,48 @@ pub struct LoaderConfig {
     /// Items each inter-worker ring holds (bounds the memory in flight:
     /// about `ring × chunk_blocks × 4 KiB` per ring).
     pub ring: usize,
+    /// Pin the workers to CPUs (`Pin::Auto`). Off by default: a load is short and the
+    /// host's CPUs are shared with the VMs, so the scheduler places the threads.
+    pub pinned: bool,
 }
 
 impl Default for LoaderConfig {
-    /// Two hashers on two workers, 64-block (256 KiB) chunks, rings of 8 chunks.
+    /// Two hashers on two unpinned workers, 64-block (256 KiB) chunks, rings of 8
+    /// chunks.
     fn default() -> Self {
         Self {
             hashers: 2,
             workers: 2,
             chunk_blocks: 64,
             ring: 8,
+            pinned: false,
         }
     }
 }
 
 impl LoaderConfig {
-    /// The runtime plan of the loader pipeline.
+    /// The runtime plan of the loader pipeline: `workers` workers (at most one more
+    /// than there are hashers), the first reading, the first `hashers` hashing, the last
+    /// placing; unpinned unless [`LoaderConfig::pinned`].
     pub fn plan(&self) -> Plan {
-        Plan::spread(self.workers.max(1))
-            .ring_capacity(self.ring.max(2))
-            .burst("read", 2)
+        let hashers = self.hashers.max(1);
+        let workers = self.workers.clamp(1, hashers + 1);
+        let pin = if self.pinned { Pin::Auto } else { Pin::Float };
+        let mut plan = Plan::explicit();
+        for w in 0..workers {
+            let mut stages = Vec::new();
+            if w == 0 {
+                stages.push("read");
+            }
+            if w < hashers {
+                stages.push("hash");
+            }
+            if w + 1 == workers {
+                stages.push("place");
+            }
+            plan = plan.worker(stages, pin);
+        }
+        plan.ring_capacity(self.ring.max(2)).burst("read", 2)
     }
 }
 

@@ -104,7 +104,16 @@ fn a_corrupt_block_is_refused_and_nothing_stays_referenced() {
     let mut bytes = std::fs::read(&bad).unwrap();
     bytes[150 * PAGE + 7] ^= 1;
     std::fs::write(&bad, &bytes).unwrap();
-    for cfg in [LoaderConfig::default(), config(3, 2, 7), config(1, 1, 1)] {
+    let pinned = LoaderConfig {
+        pinned: true,
+        ..LoaderConfig::default()
+    };
+    for cfg in [
+        LoaderConfig::default(),
+        pinned,
+        config(3, 2, 7),
+        config(1, 1, 1),
+    ] {
         match store.load_with(&mut Image::open(&bad).unwrap(), &cfg) {
             Err(Error::Image(ImageError::Corrupt { block, .. })) => assert_eq!(block, 150),
             other => panic!("expected a corrupt block error, got {other:?}"),
