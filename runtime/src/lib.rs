@@ -57,6 +57,7 @@ pub mod signal;
 
 #[cfg(not(loom))]
 pub mod allocator;
+mod barrier;
 #[cfg(not(loom))]
 mod budget;
 #[cfg(not(loom))]

@@ -34,6 +34,7 @@ pub(crate) type Mailboxes = WorkerMailboxes<Command>;
 
 /// One mailbox of commands `C` per worker: a locked queue, a flag that makes the
 /// empty check one atomic load on the worker's hot path, and the worker's signal.
+#[cfg_attr(loom, allow(dead_code))] // the loom model needs only send and take
 pub(crate) struct WorkerMailboxes<C> {
     boxes: Vec<Mutex<Vec<C>>>,
     flags: Vec<AtomicBool>,
@@ -83,6 +84,7 @@ impl<C> WorkerMailboxes<C> {
     }
 
     /// Wakes every worker (the last stage finished, or an abort).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         for s in &self.signals {
             s.notify();
