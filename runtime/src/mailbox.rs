@@ -130,4 +130,53 @@ mod loom_model {
             assert!(rest.is_empty(), "nothing left over");
         });
     }
+
+    /// A live move as the runtime does it: worker A points the stage's owner at B
+    /// and posts the stage (its input end) to B's mailbox, while a producer pushes
+    /// into the stage's input and wakes its owner. B always gets the stage and the
+    /// item, exactly once: the producer's wake-up reaches A or B, never nobody.
+    #[test]
+    fn a_stage_handed_over_through_the_mailbox_loses_no_wake_up() {
+        use std::collections::VecDeque;
+        loom::model(|| {
+            let signals = Arc::new(vec![Arc::new(Signal::new()), Arc::new(Signal::new())]);
+            let owner = Arc::new(Owner::new(0, signals.clone()));
+            let boxes = Arc::new(WorkerMailboxes::new(
+                signals.to_vec(),
+                vec![Some(owner.clone())],
+            ));
+            let (mut tx, rx) = crate::ring::spsc::<u32>(2);
+            let producer = {
+                let owner = owner.clone();
+                loom::thread::spawn(move || {
+                    tx.push(7).unwrap();
+                    owner.notify();
+                })
+            };
+            let worker_a = {
+                let (owner, boxes) = (owner.clone(), boxes.clone());
+                loom::thread::spawn(move || {
+                    // Detach at a burst boundary: new owner first, then the stage.
+                    owner.hand_over(1);
+                    boxes.send(1, rx);
+                })
+            };
+            // Worker B: its mailbox, then the stage's input, parking in between.
+            let mut stages = Vec::new();
+            while stages.is_empty() {
+                if !boxes.take(1, &mut stages) {
+                    loom::future::block_on(signals[1].park());
+                }
+            }
+            let mut rx = stages.pop().unwrap();
+            let mut got = VecDeque::new();
+            while rx.pop_burst(&mut got, 4) == 0 {
+                loom::future::block_on(signals[1].park());
+            }
+            assert_eq!(got, [7]);
+            producer.join().unwrap();
+            worker_a.join().unwrap();
+            assert_eq!(rx.pop_burst(&mut got, 4), 0, "delivered once");
+        });
+    }
 }
