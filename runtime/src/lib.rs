@@ -67,6 +67,8 @@ mod handles;
 #[cfg(not(loom))]
 mod link;
 #[cfg(not(loom))]
+pub mod live;
+#[cfg(not(loom))]
 mod local;
 mod mailbox;
 #[cfg(not(loom))]
@@ -112,7 +114,7 @@ pub use plan::{
 #[cfg(not(loom))]
 pub use replan::{ApplyError, ControlStep};
 #[cfg(not(loom))]
-pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
+pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError, Watch};
 #[cfg(not(loom))]
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]
