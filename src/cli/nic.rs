@@ -45,6 +45,9 @@ struct RunArgs {
     /// Live view refresh period.
     #[arg(long, default_value_t = 500)]
     refresh_ms: u64,
+    /// Also serve the live view on this address for `pipewright top --connect`.
+    #[arg(long)]
+    live: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +88,13 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
         .collect();
     let plane = config.start()?;
     eprintln!("data plane running: {}", ports.join(", "));
+    let _live = match args.live {
+        Some(addr) => Some(
+            pipewright::live::serve(plane.running().watch(), addr)
+                .with_context(|| format!("serving the live view on {addr}"))?,
+        ),
+        None => None,
+    };
     let stop = interrupted()?;
     let end = args
         .seconds
