@@ -106,10 +106,10 @@ pub mod graph {
 // the `sync` facade): users' loom tests run pipelines with the `inline` executor.
 #[cfg(all(feature = "runtime", not(loom)))]
 pub use pipewright_runtime::{
-    available_cpus, controller, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
+    available_cpus, controller, live, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
     ControlStep, EdgeKind, Input, Output, Pin, PipelineService, Plan, PlanError, Report, RunError,
     Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
-    TrySendError, UringBudget, WorkerLocal, WrongThread,
+    TrySendError, UringBudget, Watch, WorkerLocal, WrongThread,
 };
 
 /// The pipeline builder of the threaded runtime: [`graph::PipelineBuilder`] over the

@@ -23,6 +23,8 @@ struct Args {
 enum Command {
     /// Run a multi-stage demo pipeline on this machine, with a live per-stage view.
     Demo(cli::demo::DemoArgs),
+    /// Watch a pipeline running in another process (its live address), like top.
+    Top(cli::top::TopArgs),
     /// The storage commit chain: node processes, a local cluster, transactions, bench.
     #[cfg(feature = "storage")]
     Storage(cli::storage::StorageArgs),
@@ -47,6 +49,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Demo(args) => cli::demo::run(args),
+        Command::Top(args) => cli::top::run(args),
         #[cfg(feature = "storage")]
         Command::Storage(args) => cli::storage::run(args),
         #[cfg(feature = "balance")]

@@ -18,6 +18,11 @@
 //!   hashing, comparing, storing, starting VMs); KSM = ksmd's CPU time.
 //! - `load-overhead`: mean time from VM start to a running guest, loading through the
 //!   content store vs a plain copy of the image into guest memory (alternating).
+//! - `loader-throughput`: MB/s of image loading into a fresh group store (the 4 images
+//!   one after another: read, hash, compare, store): the loader on pipewright stages
+//!   (`ContentStore::load`, replicated hash stage) vs the inline loop it replaced
+//!   (`ContentStore::load_inline`, peer `inline-loop`), alternating round by round;
+//!   the median of the rounds.
 //!
 //! Needs /dev/kvm, root (pagemap, /sys/kernel/mm/ksm) and mkfs.ext4; without them it says
 //! what is missing and prints no RESULT line. The KSM settings found are restored at the
@@ -31,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pipewright::memshare::{
-    frames, generate, page_checksum, read_manifest, ContentId, GroupConfig, Host, HostConfig,
-    ImageSet, Loading, VmId, VmRequest, PAGE,
+    frames, generate, page_checksum, read_manifest, ContentId, ContentStore, GroupConfig, Host,
+    HostConfig, Image, ImageSet, LoaderConfig, Loading, VmId, VmRequest, PAGE,
 };
 
 const VMS: usize = 8;
@@ -183,6 +188,7 @@ fn host(dir: &Path, name: &str) -> Host {
             "vm".into(),
         ],
         deadline: Duration::from_secs(60),
+        loader: Default::default(),
     })
 }
 
@@ -291,6 +297,52 @@ fn load_overhead(dir: &Path, img: &Images) -> (f64, f64) {
     (mean(&a), mean(&b))
 }
 
+/// MB/s of loading every image into a fresh store, staged and inline alternating,
+/// `rounds` each after one warm-up of each: (staged median, inline median).
+fn loader_throughput(dir: &Path, img: &Images, rounds: usize) -> (f64, f64) {
+    let bytes: u64 = img
+        .paths
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let path = dir.join("loader-store");
+    let run = |staged: bool| -> f64 {
+        let mut store = ContentStore::create(&path).unwrap();
+        let t = Instant::now();
+        let mut pages = 0;
+        for p in &img.paths {
+            let mut image = Image::open(p).unwrap();
+            let (_, stats) = if staged {
+                store.load(&mut image)
+            } else {
+                store.load_inline(&mut image)
+            }
+            .expect("load");
+            pages += stats.pages;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(pages * PAGE as u64, bytes);
+        drop(store);
+        let _ = std::fs::remove_file(&path);
+        bytes as f64 / secs / 1e6
+    };
+    run(true);
+    run(false);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.push(run(true));
+        b.push(run(false));
+    }
+    eprintln!(
+        "# loader MB/s over {} MB per round ({:?}): staged {:?} / inline {:?}",
+        bytes / 1_000_000,
+        LoaderConfig::default(),
+        a.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.round()).collect::<Vec<_>>()
+    );
+    (common::median(a), common::median(b))
+}
+
 struct Ksm {
     time_to_share: f64,
     capped: bool,
@@ -387,7 +439,19 @@ fn main() {
     let o2 = ours_side.then(|| ours(&dir, &img));
     let ka = peer_side.then(|| ksm(&dir, &img, 1000, cap_aggr));
     let load = wants("load-overhead").then(|| load_overhead(&dir, &img));
+    let loader = wants("loader-throughput")
+        .then(|| loader_throughput(&dir, &img, if quick { 5 } else { 15 }));
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some((staged, inline)) = loader {
+        result(
+            "loader-throughput",
+            staged,
+            "inline-loop",
+            inline,
+            "MB/s",
+            "higher",
+        );
+    }
     let (Some(o1), Some(o2), Some(ka)) = (o1, o2, ka) else {
         return;
     };

@@ -57,6 +57,7 @@ pub mod signal;
 
 #[cfg(not(loom))]
 pub mod allocator;
+mod barrier;
 #[cfg(not(loom))]
 mod budget;
 #[cfg(not(loom))]
@@ -66,8 +67,9 @@ mod handles;
 #[cfg(not(loom))]
 mod link;
 #[cfg(not(loom))]
-mod local;
+pub mod live;
 #[cfg(not(loom))]
+mod local;
 mod mailbox;
 #[cfg(not(loom))]
 mod plan;
@@ -112,7 +114,7 @@ pub use plan::{
 #[cfg(not(loom))]
 pub use replan::{ApplyError, ControlStep};
 #[cfg(not(loom))]
-pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
+pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError, Watch};
 #[cfg(not(loom))]
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]

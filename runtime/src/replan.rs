@@ -99,7 +99,7 @@ impl Running {
         let stages = now
             .stages
             .iter()
-            .zip(&self.stages)
+            .zip(self.stages.iter())
             .map(|(s, meta)| {
                 let before = previous.stage(&s.name).cloned().unwrap_or_default();
                 // Sources take nothing in: their work is what they emit.

@@ -133,7 +133,7 @@ impl Doorbell {
 /// over with a swap, so the two are totally ordered: either the producer's read comes
 /// first (and the handover, which synchronises with it, carries the pushed item to the
 /// new owner's first activation) or it sees the new owner and wakes it. No wake-up is
-/// lost in the handover (loom model in `tests/loom_handover.rs`).
+/// lost in the handover (loom model in `mailbox.rs`, with the shipped mailbox).
 #[derive(Debug)]
 pub struct Owner {
     worker: AtomicUsize,

@@ -2,6 +2,7 @@
 //! by [`Running::snapshot`](crate::Running::snapshot), and mirrored to the `metrics`
 //! facade (so any installed recorder, e.g. the Prometheus exporter, sees them).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -134,7 +135,7 @@ impl Observer for StatsObserver {
 }
 
 /// A point-in-time copy of one stage's counters.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StageSnapshot {
     /// Stage name.
     pub name: String,
@@ -151,7 +152,7 @@ pub struct StageSnapshot {
     /// Panics caught.
     pub panics: u64,
     /// Dropped items by reason (`error`, `panic`, `unrouted`, `aborted`, `timeout`).
-    pub dropped: Vec<(&'static str, u64)>,
+    pub dropped: Vec<(Cow<'static, str>, u64)>,
     /// Mean service time per item over sampled bursts, in ns.
     pub mean_ns_per_item: Option<f64>,
     /// Items in the bursts that were timed (the sample behind `mean_ns_per_item`).
@@ -168,7 +169,7 @@ pub struct StageSnapshot {
     /// `spsc` or `mpsc` (a lock-free ring between workers), `shared` (planned fused,
     /// but a live move put its ends on different workers: its buffer is shared under a
     /// lock), or `-` (a source).
-    pub input_kind: &'static str,
+    pub input_kind: Cow<'static, str>,
     /// For a source that ended with [`SourceState::Failed`](crate::SourceState::Failed):
     /// its error's message.
     pub source_error: Option<String>,
@@ -207,7 +208,7 @@ impl StageStats {
             dropped: DropReason::ALL
                 .iter()
                 .zip(&self.dropped)
-                .map(|(r, n)| (r.as_str(), load(n)))
+                .map(|(r, n)| (Cow::Borrowed(r.as_str()), load(n)))
                 .collect(),
             timed_items,
             timed_nanos: load(&self.timed_nanos),
@@ -225,7 +226,7 @@ impl StageStats {
 }
 
 /// A point-in-time copy of every stage's counters.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// Stages in pipeline order.
     pub stages: Vec<StageSnapshot>,
@@ -253,24 +254,53 @@ impl Snapshot {
     }
 }
 
-impl fmt::Display for Snapshot {
-    /// A table: one row per stage.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<16} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>6} {:>13} {:>8}",
+impl Snapshot {
+    /// The per-stage table every view draws (the `Display` of a snapshot, the CLI's
+    /// live view, `pipewright top`). With `since` (an earlier snapshot and the seconds
+    /// between them) the item columns are rates per second; without, totals.
+    pub fn table(&self, since: Option<(&Snapshot, f64)>) -> String {
+        let w = self
+            .stages
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let (items_in, items_out) = if since.is_some() {
+            ("in/s", "out/s")
+        } else {
+            ("in", "out")
+        };
+        let mut out = format!(
+            "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
             "stage",
-            "worker",
+            "wkr",
             "burst",
-            "in",
-            "out",
+            items_in,
+            items_out,
             "ns/item",
             "p99<=ns",
             "input",
             "queue",
             "dropped"
-        )?;
+        );
         for s in &self.stages {
+            let (a, b) = match since {
+                Some((prev, secs)) => {
+                    let p = prev.stage(&s.name).cloned().unwrap_or_default();
+                    let secs = secs.max(1e-9);
+                    (
+                        human(s.items_in.saturating_sub(p.items_in) as f64 / secs),
+                        human(s.items_out.saturating_sub(p.items_out) as f64 / secs),
+                    )
+                }
+                None => (s.items_in.to_string(), s.items_out.to_string()),
+            };
+            let queue = if s.queue_capacity == 0 {
+                "-".to_string()
+            } else {
+                format!("{}/{}", s.queue_depth, s.queue_capacity)
+            };
             let ns = s
                 .mean_ns_per_item
                 .map(|n| format!("{n:.1}"))
@@ -279,26 +309,40 @@ impl fmt::Display for Snapshot {
                 .p99_ns_per_item
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into());
-            let queue = if s.queue_capacity == 0 {
-                "-".to_string()
-            } else {
-                format!("{}/{}", s.queue_depth, s.queue_capacity)
-            };
-            writeln!(
-                f,
-                "{:<16} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>6} {:>13} {:>8}",
+            out.push_str(&format!(
+                "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
                 s.name,
                 s.worker,
                 s.burst,
-                s.items_in,
-                s.items_out,
+                a,
+                b,
                 ns,
                 p99,
                 s.input_kind,
                 queue,
                 s.dropped_total()
-            )?;
+            ));
         }
-        Ok(())
+        out
+    }
+}
+
+/// A rate with a k/M/G suffix.
+fn human(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+impl fmt::Display for Snapshot {
+    /// A table: one row per stage, with totals.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.table(None))
     }
 }

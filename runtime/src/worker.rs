@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use pipewright_stages::exec::{Activation, ErasedNode, NodeKind, TaskContext};
 use pipewright_stages::StageFailure;
 
+use crate::barrier::AbortBarrier;
 use crate::budget::ActivationBudget;
 use crate::mailbox::{Command, Mailboxes};
 use crate::signal::Signal;
@@ -31,7 +32,6 @@ const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Shared by all workers of one running pipeline.
 pub(crate) struct Control {
-    aborted: std::sync::atomic::AtomicBool,
     failure: Mutex<Option<StageFailure>>,
     signals: Mutex<Vec<Arc<Signal>>>,
     running: Mutex<usize>,
@@ -39,8 +39,7 @@ pub(crate) struct Control {
     /// Notified when a worker is done, for async waiters.
     pub(crate) done: event_listener::Event,
     /// Worker loops and async tasks: all of them stop producing before any discards.
-    participants: usize,
-    quiescent: std::sync::atomic::AtomicUsize,
+    barrier: AbortBarrier,
     input_closers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// Present when stages may move between workers.
     pub(crate) mailboxes: Option<Arc<Mailboxes>>,
@@ -63,14 +62,12 @@ impl std::fmt::Debug for Control {
 impl Control {
     pub(crate) fn new(workers: usize, async_tasks: usize) -> Self {
         Self {
-            aborted: Default::default(),
             failure: Mutex::new(None),
             signals: Mutex::new(Vec::new()),
             running: Mutex::new(workers),
             finished: Condvar::new(),
             done: event_listener::Event::new(),
-            participants: workers + async_tasks,
-            quiescent: Default::default(),
+            barrier: AbortBarrier::new(workers + async_tasks),
             input_closers: Mutex::new(Vec::new()),
             mailboxes: None,
             unfinished: Default::default(),
@@ -123,15 +120,14 @@ impl Control {
 
     /// A worker loop or async task that will never produce again (it finished).
     fn arrive(&self) {
-        self.quiescent
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.barrier.arrive();
     }
 
     /// Arrives at the abort barrier and waits for every worker loop and async task.
     async fn quiesce(&self) {
         self.arrive();
         let start = std::time::Instant::now();
-        while self.quiescent.load(std::sync::atomic::Ordering::Acquire) < self.participants {
+        while !self.barrier.all_arrived() {
             if start.elapsed() > QUIESCE_LIMIT {
                 tracing::warn!(target: "pipewright", "a stage did not stop within {QUIESCE_LIMIT:?}; discarding anyway");
                 return;
@@ -148,13 +144,12 @@ impl Control {
     }
 
     pub(crate) fn aborted(&self) -> bool {
-        self.aborted.load(std::sync::atomic::Ordering::Acquire)
+        self.barrier.aborted()
     }
 
     /// Stops every worker promptly (items in flight are counted as `aborted`).
     pub(crate) fn abort(&self) {
-        self.aborted
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.barrier.abort();
         self.close_inputs();
         for signal in self
             .signals

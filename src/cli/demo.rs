@@ -29,6 +29,10 @@ pub(crate) struct DemoArgs {
     /// (its decisions are shown under the table).
     #[arg(long)]
     adaptive: bool,
+    /// Serve the live per-stage view on this address for `pipewright top --connect`
+    /// (e.g. 127.0.0.1:7777).
+    #[arg(long)]
+    live: Option<std::net::SocketAddr>,
 }
 
 /// A raw record as it might arrive from a socket: a header and a 64-byte payload.
@@ -194,6 +198,19 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         pipewright::available_cpus()
     );
     let running = Runtime::start(pipeline, plan).context("starting the demo pipeline")?;
+    let _live = match args.live {
+        Some(addr) => {
+            let server = pipewright::live::serve(running.watch(), addr)
+                .with_context(|| format!("serving the live view on {addr}"))?;
+            println!(
+                "live view on {}: pipewright top --connect {}",
+                server.local_addr(),
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let started = Instant::now();
     let mut view = LiveView::new();
     let limit = Duration::from_secs_f64(args.seconds.max(0.1));

@@ -49,61 +49,11 @@ impl LiveView {
             running.elapsed().as_secs_f64(),
             running.plan()
         ));
-        let w = snap
-            .stages
-            .iter()
-            .map(|s| s.name.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
-        out.push_str(&format!(
-            "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
-            "stage",
-            "wkr",
-            "burst",
-            "in/s",
-            "out/s",
-            "ns/item",
-            "p99<=ns",
-            "input",
-            "queue",
-            "dropped"
-        ));
-        for s in &snap.stages {
-            let (rate_in, rate_out) = match &self.last {
-                Some((then, prev)) => {
-                    let dt = now.duration_since(*then).as_secs_f64().max(1e-9);
-                    let p = prev.stage(&s.name).cloned().unwrap_or_default();
-                    (
-                        (s.items_in - p.items_in) as f64 / dt,
-                        (s.items_out - p.items_out) as f64 / dt,
-                    )
-                }
-                None => (0.0, 0.0),
-            };
-            let queue = if s.queue_capacity == 0 {
-                "-".to_string()
-            } else {
-                format!("{}/{}", s.queue_depth, s.queue_capacity)
-            };
-            out.push_str(&format!(
-                "{:<w$} {:>3} {:>5} {:>12} {:>12} {:>9} {:>9} {:>6} {:>11} {:>7}\n",
-                s.name,
-                s.worker,
-                s.burst,
-                human(rate_in),
-                human(rate_out),
-                s.mean_ns_per_item
-                    .map(|n| format!("{n:.1}"))
-                    .unwrap_or_else(|| "-".into()),
-                s.p99_ns_per_item
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                s.input_kind,
-                queue,
-                s.dropped_total(),
-            ));
-        }
+        let since = self
+            .last
+            .as_ref()
+            .map(|(then, prev)| (prev, now.duration_since(*then).as_secs_f64()));
+        out.push_str(&snap.table(since));
         if !self.decisions.is_empty() {
             out.push_str("controller decisions (latest last):\n");
             for d in &self.decisions {

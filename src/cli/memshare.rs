@@ -169,6 +169,7 @@ fn run_vms(a: RunArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir.clone(),
         vm_command: vec![exe.into(), "memshare".into(), "vm".into()],
         deadline: Duration::from_millis(a.deadline_ms),
+        loader: Default::default(),
     });
     host.create_group(
         &a.group,

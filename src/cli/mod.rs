@@ -14,3 +14,4 @@ pub(crate) mod memshare;
 pub(crate) mod nic;
 #[cfg(feature = "storage")]
 pub(crate) mod storage;
+pub(crate) mod top;

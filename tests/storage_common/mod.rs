@@ -134,3 +134,63 @@ pub(crate) fn audit(rt: &tokio::runtime::Runtime, bank: &Bank, what: &str) {
         audit.lost
     );
 }
+
+/// Run exactly `transfers` transfer attempts from `clients` concurrent clients (each
+/// takes the next attempt until none is left), whatever the machine's speed; `done`
+/// counts the attempts finished so far (committed or not).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_counted_workload(
+    rt: &tokio::runtime::Runtime,
+    bank: &Arc<Bank>,
+    cluster: &TestCluster,
+    clients: usize,
+    span: Option<usize>,
+    transfers: u64,
+    done: &Arc<AtomicU64>,
+    counts: &Arc<Counts>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let issued = Arc::new(AtomicU64::new(0));
+    (0..clients)
+        .map(|i| {
+            let (bank, counts) = (bank.clone(), counts.clone());
+            let (issued, done) = (issued.clone(), done.clone());
+            let client = cluster.client();
+            rt.spawn(async move {
+                let mut rng = Rng::with_seed(i as u64 + 1);
+                while issued.fetch_add(1, Ordering::Relaxed) < transfers {
+                    let span = span.unwrap_or_else(|| 2 + rng.usize(0..2));
+                    let counter = match bank.transfer_via(&client, span, &mut rng).await {
+                        Ok(()) => &counts.committed,
+                        Err(ClientError::Aborted(_)) => &counts.aborted,
+                        Err(ClientError::Busy { .. }) => &counts.busy,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            &counts.other
+                        }
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until `done` reaches `target`; false if no attempt finished for `patience`
+/// (nothing is moving: a liveness problem, or every attempt waits on a stopped node).
+pub(crate) fn wait_for_attempts(done: &AtomicU64, target: u64, patience: Duration) -> bool {
+    let mut last = done.load(Ordering::Relaxed);
+    let mut since = std::time::Instant::now();
+    loop {
+        let now = done.load(Ordering::Relaxed);
+        if now >= target {
+            return true;
+        }
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= patience {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

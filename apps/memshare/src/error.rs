@@ -139,6 +139,9 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// The image loader pipeline could not run or did not finish (the load was undone).
+    #[error("image loader pipeline failed: {0}; nothing was loaded, start the VM again (and report this if it repeats)")]
+    Loader(String),
     /// The content store or state directory failed.
     #[error("content store I/O at {path}: {source}")]
     Store {

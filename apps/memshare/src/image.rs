@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -82,13 +83,16 @@ pub fn read_manifest(image: &Path) -> Result<Option<Vec<ContentId>>, ImageError>
     }
 }
 
+/// An image's manifest, shared between the loader's stages.
+pub(crate) type Manifest = Arc<[ContentId]>;
+
 /// An opened raw image: its size checked against the page size and its manifest.
 #[derive(Debug)]
 pub struct Image {
     path: PathBuf,
     file: File,
     blocks: u64,
-    manifest: Option<Vec<ContentId>>,
+    manifest: Option<Manifest>,
 }
 
 impl Image {
@@ -122,7 +126,7 @@ impl Image {
             path: path.to_path_buf(),
             file,
             blocks: bytes / PAGE as u64,
-            manifest,
+            manifest: manifest.map(Arc::from),
         })
     }
 
@@ -155,20 +159,22 @@ impl Image {
                 })?;
             for page in buf[..n].chunks_exact(PAGE) {
                 let id = ContentId::of(page);
-                if let Some(m) = &self.manifest {
-                    if m[block as usize] != id {
-                        return Err(ImageError::Corrupt {
-                            path: self.path.clone(),
-                            block,
-                        }
-                        .into());
-                    }
-                }
+                verify(self.manifest.as_deref(), &self.path, block, &id)?;
                 f(block, page, id)?;
                 block += 1;
             }
         }
         Ok(())
+    }
+
+    /// What the staged loader needs to read and verify the image from other threads: a
+    /// second handle on the file (read with `pread`, at explicit offsets) and the manifest.
+    pub(crate) fn shared_parts(&self) -> Result<(File, Option<Manifest>), ImageError> {
+        let file = self.file.try_clone().map_err(|source| ImageError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok((file, self.manifest.clone()))
     }
 
     /// Read the whole image into memory (verified like [`Image::for_each_block`]).
@@ -179,6 +185,22 @@ impl Image {
             Ok(())
         })?;
         Ok(out)
+    }
+}
+
+/// Check block `block`'s content id against the manifest, if there is one.
+pub(crate) fn verify(
+    manifest: Option<&[ContentId]>,
+    path: &Path,
+    block: u64,
+    id: &ContentId,
+) -> Result<(), ImageError> {
+    match manifest {
+        Some(m) if m.get(block as usize) != Some(id) => Err(ImageError::Corrupt {
+            path: path.to_path_buf(),
+            block,
+        }),
+        _ => Ok(()),
     }
 }
 

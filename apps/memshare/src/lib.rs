@@ -10,6 +10,10 @@
 //! 1. **Load tracking.** The host reads a VM's raw image block by block ([`Image`]); each
 //!    4 KiB block gets a content id (SHA-256, [`ContentId`]), checked against the image's
 //!    manifest when it has one, so a truncated or corrupted image is refused, not loaded.
+//!    The load runs on pipewright stages ([`ContentStore::load`], shaped by
+//!    [`LoaderConfig`]): a source reads chunks of blocks, a replicated `hash` stage
+//!    computes and checks the ids on several workers (output kept in image order), and
+//!    one `place` stage owning the store's index shares or stores each page (step 2).
 //! 2. **One copy per distinct page.** Each trust group has a [`ContentStore`]: a file on
 //!    tmpfs holding one copy of every distinct non-zero page. A block whose id is known is
 //!    compared byte for byte with the stored page before it is shared; a hash collision
@@ -110,6 +114,7 @@ mod error;
 mod host;
 mod image;
 mod images;
+mod loader;
 mod payload;
 mod policy;
 mod store;
@@ -126,6 +131,7 @@ pub use image::{
     ContentId, Image,
 };
 pub use images::{generate, Generated, ImageSet};
+pub use loader::LoaderConfig;
 pub use payload::{marker, page_checksum, selected, write_threshold, Params, Program, DEV_PAGES};
 pub use policy::{admit, Admission, Sharing};
 pub use store::{ContentIndex, ContentStore, LoadMap, LoadStats, Placed, ZERO_SLOT};

@@ -16,6 +16,7 @@ use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 use crate::error::Error;
 use crate::image::{is_zero, ContentId, Image};
+use crate::loader::LoaderConfig;
 use crate::sys::PAGE;
 
 /// The slot a zero page maps to: none (fresh anonymous memory reads as zeros).
@@ -214,6 +215,78 @@ pub struct LoadStats {
     pub collisions: u64,
 }
 
+/// Places the pages of one load, in image order: the store's index (lent for the load)
+/// and a handle on its file. The inline loop and the loader's `place` stage both use it.
+#[derive(Debug)]
+pub(crate) struct Placer {
+    index: ContentIndex<ContentId>,
+    file: File,
+    path: PathBuf,
+    map: LoadMap,
+    stats: LoadStats,
+    stored: Vec<u8>,
+    /// The first error; nothing is placed after it.
+    pub(crate) error: Option<Error>,
+}
+
+impl Placer {
+    /// Place the next image page (content id `id`, all zeros if `zero`): share an equal
+    /// stored page or store it in a new slot.
+    pub(crate) fn place(&mut self, page: &[u8], id: ContentId, zero: bool) -> Result<(), Error> {
+        self.stats.pages += 1;
+        if zero {
+            self.stats.zero += 1;
+            self.map.slots.push(ZERO_SLOT);
+            return Ok(());
+        }
+        let (file, stored) = (&self.file, &mut self.stored);
+        let mut read_err = None;
+        let placed = self.index.share(&id, |s| {
+            match file.read_exact_at(stored, u64::from(s) * PAGE as u64) {
+                Ok(()) => stored[..] == *page,
+                Err(e) => {
+                    read_err = Some(e);
+                    false
+                }
+            }
+        });
+        self.map.slots.push(placed.slot());
+        if let Some(e) = read_err {
+            return Err(self.io(e));
+        }
+        match placed {
+            Placed::Shared(_) => self.stats.shared += 1,
+            Placed::Stored(s) | Placed::Collision(s) => {
+                if matches!(placed, Placed::Collision(_)) {
+                    self.stats.collisions += 1;
+                }
+                self.stats.stored += 1;
+                if let Err(e) = self.file.write_all_at(page, u64::from(s) * PAGE as u64) {
+                    return Err(self.io(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Record `e` as the load's error unless an earlier one is recorded.
+    pub(crate) fn fail(&mut self, e: Error) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Pages placed so far.
+    pub(crate) fn placed(&self) -> u64 {
+        self.map.slots.len() as u64
+    }
+
+    fn io(&self, source: std::io::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
 /// One trust group's content store file and index.
 #[derive(Debug)]
 pub struct ContentStore {
@@ -256,49 +329,64 @@ impl ContentStore {
 
     /// Load `image` into the store: every non-zero block is shared with an equal stored
     /// page or stored once. On error nothing stays referenced.
+    ///
+    /// The load runs on pipewright stages ([`LoaderConfig::default`]: blocks read in
+    /// chunks, hashed by replicated stages, placed in image order by one stage owning
+    /// the index); see [`ContentStore::load_with`].
     pub fn load(&mut self, image: &mut Image) -> Result<(LoadMap, LoadStats), Error> {
-        let mut map = LoadMap {
-            slots: Vec::with_capacity(image.blocks() as usize),
-        };
-        let mut stats = LoadStats::default();
-        let mut stored = vec![0u8; PAGE];
-        let r = image.for_each_block::<Error>(|_, page, id| {
-            stats.pages += 1;
-            if is_zero(page) {
-                stats.zero += 1;
-                map.slots.push(ZERO_SLOT);
-                return Ok(());
-            }
-            let file = &self.file;
-            let mut read_err = None;
-            let placed = self.index.share(&id, |s| {
-                match file.read_exact_at(&mut stored, u64::from(s) * PAGE as u64) {
-                    Ok(()) => stored == page,
-                    Err(e) => {
-                        read_err = Some(e);
-                        false
-                    }
-                }
-            });
-            map.slots.push(placed.slot());
-            if let Some(e) = read_err {
-                return Err(self.io(e));
-            }
-            match placed {
-                Placed::Shared(_) => stats.shared += 1,
-                Placed::Stored(s) | Placed::Collision(s) => {
-                    if matches!(placed, Placed::Collision(_)) {
-                        stats.collisions += 1;
-                    }
-                    stats.stored += 1;
-                    self.file
-                        .write_all_at(page, u64::from(s) * PAGE as u64)
-                        .map_err(|e| self.io(e))?;
-                }
-            }
-            Ok(())
-        });
+        self.load_with(image, &LoaderConfig::default())
+    }
+
+    /// [`ContentStore::load`] on a loader pipeline configured by `config`.
+    pub fn load_with(
+        &mut self,
+        image: &mut Image,
+        config: &LoaderConfig,
+    ) -> Result<(LoadMap, LoadStats), Error> {
+        let placer = self.placer(image.blocks())?;
+        let placer = crate::loader::run(image, placer, config);
+        self.finish(placer)
+    }
+
+    /// The same load as [`ContentStore::load`] as one loop on the calling thread (read,
+    /// hash, place block by block): the reference the staged loader is tested and
+    /// benchmarked against.
+    pub fn load_inline(&mut self, image: &mut Image) -> Result<(LoadMap, LoadStats), Error> {
+        let mut placer = self.placer(image.blocks())?;
+        let r = image.for_each_block::<Error>(|_, page, id| placer.place(page, id, is_zero(page)));
         if let Err(e) = r {
+            placer.fail(e);
+        }
+        self.finish(placer)
+    }
+
+    /// Lend the index and a second handle on the file to a [`Placer`] for one load.
+    fn placer(&mut self, blocks: u64) -> Result<Placer, Error> {
+        let file = self.file.try_clone().map_err(|e| self.io(e))?;
+        Ok(Placer {
+            index: std::mem::take(&mut self.index),
+            file,
+            path: self.path.clone(),
+            map: LoadMap {
+                slots: Vec::with_capacity(blocks as usize),
+            },
+            stats: LoadStats::default(),
+            stored: vec![0u8; PAGE],
+            error: None,
+        })
+    }
+
+    /// Take the index back from a finished load; on error drop what it referenced.
+    fn finish(&mut self, placer: Placer) -> Result<(LoadMap, LoadStats), Error> {
+        let Placer {
+            index,
+            map,
+            stats,
+            error,
+            ..
+        } = placer;
+        self.index = index;
+        if let Some(e) = error {
             self.unload(&map);
             return Err(e);
         }

@@ -22,6 +22,7 @@ fn host(dir: &Path) -> Host {
         state_dir: dir.join("state"),
         vm_command: vec![env!("CARGO_BIN_EXE_pipewright-memshare-vm").into()],
         deadline: Duration::from_secs(30),
+        loader: Default::default(),
     })
 }
 
@@ -378,6 +379,7 @@ fn bad_input_gets_typed_errors_and_the_others_go_on() {
         state_dir: dir.path().join("state2"),
         vm_command: vec![env!("CARGO_BIN_EXE_pipewright-memshare-vm").into()],
         deadline: Duration::from_millis(300),
+        loader: Default::default(),
     });
     host_short.create_group("g", GROUP).unwrap();
     let mut req = VmRequest::new(&img, 0.0, 1);

@@ -1,0 +1,108 @@
+//! Batched eviction: victims flushed if dirty, out of the index, new instance ids in one
+//! durable commit, then free; the background evictor.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::error::CacheError;
+use crate::faults::{self, CrashPoint};
+use crate::stats::bump;
+
+use super::{ChunkKey, Entry, Inner};
+
+impl Inner {
+    /// One eviction batch: the policy's victims are flushed if dirty, leave the index,
+    /// get new instance ids in one durable commit, and only then become free.
+    /// The caller holds `evict_lock`. Returns how many slots it freed.
+    pub(super) async fn evict_batch(self: &Arc<Self>) -> Result<u64, CacheError> {
+        let victims: Vec<(ChunkKey, u32)> = {
+            let mut st = self.lock();
+            let mut v = Vec::new();
+            let mut skipped = Vec::new();
+            while v.len() < self.cfg.eviction_batch as usize {
+                let Some(pk) = st.policy.evict() else { break };
+                let key = ChunkKey::from_policy_key(pk);
+                let found = match st.index.get(&key) {
+                    Some(Entry::Resident(s)) => Some((key, *s)),
+                    _ => None,
+                };
+                match found {
+                    Some(kv) => v.push(kv),
+                    None => skipped.push(pk),
+                }
+            }
+            drop(skipped);
+            v
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut freed = Vec::new();
+        let mut guards = Vec::new();
+        for (key, slot) in &victims {
+            let g = self.slot_locks[*slot as usize].lock().await;
+            let dirty = self.lock().slots[*slot as usize].is_dirty();
+            if dirty {
+                match self.flush_slot_locked(*slot).await {
+                    Ok(_) => bump(
+                        &self.counters.dirty_evictions,
+                        "cache_dirty_evictions_total",
+                        1,
+                    ),
+                    Err(e) => {
+                        // Keep it: it cannot leave before its dirty data is safe.
+                        self.lock().policy.insert(key.policy_key());
+                        tracing_warn(&e);
+                        continue;
+                    }
+                }
+            }
+            {
+                let mut st = self.lock();
+                st.index.remove(key);
+            }
+            freed.push(*slot);
+            guards.push(g);
+        }
+        faults::reached(CrashPoint::Evict);
+        self.retire(&freed).await?;
+        drop(guards);
+        let n = freed.len() as u64;
+        bump(&self.counters.evictions, "cache_evictions_total", n);
+        bump(
+            &self.counters.eviction_batches,
+            "cache_eviction_batches_total",
+            1,
+        );
+        Ok(n)
+    }
+}
+
+fn tracing_warn(e: &CacheError) {
+    eprintln!("pipewright-cache: eviction kept a chunk: {e}");
+}
+
+pub(super) async fn evictor(weak: Weak<Inner>) {
+    let wanted = match weak.upgrade() {
+        Some(inner) => inner.evict_wanted.clone(),
+        None => return,
+    };
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(200), wanted.notified()).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if (inner.lock().free.len() as u32) >= inner.cfg.low_watermark {
+            continue;
+        }
+        let _g = inner.evict_lock.lock().await;
+        while (inner.lock().free.len() as u32) < inner.cfg.high_watermark {
+            match inner.evict_batch().await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("pipewright-cache: eviction failed (will retry): {e}");
+                    break;
+                }
+            }
+        }
+    }
+}

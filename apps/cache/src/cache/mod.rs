@@ -1,0 +1,386 @@
+//! The cache engine: lookup, single-flight fills, validated block reads, write-back
+//! and write-through writes, flushes and batched eviction with new instance ids.
+//!
+//! This file holds the engine's state and its public API; the work is in one file per
+//! path: [`open`] (coming back warm), [`fill`] (lookup, single-flight fills, slot
+//! allocation and retirement), [`read`] (validated block reads), [`write`], [`flush`]
+//! (write-back) and [`evict`] (batched eviction).
+
+mod evict;
+mod fill;
+mod flush;
+mod open;
+mod read;
+mod write;
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+use tokio::sync::{watch, Notify};
+
+use crate::backend::{Backend, VolumeInfo};
+use crate::config::CacheConfig;
+use crate::error::CacheError;
+use crate::meta::MetaStore;
+use crate::policy::EvictionPolicy;
+use crate::stats::{bump, CacheStats, Counters};
+use crate::store::{BlockAddr, ChunkStore};
+
+/// A volume of the cache, by its durable id (see [`Cache::volume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VolumeId(pub(crate) u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ChunkKey {
+    volume: u32,
+    chunk: u64,
+}
+
+impl ChunkKey {
+    fn policy_key(self) -> u64 {
+        ((self.volume as u64) << 44) | self.chunk
+    }
+    fn from_policy_key(pk: u64) -> Self {
+        Self {
+            volume: (pk >> 44) as u32,
+            chunk: pk & ((1 << 44) - 1),
+        }
+    }
+    fn addr(self) -> BlockAddr {
+        BlockAddr {
+            volume: self.volume,
+            chunk: self.chunk,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Volume {
+    name: String,
+    size: u64,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// Being fetched; waiters watch for the end of the fill.
+    Filling(watch::Receiver<bool>),
+    /// In this slot.
+    Resident(u32),
+}
+
+#[derive(Debug, Default, Clone)]
+struct SlotInfo {
+    key: Option<ChunkKey>,
+    dirty: Vec<u64>,
+    dirty_since: Option<Instant>,
+}
+
+impl SlotInfo {
+    fn is_dirty(&self) -> bool {
+        self.dirty.iter().any(|w| *w != 0)
+    }
+}
+
+fn bit(bits: &[u64], i: u32) -> bool {
+    bits.get(i as usize / 64)
+        .is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn set_bit(bits: &mut Vec<u64>, i: u32) {
+    let w = i as usize / 64;
+    if bits.len() <= w {
+        bits.resize(w + 1, 0);
+    }
+    bits[w] |= 1 << (i % 64);
+}
+
+struct State {
+    index: FxHashMap<ChunkKey, Entry>,
+    slots: Vec<SlotInfo>,
+    free: Vec<u32>,
+    policy: Box<dyn EvictionPolicy>,
+    next_instance: u64,
+}
+
+struct Inner {
+    cfg: CacheConfig,
+    store: ChunkStore,
+    meta: MetaStore,
+    backend: Arc<dyn Backend>,
+    state: Mutex<State>,
+    slot_locks: Vec<tokio::sync::Mutex<()>>,
+    evict_lock: tokio::sync::Mutex<()>,
+    free_notify: Notify,
+    evict_wanted: Arc<Notify>,
+    counters: Counters,
+    volumes: FxHashMap<u32, Volume>,
+    by_name: FxHashMap<String, u32>,
+}
+
+/// The chunk cache: block reads and writes of the backend's volumes through a cache
+/// file of chunk slots. Cheap to clone (one shared engine).
+///
+/// Background tasks (the flusher and the evictor) run on the tokio runtime that
+/// [`Cache::open`] was called on, until the last clone is dropped.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("cache_file", &self.inner.cfg.cache_file)
+            .field("chunks", &self.inner.cfg.chunks)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CacheError::Io(io::Error::other(e.to_string())))?
+}
+
+/// Where a read of blocks went wrong.
+enum BlockFault {
+    Stale,
+    Torn,
+    Corrupt(u32),
+    Io(io::Error),
+}
+
+impl Cache {
+    /// Opens (or creates) the cache file and metadata and comes back warm: every chunk
+    /// the metadata names under the cache file's current format is resident again,
+    /// dirty ones are queued for write-back, and every free slot gets a fresh
+    /// instance id. Must be called inside a tokio runtime.
+    pub async fn open(cfg: CacheConfig, backend: Arc<dyn Backend>) -> Result<Cache, CacheError> {
+        cfg.validate()?;
+        let vols = backend.volumes().map_err(|source| CacheError::Backend {
+            volume: String::new(),
+            source,
+        })?;
+        let cfg2 = cfg.clone();
+        let inner = blocking(move || Inner::open(cfg2, backend, vols)).await?;
+        let inner = Arc::new(inner);
+        let cache = Cache { inner };
+        cache.spawn_background();
+        Ok(cache)
+    }
+
+    fn spawn_background(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let deadline = self.inner.cfg.flush_deadline;
+        tokio::spawn(flush::flusher(weak.clone(), deadline));
+        tokio::spawn(evict::evictor(weak));
+    }
+
+    /// The volume named `name`.
+    pub fn volume(&self, name: &str) -> Result<VolumeId, CacheError> {
+        self.inner
+            .by_name
+            .get(name)
+            .map(|&id| VolumeId(id))
+            .ok_or_else(|| CacheError::UnknownVolume(name.to_string()))
+    }
+
+    /// The volumes, by name, with their sizes.
+    pub fn volumes(&self) -> Vec<VolumeInfo> {
+        let mut v: Vec<VolumeInfo> = self
+            .inner
+            .volumes
+            .values()
+            .map(|v| VolumeInfo {
+                name: v.name.clone(),
+                size: v.size,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The size of a volume.
+    pub fn volume_size(&self, volume: VolumeId) -> u64 {
+        self.inner.volumes.get(&volume.0).map_or(0, |v| v.size)
+    }
+
+    /// The block size of the cache file.
+    pub fn block_size(&self) -> u32 {
+        self.inner.cfg.block_size
+    }
+
+    /// The counters and gauges.
+    pub fn stats(&self) -> CacheStats {
+        let mut s = self.inner.counters.snapshot();
+        let st = self.inner.lock();
+        s.free_chunks = st.free.len() as u64;
+        s.used_chunks = st.slots.iter().filter(|s| s.key.is_some()).count() as u64;
+        s.dirty_chunks = st.slots.iter().filter(|s| s.is_dirty()).count() as u64;
+        s.total_chunks = st.slots.len() as u64;
+        s
+    }
+
+    /// Reads `len` bytes of `volume` from `offset`.
+    pub async fn read(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, CacheError> {
+        self.inner.check_range(volume.0, offset, len)?;
+        let cs = self.inner.cfg.chunk_size;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let chunk = pos / cs;
+            let in_chunk = pos % cs;
+            let n = (cs - in_chunk).min(end - pos);
+            let key = ChunkKey {
+                volume: volume.0,
+                chunk,
+            };
+            self.inner.read_segment(key, in_chunk, n, &mut out).await?;
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    /// Whether every chunk of `[offset, offset+len)` of `volume` is resident now (the
+    /// lookup of the request path; a `false` read will fill).
+    pub fn is_resident(&self, volume: VolumeId, offset: u64, len: u64) -> bool {
+        let cs = self.inner.cfg.chunk_size;
+        if len == 0 {
+            return true;
+        }
+        let st = self.inner.lock();
+        (offset / cs..=(offset + len - 1) / cs).all(|chunk| {
+            matches!(
+                st.index.get(&ChunkKey {
+                    volume: volume.0,
+                    chunk
+                }),
+                Some(Entry::Resident(_))
+            )
+        })
+    }
+
+    /// Writes `data` at `offset` of `volume`; returns once the write is acknowledged
+    /// under the configured [`WriteMode`].
+    pub async fn write(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), CacheError> {
+        self.inner
+            .check_range(volume.0, offset, data.len() as u64)?;
+        let cs = self.inner.cfg.chunk_size;
+        let mut pos = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let chunk = pos / cs;
+            let in_chunk = pos % cs;
+            let n = ((cs - in_chunk) as usize).min(rest.len());
+            let key = ChunkKey {
+                volume: volume.0,
+                chunk,
+            };
+            self.inner.write_segment(key, in_chunk, &rest[..n]).await?;
+            pos += n as u64;
+            rest = &rest[n..];
+        }
+        bump(&self.inner.counters.writes, "cache_writes_total", 1);
+        Ok(())
+    }
+
+    /// Writes every dirty chunk back to the backend now.
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        self.inner.flush_older_than(None).await
+    }
+
+    /// Evicts until `free` slots are free (or nothing more can be evicted); returns
+    /// how many chunks it evicted.
+    pub async fn evict_to(&self, free: u32) -> Result<u64, CacheError> {
+        let mut evicted = 0;
+        loop {
+            if self.inner.lock().free.len() as u32 >= free {
+                return Ok(evicted);
+            }
+            let _g = self.inner.evict_lock.lock().await;
+            let n = self.inner.evict_batch().await?;
+            if n == 0 {
+                return Ok(evicted);
+            }
+            evicted += n;
+        }
+    }
+
+    /// Damages one stored byte of a resident chunk of `volume` (for fault tests):
+    /// returns whether that chunk was resident.
+    #[doc(hidden)]
+    pub fn corrupt_cached_block(&self, volume: VolumeId, offset: u64) -> Result<bool, CacheError> {
+        let cs = self.inner.cfg.chunk_size;
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / cs,
+        };
+        let slot = match self.inner.lock().index.get(&key) {
+            Some(Entry::Resident(s)) => *s,
+            _ => return Ok(false),
+        };
+        let block = ((offset % cs) / self.inner.cfg.block_size as u64) as u32;
+        self.inner.store.corrupt_byte(slot, block)?;
+        Ok(true)
+    }
+
+    /// Damages the metadata record of the slot holding `volume`'s chunk at `offset`
+    /// (for fault tests; takes effect at the next open).
+    #[doc(hidden)]
+    pub fn corrupt_meta_record(&self, volume: VolumeId, offset: u64) -> Result<bool, CacheError> {
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / self.inner.cfg.chunk_size,
+        };
+        let slot = match self.inner.lock().index.get(&key) {
+            Some(Entry::Resident(s)) => *s,
+            _ => return Ok(false),
+        };
+        self.inner.meta.corrupt_record(slot)?;
+        Ok(true)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_range(&self, volume: u32, offset: u64, len: u64) -> Result<(), CacheError> {
+        let v = self.volumes.get(&volume).ok_or_else(|| {
+            bump(&self.counters.bad_requests, "cache_bad_requests_total", 1);
+            CacheError::UnknownVolume(format!("#{volume}"))
+        })?;
+        if offset.checked_add(len).is_none_or(|end| end > v.size) {
+            bump(&self.counters.bad_requests, "cache_bad_requests_total", 1);
+            return Err(CacheError::OutOfRange {
+                volume: v.name.clone(),
+                offset,
+                len,
+                size: v.size,
+            });
+        }
+        Ok(())
+    }
+
+    fn volume_name(&self, volume: u32) -> String {
+        self.volumes
+            .get(&volume)
+            .map_or_else(String::new, |v| v.name.clone())
+    }
+}
