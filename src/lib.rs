@@ -2,6 +2,9 @@
 //! resources — cores, rings, burst budgets — in the spirit of SEDA and VPP, composing
 //! with the tower ecosystem in both directions.
 //!
+//! New here? The [`guide`] walks through a first pipeline, plans and replicas, async
+//! stages and tower, windows, budgets, metrics and testing with loom.
+//!
 //! Depend on this crate and compose pipelines in code:
 //!
 //! ```
@@ -49,7 +52,8 @@
 //! - `cache`: the cache gateway, `pipewright::cache` (`pipewright cache`).
 //!
 //! Under `RUSTFLAGS="--cfg loom"` the facade builds for loom tests: the stages, the
-//! [`inline`] executor and [`sync`] with loom's types (see the guide's loom page).
+//! [`inline`] executor and [`sync`] with loom's types (see the guide's loom page,
+//! `guide::loom`).
 //!
 //! # Without default features
 //!
@@ -165,6 +169,9 @@ pub use pipewright_runtime::{ring, signal};
 
 #[cfg(feature = "runtime")]
 pub use pipewright_runtime::sync;
+
+#[cfg(all(feature = "runtime", not(loom)))]
+pub mod guide;
 
 /// Building blocks: ready-made file, TCP and UDP sources.
 #[cfg(all(feature = "runtime", not(loom)))]

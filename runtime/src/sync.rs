@@ -37,8 +37,8 @@
 //! });
 //! ```
 //!
-//! The guide's [testing with loom](https://docs.rs/pipewright/latest/pipewright/guide/loom/index.html)
-//! page shows a whole pipeline model-checked this way.
+//! The guide's "testing with loom" page (`pipewright::guide::loom`) shows a whole
+//! pipeline model-checked this way.
 //!
 //! [loom]: https://docs.rs/loom
 
