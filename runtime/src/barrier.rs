@@ -11,12 +11,14 @@ use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 
 /// Shared by all participants of one running pipeline.
 #[derive(Debug)]
+#[cfg_attr(loom, allow(dead_code))] // the workers that use it are not built under loom
 pub(crate) struct AbortBarrier {
     aborted: AtomicBool,
     arrived: AtomicUsize,
     participants: usize,
 }
 
+#[cfg_attr(loom, allow(dead_code))]
 impl AbortBarrier {
     /// A barrier for `participants` worker loops and async tasks.
     pub(crate) fn new(participants: usize) -> Self {
