@@ -92,7 +92,8 @@ pub enum ClientResponse {
         /// The transaction.
         txn: TxnId,
     },
-    /// A page read: the committed version and data (trailing zero bytes trimmed).
+    /// A page read: the committed version and the data as written (empty if never
+    /// written).
     Page {
         /// The request.
         req: u64,

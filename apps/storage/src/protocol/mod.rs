@@ -105,20 +105,24 @@ impl Message {
 }
 
 /// What was wrong with a `Prepare` a node could not even analyse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum Malformed {
     /// The chain is empty.
+    #[error("the chain is empty")]
     EmptyChain,
     /// The receiving node is not in the chain.
+    #[error("the node is not in the chain")]
     NotInChain,
     /// A node appears twice in the chain.
+    #[error("a node appears twice in the chain")]
     RepeatedNode,
 }
 
 /// Why a transaction aborted.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum AbortReason {
     /// `node`'s prepare analysis failed (lock conflict, version mismatch, no space).
+    #[error("node {node} refused: {error}")]
     Refused {
         /// The refusing node.
         node: NodeId,
@@ -126,6 +130,7 @@ pub enum AbortReason {
         error: PrepareError,
     },
     /// `node` rejected the prepare message itself.
+    #[error("node {node} rejected the transaction: {what} — fix the chain")]
     Malformed {
         /// The rejecting node.
         node: NodeId,
@@ -134,6 +139,7 @@ pub enum AbortReason {
     },
     /// A prepared node asked the decider, which had no record of the transaction and so
     /// decided abort (presumed abort; e.g. the prepare was lost or the coordinator died).
+    #[error("the decider had no record of it and presumed abort (a message was lost) — retry")]
     Unresolved,
 }
 

@@ -1,0 +1,274 @@
+//! `pipewright storage` as a person meets it: the real binary against real node
+//! processes on loopback. Readable messages (never a Rust debug dump, never a
+//! backtrace for an expected outcome even with `RUST_BACKTRACE=1`), exit codes that
+//! tell committed / aborted / unknown outcome / unreachable apart, `--json` and
+//! `--timeout`, `read` showing exactly the bytes written, and `status` when nodes are
+//! down.
+#![cfg(feature = "storage")]
+
+mod storage_common;
+
+use std::path::Path;
+use std::process::Command;
+
+use pipewright_storage::NodeId;
+use storage_common::{TestCluster, EXE};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `pipewright storage ARGS --peers PEERS` with `RUST_BACKTRACE=1`.
+fn storage(peers: &Path, args: &[&str]) -> Run {
+    let out = Command::new(EXE)
+        .arg("storage")
+        .args(args)
+        .arg("--peers")
+        .arg(peers)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running pipewright");
+    let run = Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!(
+        "$ storage {}\n  exit {}\n  stdout: {}\n  stderr: {}",
+        args.join(" "),
+        run.code,
+        run.stdout.trim(),
+        run.stderr.trim()
+    );
+    run
+}
+
+/// No Rust debug dump, no backtrace.
+fn assert_readable(run: &Run) {
+    let all = format!("{}{}", run.stdout, run.stderr);
+    for dump in [
+        "NodeId",
+        "PageId",
+        "TxnId",
+        "Refused {",
+        "VersionMismatch",
+        "backtrace",
+        "Backtrace",
+        "NodeStatus",
+        "Os {",
+    ] {
+        assert!(!all.contains(dump), "`{dump}` in the output:\n{all}");
+    }
+}
+
+fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", run.stdout))
+}
+
+#[test]
+fn txn_read_and_status_speak_plainly_with_exit_codes() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let cluster = TestCluster::start("cli", &[]);
+    let peers = cluster.cluster.peers_path();
+
+    // An unwritten page says so (no `version 0 data `).
+    let r = storage(&peers, &["read", "--node", "1", "--page", "100"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("never written"), "{}", r.stdout);
+    let r = storage(&peers, &["read", "--json", "--node", "1", "--page", "100"]);
+    assert_eq!(r.code, 0);
+    let v = json(&r);
+    assert_eq!(
+        (v["written"].as_bool(), v["version"].as_u64()),
+        (Some(false), Some(0))
+    );
+
+    // A commit, with trailing zero bytes that must read back exactly.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--write",
+            "1:100:0:00ff0000",
+            "--write",
+            "2:100:0:01",
+        ],
+    );
+    assert_eq!(r.code, 0, "committed is exit 0");
+    assert!(
+        r.stdout.starts_with("committed transaction "),
+        "{}",
+        r.stdout
+    );
+    assert_readable(&r);
+    let r = storage(&peers, &["read", "--node", "1", "--page", "100"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout.contains("version 1 (4 bytes): 00ff0000"),
+        "trailing zeros kept: {}",
+        r.stdout
+    );
+    let v = json(&storage(
+        &peers,
+        &["read", "--json", "--node", "1", "--page", "100"],
+    ));
+    assert_eq!(v["data"], "00ff0000");
+    assert_eq!(v["version"], 1);
+
+    // A stale version: aborted (exit 3), said in words, no backtrace.
+    let r = storage(
+        &peers,
+        &["txn", "--write", "1:100:0:aa", "--write", "2:100:1:bb"],
+    );
+    assert_eq!(r.code, 3, "aborted is exit 3");
+    assert!(
+        r.stderr.contains(
+            "aborted: node 1 refused: page 100 is at version 1, the transaction expected 0 — read it again and retry"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_readable(&r);
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--write",
+            "1:100:0:aa",
+            "--write",
+            "2:100:1:bb",
+        ],
+    );
+    assert_eq!(r.code, 3);
+    assert_eq!(json(&r)["outcome"], "aborted");
+
+    // A JSON commit.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--write",
+            "1:100:1:cc",
+            "--write",
+            "2:100:1:dd",
+        ],
+    );
+    assert_eq!(r.code, 0);
+    let v = json(&r);
+    assert_eq!(v["outcome"], "committed");
+    assert!(v["txn"].as_u64().is_some());
+
+    // Status: every node readable, exit 0.
+    let r = storage(&peers, &["status", "--timeout", "5"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("3 of 3 nodes reachable"), "{}", r.stdout);
+    assert!(r.stdout.contains("node 2 ("), "{}", r.stdout);
+    assert_readable(&r);
+    let v = json(&storage(&peers, &["status", "--json"]));
+    assert_eq!(v["reachable"], 3);
+    assert_eq!(v["nodes"][0]["status"]["node"], 1);
+}
+
+#[test]
+fn unreachable_nodes_mean_the_transaction_did_not_start() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let mut cluster = TestCluster::start("cli-down", &[]);
+    let peers = cluster.cluster.peers_path();
+
+    // One node down: status still exits 0 and names the dead one.
+    cluster.cluster.kill(NodeId(3)).unwrap();
+    let r = storage(&peers, &["status", "--timeout", "2"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("2 of 3 nodes reachable"), "{}", r.stdout);
+    assert!(r.stdout.contains("node 3 ("), "{}", r.stdout);
+    assert!(r.stdout.contains("DOWN"), "{}", r.stdout);
+    assert_readable(&r);
+
+    // A transaction touching the dead node: unreachable (exit 5), safe to retry.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--timeout",
+            "2",
+            "--write",
+            "1:5:0:01",
+            "--write",
+            "3:5:0:02",
+        ],
+    );
+    assert_eq!(r.code, 5, "unreachable is exit 5");
+    assert!(r.stderr.contains("cannot reach node 3"), "{}", r.stderr);
+    assert!(r.stderr.contains("no transaction started"), "{}", r.stderr);
+    assert!(r.stderr.contains("safe to retry"), "{}", r.stderr);
+    assert_readable(&r);
+    // ... and indeed nothing of it exists: node 1's page is still unwritten.
+    let r = storage(&peers, &["read", "--json", "--node", "1", "--page", "5"]);
+    assert_eq!(json(&r)["written"], false);
+
+    // Every node down: status exits 5.
+    cluster.cluster.kill(NodeId(1)).unwrap();
+    cluster.cluster.kill(NodeId(2)).unwrap();
+    let r = storage(&peers, &["status", "--timeout", "2"]);
+    assert_eq!(r.code, 5, "no node reachable is exit 5");
+    assert!(r.stdout.contains("0 of 3 nodes reachable"), "{}", r.stdout);
+    assert_readable(&r);
+    let r = storage(&peers, &["status", "--json", "--timeout", "2"]);
+    assert_eq!(r.code, 5);
+    assert_eq!(json(&r)["reachable"], 0);
+    let r = storage(&peers, &["read", "--json", "--node", "2", "--page", "5"]);
+    assert_eq!(r.code, 5);
+    assert_eq!(json(&r)["outcome"], "unreachable");
+}
+
+/// The decider dies after the prepare reached it: the client cannot know the outcome
+/// (exit 4), and says so.
+#[cfg(feature = "storage-faults")]
+#[test]
+fn a_decider_dying_mid_transaction_is_an_unknown_outcome() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let mut cluster = TestCluster::start("cli-unknown", &[]);
+    let peers = cluster.cluster.peers_path();
+    let crash = ["--crash-at".to_string(), "before-intent:1".to_string()];
+    cluster.cluster.restart_with(NodeId(2), &crash).unwrap();
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--timeout",
+            "3",
+            "--write",
+            "1:7:0:01",
+            "--write",
+            "2:7:0:02",
+        ],
+    );
+    assert_eq!(r.code, 4, "unknown outcome is exit 4");
+    assert!(
+        r.stderr.contains("outcome of transaction") && r.stderr.contains("unknown"),
+        "{}",
+        r.stderr
+    );
+    assert_readable(&r);
+    assert!(
+        cluster
+            .cluster
+            .wait_exit(NodeId(2), std::time::Duration::from_secs(10))
+            .unwrap(),
+        "the decider did not crash where asked"
+    );
+}
