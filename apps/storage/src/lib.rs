@@ -6,7 +6,9 @@
 //! - [`log`]: the append-only log (intent, decision, completion, forget and
 //!   checkpoint records): framing with length + CRC-32C, [`log::encode`] into a
 //!   caller buffer (for the group-commit sink), [`log::replay`] up to the first torn
-//!   or corrupt record, and [`log::segments`] (a checkpoint starts a new segment);
+//!   or corrupt record, [`log::segments`] (a checkpoint starts a new segment) and
+//!   [`log::format`] (the data directory's format marker: a node refuses to start on
+//!   a directory of another format, naming both versions);
 //! - [`pages`]: the page file of fixed 8 KiB pages with a versioned, checksummed header;
 //! - [`locks`]: the no-wait page lock table used by the prepare analysis (`Sync`,
 //!   loom-checked);

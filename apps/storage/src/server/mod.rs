@@ -191,6 +191,9 @@ pub enum NodeError {
         /// The error.
         error: std::io::Error,
     },
+    /// The data directory is in another format (or not ours).
+    #[error("{0}")]
+    Format(#[from] crate::log::format::FormatError),
     /// The page file failed.
     #[error("page file: {0}")]
     Pages(#[from] PageError),
@@ -249,6 +252,7 @@ impl NodeServer {
     /// within a tokio runtime (with I/O and time enabled).
     pub async fn start(opts: NodeOptions) -> Result<NodeServer, NodeError> {
         std::fs::create_dir_all(&opts.data).map_err(io("creating the data directory"))?;
+        crate::log::format::check(&opts.data)?;
         let pages = PageStore::open(opts.data.join("pages"), opts.pages)?;
         let scan = pages.scan()?;
         let opened = segments::open(&opts.data).map_err(io("opening the log"))?;
