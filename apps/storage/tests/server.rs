@@ -215,7 +215,7 @@ async fn a_data_directory_of_another_format_is_refused_with_both_versions_named(
         "{msg}"
     );
     assert!(
-        msg.contains(&format!("this node reads format {LOG_FORMAT}")),
+        msg.contains(&format!("this node reads formats 1 to {LOG_FORMAT}")),
         "{msg}"
     );
     // Nothing was touched: the foreign log is still there, byte for byte.
@@ -235,11 +235,16 @@ async fn a_data_directory_of_another_format_is_refused_with_both_versions_named(
 }
 
 #[test]
-fn a_new_data_directory_gets_the_format_marker_and_passes_its_check() {
-    use pipewright_storage::log::format::{check, LOG_FORMAT};
+fn data_directories_without_a_marker_or_of_an_older_format_are_upgraded() {
+    use pipewright_storage::log::format::{check, write, LOG_FORMAT};
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(check(dir.path()).unwrap(), LOG_FORMAT);
+    // No marker: format 1 (from before the marker), upgraded to the current one.
+    assert_eq!(check(dir.path()).unwrap(), 1);
     let marker = std::fs::read_to_string(dir.path().join("format")).unwrap();
     assert_eq!(marker, format!("pipewright-storage format {LOG_FORMAT}\n"));
+    assert_eq!(check(dir.path()).unwrap(), LOG_FORMAT);
+    // An older readable marker is upgraded too.
+    write(dir.path(), 1).unwrap();
+    assert_eq!(check(dir.path()).unwrap(), 1);
     assert_eq!(check(dir.path()).unwrap(), LOG_FORMAT);
 }

@@ -2,11 +2,14 @@
 //! `pipewright-storage format N` (like PostgreSQL's `PG_VERSION`).
 //!
 //! A node checks it before reading anything else and refuses to start on a directory
-//! written in another format ([`FormatError`]) instead of misreading its log. A
-//! directory without the marker but with a log or page file was written before the
-//! marker existed, in format 1 (the same log records and a page file this build
-//! reads): the node adopts it and writes the marker. An empty directory gets the
-//! marker of [`LOG_FORMAT`].
+//! written in a format it cannot read ([`FormatError`]) instead of misreading its log.
+//! A directory without the marker was written before the marker existed, in format 1.
+//! Formats from [`OLDEST_READABLE`] to [`LOG_FORMAT`] are read; an older one is
+//! upgraded by writing the current marker (this build writes pages in its own format,
+//! which an older build would misread). An empty directory gets the current marker.
+//!
+//! Versions: 1 — the log records of issue 6, pages without a length; 2 — pages carry
+//! the length they were written with (format-1 pages still read, as full pages).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,9 @@ use super::segments::sync_dir;
 
 /// The format of the log (record types and their encoding) and of the page file this
 /// build reads and writes. Bump it with any change an older build would misread.
-pub const LOG_FORMAT: u32 = 1;
+pub const LOG_FORMAT: u32 = 2;
+/// The oldest format this build reads (and upgrades).
+pub const OLDEST_READABLE: u32 = 1;
 
 const PREFIX: &str = "pipewright-storage format ";
 const FILE: &str = "format";
@@ -25,7 +30,8 @@ const FILE: &str = "format";
 pub enum FormatError {
     /// The marker names another format version.
     #[error(
-        "data directory {dir} is in storage format {found}, this node reads format {expected}: \
+        "data directory {dir} is in storage format {found}, this node reads formats \
+         {OLDEST_READABLE} to {expected}: \
          start it with a pipewright build of format {found}, or move the directory aside to \
          start empty"
     )]
@@ -61,8 +67,8 @@ pub enum FormatError {
     },
 }
 
-/// Check `dir`'s format marker, writing it (durably) if the directory has none.
-/// Returns the format found (or adopted).
+/// Check `dir`'s format marker, writing the current one (durably) if the directory
+/// has none or an older readable one. Returns the format found (1 if none).
 pub fn check(dir: &Path) -> Result<u32, FormatError> {
     let io = |error| FormatError::Io {
         dir: dir.to_path_buf(),
@@ -78,6 +84,10 @@ pub fn check(dir: &Path) -> Result<u32, FormatError> {
                 .and_then(|n| n.trim().parse::<u32>().ok())
             {
                 Some(found) if found == LOG_FORMAT => Ok(found),
+                Some(found) if (OLDEST_READABLE..LOG_FORMAT).contains(&found) => {
+                    write(dir, LOG_FORMAT).map_err(io)?;
+                    Ok(found)
+                }
                 Some(found) => Err(FormatError::Incompatible {
                     dir: dir.to_path_buf(),
                     found,
@@ -94,7 +104,7 @@ pub fn check(dir: &Path) -> Result<u32, FormatError> {
             // No marker: empty, or written before the marker existed (format 1, which
             // this build reads).
             write(dir, LOG_FORMAT).map_err(io)?;
-            Ok(LOG_FORMAT)
+            Ok(OLDEST_READABLE)
         }
         Err(e) => Err(io(e)),
     }
