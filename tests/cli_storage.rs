@@ -233,10 +233,11 @@ fn unreachable_nodes_mean_the_transaction_did_not_start() {
 }
 
 /// The decider dies after the prepare reached it: the client cannot know the outcome
-/// (exit 4), and says so.
+/// (exit 4), and says so; `status` lists the transaction in doubt on the node that
+/// prepared it, with its decider and age, until the decider is back and settles it.
 #[cfg(feature = "storage-faults")]
 #[test]
-fn a_decider_dying_mid_transaction_is_an_unknown_outcome() {
+fn a_decider_dying_mid_transaction_is_an_unknown_outcome_listed_in_doubt() {
     // The nodes log through io_uring.
     if !pipewright_testkit::io_uring() {
         return;
@@ -271,4 +272,63 @@ fn a_decider_dying_mid_transaction_is_an_unknown_outcome() {
             .unwrap(),
         "the decider did not crash where asked"
     );
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--timeout",
+            "2",
+            "--write",
+            "1:8:0:01",
+            "--write",
+            "3:8:0:02",
+        ],
+    );
+    assert_eq!(r.code, 0, "pages elsewhere are not blocked");
+
+    // Node 1 holds the intent and waits for node 2.
+    let r = storage(&peers, &["status", "--json", "--timeout", "2"]);
+    assert_eq!(r.code, 0);
+    let v = json(&r);
+    assert_eq!(v["reachable"], 2);
+    let node1 = &v["nodes"][0]["status"];
+    let in_doubt = node1["in_doubt"].as_array().expect("an in_doubt list");
+    assert_eq!(in_doubt.len(), 1, "{node1}");
+    assert_eq!(in_doubt[0]["decider"], 2);
+    assert_eq!(in_doubt[0]["recovered"], false);
+    assert!(
+        in_doubt[0]["age_ms"].as_u64().unwrap() > 0,
+        "the tick has seen it waiting for the whole client timeout: {node1}"
+    );
+    let txn = in_doubt[0]["txn"].as_u64().unwrap();
+    let r = storage(&peers, &["status", "--timeout", "2"]);
+    assert!(
+        r.stdout.contains(&format!("transaction {txn}: waiting"))
+            && r.stdout.contains("for decider node 2")
+            && r.stdout.contains("in doubt: 1 transactions")
+            && r.stdout.contains("oldest intent"),
+        "{}",
+        r.stdout
+    );
+    assert_readable(&r);
+
+    // The decider comes back: presumed abort settles it (no timing assumption: poll
+    // a bounded number of times).
+    cluster.cluster.restart(NodeId(2)).unwrap();
+    let mut settled = false;
+    for _ in 0..100 {
+        let v = json(&storage(&peers, &["status", "--json", "--timeout", "2"]));
+        if v["nodes"][0]["status"]["in_doubt"].as_array().map(Vec::len) == Some(0) {
+            settled = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(settled, "node 1 never learnt the outcome");
+    let v = json(&storage(
+        &peers,
+        &["read", "--json", "--node", "1", "--page", "7"],
+    ));
+    assert_eq!(v["written"], false, "presumed abort: nothing applied");
 }

@@ -220,9 +220,10 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
         let server = NodeServer::start(opts).await?;
         let r = server.recovered();
         println!(
-            "node {} listening on {}: recovered {} log records ({} torn bytes truncated), {} redone, {} in doubt, {} corrupt pages",
+            "node {} listening on {}: recovered in {} ms {} log records ({} torn bytes truncated), {} redone, {} in doubt, {} corrupt pages",
             a.id,
             server.local_addr(),
+            r.duration.as_millis(),
             r.records,
             r.truncated_bytes,
             r.redone,
@@ -396,9 +397,10 @@ fn status(a: PeersArg) -> anyhow::Result<()> {
                         s.log_disk_bytes, s.log_bytes, s.log_syncs, s.checkpoints
                     );
                     println!(
-                        "  refused busy {}, malformed frames {}, dropped sends {}",
-                        s.busy, s.malformed_frames, s.dropped_sends
+                        "  refused busy {}, malformed frames {}, dropped sends {}; recovery took {} ms",
+                        s.busy, s.malformed_frames, s.dropped_sends, s.recovery_ms
                     );
+                    print_in_doubt(&s.in_doubt);
                 }
                 Err(e) => println!("node {} ({addr}): DOWN: {e}", id.0),
             }
@@ -412,6 +414,35 @@ fn status(a: PeersArg) -> anyhow::Result<()> {
         exit(EXIT_UNREACHABLE);
     }
     Ok(())
+}
+
+/// The in-doubt lines of `status`: count, oldest intent, then each (at most 10).
+fn print_in_doubt(list: &[pipewright_storage::wire::InDoubt]) {
+    let Some(oldest) = list.first() else {
+        println!("  in doubt: none");
+        return;
+    };
+    println!(
+        "  in doubt: {} transactions waiting for their outcome; oldest intent {:.1} s old",
+        list.len(),
+        oldest.age_ms as f64 / 1e3
+    );
+    for t in list.iter().take(10) {
+        let decider = t.decider.map_or("unknown".to_string(), |d| d.to_string());
+        println!(
+            "    transaction {}: waiting {:.1} s for decider node {decider}{}",
+            t.txn,
+            t.age_ms as f64 / 1e3,
+            if t.recovered {
+                " (recovered from the log)"
+            } else {
+                ""
+            }
+        );
+    }
+    if list.len() > 10 {
+        println!("    ... and {} more (--json lists all)", list.len() - 10);
+    }
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {

@@ -97,6 +97,19 @@ impl Node {
         self.versions.get(&page).copied().unwrap_or(0)
     }
 
+    /// Transactions that voted yes here and wait for their outcome (prepared, or in
+    /// doubt after a restart): each with its decider (if known) and whether it was
+    /// recovered from the log. Ascending by id.
+    pub fn prepared(&self) -> Vec<(TxnId, Option<NodeId>, bool)> {
+        self.txns
+            .iter()
+            .filter_map(|(&txn, t)| match t.phase {
+                Phase::Prepared { in_doubt } => Some((txn, t.chain.last().copied(), in_doubt)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Where `txn` stands on this node.
     pub fn status(&self, txn: TxnId) -> TxnStatus {
         match self.txns.get(&txn).map(|t| &t.phase) {
