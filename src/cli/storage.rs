@@ -285,7 +285,9 @@ fn fail(json: bool, what: &str, e: &ClientError) -> ! {
     let (code, outcome) = classify(e);
     if json {
         let txn = match e {
-            ClientError::Timeout { txn: Some(t), .. } => Some(t.0),
+            ClientError::Timeout { txn: Some(t), .. } | ClientError::Forgotten { txn: t, .. } => {
+                Some(t.0)
+            }
             _ => None,
         };
         let v = serde_json::json!({ "outcome": outcome, "error": e.to_string(), "txn": txn });

@@ -82,6 +82,18 @@ pub enum ClientError {
         /// The transaction, if it was sent.
         txn: Option<TxnId>,
     },
+    /// `node` refused the transaction as older than the transactions of this client
+    /// it has forgotten (overtaken by a later one of this client, or a late copy): the
+    /// outcome is **unknown** to it (if this was its first visit, it aborted).
+    #[error(
+        "node {node} refused transaction {txn} as older than the transactions of this client it has forgotten (overtaken by a later one of this client, or a late copy): its outcome is unknown — read the pages before retrying"
+    )]
+    Forgotten {
+        /// The refusing node.
+        node: NodeId,
+        /// The transaction.
+        txn: TxnId,
+    },
     /// The node is not in the peers file.
     #[error("node {0} is not in the peers file")]
     UnknownNode(NodeId),
@@ -168,7 +180,10 @@ impl ClientError {
 
     /// A transaction was sent and no outcome came back in time: it may still commit.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, ClientError::Timeout { txn: Some(_), .. })
+        matches!(
+            self,
+            ClientError::Timeout { txn: Some(_), .. } | ClientError::Forgotten { .. }
+        )
     }
 }
 
@@ -302,6 +317,7 @@ impl StorageClient {
             Ok(Ok(ClientResponse::Outcome { outcome, .. })) => match outcome {
                 Outcome::Committed => Ok(Committed { txn: id }),
                 Outcome::Aborted(reason) => Err(ClientError::Aborted(reason)),
+                Outcome::Forgotten { node } => Err(ClientError::Forgotten { node, txn: id }),
             },
             Ok(Ok(ClientResponse::Busy { .. })) => Err(ClientError::Busy { node: head }),
             Ok(Ok(other)) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),

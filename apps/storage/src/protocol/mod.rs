@@ -150,6 +150,16 @@ pub enum Outcome {
     Committed,
     /// No node applies any write.
     Aborted(AbortReason),
+    /// `node` refused the `Prepare` because the transaction is at or below its client's
+    /// low-water mark: either it was overtaken by a later transaction of the same
+    /// client that the node already forgot (then it can never commit: it aborts), or
+    /// it is a late copy of a transaction finished long ago (whose outcome was told
+    /// then). The node cannot tell which, so this is not a verdict: the client should
+    /// treat the outcome as unknown (and read the pages).
+    Forgotten {
+        /// The refusing node.
+        node: NodeId,
+    },
 }
 
 /// Identifies a record a node asked to persist, in its log order. Ids restart at 0 when

@@ -172,15 +172,22 @@ impl Node {
         if self.is_late(p.client, p.txn) {
             // Forgotten here (finished and checkpointed), or overtaken by a later
             // transaction of the same client that was: refused without any state (the
-            // mark is durable, so every later copy is refused too). The outcome is not
-            // known any more, so the client is not answered; a predecessor still
-            // prepared is told to abort (one that finished ignores it).
+            // mark is durable, so every later copy is refused too). The verdict is not
+            // known here, so the client is told just that (`Forgotten`, not an
+            // abort: a late copy of a committed transaction must not read as
+            // aborted); a predecessor still prepared is told to abort (one that
+            // finished ignores it).
             if let Some(prev) = self.neighbour(&p.chain, -1) {
                 out.push(Action::Send {
                     to: prev,
                     msg: Message::Abort { txn: p.txn },
                 });
             }
+            out.push(Action::Reply {
+                client: p.client,
+                txn: p.txn,
+                outcome: Outcome::Forgotten { node: self.id },
+            });
             return;
         }
         let malformed = if p.chain.is_empty() {
