@@ -332,3 +332,45 @@ fn a_decider_dying_mid_transaction_is_an_unknown_outcome_listed_in_doubt() {
     ));
     assert_eq!(v["written"], false, "presumed abort: nothing applied");
 }
+
+/// `storage cluster --json` (and through it `storage node`): one JSON line naming the
+/// nodes and the peers file, usable at once by `status --json`, and a stop line.
+#[test]
+fn cluster_json_names_nodes_and_peers_and_reports_its_stop() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pw-storage-cli-json-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(EXE)
+        .args(["storage", "cluster", "--json", "--nodes", "2", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the cluster");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["event"], "running");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2));
+    let peers = std::path::PathBuf::from(v["peers"].as_str().unwrap());
+    let r = storage(&peers, &["status", "--json"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(json(&r)["reachable"], 2);
+    // SIGTERM stops the cluster (and its nodes) cleanly.
+    // SAFETY: kill(2) on our own child's pid, no memory involved.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let last: serde_json::Value = serde_json::from_str(rest.trim()).unwrap();
+    assert_eq!(last["event"], "stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}

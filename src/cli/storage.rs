@@ -109,6 +109,9 @@ struct NodeArgs {
     peers: PathBuf,
     #[command(flatten)]
     tunables: NodeTunables,
+    /// Print the start (address, what recovery found) and stop as JSON lines.
+    #[arg(long)]
+    json: bool,
     /// Fault tests: abort the process the N-th time it reaches STEP
     /// (before-intent, after-intent, after-decision, before-completion,
     /// after-completion), as `STEP:N` (feature `storage-faults`).
@@ -130,6 +133,9 @@ struct ClusterArgs {
     base_port: Option<u16>,
     #[command(flatten)]
     tunables: NodeTunables,
+    /// Print the nodes and the peers file as one JSON line (then one at stop).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -219,7 +225,21 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     io_runtime(2)?.block_on(async {
         let server = NodeServer::start(opts).await?;
         let r = server.recovered();
-        println!(
+        if a.json {
+            let v = serde_json::json!({
+                "event": "listening",
+                "node": a.id,
+                "address": server.local_addr().to_string(),
+                "recovery_ms": r.duration.as_millis() as u64,
+                "records": r.records,
+                "truncated_bytes": r.truncated_bytes,
+                "redone": r.redone,
+                "in_doubt": r.in_doubt,
+                "corrupt_pages": r.corrupt_pages.len(),
+            });
+            println!("{v}");
+        } else {
+            println!(
             "node {} listening on {}: recovered in {} ms {} log records ({} torn bytes truncated), {} redone, {} in doubt, {} corrupt pages",
             a.id,
             server.local_addr(),
@@ -230,8 +250,15 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
             r.in_doubt,
             r.corrupt_pages.len()
         );
+        }
+        // Flushed now: a supervisor reading a pipe learns the address at once.
+        std::io::Write::flush(&mut std::io::stdout())?;
         server.run_until(shutdown_signal()).await?;
-        println!("node {} stopped", a.id);
+        if a.json {
+            println!("{}", serde_json::json!({ "event": "stopped", "node": a.id }));
+        } else {
+            println!("node {} stopped", a.id);
+        }
         Ok(())
     })
 }
@@ -244,20 +271,45 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the pipewright binary")?;
     let mut cluster = LocalCluster::start(&exe, &dir, a.nodes, a.base_port, &a.tunables.args())
         .context("starting the node processes")?;
-    for (id, addr) in cluster.peers().iter() {
-        println!(
-            "node {} on {addr} (data {})",
-            id.0,
-            cluster.data_dir(id).display()
-        );
-    }
     let peers = cluster.peers_path();
-    println!("peers file: {}", peers.display());
-    println!("try: pipewright storage bench --peers {}", peers.display());
-    println!("Ctrl-C stops the cluster");
+    if a.json {
+        let nodes: Vec<_> = cluster
+            .peers()
+            .iter()
+            .map(|(id, addr)| {
+                serde_json::json!({
+                    "node": id.0,
+                    "address": addr.to_string(),
+                    "data": cluster.data_dir(id).display().to_string(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "event": "running",
+            "nodes": nodes,
+            "peers": peers.display().to_string(),
+        });
+        println!("{v}");
+    } else {
+        for (id, addr) in cluster.peers().iter() {
+            println!(
+                "node {} on {addr} (data {})",
+                id.0,
+                cluster.data_dir(id).display()
+            );
+        }
+        println!("peers file: {}", peers.display());
+        println!("try: pipewright storage bench --peers {}", peers.display());
+        println!("Ctrl-C stops the cluster");
+    }
+    std::io::Write::flush(&mut std::io::stdout())?;
     cluster.wait_for_signal()?;
     cluster.stop();
-    println!("cluster stopped");
+    if a.json {
+        println!("{}", serde_json::json!({ "event": "stopped" }));
+    } else {
+        println!("cluster stopped");
+    }
     Ok(())
 }
 
