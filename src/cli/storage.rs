@@ -1,5 +1,10 @@
 //! `pipewright storage`: the storage commit chain's node process, a local cluster,
 //! transactions, reads and the bank benchmark.
+//!
+//! Expected outcomes (an abort, an unreachable node, an unknown outcome) are printed
+//! with their readable message and end the process with an exit code (see
+//! [`EXIT_CODES`]); they never go through `anyhow` (which would add a backtrace under
+//! `RUST_BACKTRACE=1`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use pipewright_storage::bench::{self, BenchOptions};
-use pipewright_storage::client::{StorageClient, Transaction};
+use pipewright_storage::client::{ClientError, StorageClient, Transaction};
 use pipewright_storage::cluster::LocalCluster;
 use pipewright_storage::peers::Peers;
 #[cfg(feature = "storage-faults")]
@@ -15,7 +20,22 @@ use pipewright_storage::server::CrashAt;
 use pipewright_storage::server::{NodeOptions, NodeServer};
 use pipewright_storage::{io_runtime, shutdown_signal, NodeId, PageId};
 
+/// The exit codes of `txn`, `read`, `status` and `bench`, shown in `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 committed / success; 1 any other error (bad \
+arguments, unreadable peers file, a node's error); 2 usage error; 3 aborted (no node \
+applied anything; see the message for why, then retry); 4 outcome unknown (the \
+transaction was sent but no answer came in time: it may still commit; read the pages \
+before retrying); 5 unreachable (nothing was sent, no transaction started: safe to \
+retry; for `status`: no node answered); 6 busy (the head node refused to start it: \
+safe to retry later).";
+
+const EXIT_ABORTED: i32 = 3;
+const EXIT_UNKNOWN: i32 = 4;
+const EXIT_UNREACHABLE: i32 = 5;
+const EXIT_BUSY: i32 = 6;
+
 #[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub(crate) struct StorageArgs {
     #[command(subcommand)]
     command: StorageCommand,
@@ -28,12 +48,16 @@ enum StorageCommand {
     /// Start N node processes on loopback, print their addresses, stop them on Ctrl-C.
     Cluster(ClusterArgs),
     /// Run one transaction: `--write NODE:PAGE:VERSION:HEX` per page write.
+    #[command(after_help = EXIT_CODES)]
     Txn(TxnArgs),
-    /// Read a committed page.
+    /// Read a committed page (exactly the bytes written; unwritten pages say so).
+    #[command(after_help = EXIT_CODES)]
     Read(ReadArgs),
-    /// Show each node's status and counters.
+    /// Show each node's status and counters (exit 5 if no node answers).
+    #[command(after_help = EXIT_CODES)]
     Status(PeersArg),
     /// Bank transfers from concurrent clients: throughput, p50/p99 latency, audit.
+    #[command(after_help = EXIT_CODES)]
     Bench(BenchArgs),
 }
 
@@ -85,6 +109,9 @@ struct NodeArgs {
     peers: PathBuf,
     #[command(flatten)]
     tunables: NodeTunables,
+    /// Print the start (address, what recovery found) and stop as JSON lines.
+    #[arg(long)]
+    json: bool,
     /// Fault tests: abort the process the N-th time it reaches STEP
     /// (before-intent, after-intent, after-decision, before-completion,
     /// after-completion), as `STEP:N` (feature `storage-faults`).
@@ -106,6 +133,9 @@ struct ClusterArgs {
     base_port: Option<u16>,
     #[command(flatten)]
     tunables: NodeTunables,
+    /// Print the nodes and the peers file as one JSON line (then one at stop).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +143,19 @@ struct PeersArg {
     /// Peers file of the cluster.
     #[arg(long)]
     peers: PathBuf,
+    /// Seconds to wait for a connection, a read or a transaction's outcome.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_timeout)]
+    timeout: f64,
+    /// Print one JSON object on stdout instead of text (errors included).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        _ => Err(format!("`{s}` is not a positive number of seconds")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -182,18 +225,40 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     io_runtime(2)?.block_on(async {
         let server = NodeServer::start(opts).await?;
         let r = server.recovered();
-        println!(
-            "node {} listening on {}: recovered {} log records ({} torn bytes truncated), {} redone, {} in doubt, {} corrupt pages",
+        if a.json {
+            let v = serde_json::json!({
+                "event": "listening",
+                "node": a.id,
+                "address": server.local_addr().to_string(),
+                "recovery_ms": r.duration.as_millis() as u64,
+                "records": r.records,
+                "truncated_bytes": r.truncated_bytes,
+                "redone": r.redone,
+                "in_doubt": r.in_doubt,
+                "corrupt_pages": r.corrupt_pages.len(),
+            });
+            println!("{v}");
+        } else {
+            println!(
+            "node {} listening on {}: recovered in {} ms {} log records ({} torn bytes truncated), {} redone, {} in doubt, {} corrupt pages",
             a.id,
             server.local_addr(),
+            r.duration.as_millis(),
             r.records,
             r.truncated_bytes,
             r.redone,
             r.in_doubt,
             r.corrupt_pages.len()
         );
+        }
+        // Flushed now: a supervisor reading a pipe learns the address at once.
+        std::io::Write::flush(&mut std::io::stdout())?;
         server.run_until(shutdown_signal()).await?;
-        println!("node {} stopped", a.id);
+        if a.json {
+            println!("{}", serde_json::json!({ "event": "stopped", "node": a.id }));
+        } else {
+            println!("node {} stopped", a.id);
+        }
         Ok(())
     })
 }
@@ -206,25 +271,89 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the pipewright binary")?;
     let mut cluster = LocalCluster::start(&exe, &dir, a.nodes, a.base_port, &a.tunables.args())
         .context("starting the node processes")?;
-    for (id, addr) in cluster.peers().iter() {
-        println!(
-            "node {} on {addr} (data {})",
-            id.0,
-            cluster.data_dir(id).display()
-        );
-    }
     let peers = cluster.peers_path();
-    println!("peers file: {}", peers.display());
-    println!("try: pipewright storage bench --peers {}", peers.display());
-    println!("Ctrl-C stops the cluster");
+    if a.json {
+        let nodes: Vec<_> = cluster
+            .peers()
+            .iter()
+            .map(|(id, addr)| {
+                serde_json::json!({
+                    "node": id.0,
+                    "address": addr.to_string(),
+                    "data": cluster.data_dir(id).display().to_string(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "event": "running",
+            "nodes": nodes,
+            "peers": peers.display().to_string(),
+        });
+        println!("{v}");
+    } else {
+        for (id, addr) in cluster.peers().iter() {
+            println!(
+                "node {} on {addr} (data {})",
+                id.0,
+                cluster.data_dir(id).display()
+            );
+        }
+        println!("peers file: {}", peers.display());
+        println!("try: pipewright storage bench --peers {}", peers.display());
+        println!("Ctrl-C stops the cluster");
+    }
+    std::io::Write::flush(&mut std::io::stdout())?;
     cluster.wait_for_signal()?;
     cluster.stop();
-    println!("cluster stopped");
+    if a.json {
+        println!("{}", serde_json::json!({ "event": "stopped" }));
+    } else {
+        println!("cluster stopped");
+    }
     Ok(())
 }
 
 fn client(peers: &PeersArg) -> anyhow::Result<StorageClient> {
-    Ok(StorageClient::new(Peers::load(&peers.peers)?))
+    Ok(StorageClient::with_timeout(
+        Peers::load(&peers.peers)?,
+        Duration::from_secs_f64(peers.timeout),
+    ))
+}
+
+/// The exit code for a client error, and its outcome name in JSON.
+fn classify(e: &ClientError) -> (i32, &'static str) {
+    match e {
+        ClientError::Aborted(_) => (EXIT_ABORTED, "aborted"),
+        ClientError::Busy { .. } => (EXIT_BUSY, "busy"),
+        e if e.outcome_unknown() => (EXIT_UNKNOWN, "unknown"),
+        e if e.is_unreachable() => (EXIT_UNREACHABLE, "unreachable"),
+        _ => (1, "error"),
+    }
+}
+
+/// Print an expected failure readably (stderr, or a JSON object on stdout) and exit
+/// with its code — no `anyhow`, so no backtrace.
+fn fail(json: bool, what: &str, e: &ClientError) -> ! {
+    let (code, outcome) = classify(e);
+    if json {
+        let txn = match e {
+            ClientError::Timeout { txn: Some(t), .. } | ClientError::Forgotten { txn: t, .. } => {
+                Some(t.0)
+            }
+            _ => None,
+        };
+        let v = serde_json::json!({ "outcome": outcome, "error": e.to_string(), "txn": txn });
+        println!("{v}");
+    } else {
+        eprintln!("pipewright storage {what}: {e}");
+    }
+    exit(code)
+}
+
+fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }
 
 fn txn(a: TxnArgs) -> anyhow::Result<()> {
@@ -237,74 +366,206 @@ fn txn(a: TxnArgs) -> anyhow::Result<()> {
     if !a.chain.is_empty() {
         t = t.chain(a.chain.iter().map(|&n| NodeId(n)).collect());
     }
-    io_runtime(1)?.block_on(async {
-        let committed = client.commit(t).await?;
-        println!("committed {}", committed.txn);
-        Ok(())
-    })
+    let json = a.peers.json;
+    match io_runtime(1)?.block_on(client.commit(t)) {
+        Ok(committed) if json => {
+            let v = serde_json::json!({ "outcome": "committed", "txn": committed.txn.0 });
+            println!("{v}");
+        }
+        Ok(committed) => println!("committed transaction {}", committed.txn),
+        Err(e) => fail(json, "txn", &e),
+    }
+    Ok(())
 }
 
 fn read(a: ReadArgs) -> anyhow::Result<()> {
     let client = client(&a.peers)?;
-    io_runtime(1)?.block_on(async {
-        let page = client.read(NodeId(a.node), PageId(a.page)).await?;
-        let hex = hex::encode(&page.data);
+    let json = a.peers.json;
+    let page = match io_runtime(1)?.block_on(client.read(NodeId(a.node), PageId(a.page))) {
+        Ok(page) => page,
+        Err(e) => fail(json, "read", &e),
+    };
+    let hex = hex::encode(&page.data);
+    if json {
+        let v = serde_json::json!({
+            "node": a.node,
+            "page": a.page,
+            "written": page.written(),
+            "version": page.version,
+            "bytes": page.data.len(),
+            "data": hex,
+        });
+        println!("{v}");
+    } else if !page.written() {
         println!(
-            "node {} page {} version {} data {hex}",
-            a.node, a.page, page.version
+            "node {} page {}: never written (version 0; write it with version 0)",
+            a.node, a.page
         );
-        Ok(())
-    })
+    } else {
+        println!(
+            "node {} page {} version {} ({} bytes): {hex}",
+            a.node,
+            a.page,
+            page.version,
+            page.data.len()
+        );
+    }
+    Ok(())
 }
 
 fn status(a: PeersArg) -> anyhow::Result<()> {
     let client = client(&a)?;
-    io_runtime(1)?.block_on(async {
-        for id in client.peers().ids() {
-            match client.status(id).await {
-                Ok(s) => println!("{s:?}"),
-                Err(e) => println!("node {}: {e}", id.0),
+    let results = io_runtime(1)?.block_on(async {
+        let mut out = Vec::new();
+        for (id, addr) in client.peers().iter() {
+            out.push((id, addr, client.status(id).await));
+        }
+        out
+    });
+    let reachable = results.iter().filter(|(_, _, r)| r.is_ok()).count();
+    if a.json {
+        let nodes: Vec<_> = results
+            .iter()
+            .map(|(id, addr, r)| match r {
+                Ok(s) => serde_json::json!({
+                    "node": id.0, "address": addr.to_string(), "reachable": true, "status": s,
+                }),
+                Err(e) => serde_json::json!({
+                    "node": id.0, "address": addr.to_string(), "reachable": false,
+                    "error": e.to_string(),
+                }),
+            })
+            .collect();
+        let v = serde_json::json!({ "reachable": reachable, "nodes": nodes });
+        println!("{v}");
+    } else {
+        for (id, addr, r) in &results {
+            match r {
+                Ok(s) => {
+                    println!(
+                        "node {} ({addr}): up; {} unfinished transactions ({} admitted as head), remembers {}, low-water marks for {} clients",
+                        id.0, s.unfinished, s.in_flight, s.remembered, s.low_water_marks
+                    );
+                    println!(
+                        "  log: {} bytes on disk, {} bytes written in {} syncs, {} checkpoints",
+                        s.log_disk_bytes, s.log_bytes, s.log_syncs, s.checkpoints
+                    );
+                    println!(
+                        "  refused busy {}, malformed frames {}, dropped sends {}; recovery took {} ms",
+                        s.busy, s.malformed_frames, s.dropped_sends, s.recovery_ms
+                    );
+                    print_in_doubt(&s.in_doubt);
+                }
+                Err(e) => println!("node {} ({addr}): DOWN: {e}", id.0),
             }
         }
-        Ok(())
-    })
+        println!("{reachable} of {} nodes reachable", results.len());
+    }
+    if reachable == 0 {
+        if !a.json {
+            eprintln!("pipewright storage status: no node is reachable");
+        }
+        exit(EXIT_UNREACHABLE);
+    }
+    Ok(())
+}
+
+/// The in-doubt lines of `status`: count, oldest intent, then each (at most 10).
+fn print_in_doubt(list: &[pipewright_storage::wire::InDoubt]) {
+    let Some(oldest) = list.first() else {
+        println!("  in doubt: none");
+        return;
+    };
+    println!(
+        "  in doubt: {} transactions waiting for their outcome; oldest intent {:.1} s old",
+        list.len(),
+        oldest.age_ms as f64 / 1e3
+    );
+    for t in list.iter().take(10) {
+        let decider = t.decider.map_or("unknown".to_string(), |d| d.to_string());
+        println!(
+            "    transaction {}: waiting {:.1} s for decider node {decider}{}",
+            t.txn,
+            t.age_ms as f64 / 1e3,
+            if t.recovered {
+                " (recovered from the log)"
+            } else {
+                ""
+            }
+        );
+    }
+    if list.len() > 10 {
+        println!("    ... and {} more (--json lists all)", list.len() - 10);
+    }
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let client = client(&a.peers)?;
     let nodes = client.peers().ids().len();
+    let json = a.peers.json;
     let opts = BenchOptions {
         seconds: a.seconds,
         concurrency: a.concurrency,
         span: a.span,
         accounts_per_node: a.accounts,
     };
-    println!(
-        "bank transfers on {nodes} nodes: {} loops, {} nodes per transfer, {} accounts per node, {} s",
-        opts.concurrency, opts.span, opts.accounts_per_node, opts.seconds
-    );
-    let r = io_runtime(2)?.block_on(bench::run(client, opts))?;
-    println!(
-        "committed {} in {:.1} s: {:.0} txn/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        r.committed,
-        r.elapsed.as_secs_f64(),
-        r.tps(),
-        r.quantile(0.5).as_secs_f64() * 1e3,
-        r.quantile(0.99).as_secs_f64() * 1e3,
-        r.quantile(1.0).as_secs_f64() * 1e3,
-    );
-    println!(
-        "aborted attempts (retried) {}, busy {}, timeouts {}, errors {}",
-        r.aborted, r.busy, r.timeouts, r.errors
-    );
-    println!(
-        "audit: {} accounts, total {} (expected {}), min balance {}, lost acknowledged commits {}",
-        r.audit.accounts,
-        r.audit.total,
-        r.expected_total,
-        r.audit.min,
-        r.audit.lost.len()
-    );
+    if !json {
+        println!(
+            "bank transfers on {nodes} nodes: {} loops, {} nodes per transfer, {} accounts per node, {} s",
+            opts.concurrency, opts.span, opts.accounts_per_node, opts.seconds
+        );
+    }
+    let r = match io_runtime(2)?.block_on(bench::run(client, opts)) {
+        Ok(r) => r,
+        Err(e) => fail(json, "bench", &e),
+    };
+    let ms = |q: f64| r.quantile(q).as_secs_f64() * 1e3;
+    if json {
+        let v = serde_json::json!({
+            "nodes": nodes,
+            "committed": r.committed,
+            "seconds": r.elapsed.as_secs_f64(),
+            "tps": r.tps(),
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": ms(1.0),
+            "aborted": r.aborted,
+            "busy": r.busy,
+            "timeouts": r.timeouts,
+            "errors": r.errors,
+            "audit": {
+                "accounts": r.audit.accounts,
+                "total": r.audit.total,
+                "expected_total": r.expected_total,
+                "min": r.audit.min,
+                "lost": r.audit.lost.len(),
+                "consistent": r.consistent(),
+            },
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "committed {} in {:.1} s: {:.0} txn/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            r.committed,
+            r.elapsed.as_secs_f64(),
+            r.tps(),
+            ms(0.5),
+            ms(0.99),
+            ms(1.0),
+        );
+        println!(
+            "aborted attempts (retried) {}, busy {}, timeouts {}, errors {}",
+            r.aborted, r.busy, r.timeouts, r.errors
+        );
+        println!(
+            "audit: {} accounts, total {} (expected {}), min balance {}, lost acknowledged commits {}",
+            r.audit.accounts,
+            r.audit.total,
+            r.expected_total,
+            r.audit.min,
+            r.audit.lost.len()
+        );
+    }
     if !r.consistent() {
         bail!("the audit failed");
     }

@@ -6,7 +6,9 @@
 //! - [`log`]: the append-only log (intent, decision, completion, forget and
 //!   checkpoint records): framing with length + CRC-32C, [`log::encode`] into a
 //!   caller buffer (for the group-commit sink), [`log::replay`] up to the first torn
-//!   or corrupt record, and [`log::segments`] (a checkpoint starts a new segment);
+//!   or corrupt record, [`log::segments`] (a checkpoint starts a new segment) and
+//!   [`log::format`] (the data directory's format marker: a node refuses to start on
+//!   a directory of another format, naming both versions);
 //! - [`pages`]: the page file of fixed 8 KiB pages with a versioned, checksummed header;
 //! - [`locks`]: the no-wait page lock table used by the prepare analysis (`Sync`,
 //!   loom-checked);
@@ -91,9 +93,11 @@
 //!   forgotten only after every node acknowledged, so no node is still prepared); a
 //!   `Commit` for an unknown transaction is acknowledged again (it carries its
 //!   decider: the node completed it and forgot it). The client of such a late
-//!   `Prepare` gets no answer (its outcome was decided, and told, long before — or, if
-//!   the `Prepare` was overtaken by a later one of the same client by a whole
-//!   checkpoint interval, it is aborted and the client times out).
+//!   `Prepare` is answered `Outcome::Forgotten` — not a verdict, since the node cannot
+//!   tell a late copy of a transaction decided (and told) long before from one
+//!   overtaken by a later transaction of the same client by a whole checkpoint
+//!   interval (which is aborted); the client reports the outcome as unknown at once
+//!   instead of timing out.
 //!
 //! # Log truncation, and what is forgotten when
 //!

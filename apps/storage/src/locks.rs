@@ -23,7 +23,7 @@ use crate::types::{PageId, TxnId, Version};
 #[cfg_attr(not(loom), derive(serde::Serialize, serde::Deserialize))]
 pub enum PrepareError {
     /// Another transaction holds a lock on `page` (no-wait: we abort instead of waiting).
-    #[error("page {page} is locked by {holder}")]
+    #[error("page {page} is locked by transaction {holder} — retry")]
     Conflict {
         /// The contended page.
         page: PageId,
@@ -31,7 +31,9 @@ pub enum PrepareError {
         holder: TxnId,
     },
     /// The page changed since the client read it (optimistic concurrency check).
-    #[error("page {page} is at version {found}, the transaction expected {expected}")]
+    #[error(
+        "page {page} is at version {found}, the transaction expected {expected} — read it again and retry"
+    )]
     VersionMismatch {
         /// The page whose version differs.
         page: PageId,
@@ -41,10 +43,10 @@ pub enum PrepareError {
         found: Version,
     },
     /// Taking the locks would exceed the table's capacity (admission control).
-    #[error("lock table full")]
+    #[error("the node's lock table is full — retry later")]
     NoSpace,
     /// The same page appears twice in one transaction's writes on this node.
-    #[error("page {page} is written twice by one transaction")]
+    #[error("page {page} is written twice by one transaction — write it once")]
     DuplicatePage {
         /// The repeated page.
         page: PageId,
@@ -58,7 +60,7 @@ pub enum PrepareError {
         capacity: u64,
     },
     /// The write carries more than a page of data.
-    #[error("{len} bytes for page {page} exceed a page")]
+    #[error("{len} bytes for page {page} exceed a page (at most 8192)")]
     TooLarge {
         /// The page.
         page: PageId,

@@ -3,15 +3,17 @@
 //!
 //! ```text
 //! slot i at offset i * SLOT_SIZE:
-//! +-------+--------+----------+----------+----------+-----------+----------------+
-//! | magic | format | page id  | version  | crc32c   | reserved  | data: 8 KiB    |
-//! | u32   | u32    | u64      | u64      | u32      | 36 bytes  |                |
-//! +-------+--------+----------+----------+----------+-----------+----------------+
+//! +-------+--------+----------+----------+----------+--------+-----------+-------------+
+//! | magic | format | page id  | version  | crc32c   | length | reserved  | data: 8 KiB |
+//! | u32   | u32    | u64      | u64      | u32      | u32    | 32 bytes  |             |
+//! +-------+--------+----------+----------+----------+--------+-----------+-------------+
 //! ```
 //!
-//! The CRC-32C covers page id, version and data, so a torn or misdirected write is
-//! detected on read ([`PageError::Corrupt`]). A slot that was never written reads as
-//! version 0 and zeroed data. [`PageStore::apply`] is one positioned write of a whole
+//! The CRC-32C covers page id, version, length and data, so a torn or misdirected write
+//! is detected on read ([`PageError::Corrupt`]). The length is the number of bytes the
+//! page was written with, so a read returns them exactly (trailing zeros included).
+//! Pages of format 1 (no length field) read as a full page. A slot that was never
+//! written reads as version 0 and no data. [`PageStore::apply`] is one positioned write of a whole
 //! slot; durability is the caller's decision ([`PageStore::sync`]). Until a checkpoint
 //! syncs the page file, the log's intents are the redo source for committed writes.
 
@@ -30,7 +32,9 @@ pub const HEADER_SIZE: usize = 64;
 pub const SLOT_SIZE: usize = HEADER_SIZE + PAGE_SIZE;
 
 const MAGIC: u32 = 0x4750_5750; // "PWPG" little endian
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// The first format, without the length field (still readable).
+const FORMAT_V1: u32 = 1;
 
 /// What is wrong with a page read from disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +56,7 @@ pub enum PageError {
     #[error("page file I/O: {0}")]
     Io(#[from] std::io::Error),
     /// The page is beyond the file's capacity.
-    #[error("{page} is beyond the page file's capacity of {capacity} pages")]
+    #[error("page {page} is beyond the page file's capacity of {capacity} pages")]
     OutOfRange {
         /// The page asked for.
         page: PageId,
@@ -66,7 +70,7 @@ pub enum PageError {
         len: usize,
     },
     /// The page on disk fails its checks.
-    #[error("{page} is corrupt: {kind:?}")]
+    #[error("page {page} is corrupt: {kind:?}")]
     Corrupt {
         /// The page.
         page: PageId,
@@ -104,9 +108,13 @@ pub struct PageStore {
     capacity: u64,
 }
 
-fn checksum(page: PageId, version: Version, data: &[u8]) -> u32 {
+fn checksum(page: PageId, version: Version, len: Option<u32>, data: &[u8]) -> u32 {
     let crc = crc32c::crc32c(&page.0.to_le_bytes());
     let crc = crc32c::crc32c_append(crc, &version.to_le_bytes());
+    let crc = match len {
+        Some(len) => crc32c::crc32c_append(crc, &len.to_le_bytes()),
+        None => crc,
+    };
     crc32c::crc32c_append(crc, data)
 }
 
@@ -142,38 +150,46 @@ impl PageStore {
         Ok(page.0 * SLOT_SIZE as u64)
     }
 
-    fn check(page: PageId, slot: &[u8]) -> Result<Version, PageError> {
+    /// The page's version and data length.
+    fn check(page: PageId, slot: &[u8]) -> Result<(Version, usize), PageError> {
         let u32_at = |i: usize| u32::from_le_bytes(slot[i..i + 4].try_into().expect("4"));
         let u64_at = |i: usize| u64::from_le_bytes(slot[i..i + 8].try_into().expect("8"));
         let data = &slot[HEADER_SIZE..];
         let corrupt = |kind| Err(PageError::Corrupt { page, kind });
         if slot[..HEADER_SIZE].iter().all(|&b| b == 0) {
             return if data.iter().all(|&b| b == 0) {
-                Ok(0)
+                Ok((0, 0))
             } else {
                 corrupt(CorruptKind::TornWrite)
             };
         }
-        if u32_at(0) != MAGIC || u32_at(4) != FORMAT {
+        let len = match u32_at(4) {
+            FORMAT => Some(u32_at(28)),
+            FORMAT_V1 => None,
+            _ => return corrupt(CorruptKind::BadMagic),
+        };
+        if u32_at(0) != MAGIC {
             return corrupt(CorruptKind::BadMagic);
         }
         let (id, version, crc) = (PageId(u64_at(8)), u64_at(16), u32_at(24));
-        if checksum(id, version, data) != crc {
+        if checksum(id, version, len, data) != crc || len.is_some_and(|l| l as usize > PAGE_SIZE) {
             return corrupt(CorruptKind::BadChecksum);
         }
         if id != page {
             return corrupt(CorruptKind::WrongPage(id));
         }
-        Ok(version)
+        Ok((version, len.map_or(PAGE_SIZE, |l| l as usize)))
     }
 
-    /// Read a page: its version and its [`PAGE_SIZE`] bytes of data, checksum-verified.
+    /// Read a page: its version and the data it was written with (every byte;
+    /// empty if never written), checksum-verified.
     pub fn read(&self, page: PageId) -> Result<(Version, Vec<u8>), PageError> {
         let offset = self.offset(page)?;
         let mut slot = vec![0u8; SLOT_SIZE];
         self.file.read_exact_at(&mut slot, offset)?;
-        let version = Self::check(page, &slot)?;
+        let (version, len) = Self::check(page, &slot)?;
         slot.drain(..HEADER_SIZE);
+        slot.truncate(len);
         Ok((version, slot))
     }
 
@@ -186,12 +202,14 @@ impl PageStore {
         }
         let mut slot = vec![0u8; SLOT_SIZE];
         slot[HEADER_SIZE..HEADER_SIZE + data.len()].copy_from_slice(data);
-        let crc = checksum(page, version, &slot[HEADER_SIZE..]);
+        let len = data.len() as u32;
+        let crc = checksum(page, version, Some(len), &slot[HEADER_SIZE..]);
         slot[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         slot[4..8].copy_from_slice(&FORMAT.to_le_bytes());
         slot[8..16].copy_from_slice(&page.0.to_le_bytes());
         slot[16..24].copy_from_slice(&version.to_le_bytes());
         slot[24..28].copy_from_slice(&crc.to_le_bytes());
+        slot[28..32].copy_from_slice(&len.to_le_bytes());
         self.file.write_all_at(&slot, offset)?;
         Ok(())
     }
@@ -216,8 +234,8 @@ impl PageStore {
             let page = PageId(i);
             self.file.read_exact_at(&mut slot, i * SLOT_SIZE as u64)?;
             match Self::check(page, &slot) {
-                Ok(0) => {}
-                Ok(version) => {
+                Ok((0, _)) => {}
+                Ok((version, _)) => {
                     out.versions.insert(page, version);
                 }
                 Err(PageError::Corrupt { .. }) => out.corrupt.push(page),

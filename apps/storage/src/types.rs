@@ -10,9 +10,10 @@ macro_rules! id_type {
         #[cfg_attr(not(loom), derive(Serialize, Deserialize))]
         pub struct $name(pub $inner);
 
+        /// The bare number (messages name what it is: "node 2", "page 100").
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "{}{}", stringify!($name), self.0)
+                write!(f, "{}", self.0)
             }
         }
     };

@@ -92,7 +92,8 @@ pub enum ClientResponse {
         /// The transaction.
         txn: TxnId,
     },
-    /// A page read: the committed version and data (trailing zero bytes trimmed).
+    /// A page read: the committed version and the data as written (empty if never
+    /// written).
     Page {
         /// The request.
         req: u64,
@@ -155,6 +156,25 @@ pub struct NodeStatus {
     pub net_duplicated: u64,
     /// See `net_dropped`.
     pub net_delayed: u64,
+    /// Transactions that voted yes here and wait for their outcome, oldest first (the
+    /// first is the oldest intent).
+    pub in_doubt: Vec<InDoubt>,
+    /// How long the node's recovery took when it started, in milliseconds.
+    pub recovery_ms: u64,
+}
+
+/// A transaction prepared on a node and waiting for its outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InDoubt {
+    /// The transaction.
+    pub txn: TxnId,
+    /// The node that decides it (none if only known through a `Resolve`).
+    pub decider: Option<NodeId>,
+    /// Found in the log by recovery (rather than prepared since the node started).
+    pub recovered: bool,
+    /// How long it has been waiting, in milliseconds (measured by the node's retry
+    /// timer: up to one tick short).
+    pub age_ms: u64,
 }
 
 /// A frame could not be read or decoded.

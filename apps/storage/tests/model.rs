@@ -96,6 +96,10 @@ impl ChainModel {
                     s.outcomes.insert((n, txn, Verdict::Commit));
                 }
                 Action::Reply { txn, outcome, .. } => {
+                    if matches!(outcome, Outcome::Forgotten { .. }) {
+                        // Not a verdict (the node cannot tell): nothing to check.
+                        continue;
+                    }
                     let committed = outcome == Outcome::Committed;
                     if committed && !s.decided.contains(&(txn, Verdict::Commit)) {
                         s.commit_before_decision = true;

@@ -19,7 +19,7 @@ fn unwritten_pages_read_as_version_zero() {
     let (_d, _p, store) = store(3);
     let (version, data) = store.read(PageId(1)).unwrap();
     assert_eq!(version, 0);
-    assert_eq!(data, vec![0; PAGE_SIZE]);
+    assert!(data.is_empty(), "an unwritten page has no data");
 }
 
 #[test]
@@ -29,16 +29,19 @@ fn apply_read_and_reopen() {
     store.apply(PageId(0), 7, &full).unwrap();
     store.apply(PageId(3), 1, b"x").unwrap();
     store.apply(PageId(3), 2, b"yz").unwrap();
+    // Trailing zero bytes are data: they read back exactly.
+    store.apply(PageId(2), 1, b"a\0\0").unwrap();
     store.sync().unwrap();
     drop(store);
     let store = PageStore::open(&path, 4).unwrap();
     assert_eq!(store.read(PageId(0)).unwrap(), (7, full));
     let (version, data) = store.read(PageId(3)).unwrap();
-    assert_eq!((version, &data[..3]), (2, &b"yz\0"[..]));
+    assert_eq!((version, &data[..]), (2, &b"yz"[..]));
+    assert_eq!(store.read(PageId(2)).unwrap(), (1, b"a\0\0".to_vec()));
     let scan = store.scan().unwrap();
     assert_eq!(
         scan.versions.into_iter().collect::<Vec<_>>(),
-        vec![(PageId(0), 7), (PageId(3), 2)]
+        vec![(PageId(0), 7), (PageId(2), 1), (PageId(3), 2)]
     );
     assert!(scan.corrupt.is_empty());
 }
@@ -108,4 +111,30 @@ fn torn_first_write_is_detected() {
             ..
         })
     ));
+}
+
+#[test]
+fn format_1_pages_without_a_length_still_read_as_full_pages() {
+    let (_d, path, store) = store(2);
+    // A slot as format 1 wrote it: no length field; the CRC covers id, version, data.
+    let mut data = vec![0u8; PAGE_SIZE];
+    data[..3].copy_from_slice(b"old");
+    let (page, version) = (1u64, 5u64);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c_append(crc32c::crc32c(&page.to_le_bytes()), &version.to_le_bytes()),
+        &data,
+    );
+    let mut slot = vec![0u8; SLOT_SIZE];
+    slot[0..4].copy_from_slice(&0x4750_5750u32.to_le_bytes());
+    slot[4..8].copy_from_slice(&1u32.to_le_bytes());
+    slot[8..16].copy_from_slice(&page.to_le_bytes());
+    slot[16..24].copy_from_slice(&version.to_le_bytes());
+    slot[24..28].copy_from_slice(&crc.to_le_bytes());
+    slot[HEADER_SIZE..].copy_from_slice(&data);
+    let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    raw.write_all_at(&slot, SLOT_SIZE as u64).unwrap();
+    assert_eq!(store.read(PageId(1)).unwrap(), (5, data));
+    // Rewritten, it is format 2 and keeps its exact length.
+    store.apply(PageId(1), 6, b"new\0").unwrap();
+    assert_eq!(store.read(PageId(1)).unwrap(), (6, b"new\0".to_vec()));
 }

@@ -353,3 +353,62 @@ fn recovery_redoes_committed_writes_in_commit_order() {
     assert_eq!((version, &data[..2]), (2, &[2u8, 1][..]));
     assert_eq!(c.nodes[0].version(PageId(2)), 2);
 }
+
+#[test]
+fn a_prepare_overtaken_by_a_later_forgotten_transaction_of_its_client_is_answered() {
+    let mut c = Cluster::new(2);
+    let client = ClientId(77);
+    let prepare = |id: u64, page: u64| Prepare {
+        txn: TxnId(id),
+        client,
+        chain: vec![NodeId(0), NodeId(1)],
+        writes: vec![(NodeId(0), w(page, 0)), (NodeId(1), w(page, 0))],
+    };
+    // Transaction 10 of the client commits, then two checkpoints forget it on both
+    // nodes: their low-water mark for the client is 10.
+    c.start(prepare(10, 3));
+    c.deliver_all();
+    assert_eq!(c.replies, vec![(TxnId(10), Outcome::Committed)]);
+    for _ in 0..2 {
+        for n in 0..2 {
+            let actions = c.nodes[n].checkpoint();
+            c.run(n, actions);
+        }
+    }
+    assert_eq!(
+        c.nodes[0].status(TxnId(10)),
+        TxnStatus::Unknown,
+        "forgotten"
+    );
+    // Transaction 9, sent earlier but overtaken, arrives now at the head: refused
+    // without state, and the client is told (not left to time out), with an answer
+    // that is not a verdict.
+    c.replies.clear();
+    c.start(prepare(9, 4));
+    c.deliver_all();
+    assert_eq!(
+        c.replies,
+        vec![(TxnId(9), Outcome::Forgotten { node: NodeId(0) })]
+    );
+    assert_eq!(c.nodes[0].status(TxnId(9)), TxnStatus::Unknown);
+    assert!(c.nodes[0].locks().is_empty());
+    // Arriving at the second node (as forwarded by a head that had not forgotten
+    // the client's later transaction yet): the same answer, and the head, which
+    // prepared it, is told to abort.
+    let late = c.nodes[1].handle(Message::Prepare(prepare(8, 5)));
+    assert!(late.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            to: NodeId(0),
+            msg: Message::Abort { txn: TxnId(8) }
+        }
+    )));
+    assert!(late.iter().any(|a| matches!(
+        a,
+        Action::Reply {
+            txn: TxnId(8),
+            outcome: Outcome::Forgotten { node: NodeId(1) },
+            ..
+        }
+    )));
+}

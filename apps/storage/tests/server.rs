@@ -187,3 +187,64 @@ async fn a_full_in_flight_budget_answers_busy() {
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_format_is_refused_with_both_versions_named() {
+    use pipewright_storage::log::format::{self, FormatError, LOG_FORMAT};
+    use pipewright_storage::server::NodeError;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let peers = Peers::new(BTreeMap::from([(NodeId(1), addr)]));
+    let opts = NodeOptions::new(NodeId(1), addr, dir.path().to_path_buf(), peers);
+    // A log of an incompatible (here: future) format, and its marker.
+    std::fs::write(dir.path().join("log"), b"\x07\x00\x00\x00 not our records").unwrap();
+    format::write(dir.path(), LOG_FORMAT + 6).unwrap();
+    let err = NodeServer::start(opts.clone()).await.unwrap_err();
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(
+        matches!(
+            err,
+            NodeError::Format(FormatError::Incompatible { found, expected, .. })
+                if found == LOG_FORMAT + 6 && expected == LOG_FORMAT
+        ),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains(&format!("is in storage format {}", LOG_FORMAT + 6)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("this node reads formats 1 to {LOG_FORMAT}")),
+        "{msg}"
+    );
+    // Nothing was touched: the foreign log is still there, byte for byte.
+    assert_eq!(
+        std::fs::read(dir.path().join("log")).unwrap(),
+        b"\x07\x00\x00\x00 not our records"
+    );
+
+    // Another program's marker.
+    std::fs::write(dir.path().join("format"), "PG 16\n").unwrap();
+    let err = NodeServer::start(opts).await.unwrap_err();
+    println!("{err}");
+    assert!(
+        matches!(&err, NodeError::Format(FormatError::Foreign { found, .. }) if found == "PG 16"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn data_directories_without_a_marker_or_of_an_older_format_are_upgraded() {
+    use pipewright_storage::log::format::{check, write, LOG_FORMAT};
+    let dir = tempfile::tempdir().unwrap();
+    // No marker: format 1 (from before the marker), upgraded to the current one.
+    assert_eq!(check(dir.path()).unwrap(), 1);
+    let marker = std::fs::read_to_string(dir.path().join("format")).unwrap();
+    assert_eq!(marker, format!("pipewright-storage format {LOG_FORMAT}\n"));
+    assert_eq!(check(dir.path()).unwrap(), LOG_FORMAT);
+    // An older readable marker is upgraded too.
+    write(dir.path(), 1).unwrap();
+    assert_eq!(check(dir.path()).unwrap(), 1);
+    assert_eq!(check(dir.path()).unwrap(), LOG_FORMAT);
+}

@@ -222,6 +222,10 @@ impl Sim {
                     self.applied.insert((n as u32, txn));
                 }
                 Action::Reply { txn, outcome, .. } => {
+                    if matches!(outcome, Outcome::Forgotten { .. }) {
+                        // Not a verdict (the node cannot tell): nothing to check.
+                        continue;
+                    }
                     let committed = outcome == Outcome::Committed;
                     self.replies.entry(txn).or_default().insert(committed);
                     for c in &mut self.clients {

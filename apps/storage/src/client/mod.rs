@@ -49,16 +49,21 @@ use conn::{take, Conn, Waiters};
 pub enum ClientError {
     /// The head node's in-flight budget is full: the transaction was not started
     /// (nothing of it exists on any node). Retry later.
-    #[error("node {node} is busy (in-flight budget full); the transaction was not started")]
+    #[error(
+        "node {node} is busy (its in-flight budget is full): the transaction did not start — safe to retry later"
+    )]
     Busy {
         /// The head node.
         node: NodeId,
     },
     /// The transaction aborted: no node applies any of its writes.
-    #[error("aborted: {0:?}")]
+    #[error("aborted: {0}")]
     Aborted(AbortReason),
-    /// A connection to `node` failed.
-    #[error("node {node}: {error}")]
+    /// A connection to `node` failed before the request was sent: for a transaction,
+    /// it **did not start** (no node has any of it), so it is safe to retry.
+    #[error(
+        "cannot reach node {node} ({error}): nothing was sent, so no transaction started — safe to retry"
+    )]
     Io {
         /// The node.
         node: NodeId,
@@ -67,12 +72,27 @@ pub enum ClientError {
     },
     /// No answer in time. For a transaction (`txn` set) the outcome is **unknown**: it
     /// may still commit or abort.
-    #[error("timed out (node {node}{})", txn.map(|t| format!(", {t} outcome unknown")).unwrap_or_default())]
+    #[error("node {node} did not answer in time: {}", match txn {
+        Some(t) => format!("the outcome of transaction {t} is unknown (it may still commit or abort) — read the pages before retrying"),
+        None => "nothing was started — safe to retry".to_string(),
+    })]
     Timeout {
         /// The node that did not answer (the head, for a transaction).
         node: NodeId,
         /// The transaction, if it was sent.
         txn: Option<TxnId>,
+    },
+    /// `node` refused the transaction as older than the transactions of this client
+    /// it has forgotten (overtaken by a later one of this client, or a late copy): the
+    /// outcome is **unknown** to it (if this was its first visit, it aborted).
+    #[error(
+        "node {node} refused transaction {txn} as older than the transactions of this client it has forgotten (overtaken by a later one of this client, or a late copy): its outcome is unknown — read the pages before retrying"
+    )]
+    Forgotten {
+        /// The refusing node.
+        node: NodeId,
+        /// The transaction.
+        txn: TxnId,
     },
     /// The node is not in the peers file.
     #[error("node {0} is not in the peers file")]
@@ -148,6 +168,25 @@ impl Transaction {
     }
 }
 
+impl ClientError {
+    /// The request did not reach the node (connection failed, or no answer to the
+    /// handshake or a read): nothing was started, a retry is safe.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Io { .. } | ClientError::Timeout { txn: None, .. }
+        )
+    }
+
+    /// A transaction was sent and no outcome came back in time: it may still commit.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout { txn: Some(_), .. } | ClientError::Forgotten { .. }
+        )
+    }
+}
+
 /// A committed transaction: the decider's commit decision is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Committed {
@@ -160,8 +199,16 @@ pub struct Committed {
 pub struct PageData {
     /// The committed version (0: never written).
     pub version: Version,
-    /// The data, trailing zeros trimmed.
+    /// The data as last written (every byte, trailing zeros included); empty for a
+    /// page never written.
     pub data: Vec<u8>,
+}
+
+impl PageData {
+    /// Whether the page was ever written (version 0: never).
+    pub fn written(&self) -> bool {
+        self.version > 0
+    }
 }
 
 #[derive(Debug)]
@@ -270,6 +317,7 @@ impl StorageClient {
             Ok(Ok(ClientResponse::Outcome { outcome, .. })) => match outcome {
                 Outcome::Committed => Ok(Committed { txn: id }),
                 Outcome::Aborted(reason) => Err(ClientError::Aborted(reason)),
+                Outcome::Forgotten { node } => Err(ClientError::Forgotten { node, txn: id }),
             },
             Ok(Ok(ClientResponse::Busy { .. })) => Err(ClientError::Busy { node: head }),
             Ok(Ok(other)) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),

@@ -9,8 +9,10 @@
 //! never applies a half-written record.
 //!
 //! The log is kept in [`segments`]: a checkpoint starts a new segment and lets the
-//! older one be deleted, so the log's disk use stays bounded.
+//! older one be deleted, so the log's disk use stays bounded. The data directory's
+//! [`format`] marker names the format version; a node refuses another.
 
+pub mod format;
 mod frame;
 mod record;
 pub mod segments;

@@ -105,20 +105,24 @@ impl Message {
 }
 
 /// What was wrong with a `Prepare` a node could not even analyse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum Malformed {
     /// The chain is empty.
+    #[error("the chain is empty")]
     EmptyChain,
     /// The receiving node is not in the chain.
+    #[error("the node is not in the chain")]
     NotInChain,
     /// A node appears twice in the chain.
+    #[error("a node appears twice in the chain")]
     RepeatedNode,
 }
 
 /// Why a transaction aborted.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum AbortReason {
     /// `node`'s prepare analysis failed (lock conflict, version mismatch, no space).
+    #[error("node {node} refused: {error}")]
     Refused {
         /// The refusing node.
         node: NodeId,
@@ -126,6 +130,7 @@ pub enum AbortReason {
         error: PrepareError,
     },
     /// `node` rejected the prepare message itself.
+    #[error("node {node} rejected the transaction: {what} — fix the chain")]
     Malformed {
         /// The rejecting node.
         node: NodeId,
@@ -134,6 +139,7 @@ pub enum AbortReason {
     },
     /// A prepared node asked the decider, which had no record of the transaction and so
     /// decided abort (presumed abort; e.g. the prepare was lost or the coordinator died).
+    #[error("the decider had no record of it and presumed abort (a message was lost) — retry")]
     Unresolved,
 }
 
@@ -144,6 +150,16 @@ pub enum Outcome {
     Committed,
     /// No node applies any write.
     Aborted(AbortReason),
+    /// `node` refused the `Prepare` because the transaction is at or below its client's
+    /// low-water mark: either it was overtaken by a later transaction of the same
+    /// client that the node already forgot (then it can never commit: it aborts), or
+    /// it is a late copy of a transaction finished long ago (whose outcome was told
+    /// then). The node cannot tell which, so this is not a verdict: the client should
+    /// treat the outcome as unknown (and read the pages).
+    Forgotten {
+        /// The refusing node.
+        node: NodeId,
+    },
 }
 
 /// Identifies a record a node asked to persist, in its log order. Ids restart at 0 when

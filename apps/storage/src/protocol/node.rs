@@ -97,6 +97,19 @@ impl Node {
         self.versions.get(&page).copied().unwrap_or(0)
     }
 
+    /// Transactions that voted yes here and wait for their outcome (prepared, or in
+    /// doubt after a restart): each with its decider (if known) and whether it was
+    /// recovered from the log. Ascending by id.
+    pub fn prepared(&self) -> Vec<(TxnId, Option<NodeId>, bool)> {
+        self.txns
+            .iter()
+            .filter_map(|(&txn, t)| match t.phase {
+                Phase::Prepared { in_doubt } => Some((txn, t.chain.last().copied(), in_doubt)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Where `txn` stands on this node.
     pub fn status(&self, txn: TxnId) -> TxnStatus {
         match self.txns.get(&txn).map(|t| &t.phase) {
@@ -159,15 +172,22 @@ impl Node {
         if self.is_late(p.client, p.txn) {
             // Forgotten here (finished and checkpointed), or overtaken by a later
             // transaction of the same client that was: refused without any state (the
-            // mark is durable, so every later copy is refused too). The outcome is not
-            // known any more, so the client is not answered; a predecessor still
-            // prepared is told to abort (one that finished ignores it).
+            // mark is durable, so every later copy is refused too). The verdict is not
+            // known here, so the client is told just that (`Forgotten`, not an
+            // abort: a late copy of a committed transaction must not read as
+            // aborted); a predecessor still prepared is told to abort (one that
+            // finished ignores it).
             if let Some(prev) = self.neighbour(&p.chain, -1) {
                 out.push(Action::Send {
                     to: prev,
                     msg: Message::Abort { txn: p.txn },
                 });
             }
+            out.push(Action::Reply {
+                client: p.client,
+                txn: p.txn,
+                outcome: Outcome::Forgotten { node: self.id },
+            });
             return;
         }
         let malformed = if p.chain.is_empty() {

@@ -12,7 +12,7 @@ use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecoverError {
     /// Two in-doubt intents lock the same page: the log is not one this node wrote.
-    #[error("in-doubt intents of {txn} and another transaction overlap: {error}")]
+    #[error("in-doubt intents of transaction {txn} and another transaction overlap: {error}")]
     OverlappingIntents {
         /// The second transaction.
         txn: TxnId,

@@ -191,6 +191,9 @@ pub enum NodeError {
         /// The error.
         error: std::io::Error,
     },
+    /// The data directory is in another format (or not ours).
+    #[error("{0}")]
+    Format(#[from] crate::log::format::FormatError),
     /// The page file failed.
     #[error("page file: {0}")]
     Pages(#[from] PageError),
@@ -231,6 +234,9 @@ pub struct Recovered {
     pub redone: usize,
     /// In-doubt transactions (intent logged, outcome unknown) now asking their decider.
     pub in_doubt: usize,
+    /// How long recovery took (opening the page file and log, replay, redo), until
+    /// the node was ready to serve.
+    pub duration: std::time::Duration,
 }
 
 /// A running storage node.
@@ -248,7 +254,9 @@ impl NodeServer {
     /// Recover from `opts.data` and start serving on `opts.listen`. Must be called
     /// within a tokio runtime (with I/O and time enabled).
     pub async fn start(opts: NodeOptions) -> Result<NodeServer, NodeError> {
+        let began = std::time::Instant::now();
         std::fs::create_dir_all(&opts.data).map_err(io("creating the data directory"))?;
+        crate::log::format::check(&opts.data)?;
         let pages = PageStore::open(opts.data.join("pages"), opts.pages)?;
         let scan = pages.scan()?;
         let opened = segments::open(&opts.data).map_err(io("opening the log"))?;
@@ -346,6 +354,9 @@ impl NodeServer {
             shared: shared.clone(),
             fx: fx.clone(),
         };
+        recovered.duration = began.elapsed();
+        lock(&shared).recovery_ms = recovered.duration.as_millis() as u64;
+        metrics::histogram!("storage_recovery_seconds").record(recovered.duration.as_secs_f64());
         let accept = tokio::spawn(net::accept_loop(listener, ctx, input));
         Ok(NodeServer {
             local_addr,

@@ -18,7 +18,6 @@ use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 use super::faults::NetFaults;
 use super::stages::Inbound;
 use super::state::{lock, Effects, Shared};
-use crate::pages::PAGE_SIZE;
 use crate::protocol::Message;
 use crate::types::{ClientId, NodeId};
 use crate::wire::{self, codec, ClientRequest, ClientResponse, FrameError, Hello};
@@ -148,11 +147,7 @@ async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<
             ClientRequest::Read { req, page } => {
                 let read = lock(&ctx.shared).pages.read(page);
                 let _ = tx.send(match read {
-                    Ok((version, mut data)) => {
-                        let used = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-                        data.truncate(used.min(PAGE_SIZE));
-                        ClientResponse::Page { req, version, data }
-                    }
+                    Ok((version, data)) => ClientResponse::Page { req, version, data },
                     Err(e) => ClientResponse::Failed {
                         req,
                         error: e.to_string(),

@@ -14,7 +14,7 @@ use crate::log::{self, EncodeError, Record};
 use crate::pages::{PageError, PageStore};
 use crate::protocol::{Action, Message, Node, RecordId, TxnStatus};
 use crate::types::{ClientId, NodeId, TxnId};
-use crate::wire::{ClientResponse, NodeStatus};
+use crate::wire::{ClientResponse, InDoubt, NodeStatus};
 
 /// A stage of the node's pipeline could not carry out an action: the node stops
 /// (fail-stop) and its restart recovers from the log.
@@ -53,6 +53,8 @@ pub(crate) struct State {
     resolve_after: Duration,
     /// When each prepared transaction was first seen waiting by the tick.
     prepared_since: HashMap<TxnId, Instant>,
+    /// How long recovery took when the node started.
+    pub(crate) recovery_ms: u64,
 }
 
 /// A run of encoded log records for the group-commit sink: every record up to `last`
@@ -161,6 +163,7 @@ impl State {
             admitted: HashSet::new(),
             resolve_after,
             prepared_since: HashMap::new(),
+            recovery_ms: 0,
         }
     }
 
@@ -186,6 +189,14 @@ impl State {
             _ => true,
         });
         self.prepared_since.retain(|txn, _| waiting.contains(txn));
+        let oldest = self
+            .prepared_since
+            .values()
+            .min()
+            .map(|&t| now.duration_since(t));
+        metrics::gauge!("storage_in_doubt").set(self.prepared_since.len() as f64);
+        metrics::gauge!("storage_oldest_intent_age_seconds")
+            .set(oldest.unwrap_or_default().as_secs_f64());
         self.execute(fx, actions)
     }
 
@@ -307,6 +318,29 @@ impl State {
             net_dropped: s.net_dropped.load(Ordering::Relaxed),
             net_duplicated: s.net_duplicated.load(Ordering::Relaxed),
             net_delayed: s.net_delayed.load(Ordering::Relaxed),
+            in_doubt: self.in_doubt(),
+            recovery_ms: self.recovery_ms,
         }
+    }
+
+    /// The transactions waiting for their outcome here, oldest first.
+    fn in_doubt(&self) -> Vec<InDoubt> {
+        let now = Instant::now();
+        let mut out: Vec<InDoubt> = self
+            .node
+            .prepared()
+            .into_iter()
+            .map(|(txn, decider, recovered)| InDoubt {
+                txn,
+                decider,
+                recovered,
+                age_ms: self
+                    .prepared_since
+                    .get(&txn)
+                    .map_or(0, |&t| now.duration_since(t).as_millis() as u64),
+            })
+            .collect();
+        out.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.txn.cmp(&b.txn)));
+        out
     }
 }

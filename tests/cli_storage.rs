@@ -1,0 +1,376 @@
+//! `pipewright storage` as a person meets it: the real binary against real node
+//! processes on loopback. Readable messages (never a Rust debug dump, never a
+//! backtrace for an expected outcome even with `RUST_BACKTRACE=1`), exit codes that
+//! tell committed / aborted / unknown outcome / unreachable apart, `--json` and
+//! `--timeout`, `read` showing exactly the bytes written, and `status` when nodes are
+//! down.
+#![cfg(feature = "storage")]
+
+mod storage_common;
+
+use std::path::Path;
+use std::process::Command;
+
+use pipewright_storage::NodeId;
+use storage_common::{TestCluster, EXE};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `pipewright storage ARGS --peers PEERS` with `RUST_BACKTRACE=1`.
+fn storage(peers: &Path, args: &[&str]) -> Run {
+    let out = Command::new(EXE)
+        .arg("storage")
+        .args(args)
+        .arg("--peers")
+        .arg(peers)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running pipewright");
+    let run = Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!(
+        "$ storage {}\n  exit {}\n  stdout: {}\n  stderr: {}",
+        args.join(" "),
+        run.code,
+        run.stdout.trim(),
+        run.stderr.trim()
+    );
+    run
+}
+
+/// No Rust debug dump, no backtrace.
+fn assert_readable(run: &Run) {
+    let all = format!("{}{}", run.stdout, run.stderr);
+    for dump in [
+        "NodeId",
+        "PageId",
+        "TxnId",
+        "Refused {",
+        "VersionMismatch",
+        "backtrace",
+        "Backtrace",
+        "NodeStatus",
+        "Os {",
+    ] {
+        assert!(!all.contains(dump), "`{dump}` in the output:\n{all}");
+    }
+}
+
+fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", run.stdout))
+}
+
+#[test]
+fn txn_read_and_status_speak_plainly_with_exit_codes() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let cluster = TestCluster::start("cli", &[]);
+    let peers = cluster.cluster.peers_path();
+
+    // An unwritten page says so (no `version 0 data `).
+    let r = storage(&peers, &["read", "--node", "1", "--page", "100"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("never written"), "{}", r.stdout);
+    let r = storage(&peers, &["read", "--json", "--node", "1", "--page", "100"]);
+    assert_eq!(r.code, 0);
+    let v = json(&r);
+    assert_eq!(
+        (v["written"].as_bool(), v["version"].as_u64()),
+        (Some(false), Some(0))
+    );
+
+    // A commit, with trailing zero bytes that must read back exactly.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--write",
+            "1:100:0:00ff0000",
+            "--write",
+            "2:100:0:01",
+        ],
+    );
+    assert_eq!(r.code, 0, "committed is exit 0");
+    assert!(
+        r.stdout.starts_with("committed transaction "),
+        "{}",
+        r.stdout
+    );
+    assert_readable(&r);
+    let r = storage(&peers, &["read", "--node", "1", "--page", "100"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout.contains("version 1 (4 bytes): 00ff0000"),
+        "trailing zeros kept: {}",
+        r.stdout
+    );
+    let v = json(&storage(
+        &peers,
+        &["read", "--json", "--node", "1", "--page", "100"],
+    ));
+    assert_eq!(v["data"], "00ff0000");
+    assert_eq!(v["version"], 1);
+
+    // A stale version: aborted (exit 3), said in words, no backtrace.
+    let r = storage(
+        &peers,
+        &["txn", "--write", "1:100:0:aa", "--write", "2:100:1:bb"],
+    );
+    assert_eq!(r.code, 3, "aborted is exit 3");
+    assert!(
+        r.stderr.contains(
+            "aborted: node 1 refused: page 100 is at version 1, the transaction expected 0 — read it again and retry"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_readable(&r);
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--write",
+            "1:100:0:aa",
+            "--write",
+            "2:100:1:bb",
+        ],
+    );
+    assert_eq!(r.code, 3);
+    assert_eq!(json(&r)["outcome"], "aborted");
+
+    // A JSON commit.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--write",
+            "1:100:1:cc",
+            "--write",
+            "2:100:1:dd",
+        ],
+    );
+    assert_eq!(r.code, 0);
+    let v = json(&r);
+    assert_eq!(v["outcome"], "committed");
+    assert!(v["txn"].as_u64().is_some());
+
+    // Status: every node readable, exit 0.
+    let r = storage(&peers, &["status", "--timeout", "5"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("3 of 3 nodes reachable"), "{}", r.stdout);
+    assert!(r.stdout.contains("node 2 ("), "{}", r.stdout);
+    assert_readable(&r);
+    let v = json(&storage(&peers, &["status", "--json"]));
+    assert_eq!(v["reachable"], 3);
+    assert_eq!(v["nodes"][0]["status"]["node"], 1);
+}
+
+#[test]
+fn unreachable_nodes_mean_the_transaction_did_not_start() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let mut cluster = TestCluster::start("cli-down", &[]);
+    let peers = cluster.cluster.peers_path();
+
+    // One node down: status still exits 0 and names the dead one.
+    cluster.cluster.kill(NodeId(3)).unwrap();
+    let r = storage(&peers, &["status", "--timeout", "2"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("2 of 3 nodes reachable"), "{}", r.stdout);
+    assert!(r.stdout.contains("node 3 ("), "{}", r.stdout);
+    assert!(r.stdout.contains("DOWN"), "{}", r.stdout);
+    assert_readable(&r);
+
+    // A transaction touching the dead node: unreachable (exit 5), safe to retry.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--timeout",
+            "2",
+            "--write",
+            "1:5:0:01",
+            "--write",
+            "3:5:0:02",
+        ],
+    );
+    assert_eq!(r.code, 5, "unreachable is exit 5");
+    assert!(r.stderr.contains("cannot reach node 3"), "{}", r.stderr);
+    assert!(r.stderr.contains("no transaction started"), "{}", r.stderr);
+    assert!(r.stderr.contains("safe to retry"), "{}", r.stderr);
+    assert_readable(&r);
+    // ... and indeed nothing of it exists: node 1's page is still unwritten.
+    let r = storage(&peers, &["read", "--json", "--node", "1", "--page", "5"]);
+    assert_eq!(json(&r)["written"], false);
+
+    // Every node down: status exits 5.
+    cluster.cluster.kill(NodeId(1)).unwrap();
+    cluster.cluster.kill(NodeId(2)).unwrap();
+    let r = storage(&peers, &["status", "--timeout", "2"]);
+    assert_eq!(r.code, 5, "no node reachable is exit 5");
+    assert!(r.stdout.contains("0 of 3 nodes reachable"), "{}", r.stdout);
+    assert_readable(&r);
+    let r = storage(&peers, &["status", "--json", "--timeout", "2"]);
+    assert_eq!(r.code, 5);
+    assert_eq!(json(&r)["reachable"], 0);
+    let r = storage(&peers, &["read", "--json", "--node", "2", "--page", "5"]);
+    assert_eq!(r.code, 5);
+    assert_eq!(json(&r)["outcome"], "unreachable");
+}
+
+/// The decider dies after the prepare reached it: the client cannot know the outcome
+/// (exit 4), and says so; `status` lists the transaction in doubt on the node that
+/// prepared it, with its decider and age, until the decider is back and settles it.
+#[cfg(feature = "storage-faults")]
+#[test]
+fn a_decider_dying_mid_transaction_is_an_unknown_outcome_listed_in_doubt() {
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let mut cluster = TestCluster::start("cli-unknown", &[]);
+    let peers = cluster.cluster.peers_path();
+    let crash = ["--crash-at".to_string(), "before-intent:1".to_string()];
+    cluster.cluster.restart_with(NodeId(2), &crash).unwrap();
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--timeout",
+            "3",
+            "--write",
+            "1:7:0:01",
+            "--write",
+            "2:7:0:02",
+        ],
+    );
+    assert_eq!(r.code, 4, "unknown outcome is exit 4");
+    assert!(
+        r.stderr.contains("outcome of transaction") && r.stderr.contains("unknown"),
+        "{}",
+        r.stderr
+    );
+    assert_readable(&r);
+    assert!(
+        cluster
+            .cluster
+            .wait_exit(NodeId(2), std::time::Duration::from_secs(10))
+            .unwrap(),
+        "the decider did not crash where asked"
+    );
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--timeout",
+            "2",
+            "--write",
+            "1:8:0:01",
+            "--write",
+            "3:8:0:02",
+        ],
+    );
+    assert_eq!(r.code, 0, "pages elsewhere are not blocked");
+
+    // Node 1 holds the intent and waits for node 2.
+    let r = storage(&peers, &["status", "--json", "--timeout", "2"]);
+    assert_eq!(r.code, 0);
+    let v = json(&r);
+    assert_eq!(v["reachable"], 2);
+    let node1 = &v["nodes"][0]["status"];
+    let in_doubt = node1["in_doubt"].as_array().expect("an in_doubt list");
+    assert_eq!(in_doubt.len(), 1, "{node1}");
+    assert_eq!(in_doubt[0]["decider"], 2);
+    assert_eq!(in_doubt[0]["recovered"], false);
+    assert!(
+        in_doubt[0]["age_ms"].as_u64().unwrap() > 0,
+        "the tick has seen it waiting for the whole client timeout: {node1}"
+    );
+    let txn = in_doubt[0]["txn"].as_u64().unwrap();
+    let r = storage(&peers, &["status", "--timeout", "2"]);
+    assert!(
+        r.stdout.contains(&format!("transaction {txn}: waiting"))
+            && r.stdout.contains("for decider node 2")
+            && r.stdout.contains("in doubt: 1 transactions")
+            && r.stdout.contains("oldest intent"),
+        "{}",
+        r.stdout
+    );
+    assert_readable(&r);
+
+    // The decider comes back: presumed abort settles it (no timing assumption: poll
+    // a bounded number of times).
+    cluster.cluster.restart(NodeId(2)).unwrap();
+    let mut settled = false;
+    for _ in 0..100 {
+        let v = json(&storage(&peers, &["status", "--json", "--timeout", "2"]));
+        if v["nodes"][0]["status"]["in_doubt"].as_array().map(Vec::len) == Some(0) {
+            settled = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(settled, "node 1 never learnt the outcome");
+    let v = json(&storage(
+        &peers,
+        &["read", "--json", "--node", "1", "--page", "7"],
+    ));
+    assert_eq!(v["written"], false, "presumed abort: nothing applied");
+}
+
+/// `storage cluster --json` (and through it `storage node`): one JSON line naming the
+/// nodes and the peers file, usable at once by `status --json`, and a stop line.
+#[test]
+fn cluster_json_names_nodes_and_peers_and_reports_its_stop() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pw-storage-cli-json-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(EXE)
+        .args(["storage", "cluster", "--json", "--nodes", "2", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the cluster");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["event"], "running");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2));
+    let peers = std::path::PathBuf::from(v["peers"].as_str().unwrap());
+    let r = storage(&peers, &["status", "--json"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(json(&r)["reachable"], 2);
+    // SIGTERM stops the cluster (and its nodes) cleanly.
+    // SAFETY: kill(2) on our own child's pid, no memory involved.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let last: serde_json::Value = serde_json::from_str(rest.trim()).unwrap();
+    assert_eq!(last["event"], "stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
