@@ -161,7 +161,8 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                         return Activation::Finished;
                     }
                     SourceState::Idle(Some(wait)) if emitted == 0 => cx.park(Some(wait)).await,
-                    SourceState::Idle(None) if emitted == 0 => tokio_free_yield().await,
+                    // Reported idle without awaiting anything: let the worker's other tasks run.
+                    SourceState::Idle(None) if emitted == 0 => cx.yield_now().await,
                     _ => {}
                 }
             }
@@ -180,20 +181,4 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
         }
         held
     }
-}
-
-/// Yields once to the executor (an async source that reports `Idle(None)` without
-/// awaiting anything must not starve the other tasks of its worker).
-async fn tokio_free_yield() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
