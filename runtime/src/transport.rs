@@ -158,6 +158,18 @@ impl<T: Send> RingSender<T> {
 }
 
 impl<T: Send> OutPort<T> for RingSender<T> {
+    fn queued(&self) -> Option<usize> {
+        Some(match &self.inner {
+            SenderInner::Local { queue, .. } => lock(queue).items.len(),
+            SenderInner::Spsc(p) => p.len(),
+            SenderInner::Mpsc(p) => p.len(),
+        })
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self.inner, SenderInner::Local { .. })
+    }
+
     #[inline]
     fn push(&mut self, items: &mut VecDeque<T>) {
         let mut pushed = self.try_push(items);

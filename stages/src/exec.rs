@@ -60,6 +60,16 @@ pub trait OutPort<T>: Send {
     fn push(&mut self, items: &mut VecDeque<T>);
     /// Marks this producer as finished; the consumer ends once all producers have.
     fn close(&mut self);
+    /// Items waiting in the edge as the producer sees them, if the transport knows.
+    fn queued(&self) -> Option<usize> {
+        None
+    }
+    /// True when the consumer runs on the producer's own thread (a fused edge): work
+    /// sent there takes the producer's own core. Replicated stages send their items
+    /// to replicas on other cores first (see [`Spreader::pick_preferring`](crate::Spreader::pick_preferring)).
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// The consuming end of an edge, used one burst at a time.

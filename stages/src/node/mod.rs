@@ -39,6 +39,16 @@ pub(crate) struct OutSlot<T: Send + 'static, X: Transport> {
 }
 
 impl<T: Send + 'static, X: Transport> OutSlot<T, X> {
+    /// Items waiting in the edge when its consumer runs on another core; `None` when
+    /// it shares this worker (or the transport cannot tell).
+    pub(crate) fn remote_queued(&self) -> Option<usize> {
+        let sender = self.sender.as_ref()?;
+        if sender.is_local() {
+            return None;
+        }
+        sender.queued()
+    }
+
     pub(crate) fn new() -> Self {
         Self {
             sender: None,

@@ -44,6 +44,9 @@ pub(crate) struct SplitNode<T: Send + 'static, E: Envelope<T>, X: Transport> {
     input: InSlot<T, X>,
     outputs: Vec<OutSlot<E::Out, X>>,
     spreader: Spreader,
+    /// Per replica, during a burst: items in its edge plus those given to it (for a
+    /// replica sharing the split's worker, or of unknown depth: `usize::MAX`).
+    depth: Vec<usize>,
 }
 
 impl<T: Send + 'static, E: Envelope<T>, X: Transport> SplitNode<T, E, X> {
@@ -62,6 +65,7 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> SplitNode<T, E, X> {
             input: InSlot::new(),
             outputs,
             spreader: Spreader::new(strict),
+            depth: Vec::new(),
         }
     }
 
@@ -123,12 +127,36 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
         }
         let taken = self.input.buf.len();
         let burst = self.common.burst;
+        // Unordered: replicas on other cores first while their edge holds under two
+        // bursts (what is queued there plus what this burst gave them).
+        let prefer_remote = !self.strict && self.key.is_none();
+        self.depth.clear();
+        if prefer_remote {
+            self.depth
+                .extend(self.outputs.iter().map(|o| match o.remote_queued() {
+                    Some(queued) => queued + o.buf.len(),
+                    None => usize::MAX,
+                }));
+        }
+        let room = 2 * burst;
         while let Some(item) = self.input.buf.pop_front() {
             let key = self.key.as_mut().map(|key| key(&item));
             let outputs = &self.outputs;
-            let (replica, seq) = self
-                .spreader
-                .pick(active, key, |r| outputs[r].buf.len() >= burst);
+            let depth = &self.depth;
+            let (replica, seq) = if prefer_remote {
+                self.spreader.pick_preferring(
+                    active,
+                    key,
+                    |r| outputs[r].buf.len() >= burst,
+                    |r| depth[r] < room,
+                )
+            } else {
+                self.spreader
+                    .pick(active, key, |r| outputs[r].buf.len() >= burst)
+            };
+            if let Some(d) = self.depth.get_mut(replica) {
+                *d = d.saturating_add(1);
+            }
             self.outputs[replica].buf.push_back(E::wrap(seq, item));
         }
         self.common.observer.burst(taken, taken, None);
