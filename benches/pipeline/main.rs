@@ -12,6 +12,17 @@
 //!
 //! Every run checks its summary against the plain loop's, so no contender can skip
 //! work or lose a line. `PIPEWRIGHT_BENCH_QUICK=1` uses 300k lines and 3 rounds.
+//!
+//! Allocator: every contender runs in this process with mimalloc. Each log line is a
+//! `String` allocated by the reading thread and freed by whichever thread parses it;
+//! with glibc's malloc that pattern (any cross-thread pipeline's, tokio's included)
+//! serialises on the reading thread's arena lock — a profile of `logs-2w` showed 38%
+//! of the reading worker in `_int_malloc` and the other worker in `free` and futex
+//! waits — and a user who moves heap items between threads picks an allocator built
+//! for it. The plain loop, single-threaded, gains little from it.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../common/mod.rs"]
 mod common;
