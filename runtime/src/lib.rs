@@ -98,6 +98,8 @@ mod transport;
 #[cfg(not(loom))]
 pub mod uring;
 #[cfg(not(loom))]
+mod watch;
+#[cfg(not(loom))]
 mod worker;
 
 #[cfg(not(loom))]
@@ -114,7 +116,7 @@ pub use plan::{
 #[cfg(not(loom))]
 pub use replan::{ApplyError, ControlStep};
 #[cfg(not(loom))]
-pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError, Watch};
+pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
 #[cfg(not(loom))]
 pub use service::{PipelineService, ResponseFuture};
 #[cfg(not(loom))]
@@ -123,6 +125,8 @@ pub use stats::{Snapshot, StageSnapshot};
 pub use stop::StopHandle;
 #[cfg(not(loom))]
 pub use transport::{EdgeHandle, EdgeKind, RingReceiver, RingSender, RingTransport};
+#[cfg(not(loom))]
+pub use watch::Watch;
 
 #[cfg(not(loom))]
 pub use pipewright_stages::{

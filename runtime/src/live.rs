@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::running::Watch;
 use crate::stats::Snapshot;
+use crate::watch::Watch;
 
 /// One answer of the live endpoint.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -19,6 +19,7 @@ use crate::signal::{Owner, Signal};
 use crate::stats::{Snapshot, StageStats, StatsObserver};
 use crate::stop::StopHandle;
 use crate::transport::{EdgeKind, EdgePlan, RingReceiver, RingSender, RingTransport};
+use crate::watch::Watch;
 use crate::worker::{self, Control, WorkerSetup};
 
 /// A pipeline built for the runtime.
@@ -649,17 +650,13 @@ impl Running {
 
     /// Counters of every stage now.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot_of(&self.stages)
+        crate::watch::snapshot_of(&self.stages)
     }
 
     /// A handle that takes snapshots from any thread while the pipeline runs (for a
     /// monitoring thread, or [`live::serve`](crate::live::serve) for `pipewright top`).
     pub fn watch(&self) -> Watch {
-        Watch {
-            stages: self.stages.clone(),
-            started: self.started,
-            plan: self.plan.to_string(),
-        }
+        Watch::new(self.stages.clone(), self.started, self.plan.to_string())
     }
 
     /// Publishes queue depths as `pipewright_stage_queue_depth` gauges (counters and
@@ -707,72 +704,5 @@ impl Drop for Running {
                 self.threads.clear();
             }
         }
-    }
-}
-
-/// Takes [`Snapshot`]s of a running pipeline from any thread ([`Running::watch`]).
-/// Cheap to clone; after the pipeline ends it keeps showing the final counters.
-#[derive(Clone)]
-pub struct Watch {
-    stages: Arc<Vec<StageMeta>>,
-    started: Instant,
-    plan: String,
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("stages", &self.stages.len())
-            .field("plan", &self.plan)
-            .finish()
-    }
-}
-
-impl Watch {
-    /// Counters of every stage now.
-    pub fn snapshot(&self) -> Snapshot {
-        snapshot_of(&self.stages)
-    }
-
-    /// Time since the pipeline started.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// The plan the pipeline started with, as text.
-    pub fn plan(&self) -> &str {
-        &self.plan
-    }
-}
-
-fn snapshot_of(stages: &[StageMeta]) -> Snapshot {
-    let worker_now = |meta: &StageMeta| meta.owner.as_ref().map_or(meta.worker, |o| o.current());
-    let workers: Vec<usize> = stages.iter().map(worker_now).collect();
-    Snapshot {
-        stages: stages
-            .iter()
-            .enumerate()
-            .map(|(id, meta)| {
-                let mut s = meta.stats.snapshot(&meta.name);
-                s.worker = workers[id];
-                s.burst = meta.burst_now.load(std::sync::atomic::Ordering::Relaxed);
-                if let Some((kind, capacity, probe)) = &meta.input {
-                    s.queue_depth = probe();
-                    s.queue_capacity = *capacity;
-                    // A fused edge whose ends a live move put on different workers is
-                    // carried by its locked queue across threads.
-                    let split = meta.producers.iter().any(|&p| workers[p] != workers[id]);
-                    s.input_kind = if *kind == EdgeKind::Local && split {
-                        "shared"
-                    } else {
-                        kind.as_str()
-                    }
-                    .into();
-                } else {
-                    s.input_kind = "-".into();
-                }
-                s
-            })
-            .collect(),
     }
 }
