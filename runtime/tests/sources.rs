@@ -447,8 +447,9 @@ fn a_full_pipeline_stops_reading_tcp_and_the_sender_blocks() {
     // Open the gate, finish the last line, and everything arrives.
     gate.store(true, Ordering::Release);
     stream.set_nonblocking(false).unwrap();
-    stream.write_all(&line[written_in_line..]).unwrap();
+    // (A whole line is not pending when the kernel pushed back between two lines.)
     if written_in_line > 0 {
+        stream.write_all(&line[written_in_line..]).unwrap();
         lines += 1;
     }
     drop(stream);
