@@ -1,9 +1,15 @@
 //! Suite `uring`: the io_uring file stages against plain std calls.
 //!
 //! `file-write-fsync`: durable appends per second of 512-byte records. Ours: a source
-//! feeding `FileSink` (group commit: one write and one `fdatasync` per burst of 64),
-//! acknowledgements read concurrently. Peers: `std-fsync-each` (write + `sync_data`
-//! per record) and `std-fsync-batch` (the same batching as ours, blocking calls).
+//! feeding a pipelined `FileSink` (group commit: one write + linked `fdatasync` in
+//! flight while the next records gather, so batches grow with the sync latency),
+//! acknowledgements read concurrently; `file-write-records-per-fsync` reports how
+//! many records each sync covered. Peers: `std-fsync-each` (write + `sync_data` per
+//! record) and `std-fsync-batch` (write + `sync_data` per 64 records, blocking calls,
+//! the batching our sink had before it was pipelined), and `std-group-commit-thread`
+//! (the same adaptive batching as ours with threads: a producer thread hands records
+//! over a channel to a log thread that writes and syncs everything waiting, then
+//! acknowledges it over a second channel).
 //! `file-read`: MB/s reading a file through `FileReader` (1 MiB ranges, 8 in flight),
 //! against `std-read` (sequential 1 MiB reads). The file's pages are dropped from the
 //! page cache (`posix_fadvise(DONTNEED)`) before every read run, so both read storage.
@@ -33,12 +39,14 @@ fn records(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| vec![(i % 251) as u8; RECORD]).collect()
 }
 
-fn ours_write(path: &Path, n: usize) -> f64 {
+fn ours_write(path: &Path, n: usize) -> (f64, f64) {
+    let sink = FileSink::create(path).expect("create").pipelined();
+    let stats = sink.stats();
     let b = PipelineBuilder::new();
     let acks = b
         .source("records", IterSource(records(n).into_iter()))
         .burst(BATCH)
-        .then_async("log", FileSink::create(path).expect("create"))
+        .then_async("log", sink)
         .burst(BATCH)
         .output("acks");
     let start = Instant::now();
@@ -49,7 +57,10 @@ fn ours_write(path: &Path, n: usize) -> f64 {
     running.join().expect("run");
     let acked = reader.join().expect("reader");
     assert_eq!(acked, n);
-    n as f64 / start.elapsed().as_secs_f64()
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        stats.records_per_sync(),
+    )
 }
 
 fn std_write(path: &Path, n: usize, batch: usize) -> f64 {
@@ -73,6 +84,44 @@ fn std_write(path: &Path, n: usize, batch: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+fn std_group_commit(path: &Path, n: usize) -> f64 {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("create");
+    let recs = records(n);
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4096);
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<usize>();
+    let producer = std::thread::spawn(move || {
+        for r in recs {
+            tx.send(r).expect("log thread alive");
+        }
+    });
+    let log = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        while let Ok(first) = rx.recv() {
+            buf.clear();
+            buf.extend_from_slice(&first);
+            let mut count = 1;
+            while let Ok(r) = rx.try_recv() {
+                buf.extend_from_slice(&r);
+                count += 1;
+            }
+            file.write_all(&buf).expect("write");
+            file.sync_data().expect("fdatasync");
+            ack_tx.send(count).expect("acknowledgement reader alive");
+        }
+    });
+    let acked: usize = ack_rx.iter().sum();
+    producer.join().expect("producer");
+    log.join().expect("log thread");
+    assert_eq!(acked, n);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 fn evict(path: &Path) {
     let f = File::open(path).expect("open");
     f.sync_all().expect("sync");
@@ -85,14 +134,19 @@ fn evict(path: &Path) {
     .expect("posix_fadvise(DONTNEED)");
 }
 
-fn ours_read(path: &Path, size: u64) -> f64 {
+fn ours_read(path: &Path, size: u64, direct: bool) -> f64 {
     evict(path);
     let pool = BufferPool::new(16, 1 << 20).expect("buffer pool");
+    let reader = if direct {
+        FileReader::direct(path, pool)
+    } else {
+        FileReader::with_buffers(path, pool).and_then(FileReader::sequential)
+    };
     let b = PipelineBuilder::new();
     let chunks = b
         .source("ranges", IterSource(ReadRange::chunks(size, 1 << 20)))
         .burst(8)
-        .then_async("read", FileReader::with_buffers(path, pool).expect("open"))
+        .then_async("read", reader.expect("open"))
         .burst(8)
         .output("chunks");
     // The reader's I/O budget: 16 reads in flight into 16 registered 1 MiB buffers.
@@ -151,10 +205,14 @@ fn main() {
     };
     let path = d.join("log");
     eprintln!("== uring: file-write-fsync ({n} records of {RECORD} B; {n_each} for fsync-each)");
-    let (mut ours, mut each, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut each, mut batch, mut per_sync, mut group) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        ours.push(ours_write(&path, n));
+        let (rate, records_per_sync) = ours_write(&path, n);
+        ours.push(rate);
+        per_sync.push(records_per_sync);
         batch.push(std_write(&path, n, BATCH));
+        group.push(std_group_commit(&path, n));
         each.push(std_write(&path, n_each, 1));
     }
     let ours = median(ours);
@@ -172,6 +230,20 @@ fn main() {
         median(batch),
         "appends/s",
     );
+    result(
+        "file-write-fsync",
+        ours,
+        "std-group-commit-thread",
+        median(group),
+        "appends/s",
+    );
+    result(
+        "file-write-records-per-fsync",
+        median(per_sync),
+        "std-fsync-batch",
+        BATCH as f64,
+        "records",
+    );
 
     eprintln!("== uring: file-read ({} MiB)", size >> 20);
     let data = d.join("data");
@@ -183,11 +255,14 @@ fn main() {
         }
         f.sync_all().expect("sync");
     }
-    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    let (mut ours, mut direct, mut peer) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        ours.push(ours_read(&data, size));
+        ours.push(ours_read(&data, size, false));
+        direct.push(ours_read(&data, size, true));
         peer.push(std_read(&data, size));
     }
-    result("file-read", median(ours), "std-read", median(peer), "MB/s");
+    let peer = median(peer);
+    result("file-read", median(ours), "std-read", peer, "MB/s");
+    result("file-read-direct", median(direct), "std-read", peer, "MB/s");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -17,17 +17,29 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn group_commit_sink_acknowledges_durable_records_in_order() {
+    sink_acknowledges_durable_records_in_order(false);
+}
+
+#[test]
+fn pipelined_sink_acknowledges_durable_records_in_order() {
+    sink_acknowledges_durable_records_in_order(true);
+}
+
+fn sink_acknowledges_durable_records_in_order(pipelined: bool) {
     if !pipewright_testkit::io_uring() {
         return;
     }
-    let path = scratch("sink");
+    let path = scratch(if pipelined { "sink-pipelined" } else { "sink" });
+    let sink = FileSink::create(&path).unwrap();
+    let sink = if pipelined { sink.pipelined() } else { sink };
+    let stats = sink.stats();
     let records: Vec<Vec<u8>> = (0..5_000u32)
         .map(|i| format!("record {i:05} {}\n", "x".repeat((i % 97) as usize)).into_bytes())
         .collect();
     let b = PipelineBuilder::new();
     let acks = b
         .source("records", IterSource(records.clone().into_iter()))
-        .then_async("log", FileSink::create(&path).unwrap())
+        .then_async("log", sink)
         .output("acks");
     let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
     let rx = running.output(&acks).unwrap();
@@ -54,7 +66,37 @@ fn group_commit_sink_acknowledges_durable_records_in_order() {
         "records were committed in groups ({} bursts)",
         log.bursts
     );
+    assert_eq!(stats.records(), records.len() as u64);
+    assert!(stats.syncs() >= 1 && stats.syncs() <= log.bursts);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// Writes that fail (`/dev/full` answers ENOSPC) fail every record: none is
+/// acknowledged, each is counted as dropped, in both modes.
+#[test]
+fn a_sink_whose_writes_fail_acknowledges_nothing() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    for pipelined in [false, true] {
+        let sink = FileSink::append("/dev/full").unwrap();
+        let sink = if pipelined { sink.pipelined() } else { sink };
+        let b = PipelineBuilder::new();
+        let acks = b
+            .source(
+                "records",
+                IterSource((0..300u32).map(|i| i.to_le_bytes().to_vec())),
+            )
+            .then_async("log", sink)
+            .output("acks");
+        let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+        let rx = running.output(&acks).unwrap();
+        let report = running.join().unwrap();
+        assert_eq!(rx.collect().len(), 0, "pipelined: {pipelined}");
+        let log = report.snapshot.stage("log").unwrap();
+        assert_eq!(log.items_in, 300);
+        assert_eq!(log.dropped_total(), 300, "pipelined: {pipelined}");
+    }
 }
 
 #[test]
@@ -106,6 +148,62 @@ fn reader_returns_the_file_in_order() {
         rebuilt.extend_from_slice(&chunk.data);
     }
     assert_eq!(rebuilt, content);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// `O_DIRECT` through a small pool: a file whose size is not a multiple of the
+/// block size comes back whole and in order while more ranges than buffers are in
+/// play (the consumer gives buffers back), and an unaligned range is a typed failure.
+#[test]
+fn a_direct_reader_returns_the_file_and_refuses_unaligned_ranges() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let path = scratch("direct");
+    let content: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let pool = BufferPool::new(4, 256 * 1024).unwrap();
+    let reader = match FileReader::direct(&path, pool) {
+        Ok(r) => r,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            println!("skipped: the temporary directory's file system does not support O_DIRECT");
+            return;
+        }
+        Err(e) => panic!("opening with O_DIRECT: {e}"),
+    };
+    let mut ranges: Vec<ReadRange> = ReadRange::chunks(content.len() as u64, 256 * 1024).collect();
+    ranges.insert(
+        3,
+        ReadRange {
+            offset: 100,
+            len: 10,
+        },
+    );
+    let b = PipelineBuilder::new();
+    let chunks = b
+        .source("ranges", IterSource(ranges.into_iter()))
+        .then_async("read", reader)
+        .output("chunks");
+    let plan = Plan::fused().uring(
+        "read",
+        UringBudget {
+            sq_entries: 8,
+            fixed_buffers: 4,
+        },
+    );
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
+    let rx = running.output(&chunks).unwrap();
+    let consumer = std::thread::spawn(move || {
+        let mut rebuilt = Vec::new();
+        for chunk in rx {
+            assert_eq!(chunk.offset, rebuilt.len() as u64, "chunks in order");
+            rebuilt.extend_from_slice(&chunk.data);
+        }
+        rebuilt
+    });
+    let report = running.join().unwrap();
+    assert_eq!(consumer.join().unwrap(), content);
+    assert_eq!(report.snapshot.stage("read").unwrap().dropped_total(), 1);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 

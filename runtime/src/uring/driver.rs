@@ -48,7 +48,7 @@ struct FixedTable {
     pools: Vec<(u64, u32, Arc<Region>)>,
 }
 
-enum Slot {
+pub(super) enum Slot {
     /// Submitted; the waker of the future awaiting it, once polled.
     Waiting(Option<Waker>),
     /// Completed with this result (negative errno on failure).
@@ -69,9 +69,11 @@ enum Slot {
 }
 
 pub(crate) struct Driver {
-    ring: IoUring,
-    ops: Slab<Slot>,
-    unsubmitted: bool,
+    /// Tells this thread's ring from every other (see [`InFlight`](super::InFlight)).
+    pub(super) id: u64,
+    pub(super) ring: IoUring,
+    pub(super) ops: Slab<Slot>,
+    pub(super) unsubmitted: bool,
     fixed: FixedTable,
     next_bgid: u16,
 }
@@ -104,7 +106,7 @@ pub fn current_config() -> UringConfig {
 }
 
 impl Driver {
-    fn reap(&mut self) {
+    pub(super) fn reap(&mut self) {
         let Driver { ring, ops, .. } = self;
         let mut finished_groups = Vec::new();
         for cqe in ring.completion() {
@@ -158,7 +160,7 @@ impl Driver {
 
     /// The fixed-buffer index of `buf` on this ring, registering its pool on first use
     /// if the table has room; `None`: use a plain (unregistered) operation.
-    fn fixed_index(&mut self, buf: &PooledBuf) -> Option<u16> {
+    pub(super) fn fixed_index(&mut self, buf: &PooledBuf) -> Option<u16> {
         let id = buf.pool_id();
         if let Some((_, base, _)) = self.fixed.pools.iter().find(|(p, _, _)| *p == id) {
             return u16::try_from(base + buf.index()).ok();
@@ -187,7 +189,7 @@ impl Driver {
         u16::try_from(base + buf.index()).ok()
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    pub(super) fn flush(&mut self) -> io::Result<()> {
         if self.unsubmitted {
             self.ring.submit()?;
             self.unsubmitted = false;
@@ -354,6 +356,11 @@ impl Drop for StreamOp {
     }
 }
 
+/// The calling thread's driver if it has one (never creates it).
+pub(super) fn existing() -> Option<Rc<RefCell<Driver>>> {
+    DRIVER.with(|d| d.borrow().clone())
+}
+
 /// The current worker's driver (created on first use), for modules that register
 /// resources with it.
 pub(crate) fn driver() -> io::Result<Rc<RefCell<Driver>>> {
@@ -362,7 +369,7 @@ pub(crate) fn driver() -> io::Result<Rc<RefCell<Driver>>> {
 
 /// The current worker's driver, created (with its reaping task) on first use. Must be
 /// called from a task running on a tokio `LocalSet`, as pipewright's workers are.
-fn current() -> io::Result<Rc<RefCell<Driver>>> {
+pub(super) fn current() -> io::Result<Rc<RefCell<Driver>>> {
     if let Some(d) = DRIVER.with(|d| d.borrow().clone()) {
         return Ok(d);
     }
@@ -393,7 +400,9 @@ fn current() -> io::Result<Rc<RefCell<Driver>>> {
     // SAFETY: `raw` is a fresh, valid file descriptor that nothing else owns.
     let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
     ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let driver = Rc::new(RefCell::new(Driver {
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ring,
         ops: Slab::new(),
         unsubmitted: false,

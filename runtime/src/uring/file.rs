@@ -1,140 +1,16 @@
-//! File stages on io_uring: a group-commit sink and a range reader.
+//! A file stage on io_uring: a range reader.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use pipewright_stages::{AsyncStage, Burst, Failures, Outbox};
 
-use super::{fdatasync, read_at, read_pooled, write_at, BufferPool, PooledBuf};
+use std::collections::VecDeque;
 
-/// A record made durable by [`FileSink`]: where it is in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Durable {
-    /// Offset of the record's first byte.
-    pub offset: u64,
-    /// Its length.
-    pub len: usize,
-}
-
-/// Appends records to a file with group commit: each burst is one write and one
-/// `fdatasync`, and a record is emitted as [`Durable`] only after the sync returned.
-/// A record whose write or sync failed is failed (not acknowledged), never silently
-/// dropped.
-///
-/// ```no_run
-/// use pipewright::{uring::FileSink, PipelineBuilder, Plan, Runtime};
-/// let b = PipelineBuilder::new();
-/// let (input, records) = b.input::<Vec<u8>>("records");
-/// let acks = records.then_async("log", FileSink::create("/tmp/log")?).output("acks");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-pub struct FileSink {
-    file: File,
-    offset: u64,
-    buf: Vec<u8>,
-    pending: Vec<Durable>,
-}
-
-impl FileSink {
-    /// Creates (or truncates) `path`.
-    pub fn create(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(path)?;
-        Ok(Self {
-            file,
-            offset: 0,
-            buf: Vec::new(),
-            pending: Vec::new(),
-        })
-    }
-
-    /// Appends to `path`, creating it if needed.
-    pub fn append(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(path)?;
-        let offset = file.metadata()?.len();
-        Ok(Self {
-            file,
-            offset,
-            buf: Vec::new(),
-            pending: Vec::new(),
-        })
-    }
-}
-
-fn copy_error(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
-}
-
-impl AsyncStage for FileSink {
-    type In = Vec<u8>;
-    type Out = Durable;
-    type Error = io::Error;
-
-    async fn process_burst(
-        &mut self,
-        burst: &mut Burst<'_, Vec<u8>>,
-        out: &mut Outbox<'_, Durable>,
-        failures: &mut Failures<'_, io::Error>,
-    ) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        self.pending.clear();
-        while let Some(record) = burst.pop() {
-            self.pending.push(Durable {
-                offset: self.offset + buf.len() as u64,
-                len: record.len(),
-            });
-            buf.extend_from_slice(&record);
-        }
-        let fd = self.file.as_raw_fd();
-        let mut written = 0;
-        let mut failed = None;
-        while written < buf.len() {
-            let (result, b) = write_at(fd, buf, written, self.offset + written as u64).await;
-            buf = b;
-            match result {
-                Ok(0) => {
-                    failed = Some(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the file accepted no bytes",
-                    ))
-                }
-                Ok(n) => written += n,
-                Err(e) => failed = Some(e),
-            }
-            if failed.is_some() {
-                break;
-            }
-        }
-        if failed.is_none() {
-            failed = fdatasync(fd).await.err();
-        }
-        match failed {
-            None => {
-                self.offset += buf.len() as u64;
-                out.extend(self.pending.drain(..));
-            }
-            Some(e) => {
-                // Nothing of this burst is known durable: fail every record. The next
-                // burst writes at the same offset, over whatever partly landed.
-                for _ in self.pending.drain(..) {
-                    failures.push(copy_error(&e));
-                }
-            }
-        }
-        self.buf = buf;
-    }
-}
+use super::in_flight::{start_read, start_read_pooled, InFlight};
+use super::{BufferPool, PooledBuf};
 
 /// A range of a file to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +87,14 @@ impl std::ops::Deref for ChunkBytes {
 pub struct FileReader {
     file: File,
     pool: Option<BufferPool>,
+    in_flight: VecDeque<Reading>,
+    /// Opened with `O_DIRECT`: reads bypass the page cache, aligned to this many bytes.
+    direct: Option<u64>,
 }
+
+/// The alignment `O_DIRECT` reads keep (offsets, lengths, buffer addresses): the
+/// largest logical block size in common use.
+const DIRECT_ALIGN: u64 = 4096;
 
 impl FileReader {
     /// Opens `path` for reading; each chunk gets a buffer of its own.
@@ -219,6 +102,8 @@ impl FileReader {
         Ok(Self {
             file: File::open(path)?,
             pool: None,
+            in_flight: VecDeque::new(),
+            direct: None,
         })
     }
 
@@ -228,37 +113,165 @@ impl FileReader {
         Ok(Self {
             file: File::open(path)?,
             pool: Some(pool),
+            in_flight: VecDeque::new(),
+            direct: None,
         })
+    }
+
+    /// Opens `path` with `O_DIRECT`, reading into `pool`'s (page-aligned, registered
+    /// when the plan allows) buffers straight from the device, bypassing the page
+    /// cache: for data read once, or larger than memory. Ranges must start at a
+    /// multiple of 4096 bytes (as [`ReadRange::chunks`] makes them with a 4096-multiple
+    /// chunk); the pool's buffers must be a multiple of 4096 bytes.
+    pub fn direct(path: impl AsRef<Path>, pool: BufferPool) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if pool.buffer_size() as u64 % DIRECT_ALIGN != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "O_DIRECT reads need buffers of a multiple of {DIRECT_ALIGN} bytes; the pool's are {}",
+                    pool.buffer_size()
+                ),
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        Ok(Self {
+            file,
+            pool: Some(pool),
+            in_flight: VecDeque::new(),
+            direct: Some(DIRECT_ALIGN),
+        })
+    }
+
+    /// Tells the kernel the file will be read front to back
+    /// (`POSIX_FADV_SEQUENTIAL`: a larger readahead window), for readers fed with
+    /// [`ReadRange::chunks`]; leave it off for random ranges.
+    pub fn sequential(self) -> io::Result<Self> {
+        nix::fcntl::posix_fadvise(
+            &self.file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+        )
+        .map_err(io::Error::from)?;
+        Ok(self)
     }
 }
 
-async fn read_range(fd: RawFd, buf: Option<PooledBuf>, r: ReadRange) -> io::Result<Chunk> {
-    let data = match buf {
-        None => {
-            let (result, data) = read_at(fd, Vec::new(), r.len, r.offset).await;
-            result?;
-            ChunkBytes::Owned(data)
-        }
-        Some(buf) if r.len > buf.capacity() => {
-            return Err(io::Error::new(
+/// A read in flight, in input order.
+#[derive(Debug)]
+enum Reading {
+    Owned(ReadRange, InFlight<Vec<u8>>),
+    Pooled(ReadRange, InFlight<PooledBuf>),
+}
+
+/// Reads in flight at once without a pool.
+const OWNED_IN_FLIGHT: usize = 32;
+
+impl FileReader {
+    /// Why `r` cannot be read into `pool`'s buffers, if it cannot.
+    fn misfit(&self, pool: &BufferPool, r: ReadRange) -> Option<io::Error> {
+        if r.len > pool.buffer_size() {
+            return Some(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "a read of {} bytes does not fit the pool's {}-byte buffers; split ranges with ReadRange::chunks(size, pool.buffer_size())",
                     r.len,
-                    buf.capacity()
+                    pool.buffer_size()
                 ),
-            ))
+            ));
         }
-        Some(buf) => {
-            let (result, buf) = read_pooled(fd, buf, r.len, r.offset).await;
-            result?;
-            ChunkBytes::Pooled(buf)
+        if self.direct.is_some_and(|a| r.offset % a != 0) {
+            return Some(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "an O_DIRECT read must start at a multiple of {DIRECT_ALIGN} bytes, not at {}; make ranges with ReadRange::chunks(size, a multiple of {DIRECT_ALIGN})",
+                    r.offset
+                ),
+            ));
         }
-    };
-    Ok(Chunk {
-        offset: r.offset,
-        data,
-    })
+        None
+    }
+
+    /// Submits the read of `r` (into `buf` when pooled).
+    fn submit(&mut self, r: ReadRange, buf: Option<PooledBuf>) -> Result<(), io::Error> {
+        let fd = self.file.as_raw_fd();
+        let reading = match buf {
+            None => Reading::Owned(
+                r,
+                start_read(fd, Vec::new(), r.len, r.offset).map_err(|(e, _)| e)?,
+            ),
+            Some(buf) => {
+                // O_DIRECT: the length rounded up to the alignment (the end of the file
+                // ends the read early); the chunk is cut back to the range.
+                let asked = match self.direct {
+                    Some(a) => (r.len as u64).div_ceil(a) * a,
+                    None => r.len as u64,
+                };
+                Reading::Pooled(
+                    r,
+                    start_read_pooled(fd, buf, asked as usize, r.offset).map_err(|(e, _)| e)?,
+                )
+            }
+        };
+        self.in_flight.push_back(reading);
+        Ok(())
+    }
+
+    /// Waits for the oldest read (cancel-safe) and emits it.
+    async fn settle_oldest(
+        &mut self,
+        out: &mut Outbox<'_, Chunk>,
+        failures: &mut Failures<'_, io::Error>,
+    ) {
+        let chunk = match self.in_flight.front_mut() {
+            None => return,
+            Some(Reading::Owned(r, op)) => {
+                let r = *r;
+                let (result, mut data) = op.await;
+                result.map(|n| {
+                    data.truncate(n as usize);
+                    Chunk {
+                        offset: r.offset,
+                        data: ChunkBytes::Owned(data),
+                    }
+                })
+            }
+            Some(Reading::Pooled(r, op)) => {
+                let r = *r;
+                let (result, mut buf) = op.await;
+                result.map(|n| {
+                    buf.set_len((n as usize).min(r.len));
+                    Chunk {
+                        offset: r.offset,
+                        data: ChunkBytes::Pooled(buf),
+                    }
+                })
+            }
+        };
+        self.in_flight.pop_front();
+        match chunk {
+            Ok(chunk) => out.push(chunk),
+            Err(e) => failures.push(e),
+        }
+    }
+
+    /// Emits the oldest reads that have completed, in order, without waiting.
+    async fn settle_completed(
+        &mut self,
+        out: &mut Outbox<'_, Chunk>,
+        failures: &mut Failures<'_, io::Error>,
+    ) {
+        while self.in_flight.front().is_some_and(|r| match r {
+            Reading::Owned(_, op) => op.is_complete(),
+            Reading::Pooled(_, op) => op.is_complete(),
+        }) {
+            self.settle_oldest(out, failures).await;
+        }
+    }
 }
 
 impl AsyncStage for FileReader {
@@ -266,36 +279,61 @@ impl AsyncStage for FileReader {
     type Out = Chunk;
     type Error = io::Error;
 
+    /// Submits the burst's reads, keeping reads in flight across bursts (up to the
+    /// pool's buffers, or 32 without a pool), and emits completed reads in order.
     async fn process_burst(
         &mut self,
         burst: &mut Burst<'_, ReadRange>,
         out: &mut Outbox<'_, Chunk>,
         failures: &mut Failures<'_, io::Error>,
     ) {
-        let fd = self.file.as_raw_fd();
-        let reads: Vec<_> = match &self.pool {
-            None => burst.drain().map(|r| read_range(fd, None, r)).collect(),
-            Some(pool) => {
-                // As many reads as there are free buffers (waiting for one if none):
-                // the rest of the burst stays queued, so the pool bounds the bytes in
-                // flight and a burst larger than the pool cannot wait on itself.
-                let mut bufs = vec![pool.take().await];
-                while bufs.len() < burst.len() {
+        while let Some(&r) = burst.peek() {
+            let buf = match self.pool.clone() {
+                None => {
+                    if self.in_flight.len() >= OWNED_IN_FLIGHT {
+                        self.settle_oldest(out, failures).await;
+                    }
+                    None
+                }
+                Some(pool) => {
+                    if let Some(e) = self.misfit(&pool, r) {
+                        burst.pop();
+                        failures.push(e);
+                        continue;
+                    }
+                    // The pool bounds the bytes in flight. Without a free buffer: wait
+                    // for our oldest read; with none in flight, hand what we emitted
+                    // downstream first (its consumer gives buffers back), and wait
+                    // for a buffer only when nothing of ours holds one.
                     match pool.try_take() {
-                        Some(b) => bufs.push(b),
-                        None => break,
+                        Some(buf) => Some(buf),
+                        None if !self.in_flight.is_empty() => {
+                            self.settle_oldest(out, failures).await;
+                            continue;
+                        }
+                        None if !out.is_empty() => return,
+                        None => Some(pool.take().await),
                     }
                 }
-                bufs.into_iter()
-                    .map_while(|buf| burst.pop().map(|r| read_range(fd, Some(buf), r)))
-                    .collect()
-            }
-        };
-        for result in futures::future::join_all(reads).await {
-            match result {
-                Ok(chunk) => out.push(chunk),
-                Err(e) => failures.push(e),
+            };
+            burst.pop();
+            if let Err(e) = self.submit(r, buf) {
+                failures.push(e);
             }
         }
+        self.settle_completed(out, failures).await;
+    }
+
+    fn pending(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    async fn progress(
+        &mut self,
+        out: &mut Outbox<'_, Chunk>,
+        failures: &mut Failures<'_, io::Error>,
+    ) {
+        self.settle_oldest(out, failures).await;
+        self.settle_completed(out, failures).await;
     }
 }

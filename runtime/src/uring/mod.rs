@@ -14,14 +14,21 @@
 //! whose ring has fixed-buffer slots, the pool is registered on first use and reads
 //! into it are `READ_FIXED`.
 //!
-//! Stages built on it: [`FileSink`] (appends with group commit: one write and one
-//! `fdatasync` per burst, records acknowledged only once durable) and [`FileReader`]
-//! (reads ranges of a file, a burst of reads in flight at once).
+//! A stage that keeps operations in flight across bursts holds them as [`InFlight`]
+//! (`Send`, awaited later on the same worker) and reports them through
+//! `AsyncStage::pending`/`progress`.
+//!
+//! Stages built on it: [`FileSink`] (appends with group commit, records acknowledged
+//! only once durable; per burst, or pipelined: one write + linked sync in flight while
+//! the next batch gathers) and [`FileReader`] (reads ranges of a file, a burst of
+//! reads in flight at once).
 
 mod buffers;
 mod bufring;
 mod driver;
 mod file;
+mod in_flight;
+mod sink;
 mod udp;
 
 pub use buffers::{BufferPool, PooledBuf};
@@ -30,5 +37,7 @@ pub use driver::{
     current_config, fdatasync, fixed_buffers_registered, read_at, read_pooled, write_at,
     UringConfig,
 };
-pub use file::{Chunk, ChunkBytes, Durable, FileReader, FileSink, ReadRange};
+pub use file::{Chunk, ChunkBytes, FileReader, ReadRange};
+pub use in_flight::{start_read, start_read_pooled, write_then_sync, InFlight, WriteThenSync};
+pub use sink::{Durable, FileSink, SinkStats};
 pub use udp::{Received, UdpConfig, UdpCounters, UdpRing};
