@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// One parsed access-log line.
@@ -38,6 +38,8 @@ pub(crate) enum ParseError {
     Address,
     #[error("bad number in {0}")]
     Number(&'static str),
+    #[error("not UTF-8, or too long")]
+    Encoding,
 }
 
 /// Writes `lines` lines, 1% malformed, to `path` (deterministic).
@@ -90,11 +92,51 @@ pub(crate) fn generate(path: &Path, lines: usize) -> std::io::Result<()> {
     out.flush()
 }
 
-/// The lines of `path`.
-pub(crate) fn read_lines(path: &Path) -> impl Iterator<Item = String> {
-    BufReader::with_capacity(1 << 16, std::fs::File::open(path).expect("log file"))
-        .lines()
-        .map(|l| l.expect("readable log file"))
+/// Calls `f` with each block of whole lines of `path` (64 KiB reads, cut after the
+/// last `\n`), as pipewright's `LineBlocks` source reads it.
+pub(crate) fn for_each_block(path: &Path, mut f: impl FnMut(Vec<u8>)) {
+    let mut file = std::fs::File::open(path).expect("log file");
+    let mut carry = Vec::new();
+    loop {
+        let mut buf = Vec::with_capacity(carry.len() + BLOCK);
+        buf.append(&mut carry);
+        let read = (&mut file)
+            .take(BLOCK as u64)
+            .read_to_end(&mut buf)
+            .expect("readable log file");
+        if read == 0 {
+            if !buf.is_empty() {
+                f(buf);
+            }
+            return;
+        }
+        match memchr::memrchr(b'\n', &buf) {
+            Some(end) => {
+                carry = buf.split_off(end + 1);
+                f(buf);
+            }
+            None => carry = buf,
+        }
+    }
+}
+
+const BLOCK: usize = 64 * 1024;
+
+/// The lines of a block, as text (`Err` for a line that is not UTF-8).
+pub(crate) fn lines(block: &[u8]) -> impl Iterator<Item = Result<&str, ParseError>> {
+    block.split_inclusive(|&b| b == b'\n').map(|raw| {
+        let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+        std::str::from_utf8(line).map_err(|_| ParseError::Encoding)
+    })
+}
+
+/// Parses every line of `path`, block by block: what a plain loop does.
+pub(crate) fn for_each_parsed(path: &Path, mut f: impl FnMut(Result<Entry, ParseError>)) {
+    for_each_block(path, |block| {
+        for line in lines(&block) {
+            f(line.and_then(parse));
+        }
+    });
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -215,6 +257,64 @@ impl Summary {
             .values()
             .fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
         (self.minutes.len(), n, b ^ l, self.malformed)
+    }
+}
+
+/// The parse stage of the pipewright side: a block of lines in, its entries out, one
+/// failure per malformed line (counted by the replicas' error policy).
+#[derive(Default)]
+pub(crate) struct ParseBlock;
+
+impl pipewright::Stage for ParseBlock {
+    type In = Result<pipewright::sources::LineBlock, pipewright::sources::BadLine>;
+    type Out = Entry;
+    type Error = ParseError;
+
+    /// One block; its first malformed line is the error (the burst path below
+    /// reports every one).
+    fn process(
+        &mut self,
+        block: Self::In,
+        out: &mut pipewright::Outbox<'_, Entry>,
+    ) -> Result<(), ParseError> {
+        let mut first = None;
+        self.parse_into(block, out, |e| {
+            first.get_or_insert(e);
+        });
+        first.map_or(Ok(()), Err)
+    }
+
+    fn process_burst(
+        &mut self,
+        burst: &mut pipewright::Burst<'_, Self::In>,
+        out: &mut pipewright::Outbox<'_, Entry>,
+        failures: &mut pipewright::Failures<'_, ParseError>,
+    ) {
+        while let Some(block) = burst.pop() {
+            self.parse_into(block, out, |e| failures.push(e));
+        }
+    }
+}
+
+impl ParseBlock {
+    fn parse_into(
+        &mut self,
+        block: <Self as pipewright::Stage>::In,
+        out: &mut pipewright::Outbox<'_, Entry>,
+        mut failed: impl FnMut(ParseError),
+    ) {
+        let Ok(block) = block else {
+            return failed(ParseError::Encoding);
+        };
+        for line in block.lines() {
+            match line
+                .map_err(|_| ParseError::Encoding)
+                .and_then(|l| parse(l.text))
+            {
+                Ok(entry) => out.push(entry),
+                Err(e) => failed(e),
+            }
+        }
     }
 }
 

@@ -66,7 +66,8 @@ pub trait OutPort<T>: Send {
     }
     /// True when the consumer runs on the producer's own thread (a fused edge): work
     /// sent there takes the producer's own core. Replicated stages send their items
-    /// to replicas on other cores first (see [`Spreader::pick_preferring`](crate::Spreader::pick_preferring)).
+    /// to the replica with the least waiting, counting local ones a burst more (see
+    /// [`Spreader::pick_shortest`](crate::Spreader::pick_shortest)).
     fn is_local(&self) -> bool {
         false
     }

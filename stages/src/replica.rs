@@ -280,41 +280,41 @@ impl Spreader {
     }
 
     /// Like [`pick`](Spreader::pick), but for a non-strict spreader without a key the
-    /// next replica (round robin) for which `preferred` holds goes first. The split
-    /// of an unordered replicated stage prefers replicas on other cores whose edge
-    /// holds less than a couple of bursts: the replica that shares the split's own
-    /// worker (which also runs the source upstream, typically) then takes only what
-    /// the others cannot, instead of an equal share of a core that is already the
-    /// busier one.
+    /// replica with the least work waiting (`depth`) goes first, ties in round-robin
+    /// order. The split of an unordered replicated stage counts what waits in each
+    /// replica's edge, plus a burst for the replica that shares the split's own worker
+    /// (which also runs the source upstream, typically): a cheap source leaves its
+    /// core free to take an equal share, a costly one fills its local queue and the
+    /// other cores take the rest.
     ///
     /// ```
     /// use pipewright::Spreader;
     ///
     /// let mut s = Spreader::new(false);
-    /// let picks: Vec<_> = (0..3).map(|_| s.pick_preferring(2, None, |_| false, |r| r == 1).0).collect();
+    /// let depth = [5, 1];
+    /// let picks: Vec<_> = (0..3).map(|_| s.pick_shortest(2, None, |_| false, |r| depth[r]).0).collect();
     /// assert_eq!(picks, vec![1, 1, 1]);
-    /// let picks: Vec<_> = (0..3).map(|_| s.pick_preferring(2, None, |_| false, |_| false).0).collect();
-    /// assert_eq!(picks, vec![0, 1, 0]); // nobody preferred: plain round robin
+    /// let picks: Vec<_> = (0..3).map(|_| s.pick_shortest(2, None, |_| false, |_| 0).0).collect();
+    /// assert_eq!(picks, vec![0, 1, 0]); // all equal: plain round robin
     /// ```
-    pub fn pick_preferring(
+    pub fn pick_shortest(
         &mut self,
         active: usize,
         key: Option<u64>,
         backed_up: impl Fn(usize) -> bool,
-        preferred: impl Fn(usize) -> bool,
+        depth: impl Fn(usize) -> usize,
     ) -> (usize, u64) {
         if key.is_none() && !self.strict {
             let active = active.max(1);
             let start = self.next_replica % active;
-            if let Some(r) = (0..active)
+            let r = (0..active)
                 .map(|i| (start + i) % active)
-                .find(|&r| preferred(r))
-            {
-                self.next_replica = r + 1;
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                return (r, seq);
-            }
+                .min_by_key(|&r| depth(r))
+                .unwrap_or(start);
+            self.next_replica = r + 1;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            return (r, seq);
         }
         self.pick(active, key, backed_up)
     }

@@ -141,6 +141,29 @@ where
     }
 }
 
+/// A stage from a closure `In -> impl IntoIterator<Item = Out>`: zero or more
+/// outputs per input (a block of lines into its records, a batch into its items).
+///
+/// ```
+/// use pipewright::{stage, Outbox, Stage};
+/// let mut words = stage::flat_map(|line: String| {
+///     line.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+/// });
+/// let mut buf = std::collections::VecDeque::new();
+/// words.process("a b c".into(), &mut Outbox::new(&mut buf)).unwrap();
+/// assert_eq!(buf.len(), 3);
+/// ```
+pub fn flat_map<In, I, F>(f: F) -> FlatMap<F, In>
+where
+    I: IntoIterator,
+    F: FnMut(In) -> I + Send + 'static,
+{
+    FlatMap {
+        f,
+        _in: std::marker::PhantomData,
+    }
+}
+
 /// A stage that keeps the items for which the predicate holds.
 pub fn filter<T, F>(f: F) -> Filter<F, T>
 where
@@ -175,6 +198,12 @@ pub struct TryMap<F, In> {
     _in: std::marker::PhantomData<fn(In)>,
 }
 
+/// See [`flat_map`].
+pub struct FlatMap<F, In> {
+    f: F,
+    _in: std::marker::PhantomData<fn(In)>,
+}
+
 /// See [`filter`].
 pub struct Filter<F, T> {
     f: F,
@@ -196,7 +225,7 @@ macro_rules! opaque_debug {
         }
     )*};
 }
-opaque_debug!(Map, TryMap, Filter, ForEach);
+opaque_debug!(Map, TryMap, FlatMap, Filter, ForEach);
 
 impl<In, Out, F> Stage for Map<F, In>
 where
@@ -229,6 +258,24 @@ where
     #[inline(always)]
     fn process(&mut self, item: In, out: &mut Outbox<'_, Out>) -> Result<(), E> {
         out.push((self.f)(item)?);
+        Ok(())
+    }
+}
+
+impl<In, I, F> Stage for FlatMap<F, In>
+where
+    In: Send + 'static,
+    I: IntoIterator,
+    I::Item: Send + 'static,
+    F: FnMut(In) -> I + Send + 'static,
+{
+    type In = In;
+    type Out = I::Item;
+    type Error = Infallible;
+
+    #[inline(always)]
+    fn process(&mut self, item: In, out: &mut Outbox<'_, I::Item>) -> Result<(), Infallible> {
+        out.extend((self.f)(item));
         Ok(())
     }
 }

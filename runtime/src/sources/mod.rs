@@ -1,4 +1,5 @@
-//! Ready-made sources: files (lines, fixed-size records, with byte offsets), TCP
+//! Ready-made sources: files (lines, blocks of whole lines, fixed-size records, with
+//! byte offsets), TCP
 //! (lines or length-prefixed frames from accepted connections) and UDP datagrams.
 //! A timer is [`source::interval`](pipewright_stages::source::interval).
 //!
@@ -6,11 +7,13 @@
 //! `pull`), ends with a typed error as [`SourceState::Failed`](crate::SourceState)
 //! when it cannot go on, and ends at once on a [`StopHandle`](crate::StopHandle).
 
+mod blocks;
 mod file;
 mod framing;
 mod tcp;
 mod udp;
 
+pub use blocks::{BlockLine, LineBlock, LineBlocks};
 pub use file::{BadLine, FileError, FileLines, FileRecords, Line, Record};
 pub use framing::{length_prefixed, FrameError, Framing};
 pub use tcp::{Message, SocketError, SocketStats, TcpSource};

@@ -39,14 +39,11 @@ pub(crate) struct OutSlot<T: Send + 'static, X: Transport> {
 }
 
 impl<T: Send + 'static, X: Transport> OutSlot<T, X> {
-    /// Items waiting in the edge when its consumer runs on another core; `None` when
-    /// it shares this worker (or the transport cannot tell).
-    pub(crate) fn remote_queued(&self) -> Option<usize> {
+    /// Items waiting in the edge and whether its consumer shares this worker; `None`
+    /// when unbound or the transport cannot tell.
+    pub(crate) fn queued(&self) -> Option<(usize, bool)> {
         let sender = self.sender.as_ref()?;
-        if sender.is_local() {
-            return None;
-        }
-        sender.queued()
+        Some((sender.queued()?, sender.is_local()))
     }
 
     pub(crate) fn new() -> Self {

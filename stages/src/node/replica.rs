@@ -127,28 +127,43 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
         }
         let taken = self.input.buf.len();
         let burst = self.common.burst;
-        // Unordered: replicas on other cores first while their edge holds under two
-        // bursts (what is queued there plus what this burst gave them).
-        let prefer_remote = !self.strict && self.key.is_none();
+        // Unordered: the replica with the least waiting (in its edge and what this
+        // burst gave it) first; the one on this worker counts a burst more, as this
+        // worker also runs what feeds the split.
+        let balance = !self.strict && self.key.is_none();
         self.depth.clear();
-        if prefer_remote {
+        let mut local = false;
+        if balance {
             self.depth
-                .extend(self.outputs.iter().map(|o| match o.remote_queued() {
-                    Some(queued) => queued + o.buf.len(),
-                    None => usize::MAX,
+                .extend(self.outputs.iter().map(|o| match o.queued() {
+                    Some((queued, true)) => {
+                        local = true;
+                        queued + o.buf.len() + burst
+                    }
+                    Some((queued, false)) => queued + o.buf.len(),
+                    None => o.buf.len(),
                 }));
         }
-        let room = 2 * burst;
-        while let Some(item) = self.input.buf.pop_front() {
+        // Work is not handed out early: with every replica two bursts deep, the rest
+        // waits here (and upstream), to go to whichever replica drains first. Only
+        // with a replica on this worker, which has work then and runs next (with
+        // none here, the edges' own capacity holds the split back and wakes it).
+        let cap = 2 * burst;
+        let hold_back = balance && local;
+        while !self.input.buf.is_empty() {
+            if hold_back && self.depth.iter().take(active).all(|&d| d >= cap) {
+                break;
+            }
+            let item = self.input.buf.pop_front().expect("not empty");
             let key = self.key.as_mut().map(|key| key(&item));
             let outputs = &self.outputs;
             let depth = &self.depth;
-            let (replica, seq) = if prefer_remote {
-                self.spreader.pick_preferring(
+            let (replica, seq) = if balance {
+                self.spreader.pick_shortest(
                     active,
                     key,
                     |r| outputs[r].buf.len() >= burst,
-                    |r| depth[r] < room,
+                    |r| depth[r],
                 )
             } else {
                 self.spreader
@@ -159,8 +174,12 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
             }
             self.outputs[replica].buf.push_back(E::wrap(seq, item));
         }
-        self.common.observer.burst(taken, taken, None);
+        let sent = taken - self.input.buf.len();
+        self.common.observer.burst(sent, sent, None);
         self.flush_all();
+        if sent == 0 {
+            return Activation::Blocked;
+        }
         Activation::Progress
     }
 
