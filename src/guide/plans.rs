@@ -80,6 +80,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! How the split spreads items: ordered replicas take them in turn; unordered ones
+//! (and without a key) each go to the replica with the least work waiting, where a
+//! replica on the split's own worker counts a burst more (that worker also runs
+//! what feeds the split), and once every replica is two bursts deep the rest waits
+//! upstream for whichever drains first. Give a replicated stage items worth
+//! spreading: parsing a file, read it with
+//! [`sources::LineBlocks`](crate::sources::LineBlocks) and split the lines inside
+//! the replicas (the source alone stays serial: keep it cheap).
+//!
 //! Plans can also come from a TOML file ([`plan_file`](crate::plan_file)), and
 //! [`Plan::resolve`](crate::Plan::resolve) checks one against a pipeline's stage names
 //! before anything starts.
