@@ -109,7 +109,7 @@ pub use pipewright_runtime::{
     available_cpus, controller, live, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
     ControlStep, EdgeKind, Input, Output, Pin, PipelineService, Plan, PlanError, Report, RunError,
     Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
-    TrySendError, UringBudget, Watch, WorkerLocal, WrongThread,
+    TryCallError, TrySendError, UringBudget, Watch, WorkerLocal, WrongThread,
 };
 
 /// The pipeline builder of the threaded runtime: [`graph::PipelineBuilder`] over the

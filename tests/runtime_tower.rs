@@ -339,3 +339,66 @@ fn an_async_tagged_stage_answers_each_caller_with_its_typed_error() {
     drop(service);
     running.drain().unwrap();
 }
+
+/// `try_call` sheds load instead of waiting: with the only stage held shut, requests
+/// are taken until the input is full, then handed back as `Busy`; once the stage
+/// opens, every request that was taken is answered, and a closed pipeline says so.
+#[test]
+fn try_call_answers_busy_when_the_input_is_full_and_serves_what_it_took() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let gate = Arc::new(AtomicBool::new(false));
+    let open = gate.clone();
+    let b = PipelineBuilder::new();
+    let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
+    requests
+        .then_tagged(
+            "held",
+            stage::map(move |x: u64| {
+                while !open.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                x + 1
+            }),
+        )
+        .respond("reply");
+    let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(8)).unwrap();
+    let mut service = PipelineService::new(running.input(&input).unwrap());
+    let (mut taken, mut busy) = (Vec::new(), 0u64);
+    // Bounded: the input ring, the stage's burst and its output hold a few dozen.
+    for i in 0..10_000u64 {
+        match service.try_call(i) {
+            Ok(answer) => taken.push((i, answer)),
+            Err(pipewright::TryCallError::Busy(request)) => {
+                assert_eq!(request, i, "the request comes back");
+                busy += 1;
+                if busy == 100 {
+                    break;
+                }
+            }
+            Err(pipewright::TryCallError::Closed(_)) => panic!("the pipeline is running"),
+        }
+    }
+    assert_eq!(busy, 100, "a held pipeline fills up");
+    assert!(
+        !taken.is_empty() && taken.len() < 1000,
+        "{} taken",
+        taken.len()
+    );
+    gate.store(true, Ordering::Release);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (i, answer) in taken {
+        assert_eq!(rt.block_on(answer), Ok(i + 1));
+    }
+    let mut closing = service.clone();
+    drop(service);
+    running.drain().unwrap();
+    assert!(matches!(
+        closing.try_call(7),
+        Err(pipewright::TryCallError::Closed(7))
+    ));
+}

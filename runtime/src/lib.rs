@@ -118,7 +118,7 @@ pub use replan::{ApplyError, ControlStep};
 #[cfg(not(loom))]
 pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
 #[cfg(not(loom))]
-pub use service::{PipelineService, ResponseFuture};
+pub use service::{PipelineService, ResponseFuture, TryCallError};
 #[cfg(not(loom))]
 pub use stats::{Snapshot, StageSnapshot};
 #[cfg(not(loom))]

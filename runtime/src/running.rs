@@ -28,6 +28,10 @@ pub type RuntimePipeline = Pipeline<RingTransport>;
 /// Why a pipeline did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The pipeline could not be built (so `Runtime::start(b.build()?, plan)?` can
+    /// report both through one error type).
+    #[error(transparent)]
+    Build(#[from] pipewright_stages::BuildError),
     /// The plan does not fit the pipeline or the machine.
     #[error(transparent)]
     Plan(#[from] PlanError),

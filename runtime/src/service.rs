@@ -54,6 +54,61 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
     }
 }
 
+/// Why [`PipelineService::try_call`] did not take a request; the request is handed back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TryCallError<Req> {
+    /// The pipeline's input is full: answer "busy" (shed load) or retry later.
+    #[error("the pipeline is busy: its input is full")]
+    Busy(Req),
+    /// The pipeline's input is closed (drained or shut down).
+    #[error("the pipeline is closed")]
+    Closed(Req),
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
+    /// Admission control: sends `request` only if the pipeline's input has room now,
+    /// and returns its response future; a full input gives the request back as
+    /// [`TryCallError::Busy`] at once instead of waiting (what a server answering
+    /// "busy" to shed load needs; [`call`](Service::call) waits instead).
+    ///
+    /// ```
+    /// use pipewright::{stage, PipelineBuilder, PipelineService, Plan, Runtime, Tagged, TryCallError};
+    ///
+    /// let b = PipelineBuilder::new();
+    /// let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
+    /// requests.then_tagged("double", stage::map(|x: u64| 2 * x)).respond("reply");
+    /// let running = Runtime::start(b.build()?, Plan::fused())?;
+    /// let mut service = PipelineService::new(running.input(&input).unwrap());
+    /// let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// match service.try_call(21) {
+    ///     Ok(answer) => assert_eq!(rt.block_on(answer)?, 42),
+    ///     Err(TryCallError::Busy(_)) => println!("busy, try again"),
+    ///     Err(TryCallError::Closed(_)) => unreachable!("the pipeline runs"),
+    /// }
+    /// drop(service);
+    /// running.drain()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_call(&mut self, request: Req) -> Result<ResponseFuture<Resp>, TryCallError<Req>> {
+        let (tagged, reply) = Tagged::new(request);
+        match self.input.try_send(tagged) {
+            Ok(()) => Ok(Box::pin(async move {
+                reply.await.unwrap_or(Err(RequestError::Dropped))
+            })),
+            Err(TrySendError::Full(tagged)) => Err(TryCallError::Busy(untag(tagged))),
+            Err(TrySendError::Closed(tagged)) => Err(TryCallError::Closed(untag(tagged))),
+        }
+    }
+}
+
+/// The request of a tagged item that never entered the pipeline.
+fn untag<Req, Resp>(tagged: Tagged<Req, Resp>) -> Req {
+    match tagged.into_parts().1 {
+        Ok(request) => request,
+        Err(_) => unreachable!("a request made by Tagged::new carries its value"),
+    }
+}
+
 impl<Req: Send + 'static, Resp: Send + 'static> Clone for PipelineService<Req, Resp> {
     fn clone(&self) -> Self {
         Self {
