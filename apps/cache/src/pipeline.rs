@@ -6,34 +6,139 @@
 //!                                           ──other▶ write (write-back / write-through, flush) ─┘
 //! ```
 //!
-//! Each branch is an async stage that serves its whole burst concurrently (one future
-//! per burst joining the requests) and answers each request's ticket: the reply. The
-//! pipeline runs on the pipewright runtime and is served as a `tower::Service` by
-//! [`PipelineService`].
+//! Each branch is an async stage that keeps up to [`IN_FLIGHT`] requests in flight
+//! across bursts: every request runs as its own task on the stage's worker and answers
+//! its ticket (the reply) the moment it completes, so a fast hit never waits for a
+//! slow miss of its burst, and the stage takes the next burst while earlier requests
+//! are still in flight (the runtime keeps the stage's output open while
+//! [`AsyncStage::pending`] is non-zero). At [`IN_FLIGHT`] the stage stops taking
+//! requests until one completes: that is the back-pressure.
+//!
+//! The stages run on pipewright workers, so their block I/O goes through the worker's
+//! io_uring (the chunk store's io_uring path): reads of a block range are one read of
+//! the data and one of its tags, in flight together, into buffers of one
+//! `BufferPool` the three stages share, registered with the worker's ring as fixed
+//! buffers: [`start`] declares a `UringBudget` for each stage ([`uring_budget`]). A
+//! read inside one chunk is answered with the pooled buffer itself
+//! ([`ReadBuf`]), which the NBD server writes to its socket without a copy; the pool
+//! is never waited for (an exhausted pool reads into a heap buffer instead), so a
+//! client that stops reading its replies cannot starve the others. The pipeline is
+//! served as a `tower::Service` by [`PipelineService`].
 
-use futures::future::join_all;
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use pipewright_runtime::{
     AsyncStage, Burst, Failures, InputId, Outbox, PipelineBuilder, PipelineService, Plan, Running,
-    Runtime, Tagged,
+    Runtime, Tagged, UringBudget,
 };
+use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
 use crate::error::CacheError;
 use crate::service::{BlockRequest, BlockResponse};
+pub use crate::store::ReadBuf;
+use crate::store::Uring;
+
+/// What the request path answers a request with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathResponse {
+    /// The bytes read (see [`ReadBuf`]).
+    Data(ReadBuf),
+    /// The write is acknowledged (durable as the write mode says).
+    Written,
+    /// Everything dirty reached the backend.
+    Flushed,
+}
+
+impl From<PathResponse> for BlockResponse {
+    fn from(r: PathResponse) -> Self {
+        match r {
+            PathResponse::Data(d) => BlockResponse::Data(d.into_vec()),
+            PathResponse::Written => BlockResponse::Written,
+            PathResponse::Flushed => BlockResponse::Flushed,
+        }
+    }
+}
 
 /// What a request through the pipeline is answered with.
-pub type PipelineReply = Result<BlockResponse, CacheError>;
+pub type PipelineReply = Result<PathResponse, CacheError>;
 
 /// A request carried through the pipeline with its completion.
 pub type TaggedRequest = Tagged<BlockRequest, PipelineReply>;
+
+/// Requests each of the hit, fill and write stages keeps in flight.
+pub const IN_FLIGHT: usize = 64;
 
 const HIT: usize = 0;
 const MISS: usize = 1;
 const OTHER: usize = 2;
 
-/// One branch's stage: serves its burst concurrently and answers every request.
+/// Pooled I/O buffers shared by the three stages: at most 64 MiB of chunks, 4 to 32
+/// buffers.
+fn io_buffers(chunk_size: u64) -> usize {
+    ((64u64 << 20) / chunk_size.max(1)).clamp(4, 32) as usize
+}
+
+/// The io_uring budget each stage of the request path declares for `cache`: its
+/// requests in flight (two operations each) and fixed-buffer slots for the shared
+/// pool (data and tag buffers).
+pub fn uring_budget(cache: &Cache) -> UringBudget {
+    let buffers = io_buffers(cache.chunk_size()) as u32;
+    UringBudget {
+        sq_entries: (2 * IN_FLIGHT as u32).next_power_of_two(),
+        fixed_buffers: 2 * buffers,
+    }
+}
+
+/// One branch's stage: serves each request as its own task on the worker, up to
+/// [`IN_FLIGHT`] at once across bursts.
 struct Serve {
     cache: Cache,
+    io: Arc<Uring>,
+    in_flight: FuturesUnordered<JoinHandle<()>>,
+}
+
+impl Serve {
+    fn new(cache: Cache, io: Arc<Uring>) -> Self {
+        Self {
+            cache,
+            io,
+            in_flight: FuturesUnordered::new(),
+        }
+    }
+
+    fn settle(done: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = done {
+            // The request's ticket was dropped with its task: the caller sees the
+            // request failed; the stage carries on.
+            metrics::counter!("cache_request_task_failures_total").increment(1);
+            eprintln!("pipewright-cache: a request task failed: {e}");
+        }
+    }
+}
+
+async fn serve(cache: &Cache, io: &Uring, req: BlockRequest) -> PipelineReply {
+    match req {
+        BlockRequest::Read {
+            volume,
+            offset,
+            len,
+        } => cache
+            .read_with(io, volume, offset, len)
+            .await
+            .map(PathResponse::Data),
+        BlockRequest::Write {
+            volume,
+            offset,
+            data,
+        } => cache
+            .write_with(io, volume, offset, &data)
+            .await
+            .map(|()| PathResponse::Written),
+        BlockRequest::Flush => cache.flush().await.map(|()| PathResponse::Flushed),
+    }
 }
 
 impl AsyncStage for Serve {
@@ -47,45 +152,63 @@ impl AsyncStage for Serve {
         _out: &mut Outbox<'_, ()>,
         _failures: &mut Failures<'_, Self::Error>,
     ) {
-        let mut jobs = Vec::new();
-        while let Some(t) = burst.pop() {
+        while !burst.is_empty() {
+            if self.in_flight.len() >= IN_FLIGHT {
+                if let Some(done) = self.in_flight.next().await {
+                    Self::settle(done);
+                }
+                continue;
+            }
+            let Some(t) = burst.pop() else { break };
             let (ticket, value) = t.into_parts();
             match value {
-                Ok(req) => jobs.push((ticket, req)),
+                Ok(req) => {
+                    let (cache, io) = (self.cache.clone(), self.io.clone());
+                    // Its own task on this worker (the io_uring futures are the
+                    // worker's): it answers as soon as it completes.
+                    self.in_flight.push(tokio::task::spawn_local(async move {
+                        let reply = serve(&cache, &io, req).await;
+                        ticket.answer(Ok(reply));
+                    }));
+                }
                 Err(e) => {
                     ticket.answer(Err(e));
                 }
             }
         }
-        let cache = &self.cache;
-        join_all(jobs.into_iter().map(|(ticket, req)| async move {
-            let result = match req {
-                BlockRequest::Read {
-                    volume,
-                    offset,
-                    len,
-                } => cache
-                    .read(volume, offset, len)
-                    .await
-                    .map(BlockResponse::Data),
-                BlockRequest::Write {
-                    volume,
-                    offset,
-                    data,
-                } => cache
-                    .write(volume, offset, &data)
-                    .await
-                    .map(|()| BlockResponse::Written),
-                BlockRequest::Flush => cache.flush().await.map(|()| BlockResponse::Flushed),
-            };
-            ticket.answer(Ok(result));
-        }))
-        .await;
+        // Reap what has finished, without waiting.
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            Self::settle(done);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    async fn progress(
+        &mut self,
+        _out: &mut Outbox<'_, ()>,
+        _failures: &mut Failures<'_, Self::Error>,
+    ) {
+        // Cancel-safe: a dropped `next()` leaves the task in the set.
+        if let Some(done) = self.in_flight.next().await {
+            Self::settle(done);
+        }
     }
 }
 
-/// Adds the cache's request path to `b`; returns its input.
-pub fn request_path(b: &PipelineBuilder, cache: Cache) -> InputId<TaggedRequest> {
+/// Adds the cache's request path to `b`; returns its input. Its stages (`hit`,
+/// `fill`, `write`) should get [`uring_budget`] in the plan ([`start`] does that).
+pub fn request_path(
+    b: &PipelineBuilder,
+    cache: Cache,
+) -> Result<InputId<TaggedRequest>, CacheError> {
+    let io = Arc::new(Uring::new(
+        io_buffers(cache.chunk_size()),
+        cache.chunk_size(),
+        cache.block_size(),
+    )?);
     let (input, requests) = b.input::<TaggedRequest>("requests");
     let lookup_cache = cache.clone();
     let [hit, miss, other] =
@@ -98,30 +221,26 @@ pub fn request_path(b: &PipelineBuilder, cache: Cache) -> InputId<TaggedRequest>
             Ok(BlockRequest::Read { .. }) => MISS,
             _ => OTHER,
         });
-    hit.sink_async(
-        "hit",
-        Serve {
-            cache: cache.clone(),
-        },
-    );
-    miss.sink_async(
-        "fill",
-        Serve {
-            cache: cache.clone(),
-        },
-    );
-    other.sink_async("write", Serve { cache });
-    input
+    hit.sink_async("hit", Serve::new(cache.clone(), io.clone()));
+    miss.sink_async("fill", Serve::new(cache.clone(), io.clone()));
+    other.sink_async("write", Serve::new(cache, io));
+    Ok(input)
 }
 
-/// Starts the request path on the pipewright runtime with `plan`; returns the running
-/// pipeline (for snapshots, drain, shutdown) and the `tower::Service` in front of it.
+/// Starts the request path on the pipewright runtime with `plan` (plus the stages'
+/// [`uring_budget`]); returns the running pipeline (for snapshots, drain, shutdown)
+/// and the `tower::Service` in front of it.
 pub fn start(
     cache: Cache,
     plan: Plan,
 ) -> Result<(Running, PipelineService<BlockRequest, PipelineReply>), CacheError> {
+    let budget = uring_budget(&cache);
+    let plan = plan
+        .uring("hit", budget)
+        .uring("fill", budget)
+        .uring("write", budget);
     let b = PipelineBuilder::new();
-    let input = request_path(&b, cache);
+    let input = request_path(&b, cache)?;
     let pipeline = b.build().map_err(|e| CacheError::Pipeline(e.to_string()))?;
     let running =
         Runtime::start(pipeline, plan).map_err(|e| CacheError::Pipeline(e.to_string()))?;

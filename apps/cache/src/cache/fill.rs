@@ -10,13 +10,15 @@ use crate::error::CacheError;
 use crate::faults::{self, CrashPoint};
 use crate::meta::{ChunkRecord, SlotState};
 use crate::stats::bump;
+use crate::store::{BlockIo, WriteGuard};
 
 use super::{blocking, ChunkKey, Entry, Inner, SlotInfo};
 
 impl Inner {
     /// Resident: `(slot, instance, seq)`. Absent: this call fills it (single flight).
-    pub(super) async fn lookup(
+    pub(super) async fn lookup<I: BlockIo>(
         self: &Arc<Self>,
+        io: &I,
         key: ChunkKey,
     ) -> Result<(u32, u64, u64), CacheError> {
         let mut counted_miss = false;
@@ -64,7 +66,7 @@ impl Inner {
             if !counted_miss {
                 bump(&self.counters.misses, "cache_misses_total", 1);
             }
-            let filled = self.fill(key).await;
+            let filled = self.fill(io, key).await;
             let mut st = self.lock();
             match filled {
                 Ok(slot) => {
@@ -116,9 +118,14 @@ impl Inner {
         }
     }
 
-    /// Fetches the chunk from the backend into a free slot; durable data, then
-    /// durable metadata.
-    pub(super) async fn fill(self: &Arc<Self>, key: ChunkKey) -> Result<u32, CacheError> {
+    /// Fetches the chunk from the backend into a free slot through `io`, then
+    /// publishes its mapping (see the crate docs: a clean chunk's bytes need not be
+    /// durable).
+    pub(super) async fn fill<I: BlockIo>(
+        self: &Arc<Self>,
+        io: &I,
+        key: ChunkKey,
+    ) -> Result<u32, CacheError> {
         let slot = self.allocate().await?;
         let cs = self.cfg.chunk_size;
         let name = self.volume_name(key.volume);
@@ -150,41 +157,43 @@ impl Inner {
             }
         };
         let instance = self.store.cells[slot as usize].instance();
-        let inner = self.clone();
-        let stored = blocking(move || {
-            let cell = &inner.store.cells[slot as usize];
-            if faults::should_crash(CrashPoint::Fill) {
-                // A torn fill: half the bytes, no tags, no metadata.
-                let _ = inner.store.write_torn(slot, &data[..data.len() / 2]);
-                let _ = inner.store.sync();
-                eprintln!("pipewright-cache: crash point fill reached, aborting");
-                std::process::abort();
+        if faults::should_crash(CrashPoint::Fill) {
+            // A torn fill: half the bytes, no tags, no metadata.
+            let _ = self.store.write_torn(slot, &data[..data.len() / 2]);
+            let _ = self.store.sync();
+            eprintln!("pipewright-cache: crash point fill reached, aborting");
+            std::process::abort();
+        }
+        let written = {
+            let _w = WriteGuard::begin(&self.store.cells[slot as usize]);
+            io.write_blocks(&self.store.file, slot, 0, data, instance, key.addr())
+                .await
+        };
+        // No fdatasync here: a clean chunk's bytes need not be durable. After a crash
+        // that lost some of them, their tags no longer match (instance or CRC) and the
+        // chunk is refetched; the next sync of the file (any acknowledged write's)
+        // makes them durable anyway. A clean chunk's mapping may be lost at a crash
+        // (the chunk is then refetched); it never names bytes that are not synced.
+        let stored = match written {
+            Ok(_) => {
+                let inner = self.clone();
+                blocking(move || {
+                    inner.meta.commit_lazy(&[(
+                        slot,
+                        ChunkRecord {
+                            state: SlotState::Clean,
+                            volume: key.volume,
+                            chunk: key.chunk,
+                            instance,
+                            dirty: Vec::new(),
+                        },
+                    )])?;
+                    Ok(())
+                })
+                .await
             }
-            cell.begin_write();
-            let w = inner
-                .store
-                .write_blocks(slot, 0, &data, instance, key.addr());
-            cell.end_write();
-            w?;
-            // No fdatasync here: a clean chunk's bytes need not be durable. After a
-            // crash that lost some of them, their tags no longer match (instance or
-            // CRC) and the chunk is refetched; the next sync of the file (any
-            // acknowledged write's) makes them durable anyway.
-            // A clean chunk's mapping may be lost at a crash (the chunk is then
-            // refetched); it never names bytes that are not synced.
-            inner.meta.commit_lazy(&[(
-                slot,
-                ChunkRecord {
-                    state: SlotState::Clean,
-                    volume: key.volume,
-                    chunk: key.chunk,
-                    instance,
-                    dirty: Vec::new(),
-                },
-            )])?;
-            Ok(())
-        })
-        .await;
+            Err(e) => Err(CacheError::Io(e)),
+        };
         match stored {
             Ok(()) => {
                 bump(&self.counters.fills, "cache_fills_total", 1);
