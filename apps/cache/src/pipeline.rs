@@ -273,6 +273,7 @@ mod tests {
         gate: Semaphore,
         arrived: Notify,
         waiting: AtomicU64,
+        reads: AtomicU64,
     }
 
     impl Backend for Gated {
@@ -286,6 +287,7 @@ mod tests {
             len: usize,
         ) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
             let volume = volume.to_string();
+            self.reads.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
                 if offset == self.gated_offset {
                     self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -324,6 +326,7 @@ mod tests {
             gate: Semaphore::new(0),
             arrived: Notify::new(),
             waiting: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         });
         let mut cfg = CacheConfig::new(dir.join("cache"), 32);
         cfg.chunk_size = CHUNK;
@@ -448,5 +451,47 @@ mod tests {
         drop(held);
         drop(svc);
         assert!(running.drain().unwrap().completed);
+    }
+
+    /// Sequential readahead: a scan through the pipeline makes fewer backend reads
+    /// than chunks (one read per run of chunks), every byte still the backend's, and
+    /// without readahead exactly one read per chunk.
+    #[test]
+    fn sequential_readahead_makes_fewer_backend_reads() {
+        let img = image();
+        let chunks = img.len() as u64 / CHUNK;
+        let mut reads = Vec::new();
+        for readahead in [0u32, 4] {
+            let dir = tempfile::tempdir().unwrap();
+            let (backend, mut cfg) = setup(dir.path(), u64::MAX);
+            cfg.readahead = readahead;
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let cache = rt.block_on(Cache::open(cfg, backend.clone())).unwrap();
+            let disk = cache.volume("disk").unwrap();
+            let (running, svc) = start(cache.clone(), Plan::fused()).unwrap();
+            rt.block_on(async {
+                // 64 KiB reads, in order, one at a time: a sequential reader.
+                for off in (0..img.len() as u64).step_by(65536) {
+                    let got = read(&svc, disk, off, 65536).await.unwrap().unwrap();
+                    let PathResponse::Data(d) = got else {
+                        panic!("{got:?}")
+                    };
+                    assert_eq!(d[..], img[off as usize..off as usize + 65536]);
+                }
+            });
+            drop(svc);
+            assert!(running.drain().unwrap().completed);
+            let s = cache.stats();
+            let n = backend.reads.load(Ordering::SeqCst);
+            println!(
+                "readahead {readahead}: {chunks} chunks scanned with {n} backend reads ({} fills, {} misses, {} single-flight waits)",
+                s.fills, s.misses, s.single_flight_waits
+            );
+            assert_eq!(s.fills, chunks, "every chunk fetched once");
+            reads.push(n);
+        }
+        assert_eq!(reads[0], chunks);
+        // Chunk 0 alone, chunk 1 with 4 ahead, then every 5th chunk with 4 ahead.
+        assert!(reads[1] <= 2 + chunks / 5, "{reads:?}");
     }
 }
