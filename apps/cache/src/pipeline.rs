@@ -16,9 +16,10 @@
 //!
 //! The stages run on pipewright workers, so their block I/O goes through the worker's
 //! io_uring (the chunk store's io_uring path): reads of a block range are one read of
-//! the data and one of its tags, in flight together, into buffers of one
-//! `BufferPool` the three stages share, registered with the worker's ring as fixed
-//! buffers: [`start`] declares a `UringBudget` for each stage ([`uring_budget`]). A
+//! the data and one of its tags, in flight together, into buffers of `BufferPool`s the
+//! three stages share (data buffers of up to 256 KiB and of whole chunks, tag
+//! buffers), registered with the worker's ring as fixed buffers: [`start`] declares a
+//! `UringBudget` for each stage ([`uring_budget`]). A
 //! read inside one chunk is answered with the pooled buffer itself
 //! ([`ReadBuf`]), which the NBD server writes to its socket without a copy; the pool
 //! is never waited for (an exhausted pool reads into a heap buffer instead), so a
@@ -75,20 +76,17 @@ const HIT: usize = 0;
 const MISS: usize = 1;
 const OTHER: usize = 2;
 
-/// Pooled I/O buffers shared by the three stages: at most 64 MiB of chunks, 4 to 32
-/// buffers.
-fn io_buffers(chunk_size: u64) -> usize {
-    ((64u64 << 20) / chunk_size.max(1)).clamp(4, 32) as usize
-}
-
 /// The io_uring budget each stage of the request path declares for `cache`: its
-/// requests in flight (two operations each) and fixed-buffer slots for the shared
-/// pool (data and tag buffers).
+/// requests in flight (two operations each) and fixed-buffer slots for the pools the
+/// three stages share (data buffers in two size classes, tag buffers).
 pub fn uring_budget(cache: &Cache) -> UringBudget {
-    let buffers = io_buffers(cache.chunk_size()) as u32;
+    let buffers: usize = crate::store::pool_classes(cache.chunk_size())
+        .iter()
+        .map(|c| c.1)
+        .sum();
     UringBudget {
         sq_entries: (2 * IN_FLIGHT as u32).next_power_of_two(),
-        fixed_buffers: 2 * buffers,
+        fixed_buffers: 2 * buffers as u32,
     }
 }
 
@@ -204,11 +202,8 @@ pub fn request_path(
     b: &PipelineBuilder,
     cache: Cache,
 ) -> Result<InputId<TaggedRequest>, CacheError> {
-    let io = Arc::new(Uring::new(
-        io_buffers(cache.chunk_size()),
-        cache.chunk_size(),
-        cache.block_size(),
-    )?);
+    let io = Arc::new(Uring::new(cache.chunk_size(), cache.block_size())?);
+    debug_assert_eq!(io.fixed_buffers(), uring_budget(&cache).fixed_buffers);
     let (input, requests) = b.input::<TaggedRequest>("requests");
     let lookup_cache = cache.clone();
     let [hit, miss, other] =
@@ -308,6 +303,11 @@ mod tests {
         fn sync(&self, volume: &str) -> BoxFuture<'_, std::io::Result<()>> {
             self.files.sync(volume)
         }
+    }
+
+    /// Buffers of the pool a 64 KiB read takes from.
+    fn small_buffers() -> usize {
+        crate::store::pool_classes(CHUNK)[0].1
     }
 
     fn image() -> Vec<u8> {
@@ -420,7 +420,7 @@ mod tests {
         let held = rt.block_on(async {
             let mut held = Vec::new();
             // Three times as many replies held as the pool has buffers.
-            let n = 3 * io_buffers(CHUNK) as u64;
+            let n = 3 * small_buffers() as u64;
             for i in 0..n {
                 let chunk = i % 16;
                 let off = chunk * CHUNK + (i * 4096) % (CHUNK - 65536);
@@ -445,7 +445,7 @@ mod tests {
         println!("{} replies held: {pooled} in pooled buffers", held.len());
         assert_eq!(
             pooled,
-            io_buffers(CHUNK),
+            small_buffers(),
             "every pooled buffer is in use, the rest on the heap"
         );
         drop(held);

@@ -489,24 +489,51 @@ impl BlockIo for Blocking {
     }
 }
 
-/// Reads and writes through the calling worker's io_uring, into buffers of two pools
-/// (block data, tags). Only for futures running on a pipewright worker (or another
-/// thread inside a tokio `LocalSet`): the ring is the thread's.
+/// Reads and writes through the calling worker's io_uring, into buffers of its pools:
+/// block data in two size classes, tags in a third. Only for futures running on a
+/// pipewright worker (or another thread inside a tokio `LocalSet`): the ring is the
+/// thread's.
 #[derive(Debug, Clone)]
 pub(crate) struct Uring {
-    data: BufferPool,
+    /// Data pools, smallest buffers first.
+    data: Vec<BufferPool>,
     tags: BufferPool,
 }
 
+/// The buffers of the pools for one chunk size: `(size, count)` per data class.
+/// Small buffers of at most 256 KiB (what NBD clients such as nbdcopy ask for at a
+/// time; 128 of them, 32 MiB), and when chunks are larger, a few whole-chunk buffers
+/// (16 MiB of them, 2 to 16).
+pub(crate) fn pool_classes(chunk_size: u64) -> Vec<(usize, usize)> {
+    let small = chunk_size.min(256 << 10) as usize;
+    let mut classes = vec![(small, 128)];
+    if chunk_size as usize > small {
+        let count = ((16u64 << 20) / chunk_size).clamp(2, 16) as usize;
+        classes.push((chunk_size as usize, count));
+    }
+    classes
+}
+
 impl Uring {
-    /// `buffers` pooled buffers for block data (each a whole chunk) and as many for
-    /// tags: the reads the users of the pools keep in registered memory at once.
-    pub(crate) fn new(buffers: usize, chunk_size: u64, block_size: u32) -> io::Result<Self> {
+    /// The pools for chunks of `chunk_size` bytes in `block_size` blocks (see
+    /// [`pool_classes`]), as many tag buffers as data buffers.
+    pub(crate) fn new(chunk_size: u64, block_size: u32) -> io::Result<Self> {
         let blocks = (chunk_size / block_size as u64) as usize;
+        let classes = pool_classes(chunk_size);
+        let data = classes
+            .iter()
+            .map(|&(size, count)| BufferPool::new(count, size))
+            .collect::<io::Result<Vec<_>>>()?;
+        let buffers = classes.iter().map(|c| c.1).sum();
         Ok(Self {
-            data: BufferPool::new(buffers, chunk_size as usize)?,
+            data,
             tags: BufferPool::new(buffers, blocks * TAG_SIZE)?,
         })
+    }
+
+    /// Fixed-buffer slots all the pools take in a ring's table.
+    pub(crate) fn fixed_buffers(&self) -> u32 {
+        (self.data.iter().map(BufferPool::count).sum::<usize>() + self.tags.count()) as u32
     }
 }
 
@@ -514,7 +541,7 @@ impl Uring {
 /// fixed-buffer read if its pool is registered), or into a heap buffer.
 async fn read_exact_uring(
     fd: std::os::fd::RawFd,
-    pool: &BufferPool,
+    pools: &[BufferPool],
     len: usize,
     pos: u64,
 ) -> io::Result<BlockBuf> {
@@ -524,8 +551,12 @@ async fn read_exact_uring(
             format!("cache file read of {len} bytes at {pos} returned {n}: is the file truncated?"),
         )
     };
-    match pool.try_take() {
-        Some(buf) if buf.capacity() >= len => {
+    let free = pools
+        .iter()
+        .filter(|p| p.buffer_size() >= len)
+        .find_map(BufferPool::try_take);
+    match free {
+        Some(buf) => {
             let (r, mut buf) = uring::read_pooled(fd, buf, len, pos).await;
             let mut n = r?;
             // A regular file returns short reads only at its end; finish the rest
@@ -596,7 +627,7 @@ impl BlockIo for Uring {
             read_exact_uring(fd, &self.data, len, file.data_pos(slot, first)),
             read_exact_uring(
                 fd,
-                &self.tags,
+                std::slice::from_ref(&self.tags),
                 count as usize * TAG_SIZE,
                 file.tag_pos(slot, first)
             ),
