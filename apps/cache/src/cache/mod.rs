@@ -263,7 +263,7 @@ impl Cache {
     }
 
     /// Writes `data` at `offset` of `volume`; returns once the write is acknowledged
-    /// under the configured [`WriteMode`].
+    /// under the configured [`WriteMode`](crate::WriteMode).
     pub async fn write(
         &self,
         volume: VolumeId,
