@@ -132,7 +132,7 @@ async fn serve(cache: &Cache, io: &Uring, req: BlockRequest) -> PipelineReply {
             offset,
             data,
         } => cache
-            .write_with(io, volume, offset, &data)
+            .write_with(io, volume, offset, std::borrow::Cow::Owned(data))
             .await
             .map(|()| PathResponse::Written),
         BlockRequest::Flush => cache.flush().await.map(|()| PathResponse::Flushed),

@@ -270,7 +270,8 @@ impl Cache {
         offset: u64,
         data: &[u8],
     ) -> Result<(), CacheError> {
-        self.write_with(&Blocking, volume, offset, data).await
+        self.write_with(&Blocking, volume, offset, std::borrow::Cow::Borrowed(data))
+            .await
     }
 
     /// Writes every dirty chunk back to the backend now.

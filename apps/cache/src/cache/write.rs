@@ -1,6 +1,7 @@
 //! Block writes: whole-block merges, durable dirty state before the bytes (write-back)
 //! or the backend written and synced before the acknowledgement (write-through).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,13 +21,24 @@ impl Cache {
         io: &I,
         volume: VolumeId,
         offset: u64,
-        data: &[u8],
+        data: Cow<'_, [u8]>,
     ) -> Result<(), CacheError> {
         let inner = &self.inner;
         inner.check_range(volume.0, offset, data.len() as u64)?;
         let cs = inner.cfg.chunk_size;
+        if !data.is_empty() && offset / cs == (offset + data.len() as u64 - 1) / cs {
+            // Inside one chunk: the caller's buffer goes on to the store as it is
+            // (no copy when it is whole blocks).
+            let key = ChunkKey {
+                volume: volume.0,
+                chunk: offset / cs,
+            };
+            inner.write_segment(io, key, offset % cs, data).await?;
+            bump(&inner.counters.writes, "cache_writes_total", 1);
+            return Ok(());
+        }
         let mut pos = offset;
-        let mut rest = data;
+        let mut rest = &data[..];
         while !rest.is_empty() {
             let in_chunk = pos % cs;
             let n = ((cs - in_chunk) as usize).min(rest.len());
@@ -34,7 +46,9 @@ impl Cache {
                 volume: volume.0,
                 chunk: pos / cs,
             };
-            inner.write_segment(io, key, in_chunk, &rest[..n]).await?;
+            inner
+                .write_segment(io, key, in_chunk, Cow::Borrowed(&rest[..n]))
+                .await?;
             pos += n as u64;
             rest = &rest[n..];
         }
@@ -51,7 +65,7 @@ impl Inner {
         io: &I,
         key: ChunkKey,
         in_chunk: u64,
-        data: &[u8],
+        mut data: Cow<'_, [u8]>,
     ) -> Result<(), CacheError> {
         let bs = self.cfg.block_size as u64;
         let first = (in_chunk / bs) as u32;
@@ -69,7 +83,8 @@ impl Inner {
             // Whole blocks: merge a partial first/last block with the stored bytes.
             let start = (in_chunk % bs) as usize;
             let mut buf = if start == 0 && data.len() as u64 % bs == 0 {
-                data.to_vec()
+                // Taken only here: from this point on the loop never goes round again.
+                std::mem::take(&mut data).into_owned()
             } else {
                 let seq = cell.seq();
                 let mut existing = match self
@@ -91,7 +106,7 @@ impl Inner {
                     // We hold the slot's lock: no write or eviction can overlap.
                     Err(BlockFault::Stale | BlockFault::Torn) => continue,
                 };
-                existing[start..start + data.len()].copy_from_slice(data);
+                existing[start..start + data.len()].copy_from_slice(&data);
                 existing
             };
             let write_back = self.cfg.write_mode == WriteMode::WriteBack;
