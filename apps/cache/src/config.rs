@@ -42,6 +42,10 @@ pub struct CacheConfig {
     pub write_mode: WriteMode,
     /// Dirty data reaches the backend within this long.
     pub flush_deadline: Duration,
+    /// Sequential readahead: when a chunk misses right after the chunk before it,
+    /// this many following chunks are fetched with it, in one backend read (0: off,
+    /// the default).
+    pub readahead: u32,
     /// Fault injection: every n-th block read stalls 10 ms between its lookup and its
     /// read (a slow disk), so eviction and reuse can overtake it (0: never).
     #[doc(hidden)]
@@ -50,7 +54,7 @@ pub struct CacheConfig {
 
 impl CacheConfig {
     /// A configuration of `chunks` 1 MiB chunks of 4 KiB blocks, LRU, write-back,
-    /// watermarks at 5% / 10% of the slots, flush deadline 5 s.
+    /// watermarks at 5% / 10% of the slots, flush deadline 5 s, no readahead.
     pub fn new(cache_file: impl Into<PathBuf>, chunks: u32) -> Self {
         Self {
             cache_file: cache_file.into(),
@@ -64,6 +68,7 @@ impl CacheConfig {
             eviction_batch: 8,
             write_mode: WriteMode::WriteBack,
             flush_deadline: Duration::from_secs(5),
+            readahead: 0,
             stall_reads_every: 0,
         }
     }

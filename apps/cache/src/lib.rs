@@ -101,6 +101,28 @@
 //!
 //! A request that reaches past a volume's end, or names an unknown volume, is refused
 //! with a typed error ([`CacheError`]) and counted in `bad_requests`.
+//!
+//! # Which I/O path runs where
+//!
+//! The chunk store's block reads and writes take one of two paths, chosen by the
+//! caller, never by accident:
+//!
+//! - **io_uring** (the request [`pipeline`]'s hit, fill and write stages, so the
+//!   gateway's NBD traffic): the stages run on pipewright workers and submit to their
+//!   worker's ring: a block range is one read of the data and one of its tags, in
+//!   flight together, into pooled buffers registered as fixed buffers (the plan gives
+//!   the stages a `UringBudget`, see [`pipeline::uring_budget`]); writes put data and
+//!   tags in flight together, then `fdatasync` on the ring. A read inside one chunk is
+//!   answered in its pooled buffer ([`pipeline::ReadBuf`]) and written to the NBD
+//!   socket from there.
+//! - **blocking pool** (positioned `pread`/`pwrite` on tokio's blocking threads):
+//!   [`Cache::read`]/[`Cache::write`] called directly (tests, [`CacheService`], the
+//!   CLI, `replay --real`), the background flusher and evictor, and the chunks a
+//!   sequential readahead ([`CacheConfig::readahead`]) stores after the chunk that
+//!   missed.
+//!
+//! Both paths write the same bytes and tags and run the same instance-id / write
+//! sequence / CRC check on what they read; nothing above depends on the path.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod sync;

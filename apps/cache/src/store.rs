@@ -9,13 +9,42 @@
 //!
 //! A tag is the instance id the block was written under, a CRC-32C over (instance,
 //! volume, chunk number, block index, bytes) and a magic; a zeroed tag (never
-//! written) fails every check. Blocks and tags are written with positioned I/O
-//! (`pwrite`) and made durable with `fdatasync` before any metadata names them.
+//! written) fails every check.
+//!
+//! # Two I/O paths, chosen by the caller
+//!
+//! Block reads and writes go through a [`BlockIo`], picked explicitly by each caller:
+//!
+//! - [`Uring`]: the runtime's per-worker io_uring driver. The request pipeline's hit,
+//!   fill and write stages run on pipewright workers and use it: a read of a range of
+//!   blocks is one read of the data and one of the tags, both in flight together,
+//!   into buffers of the stage's [`BufferPool`]s (registered with the worker's ring as
+//!   fixed buffers when the plan gives the stage a `UringBudget`, so the reads are
+//!   `READ_FIXED`); a write is the data and the tags in flight together, then
+//!   `fdatasync` through the ring. Its futures are `!Send` (the ring is the worker
+//!   thread's).
+//! - [`Blocking`]: positioned `pread`/`pwrite` on tokio's blocking pool. Everything
+//!   that is not on a worker uses it: [`Cache`](crate::Cache)'s own methods (and so
+//!   [`CacheService`](crate::CacheService), the CLI, replay and tests calling the
+//!   cache directly), and the background flusher and evictor (eviction and write-back
+//!   also run on it when a fill on a worker has to evict inline).
+//!
+//! Both write the same bytes and tags and read them the same way; the validation
+//! (instance id, write sequence, CRC) is the caller's and does not depend on the path.
+//! A write puts the bytes and the tags in flight together: a crash between them
+//! leaves a block whose tag does not match its bytes (CRC), which the check catches,
+//! exactly as when bytes and tags are written one after the other but reach the disk
+//! in another order before the `fdatasync`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+
+use pipewright_runtime::uring::{self, BufferPool, PooledBuf};
 
 use crate::error::CacheError;
 use crate::slot::SlotCell;
@@ -105,8 +134,8 @@ impl Tag {
 /// The cache file, its geometry and the slot cells.
 #[derive(Debug)]
 pub(crate) struct ChunkStore {
-    file: File,
-    pub(crate) geometry: Geometry,
+    /// The file and where things are in it (what both I/O paths need).
+    pub(crate) file: StoreFile,
     pub(crate) cells: Vec<SlotCell>,
     /// Identifies this formatting of the file; the metadata must carry the same.
     pub(crate) nonce: u64,
@@ -178,8 +207,10 @@ impl ChunkStore {
         let cells = (0..geometry.chunks).map(|_| SlotCell::new(0)).collect();
         Ok((
             Self {
-                file,
-                geometry,
+                file: StoreFile {
+                    file: Arc::new(file),
+                    geometry,
+                },
                 cells,
                 nonce,
             },
@@ -187,6 +218,39 @@ impl ChunkStore {
         ))
     }
 
+    /// Writes only the first `blocks` blocks' bytes (no tags): the torn fill a crash
+    /// point leaves behind.
+    pub(crate) fn write_torn(&self, slot: u32, data: &[u8]) -> io::Result<()> {
+        self.file
+            .file
+            .write_all_at(data, self.file.data_pos(slot, 0))
+    }
+
+    /// `fdatasync(2)` of the cache file.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.file.sync_data()
+    }
+
+    /// Damages one byte of a stored block (for tests of the checksum path).
+    pub(crate) fn corrupt_byte(&self, slot: u32, block: u32) -> io::Result<()> {
+        let pos = self.file.data_pos(slot, block) + 7;
+        let f = &self.file.file;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, pos)?;
+        b[0] ^= 0x5a;
+        f.write_all_at(&b, pos)
+    }
+}
+
+/// The open cache file and its geometry: cheap to clone (the blocking path moves one
+/// into the blocking pool).
+#[derive(Debug, Clone)]
+pub(crate) struct StoreFile {
+    file: Arc<File>,
+    geometry: Geometry,
+}
+
+impl StoreFile {
     fn data_pos(&self, slot: u32, block: u32) -> u64 {
         self.geometry.data_off()
             + slot as u64 * self.geometry.chunk_size
@@ -199,8 +263,7 @@ impl ChunkStore {
                 * TAG_SIZE as u64
     }
 
-    /// Reads `count` blocks from `first` of `slot` into `data` and their tags.
-    pub(crate) fn read_blocks(
+    fn read_blocks(
         &self,
         slot: u32,
         first: u32,
@@ -213,19 +276,11 @@ impl ChunkStore {
         let mut raw = vec![0u8; count as usize * TAG_SIZE];
         self.file
             .read_exact_at(&mut raw, self.tag_pos(slot, first))?;
-        Ok(raw.chunks_exact(TAG_SIZE).map(Tag::decode).collect())
+        Ok(decode_tags(&raw))
     }
 
-    /// Writes whole blocks from `first` of `slot` with their tags under `instance`:
-    /// bytes first, then tags (a crash between leaves tags that fail the check).
-    pub(crate) fn write_blocks(
-        &self,
-        slot: u32,
-        first: u32,
-        data: &[u8],
-        instance: u64,
-        addr: BlockAddr,
-    ) -> io::Result<()> {
+    /// The tags of whole blocks `data` from `first`, written under `instance`.
+    fn encode_tags(&self, first: u32, data: &[u8], instance: u64, addr: BlockAddr) -> Vec<u8> {
         let bs = self.geometry.block_size as usize;
         debug_assert_eq!(data.len() % bs, 0);
         let mut tags = vec![0u8; data.len() / bs * TAG_SIZE];
@@ -237,28 +292,371 @@ impl ChunkStore {
                 &mut tags[i * TAG_SIZE..(i + 1) * TAG_SIZE],
             );
         }
+        tags
+    }
+
+    fn write_blocks(
+        &self,
+        slot: u32,
+        first: u32,
+        data: &[u8],
+        instance: u64,
+        addr: BlockAddr,
+    ) -> io::Result<()> {
+        let tags = self.encode_tags(first, data, instance, addr);
         self.file.write_all_at(data, self.data_pos(slot, first))?;
         self.file.write_all_at(&tags, self.tag_pos(slot, first))
     }
+}
 
-    /// Writes only the first `blocks` blocks' bytes (no tags): the torn fill a crash
-    /// point leaves behind.
-    pub(crate) fn write_torn(&self, slot: u32, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, self.data_pos(slot, 0))
+fn decode_tags(raw: &[u8]) -> Vec<Tag> {
+    raw.chunks_exact(TAG_SIZE).map(Tag::decode).collect()
+}
+
+/// Bytes read from the cache file: a window of a pooled I/O buffer (from the io_uring
+/// path, handed on without a copy) or of a heap buffer. Dereferences to the window;
+/// a pooled buffer goes back to its pool when this is dropped.
+pub struct ReadBuf {
+    buf: BlockBuf,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for ReadBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadBuf")
+            .field("pooled", &matches!(self.buf, BlockBuf::Pooled(_)))
+            .field("len", &self.len)
+            .finish()
     }
+}
+
+impl ReadBuf {
+    /// The bytes as a vector (free for a heap buffer read from its start, a copy
+    /// otherwise).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.buf {
+            BlockBuf::Heap(mut v) if self.start == 0 => {
+                v.truncate(self.len);
+                v
+            }
+            _ => self[..].to_vec(),
+        }
+    }
+
+    /// Whether the bytes sit in a pooled (registered) I/O buffer.
+    pub fn is_pooled(&self) -> bool {
+        matches!(self.buf, BlockBuf::Pooled(_))
+    }
+
+    pub(crate) fn new(buf: BlockBuf, start: usize, len: usize) -> Self {
+        debug_assert!(start + len <= buf.len());
+        Self { buf, start, len }
+    }
+
+    pub(crate) fn from_vec(v: Vec<u8>) -> Self {
+        let len = v.len();
+        Self {
+            buf: BlockBuf::Heap(v),
+            start: 0,
+            len,
+        }
+    }
+}
+
+impl Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl PartialEq for ReadBuf {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl Eq for ReadBuf {}
+
+/// Blocks read from the cache file.
+pub(crate) enum BlockBuf {
+    /// Read into a heap buffer (the blocking path, or the io_uring path when its
+    /// pool is exhausted).
+    Heap(Vec<u8>),
+    /// Read into a buffer of the stage's pool.
+    Pooled(PooledBuf),
+}
+
+impl BlockBuf {
+    /// The bytes as a vector (a copy only for a pooled buffer).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            BlockBuf::Heap(v) => v,
+            BlockBuf::Pooled(b) => b.to_vec(),
+        }
+    }
+}
+
+impl Deref for BlockBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockBuf::Heap(v) => v,
+            BlockBuf::Pooled(b) => b,
+        }
+    }
+}
+
+/// How blocks reach the cache file: [`Blocking`] or [`Uring`] (see the module docs
+/// for which caller uses which).
+pub(crate) trait BlockIo {
+    /// Reads `count` blocks from `first` of `slot` and their tags.
+    async fn read_blocks(
+        &self,
+        file: &StoreFile,
+        slot: u32,
+        first: u32,
+        count: u32,
+    ) -> io::Result<(BlockBuf, Vec<Tag>)>;
+
+    /// Writes whole blocks `data` from `first` of `slot` with their tags under
+    /// `instance`; gives the bytes back.
+    async fn write_blocks(
+        &self,
+        file: &StoreFile,
+        slot: u32,
+        first: u32,
+        data: Vec<u8>,
+        instance: u64,
+        addr: BlockAddr,
+    ) -> io::Result<Vec<u8>>;
 
     /// `fdatasync(2)` of the cache file.
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    async fn sync(&self, file: &StoreFile) -> io::Result<()>;
+}
+
+/// Positioned I/O on tokio's blocking pool: for callers that are not on a pipewright
+/// worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Blocking;
+
+async fn on_pool<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?
+}
+
+impl BlockIo for Blocking {
+    async fn read_blocks(
+        &self,
+        file: &StoreFile,
+        slot: u32,
+        first: u32,
+        count: u32,
+    ) -> io::Result<(BlockBuf, Vec<Tag>)> {
+        let file = file.clone();
+        on_pool(move || {
+            let mut data = Vec::new();
+            let tags = file.read_blocks(slot, first, count, &mut data)?;
+            Ok((BlockBuf::Heap(data), tags))
+        })
+        .await
     }
 
-    /// Damages one byte of a stored block (for tests of the checksum path).
-    pub(crate) fn corrupt_byte(&self, slot: u32, block: u32) -> io::Result<()> {
-        let pos = self.data_pos(slot, block) + 7;
-        let mut b = [0u8; 1];
-        self.file.read_exact_at(&mut b, pos)?;
-        b[0] ^= 0x5a;
-        self.file.write_all_at(&b, pos)
+    async fn write_blocks(
+        &self,
+        file: &StoreFile,
+        slot: u32,
+        first: u32,
+        data: Vec<u8>,
+        instance: u64,
+        addr: BlockAddr,
+    ) -> io::Result<Vec<u8>> {
+        let file = file.clone();
+        on_pool(move || {
+            file.write_blocks(slot, first, &data, instance, addr)?;
+            Ok(data)
+        })
+        .await
+    }
+
+    async fn sync(&self, file: &StoreFile) -> io::Result<()> {
+        let file = file.file.clone();
+        on_pool(move || file.sync_data()).await
+    }
+}
+
+/// Reads and writes through the calling worker's io_uring, into buffers of its pools:
+/// block data in two size classes, tags in a third. Only for futures running on a
+/// pipewright worker (or another thread inside a tokio `LocalSet`): the ring is the
+/// thread's.
+#[derive(Debug, Clone)]
+pub(crate) struct Uring {
+    /// Data pools, smallest buffers first.
+    data: Vec<BufferPool>,
+    tags: BufferPool,
+}
+
+/// The buffers of the pools for one chunk size: `(size, count)` per data class.
+/// Small buffers of at most 256 KiB (what NBD clients such as nbdcopy ask for at a
+/// time; 128 of them, 32 MiB), and when chunks are larger, a few whole-chunk buffers
+/// (16 MiB of them, 2 to 16).
+pub(crate) fn pool_classes(chunk_size: u64) -> Vec<(usize, usize)> {
+    let small = chunk_size.min(256 << 10) as usize;
+    let mut classes = vec![(small, 128)];
+    if chunk_size as usize > small {
+        let count = ((16u64 << 20) / chunk_size).clamp(2, 16) as usize;
+        classes.push((chunk_size as usize, count));
+    }
+    classes
+}
+
+impl Uring {
+    /// The pools for chunks of `chunk_size` bytes in `block_size` blocks (see
+    /// [`pool_classes`]), as many tag buffers as data buffers.
+    pub(crate) fn new(chunk_size: u64, block_size: u32) -> io::Result<Self> {
+        let blocks = (chunk_size / block_size as u64) as usize;
+        let classes = pool_classes(chunk_size);
+        let data = classes
+            .iter()
+            .map(|&(size, count)| BufferPool::new(count, size))
+            .collect::<io::Result<Vec<_>>>()?;
+        let buffers = classes.iter().map(|c| c.1).sum();
+        Ok(Self {
+            data,
+            tags: BufferPool::new(buffers, blocks * TAG_SIZE)?,
+        })
+    }
+
+    /// Fixed-buffer slots all the pools take in a ring's table.
+    pub(crate) fn fixed_buffers(&self) -> u32 {
+        (self.data.iter().map(BufferPool::count).sum::<usize>() + self.tags.count()) as u32
+    }
+}
+
+/// Reads exactly `len` bytes at `pos` into a pooled buffer when one is free (a
+/// fixed-buffer read if its pool is registered), or into a heap buffer.
+async fn read_exact_uring(
+    fd: std::os::fd::RawFd,
+    pools: &[BufferPool],
+    len: usize,
+    pos: u64,
+) -> io::Result<BlockBuf> {
+    let short = |n: usize| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("cache file read of {len} bytes at {pos} returned {n}: is the file truncated?"),
+        )
+    };
+    let free = pools
+        .iter()
+        .filter(|p| p.buffer_size() >= len)
+        .find_map(BufferPool::try_take);
+    match free {
+        Some(buf) => {
+            let (r, mut buf) = uring::read_pooled(fd, buf, len, pos).await;
+            let mut n = r?;
+            // A regular file returns short reads only at its end; finish the rest
+            // anyway (a signal or a filesystem may split a read).
+            while n < len {
+                let (r, rest) = uring::read_at(fd, Vec::new(), len - n, pos + n as u64).await;
+                let got = r?;
+                if got == 0 {
+                    return Err(short(n));
+                }
+                buf.set_len(n + got);
+                buf[n..n + got].copy_from_slice(&rest[..got]);
+                n += got;
+            }
+            Ok(BlockBuf::Pooled(buf))
+        }
+        _ => {
+            let mut out = Vec::with_capacity(len);
+            while out.len() < len {
+                let n = out.len();
+                let (r, mut chunk) = uring::read_at(fd, Vec::new(), len - n, pos + n as u64).await;
+                let got = r?;
+                if got == 0 {
+                    return Err(short(n));
+                }
+                if n == 0 {
+                    out = chunk;
+                } else {
+                    out.append(&mut chunk);
+                }
+            }
+            Ok(BlockBuf::Heap(out))
+        }
+    }
+}
+
+/// Writes all of `buf` at `pos`; gives the buffer back.
+async fn write_all_uring(fd: std::os::fd::RawFd, buf: Vec<u8>, pos: u64) -> io::Result<Vec<u8>> {
+    let mut done = 0;
+    let mut buf = buf;
+    while done < buf.len() {
+        let (r, b) = uring::write_at(fd, buf, done, pos + done as u64).await;
+        buf = b;
+        match r? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "cache file write returned 0",
+                ))
+            }
+            n => done += n,
+        }
+    }
+    Ok(buf)
+}
+
+impl BlockIo for Uring {
+    async fn read_blocks(
+        &self,
+        file: &StoreFile,
+        slot: u32,
+        first: u32,
+        count: u32,
+    ) -> io::Result<(BlockBuf, Vec<Tag>)> {
+        let fd = file.file.as_raw_fd();
+        let len = count as usize * file.geometry.block_size as usize;
+        let (data, tags) = futures::join!(
+            read_exact_uring(fd, &self.data, len, file.data_pos(slot, first)),
+            read_exact_uring(
+                fd,
+                std::slice::from_ref(&self.tags),
+                count as usize * TAG_SIZE,
+                file.tag_pos(slot, first)
+            ),
+        );
+        let tags = decode_tags(&tags?);
+        Ok((data?, tags))
+    }
+
+    async fn write_blocks(
+        &self,
+        file: &StoreFile,
+        slot: u32,
+        first: u32,
+        data: Vec<u8>,
+        instance: u64,
+        addr: BlockAddr,
+    ) -> io::Result<Vec<u8>> {
+        let fd = file.file.as_raw_fd();
+        let tags = file.encode_tags(first, &data, instance, addr);
+        let (data, tags) = futures::join!(
+            write_all_uring(fd, data, file.data_pos(slot, first)),
+            write_all_uring(fd, tags, file.tag_pos(slot, first)),
+        );
+        tags?;
+        data
+    }
+
+    async fn sync(&self, file: &StoreFile) -> io::Result<()> {
+        uring::fdatasync(file.file.as_raw_fd()).await
     }
 }
 
@@ -268,4 +666,22 @@ fn fresh_nonce() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// A write into a slot in progress: the slot's write sequence is odd from
+/// [`WriteGuard::begin`] until the guard is dropped, also when the writing future is
+/// dropped half-way (readers never wait forever for a write that cannot end).
+pub(crate) struct WriteGuard<'a>(&'a SlotCell);
+
+impl<'a> WriteGuard<'a> {
+    pub(crate) fn begin(cell: &'a SlotCell) -> Self {
+        cell.begin_write();
+        Self(cell)
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.0.end_write();
+    }
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use pipewright_cache::pipeline;
-use pipewright_cache::{BlockRequest, BlockResponse, Cache, CacheConfig, FileBackend};
+use pipewright_cache::pipeline::{self, PathResponse};
+use pipewright_cache::{BlockRequest, Cache, CacheConfig, FileBackend};
 use pipewright_runtime::Plan;
 use tower::{Service, ServiceExt};
 
@@ -53,8 +53,8 @@ fn pipeline_serves_reads_and_writes() {
             for c in calls {
                 let (offset, resp) = c.await.unwrap();
                 match resp.expect("read ok") {
-                    BlockResponse::Data(d) => {
-                        assert_eq!(d, model[offset as usize..offset as usize + 4096])
+                    PathResponse::Data(d) => {
+                        assert_eq!(d[..], model[offset as usize..offset as usize + 4096])
                     }
                     other => panic!("{other:?}"),
                 }
@@ -73,7 +73,7 @@ fn pipeline_serves_reads_and_writes() {
                 })
                 .await
                 .unwrap();
-            assert_eq!(resp.unwrap(), BlockResponse::Written);
+            assert_eq!(resp.unwrap(), PathResponse::Written);
             model[offset as usize..offset as usize + 700].copy_from_slice(&data);
         }
         // An out-of-range read: a typed error through the pipeline.

@@ -10,20 +10,22 @@ use crate::error::CacheError;
 use crate::faults::{self, CrashPoint};
 use crate::meta::{ChunkRecord, SlotState};
 use crate::stats::bump;
+use crate::store::{BlockIo, Blocking, WriteGuard};
 
-use super::{blocking, ChunkKey, Entry, Inner, SlotInfo};
+use super::{blocking, ChunkKey, Entry, Inner, SlotInfo, State};
 
 impl Inner {
     /// Resident: `(slot, instance, seq)`. Absent: this call fills it (single flight).
-    pub(super) async fn lookup(
+    pub(super) async fn lookup<I: BlockIo>(
         self: &Arc<Self>,
+        io: &I,
         key: ChunkKey,
     ) -> Result<(u32, u64, u64), CacheError> {
         let mut counted_miss = false;
         enum Found {
             Hit(u32, u64, u64),
             Wait(watch::Receiver<bool>),
-            Fill(watch::Sender<bool>),
+            Fill(watch::Sender<bool>, Vec<(ChunkKey, watch::Sender<bool>)>),
         }
         loop {
             let found = {
@@ -40,11 +42,12 @@ impl Inner {
                         st.policy.lookup(key.policy_key());
                         let (tx, rx) = watch::channel(false);
                         st.index.insert(key, Entry::Filling(rx));
-                        Found::Fill(tx)
+                        let ahead = self.claim_readahead(&mut st, key);
+                        Found::Fill(tx, ahead)
                     }
                 }
             };
-            let tx = match found {
+            let (tx, ahead) = match found {
                 Found::Hit(slot, instance, seq) => return Ok((slot, instance, seq)),
                 Found::Wait(mut rx) => {
                     if !counted_miss {
@@ -56,34 +59,145 @@ impl Inner {
                         "cache_single_flight_waits_total",
                         1,
                     );
-                    let _ = rx.wait_for(|done| *done).await;
+                    if rx.wait_for(|done| *done).await.is_err() {
+                        // The filler went away without an answer (its task was
+                        // dropped): take the claim back so that this lookup fills.
+                        let mut st = self.lock();
+                        if matches!(st.index.get(&key), Some(Entry::Filling(r)) if r.same_channel(&rx))
+                        {
+                            st.index.remove(&key);
+                        }
+                    }
                     continue;
                 }
-                Found::Fill(tx) => tx,
+                Found::Fill(tx, ahead) => (tx, ahead),
             };
             if !counted_miss {
                 bump(&self.counters.misses, "cache_misses_total", 1);
             }
-            let filled = self.fill(key).await;
-            let mut st = self.lock();
-            match filled {
-                Ok(slot) => {
-                    st.index.insert(key, Entry::Resident(slot));
-                    st.slots[slot as usize].key = Some(key);
-                    st.policy.insert(key.policy_key());
-                    drop(st);
-                    let _ = tx.send(true);
-                    // Loop: the lookup now finds it resident.
-                    counted_miss = true;
-                }
-                Err(e) => {
-                    st.index.remove(&key);
-                    drop(st);
-                    let _ = tx.send(true);
-                    return Err(e);
-                }
+            if ahead.is_empty() {
+                let filled = self.fill(io, key).await;
+                self.publish(key, filled.as_ref().ok().copied(), tx);
+                filled?;
+            } else {
+                self.fill_run(io, key, tx, ahead).await?;
+            }
+            // Loop: the lookup now finds it resident.
+            counted_miss = true;
+        }
+    }
+
+    /// Ends the fill of `key`: resident in `slot`, or (on failure) out of the index;
+    /// wakes the requests waiting for it.
+    fn publish(&self, key: ChunkKey, slot: Option<u32>, tx: watch::Sender<bool>) {
+        let mut st = self.lock();
+        match slot {
+            Some(slot) => {
+                st.index.insert(key, Entry::Resident(slot));
+                st.slots[slot as usize].key = Some(key);
+                st.policy.insert(key.policy_key());
+            }
+            None => {
+                st.index.remove(&key);
             }
         }
+        drop(st);
+        let _ = tx.send(true);
+    }
+
+    /// Sequential readahead: when `key` misses right after the chunk before it (that
+    /// one resident or being filled), the next `readahead` chunks that are absent
+    /// (within the volume, at most half the free slots) are claimed for the same fill:
+    /// marked filling, so that their readers wait for it instead of fetching them.
+    fn claim_readahead(
+        &self,
+        st: &mut State,
+        key: ChunkKey,
+    ) -> Vec<(ChunkKey, watch::Sender<bool>)> {
+        let want = self.cfg.readahead as u64;
+        if want == 0 || key.chunk == 0 {
+            return Vec::new();
+        }
+        let before = ChunkKey {
+            volume: key.volume,
+            chunk: key.chunk - 1,
+        };
+        if !st.index.contains_key(&before) {
+            return Vec::new();
+        }
+        let cs = self.cfg.chunk_size;
+        let size = self.volumes.get(&key.volume).map_or(0, |v| v.size);
+        let room = (st.free.len() / 2) as u64;
+        let mut ahead = Vec::new();
+        for j in 1..=want.min(room) {
+            let next = ChunkKey {
+                volume: key.volume,
+                chunk: key.chunk + j,
+            };
+            // Contiguous and absent only: one backend read covers the run.
+            if next.chunk * cs >= size || st.index.contains_key(&next) {
+                break;
+            }
+            let (tx, rx) = watch::channel(false);
+            st.index.insert(next, Entry::Filling(rx));
+            ahead.push((next, tx));
+        }
+        ahead
+    }
+
+    /// Fills `key` and the chunks after it claimed by [`Inner::claim_readahead`] from
+    /// one backend read: publishes `key` as soon as it is stored, then stores the
+    /// chunks ahead in a task of their own (through the blocking path: the task may
+    /// not be on a worker), so the request that missed does not wait for them.
+    async fn fill_run<I: BlockIo>(
+        self: &Arc<Self>,
+        io: &I,
+        key: ChunkKey,
+        tx: watch::Sender<bool>,
+        ahead: Vec<(ChunkKey, watch::Sender<bool>)>,
+    ) -> Result<u32, CacheError> {
+        let cs = self.cfg.chunk_size as usize;
+        let fail_all = |ahead: Vec<(ChunkKey, watch::Sender<bool>)>, tx| {
+            self.publish(key, None, tx);
+            for (k, t) in ahead {
+                self.publish(k, None, t);
+            }
+        };
+        let slot = match self.allocate().await {
+            Ok(slot) => slot,
+            Err(e) => {
+                fail_all(ahead, tx);
+                return Err(e);
+            }
+        };
+        let mut data = match self.fetch(key, 1 + ahead.len() as u64).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.release_unwritten(slot);
+                fail_all(ahead, tx);
+                return Err(e);
+            }
+        };
+        metrics::counter!("cache_readahead_chunks_total").increment(ahead.len() as u64);
+        // Split from the back: each chunk's bytes move once.
+        let mut parts = Vec::with_capacity(ahead.len());
+        for _ in 0..ahead.len() {
+            parts.push(data.split_off(data.len() - cs));
+        }
+        parts.reverse();
+        let filled = self.store_chunk(io, slot, key, data).await;
+        self.publish(key, filled.as_ref().ok().copied(), tx);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            for ((k, t), bytes) in ahead.into_iter().zip(parts) {
+                let stored = match inner.allocate().await {
+                    Ok(s) => inner.store_chunk(&Blocking, s, k, bytes).await.ok(),
+                    Err(_) => None,
+                };
+                inner.publish(k, stored, t);
+            }
+        });
+        filled
     }
 
     /// A free slot, evicting a batch when there is none.
@@ -116,75 +230,99 @@ impl Inner {
         }
     }
 
-    /// Fetches the chunk from the backend into a free slot; durable data, then
-    /// durable metadata.
-    pub(super) async fn fill(self: &Arc<Self>, key: ChunkKey) -> Result<u32, CacheError> {
+    /// Fetches the chunk from the backend into a free slot through `io`, then
+    /// publishes its mapping (see the crate docs: a clean chunk's bytes need not be
+    /// durable).
+    pub(super) async fn fill<I: BlockIo>(
+        self: &Arc<Self>,
+        io: &I,
+        key: ChunkKey,
+    ) -> Result<u32, CacheError> {
         let slot = self.allocate().await?;
-        let cs = self.cfg.chunk_size;
-        let name = self.volume_name(key.volume);
-        let data = match self.backend.read(&name, key.chunk * cs, cs as usize).await {
-            Ok(d) if d.len() == cs as usize => d,
-            Ok(d) => {
+        match self.fetch(key, 1).await {
+            Ok(data) => self.store_chunk(io, slot, key, data).await,
+            Err(e) => {
                 self.release_unwritten(slot);
-                bump(
-                    &self.counters.backend_errors,
-                    "cache_backend_errors_total",
-                    1,
-                );
-                return Err(CacheError::Backend {
-                    volume: name,
-                    source: io::Error::other(format!("short read: {} of {cs} bytes", d.len())),
-                });
+                Err(e)
             }
-            Err(source) => {
-                self.release_unwritten(slot);
-                bump(
-                    &self.counters.backend_errors,
-                    "cache_backend_errors_total",
-                    1,
-                );
-                return Err(CacheError::Backend {
-                    volume: name,
-                    source,
-                });
+        }
+    }
+
+    /// `chunks` whole chunks of `key`'s volume from `key` in one backend read.
+    async fn fetch(&self, key: ChunkKey, chunks: u64) -> Result<Vec<u8>, CacheError> {
+        let cs = self.cfg.chunk_size;
+        let len = (chunks * cs) as usize;
+        let name = self.volume_name(key.volume);
+        metrics::counter!("cache_backend_reads_total").increment(1);
+        let failed = |source| {
+            bump(
+                &self.counters.backend_errors,
+                "cache_backend_errors_total",
+                1,
+            );
+            CacheError::Backend {
+                volume: name.clone(),
+                source,
             }
         };
+        match self.backend.read(&name, key.chunk * cs, len).await {
+            Ok(d) if d.len() == len => Ok(d),
+            Ok(d) => Err(failed(io::Error::other(format!(
+                "short read: {} of {len} bytes",
+                d.len()
+            )))),
+            Err(source) => Err(failed(source)),
+        }
+    }
+
+    /// Writes a fetched chunk into `slot` and records its mapping (not yet in the
+    /// index: the caller publishes it).
+    async fn store_chunk<I: BlockIo>(
+        self: &Arc<Self>,
+        io: &I,
+        slot: u32,
+        key: ChunkKey,
+        data: Vec<u8>,
+    ) -> Result<u32, CacheError> {
+        let cs = self.cfg.chunk_size;
         let instance = self.store.cells[slot as usize].instance();
-        let inner = self.clone();
-        let stored = blocking(move || {
-            let cell = &inner.store.cells[slot as usize];
-            if faults::should_crash(CrashPoint::Fill) {
-                // A torn fill: half the bytes, no tags, no metadata.
-                let _ = inner.store.write_torn(slot, &data[..data.len() / 2]);
-                let _ = inner.store.sync();
-                eprintln!("pipewright-cache: crash point fill reached, aborting");
-                std::process::abort();
+        if faults::should_crash(CrashPoint::Fill) {
+            // A torn fill: half the bytes, no tags, no metadata.
+            let _ = self.store.write_torn(slot, &data[..data.len() / 2]);
+            let _ = self.store.sync();
+            eprintln!("pipewright-cache: crash point fill reached, aborting");
+            std::process::abort();
+        }
+        let written = {
+            let _w = WriteGuard::begin(&self.store.cells[slot as usize]);
+            io.write_blocks(&self.store.file, slot, 0, data, instance, key.addr())
+                .await
+        };
+        // No fdatasync here: a clean chunk's bytes need not be durable. After a crash
+        // that lost some of them, their tags no longer match (instance or CRC) and the
+        // chunk is refetched; the next sync of the file (any acknowledged write's)
+        // makes them durable anyway. A clean chunk's mapping may be lost at a crash
+        // (the chunk is then refetched); it never names bytes that are not synced.
+        let stored = match written {
+            Ok(_) => {
+                let inner = self.clone();
+                blocking(move || {
+                    inner.meta.commit_lazy(&[(
+                        slot,
+                        ChunkRecord {
+                            state: SlotState::Clean,
+                            volume: key.volume,
+                            chunk: key.chunk,
+                            instance,
+                            dirty: Vec::new(),
+                        },
+                    )])?;
+                    Ok(())
+                })
+                .await
             }
-            cell.begin_write();
-            let w = inner
-                .store
-                .write_blocks(slot, 0, &data, instance, key.addr());
-            cell.end_write();
-            w?;
-            // No fdatasync here: a clean chunk's bytes need not be durable. After a
-            // crash that lost some of them, their tags no longer match (instance or
-            // CRC) and the chunk is refetched; the next sync of the file (any
-            // acknowledged write's) makes them durable anyway.
-            // A clean chunk's mapping may be lost at a crash (the chunk is then
-            // refetched); it never names bytes that are not synced.
-            inner.meta.commit_lazy(&[(
-                slot,
-                ChunkRecord {
-                    state: SlotState::Clean,
-                    volume: key.volume,
-                    chunk: key.chunk,
-                    instance,
-                    dirty: Vec::new(),
-                },
-            )])?;
-            Ok(())
-        })
-        .await;
+            Err(e) => Err(CacheError::Io(e)),
+        };
         match stored {
             Ok(()) => {
                 bump(&self.counters.fills, "cache_fills_total", 1);

@@ -9,6 +9,7 @@ use crate::error::CacheError;
 use crate::faults::{self, CrashPoint};
 use crate::meta::{ChunkRecord, SlotState};
 use crate::stats::bump;
+use crate::store::Blocking;
 
 use super::{bit, blocking, BlockFault, Inner};
 
@@ -39,10 +40,14 @@ impl Inner {
             while b < bpc && bit(&dirty, b) {
                 b += 1;
             }
-            let mut buf = Vec::new();
             let seq = self.store.cells[slot as usize].seq();
-            match self.read_validated(slot, instance, seq, key, start, b - start, &mut buf) {
-                Ok(()) => {}
+            // Write-back runs on the blocking path: the flusher and the evictor are
+            // not on a worker, and a fill evicting inline must stay `Send`-agnostic.
+            let buf = match self
+                .read_validated(&Blocking, slot, instance, seq, key, start, b - start)
+                .await
+            {
+                Ok(buf) => buf.into_vec(),
                 Err(BlockFault::Corrupt(block)) => {
                     bump(
                         &self.counters.checksum_failures,
@@ -61,7 +66,7 @@ impl Inner {
                         "a dirty slot changed under its lock",
                     )))
                 }
-            }
+            };
             let off = key.chunk * self.cfg.chunk_size + start as u64 * bs;
             self.backend
                 .write(&name, off, buf)

@@ -26,7 +26,7 @@ use crate::error::CacheError;
 use crate::meta::MetaStore;
 use crate::policy::EvictionPolicy;
 use crate::stats::{bump, CacheStats, Counters};
-use crate::store::{BlockAddr, ChunkStore};
+use crate::store::{BlockAddr, Blocking, ChunkStore, ReadBuf};
 
 /// A volume of the cache, by its durable id (see [`Cache::volume`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,6 +214,11 @@ impl Cache {
         self.inner.cfg.block_size
     }
 
+    /// The chunk size of the cache file.
+    pub fn chunk_size(&self) -> u64 {
+        self.inner.cfg.chunk_size
+    }
+
     /// The counters and gauges.
     pub fn stats(&self) -> CacheStats {
         let mut s = self.inner.counters.snapshot();
@@ -232,23 +237,10 @@ impl Cache {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, CacheError> {
-        self.inner.check_range(volume.0, offset, len)?;
-        let cs = self.inner.cfg.chunk_size;
-        let mut out = Vec::with_capacity(len as usize);
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let chunk = pos / cs;
-            let in_chunk = pos % cs;
-            let n = (cs - in_chunk).min(end - pos);
-            let key = ChunkKey {
-                volume: volume.0,
-                chunk,
-            };
-            self.inner.read_segment(key, in_chunk, n, &mut out).await?;
-            pos += n;
-        }
-        Ok(out)
+        // Not on a worker (or not known to be): the blocking path (see `store`).
+        self.read_with(&Blocking, volume, offset, len)
+            .await
+            .map(ReadBuf::into_vec)
     }
 
     /// Whether every chunk of `[offset, offset+len)` of `volume` is resident now (the
@@ -271,32 +263,15 @@ impl Cache {
     }
 
     /// Writes `data` at `offset` of `volume`; returns once the write is acknowledged
-    /// under the configured [`WriteMode`].
+    /// under the configured [`WriteMode`](crate::WriteMode).
     pub async fn write(
         &self,
         volume: VolumeId,
         offset: u64,
         data: &[u8],
     ) -> Result<(), CacheError> {
-        self.inner
-            .check_range(volume.0, offset, data.len() as u64)?;
-        let cs = self.inner.cfg.chunk_size;
-        let mut pos = offset;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let chunk = pos / cs;
-            let in_chunk = pos % cs;
-            let n = ((cs - in_chunk) as usize).min(rest.len());
-            let key = ChunkKey {
-                volume: volume.0,
-                chunk,
-            };
-            self.inner.write_segment(key, in_chunk, &rest[..n]).await?;
-            pos += n as u64;
-            rest = &rest[n..];
-        }
-        bump(&self.inner.counters.writes, "cache_writes_total", 1);
-        Ok(())
+        self.write_with(&Blocking, volume, offset, std::borrow::Cow::Borrowed(data))
+            .await
     }
 
     /// Writes every dirty chunk back to the backend now.

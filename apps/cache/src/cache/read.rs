@@ -1,32 +1,73 @@
 //! Validated block reads: tags checked against the slot's instance id and CRCs, torn
 //! reads retried, corrupt clean chunks dropped and refetched.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::CacheError;
 use crate::slot::{check, Verdict};
 use crate::stats::bump;
+use crate::store::{BlockBuf, BlockIo, ReadBuf};
 
-use super::{bit, BlockFault, ChunkKey, Entry, Inner};
+use super::{bit, BlockFault, Cache, ChunkKey, Entry, Inner, VolumeId};
+
+impl Cache {
+    /// Reads `len` bytes of `volume` from `offset` through `io`. A read inside one
+    /// chunk comes back in the buffer it was read into (with the io_uring path, a
+    /// pooled buffer: no copy); a read across chunks is gathered into one vector.
+    pub(crate) async fn read_with<I: BlockIo>(
+        &self,
+        io: &I,
+        volume: VolumeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<ReadBuf, CacheError> {
+        let inner = &self.inner;
+        inner.check_range(volume.0, offset, len)?;
+        let cs = inner.cfg.chunk_size;
+        let key = |chunk| ChunkKey {
+            volume: volume.0,
+            chunk,
+        };
+        if len == 0 {
+            return Ok(ReadBuf::from_vec(Vec::new()));
+        }
+        if offset / cs == (offset + len - 1) / cs {
+            return inner
+                .read_segment(io, key(offset / cs), offset % cs, len)
+                .await;
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let in_chunk = pos % cs;
+            let n = (cs - in_chunk).min(end - pos);
+            let seg = inner.read_segment(io, key(pos / cs), in_chunk, n).await?;
+            out.extend_from_slice(&seg);
+            pos += n;
+        }
+        Ok(ReadBuf::from_vec(out))
+    }
+}
 
 impl Inner {
-    /// Reads blocks `[first, first+count)` of a resident slot and validates them.
+    /// Reads blocks `[first, first+count)` of a resident slot through `io` and
+    /// validates them.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn read_validated(
+    pub(super) async fn read_validated<I: BlockIo>(
         &self,
+        io: &I,
         slot: u32,
         instance: u64,
         seq: u64,
         key: ChunkKey,
         first: u32,
         count: u32,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), BlockFault> {
-        let tags = self
-            .store
-            .read_blocks(slot, first, count, buf)
+    ) -> Result<BlockBuf, BlockFault> {
+        let (buf, tags) = io
+            .read_blocks(&self.store.file, slot, first, count)
+            .await
             .map_err(BlockFault::Io)?;
         let bs = self.cfg.block_size as usize;
         let cell = &self.store.cells[slot as usize];
@@ -46,26 +87,27 @@ impl Inner {
             }
         }
         match worst {
-            None => Ok(()),
+            None => Ok(buf),
             Some(f) => Err(f),
         }
     }
 
-    pub(super) async fn read_segment(
+    /// Reads `len` bytes from `in_chunk` of chunk `key` through `io`: validated, filled
+    /// from the backend first if the chunk is not resident.
+    pub(super) async fn read_segment<I: BlockIo>(
         self: &Arc<Self>,
+        io: &I,
         key: ChunkKey,
         in_chunk: u64,
         len: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<ReadBuf, CacheError> {
         let bs = self.cfg.block_size as u64;
         let first = (in_chunk / bs) as u32;
         let last = ((in_chunk + len - 1) / bs) as u32;
         let count = last - first + 1;
         let skip = (in_chunk % bs) as usize;
-        let mut buf = Vec::new();
         loop {
-            let (slot, instance, seq) = self.lookup(key).await?;
+            let (slot, instance, seq) = self.lookup(io, key).await?;
             let every = self.cfg.stall_reads_every as u64;
             if every > 0
                 && self
@@ -77,22 +119,15 @@ impl Inner {
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            // The block read runs on the blocking pool (positioned I/O); eviction and
-            // reuse of the slot may race it, which the check below catches.
-            let inner = self.clone();
-            let (verdict, b) = tokio::task::spawn_blocking(move || {
-                let mut buf = buf;
-                let v = inner.read_validated(slot, instance, seq, key, first, count, &mut buf);
-                (v, buf)
-            })
-            .await
-            .map_err(|e| CacheError::Io(io::Error::other(e.to_string())))?;
-            buf = b;
-            match verdict {
-                Ok(()) => {
+            // Eviction and reuse of the slot may race the block read, which the
+            // check in `read_validated` catches.
+            match self
+                .read_validated(io, slot, instance, seq, key, first, count)
+                .await
+            {
+                Ok(buf) => {
                     bump(&self.counters.hits, "cache_hits_total", 1);
-                    out.extend_from_slice(&buf[skip..skip + len as usize]);
-                    return Ok(());
+                    return Ok(ReadBuf::new(buf, skip, len as usize));
                 }
                 Err(BlockFault::Stale) => {
                     bump(

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, Semaphore};
 use super::wire::*;
 use crate::cache::{Cache, VolumeId};
 use crate::error::CacheError;
-use crate::pipeline::PipelineReply;
-use crate::service::{BlockRequest, BlockResponse};
+use crate::pipeline::{PathResponse, PipelineReply, ReadBuf};
+use crate::service::BlockRequest;
 use pipewright_runtime::PipelineService;
 
 /// Connection-level counters of an [`NbdServer`].
@@ -227,16 +227,11 @@ impl NbdServer {
     async fn transmission(
         &self,
         mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
-        mut wr: tokio::net::tcp::OwnedWriteHalf,
+        wr: tokio::net::tcp::OwnedWriteHalf,
         volume: VolumeId,
     ) -> io::Result<()> {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.max_in_flight * 2);
-        let writer = tokio::spawn(async move {
-            while let Some(buf) = rx.recv().await {
-                wr.write_all(&buf).await?;
-            }
-            wr.shutdown().await
-        });
+        let (tx, rx) = mpsc::channel::<Reply>(self.max_in_flight * 2);
+        let writer = tokio::spawn(write_replies(rx, wr));
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
         let mut header = [0u8; Request::LEN];
         let result = loop {
@@ -297,17 +292,19 @@ impl NbdServer {
                     _ => serve(&cache, volume, req, payload).await,
                 };
                 bump(&stats.requests, "cache_nbd_requests_total");
-                let mut out = Vec::with_capacity(16 + reply.as_ref().map_or(0, |d| d.len()));
-                match reply {
+                let mut header = Vec::with_capacity(16);
+                let data = match reply {
                     Ok(data) => {
-                        simple_reply(&mut out, 0, req.cookie);
-                        out.extend_from_slice(&data);
+                        simple_reply(&mut header, 0, req.cookie);
+                        data
                     }
                     Err(errno) => {
                         bump(&stats.error_replies, "cache_nbd_error_replies_total");
-                        simple_reply(&mut out, errno, req.cookie);
+                        simple_reply(&mut header, errno, req.cookie);
+                        ReadBuf::from_vec(Vec::new())
                     }
-                }
+                };
+                let out = Reply { header, data };
                 let _ = tx.send(out).await;
                 drop(permit);
             });
@@ -331,15 +328,76 @@ fn errno(e: &CacheError, write: bool) -> u32 {
     }
 }
 
+/// A reply on its way to the socket: the header and the payload (a read's bytes, in
+/// the buffer the cache read them into).
+struct Reply {
+    header: Vec<u8>,
+    data: ReadBuf,
+}
+
+/// Replies queued together, at most this many per `writev`.
+const REPLIES_PER_WRITE: usize = 32;
+
+/// Writes replies as they come: each header and payload straight from their buffers,
+/// and the replies that are queued at once together, with one `writev`.
+async fn write_replies(
+    mut rx: mpsc::Receiver<Reply>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+) -> io::Result<()> {
+    let mut batch: Vec<Reply> = Vec::with_capacity(REPLIES_PER_WRITE);
+    while rx.recv_many(&mut batch, REPLIES_PER_WRITE).await > 0 {
+        let parts: Vec<&[u8]> = batch
+            .iter()
+            .flat_map(|r| [&r.header[..], &r.data[..]])
+            .filter(|p| !p.is_empty())
+            .collect();
+        write_all_vectored(&mut wr, &parts).await?;
+        // The pooled buffers go back to their pool here.
+        batch.clear();
+    }
+    wr.shutdown().await
+}
+
+/// Writes every byte of `parts`, in order, with as few `writev`s as the socket allows.
+async fn write_all_vectored(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    parts: &[&[u8]],
+) -> io::Result<()> {
+    let mut first = 0;
+    let mut skip = 0;
+    while first < parts.len() {
+        let slices: Vec<io::IoSlice<'_>> = std::iter::once(io::IoSlice::new(&parts[first][skip..]))
+            .chain(parts[first + 1..].iter().map(|p| io::IoSlice::new(p)))
+            .take(1024)
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = parts[first].len() - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn through(
     path: PipelineService<BlockRequest, PipelineReply>,
     req: BlockRequest,
     write: bool,
-) -> Result<Vec<u8>, u32> {
+) -> Result<ReadBuf, u32> {
     use tower::ServiceExt;
     match path.oneshot(req).await {
-        Ok(Ok(BlockResponse::Data(d))) => Ok(d),
-        Ok(Ok(_)) => Ok(Vec::new()),
+        Ok(Ok(PathResponse::Data(d))) => Ok(d),
+        Ok(Ok(_)) => Ok(ReadBuf::from_vec(Vec::new())),
         Ok(Err(e)) => Err(errno(&e, write)),
         // Dropped inside the pipeline (shutdown): an I/O error for the client.
         Err(_) => Err(EIO),
@@ -351,7 +409,7 @@ async fn serve(
     volume: VolumeId,
     req: Request,
     payload: Vec<u8>,
-) -> Result<Vec<u8>, u32> {
+) -> Result<ReadBuf, u32> {
     match req.kind {
         CMD_READ => {
             if req.len > MAX_PAYLOAD {
@@ -360,12 +418,13 @@ async fn serve(
             cache
                 .read(volume, req.offset, req.len as u64)
                 .await
+                .map(ReadBuf::from_vec)
                 .map_err(|e| errno(&e, false))
         }
         CMD_WRITE => cache
             .write(volume, req.offset, &payload)
             .await
-            .map(|()| Vec::new())
+            .map(|()| ReadBuf::from_vec(Vec::new()))
             .map_err(|e| errno(&e, true)),
         CMD_WRITE_ZEROES => {
             let size = cache.volume_size(volume);
@@ -386,9 +445,13 @@ async fn serve(
                     .map_err(|e| errno(&e, true))?;
                 done += n as u64;
             }
-            Ok(Vec::new())
+            Ok(ReadBuf::from_vec(Vec::new()))
         }
-        CMD_FLUSH => cache.flush().await.map(|()| Vec::new()).map_err(|_| EIO),
+        CMD_FLUSH => cache
+            .flush()
+            .await
+            .map(|()| ReadBuf::from_vec(Vec::new()))
+            .map_err(|_| EIO),
         _ => Err(EINVAL),
     }
     .map_err(|e| if e == 0 { ENOTSUP } else { e })
