@@ -136,7 +136,10 @@ mod stats;
 mod store;
 
 #[cfg(not(loom))]
-pub use backend::{Backend, FileBackend, VolumeInfo};
+pub use backend::{
+    Backend, BackendErrorKind, FileBackend, RetryPolicy, S3Backend, S3Config, S3Error, S3Stats,
+    VolumeInfo,
+};
 #[cfg(not(loom))]
 pub use cache::{Cache, VolumeId};
 #[cfg(not(loom))]
