@@ -41,6 +41,7 @@ fn fio(uri: &str, mib: usize, verify_only: bool) -> (u64, u64) {
         "--verify=crc32c",
         "--verify_fatal=1",
         "--output-format=terse",
+        "--verify_state_save=0",
     ])
     .arg(format!("--uri={uri}"))
     .arg(format!("--size={mib}M"));
