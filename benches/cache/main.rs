@@ -504,7 +504,7 @@ fn gateway_zipf(filter: Option<&str>) {
     }
     let quick = common::quick();
     let (blocks, requests, rounds): (u64, usize, usize) = if quick {
-        (32_768, 40_000, 2)
+        (32_768, 30_000, 2)
     } else {
         (131_072, 400_000, 3)
     };
@@ -595,7 +595,7 @@ fn memory(filter: Option<&str>) {
     }
     let quick = common::quick();
     let slots: u32 = 1 << 20;
-    let filled: u64 = if quick { 20_000 } else { 500_000 };
+    let filled: u64 = if quick { 10_000 } else { 500_000 };
     let dir = scratch().join("memory");
     std::fs::create_dir_all(dir.join("volumes")).unwrap();
     // A sparse volume as large as the cache: every chunk reads as zeros.
