@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cache_common::{have_tool, random_file, sha256, EXE};
+use cache_common::{have_tool, random_file, sha256, Client, ClientError, EXE};
 
 const MIB: usize = 1 << 20;
 
@@ -51,6 +51,10 @@ fn s3rver(dir: &Path) -> (Proc, u16) {
         .local_addr()
         .unwrap()
         .port();
+    (s3rver_on(dir, port), port)
+}
+
+fn s3rver_on(dir: &Path, port: u16) -> Proc {
     let child = Command::new("s3rver")
         .arg("-d")
         .arg(dir)
@@ -63,7 +67,7 @@ fn s3rver(dir: &Path) -> (Proc, u16) {
     let p = Proc(child);
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (p, port);
+            return p;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -144,7 +148,7 @@ fn a_volume_copied_in_through_the_gateway_is_in_s3() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port) = s3rver(&dir.path().join("s3"));
+    let (server, port) = s3rver(&dir.path().join("s3"));
     let image = dir.path().join("image");
     random_file(&image, 24 * MIB, 31);
 
@@ -155,11 +159,35 @@ fn a_volume_copied_in_through_the_gateway_is_in_s3() {
     let (gw, addr) = gateway(port, &dir.path().join("cache-b"), "6M");
     let out = dir.path().join("out");
     nbdcopy(format!("nbd://{addr}/disk"), &out);
-    stop(gw);
     assert_eq!(
         sha256(&out),
         sha256(&image),
         "the volume read back from S3 differs"
     );
     println!("24 MiB copied in through a 6 MiB cache over s3rver, read back cold: equal");
+
+    // S3 goes away: cached chunks are still served, a miss gets an error reply (not a
+    // hang, not a dropped connection), and the same read succeeds once S3 is back.
+    let image_bytes = std::fs::read(&image).unwrap();
+    let mut client = Client::connect(&addr, "disk").unwrap();
+    let cached = 23 * MIB as u64; // the copy's last chunks are resident
+    assert_eq!(
+        client.read(cached, 4096).unwrap(),
+        &image_bytes[cached as usize..cached as usize + 4096]
+    );
+    drop(server);
+    assert_eq!(
+        client.read(cached + 8192, 4096).unwrap(),
+        &image_bytes[cached as usize + 8192..cached as usize + 12288],
+        "a cached chunk is served while S3 is down"
+    );
+    match client.read(0, 4096) {
+        Err(ClientError::Errno(e)) => assert_ne!(e, 0),
+        other => panic!("a miss with S3 down must get an error reply, got {other:?}"),
+    }
+    let _server = s3rver_on(&dir.path().join("s3"), port);
+    assert_eq!(client.read(0, 4096).unwrap(), &image_bytes[..4096]);
+    drop(client);
+    stop(gw);
+    println!("S3 down: cached reads served, a miss answered with an error; S3 back: served");
 }
