@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pipewright_cache::{
-    io_runtime, parse_size, status_path, CacheConfig, FileBackend, Gateway, PolicyKind, WriteMode,
+    io_runtime, parse_size, status_path, Backend, CacheConfig, FileBackend, Gateway, PolicyKind,
+    RetryPolicy, S3Backend, S3Config, WriteMode,
 };
 
 #[derive(Args, Debug)]
@@ -20,7 +21,7 @@ pub(crate) struct CacheArgs {
 #[derive(Subcommand, Debug)]
 enum CacheCommand {
     /// Serve the backend's volumes over NBD through a chunk cache (until SIGINT/SIGTERM).
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Show a running gateway's chunks, hit ratio, evictions, refusals and NBD counters.
     Status(StatusArgs),
     /// Replay a trace (libCacheSim CSV conventions or oracleGeneral binary): miss ratio,
@@ -56,9 +57,12 @@ struct ReplayArgs {
 
 #[derive(Args, Debug)]
 struct GatewayArgs {
-    /// Backend directory: every file in it is a volume (NBD export) of its size.
+    /// Backend: a directory (every file in it is a volume, an NBD export, of its size),
+    /// or `s3://bucket/prefix` (volumes stored as part objects under the prefix).
     #[arg(long)]
-    backend: PathBuf,
+    backend: String,
+    #[command(flatten)]
+    s3: S3Args,
     /// The cache file (created and preallocated if absent; metadata beside it, `.meta`).
     #[arg(long)]
     cache_file: PathBuf,
@@ -85,6 +89,62 @@ struct GatewayArgs {
     flush_deadline_ms: u64,
 }
 
+/// How to reach an `s3://` backend.
+#[derive(Args, Debug)]
+struct S3Args {
+    /// S3-compatible endpoint URL (e.g. http://127.0.0.1:4568); default AWS (or AWS_ENDPOINT).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// Region (default AWS_REGION, else us-east-1).
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Access key id (default AWS_ACCESS_KEY_ID).
+    #[arg(long)]
+    s3_access_key_id: Option<String>,
+    /// Secret access key (default AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    s3_secret_access_key: Option<String>,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    s3_timeout_ms: u64,
+    /// Attempts per request (the first included), with exponential backoff between them.
+    #[arg(long, default_value_t = 4)]
+    s3_attempts: u32,
+    /// Create a volume if the bucket does not have it: NAME=SIZE (repeatable), stored in
+    /// parts of the cache's chunk size.
+    #[arg(long, value_name = "NAME=SIZE")]
+    s3_create: Vec<String>,
+}
+
+impl S3Args {
+    /// The S3 backend for `url`, with the volumes to create created.
+    async fn connect(&self, url: &str, part_size: u64) -> anyhow::Result<S3Backend> {
+        let mut cfg = S3Config::from_url(url)?;
+        cfg.endpoint = self.s3_endpoint.clone();
+        cfg.allow_http = self
+            .s3_endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        cfg.region = self.s3_region.clone();
+        cfg.access_key_id = self.s3_access_key_id.clone();
+        cfg.secret_access_key = self.s3_secret_access_key.clone();
+        cfg.request_timeout = Duration::from_millis(self.s3_timeout_ms.max(1));
+        cfg.retry = RetryPolicy {
+            max_attempts: self.s3_attempts.max(1),
+            ..RetryPolicy::default()
+        };
+        cfg.part_size = part_size;
+        let backend = S3Backend::connect(cfg).await?;
+        for spec in &self.s3_create {
+            let (name, size) = spec
+                .split_once('=')
+                .with_context(|| format!("--s3-create {spec:?}: write NAME=SIZE"))?;
+            backend.create_volume(name, parse_size(size)?).await?;
+        }
+        Ok(backend)
+    }
+}
+
 #[derive(Args, Debug)]
 struct StatusArgs {
     /// The gateway's cache file.
@@ -94,7 +154,7 @@ struct StatusArgs {
 
 pub(crate) fn run(args: CacheArgs) -> anyhow::Result<()> {
     match args.command {
-        CacheCommand::Gateway(a) => gateway(a),
+        CacheCommand::Gateway(a) => gateway(*a),
         CacheCommand::Replay(a) => replay(a),
         CacheCommand::Status(a) => {
             let p = status_path(&a.cache_file);
@@ -124,7 +184,15 @@ fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
     let rt = io_runtime()?;
     rt.block_on(async move {
         let a = a;
-        let backend = Arc::new(FileBackend::new(&a.backend)?);
+        let backend: Arc<dyn Backend> = if a.backend.starts_with("s3://") {
+            Arc::new(a.s3.connect(&a.backend, chunk_size).await?)
+        } else {
+            anyhow::ensure!(
+                a.s3.s3_create.is_empty() && a.s3.s3_endpoint.is_none(),
+                "--s3-* options need an s3://bucket/prefix backend"
+            );
+            Arc::new(FileBackend::new(&a.backend)?)
+        };
         let gw = Gateway::start(cfg, backend, a.listen).await?;
         println!("pipewright cache gateway: listening on nbd://{}", gw.addr());
         for v in gw.cache().volumes() {

@@ -4,7 +4,9 @@
 //! - [`Cache`]: the engine. One preallocated cache file of chunk slots (default 1 MiB
 //!   chunks of 4 KiB blocks, every block tagged with its instance id and a CRC-32C),
 //!   metadata in `redb`, volumes from a [`Backend`] ([`FileBackend`]: files of a
-//!   directory). Reads fill whole chunks on a miss, one backend fetch per chunk however
+//!   directory; [`S3Backend`]: a bucket through `object_store`, each volume stored as
+//!   part objects of the chunk size, since S3 cannot rewrite part of an object: see
+//!   its docs for the layout, timeouts, retries and typed errors). Reads fill whole chunks on a miss, one backend fetch per chunk however
 //!   many requests miss on it at once.
 //! - [`CacheService`]: the cache as a `tower::Service<BlockRequest>`; [`pipeline`]: the
 //!   request path as a pipewright pipeline on the runtime (lookup router → hit / fill /
@@ -158,7 +160,10 @@ mod stats;
 mod store;
 
 #[cfg(not(loom))]
-pub use backend::{Backend, FileBackend, VolumeInfo};
+pub use backend::{
+    Backend, BackendErrorKind, FileBackend, RetryPolicy, S3Backend, S3Config, S3Error, S3Stats,
+    VolumeInfo,
+};
 #[cfg(not(loom))]
 pub use cache::{Cache, VolumeId};
 #[cfg(not(loom))]

@@ -1,6 +1,5 @@
-//! Backends: where the volumes live. One trait; local files here.
+//! The local-file backend: every regular file of a directory is a volume.
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -10,27 +9,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use rustc_hash::FxHashMap;
 
-/// A volume a backend serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeInfo {
-    /// Its name (the NBD export name).
-    pub name: String,
-    /// Its size in bytes.
-    pub size: u64,
-}
-
-/// The remote store the cache sits in front of. Reads past a volume's end return
-/// zeros; a write is durable once [`Backend::sync`] of its volume returned.
-pub trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// The volumes it holds.
-    fn volumes(&self) -> io::Result<Vec<VolumeInfo>>;
-    /// `len` bytes of `volume` from `offset`.
-    fn read(&self, volume: &str, offset: u64, len: usize) -> BoxFuture<'_, io::Result<Vec<u8>>>;
-    /// Writes `data` at `offset` of `volume`.
-    fn write(&self, volume: &str, offset: u64, data: Vec<u8>) -> BoxFuture<'_, io::Result<()>>;
-    /// Makes the volume's writes durable.
-    fn sync(&self, volume: &str) -> BoxFuture<'_, io::Result<()>>;
-}
+use super::{Backend, VolumeInfo};
 
 /// Volumes as files of one directory (every regular file is a volume, its name the
 /// file name), read and written with positioned I/O on tokio's blocking pool.

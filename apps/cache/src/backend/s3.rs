@@ -1,0 +1,944 @@
+//! The S3 backend, through the `object_store` crate.
+//!
+//! # Layout
+//!
+//! S3 has no partial-object write: rewriting one 4 KiB block of a volume stored as one
+//! 1 GiB object would mean uploading the whole GiB. So a volume is stored as
+//! fixed-size **parts**, each its own object, under `<prefix>/<volume>/`:
+//!
+//! ```text
+//! s3://bucket/prefix/disk0/volume                   manifest: "pipewright-volume 1\nsize <bytes>\npart-size <bytes>\n"
+//! s3://bucket/prefix/disk0/part-0000000000000000    bytes [0, part-size)
+//! s3://bucket/prefix/disk0/part-0000000000000001    bytes [part-size, 2·part-size)
+//! ...                                               (the last part may be shorter)
+//! ```
+//!
+//! A part that does not exist reads as zeros (a new volume costs one manifest object).
+//! With the part size equal to the cache's chunk size (1 MiB by default, the default
+//! part size too) a chunk fill is one GET and the write-back of a chunk's dirty blocks
+//! is one PUT of one part (plus one GET of that part when only some of its blocks are
+//! dirty). Writes are buffered per part until [`Backend::sync`] of their volume, which
+//! PUTs every touched part (one sync at a time per volume, so a sync returns only once
+//! every write before it is in S3); reads see buffered writes.
+//!
+//! Every request has a timeout ([`S3Config::request_timeout`]) and failed requests are
+//! retried with capped exponential backoff ([`RetryPolicy`]); errors come back typed
+//! ([`S3Error`], inside the `io::Error` the [`Backend`] trait returns, with a matching
+//! `io::ErrorKind`) and counted: [`S3Backend::stats`] and the `cache_s3_*` metrics.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{try_join_all, BoxFuture};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpError, HttpErrorKind};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use rustc_hash::FxHashMap;
+
+use super::{Backend, BackendErrorKind, RetryPolicy, VolumeInfo};
+
+const MANIFEST_MAGIC: &str = "pipewright-volume 1";
+
+/// Where and how to reach the bucket.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix the volumes live under (no leading or trailing `/`; may be empty).
+    pub prefix: String,
+    /// The endpoint URL (`http://127.0.0.1:9000`) for an S3-compatible server; `None`:
+    /// AWS (or `AWS_ENDPOINT` from the environment).
+    pub endpoint: Option<String>,
+    /// The region (default `us-east-1`, or `AWS_REGION`).
+    pub region: Option<String>,
+    /// Access key id; `None`: `AWS_ACCESS_KEY_ID` from the environment.
+    pub access_key_id: Option<String>,
+    /// Secret access key; `None`: `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub secret_access_key: Option<String>,
+    /// Allow plain `http://` endpoints.
+    pub allow_http: bool,
+    /// Each request's timeout (connect included).
+    pub request_timeout: Duration,
+    /// Retries of failed requests.
+    pub retry: RetryPolicy,
+    /// Part size of volumes this backend creates (existing volumes keep theirs).
+    pub part_size: u64,
+}
+
+impl S3Config {
+    /// A configuration for `s3://bucket/prefix` (the prefix may be empty): credentials
+    /// and region from the environment, 5 s request timeout, default retries, 1 MiB
+    /// parts.
+    pub fn from_url(url: &str) -> Result<Self, S3Error> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| S3Error::InvalidUrl(url.to_string()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(S3Error::InvalidUrl(url.to_string()));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            part_size: 1 << 20,
+        })
+    }
+}
+
+/// What went wrong talking to S3.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// The backend URL is not `s3://bucket[/prefix]`.
+    #[error("{0:?} is not an S3 URL: write s3://bucket or s3://bucket/prefix")]
+    InvalidUrl(String),
+    /// The client could not be built from the configuration.
+    #[error("S3 client configuration: {0}; check the endpoint URL, region and credentials")]
+    Config(String),
+    /// The object does not exist.
+    #[error("S3 object {key} not found; check the bucket, prefix and volume name")]
+    NotFound {
+        /// The object key.
+        key: String,
+    },
+    /// The store refused our credentials.
+    #[error(
+        "S3 refused access to {key} ({detail}); check the access key, secret and bucket policy"
+    )]
+    Auth {
+        /// The object key.
+        key: String,
+        /// What the store said.
+        detail: String,
+    },
+    /// A request did not complete in time (after its retries).
+    #[error("S3 {op} of {key} timed out after {attempts} attempt(s) of {timeout:?}; check the endpoint's health or raise the request timeout")]
+    Timeout {
+        /// The operation (get, put, list).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Each attempt's timeout.
+        timeout: Duration,
+    },
+    /// The store kept throttling us (HTTP 429 / 503 SlowDown) through every retry.
+    #[error("S3 throttled {op} of {key} after {attempts} attempt(s) ({detail}); lower the request rate or raise the retry budget")]
+    Throttled {
+        /// The operation.
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+        /// What the store said.
+        detail: String,
+    },
+    /// The store could not be reached.
+    #[error("S3 endpoint unreachable for {op} of {key} after {attempts} attempt(s) ({detail}); check that the endpoint is up")]
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The transport error.
+        detail: String,
+    },
+    /// Any other failure the store reported (after its retries).
+    #[error("S3 {op} of {key} failed after {attempts} attempt(s): {detail}")]
+    Store {
+        /// The operation.
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+        /// What the store said.
+        detail: String,
+    },
+    /// A volume manifest object is not ours or is damaged.
+    #[error("volume manifest {key} is malformed ({detail}); it was not written by pipewright or is damaged")]
+    BadManifest {
+        /// The manifest's key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The named volume is not in the bucket.
+    #[error("volume {0:?} is not in the bucket; create it first (S3Backend::create_volume or `pipewright cache put-volume`)")]
+    UnknownVolume(String),
+    /// `S3Backend::connect` was called outside a tokio runtime.
+    #[error("the S3 backend must be created inside a tokio runtime")]
+    NoRuntime,
+}
+
+impl S3Error {
+    /// The kind of failure (for retries, metrics and error codes).
+    pub fn kind(&self) -> BackendErrorKind {
+        match self {
+            S3Error::NotFound { .. } | S3Error::UnknownVolume(_) => BackendErrorKind::NotFound,
+            S3Error::Auth { .. } => BackendErrorKind::Auth,
+            S3Error::Timeout { .. } => BackendErrorKind::Timeout,
+            S3Error::Throttled { .. } => BackendErrorKind::Throttled,
+            S3Error::Unavailable { .. } => BackendErrorKind::Unavailable,
+            _ => BackendErrorKind::Other,
+        }
+    }
+
+    fn into_io(self) -> io::Error {
+        io::Error::new(self.kind().io_kind(), self)
+    }
+}
+
+/// Counters of the S3 backend (also reported as `cache_s3_*` metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Stats {
+    /// GET requests sent (retries included).
+    pub gets: u64,
+    /// PUT requests sent (retries included).
+    pub puts: u64,
+    /// LIST requests sent.
+    pub lists: u64,
+    /// Requests repeated after a retryable failure.
+    pub retries: u64,
+    /// Failed requests by kind: timeouts.
+    pub timeouts: u64,
+    /// ... throttled.
+    pub throttled: u64,
+    /// ... endpoint unreachable.
+    pub unavailable: u64,
+    /// ... refused credentials.
+    pub auth_errors: u64,
+    /// ... any other failure (not found is not counted: a missing part reads as zeros).
+    pub other_errors: u64,
+    /// Operations that failed for good (after their retries).
+    pub failed_ops: u64,
+    /// Bytes received.
+    pub bytes_read: u64,
+    /// Bytes sent.
+    pub bytes_written: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    gets: AtomicU64,
+    puts: AtomicU64,
+    lists: AtomicU64,
+    retries: AtomicU64,
+    timeouts: AtomicU64,
+    throttled: AtomicU64,
+    unavailable: AtomicU64,
+    auth_errors: AtomicU64,
+    other_errors: AtomicU64,
+    failed_ops: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Vol {
+    size: u64,
+    part_size: u64,
+}
+
+/// Writes to one part not yet in S3: (offset in the part, bytes), in write order.
+#[derive(Debug, Default)]
+struct Pending {
+    overlays: Vec<(u64, Bytes)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: AmazonS3,
+    cfg: S3Config,
+    volumes: Mutex<FxHashMap<String, Vol>>,
+    pending: Mutex<FxHashMap<(String, u64), Pending>>,
+    sync_locks: Mutex<FxHashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    counters: Counters,
+}
+
+/// Volumes in an S3 bucket (or any S3-compatible server), stored as parts (see the
+/// module docs for the layout). Requests run on the tokio runtime `connect` was
+/// called on, whatever executor awaits them.
+#[derive(Debug, Clone)]
+pub struct S3Backend {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+}
+
+/// The part pieces a byte range touches: (part index, range in the part, offset in
+/// the output).
+fn pieces(offset: u64, len: u64, part_size: u64) -> Vec<(u64, Range<u64>, u64)> {
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let part = pos / part_size;
+        let start = pos % part_size;
+        let n = (part_size - start).min(end - pos);
+        out.push((part, start..start + n, pos - offset));
+        pos += n;
+    }
+    out
+}
+
+/// Whether the overlays cover `[0, len)` completely.
+fn covers(overlays: &[(u64, Bytes)], len: u64) -> bool {
+    let mut spans: Vec<(u64, u64)> = overlays
+        .iter()
+        .map(|(o, b)| (*o, *o + b.len() as u64))
+        .collect();
+    spans.sort_unstable();
+    let mut reached = 0;
+    for (s, e) in spans {
+        if s > reached {
+            return false;
+        }
+        reached = reached.max(e);
+    }
+    reached >= len
+}
+
+/// Applies overlays (in order) to `buf`, which holds the part's bytes from `base`.
+fn apply(buf: &mut [u8], base: u64, overlays: &[(u64, Bytes)]) {
+    let end = base + buf.len() as u64;
+    for (o, b) in overlays {
+        let (s, e) = (*o, *o + b.len() as u64);
+        let (from, to) = (s.max(base), e.min(end));
+        if from < to {
+            buf[(from - base) as usize..(to - base) as usize]
+                .copy_from_slice(&b[(from - s) as usize..(to - s) as usize]);
+        }
+    }
+}
+
+fn manifest_text(v: Vol) -> String {
+    format!(
+        "{MANIFEST_MAGIC}\nsize {}\npart-size {}\n",
+        v.size, v.part_size
+    )
+}
+
+fn parse_manifest(text: &str) -> Result<Vol, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(MANIFEST_MAGIC) {
+        return Err(format!("first line is not {MANIFEST_MAGIC:?}"));
+    }
+    let (mut size, mut part_size) = (None, None);
+    for line in lines {
+        let (k, v) = line.split_once(' ').ok_or(format!("line {line:?}"))?;
+        let v: u64 = v.trim().parse().map_err(|_| format!("line {line:?}"))?;
+        match k {
+            "size" => size = Some(v),
+            "part-size" => part_size = Some(v),
+            _ => {}
+        }
+    }
+    match (size, part_size) {
+        (Some(size), Some(part_size)) if part_size > 0 => Ok(Vol { size, part_size }),
+        _ => Err("size or part-size missing or zero".into()),
+    }
+}
+
+/// The transport or status failure inside an object_store error.
+fn classify(e: &object_store::Error) -> BackendErrorKind {
+    match e {
+        object_store::Error::NotFound { .. } => return BackendErrorKind::NotFound,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => return BackendErrorKind::Auth,
+        _ => {}
+    }
+    let mut src: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<HttpError>() {
+            return match h.kind() {
+                HttpErrorKind::Timeout => BackendErrorKind::Timeout,
+                HttpErrorKind::Connect | HttpErrorKind::Interrupted | HttpErrorKind::Request => {
+                    BackendErrorKind::Unavailable
+                }
+                _ => BackendErrorKind::Other,
+            };
+        }
+        src = s.source();
+    }
+    let text = e.to_string();
+    if text.contains("status code: 429")
+        || text.contains("status code: 503")
+        || text.contains("SlowDown")
+    {
+        BackendErrorKind::Throttled
+    } else if text.contains("status code: 403") || text.contains("status code: 401") {
+        BackendErrorKind::Auth
+    } else {
+        BackendErrorKind::Other
+    }
+}
+
+impl S3Backend {
+    /// Builds the client and lists the volumes under the prefix. Call it inside the
+    /// tokio runtime the requests should run on.
+    pub async fn connect(cfg: S3Config) -> Result<S3Backend, S3Error> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| S3Error::NoRuntime)?;
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.with_endpoint(ep);
+        }
+        b = b.with_region(cfg.region.clone().unwrap_or_else(|| {
+            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string())
+        }));
+        if let Some(k) = &cfg.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &cfg.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        // Our own retry loop (typed, counted, bounded) replaces object_store's.
+        // (The client options carry allow_http too: set them first.)
+        let store = b
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(cfg.request_timeout)
+                    .with_connect_timeout(cfg.request_timeout),
+            )
+            .with_allow_http(cfg.allow_http)
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                retry_timeout: cfg.request_timeout,
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|e| S3Error::Config(e.to_string()))?;
+        let backend = S3Backend {
+            inner: Arc::new(Inner {
+                store,
+                cfg,
+                volumes: Mutex::default(),
+                pending: Mutex::default(),
+                sync_locks: Mutex::default(),
+                counters: Counters::default(),
+            }),
+            handle,
+        };
+        backend.refresh().await?;
+        Ok(backend)
+    }
+
+    /// Lists the volumes under the prefix again (those created by others since).
+    pub async fn refresh(&self) -> Result<(), S3Error> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.refresh().await }).await
+    }
+
+    /// Creates an empty (all zeros) volume of `size` bytes with the configured part
+    /// size, or keeps an existing one of that name; returns its part size.
+    pub async fn create_volume(&self, name: &str, size: u64) -> Result<u64, S3Error> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        self.run(async move { inner.create_volume(name, size).await })
+            .await
+    }
+
+    /// The object key of a volume's part (its bytes
+    /// `[part·part_size, (part+1)·part_size)`).
+    pub fn part_key(&self, volume: &str, part: u64) -> String {
+        self.inner.part_path(volume, part).to_string()
+    }
+
+    /// The part size of a volume.
+    pub fn part_size(&self, volume: &str) -> Option<u64> {
+        self.inner.vol(volume).ok().map(|v| v.part_size)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> S3Stats {
+        let c = &self.inner.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        S3Stats {
+            gets: l(&c.gets),
+            puts: l(&c.puts),
+            lists: l(&c.lists),
+            retries: l(&c.retries),
+            timeouts: l(&c.timeouts),
+            throttled: l(&c.throttled),
+            unavailable: l(&c.unavailable),
+            auth_errors: l(&c.auth_errors),
+            other_errors: l(&c.other_errors),
+            failed_ops: l(&c.failed_ops),
+            bytes_read: l(&c.bytes_read),
+            bytes_written: l(&c.bytes_written),
+        }
+    }
+
+    /// Runs `fut` on the backend's runtime (hyper's connections live there).
+    async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, S3Error>> + Send + 'static,
+    ) -> Result<T, S3Error> {
+        match self.handle.spawn(fut).await {
+            Ok(r) => r,
+            Err(e) => Err(S3Error::Store {
+                op: "task",
+                key: String::new(),
+                attempts: 1,
+                detail: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn volume_dir(&self, volume: &str) -> String {
+        if self.cfg.prefix.is_empty() {
+            volume.to_string()
+        } else {
+            format!("{}/{volume}", self.cfg.prefix)
+        }
+    }
+
+    fn manifest_path(&self, volume: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}/volume", self.volume_dir(volume)))
+    }
+
+    fn part_path(&self, volume: &str, part: u64) -> ObjectPath {
+        ObjectPath::from(format!("{}/part-{part:016x}", self.volume_dir(volume)))
+    }
+
+    fn vol(&self, volume: &str) -> Result<Vol, S3Error> {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(volume)
+            .copied()
+            .ok_or_else(|| S3Error::UnknownVolume(volume.to_string()))
+    }
+
+    /// One operation with its timeout, retries and counters.
+    async fn call<T, Fut>(
+        &self,
+        op: &'static str,
+        key: &ObjectPath,
+        mut attempt_fn: impl FnMut() -> Fut,
+    ) -> Result<T, S3Error>
+    where
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let c = &self.counters;
+        let mut attempt = 1u32;
+        loop {
+            add(
+                match op {
+                    "put" => &c.puts,
+                    "list" => &c.lists,
+                    _ => &c.gets,
+                },
+                1,
+            );
+            metrics::counter!("cache_s3_requests_total", "op" => op).increment(1);
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.cfg.request_timeout, attempt_fn()).await;
+            metrics::histogram!("cache_s3_request_seconds", "op" => op)
+                .record(started.elapsed().as_secs_f64());
+            let (kind, detail) = match result {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => (classify(&e), e.to_string()),
+                Err(_) => (BackendErrorKind::Timeout, "timed out".to_string()),
+            };
+            let key_s = key.to_string();
+            if kind == BackendErrorKind::NotFound {
+                return Err(S3Error::NotFound { key: key_s });
+            }
+            add(
+                match kind {
+                    BackendErrorKind::Timeout => &c.timeouts,
+                    BackendErrorKind::Throttled => &c.throttled,
+                    BackendErrorKind::Unavailable => &c.unavailable,
+                    BackendErrorKind::Auth => &c.auth_errors,
+                    _ => &c.other_errors,
+                },
+                1,
+            );
+            metrics::counter!("cache_s3_errors_total", "kind" => kind.label()).increment(1);
+            match self.cfg.retry.next_delay(attempt, kind, fastrand::f64()) {
+                Some(wait) => {
+                    add(&c.retries, 1);
+                    metrics::counter!("cache_s3_retries_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                None => {
+                    add(&c.failed_ops, 1);
+                    metrics::counter!("cache_s3_failed_ops_total", "kind" => kind.label())
+                        .increment(1);
+                    let attempts = attempt;
+                    return Err(match kind {
+                        BackendErrorKind::Auth => S3Error::Auth { key: key_s, detail },
+                        BackendErrorKind::Timeout => S3Error::Timeout {
+                            op,
+                            key: key_s,
+                            attempts,
+                            timeout: self.cfg.request_timeout,
+                        },
+                        BackendErrorKind::Throttled => S3Error::Throttled {
+                            op,
+                            key: key_s,
+                            attempts,
+                            detail,
+                        },
+                        BackendErrorKind::Unavailable => S3Error::Unavailable {
+                            op,
+                            key: key_s,
+                            attempts,
+                            detail,
+                        },
+                        _ => S3Error::Store {
+                            op,
+                            key: key_s,
+                            attempts,
+                            detail,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    async fn get(&self, key: &ObjectPath, range: Option<Range<u64>>) -> Result<Bytes, S3Error> {
+        let b = self
+            .call("get", key, || {
+                let range = range.clone();
+                async move {
+                    match range {
+                        Some(r) => self.store.get_range(key, r).await,
+                        None => self.store.get(key).await?.bytes().await,
+                    }
+                }
+            })
+            .await?;
+        add(&self.counters.bytes_read, b.len() as u64);
+        metrics::counter!("cache_s3_bytes_read_total").increment(b.len() as u64);
+        Ok(b)
+    }
+
+    async fn put(&self, key: &ObjectPath, data: Bytes) -> Result<(), S3Error> {
+        let n = data.len() as u64;
+        self.call("put", key, || {
+            let payload = PutPayload::from(data.clone());
+            async move { self.store.put(key, payload).await }
+        })
+        .await?;
+        add(&self.counters.bytes_written, n);
+        metrics::counter!("cache_s3_bytes_written_total").increment(n);
+        Ok(())
+    }
+
+    async fn refresh(&self) -> Result<(), S3Error> {
+        let prefix =
+            (!self.cfg.prefix.is_empty()).then(|| ObjectPath::from(self.cfg.prefix.as_str()));
+        let listing = self
+            .call(
+                "list",
+                prefix.as_ref().unwrap_or(&ObjectPath::from("")),
+                || self.store.list_with_delimiter(prefix.as_ref()),
+            )
+            .await?;
+        let mut found = FxHashMap::default();
+        for dir in listing.common_prefixes {
+            let Some(name) = dir.filename().map(str::to_string) else {
+                continue;
+            };
+            let key = self.manifest_path(&name);
+            let text = match self.get(&key, None).await {
+                Ok(b) => b,
+                Err(S3Error::NotFound { .. }) => continue, // not a volume
+                Err(e) => return Err(e),
+            };
+            let vol = std::str::from_utf8(&text)
+                .map_err(|e| e.to_string())
+                .and_then(parse_manifest)
+                .map_err(|detail| S3Error::BadManifest {
+                    key: key.to_string(),
+                    detail,
+                })?;
+            found.insert(name, vol);
+        }
+        *self.volumes.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        Ok(())
+    }
+
+    async fn create_volume(&self, name: String, size: u64) -> Result<u64, S3Error> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(S3Error::Config(format!(
+                "volume name {name:?} must be a non-empty name without '/'"
+            )));
+        }
+        let key = self.manifest_path(&name);
+        let vol = match self.get(&key, None).await {
+            Ok(text) => std::str::from_utf8(&text)
+                .map_err(|e| e.to_string())
+                .and_then(parse_manifest)
+                .map_err(|detail| S3Error::BadManifest {
+                    key: key.to_string(),
+                    detail,
+                })?,
+            Err(S3Error::NotFound { .. }) => {
+                let vol = Vol {
+                    size,
+                    part_size: self.cfg.part_size.max(4096),
+                };
+                self.put(&key, Bytes::from(manifest_text(vol))).await?;
+                vol
+            }
+            Err(e) => return Err(e),
+        };
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, vol);
+        Ok(vol.part_size)
+    }
+
+    fn part_len(vol: Vol, part: u64) -> u64 {
+        vol.part_size
+            .min(vol.size.saturating_sub(part * vol.part_size))
+    }
+
+    async fn read(&self, volume: String, offset: u64, len: usize) -> Result<Vec<u8>, S3Error> {
+        let vol = self.vol(&volume)?;
+        let mut out = vec![0u8; len];
+        // Within the volume; past its end stays zeros.
+        let end = (offset + len as u64).min(vol.size);
+        let len_in = end.saturating_sub(offset);
+        let reads = pieces(offset, len_in, vol.part_size)
+            .into_iter()
+            .map(|(part, range, _)| {
+                let key = self.part_path(&volume, part);
+                async move {
+                    let whole = range.start == 0 && range.end >= Self::part_len(vol, part);
+                    let got = self.get(&key, (!whole).then(|| range.clone())).await;
+                    match got {
+                        Ok(b) => Ok(b),
+                        Err(S3Error::NotFound { .. }) => Ok(Bytes::new()), // sparse: zeros
+                        Err(e) => Err(e),
+                    }
+                }
+            });
+        let parts = try_join_all(reads).await?;
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for ((part, range, at), bytes) in
+            pieces(offset, len_in, vol.part_size).into_iter().zip(parts)
+        {
+            let dst = &mut out[at as usize..(at + range.end - range.start) as usize];
+            let n = bytes.len().min(dst.len());
+            dst[..n].copy_from_slice(&bytes[..n]);
+            if let Some(p) = pending.get(&(volume.clone(), part)) {
+                apply(dst, range.start, &p.overlays);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, volume: &str, offset: u64, data: Vec<u8>) -> Result<(), S3Error> {
+        let vol = self.vol(volume)?;
+        let end = (offset + data.len() as u64).min(vol.size);
+        let data = Bytes::from(data);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (part, range, at) in pieces(offset, end.saturating_sub(offset), vol.part_size) {
+            let piece = data.slice(at as usize..(at + range.end - range.start) as usize);
+            pending
+                .entry((volume.to_string(), part))
+                .or_default()
+                .overlays
+                .push((range.start, piece));
+        }
+        Ok(())
+    }
+
+    fn sync_lock(&self, volume: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.sync_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(volume.to_string())
+            .or_default()
+            .clone()
+    }
+
+    async fn sync(&self, volume: String) -> Result<(), S3Error> {
+        let vol = self.vol(&volume)?;
+        let lock = self.sync_lock(&volume);
+        let _one_at_a_time = lock.lock().await;
+        let todo: Vec<(u64, Vec<(u64, Bytes)>)> = {
+            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .iter()
+                .filter(|((v, _), _)| *v == volume)
+                .map(|((_, part), p)| (*part, p.overlays.clone()))
+                .collect()
+        };
+        try_join_all(todo.into_iter().map(|(part, overlays)| {
+            let volume = &volume;
+            async move {
+                let key = self.part_path(volume, part);
+                let len = Self::part_len(vol, part);
+                let mut buf = vec![0u8; len as usize];
+                if !covers(&overlays, len) {
+                    // Read-modify-write of this one part.
+                    match self.get(&key, None).await {
+                        Ok(b) => {
+                            let n = b.len().min(buf.len());
+                            buf[..n].copy_from_slice(&b[..n]);
+                        }
+                        Err(S3Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                apply(&mut buf, 0, &overlays);
+                self.put(&key, Bytes::from(buf)).await?;
+                // Those overlays are in S3 now; later writes stay pending.
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let k = (volume.clone(), part);
+                if let Some(p) = pending.get_mut(&k) {
+                    p.overlays.drain(..overlays.len().min(p.overlays.len()));
+                    if p.overlays.is_empty() {
+                        pending.remove(&k);
+                    }
+                }
+                Ok(())
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+impl Backend for S3Backend {
+    fn volumes(&self) -> io::Result<Vec<VolumeInfo>> {
+        let mut v: Vec<VolumeInfo> = self
+            .inner
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, v)| VolumeInfo {
+                name: name.clone(),
+                size: v.size,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    fn read(&self, volume: &str, offset: u64, len: usize) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        let inner = self.inner.clone();
+        let volume = volume.to_string();
+        Box::pin(async move {
+            self.run(async move { inner.read(volume, offset, len).await })
+                .await
+                .map_err(S3Error::into_io)
+        })
+    }
+
+    fn write(&self, volume: &str, offset: u64, data: Vec<u8>) -> BoxFuture<'_, io::Result<()>> {
+        let r = self.inner.write(volume, offset, data);
+        Box::pin(async move { r.map_err(S3Error::into_io) })
+    }
+
+    fn sync(&self, volume: &str) -> BoxFuture<'_, io::Result<()>> {
+        let inner = self.inner.clone();
+        let volume = volume.to_string();
+        Box::pin(async move {
+            self.run(async move { inner.sync(volume).await })
+                .await
+                .map_err(S3Error::into_io)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn urls_parse() {
+        let c = S3Config::from_url("s3://bkt/a/b/").unwrap();
+        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bkt", "a/b"));
+        let c = S3Config::from_url("s3://bkt").unwrap();
+        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bkt", ""));
+        assert!(S3Config::from_url("http://bkt").is_err());
+        assert!(S3Config::from_url("s3:///x").is_err());
+    }
+
+    #[test]
+    fn manifests_round_trip_and_reject_junk() {
+        let v = Vol {
+            size: 12345,
+            part_size: 4096,
+        };
+        let back = parse_manifest(&manifest_text(v)).unwrap();
+        assert_eq!((back.size, back.part_size), (12345, 4096));
+        assert!(parse_manifest("hello").is_err());
+        assert!(parse_manifest(&format!("{MANIFEST_MAGIC}\nsize 1\npart-size 0\n")).is_err());
+        assert!(parse_manifest(&format!("{MANIFEST_MAGIC}\nsize x\n")).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_tile_the_range(offset in 0u64..100_000, len in 0u64..50_000, ps in 1u64..9_000) {
+            let p = pieces(offset, len, ps);
+            let mut at = 0;
+            for (part, r, out) in &p {
+                prop_assert_eq!(*out, at);
+                prop_assert!(r.end <= ps && r.start < r.end);
+                prop_assert_eq!(part * ps + r.start, offset + at);
+                at += r.end - r.start;
+            }
+            prop_assert_eq!(at, len);
+        }
+
+        #[test]
+        fn overlays_apply_in_order_like_a_flat_buffer(
+            writes in proptest::collection::vec((0u64..200, 1usize..80, any::<u8>()), 0..12),
+            base in 0u64..100,
+            len in 0usize..150,
+        ) {
+            let mut flat = vec![0u8; 400];
+            let mut overlays = Vec::new();
+            for (o, n, b) in &writes {
+                flat[*o as usize..*o as usize + n].fill(*b);
+                overlays.push((*o, Bytes::from(vec![*b; *n])));
+            }
+            let mut buf = vec![0u8; len];
+            apply(&mut buf, base, &overlays);
+            prop_assert_eq!(&buf[..], &flat[base as usize..base as usize + len]);
+            // covers() agrees with a byte-by-byte check of [0, 100).
+            let mut hit = [false; 100];
+            for (o, n, _) in &writes {
+                let end = (*o as usize + n).min(100);
+                if (*o as usize) < end {
+                    hit[*o as usize..end].fill(true);
+                }
+            }
+            prop_assert_eq!(covers(&overlays, 100), hit.iter().all(|h| *h));
+        }
+    }
+}
