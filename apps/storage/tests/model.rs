@@ -359,6 +359,7 @@ fn txns(nodes: usize, count: usize) -> Vec<Prepare> {
         txn: TxnId(1),
         client: ClientId(1),
         writes: chain.iter().map(|&n| (n, write(0))).collect(),
+        acceptors: 0,
         chain,
     }];
     if count > 1 {
@@ -367,6 +368,7 @@ fn txns(nodes: usize, count: usize) -> Vec<Prepare> {
             client: ClientId(2),
             chain: vec![NodeId(1), NodeId(0)],
             writes: vec![(NodeId(0), write(0)), (NodeId(1), write(1))],
+            acceptors: 0,
         });
     }
     out

@@ -384,6 +384,7 @@ impl Sim {
             client: client.id,
             chain: chain.clone(),
             writes,
+            acceptors: 0,
         };
         self.txns.insert(txn, prepare.clone());
         self.stats.started += 1;

@@ -223,6 +223,8 @@ struct Inner {
     /// forgot a finished transaction refuses any unknown one at or below the
     /// highest forgotten id of its client.
     next_txn: AtomicU64,
+    /// F for every transaction ([`Prepare::acceptors`]).
+    acceptors: std::sync::atomic::AtomicU8,
 }
 
 /// A client of a storage cluster. Cheap to clone (clones share connections).
@@ -252,8 +254,17 @@ impl StorageClient {
                 waiters: Default::default(),
                 next_req: AtomicU64::new(1),
                 next_txn: AtomicU64::new(fastrand::u64(1..1 << 62)),
+                acceptors: Default::default(),
             }),
         }
+    }
+
+    /// Replicate every later transaction's commit decision to `f` chain nodes besides
+    /// the decider before it takes effect ([`Prepare::acceptors`]; 0, the default, is
+    /// plain two-phase commit). With `f ≥ 1` nodes in doubt settle the outcome with
+    /// those acceptors while the decider is down, instead of blocking.
+    pub fn set_acceptors(&self, f: u8) {
+        self.inner.acceptors.store(f, Ordering::Relaxed);
     }
 
     /// This client's id.
@@ -299,6 +310,7 @@ impl StorageClient {
             client: self.inner.id,
             chain: chain.clone(),
             writes: txn.writes.into_iter().collect(),
+            acceptors: self.inner.acceptors.load(Ordering::Relaxed),
         };
         let (tx, rx) = oneshot::channel();
         let waiters = &self.inner.waiters;

@@ -115,6 +115,9 @@ pub struct NodeOptions {
     /// How long a prepared transaction waits for its outcome before asking the decider
     /// (a decider that has not seen the `Prepare` yet answers abort).
     pub resolve_after: Duration,
+    /// With acceptors (F ≥ 1): how long a node in doubt waits for its decider before it
+    /// settles the outcome with the acceptors (a recovery ballot).
+    pub settle_after: Duration,
     /// Fault tests: abort the process at this protocol step (feature `faults`).
     #[cfg(feature = "faults")]
     pub crash_at: Option<CrashAt>,
@@ -136,7 +139,8 @@ pub const NET_FAULTS_ENV: &str = "PIPEWRIGHT_STORAGE_NET_FAULTS";
 
 impl NodeOptions {
     /// Options with defaults: 1024 pages, 1024 transactions in flight, 65536 page
-    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared, a checkpoint every
+    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared, a recovery ballot
+    /// after 2 s (F ≥ 1), a checkpoint every
     /// 4 MiB of log, no fault injection; the environment variable
     /// [`CHECKPOINT_BYTES_ENV`] overrides the checkpoint size, and with feature `faults`
     /// `NET_FAULTS_ENV` sets the network faults (an unparsable value is ignored with a
@@ -160,6 +164,7 @@ impl NodeOptions {
             lock_capacity: 1 << 16,
             tick: Duration::from_millis(200),
             resolve_after: Duration::from_secs(1),
+            settle_after: Duration::from_secs(2),
             #[cfg(feature = "faults")]
             crash_at: None,
             checkpoint_bytes: env_parse(CHECKPOINT_BYTES_ENV).unwrap_or(4 << 20),
@@ -271,9 +276,12 @@ impl NodeServer {
             ..Recovered::default()
         };
         let records = opened.replay.records;
+        let tick_ms = opts.tick.as_millis().max(1);
         let config = NodeConfig {
             lock_capacity: opts.lock_capacity,
             page_capacity: opts.pages,
+            patience: (opts.settle_after.as_millis().div_ceil(tick_ms)).min(u32::MAX as u128)
+                as u32,
         };
         let (node, actions) = Node::recover(opts.id, config, scan.versions, records)?;
         recovered.remembered = node.remembered();
