@@ -433,7 +433,9 @@ impl Node {
             self.decider_settles(txn, Verdict::Abort, out);
             return;
         }
-        if let Phase::Prepared { .. } = t.phase {
+        // An `Abort` reaches a node still making its intent durable only from a
+        // recovery ballot (abort settled) or a node that knows abort: final.
+        if let Phase::Prepared { .. } | Phase::Preparing { .. } = t.phase {
             let client = t.client;
             self.locks.release(txn);
             // Presumed abort: the abort record need not be forced; if it is lost, the
