@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::log::Verdict;
 use crate::protocol::{Outcome, Prepare};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 
@@ -68,6 +69,20 @@ pub enum ClientRequest {
     Status {
         /// Echoed in the answer.
         req: u64,
+    },
+    /// Settle the node's in-doubt transactions now: ask their deciders and (F ≥ 1)
+    /// run recovery ballots with their acceptors. Answered with the node's
+    /// [`NodeStatus`] as it was when the request arrived.
+    Resolve {
+        /// Echoed in the answer.
+        req: u64,
+    },
+    /// Ask for the outcome of transactions as the node knows them.
+    Verdicts {
+        /// Echoed in the answer.
+        req: u64,
+        /// The transactions.
+        txns: Vec<TxnId>,
     },
 }
 
@@ -115,6 +130,13 @@ pub enum ClientResponse {
         req: u64,
         /// The status.
         status: NodeStatus,
+    },
+    /// The outcomes asked for: `None` while open on the node, or unknown to it.
+    Verdicts {
+        /// The request.
+        req: u64,
+        /// Per transaction, its verdict here.
+        verdicts: Vec<(TxnId, Option<Verdict>)>,
     },
 }
 

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::log::PageWrite;
+use crate::log::{PageWrite, Verdict};
 use crate::peers::Peers;
 use crate::protocol::{AbortReason, Outcome, Prepare};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
@@ -386,6 +386,36 @@ impl StorageClient {
             .await?
         {
             ClientResponse::Status { status, .. } => Ok(status),
+            ClientResponse::Failed { error, .. } => Err(ClientError::Failed { node, error }),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Ask `node` to settle its in-doubt transactions now (their deciders, and with
+    /// F ≥ 1 a recovery ballot with their acceptors); returns its status as it was
+    /// when asked. Poll [`status`](Self::status) to see them settle.
+    pub async fn resolve(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
+        match self
+            .request(node, |req| ClientRequest::Resolve { req })
+            .await?
+        {
+            ClientResponse::Status { status, .. } => Ok(status),
+            ClientResponse::Failed { error, .. } => Err(ClientError::Failed { node, error }),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The outcomes of `txns` as `node` knows them (`None`: open there, or unknown).
+    pub async fn verdicts(
+        &self,
+        node: NodeId,
+        txns: Vec<TxnId>,
+    ) -> Result<Vec<(TxnId, Option<Verdict>)>, ClientError> {
+        match self
+            .request(node, |req| ClientRequest::Verdicts { req, txns })
+            .await?
+        {
+            ClientResponse::Verdicts { verdicts, .. } => Ok(verdicts),
             ClientResponse::Failed { error, .. } => Err(ClientError::Failed { node, error }),
             other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
         }

@@ -801,6 +801,50 @@ impl Node {
         out
     }
 
+    /// Settle in-doubt transactions now (`pipewright storage resolve`): every
+    /// transaction prepared here asks its decider (`Resolve`) at once and, with
+    /// acceptors (F ≥ 1), starts a recovery ballot at once instead of after its
+    /// patience. Returns the actions, like [`tick`](Self::tick).
+    pub fn resolve_now(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let me = self.id;
+        let prepared: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Prepared { .. }))
+            .map(|(&txn, _)| txn)
+            .collect();
+        for txn in prepared {
+            let t = &self.txns[&txn];
+            let decider = t.chain.last().copied();
+            if let Some(decider) = decider.filter(|&d| d != me) {
+                let msg = Message::Resolve {
+                    txn,
+                    from: me,
+                    client: t.client,
+                };
+                out.push(Action::Send { to: decider, msg });
+            }
+            if !t.acceptor_nodes().is_empty() {
+                self.start_recovery(txn, &mut out);
+            }
+        }
+        self.drain(&mut out);
+        out
+    }
+
+    /// The outcome of `txn` as this node knows it: `None` while it is open here, or
+    /// when the node never saw it or forgot it.
+    pub fn verdict(&self, txn: TxnId) -> Option<Verdict> {
+        match self.status(txn) {
+            TxnStatus::Finished(v) => Some(v),
+            TxnStatus::Completing | TxnStatus::AwaitingAcks | TxnStatus::Deciding => {
+                Some(Verdict::Commit)
+            }
+            _ => None,
+        }
+    }
+
     /// Start a recovery ballot for `txn` (prepared here, with acceptors): ask every
     /// other chain node (the acceptors promise; any node that knows the outcome
     /// tells it).

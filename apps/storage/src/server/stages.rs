@@ -34,6 +34,8 @@ pub(crate) enum Inbound {
     Client(Prepare),
     /// The retry timer fired.
     Tick,
+    /// A client asked to settle the in-doubt transactions now.
+    Resolve,
 }
 
 /// Records up to `last` are durable.
@@ -82,6 +84,10 @@ impl Stage for NodeStage {
                 }
                 Inbound::Client(prepare) => state.client_prepare(fx, prepare),
                 Inbound::Tick => state.tick(fx),
+                Inbound::Resolve => {
+                    let actions = state.node.resolve_now();
+                    state.execute(fx, actions)
+                }
             };
             if let Err(fault) = done {
                 failures.push(fault);
