@@ -86,6 +86,10 @@ struct NodeTunables {
     /// decider before settling it with the acceptors, in ms.
     #[arg(long, default_value_t = 2000)]
     settle_after_ms: u64,
+    /// Group commit: the longest a tiny log burst waits for more records before its
+    /// fdatasync while other transactions are open, in microseconds (0: never).
+    #[arg(long, default_value_t = 1000)]
+    linger_us: u64,
 }
 
 impl NodeTunables {
@@ -101,6 +105,8 @@ impl NodeTunables {
             self.resolve_after_ms.to_string(),
             "--settle-after-ms".into(),
             self.settle_after_ms.to_string(),
+            "--linger-us".into(),
+            self.linger_us.to_string(),
         ]
     }
 }
@@ -240,6 +246,7 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     opts.tick = Duration::from_millis(a.tunables.tick_ms.max(1));
     opts.resolve_after = Duration::from_millis(a.tunables.resolve_after_ms);
     opts.settle_after = Duration::from_millis(a.tunables.settle_after_ms);
+    opts.linger = Duration::from_micros(a.tunables.linger_us);
     #[cfg(feature = "storage-faults")]
     {
         opts.crash_at = a.crash_at;

@@ -183,6 +183,11 @@ pub struct NodeStatus {
     pub in_doubt: Vec<InDoubt>,
     /// How long the node's recovery took when it started, in milliseconds.
     pub recovery_ms: u64,
+    /// Log records written since the node started (`log_records / log_syncs`: records
+    /// per `fdatasync`).
+    pub log_records: u64,
+    /// Microseconds the log waited (group-commit linger) for fuller bursts.
+    pub linger_us: u64,
 }
 
 /// A transaction prepared on a node and waiting for its outcome.

@@ -43,6 +43,8 @@ struct ChainModel {
     killable: Option<usize>,
     /// Nodes whose retry timer may fire (all when empty).
     tickers: Vec<usize>,
+    /// Nodes that may crash (and restart) within the crash budget (all when empty).
+    crashers: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -212,7 +214,8 @@ impl Model for ChainModel {
                     if !s.pending[i].is_empty() {
                         out.push(Act::Flush(i));
                     }
-                    if s.budget.crashes > 0 {
+                    let may_crash = self.crashers.is_empty() || self.crashers.contains(&i);
+                    if may_crash && s.budget.crashes > 0 {
                         out.push(Act::Crash(i));
                     }
                     if self.killable == Some(i) && !s.killed {
@@ -504,6 +507,7 @@ fn two_nodes_two_txns_no_faults_all_decided() {
             liveness: true,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -523,6 +527,7 @@ fn three_nodes_two_txns_no_faults_all_decided() {
             liveness: true,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -545,6 +550,7 @@ fn two_nodes_two_txns_with_crash_loss_dup() {
             liveness: false,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -567,6 +573,7 @@ fn three_nodes_one_txn_with_crash_loss_dup() {
             liveness: false,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -590,6 +597,7 @@ fn two_nodes_two_txns_with_checkpoints_and_dups_all_decided() {
             liveness: true,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -614,15 +622,16 @@ fn two_nodes_one_txn_with_checkpoints_crash_dup() {
             liveness: false,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
 
 /// F = 1 (chain 0 → 1 → 2, acceptor: node 1): safety (atomicity, agreement,
-/// validity, no unilateral abort, no lost update) with any one node — the decider
-/// included — crashing at any step and restarting, and retry ticks.
+/// validity, no unilateral abort, no lost update) with the decider crashing at any
+/// step and restarting (recovery ballots racing its restart), and retry ticks.
 #[test]
-fn f1_three_nodes_one_txn_crash_anywhere() {
+fn f1_three_nodes_one_txn_decider_crash_anywhere() {
     let faults = Budget {
         crashes: 1,
         losses: 0,
@@ -639,6 +648,7 @@ fn f1_three_nodes_one_txn_crash_anywhere() {
             liveness: false,
             killable: None,
             tickers: Vec::new(),
+            crashers: vec![2],
         },
     );
 }
@@ -661,6 +671,7 @@ fn f1_decider_killed_at_any_step_others_settle() {
             liveness: true,
             killable: Some(2),
             tickers: vec![0],
+            crashers: Vec::new(),
         },
     );
 }
@@ -682,6 +693,7 @@ fn f1_three_nodes_two_txns_all_decided() {
             liveness: true,
             killable: None,
             tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }

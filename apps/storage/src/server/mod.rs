@@ -118,6 +118,10 @@ pub struct NodeOptions {
     /// With acceptors (F ≥ 1): how long a node in doubt waits for its decider before it
     /// settles the outcome with the acceptors (a recovery ballot).
     pub settle_after: Duration,
+    /// Group commit: the longest a log burst waits for more records before its
+    /// `fdatasync` when it would be tiny while other transactions are open (also at
+    /// most half a recent sync; zero: never wait).
+    pub linger: Duration,
     /// Fault tests: abort the process at this protocol step (feature `faults`).
     #[cfg(feature = "faults")]
     pub crash_at: Option<CrashAt>,
@@ -129,6 +133,9 @@ pub struct NodeOptions {
     pub net_faults: Option<NetFaults>,
 }
 
+/// Environment variable overriding [`NodeOptions::linger`], in microseconds (the
+/// CLI's `--linger-us` sets it too).
+pub const LINGER_US_ENV: &str = "PIPEWRIGHT_STORAGE_LINGER_US";
 /// Environment variable overriding [`NodeOptions::checkpoint_bytes`] (for tests and
 /// experiments; the CLI has no flag for it).
 pub const CHECKPOINT_BYTES_ENV: &str = "PIPEWRIGHT_STORAGE_CHECKPOINT_BYTES";
@@ -165,6 +172,7 @@ impl NodeOptions {
             tick: Duration::from_millis(200),
             resolve_after: Duration::from_secs(1),
             settle_after: Duration::from_secs(2),
+            linger: Duration::from_micros(env_parse(LINGER_US_ENV).unwrap_or(1000)),
             #[cfg(feature = "faults")]
             crash_at: None,
             checkpoint_bytes: env_parse(CHECKPOINT_BYTES_ENV).unwrap_or(4 << 20),
@@ -333,7 +341,15 @@ impl NodeServer {
             .then("node", node_stage)
             .then_async(
                 "log",
-                LogStage::new(sink, fx.clone(), opts.data.clone(), opened.seq, page_handle),
+                LogStage::new(
+                    shared.clone(),
+                    opts.linger,
+                    sink,
+                    fx.clone(),
+                    opts.data.clone(),
+                    opened.seq,
+                    page_handle,
+                ),
             )
             .sink("after-log", after_log);
         let pipeline = b.build().map_err(|e| NodeError::Start(e.to_string()))?;
