@@ -629,14 +629,14 @@ fn two_nodes_one_txn_with_checkpoints_crash_dup() {
 
 /// F = 1 (chain 0 → 1 → 2, acceptor: node 1): safety (atomicity, agreement,
 /// validity, no unilateral abort, no lost update) with the decider crashing at any
-/// step and restarting (recovery ballots racing its restart), and retry ticks.
+/// step and restarting (a recovery ballot racing its restart), one retry tick.
 #[test]
 fn f1_three_nodes_one_txn_decider_crash_anywhere() {
     let faults = Budget {
         crashes: 1,
         losses: 0,
         dups: 0,
-        ticks: 2,
+        ticks: 1,
         checkpoints: 0,
     };
     check(
