@@ -18,12 +18,15 @@
 //!
 //! - [`server`]: the node process. Its request path is a pipewright pipeline on the
 //!   pipewright runtime — decoded frames → node stage (`Node::handle`) → the io_uring
-//!   group-commit log sink (one write + one `fdatasync` per burst) → after-log stage
+//!   group-commit log sink (one write + one `fdatasync` per burst, lingering up to
+//!   `NodeOptions::linger` for a fuller burst while other transactions are open) →
+//!   after-log stage
 //!   (`Node::persisted`: forward, decide, reply) — with a TCP transport ([`wire`]:
 //!   length-delimited postcard frames; one link per peer; clients on the same
 //!   listener), admission control (`Busy`) and recovery from the log on start;
 //! - [`client`]: [`client::StorageClient`], the coordinator, a
-//!   `tower::Service<Transaction>`, plus page reads;
+//!   `tower::Service<Transaction>`, plus page reads, node status and `resolve`
+//!   (settle in-doubt transactions now: `pipewright storage resolve`);
 //! - [`peers`]: the peers file; [`cluster`]: a local cluster of node processes;
 //!   `bank` and `bench` (feature `bench`): the bank workload and benchmark behind
 //!   `pipewright storage bench`.

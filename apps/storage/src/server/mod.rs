@@ -5,7 +5,7 @@
 //!            TCP (peers + clients, one listener; first frame says which)
 //!                │ decoded frames            admission: in-flight budget → Busy
 //!                ▼
-//!  ┌────────┐  ┌──────┐  LogBatch  ┌──────────────────────┐  LogDurable  ┌───────────┐
+//!  ┌────────┐  ┌──────┐  doorbell  ┌──────────────────────┐  LogDurable  ┌───────────┐
 //!  │ ticker │─▶│ node │───────────▶│ log = uring FileSink │─────────────▶│ after-log │
 //!  └────────┘  └──────┘            │ 1 write + 1 fdatasync│              └───────────┘
 //!   retries     Node::handle/tick   │ per burst            │  Node::persisted(id):
@@ -15,8 +15,17 @@
 //! ```
 //!
 //! The node and after-log stages share one worker, the log stage has its own: while
-//! one burst is being synced, the node stage keeps analysing and the next burst of
-//! records gathers in the ring (group commit). Any failure to log or to apply a
+//! one burst is being synced, the node stage keeps analysing and the next records
+//! gather in the pending bytes (group commit). The node stage only rings the log
+//! stage, which takes the pending bytes itself — so it can **linger** for more: when a
+//! burst would be tiny while more transactions are open on the node, it waits up to
+//! `NodeOptions::linger` (and at most half its recent sync time) for the pending
+//! records to catch up with the open transactions, then writes and syncs them all
+//! (no linger without concurrent transactions, so a lone transaction pays nothing).
+//!
+//! (What the framework lacked: an async stage cannot pull more items from its input
+//! ring during an activation, so lingering inside `process_burst` would only delay
+//! the items already taken; the doorbell + shared pending buffer works around it.) Any failure to log or to apply a
 //! committed write stops the pipeline (fail-stop); [`NodeServer::run_until`] then
 //! returns the error and a restart recovers from the log.
 //!
@@ -45,7 +54,9 @@
 //! to nodes that have not acknowledged, and a node prepared for longer than
 //! `resolve_after` asks its decider (`Resolve`). Asking sooner would be safe but
 //! costly: a decider that has not seen the `Prepare` yet decides abort (presumed
-//! abort).
+//! abort). With acceptors (F ≥ 1) a node prepared for longer than `settle_after`
+//! also runs a recovery ballot with them; a client's `Resolve` request
+//! (`pipewright storage resolve`) does both at once.
 //!
 //! # Checkpoints
 //!
