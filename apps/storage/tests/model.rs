@@ -659,7 +659,7 @@ fn f1_three_nodes_one_txn_decider_crash_anywhere() {
 #[test]
 fn f1_decider_killed_at_any_step_others_settle() {
     let faults = Budget {
-        ticks: 2,
+        ticks: 1,
         ..NO_FAULTS
     };
     check(
