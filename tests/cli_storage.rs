@@ -374,3 +374,167 @@ fn cluster_json_names_nodes_and_peers_and_reports_its_stop() {
     assert_eq!(last["event"], "stopped");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Send `signal` (e.g. `-STOP`, `-KILL`) to a node process with the real `kill`.
+fn signal(cluster: &pipewright_storage::cluster::LocalCluster, node: u32, signal: &str) {
+    let pid = cluster.pid(NodeId(node)).expect("the node runs");
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("running kill")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// Start transactions over the chain 1 → 2 → 3 (decider 3) while node 3 is frozen
+/// (SIGSTOP; the client connected to it before): nodes 1 and 2 prepare them and
+/// node 3 never answers (the outcome is unknown); then `kill -9` node 3. Returns the
+/// transaction ids.
+fn prepare_then_kill_decider(cluster: &mut TestCluster, acceptors: u8) -> Vec<u64> {
+    use pipewright_storage::client::{ClientError, Transaction};
+    use pipewright_storage::PageId;
+    let client = cluster.client();
+    client.set_acceptors(acceptors);
+    let rt = pipewright_storage::io_runtime(1).unwrap();
+    // Connect to every node first (the client sends a `Prepare` only once it is
+    // connected to the whole chain).
+    for n in 1..=3 {
+        rt.block_on(client.read(NodeId(n), PageId(0))).unwrap();
+    }
+    signal(&cluster.cluster, 3, "-STOP");
+    let mut txns = Vec::new();
+    for page in 20..23 {
+        let t = Transaction::new()
+            .write(NodeId(1), PageId(page), 0, vec![1])
+            .write(NodeId(2), PageId(page), 0, vec![2])
+            .write(NodeId(3), PageId(page), 0, vec![3]);
+        match rt.block_on(client.commit(t)) {
+            Err(ClientError::Timeout { txn: Some(t), .. }) => txns.push(t.0),
+            other => panic!("the decider is frozen: expected an unknown outcome, got {other:?}"),
+        }
+    }
+    signal(&cluster.cluster, 3, "-KILL");
+    assert!(cluster
+        .cluster
+        .wait_exit(NodeId(3), std::time::Duration::from_secs(10))
+        .unwrap());
+    txns
+}
+
+/// Every reachable node's view of `txns` as `resolve --json` reports it, checking
+/// that no node disagrees: the outcome names per transaction.
+fn resolve_outcomes(peers: &Path, expect_code: i32) -> Vec<(u64, String)> {
+    let r = storage(peers, &["resolve", "--json", "--timeout", "20"]);
+    assert_eq!(r.code, expect_code, "{}", r.stdout);
+    assert_readable(&r);
+    let v = json(&r);
+    v["transactions"]
+        .as_array()
+        .expect("transactions")
+        .iter()
+        .map(|t| {
+            assert_ne!(t["outcome"], "disagreement", "{v}");
+            (
+                t["txn"].as_u64().unwrap(),
+                t["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// F = 1: transactions prepared on nodes 1 and 2, the decider `kill -9`ed. The nodes
+/// would wait 10 minutes before settling on their own; `storage resolve` asks the
+/// acceptor quorum (node 2) at once and settles them all as abort (no acceptor held a
+/// commit), with the decider still down; the pages take new transactions at once;
+/// after the decider restarts, every node agrees.
+#[test]
+fn resolve_settles_in_doubt_transactions_without_the_killed_decider() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let mut cluster = TestCluster::start("cli-resolve-f1", &["--settle-after-ms", "600000"]);
+    let peers = cluster.cluster.peers_path();
+    let txns = prepare_then_kill_decider(&mut cluster, 1);
+    let v = json(&storage(&peers, &["status", "--json", "--timeout", "2"]));
+    let in_doubt = v["nodes"][0]["status"]["in_doubt"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(in_doubt, 3, "node 1 holds the three intents: {v}");
+
+    let outcomes = resolve_outcomes(&peers, 0);
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    for (txn, outcome) in &outcomes {
+        assert!(txns.contains(txn), "{txn} not one of ours");
+        assert_eq!(outcome, "aborted", "{txn}: no acceptor held a commit");
+    }
+    let v = json(&storage(&peers, &["status", "--json", "--timeout", "2"]));
+    for n in 0..2 {
+        assert_eq!(
+            v["nodes"][n]["status"]["in_doubt"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0,
+            "{v}"
+        );
+    }
+    // The pages are free while the decider is still down.
+    let r = storage(
+        &peers,
+        &[
+            "txn",
+            "--json",
+            "--acceptors",
+            "1",
+            "--write",
+            "1:20:0:0a",
+            "--write",
+            "2:20:0:0b",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stdout);
+
+    // The decider comes back (it had the intents or not: it learns abort either way).
+    cluster.cluster.restart(NodeId(3)).unwrap();
+    let outcomes = resolve_outcomes(&peers, 0);
+    assert!(
+        outcomes.iter().all(|(_, o)| o != "committed"),
+        "{outcomes:?}"
+    );
+    let r = storage(&peers, &["resolve", "--timeout", "5"]);
+    assert_eq!(r.code, 0);
+    assert_readable(&r);
+    for node in ["1", "3"] {
+        let v = json(&storage(
+            &peers,
+            &["read", "--json", "--node", node, "--page", "21"],
+        ));
+        assert_eq!(v["written"], false, "aborted everywhere: {v}");
+    }
+}
+
+/// F = 0 (plain two-phase commit) for contrast: with the decider killed, `resolve`
+/// cannot settle (exit 4, the transactions still in doubt); once the decider is back,
+/// `resolve` settles them (presumed abort: it never logged them) and no node
+/// disagrees.
+#[test]
+fn resolve_without_acceptors_waits_for_the_decider() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let mut cluster = TestCluster::start("cli-resolve-f0", &[]);
+    let peers = cluster.cluster.peers_path();
+    let txns = prepare_then_kill_decider(&mut cluster, 0);
+    let r = storage(&peers, &["resolve", "--timeout", "2"]);
+    assert_eq!(r.code, 4, "in doubt while the decider is down");
+    assert!(r.stdout.contains("still in doubt"), "{}", r.stdout);
+    assert_readable(&r);
+    cluster.cluster.restart(NodeId(3)).unwrap();
+    let outcomes = resolve_outcomes(&peers, 0);
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    for (txn, outcome) in &outcomes {
+        assert!(txns.contains(txn));
+        assert_eq!(outcome, "aborted", "presumed abort");
+    }
+}

@@ -32,6 +32,12 @@
 //!
 //! - `txn-3node-tps`, `txn-3node-p99-ms`: three nodes / servers; `rounds` rounds, each
 //!   running both sides in alternating order; the RESULT is the median per side.
+//! - `txn-3node-f1-{tps,p99-ms}`: the same with F = 1 (the commit decision durable on
+//!   the decider and one acceptor before it takes effect) against the same peer runs.
+//! - `txn-per-fdatasync`, `group-commit-tps`: transactions per log `fdatasync`
+//!   (averaged over the nodes) and throughput, ours against our own nodes started
+//!   with `--linger-us 0` (no group-commit linger: one sync per burst, as before),
+//!   in the same rounds (`peer=self-no-linger`).
 //! - `chain-length-{2,5}-{tps,p50-ms,p99-ms}`: ours only, chains of 2 and 5 nodes
 //!   against a 3-node chain measured in the same rounds (`peer=self-3node`).
 // A benchmark binary: `pub` marks what its modules share; nothing is exported.
@@ -67,6 +73,9 @@ pub struct Measured {
     pub p50_ms: f64,
     /// 99th-percentile commit latency, ms.
     pub p99_ms: f64,
+    /// Transactions per log `fdatasync`, averaged over the nodes (ours only; 0 for
+    /// the peer).
+    pub txn_per_sync: f64,
 }
 
 impl Measured {
@@ -77,6 +86,7 @@ impl Measured {
             tps: committed as f64 / secs.max(1e-9),
             p50_ms: q(0.5),
             p99_ms: q(0.99),
+            txn_per_sync: 0.0,
         }
     }
 }
@@ -87,7 +97,11 @@ impl std::fmt::Display for Measured {
             f,
             "{:.0} tps, p50 {:.2} ms, p99 {:.2} ms",
             self.tps, self.p50_ms, self.p99_ms
-        )
+        )?;
+        if self.txn_per_sync > 0.0 {
+            write!(f, ", {:.2} txn/fdatasync", self.txn_per_sync)?;
+        }
+        Ok(())
     }
 }
 
@@ -176,6 +190,10 @@ impl Config {
 
 fn result(case: &str, ours: f64, peer: &str, theirs: f64, unit: &str, better: &str) {
     let digits = if unit == "tps" { 1 } else { 2 };
+    if !theirs.is_finite() || theirs <= 0.0 {
+        println!("SKIP suite=commit_chain case={case} ours={ours:.digits$} unit={unit} peer={peer}: no figure for the peer");
+        return;
+    }
     println!(
         "RESULT suite=commit_chain case={case} ours={ours:.digits$} peer={peer}:{theirs:.digits$} unit={unit} better={better} ratio={:.3}",
         ours / theirs
@@ -188,6 +206,7 @@ fn medians(runs: &[Measured]) -> Measured {
         tps: m(|r| r.tps),
         p50_ms: m(|r| r.p50_ms),
         p99_ms: m(|r| r.p99_ms),
+        txn_per_sync: m(|r| r.txn_per_sync),
     }
 }
 
@@ -237,11 +256,18 @@ fn run() -> Result<()> {
 }
 
 fn start_ours(scratch: &Scratch, nodes: u32) -> Result<Ours> {
+    start_ours_with(scratch, nodes, "", &[])
+}
+
+/// `nodes` node processes with extra `storage node` arguments.
+fn start_ours_with(scratch: &Scratch, nodes: u32, tag: &str, extra: &[&str]) -> Result<Ours> {
     let t0 = Instant::now();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let ours = Ours::start(
         Path::new(EXE),
-        &scratch.path(&format!("ours-{nodes}")),
+        &scratch.path(&format!("ours-{nodes}{tag}")),
         nodes,
+        &extra,
     )?;
     eprintln!(
         "commit_chain: {nodes} node processes up in {:.2} s",
@@ -289,8 +315,52 @@ fn txn_3node(
         );
         None
     };
+    // The same work with F = 1 (on the same cluster), and on a cluster whose group
+    // commit never lingers (`--linger-us 0`: the sync-per-burst log of before).
+    let extras = cfg.runs(Side::Ours)
+        && (cfg.wants("txn-3node-f1")
+            || cfg.wants("txn-per-fdatasync")
+            || cfg.wants("group-commit"));
+    let mut no_linger = if extras {
+        Some(start_ours_with(
+            scratch,
+            3,
+            "-no-linger",
+            &["--linger-us", "0"],
+        )?)
+    } else {
+        None
+    };
+    let (mut o_f1, mut o_nl) = (Vec::new(), Vec::new());
     let (mut o, mut p) = (Vec::new(), Vec::new());
     for r in 0..cfg.rounds {
+        if let (true, Some(ours), Some(nl)) = (extras, ours.as_mut(), no_linger.as_mut()) {
+            let (first, second) = if r % 2 == 0 { (0, 1) } else { (1, 0) };
+            for k in [first, second] {
+                let (m, what) = if k == 0 {
+                    (
+                        ours.run_f(rt, cfg.concurrency, cfg.warmup, cfg.window, 1)?,
+                        "ours F=1",
+                    )
+                } else {
+                    (
+                        nl.run(rt, cfg.concurrency, cfg.warmup, cfg.window)?,
+                        "ours without linger",
+                    )
+                };
+                eprintln!(
+                    "commit_chain: txn-3node round {}/{} {what}: {m} ({:.0} s elapsed)",
+                    r + 1,
+                    cfg.rounds,
+                    started.elapsed().as_secs_f64()
+                );
+                if k == 0 {
+                    o_f1.push(m)
+                } else {
+                    o_nl.push(m)
+                }
+            }
+        }
         let order = if r % 2 == 0 {
             [Side::Ours, Side::Peer]
         } else {
@@ -322,11 +392,38 @@ fn txn_3node(
         }
     }
     drop(peer);
+    if let Some(nl) = no_linger.take() {
+        nl.stop();
+    }
     if cfg.only.is_some() {
         return Ok(ours);
     }
     let om = medians(&o);
     eprintln!("commit_chain: txn-3node medians: ours {om}");
+    if extras {
+        let nl = medians(&o_nl);
+        eprintln!("commit_chain: txn-3node medians: ours without linger {nl}");
+        if cfg.wants("txn-per-fdatasync") {
+            result(
+                "txn-per-fdatasync",
+                om.txn_per_sync,
+                "self-no-linger",
+                nl.txn_per_sync,
+                "txn/fdatasync",
+                "higher",
+            );
+        }
+        if cfg.wants("group-commit-tps") {
+            result(
+                "group-commit-tps",
+                om.tps,
+                "self-no-linger",
+                nl.tps,
+                "tps",
+                "higher",
+            );
+        }
+    }
     if let Some(why) = skip {
         // Ours is still reported, on the SKIP line (no ratio without the peer).
         for (case, ours, unit) in [
@@ -352,6 +449,23 @@ fn txn_3node(
                 "ms",
                 "lower",
             );
+        }
+        if extras {
+            let f1 = medians(&o_f1);
+            eprintln!("commit_chain: txn-3node medians: ours F=1 {f1}");
+            if cfg.wants("txn-3node-f1-tps") {
+                result("txn-3node-f1-tps", f1.tps, PEER, pm.tps, "tps", "higher");
+            }
+            if cfg.wants("txn-3node-f1-p99-ms") {
+                result(
+                    "txn-3node-f1-p99-ms",
+                    f1.p99_ms,
+                    PEER,
+                    pm.p99_ms,
+                    "ms",
+                    "lower",
+                );
+            }
         }
     }
     Ok(ours)

@@ -30,8 +30,8 @@ pub struct Ours {
 
 impl Ours {
     /// Start `nodes` node processes of `exe` with their data under `dir`.
-    pub fn start(exe: &Path, dir: &Path, nodes: u32) -> Result<Self> {
-        let cluster = LocalCluster::start(exe, dir, nodes, None, &[])
+    pub fn start(exe: &Path, dir: &Path, nodes: u32, extra: &[String]) -> Result<Self> {
+        let cluster = LocalCluster::start(exe, dir, nodes, None, extra)
             .with_context(|| format!("starting a {nodes}-node cluster in {}", dir.display()))?;
         Ok(Self { cluster, nodes })
     }
@@ -44,6 +44,18 @@ impl Ours {
         warmup: Duration,
         window: Duration,
     ) -> Result<Measured> {
+        self.run_f(rt, concurrency, warmup, window, 0)
+    }
+
+    /// [`run`](Self::run) with `acceptors` (F) on every transaction.
+    pub fn run_f(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        concurrency: usize,
+        warmup: Duration,
+        window: Duration,
+        acceptors: u8,
+    ) -> Result<Measured> {
         let nodes: Vec<NodeId> = (1..=self.nodes).map(NodeId).collect();
         let peers = self.cluster.peers().clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,10 +65,11 @@ impl Ours {
         let all = Arc::new(AtomicU64::new(0));
         let before = rt.block_on(log_counters(&peers, &nodes));
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
-        let m = rt.block_on(async {
+        let mut m = rt.block_on(async {
             let mut tasks = Vec::new();
             for t in 0..concurrency {
                 let mut client = StorageClient::new(peers.clone());
+                client.set_acceptors(acceptors);
                 let nodes = nodes.clone();
                 let (stop, measuring) = (stop.clone(), measuring.clone());
                 let (committed, failed, hist) = (committed.clone(), failed.clone(), hist.clone());
@@ -129,6 +142,12 @@ impl Ours {
         }
         let after = rt.block_on(log_counters(&peers, &nodes));
         let txns = all.load(Ordering::Relaxed).max(1) as f64;
+        let per_sync: Vec<f64> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| txns / a.0.saturating_sub(b.0).max(1) as f64)
+            .collect();
+        m.txn_per_sync = per_sync.iter().sum::<f64>() / per_sync.len().max(1) as f64;
         let per_node: Vec<String> = before
             .iter()
             .zip(&after)

@@ -59,6 +59,12 @@ enum StorageCommand {
     /// Bank transfers from concurrent clients: throughput, p50/p99 latency, audit.
     #[command(after_help = EXIT_CODES)]
     Bench(BenchArgs),
+    /// Settle in-doubt transactions now: each node asks the decider and (for
+    /// transactions with acceptors, F >= 1) the acceptor quorum; waits until none is
+    /// left in doubt on a reachable node and prints each outcome (exit 4 if some are
+    /// still in doubt at the timeout, 5 if no node answers, 1 if nodes disagree).
+    #[command(after_help = EXIT_CODES)]
+    Resolve(PeersArg),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +82,14 @@ struct NodeTunables {
     /// How long a prepared transaction waits before asking its decider, in ms.
     #[arg(long, default_value_t = 1000)]
     resolve_after_ms: u64,
+    /// With acceptors (F >= 1): how long an in-doubt transaction waits for its
+    /// decider before settling it with the acceptors, in ms.
+    #[arg(long, default_value_t = 2000)]
+    settle_after_ms: u64,
+    /// Group commit: the longest a tiny log burst waits for more records before its
+    /// fdatasync while other transactions are open, in microseconds (0: never).
+    #[arg(long, default_value_t = 1000)]
+    linger_us: u64,
 }
 
 impl NodeTunables {
@@ -89,6 +103,10 @@ impl NodeTunables {
             self.tick_ms.to_string(),
             "--resolve-after-ms".into(),
             self.resolve_after_ms.to_string(),
+            "--settle-after-ms".into(),
+            self.settle_after_ms.to_string(),
+            "--linger-us".into(),
+            self.linger_us.to_string(),
         ]
     }
 }
@@ -168,6 +186,11 @@ struct TxnArgs {
     /// Chain order, e.g. `3,1,2` (default: ascending node ids; the last decides).
     #[arg(long, value_delimiter = ',')]
     chain: Vec<u32>,
+    /// F: chain nodes besides the decider that hold the commit decision durably
+    /// before it takes effect, so in-doubt nodes can settle while the decider is
+    /// down (0: plain two-phase commit).
+    #[arg(long, default_value_t = 0)]
+    acceptors: u8,
 }
 
 #[derive(Args, Debug)]
@@ -198,6 +221,9 @@ struct BenchArgs {
     /// Accounts (pages) per node.
     #[arg(long, default_value_t = 256)]
     accounts: u64,
+    /// F for every transfer (see `txn --acceptors`).
+    #[arg(long, default_value_t = 0)]
+    acceptors: u8,
 }
 
 pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
@@ -208,6 +234,7 @@ pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
         StorageCommand::Read(a) => read(a),
         StorageCommand::Status(a) => status(a),
         StorageCommand::Bench(a) => bench(a),
+        StorageCommand::Resolve(a) => resolve(a),
     }
 }
 
@@ -218,6 +245,8 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     opts.max_in_flight = a.tunables.max_in_flight;
     opts.tick = Duration::from_millis(a.tunables.tick_ms.max(1));
     opts.resolve_after = Duration::from_millis(a.tunables.resolve_after_ms);
+    opts.settle_after = Duration::from_millis(a.tunables.settle_after_ms);
+    opts.linger = Duration::from_micros(a.tunables.linger_us);
     #[cfg(feature = "storage-faults")]
     {
         opts.crash_at = a.crash_at;
@@ -367,6 +396,7 @@ fn txn(a: TxnArgs) -> anyhow::Result<()> {
         t = t.chain(a.chain.iter().map(|&n| NodeId(n)).collect());
     }
     let json = a.peers.json;
+    client.set_acceptors(a.acceptors);
     match io_runtime(1)?.block_on(client.commit(t)) {
         Ok(committed) if json => {
             let v = serde_json::json!({ "outcome": "committed", "txn": committed.txn.0 });
@@ -470,6 +500,170 @@ fn status(a: PeersArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `storage resolve`: ask every node to settle its in-doubt transactions, wait until
+/// none is left in doubt (or the timeout), then compare every node's verdicts.
+fn resolve(a: PeersArg) -> anyhow::Result<()> {
+    use pipewright_storage::log::Verdict;
+    use pipewright_storage::TxnId;
+    use std::collections::{BTreeMap, BTreeSet};
+    let client = client(&a)?;
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let ids = client.peers().ids();
+    let rt = io_runtime(1)?;
+    let (reachable, unreachable, waiting, verdicts) = rt.block_on(async {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut txns = BTreeSet::new();
+        let mut reachable = Vec::new();
+        let mut unreachable = Vec::new();
+        for &id in &ids {
+            match client.resolve(id).await {
+                Ok(s) => {
+                    txns.extend(s.in_doubt.iter().map(|t| t.txn));
+                    reachable.push(id);
+                }
+                Err(e) => unreachable.push((id, e.to_string())),
+            }
+        }
+        // Poll until no reachable node has any of them in doubt; ask again every 2 s.
+        let mut waiting: BTreeMap<TxnId, Vec<NodeId>> = BTreeMap::new();
+        let mut asked = std::time::Instant::now();
+        loop {
+            waiting.clear();
+            for &id in &reachable {
+                if let Ok(s) = client.status(id).await {
+                    for t in s.in_doubt.iter().filter(|t| txns.contains(&t.txn)) {
+                        waiting.entry(t.txn).or_default().push(id);
+                    }
+                }
+            }
+            if waiting.is_empty() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            if asked.elapsed() >= Duration::from_secs(2) {
+                for &id in &reachable {
+                    let _ = client.resolve(id).await;
+                }
+                asked = std::time::Instant::now();
+            }
+            // The block_on thread only polls; the connections run on the runtime worker.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut verdicts: BTreeMap<TxnId, BTreeMap<Verdict, Vec<NodeId>>> = BTreeMap::new();
+        let list: Vec<TxnId> = txns.iter().copied().collect();
+        for &id in &reachable {
+            if let Ok(vs) = client.verdicts(id, list.clone()).await {
+                for (t, v) in vs {
+                    if let Some(v) = v {
+                        verdicts
+                            .entry(t)
+                            .or_default()
+                            .entry(v)
+                            .or_default()
+                            .push(id);
+                    }
+                }
+            }
+        }
+        for &t in &txns {
+            verdicts.entry(t).or_default();
+        }
+        (reachable, unreachable, waiting, verdicts)
+    });
+    let name = |v: &Verdict| match v {
+        Verdict::Commit => "committed",
+        Verdict::Abort => "aborted",
+    };
+    let disagree: Vec<TxnId> = verdicts
+        .iter()
+        .filter(|(_, by)| by.len() > 1)
+        .map(|(&t, _)| t)
+        .collect();
+    let nodes = |v: &[NodeId]| v.iter().map(|n| n.0).collect::<Vec<_>>();
+    if a.json {
+        let txns: Vec<_> = verdicts
+            .iter()
+            .map(|(t, by)| {
+                let outcome = match (by.len(), waiting.contains_key(t)) {
+                    (n, _) if n > 1 => "disagreement",
+                    (_, true) => "in-doubt",
+                    (1, false) => name(by.keys().next().expect("one")),
+                    _ => "unknown",
+                };
+                let by: serde_json::Map<String, serde_json::Value> = by
+                    .iter()
+                    .map(|(v, n)| (name(v).to_string(), serde_json::json!(nodes(n))))
+                    .collect();
+                serde_json::json!({
+                    "txn": t.0,
+                    "outcome": outcome,
+                    "nodes": by,
+                    "in_doubt_on": waiting.get(t).map(|n| nodes(n)).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let down: Vec<_> = unreachable
+            .iter()
+            .map(|(n, e)| serde_json::json!({ "node": n.0, "error": e }))
+            .collect();
+        let v = serde_json::json!({
+            "reachable": nodes(&reachable),
+            "unreachable": down,
+            "transactions": txns,
+        });
+        println!("{v}");
+    } else {
+        for (n, e) in &unreachable {
+            println!("node {n}: DOWN: {e}");
+        }
+        if verdicts.is_empty() {
+            println!(
+                "no transaction in doubt on the {} reachable nodes",
+                reachable.len()
+            );
+        }
+        for (t, by) in &verdicts {
+            if let Some(on) = waiting.get(t) {
+                println!(
+                    "transaction {t}: still in doubt on nodes {:?} (its decider and a majority of its acceptors are unreachable) — run again once they are up",
+                    nodes(on)
+                );
+                continue;
+            }
+            let parts: Vec<String> = by
+                .iter()
+                .map(|(v, n)| format!("{} on nodes {:?}", name(v), nodes(n)))
+                .collect();
+            if parts.is_empty() {
+                println!("transaction {t}: settled (no reachable node remembers it any more)");
+            } else {
+                println!("transaction {t}: {}", parts.join(", "));
+            }
+        }
+    }
+    if !disagree.is_empty() {
+        eprintln!(
+            "pipewright storage resolve: nodes disagree on transactions {disagree:?} — this is a bug, please report it with the nodes' logs"
+        );
+        exit(1);
+    }
+    if reachable.is_empty() {
+        if !a.json {
+            eprintln!("pipewright storage resolve: no node is reachable");
+        }
+        exit(EXIT_UNREACHABLE);
+    }
+    if !waiting.is_empty() {
+        if !a.json {
+            eprintln!(
+                "pipewright storage resolve: {} transactions are still in doubt",
+                waiting.len()
+            );
+        }
+        exit(EXIT_UNKNOWN);
+    }
+    Ok(())
+}
+
 /// The in-doubt lines of `status`: count, oldest intent, then each (at most 10).
 fn print_in_doubt(list: &[pipewright_storage::wire::InDoubt]) {
     let Some(oldest) = list.first() else {
@@ -501,6 +695,7 @@ fn print_in_doubt(list: &[pipewright_storage::wire::InDoubt]) {
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let client = client(&a.peers)?;
+    client.set_acceptors(a.acceptors);
     let nodes = client.peers().ids().len();
     let json = a.peers.json;
     let opts = BenchOptions {

@@ -174,6 +174,11 @@ impl LocalCluster {
         }
     }
 
+    /// The process id of `node`'s process, if it runs (for tests that signal it).
+    pub fn pid(&self, node: NodeId) -> Option<u32> {
+        self.children.get(&node).map(|c| c.id())
+    }
+
     /// `kill -9` a node and reap it.
     pub fn kill(&mut self, node: NodeId) -> io::Result<()> {
         if let Some(mut child) = self.children.remove(&node) {

@@ -18,12 +18,15 @@
 //!
 //! - [`server`]: the node process. Its request path is a pipewright pipeline on the
 //!   pipewright runtime — decoded frames → node stage (`Node::handle`) → the io_uring
-//!   group-commit log sink (one write + one `fdatasync` per burst) → after-log stage
+//!   group-commit log sink (one write + one `fdatasync` per burst, lingering up to
+//!   `NodeOptions::linger` for a fuller burst while other transactions are open) →
+//!   after-log stage
 //!   (`Node::persisted`: forward, decide, reply) — with a TCP transport ([`wire`]:
 //!   length-delimited postcard frames; one link per peer; clients on the same
 //!   listener), admission control (`Busy`) and recovery from the log on start;
 //! - [`client`]: [`client::StorageClient`], the coordinator, a
-//!   `tower::Service<Transaction>`, plus page reads;
+//!   `tower::Service<Transaction>`, plus page reads, node status and `resolve`
+//!   (settle in-doubt transactions now: `pipewright storage resolve`);
 //! - [`peers`]: the peers file; [`cluster`]: a local cluster of node processes;
 //!   `bank` and `bench` (feature `bench`): the bank workload and benchmark behind
 //!   `pipewright storage bench`.
@@ -62,6 +65,44 @@
 //!        the client, Abort -> n0         answers Commit or Abort
 //!    n0: unlock, Abort -> (head)
 //! ```
+//!
+//! # Decisions that survive the decider (F acceptors, Paxos Commit style)
+//!
+//! A transaction may carry **F ≥ 1** ([`protocol::Prepare::acceptors`], the client's
+//! [`client::StorageClient::set_acceptors`], `--acceptors` on the CLI): the F chain
+//! nodes just before the decider are the decision's **acceptors**
+//! ([`protocol::acceptors_of`]). The decision is then a one-instance Paxos per
+//! transaction with asymmetric quorums:
+//!
+//! - **Ballot 0 belongs to the decider.** Once its intent is durable it sends
+//!   `Accept(ballot 0, commit)` to every acceptor; each makes an `Accept` record durable
+//!   and answers `Accepted`. Only when **all F** have accepted does the decider write
+//!   its `Decision(commit)` and act (apply, answer the client, `Commit` up the chain):
+//!   the commit is then durable on F + 1 nodes. Abort decisions need no replication:
+//!   a decider that aborts never proposes commit, and no one else can.
+//! - **Recovery ballots** (round ≥ 1, any chain node): a node prepared for longer than
+//!   its patience (`NodeOptions::settle_after`, 2 s; a decider in doubt after a restart
+//!   at once) sends `Query(ballot)` to the chain. An acceptor that has not promised a
+//!   higher ballot durably promises and reports what it accepted (`Promise`); a node
+//!   that knows the outcome answers `Commit`/`Abort`; a node that never prepared the
+//!   transaction durably records abort and answers `Abort` (it never voted yes and now
+//!   never will). With promises from a **majority of the acceptors** the node proposes
+//!   the verdict of the highest accepted ballot among them, or — if none accepted
+//!   anything — abort (the decider itself, which knows every node voted yes, proposes
+//!   commit); once a majority accepted, the verdict is chosen: it tells every chain
+//!   node and settles. A refusal (`Nack`) or a tick without progress starts a higher
+//!   round.
+//! - **Why no two nodes learn different outcomes.** Every recovery quorum (a majority
+//!   of the acceptors) meets every other and meets ballot 0's quorum (all acceptors), so
+//!   by Paxos' argument once a verdict is chosen every higher ballot proposes it; a
+//!   commit chosen at ballot 0 is seen by every recovery; a recovery that saw no
+//!   acceptance had promised on a majority, so ballot 0 can no longer gather all F.
+//!   The decider's `Decision(commit)` is written only after the commit was chosen, so
+//!   it is never redone wrongly after a restart; a decider restarting with an intent
+//!   but no decision does not presume abort (it may have proposed) but learns the
+//!   outcome like any node in doubt. Model-checked with F = 1 (`tests/model.rs`:
+//!   agreement, validity, the decider crashing at any step, or dying for good at any
+//!   step with every live node still settling) and simulated (`tests/simulation.rs`).
 //!
 //! # The guarantee: presumed abort
 //!
@@ -134,13 +175,26 @@
 //!
 //! - Transactions never wait for locks: a prepare that meets a held page aborts at once
 //!   with `Conflict { page, holder }` (no-wait; no deadlocks), and the client retries.
-//! - A node that prepared holds its page locks until it learns the outcome. If the
-//!   decider is down or unreachable, in-doubt nodes stay blocked (as in any two-phase
-//!   commit): other transactions touching those pages abort with `Conflict` until the
-//!   decider answers a `Resolve`. Nodes *before* a failed node are released by the
-//!   `Abort` flowing back, or by `Resolve` → presumed abort if that message is lost.
+//! - A node that prepared holds its page locks until it learns the outcome.
+//!   **F = 0** (plain two-phase commit): if the decider is down or unreachable,
+//!   in-doubt nodes stay blocked: other transactions touching those pages abort with
+//!   `Conflict` until the decider answers a `Resolve`. **F ≥ 1**: an in-doubt node
+//!   waits for the decider at most its patience (`settle_after`, 2 s by default),
+//!   then settles the outcome with a majority of the acceptors, without the decider:
+//!   its locks are released and its pages take new transactions while the decider is
+//!   still down. It still blocks while a majority of the acceptors (F = 1: the one
+//!   acceptor) is unreachable as well as the decider, and while the decider is alive
+//!   but cannot reach every acceptor its commit waits (ballot 0 needs all F; a
+//!   recovery ballot then settles it). An acceptor forgets a finished transaction a
+//!   checkpoint interval after it finished, like every node; a node still in doubt
+//!   after that learns from the decider only. Nodes *before* a failed node are
+//!   released by the `Abort` flowing back, or by `Resolve` → presumed abort if that
+//!   message is lost.
 //! - The coordinator's failure after sending `Prepare` blocks nothing: the chain runs
 //!   without it, and only its answer is lost.
+//! - F ≥ 1 costs the commit path one more round trip (decider → acceptors → decider)
+//!   and one more durable record on each acceptor (group-committed with its other
+//!   records); aborts cost nothing more.
 //! - The decider keeps a committed decision (memory and log) until every node
 //!   acknowledges; a permanently lost node keeps it forever.
 //! - A checkpoint blocks nothing: the node keeps analysing while the log writer

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::log::Verdict;
 use crate::protocol::{Outcome, Prepare};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 
@@ -68,6 +69,20 @@ pub enum ClientRequest {
     Status {
         /// Echoed in the answer.
         req: u64,
+    },
+    /// Settle the node's in-doubt transactions now: ask their deciders and (F ≥ 1)
+    /// run recovery ballots with their acceptors. Answered with the node's
+    /// [`NodeStatus`] as it was when the request arrived.
+    Resolve {
+        /// Echoed in the answer.
+        req: u64,
+    },
+    /// Ask for the outcome of transactions as the node knows them.
+    Verdicts {
+        /// Echoed in the answer.
+        req: u64,
+        /// The transactions.
+        txns: Vec<TxnId>,
     },
 }
 
@@ -116,6 +131,13 @@ pub enum ClientResponse {
         /// The status.
         status: NodeStatus,
     },
+    /// The outcomes asked for: `None` while open on the node, or unknown to it.
+    Verdicts {
+        /// The request.
+        req: u64,
+        /// Per transaction, its verdict here.
+        verdicts: Vec<(TxnId, Option<Verdict>)>,
+    },
 }
 
 /// A snapshot of a node's state and counters.
@@ -161,6 +183,11 @@ pub struct NodeStatus {
     pub in_doubt: Vec<InDoubt>,
     /// How long the node's recovery took when it started, in milliseconds.
     pub recovery_ms: u64,
+    /// Log records written since the node started (`log_records / log_syncs`: records
+    /// per `fdatasync`).
+    pub log_records: u64,
+    /// Microseconds the log waited (group-commit linger) for fuller bursts.
+    pub linger_us: u64,
 }
 
 /// A transaction prepared on a node and waiting for its outcome.

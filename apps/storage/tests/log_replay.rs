@@ -4,6 +4,7 @@ use pipewright_storage::log::{
     decode_frame, encode, replay, replay_file, Checkpoint, CorruptionReason, Intent, PageWrite,
     Record, Verdict, FRAME_HEADER,
 };
+use pipewright_storage::protocol::Ballot;
 use pipewright_storage::{ClientId, NodeId, PageId, TxnId};
 use proptest::prelude::*;
 
@@ -27,13 +28,15 @@ fn record() -> impl Strategy<Value = Record> {
         any::<u64>(),
         proptest::collection::vec(any::<u32>(), 1..5),
         proptest::collection::vec(write, 0..4),
+        0u8..3,
     )
-        .prop_map(|(t, c, chain, writes)| {
+        .prop_map(|(t, c, chain, writes, acceptors)| {
             Record::Intent(Intent {
                 txn: TxnId(t),
                 client: ClientId(c),
                 chain: chain.into_iter().map(NodeId).collect(),
                 writes,
+                acceptors,
             })
         });
     prop_oneof![
@@ -51,6 +54,32 @@ fn record() -> impl Strategy<Value = Record> {
             }
         }),
         any::<u64>().prop_map(|t| Record::Forget { txn: TxnId(t) }),
+        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(t, c, r, n)| {
+            Record::Promise {
+                txn: TxnId(t),
+                client: ClientId(c),
+                ballot: Ballot {
+                    round: r,
+                    node: NodeId(n),
+                },
+            }
+        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            verdict()
+        )
+            .prop_map(|(t, c, r, n, verdict)| Record::Accept {
+                txn: TxnId(t),
+                client: ClientId(c),
+                ballot: Ballot {
+                    round: r,
+                    node: NodeId(n),
+                },
+                verdict,
+            }),
         (
             proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
             proptest::collection::vec((any::<u64>(), any::<u64>(), verdict()), 0..4),
@@ -65,7 +94,24 @@ fn record() -> impl Strategy<Value = Record> {
                         .into_iter()
                         .map(|(t, c, v)| (TxnId(t), ClientId(c), v))
                         .collect(),
-                    open: vec![Record::Forget { txn: TxnId(1) }],
+                    open: vec![
+                        Record::Forget { txn: TxnId(1) },
+                        // Both intent layouts: without acceptors (format 1/2) and with.
+                        Record::Intent(Intent {
+                            txn: TxnId(2),
+                            client: ClientId(3),
+                            chain: vec![NodeId(1), NodeId(2)],
+                            writes: Vec::new(),
+                            acceptors: 0,
+                        }),
+                        Record::Intent(Intent {
+                            txn: TxnId(4),
+                            client: ClientId(3),
+                            chain: vec![NodeId(1), NodeId(2)],
+                            writes: Vec::new(),
+                            acceptors: 1,
+                        }),
+                    ],
                 })
             }),
     ]

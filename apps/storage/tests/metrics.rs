@@ -53,6 +53,7 @@ async fn in_doubt_count_oldest_intent_age_and_recovery_time_are_published() {
             expected: 0,
             data: b"in doubt".to_vec(),
         }],
+        acceptors: 0,
     };
     encode(&Record::Intent(intent), &mut log).unwrap();
     std::fs::write(dir.path().join("log"), &log).unwrap();

@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use pipewright_storage::log::{PageWrite, Record, Verdict};
 use pipewright_storage::protocol::{
-    Action, Message, Node, NodeConfig, Outcome, Prepare, RecordId, TxnStatus,
+    acceptors_of, recovery_quorum, Action, Ballot, Message, Node, NodeConfig, Outcome, Prepare,
+    RecordId, TxnStatus,
 };
 use pipewright_storage::{ClientId, NodeId, PageId, TxnId, Version};
 use stateright::{Checker, Model, Property};
@@ -36,6 +37,14 @@ struct ChainModel {
     txns: Vec<Prepare>,
     faults: Budget,
     liveness: bool,
+    /// A node that may crash once and never come back (the decider, for the
+    /// "decisions survive the decider" cases); liveness then asks that every live
+    /// node settles every transaction.
+    killable: Option<usize>,
+    /// Nodes whose retry timer may fire (all when empty).
+    tickers: Vec<usize>,
+    /// Nodes that may crash (and restart) within the crash budget (all when empty).
+    crashers: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +65,12 @@ struct State {
     /// (node, txn) forgotten by a checkpoint.
     forgotten: BTreeSet<(usize, TxnId)>,
     revived: bool,
+    /// Durable intents ever written: (node, txn).
+    intents: BTreeSet<(usize, TxnId)>,
+    /// Durable acceptances ever written: (txn, ballot, verdict, node).
+    accepts: BTreeSet<(TxnId, Ballot, Verdict, usize)>,
+    /// The killable node crashed for good.
+    killed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,11 +83,14 @@ enum Act {
     Recover(usize),
     Tick(usize),
     Checkpoint(usize),
+    Kill(usize),
 }
 
 fn config() -> NodeConfig {
     NodeConfig {
         lock_capacity: 4,
+        // A node in doubt runs a recovery ballot at its first tick (F ≥ 1).
+        patience: 0,
         ..NodeConfig::default()
     }
 }
@@ -134,7 +152,8 @@ impl ChainModel {
 
     fn settled(&self, s: &State) -> bool {
         self.txns.iter().all(|p| {
-            s.replies.iter().any(|&(t, _)| t == p.txn)
+            // With the decider gone for good, nobody may be left to answer the client.
+            (s.killed || s.replies.iter().any(|&(t, _)| t == p.txn))
                 && s.nodes.iter().flatten().all(|node| {
                     matches!(
                         node.status(p.txn),
@@ -173,6 +192,9 @@ impl Model for ChainModel {
             unilateral_abort: false,
             forgotten: BTreeSet::new(),
             revived: false,
+            intents: BTreeSet::new(),
+            accepts: BTreeSet::new(),
+            killed: false,
         }]
     }
 
@@ -192,10 +214,15 @@ impl Model for ChainModel {
                     if !s.pending[i].is_empty() {
                         out.push(Act::Flush(i));
                     }
-                    if s.budget.crashes > 0 {
+                    let may_crash = self.crashers.is_empty() || self.crashers.contains(&i);
+                    if may_crash && s.budget.crashes > 0 {
                         out.push(Act::Crash(i));
                     }
-                    if s.budget.ticks > 0 && !node.clone().tick().is_empty() {
+                    if self.killable == Some(i) && !s.killed {
+                        out.push(Act::Kill(i));
+                    }
+                    let ticks = self.tickers.is_empty() || self.tickers.contains(&i);
+                    if ticks && s.budget.ticks > 0 && !node.clone().tick().is_empty() {
                         out.push(Act::Tick(i));
                     }
                     // Only on a node whose log is flushed (fewer interleavings, same
@@ -207,6 +234,7 @@ impl Model for ChainModel {
                         out.push(Act::Checkpoint(i));
                     }
                 }
+                None if s.killed && self.killable == Some(i) => {}
                 None => out.push(Act::Recover(i)),
             }
         }
@@ -229,8 +257,40 @@ impl Model for ChainModel {
             }
             Act::Flush(n) => {
                 let (id, record) = s.pending[n].pop_front()?;
-                if let Record::Decision { txn, verdict, .. } = &record {
-                    s.decided.insert((*txn, *verdict));
+                match &record {
+                    Record::Decision { txn, verdict, .. } => {
+                        s.decided.insert((*txn, *verdict));
+                    }
+                    Record::Intent(i) => {
+                        s.intents.insert((n, i.txn));
+                    }
+                    Record::Accept {
+                        txn,
+                        ballot,
+                        verdict,
+                        ..
+                    } => {
+                        s.accepts.insert((*txn, *ballot, *verdict, n));
+                        // Chosen: ballot 0 (the decider's) on every acceptor, a
+                        // recovery ballot on a majority of them.
+                        if let Some(p) = self.txns.iter().find(|p| p.txn == *txn) {
+                            let acceptors = acceptors_of(&p.chain, p.acceptors);
+                            let votes = s
+                                .accepts
+                                .iter()
+                                .filter(|a| (a.0, a.1, a.2) == (*txn, *ballot, *verdict))
+                                .count();
+                            let need = if ballot.round == 0 {
+                                acceptors.len()
+                            } else {
+                                recovery_quorum(acceptors.len())
+                            };
+                            if votes >= need {
+                                s.decided.insert((*txn, *verdict));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 let checkpoint = matches!(record, Record::Checkpoint(_));
                 if checkpoint {
@@ -257,6 +317,11 @@ impl Model for ChainModel {
             }
             Act::Crash(n) => {
                 s.budget.crashes -= 1;
+                s.nodes[n] = None;
+                s.pending[n].clear();
+            }
+            Act::Kill(n) => {
+                s.killed = true;
                 s.nodes[n] = None;
                 s.pending[n].clear();
             }
@@ -312,6 +377,32 @@ impl Model for ChainModel {
                 !s.unilateral_abort
             }),
             Property::always(
+                "agreement: no transaction is decided both ways",
+                |_, s: &State| {
+                    s.decided.iter().all(|&(t, v)| {
+                        v == Verdict::Abort || !s.decided.contains(&(t, Verdict::Abort))
+                    })
+                },
+            ),
+            Property::always(
+                "validity: a commit needs every chain node's durable intent",
+                |m: &ChainModel, s: &State| {
+                    let committed = |t: TxnId| {
+                        s.outcomes
+                            .iter()
+                            .any(|&(_, x, v)| x == t && v == Verdict::Commit)
+                            || s.replies.contains(&(t, true))
+                            || s.decided.contains(&(t, Verdict::Commit))
+                    };
+                    m.txns.iter().all(|p| {
+                        !committed(p.txn)
+                            || p.chain
+                                .iter()
+                                .all(|n| s.intents.contains(&(n.0 as usize, p.txn)))
+                    })
+                },
+            ),
+            Property::always(
                 "a forgotten transaction never comes back",
                 |_, s: &State| !s.revived,
             ),
@@ -334,7 +425,7 @@ impl Model for ChainModel {
         }
         if self.liveness {
             props.push(Property::eventually(
-                "every transaction is decided everywhere",
+                "every transaction is decided everywhere (on every live node)",
                 |m: &ChainModel, s| m.settled(s),
             ));
         }
@@ -354,11 +445,17 @@ fn write(page: u64) -> Vec<PageWrite> {
 /// Transaction 2 writes page 0 on node 0 (conflicting with transaction 1) and page 1 on
 /// node 1, over the reversed two-node chain 1 → 0 (another decider).
 fn txns(nodes: usize, count: usize) -> Vec<Prepare> {
+    txns_f(nodes, count, 0)
+}
+
+/// [`txns`] with `f` acceptors besides each decider.
+fn txns_f(nodes: usize, count: usize, f: u8) -> Vec<Prepare> {
     let chain: Vec<NodeId> = (0..nodes as u32).map(NodeId).collect();
     let mut out = vec![Prepare {
         txn: TxnId(1),
         client: ClientId(1),
         writes: chain.iter().map(|&n| (n, write(0))).collect(),
+        acceptors: f,
         chain,
     }];
     if count > 1 {
@@ -367,6 +464,7 @@ fn txns(nodes: usize, count: usize) -> Vec<Prepare> {
             client: ClientId(2),
             chain: vec![NodeId(1), NodeId(0)],
             writes: vec![(NodeId(0), write(0)), (NodeId(1), write(1))],
+            acceptors: f,
         });
     }
     out
@@ -407,6 +505,9 @@ fn two_nodes_two_txns_no_faults_all_decided() {
             txns: txns(2, 2),
             faults,
             liveness: true,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -424,6 +525,9 @@ fn three_nodes_two_txns_no_faults_all_decided() {
             txns: txns(3, 2),
             faults,
             liveness: true,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -444,6 +548,9 @@ fn two_nodes_two_txns_with_crash_loss_dup() {
             txns: txns(2, 2),
             faults,
             liveness: false,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -464,6 +571,9 @@ fn three_nodes_one_txn_with_crash_loss_dup() {
             txns: txns(3, 1),
             faults,
             liveness: false,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -485,6 +595,9 @@ fn two_nodes_two_txns_with_checkpoints_and_dups_all_decided() {
             txns: txns(2, 2),
             faults,
             liveness: true,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }
@@ -507,6 +620,80 @@ fn two_nodes_one_txn_with_checkpoints_crash_dup() {
             txns: txns(2, 1),
             faults,
             liveness: false,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
+        },
+    );
+}
+
+/// F = 1 (chain 0 → 1 → 2, acceptor: node 1): safety (atomicity, agreement,
+/// validity, no unilateral abort, no lost update) with the decider crashing at any
+/// step and restarting (a recovery ballot racing its restart), one retry tick.
+#[test]
+fn f1_three_nodes_one_txn_decider_crash_anywhere() {
+    let faults = Budget {
+        crashes: 1,
+        losses: 0,
+        dups: 0,
+        ticks: 1,
+        checkpoints: 0,
+    };
+    check(
+        "f1-n3-t1-crash",
+        ChainModel {
+            nodes: 3,
+            txns: txns_f(3, 1, 1),
+            faults,
+            liveness: false,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: vec![2],
+        },
+    );
+}
+
+/// F = 1: the decider (node 2) dies for good at any step; every live node still
+/// settles the transaction (liveness), by a recovery ballot with the acceptor
+/// (node 1), and all properties hold. Node 0 (the head) runs the retry timer.
+#[test]
+fn f1_decider_killed_at_any_step_others_settle() {
+    let faults = Budget {
+        ticks: 1,
+        ..NO_FAULTS
+    };
+    check(
+        "f1-n3-t1-decider-killed",
+        ChainModel {
+            nodes: 3,
+            txns: txns_f(3, 1, 1),
+            faults,
+            liveness: true,
+            killable: Some(2),
+            tickers: vec![0],
+            crashers: Vec::new(),
+        },
+    );
+}
+
+/// F = 1 with two transactions of different deciders (node 2 for chain 0 → 1 → 2,
+/// node 0 for chain 1 → 0) and a duplicate: every transaction decided everywhere.
+#[test]
+fn f1_three_nodes_two_txns_all_decided() {
+    let faults = Budget {
+        dups: 1,
+        ..NO_FAULTS
+    };
+    check(
+        "f1-n3-t2-dup",
+        ChainModel {
+            nodes: 3,
+            txns: txns_f(3, 2, 1),
+            faults,
+            liveness: true,
+            killable: None,
+            tickers: Vec::new(),
+            crashers: Vec::new(),
         },
     );
 }

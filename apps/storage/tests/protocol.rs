@@ -106,6 +106,7 @@ fn txn(id: u64, chain: &[u32], page: u64) -> Prepare {
         txn: TxnId(id),
         client: ClientId(id),
         writes: chain.iter().map(|&n| (n, w(page, 0))).collect(),
+        acceptors: 0,
         chain,
     }
 }
@@ -363,6 +364,7 @@ fn a_prepare_overtaken_by_a_later_forgotten_transaction_of_its_client_is_answere
         client,
         chain: vec![NodeId(0), NodeId(1)],
         writes: vec![(NodeId(0), w(page, 0)), (NodeId(1), w(page, 0))],
+        acceptors: 0,
     };
     // Transaction 10 of the client commits, then two checkpoints forget it on both
     // nodes: their low-water mark for the client is 10.

@@ -32,7 +32,8 @@ impl Waiters {
             }
             ClientResponse::Page { req, .. }
             | ClientResponse::Failed { req, .. }
-            | ClientResponse::Status { req, .. } => take(&self.requests, req),
+            | ClientResponse::Status { req, .. }
+            | ClientResponse::Verdicts { req, .. } => take(&self.requests, req),
             ClientResponse::Welcome { .. } => None,
         };
         if let Some(tx) = waiter {

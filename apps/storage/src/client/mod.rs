@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::log::PageWrite;
+use crate::log::{PageWrite, Verdict};
 use crate::peers::Peers;
 use crate::protocol::{AbortReason, Outcome, Prepare};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
@@ -223,6 +223,8 @@ struct Inner {
     /// forgot a finished transaction refuses any unknown one at or below the
     /// highest forgotten id of its client.
     next_txn: AtomicU64,
+    /// F for every transaction ([`Prepare::acceptors`]).
+    acceptors: std::sync::atomic::AtomicU8,
 }
 
 /// A client of a storage cluster. Cheap to clone (clones share connections).
@@ -252,8 +254,17 @@ impl StorageClient {
                 waiters: Default::default(),
                 next_req: AtomicU64::new(1),
                 next_txn: AtomicU64::new(fastrand::u64(1..1 << 62)),
+                acceptors: Default::default(),
             }),
         }
+    }
+
+    /// Replicate every later transaction's commit decision to `f` chain nodes besides
+    /// the decider before it takes effect ([`Prepare::acceptors`]; 0, the default, is
+    /// plain two-phase commit). With `f ≥ 1` nodes in doubt settle the outcome with
+    /// those acceptors while the decider is down, instead of blocking.
+    pub fn set_acceptors(&self, f: u8) {
+        self.inner.acceptors.store(f, Ordering::Relaxed);
     }
 
     /// This client's id.
@@ -299,6 +310,7 @@ impl StorageClient {
             client: self.inner.id,
             chain: chain.clone(),
             writes: txn.writes.into_iter().collect(),
+            acceptors: self.inner.acceptors.load(Ordering::Relaxed),
         };
         let (tx, rx) = oneshot::channel();
         let waiters = &self.inner.waiters;
@@ -374,6 +386,36 @@ impl StorageClient {
             .await?
         {
             ClientResponse::Status { status, .. } => Ok(status),
+            ClientResponse::Failed { error, .. } => Err(ClientError::Failed { node, error }),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Ask `node` to settle its in-doubt transactions now (their deciders, and with
+    /// F ≥ 1 a recovery ballot with their acceptors); returns its status as it was
+    /// when asked. Poll [`status`](Self::status) to see them settle.
+    pub async fn resolve(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
+        match self
+            .request(node, |req| ClientRequest::Resolve { req })
+            .await?
+        {
+            ClientResponse::Status { status, .. } => Ok(status),
+            ClientResponse::Failed { error, .. } => Err(ClientError::Failed { node, error }),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The outcomes of `txns` as `node` knows them (`None`: open there, or unknown).
+    pub async fn verdicts(
+        &self,
+        node: NodeId,
+        txns: Vec<TxnId>,
+    ) -> Result<Vec<(TxnId, Option<Verdict>)>, ClientError> {
+        match self
+            .request(node, |req| ClientRequest::Verdicts { req, txns })
+            .await?
+        {
+            ClientResponse::Verdicts { verdicts, .. } => Ok(verdicts),
             ClientResponse::Failed { error, .. } => Err(ClientError::Failed { node, error }),
             other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
         }

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::record::{Checkpoint, Intent, Record, Verdict};
+use super::record::{Checkpoint, Intent, IntentV1, Record, Verdict};
+use crate::protocol::Ballot;
 use crate::types::{ClientId, TxnId};
 
 /// Bytes before a record's payload: length, checksum, type.
@@ -29,6 +30,9 @@ const T_DECISION: u8 = 2;
 const T_COMPLETION: u8 = 3;
 const T_FORGET: u8 = 4;
 const T_CHECKPOINT: u8 = 5;
+const T_INTENT_F: u8 = 6;
+const T_PROMISE: u8 = 7;
+const T_ACCEPT: u8 = 8;
 
 /// A record could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +140,19 @@ fn put_payload<T: Serialize>(out: &mut Vec<u8>, kind: u8, value: &T) -> Result<u
 pub fn encode(record: &Record, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
     let keep = out.len();
     let res = match record {
-        Record::Intent(intent) => put_payload(out, T_INTENT, intent),
+        Record::Intent(intent) if intent.acceptors == 0 => put_payload(out, T_INTENT, &intent.v1()),
+        Record::Intent(intent) => put_payload(out, T_INTENT_F, intent),
+        Record::Promise {
+            txn,
+            client,
+            ballot,
+        } => put_payload(out, T_PROMISE, &(txn, client, ballot)),
+        Record::Accept {
+            txn,
+            client,
+            ballot,
+            verdict,
+        } => put_payload(out, T_ACCEPT, &(txn, client, ballot, verdict)),
         Record::Decision {
             txn,
             client,
@@ -187,7 +203,26 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Record, usize), CorruptionReason> {
         return Err(CorruptionReason::BadChecksum { stored, computed });
     }
     let record = match kind {
-        T_INTENT => Record::Intent(decode::<Intent>(payload, "intent")?),
+        T_INTENT => Record::Intent(decode::<IntentV1>(payload, "intent")?.into()),
+        T_INTENT_F => Record::Intent(decode::<Intent>(payload, "intent")?),
+        T_PROMISE => {
+            let (txn, client, ballot) = decode::<(TxnId, ClientId, Ballot)>(payload, "promise")?;
+            Record::Promise {
+                txn,
+                client,
+                ballot,
+            }
+        }
+        T_ACCEPT => {
+            let (txn, client, ballot, verdict) =
+                decode::<(TxnId, ClientId, Ballot, Verdict)>(payload, "accept")?;
+            Record::Accept {
+                txn,
+                client,
+                ballot,
+                verdict,
+            }
+        }
         T_DECISION => {
             let (txn, client, verdict) = decode::<(TxnId, ClientId, Verdict)>(payload, "decision")?;
             Record::Decision {

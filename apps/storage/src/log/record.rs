@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Ballot;
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// One page modification: write `data` to `page` if it is still at version `expected`;
@@ -38,6 +39,42 @@ pub struct Intent {
     pub chain: Vec<NodeId>,
     /// This node's writes (redone from here on recovery when the outcome is commit).
     pub writes: Vec<PageWrite>,
+    /// F, the decision's acceptors besides the decider
+    /// ([`Prepare::acceptors`](crate::protocol::Prepare::acceptors)); 0 in logs written
+    /// before format 3.
+    pub acceptors: u8,
+}
+
+/// An intent as formats 1 and 2 encode it (no acceptors: F = 0).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct IntentV1 {
+    pub(crate) txn: TxnId,
+    pub(crate) client: ClientId,
+    pub(crate) chain: Vec<NodeId>,
+    pub(crate) writes: Vec<PageWrite>,
+}
+
+impl From<IntentV1> for Intent {
+    fn from(i: IntentV1) -> Self {
+        Intent {
+            txn: i.txn,
+            client: i.client,
+            chain: i.chain,
+            writes: i.writes,
+            acceptors: 0,
+        }
+    }
+}
+
+impl Intent {
+    pub(crate) fn v1(&self) -> IntentV1 {
+        IntentV1 {
+            txn: self.txn,
+            client: self.client,
+            chain: self.chain.clone(),
+            writes: self.writes.clone(),
+        }
+    }
 }
 
 impl Intent {
@@ -62,6 +99,7 @@ impl Intent {
 /// assert!(replayed.corruption.is_none());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "RecordRepr", into = "RecordRepr")]
 pub enum Record {
     /// This node prepared the transaction (voted yes).
     Intent(Intent),
@@ -94,6 +132,157 @@ pub enum Record {
     /// The first record of a log segment: everything the node still needs from the
     /// records before it (which recovery then ignores). See [`Checkpoint`].
     Checkpoint(Checkpoint),
+    /// An acceptor of the decision promised `ballot`: it accepts no lower ballot.
+    Promise {
+        /// The transaction.
+        txn: TxnId,
+        /// Its client.
+        client: ClientId,
+        /// The promised ballot.
+        ballot: Ballot,
+    },
+    /// An acceptor of the decision accepted `verdict` in `ballot`.
+    Accept {
+        /// The transaction.
+        txn: TxnId,
+        /// Its client.
+        client: ClientId,
+        /// The accepted ballot.
+        ballot: Ballot,
+        /// The accepted verdict.
+        verdict: Verdict,
+    },
+}
+
+/// How records are serialized inside a checkpoint: the variants of formats 1 and 2
+/// first, unchanged (an intent without acceptors keeps its old layout), new ones after.
+#[derive(Clone, Serialize, Deserialize)]
+enum RecordRepr {
+    Intent(IntentV1),
+    Decision {
+        txn: TxnId,
+        client: ClientId,
+        verdict: Verdict,
+    },
+    Completion {
+        txn: TxnId,
+        client: ClientId,
+        verdict: Verdict,
+    },
+    Forget {
+        txn: TxnId,
+    },
+    Checkpoint(Checkpoint),
+    IntentF(Intent),
+    Promise {
+        txn: TxnId,
+        client: ClientId,
+        ballot: Ballot,
+    },
+    Accept {
+        txn: TxnId,
+        client: ClientId,
+        ballot: Ballot,
+        verdict: Verdict,
+    },
+}
+
+impl From<RecordRepr> for Record {
+    fn from(r: RecordRepr) -> Self {
+        match r {
+            RecordRepr::Intent(i) => Record::Intent(i.into()),
+            RecordRepr::IntentF(i) => Record::Intent(i),
+            RecordRepr::Decision {
+                txn,
+                client,
+                verdict,
+            } => Record::Decision {
+                txn,
+                client,
+                verdict,
+            },
+            RecordRepr::Completion {
+                txn,
+                client,
+                verdict,
+            } => Record::Completion {
+                txn,
+                client,
+                verdict,
+            },
+            RecordRepr::Forget { txn } => Record::Forget { txn },
+            RecordRepr::Checkpoint(c) => Record::Checkpoint(c),
+            RecordRepr::Promise {
+                txn,
+                client,
+                ballot,
+            } => Record::Promise {
+                txn,
+                client,
+                ballot,
+            },
+            RecordRepr::Accept {
+                txn,
+                client,
+                ballot,
+                verdict,
+            } => Record::Accept {
+                txn,
+                client,
+                ballot,
+                verdict,
+            },
+        }
+    }
+}
+
+impl From<Record> for RecordRepr {
+    fn from(r: Record) -> Self {
+        match r {
+            Record::Intent(i) if i.acceptors == 0 => RecordRepr::Intent(i.v1()),
+            Record::Intent(i) => RecordRepr::IntentF(i),
+            Record::Decision {
+                txn,
+                client,
+                verdict,
+            } => RecordRepr::Decision {
+                txn,
+                client,
+                verdict,
+            },
+            Record::Completion {
+                txn,
+                client,
+                verdict,
+            } => RecordRepr::Completion {
+                txn,
+                client,
+                verdict,
+            },
+            Record::Forget { txn } => RecordRepr::Forget { txn },
+            Record::Checkpoint(c) => RecordRepr::Checkpoint(c),
+            Record::Promise {
+                txn,
+                client,
+                ballot,
+            } => RecordRepr::Promise {
+                txn,
+                client,
+                ballot,
+            },
+            Record::Accept {
+                txn,
+                client,
+                ballot,
+                verdict,
+            } => RecordRepr::Accept {
+                txn,
+                client,
+                ballot,
+                verdict,
+            },
+        }
+    }
 }
 
 /// A checkpoint: the node's durable state once every transaction it forgets is
@@ -124,7 +313,9 @@ impl Record {
             Record::Intent(i) => Some(i.txn),
             Record::Decision { txn, .. }
             | Record::Completion { txn, .. }
-            | Record::Forget { txn } => Some(*txn),
+            | Record::Forget { txn }
+            | Record::Promise { txn, .. }
+            | Record::Accept { txn, .. } => Some(*txn),
             Record::Checkpoint(_) => None,
         }
     }

@@ -18,11 +18,41 @@ mod state;
 use serde::{Deserialize, Serialize};
 
 use crate::locks::PrepareError;
-use crate::log::{PageWrite, Record};
+use crate::log::{PageWrite, Record, Verdict};
 use crate::types::{ClientId, NodeId, TxnId};
 
 pub use node::{Node, NodeConfig, TxnStatus};
 pub use recover::RecoverError;
+
+/// A ballot of a transaction's decision: `round` 0 belongs to the decider (its commit
+/// proposal), higher rounds to recovering nodes (`node` makes each round unique).
+/// Ordered by round, then node.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    /// The round: 0 for the decider's proposal.
+    pub round: u32,
+    /// The proposer.
+    pub node: NodeId,
+}
+
+/// The decision's acceptors of a transaction over `chain` with `f` acceptors besides
+/// the decider: the (at most `f`, and at most all other) chain nodes just before the
+/// decider. Empty for `f = 0`: the decider alone decides (plain two-phase commit).
+pub fn acceptors_of(chain: &[NodeId], f: u8) -> &[NodeId] {
+    let n = chain.len();
+    if n == 0 {
+        return &[];
+    }
+    let f = (f as usize).min(n - 1);
+    &chain[n - 1 - f..n - 1]
+}
+
+/// How many acceptors make a recovery quorum: a majority of them.
+pub fn recovery_quorum(acceptors: usize) -> usize {
+    acceptors / 2 + 1
+}
 
 /// The prepare message: starts at the chain's head (sent by the client/coordinator) and
 /// travels node to node in chain order once each node's intent is durable.
@@ -36,12 +66,22 @@ pub struct Prepare {
     pub chain: Vec<NodeId>,
     /// Each chain node's page writes (a node without an entry writes nothing).
     pub writes: Vec<(NodeId, Vec<PageWrite>)>,
+    /// F: how many chain nodes besides the decider must hold the commit decision
+    /// durably before anyone acts on it ([`acceptors_of`]). 0 is plain two-phase
+    /// commit (the decider alone; in-doubt nodes block while it is down); with F ≥ 1
+    /// in-doubt nodes settle the outcome with the acceptors while the decider is down.
+    pub acceptors: u8,
 }
 
 impl Prepare {
     /// The decider (the chain's last node).
     pub fn decider(&self) -> Option<NodeId> {
         self.chain.last().copied()
+    }
+
+    /// The decision's acceptors besides the decider ([`acceptors_of`]).
+    pub fn acceptor_nodes(&self) -> &[NodeId] {
+        acceptors_of(&self.chain, self.acceptors)
     }
 
     /// `node`'s writes.
@@ -89,6 +129,60 @@ pub enum Message {
         /// The client, answered by the decider if it decides abort for this query.
         client: ClientId,
     },
+    /// Phase 1 of a recovery ballot: a node in doubt whose decider does not answer
+    /// asks an acceptor to promise `ballot` and report what it accepted (a node that
+    /// knows the outcome answers `Commit`/`Abort` instead; one that never prepared
+    /// the transaction records abort and answers `Abort`).
+    Query {
+        /// The transaction.
+        txn: TxnId,
+        /// The ballot (its `node` is the asker).
+        ballot: Ballot,
+        /// The client (for an abort record).
+        client: ClientId,
+    },
+    /// An acceptor promised `ballot` (durably) and reports its accepted value.
+    Promise {
+        /// The transaction.
+        txn: TxnId,
+        /// The promised ballot.
+        ballot: Ballot,
+        /// The acceptor.
+        from: NodeId,
+        /// The highest ballot it accepted, and the verdict.
+        accepted: Option<(Ballot, Verdict)>,
+    },
+    /// Phase 2: accept `verdict` in `ballot` (round 0: the decider's commit).
+    Accept {
+        /// The transaction.
+        txn: TxnId,
+        /// The ballot (its `node` is the proposer).
+        ballot: Ballot,
+        /// The proposed verdict.
+        verdict: Verdict,
+        /// The client (for an abort record).
+        client: ClientId,
+    },
+    /// An acceptor made `ballot`'s verdict durable.
+    Accepted {
+        /// The transaction.
+        txn: TxnId,
+        /// The accepted ballot.
+        ballot: Ballot,
+        /// The acceptor.
+        from: NodeId,
+    },
+    /// An acceptor refused `ballot`: it promised `promised`, a higher one.
+    Nack {
+        /// The transaction.
+        txn: TxnId,
+        /// The refused ballot.
+        ballot: Ballot,
+        /// The ballot the acceptor promised.
+        promised: Ballot,
+        /// The acceptor.
+        from: NodeId,
+    },
 }
 
 impl Message {
@@ -99,7 +193,12 @@ impl Message {
             Message::Commit { txn, .. }
             | Message::Abort { txn }
             | Message::Ack { txn, .. }
-            | Message::Resolve { txn, .. } => *txn,
+            | Message::Resolve { txn, .. }
+            | Message::Query { txn, .. }
+            | Message::Promise { txn, .. }
+            | Message::Accept { txn, .. }
+            | Message::Accepted { txn, .. }
+            | Message::Nack { txn, .. } => *txn,
         }
     }
 }
@@ -141,6 +240,12 @@ pub enum AbortReason {
     /// decided abort (presumed abort; e.g. the prepare was lost or the coordinator died).
     #[error("the decider had no record of it and presumed abort (a message was lost) — retry")]
     Unresolved,
+    /// The decider was unreachable and the in-doubt nodes settled the transaction as
+    /// abort with the decision's acceptors (no acceptor held a commit decision).
+    #[error(
+        "the decider was unreachable and the acceptors settled it as abort (no commit decision was replicated) — retry"
+    )]
+    Settled,
 }
 
 /// What a client is told.

@@ -1,11 +1,13 @@
 //! One node's protocol state machine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use super::state::{NodeConfig, TxnStatus};
-use super::state::{Phase, Txn};
+use super::state::{Phase, Recovery, Txn};
 
-use super::{AbortReason, Action, Malformed, Message, Outcome, Prepare, RecordId};
+use super::{
+    recovery_quorum, AbortReason, Action, Ballot, Malformed, Message, Outcome, Prepare, RecordId,
+};
 use crate::locks::LockTable;
 use crate::log::{Checkpoint, Intent, Record, Verdict};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
@@ -30,6 +32,7 @@ use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 ///     client: ClientId(9),
 ///     chain: ids.to_vec(),
 ///     writes: vec![(ids[0], write(0)), (ids[1], write(5))],
+///     acceptors: 0,
 /// };
 /// let mut inbox = VecDeque::from([(0, Message::Prepare(prepare))]);
 /// let mut replies = Vec::new();
@@ -56,13 +59,27 @@ pub struct Node {
     pub(super) versions: BTreeMap<PageId, Version>,
     pub(super) locks: LockTable,
     pub(super) txns: BTreeMap<TxnId, Txn>,
-    /// Record id → the transaction whose next step waits for it to be durable.
-    pub(super) waiting: BTreeMap<RecordId, TxnId>,
+    /// Record id → what waits for it to be durable.
+    pub(super) waiting: BTreeMap<RecordId, Then>,
+    /// Ticks a node in doubt waits for its decider before a recovery ballot.
+    pub(super) patience: u32,
+    /// Messages to this node itself (an acceptor running a recovery ballot), handled
+    /// before the call returns; always empty between calls.
+    pub(super) loopback: VecDeque<Message>,
     /// Per client, the highest forgotten transaction id (see [`Checkpoint::marks`]).
     pub(super) marks: BTreeMap<ClientId, TxnId>,
     /// A checkpoint on its way to the log: its record id and the transactions it
     /// forgets once durable.
     pub(super) checkpointing: Option<(RecordId, Vec<TxnId>)>,
+}
+
+/// What a record's durability releases.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Then {
+    /// The transaction's next step.
+    Advance(TxnId),
+    /// An acceptor's answer (sent only once its promise or acceptance is durable).
+    Send(NodeId, Message),
 }
 
 impl Node {
@@ -77,6 +94,8 @@ impl Node {
             locks: LockTable::new(config.lock_capacity),
             txns: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            patience: config.patience,
+            loopback: VecDeque::new(),
             marks: BTreeMap::new(),
             checkpointing: None,
         }
@@ -118,6 +137,7 @@ impl Node {
             Some(Phase::Prepared { in_doubt }) => TxnStatus::Prepared {
                 in_doubt: *in_doubt,
             },
+            Some(Phase::Proposing { .. }) => TxnStatus::Replicating,
             Some(Phase::Deciding) => TxnStatus::Deciding,
             Some(Phase::Refusing { .. }) => TxnStatus::Refusing,
             Some(Phase::Completing) => TxnStatus::Completing,
@@ -135,7 +155,34 @@ impl Node {
 
     fn persist_then(&mut self, txn: TxnId, record: Record, out: &mut Vec<Action>) {
         let id = self.persist(record, out);
-        self.waiting.insert(id, txn);
+        self.waiting.insert(id, Then::Advance(txn));
+    }
+
+    /// Send `msg` to `to` once `record` is durable.
+    fn persist_then_send(
+        &mut self,
+        record: Record,
+        to: NodeId,
+        msg: Message,
+        out: &mut Vec<Action>,
+    ) {
+        let id = self.persist(record, out);
+        self.waiting.insert(id, Then::Send(to, msg));
+    }
+
+    /// Send `msg` to `to` (to this node itself: handled before the call returns).
+    fn send(&mut self, to: NodeId, msg: Message, out: &mut Vec<Action>) {
+        if to == self.id {
+            self.loopback.push_back(msg);
+        } else {
+            out.push(Action::Send { to, msg });
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Action>) {
+        while let Some(msg) = self.loopback.pop_front() {
+            self.dispatch(msg, out);
+        }
     }
 
     fn neighbour(&self, chain: &[NodeId], step: isize) -> Option<NodeId> {
@@ -146,14 +193,43 @@ impl Node {
     /// Handle a message from a peer or (for `Prepare` at the head) a client.
     pub fn handle(&mut self, msg: Message) -> Vec<Action> {
         let mut out = Vec::new();
-        match msg {
-            Message::Prepare(p) => self.on_prepare(p, &mut out),
-            Message::Commit { txn, decider } => self.on_commit(txn, decider, &mut out),
-            Message::Abort { txn } => self.on_abort(txn, &mut out),
-            Message::Ack { txn, from } => self.on_ack(txn, from, &mut out),
-            Message::Resolve { txn, from, client } => self.on_resolve(txn, from, client, &mut out),
-        }
+        self.dispatch(msg, &mut out);
+        self.drain(&mut out);
         out
+    }
+
+    fn dispatch(&mut self, msg: Message, out: &mut Vec<Action>) {
+        match msg {
+            Message::Prepare(p) => self.on_prepare(p, out),
+            Message::Commit { txn, decider } => self.on_commit(txn, decider, out),
+            Message::Abort { txn } => self.on_abort(txn, out),
+            Message::Ack { txn, from } => self.on_ack(txn, from, out),
+            Message::Resolve { txn, from, client } => self.on_resolve(txn, from, client, out),
+            Message::Query {
+                txn,
+                ballot,
+                client,
+            } => self.on_query(txn, ballot, client, out),
+            Message::Promise {
+                txn,
+                ballot,
+                from,
+                accepted,
+            } => self.on_promise(txn, ballot, from, accepted, out),
+            Message::Accept {
+                txn,
+                ballot,
+                verdict,
+                client,
+            } => self.on_accept(txn, ballot, verdict, client, out),
+            Message::Accepted { txn, ballot, from } => self.on_accepted(txn, ballot, from, out),
+            Message::Nack {
+                txn,
+                ballot,
+                promised,
+                ..
+            } => self.on_nack(txn, ballot, promised),
+        }
     }
 
     fn on_prepare(&mut self, p: Prepare, out: &mut Vec<Action>) {
@@ -220,7 +296,8 @@ impl Node {
             })
         });
         let is_decider = p.decider() == Some(self.id);
-        let (txn, client, chain) = (p.txn, p.client, p.chain.clone());
+        let replicated = !p.acceptor_nodes().is_empty();
+        let (txn, client, chain, f) = (p.txn, p.client, p.chain.clone(), p.acceptors);
         let phase = match analysis {
             Err(error) => {
                 let reason = AbortReason::Refused {
@@ -252,8 +329,18 @@ impl Node {
                     client,
                     chain: chain.clone(),
                     writes: writes.clone(),
+                    acceptors: f,
                 };
-                if is_decider {
+                if is_decider && replicated {
+                    // The commit proposal goes to the acceptors once the intent is
+                    // durable (a decider restarted without it must be able to presume
+                    // abort: it never proposed).
+                    self.persist_then(txn, Record::Intent(intent), out);
+                    Phase::Proposing {
+                        sent: false,
+                        accepted: BTreeSet::new(),
+                    }
+                } else if is_decider {
                     self.persist(Record::Intent(intent), out);
                     self.persist_then(
                         txn,
@@ -271,16 +358,8 @@ impl Node {
                 }
             }
         };
-        self.txns.insert(
-            txn,
-            Txn {
-                client,
-                chain,
-                writes,
-                phase,
-                aged: false,
-            },
-        );
+        self.txns
+            .insert(txn, Txn::new(client, chain, writes, phase, f));
     }
 
     /// Whether `txn` of `client` is at or below the client's low-water mark.
@@ -321,6 +400,11 @@ impl Node {
             }
             return;
         };
+        if t.chain.last() == Some(&self.id) {
+            // The decider learns a verdict settled by a recovery ballot.
+            self.decider_settles(txn, Verdict::Commit, out);
+            return;
+        }
         match t.phase {
             Phase::Prepared { .. } => {
                 let client = t.client;
@@ -345,7 +429,13 @@ impl Node {
 
     fn on_abort(&mut self, txn: TxnId, out: &mut Vec<Action>) {
         let Some(t) = self.txns.get(&txn) else { return };
-        if let Phase::Prepared { .. } = t.phase {
+        if t.chain.last() == Some(&self.id) {
+            self.decider_settles(txn, Verdict::Abort, out);
+            return;
+        }
+        // An `Abort` reaches a node still making its intent durable only from a
+        // recovery ballot (abort settled) or a node that knows abort: final.
+        if let Phase::Prepared { .. } | Phase::Preparing { .. } = t.phase {
             let client = t.client;
             self.locks.release(txn);
             // Presumed abort: the abort record need not be forced; if it is lost, the
@@ -419,13 +509,7 @@ impl Node {
                     reason: AbortReason::Unresolved,
                     askers: BTreeSet::from([from]),
                 };
-                let t = Txn {
-                    client,
-                    chain: Vec::new(),
-                    writes: Vec::new(),
-                    phase,
-                    aged: false,
-                };
+                let t = Txn::new(client, Vec::new(), Vec::new(), phase, 0);
                 self.txns.insert(txn, t);
             }
         }
@@ -442,8 +526,11 @@ impl Node {
         let mut out = Vec::new();
         let later = self.waiting.split_off(&RecordId(id.0 + 1));
         let ready = std::mem::replace(&mut self.waiting, later);
-        for txn in ready.into_values() {
-            self.advance(txn, &mut out);
+        for then in ready.into_values() {
+            match then {
+                Then::Advance(txn) => self.advance(txn, &mut out),
+                Then::Send(to, msg) => self.send(to, msg, &mut out),
+            }
         }
         if self.checkpointing.as_ref().is_some_and(|(at, _)| *at <= id) {
             let (_, forget) = self.checkpointing.take().expect("checked");
@@ -451,6 +538,7 @@ impl Node {
                 self.forget(txn);
             }
         }
+        self.drain(&mut out);
         out
     }
 
@@ -488,6 +576,7 @@ impl Node {
                     client,
                     chain: t.chain.clone(),
                     writes: t.writes.clone(),
+                    acceptors: t.acceptors,
                 })
             };
             match &t.phase {
@@ -500,7 +589,25 @@ impl Node {
                 // Their outcome record precedes the checkpoint in the log.
                 Phase::Refusing { .. } => cp.finished.push((txn, client, Verdict::Abort)),
                 Phase::Completing => cp.finished.push((txn, client, Verdict::Commit)),
-                Phase::Preparing { .. } | Phase::Prepared { .. } => cp.open.push(intent()),
+                Phase::Preparing { .. } | Phase::Prepared { .. } | Phase::Proposing { .. } => {
+                    cp.open.push(intent());
+                    // What this node promised and accepted as an acceptor.
+                    if t.promised != Ballot::default() {
+                        cp.open.push(Record::Promise {
+                            txn,
+                            client,
+                            ballot: t.promised,
+                        });
+                    }
+                    if let Some((ballot, verdict)) = t.accepted {
+                        cp.open.push(Record::Accept {
+                            txn,
+                            client,
+                            ballot,
+                            verdict,
+                        });
+                    }
+                }
                 Phase::Deciding | Phase::AwaitingAcks { .. } => {
                     cp.open.push(intent());
                     cp.open.push(Record::Decision {
@@ -527,6 +634,28 @@ impl Node {
         let phase = std::mem::replace(&mut t.phase, Phase::Finished(Verdict::Abort));
         let client = t.client;
         match phase {
+            Phase::Proposing { sent: false, .. } => {
+                let ballot = Ballot {
+                    round: 0,
+                    node: self.id,
+                };
+                for to in self.txns[&txn].acceptor_nodes().to_vec() {
+                    let msg = Message::Accept {
+                        txn,
+                        ballot,
+                        verdict: Verdict::Commit,
+                        client,
+                    };
+                    self.send(to, msg, out);
+                }
+                self.set_phase(
+                    txn,
+                    Phase::Proposing {
+                        sent: true,
+                        accepted: BTreeSet::new(),
+                    },
+                );
+            }
             Phase::Preparing { forward } => {
                 if let Some(next) = self.neighbour(&forward.chain, 1) {
                     out.push(Action::Send {
@@ -587,36 +716,471 @@ impl Node {
     }
 
     /// The retry timer fired: prepared nodes ask the decider (`Resolve`), the decider
-    /// re-sends `Commit` to nodes that have not acknowledged. Call it every few hundred
-    /// milliseconds; it only re-sends idempotent messages.
+    /// re-sends `Commit` to nodes that have not acknowledged and its commit proposal
+    /// to acceptors that have not accepted. With acceptors (F ≥ 1), a node prepared
+    /// for more than `patience` ticks (a decider in doubt after a restart: at once)
+    /// runs a recovery ballot, and a new one at every tick that brought no answer.
+    /// Call it every few hundred milliseconds; it only re-sends idempotent messages.
     pub fn tick(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
-        for (&txn, t) in &self.txns {
+        let me = self.id;
+        let txns: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| {
+                matches!(
+                    t.phase,
+                    Phase::Prepared { .. }
+                        | Phase::Proposing { sent: true, .. }
+                        | Phase::AwaitingAcks { .. }
+                )
+            })
+            .map(|(&txn, _)| txn)
+            .collect();
+        for txn in txns {
+            let patience = self.patience;
+            let t = self.txns.get_mut(&txn).expect("listed above");
+            let client = t.client;
             match &t.phase {
                 Phase::Prepared { .. } => {
-                    if let Some(&decider) = t.chain.last() {
+                    let decider = t.chain.last().copied();
+                    let is_decider = decider == Some(me);
+                    if let (Some(decider), false) = (decider, is_decider) {
                         let msg = Message::Resolve {
                             txn,
-                            from: self.id,
-                            client: t.client,
+                            from: me,
+                            client,
                         };
                         out.push(Action::Send { to: decider, msg });
+                    }
+                    if t.acceptor_nodes().is_empty() {
+                        continue;
+                    }
+                    t.waited = t.waited.saturating_add(1);
+                    if !is_decider && t.waited <= patience {
+                        continue;
+                    }
+                    match &mut t.recovery {
+                        Some(r) if r.progress => r.progress = false,
+                        _ => self.start_recovery(txn, &mut out),
+                    }
+                }
+                Phase::Proposing {
+                    sent: true,
+                    accepted,
+                } => {
+                    let ballot = Ballot { round: 0, node: me };
+                    let missing: Vec<NodeId> = t
+                        .acceptor_nodes()
+                        .iter()
+                        .copied()
+                        .filter(|n| !accepted.contains(n))
+                        .collect();
+                    for to in missing {
+                        let msg = Message::Accept {
+                            txn,
+                            ballot,
+                            verdict: Verdict::Commit,
+                            client,
+                        };
+                        out.push(Action::Send { to, msg });
                     }
                 }
                 Phase::AwaitingAcks { awaiting } => {
                     for &to in awaiting {
                         out.push(Action::Send {
                             to,
-                            msg: Message::Commit {
-                                txn,
-                                decider: self.id,
-                            },
+                            msg: Message::Commit { txn, decider: me },
                         });
                     }
                 }
                 _ => {}
             }
         }
+        self.drain(&mut out);
         out
+    }
+
+    /// Settle in-doubt transactions now (`pipewright storage resolve`): every
+    /// transaction prepared here asks its decider (`Resolve`) at once and, with
+    /// acceptors (F ≥ 1), starts a recovery ballot at once instead of after its
+    /// patience. Returns the actions, like [`tick`](Self::tick).
+    pub fn resolve_now(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let me = self.id;
+        let prepared: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Prepared { .. }))
+            .map(|(&txn, _)| txn)
+            .collect();
+        for txn in prepared {
+            let t = &self.txns[&txn];
+            let decider = t.chain.last().copied();
+            if let Some(decider) = decider.filter(|&d| d != me) {
+                let msg = Message::Resolve {
+                    txn,
+                    from: me,
+                    client: t.client,
+                };
+                out.push(Action::Send { to: decider, msg });
+            }
+            if !t.acceptor_nodes().is_empty() {
+                self.start_recovery(txn, &mut out);
+            }
+        }
+        self.drain(&mut out);
+        out
+    }
+
+    /// The outcome of `txn` as this node knows it: `None` while it is open here, or
+    /// when the node never saw it or forgot it.
+    pub fn verdict(&self, txn: TxnId) -> Option<Verdict> {
+        match self.status(txn) {
+            TxnStatus::Finished(v) => Some(v),
+            TxnStatus::Completing | TxnStatus::AwaitingAcks | TxnStatus::Deciding => {
+                Some(Verdict::Commit)
+            }
+            _ => None,
+        }
+    }
+
+    /// Start a recovery ballot for `txn` (prepared here, with acceptors): ask every
+    /// other chain node (the acceptors promise; any node that knows the outcome
+    /// tells it).
+    fn start_recovery(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let me = self.id;
+        let t = self.txns.get_mut(&txn).expect("caller checked");
+        let last = t.recovery.as_ref().map_or(0, |r| r.ballot.round);
+        let round = t.max_round.max(t.promised.round).max(last) + 1;
+        let ballot = Ballot { round, node: me };
+        t.recovery = Some(Recovery {
+            ballot,
+            promises: BTreeMap::new(),
+            proposal: None,
+            accepted: BTreeSet::new(),
+            progress: false,
+        });
+        let client = t.client;
+        for to in t.chain.clone() {
+            let msg = Message::Query {
+                txn,
+                ballot,
+                client,
+            };
+            self.send(to, msg, out);
+        }
+    }
+
+    /// The outcome message for `verdict`.
+    fn verdict_msg(&self, txn: TxnId, verdict: Verdict) -> Message {
+        match verdict {
+            Verdict::Commit => Message::Commit {
+                txn,
+                decider: self
+                    .txns
+                    .get(&txn)
+                    .and_then(|t| t.chain.last().copied())
+                    .unwrap_or(self.id),
+            },
+            Verdict::Abort => Message::Abort { txn },
+        }
+    }
+
+    /// The decider learns `verdict`, settled without it (F ≥ 1): while it had not
+    /// decided itself (prepared in doubt after a restart, or proposing), it makes the
+    /// verdict its durable decision and then acts as if it had decided so.
+    fn decider_settles(&mut self, txn: TxnId, verdict: Verdict, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        if !matches!(t.phase, Phase::Prepared { .. } | Phase::Proposing { .. }) {
+            return;
+        }
+        t.recovery = None;
+        let client = t.client;
+        let record = Record::Decision {
+            txn,
+            client,
+            verdict,
+        };
+        match verdict {
+            Verdict::Commit => {
+                self.persist_then(txn, record, out);
+                self.set_phase(txn, Phase::Deciding);
+            }
+            Verdict::Abort => {
+                self.locks.release(txn);
+                self.persist_then(txn, record, out);
+                let phase = Phase::Refusing {
+                    reason: AbortReason::Settled,
+                    askers: BTreeSet::new(),
+                };
+                self.set_phase(txn, phase);
+            }
+        }
+    }
+
+    /// An abort record for a transaction this node never prepared, then `Abort` to
+    /// `asker`: it never voted yes and now never will (a later `Prepare` finds it
+    /// aborted), so abort is its certain outcome.
+    fn refuse_unknown(
+        &mut self,
+        txn: TxnId,
+        client: ClientId,
+        asker: NodeId,
+        out: &mut Vec<Action>,
+    ) {
+        let record = Record::Completion {
+            txn,
+            client,
+            verdict: Verdict::Abort,
+        };
+        self.persist_then(txn, record, out);
+        let phase = Phase::Refusing {
+            reason: AbortReason::Settled,
+            askers: BTreeSet::from([asker]),
+        };
+        self.txns
+            .insert(txn, Txn::new(client, Vec::new(), Vec::new(), phase, 0));
+    }
+
+    /// Answer a recovery `Query` or `Accept` with the outcome when it is known here.
+    /// Returns `false` when it is not (the transaction is still open here).
+    fn answer_known(&mut self, txn: TxnId, asker: NodeId, out: &mut Vec<Action>) -> bool {
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return false;
+        };
+        let verdict = match &mut t.phase {
+            Phase::Finished(v) => *v,
+            Phase::Completing | Phase::AwaitingAcks { .. } | Phase::Deciding => Verdict::Commit,
+            Phase::Refusing { askers, .. } => {
+                askers.insert(asker);
+                return true;
+            }
+            _ => return false,
+        };
+        let msg = self.verdict_msg(txn, verdict);
+        self.send(asker, msg, out);
+        true
+    }
+
+    fn on_query(&mut self, txn: TxnId, ballot: Ballot, client: ClientId, out: &mut Vec<Action>) {
+        let (me, asker) = (self.id, ballot.node);
+        if !self.txns.contains_key(&txn) {
+            // Forgotten here: the outcome is no longer known (a commit may have been
+            // forgotten): no answer. Never seen: abort is certain.
+            if !self.is_late(client, txn) {
+                self.refuse_unknown(txn, client, asker, out);
+            }
+            return;
+        }
+        if self.answer_known(txn, asker, out) {
+            return;
+        }
+        let t = self.txns.get_mut(&txn).expect("checked");
+        if !t.acceptor_nodes().contains(&me) {
+            return;
+        }
+        if ballot > t.promised {
+            t.promised = ballot;
+            let accepted = t.accepted;
+            let record = Record::Promise {
+                txn,
+                client: t.client,
+                ballot,
+            };
+            let msg = Message::Promise {
+                txn,
+                ballot,
+                from: me,
+                accepted,
+            };
+            self.persist_then_send(record, asker, msg, out);
+        } else {
+            let msg = Message::Nack {
+                txn,
+                ballot,
+                promised: t.promised,
+                from: me,
+            };
+            self.send(asker, msg, out);
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        txn: TxnId,
+        ballot: Ballot,
+        verdict: Verdict,
+        client: ClientId,
+        out: &mut Vec<Action>,
+    ) {
+        let (me, asker) = (self.id, ballot.node);
+        if !self.txns.contains_key(&txn) {
+            // A commit needs this node's intent: a commit proposal for a transaction
+            // it does not know is a stale copy.
+            if verdict == Verdict::Abort && !self.is_late(client, txn) {
+                self.refuse_unknown(txn, client, asker, out);
+            }
+            return;
+        }
+        if self.answer_known(txn, asker, out) {
+            return;
+        }
+        let t = self.txns.get_mut(&txn).expect("checked");
+        if !t.acceptor_nodes().contains(&me) || matches!(t.phase, Phase::Proposing { .. }) {
+            return;
+        }
+        if ballot >= t.promised {
+            t.promised = ballot;
+            t.accepted = Some((ballot, verdict));
+            let record = Record::Accept {
+                txn,
+                client: t.client,
+                ballot,
+                verdict,
+            };
+            let msg = Message::Accepted {
+                txn,
+                ballot,
+                from: me,
+            };
+            self.persist_then_send(record, asker, msg, out);
+        } else {
+            let msg = Message::Nack {
+                txn,
+                ballot,
+                promised: t.promised,
+                from: me,
+            };
+            self.send(asker, msg, out);
+        }
+    }
+
+    fn on_promise(
+        &mut self,
+        txn: TxnId,
+        ballot: Ballot,
+        from: NodeId,
+        accepted: Option<(Ballot, Verdict)>,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.id;
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        let quorum = recovery_quorum(t.acceptor_nodes().len());
+        let is_decider = t.chain.last() == Some(&me);
+        let client = t.client;
+        let Some(r) = t
+            .recovery
+            .as_mut()
+            .filter(|r| r.ballot == ballot && r.proposal.is_none())
+        else {
+            return;
+        };
+        r.promises.insert(from, accepted);
+        r.progress = true;
+        if r.promises.len() < quorum {
+            return;
+        }
+        // Paxos: the verdict of the highest ballot any of the quorum accepted; if none
+        // did, the proposer's own: commit for the decider (every node voted yes before
+        // it prepared), abort for any other node.
+        let verdict = r
+            .promises
+            .values()
+            .flatten()
+            .max_by_key(|(b, _)| *b)
+            .map(|&(_, v)| v)
+            .unwrap_or(if is_decider {
+                Verdict::Commit
+            } else {
+                Verdict::Abort
+            });
+        r.proposal = Some(verdict);
+        let to: Vec<NodeId> = r.promises.keys().copied().collect();
+        for to in to {
+            let msg = Message::Accept {
+                txn,
+                ballot,
+                verdict,
+                client,
+            };
+            self.send(to, msg, out);
+        }
+    }
+
+    fn on_accepted(&mut self, txn: TxnId, ballot: Ballot, from: NodeId, out: &mut Vec<Action>) {
+        let me = self.id;
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        if ballot == (Ballot { round: 0, node: me }) {
+            if let Phase::Proposing {
+                sent: true,
+                accepted,
+            } = &mut t.phase
+            {
+                accepted.insert(from);
+                let all = super::acceptors_of(&t.chain, t.acceptors)
+                    .iter()
+                    .all(|n| accepted.contains(n));
+                if all {
+                    // Chosen: every acceptor holds the commit durably.
+                    let client = t.client;
+                    let record = Record::Decision {
+                        txn,
+                        client,
+                        verdict: Verdict::Commit,
+                    };
+                    self.persist_then(txn, record, out);
+                    self.set_phase(txn, Phase::Deciding);
+                }
+            }
+            return;
+        }
+        let quorum = recovery_quorum(t.acceptor_nodes().len());
+        let Some(r) = t.recovery.as_mut().filter(|r| r.ballot == ballot) else {
+            return;
+        };
+        let Some(verdict) = r.proposal else {
+            return;
+        };
+        r.accepted.insert(from);
+        r.progress = true;
+        if r.accepted.len() < quorum {
+            return;
+        }
+        // Chosen: a quorum of acceptors holds `verdict` durably. Tell every chain
+        // node, then act on it here.
+        t.recovery = None;
+        let msg = self.verdict_msg(txn, verdict);
+        for to in self.txns[&txn].chain.clone() {
+            if to != me {
+                out.push(Action::Send {
+                    to,
+                    msg: msg.clone(),
+                });
+            }
+        }
+        self.dispatch(msg, out);
+    }
+
+    fn on_nack(&mut self, txn: TxnId, ballot: Ballot, promised: Ballot) {
+        let me = self.id;
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        t.max_round = t.max_round.max(promised.round);
+        if ballot == (Ballot { round: 0, node: me }) && matches!(t.phase, Phase::Proposing { .. }) {
+            // A recovery ballot overtook the decider's proposal: it learns the
+            // outcome like any node in doubt (its own ballot proposes commit).
+            t.phase = Phase::Prepared { in_doubt: false };
+        }
+        if t.recovery.as_ref().is_some_and(|r| r.ballot == ballot) {
+            t.recovery = None;
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::state::{Phase, Txn};
-use super::{Action, Message, Node, NodeConfig};
+use super::{acceptors_of, Action, Ballot, Message, Node, NodeConfig};
 use crate::locks::PrepareError;
 use crate::log::{Intent, Record, Verdict};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
@@ -28,6 +28,9 @@ struct Summary {
     decision: Option<Verdict>,
     completion: Option<Verdict>,
     forgotten: bool,
+    /// As an acceptor: the highest ballot promised and the highest accepted.
+    promised: Ballot,
+    accepted: Option<(Ballot, Verdict)>,
     /// Log position of the record that made the outcome known here (commit redo order).
     outcome_at: usize,
 }
@@ -101,6 +104,22 @@ impl Node {
                     (s.completion, s.outcome_at) = (Some(verdict), at)
                 }
                 Record::Forget { .. } => s.forgotten = true,
+                Record::Promise { ballot, client, .. } => {
+                    s.client.get_or_insert(client);
+                    s.promised = s.promised.max(ballot);
+                }
+                Record::Accept {
+                    ballot,
+                    verdict,
+                    client,
+                    ..
+                } => {
+                    s.client.get_or_insert(client);
+                    s.promised = s.promised.max(ballot);
+                    if s.accepted.is_none_or(|(b, _)| b <= ballot) {
+                        s.accepted = Some((ballot, verdict));
+                    }
+                }
                 Record::Checkpoint(_) => unreachable!("handled above"),
             }
         }
@@ -130,10 +149,11 @@ impl Node {
         }
         for (txn, s) in txns {
             let client = s.client.unwrap_or_default();
-            let (chain, writes) = match s.intent {
-                Some(i) => (i.chain, i.writes),
+            let (chain, writes, f) = match s.intent {
+                Some(i) => (i.chain, i.writes, i.acceptors),
                 None => Default::default(),
             };
+            let replicated = !acceptors_of(&chain, f).is_empty();
             let outcome = s.decision.or(s.completion);
             let phase = match outcome {
                 Some(Verdict::Commit) if s.decision.is_some() && !s.forgotten => {
@@ -152,8 +172,20 @@ impl Node {
                     }
                 }
                 Some(verdict) => Phase::Finished(verdict),
-                None if chain.last() == Some(&id) => continue,
+                // A decider's own intent without a decision, F = 0: it never decided
+                // or answered (presumed abort).
+                None if chain.last() == Some(&id) && !replicated => continue,
                 None if chain.is_empty() => continue,
+                // F ≥ 1: it may have proposed commit to the acceptors, so it must not
+                // presume abort: in doubt, it learns or settles the outcome with the
+                // acceptors (a recovery ballot at its first tick).
+                None if chain.last() == Some(&id) => {
+                    let pages: Vec<PageId> = writes.iter().map(|w| w.page).collect();
+                    node.locks
+                        .restore(txn, &pages)
+                        .map_err(|error| RecoverError::OverlappingIntents { txn, error })?;
+                    Phase::Prepared { in_doubt: true }
+                }
                 None => {
                     let pages: Vec<PageId> = writes.iter().map(|w| w.page).collect();
                     node.locks
@@ -169,24 +201,16 @@ impl Node {
                     Phase::Prepared { in_doubt: true }
                 }
             };
-            node.txns.insert(
-                txn,
-                Txn {
-                    client,
-                    chain,
-                    writes,
-                    phase,
-                    aged: false,
-                },
-            );
+            let mut t = Txn::new(client, chain, writes, phase, f);
+            t.promised = s.promised;
+            t.accepted = s.accepted;
+            node.txns.insert(txn, t);
         }
         for (txn, (client, verdict)) in finished {
-            node.txns.entry(txn).or_insert(Txn {
-                client,
-                chain: Vec::new(),
-                writes: Vec::new(),
-                phase: Phase::Finished(verdict),
-                aged: true,
+            node.txns.entry(txn).or_insert_with(|| {
+                let mut t = Txn::new(client, Vec::new(), Vec::new(), Phase::Finished(verdict), 0);
+                t.aged = true;
+                t
             });
         }
         Ok((node, out))

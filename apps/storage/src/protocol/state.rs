@@ -1,8 +1,8 @@
 //! A node's per-transaction state and tunables.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AbortReason, Node, Prepare};
+use super::{AbortReason, Ballot, Node, Prepare};
 use crate::locks::PrepareError;
 use crate::log::{PageWrite, Verdict};
 use crate::pages::PAGE_SIZE;
@@ -18,6 +18,10 @@ pub struct NodeConfig {
     /// than a page of data, is refused (`OutOfRange`, `TooLarge`) rather than accepted
     /// and then failing to apply.
     pub page_capacity: u64,
+    /// Ticks a prepared node of a transaction with acceptors (F ≥ 1) waits for its
+    /// decider before it runs a recovery ballot with the acceptors (a decider in doubt
+    /// after a restart runs one at its first tick).
+    pub patience: u32,
 }
 
 impl Default for NodeConfig {
@@ -25,6 +29,7 @@ impl Default for NodeConfig {
         Self {
             lock_capacity: 1 << 16,
             page_capacity: u64::MAX,
+            patience: 10,
         }
     }
 }
@@ -41,6 +46,9 @@ pub enum TxnStatus {
         /// Recovered from the log rather than prepared in this incarnation.
         in_doubt: bool,
     },
+    /// The decider's intent is being made durable, or its commit proposal (ballot 0)
+    /// waits for the acceptors (F ≥ 1).
+    Replicating,
     /// The decider's commit decision is being made durable.
     Deciding,
     /// An abort record is being made durable (failed analysis, or a decider answering a
@@ -61,6 +69,12 @@ pub(super) enum Phase {
     },
     Prepared {
         in_doubt: bool,
+    },
+    /// The decider (F ≥ 1): its intent is on its way to the log (`sent` false), then
+    /// its `Accept` of ballot 0 (commit) is out and `accepted` have answered.
+    Proposing {
+        sent: bool,
+        accepted: BTreeSet<NodeId>,
     },
     Deciding,
     Refusing {
@@ -84,6 +98,61 @@ pub(super) struct Txn {
     /// Finished, and already finished when the last checkpoint was taken: the next
     /// checkpoint forgets it.
     pub(super) aged: bool,
+    /// F: the decision's acceptors besides the decider.
+    pub(super) acceptors: u8,
+    /// As an acceptor: the highest ballot promised (durable).
+    pub(super) promised: Ballot,
+    /// As an acceptor: the highest ballot accepted and its verdict (durable).
+    pub(super) accepted: Option<(Ballot, Verdict)>,
+    /// Ticks spent prepared without an outcome.
+    pub(super) waited: u32,
+    /// The highest round seen in a refusal.
+    pub(super) max_round: u32,
+    /// The recovery ballot this node runs, if any.
+    pub(super) recovery: Option<Recovery>,
+}
+
+impl Txn {
+    pub(super) fn new(
+        client: ClientId,
+        chain: Vec<NodeId>,
+        writes: Vec<PageWrite>,
+        phase: Phase,
+        acceptors: u8,
+    ) -> Self {
+        Txn {
+            client,
+            chain,
+            writes,
+            phase,
+            aged: false,
+            acceptors,
+            promised: Ballot::default(),
+            accepted: None,
+            waited: 0,
+            max_round: 0,
+            recovery: None,
+        }
+    }
+
+    /// The decision's acceptors besides the decider.
+    pub(super) fn acceptor_nodes(&self) -> &[NodeId] {
+        super::acceptors_of(&self.chain, self.acceptors)
+    }
+}
+
+/// A recovery ballot run by a node in doubt.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Recovery {
+    pub(super) ballot: Ballot,
+    /// Phase 1: the acceptors that promised, with what they had accepted.
+    pub(super) promises: BTreeMap<NodeId, Option<(Ballot, Verdict)>>,
+    /// Phase 2: the verdict proposed, once a quorum promised.
+    pub(super) proposal: Option<Verdict>,
+    /// Phase 2: the acceptors that accepted it.
+    pub(super) accepted: BTreeSet<NodeId>,
+    /// An answer arrived since the last tick.
+    pub(super) progress: bool,
 }
 
 impl Node {

@@ -5,7 +5,7 @@
 //!            TCP (peers + clients, one listener; first frame says which)
 //!                │ decoded frames            admission: in-flight budget → Busy
 //!                ▼
-//!  ┌────────┐  ┌──────┐  LogBatch  ┌──────────────────────┐  LogDurable  ┌───────────┐
+//!  ┌────────┐  ┌──────┐  doorbell  ┌──────────────────────┐  LogDurable  ┌───────────┐
 //!  │ ticker │─▶│ node │───────────▶│ log = uring FileSink │─────────────▶│ after-log │
 //!  └────────┘  └──────┘            │ 1 write + 1 fdatasync│              └───────────┘
 //!   retries     Node::handle/tick   │ per burst            │  Node::persisted(id):
@@ -15,8 +15,17 @@
 //! ```
 //!
 //! The node and after-log stages share one worker, the log stage has its own: while
-//! one burst is being synced, the node stage keeps analysing and the next burst of
-//! records gathers in the ring (group commit). Any failure to log or to apply a
+//! one burst is being synced, the node stage keeps analysing and the next records
+//! gather in the pending bytes (group commit). The node stage only rings the log
+//! stage, which takes the pending bytes itself — so it can **linger** for more: when a
+//! burst would be tiny while more transactions are open on the node, it waits up to
+//! `NodeOptions::linger` (and at most half its recent sync time) for the pending
+//! records to catch up with the open transactions, then writes and syncs them all
+//! (no linger without concurrent transactions, so a lone transaction pays nothing).
+//!
+//! (What the framework lacked: an async stage cannot pull more items from its input
+//! ring during an activation, so lingering inside `process_burst` would only delay
+//! the items already taken; the doorbell + shared pending buffer works around it.) Any failure to log or to apply a
 //! committed write stops the pipeline (fail-stop); [`NodeServer::run_until`] then
 //! returns the error and a restart recovers from the log.
 //!
@@ -45,7 +54,9 @@
 //! to nodes that have not acknowledged, and a node prepared for longer than
 //! `resolve_after` asks its decider (`Resolve`). Asking sooner would be safe but
 //! costly: a decider that has not seen the `Prepare` yet decides abort (presumed
-//! abort).
+//! abort). With acceptors (F ≥ 1) a node prepared for longer than `settle_after`
+//! also runs a recovery ballot with them; a client's `Resolve` request
+//! (`pipewright storage resolve`) does both at once.
 //!
 //! # Checkpoints
 //!
@@ -115,6 +126,13 @@ pub struct NodeOptions {
     /// How long a prepared transaction waits for its outcome before asking the decider
     /// (a decider that has not seen the `Prepare` yet answers abort).
     pub resolve_after: Duration,
+    /// With acceptors (F ≥ 1): how long a node in doubt waits for its decider before it
+    /// settles the outcome with the acceptors (a recovery ballot).
+    pub settle_after: Duration,
+    /// Group commit: the longest a log burst waits for more records before its
+    /// `fdatasync` when it would be tiny while other transactions are open (also at
+    /// most half a recent sync; zero: never wait).
+    pub linger: Duration,
     /// Fault tests: abort the process at this protocol step (feature `faults`).
     #[cfg(feature = "faults")]
     pub crash_at: Option<CrashAt>,
@@ -126,6 +144,9 @@ pub struct NodeOptions {
     pub net_faults: Option<NetFaults>,
 }
 
+/// Environment variable overriding [`NodeOptions::linger`], in microseconds (the
+/// CLI's `--linger-us` sets it too).
+pub const LINGER_US_ENV: &str = "PIPEWRIGHT_STORAGE_LINGER_US";
 /// Environment variable overriding [`NodeOptions::checkpoint_bytes`] (for tests and
 /// experiments; the CLI has no flag for it).
 pub const CHECKPOINT_BYTES_ENV: &str = "PIPEWRIGHT_STORAGE_CHECKPOINT_BYTES";
@@ -136,7 +157,8 @@ pub const NET_FAULTS_ENV: &str = "PIPEWRIGHT_STORAGE_NET_FAULTS";
 
 impl NodeOptions {
     /// Options with defaults: 1024 pages, 1024 transactions in flight, 65536 page
-    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared, a checkpoint every
+    /// locks, a 200 ms retry timer, `Resolve` after 1 s prepared, a recovery ballot
+    /// after 2 s (F ≥ 1), a checkpoint every
     /// 4 MiB of log, no fault injection; the environment variable
     /// [`CHECKPOINT_BYTES_ENV`] overrides the checkpoint size, and with feature `faults`
     /// `NET_FAULTS_ENV` sets the network faults (an unparsable value is ignored with a
@@ -160,6 +182,8 @@ impl NodeOptions {
             lock_capacity: 1 << 16,
             tick: Duration::from_millis(200),
             resolve_after: Duration::from_secs(1),
+            settle_after: Duration::from_secs(2),
+            linger: Duration::from_micros(env_parse(LINGER_US_ENV).unwrap_or(1000)),
             #[cfg(feature = "faults")]
             crash_at: None,
             checkpoint_bytes: env_parse(CHECKPOINT_BYTES_ENV).unwrap_or(4 << 20),
@@ -271,9 +295,12 @@ impl NodeServer {
             ..Recovered::default()
         };
         let records = opened.replay.records;
+        let tick_ms = opts.tick.as_millis().max(1);
         let config = NodeConfig {
             lock_capacity: opts.lock_capacity,
             page_capacity: opts.pages,
+            patience: (opts.settle_after.as_millis().div_ceil(tick_ms)).min(u32::MAX as u128)
+                as u32,
         };
         let (node, actions) = Node::recover(opts.id, config, scan.versions, records)?;
         recovered.remembered = node.remembered();
@@ -325,7 +352,15 @@ impl NodeServer {
             .then("node", node_stage)
             .then_async(
                 "log",
-                LogStage::new(sink, fx.clone(), opts.data.clone(), opened.seq, page_handle),
+                LogStage::new(
+                    shared.clone(),
+                    opts.linger,
+                    sink,
+                    fx.clone(),
+                    opts.data.clone(),
+                    opened.seq,
+                    page_handle,
+                ),
             )
             .sink("after-log", after_log);
         let pipeline = b.build().map_err(|e| NodeError::Start(e.to_string()))?;

@@ -158,6 +158,22 @@ async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<
                 let status = lock(&ctx.shared).status(&ctx.fx);
                 let _ = tx.send(ClientResponse::Status { req, status });
             }
+            ClientRequest::Resolve { req } => {
+                let status = lock(&ctx.shared).status(&ctx.fx);
+                if input.send_async(Inbound::Resolve).await.is_err() {
+                    break;
+                }
+                let _ = tx.send(ClientResponse::Status { req, status });
+            }
+            ClientRequest::Verdicts { req, txns } => {
+                let verdicts = {
+                    let shared = lock(&ctx.shared);
+                    txns.into_iter()
+                        .map(|t| (t, shared.node.verdict(t)))
+                        .collect()
+                };
+                let _ = tx.send(ClientResponse::Verdicts { req, verdicts });
+            }
         }
     }
     {

@@ -34,7 +34,14 @@ pub(crate) enum Inbound {
     Client(Prepare),
     /// The retry timer fired.
     Tick,
+    /// A client asked to settle the in-doubt transactions now.
+    Resolve,
 }
+
+/// New log records are pending in the node's state: the log stage takes them (and
+/// whatever joins them while it lingers) itself, so they reach the log in id order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogDoorbell;
 
 /// Records up to `last` are durable.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +51,8 @@ pub(crate) struct LogDurable {
 
 /// Calls [`Node::handle`](crate::protocol::Node::handle) /
 /// [`tick`](crate::protocol::Node::tick) for each inbound item, carries out the
-/// actions, and emits the burst's new log records as one [`LogBatch`].
+/// actions, and rings the log stage ([`LogDoorbell`]) when the burst left new log
+/// records pending.
 pub(crate) struct NodeStage {
     pub(crate) shared: Shared,
     pub(crate) fx: Arc<Effects>,
@@ -52,10 +60,14 @@ pub(crate) struct NodeStage {
 
 impl Stage for NodeStage {
     type In = Inbound;
-    type Out = LogBatch;
+    type Out = LogDoorbell;
     type Error = NodeFault;
 
-    fn process(&mut self, item: Inbound, out: &mut Outbox<'_, LogBatch>) -> Result<(), NodeFault> {
+    fn process(
+        &mut self,
+        item: Inbound,
+        out: &mut Outbox<'_, LogDoorbell>,
+    ) -> Result<(), NodeFault> {
         let mut burst = VecDeque::from([item]);
         let mut failures = Vec::new();
         self.process_burst(
@@ -69,7 +81,7 @@ impl Stage for NodeStage {
     fn process_burst(
         &mut self,
         burst: &mut Burst<'_, Inbound>,
-        out: &mut Outbox<'_, LogBatch>,
+        out: &mut Outbox<'_, LogDoorbell>,
         failures: &mut Failures<'_, NodeFault>,
     ) {
         let mut state = lock(&self.shared);
@@ -82,6 +94,10 @@ impl Stage for NodeStage {
                 }
                 Inbound::Client(prepare) => state.client_prepare(fx, prepare),
                 Inbound::Tick => state.tick(fx),
+                Inbound::Resolve => {
+                    let actions = state.node.resolve_now();
+                    state.execute(fx, actions)
+                }
             };
             if let Err(fault) = done {
                 failures.push(fault);
@@ -93,8 +109,8 @@ impl Stage for NodeStage {
             failures.push(fault);
             return;
         }
-        if let Some(batch) = state.take_pending() {
-            out.push(batch);
+        if state.has_pending() {
+            out.push(LogDoorbell);
         }
     }
 
@@ -115,6 +131,13 @@ impl Stage for NodeStage {
 /// directory entry, and only then is the old segment deleted and the burst
 /// acknowledged.
 pub(crate) struct LogStage {
+    shared: Shared,
+    /// The longest a burst waits for more records before its `fdatasync`.
+    linger_max: Duration,
+    /// Smoothed duration of a write + `fdatasync`, in seconds.
+    sync_secs: f64,
+    /// The last record id written.
+    written: Option<RecordId>,
     sink: FileSink,
     fx: Arc<Effects>,
     dir: PathBuf,
@@ -128,6 +151,8 @@ pub(crate) struct LogStage {
 
 impl LogStage {
     pub(crate) fn new(
+        shared: Shared,
+        linger_max: Duration,
         sink: FileSink,
         fx: Arc<Effects>,
         dir: PathBuf,
@@ -135,6 +160,10 @@ impl LogStage {
         pages: File,
     ) -> Self {
         Self {
+            shared,
+            linger_max,
+            sync_secs: 0.0,
+            written: None,
             sink,
             fx,
             dir,
@@ -226,6 +255,56 @@ impl LogStage {
         Ok(())
     }
 
+    /// Records in `batches` (ids are consecutive from the last one written).
+    fn records(&self, batches: &[LogBatch]) -> u64 {
+        let last = batches.last().map_or(0, |b| b.last.0 + 1);
+        last - self.written.map_or(0, |w| w.0 + 1)
+    }
+
+    /// The pending records, and — when the burst would be tiny while more
+    /// transactions are open on the node than records in it — those that join within
+    /// a bounded linger: at most `linger_max`, and at most half a recent
+    /// write + `fdatasync` (waiting longer than a sync costs more than a second sync).
+    /// The wait ends as soon as the burst holds a record per open transaction (at
+    /// most 64). Without concurrent transactions there is no linger.
+    fn take_batches(&mut self) -> Vec<LogBatch> {
+        let (first, open) = {
+            let mut state = lock(&self.shared);
+            (state.take_pending(), state.node.unfinished() as u64)
+        };
+        let Some(first) = first else {
+            return Vec::new();
+        };
+        let mut batches = vec![first];
+        let target = open.min(64);
+        let cap = self
+            .linger_max
+            .min(Duration::from_secs_f64(self.sync_secs / 2.0));
+        if cap.is_zero() || self.records(&batches) >= target || batches[0].rotate_at.is_some() {
+            return batches;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < cap {
+            // The log has its own worker: a short sleep blocks nothing else.
+            std::thread::sleep(Duration::from_micros(20));
+            let more = lock(&self.shared).take_pending();
+            if let Some(more) = more {
+                let rotates = more.rotate_at.is_some();
+                batches.push(more);
+                if rotates || self.records(&batches) >= target {
+                    break;
+                }
+            }
+        }
+        let waited = start.elapsed();
+        self.fx
+            .stats
+            .linger_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!("storage_log_linger_seconds").record(waited.as_secs_f64());
+        batches
+    }
+
     fn push(&mut self, bytes: Vec<u8>) {
         let stats = &self.fx.stats;
         stats
@@ -239,25 +318,36 @@ impl LogStage {
 }
 
 impl AsyncStage for LogStage {
-    type In = LogBatch;
+    type In = LogDoorbell;
     type Out = LogDurable;
     type Error = NodeFault;
 
     async fn process_burst(
         &mut self,
-        burst: &mut Burst<'_, LogBatch>,
+        burst: &mut Burst<'_, LogDoorbell>,
         out: &mut Outbox<'_, LogDurable>,
         failures: &mut Failures<'_, NodeFault>,
     ) {
-        let batches: Vec<LogBatch> = burst.drain().collect();
+        burst.drain().for_each(drop);
+        let batches = self.take_batches();
         let Some(last) = batches.last().map(|b| b.last) else {
             return;
         };
+        let records = self.records(&batches);
+        let start = std::time::Instant::now();
         if let Err(fault) = self.write(batches).await {
             failures.push(fault);
             return;
         }
+        let took = start.elapsed().as_secs_f64();
+        self.sync_secs = if self.sync_secs == 0.0 {
+            took
+        } else {
+            0.8 * self.sync_secs + 0.2 * took
+        };
+        self.written = Some(last);
         let stats = &self.fx.stats;
+        stats.log_records.fetch_add(records, Ordering::Relaxed);
         stats.log_syncs.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("storage_log_syncs_total").increment(1);
         out.push(LogDurable { last });

@@ -77,6 +77,10 @@ pub(crate) struct Stats {
     pub(crate) dropped_sends: AtomicU64,
     pub(crate) log_bytes: AtomicU64,
     pub(crate) log_syncs: AtomicU64,
+    /// Records written (in `log_syncs` bursts).
+    pub(crate) log_records: AtomicU64,
+    /// Microseconds the log spent lingering for fuller bursts.
+    pub(crate) linger_us: AtomicU64,
     pub(crate) log_disk_bytes: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) net_dropped: AtomicU64,
@@ -289,6 +293,11 @@ impl State {
         self.execute(fx, actions)
     }
 
+    /// Whether records wait for the log stage.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending_last.is_some()
+    }
+
     /// The records encoded since the last call, for the log stage.
     pub(crate) fn take_pending(&mut self) -> Option<LogBatch> {
         let last = self.pending_last.take()?;
@@ -311,6 +320,8 @@ impl State {
             dropped_sends: s.dropped_sends.load(Ordering::Relaxed),
             log_bytes: s.log_bytes.load(Ordering::Relaxed),
             log_syncs: s.log_syncs.load(Ordering::Relaxed),
+            log_records: s.log_records.load(Ordering::Relaxed),
+            linger_us: s.linger_us.load(Ordering::Relaxed),
             log_disk_bytes: s.log_disk_bytes.load(Ordering::Relaxed),
             checkpoints: s.checkpoints.load(Ordering::Relaxed),
             remembered: self.node.remembered() as u64,
