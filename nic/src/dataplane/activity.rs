@@ -91,7 +91,8 @@ impl Activity {
     pub(crate) fn saw_packets(&self) {
         let now = self.now_ns().max(1);
         let last = self.0.last_ns.swap(now, Ordering::Relaxed);
-        if self.window().must_wake(last, now) {
+        // Never seen a packet (0): sources may be parked.
+        if last == 0 || self.window().must_wake(last, now) {
             self.0.notify.notify_waiters();
         }
     }
