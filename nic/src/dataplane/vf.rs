@@ -28,6 +28,11 @@ pub struct VfRx {
     stop: Stop,
     activity: Activity,
     label: &'static str,
+    /// A duplicate of the port's descriptor, polled (no lock) while busy-polling: the
+    /// port's lock is taken only when something is waiting, so a spinning receive
+    /// does not contend with the transmit side on another worker (and a preempted
+    /// spinner cannot hold the lock for a scheduler slice).
+    peek: Option<std::os::fd::OwnedFd>,
     fd: WorkerLocal<Readable>,
     scratch: Vec<Frame>,
 }
@@ -55,15 +60,17 @@ impl VfRx {
         stop: Stop,
         activity: Activity,
     ) -> Self {
+        let peek = lock(&port).rx_fd().try_clone_to_owned().ok();
         Self {
-            port,
             pool,
             stats,
             stop,
             activity,
             label: "vf-rx",
+            peek,
             fd: WorkerLocal::new(),
             scratch: Vec::new(),
+            port,
         }
     }
 }
@@ -81,6 +88,7 @@ impl AsyncSource for VfRx {
             stop,
             activity,
             label,
+            peek,
             fd,
             scratch,
         } = self;
@@ -120,7 +128,8 @@ impl AsyncSource for VfRx {
             if activity.hot() {
                 // Busy-poll: try the port without waiting for the reactor, and let the
                 // worker's other stages and tasks run between tries.
-                match receive(out) {
+                let waiting = peek.as_ref().is_none_or(readable_now);
+                match waiting.then(|| receive(out)).flatten() {
                     Some(state) => return state,
                     None => {
                         tokio::task::yield_now().await;
@@ -142,6 +151,15 @@ impl AsyncSource for VfRx {
             }
         }
     }
+}
+
+/// Whether `fd` is readable now (a zero-timeout `poll`); errors count as readable,
+/// so the receive itself reports them.
+fn readable_now(fd: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 
 /// Hands frames to the port of their VF (`meta.vf`). A VF whose receive ring is full
