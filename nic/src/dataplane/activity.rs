@@ -97,6 +97,25 @@ impl Activity {
         }
     }
 
+    /// A polling source was off its CPU longer than the window between two polls (the
+    /// machine is oversubscribed): polling then only takes CPU from the threads that
+    /// produce the traffic, and a spinner the scheduler penalises answers later than
+    /// a parked thread. Every source parks until the next packet.
+    pub(crate) fn descheduled(&self) {
+        // 0: as before any packet (cold; the next packet wakes every source).
+        self.0.last_ns.store(0, Ordering::Relaxed);
+    }
+
+    /// One busy-poll pause: lets the worker's other stages and tasks run, and closes
+    /// the window if this thread was descheduled for longer than it.
+    pub(crate) async fn pause(&self) {
+        let before = Instant::now();
+        tokio::task::yield_now().await;
+        if before.elapsed() > self.window_duration() {
+            self.descheduled();
+        }
+    }
+
     /// Whether sources should poll instead of parking.
     pub(crate) fn hot(&self) -> bool {
         let last = self.0.last_ns.load(Ordering::Relaxed);
@@ -149,6 +168,13 @@ mod tests {
         a.set_window(Duration::ZERO);
         assert!(!a.hot());
         assert_eq!(a.window_duration(), Duration::ZERO);
+        a.set_window(Duration::from_secs(3600));
+        a.saw_packets();
+        assert!(a.hot());
+        a.descheduled();
+        assert!(!a.hot(), "cold until the next packet");
+        a.saw_packets();
+        assert!(a.hot());
     }
 
     #[test]

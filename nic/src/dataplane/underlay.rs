@@ -445,7 +445,7 @@ impl AsyncSource for UnderlayRx {
                 if stop.is_stopped() {
                     return SourceState::Exhausted;
                 }
-                tokio::task::yield_now().await;
+                activity.pause().await;
                 continue;
             }
             tokio::select! {

@@ -132,7 +132,7 @@ impl AsyncSource for VfRx {
                 match waiting.then(|| receive(out)).flatten() {
                     Some(state) => return state,
                     None => {
-                        tokio::task::yield_now().await;
+                        activity.pause().await;
                         continue;
                     }
                 }
