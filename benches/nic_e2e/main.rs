@@ -28,6 +28,13 @@
 //!   segmented in user space, sent with UDP GSO); the kernel guest keeps TSO.
 //! - `latency-rr-p50-us`, `latency-rr-p99-us`: UDP ping-pong round trips (see `rr`),
 //!   ours through the AF_XDP VF (the TAP VF's figures are printed to stderr too).
+//! - `latency-rr-p50-us-sparse`, `latency-rr-p99-us-sparse`: the same with one round
+//!   trip every 2 ms (sparse traffic: each request finds the data plane idle). Ours is
+//!   also measured with busy-polling off (stderr), the data plane as it was before.
+//!
+//! Every case runs on both of the data plane's underlays: the io_uring UDP sockets
+//! (case names as above) and the AF_XDP socket on `ul0` (names suffixed `-afxdp`);
+//! the kernel peer is measured again next to each.
 //!
 //! Every case runs `rounds` rounds, each running both sides, in alternating order;
 //! the RESULT is the median per side. Progress, per-run details (offered load, CPU
@@ -49,9 +56,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use common::Side;
 use probe::Sample;
-use topo::{Ours, Peer};
+use topo::{Ours, Peer, Underlay};
 
 const PEER: &str = "kernel-vxlan";
+/// Time between round trips in the sparse latency case (a ping every few ms).
+const SPARSE_GAP: Duration = Duration::from_millis(2);
 
 struct Config {
     rounds: usize,
@@ -60,6 +69,7 @@ struct Config {
     tcp_secs: u32,
     tcp_omit: u32,
     rr_window: Duration,
+    rr_sparse_window: Duration,
     gen_threads: usize,
     filter: Option<String>,
     only: Option<Side>,
@@ -77,10 +87,11 @@ impl Config {
         Self {
             rounds: if quick { 2 } else { 3 },
             udp_warmup: s(500, 1000),
-            udp_window: s(2000, 10_000),
+            udp_window: s(1500, 10_000),
             tcp_secs: if quick { 2 } else { 10 },
             tcp_omit: 1,
             rr_window: s(1500, 5000),
+            rr_sparse_window: s(1500, 6000),
             gen_threads,
             filter: common::case_filter(),
             only: common::only(),
@@ -171,7 +182,7 @@ fn run() -> Result<()> {
     );
     let rss_before = probe::rss_kib();
     let peer = Peer::build()?;
-    let ours = Ours::build()?;
+    let mut ours = Ours::build()?;
     let rss_start = probe::rss_kib();
     eprintln!(
         "nic_e2e: topologies up in {:.1} s; process RSS {} KiB before the data plane, {} KiB with it",
@@ -180,8 +191,32 @@ fn run() -> Result<()> {
         rss_start
     );
 
-    if cfg.wants("udp-64B-pps") {
-        let (o, p) = rounds(&cfg, "udp-64B-pps", |side| {
+    for underlay in [Underlay::Udp, Underlay::AfXdp] {
+        ours.restart(underlay)?;
+        eprintln!("nic_e2e: data plane on the {underlay:?} underlay");
+        cases(&cfg, &mut ours, &peer, underlay)?;
+        if let Some(c) = ours.plane().underlay_counters() {
+            eprintln!("nic_e2e: AF_XDP underlay counters {c:?}");
+        }
+    }
+    eprintln!(
+        "nic_e2e: done in {:.1} s; process RSS {} KiB at the end ({} KiB at start); nic drops {:?}",
+        started.elapsed().as_secs_f64(),
+        probe::rss_kib(),
+        rss_start,
+        ours.plane().stats().all()
+    );
+    drop(ours);
+    drop(peer);
+    Ok(())
+}
+
+/// The cases on the data plane's current underlay (`ours` restarted on it).
+fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Result<()> {
+    let sfx = underlay.suffix();
+    let ours = &*ours;
+    if cfg.wants(&format!("udp-64B-pps{sfx}")) {
+        let (o, p) = rounds(cfg, &format!("udp-64B-pps{sfx}"), |side| {
             let (path, plane) = match side {
                 Side::Ours => (ours.afxdp(), Some(ours.plane())),
                 Side::Peer => (peer.path(), None),
@@ -196,8 +231,8 @@ fn run() -> Result<()> {
             eprintln!("  {}: {detail}", name(side));
             Ok(pps)
         })?;
-        result(&cfg, "udp-64B-pps", o, p, "pps", "higher");
-        if cfg.gen_threads != 1 && cfg.only.is_none() {
+        result(cfg, &format!("udp-64B-pps{sfx}"), o, p, "pps", "higher");
+        if cfg.gen_threads != 1 && cfg.only.is_none() && underlay == Underlay::Udp {
             // One generator thread leaves the second core to pipewright's worker (the
             // kernel does all its work in the sender's context): for the record.
             let w = (cfg.udp_warmup, cfg.udp_window);
@@ -211,13 +246,13 @@ fn run() -> Result<()> {
         }
     }
 
-    if cfg.wants("tcp-bulk-gbps") {
+    if cfg.wants(&format!("tcp-bulk-gbps{sfx}")) {
         if tcp::available() {
             let _servers = [
                 tcp::Server::start(&ours.tap())?,
                 tcp::Server::start(&peer.path())?,
             ];
-            let (o, p) = rounds(&cfg, "tcp-bulk-gbps", |side| {
+            let (o, p) = rounds(cfg, &format!("tcp-bulk-gbps{sfx}"), |side| {
                 let (path, plane) = match side {
                     Side::Ours => (ours.tap(), Some(ours.plane())),
                     Side::Peer => (peer.path(), None),
@@ -234,16 +269,23 @@ fn run() -> Result<()> {
                 }
                 Ok(gbps)
             })?;
-            result(&cfg, "tcp-bulk-gbps", o, p, "Gbit/s", "higher");
+            result(
+                cfg,
+                &format!("tcp-bulk-gbps{sfx}"),
+                o,
+                p,
+                "Gbit/s",
+                "higher",
+            );
         } else {
             println!(
-                "SKIP suite=nic_e2e case=tcp-bulk-gbps: {} not found",
+                "SKIP suite=nic_e2e case=tcp-bulk-gbps{sfx}: {} not found",
                 tcp::IPERF3
             );
         }
     }
 
-    if cfg.wants("latency-rr") {
+    if cfg.wants(&format!("latency-rr{sfx}")) {
         // The TAP VF's round trips, for the record (not a RESULT).
         if cfg.only.is_none_or(|o| o == Side::Ours) {
             let tap = rr::measure(&ours.tap(), cfg.rr_window / 2)?;
@@ -252,36 +294,72 @@ fn run() -> Result<()> {
                 tap.p50_us, tap.p99_us, tap.samples, tap.lost
             );
         }
-        let (o, p) = rounds(&cfg, "latency-rr-us", |side| {
-            let path = match side {
-                Side::Ours => ours.afxdp(),
-                Side::Peer => peer.path(),
-            };
-            let r = rr::measure(&path, cfg.rr_window)?;
-            eprintln!(
-                "  {}: p50 {:.1} us p99 {:.1} us ({} samples, {} lost)",
-                name(side),
-                r.p50_us,
-                r.p99_us,
-                r.samples,
-                r.lost
-            );
-            Ok((r.p50_us, r.p99_us))
-        })?;
-        let split = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) { v.iter().copied().unzip() };
-        let ((o50, o99), (p50, p99)) = (split(&o), split(&p));
-        result(&cfg, "latency-rr-p50-us", o50, p50, "us", "lower");
-        result(&cfg, "latency-rr-p99-us", o99, p99, "us", "lower");
+        latency(cfg, ours, peer, &format!("latency-rr{{}}-us{sfx}"), None)?;
     }
+    if cfg.wants(&format!("latency-rr-sparse{sfx}")) {
+        latency(
+            cfg,
+            ours,
+            peer,
+            &format!("latency-rr{{}}-us-sparse{sfx}"),
+            Some(SPARSE_GAP),
+        )?;
+    }
+    Ok(())
+}
 
-    eprintln!(
-        "nic_e2e: done in {:.1} s; process RSS {} KiB at the end ({} KiB at start); nic drops {:?}",
-        started.elapsed().as_secs_f64(),
-        probe::rss_kib(),
-        rss_start,
-        ours.plane().stats().all()
-    );
-    drop(ours);
-    drop(peer);
+/// Round trips one at a time (`gap` between them for sparse traffic): RESULT lines
+/// for p50 and p99 (`name` with `{}` where `-p50`/`-p99` goes). Ours is measured with
+/// busy-polling off too, for the record (the data plane before busy-polling).
+fn latency(
+    cfg: &Config,
+    ours: &Ours,
+    peer: &Peer,
+    pattern: &str,
+    gap: Option<Duration>,
+) -> Result<()> {
+    let measure = |path: &topo::Path<'_>, window: Duration| match gap {
+        Some(gap) => rr::measure_sparse(path, window, gap),
+        None => rr::measure(path, window),
+    };
+    let window = if gap.is_some() {
+        cfg.rr_sparse_window
+    } else {
+        cfg.rr_window
+    };
+    let case = pattern.replace("{}", "");
+    if cfg.only.is_none_or(|o| o == Side::Ours) {
+        let on = ours.plane().busy_poll();
+        ours.plane().set_busy_poll(Duration::ZERO);
+        let off = measure(&ours.afxdp(), window);
+        ours.plane().set_busy_poll(on);
+        match off {
+            Ok(off) => eprintln!(
+                "  {case}: ours with busy-poll off (informational): p50 {:.1} us p99 {:.1} us ({} samples, {} lost)",
+                off.p50_us, off.p99_us, off.samples, off.lost
+            ),
+            Err(e) => eprintln!("  {case}: ours with busy-poll off (informational): {e:#}"),
+        }
+    }
+    let (o, p) = rounds(cfg, &case, |side| {
+        let path = match side {
+            Side::Ours => ours.afxdp(),
+            Side::Peer => peer.path(),
+        };
+        let r = measure(&path, window)?;
+        eprintln!(
+            "  {}: p50 {:.1} us p99 {:.1} us ({} samples, {} lost)",
+            name(side),
+            r.p50_us,
+            r.p99_us,
+            r.samples,
+            r.lost
+        );
+        Ok((r.p50_us, r.p99_us))
+    })?;
+    let split = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) { v.iter().copied().unzip() };
+    let ((o50, o99), (p50, p99)) = (split(&o), split(&p));
+    result(cfg, &pattern.replace("{}", "-p50"), o50, p50, "us", "lower");
+    result(cfg, &pattern.replace("{}", "-p99"), o99, p99, "us", "lower");
     Ok(())
 }

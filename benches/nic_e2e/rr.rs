@@ -3,7 +3,8 @@
 //! An echo thread in the remote namespace (blocking socket on the overlay address)
 //! returns every 64-byte request; the client in the guest namespace (blocking, connected
 //! socket) sends a sequence number, waits for it to come back and records the round
-//! trip. Both directions cross the tunnel: guest -> encap -> remote vxlan decap ->
+//! trip; with a gap ([`measure_sparse`]), it sleeps that long between round trips
+//! (sparse traffic: every packet finds the data plane idle). Both directions cross the tunnel: guest -> encap -> remote vxlan decap ->
 //! echo -> remote vxlan encap -> decap -> guest. The first [`WARMUP`] round trips are
 //! not recorded.
 
@@ -18,6 +19,7 @@ use crate::topo::Path;
 
 const PORT: u16 = 7000;
 const WARMUP: usize = 200;
+const SPARSE_WARMUP: usize = 20;
 
 pub struct Rr {
     pub p50_us: f64,
@@ -27,6 +29,15 @@ pub struct Rr {
 }
 
 pub fn measure(path: &Path<'_>, duration: Duration) -> Result<Rr> {
+    run(path, duration, None)
+}
+
+/// One round trip every `gap` (plus the round trip itself) for `duration`.
+pub fn measure_sparse(path: &Path<'_>, duration: Duration, gap: Duration) -> Result<Rr> {
+    run(path, duration, Some(gap))
+}
+
+fn run(path: &Path<'_>, duration: Duration, gap: Option<Duration>) -> Result<Rr> {
     let ip = path.remote_ip;
     let server = path.remote.run(move || UdpSocket::bind((ip, PORT)))??;
     server.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -50,13 +61,20 @@ pub fn measure(path: &Path<'_>, duration: Duration) -> Result<Rr> {
         .guest
         .run(move || UdpSocket::bind((gip, 0)))?
         .context("bind the client")
-        .and_then(|client| client_loop(&client, ip, duration));
+        .and_then(|client| client_loop(&client, ip, duration, gap));
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
     result
 }
 
-fn client_loop(client: &UdpSocket, to: std::net::Ipv4Addr, duration: Duration) -> Result<Rr> {
+fn client_loop(
+    client: &UdpSocket,
+    to: std::net::Ipv4Addr,
+    duration: Duration,
+    gap: Option<Duration>,
+) -> Result<Rr> {
+    // Sparse runs are long per sample: a short warm-up (path and caches), not 200.
+    let warmup = if gap.is_some() { SPARSE_WARMUP } else { WARMUP };
     client.connect((to, PORT))?;
     client.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut rtts: Vec<u64> = Vec::with_capacity(1 << 16);
@@ -66,6 +84,9 @@ fn client_loop(client: &UdpSocket, to: std::net::Ipv4Addr, duration: Duration) -
     let deadline = Instant::now() + duration;
     let mut seq = 0u64;
     while Instant::now() < deadline {
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
         seq += 1;
         req[..8].copy_from_slice(&seq.to_le_bytes());
         let start = Instant::now();
@@ -73,7 +94,7 @@ fn client_loop(client: &UdpSocket, to: std::net::Ipv4Addr, duration: Duration) -
         loop {
             match client.recv(&mut resp) {
                 Ok(n) if n >= 8 && resp[..8] == req[..8] => {
-                    if seq as usize > WARMUP {
+                    if seq as usize > warmup {
                         rtts.push(start.elapsed().as_nanos() as u64);
                     }
                     break;
@@ -86,7 +107,9 @@ fn client_loop(client: &UdpSocket, to: std::net::Ipv4Addr, duration: Duration) -
             }
         }
     }
-    if rtts.len() < 100 {
+    // Sparse runs have fewer samples by design (a 2 ms gap).
+    let min = if gap.is_some() { 20 } else { 100 };
+    if rtts.len() < min {
         bail!(
             "only {} round trips completed ({lost} lost): is the path up?",
             rtts.len()

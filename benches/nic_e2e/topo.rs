@@ -53,6 +53,25 @@ fn underlay() -> UnderlaySpec {
     UnderlaySpec::new(net("192.168.77.1/30"), net("192.168.77.2/30"), UNDERLAY_MTU)
 }
 
+/// The data plane's underlay in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    /// io_uring UDP sockets (case names without suffix).
+    Udp,
+    /// An AF_XDP socket on `ul0` (case names suffixed `-afxdp`).
+    AfXdp,
+}
+
+impl Underlay {
+    /// The case name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Underlay::Udp => "",
+            Underlay::AfXdp => "-afxdp",
+        }
+    }
+}
+
 /// Pipewright on a harness host: VF 0 a veth opened as an AF_XDP port (VNI 100),
 /// VF 1 a TAP with vnet header (VNI 200).
 pub struct Ours {
@@ -80,15 +99,28 @@ impl Ours {
             .remote_vni(VniSpec::new(200, net("10.200.0.1/24")))
             .build()
             .context("build pipewright's host")?;
-        let (plane, _, _) =
-            start_on_host(&host, &OnHostOptions::default()).context("start the data plane")?;
-        let ours = Self {
-            plane: Some(plane),
-            host,
-        };
-        ping(ours.host.guest_ns(0).unwrap(), REMOTE_100).context("ours, AF_XDP VF")?;
-        ping(ours.host.guest_ns(1).unwrap(), REMOTE_200).context("ours, TAP VF")?;
+        let mut ours = Self { plane: None, host };
+        ours.restart(Underlay::Udp)?;
         Ok(ours)
+    }
+
+    /// Stops the data plane (if running) and starts it again on `underlay`.
+    pub fn restart(&mut self, underlay: Underlay) -> Result<()> {
+        if let Some(plane) = self.plane.take() {
+            plane
+                .stop_within(Duration::from_secs(2))
+                .context("stop the data plane")?;
+        }
+        let options = OnHostOptions {
+            afxdp_underlay: underlay == Underlay::AfXdp,
+            ..OnHostOptions::default()
+        };
+        let (plane, _, _) = start_on_host(&self.host, &options)
+            .with_context(|| format!("start the data plane on the {underlay:?} underlay"))?;
+        self.plane = Some(plane);
+        ping(self.host.guest_ns(0).unwrap(), REMOTE_100).context("ours, AF_XDP VF")?;
+        ping(self.host.guest_ns(1).unwrap(), REMOTE_200).context("ours, TAP VF")?;
+        Ok(())
     }
 
     pub fn plane(&self) -> &RunningDataPlane {

@@ -4,8 +4,12 @@
 //! the io_uring underlay. Guests on different VNIs cannot reach each other; spoofed
 //! guest frames and garbage sent to the underlay port are counted and never delivered.
 //!
+//! Each test runs on both underlays: the io_uring UDP sockets and the AF_XDP socket
+//! on the underlay veth (outer MACs from the kernel's neighbour table).
+//!
 //! Needs root and network namespaces; without them every test prints a SKIP line
-//! (and fails instead when `PIPEWRIGHT_REQUIRE_NETNS=1`).
+//! (and fails instead when `PIPEWRIGHT_REQUIRE_NETNS=1`; AF_XDP:
+//! `PIPEWRIGHT_REQUIRE_AF_XDP=1`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -70,8 +74,39 @@ fn stop(plane: RunningDataPlane) {
     eprintln!("drops: {stats:?}; completed: {}", report.completed);
 }
 
+/// The data plane on the io_uring UDP underlay, or on the AF_XDP one.
+fn options(afxdp_underlay: bool) -> OnHostOptions {
+    OnHostOptions {
+        afxdp_underlay,
+        ..OnHostOptions::default()
+    }
+}
+
+/// On the AF_XDP underlay, encapsulated frames went through the socket (their next
+/// hop found in the kernel's neighbour table), not only the kernel-path fallback.
+fn check_underlay(plane: &RunningDataPlane, afxdp_underlay: bool) {
+    match plane.underlay_counters() {
+        Some(c) => {
+            assert!(afxdp_underlay, "counters only on the AF_XDP underlay");
+            eprintln!("AF_XDP underlay: {c:?}");
+            assert!(c.xsk_tx > 0 && c.xsk_rx > 0, "{c:?}");
+            assert!(c.kernel_path < c.xsk_tx, "{c:?}");
+        }
+        None => assert!(!afxdp_underlay, "the AF_XDP underlay has counters"),
+    }
+}
+
 #[test]
 fn guests_reach_the_kernel_vxlan_peer_ping_udp_and_100mb_tcp() {
+    reach_the_kernel_peer("a", false);
+}
+
+#[test]
+fn guests_reach_the_kernel_vxlan_peer_over_the_afxdp_underlay() {
+    reach_the_kernel_peer("c", true);
+}
+
+fn reach_the_kernel_peer(tag: &str, afxdp_underlay: bool) {
     if !(pipewright_testkit::netns()
         && pipewright_testkit::af_xdp()
         && pipewright_testkit::io_uring()
@@ -79,8 +114,8 @@ fn guests_reach_the_kernel_vxlan_peer_ping_udp_and_100mb_tcp() {
     {
         return;
     }
-    let host = host("a", [VfKind::Tap, VfKind::Veth]);
-    let (plane, _, _) = start_on_host(&host, &OnHostOptions::default()).expect("start");
+    let host = host(tag, [VfKind::Tap, VfKind::Veth]);
+    let (plane, _, _) = start_on_host(&host, &options(afxdp_underlay)).expect("start");
     let g0 = host.vfs[0].guest_ns.clone();
     let g1 = host.vfs[1].guest_ns.clone();
 
@@ -186,6 +221,7 @@ fn guests_reach_the_kernel_vxlan_peer_ping_udp_and_100mb_tcp() {
         assert_eq!(total, SIZE);
         assert_eq!(sum, sent_sum);
     }
+    check_underlay(&plane, afxdp_underlay);
     stop(plane);
 }
 
@@ -212,6 +248,15 @@ fn pattern_byte(i: u64) -> u8 {
 
 #[test]
 fn vnis_are_isolated_spoofing_and_underlay_garbage_are_counted() {
+    isolation_and_garbage("b", false);
+}
+
+#[test]
+fn vnis_are_isolated_and_garbage_is_counted_on_the_afxdp_underlay() {
+    isolation_and_garbage("d", true);
+}
+
+fn isolation_and_garbage(tag: &str, afxdp_underlay: bool) {
     if !(pipewright_testkit::netns()
         && pipewright_testkit::af_xdp()
         && pipewright_testkit::io_uring()
@@ -219,8 +264,8 @@ fn vnis_are_isolated_spoofing_and_underlay_garbage_are_counted() {
     {
         return;
     }
-    let host = host("b", [VfKind::Tap, VfKind::Tap]);
-    let (plane, _, _) = start_on_host(&host, &OnHostOptions::default()).expect("start");
+    let host = host(tag, [VfKind::Tap, VfKind::Tap]);
+    let (plane, _, _) = start_on_host(&host, &options(afxdp_underlay)).expect("start");
     let g0 = host.vfs[0].guest_ns.clone();
     assert!(ping(&g0, "10.100.0.1"), "the path works");
     // Guest 0 (VNI 100) is told VNI 200's addresses are on its link (a route and
@@ -378,5 +423,6 @@ fn vnis_are_isolated_spoofing_and_underlay_garbage_are_counted() {
         "nothing reached a guest"
     );
     assert!(ping(&g0, "10.100.0.1"), "the path still works");
+    check_underlay(&plane, afxdp_underlay);
     stop(plane);
 }

@@ -61,6 +61,13 @@ struct DemoArgs {
     /// Live view refresh period.
     #[arg(long, default_value_t = 250)]
     refresh_ms: u64,
+    /// Underlay through an AF_XDP socket on the underlay veth instead of io_uring UDP
+    /// sockets.
+    #[arg(long)]
+    afxdp_underlay: bool,
+    /// Busy-poll window after each packet, in microseconds (0: park at once).
+    #[arg(long)]
+    busy_poll_us: Option<u64>,
 }
 
 pub(crate) fn run(args: NicArgs) -> anyhow::Result<()> {
@@ -174,7 +181,12 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         host.underlay.as_ref().map(|u| u.remote_ip.to_string()).unwrap_or_default(),
         host.remote_ns().map(|n| n.name().to_string()).unwrap_or_default(),
     );
-    let (plane, _, _) = start_on_host(&host, &OnHostOptions::default())?;
+    let options = OnHostOptions {
+        afxdp_underlay: args.afxdp_underlay,
+        busy_poll: args.busy_poll_us.map(std::time::Duration::from_micros),
+        ..OnHostOptions::default()
+    };
+    let (plane, _, _) = start_on_host(&host, &options)?;
     println!(
         "pipewright data plane started in namespace {}\n",
         host.dp_ns().name()

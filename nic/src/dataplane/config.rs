@@ -6,6 +6,13 @@
 //! local = "192.168.77.1"      # this VTEP's address (configured on an interface here)
 //! rx_ports = [4789, 6081]     # tunnels received (default: VXLAN's 4789)
 //! tx_sockets = 4              # sending sockets (flows spread by source port)
+//! kind = "udp"                # io_uring UDP sockets (default), or "afxdp":
+//! # kind = "afxdp"            # an AF_XDP socket on the underlay interface (root,
+//! # ifname = "eth1"           #   XDP; next hop on the link, IPv4): more packets per
+//! # xdp_mode = "native"       #   second and lower latency than the kernel's UDP path
+//!
+//! busy_poll_us = 200          # poll this long after a packet before parking (0: off)
+//! run_to_completion = false   # every stage on one worker (sparse, latency-bound)
 //!
 //! [[port]]
 //! vf = 0
@@ -27,7 +34,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig};
+use super::{
+    AfXdpUnderlay, DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig, UnderlayKind,
+};
 use crate::port::XdpMode;
 use crate::port::{AfXdpPort, PortError, TapPort, VfPort};
 use crate::rules::Versioned;
@@ -79,6 +88,17 @@ struct UnderlayFile {
     tx_sockets: Option<usize>,
     gro: Option<bool>,
     gso: Option<bool>,
+    #[serde(default)]
+    kind: Option<UnderlayKindFile>,
+    ifname: Option<String>,
+    xdp_mode: Option<ModeFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum UnderlayKindFile {
+    Udp,
+    Afxdp,
 }
 
 /// The kind of a VF port.
@@ -123,6 +143,9 @@ struct ConfigFile {
     rules: Option<RuleFile>,
     rules_file: Option<PathBuf>,
     burst: Option<usize>,
+    busy_poll_us: Option<u64>,
+    #[serde(default)]
+    run_to_completion: bool,
 }
 
 /// A parsed data plane config.
@@ -174,6 +197,11 @@ impl DataPlaneConfig {
                 ))
             }
         };
+        if file.underlay.kind == Some(UnderlayKindFile::Afxdp) && file.underlay.ifname.is_none() {
+            return Err(DataPlaneConfigError::Rules(
+                "[underlay] kind = \"afxdp\" needs ifname = \"<the underlay interface>\"".into(),
+            ));
+        }
         if file.port.is_empty() {
             return Err(DataPlaneConfigError::Rules(
                 "no VF ports: add a [[port]] with vf, kind and ifname".into(),
@@ -204,10 +232,23 @@ impl DataPlaneConfig {
         if let Some(g) = u.gso {
             underlay.gso = g;
         }
+        if let (Some(UnderlayKindFile::Afxdp), Some(ifname)) = (u.kind, &u.ifname) {
+            underlay.kind = UnderlayKind::AfXdp(AfXdpUnderlay {
+                xdp_mode: match u.xdp_mode {
+                    Some(ModeFile::Generic) => XdpMode::Generic,
+                    _ => XdpMode::Native,
+                },
+                ..AfXdpUnderlay::new(ifname)
+            });
+        }
         let mut builder = DataPlane::builder()
+            .run_to_completion(self.file.run_to_completion)
             .underlay(underlay)
             .egress(Versioned::new(self.rules.egress_table()?))
             .ingress(Versioned::new(self.rules.ingress_table()?));
+        if let Some(us) = self.file.busy_poll_us {
+            builder = builder.busy_poll(std::time::Duration::from_micros(us));
+        }
         if let Some(b) = self.file.burst {
             builder = builder.burst(b);
         }
@@ -294,6 +335,27 @@ vf = 0
             config("").replace("[[port]]\nvf = 0\nkind = \"tap\"\nifname = \"tap0\"\n", "");
         let e = DataPlaneConfig::parse(&no_ports).unwrap_err();
         assert!(e.to_string().contains("[[port]]"), "{e}");
+    }
+
+    #[test]
+    fn the_afxdp_underlay_needs_its_interface() {
+        let with = |extra: &str| {
+            config("").replace("rx_ports = [4789]", &format!("rx_ports = [4789]\n{extra}"))
+        };
+        assert!(DataPlaneConfig::parse(&with(
+            "kind = \"afxdp\"\nifname = \"ul0\"\nxdp_mode = \"generic\""
+        ))
+        .is_ok());
+        let e = DataPlaneConfig::parse(&with("kind = \"afxdp\"")).unwrap_err();
+        assert!(e.to_string().contains("ifname"), "{e}");
+        assert!(DataPlaneConfig::parse(&with("kind = \"dpdk\"")).is_err());
+        let c = DataPlaneConfig::parse(&format!(
+            "busy_poll_us = 0\nrun_to_completion = true\n{}",
+            config("")
+        ))
+        .unwrap();
+        assert_eq!(c.file.busy_poll_us, Some(0));
+        assert!(c.file.run_to_completion);
     }
 
     #[test]

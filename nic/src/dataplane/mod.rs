@@ -44,25 +44,37 @@ use pipewright_runtime::{
 use tokio::sync::Notify;
 
 use crate::pipeline::{egress, ingress, EgressConfig, NicStats};
-use crate::port::{PortCounters, VfPort};
+use crate::port::{AfXdpPort, PortCounters, VfPort};
 use crate::rules::{EgressTable, IngressTable, Versioned};
 use crate::tunnel::{DecapConfig, TunnelKind};
 use crate::{FramePool, DEFAULT_HEADROOM};
 
+mod activity;
 mod config;
 mod on_host;
 mod underlay;
 mod vf;
+mod xdp_underlay;
 
 pub use config::{DataPlaneConfig, DataPlaneConfigError, PortEntry, PortKind};
 pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
 pub use underlay::{UnderlayConfig, UnderlayRx, UnderlayTx};
 pub use vf::{SharedPort, VfRx, VfTx};
+pub use xdp_underlay::{
+    parse_proc_arp, AfXdpUnderlay, NeighbourCache, UnderlayCounters, UnderlayKind, MISS_REFRESH,
+    REFRESH,
+};
 
 /// Frames per burst unless configured: large enough that a burst from a busy VF
 /// leaves the underlay as a few long GSO runs (in `nic_e2e`, 64-byte UDP: 256 gave
 /// 1.00–1.01 of the kernel's vxlan where 64 gave 0.95), small enough to stay in cache.
 pub const DEFAULT_BURST: usize = 256;
+
+/// How long the receive sources keep polling after a packet unless configured (see
+/// [`DataPlaneBuilder::busy_poll`]): long enough to catch the reply to a request that
+/// just left (a round trip over a veth/kernel peer takes 20–60 µs), short enough that
+/// an idle data plane parks at once.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
 
 /// Tells the data plane's sources to stop: they end, and the pipeline drains.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +121,15 @@ pub enum DataPlaneError {
         #[source]
         source: std::io::Error,
     },
+    /// The AF_XDP underlay could not be opened.
+    #[error("AF_XDP underlay on {ifname}: {source}; check that the interface exists in this namespace and supports XDP (or use the UDP underlay)")]
+    Underlay {
+        /// The underlay interface.
+        ifname: String,
+        /// Why.
+        #[source]
+        source: crate::port::PortError,
+    },
     /// The pipeline could not be built or started.
     #[error("data plane pipeline: {0}")]
     Start(String),
@@ -125,6 +146,8 @@ pub struct DataPlaneBuilder {
     ingress: Option<Versioned<IngressTable>>,
     plan: Option<Plan>,
     burst: Option<usize>,
+    busy_poll: Option<Duration>,
+    run_to_completion: bool,
 }
 
 /// Entry point: see [`DataPlane::builder`].
@@ -182,6 +205,25 @@ impl DataPlaneBuilder {
         self
     }
 
+    /// How long every receive source keeps polling its queue after any of them got a
+    /// packet, instead of parking its worker (default [`DEFAULT_BUSY_POLL`]; zero
+    /// turns busy-polling off). A parked worker costs a thread wake-up per packet
+    /// (tens of µs after an idle period); polling costs CPU only within the window.
+    /// Change it live with [`RunningDataPlane::set_busy_poll`].
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.busy_poll = Some(window);
+        self
+    }
+
+    /// Runs every stage on one worker (VF side and underlay side together), unless a
+    /// [`plan`](Self::plan) is given: for sparse, latency-bound traffic a packet's
+    /// whole path then stays on one thread; under load the default two workers
+    /// carry more.
+    pub fn run_to_completion(mut self, on: bool) -> Self {
+        self.run_to_completion = on;
+        self
+    }
+
     /// Burst size of every stage (default [`DEFAULT_BURST`]).
     pub fn burst(mut self, burst: usize) -> Self {
         self.burst = Some(burst);
@@ -209,6 +251,7 @@ impl DataPlaneBuilder {
         };
         let stats = NicStats::new();
         let stop = Stop::default();
+        let activity = activity::Activity::new(self.busy_poll.unwrap_or(DEFAULT_BUSY_POLL));
         // Room for a 64 KiB TSO segment plus outer headers is not needed per frame:
         // segmentation produces MTU-size frames; receive frames carry one datagram.
         let pool = Arc::new(FramePool::new(DEFAULT_HEADROOM, 9216, 8192));
@@ -222,7 +265,13 @@ impl DataPlaneBuilder {
         let rx = ports.iter().map(|(vf, port)| {
             b.source_async(
                 &format!("vf{vf}-rx"),
-                VfRx::new(port.clone(), pool.clone(), stats.clone(), stop.clone()),
+                VfRx::new(
+                    port.clone(),
+                    pool.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                    activity.clone(),
+                ),
             )
         });
         let from_vfs = b.merge(rx.collect::<Vec<_>>());
@@ -234,27 +283,73 @@ impl DataPlaneBuilder {
                 stats: stats.clone(),
             },
         );
-        let tx = UnderlayTx::bind(underlay.clone(), pool.clone(), stats.clone()).map_err(|e| {
-            DataPlaneError::Socket {
-                what: format!("for sending on {}", underlay.local),
-                source: e,
-            }
-        })?;
-        out.underlay.sink_async("underlay-tx", tx);
         let mut from_underlay = Vec::new();
-        for port in &rx_ports {
-            let rx = UnderlayRx::bind(
-                underlay.clone(),
-                *port,
-                pool.clone(),
-                stats.clone(),
-                stop.clone(),
-            )
-            .map_err(|e| DataPlaneError::Socket {
-                what: format!("{}:{port}", underlay.local),
-                source: e,
-            })?;
-            from_underlay.push(b.source_async(&format!("underlay-rx-{port}"), rx));
+        let mut xdp = None;
+        match &underlay.kind {
+            UnderlayKind::Udp => {
+                let tx = UnderlayTx::bind(underlay.clone(), pool.clone(), stats.clone()).map_err(
+                    |e| DataPlaneError::Socket {
+                        what: format!("for sending on {}", underlay.local),
+                        source: e,
+                    },
+                )?;
+                out.underlay.sink_async("underlay-tx", tx);
+                for port in &rx_ports {
+                    let rx = UnderlayRx::bind(
+                        underlay.clone(),
+                        *port,
+                        pool.clone(),
+                        stats.clone(),
+                        stop.clone(),
+                        activity.clone(),
+                    )
+                    .map_err(|e| DataPlaneError::Socket {
+                        what: format!("{}:{port}", underlay.local),
+                        source: e,
+                    })?;
+                    from_underlay.push(b.source_async(&format!("underlay-rx-{port}"), rx));
+                }
+            }
+            UnderlayKind::AfXdp(x) => {
+                let fail = |source| DataPlaneError::Underlay {
+                    ifname: x.ifname.clone(),
+                    source,
+                };
+                let own_mac = xdp_underlay::interface_mac(&x.ifname)
+                    .map_err(|e| fail(crate::port::PortError::io("read the interface MAC", e)))?;
+                let port = AfXdpPort::builder(&x.ifname)
+                    .queue(x.queue)
+                    .mode(x.xdp_mode)
+                    .redirect_udp_ports(&rx_ports)
+                    .build()
+                    .map_err(fail)?;
+                let port: SharedPort = Arc::new(Mutex::new(Box::new(port)));
+                let counters = Arc::new(xdp_underlay::TxCounters::default());
+                let tx = xdp_underlay::XdpUnderlayTx::new(
+                    port.clone(),
+                    &x.ifname,
+                    own_mac,
+                    underlay.local,
+                    pool.clone(),
+                    stats.clone(),
+                    counters.clone(),
+                )
+                .map_err(|e| DataPlaneError::Socket {
+                    what: format!("for the kernel path on {}", underlay.local),
+                    source: e,
+                })?;
+                out.underlay.sink("underlay-tx", tx);
+                let rx = VfRx::new(
+                    port.clone(),
+                    pool.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                    activity.clone(),
+                )
+                .labelled("underlay-rx");
+                from_underlay.push(b.source_async("underlay-rx-xdp", rx));
+                xdp = Some((port, counters));
+            }
         }
         let inner = ingress(
             b.merge(from_underlay),
@@ -270,12 +365,17 @@ impl DataPlaneBuilder {
             .map_err(|e| DataPlaneError::Start(e.to_string()))?;
         let plan = match self.plan {
             Some(plan) => plan,
+            None if self.run_to_completion => {
+                Plan::explicit().worker(pipeline.stage_names(), CpuPin::Auto)
+            }
             None => default_plan(&pipeline.stage_names()),
         };
         let running =
             Runtime::start(pipeline, plan).map_err(|e| DataPlaneError::Start(e.to_string()))?;
         Ok(RunningDataPlane {
             running,
+            xdp,
+            activity,
             stop,
             stats,
             ports,
@@ -300,6 +400,8 @@ fn default_plan(stages: &[&str]) -> Plan {
 #[derive(Debug)]
 pub struct RunningDataPlane {
     running: Running,
+    xdp: Option<(SharedPort, Arc<xdp_underlay::TxCounters>)>,
+    activity: activity::Activity,
     stop: Stop,
     stats: NicStats,
     ports: Vec<(u16, SharedPort)>,
@@ -327,6 +429,28 @@ impl RunningDataPlane {
             .iter()
             .map(|(vf, p)| (*vf, vf::lock(p).counters()))
             .collect()
+    }
+
+    /// Counters of the AF_XDP underlay (`None` on the UDP underlay).
+    pub fn underlay_counters(&self) -> Option<UnderlayCounters> {
+        self.xdp.as_ref().map(|(port, counters)| {
+            let c = vf::lock(port).counters();
+            UnderlayCounters {
+                xsk_tx: c.tx_frames,
+                xsk_rx: c.rx_frames,
+                kernel_path: counters.kernel_path.load(Ordering::Relaxed),
+            }
+        })
+    }
+
+    /// Changes the busy-poll window live (see [`DataPlaneBuilder::busy_poll`]).
+    pub fn set_busy_poll(&self, window: Duration) {
+        self.activity.set_window(window);
+    }
+
+    /// The busy-poll window in force.
+    pub fn busy_poll(&self) -> Duration {
+        self.activity.window_duration()
     }
 
     /// A handle that stops the data plane from another thread (a signal handler).

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::{DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig};
+use super::{
+    AfXdpUnderlay, DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig, UnderlayKind,
+};
 use crate::host::{Host, HostError, VfKind};
 use crate::port::XdpMode;
 use crate::port::{AfXdpPort, PortError, VfPort};
@@ -61,6 +63,13 @@ pub struct OnHostOptions {
     pub xdp_mode: XdpMode,
     /// Burst size of every stage.
     pub burst: usize,
+    /// The underlay: io_uring UDP sockets (false, the default) or an AF_XDP socket on
+    /// the host's underlay veth (true, in `xdp_mode`).
+    pub afxdp_underlay: bool,
+    /// The busy-poll window ([`super::DEFAULT_BUSY_POLL`] unless set).
+    pub busy_poll: Option<std::time::Duration>,
+    /// Every stage on one worker (see [`super::DataPlaneBuilder::run_to_completion`]).
+    pub run_to_completion: bool,
 }
 
 impl Default for OnHostOptions {
@@ -69,6 +78,9 @@ impl Default for OnHostOptions {
             kind: TunnelKind::Vxlan,
             xdp_mode: XdpMode::Native,
             burst: super::DEFAULT_BURST,
+            afxdp_underlay: false,
+            busy_poll: None,
+            run_to_completion: false,
         }
     }
 }
@@ -197,12 +209,24 @@ pub fn start_on_host(
     }
     let local = IpAddr::V4(underlay.dp_ip.addr());
     let (e, i, burst) = (egress.clone(), ingress.clone(), options.burst);
+    let mut config = UnderlayConfig::new(local);
+    if options.afxdp_underlay {
+        config.kind = UnderlayKind::AfXdp(AfXdpUnderlay {
+            xdp_mode: options.xdp_mode,
+            ..AfXdpUnderlay::new(&underlay.ifname)
+        });
+    }
+    let (busy_poll, rtc) = (options.busy_poll, options.run_to_completion);
     let running = host.dp_ns().run(move || {
         let mut builder = DataPlane::builder()
-            .underlay(UnderlayConfig::new(local))
+            .underlay(config)
             .egress(e)
             .ingress(i)
-            .burst(burst);
+            .burst(burst)
+            .run_to_completion(rtc);
+        if let Some(window) = busy_poll {
+            builder = builder.busy_poll(window);
+        }
         for port in ports {
             builder = builder.vf(port);
         }

@@ -20,6 +20,8 @@ use pipewright_runtime::{
     AsyncSource, AsyncStage, Burst, Failures, Outbox, SourceState, WorkerLocal,
 };
 
+use super::activity::Activity;
+use super::xdp_underlay::UnderlayKind;
 use super::Stop;
 use crate::pipeline::NicStats;
 use crate::wire::{ethertype, ip_proto, Ipv4Packet, Ipv6Packet, UdpPacket};
@@ -32,15 +34,15 @@ const MAX_GSO_BYTES: usize = 65_000;
 
 /// Where an outer frame goes: its destination and the UDP payload's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OuterDst {
-    to: SocketAddr,
-    src_port: u16,
-    payload_off: usize,
-    payload_len: usize,
+pub(crate) struct OuterDst {
+    pub(crate) to: SocketAddr,
+    pub(crate) src_port: u16,
+    pub(crate) payload_off: usize,
+    pub(crate) payload_len: usize,
 }
 
 /// Reads the destination of an encapsulated frame (Ethernet + IPv4/IPv6 + UDP).
-fn outer_dst(data: &[u8]) -> Option<OuterDst> {
+pub(crate) fn outer_dst(data: &[u8]) -> Option<OuterDst> {
     let ethertype = u16::from_be_bytes([*data.get(12)?, *data.get(13)?]);
     let (ip, udp_off) = match ethertype {
         ethertype::IPV4 => {
@@ -93,6 +95,10 @@ pub struct UnderlayConfig {
     /// overflows, and the kernel drops datagrams unseen by the data plane, as soon as
     /// a peer sends a few GSO runs while the receive worker is busy.
     pub rx_socket_buffer: usize,
+    /// io_uring UDP sockets (default) or an AF_XDP socket on the underlay interface;
+    /// see [`UnderlayKind`] for when to choose which. The socket sizing fields above
+    /// apply to the UDP underlay only.
+    pub kind: UnderlayKind,
 }
 
 impl UnderlayConfig {
@@ -106,6 +112,7 @@ impl UnderlayConfig {
             gro: true,
             gso: true,
             rx_socket_buffer: 4 << 20,
+            kind: UnderlayKind::Udp,
         }
     }
 }
@@ -284,6 +291,7 @@ pub struct UnderlayRx {
     pool: Arc<FramePool>,
     stats: NicStats,
     stop: Stop,
+    activity: Activity,
 }
 
 impl std::fmt::Debug for UnderlayRx {
@@ -302,6 +310,7 @@ impl UnderlayRx {
         pool: Arc<FramePool>,
         stats: NicStats,
         stop: Stop,
+        activity: Activity,
     ) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(config.local, port))?;
         set_rcvbuf(&socket, config.rx_socket_buffer)?;
@@ -314,6 +323,7 @@ impl UnderlayRx {
             pool,
             stats,
             stop,
+            activity,
         })
     }
 }
@@ -423,15 +433,36 @@ impl AsyncSource for UnderlayRx {
                 }
             }
         };
-        tokio::select! {
-            received = ring.recv_burst(on_buffer) => match received {
-                Ok(_) => SourceState::Ready,
-                Err(error) => {
-                    tracing::error!(target: "pipewright", %error, "underlay receive stopped");
-                    SourceState::Exhausted
+        let recv = ring.recv_burst(on_buffer);
+        let mut recv = std::pin::pin!(recv);
+        let (stop, activity) = (&self.stop, &self.activity);
+        let received = loop {
+            if activity.hot() {
+                // Busy-poll: each poll reaps the ring's completion queue directly.
+                if let std::task::Poll::Ready(r) = futures::poll!(recv.as_mut()) {
+                    break r;
                 }
-            },
-            () = self.stop.wait() => SourceState::Exhausted,
+                if stop.is_stopped() {
+                    return SourceState::Exhausted;
+                }
+                activity.pause().await;
+                continue;
+            }
+            tokio::select! {
+                received = recv.as_mut() => break received,
+                () = stop.wait() => return SourceState::Exhausted,
+                () = activity.woken() => continue,
+            }
+        };
+        match received {
+            Ok(_) => {
+                activity.saw_packets();
+                SourceState::Ready
+            }
+            Err(error) => {
+                tracing::error!(target: "pipewright", %error, "underlay receive stopped");
+                SourceState::Exhausted
+            }
         }
     }
 }
@@ -469,8 +500,15 @@ mod tests {
     fn receive_sockets_get_the_configured_buffer() {
         let config = UnderlayConfig::new("127.0.0.1".parse().unwrap());
         let pool = Arc::new(FramePool::new(128, 2048, 4));
-        let rx =
-            UnderlayRx::bind(config.clone(), 0, pool, NicStats::new(), Stop::default()).unwrap();
+        let rx = UnderlayRx::bind(
+            config.clone(),
+            0,
+            pool,
+            NicStats::new(),
+            Stop::default(),
+            Activity::new(std::time::Duration::ZERO),
+        )
+        .unwrap();
         let socket = rx.socket.as_ref().unwrap();
         let got = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::RcvBuf)
             .expect("getsockopt(SO_RCVBUF)");

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use pipewright_runtime::readiness::Readable;
 use pipewright_runtime::{AsyncSource, Burst, Failures, Outbox, SourceState, Stage, WorkerLocal};
 
+use super::activity::Activity;
 use super::Stop;
 use crate::pipeline::NicStats;
 use crate::port::VfPort;
@@ -18,14 +19,31 @@ pub(crate) fn lock(port: &SharedPort) -> MutexGuard<'_, Box<dyn VfPort>> {
     port.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Frames the guest sends, as a source: awaits the port's descriptor (never spins).
+/// Frames the guest sends, as a source: polls the port while the data plane's
+/// busy-poll window is open (see `activity`), else awaits the port's descriptor.
 pub struct VfRx {
     port: SharedPort,
     pool: Arc<FramePool>,
     stats: NicStats,
     stop: Stop,
+    activity: Activity,
+    label: &'static str,
+    /// A duplicate of the port's descriptor, polled (no lock) while busy-polling: the
+    /// port's lock is taken only when something is waiting, so a spinning receive
+    /// does not contend with the transmit side on another worker (and a preempted
+    /// spinner cannot hold the lock for a scheduler slice).
+    peek: Option<std::os::fd::OwnedFd>,
     fd: WorkerLocal<Readable>,
     scratch: Vec<Frame>,
+}
+
+impl VfRx {
+    /// The stage name its drops are counted under (default `vf-rx`): the AF_XDP
+    /// underlay's receive is a port too.
+    pub(crate) fn labelled(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
+    }
 }
 
 impl std::fmt::Debug for VfRx {
@@ -35,14 +53,24 @@ impl std::fmt::Debug for VfRx {
 }
 
 impl VfRx {
-    pub(crate) fn new(port: SharedPort, pool: Arc<FramePool>, stats: NicStats, stop: Stop) -> Self {
+    pub(crate) fn new(
+        port: SharedPort,
+        pool: Arc<FramePool>,
+        stats: NicStats,
+        stop: Stop,
+        activity: Activity,
+    ) -> Self {
+        let peek = lock(&port).rx_fd().try_clone_to_owned().ok();
         Self {
-            port,
             pool,
             stats,
             stop,
+            activity,
+            label: "vf-rx",
+            peek,
             fd: WorkerLocal::new(),
             scratch: Vec::new(),
+            port,
         }
     }
 }
@@ -53,48 +81,85 @@ impl AsyncSource for VfRx {
     type Out = Frame;
 
     async fn pull(&mut self, out: &mut Outbox<'_, Frame>, max: usize) -> SourceState {
-        let port = &self.port;
-        let fd = match self
-            .fd
-            .get_or_try_init(|| Readable::new(lock(port).rx_fd()))
-        {
+        let Self {
+            port,
+            pool,
+            stats,
+            stop,
+            activity,
+            label,
+            peek,
+            fd,
+            scratch,
+        } = self;
+        let label = *label;
+        let fd = match fd.get_or_try_init(|| Readable::new(lock(port).rx_fd())) {
             Ok(fd) => fd,
             Err(error) => {
                 tracing::error!(target: "pipewright", %error, "cannot watch a VF port; its receive stops");
-                self.stats.drop_frame("vf-rx", "port-unwatchable");
+                stats.drop_frame(label, "port-unwatchable");
                 return SourceState::Exhausted;
             }
         };
+        let mut receive = |out: &mut Outbox<'_, Frame>| -> Option<SourceState> {
+            let received = lock(port).recv_burst(pool, scratch, max);
+            match received {
+                Ok(0) => None,
+                Ok(_) => {
+                    for frame in scratch.drain(..) {
+                        out.push(frame);
+                    }
+                    activity.saw_packets();
+                    Some(SourceState::Ready)
+                }
+                Err(error) => {
+                    // The port reported a failure (a bad descriptor, a kernel error):
+                    // counted; the port keeps serving.
+                    tracing::debug!(target: "pipewright", %error, "VF receive failed");
+                    stats.drop_frame(label, "port-error");
+                    None
+                }
+            }
+        };
         loop {
-            if self.stop.is_stopped() {
+            if stop.is_stopped() {
                 return SourceState::Exhausted;
+            }
+            if activity.hot() {
+                // Busy-poll: try the port without waiting for the reactor, and let the
+                // worker's other stages and tasks run between tries.
+                let waiting = peek.as_ref().is_none_or(readable_now);
+                match waiting.then(|| receive(out)).flatten() {
+                    Some(state) => return state,
+                    None => {
+                        activity.pause().await;
+                        continue;
+                    }
+                }
             }
             let guard = tokio::select! {
                 ready = fd.ready() => match ready {
                     Ok(guard) => guard,
                     Err(_) => return SourceState::Exhausted,
                 },
-                () = self.stop.wait() => return SourceState::Exhausted,
+                () = stop.wait() => return SourceState::Exhausted,
+                () = activity.woken() => continue,
             };
-            let received = lock(&self.port).recv_burst(&self.pool, &mut self.scratch, max);
-            match received {
-                Ok(0) => guard.not_ready(),
-                Ok(_) => {
-                    for frame in self.scratch.drain(..) {
-                        out.push(frame);
-                    }
-                    return SourceState::Ready;
-                }
-                Err(error) => {
-                    // The port reported a failure (a bad descriptor, a kernel error):
-                    // counted; the port keeps serving.
-                    tracing::debug!(target: "pipewright", %error, "VF receive failed");
-                    self.stats.drop_frame("vf-rx", "port-error");
-                    guard.not_ready();
-                }
+            match receive(out) {
+                Some(state) => return state,
+                None => guard.not_ready(),
             }
         }
     }
+}
+
+/// Whether `fd` is readable now (a zero-timeout `poll`); errors count as readable,
+/// so the receive itself reports them.
+fn readable_now(fd: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 
 /// Hands frames to the port of their VF (`meta.vf`). A VF whose receive ring is full

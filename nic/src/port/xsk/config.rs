@@ -49,6 +49,7 @@ pub struct AfXdpBuilder {
     pub(super) bind_mode: BindMode,
     pub(super) multi_buffer: bool,
     pub(super) max_frame: usize,
+    pub(super) udp_ports: Option<Vec<u16>>,
 }
 
 /// Bytes the kernel keeps in front of received data in each frame in copy mode
@@ -68,6 +69,7 @@ impl AfXdpBuilder {
             bind_mode: BindMode::Copy,
             multi_buffer: false,
             max_frame: 9216,
+            udp_ports: None,
         }
     }
 
@@ -129,6 +131,16 @@ impl AfXdpBuilder {
     /// kernel's headroom.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
+        self
+    }
+
+    /// Redirects only UDP datagrams to these destination ports (IPv4 without options,
+    /// not fragmented; IPv6 with UDP as the first next header) to the socket; every
+    /// other frame (ARP, neighbour discovery, the host's own traffic) goes on to the
+    /// kernel stack. By default every frame of the queue is redirected (a VF port).
+    /// An underlay port uses this for its tunnel ports.
+    pub fn redirect_udp_ports(mut self, ports: &[u16]) -> Self {
+        self.udp_ports = Some(ports.to_vec());
         self
     }
 

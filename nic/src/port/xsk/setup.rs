@@ -18,7 +18,11 @@ pub(super) fn attach(
 ) -> Result<(OwnedFd, OwnedFd, OwnedFd), PortError> {
     let xskmap = sys::xskmap_create(cfg.queue + 1)
         .map_err(|e| PortError::io("create XSKMAP (BPF_MAP_CREATE)", e))?;
-    let insns = prog::redirect_program(std::os::fd::AsRawFd::as_raw_fd(&xskmap));
+    let map_fd = std::os::fd::AsRawFd::as_raw_fd(&xskmap);
+    let insns = match &cfg.udp_ports {
+        Some(ports) => prog::udp_port_program(map_fd, ports),
+        None => prog::redirect_program(map_fd),
+    };
     let prog_flags = if cfg.multi_buffer {
         BPF_F_XDP_HAS_FRAGS
     } else {
