@@ -10,12 +10,11 @@
 
 mod cache_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cache_common::{have_tool, random_file, sha256, Client, ClientError, EXE};
+use cache_common::{have_tool, listening_address, random_file, sha256, Client, ClientError, EXE};
 
 const MIB: usize = 1 << 20;
 
@@ -101,26 +100,7 @@ fn gateway(port: u16, cache_file: &Path, size: &str) -> (Proc, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the gateway");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("gateway exited before listening: {:?}", child.wait());
-        }
-        if let Some(rest) = line
-            .trim()
-            .strip_prefix("pipewright cache gateway: listening on nbd://")
-        {
-            break rest.to_string();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while out.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
+    let addr = listening_address(&mut child);
     (Proc(child), addr)
 }
 

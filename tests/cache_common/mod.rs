@@ -15,6 +15,32 @@ pub(crate) fn have_tool(tool: &str, package: &str, var: &str) -> bool {
     pipewright_testkit::require(tool, package, &format!("PIPEWRIGHT_REQUIRE_{var}"))
 }
 
+/// Reads a gateway's stdout until it says where it listens; returns that address and
+/// keeps draining its stdout (so the gateway never blocks on a full pipe).
+pub(crate) fn listening_address(child: &mut Child) -> String {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("gateway exited before listening: {:?}", child.wait());
+        }
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("pipewright cache gateway: listening on nbd://")
+        {
+            break rest.to_string();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    addr
+}
+
 pub(crate) struct Gateway {
     pub child: Child,
     pub addr: String,
@@ -45,26 +71,7 @@ impl Gateway {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the gateway");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                panic!("gateway exited before listening: {:?}", child.wait());
-            }
-            if let Some(rest) = line
-                .trim()
-                .strip_prefix("pipewright cache gateway: listening on nbd://")
-            {
-                break rest.to_string();
-            }
-        };
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while out.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
+        let addr = listening_address(&mut child);
         Gateway {
             child,
             addr,
