@@ -494,35 +494,39 @@ impl<T: Unpin + 'static> Future for Op<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut d = this.driver.borrow_mut();
-        // Operations queued together go to the kernel in one submission.
-        if let Err(e) = d.flush() {
-            drop(d);
-            return Poll::Ready((
-                Err(e),
-                this.resource.take().expect("polled after completion"),
-            ));
+        let result = poll_slot(&mut this.driver.borrow_mut(), this.index, cx);
+        result.map(|r| (r, this.resource.take().expect("polled after completion")))
+    }
+}
+
+/// Submits what is queued, reaps, and takes the one-shot operation `index`'s result
+/// if it completed (freeing its slot), or registers `cx`'s waker.
+pub(super) fn poll_slot(
+    d: &mut Driver,
+    index: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<u32>> {
+    // Operations queued together go to the kernel in one submission.
+    if let Err(e) = d.flush() {
+        tracing::warn!(target: "pipewright", error = %e, "io_uring submit failed");
+    }
+    d.reap();
+    match &mut d.ops[index] {
+        Slot::Done(result) => {
+            let result = *result;
+            d.ops.remove(index);
+            Poll::Ready(if result < 0 {
+                Err(io::Error::from_raw_os_error(-result))
+            } else {
+                Ok(result as u32)
+            })
         }
-        d.reap();
-        match &mut d.ops[this.index] {
-            Slot::Done(result) => {
-                let result = *result;
-                d.ops.remove(this.index);
-                drop(d);
-                let r = if result < 0 {
-                    Err(io::Error::from_raw_os_error(-result))
-                } else {
-                    Ok(result as u32)
-                };
-                Poll::Ready((r, this.resource.take().expect("polled after completion")))
-            }
-            Slot::Waiting(waker) => {
-                *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            Slot::Orphaned(_) | Slot::Stream { .. } | Slot::StreamOrphaned(..) => {
-                unreachable!("a one-shot op's slot is Waiting or Done while its future lives")
-            }
+        Slot::Waiting(waker) => {
+            *waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+        Slot::Orphaned(_) | Slot::Stream { .. } | Slot::StreamOrphaned(..) => {
+            unreachable!("a one-shot op's slot is Waiting or Done while its owner lives")
         }
     }
 }

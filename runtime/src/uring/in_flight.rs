@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use io_uring::{opcode, squeue, types};
 
 use super::buffers::PooledBuf;
-use super::driver::{current, existing, Slot};
+use super::driver::{current, existing, poll_slot, Slot};
 
 /// An io_uring operation in flight on the calling worker's ring, awaitable later.
 ///
@@ -64,28 +64,8 @@ impl<T: Unpin + 'static> Future for InFlight<T> {
         let driver = existing().filter(|d| d.borrow().id == this.driver).expect(
             "an InFlight io_uring operation must be awaited on the worker that submitted it",
         );
-        let mut d = driver.borrow_mut();
-        if let Err(e) = d.flush() {
-            tracing::warn!(target: "pipewright", error = %e, "io_uring submit failed");
-        }
-        d.reap();
-        match &mut d.ops[this.index] {
-            Slot::Done(result) => {
-                let result = *result;
-                d.ops.remove(this.index);
-                let r = if result < 0 {
-                    Err(io::Error::from_raw_os_error(-result))
-                } else {
-                    Ok(result as u32)
-                };
-                Poll::Ready((r, this.resource.take().expect("checked above")))
-            }
-            Slot::Waiting(waker) => {
-                *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            _ => unreachable!("an in-flight op's slot is Waiting or Done while it lives"),
-        }
+        let result = poll_slot(&mut driver.borrow_mut(), this.index, cx);
+        result.map(|r| (r, this.resource.take().expect("checked above")))
     }
 }
 
