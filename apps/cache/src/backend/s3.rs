@@ -311,6 +311,10 @@ fn covers(overlays: &[(u64, Bytes)], len: u64) -> bool {
     spans.sort_unstable();
     let mut reached = 0;
     for (s, e) in spans {
+        // Spans past the range (a later part's bytes) do not matter once it is covered.
+        if reached >= len {
+            return true;
+        }
         if s > reached {
             return false;
         }
@@ -899,6 +903,18 @@ mod tests {
         assert!(parse_manifest("hello").is_err());
         assert!(parse_manifest(&format!("{MANIFEST_MAGIC}\nsize 1\npart-size 0\n")).is_err());
         assert!(parse_manifest(&format!("{MANIFEST_MAGIC}\nsize x\n")).is_err());
+    }
+
+    /// The case proptest found: a span beyond the range after it is covered.
+    #[test]
+    fn a_span_past_a_covered_range_does_not_uncover_it() {
+        let spans = [(0u64, 55usize), (119, 1), (37, 63)];
+        let overlays: Vec<_> = spans
+            .iter()
+            .map(|(o, n)| (*o, Bytes::from(vec![0u8; *n])))
+            .collect();
+        assert!(covers(&overlays, 100));
+        assert!(!covers(&overlays, 101));
     }
 
     proptest! {
