@@ -11,6 +11,8 @@
 //! See the [crate documentation](crate) for the protocol's sequence diagram, its
 //! guarantee and what blocks when.
 
+mod ballots;
+mod housekeeping;
 mod node;
 mod recover;
 mod state;

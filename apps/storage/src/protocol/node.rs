@@ -3,13 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use super::state::{NodeConfig, TxnStatus};
-use super::state::{Phase, Recovery, Txn};
+use super::state::{Phase, Txn};
 
-use super::{
-    recovery_quorum, AbortReason, Action, Ballot, Malformed, Message, Outcome, Prepare, RecordId,
-};
+use super::{AbortReason, Action, Ballot, Malformed, Message, Outcome, Prepare, RecordId};
 use crate::locks::LockTable;
-use crate::log::{Checkpoint, Intent, Record, Verdict};
+use crate::log::{Intent, Record, Verdict};
 use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// One storage node's side of the linear two-phase commit.
@@ -153,13 +151,13 @@ impl Node {
         id
     }
 
-    fn persist_then(&mut self, txn: TxnId, record: Record, out: &mut Vec<Action>) {
+    pub(super) fn persist_then(&mut self, txn: TxnId, record: Record, out: &mut Vec<Action>) {
         let id = self.persist(record, out);
         self.waiting.insert(id, Then::Advance(txn));
     }
 
     /// Send `msg` to `to` once `record` is durable.
-    fn persist_then_send(
+    pub(super) fn persist_then_send(
         &mut self,
         record: Record,
         to: NodeId,
@@ -171,7 +169,7 @@ impl Node {
     }
 
     /// Send `msg` to `to` (to this node itself: handled before the call returns).
-    fn send(&mut self, to: NodeId, msg: Message, out: &mut Vec<Action>) {
+    pub(super) fn send(&mut self, to: NodeId, msg: Message, out: &mut Vec<Action>) {
         if to == self.id {
             self.loopback.push_back(msg);
         } else {
@@ -179,13 +177,13 @@ impl Node {
         }
     }
 
-    fn drain(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn drain(&mut self, out: &mut Vec<Action>) {
         while let Some(msg) = self.loopback.pop_front() {
             self.dispatch(msg, out);
         }
     }
 
-    fn neighbour(&self, chain: &[NodeId], step: isize) -> Option<NodeId> {
+    pub(super) fn neighbour(&self, chain: &[NodeId], step: isize) -> Option<NodeId> {
         let at = chain.iter().position(|&n| n == self.id)? as isize + step;
         usize::try_from(at).ok().and_then(|i| chain.get(i).copied())
     }
@@ -198,7 +196,7 @@ impl Node {
         out
     }
 
-    fn dispatch(&mut self, msg: Message, out: &mut Vec<Action>) {
+    pub(super) fn dispatch(&mut self, msg: Message, out: &mut Vec<Action>) {
         match msg {
             Message::Prepare(p) => self.on_prepare(p, out),
             Message::Commit { txn, decider } => self.on_commit(txn, decider, out),
@@ -232,7 +230,7 @@ impl Node {
         }
     }
 
-    fn on_prepare(&mut self, p: Prepare, out: &mut Vec<Action>) {
+    pub(super) fn on_prepare(&mut self, p: Prepare, out: &mut Vec<Action>) {
         if let Some(t) = self.txns.get(&p.txn) {
             // A duplicate. If we already aborted it, the sender is still prepared: tell it.
             if t.phase == Phase::Finished(Verdict::Abort) {
@@ -363,12 +361,12 @@ impl Node {
     }
 
     /// Whether `txn` of `client` is at or below the client's low-water mark.
-    fn is_late(&self, client: ClientId, txn: TxnId) -> bool {
+    pub(super) fn is_late(&self, client: ClientId, txn: TxnId) -> bool {
         self.marks.get(&client).is_some_and(|&mark| txn <= mark)
     }
 
     /// Apply a committed transaction's writes here and release its locks.
-    fn apply(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+    pub(super) fn apply(&mut self, txn: TxnId, out: &mut Vec<Action>) {
         let writes = self.txns[&txn].writes.clone();
         for w in &writes {
             self.versions.insert(w.page, w.expected + 1);
@@ -379,13 +377,13 @@ impl Node {
         }
     }
 
-    fn send_back(&self, txn: TxnId, msg: Message, out: &mut Vec<Action>) {
+    pub(super) fn send_back(&self, txn: TxnId, msg: Message, out: &mut Vec<Action>) {
         if let Some(prev) = self.neighbour(&self.txns[&txn].chain, -1) {
             out.push(Action::Send { to: prev, msg });
         }
     }
 
-    fn on_commit(&mut self, txn: TxnId, decider: NodeId, out: &mut Vec<Action>) {
+    pub(super) fn on_commit(&mut self, txn: TxnId, decider: NodeId, out: &mut Vec<Action>) {
         let ack = Action::Send {
             to: decider,
             msg: Message::Ack { txn, from: self.id },
@@ -427,7 +425,7 @@ impl Node {
         }
     }
 
-    fn on_abort(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+    pub(super) fn on_abort(&mut self, txn: TxnId, out: &mut Vec<Action>) {
         let Some(t) = self.txns.get(&txn) else { return };
         if t.chain.last() == Some(&self.id) {
             self.decider_settles(txn, Verdict::Abort, out);
@@ -453,7 +451,7 @@ impl Node {
         }
     }
 
-    fn on_ack(&mut self, txn: TxnId, from: NodeId, out: &mut Vec<Action>) {
+    pub(super) fn on_ack(&mut self, txn: TxnId, from: NodeId, out: &mut Vec<Action>) {
         let Some(Txn {
             phase: Phase::AwaitingAcks { awaiting },
             ..
@@ -468,7 +466,13 @@ impl Node {
         }
     }
 
-    fn on_resolve(&mut self, txn: TxnId, from: NodeId, client: ClientId, out: &mut Vec<Action>) {
+    pub(super) fn on_resolve(
+        &mut self,
+        txn: TxnId,
+        from: NodeId,
+        client: ClientId,
+        out: &mut Vec<Action>,
+    ) {
         let me = self.id;
         let answer = |verdict| Action::Send {
             to: from,
@@ -515,7 +519,7 @@ impl Node {
         }
     }
 
-    fn set_phase(&mut self, txn: TxnId, phase: Phase) {
+    pub(super) fn set_phase(&mut self, txn: TxnId, phase: Phase) {
         if let Some(t) = self.txns.get_mut(&txn) {
             t.phase = phase;
         }
@@ -542,7 +546,7 @@ impl Node {
         out
     }
 
-    fn forget(&mut self, txn: TxnId) {
+    pub(super) fn forget(&mut self, txn: TxnId) {
         if let Some(t) = self.txns.remove(&txn) {
             debug_assert!(matches!(t.phase, Phase::Finished(_)));
             let mark = self.marks.entry(t.client).or_insert(txn);
@@ -550,84 +554,7 @@ impl Node {
         }
     }
 
-    /// Start a checkpoint: the action to persist a [`Record::Checkpoint`] that the
-    /// host writes as the first record of a **new log segment**, after syncing the
-    /// page file (every page write asked for so far must be durable before the
-    /// checkpoint is). Once it is durable ([`persisted`](Self::persisted)) the host
-    /// may delete the older segments, and the node forgets every transaction that
-    /// was already finished at the previous checkpoint: a transaction is remembered
-    /// for at least one full checkpoint interval after it finished, then only its
-    /// client's low-water mark covers it.
-    ///
-    /// Returns nothing while an earlier checkpoint is still on its way to the log.
-    pub fn checkpoint(&mut self) -> Vec<Action> {
-        let mut out = Vec::new();
-        if self.checkpointing.is_some() {
-            return out;
-        }
-        let mut cp = Checkpoint::default();
-        let mut marks = self.marks.clone();
-        let mut forget = Vec::new();
-        for (&txn, t) in &mut self.txns {
-            let client = t.client;
-            let intent = || {
-                Record::Intent(Intent {
-                    txn,
-                    client,
-                    chain: t.chain.clone(),
-                    writes: t.writes.clone(),
-                    acceptors: t.acceptors,
-                })
-            };
-            match &t.phase {
-                Phase::Finished(_) if t.aged => {
-                    forget.push(txn);
-                    let mark = marks.entry(client).or_insert(txn);
-                    *mark = (*mark).max(txn);
-                }
-                Phase::Finished(v) => cp.finished.push((txn, client, *v)),
-                // Their outcome record precedes the checkpoint in the log.
-                Phase::Refusing { .. } => cp.finished.push((txn, client, Verdict::Abort)),
-                Phase::Completing => cp.finished.push((txn, client, Verdict::Commit)),
-                Phase::Preparing { .. } | Phase::Prepared { .. } | Phase::Proposing { .. } => {
-                    cp.open.push(intent());
-                    // What this node promised and accepted as an acceptor.
-                    if t.promised != Ballot::default() {
-                        cp.open.push(Record::Promise {
-                            txn,
-                            client,
-                            ballot: t.promised,
-                        });
-                    }
-                    if let Some((ballot, verdict)) = t.accepted {
-                        cp.open.push(Record::Accept {
-                            txn,
-                            client,
-                            ballot,
-                            verdict,
-                        });
-                    }
-                }
-                Phase::Deciding | Phase::AwaitingAcks { .. } => {
-                    cp.open.push(intent());
-                    cp.open.push(Record::Decision {
-                        txn,
-                        client,
-                        verdict: Verdict::Commit,
-                    });
-                }
-            }
-            if matches!(t.phase, Phase::Finished(_)) {
-                t.aged = true;
-            }
-        }
-        cp.marks = marks.into_iter().collect();
-        let id = self.persist(Record::Checkpoint(cp), &mut out);
-        self.checkpointing = Some((id, forget));
-        out
-    }
-
-    fn advance(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+    pub(super) fn advance(&mut self, txn: TxnId, out: &mut Vec<Action>) {
         let Some(t) = self.txns.get_mut(&txn) else {
             return;
         };
@@ -712,475 +639,6 @@ impl Node {
                 self.set_phase(txn, Phase::Finished(Verdict::Commit));
             }
             other => self.set_phase(txn, other),
-        }
-    }
-
-    /// The retry timer fired: prepared nodes ask the decider (`Resolve`), the decider
-    /// re-sends `Commit` to nodes that have not acknowledged and its commit proposal
-    /// to acceptors that have not accepted. With acceptors (F ≥ 1), a node prepared
-    /// for more than `patience` ticks (a decider in doubt after a restart: at once)
-    /// runs a recovery ballot, and a new one at every tick that brought no answer.
-    /// Call it every few hundred milliseconds; it only re-sends idempotent messages.
-    pub fn tick(&mut self) -> Vec<Action> {
-        let mut out = Vec::new();
-        let me = self.id;
-        let txns: Vec<TxnId> = self
-            .txns
-            .iter()
-            .filter(|(_, t)| {
-                matches!(
-                    t.phase,
-                    Phase::Prepared { .. }
-                        | Phase::Proposing { sent: true, .. }
-                        | Phase::AwaitingAcks { .. }
-                )
-            })
-            .map(|(&txn, _)| txn)
-            .collect();
-        for txn in txns {
-            let patience = self.patience;
-            let t = self.txns.get_mut(&txn).expect("listed above");
-            let client = t.client;
-            match &t.phase {
-                Phase::Prepared { .. } => {
-                    let decider = t.chain.last().copied();
-                    let is_decider = decider == Some(me);
-                    if let (Some(decider), false) = (decider, is_decider) {
-                        let msg = Message::Resolve {
-                            txn,
-                            from: me,
-                            client,
-                        };
-                        out.push(Action::Send { to: decider, msg });
-                    }
-                    if t.acceptor_nodes().is_empty() {
-                        continue;
-                    }
-                    t.waited = t.waited.saturating_add(1);
-                    if !is_decider && t.waited <= patience {
-                        continue;
-                    }
-                    match &mut t.recovery {
-                        Some(r) if r.progress => r.progress = false,
-                        _ => self.start_recovery(txn, &mut out),
-                    }
-                }
-                Phase::Proposing {
-                    sent: true,
-                    accepted,
-                } => {
-                    let ballot = Ballot { round: 0, node: me };
-                    let missing: Vec<NodeId> = t
-                        .acceptor_nodes()
-                        .iter()
-                        .copied()
-                        .filter(|n| !accepted.contains(n))
-                        .collect();
-                    for to in missing {
-                        let msg = Message::Accept {
-                            txn,
-                            ballot,
-                            verdict: Verdict::Commit,
-                            client,
-                        };
-                        out.push(Action::Send { to, msg });
-                    }
-                }
-                Phase::AwaitingAcks { awaiting } => {
-                    for &to in awaiting {
-                        out.push(Action::Send {
-                            to,
-                            msg: Message::Commit { txn, decider: me },
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.drain(&mut out);
-        out
-    }
-
-    /// Settle in-doubt transactions now (`pipewright storage resolve`): every
-    /// transaction prepared here asks its decider (`Resolve`) at once and, with
-    /// acceptors (F ≥ 1), starts a recovery ballot at once instead of after its
-    /// patience. Returns the actions, like [`tick`](Self::tick).
-    pub fn resolve_now(&mut self) -> Vec<Action> {
-        let mut out = Vec::new();
-        let me = self.id;
-        let prepared: Vec<TxnId> = self
-            .txns
-            .iter()
-            .filter(|(_, t)| matches!(t.phase, Phase::Prepared { .. }))
-            .map(|(&txn, _)| txn)
-            .collect();
-        for txn in prepared {
-            let t = &self.txns[&txn];
-            let decider = t.chain.last().copied();
-            if let Some(decider) = decider.filter(|&d| d != me) {
-                let msg = Message::Resolve {
-                    txn,
-                    from: me,
-                    client: t.client,
-                };
-                out.push(Action::Send { to: decider, msg });
-            }
-            if !t.acceptor_nodes().is_empty() {
-                self.start_recovery(txn, &mut out);
-            }
-        }
-        self.drain(&mut out);
-        out
-    }
-
-    /// The outcome of `txn` as this node knows it: `None` while it is open here, or
-    /// when the node never saw it or forgot it.
-    pub fn verdict(&self, txn: TxnId) -> Option<Verdict> {
-        match self.status(txn) {
-            TxnStatus::Finished(v) => Some(v),
-            TxnStatus::Completing | TxnStatus::AwaitingAcks | TxnStatus::Deciding => {
-                Some(Verdict::Commit)
-            }
-            _ => None,
-        }
-    }
-
-    /// Start a recovery ballot for `txn` (prepared here, with acceptors): ask every
-    /// other chain node (the acceptors promise; any node that knows the outcome
-    /// tells it).
-    fn start_recovery(&mut self, txn: TxnId, out: &mut Vec<Action>) {
-        let me = self.id;
-        let t = self.txns.get_mut(&txn).expect("caller checked");
-        let last = t.recovery.as_ref().map_or(0, |r| r.ballot.round);
-        let round = t.max_round.max(t.promised.round).max(last) + 1;
-        let ballot = Ballot { round, node: me };
-        t.recovery = Some(Recovery {
-            ballot,
-            promises: BTreeMap::new(),
-            proposal: None,
-            accepted: BTreeSet::new(),
-            progress: false,
-        });
-        let client = t.client;
-        for to in t.chain.clone() {
-            let msg = Message::Query {
-                txn,
-                ballot,
-                client,
-            };
-            self.send(to, msg, out);
-        }
-    }
-
-    /// The outcome message for `verdict`.
-    fn verdict_msg(&self, txn: TxnId, verdict: Verdict) -> Message {
-        match verdict {
-            Verdict::Commit => Message::Commit {
-                txn,
-                decider: self
-                    .txns
-                    .get(&txn)
-                    .and_then(|t| t.chain.last().copied())
-                    .unwrap_or(self.id),
-            },
-            Verdict::Abort => Message::Abort { txn },
-        }
-    }
-
-    /// The decider learns `verdict`, settled without it (F ≥ 1): while it had not
-    /// decided itself (prepared in doubt after a restart, or proposing), it makes the
-    /// verdict its durable decision and then acts as if it had decided so.
-    fn decider_settles(&mut self, txn: TxnId, verdict: Verdict, out: &mut Vec<Action>) {
-        let Some(t) = self.txns.get_mut(&txn) else {
-            return;
-        };
-        if !matches!(t.phase, Phase::Prepared { .. } | Phase::Proposing { .. }) {
-            return;
-        }
-        t.recovery = None;
-        let client = t.client;
-        let record = Record::Decision {
-            txn,
-            client,
-            verdict,
-        };
-        match verdict {
-            Verdict::Commit => {
-                self.persist_then(txn, record, out);
-                self.set_phase(txn, Phase::Deciding);
-            }
-            Verdict::Abort => {
-                self.locks.release(txn);
-                self.persist_then(txn, record, out);
-                let phase = Phase::Refusing {
-                    reason: AbortReason::Settled,
-                    askers: BTreeSet::new(),
-                };
-                self.set_phase(txn, phase);
-            }
-        }
-    }
-
-    /// An abort record for a transaction this node never prepared, then `Abort` to
-    /// `asker`: it never voted yes and now never will (a later `Prepare` finds it
-    /// aborted), so abort is its certain outcome.
-    fn refuse_unknown(
-        &mut self,
-        txn: TxnId,
-        client: ClientId,
-        asker: NodeId,
-        out: &mut Vec<Action>,
-    ) {
-        let record = Record::Completion {
-            txn,
-            client,
-            verdict: Verdict::Abort,
-        };
-        self.persist_then(txn, record, out);
-        let phase = Phase::Refusing {
-            reason: AbortReason::Settled,
-            askers: BTreeSet::from([asker]),
-        };
-        self.txns
-            .insert(txn, Txn::new(client, Vec::new(), Vec::new(), phase, 0));
-    }
-
-    /// Answer a recovery `Query` or `Accept` with the outcome when it is known here.
-    /// Returns `false` when it is not (the transaction is still open here).
-    fn answer_known(&mut self, txn: TxnId, asker: NodeId, out: &mut Vec<Action>) -> bool {
-        let Some(t) = self.txns.get_mut(&txn) else {
-            return false;
-        };
-        let verdict = match &mut t.phase {
-            Phase::Finished(v) => *v,
-            Phase::Completing | Phase::AwaitingAcks { .. } | Phase::Deciding => Verdict::Commit,
-            Phase::Refusing { askers, .. } => {
-                askers.insert(asker);
-                return true;
-            }
-            _ => return false,
-        };
-        let msg = self.verdict_msg(txn, verdict);
-        self.send(asker, msg, out);
-        true
-    }
-
-    fn on_query(&mut self, txn: TxnId, ballot: Ballot, client: ClientId, out: &mut Vec<Action>) {
-        let (me, asker) = (self.id, ballot.node);
-        if !self.txns.contains_key(&txn) {
-            // Forgotten here: the outcome is no longer known (a commit may have been
-            // forgotten): no answer. Never seen: abort is certain.
-            if !self.is_late(client, txn) {
-                self.refuse_unknown(txn, client, asker, out);
-            }
-            return;
-        }
-        if self.answer_known(txn, asker, out) {
-            return;
-        }
-        let t = self.txns.get_mut(&txn).expect("checked");
-        if !t.acceptor_nodes().contains(&me) {
-            return;
-        }
-        if ballot > t.promised {
-            t.promised = ballot;
-            let accepted = t.accepted;
-            let record = Record::Promise {
-                txn,
-                client: t.client,
-                ballot,
-            };
-            let msg = Message::Promise {
-                txn,
-                ballot,
-                from: me,
-                accepted,
-            };
-            self.persist_then_send(record, asker, msg, out);
-        } else {
-            let msg = Message::Nack {
-                txn,
-                ballot,
-                promised: t.promised,
-                from: me,
-            };
-            self.send(asker, msg, out);
-        }
-    }
-
-    fn on_accept(
-        &mut self,
-        txn: TxnId,
-        ballot: Ballot,
-        verdict: Verdict,
-        client: ClientId,
-        out: &mut Vec<Action>,
-    ) {
-        let (me, asker) = (self.id, ballot.node);
-        if !self.txns.contains_key(&txn) {
-            // A commit needs this node's intent: a commit proposal for a transaction
-            // it does not know is a stale copy.
-            if verdict == Verdict::Abort && !self.is_late(client, txn) {
-                self.refuse_unknown(txn, client, asker, out);
-            }
-            return;
-        }
-        if self.answer_known(txn, asker, out) {
-            return;
-        }
-        let t = self.txns.get_mut(&txn).expect("checked");
-        if !t.acceptor_nodes().contains(&me) || matches!(t.phase, Phase::Proposing { .. }) {
-            return;
-        }
-        if ballot >= t.promised {
-            t.promised = ballot;
-            t.accepted = Some((ballot, verdict));
-            let record = Record::Accept {
-                txn,
-                client: t.client,
-                ballot,
-                verdict,
-            };
-            let msg = Message::Accepted {
-                txn,
-                ballot,
-                from: me,
-            };
-            self.persist_then_send(record, asker, msg, out);
-        } else {
-            let msg = Message::Nack {
-                txn,
-                ballot,
-                promised: t.promised,
-                from: me,
-            };
-            self.send(asker, msg, out);
-        }
-    }
-
-    fn on_promise(
-        &mut self,
-        txn: TxnId,
-        ballot: Ballot,
-        from: NodeId,
-        accepted: Option<(Ballot, Verdict)>,
-        out: &mut Vec<Action>,
-    ) {
-        let me = self.id;
-        let Some(t) = self.txns.get_mut(&txn) else {
-            return;
-        };
-        let quorum = recovery_quorum(t.acceptor_nodes().len());
-        let is_decider = t.chain.last() == Some(&me);
-        let client = t.client;
-        let Some(r) = t
-            .recovery
-            .as_mut()
-            .filter(|r| r.ballot == ballot && r.proposal.is_none())
-        else {
-            return;
-        };
-        r.promises.insert(from, accepted);
-        r.progress = true;
-        if r.promises.len() < quorum {
-            return;
-        }
-        // Paxos: the verdict of the highest ballot any of the quorum accepted; if none
-        // did, the proposer's own: commit for the decider (every node voted yes before
-        // it prepared), abort for any other node.
-        let verdict = r
-            .promises
-            .values()
-            .flatten()
-            .max_by_key(|(b, _)| *b)
-            .map(|&(_, v)| v)
-            .unwrap_or(if is_decider {
-                Verdict::Commit
-            } else {
-                Verdict::Abort
-            });
-        r.proposal = Some(verdict);
-        let to: Vec<NodeId> = r.promises.keys().copied().collect();
-        for to in to {
-            let msg = Message::Accept {
-                txn,
-                ballot,
-                verdict,
-                client,
-            };
-            self.send(to, msg, out);
-        }
-    }
-
-    fn on_accepted(&mut self, txn: TxnId, ballot: Ballot, from: NodeId, out: &mut Vec<Action>) {
-        let me = self.id;
-        let Some(t) = self.txns.get_mut(&txn) else {
-            return;
-        };
-        if ballot == (Ballot { round: 0, node: me }) {
-            if let Phase::Proposing {
-                sent: true,
-                accepted,
-            } = &mut t.phase
-            {
-                accepted.insert(from);
-                let all = super::acceptors_of(&t.chain, t.acceptors)
-                    .iter()
-                    .all(|n| accepted.contains(n));
-                if all {
-                    // Chosen: every acceptor holds the commit durably.
-                    let client = t.client;
-                    let record = Record::Decision {
-                        txn,
-                        client,
-                        verdict: Verdict::Commit,
-                    };
-                    self.persist_then(txn, record, out);
-                    self.set_phase(txn, Phase::Deciding);
-                }
-            }
-            return;
-        }
-        let quorum = recovery_quorum(t.acceptor_nodes().len());
-        let Some(r) = t.recovery.as_mut().filter(|r| r.ballot == ballot) else {
-            return;
-        };
-        let Some(verdict) = r.proposal else {
-            return;
-        };
-        r.accepted.insert(from);
-        r.progress = true;
-        if r.accepted.len() < quorum {
-            return;
-        }
-        // Chosen: a quorum of acceptors holds `verdict` durably. Tell every chain
-        // node, then act on it here.
-        t.recovery = None;
-        let msg = self.verdict_msg(txn, verdict);
-        for to in self.txns[&txn].chain.clone() {
-            if to != me {
-                out.push(Action::Send {
-                    to,
-                    msg: msg.clone(),
-                });
-            }
-        }
-        self.dispatch(msg, out);
-    }
-
-    fn on_nack(&mut self, txn: TxnId, ballot: Ballot, promised: Ballot) {
-        let me = self.id;
-        let Some(t) = self.txns.get_mut(&txn) else {
-            return;
-        };
-        t.max_round = t.max_round.max(promised.round);
-        if ballot == (Ballot { round: 0, node: me }) && matches!(t.phase, Phase::Proposing { .. }) {
-            // A recovery ballot overtook the decider's proposal: it learns the
-            // outcome like any node in doubt (its own ballot proposes commit).
-            t.phase = Phase::Prepared { in_doubt: false };
-        }
-        if t.recovery.as_ref().is_some_and(|r| r.ballot == ballot) {
-            t.recovery = None;
         }
     }
 }

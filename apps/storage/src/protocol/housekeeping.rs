@@ -1,0 +1,172 @@
+//! A node's housekeeping: checkpoints (what it may forget) and the retry timer.
+
+use super::node::Node;
+use super::state::Phase;
+use super::{Action, Ballot, Message};
+use crate::log::{Checkpoint, Intent, Record, Verdict};
+use crate::types::{NodeId, TxnId};
+
+impl Node {
+    /// Start a checkpoint: the action to persist a [`Record::Checkpoint`] that the
+    /// host writes as the first record of a **new log segment**, after syncing the
+    /// page file (every page write asked for so far must be durable before the
+    /// checkpoint is). Once it is durable ([`persisted`](Self::persisted)) the host
+    /// may delete the older segments, and the node forgets every transaction that
+    /// was already finished at the previous checkpoint: a transaction is remembered
+    /// for at least one full checkpoint interval after it finished, then only its
+    /// client's low-water mark covers it.
+    ///
+    /// Returns nothing while an earlier checkpoint is still on its way to the log.
+    pub fn checkpoint(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.checkpointing.is_some() {
+            return out;
+        }
+        let mut cp = Checkpoint::default();
+        let mut marks = self.marks.clone();
+        let mut forget = Vec::new();
+        for (&txn, t) in &mut self.txns {
+            let client = t.client;
+            let intent = || {
+                Record::Intent(Intent {
+                    txn,
+                    client,
+                    chain: t.chain.clone(),
+                    writes: t.writes.clone(),
+                    acceptors: t.acceptors,
+                })
+            };
+            match &t.phase {
+                Phase::Finished(_) if t.aged => {
+                    forget.push(txn);
+                    let mark = marks.entry(client).or_insert(txn);
+                    *mark = (*mark).max(txn);
+                }
+                Phase::Finished(v) => cp.finished.push((txn, client, *v)),
+                // Their outcome record precedes the checkpoint in the log.
+                Phase::Refusing { .. } => cp.finished.push((txn, client, Verdict::Abort)),
+                Phase::Completing => cp.finished.push((txn, client, Verdict::Commit)),
+                Phase::Preparing { .. } | Phase::Prepared { .. } | Phase::Proposing { .. } => {
+                    cp.open.push(intent());
+                    // What this node promised and accepted as an acceptor.
+                    if t.promised != Ballot::default() {
+                        cp.open.push(Record::Promise {
+                            txn,
+                            client,
+                            ballot: t.promised,
+                        });
+                    }
+                    if let Some((ballot, verdict)) = t.accepted {
+                        cp.open.push(Record::Accept {
+                            txn,
+                            client,
+                            ballot,
+                            verdict,
+                        });
+                    }
+                }
+                Phase::Deciding | Phase::AwaitingAcks { .. } => {
+                    cp.open.push(intent());
+                    cp.open.push(Record::Decision {
+                        txn,
+                        client,
+                        verdict: Verdict::Commit,
+                    });
+                }
+            }
+            if matches!(t.phase, Phase::Finished(_)) {
+                t.aged = true;
+            }
+        }
+        cp.marks = marks.into_iter().collect();
+        let id = self.persist(Record::Checkpoint(cp), &mut out);
+        self.checkpointing = Some((id, forget));
+        out
+    }
+
+    /// The retry timer fired: prepared nodes ask the decider (`Resolve`), the decider
+    /// re-sends `Commit` to nodes that have not acknowledged and its commit proposal
+    /// to acceptors that have not accepted. With acceptors (F ≥ 1), a node prepared
+    /// for more than `patience` ticks (a decider in doubt after a restart: at once)
+    /// runs a recovery ballot, and a new one at every tick that brought no answer.
+    /// Call it every few hundred milliseconds; it only re-sends idempotent messages.
+    pub fn tick(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let me = self.id;
+        let txns: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| {
+                matches!(
+                    t.phase,
+                    Phase::Prepared { .. }
+                        | Phase::Proposing { sent: true, .. }
+                        | Phase::AwaitingAcks { .. }
+                )
+            })
+            .map(|(&txn, _)| txn)
+            .collect();
+        for txn in txns {
+            let patience = self.patience;
+            let t = self.txns.get_mut(&txn).expect("listed above");
+            let client = t.client;
+            match &t.phase {
+                Phase::Prepared { .. } => {
+                    let decider = t.chain.last().copied();
+                    let is_decider = decider == Some(me);
+                    if let (Some(decider), false) = (decider, is_decider) {
+                        let msg = Message::Resolve {
+                            txn,
+                            from: me,
+                            client,
+                        };
+                        out.push(Action::Send { to: decider, msg });
+                    }
+                    if t.acceptor_nodes().is_empty() {
+                        continue;
+                    }
+                    t.waited = t.waited.saturating_add(1);
+                    if !is_decider && t.waited <= patience {
+                        continue;
+                    }
+                    match &mut t.recovery {
+                        Some(r) if r.progress => r.progress = false,
+                        _ => self.start_recovery(txn, &mut out),
+                    }
+                }
+                Phase::Proposing {
+                    sent: true,
+                    accepted,
+                } => {
+                    let ballot = Ballot { round: 0, node: me };
+                    let missing: Vec<NodeId> = t
+                        .acceptor_nodes()
+                        .iter()
+                        .copied()
+                        .filter(|n| !accepted.contains(n))
+                        .collect();
+                    for to in missing {
+                        let msg = Message::Accept {
+                            txn,
+                            ballot,
+                            verdict: Verdict::Commit,
+                            client,
+                        };
+                        out.push(Action::Send { to, msg });
+                    }
+                }
+                Phase::AwaitingAcks { awaiting } => {
+                    for &to in awaiting {
+                        out.push(Action::Send {
+                            to,
+                            msg: Message::Commit { txn, decider: me },
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.drain(&mut out);
+        out
+    }
+}
