@@ -51,6 +51,8 @@ impl<C> std::fmt::Debug for WorkerMailboxes<C> {
     }
 }
 
+// Under loom only the in-crate models use it (the worker loop is compiled out).
+#[cfg_attr(loom, allow(dead_code))]
 impl<C> WorkerMailboxes<C> {
     pub(crate) fn new(signals: Vec<Arc<Signal>>, owners: Vec<Option<Arc<Owner>>>) -> Self {
         Self {
