@@ -4,6 +4,7 @@
 mod file;
 mod retry;
 mod s3;
+mod s3_parts;
 
 use std::fmt;
 use std::io;
