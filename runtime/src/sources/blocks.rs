@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pipewright_stages::{Outbox, Source, SourceState};
 
-use super::file::{BadLine, FileError};
+use super::file::{open_file, BadLine, FileError};
 
 /// A block of whole lines of a file, as read: every line of it ends with `\n`, except
 /// perhaps the file's last line.
@@ -116,11 +116,7 @@ pub struct LineBlocks {
 impl LineBlocks {
     /// Opens `path` for reading from its start.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FileError> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| FileError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, file) = open_file(path.as_ref())?;
         Ok(Self {
             path,
             file,

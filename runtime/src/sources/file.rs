@@ -45,6 +45,15 @@ pub enum FileError {
     ZeroRecordSize(PathBuf),
 }
 
+/// Opens `path` for reading, the error naming it.
+pub(super) fn open_file(path: &Path) -> Result<(PathBuf, File), FileError> {
+    let file = File::open(path).map_err(|source| FileError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((path.to_path_buf(), file))
+}
+
 /// One line of a file, without its `\n` or `\r\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
@@ -138,11 +147,7 @@ pub struct FileLines {
 impl FileLines {
     /// Opens `path` for reading from its start.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FileError> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| FileError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, file) = open_file(path.as_ref())?;
         Ok(Self {
             path,
             reader: BufReader::with_capacity(64 * 1024, file),
@@ -320,14 +325,10 @@ pub struct FileRecords {
 impl FileRecords {
     /// Opens `path` to read records of `size` bytes from its start.
     pub fn open(path: impl AsRef<Path>, size: usize) -> Result<Self, FileError> {
-        let path = path.as_ref().to_path_buf();
         if size == 0 {
-            return Err(FileError::ZeroRecordSize(path));
+            return Err(FileError::ZeroRecordSize(path.as_ref().to_path_buf()));
         }
-        let file = File::open(&path).map_err(|source| FileError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, file) = open_file(path.as_ref())?;
         Ok(Self {
             path,
             reader: BufReader::with_capacity((64 * 1024).max(size), file),
