@@ -287,8 +287,9 @@ impl AsyncStage for FileReader {
         out: &mut Outbox<'_, Chunk>,
         failures: &mut Failures<'_, io::Error>,
     ) {
+        let pool = self.pool.clone();
         while let Some(&r) = burst.peek() {
-            let buf = match self.pool.clone() {
+            let buf = match &pool {
                 None => {
                     if self.in_flight.len() >= OWNED_IN_FLIGHT {
                         self.settle_oldest(out, failures).await;
@@ -296,7 +297,7 @@ impl AsyncStage for FileReader {
                     None
                 }
                 Some(pool) => {
-                    if let Some(e) = self.misfit(&pool, r) {
+                    if let Some(e) = self.misfit(pool, r) {
                         burst.pop();
                         failures.push(e);
                         continue;
