@@ -61,6 +61,28 @@ fn ordered_replicas_keep_input_order_and_share_the_work() {
 }
 
 #[test]
+fn a_burst_set_for_a_replicated_stage_applies_to_its_split_and_order_nodes() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("hash", Replicas::new(2), |_| stage::map(checksum))
+        .output("out");
+    let plan = Plan::spread(2).burst_all(64).burst("hash", 1);
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (got, report) = send_and_collect(running, tx, rx, 0..1_000u64);
+    assert_eq!(got.len(), 1_000);
+    let burst = |name: &str| report.snapshot.stage(name).map(|s| s.burst);
+    assert_eq!(burst("hash/split"), Some(1), "{}", report.snapshot);
+    assert_eq!(burst("hash/order"), Some(1), "{}", report.snapshot);
+    assert_eq!(burst("hash#0"), Some(1));
+    assert_eq!(burst("hash#1"), Some(1));
+}
+
+#[test]
 fn spread_plans_put_replicas_on_different_workers() {
     let names = ["src", "p/split", "p#0", "p#1", "p#2", "p/order", "sink"];
     let resolved = Plan::spread(2).resolve_for(&names, 2).unwrap();

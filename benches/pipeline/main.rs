@@ -113,7 +113,10 @@ fn ours(path: &Path, enrich: bool) -> Summary {
     } else {
         Plan::spread(2)
     };
-    let mut running = Runtime::start(b.build().unwrap(), plan.burst_all(64)).unwrap();
+    // A block of lines is a large item: the parse stage takes one at a time, so that
+    // its split hands blocks to whichever replica has the least waiting.
+    let plan = plan.burst_all(64).burst("parse", 1);
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
     let rx = running.output(&summary).unwrap();
     let report = running.drain().unwrap();
     let mut result = rx.collect().pop().expect("one summary");

@@ -156,7 +156,10 @@ impl Plan {
         self
     }
 
-    /// Burst size of one stage (overrides what the builder set).
+    /// Burst size of one stage (overrides what the builder set). For a replicated stage
+    /// it applies to every replica and to its split and order nodes: give a stage of
+    /// large items (blocks of lines, whole files) a small burst, and its split hands
+    /// them out one at a time to whichever replica has the least waiting.
     pub fn burst(mut self, stage: &str, burst: usize) -> Self {
         self.bursts.insert(stage.to_string(), burst);
         self
@@ -224,6 +227,7 @@ impl Plan {
         self.bursts
             .get(stage)
             .or_else(|| self.bursts.get(replica_base(stage)?))
+            .or_else(|| self.bursts.get(plumbing_base(stage)?))
             .or_else(|| self.bursts.get(ALL))
             .copied()
     }
@@ -410,6 +414,15 @@ fn parse_replica(name: &str) -> Option<(&str, usize)> {
 /// nodes are plumbing with names of their own).
 fn replica_base(name: &str) -> Option<&str> {
     parse_replica(name).map(|(base, _)| base)
+}
+
+/// The replicated stage whose split or order node this is: `parse/split` → `parse`. A
+/// burst set for a replicated stage applies to its split too, so that the split hands
+/// out work in the replicas' units (a replica of 64 KiB blocks with a burst of 1 must
+/// not be sent 64 blocks ahead of the others).
+fn plumbing_base(name: &str) -> Option<&str> {
+    let (base, node) = name.rsplit_once('/')?;
+    matches!(node, "split" | "order").then_some(base)
 }
 
 /// Whether `worker` is the last of `workers` that names `stage`.
