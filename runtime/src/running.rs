@@ -72,6 +72,11 @@ pub struct Report {
     /// (`completed` may still be true): check this to tell a clean end from a failed
     /// read.
     pub source_errors: Vec<StageFailure>,
+    /// Times an abort stopped waiting for every stage to stop producing (a stage stuck
+    /// in its own code for more than 2 s) and discarded what was in flight anyway.
+    /// Non-zero means the `abandoned` count may have missed items that stage emitted
+    /// later.
+    pub quiesce_overruns: usize,
 }
 
 type Discard = fn(&mut (dyn Any + Send)) -> u64;
@@ -649,6 +654,7 @@ impl Running {
                 .unwrap_or_else(Instant::now)
                 .saturating_duration_since(self.started),
             snapshot,
+            quiesce_overruns: self.control.quiesce_overruns(),
         })
     }
 

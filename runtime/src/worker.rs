@@ -49,6 +49,8 @@ pub(crate) struct Control {
     pub(crate) activation: Vec<ActivationBudget>,
     /// When the last worker ended (the run's end, for `Report::elapsed`).
     finished_at: Mutex<Option<Instant>>,
+    /// Quiesce waits that hit [`QUIESCE_LIMIT`] (for `Report::quiesce_overruns`).
+    quiesce_overruns: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Control {
@@ -73,7 +75,14 @@ impl Control {
             unfinished: Default::default(),
             activation: Vec::new(),
             finished_at: Mutex::new(None),
+            quiesce_overruns: Default::default(),
         }
+    }
+
+    /// How many quiesce waits gave up at [`QUIESCE_LIMIT`].
+    pub(crate) fn quiesce_overruns(&self) -> usize {
+        self.quiesce_overruns
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets each node's per-activation budget (by node id).
@@ -129,6 +138,8 @@ impl Control {
         let start = std::time::Instant::now();
         while !self.barrier.all_arrived() {
             if start.elapsed() > QUIESCE_LIMIT {
+                self.quiesce_overruns
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(target: "pipewright", "a stage did not stop within {QUIESCE_LIMIT:?}; discarding anyway");
                 return;
             }
