@@ -72,6 +72,8 @@ pub mod live;
 mod local;
 mod mailbox;
 #[cfg(not(loom))]
+mod outcome;
+#[cfg(not(loom))]
 mod plan;
 #[cfg(not(loom))]
 pub mod plan_file;
