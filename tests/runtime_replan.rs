@@ -125,3 +125,60 @@ fn plan_changes_are_checked() {
     assert_eq!(running.apply(&zero), Err(ApplyError::ZeroBurst));
     running.drain().unwrap();
 }
+
+/// Doubles each item after a timer tick: an async stage with calls in flight.
+struct Slow;
+
+impl pipewright::AsyncStage for Slow {
+    type In = u64;
+    type Out = u64;
+    type Error = std::convert::Infallible;
+
+    async fn process_burst(
+        &mut self,
+        burst: &mut pipewright::Burst<'_, u64>,
+        out: &mut pipewright::Outbox<'_, u64>,
+        _failures: &mut pipewright::Failures<'_, Self::Error>,
+    ) {
+        tokio::time::sleep(Duration::from_micros(50)).await;
+        while let Some(x) = burst.pop() {
+            out.push(x * 2);
+        }
+    }
+}
+
+#[test]
+fn an_async_stage_stays_on_its_worker_and_a_move_says_why() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let doubled = numbers.then_async("slow", Slow).output("doubled");
+    let plan = Plan::spread(2).adaptive();
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
+    let (mut tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&doubled).unwrap(),
+    );
+    let collector = std::thread::spawn(move || rx.collect());
+    for x in 0..5_000u64 {
+        assert!(tx.send(x).is_ok());
+        if x == 2_500 {
+            // Its calls in flight belong to its worker's runtime (and io_uring ring).
+            let mv = Decision::Move {
+                stage: "slow".into(),
+                from: 1,
+                to: 0,
+                why: Reason::Balance,
+            };
+            let refused = running.apply(&mv).unwrap_err();
+            assert_eq!(refused, ApplyError::Pinned("slow".into()));
+            assert!(
+                refused.to_string().contains("set it in the plan"),
+                "{refused}"
+            );
+        }
+    }
+    drop(tx);
+    running.drain().unwrap();
+    let got = collector.join().unwrap();
+    assert_eq!(got, (0..5_000u64).map(|x| x * 2).collect::<Vec<_>>());
+}

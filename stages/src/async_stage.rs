@@ -11,6 +11,16 @@ use crate::{Burst, ErrorPolicy, Failures, Outbox};
 /// stage's worker, as one long-lived task; the stage's future may await sockets, files
 /// or timers. Items left in the burst when the future completes are offered again.
 ///
+/// An async stage stays on the worker its plan gives it, also under an adaptive plan:
+/// its calls in flight are futures of that worker's runtime, and its I/O (io_uring
+/// operations, registered buffers, sockets registered with the worker's reactor) is
+/// bound to that worker's ring and reactor, so it has no point at which it could be
+/// handed over without waiting for every call to finish. A live move is refused with
+/// a message that says so (`ApplyError::Pinned`), and the controller only moves sync
+/// stages around it. To give an I/O stage more throughput, raise its concurrency
+/// (a [`ServiceStage`](crate::ServiceStage) window, more operations in flight) or put
+/// it on a worker of its own in the plan.
+///
 /// ```
 /// use pipewright::{AsyncStage, Burst, Failures, Outbox};
 ///
