@@ -401,3 +401,87 @@ fn uring_budgets_are_checked_at_plan_time() {
         })
     );
 }
+
+/// Writes 64 KiB blocks from pooled buffers at their offsets, one async stage call per
+/// block; reads the file back with std.
+struct PooledWriter {
+    file: std::fs::File,
+    pool: BufferPool,
+}
+
+impl pipewright_runtime::AsyncStage for PooledWriter {
+    type In = u64;
+    type Out = (u64, u32);
+    type Error = std::io::Error;
+
+    async fn process_burst(
+        &mut self,
+        burst: &mut pipewright_runtime::Burst<'_, u64>,
+        out: &mut pipewright_runtime::Outbox<'_, (u64, u32)>,
+        failures: &mut pipewright_runtime::Failures<'_, std::io::Error>,
+    ) {
+        use std::os::fd::AsRawFd;
+        while let Some(block) = burst.pop() {
+            let mut buf = self.pool.take().await;
+            buf.set_len(buf.capacity());
+            buf.fill((block % 251) as u8);
+            let at = block * buf.capacity() as u64;
+            let len = buf.len();
+            match uring::write_pooled(self.file.as_raw_fd(), buf, at).await {
+                (Ok(n), _) if n == len => out.push((block, uring::fixed_buffers_registered())),
+                (Ok(n), _) => failures.push(std::io::Error::other(format!("short write: {n}"))),
+                (Err(e), _) => failures.push(e),
+            }
+        }
+    }
+}
+
+fn write_pooled_blocks(name: &str, blocks: u64, plan: Plan) -> (Vec<u8>, u32) {
+    let path = scratch(name);
+    let pool = BufferPool::new(4, 64 * 1024).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let b = PipelineBuilder::new();
+    let written = b
+        .source("blocks", IterSource(0..blocks))
+        .then_async("write", PooledWriter { file, pool })
+        .output("written");
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
+    let rx = running.output(&written).unwrap();
+    let consumer = std::thread::spawn(move || rx.collect());
+    let report = running.join().unwrap();
+    let acks: Vec<(u64, u32)> = consumer.join().unwrap();
+    assert_eq!(report.snapshot.stage("write").unwrap().dropped_total(), 0);
+    assert_eq!(acks.len() as u64, blocks);
+    let registered = acks.iter().map(|&(_, r)| r).max().unwrap_or(0);
+    let content = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    (content, registered)
+}
+
+#[test]
+fn pooled_writes_land_at_their_offsets_with_and_without_registered_buffers() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let expected: Vec<u8> = (0..40u64)
+        .flat_map(|b| std::iter::repeat_n((b % 251) as u8, 64 * 1024))
+        .collect();
+    let fixed = Plan::fused().burst_all(8).uring(
+        "write",
+        UringBudget {
+            sq_entries: 8,
+            fixed_buffers: 4,
+        },
+    );
+    let (content, registered) = write_pooled_blocks("write-fixed", 40, fixed);
+    assert_eq!(registered, 4, "the pool was registered: WRITE_FIXED");
+    assert!(content == expected, "fixed-buffer writes landed wrong");
+    let (content, registered) = write_pooled_blocks("write-plain", 40, Plan::fused());
+    assert_eq!(registered, 0);
+    assert!(content == expected, "plain writes landed wrong");
+}

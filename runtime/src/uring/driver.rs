@@ -635,6 +635,24 @@ pub async fn read_pooled(
     }
 }
 
+/// Writes the pooled buffer's bytes (its length, not its capacity) at `offset` of `fd`,
+/// as a fixed-buffer write (`WRITE_FIXED`) when the worker's ring has the pool
+/// registered (see [`UringBudget`](crate::UringBudget)); returns the bytes written
+/// and the buffer. A short write is not retried: write the rest from the count.
+pub async fn write_pooled(
+    fd: RawFd,
+    buf: PooledBuf,
+    offset: u64,
+) -> (io::Result<usize>, PooledBuf) {
+    match super::in_flight::start_write_pooled(fd, buf, offset) {
+        Ok(op) => {
+            let (r, buf) = op.await;
+            (r.map(|n| n as usize), buf)
+        }
+        Err((e, buf)) => (Err(e), buf),
+    }
+}
+
 /// `fdatasync(2)` through the ring.
 pub async fn fdatasync(fd: RawFd) -> io::Result<()> {
     let entry = opcode::Fsync::new(types::Fd(fd))

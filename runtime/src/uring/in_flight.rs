@@ -245,3 +245,30 @@ pub fn start_read_pooled(
     // capacity); the InFlight owns `buf`, so that memory stays ours until done.
     unsafe { start(entry, buf) }
 }
+
+/// Starts writing the pooled buffer's bytes (its length) at `offset` of `fd`, as a
+/// fixed-buffer write when the worker's ring has the pool registered.
+pub fn start_write_pooled(
+    fd: std::os::fd::RawFd,
+    buf: PooledBuf,
+    offset: u64,
+) -> Result<InFlight<PooledBuf>, (io::Error, PooledBuf)> {
+    let len32 = buf.len().min(u32::MAX as usize) as u32;
+    let fixed = match current() {
+        Ok(d) => d.borrow_mut().fixed_index(&buf),
+        Err(e) => return Err((e, buf)),
+    };
+    let ptr = buf.as_ptr();
+    let entry = match fixed {
+        Some(index) => opcode::WriteFixed::new(types::Fd(fd), ptr, len32, index)
+            .offset(offset)
+            .build(),
+        None => opcode::Write::new(types::Fd(fd), ptr, len32)
+            .offset(offset)
+            .build(),
+    };
+    // SAFETY: the entry points into the first `len32` (initialised) bytes of `buf`'s
+    // part of its pool's region; the InFlight owns `buf`, so that memory is not reused
+    // or freed until the completion.
+    unsafe { start(entry, buf) }
+}

@@ -35,9 +35,11 @@ pub use buffers::{BufferPool, PooledBuf};
 pub(crate) use driver::configure;
 pub use driver::{
     current_config, fdatasync, fixed_buffers_registered, read_at, read_pooled, write_at,
-    UringConfig,
+    write_pooled, UringConfig,
 };
 pub use file::{Chunk, ChunkBytes, FileReader, ReadRange};
-pub use in_flight::{start_read, start_read_pooled, write_then_sync, InFlight, WriteThenSync};
+pub use in_flight::{
+    start_read, start_read_pooled, start_write_pooled, write_then_sync, InFlight, WriteThenSync,
+};
 pub use sink::{Durable, FileSink, SinkStats};
 pub use udp::{Received, UdpConfig, UdpCounters, UdpRing};
