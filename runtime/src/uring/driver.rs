@@ -304,6 +304,21 @@ impl StreamOp {
         )
     }
 
+    /// Moves completions that have arrived into `out` without waiting (and without
+    /// registering a waker); false once the operation has ended (re-arm it then).
+    pub(crate) fn take_completions(&mut self, out: &mut Vec<(i32, u32)>) -> bool {
+        let mut d = self.driver.borrow_mut();
+        if let Err(error) = d.flush() {
+            tracing::warn!(target: "pipewright", %error, "io_uring submit failed");
+        }
+        d.reap();
+        let Slot::Stream { queue, ended, .. } = &mut d.ops[self.index] else {
+            unreachable!("a stream op's slot stays a stream while the op lives")
+        };
+        out.extend(queue.drain(..));
+        !*ended || !out.is_empty()
+    }
+
     /// Moves completions that have arrived into `out`; waits for at least one unless
     /// the operation has ended. Returns false once it has ended and nothing is left
     /// (re-arm it then).

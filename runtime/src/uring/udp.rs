@@ -207,57 +207,90 @@ impl UdpRing {
                 let recv = self.recv.as_mut().expect("armed");
                 poll_fn(|cx| recv.poll_completions(cx, &mut completions)).await
             };
-            let mut delivered = 0;
-            let mut used = Vec::with_capacity(completions.len());
-            for &(result, flags) in &completions {
-                if result < 0 {
-                    if -result == libc::ENOBUFS {
-                        self.counters.out_of_buffers += 1;
-                    } else {
-                        self.counters.errors += 1;
-                    }
-                    continue;
-                }
-                let Some(bid) = io_uring::cqueue::buffer_select(flags) else {
-                    self.counters.errors += 1;
-                    continue;
-                };
-                used.push(bid);
-                let bytes = self.mem.ring.filled(bid, result as usize);
-                let Ok(out) = types::RecvMsgOut::parse(bytes, &self.mem.msghdr) else {
-                    self.counters.errors += 1;
-                    continue;
-                };
-                if out.is_payload_truncated() || out.is_control_data_truncated() {
-                    self.counters.truncated += 1;
-                    continue;
-                }
-                let Some(from) = sockaddr(out.name_data()) else {
-                    self.counters.errors += 1;
-                    continue;
-                };
-                let received = Received {
-                    from,
-                    data: out.payload_data(),
-                    segment_size: gro_segment(out.control_data()),
-                };
-                self.counters.received += 1;
-                self.counters.datagrams += received.datagrams().count() as u64;
-                on_buffer(received);
-                delivered += 1;
-            }
-            self.mem.ring.give_back(used);
-            self.completions = completions;
-            if !live || self.recv.as_ref().is_some_and(|r| r.ended()) {
-                // The kernel stopped the multishot receive (out of buffers, or an
-                // error): start another over the buffers just given back.
-                self.recv = None;
-                self.arm()?;
-            }
+            let delivered = self.deliver(completions, live, &mut on_buffer)?;
             if delivered > 0 {
                 return Ok(delivered);
             }
         }
+    }
+
+    /// Like [`recv_burst`](UdpRing::recv_burst), but never waits: delivers the buffers
+    /// that have already arrived (`Ok(0)` when none has), for a stage that polls its
+    /// socket between other work (busy-polling, or a burst that gathers from several
+    /// sources).
+    pub fn try_recv_burst<F>(&mut self, mut on_buffer: F) -> io::Result<usize>
+    where
+        F: FnMut(Received<'_>),
+    {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.clear();
+        let live = self
+            .recv
+            .as_mut()
+            .expect("armed")
+            .take_completions(&mut completions);
+        self.deliver(completions, live, &mut on_buffer)
+    }
+
+    /// Hands the buffers of `completions` to `on_buffer`, gives them back to the kernel
+    /// and re-arms the receive if the kernel ended it; how many were delivered.
+    fn deliver<F>(
+        &mut self,
+        completions: Vec<(i32, u32)>,
+        live: bool,
+        on_buffer: &mut F,
+    ) -> io::Result<usize>
+    where
+        F: FnMut(Received<'_>),
+    {
+        let mut delivered = 0;
+        let mut used = Vec::with_capacity(completions.len());
+        for &(result, flags) in &completions {
+            if result < 0 {
+                if -result == libc::ENOBUFS {
+                    self.counters.out_of_buffers += 1;
+                } else {
+                    self.counters.errors += 1;
+                }
+                continue;
+            }
+            let Some(bid) = io_uring::cqueue::buffer_select(flags) else {
+                self.counters.errors += 1;
+                continue;
+            };
+            used.push(bid);
+            let bytes = self.mem.ring.filled(bid, result as usize);
+            let Ok(out) = types::RecvMsgOut::parse(bytes, &self.mem.msghdr) else {
+                self.counters.errors += 1;
+                continue;
+            };
+            if out.is_payload_truncated() || out.is_control_data_truncated() {
+                self.counters.truncated += 1;
+                continue;
+            }
+            let Some(from) = sockaddr(out.name_data()) else {
+                self.counters.errors += 1;
+                continue;
+            };
+            let received = Received {
+                from,
+                data: out.payload_data(),
+                segment_size: gro_segment(out.control_data()),
+            };
+            self.counters.received += 1;
+            self.counters.datagrams += received.datagrams().count() as u64;
+            on_buffer(received);
+            delivered += 1;
+        }
+        self.mem.ring.give_back(used);
+        self.completions = completions;
+        if !live || self.recv.as_ref().is_some_and(|r| r.ended()) {
+            // The kernel stopped the multishot receive (out of buffers, or an
+            // error): start another over the buffers just given back.
+            self.recv = None;
+            self.arm()?;
+        }
+        Ok(delivered)
     }
 
     /// Sends `payload` to `to`; with `segment_size`, as GSO: the kernel cuts it into
