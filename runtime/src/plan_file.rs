@@ -3,6 +3,7 @@
 //! ```toml
 //! ring_capacity = 1024
 //! adaptive = true
+//! busy_poll_us = 200      # workers poll 200 µs before parking (default 0)
 //!
 //! [bursts]
 //! "*" = 32        # every stage
@@ -45,6 +46,8 @@ struct PlanFile {
     ring_capacity: Option<usize>,
     #[serde(default)]
     adaptive: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    busy_poll_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     layout: Option<LayoutFile>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -171,6 +174,9 @@ impl Plan {
         if file.adaptive {
             plan = plan.adaptive();
         }
+        if let Some(us) = file.busy_poll_us {
+            plan = plan.busy_poll(std::time::Duration::from_micros(us));
+        }
         Ok(plan)
     }
 
@@ -180,6 +186,7 @@ impl Plan {
         let file = PlanFile {
             ring_capacity: Some(self.ring_capacity_default()),
             adaptive: self.is_adaptive(),
+            busy_poll_us: Some(self.busy_poll_window().as_micros() as u64).filter(|&us| us > 0),
             layout: layout.map(|l| match l {
                 crate::plan::LayoutKind::Fused => LayoutFile::Fused,
                 crate::plan::LayoutKind::PerStage => LayoutFile::PerStage,

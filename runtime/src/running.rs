@@ -377,6 +377,7 @@ impl Runtime {
                 nodes,
                 control: control.clone(),
                 uring: worker.uring,
+                busy_poll: plan.busy_poll_window(),
             };
             match worker::spawn(setup) {
                 Ok(handle) => threads.push(handle),

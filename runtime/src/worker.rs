@@ -267,6 +267,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) control: Arc<Control>,
     /// The worker's io_uring sizing from the plan, if its stages declared one.
     pub(crate) uring: Option<crate::uring::UringConfig>,
+    /// How long to keep polling after the last progress before parking.
+    pub(crate) busy_poll: Duration,
 }
 
 /// Marks the worker done however its thread ends, so `drain` and `shutdown` never
@@ -299,6 +301,7 @@ fn run(setup: WorkerSetup) {
         nodes,
         control,
         uring,
+        busy_poll,
     } = setup;
     if let Some(config) = uring {
         crate::uring::configure(config);
@@ -367,6 +370,7 @@ fn run(setup: WorkerSetup) {
             signal: &signal,
             control: &control,
             has_tasks: !tasks.is_empty(),
+            busy_poll,
             mail: Vec::new(),
         };
         worker.run().await;
@@ -418,6 +422,7 @@ struct SyncLoop<'a> {
     signal: &'a Signal,
     control: &'a Control,
     has_tasks: bool,
+    busy_poll: Duration,
     mail: Vec<Command>,
 }
 
@@ -492,6 +497,7 @@ impl SyncLoop<'_> {
 
     async fn run(&mut self) {
         let mut idle_passes = 0u32;
+        let mut idle_since: Option<Instant> = None;
         let mut last_turn = Instant::now();
         loop {
             if self.control.aborted() {
@@ -532,6 +538,7 @@ impl SyncLoop<'_> {
             }
             if progress {
                 idle_passes = 0;
+                idle_since = None;
                 if self.has_tasks && last_turn.elapsed() >= TASK_TURN_EVERY {
                     tokio::task::yield_now().await;
                     last_turn = Instant::now();
@@ -539,7 +546,9 @@ impl SyncLoop<'_> {
                 continue;
             }
             idle_passes += 1;
-            if idle_passes < SPIN_PASSES {
+            let polling = !self.busy_poll.is_zero()
+                && idle_since.get_or_insert_with(Instant::now).elapsed() < self.busy_poll;
+            if idle_passes < SPIN_PASSES || polling {
                 if self.has_tasks {
                     tokio::task::yield_now().await;
                 } else {
@@ -548,6 +557,7 @@ impl SyncLoop<'_> {
                 continue;
             }
             idle_passes = 0;
+            idle_since = None;
             match throttle {
                 Some(wait) => {
                     let _ = tokio::time::timeout(wait, self.signal.park()).await;

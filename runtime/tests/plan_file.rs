@@ -8,6 +8,7 @@ fn explicit_plans_round_trip() {
     let text = r#"
         ring_capacity = 2048
         adaptive = true
+        busy_poll_us = 150
 
         [bursts]
         "*" = 16
@@ -31,7 +32,8 @@ fn explicit_plans_round_trip() {
         .burst_all(16)
         .burst("parse", 64)
         .ring_capacity_for("sink", 4096)
-        .adaptive();
+        .adaptive()
+        .busy_poll(std::time::Duration::from_micros(150));
     assert_eq!(plan, want);
     assert_eq!(
         Plan::from_toml(&plan.to_toml()).unwrap(),

@@ -1,0 +1,63 @@
+//! `Plan::busy_poll`: a worker keeps polling its stages for the window after its last
+//! progress instead of parking, and a pipeline with it delivers every item.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pipewright::{Outbox, PipelineBuilder, Plan, Runtime, Stage};
+
+/// Passes items on; counts how often the worker offered it an idle turn.
+struct IdleTurns(Arc<AtomicU64>);
+
+impl Stage for IdleTurns {
+    type In = u64;
+    type Out = u64;
+    type Error = Infallible;
+
+    fn process(&mut self, x: u64, out: &mut Outbox<'_, u64>) -> Result<(), Infallible> {
+        out.push(x);
+        Ok(())
+    }
+
+    fn on_idle(&mut self, _out: &mut Outbox<'_, u64>) -> Option<Duration> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+#[test]
+fn a_busy_polling_worker_keeps_polling_while_idle_and_delivers_everything() {
+    let turns = Arc::new(AtomicU64::new(0));
+    let b = PipelineBuilder::new();
+    let (input, items) = b.input::<u64>("items");
+    let out = items.then("pass", IdleTurns(turns.clone())).output("out");
+    // A window far longer than the test: the worker must not park at all.
+    let plan = Plan::fused().busy_poll(Duration::from_secs(3600));
+    assert!(plan.to_string().contains("busy-poll"), "{plan}");
+    let mut running = Runtime::start(b.build().unwrap(), plan).unwrap();
+    let (mut tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    assert!(tx.send(1).is_ok());
+    // Without busy-polling the worker parks after 64 idle passes and the count stops
+    // there (`on_idle` asks for no timer); polling, it keeps climbing. The deadline
+    // only keeps a broken build from hanging the test run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while turns.load(Ordering::Relaxed) < 100_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker stopped polling after {} idle turns",
+            turns.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for x in 2..=1000 {
+        assert!(tx.send(x).is_ok());
+    }
+    drop(tx);
+    running.drain().unwrap();
+    assert_eq!(rx.collect(), (1..=1000).collect::<Vec<_>>());
+}
