@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
@@ -37,6 +37,13 @@ impl Readable {
     /// The duplicate's number.
     pub fn raw(&self) -> i32 {
         self.fd.as_raw_fd()
+    }
+}
+
+/// The watched duplicate, for reads and `poll(2)` on it without a raw number.
+impl AsFd for Readable {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
     }
 }
 
