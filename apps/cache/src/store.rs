@@ -231,6 +231,14 @@ impl ChunkStore {
         self.file.file.sync_data()
     }
 
+    /// Zeroes a stored block's tag: the tag a crash leaves when the block's fill was
+    /// never synced (for tests of the lost-write path).
+    pub(crate) fn lose_tag(&self, slot: u32, block: u32) -> io::Result<()> {
+        self.file
+            .file
+            .write_all_at(&[0u8; TAG_SIZE], self.file.tag_pos(slot, block))
+    }
+
     /// Damages one byte of a stored block (for tests of the checksum path).
     pub(crate) fn corrupt_byte(&self, slot: u32, block: u32) -> io::Result<()> {
         let pos = self.file.data_pos(slot, block) + 7;

@@ -76,6 +76,25 @@ async fn corrupt_cached_block_is_refetched_never_served() {
     );
 }
 
+/// A fill is not synced: a crash can lose a block of it (its tag still the slot's
+/// previous life's, or zeros) while the mapping survived. The block is refused (not
+/// read again forever as "stale": the slot is still on the instance) and the chunk
+/// fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_block_of_an_unsynced_fill_is_refetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, cfg) = setup(dir.path());
+    let cache = Cache::open(cfg, backend).await.unwrap();
+    let disk = cache.volume("disk").unwrap();
+    let want = backend_bytes(dir.path(), 270_336, 8192);
+    assert_eq!(cache.read(disk, 270_336, 8192).await.unwrap(), want);
+    assert!(cache.lose_cached_block(disk, 270_336 + 4096).unwrap());
+    assert_eq!(cache.read(disk, 270_336, 8192).await.unwrap(), want);
+    let s = cache.stats();
+    assert_eq!(s.checksum_failures, 1);
+    assert_eq!(s.fills, 2, "the chunk was dropped and fetched again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_dirty_block_is_an_error_not_data() {
     let dir = tempfile::tempdir().unwrap();

@@ -114,6 +114,8 @@ struct Inner {
     evict_lock: tokio::sync::Mutex<()>,
     free_notify: Notify,
     evict_wanted: Arc<Notify>,
+    /// Wakes the publisher of clean fills' metadata (see [`publisher`]).
+    publish_wanted: Arc<Notify>,
     counters: Counters,
     volumes: FxHashMap<u32, Volume>,
     by_name: FxHashMap<String, u32>,
@@ -135,6 +137,38 @@ impl std::fmt::Debug for Cache {
             .field("cache_file", &self.inner.cfg.cache_file)
             .field("chunks", &self.inner.cfg.chunks)
             .finish_non_exhaustive()
+    }
+}
+
+/// Staged clean fills that wake the publisher before its next tick.
+const PUBLISH_BATCH: usize = 128;
+/// The publisher's tick: a clean fill's mapping is in redb (non-durably) within about
+/// this long.
+const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Publishes the batch of clean fills' records (see `meta`): one write transaction
+/// per burst of fills, on a tick or when [`PUBLISH_BATCH`] are staged.
+async fn publisher(weak: std::sync::Weak<Inner>) {
+    let wanted = match weak.upgrade() {
+        Some(inner) => inner.publish_wanted.clone(),
+        None => return,
+    };
+    loop {
+        let _ = tokio::time::timeout(PUBLISH_TICK, wanted.notified()).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.meta.staged() == 0 {
+            continue;
+        }
+        match blocking(move || inner.meta.publish(false)).await {
+            Ok(n) => {
+                metrics::counter!("cache_meta_published_records_total").increment(n as u64);
+                metrics::counter!("cache_meta_publish_commits_total").increment(1);
+            }
+            Err(e) => {
+                metrics::counter!("cache_meta_publish_errors_total").increment(1);
+                eprintln!("pipewright-cache: publishing fill metadata failed (will retry): {e}");
+            }
+        }
     }
 }
 
@@ -177,7 +211,8 @@ impl Cache {
         let weak = Arc::downgrade(&self.inner);
         let deadline = self.inner.cfg.flush_deadline;
         tokio::spawn(flush::flusher(weak.clone(), deadline));
-        tokio::spawn(evict::evictor(weak));
+        tokio::spawn(evict::evictor(weak.clone()));
+        tokio::spawn(publisher(weak));
     }
 
     /// The volume named `name`.
@@ -314,6 +349,24 @@ impl Cache {
         Ok(true)
     }
 
+    /// Zeroes the tag of a resident block of `volume`, as a crash leaves a fill that
+    /// was never synced (for fault tests): returns whether that chunk was resident.
+    #[doc(hidden)]
+    pub fn lose_cached_block(&self, volume: VolumeId, offset: u64) -> Result<bool, CacheError> {
+        let cs = self.inner.cfg.chunk_size;
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / cs,
+        };
+        let slot = match self.inner.lock().index.get(&key) {
+            Some(Entry::Resident(s)) => *s,
+            _ => return Ok(false),
+        };
+        let block = ((offset % cs) / self.inner.cfg.block_size as u64) as u32;
+        self.inner.store.lose_tag(slot, block)?;
+        Ok(true)
+    }
+
     /// Damages the metadata record of the slot holding `volume`'s chunk at `offset`
     /// (for fault tests; takes effect at the next open).
     #[doc(hidden)]
@@ -328,6 +381,16 @@ impl Cache {
         };
         self.inner.meta.corrupt_record(slot)?;
         Ok(true)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: the batch of clean fills goes to redb, durably, so
+        // that the next open finds them warm (a crash instead only costs refetches).
+        if let Err(e) = self.meta.publish(true) {
+            eprintln!("pipewright-cache: publishing fill metadata at drop failed: {e}");
+        }
     }
 }
 

@@ -130,6 +130,7 @@ impl Inner {
             evict_lock: tokio::sync::Mutex::new(()),
             free_notify: Notify::new(),
             evict_wanted: Arc::new(Notify::new()),
+            publish_wanted: Arc::new(Notify::new()),
             counters,
             volumes,
             by_name,
