@@ -207,3 +207,48 @@ async fn bad_config_is_refused() {
         Err(CacheError::GeometryMismatch { .. })
     ));
 }
+
+/// `close` writes every dirty block back (the backend holds them), commits the clean
+/// fills' metadata (the next open is warm: no fill), and refuses later requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_flushes_commits_and_refuses_later_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, mut cfg) = setup(dir.path());
+    cfg.flush_deadline = std::time::Duration::from_secs(120);
+    {
+        let cache = Cache::open(cfg.clone(), backend.clone()).await.unwrap();
+        let disk = cache.volume("disk").unwrap();
+        for i in 0..4u64 {
+            cache
+                .write(disk, i * 300_000, &[i as u8 + 1; 4096])
+                .await
+                .unwrap();
+        }
+        // Clean fills only: their mapping is staged, not yet committed.
+        cache.read(disk, 3 * MIB as u64, 4096).await.unwrap();
+        assert_eq!(cache.stats().dirty_chunks, 4);
+        assert_ne!(backend_bytes(dir.path(), 0, 4096), vec![1u8; 4096]);
+        cache.close().await.unwrap();
+        for i in 0..4usize {
+            assert_eq!(
+                backend_bytes(dir.path(), i * 300_000, 4096),
+                vec![i as u8 + 1; 4096],
+                "write {i} reached the backend"
+            );
+        }
+        assert_eq!(cache.stats().dirty_chunks, 0);
+        match cache.read(disk, 0, 4096).await {
+            Err(CacheError::Closed) => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
+    }
+    let cache = Cache::open(cfg, backend).await.unwrap();
+    let disk = cache.volume("disk").unwrap();
+    let used = cache.stats().used_chunks;
+    assert_eq!(used, 5, "every chunk came back warm");
+    assert_eq!(
+        cache.read(disk, 3 * MIB as u64, 4096).await.unwrap(),
+        backend_bytes(dir.path(), 3 * MIB, 4096)
+    );
+    assert_eq!(cache.stats().fills, 0);
+}

@@ -116,6 +116,8 @@ struct Inner {
     evict_wanted: Arc<Notify>,
     /// Wakes the publisher of clean fills' metadata (see [`publisher`]).
     publish_wanted: Arc<Notify>,
+    /// Set by [`Cache::close`]: new requests are refused, background tasks end.
+    closed: std::sync::atomic::AtomicBool,
     counters: Counters,
     volumes: FxHashMap<u32, Volume>,
     by_name: FxHashMap<String, u32>,
@@ -156,6 +158,9 @@ async fn publisher(weak: std::sync::Weak<Inner>) {
     loop {
         let _ = tokio::time::timeout(PUBLISH_TICK, wanted.notified()).await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.is_closed() {
+            return;
+        }
         if inner.meta.staged() == 0 {
             continue;
         }
@@ -195,10 +200,13 @@ impl Cache {
     /// instance id. Must be called inside a tokio runtime.
     pub async fn open(cfg: CacheConfig, backend: Arc<dyn Backend>) -> Result<Cache, CacheError> {
         cfg.validate()?;
-        let vols = backend.volumes().map_err(|source| CacheError::Backend {
-            volume: String::new(),
-            source,
-        })?;
+        let vols = backend
+            .volumes()
+            .await
+            .map_err(|source| CacheError::Backend {
+                volume: String::new(),
+                source,
+            })?;
         let cfg2 = cfg.clone();
         let inner = blocking(move || Inner::open(cfg2, backend, vols)).await?;
         let inner = Arc::new(inner);
@@ -314,6 +322,37 @@ impl Cache {
         self.inner.flush_older_than(None).await
     }
 
+    /// Closes the cache: from now on requests are refused with
+    /// [`CacheError::Closed`] (those already running complete); every dirty block is
+    /// written back to the backend and synced, within the configured flush deadline
+    /// ([`CacheError::CloseDeadline`] if not: the dirty state stays durable in the
+    /// metadata and the next open writes it back); the batch of clean fills' metadata
+    /// is committed durably (the next open comes back with every chunk); and the
+    /// background flusher, evictor and publisher stop. The request pipeline's stages
+    /// are their owner's to stop ([`Gateway::close`](crate::Gateway::close) drains
+    /// them first, then closes the cache).
+    pub async fn close(&self) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        inner.evict_wanted.notify_one();
+        inner.publish_wanted.notify_one();
+        let deadline = inner.cfg.flush_deadline;
+        match tokio::time::timeout(deadline, inner.flush_older_than(None)).await {
+            Ok(flushed) => flushed?,
+            Err(_) => {
+                let dirty = self.stats().dirty_chunks;
+                return Err(CacheError::CloseDeadline {
+                    deadline_ms: deadline.as_millis() as u64,
+                    dirty_chunks: dirty,
+                });
+            }
+        }
+        let inner = inner.clone();
+        blocking(move || inner.meta.publish(true).map(drop)).await
+    }
+
     /// Evicts until `free` slots are free (or nothing more can be evicted); returns
     /// how many chunks it evicted.
     pub async fn evict_to(&self, free: u32) -> Result<u64, CacheError> {
@@ -395,11 +434,18 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_range(&self, volume: u32, offset: u64, len: u64) -> Result<(), CacheError> {
+        if self.is_closed() {
+            return Err(CacheError::Closed);
+        }
         let v = self.volumes.get(&volume).ok_or_else(|| {
             bump(&self.counters.bad_requests, "cache_bad_requests_total", 1);
             CacheError::UnknownVolume(format!("#{volume}"))

@@ -131,6 +131,7 @@ impl Inner {
             free_notify: Notify::new(),
             evict_wanted: Arc::new(Notify::new()),
             publish_wanted: Arc::new(Notify::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             counters,
             volumes,
             by_name,
