@@ -129,8 +129,10 @@
 //!   gateway's NBD traffic): the stages run on pipewright workers and submit to their
 //!   worker's ring: a block range is one read of the data and one of its tags, in
 //!   flight together, into pooled buffers registered as fixed buffers (the plan gives
-//!   the stages a `UringBudget`, see [`pipeline::uring_budget`]); writes put data and
-//!   tags in flight together, then `fdatasync` on the ring. A read inside one chunk is
+//!   the stages a `UringBudget`, see [`pipeline::uring_budget`]); writes (fills and
+//!   client writes) are two positioned writes on the worker (into the page cache:
+//!   through io_uring ext4 would hand each to an io-wq thread), then, when the write
+//!   must be durable, `fdatasync` on the ring. A read inside one chunk is
 //!   answered in its pooled buffer ([`pipeline::ReadBuf`]) and written to the NBD
 //!   socket from there.
 //! - **blocking pool** (positioned `pread`/`pwrite` on tokio's blocking threads):
