@@ -15,7 +15,10 @@
 //!   volume (the working set), 32 concurrent clients on a 2-thread tokio runtime, cache
 //!   at 10% of the working set, both over the same local-file backend (`FileBackend`,
 //!   positioned reads on tokio's blocking pool). Ours: the real chunk store (4 KiB
-//!   chunks, io_uring, instance-id tags, redb metadata), called through `Cache::read`.
+//!   chunks, io_uring, instance-id tags, redb metadata), through the request pipeline
+//!   (`pipeline::start` with the gateway's plan: lookup router, hit and fill stages on
+//!   a pipewright worker's io_uring, requests in flight across bursts) called as a
+//!   `tower::Service` by the same 32 clients, as the NBD server feeds it.
 //!   Peer `foyer`: its `HybridCache<u64, Vec<u8>>` with a byte weigher on a 1 MiB memory
 //!   tier and a disk tier (`FsDevice`, block engine, 1 MiB blocks, 1 MiB buffer pool)
 //!   of exactly our cache file's data bytes; a miss goes through `get_or_fetch` to the
@@ -44,16 +47,21 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use pipewright::cache::pipeline::{self, PathResponse};
 use pipewright::cache::replay::{
     read_trace, simulate, write_oracle_general, zipf_trace, TraceFormat,
 };
-use pipewright::cache::{Backend, Cache, CacheConfig, FileBackend, Gateway, PolicyKind};
+use pipewright::cache::{
+    Backend, BlockRequest, Cache, CacheConfig, FileBackend, Gateway, PolicyKind,
+};
+use pipewright::Plan;
+use tower::ServiceExt;
 
 /// The system allocator, counting live heap bytes (for `memory-bytes-per-chunk`).
 struct Counting;
@@ -437,11 +445,33 @@ fn ours_zipf(
         .block_on(Cache::open(cfg, backend as Arc<dyn Backend>))
         .expect("open our cache");
     let vol = cache.volume("disk").unwrap();
-    let c = cache.clone();
+    // The path a gateway runs at scale: the request pipeline on a pipewright worker
+    // (lookup router, hit / fill stages on the worker's io_uring, many requests in
+    // flight), as the NBD server feeds it; the clients call its tower::Service.
+    let (running, svc) = rt
+        .block_on(async { pipeline::start(cache.clone(), Plan::fused()) })
+        .expect("start the request pipeline");
+    let s2 = svc.clone();
     let (ops, p99) = drive(rt, trace, move |block| {
-        let c = c.clone();
-        async move { c.read(vol, block * BLOCK, BLOCK).await.expect("our read") }
+        let svc = s2.clone();
+        async move {
+            let reply = svc
+                .oneshot(BlockRequest::Read {
+                    volume: vol,
+                    offset: block * BLOCK,
+                    len: BLOCK,
+                })
+                .await
+                .expect("the pipeline answers")
+                .expect("our read");
+            match reply {
+                PathResponse::Data(d) => d.into_vec(),
+                other => panic!("a read answered {other:?}"),
+            }
+        }
     });
+    drop(svc);
+    let _ = running.drain();
     let s = cache.stats();
     drop(cache);
     (ops, p99, s.hit_ratio())
@@ -479,12 +509,17 @@ fn foyer_zipf(
             .expect("foyer hybrid cache")
     });
     let h = hybrid.clone();
+    // Backend reads: foyer's misses (its hit ratio is 1 - fetches / requests).
+    let fetches = Arc::new(AtomicU64::new(0));
+    let f2 = fetches.clone();
     let (ops, p99) = drive(rt, trace, move |block| {
         let h = h.clone();
         let backend = backend.clone();
+        let fetches = f2.clone();
         async move {
             let e = h
                 .get_or_fetch(&block, move || async move {
+                    fetches.fetch_add(1, Ordering::Relaxed);
                     backend.read("disk", block * BLOCK, BLOCK as usize).await
                 })
                 .await
@@ -493,7 +528,8 @@ fn foyer_zipf(
         }
     });
     rt.block_on(hybrid.close()).expect("close foyer");
-    (ops, p99, f64::NAN)
+    let hit_ratio = 1.0 - fetches.load(Ordering::Relaxed) as f64 / trace.len() as f64;
+    (ops, p99, hit_ratio)
 }
 
 fn gateway_zipf(filter: Option<&str>) {
@@ -543,7 +579,7 @@ fn gateway_zipf(filter: Option<&str>) {
         }
     }
     eprintln!(
-        "gateway-zipf: {blocks} blocks of 4 KiB, {requests} reads, cache {chunks} blocks; ours (ops/s, p99 us, hit ratio) {ours:.2?}; foyer (ops/s, p99 us, -) {theirs:.2?} (load {})",
+        "gateway-zipf: {blocks} blocks of 4 KiB, {requests} reads, cache {chunks} blocks; ours (ops/s, p99 us, hit ratio) {ours:.2?}; foyer (ops/s, p99 us, hit ratio) {theirs:.2?} (load {})",
         common::loadavg()
     );
     let _ = std::fs::remove_dir_all(&dir);

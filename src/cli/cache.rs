@@ -201,9 +201,10 @@ fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         use std::io::Write;
         std::io::stdout().flush()?;
         gw.run_until_shutdown().await?;
-        // Everything dirty reaches the backend before a clean stop.
-        gw.cache().flush().await?;
-        eprintln!("{}", gw.status());
+        // A clean stop: the pipeline drained, everything dirty to the backend, the
+        // metadata committed (Gateway::close).
+        let status = gw.close().await?;
+        eprintln!("{status}");
         anyhow::Ok(())
     })
 }

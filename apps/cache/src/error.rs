@@ -62,8 +62,17 @@ pub enum CacheError {
     #[error("the cache's request pipeline could not start: {0}; check the plan (cores, workers)")]
     Pipeline(String),
     /// The cache is closed.
-    #[error("the cache is closed")]
+    #[error("the cache is closed; open it again to serve requests")]
     Closed,
+    /// [`Cache::close`](crate::Cache::close) could not write every dirty block back
+    /// within the flush deadline.
+    #[error("closing: {dirty_chunks} chunks still dirty after the flush deadline of {deadline_ms} ms; their dirty state is durable and the next open writes them back (check the backend, or raise the flush deadline)")]
+    CloseDeadline {
+        /// The deadline.
+        deadline_ms: u64,
+        /// Chunks still dirty.
+        dirty_chunks: u64,
+    },
 }
 
 impl CacheError {

@@ -141,6 +141,21 @@ impl Gateway {
         }
     }
 
+    /// Stops the gateway in order: the request pipeline is drained (every request
+    /// it took is answered) and stopped, then the cache is closed ([`Cache::close`]:
+    /// dirty data to the backend within the flush deadline, metadata committed,
+    /// background tasks stopped). Returns the final status text.
+    pub async fn close(self) -> Result<String, CacheError> {
+        let status = self.status();
+        let running = self.running;
+        tokio::task::spawn_blocking(move || running.drain())
+            .await
+            .map_err(|e| CacheError::Pipeline(e.to_string()))?
+            .map_err(|e| CacheError::Pipeline(e.to_string()))?;
+        self.cache.close().await?;
+        Ok(status)
+    }
+
     /// The status text `pipewright cache status` prints.
     pub fn status(&self) -> String {
         render_status(

@@ -79,11 +79,27 @@
 //! per 4 KiB block in its 16-byte tag (0.4% of the space), so it can be 64 bits: at a
 //! million evictions per second it wraps after 584,000 years. Nothing has to be swept.
 //!
-//! A **fill** writes the chunk's blocks and tags and publishes the mapping in a
-//! metadata transaction that becomes durable with the next durable one; it does not
-//! `fdatasync` the cache file. A clean chunk needs no durability of its own: if a crash
-//! loses some of its bytes or its mapping, the tags no longer match (instance id or
-//! CRC) or the slot is free under a fresh id, and the chunk is fetched again.
+//! A **fill** writes the chunk's blocks and tags (data and tags in flight together, no
+//! `fdatasync`) and stages the slot's mapping in an in-memory batch; no transaction, no
+//! thread hop on the miss path. A publisher task commits the batch, one redb write
+//! transaction per burst of fills (every 50 ms, or at 128 staged), non-durably except
+//! at most once a second; any other transaction (an eviction's, a write's) takes the
+//! batch first under the same lock, so a later record of a slot always lands after
+//! its fill's. A clean chunk needs no durability of its own, and each case of a crash
+//! is a counted miss, never data:
+//!
+//! - the mapping was lost: the slot's durable record still says free, and every open
+//!   gives free slots a fresh instance id, so the fill's tags can never match;
+//! - the mapping survived but some bytes or tags did not reach the disk: a block's
+//!   tag then carries another instance (or zeros) while its slot is still on the
+//!   expected one, or its CRC fails; the read counts it (`checksum_failures`), drops
+//!   the chunk and fetches it again (a stale verdict is kept for tags of another
+//!   instance *after* the slot moved on, which only eviction does).
+//!
+//! What must be durable before acting is: a retired slot's new instance id (one
+//! durable commit per eviction batch, before any slot of the batch is reused), a
+//! write's dirty-block set (before the write is acknowledged) and a flushed slot's
+//! clean state (before it may be retired). See the `meta` module for each commit.
 //!
 //! # The write guarantee
 //!
@@ -113,8 +129,10 @@
 //!   gateway's NBD traffic): the stages run on pipewright workers and submit to their
 //!   worker's ring: a block range is one read of the data and one of its tags, in
 //!   flight together, into pooled buffers registered as fixed buffers (the plan gives
-//!   the stages a `UringBudget`, see [`pipeline::uring_budget`]); writes put data and
-//!   tags in flight together, then `fdatasync` on the ring. A read inside one chunk is
+//!   the stages a `UringBudget`, see [`pipeline::uring_budget`]); writes (fills and
+//!   client writes) are two positioned writes on the worker (into the page cache:
+//!   through io_uring ext4 would hand each to an io-wq thread), then, when the write
+//!   must be durable, `fdatasync` on the ring. A read inside one chunk is
 //!   answered in its pooled buffer ([`pipeline::ReadBuf`]) and written to the NBD
 //!   socket from there.
 //! - **blocking pool** (positioned `pread`/`pwrite` on tokio's blocking threads):

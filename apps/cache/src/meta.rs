@@ -3,10 +3,33 @@
 //!
 //! Every record carries its own CRC-32C on top of redb's page checksums, so a damaged
 //! record is detected, counted and its slot dropped (given a fresh instance id) rather
-//! than trusted. Commits use redb's immediate durability: `commit` returns once the
-//! transaction is on disk.
+//! than trusted.
+//!
+//! # Which commits are durable, and why
+//!
+//! - [`MetaStore::commit`] (redb's immediate durability: it returns once the
+//!   transaction is on disk) for everything correctness rests on: a retired slot's new
+//!   instance id (durable **before** the slot is reused, so that no record can ever
+//!   name a slot's earlier life after a crash), a dirty-block set (durable before the
+//!   write is acknowledged), the clean state after a flush (durable before the slot
+//!   may be retired), the nonce and the volume ids.
+//! - [`MetaStore::stage_clean`] for a **clean fill**'s mapping: the record only joins
+//!   an in-memory batch. Losing it costs a refetch, never data: the slot's durable
+//!   record still says free (under the id it was freed with, which the next open
+//!   replaces by a fresh one), so the blocks the fill wrote can never match. The batch
+//!   reaches redb with the next transaction of any kind (every commit takes the
+//!   batch first, under one lock, so a later record of the same slot, e.g. its
+//!   retirement, always lands after it), or through [`MetaStore::publish`], which the
+//!   cache's publisher task calls for bursts of fills: one write transaction per
+//!   burst, non-durable (no fsync; redb makes it durable with the next durable commit)
+//!   except at most once per [`DURABLE_EVERY`], so that a warm restart keeps what was
+//!   filled before that and redb can reuse the pages non-durable commits freed.
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -108,15 +131,33 @@ pub(crate) struct Loaded {
     pub(crate) records: Vec<(u32, Option<ChunkRecord>)>,
 }
 
-/// The redb database.
+/// How often at most a batch of clean fills is published with a durable commit (the
+/// others are non-durable).
+pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+/// redb's page cache: the records are small (about 40 bytes a slot), so a few MiB
+/// hold the hot part of the tree; redb's default (1 GiB) would grow the heap by
+/// kilobytes per cached chunk.
+const REDB_CACHE_BYTES: usize = 8 << 20;
+
+/// The redb database, and the batch of clean fills not yet in a transaction.
 #[derive(Debug)]
 pub(crate) struct MetaStore {
     db: Database,
+    /// Clean fills' records, slot → record (the latest wins).
+    staged: Mutex<FxHashMap<u32, ChunkRecord>>,
+    /// Held from taking the batch to the end of the commit: transactions apply in
+    /// the order their records were made (see the module docs). The time of the last
+    /// durable commit.
+    commit_lock: Mutex<Instant>,
 }
 
 impl MetaStore {
     pub(crate) fn open(path: &Path) -> Result<Self, CacheError> {
-        let db = Database::create(path).map_err(CacheError::meta)?;
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(path)
+            .map_err(CacheError::meta)?;
         let tx = db.begin_write().map_err(CacheError::meta)?;
         {
             tx.open_table(CHUNKS).map_err(CacheError::meta)?;
@@ -124,7 +165,30 @@ impl MetaStore {
             tx.open_table(COUNTERS).map_err(CacheError::meta)?;
         }
         tx.commit().map_err(CacheError::meta)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            staged: Mutex::new(FxHashMap::default()),
+            commit_lock: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Adds a clean fill's record to the batch (no I/O); returns the batch's size.
+    pub(crate) fn stage_clean(&self, slot: u32, rec: ChunkRecord) -> usize {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.insert(slot, rec);
+        staged.len()
+    }
+
+    /// Records in the batch.
+    pub(crate) fn staged(&self) -> usize {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Commits the batch of clean fills, if any: non-durable unless the last durable
+    /// commit is [`DURABLE_EVERY`] old (or `durable`). Returns how many records it
+    /// committed.
+    pub(crate) fn publish(&self, durable: bool) -> Result<usize, CacheError> {
+        self.commit_with(&[], None, None, &[], durable, true)
     }
 
     pub(crate) fn load(&self) -> Result<Loaded, CacheError> {
@@ -165,18 +229,51 @@ impl MetaStore {
         nonce: Option<u64>,
         volumes: &[(String, u32)],
     ) -> Result<(), CacheError> {
-        self.commit_with(records, next_instance, nonce, volumes, true)
+        self.commit_with(records, next_instance, nonce, volumes, true, false)
+            .map(drop)
     }
 
-    /// A transaction that becomes durable with the next durable one (or is lost at a
-    /// crash): for records whose loss only costs a refetch — a clean chunk's mapping,
-    /// whose bytes are already synced.
-    pub(crate) fn commit_lazy(&self, records: &[(u32, ChunkRecord)]) -> Result<(), CacheError> {
-        self.commit_with(records, None, None, &[], false)
-    }
-
+    /// One transaction: the batch of clean fills first, then `records` (a later record
+    /// of a slot overrides its staged one). With `lazy`, only when there is a batch,
+    /// and non-durable unless `durable` or [`DURABLE_EVERY`] has passed.
     fn commit_with(
         &self,
+        records: &[(u32, ChunkRecord)],
+        next_instance: Option<u64>,
+        nonce: Option<u64>,
+        volumes: &[(String, u32)],
+        durable: bool,
+        lazy: bool,
+    ) -> Result<usize, CacheError> {
+        let mut last_durable = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|e| e.into_inner()));
+        if lazy && staged.is_empty() {
+            return Ok(0);
+        }
+        let durable = durable || !lazy || last_durable.elapsed() >= DURABLE_EVERY;
+        let n = staged.len();
+        let result = self.transaction(&staged, records, next_instance, nonce, volumes, durable);
+        match result {
+            Ok(()) => {
+                if durable {
+                    *last_durable = Instant::now();
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                // Put the batch back (records staged since then are newer: keep them).
+                let mut now = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+                for (slot, rec) in staged {
+                    now.entry(slot).or_insert(rec);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn transaction(
+        &self,
+        staged: &FxHashMap<u32, ChunkRecord>,
         records: &[(u32, ChunkRecord)],
         next_instance: Option<u64>,
         nonce: Option<u64>,
@@ -189,6 +286,14 @@ impl MetaStore {
         }
         {
             let mut chunks = tx.open_table(CHUNKS).map_err(CacheError::meta)?;
+            for (slot, rec) in staged
+                .iter()
+                .filter(|(s, _)| !records.iter().any(|(r, _)| r == *s))
+            {
+                chunks
+                    .insert(*slot, rec.encode().as_slice())
+                    .map_err(CacheError::meta)?;
+            }
             for (slot, rec) in records {
                 chunks
                     .insert(*slot, rec.encode().as_slice())
@@ -214,6 +319,8 @@ impl MetaStore {
 
     /// Overwrites a slot's record with garbage (for tests of the record checksum).
     pub(crate) fn corrupt_record(&self, slot: u32) -> Result<(), CacheError> {
+        // The record must be in redb to be damaged there.
+        self.publish(true)?;
         let tx = self.db.begin_write().map_err(CacheError::meta)?;
         {
             let mut chunks = tx.open_table(CHUNKS).map_err(CacheError::meta)?;

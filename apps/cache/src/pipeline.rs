@@ -272,7 +272,7 @@ mod tests {
     }
 
     impl Backend for Gated {
-        fn volumes(&self) -> std::io::Result<Vec<VolumeInfo>> {
+        fn volumes(&self) -> BoxFuture<'_, std::io::Result<Vec<VolumeInfo>>> {
             self.files.volumes()
         }
         fn read(

@@ -20,8 +20,10 @@
 //!   blocks is one read of the data and one of the tags, both in flight together,
 //!   into buffers of the stage's [`BufferPool`]s (registered with the worker's ring as
 //!   fixed buffers when the plan gives the stage a `UringBudget`, so the reads are
-//!   `READ_FIXED`); a write is the data and the tags in flight together, then
-//!   `fdatasync` through the ring. Its futures are `!Send` (the ring is the worker
+//!   `READ_FIXED`); a write is two positioned writes (data, tags) on the worker
+//!   itself (a buffered write only copies into the page cache; through io_uring,
+//!   ext4 hands it to an io-wq thread), then, when it must be durable, `fdatasync`
+//!   through the ring. Its futures are `!Send` (the ring is the worker
 //!   thread's).
 //! - [`Blocking`]: positioned `pread`/`pwrite` on tokio's blocking pool. Everything
 //!   that is not on a worker uses it: [`Cache`](crate::Cache)'s own methods (and so
@@ -31,7 +33,7 @@
 //!
 //! Both write the same bytes and tags and read them the same way; the validation
 //! (instance id, write sequence, CRC) is the caller's and does not depend on the path.
-//! A write puts the bytes and the tags in flight together: a crash between them
+//! A write puts down the bytes and then the tags, unsynced: a crash between them
 //! leaves a block whose tag does not match its bytes (CRC), which the check catches,
 //! exactly as when bytes and tags are written one after the other but reach the disk
 //! in another order before the `fdatasync`.
@@ -229,6 +231,14 @@ impl ChunkStore {
     /// `fdatasync(2)` of the cache file.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.file.sync_data()
+    }
+
+    /// Zeroes a stored block's tag: the tag a crash leaves when the block's fill was
+    /// never synced (for tests of the lost-write path).
+    pub(crate) fn lose_tag(&self, slot: u32, block: u32) -> io::Result<()> {
+        self.file
+            .file
+            .write_all_at(&[0u8; TAG_SIZE], self.file.tag_pos(slot, block))
     }
 
     /// Damages one byte of a stored block (for tests of the checksum path).
@@ -593,26 +603,6 @@ async fn read_exact_uring(
     }
 }
 
-/// Writes all of `buf` at `pos`; gives the buffer back.
-async fn write_all_uring(fd: std::os::fd::RawFd, buf: Vec<u8>, pos: u64) -> io::Result<Vec<u8>> {
-    let mut done = 0;
-    let mut buf = buf;
-    while done < buf.len() {
-        let (r, b) = uring::write_at(fd, buf, done, pos + done as u64).await;
-        buf = b;
-        match r? {
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "cache file write returned 0",
-                ))
-            }
-            n => done += n,
-        }
-    }
-    Ok(buf)
-}
-
 impl BlockIo for Uring {
     async fn read_blocks(
         &self,
@@ -645,14 +635,13 @@ impl BlockIo for Uring {
         instance: u64,
         addr: BlockAddr,
     ) -> io::Result<Vec<u8>> {
-        let fd = file.file.as_raw_fd();
-        let tags = file.encode_tags(first, &data, instance, addr);
-        let (data, tags) = futures::join!(
-            write_all_uring(fd, data, file.data_pos(slot, first)),
-            write_all_uring(fd, tags, file.tag_pos(slot, first)),
-        );
-        tags?;
-        data
+        // Two positioned writes on the worker itself: a buffered write of a chunk
+        // only copies into the page cache, while an io_uring buffered write to ext4 is
+        // handed to an io-wq thread (a wake-up and a context switch each way, the
+        // largest cost of a miss in `perf`). The durability point, when there is one,
+        // is the `fdatasync` that follows, still on the ring.
+        file.write_blocks(slot, first, &data, instance, addr)?;
+        Ok(data)
     }
 
     async fn sync(&self, file: &StoreFile) -> io::Result<()> {

@@ -76,6 +76,25 @@ async fn corrupt_cached_block_is_refetched_never_served() {
     );
 }
 
+/// A fill is not synced: a crash can lose a block of it (its tag still the slot's
+/// previous life's, or zeros) while the mapping survived. The block is refused (not
+/// read again forever as "stale": the slot is still on the instance) and the chunk
+/// fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_block_of_an_unsynced_fill_is_refetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, cfg) = setup(dir.path());
+    let cache = Cache::open(cfg, backend).await.unwrap();
+    let disk = cache.volume("disk").unwrap();
+    let want = backend_bytes(dir.path(), 270_336, 8192);
+    assert_eq!(cache.read(disk, 270_336, 8192).await.unwrap(), want);
+    assert!(cache.lose_cached_block(disk, 270_336 + 4096).unwrap());
+    assert_eq!(cache.read(disk, 270_336, 8192).await.unwrap(), want);
+    let s = cache.stats();
+    assert_eq!(s.checksum_failures, 1);
+    assert_eq!(s.fills, 2, "the chunk was dropped and fetched again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_dirty_block_is_an_error_not_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,4 +206,49 @@ async fn bad_config_is_refused() {
         Cache::open(other, backend).await,
         Err(CacheError::GeometryMismatch { .. })
     ));
+}
+
+/// `close` writes every dirty block back (the backend holds them), commits the clean
+/// fills' metadata (the next open is warm: no fill), and refuses later requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_flushes_commits_and_refuses_later_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, mut cfg) = setup(dir.path());
+    cfg.flush_deadline = std::time::Duration::from_secs(120);
+    {
+        let cache = Cache::open(cfg.clone(), backend.clone()).await.unwrap();
+        let disk = cache.volume("disk").unwrap();
+        for i in 0..4u64 {
+            cache
+                .write(disk, i * 300_000, &[i as u8 + 1; 4096])
+                .await
+                .unwrap();
+        }
+        // Clean fills only: their mapping is staged, not yet committed.
+        cache.read(disk, 3 * MIB as u64, 4096).await.unwrap();
+        assert_eq!(cache.stats().dirty_chunks, 4);
+        assert_ne!(backend_bytes(dir.path(), 0, 4096), vec![1u8; 4096]);
+        cache.close().await.unwrap();
+        for i in 0..4usize {
+            assert_eq!(
+                backend_bytes(dir.path(), i * 300_000, 4096),
+                vec![i as u8 + 1; 4096],
+                "write {i} reached the backend"
+            );
+        }
+        assert_eq!(cache.stats().dirty_chunks, 0);
+        match cache.read(disk, 0, 4096).await {
+            Err(CacheError::Closed) => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
+    }
+    let cache = Cache::open(cfg, backend).await.unwrap();
+    let disk = cache.volume("disk").unwrap();
+    let used = cache.stats().used_chunks;
+    assert_eq!(used, 5, "every chunk came back warm");
+    assert_eq!(
+        cache.read(disk, 3 * MIB as u64, 4096).await.unwrap(),
+        backend_bytes(dir.path(), 3 * MIB, 4096)
+    );
+    assert_eq!(cache.stats().fills, 0);
 }

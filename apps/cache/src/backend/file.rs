@@ -66,25 +66,28 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Backend for FileBackend {
-    fn volumes(&self) -> io::Result<Vec<VolumeInfo>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if !meta.is_file() {
-                continue;
-            }
-            if let Some(name) = entry.file_name().to_str() {
-                if !name.starts_with('.') {
-                    out.push(VolumeInfo {
-                        name: name.to_string(),
-                        size: meta.len(),
-                    });
+    fn volumes(&self) -> BoxFuture<'_, io::Result<Vec<VolumeInfo>>> {
+        let dir = self.dir.clone();
+        Box::pin(blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if !meta.is_file() {
+                    continue;
+                }
+                if let Some(name) = entry.file_name().to_str() {
+                    if !name.starts_with('.') {
+                        out.push(VolumeInfo {
+                            name: name.to_string(),
+                            size: meta.len(),
+                        });
+                    }
                 }
             }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        }))
     }
 
     fn read(&self, volume: &str, offset: u64, len: usize) -> BoxFuture<'_, io::Result<Vec<u8>>> {

@@ -27,8 +27,8 @@ pub struct VolumeInfo {
 /// The remote store the cache sits in front of. Reads past a volume's end return
 /// zeros; a write is durable once [`Backend::sync`] of its volume returned.
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// The volumes it holds.
-    fn volumes(&self) -> io::Result<Vec<VolumeInfo>>;
+    /// The volumes it holds (a directory listing, a bucket listing: I/O, so async).
+    fn volumes(&self) -> BoxFuture<'_, io::Result<Vec<VolumeInfo>>>;
     /// `len` bytes of `volume` from `offset`.
     fn read(&self, volume: &str, offset: u64, len: usize) -> BoxFuture<'_, io::Result<Vec<u8>>>;
     /// Writes `data` at `offset` of `volume`.

@@ -750,7 +750,9 @@ impl Inner {
 }
 
 impl Backend for S3Backend {
-    fn volumes(&self) -> io::Result<Vec<VolumeInfo>> {
+    fn volumes(&self) -> BoxFuture<'_, io::Result<Vec<VolumeInfo>>> {
+        // The volumes were listed from the bucket when the backend was opened (and
+        // grow as they are written): no request here.
         let mut v: Vec<VolumeInfo> = self
             .inner
             .volumes
@@ -763,7 +765,7 @@ impl Backend for S3Backend {
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(v)
+        Box::pin(async move { Ok(v) })
     }
 
     fn read(&self, volume: &str, offset: u64, len: usize) -> BoxFuture<'_, io::Result<Vec<u8>>> {

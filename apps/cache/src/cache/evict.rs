@@ -90,6 +90,9 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
     loop {
         let _ = tokio::time::timeout(Duration::from_millis(200), wanted.notified()).await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.is_closed() {
+            return;
+        }
         if (inner.lock().free.len() as u32) >= inner.cfg.low_watermark {
             continue;
         }

@@ -12,7 +12,7 @@ use crate::meta::{ChunkRecord, SlotState};
 use crate::stats::bump;
 use crate::store::{BlockIo, Blocking, WriteGuard};
 
-use super::{blocking, ChunkKey, Entry, Inner, SlotInfo, State};
+use super::{blocking, ChunkKey, Entry, Inner, SlotInfo, State, PUBLISH_BATCH};
 
 impl Inner {
     /// Resident: `(slot, instance, seq)`. Absent: this call fills it (single flight).
@@ -305,21 +305,22 @@ impl Inner {
         // (the chunk is then refetched); it never names bytes that are not synced.
         let stored = match written {
             Ok(_) => {
-                let inner = self.clone();
-                blocking(move || {
-                    inner.meta.commit_lazy(&[(
-                        slot,
-                        ChunkRecord {
-                            state: SlotState::Clean,
-                            volume: key.volume,
-                            chunk: key.chunk,
-                            instance,
-                            dirty: Vec::new(),
-                        },
-                    )])?;
-                    Ok(())
-                })
-                .await
+                // The mapping joins the batch of clean fills (see `meta`): no
+                // transaction, no thread hop here.
+                let staged = self.meta.stage_clean(
+                    slot,
+                    ChunkRecord {
+                        state: SlotState::Clean,
+                        volume: key.volume,
+                        chunk: key.chunk,
+                        instance,
+                        dirty: Vec::new(),
+                    },
+                );
+                if staged >= PUBLISH_BATCH {
+                    self.publish_wanted.notify_one();
+                }
+                Ok(())
             }
             Err(e) => Err(CacheError::Io(e)),
         };

@@ -143,6 +143,9 @@ pub(super) async fn flusher(inner: Weak<Inner>, deadline: Duration) {
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
+        if inner.is_closed() {
+            return;
+        }
         if let Err(e) = inner.flush_older_than(Some(deadline / 2)).await {
             eprintln!("pipewright-cache: write-back failed (will retry): {e}");
         }

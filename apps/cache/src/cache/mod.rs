@@ -114,6 +114,10 @@ struct Inner {
     evict_lock: tokio::sync::Mutex<()>,
     free_notify: Notify,
     evict_wanted: Arc<Notify>,
+    /// Wakes the publisher of clean fills' metadata (see [`publisher`]).
+    publish_wanted: Arc<Notify>,
+    /// Set by [`Cache::close`]: new requests are refused, background tasks end.
+    closed: std::sync::atomic::AtomicBool,
     counters: Counters,
     volumes: FxHashMap<u32, Volume>,
     by_name: FxHashMap<String, u32>,
@@ -135,6 +139,41 @@ impl std::fmt::Debug for Cache {
             .field("cache_file", &self.inner.cfg.cache_file)
             .field("chunks", &self.inner.cfg.chunks)
             .finish_non_exhaustive()
+    }
+}
+
+/// Staged clean fills that wake the publisher before its next tick.
+const PUBLISH_BATCH: usize = 128;
+/// The publisher's tick: a clean fill's mapping is in redb (non-durably) within about
+/// this long.
+const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Publishes the batch of clean fills' records (see `meta`): one write transaction
+/// per burst of fills, on a tick or when [`PUBLISH_BATCH`] are staged.
+async fn publisher(weak: std::sync::Weak<Inner>) {
+    let wanted = match weak.upgrade() {
+        Some(inner) => inner.publish_wanted.clone(),
+        None => return,
+    };
+    loop {
+        let _ = tokio::time::timeout(PUBLISH_TICK, wanted.notified()).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.is_closed() {
+            return;
+        }
+        if inner.meta.staged() == 0 {
+            continue;
+        }
+        match blocking(move || inner.meta.publish(false)).await {
+            Ok(n) => {
+                metrics::counter!("cache_meta_published_records_total").increment(n as u64);
+                metrics::counter!("cache_meta_publish_commits_total").increment(1);
+            }
+            Err(e) => {
+                metrics::counter!("cache_meta_publish_errors_total").increment(1);
+                eprintln!("pipewright-cache: publishing fill metadata failed (will retry): {e}");
+            }
+        }
     }
 }
 
@@ -161,10 +200,13 @@ impl Cache {
     /// instance id. Must be called inside a tokio runtime.
     pub async fn open(cfg: CacheConfig, backend: Arc<dyn Backend>) -> Result<Cache, CacheError> {
         cfg.validate()?;
-        let vols = backend.volumes().map_err(|source| CacheError::Backend {
-            volume: String::new(),
-            source,
-        })?;
+        let vols = backend
+            .volumes()
+            .await
+            .map_err(|source| CacheError::Backend {
+                volume: String::new(),
+                source,
+            })?;
         let cfg2 = cfg.clone();
         let inner = blocking(move || Inner::open(cfg2, backend, vols)).await?;
         let inner = Arc::new(inner);
@@ -177,7 +219,8 @@ impl Cache {
         let weak = Arc::downgrade(&self.inner);
         let deadline = self.inner.cfg.flush_deadline;
         tokio::spawn(flush::flusher(weak.clone(), deadline));
-        tokio::spawn(evict::evictor(weak));
+        tokio::spawn(evict::evictor(weak.clone()));
+        tokio::spawn(publisher(weak));
     }
 
     /// The volume named `name`.
@@ -279,6 +322,37 @@ impl Cache {
         self.inner.flush_older_than(None).await
     }
 
+    /// Closes the cache: from now on requests are refused with
+    /// [`CacheError::Closed`] (those already running complete); every dirty block is
+    /// written back to the backend and synced, within the configured flush deadline
+    /// ([`CacheError::CloseDeadline`] if not: the dirty state stays durable in the
+    /// metadata and the next open writes it back); the batch of clean fills' metadata
+    /// is committed durably (the next open comes back with every chunk); and the
+    /// background flusher, evictor and publisher stop. The request pipeline's stages
+    /// are their owner's to stop ([`Gateway::close`](crate::Gateway::close) drains
+    /// them first, then closes the cache).
+    pub async fn close(&self) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        inner.evict_wanted.notify_one();
+        inner.publish_wanted.notify_one();
+        let deadline = inner.cfg.flush_deadline;
+        match tokio::time::timeout(deadline, inner.flush_older_than(None)).await {
+            Ok(flushed) => flushed?,
+            Err(_) => {
+                let dirty = self.stats().dirty_chunks;
+                return Err(CacheError::CloseDeadline {
+                    deadline_ms: deadline.as_millis() as u64,
+                    dirty_chunks: dirty,
+                });
+            }
+        }
+        let inner = inner.clone();
+        blocking(move || inner.meta.publish(true).map(drop)).await
+    }
+
     /// Evicts until `free` slots are free (or nothing more can be evicted); returns
     /// how many chunks it evicted.
     pub async fn evict_to(&self, free: u32) -> Result<u64, CacheError> {
@@ -314,6 +388,24 @@ impl Cache {
         Ok(true)
     }
 
+    /// Zeroes the tag of a resident block of `volume`, as a crash leaves a fill that
+    /// was never synced (for fault tests): returns whether that chunk was resident.
+    #[doc(hidden)]
+    pub fn lose_cached_block(&self, volume: VolumeId, offset: u64) -> Result<bool, CacheError> {
+        let cs = self.inner.cfg.chunk_size;
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / cs,
+        };
+        let slot = match self.inner.lock().index.get(&key) {
+            Some(Entry::Resident(s)) => *s,
+            _ => return Ok(false),
+        };
+        let block = ((offset % cs) / self.inner.cfg.block_size as u64) as u32;
+        self.inner.store.lose_tag(slot, block)?;
+        Ok(true)
+    }
+
     /// Damages the metadata record of the slot holding `volume`'s chunk at `offset`
     /// (for fault tests; takes effect at the next open).
     #[doc(hidden)]
@@ -331,12 +423,29 @@ impl Cache {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: the batch of clean fills goes to redb, durably, so
+        // that the next open finds them warm (a crash instead only costs refetches).
+        if let Err(e) = self.meta.publish(true) {
+            eprintln!("pipewright-cache: publishing fill metadata at drop failed: {e}");
+        }
+    }
+}
+
 impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_range(&self, volume: u32, offset: u64, len: u64) -> Result<(), CacheError> {
+        if self.is_closed() {
+            return Err(CacheError::Closed);
+        }
         let v = self.volumes.get(&volume).ok_or_else(|| {
             bump(&self.counters.bad_requests, "cache_bad_requests_total", 1);
             CacheError::UnknownVolume(format!("#{volume}"))

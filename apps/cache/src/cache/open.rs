@@ -130,6 +130,8 @@ impl Inner {
             evict_lock: tokio::sync::Mutex::new(()),
             free_notify: Notify::new(),
             evict_wanted: Arc::new(Notify::new()),
+            publish_wanted: Arc::new(Notify::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             counters,
             volumes,
             by_name,

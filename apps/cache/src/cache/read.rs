@@ -77,6 +77,16 @@ impl Inner {
             let ok = tag.matches(key.addr(), b, &buf[i * bs..(i + 1) * bs]);
             match check(instance, tag.instance, ok, cell, seq) {
                 Verdict::Valid => {}
+                // A tag of another instance while the slot is still on `instance`
+                // (ids never come back, so it has not moved): the block's fill was
+                // never synced and a crash lost it. Nothing races this: a fill or a
+                // write of the slot tags its blocks with `instance` before anyone can
+                // read them. The block is damaged, not stale.
+                Verdict::Stale if cell.instance() == instance => {
+                    if worst.is_none() {
+                        worst = Some(BlockFault::Corrupt(b));
+                    }
+                }
                 Verdict::Stale => return Err(BlockFault::Stale),
                 Verdict::Torn => worst = Some(BlockFault::Torn),
                 Verdict::Corrupt => {

@@ -41,10 +41,13 @@ pub(crate) const CMD_DISC: u16 = 2;
 pub(crate) const CMD_FLUSH: u16 = 3;
 pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
 
+pub(crate) const EPERM: u32 = 1;
 pub(crate) const EIO: u32 = 5;
+pub(crate) const ENOMEM: u32 = 12;
 pub(crate) const EINVAL: u32 = 22;
 pub(crate) const ENOSPC: u32 = 28;
 pub(crate) const ENOTSUP: u32 = 95;
+pub(crate) const ESHUTDOWN: u32 = 108;
 
 /// The largest read or write payload we accept (the NBD spec's customary 32 MiB).
 pub(crate) const MAX_PAYLOAD: u32 = 32 << 20;
