@@ -1,10 +1,12 @@
 //! A node's housekeeping: checkpoints (what it may forget) and the retry timer.
 
+use std::collections::BTreeMap;
+
 use super::node::Node;
 use super::state::Phase;
 use super::{Action, Ballot, Message};
 use crate::log::{Checkpoint, Intent, Record, Verdict};
-use crate::types::{NodeId, TxnId};
+use crate::types::{ClientId, NodeId, TxnId};
 
 impl Node {
     /// Start a checkpoint: the action to persist a [`Record::Checkpoint`] that the
@@ -23,7 +25,22 @@ impl Node {
             return out;
         }
         let mut cp = Checkpoint::default();
-        let mut marks = self.marks.clone();
+        // Clients idle past the horizon: their marks fold into the floor (it refuses
+        // all they refused, and more).
+        let now = self.checkpoints;
+        self.checkpoints += 1;
+        let horizon = u64::from(self.mark_horizon);
+        let floor = &mut self.floor;
+        self.marks.retain(|_, &mut (mark, raised)| {
+            let keep = now.saturating_sub(raised) < horizon;
+            if !keep {
+                *floor = (*floor).max(mark);
+            }
+            keep
+        });
+        cp.floor = self.floor;
+        let mut marks: BTreeMap<ClientId, TxnId> =
+            self.marks.iter().map(|(&c, &(t, _))| (c, t)).collect();
         let mut forget = Vec::new();
         for (&txn, t) in &mut self.txns {
             let client = t.client;
