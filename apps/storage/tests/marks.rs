@@ -271,3 +271,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_floor_rises_only_once_its_checkpoint_is_durable() {
+    // An answer given by a floor that a crash could take back could be contradicted
+    // after the restart: the fold takes effect with the checkpoint's durability.
+    let config = NodeConfig {
+        mark_horizon: 1,
+        ..NodeConfig::default()
+    };
+    let mut host = Host::new(config, usize::MAX);
+    host.prepare(TxnId(500), ClientId(7), 0, 0);
+    assert_eq!(host.replies, vec![(TxnId(500), Outcome::Committed)]);
+    // Two checkpoints forget transaction 500 (client 7's mark: 500), a third one
+    // passes without the client.
+    for _ in 0..3 {
+        let actions = host.node.checkpoint();
+        host.run(actions);
+    }
+    assert_eq!(host.node.clients_with_marks(), 1);
+    assert_eq!(host.node.floor(), TxnId(0));
+    // The next checkpoint folds the idle client's mark (idle for `mark_horizon`
+    // checkpoints); not durable yet.
+    let actions = host.node.checkpoint();
+    let (id, record) = match &actions[..] {
+        [Action::Persist { id, record }] => (*id, record.clone()),
+        other => panic!("expected one checkpoint record, got {other:?}"),
+    };
+    let Record::Checkpoint(cp) = record else {
+        panic!("not a checkpoint")
+    };
+    assert_eq!(cp.floor, TxnId(500));
+    assert!(cp.marks.is_empty());
+    assert_eq!(host.node.floor(), TxnId(0), "raised before durable");
+    assert_eq!(host.node.clients_with_marks(), 1);
+    // Another client's transaction 400 is still taken (the durable floor is 0) ...
+    host.replies.clear();
+    host.prepare(TxnId(400), ClientId(8), 1, 0);
+    assert_eq!(host.replies, vec![(TxnId(400), Outcome::Committed)]);
+    // ... and refused once the checkpoint is durable.
+    let more = host.node.persisted(id);
+    host.run(more);
+    assert_eq!(host.node.floor(), TxnId(500));
+    assert_eq!(host.node.clients_with_marks(), 0);
+    host.replies.clear();
+    host.prepare(TxnId(450), ClientId(9), 2, 0);
+    assert_eq!(
+        host.replies,
+        vec![(
+            TxnId(450),
+            Outcome::Forgotten {
+                node: NodeId(1),
+                floor: TxnId(500)
+            }
+        )]
+    );
+}

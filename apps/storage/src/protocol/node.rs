@@ -77,7 +77,20 @@ pub struct Node {
     pub(super) mark_horizon: u32,
     /// A checkpoint on its way to the log: its record id and the transactions it
     /// forgets once durable.
-    pub(super) checkpointing: Option<(RecordId, Vec<TxnId>)>,
+    pub(super) checkpointing: Option<Checkpointing>,
+}
+
+/// A checkpoint on its way to the log, and what its durability changes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Checkpointing {
+    /// Its record.
+    pub(super) id: RecordId,
+    /// The transactions it forgets.
+    pub(super) forget: Vec<TxnId>,
+    /// The clients whose marks it folds into the floor.
+    pub(super) fold: Vec<ClientId>,
+    /// The floor it holds.
+    pub(super) floor: TxnId,
 }
 
 /// What a record's durability releases.
@@ -556,9 +569,14 @@ impl Node {
                 Then::Send(to, msg) => self.send(to, msg, &mut out),
             }
         }
-        if self.checkpointing.as_ref().is_some_and(|(at, _)| *at <= id) {
-            let (_, forget) = self.checkpointing.take().expect("checked");
-            for txn in forget {
+        if self.checkpointing.as_ref().is_some_and(|c| c.id <= id) {
+            let done = self.checkpointing.take().expect("checked");
+            // Folded first: a mark raised by this checkpoint's forgetting stays.
+            for client in done.fold {
+                self.marks.remove(&client);
+            }
+            self.floor = self.floor.max(done.floor);
+            for txn in done.forget {
                 self.forget(txn);
             }
         }
