@@ -484,7 +484,7 @@ fn txn_3node(
 /// on a fresh 3-node cluster settling after 300 ms (tick 50 ms).
 fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -> Result<()> {
     let outage = if common::quick() {
-        Duration::from_secs(2)
+        Duration::from_millis(1500)
     } else {
         Duration::from_secs(5)
     };
