@@ -38,6 +38,10 @@
 //!   (averaged over the nodes) and throughput, ours against our own nodes started
 //!   with `--linger-us 0` (no group-commit linger: one sync per burst, as before),
 //!   in the same rounds (`peer=self-no-linger`).
+//! - `decider-down-availability`: the share of transactions that commit while the
+//!   decider is killed (on the surviving nodes, over the pages the decider's in-doubt
+//!   transactions may hold), F = 1 against F = 0 (`peer=self-f0`: plain two-phase
+//!   commit, which blocks them until the decider is back).
 //! - `chain-length-{2,5}-{tps,p50-ms,p99-ms}`: ours only, chains of 2 and 5 nodes
 //!   against a 3-node chain measured in the same rounds (`peer=self-3node`).
 // A benchmark binary: `pub` marks what its modules share; nothing is exported.
@@ -247,6 +251,9 @@ fn run() -> Result<()> {
     }
     if let Some(three) = three {
         three.stop();
+    }
+    if cfg.wants("decider-down-availability") && cfg.runs(Side::Ours) {
+        decider_down(&cfg, &scratch, &rt)?;
     }
     eprintln!(
         "commit_chain: done in {:.1} s",
@@ -469,6 +476,59 @@ fn txn_3node(
         }
     }
     Ok(ours)
+}
+
+/// `decider-down-availability`: the share of transactions on the surviving nodes
+/// that commit while the decider is killed, with F = 1 against F = 0 (what two-phase
+/// commit does: the in-doubt nodes keep their locks until the decider is back), each
+/// on a fresh 3-node cluster settling after 300 ms (tick 50 ms).
+fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let outage = if common::quick() {
+        Duration::from_millis(1500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let args = ["--settle-after-ms", "300", "--tick-ms", "50"];
+    let (mut f1, mut f0) = (Vec::new(), Vec::new());
+    for r in 0..cfg.chain_rounds {
+        let order: [u8; 2] = if r % 2 == 0 { [1, 0] } else { [0, 1] };
+        for f in order {
+            let tag = format!("-down-f{f}-{r}");
+            let mut ours = start_ours_with(scratch, 3, &tag, &args)?;
+            let o = ours.decider_down(rt, cfg.concurrency, f, cfg.warmup, outage)?;
+            ours.stop();
+            eprintln!(
+                "commit_chain: decider-down round {}/{} F={f}: {} of {} transactions on the surviving nodes committed during the {:.1} s outage ({:.3})",
+                r + 1,
+                cfg.chain_rounds,
+                o.committed,
+                o.attempted,
+                outage.as_secs_f64(),
+                o.share()
+            );
+            if f == 1 {
+                f1.push(o.share())
+            } else {
+                f0.push(o.share())
+            }
+        }
+    }
+    if cfg.only.is_none() {
+        result(
+            "decider-down-availability",
+            median(&mut f1),
+            "self-f0",
+            median(&mut f0),
+            "share",
+            "higher",
+        );
+    }
+    Ok(())
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `chain-length-*`: chains of 2, 3 and 5 nodes in rotating order each round.

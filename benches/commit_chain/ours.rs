@@ -208,3 +208,120 @@ async fn log_counters(peers: &Peers, nodes: &[NodeId]) -> Vec<(u64, u64)> {
     }
     out
 }
+
+/// What `decider-down-availability` counted while the decider was down.
+pub struct Outage {
+    /// Transactions on the surviving nodes that committed during the outage.
+    pub committed: u64,
+    /// Transactions on the surviving nodes attempted during the outage.
+    pub attempted: u64,
+}
+
+impl Outage {
+    /// The share that committed.
+    pub fn share(&self) -> f64 {
+        self.committed as f64 / self.attempted.max(1) as f64
+    }
+}
+
+impl Ours {
+    /// `decider-down-availability`: `concurrency` coordinators write their pages on
+    /// every node (the last node decides) with `acceptors` (F) for `warmup`; then the
+    /// decider is killed (`kill -9`) with transactions in flight, and for `outage`
+    /// the coordinators write the same pages on the surviving nodes only (their
+    /// transactions do not need the decider, only the pages its in-doubt
+    /// transactions may hold). Counts what committed during the outage, then
+    /// restarts the decider.
+    pub fn decider_down(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        concurrency: usize,
+        acceptors: u8,
+        warmup: Duration,
+        outage: Duration,
+    ) -> Result<Outage> {
+        let all_nodes: Vec<NodeId> = (1..=self.nodes).map(NodeId).collect();
+        let decider = *all_nodes.last().context("no nodes")?;
+        let survivors: Vec<NodeId> = all_nodes[..all_nodes.len() - 1].to_vec();
+        let peers = self.cluster.peers().clone();
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let attempted = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let mut client = StorageClient::with_timeout(peers.clone(), Duration::from_secs(1));
+                client.set_acceptors(acceptors);
+                let (all_nodes, survivors) = (all_nodes.clone(), survivors.clone());
+                let (down, stop) = (down.clone(), stop.clone());
+                let (committed, attempted) = (committed.clone(), attempted.clone());
+                rt.spawn(async move {
+                    let pages: Vec<PageId> = (0..PAGES_PER_COORDINATOR)
+                        .map(|i| PageId((t * PAGES_PER_COORDINATOR + i) as u64))
+                        .collect();
+                    let data = payload(t, PAGE_SIZE);
+                    let mut n = 0usize;
+                    let mut was_down = false;
+                    let mut versions = read_versions(&client, &all_nodes, &pages).await.ok();
+                    while !stop.load(Ordering::Relaxed) {
+                        let is_down = down.load(Ordering::Relaxed);
+                        let nodes = if is_down { &survivors } else { &all_nodes };
+                        if is_down != was_down || versions.is_none() {
+                            versions = read_versions(&client, nodes, &pages).await.ok();
+                            was_down = is_down;
+                        }
+                        let Some(v) = versions.as_mut() else {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        };
+                        let slot = n % pages.len();
+                        n += 1;
+                        let mut txn = Transaction::new();
+                        for (i, &node) in nodes.iter().enumerate() {
+                            txn = txn.write(node, pages[slot], v[i][slot], data.clone());
+                        }
+                        let r = client.ready().await;
+                        let r = match r {
+                            Ok(c) => c.call(txn).await,
+                            Err(e) => Err(e),
+                        };
+                        // Counted only when the whole attempt ran during the outage.
+                        let counted = is_down && down.load(Ordering::Relaxed);
+                        if counted {
+                            attempted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        match r {
+                            Ok(_) => {
+                                for v in v.iter_mut() {
+                                    v[slot] += 1;
+                                }
+                                if counted {
+                                    committed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Err(_) => versions = None,
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(warmup);
+        self.cluster.kill(decider).context("killing the decider")?;
+        down.store(true, Ordering::Relaxed);
+        std::thread::sleep(outage);
+        down.store(false, Ordering::Relaxed);
+        let out = Outage {
+            committed: committed.load(Ordering::Relaxed),
+            attempted: attempted.load(Ordering::Relaxed),
+        };
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            rt.block_on(task)
+                .map_err(|e| anyhow!("coordinator task: {e}"))?;
+        }
+        self.cluster
+            .restart(decider)
+            .context("restarting the decider")?;
+        Ok(out)
+    }
+}

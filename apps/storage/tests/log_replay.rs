@@ -83,9 +83,11 @@ fn record() -> impl Strategy<Value = Record> {
         (
             proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
             proptest::collection::vec((any::<u64>(), any::<u64>(), verdict()), 0..4),
+            any::<u64>(),
         )
-            .prop_map(|(marks, finished)| {
+            .prop_map(|(marks, finished, floor)| {
                 Record::Checkpoint(Checkpoint {
+                    floor: TxnId(floor),
                     marks: marks
                         .into_iter()
                         .map(|(c, t)| (ClientId(c), TxnId(t)))

@@ -390,7 +390,13 @@ fn a_prepare_overtaken_by_a_later_forgotten_transaction_of_its_client_is_answere
     c.deliver_all();
     assert_eq!(
         c.replies,
-        vec![(TxnId(9), Outcome::Forgotten { node: NodeId(0) })]
+        vec![(
+            TxnId(9),
+            Outcome::Forgotten {
+                node: NodeId(0),
+                floor: TxnId(0)
+            }
+        )]
     );
     assert_eq!(c.nodes[0].status(TxnId(9)), TxnStatus::Unknown);
     assert!(c.nodes[0].locks().is_empty());
@@ -409,7 +415,10 @@ fn a_prepare_overtaken_by_a_later_forgotten_transaction_of_its_client_is_answere
         a,
         Action::Reply {
             txn: TxnId(8),
-            outcome: Outcome::Forgotten { node: NodeId(1) },
+            outcome: Outcome::Forgotten {
+                node: NodeId(1),
+                ..
+            },
             ..
         }
     )));

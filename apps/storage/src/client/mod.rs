@@ -93,6 +93,8 @@ pub enum ClientError {
         node: NodeId,
         /// The transaction.
         txn: TxnId,
+        /// The node's floor (later transactions of this client get ids above it).
+        floor: TxnId,
     },
     /// The node is not in the peers file.
     #[error("node {0} is not in the peers file")]
@@ -304,14 +306,46 @@ impl StorageClient {
         for &node in &chain {
             conns.push(self.conn(node).await?);
         }
-        let id = TxnId(self.inner.next_txn.fetch_add(1, Ordering::Relaxed));
-        let prepare = Prepare {
-            txn: id,
-            client: self.inner.id,
-            chain: chain.clone(),
-            writes: txn.writes.into_iter().collect(),
-            acceptors: self.inner.acceptors.load(Ordering::Relaxed),
-        };
+        let mut writes: Vec<_> = txn.writes.into_iter().collect();
+        let head = chain[0];
+        // At most two attempts: the head refuses a transaction id at or below its
+        // floor without any state (nothing started anywhere), so the transaction is
+        // sent again once, with an id above the floor.
+        for attempt in 0..2 {
+            let id = TxnId(self.inner.next_txn.fetch_add(1, Ordering::Relaxed));
+            let prepare = Prepare {
+                txn: id,
+                client: self.inner.id,
+                chain: chain.clone(),
+                // Kept for the second attempt (a copy of the page data: rare
+                // refusals would otherwise need the prepare back from the node).
+                writes: if attempt == 0 {
+                    writes.clone()
+                } else {
+                    std::mem::take(&mut writes)
+                },
+                acceptors: self.inner.acceptors.load(Ordering::Relaxed),
+            };
+            match self.attempt(&conns[0], head, id, prepare).await {
+                Err(ClientError::Forgotten { node, txn, floor })
+                    if attempt == 0 && node == head && txn <= floor =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Send one `Prepare` to the head and await its outcome.
+    async fn attempt(
+        &self,
+        head_conn: &Conn,
+        head: NodeId,
+        id: TxnId,
+        prepare: Prepare,
+    ) -> Result<Committed, ClientError> {
         let (tx, rx) = oneshot::channel();
         let waiters = &self.inner.waiters;
         waiters
@@ -319,8 +353,7 @@ impl StorageClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
-        let head = chain[0];
-        if !conns[0].send(ClientRequest::Prepare(prepare)) {
+        if !head_conn.send(ClientRequest::Prepare(prepare)) {
             take(&waiters.txns, &id);
             let error = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection lost");
             return Err(ClientError::Io { node: head, error });
@@ -329,7 +362,18 @@ impl StorageClient {
             Ok(Ok(ClientResponse::Outcome { outcome, .. })) => match outcome {
                 Outcome::Committed => Ok(Committed { txn: id }),
                 Outcome::Aborted(reason) => Err(ClientError::Aborted(reason)),
-                Outcome::Forgotten { node } => Err(ClientError::Forgotten { node, txn: id }),
+                Outcome::Forgotten { node, floor } => {
+                    // Later ids above the node's floor are not refused as late.
+                    // A random step (up to 2^40) keeps clients refused in the same interval
+                    // apart, and the floor far from the end of the id space.
+                    let above = floor.0.saturating_add(1 + fastrand::u64(0..1 << 40));
+                    self.inner.next_txn.fetch_max(above, Ordering::Relaxed);
+                    Err(ClientError::Forgotten {
+                        node,
+                        txn: id,
+                        floor,
+                    })
+                }
             },
             Ok(Ok(ClientResponse::Busy { .. })) => Err(ClientError::Busy { node: head }),
             Ok(Ok(other)) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),

@@ -11,7 +11,9 @@
 //! Versions: 1 — the log records of issue 6, pages without a length; 2 — pages carry
 //! the length they were written with (format-1 pages still read, as full pages); 3 —
 //! the decision's acceptors: intents carry F, and acceptors log `Promise` and
-//! `Accept` records (format-2 logs still read: their intents have F = 0).
+//! `Accept` records (format-2 logs still read: their intents have F = 0); 4 — checkpoints
+//! carry a floor (the folded low-water marks of idle clients; format-3 checkpoints
+//! still read, with floor 0).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use super::segments::sync_dir;
 
 /// The format of the log (record types and their encoding) and of the page file this
 /// build reads and writes. Bump it with any change an older build would misread.
-pub const LOG_FORMAT: u32 = 3;
+pub const LOG_FORMAT: u32 = 4;
 /// The oldest format this build reads (and upgrades).
 pub const OLDEST_READABLE: u32 = 1;
 

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::record::{Checkpoint, Intent, IntentV1, Record, Verdict};
+use super::record::{Checkpoint, CheckpointV3, Intent, IntentV1, Record, Verdict};
 use crate::protocol::Ballot;
 use crate::types::{ClientId, TxnId};
 
@@ -33,6 +33,8 @@ const T_CHECKPOINT: u8 = 5;
 const T_INTENT_F: u8 = 6;
 const T_PROMISE: u8 = 7;
 const T_ACCEPT: u8 = 8;
+/// A checkpoint with a floor (format 4).
+const T_CHECKPOINT_FLOOR: u8 = 9;
 
 /// A record could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +166,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) -> Result<usize, EncodeError> 
             verdict,
         } => put_payload(out, T_COMPLETION, &(txn, client, verdict)),
         Record::Forget { txn } => put_payload(out, T_FORGET, txn),
-        Record::Checkpoint(c) => put_payload(out, T_CHECKPOINT, c),
+        Record::Checkpoint(c) => put_payload(out, T_CHECKPOINT_FLOOR, c),
     };
     if res.is_err() {
         out.truncate(keep);
@@ -240,7 +242,8 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Record, usize), CorruptionReason> {
                 verdict,
             }
         }
-        T_CHECKPOINT => Record::Checkpoint(decode::<Checkpoint>(payload, "checkpoint")?),
+        T_CHECKPOINT => Record::Checkpoint(decode::<CheckpointV3>(payload, "checkpoint")?.into()),
+        T_CHECKPOINT_FLOOR => Record::Checkpoint(decode::<Checkpoint>(payload, "checkpoint")?),
         T_FORGET => Record::Forget {
             txn: decode::<TxnId>(payload, "forget")?,
         },

@@ -304,6 +304,30 @@ pub struct Checkpoint {
     /// Re-logged records of the transactions not finished here (intents; a decider's
     /// commit decisions still awaiting acknowledgements), in their original order.
     pub open: Vec<Record>,
+    /// Every transaction id at or below it is late, whatever its client: the marks of
+    /// clients idle for `mark_horizon` checkpoints, folded into one id (0 in logs of
+    /// format 3 and older, which kept every mark). A client refused as late picks its
+    /// next ids above it.
+    pub floor: TxnId,
+}
+
+/// A checkpoint as logs of format 3 and older wrote it (every mark, no floor).
+#[derive(Deserialize)]
+pub(crate) struct CheckpointV3 {
+    marks: Vec<(ClientId, TxnId)>,
+    finished: Vec<(TxnId, ClientId, Verdict)>,
+    open: Vec<Record>,
+}
+
+impl From<CheckpointV3> for Checkpoint {
+    fn from(c: CheckpointV3) -> Self {
+        Checkpoint {
+            marks: c.marks,
+            finished: c.finished,
+            open: c.open,
+            floor: TxnId(0),
+        }
+    }
 }
 
 impl Record {

@@ -1,10 +1,12 @@
 //! A node's housekeeping: checkpoints (what it may forget) and the retry timer.
 
-use super::node::Node;
+use std::collections::BTreeMap;
+
+use super::node::{Checkpointing, Node};
 use super::state::Phase;
 use super::{Action, Ballot, Message};
 use crate::log::{Checkpoint, Intent, Record, Verdict};
-use crate::types::{NodeId, TxnId};
+use crate::types::{ClientId, NodeId, TxnId};
 
 impl Node {
     /// Start a checkpoint: the action to persist a [`Record::Checkpoint`] that the
@@ -23,7 +25,26 @@ impl Node {
             return out;
         }
         let mut cp = Checkpoint::default();
-        let mut marks = self.marks.clone();
+        // Clients idle past the horizon: their marks fold into the floor (it refuses
+        // all they refused, and more). Only once the checkpoint is durable: until
+        // then the node refuses by the marks and floor of the last durable one (an
+        // answer given by a floor that a crash could take back could be contradicted
+        // after the restart).
+        let now = self.checkpoints;
+        self.checkpoints += 1;
+        let horizon = u64::from(self.mark_horizon);
+        let mut floor = self.floor;
+        let mut marks: BTreeMap<ClientId, TxnId> = BTreeMap::new();
+        let mut fold = Vec::new();
+        for (&client, &(mark, raised)) in &self.marks {
+            if now.saturating_sub(raised) < horizon {
+                marks.insert(client, mark);
+            } else {
+                floor = floor.max(mark);
+                fold.push(client);
+            }
+        }
+        cp.floor = floor;
         let mut forget = Vec::new();
         for (&txn, t) in &mut self.txns {
             let client = t.client;
@@ -80,7 +101,12 @@ impl Node {
         }
         cp.marks = marks.into_iter().collect();
         let id = self.persist(Record::Checkpoint(cp), &mut out);
-        self.checkpointing = Some((id, forget));
+        self.checkpointing = Some(Checkpointing {
+            id,
+            forget,
+            fold,
+            floor,
+        });
         out
     }
 

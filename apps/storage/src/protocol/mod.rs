@@ -266,6 +266,9 @@ pub enum Outcome {
     Forgotten {
         /// The refusing node.
         node: NodeId,
+        /// The node's floor ([`Node::floor`]): a client that picks its next
+        /// transaction ids above it is not refused as late again.
+        floor: TxnId,
     },
 }
 

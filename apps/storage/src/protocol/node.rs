@@ -64,11 +64,33 @@ pub struct Node {
     /// Messages to this node itself (an acceptor running a recovery ballot), handled
     /// before the call returns; always empty between calls.
     pub(super) loopback: VecDeque<Message>,
-    /// Per client, the highest forgotten transaction id (see [`Checkpoint::marks`]).
-    pub(super) marks: BTreeMap<ClientId, TxnId>,
+    /// Per client, the highest forgotten transaction id (see [`Checkpoint::marks`])
+    /// and the checkpoint (a count of [`checkpoint`](Node::checkpoint) calls in this
+    /// incarnation) at which it was last raised.
+    pub(super) marks: BTreeMap<ClientId, (TxnId, u64)>,
+    /// Every transaction at or below it is late, whatever its client (see
+    /// [`Checkpoint::floor`]): the marks of clients idle past the horizon, folded.
+    pub(super) floor: TxnId,
+    /// Checkpoints started in this incarnation.
+    pub(super) checkpoints: u64,
+    /// A mark not raised during this many checkpoints is folded into the floor.
+    pub(super) mark_horizon: u32,
     /// A checkpoint on its way to the log: its record id and the transactions it
     /// forgets once durable.
-    pub(super) checkpointing: Option<(RecordId, Vec<TxnId>)>,
+    pub(super) checkpointing: Option<Checkpointing>,
+}
+
+/// A checkpoint on its way to the log, and what its durability changes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Checkpointing {
+    /// Its record.
+    pub(super) id: RecordId,
+    /// The transactions it forgets.
+    pub(super) forget: Vec<TxnId>,
+    /// The clients whose marks it folds into the floor.
+    pub(super) fold: Vec<ClientId>,
+    /// The floor it holds.
+    pub(super) floor: TxnId,
 }
 
 /// What a record's durability releases.
@@ -95,6 +117,9 @@ impl Node {
             patience: config.patience,
             loopback: VecDeque::new(),
             marks: BTreeMap::new(),
+            floor: TxnId(0),
+            checkpoints: 0,
+            mark_horizon: config.mark_horizon,
             checkpointing: None,
         }
     }
@@ -260,7 +285,10 @@ impl Node {
             out.push(Action::Reply {
                 client: p.client,
                 txn: p.txn,
-                outcome: Outcome::Forgotten { node: self.id },
+                outcome: Outcome::Forgotten {
+                    node: self.id,
+                    floor: self.floor,
+                },
             });
             return;
         }
@@ -360,9 +388,14 @@ impl Node {
             .insert(txn, Txn::new(client, chain, writes, phase, f));
     }
 
-    /// Whether `txn` of `client` is at or below the client's low-water mark.
+    /// Whether `txn` of `client` is at or below the client's low-water mark, or at or
+    /// below the floor (any client's).
     pub(super) fn is_late(&self, client: ClientId, txn: TxnId) -> bool {
-        self.marks.get(&client).is_some_and(|&mark| txn <= mark)
+        txn <= self.floor
+            || self
+                .marks
+                .get(&client)
+                .is_some_and(|&(mark, _)| txn <= mark)
     }
 
     /// Apply a committed transaction's writes here and release its locks.
@@ -536,9 +569,14 @@ impl Node {
                 Then::Send(to, msg) => self.send(to, msg, &mut out),
             }
         }
-        if self.checkpointing.as_ref().is_some_and(|(at, _)| *at <= id) {
-            let (_, forget) = self.checkpointing.take().expect("checked");
-            for txn in forget {
+        if self.checkpointing.as_ref().is_some_and(|c| c.id <= id) {
+            let done = self.checkpointing.take().expect("checked");
+            // Folded first: a mark raised by this checkpoint's forgetting stays.
+            for client in done.fold {
+                self.marks.remove(&client);
+            }
+            self.floor = self.floor.max(done.floor);
+            for txn in done.forget {
                 self.forget(txn);
             }
         }
@@ -549,8 +587,9 @@ impl Node {
     pub(super) fn forget(&mut self, txn: TxnId) {
         if let Some(t) = self.txns.remove(&txn) {
             debug_assert!(matches!(t.phase, Phase::Finished(_)));
-            let mark = self.marks.entry(t.client).or_insert(txn);
-            *mark = (*mark).max(txn);
+            let now = self.checkpoints;
+            let mark = self.marks.entry(t.client).or_insert((txn, now));
+            *mark = (mark.0.max(txn), now);
         }
     }
 

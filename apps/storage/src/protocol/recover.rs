@@ -79,7 +79,8 @@ impl Node {
                 Record::Checkpoint(cp) => {
                     txns.clear();
                     finished = cp.finished.iter().map(|&(t, c, v)| (t, (c, v))).collect();
-                    node.marks = cp.marks.iter().copied().collect();
+                    node.marks = cp.marks.iter().map(|&(c, t)| (c, (t, 0))).collect();
+                    node.floor = cp.floor;
                     todo.extend(cp.open.iter().rev().cloned());
                     continue;
                 }

@@ -6,7 +6,7 @@ use super::{AbortReason, Ballot, Node, Prepare};
 use crate::locks::PrepareError;
 use crate::log::{PageWrite, Verdict};
 use crate::pages::PAGE_SIZE;
-use crate::types::{ClientId, NodeId};
+use crate::types::{ClientId, NodeId, TxnId};
 
 /// A node's tunables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,6 +22,11 @@ pub struct NodeConfig {
     /// decider before it runs a recovery ballot with the acceptors (a decider in doubt
     /// after a restart runs one at its first tick).
     pub patience: u32,
+    /// Checkpoints a client's low-water mark is kept after it was last raised; then
+    /// it is folded into the node's floor (one id for all clients, see
+    /// [`Checkpoint::floor`](crate::log::Checkpoint::floor)), so the marks are bounded
+    /// by the clients active during the last `mark_horizon` checkpoint intervals.
+    pub mark_horizon: u32,
 }
 
 impl Default for NodeConfig {
@@ -30,6 +35,7 @@ impl Default for NodeConfig {
             lock_capacity: 1 << 16,
             page_capacity: u64::MAX,
             patience: 10,
+            mark_horizon: 4,
         }
     }
 }
@@ -177,6 +183,12 @@ impl Node {
     /// forgotten here).
     pub fn clients_with_marks(&self) -> usize {
         self.marks.len()
+    }
+
+    /// The floor: every transaction id at or below it is refused as late, whatever
+    /// its client (see [`Checkpoint::floor`](crate::log::Checkpoint::floor)).
+    pub fn floor(&self) -> TxnId {
+        self.floor
     }
 
     /// Give up the checkpoint started by [`checkpoint`](Self::checkpoint) (the host

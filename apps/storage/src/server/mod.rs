@@ -301,6 +301,7 @@ impl NodeServer {
             page_capacity: opts.pages,
             patience: (opts.settle_after.as_millis().div_ceil(tick_ms)).min(u32::MAX as u128)
                 as u32,
+            ..NodeConfig::default()
         };
         let (node, actions) = Node::recover(opts.id, config, scan.versions, records)?;
         recovered.remembered = node.remembered();

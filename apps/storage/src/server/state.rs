@@ -218,6 +218,10 @@ impl State {
                 Action::Persist { id, record } => {
                     let start = self.pending.len();
                     match log::encode(&record, &mut self.pending) {
+                        // The checkpoint record itself does not count: with many open
+                        // transactions or marks it may exceed `checkpoint_bytes`, and
+                        // counting it would start a checkpoint at every append.
+                        Ok(_) if matches!(record, Record::Checkpoint(_)) => {}
                         Ok(len) => self.since_checkpoint += len as u64,
                         // A checkpoint too large for one record (a huge number of
                         // open transactions): skip it, the next one is tried later.
