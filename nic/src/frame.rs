@@ -47,6 +47,10 @@ pub struct FrameMeta {
     pub gso: Option<Gso>,
     /// A partial checksum to complete, if any.
     pub csum: Option<PartialCsum>,
+    /// On an encapsulated super-frame (`gso` set) kept whole for the socket
+    /// underlay: bytes of outer headers (Ethernet to the tunnel header) in front of
+    /// the inner frame, written once for all its segments; 0 otherwise.
+    pub outer_len: u16,
 }
 
 /// A packet in a buffer with headroom.

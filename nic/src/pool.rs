@@ -5,10 +5,18 @@ use std::sync::Mutex;
 
 use crate::Frame;
 
-/// Shared free list of frames of one size class.
+/// Room of the pool's large frames ([`FramePool::take_large`]): a 64 KiB TSO/GRO
+/// super-frame with its link headers.
+pub(crate) const LARGE_FRAME_CAPACITY: usize = 65_536 + 1024;
+/// Idle large frames a pool keeps.
+const MAX_FREE_LARGE: usize = 64;
+
+/// Shared free lists of frames: one size class for packets, and a few large frames
+/// for super-frames.
 #[derive(Debug)]
 pub struct FramePool {
     free: Mutex<Vec<Frame>>,
+    large: Mutex<Vec<Frame>>,
     headroom: usize,
     capacity: usize,
     max_free: usize,
@@ -20,6 +28,7 @@ impl FramePool {
     pub fn new(headroom: usize, capacity: usize, max_free: usize) -> Self {
         Self {
             free: Mutex::new(Vec::with_capacity(max_free)),
+            large: Mutex::new(Vec::new()),
             headroom,
             capacity,
             max_free,
@@ -48,12 +57,36 @@ impl FramePool {
         one.pop().expect("take(1) yields one frame")
     }
 
-    /// Returns frames; those beyond the pool's limit (or of another size) are freed.
+    /// Takes one empty large frame: room for a 64 KiB super-frame with its link
+    /// headers (read whole, without a copy), recycled like the others.
+    pub fn take_large(&self) -> Frame {
+        let idle = self.large.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut f =
+            idle.unwrap_or_else(|| Frame::with_capacity(self.headroom, LARGE_FRAME_CAPACITY));
+        f.clear(self.headroom);
+        f
+    }
+
+    /// Bytes a frame from [`FramePool::take`] holds after its headroom.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Returns frames; those beyond the pool's limits (or of another size) are freed.
     pub fn give_back(&self, frames: impl IntoIterator<Item = Frame>) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut large = None;
         for f in frames {
-            if free.len() < self.max_free && f.buffer_len() == self.headroom + self.capacity {
-                free.push(f);
+            if f.buffer_len() == self.headroom + self.capacity {
+                if free.len() < self.max_free {
+                    free.push(f);
+                }
+            } else if f.buffer_len() == self.headroom + LARGE_FRAME_CAPACITY {
+                let large = large
+                    .get_or_insert_with(|| self.large.lock().unwrap_or_else(|p| p.into_inner()));
+                if large.len() < MAX_FREE_LARGE {
+                    large.push(f);
+                }
             }
         }
     }

@@ -299,9 +299,13 @@ fn rule_changes_during_a_100mb_transfer_lose_nothing_and_counters_add_up() {
         (total, sum)
     });
     let done = Arc::new(AtomicBool::new(false));
+    // Versions published so far: the sender waits for one per tenth of the transfer,
+    // so at least ten land during it however fast the path is.
+    let published = Arc::new(AtomicUsize::new(0));
     let sender = {
         let guest = host.guest_ns(0).unwrap().name().to_string();
         let done = done.clone();
+        let published = published.clone();
         std::thread::spawn(move || {
             let ns = pipewright_nic::host::Namespace::open(&guest).unwrap();
             let sum = ns
@@ -311,6 +315,13 @@ fn rule_changes_during_a_100mb_transfer_lose_nothing_and_counters_add_up() {
                     let (mut sent, mut sum) = (0u64, 0u64);
                     let mut chunk = vec![0u8; 1 << 16];
                     while sent < SIZE {
+                        // Past the first tenth, one more version than tenths begun:
+                        // ten before the last tenth is sent.
+                        let tenth = (sent * 10 / SIZE) as usize;
+                        let want = if tenth == 0 { 0 } else { tenth + 1 };
+                        while published.load(Ordering::Acquire) < want {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                         let n = chunk.len().min((SIZE - sent) as usize);
                         for (k, b) in chunk[..n].iter_mut().enumerate() {
                             *b = pattern_byte(sent + k as u64);
@@ -327,12 +338,12 @@ fn rule_changes_during_a_100mb_transfer_lose_nothing_and_counters_add_up() {
         })
     };
 
-    // Meanwhile: a new version of both tables every 50 ms.
+    // Meanwhile: a new version of both tables every 20 ms.
     let start = Instant::now();
     let mut gen = 0;
     let mut published_during = 0;
     while !done.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         gen += 1;
         let previous = (egress.current().1, ingress.current().1);
         let (e, i) = tables(&host, gen, Some(previous));
@@ -343,6 +354,7 @@ fn rule_changes_during_a_100mb_transfer_lose_nothing_and_counters_add_up() {
         if !done.load(Ordering::Acquire) {
             published_during += 1;
         }
+        published.fetch_add(1, Ordering::Release);
     }
     let sent_sum = sender.join().expect("sender");
     let (total, received_sum) = receiver.join().expect("receiver");

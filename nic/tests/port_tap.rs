@@ -62,7 +62,8 @@ fn guest_frames_arrive_byte_exact_with_offload_metadata() {
         FrameMeta {
             vf: VF,
             gso: None,
-            csum: None
+            csum: None,
+            outer_len: 0,
         }
     );
 

@@ -43,7 +43,7 @@ use pipewright_runtime::{
 };
 use tokio::sync::Notify;
 
-use crate::pipeline::{egress, ingress, EgressConfig, NicStats};
+use crate::pipeline::{egress_with, ingress, EgressConfig, NicStats};
 use crate::port::{AfXdpPort, PortCounters, VfPort};
 use crate::rules::{EgressTable, IngressTable, Versioned};
 use crate::tunnel::{DecapConfig, TunnelKind};
@@ -275,13 +275,17 @@ impl DataPlaneBuilder {
             )
         });
         let from_vfs = b.merge(rx.collect::<Vec<_>>());
-        let out = egress(
+        // TSO super-frames stay whole to the socket underlay, which cuts them into its
+        // GSO sends; the AF_XDP underlay sends frames, so egress cuts them.
+        let keep_super_frames = matches!(underlay.kind, UnderlayKind::Udp) && underlay.gso;
+        let out = egress_with(
             from_vfs,
             &EgressConfig {
                 table: egress_table,
                 pool: pool.clone(),
                 stats: stats.clone(),
             },
+            keep_super_frames,
         );
         let mut from_underlay = Vec::new();
         let mut xdp = None;
@@ -439,6 +443,7 @@ impl RunningDataPlane {
                 xsk_tx: c.tx_frames,
                 xsk_rx: c.rx_frames,
                 kernel_path: counters.kernel_path.load(Ordering::Relaxed),
+                copied_bytes: c.copied_bytes,
             }
         })
     }

@@ -23,7 +23,8 @@ use pipewright_runtime::{
 use super::activity::Activity;
 use super::xdp_underlay::UnderlayKind;
 use super::Stop;
-use crate::pipeline::NicStats;
+use crate::offload::SuperFrame;
+use crate::pipeline::{Direction, NicStats};
 use crate::wire::{ethertype, ip_proto, Ipv4Packet, Ipv6Packet, UdpPacket};
 use crate::{Frame, FramePool};
 
@@ -43,6 +44,22 @@ pub(crate) struct OuterDst {
 
 /// Reads the destination of an encapsulated frame (Ethernet + IPv4/IPv6 + UDP).
 pub(crate) fn outer_dst(data: &[u8]) -> Option<OuterDst> {
+    let (to, src_port, payload_off, udp_len) = outer_addr(data)?;
+    let len = usize::from(udp_len).checked_sub(8)?;
+    if payload_off + len > data.len() {
+        return None;
+    }
+    Some(OuterDst {
+        to,
+        src_port,
+        payload_off,
+        payload_len: len,
+    })
+}
+
+/// The destination, UDP source port, UDP payload offset and UDP length field of an
+/// encapsulated frame, the length unchecked (a super-frame's describes one segment).
+fn outer_addr(data: &[u8]) -> Option<(SocketAddr, u16, usize, u16)> {
     let ethertype = u16::from_be_bytes([*data.get(12)?, *data.get(13)?]);
     let (ip, udp_off) = match ethertype {
         ethertype::IPV4 => {
@@ -62,17 +79,12 @@ pub(crate) fn outer_dst(data: &[u8]) -> Option<OuterDst> {
         _ => return None,
     };
     let udp = UdpPacket::new_checked(data.get(udp_off..)?).ok()?;
-    let len = usize::from(udp.len()).checked_sub(8)?;
-    let payload_off = udp_off + 8;
-    if payload_off + len > data.len() {
-        return None;
-    }
-    Some(OuterDst {
-        to: SocketAddr::new(ip, udp.dst_port()),
-        src_port: udp.src_port(),
-        payload_off,
-        payload_len: len,
-    })
+    Some((
+        SocketAddr::new(ip, udp.dst_port()),
+        udp.src_port(),
+        udp_off + 8,
+        udp.len(),
+    ))
 }
 
 /// Configuration of the underlay.
@@ -175,6 +187,57 @@ impl UnderlayTx {
     }
 }
 
+impl UnderlayTx {
+    /// Adds the sends of an encapsulated super-frame (`meta.outer_len` bytes of outer
+    /// header in front of a TSO/USO frame): its segments, each behind the tunnel
+    /// header, written back to back into GSO runs — the payload's one copy on egress.
+    fn push_super(
+        &mut self,
+        frame: &Frame,
+        gso: crate::Gso,
+        sends: &mut Vec<Send>,
+        open: &mut [Option<usize>],
+    ) -> Result<(), &'static str> {
+        let data = frame.data();
+        let outer = usize::from(frame.meta.outer_len);
+        let (to, src_port, payload_off, _) = outer_addr(data).ok_or("not-encapsulated")?;
+        if payload_off > outer || outer > data.len() {
+            return Err("not-encapsulated");
+        }
+        let (prefix, inner) = data[payload_off..].split_at(outer - payload_off);
+        let cut = SuperFrame::parse(inner, gso).map_err(|e| e.reason())?;
+        let stride = prefix.len() + cut.hdr_len + cut.size;
+        let segment = u16::try_from(stride).map_err(|_| "segment-too-large")?;
+        let per_send = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
+        let socket = usize::from(src_port) % open.len();
+        let count = cut.count();
+        let mut copied = 0;
+        let mut i = 0;
+        while i < count {
+            let n = per_send.min(count - i);
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.clear();
+            for k in i..i + n {
+                buf.extend_from_slice(prefix);
+                cut.append(inner, k, &mut buf);
+            }
+            copied += buf.len();
+            sends.push(Send {
+                to,
+                socket,
+                payload: buf,
+                segment: Some(segment),
+                datagrams: n,
+            });
+            i += n;
+        }
+        // The socket's runs end here: what follows starts a new one.
+        open[socket] = None;
+        self.stats.count_copy(Direction::Egress, copied);
+        Ok(())
+    }
+}
+
 /// One send: a destination, a socket, the payload (one datagram or a GSO run).
 struct Send {
     to: SocketAddr,
@@ -206,13 +269,22 @@ impl AsyncStage for UnderlayTx {
         // flows interleaved in the burst still form runs.
         let mut open: Vec<Option<usize>> = vec![None; sockets];
         let mut used = Vec::new();
+        let mut copied = 0;
         while let Some(frame) = burst.pop() {
+            if let (Some(gso), 1..) = (frame.meta.gso, frame.meta.outer_len) {
+                if let Err(reason) = self.push_super(&frame, gso, &mut sends, &mut open) {
+                    self.stats.drop_frame("underlay-tx", reason);
+                }
+                used.push(frame);
+                continue;
+            }
             let Some(dst) = outer_dst(frame.data()) else {
                 self.stats.drop_frame("underlay-tx", "not-encapsulated");
                 used.push(frame);
                 continue;
             };
             let payload = &frame.data()[dst.payload_off..dst.payload_off + dst.payload_len];
+            copied += payload.len();
             let socket = usize::from(dst.src_port) % sockets;
             // Extend the socket's latest send when this datagram continues its GSO run:
             // same destination, same size as its segments (the last may be shorter, and
@@ -249,6 +321,7 @@ impl AsyncStage for UnderlayTx {
             }
             used.push(frame);
         }
+        self.stats.count_copy(Direction::Egress, copied);
         self.pool.give_back(used);
         let rings = match self.rings() {
             Ok(r) => r,
@@ -423,15 +496,18 @@ impl AsyncSource for UnderlayRx {
         };
         let (pool, stats, local) = (&self.pool, &self.stats, self.local);
         let on_buffer = |r: Received<'_>| {
+            let mut copied = 0;
             for datagram in r.datagrams() {
                 let mut frame = pool.take_one();
                 if rebuild_outer(&mut frame, r.from, local, datagram) {
+                    copied += datagram.len();
                     out.push(frame);
                 } else {
                     stats.drop_frame("underlay-rx", "too-large");
                     pool.give_back([frame]);
                 }
             }
+            stats.count_copy(Direction::Ingress, copied);
         };
         let recv = ring.recv_burst(on_buffer);
         let mut recv = std::pin::pin!(recv);

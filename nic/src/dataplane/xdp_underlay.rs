@@ -11,20 +11,22 @@
 //!   the outer source MAC to the interface's and the destination MAC to the outer
 //!   destination's entry in the kernel's neighbour table, then hands the burst to the
 //!   socket's TX ring (one `sendto` kick per burst in copy mode, none when the driver
-//!   polls). The neighbour table is read from `/proc/thread-self/net/arp` (the
-//!   documented fallback to netlink; IPv4 only), on a miss at most every
-//!   [`MISS_REFRESH`] and otherwise every [`REFRESH`]. A frame whose next hop is not
-//!   known yet (an IPv6 underlay, a routed or unresolved destination) is sent through
+//!   polls). The next hop is the gateway of the longest matching route of the
+//!   kernel's main table through the interface (the destination itself when it is on
+//!   the link), its MAC the kernel's neighbour entry (IPv4 ARP or IPv6 neighbour
+//!   discovery): both tables are read through netlink (`rtnetlink`) on a miss at most
+//!   every [`MISS_REFRESH`] and otherwise every [`REFRESH`]. Only if netlink fails
+//!   (no socket in this namespace) is `/proc/thread-self/net/arp` read instead: IPv4,
+//!   on-link next hops only. A frame whose next hop is not known yet is sent through
 //!   an ordinary UDP socket instead, counted in [`UnderlayCounters::kernel_path`]; the
 //!   kernel resolves the neighbour on that send, and later frames take the socket.
-//!   The outer destination must be on the underlay's link (no gateway lookup).
 //!
 //! Copies: the VF port copies a frame out of its UMEM into a pool frame, and this
 //! underlay copies the encapsulated frame into its own UMEM (and the reverse on
 //! receive): one copy per AF_XDP socket crossed, none per system call. A shared UMEM
 //! between the VF and the underlay socket is not done.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use pipewright_runtime::{Burst, Failures, Outbox, Stage};
 
 use super::underlay::outer_dst;
 use super::vf::{lock, SharedPort};
+use crate::host::{Netlink, Route};
 use crate::pipeline::NicStats;
 use crate::port::XdpMode;
 use crate::{Frame, FramePool};
@@ -48,13 +51,16 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 pub enum UnderlayKind {
     /// io_uring UDP sockets bound to the underlay address (the default): works on any
     /// interface, in any namespace, with the kernel's routing, GSO and GRO; costs a
-    /// system call per send batch and the kernel's UDP path per datagram.
+    /// system call per send batch and the kernel's UDP path per datagram. A TAP VF's
+    /// TSO super-frames stay whole to it and leave as `UDP_SEGMENT` sends cut while
+    /// copied (one copy per byte): choose it for bulk TCP.
     #[default]
     Udp,
     /// An AF_XDP socket on the underlay interface: the data plane writes whole outer
-    /// frames itself (next hop MAC from the kernel's neighbour table). Choose it for
-    /// packet rate and latency on a directly attached underlay link; needs root, an
-    /// interface with XDP, and an IPv4 next hop on the link.
+    /// frames itself (next hop and its MAC from the kernel's routing and neighbour
+    /// tables, through netlink). Choose it for packet rate and latency on a directly
+    /// attached underlay link; needs root and an interface with XDP. Super-frames are
+    /// cut in egress (a copy there, one into the socket's UMEM).
     AfXdp(AfXdpUnderlay),
 }
 
@@ -90,6 +96,8 @@ pub struct UnderlayCounters {
     /// Frames sent through the kernel's UDP socket because their next hop's MAC was
     /// not known.
     pub kernel_path: u64,
+    /// Frame bytes the socket copied between its UMEM and the frames (both ways).
+    pub copied_bytes: u64,
 }
 
 /// The IPv4 neighbours of `ifname` in `/proc/net/arp` text: complete entries only
@@ -126,17 +134,36 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// The next hops' MACs and when to re-read them: sans-I/O (the caller reads the
-/// table and the clock).
+/// tables and the clock).
 #[derive(Debug, Default)]
 pub struct NeighbourCache {
     entries: HashMap<IpAddr, [u8; 6]>,
+    /// Routes through the interface, longest prefix first.
+    routes: Vec<Route>,
     read_at: Option<Duration>,
 }
 
 impl NeighbourCache {
-    /// The MAC of `ip`, if known.
+    /// The MAC of the next hop towards `ip` (see [`NeighbourCache::next_hop`]), if
+    /// known.
     pub fn get(&self, ip: IpAddr) -> Option<[u8; 6]> {
-        self.entries.get(&ip).copied()
+        self.entries.get(&self.next_hop(ip)).copied()
+    }
+
+    /// The next hop towards `ip`: the gateway of the longest route containing it, or
+    /// `ip` itself when that route is on the link or no route contains it.
+    pub fn next_hop(&self, ip: IpAddr) -> IpAddr {
+        self.routes
+            .iter()
+            .find(|r| route_contains(r, ip))
+            .and_then(|r| r.gateway)
+            .unwrap_or(ip)
+    }
+
+    /// Replaces the routes with a fresh read of the table.
+    pub fn replace_routes(&mut self, routes: impl IntoIterator<Item = Route>) {
+        self.routes = routes.into_iter().collect();
+        self.routes.sort_by_key(|r| std::cmp::Reverse(r.prefix));
     }
 
     /// Whether to re-read the table at `now` (time since any fixed point), given
@@ -158,6 +185,23 @@ impl NeighbourCache {
     }
 }
 
+/// Whether `ip` is in the route's prefix (same family only).
+fn route_contains(r: &Route, ip: IpAddr) -> bool {
+    match (r.dst, ip) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) => {
+            let bits = u32::from(r.prefix.min(32));
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(net) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(ip)) => {
+            let bits = u32::from(r.prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(net) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    }
+}
+
 /// Shared counters of the AF_XDP underlay (tx side; rx is the port's).
 #[derive(Debug, Default)]
 pub(crate) struct TxCounters {
@@ -170,7 +214,14 @@ pub(crate) struct XdpUnderlayTx {
     ifname: String,
     own_mac: [u8; 6],
     fallback: UdpSocket,
+    /// The interface's index, for the netlink dumps.
+    ifindex: u32,
+    /// Opened on the first refresh (on the worker, in the data plane's namespace);
+    /// `Err` once it failed: the `/proc` fallback from then on.
+    netlink: Option<Result<Netlink, ()>>,
     neighbours: NeighbourCache,
+    /// The last destination looked up and its next hop's MAC (cleared on a refresh).
+    last: Option<(IpAddr, [u8; 6])>,
     epoch: Instant,
     pool: Arc<FramePool>,
     stats: NicStats,
@@ -200,12 +251,16 @@ impl XdpUnderlayTx {
     ) -> std::io::Result<Self> {
         let fallback = UdpSocket::bind(SocketAddr::new(local, 0))?;
         fallback.set_nonblocking(true)?;
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(std::io::Error::from)?;
         Ok(Self {
+            ifindex,
+            netlink: None,
             port,
             ifname: ifname.to_string(),
             own_mac,
             fallback,
             neighbours: NeighbourCache::default(),
+            last: None,
             epoch: Instant::now(),
             pool,
             stats,
@@ -219,12 +274,41 @@ impl XdpUnderlayTx {
         if !self.neighbours.should_refresh(now, missed) {
             return;
         }
-        // The worker thread is in the data plane's namespace: thread-self, not self
-        // (the process's main thread may be in another).
+        self.last = None;
+        if let Some((entries, routes)) = self.read_netlink() {
+            self.neighbours.replace_routes(routes);
+            self.neighbours
+                .replace(now, entries.into_iter().map(|(ip, m)| (ip, m.0)));
+            return;
+        }
+        // The fallback. The worker thread is in the data plane's namespace:
+        // thread-self, not self (the process's main thread may be in another).
         let text = std::fs::read_to_string("/proc/thread-self/net/arp").unwrap_or_default();
         let entries = parse_proc_arp(&text, &self.ifname);
+        self.neighbours.replace_routes([]);
         self.neighbours
             .replace(now, entries.into_iter().map(|(ip, m)| (IpAddr::V4(ip), m)));
+    }
+
+    /// The interface's neighbours and routes through netlink, `None` if it fails.
+    #[allow(clippy::type_complexity)]
+    fn read_netlink(&mut self) -> Option<(Vec<(IpAddr, crate::wire::MacAddr)>, Vec<Route>)> {
+        let netlink = self.netlink.get_or_insert_with(|| {
+            Netlink::open_here().map_err(|error| {
+                tracing::warn!(target: "pipewright", %error, "AF_XDP underlay: no netlink socket; reading /proc/net/arp (IPv4, on-link next hops only)");
+            })
+        });
+        let netlink = netlink.as_ref().ok()?;
+        let read = netlink
+            .neighbours(self.ifindex)
+            .and_then(|n| Ok((n, netlink.routes(self.ifindex)?)));
+        match read {
+            Ok(tables) => Some(tables),
+            Err(error) => {
+                tracing::warn!(target: "pipewright", %error, "AF_XDP underlay: netlink dump failed; reading /proc/net/arp");
+                None
+            }
+        }
     }
 
     /// Sends a frame whose next hop is unknown through the kernel; false if even that
@@ -247,11 +331,18 @@ impl XdpUnderlayTx {
             used.push(frame);
             return;
         };
-        let mut mac = self.neighbours.get(dst.to.ip());
+        let to = dst.to.ip();
+        // Frames of a burst mostly go to one VTEP: the last answer first (the route
+        // scan and hash lookup showed in the profile).
+        let mut mac = match self.last {
+            Some((ip, mac)) if ip == to => Some(mac),
+            _ => self.neighbours.get(to),
+        };
         if mac.is_none() {
             self.refresh_neighbours(true);
-            mac = self.neighbours.get(dst.to.ip());
+            mac = self.neighbours.get(to);
         }
+        self.last = mac.map(|m| (to, m));
         match mac {
             Some(mac) => {
                 let data = frame.data_mut();
@@ -375,6 +466,88 @@ mod tests {
         assert!(c.should_refresh(Duration::from_secs(5) + MISS_REFRESH, true));
         assert!(!c.should_refresh(Duration::from_secs(5) + MISS_REFRESH, false));
         assert!(c.should_refresh(Duration::from_secs(5) + REFRESH, false));
+    }
+
+    fn route(dst: &str, prefix: u8, gateway: Option<&str>) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            prefix,
+            gateway: gateway.map(|g| g.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn next_hop_is_the_gateway_of_the_longest_matching_route() {
+        let mut c = NeighbourCache::default();
+        c.replace_routes([
+            route("0.0.0.0", 0, Some("192.168.77.254")),
+            route("192.168.77.0", 24, None),
+            route("10.1.0.0", 16, Some("192.168.77.3")),
+            route("10.1.2.0", 24, Some("192.168.77.4")),
+            route("::", 0, Some("fd00::1")),
+            route("fd00::", 64, None),
+        ]);
+        let hop = |ip: &str| c.next_hop(ip.parse().unwrap()).to_string();
+        assert_eq!(hop("192.168.77.2"), "192.168.77.2");
+        assert_eq!(hop("10.1.9.9"), "192.168.77.3");
+        assert_eq!(hop("10.1.2.9"), "192.168.77.4");
+        assert_eq!(hop("8.8.8.8"), "192.168.77.254");
+        assert_eq!(hop("fd55::1"), "fd00::1");
+        assert_eq!(hop("fd00::9"), "fd00::9");
+        c.replace(
+            Duration::ZERO,
+            [("192.168.77.3".parse().unwrap(), [2, 0, 0, 0, 0, 3])],
+        );
+        assert_eq!(c.get("10.1.9.9".parse().unwrap()), Some([2, 0, 0, 0, 0, 3]));
+        assert_eq!(c.get("8.8.8.8".parse().unwrap()), None);
+        // Without routes (the /proc fallback) every destination is its own next hop.
+        c.replace_routes([]);
+        assert_eq!(c.get("10.1.9.9".parse().unwrap()), None);
+        assert_eq!(
+            c.get("192.168.77.3".parse().unwrap()),
+            Some([2, 0, 0, 0, 0, 3])
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn next_hop_is_a_longest_prefix_match(
+            routes in proptest::collection::vec((any::<u32>(), 0u8..=32, proptest::option::of(any::<u32>())), 0..12),
+            probe in any::<u32>(),
+            near in 0usize..12,
+        ) {
+            // Probe near a route's prefix half the time, so matches happen.
+            let ip = routes.get(near).map_or(probe, |r| r.0 ^ (probe >> 20));
+            let routes: Vec<Route> = routes
+                .iter()
+                .map(|&(dst, prefix, gw)| Route {
+                    dst: IpAddr::V4(Ipv4Addr::from(dst)),
+                    prefix,
+                    gateway: gw.map(|g| IpAddr::V4(Ipv4Addr::from(g))),
+                })
+                .collect();
+            let mut c = NeighbourCache::default();
+            c.replace_routes(routes.clone());
+            // Brute force: the first route of the longest prefix containing ip
+            // (bit by bit), in table order.
+            let contains = |r: &Route| {
+                let IpAddr::V4(d) = r.dst else { return false };
+                (0..u32::from(r.prefix)).all(|b| {
+                    let bit = 31 - b;
+                    (u32::from(d) >> bit) & 1 == (ip >> bit) & 1
+                })
+            };
+            let best = routes
+                .iter()
+                .filter(|r| contains(r))
+                .fold(None::<&Route>, |best, r| match best {
+                    Some(b) if b.prefix >= r.prefix => Some(b),
+                    _ => Some(r),
+                });
+            let ip = IpAddr::V4(Ipv4Addr::from(ip));
+            let want = best.and_then(|r| r.gateway).unwrap_or(ip);
+            prop_assert_eq!(c.next_hop(ip), want);
+        }
     }
 
     proptest! {

@@ -41,7 +41,7 @@ mod netlink;
 mod netns;
 mod topology;
 
-pub use netlink::{LinkState, Netlink};
+pub use netlink::{LinkState, Netlink, Route};
 pub use netns::{in_netns, Namespace, NETNS_DIR};
 pub use topology::{
     Host, HostBuilder, UnderlayInfo, UnderlaySpec, VfInfo, VfKind, VfSpec, VniInfo, VniSpec,

@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
@@ -258,6 +259,134 @@ impl Netlink {
             req,
         )
     }
+}
+
+impl Netlink {
+    /// Opens a connection in the calling thread's namespace (a data plane worker's).
+    pub fn open_here() -> Result<Self, HostError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| HostError::io("start the netlink runtime", e))?;
+        let (conn, handle) = {
+            let _in_rt = rt.enter();
+            rtnetlink::new_connection()
+                .map(|(conn, handle, _)| (conn, handle))
+                .map_err(|e| HostError::io("open a netlink socket", e))?
+        };
+        rt.spawn(conn);
+        Ok(Self {
+            rt: Some(rt),
+            handle,
+            ns: "(this thread's)".to_string(),
+        })
+    }
+
+    /// The kernel's resolved neighbours (IPv4 ARP and IPv6 ND entries with a
+    /// link-layer address, not failed or incomplete) on link `index`.
+    pub fn neighbours(&self, index: u32) -> Result<Vec<(IpAddr, MacAddr)>, HostError> {
+        let req = self.handle.neighbours().get().execute();
+        let all: Vec<NeighbourMessage> =
+            self.block(|| "dump the neighbour table".to_string(), req.try_collect())?;
+        Ok(all
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(neighbour_entry)
+            .collect())
+    }
+
+    /// The main table's unicast routes (both families) through link `index`.
+    pub fn routes(&self, index: u32) -> Result<Vec<Route>, HostError> {
+        let mut out = Vec::new();
+        for msg in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let req = self.handle.route().get(msg).execute();
+            let all: Vec<RouteMessage> =
+                self.block(|| "dump the routing table".to_string(), req.try_collect())?;
+            out.extend(all.iter().filter_map(|m| route_entry(m, index)));
+        }
+        Ok(out)
+    }
+}
+
+/// A route: destinations in `dst/prefix` are reached through `gateway` (on link when
+/// `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The destination prefix's address.
+    pub dst: IpAddr,
+    /// The prefix length (0 for a default route).
+    pub prefix: u8,
+    /// The next hop, or `None` for destinations on the link.
+    pub gateway: Option<IpAddr>,
+}
+
+fn neighbour_entry(m: &NeighbourMessage) -> Option<(IpAddr, MacAddr)> {
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    if matches!(
+        m.header.state,
+        NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+    ) {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                ip = Some(IpAddr::V4(*v4));
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                ip = Some(IpAddr::V6(*v6));
+            }
+            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(l);
+                mac = Some(MacAddr(m));
+            }
+            _ => {}
+        }
+    }
+    let mac = mac.filter(|m| *m != MacAddr::ZERO)?;
+    Some((ip?, mac))
+}
+
+fn route_entry(m: &RouteMessage, index: u32) -> Option<Route> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+    if m.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let (mut dst, mut gateway, mut oif, mut table) = (None, None, None, u32::from(m.header.table));
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = addr(d),
+            RouteAttribute::Gateway(g) => gateway = addr(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    // The main table (RT_TABLE_MAIN), through this link.
+    if table != 254 || oif != Some(index) {
+        return None;
+    }
+    let dst = match (dst, m.header.address_family) {
+        (Some(d), _) => d,
+        (None, rtnetlink::packet_route::AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    Some(Route {
+        dst,
+        prefix: m.header.destination_prefix_length,
+        gateway,
+    })
 }
 
 impl Drop for Netlink {

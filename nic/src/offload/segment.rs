@@ -1,16 +1,135 @@
 //! Segmentation offload: a TSO or USO super-frame becomes wire-sized frames with
 //! correct IP ids, TCP sequence numbers, flags, lengths and checksums.
+//!
+//! [`SuperFrame`] describes the cut once; each segment is its headers (copied from the
+//! super-frame, then patched) followed by its slice of the payload. [`segment`] writes
+//! the segments into pool frames; the socket underlay writes them back to back into
+//! one GSO send buffer instead (one copy of the payload, see `dataplane::underlay`).
 
 use super::{Headers, OffloadError, L3};
 use crate::pool::FramePool;
 use crate::wire::checksum;
-use crate::{Frame, GsoKind};
+use crate::{Frame, Gso, GsoKind};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
+
+/// How a super-frame is cut: its headers, and the per-segment fields to patch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SuperFrame {
+    h: Headers,
+    /// Bytes of headers (Ethernet to the end of the L4 header) each segment repeats.
+    pub(crate) hdr_len: usize,
+    what: u8,
+    /// Payload bytes per segment (the last may carry fewer).
+    pub(crate) size: usize,
+    /// Payload bytes in all.
+    pub(crate) payload_len: usize,
+    first_id: u16,
+    seq0: u32,
+    flags0: u8,
+}
+
+impl SuperFrame {
+    /// Reads how `data` (a frame with the GSO request `gso`) is cut.
+    pub(crate) fn parse(data: &[u8], gso: Gso) -> Result<Self, OffloadError> {
+        let h = Headers::parse(data)?;
+        let size = usize::from(gso.size);
+        let (hdr_len, what) = match (gso.kind, h.protocol) {
+            (GsoKind::TcpV4, TCP) if h.l3 == L3::V4 => (tcp_header_end(data, &h)?, TCP),
+            (GsoKind::TcpV6, TCP) if h.l3 == L3::V6 => (tcp_header_end(data, &h)?, TCP),
+            (GsoKind::Udp, UDP) if h.l4_off + 8 <= h.ip_end => (h.l4_off + 8, UDP),
+            _ => {
+                return Err(OffloadError::Unsegmentable(
+                    "GSO type does not match the headers",
+                ))
+            }
+        };
+        if size == 0 {
+            return Err(OffloadError::BadSegmentSize(gso.size));
+        }
+        let first_id = if h.l3 == L3::V4 {
+            u16::from_be_bytes([data[h.l3_off + 4], data[h.l3_off + 5]])
+        } else {
+            0
+        };
+        let (seq0, flags0) = if what == TCP {
+            (be32(data, h.l4_off + 4), data[h.l4_off + 13])
+        } else {
+            (0, 0)
+        };
+        Ok(Self {
+            h,
+            hdr_len,
+            what,
+            size,
+            payload_len: h.ip_end - hdr_len,
+            first_id,
+            seq0,
+            flags0,
+        })
+    }
+
+    /// Segments the payload is cut into (at least one).
+    pub(crate) fn count(&self) -> usize {
+        self.payload_len.div_ceil(self.size).max(1)
+    }
+
+    /// The payload of segment `i` within the super-frame `data`.
+    fn chunk<'d>(&self, data: &'d [u8], i: usize) -> &'d [u8] {
+        let start = self.hdr_len + i * self.size;
+        let end = (start + self.size).min(self.h.ip_end);
+        &data[start..end]
+    }
+
+    /// Appends segment `i` of `data` to `out`: its headers then its payload (the one
+    /// copy of the payload), patched and checksummed in place.
+    pub(crate) fn append(&self, data: &[u8], i: usize, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&data[..self.hdr_len]);
+        out.extend_from_slice(self.chunk(data, i));
+        self.patch(i, &mut out[at..]);
+    }
+
+    /// Fixes the per-segment fields of segment `i` (`seg`: its headers and payload).
+    fn patch(&self, i: usize, seg: &mut [u8]) {
+        let h = &self.h;
+        let chunk_len = seg.len() - self.hdr_len;
+        let ip_len = seg.len() - h.l3_off;
+        match h.l3 {
+            L3::V4 => {
+                seg[h.l3_off + 2..h.l3_off + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+                seg[h.l3_off + 4..h.l3_off + 6]
+                    .copy_from_slice(&self.first_id.wrapping_add(i as u16).to_be_bytes());
+            }
+            L3::V6 => seg[h.l3_off + 4..h.l3_off + 6]
+                .copy_from_slice(&((ip_len - 40) as u16).to_be_bytes()),
+        }
+        if self.what == TCP {
+            let seq = self.seq0.wrapping_add((i * self.size) as u32);
+            seg[h.l4_off + 4..h.l4_off + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut flags = self.flags0;
+            if i + 1 != self.count() {
+                flags &= !(TCP_FIN | TCP_PSH);
+            }
+            if i > 0 {
+                flags &= !TCP_CWR;
+            }
+            seg[h.l4_off + 13] = flags;
+        } else {
+            seg[h.l4_off + 4..h.l4_off + 6]
+                .copy_from_slice(&((8 + chunk_len) as u16).to_be_bytes());
+        }
+        let seg_h = Headers {
+            ip_end: seg.len(),
+            ..*h
+        };
+        finish_segment(seg, &seg_h, self.what);
+    }
+}
 
 /// Cuts `frame` (whose `meta.gso` says how) into segments taken from `pool`, appended
 /// to `out` in order. A frame without a GSO request, or one that already fits, is
@@ -25,93 +144,39 @@ pub fn segment(
         out.push(frame);
         return Ok(1);
     };
-    let data = frame.data();
-    let h = Headers::parse(data)?;
-    let size = usize::from(gso.size);
-    let (hdr_len, what) = match (gso.kind, h.protocol) {
-        (GsoKind::TcpV4, TCP) if h.l3 == L3::V4 => (tcp_header_end(data, &h)?, TCP),
-        (GsoKind::TcpV6, TCP) if h.l3 == L3::V6 => (tcp_header_end(data, &h)?, TCP),
-        (GsoKind::Udp, UDP) => (h.l4_off + 8, UDP),
-        _ => {
-            return Err(OffloadError::Unsegmentable(
-                "GSO type does not match the headers",
-            ))
-        }
-    };
-    if size == 0 {
-        return Err(OffloadError::BadSegmentSize(gso.size));
-    }
-    let payload = &data[hdr_len..h.ip_end];
+    let cut = SuperFrame::parse(frame.data(), gso)?;
     let before = out.len();
-    if payload.len() <= size {
+    if cut.payload_len <= cut.size {
         // Nothing to cut; the device still owes the checksums.
         let mut f = frame;
         f.meta.gso = None;
-        finish_segment(&mut f, &h, hdr_len, what);
+        f.meta.csum = None;
+        let h = cut.h;
+        finish_segment(&mut f.data_mut()[..h.ip_end], &h, cut.what);
         out.push(f);
         return Ok(1);
     }
-    let count = payload.len().div_ceil(size);
-    let first_id = if h.l3 == L3::V4 {
-        u16::from_be_bytes([data[h.l3_off + 4], data[h.l3_off + 5]])
-    } else {
-        0
-    };
-    let seq0 = if what == TCP {
-        be32(data, h.l4_off + 4)
-    } else {
-        0
-    };
-    let flags0 = if what == TCP { data[h.l4_off + 13] } else { 0 };
-    let start = out.len();
+    let data = frame.data();
+    let count = cut.count();
     pool.take(count, out);
-    for (i, chunk) in payload.chunks(size).enumerate() {
-        let seg = &mut out[start + i];
+    for i in 0..count {
+        let seg = &mut out[before + i];
         seg.meta.vf = frame.meta.vf;
+        let chunk = cut.chunk(data, i);
         let room = seg.tailroom();
-        let Some(buf) = seg.try_push_back(hdr_len + chunk.len()) else {
+        let Some(buf) = seg.try_push_back(cut.hdr_len + chunk.len()) else {
             out.truncate(before);
-            return Err(OffloadError::Unsegmentable(if room < size {
+            return Err(OffloadError::Unsegmentable(if room < cut.size {
                 "pool frames too small"
             } else {
                 "segment"
             }));
         };
-        buf[..hdr_len].copy_from_slice(&data[..hdr_len]);
-        buf[hdr_len..].copy_from_slice(chunk);
-        let ip_len = hdr_len + chunk.len() - h.l3_off;
-        match h.l3 {
-            L3::V4 => {
-                buf[h.l3_off + 2..h.l3_off + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-                buf[h.l3_off + 4..h.l3_off + 6]
-                    .copy_from_slice(&first_id.wrapping_add(i as u16).to_be_bytes());
-            }
-            L3::V6 => buf[h.l3_off + 4..h.l3_off + 6]
-                .copy_from_slice(&((ip_len - 40) as u16).to_be_bytes()),
-        }
-        if what == TCP {
-            let seq = seq0.wrapping_add((i * size) as u32);
-            buf[h.l4_off + 4..h.l4_off + 8].copy_from_slice(&seq.to_be_bytes());
-            let last = i + 1 == count;
-            let mut flags = flags0;
-            if !last {
-                flags &= !(TCP_FIN | TCP_PSH);
-            }
-            if i > 0 {
-                flags &= !TCP_CWR;
-            }
-            buf[h.l4_off + 13] = flags;
-        } else {
-            buf[h.l4_off + 4..h.l4_off + 6]
-                .copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
-        }
-        let seg_h = Headers {
-            ip_end: hdr_len + chunk.len(),
-            ..h
-        };
-        finish_segment(seg, &seg_h, hdr_len, what);
+        buf[..cut.hdr_len].copy_from_slice(&data[..cut.hdr_len]);
+        buf[cut.hdr_len..].copy_from_slice(chunk);
+        cut.patch(i, buf);
     }
-    Ok(out.len() - before)
+    Ok(count)
 }
 
 fn be32(d: &[u8], at: usize) -> u32 {
@@ -129,10 +194,9 @@ fn tcp_header_end(data: &[u8], h: &Headers) -> Result<usize, OffloadError> {
     Ok(end)
 }
 
-/// Fills the IPv4 header checksum and the full L4 checksum of one segment.
-fn finish_segment(seg: &mut Frame, h: &Headers, _hdr_len: usize, what: u8) {
-    seg.meta.csum = None;
-    let data = seg.data_mut();
+/// Fills the IPv4 header checksum and the full L4 checksum of one segment (`data`
+/// ends at `h.ip_end` or later).
+fn finish_segment(data: &mut [u8], h: &Headers, what: u8) {
     if h.l3 == L3::V4 {
         data[h.l3_off + 10..h.l3_off + 12].copy_from_slice(&[0, 0]);
         let c = checksum::finish(checksum::sum(&data[h.l3_off..h.l4_off]));
@@ -150,4 +214,67 @@ fn finish_segment(seg: &mut Frame, h: &Headers, _hdr_len: usize, what: u8) {
         c = 0xffff;
     }
     data[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An Ethernet + IPv4 + TCP (20-byte header) super-frame of `payload`.
+    fn tso_frame(payload: &[u8], mss: u16, flags: u8) -> Frame {
+        let mut d = vec![0u8; 14 + 20 + 20];
+        d[12..14].copy_from_slice(&[0x08, 0x00]);
+        d[14] = 0x45;
+        let ip_len = (40 + payload.len()) as u16;
+        d[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        d[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
+        d[22] = 64;
+        d[23] = TCP;
+        d[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        d[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        d[34..36].copy_from_slice(&4000u16.to_be_bytes());
+        d[36..38].copy_from_slice(&5201u16.to_be_bytes());
+        d[38..42].copy_from_slice(&0xfffff000u32.to_be_bytes());
+        d[46] = 5 << 4;
+        d[47] = flags;
+        d.extend_from_slice(payload);
+        let mut f = Frame::from_bytes(&d);
+        f.meta.gso = Some(Gso {
+            kind: GsoKind::TcpV4,
+            size: mss,
+        });
+        f
+    }
+
+    proptest! {
+        /// The underlay's GSO buffer (segments appended back to back behind a tunnel
+        /// header) holds exactly the frames `segment` cuts, each behind the header.
+        #[test]
+        fn appended_segments_are_the_cut_frames(
+            len in 1usize..6000,
+            mss in 1u16..1500,
+            flags in any::<u8>(),
+            prefix in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let frame = tso_frame(&payload, mss, flags);
+            let cut = SuperFrame::parse(frame.data(), frame.meta.gso.unwrap()).unwrap();
+            let mut gso = Vec::new();
+            for i in 0..cut.count() {
+                gso.extend_from_slice(&prefix);
+                cut.append(frame.data(), i, &mut gso);
+            }
+            let pool = FramePool::new(128, 2048, 64);
+            let mut frames = Vec::new();
+            segment(frame, &pool, &mut frames).unwrap();
+            prop_assert_eq!(frames.len(), cut.count());
+            let mut want = Vec::new();
+            for f in &frames {
+                want.extend_from_slice(&prefix);
+                want.extend_from_slice(f.data());
+            }
+            prop_assert_eq!(gso, want);
+        }
+    }
 }

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use pipewright_stages::exec::Transport;
 use pipewright_stages::{Burst, Failures, Outbox, Stage, Stream};
 
-use super::{NicDrop, NicStats};
-use crate::offload::{complete_partial, segment};
+use super::{Direction, NicDrop, NicStats};
+use crate::offload::{complete_partial, segment, SuperFrame};
 use crate::rules::{EgressDecision, EgressDrop, EgressKey, EgressTable, Reader, Versioned};
 use crate::tunnel::{flow_hash, EncapTemplate};
 use crate::wire::{
     ethertype, ArpOp, ArpPacket, ArpRepr, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr,
 };
-use crate::{Frame, FramePool};
+use crate::{Frame, FramePool, Gso, GsoKind};
 
 /// What egress decided for a frame.
 #[derive(Debug, Clone)]
@@ -67,6 +67,17 @@ pub fn egress<'b, X: Transport>(
     frames: Stream<'b, Frame, X>,
     config: &EgressConfig,
 ) -> EgressPorts<'b, X> {
+    egress_with(frames, config, false)
+}
+
+/// [`egress`], optionally keeping TCP super-frames (TSO) whole: encapsulated once
+/// ([`EncapTemplate::encap_super`]) for an underlay that cuts them itself while
+/// copying them into its GSO sends (the socket underlay), instead of being cut here.
+pub(crate) fn egress_with<'b, X: Transport>(
+    frames: Stream<'b, Frame, X>,
+    config: &EgressConfig,
+    keep_super_frames: bool,
+) -> EgressPorts<'b, X> {
     let classify = Classify {
         table: config.table.reader(),
         stats: config.stats.clone(),
@@ -80,6 +91,7 @@ pub fn egress<'b, X: Transport>(
         pool: config.pool.clone(),
         stats: config.stats.clone(),
         scratch: Vec::new(),
+        keep_super_frames,
     };
     let encap = Encap {
         ip_id: 0,
@@ -240,6 +252,7 @@ struct Offload {
     pool: Arc<FramePool>,
     stats: NicStats,
     scratch: Vec<Frame>,
+    keep_super_frames: bool,
 }
 
 impl Stage for Offload {
@@ -255,6 +268,18 @@ impl Stage for Offload {
             }
         };
         let mut frame = item.frame;
+        let tso = matches!(
+            frame.meta.gso,
+            Some(Gso {
+                kind: GsoKind::TcpV4 | GsoKind::TcpV6,
+                ..
+            })
+        );
+        if tso && self.keep_super_frames {
+            // Cut (and checksummed) by the underlay, in its one copy of the payload.
+            out.push(ToEncap { frame, template });
+            return Ok(());
+        }
         if frame.meta.gso.is_none() {
             complete_partial(&mut frame)
                 .map_err(|e| self.stats.drop_frame("egress-offload", e.reason()))?;
@@ -264,6 +289,8 @@ impl Stage for Offload {
         self.scratch.clear();
         segment(frame, &self.pool, &mut self.scratch)
             .map_err(|e| self.stats.drop_frame("egress-offload", e.reason()))?;
+        let copied = self.scratch.iter().map(Frame::len).sum();
+        self.stats.count_copy(Direction::Egress, copied);
         for frame in self.scratch.drain(..) {
             out.push(ToEncap {
                 frame,
@@ -292,9 +319,17 @@ impl Stage for Encap {
         } = item;
         self.ip_id = self.ip_id.wrapping_add(1);
         let entropy = flow_hash(frame.data());
-        template
-            .encap(&mut frame, self.ip_id, entropy)
-            .map_err(|e| self.stats.drop_frame("egress-encap", e.reason()))?;
+        let encapsulated = match frame.meta.gso {
+            // A super-frame kept whole: one outer header for all its segments.
+            Some(gso) => {
+                let cut = SuperFrame::parse(frame.data(), gso)
+                    .map_err(|e| self.stats.drop_frame("egress-encap", e.reason()))?;
+                let segment_len = cut.hdr_len + cut.size;
+                template.encap_super(&mut frame, self.ip_id, entropy, segment_len)
+            }
+            None => template.encap(&mut frame, self.ip_id, entropy),
+        };
+        encapsulated.map_err(|e| self.stats.drop_frame("egress-encap", e.reason()))?;
         out.push(frame);
         Ok(())
     }

@@ -13,6 +13,7 @@ mod egress;
 mod ingress;
 mod stats;
 
+pub(crate) use egress::egress_with;
 pub use egress::{egress, Classified, EgressConfig, EgressPorts, EgressVerdict, ToEncap};
 pub use ingress::{ingress, Matched};
-pub use stats::{NicDrop, NicStats};
+pub use stats::{Copies, Direction, NicDrop, NicStats};

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A frame the NIC path dropped, and why (a short stable label).
@@ -13,6 +14,7 @@ pub struct NicDrop {
 #[derive(Debug, Clone, Default)]
 pub struct NicStats {
     drops: Arc<Mutex<BTreeMap<(&'static str, &'static str), u64>>>,
+    copies: Arc<CopyCounts>,
 }
 
 impl NicStats {
@@ -50,6 +52,28 @@ impl NicStats {
         drops.iter().map(|((s, r), n)| (*s, *r, *n)).collect()
     }
 
+    /// Counts `bytes` copied in user space going `direction` (see [`Copies`]).
+    pub(crate) fn count_copy(&self, direction: Direction, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let (counter, label) = match direction {
+            Direction::Egress => (&self.copies.egress, "egress"),
+            Direction::Ingress => (&self.copies.ingress, "ingress"),
+        };
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+        metrics::counter!("pipewright_nic_copied_bytes_total", "direction" => label)
+            .increment(bytes as u64);
+    }
+
+    /// Bytes copied so far, by direction.
+    pub fn copies(&self) -> Copies {
+        Copies {
+            egress: self.copies.egress.load(Ordering::Relaxed),
+            ingress: self.copies.ingress.load(Ordering::Relaxed),
+        }
+    }
+
     /// Total drops.
     pub fn total(&self) -> u64 {
         self.drops
@@ -58,4 +82,30 @@ impl NicStats {
             .values()
             .sum()
     }
+}
+
+/// Which way copied bytes were going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From a VF to the underlay.
+    Egress,
+    /// From the underlay to a VF.
+    Ingress,
+}
+
+/// Bytes the data plane copied in user space, by direction: every `memcpy` of frame
+/// bytes (headers and payload) the stages make, not the kernel's own copies into and
+/// out of its sockets. Divided by the bytes carried, it gives copies per byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Copies {
+    /// Bytes copied on the way from VFs to the underlay.
+    pub egress: u64,
+    /// Bytes copied on the way from the underlay to VFs.
+    pub ingress: u64,
+}
+
+#[derive(Debug, Default)]
+struct CopyCounts {
+    egress: AtomicU64,
+    ingress: AtomicU64,
 }

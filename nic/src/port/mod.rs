@@ -79,6 +79,10 @@ pub struct PortCounters {
     /// AF_XDP socket's full RX ring or missing fill buffers), where the backend can
     /// tell; 0 otherwise.
     pub kernel_dropped: u64,
+    /// Frame bytes the port copied in user space (both directions): a TAP's
+    /// super-frame that spilled past its buffer, an AF_XDP socket's copies between
+    /// its UMEM and the frames.
+    pub copied_bytes: u64,
 }
 
 /// A virtual function's port: a non-blocking, burst-oriented frame interface.

@@ -18,11 +18,11 @@
 //! **Frame buffers.** A received frame is read straight into a frame from the pool
 //! (one `readv` with the header, the pool frame's room and an overflow buffer of
 //! [`MAX_FRAME_LEN`] owned by the port). A TSO super-frame larger than the pool's
-//! frames spills into the overflow buffer; it is then copied into a frame allocated
-//! with [`Frame::with_capacity`] at its exact size (same headroom), and the pool frame
-//! goes back. Such large frames are not kept by the pool when returned (they are not
-//! of its size class), so steady-state MTU-sized traffic allocates nothing while a
-//! super-frame costs one allocation and one copy.
+//! frames spills into the overflow buffer; it is then copied into one of the pool's
+//! large frames ([`FramePool::take_large`]), counted in
+//! [`PortCounters::copied_bytes`], and the port reads its next frames straight into
+//! large frames (no copy) for as long as super-frames keep coming. Large frames
+//! return to the pool's own small free list, so a bulk stream allocates nothing.
 //!
 //! **Bad headers never panic.** A received header with an unknown GSO type, a GSO
 //! type without a segment size, or a checksum position outside the frame, and a frame
@@ -104,6 +104,8 @@ pub struct TapPort {
     vf: u16,
     offloads: TapOffloads,
     overflow: Box<[u8]>,
+    /// The last frame read was a super-frame: read the next into a large frame.
+    expect_large: bool,
     counters: PortCounters,
     drops: TapDrops,
 }
@@ -220,6 +222,7 @@ impl TapPort {
             vf,
             offloads,
             overflow: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
+            expect_large: false,
             counters: PortCounters::default(),
             drops: TapDrops::default(),
         })
@@ -316,7 +319,11 @@ impl VfPort for TapPort {
     ) -> Result<usize, PortError> {
         let mut got = 0;
         while got < max {
-            let mut frame = pool.take_one();
+            let mut frame = if self.expect_large {
+                pool.take_large()
+            } else {
+                pool.take_one()
+            };
             let room = frame.tailroom();
             let mut hdr = [0u8; VNET_HDR_LEN];
             let read = {
@@ -344,14 +351,21 @@ impl VfPort for TapPort {
                 continue;
             }
             let len = n - VNET_HDR_LEN;
+            self.expect_large = len > pool.capacity();
             if len <= room {
                 frame.truncate(len);
             } else {
-                // A super-frame larger than the pool's frames: one frame of its size.
-                let mut big = Frame::with_capacity(frame.headroom(), len);
+                // A super-frame larger than the frame read into: into a large frame
+                // (or one of its size past that), and the next read goes into one.
+                let mut big = if len <= crate::pool::LARGE_FRAME_CAPACITY {
+                    pool.take_large()
+                } else {
+                    Frame::with_capacity(frame.headroom(), len)
+                };
                 if let Some(dst) = big.try_push_back(len) {
                     dst[..room].copy_from_slice(frame.data());
                     dst[room..].copy_from_slice(&self.overflow[..len - room]);
+                    self.counters.copied_bytes += len as u64;
                 }
                 pool.give_back([std::mem::replace(&mut frame, big)]);
             }
@@ -361,6 +375,7 @@ impl VfPort for TapPort {
                         vf: self.vf,
                         gso,
                         csum,
+                        outer_len: 0,
                     };
                     self.counters.rx_frames += 1;
                     self.counters.rx_bytes += len as u64;

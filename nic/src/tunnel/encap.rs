@@ -213,6 +213,52 @@ impl EncapTemplate {
     #[inline]
     pub fn encap(&self, frame: &mut Frame, ip_id: u16, entropy: u32) -> Result<(), EncapError> {
         let inner_len = frame.len();
+        self.push_header(frame, inner_len, ip_id, entropy)?;
+        if self.v6 {
+            // IPv6 requires a UDP checksum (RFC 8200); it covers the whole packet.
+            let u = self.udp_off;
+            let data = frame.data_mut();
+            let udp_len = u32::from(u16::from_be_bytes([data[u + 4], data[u + 5]]));
+            let (src, dst) = (ipv6_at(data, ETH_LEN + 8), ipv6_at(data, ETH_LEN + 24));
+            let pseudo = checksum::pseudo_v6(src, dst, PROTO_UDP, udp_len);
+            let sum = checksum::combine(pseudo, checksum::sum(&data[u..]));
+            let csum = match checksum::finish(sum) {
+                0 => 0xffff,
+                c => c,
+            };
+            data[u + 6..u + 8].copy_from_slice(&csum.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Encapsulates a super-frame kept whole for an underlay that segments it (the
+    /// socket underlay's GSO send, see `dataplane`): writes the outer header once, with
+    /// the lengths of one `segment_len`-byte inner segment, and records its length in
+    /// `frame.meta.outer_len`. Every segment then leaves behind this header (the
+    /// socket writes the outer IP and UDP headers and checksums); fails as
+    /// [`EncapTemplate::encap`] does when such a segment would not fit the MTU.
+    pub fn encap_super(
+        &self,
+        frame: &mut Frame,
+        ip_id: u16,
+        entropy: u32,
+        segment_len: usize,
+    ) -> Result<(), EncapError> {
+        self.push_header(frame, segment_len, ip_id, entropy)?;
+        frame.meta.outer_len = self.bytes.len() as u16;
+        Ok(())
+    }
+
+    /// Writes the outer header for an inner frame of `inner_len` bytes into the
+    /// headroom of `frame` (all but the IPv6 UDP checksum).
+    #[inline]
+    fn push_header(
+        &self,
+        frame: &mut Frame,
+        inner_len: usize,
+        ip_id: u16,
+        entropy: u32,
+    ) -> Result<(), EncapError> {
         let total = self.bytes.len() + inner_len;
         if total - ETH_LEN > self.mtu {
             return Err(EncapError::TooBig {
@@ -247,18 +293,6 @@ impl EncapTemplate {
         hdr[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
         if self.patches {
             self.tunnel.patch(&mut hdr[self.tunnel_off..], entropy);
-        }
-        if self.v6 {
-            // IPv6 requires a UDP checksum (RFC 8200); it covers the whole packet.
-            let data = frame.data_mut();
-            let (src, dst) = (ipv6_at(data, ETH_LEN + 8), ipv6_at(data, ETH_LEN + 24));
-            let pseudo = checksum::pseudo_v6(src, dst, PROTO_UDP, u32::from(udp_len));
-            let sum = checksum::combine(pseudo, checksum::sum(&data[u..]));
-            let csum = match checksum::finish(sum) {
-                0 => 0xffff,
-                c => c,
-            };
-            data[u + 6..u + 8].copy_from_slice(&csum.to_be_bytes());
         }
         Ok(())
     }

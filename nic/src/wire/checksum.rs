@@ -26,24 +26,29 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// even length.
 #[inline]
 pub fn sum(data: &[u8]) -> u32 {
-    // 2^16 = 1 (mod 0xffff), so 32-bit halves of big-endian u64 words can be added
-    // into a wide accumulator and folded once at the end: no per-word carry handling.
+    // Byte-order independence (RFC 1071 2(B)): the sum of the words in the machine's
+    // order, byte-swapped, is the sum of the big-endian words. And 2^16 = 1 (mod
+    // 0xffff), so native 32-bit words add into a wide accumulator, folded once at the
+    // end: a loop of plain loads and adds that the compiler vectorises (the TSO path
+    // checksums every segment's payload).
     let mut acc: u64 = 0;
-    let mut words = data.chunks_exact(8);
+    let mut words = data.chunks_exact(4);
     for w in &mut words {
-        let v = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        acc += (v >> 32) + (v & 0xffff_ffff);
+        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
     }
-    let mut pairs = words.remainder().chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
-    }
-    if let [last] = pairs.remainder() {
-        acc += u64::from(*last) << 8;
-    }
+    // The last 1-3 bytes, padded with zeros as the stream would be.
+    let rest = words.remainder();
+    let mut last = [0u8; 4];
+    last[..rest.len()].copy_from_slice(rest);
+    acc += u64::from(u32::from_ne_bytes(last));
     let acc = (acc & 0xffff_ffff) + (acc >> 32);
     let acc = (acc & 0xffff_ffff) + (acc >> 32);
-    u32::from(fold(acc as u32))
+    let folded = fold(acc as u32);
+    u32::from(if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    })
 }
 
 /// Adds two partial sums with end-around carry (never overflows).

@@ -245,6 +245,7 @@ mod tests {
                 start: 34,
                 offset: 16,
             }),
+            outer_len: 0,
         };
         let h = encode_vnet_hdr(&meta, &data).unwrap();
         assert_eq!(

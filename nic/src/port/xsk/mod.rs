@@ -400,6 +400,7 @@ impl VfPort for AfXdpPort {
                 out[start + got].meta.vf = self.vf;
                 self.counters.rx_frames += 1;
                 self.counters.rx_bytes += total as u64;
+                self.counters.copied_bytes += total as u64;
                 got += 1;
             } else {
                 self.xsk.rx_bad_desc += 1;
@@ -461,6 +462,7 @@ impl VfPort for AfXdpPort {
             }
             self.counters.tx_frames += 1;
             self.counters.tx_bytes += len as u64;
+            self.counters.copied_bytes += len as u64;
             taken += 1;
         }
         self.tx.submit();
