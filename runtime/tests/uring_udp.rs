@@ -27,6 +27,23 @@ fn big_receive_buffer(socket: &UdpSocket) {
     }
 }
 
+/// A ring on a loopback socket with `buffers` receive buffers of 2 KiB, without GRO,
+/// and a socket buffer that holds a whole run: a loss would be the kernel's (the
+/// socket overflowing while we are slow), not the ring's.
+fn loopback_ring(buffers: u16) -> UdpRing {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    big_receive_buffer(&socket);
+    UdpRing::new(
+        socket,
+        UdpConfig {
+            buffers,
+            buffer_size: 2048,
+            gro: false,
+        },
+    )
+    .unwrap()
+}
+
 fn payload(i: u32, len: usize) -> Vec<u8> {
     let mut p = i.to_be_bytes().to_vec();
     p.extend((0..len.saturating_sub(4)).map(|k| (k as u32 ^ i) as u8));
@@ -40,19 +57,7 @@ fn multishot_receive_delivers_every_datagram_even_past_the_buffer_count() {
     }
     const N: u32 = 20_000;
     on_worker(async {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        // A socket buffer that holds the whole run: a loss here would be the
-        // kernel's (the socket overflowing while we are slow), not the ring's.
-        big_receive_buffer(&socket);
-        let mut ring = UdpRing::new(
-            socket,
-            UdpConfig {
-                buffers: 64,
-                buffer_size: 2048,
-                gro: false,
-            },
-        )
-        .unwrap();
+        let mut ring = loopback_ring(64);
         let to = ring.local_addr().unwrap();
         let sender = std::thread::spawn(move || {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -195,17 +200,7 @@ fn try_recv_burst_never_waits_and_delivers_what_has_arrived() {
     }
     const N: u32 = 5_000;
     on_worker(async {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        big_receive_buffer(&socket);
-        let mut ring = UdpRing::new(
-            socket,
-            UdpConfig {
-                buffers: 32,
-                buffer_size: 2048,
-                gro: false,
-            },
-        )
-        .unwrap();
+        let mut ring = loopback_ring(32);
         // Nothing sent yet: returns at once with nothing.
         assert_eq!(
             ring.try_recv_burst(|_| panic!("nothing was sent")).unwrap(),

@@ -617,28 +617,11 @@ pub async fn read_at(
 /// the bytes read.
 pub async fn read_pooled(
     fd: RawFd,
-    mut buf: PooledBuf,
+    buf: PooledBuf,
     len: usize,
     offset: u64,
 ) -> (io::Result<usize>, PooledBuf) {
-    let len32 = len.min(buf.capacity()).min(u32::MAX as usize) as u32;
-    let driver = match current() {
-        Ok(d) => d,
-        Err(e) => return (Err(e), buf),
-    };
-    let fixed = driver.borrow_mut().fixed_index(&buf);
-    let ptr = buf.as_mut_ptr();
-    let entry = match fixed {
-        Some(index) => opcode::ReadFixed::new(types::Fd(fd), ptr, len32, index)
-            .offset(offset)
-            .build(),
-        None => opcode::Read::new(types::Fd(fd), ptr, len32)
-            .offset(offset)
-            .build(),
-    };
-    // SAFETY: the entry points into `buf`'s part of its pool's region (`len32` <=
-    // capacity); the op owns `buf`, so the region and that part stay ours until done.
-    match unsafe { Op::new(entry, buf) } {
+    match super::in_flight::start_read_pooled(fd, buf, len, offset) {
         Ok(op) => {
             let (r, mut buf) = op.await;
             if let Ok(n) = r {

@@ -374,6 +374,16 @@ impl Cache {
     /// returns whether that chunk was resident.
     #[doc(hidden)]
     pub fn corrupt_cached_block(&self, volume: VolumeId, offset: u64) -> Result<bool, CacheError> {
+        let Some((slot, block)) = self.resident_block(volume, offset) else {
+            return Ok(false);
+        };
+        self.inner.store.corrupt_byte(slot, block)?;
+        Ok(true)
+    }
+
+    /// The slot and block index holding `volume`'s byte at `offset`, if its chunk is
+    /// resident.
+    fn resident_block(&self, volume: VolumeId, offset: u64) -> Option<(u32, u32)> {
         let cs = self.inner.cfg.chunk_size;
         let key = ChunkKey {
             volume: volume.0,
@@ -381,27 +391,21 @@ impl Cache {
         };
         let slot = match self.inner.lock().index.get(&key) {
             Some(Entry::Resident(s)) => *s,
-            _ => return Ok(false),
+            _ => return None,
         };
-        let block = ((offset % cs) / self.inner.cfg.block_size as u64) as u32;
-        self.inner.store.corrupt_byte(slot, block)?;
-        Ok(true)
+        Some((
+            slot,
+            ((offset % cs) / self.inner.cfg.block_size as u64) as u32,
+        ))
     }
 
     /// Zeroes the tag of a resident block of `volume`, as a crash leaves a fill that
     /// was never synced (for fault tests): returns whether that chunk was resident.
     #[doc(hidden)]
     pub fn lose_cached_block(&self, volume: VolumeId, offset: u64) -> Result<bool, CacheError> {
-        let cs = self.inner.cfg.chunk_size;
-        let key = ChunkKey {
-            volume: volume.0,
-            chunk: offset / cs,
+        let Some((slot, block)) = self.resident_block(volume, offset) else {
+            return Ok(false);
         };
-        let slot = match self.inner.lock().index.get(&key) {
-            Some(Entry::Resident(s)) => *s,
-            _ => return Ok(false),
-        };
-        let block = ((offset % cs) / self.inner.cfg.block_size as u64) as u32;
         self.inner.store.lose_tag(slot, block)?;
         Ok(true)
     }
