@@ -218,14 +218,27 @@ impl Node {
             };
             self.persist_then_send(record, asker, msg, out);
         } else {
-            let msg = Message::Nack {
-                txn,
-                ballot,
-                promised: t.promised,
-                from: me,
-            };
-            self.send(asker, msg, out);
+            let promised = t.promised;
+            self.send_nack(txn, ballot, promised, asker, out);
         }
+    }
+
+    /// Tells `asker` its `ballot` lost to the one this node has `promised`.
+    fn send_nack(
+        &mut self,
+        txn: TxnId,
+        ballot: Ballot,
+        promised: Ballot,
+        asker: NodeId,
+        out: &mut Vec<Action>,
+    ) {
+        let msg = Message::Nack {
+            txn,
+            ballot,
+            promised,
+            from: self.id,
+        };
+        self.send(asker, msg, out);
     }
 
     pub(super) fn on_accept(
@@ -268,13 +281,8 @@ impl Node {
             };
             self.persist_then_send(record, asker, msg, out);
         } else {
-            let msg = Message::Nack {
-                txn,
-                ballot,
-                promised: t.promised,
-                from: me,
-            };
-            self.send(asker, msg, out);
+            let promised = t.promised;
+            self.send_nack(txn, ballot, promised, asker, out);
         }
     }
 
