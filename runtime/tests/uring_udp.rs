@@ -247,3 +247,74 @@ fn try_recv_burst_never_waits_and_delivers_what_has_arrived() {
         assert_eq!(c.truncated + c.errors, 0, "{c:?}");
     });
 }
+
+#[test]
+fn a_vectored_gso_send_puts_each_header_before_its_slice_of_the_frame() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    on_worker(async {
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let tx = UdpRing::new(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpConfig::default(),
+        )
+        .unwrap();
+        // A 5,000-byte "frame" cut into 1,000-byte payloads, each behind its own
+        // 16-byte header held in a separate small buffer: no payload copy.
+        let frame: Vec<u8> = (0..5000u32).map(|i| (i / 1000) as u8 + 100).collect();
+        let headers: Vec<Vec<u8>> = (0..5u8).map(|k| vec![k; 16]).collect();
+        let mut parts = headers;
+        parts.push(frame);
+        let slices: Vec<_> = (0..5)
+            .flat_map(|k| [(k, 0..16), (5, k * 1000..(k + 1) * 1000)])
+            .collect();
+        let (sent, parts) = tx
+            .send_vectored(plain.local_addr().unwrap(), parts, &slices, Some(1016))
+            .await;
+        assert_eq!(sent.unwrap(), 5 * 1016);
+        assert_eq!(parts.len(), 6, "the parts come back");
+        let mut buf = [0u8; 2000];
+        for k in 0..5u8 {
+            let n = plain.recv(&mut buf).unwrap();
+            assert_eq!(n, 1016, "datagram {k}");
+            assert!(buf[..16].iter().all(|b| *b == k), "header of datagram {k}");
+            assert!(
+                buf[16..n].iter().all(|b| *b == k + 100),
+                "payload of datagram {k}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_vectored_send_with_a_bad_slice_is_refused_before_sending() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    on_worker(async {
+        let tx = UdpRing::new(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpConfig::default(),
+        )
+        .unwrap();
+        let to = "127.0.0.1:9".parse().unwrap();
+        let (r, parts) = tx
+            .send_vectored(to, vec![vec![0u8; 8]], &[(0, 4..12)], None)
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("outside part 0"), "{e}");
+        assert_eq!(parts.len(), 1);
+        let (r, _) = tx
+            .send_vectored(to, vec![vec![0u8; 8]], &[(1, 0..1)], None)
+            .await;
+        assert!(r.unwrap_err().to_string().contains("only 1 parts"));
+        let many = vec![(0, 0..1); pipewright_runtime::uring::MAX_SLICES + 1];
+        let (r, _) = tx.send_vectored(to, vec![vec![0u8; 8]], &many, None).await;
+        assert!(r.unwrap_err().to_string().contains("at most"));
+    });
+}

@@ -42,4 +42,4 @@ pub use in_flight::{
     start_read, start_read_pooled, start_write_pooled, write_then_sync, InFlight, WriteThenSync,
 };
 pub use sink::{Durable, FileSink, SinkStats};
-pub use udp::{Received, UdpConfig, UdpCounters, UdpRing};
+pub use udp::{Received, UdpConfig, UdpCounters, UdpRing, MAX_SLICES};

@@ -11,6 +11,7 @@ use std::future::poll_fn;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
@@ -303,28 +304,95 @@ impl UdpRing {
         payload: Vec<u8>,
         segment_size: Option<u16>,
     ) -> (io::Result<usize>, Vec<u8>) {
+        let whole = [(0, 0..payload.len())];
+        let (result, mut parts) = self
+            .send_vectored(to, vec![payload], &whole, segment_size)
+            .await;
+        (result, parts.pop().unwrap_or_default())
+    }
+
+    /// Sends the concatenation of `slices` to `to` in one `sendmsg`, without copying
+    /// them together: each `(part, range)` is bytes `range` of `parts[part]`. With
+    /// `segment_size`, as GSO (see [`send`](Self::send)): a run of datagrams, each cut
+    /// from the concatenation, so per-datagram headers can sit in small buffers and
+    /// the payload slices point into one large received frame. The op owns `parts`
+    /// until the kernel is done with them; they come back with the result.
+    ///
+    /// A slice out of range, or more than [`MAX_SLICES`] of them, is an
+    /// `InvalidInput` error before anything is sent.
+    ///
+    /// ```no_run
+    /// # async fn example(ring: &pipewright_runtime::uring::UdpRing, to: std::net::SocketAddr) {
+    /// let header = vec![0u8; 8];
+    /// let frame = vec![7u8; 3000];
+    /// // Two 1,008-byte datagrams: the same header before each half of the frame.
+    /// let slices = [(0, 0..8), (1, 0..1000), (0, 0..8), (1, 1000..2000)];
+    /// let (sent, _parts) = ring.send_vectored(to, vec![header, frame], &slices, Some(1008)).await;
+    /// assert_eq!(sent.unwrap(), 2016);
+    /// # }
+    /// ```
+    pub async fn send_vectored<B>(
+        &self,
+        to: SocketAddr,
+        parts: Vec<B>,
+        slices: &[(usize, Range<usize>)],
+        segment_size: Option<u16>,
+    ) -> (io::Result<usize>, Vec<B>)
+    where
+        B: AsRef<[u8]> + 'static,
+    {
+        if slices.len() > MAX_SLICES {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a vectored send takes at most {MAX_SLICES} slices, got {}: send in several calls",
+                    slices.len()
+                ),
+            );
+            return (Err(e), parts);
+        }
+        let mut iov = Vec::with_capacity(slices.len());
+        for (part, range) in slices {
+            let Some(bytes) = parts.get(*part).map(AsRef::as_ref) else {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "slice names part {part}, but only {} parts were given",
+                        parts.len()
+                    ),
+                );
+                return (Err(e), parts);
+            };
+            let Some(piece) = bytes.get(range.clone()) else {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "slice {range:?} is outside part {part} of {} bytes",
+                        bytes.len()
+                    ),
+                );
+                return (Err(e), parts);
+            };
+            iov.push(libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            });
+        }
         let mut msg = Box::new(SendMem {
-            // SAFETY: an all-zero msghdr/sockaddr_storage/iovec are valid values.
+            // SAFETY: an all-zero msghdr/sockaddr_storage are valid values.
             msghdr: unsafe { zeroed() },
             // SAFETY: as above.
             addr: unsafe { zeroed() },
-            iov: libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
+            iov,
             cmsg: [0u64; CMSG_ROOM / 8],
-            payload,
+            parts,
         });
         let addr_len = write_sockaddr(&mut msg.addr, to);
-        msg.iov = libc::iovec {
-            iov_base: msg.payload.as_ptr() as *mut libc::c_void,
-            iov_len: msg.payload.len(),
-        };
         let m = &mut *msg;
         m.msghdr.msg_name = (&mut m.addr as *mut libc::sockaddr_storage).cast();
         m.msghdr.msg_namelen = addr_len;
-        m.msghdr.msg_iov = &mut m.iov;
-        m.msghdr.msg_iovlen = 1;
+        m.msghdr.msg_iov = m.iov.as_mut_ptr();
+        m.msghdr.msg_iovlen = m.iov.len() as _;
         if let Some(seg) = segment_size {
             // SAFETY: `cmsg` has room for a cmsghdr plus one u16 (CMSG_SPACE(2) <=
             // CMSG_ROOM) and is 8-byte aligned as cmsghdr requires.
@@ -339,17 +407,23 @@ impl UdpRing {
             }
         }
         let entry = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &m.msghdr).build();
-        // SAFETY: every pointer in the entry (msghdr, its name, iovec, control and the
-        // payload's heap buffer) points into `msg`, a Box the op owns until done.
+        // SAFETY: every pointer in the entry points into `msg`, a Box the op owns until
+        // done: the msghdr, its name and control fields, the iovec array (a Vec's heap
+        // buffer) and the bytes of `parts`. Those bytes are what `AsRef` returned for
+        // parts stored in the `parts` Vec, whose buffer never moves or reallocates,
+        // and nothing else can reach the parts while the op owns them.
         match unsafe { Op::new(entry, msg) } {
             Ok(op) => {
                 let (r, msg) = op.await;
-                (r.map(|n| n as usize), msg.payload)
+                (r.map(|n| n as usize), msg.parts)
             }
-            Err((e, msg)) => (Err(e), msg.payload),
+            Err((e, msg)) => (Err(e), msg.parts),
         }
     }
 }
+
+/// The most slices one [`UdpRing::send_vectored`] takes (the kernel's `UIO_MAXIOV`).
+pub const MAX_SLICES: usize = 1024;
 
 impl Drop for UdpRing {
     fn drop(&mut self) {
@@ -368,12 +442,12 @@ impl Drop for UdpRing {
 }
 
 /// What a send points into; owned by the operation until it completes.
-struct SendMem {
+struct SendMem<B> {
     msghdr: libc::msghdr,
     addr: libc::sockaddr_storage,
-    iov: libc::iovec,
+    iov: Vec<libc::iovec>,
     cmsg: [u64; CMSG_ROOM / 8],
-    payload: Vec<u8>,
+    parts: Vec<B>,
 }
 
 fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
