@@ -100,6 +100,46 @@ fn a_sink_whose_writes_fail_acknowledges_nothing() {
 }
 
 #[test]
+fn a_tagged_sink_returns_each_records_tag_with_its_durability_notice() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    for pipelined in [false, true] {
+        let path = scratch(if pipelined {
+            "tagged-pipelined"
+        } else {
+            "tagged"
+        });
+        let sink: FileSink<(u32, Vec<u8>)> = FileSink::create(&path).unwrap();
+        let sink = if pipelined { sink.pipelined() } else { sink };
+        let records: Vec<(u32, Vec<u8>)> = (0..2_000u32)
+            .map(|i| (i * 7, vec![(i % 251) as u8; 1 + (i % 13) as usize]))
+            .collect();
+        let b = PipelineBuilder::new();
+        let acks = b
+            .source("records", IterSource(records.clone().into_iter()))
+            .then_async("log", sink)
+            .output("acks");
+        let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+        let rx = running.output(&acks).unwrap();
+        let reader = std::thread::spawn(move || rx.collect());
+        assert!(running.join().unwrap().completed);
+        let acks = reader.join().unwrap();
+        assert_eq!(acks.len(), records.len(), "pipelined: {pipelined}");
+        let on_disk = std::fs::read(&path).unwrap();
+        for (ack, (tag, bytes)) in acks.iter().zip(&records) {
+            assert_eq!(
+                ack.tag, *tag,
+                "tags come back in order (pipelined: {pipelined})"
+            );
+            let at = ack.offset as usize;
+            assert_eq!(&on_disk[at..at + ack.len], &bytes[..]);
+        }
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
+
+#[test]
 fn appending_continues_after_the_existing_end() {
     if !pipewright_testkit::io_uring() {
         return;

@@ -41,5 +41,5 @@ pub use file::{Chunk, ChunkBytes, FileReader, ReadRange};
 pub use in_flight::{
     start_read, start_read_pooled, start_write_pooled, write_then_sync, InFlight, WriteThenSync,
 };
-pub use sink::{Durable, FileSink, SinkStats};
+pub use sink::{Durable, FileSink, SinkRecord, SinkStats};
 pub use udp::{Received, UdpConfig, UdpCounters, UdpRing, MAX_SLICES};

@@ -12,13 +12,54 @@ use pipewright_stages::{AsyncStage, Burst, Failures, Outbox};
 use super::in_flight::{write_then_sync, InFlight, WriteThenSync};
 use super::{fdatasync, write_at};
 
-/// A record made durable by [`FileSink`]: where it is in the file.
+/// A record made durable by [`FileSink`]: where it is in the file, and the tag it
+/// was appended with (`()` for plain byte records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Durable {
+pub struct Durable<T = ()> {
     /// Offset of the record's first byte.
     pub offset: u64,
     /// Its length.
     pub len: usize,
+    /// What the caller attached to the record (see [`SinkRecord`]).
+    pub tag: T,
+}
+
+/// A record a [`FileSink`] appends: its bytes, and a tag that comes back with its
+/// [`Durable`] notice, so a stage can tell which of its records became durable
+/// without keeping a parallel queue. `Vec<u8>` is a record without a tag; a pair
+/// `(tag, bytes)` carries `tag`.
+///
+/// ```
+/// use pipewright::uring::SinkRecord;
+/// let record = (42u64, b"hello".to_vec());
+/// assert_eq!(record.bytes(), b"hello");
+/// assert_eq!(record.into_tag(), 42);
+/// ```
+pub trait SinkRecord: Send + 'static {
+    /// What comes back with the record's durability notice.
+    type Tag: Send + 'static;
+    /// The bytes to append.
+    fn bytes(&self) -> &[u8];
+    /// The tag, once the bytes are copied into the batch.
+    fn into_tag(self) -> Self::Tag;
+}
+
+impl SinkRecord for Vec<u8> {
+    type Tag = ();
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn into_tag(self) {}
+}
+
+impl<T: Send + 'static, B: AsRef<[u8]> + Send + 'static> SinkRecord for (T, B) {
+    type Tag = T;
+    fn bytes(&self) -> &[u8] {
+        self.1.as_ref()
+    }
+    fn into_tag(self) -> T {
+        self.0
+    }
 }
 
 /// What a [`FileSink`] has done, readable while it runs.
@@ -55,7 +96,7 @@ impl SinkStats {
 }
 
 /// Appends records to a file with group commit, and emits each record as [`Durable`]
-/// only after an `fdatasync` covering it returned. A record whose write or sync failed
+/// (with its tag, see [`SinkRecord`]) only after an `fdatasync` covering it returned. A record whose write or sync failed
 /// is failed (not acknowledged), never silently dropped.
 ///
 /// Two ways to batch:
@@ -79,44 +120,44 @@ impl SinkStats {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct FileSink {
+pub struct FileSink<R: SinkRecord = Vec<u8>> {
     file: File,
     /// Where the next batch is written: the end of what is durable.
     end: u64,
     stats: Arc<SinkStats>,
     /// `Some` in pipelined mode.
-    pipeline: Option<Pipelined>,
+    pipeline: Option<Pipelined<R::Tag>>,
     buf: Vec<u8>,
-    pending: Vec<Durable>,
+    pending: Vec<Durable<R::Tag>>,
 }
 
 /// The pipelined mode's state.
 #[derive(Debug)]
-struct Pipelined {
+struct Pipelined<T> {
     /// Records gathered, not yet submitted.
     gathered: Vec<u8>,
-    gathered_lens: Vec<usize>,
+    gathered_lens: Vec<(usize, T)>,
     /// The batch being written and synced.
-    flight: Option<Flight>,
+    flight: Option<Flight<T>>,
     /// Past this many gathered bytes a burst waits for the flight (memory bound).
     max_gathered: usize,
 }
 
 /// A batch in flight: its write, linked sync, and records.
 #[derive(Debug)]
-struct Flight {
+struct Flight<T> {
     /// Where `buf[0]` goes in the file.
     base: u64,
     /// Bytes of the batch already written by earlier (short) writes.
     written: usize,
     len: usize,
-    lens: Vec<usize>,
+    lens: Vec<(usize, T)>,
     write: Option<InFlight<Vec<u8>>>,
     write_result: Option<(io::Result<u32>, Vec<u8>)>,
     sync: InFlight<()>,
 }
 
-impl FileSink {
+impl<R: SinkRecord> FileSink<R> {
     /// Creates (or truncates) `path`.
     pub fn create(path: impl AsRef<Path>) -> io::Result<Self> {
         let file = OpenOptions::new()
@@ -169,19 +210,23 @@ impl FileSink {
     /// One burst: one write and one sync, awaited.
     async fn write_burst(
         &mut self,
-        burst: &mut Burst<'_, Vec<u8>>,
-        out: &mut Outbox<'_, Durable>,
+        burst: &mut Burst<'_, R>,
+        out: &mut Outbox<'_, Durable<R::Tag>>,
         failures: &mut Failures<'_, io::Error>,
     ) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         self.pending.clear();
         while let Some(record) = burst.pop() {
+            let bytes = record.bytes();
+            let offset = self.end + buf.len() as u64;
+            let len = bytes.len();
+            buf.extend_from_slice(bytes);
             self.pending.push(Durable {
-                offset: self.end + buf.len() as u64,
-                len: record.len(),
+                offset,
+                len,
+                tag: record.into_tag(),
             });
-            buf.extend_from_slice(&record);
         }
         let fd = self.file.as_raw_fd();
         let mut written = 0;
@@ -253,7 +298,7 @@ impl FileSink {
     /// Pipelined: waits for the flight (cancel-safe), settles it, launches the next.
     async fn settle(
         &mut self,
-        out: &mut Outbox<'_, Durable>,
+        out: &mut Outbox<'_, Durable<R::Tag>>,
         failures: &mut Failures<'_, io::Error>,
     ) {
         let fd = self.file.as_raw_fd();
@@ -302,12 +347,12 @@ impl FileSink {
         match failed {
             None => {
                 let mut offset = flight.base;
-                for len in &flight.lens {
-                    out.push(Durable { offset, len: *len });
-                    offset += *len as u64;
+                self.stats.synced(flight.lens.len());
+                for (len, tag) in flight.lens {
+                    out.push(Durable { offset, len, tag });
+                    offset += len as u64;
                 }
                 self.end = flight.base + flight.len as u64;
-                self.stats.synced(flight.lens.len());
             }
             Some(e) => {
                 // Nothing of the batch is known durable; the next batch is written at
@@ -331,23 +376,24 @@ fn copy_error(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-impl AsyncStage for FileSink {
-    type In = Vec<u8>;
-    type Out = Durable;
+impl<R: SinkRecord> AsyncStage for FileSink<R> {
+    type In = R;
+    type Out = Durable<R::Tag>;
     type Error = io::Error;
 
     async fn process_burst(
         &mut self,
-        burst: &mut Burst<'_, Vec<u8>>,
-        out: &mut Outbox<'_, Durable>,
+        burst: &mut Burst<'_, R>,
+        out: &mut Outbox<'_, Durable<R::Tag>>,
         failures: &mut Failures<'_, io::Error>,
     ) {
         let Some(p) = &mut self.pipeline else {
             return self.write_burst(burst, out, failures).await;
         };
         while let Some(record) = burst.pop() {
-            p.gathered.extend_from_slice(&record);
-            p.gathered_lens.push(record.len());
+            let bytes = record.bytes();
+            p.gathered.extend_from_slice(bytes);
+            p.gathered_lens.push((bytes.len(), record.into_tag()));
         }
         let full = p.gathered.len() >= p.max_gathered;
         let done = p.flight.as_ref().is_none_or(|f| {
@@ -366,7 +412,7 @@ impl AsyncStage for FileSink {
 
     async fn progress(
         &mut self,
-        out: &mut Outbox<'_, Durable>,
+        out: &mut Outbox<'_, Durable<R::Tag>>,
         failures: &mut Failures<'_, io::Error>,
     ) {
         self.settle(out, failures).await;
