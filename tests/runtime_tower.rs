@@ -55,6 +55,89 @@ fn pipeline_serves_concurrent_tower_calls_each_with_its_own_answer() {
 }
 
 #[test]
+fn queued_answers_arrive_once_per_request_with_the_callers_ids() {
+    let b = PipelineBuilder::new();
+    let (input, requests) = b.input::<Tagged<u64, String>>("requests");
+    requests
+        .then_tagged("square", stage::map(|x: u64| x * x))
+        .then_tagged(
+            "reject-49",
+            stage::try_map(|x: u64| if x == 49 { Err("no 49s") } else { Ok(x) }),
+        )
+        .then_tagged("render", stage::map(|x: u64| format!("<{x}>")))
+        .respond("reply");
+    // A small input ring, so that many sends wait for room.
+    let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(8)).unwrap();
+    let mut service = PipelineService::new(running.input(&input).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const N: u64 = 20_000;
+    let mut got = rt.block_on(async {
+        let mut answers = pipewright::Answers::new();
+        let mut got = Vec::new();
+        for i in 0..N {
+            // Ids are the caller's: here the request's value shifted, to show they
+            // are not positions.
+            service.send_queued(&answers, i + 1_000, i).await.unwrap();
+            while let Some(answer) = answers.try_recv() {
+                got.push(answer);
+            }
+        }
+        while got.len() < N as usize {
+            answers.recv_many(&mut got, 256).await;
+        }
+        assert_eq!(answers.try_recv(), None, "no answer twice");
+        got
+    });
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got.len(), N as usize);
+    for (k, (id, result)) in got.into_iter().enumerate() {
+        let i = k as u64;
+        assert_eq!(id, i + 1_000);
+        if i == 7 {
+            assert!(
+                matches!(result, Err(RequestError::Stage { ref stage, .. }) if stage == "reject-49"),
+                "{result:?}"
+            );
+        } else {
+            assert_eq!(result.unwrap(), format!("<{}>", i * i));
+        }
+    }
+    drop(service);
+    running.drain().unwrap();
+}
+
+#[test]
+fn a_queued_request_to_a_closed_pipeline_is_refused_and_never_answered() {
+    let b = PipelineBuilder::new();
+    let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
+    requests
+        .then_tagged("double", stage::map(|x: u64| 2 * x))
+        .respond("reply");
+    let running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let mut service = PipelineService::new(running.input(&input).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut answers = pipewright::Answers::new();
+    rt.block_on(service.send_queued(&answers, 1, 21)).unwrap();
+    assert_eq!(rt.block_on(answers.recv()), (1, Ok(42)));
+    running.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        rt.block_on(service.send_queued(&answers, 2, 5)),
+        Err(RequestError::Closed)
+    );
+    assert_eq!(
+        answers.try_recv(),
+        None,
+        "a refused request is not also answered"
+    );
+}
+
+#[test]
 fn a_tower_service_runs_as_an_async_stage() {
     let counter = tower::service_fn(|x: u64| async move {
         tokio::time::sleep(Duration::from_micros(10)).await;

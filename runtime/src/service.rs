@@ -4,10 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use pipewright_stages::{RequestError, Tagged};
+use pipewright_stages::{Answers, RequestError, Tagged};
 use tower_service::Service;
 
-use crate::handles::{Input, TrySendError};
+use crate::handles::{Input, SendError, TrySendError};
 
 /// Calls a running pipeline as a `tower::Service<Req, Response = Resp>`.
 ///
@@ -99,6 +99,72 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
             Err(TrySendError::Closed(tagged)) => Err(TryCallError::Closed(untag(tagged))),
         }
     }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
+    /// Sends `request` with its answer going to `answers` as `(id, result)`, instead of
+    /// to a future of its own: for a caller with many requests in flight, which then
+    /// waits on one queue and is woken once per burst of answers (see [`Answers`]).
+    /// Waits while the pipeline's input is full; a closed pipeline is
+    /// [`RequestError::Closed`] (and nothing is queued for `id`).
+    ///
+    /// ```
+    /// use pipewright::{stage, Answers, PipelineBuilder, PipelineService, Plan, Runtime, Tagged};
+    ///
+    /// let b = PipelineBuilder::new();
+    /// let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
+    /// requests.then_tagged("double", stage::map(|x: u64| 2 * x)).respond("reply");
+    /// let running = Runtime::start(b.build()?, Plan::fused())?;
+    /// let mut service = PipelineService::new(running.input(&input).unwrap());
+    /// let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// let mut answers = Answers::new();
+    /// let mut got = rt.block_on(async {
+    ///     for id in 0..100 {
+    ///         service.send_queued(&answers, id, id).await?;
+    ///     }
+    ///     let mut got = Vec::new();
+    ///     while got.len() < 100 {
+    ///         answers.recv_many(&mut got, 100).await;
+    ///     }
+    ///     Ok::<_, pipewright::RequestError>(got)
+    /// })?;
+    /// got.sort_by_key(|(id, _)| *id);
+    /// assert!(got.iter().all(|(id, answer)| *answer == Ok(2 * id)));
+    /// drop(service);
+    /// running.drain()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn send_queued(
+        &mut self,
+        answers: &Answers<Resp>,
+        id: u64,
+        request: Req,
+    ) -> Result<(), RequestError> {
+        let tagged = answers.tag(id, request);
+        match self.input.try_send(tagged) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(tagged)) => {
+                forget_unanswered(tagged);
+                Err(RequestError::Closed)
+            }
+            Err(TrySendError::Full(tagged)) => {
+                self.input
+                    .send_async(tagged)
+                    .await
+                    .map_err(|SendError::Closed(tagged)| {
+                        forget_unanswered(tagged);
+                        RequestError::Closed
+                    })
+            }
+        }
+    }
+}
+
+/// A queued request that never entered the pipeline: its caller learns that from the
+/// error, so its ticket must not also answer `Dropped` into the queue.
+fn forget_unanswered<Req, Resp>(tagged: Tagged<Req, Resp>) {
+    let (ticket, _request) = tagged.into_parts();
+    ticket.forget();
 }
 
 /// The request of a tagged item that never entered the pipeline.

@@ -5,14 +5,24 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{Outbox, RequestError, Stage};
 
 /// The completion of one request: answering it consumes it; dropping it unanswered
-/// tells the caller [`RequestError::Dropped`].
+/// tells the caller [`RequestError::Dropped`]. The answer goes to the request's own
+/// [`Reply`] (from [`Tagged::new`]) or, for a request tagged by [`Answers::tag`], into
+/// its caller's shared answer queue.
 pub struct Ticket<R> {
-    reply: oneshot::Sender<Result<R, RequestError>>,
+    to: Option<AnswerTo<R>>,
+}
+
+enum AnswerTo<R> {
+    Reply(oneshot::Sender<Result<R, RequestError>>),
+    Queue {
+        id: u64,
+        queue: mpsc::UnboundedSender<(u64, Result<R, RequestError>)>,
+    },
 }
 
 impl<R> fmt::Debug for Ticket<R> {
@@ -23,8 +33,115 @@ impl<R> fmt::Debug for Ticket<R> {
 
 impl<R> Ticket<R> {
     /// Answers the request. Returns false when the caller has gone away.
-    pub fn answer(self, result: Result<R, RequestError>) -> bool {
-        self.reply.send(result).is_ok()
+    pub fn answer(mut self, result: Result<R, RequestError>) -> bool {
+        match self.to.take() {
+            Some(AnswerTo::Reply(reply)) => reply.send(result).is_ok(),
+            Some(AnswerTo::Queue { id, queue }) => queue.send((id, result)).is_ok(),
+            None => false,
+        }
+    }
+}
+
+impl<R> Ticket<R> {
+    /// Drops the ticket without answering: for a request that never entered a
+    /// pipeline, whose caller was already told so.
+    pub fn forget(mut self) {
+        self.to = None;
+    }
+}
+
+impl<R> Drop for Ticket<R> {
+    fn drop(&mut self) {
+        // A dropped oneshot sender already tells its receiver; a queue must be told.
+        if let Some(AnswerTo::Queue { id, queue }) = self.to.take() {
+            let _gone = queue.send((id, Err(RequestError::Dropped)));
+        }
+    }
+}
+
+/// One answer from an [`Answers`] queue: the id the request was tagged with, and its
+/// result.
+pub type Answer<R> = (u64, Result<R, RequestError>);
+
+/// A caller's answer queue: requests tagged with [`Answers::tag`] are answered into it,
+/// each with the id the caller chose. A caller with many requests in flight (a
+/// connection handler, a load generator) waits on one queue instead of one future per
+/// request: a burst of answers wakes it once (the queue wakes its receiver on the first
+/// answer after it last looked, not on every answer), and it drains the whole burst
+/// with [`recv_many`](Answers::recv_many).
+///
+/// ```
+/// use pipewright_stages::{Answers, RequestError};
+///
+/// let mut answers = Answers::<u64>::new();
+/// let one = answers.tag(1, "one");
+/// let two = answers.tag(2, "two");
+/// // A pipeline answers (here by hand) in any order; a dropped ticket says so.
+/// let (ticket, _value) = two.into_parts();
+/// ticket.answer(Ok(22));
+/// drop(one);
+/// assert_eq!(answers.try_recv(), Some((2, Ok(22))));
+/// assert_eq!(answers.try_recv(), Some((1, Err(RequestError::Dropped))));
+/// assert_eq!(answers.try_recv(), None);
+/// ```
+pub struct Answers<R> {
+    tx: mpsc::UnboundedSender<Answer<R>>,
+    rx: mpsc::UnboundedReceiver<Answer<R>>,
+}
+
+impl<R> fmt::Debug for Answers<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Answers")
+            .field("queued", &self.rx.len())
+            .finish()
+    }
+}
+
+impl<R> Default for Answers<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R> Answers<R> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self { tx, rx }
+    }
+
+    /// A request carrying `value` whose answer arrives on this queue as `(id, result)`.
+    /// Ids are the caller's: the queue does not check them.
+    pub fn tag<T>(&self, id: u64, value: T) -> Tagged<T, R> {
+        Tagged {
+            ticket: Ticket {
+                to: Some(AnswerTo::Queue {
+                    id,
+                    queue: self.tx.clone(),
+                }),
+            },
+            value: Ok(value),
+        }
+    }
+
+    /// Waits for the next answer. The queue never closes (it holds a sender itself):
+    /// await it only while requests are outstanding.
+    pub async fn recv(&mut self) -> Answer<R> {
+        self.rx
+            .recv()
+            .await
+            .expect("the queue holds its own sender")
+    }
+
+    /// Waits for at least one answer, then moves up to `limit` of those waiting into
+    /// `buf`; returns how many.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Answer<R>>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit.max(1)).await
+    }
+
+    /// The next answer if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Answer<R>> {
+        self.rx.try_recv().ok()
     }
 }
 
@@ -52,7 +169,9 @@ impl<T, R> Tagged<T, R> {
         let (reply, rx) = oneshot::channel();
         (
             Self {
-                ticket: Ticket { reply },
+                ticket: Ticket {
+                    to: Some(AnswerTo::Reply(reply)),
+                },
                 value: Ok(value),
             },
             rx,
