@@ -284,10 +284,21 @@ fn a_read_error_is_a_typed_failure_not_a_panic() {
 
 /// Reads `content` back through a pooled reader under `plan`, the consumer dropping
 /// each chunk (returning its buffer) as it goes; returns the bytes and the number of
-/// fixed-buffer slots the reader's ring had registered.
+/// fixed-buffer slots the reader's ring had registered. The file's pages are dropped
+/// from the page cache first, so the reads go through the ring (ranges the page cache
+/// holds are copied at submission instead).
 fn read_pooled_file(name: &str, content: &[u8], pool: BufferPool, plan: Plan) -> (Vec<u8>, u32) {
     let path = scratch(name);
     std::fs::write(&path, content).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
     let b = PipelineBuilder::new();
     let chunk_size = pool.buffer_size();
     let chunks = b

@@ -246,6 +246,36 @@ pub fn start_read_pooled(
     unsafe { start(entry, buf) }
 }
 
+/// Reads `len` bytes at `offset` of `fd` into `buf` at once, but only if every one of
+/// them is in the page cache (`preadv2` with `RWF_NOWAIT`: never waits for storage).
+/// Returns false, with `buf`'s contents unspecified, when any byte would need storage
+/// (or the file ends first): read the range through the ring then.
+///
+/// Why: a read the page cache can serve is a plain memory copy, and doing it in the
+/// syscall is about 1.5x faster here than the same copy done by io_uring into a
+/// (registered) buffer, and needs no completion round trip.
+pub(crate) fn read_if_cached(
+    fd: std::os::fd::RawFd,
+    buf: &mut PooledBuf,
+    len: usize,
+    offset: u64,
+) -> bool {
+    let len = len.min(buf.capacity());
+    buf.set_len(len);
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    // SAFETY: `iov` describes the first `len` bytes of `buf`'s own part of its pool's
+    // region (`len` <= capacity), which we hold exclusively through `&mut buf` for the
+    // duration of this synchronous call.
+    let n = unsafe { libc::preadv2(fd, &iov, 1, offset, libc::RWF_NOWAIT) };
+    n >= 0 && n as usize == len
+}
+
 /// Starts writing the pooled buffer's bytes (its length) at `offset` of `fd`, as a
 /// fixed-buffer write when the worker's ring has the pool registered.
 pub fn start_write_pooled(
