@@ -12,7 +12,11 @@
 //! # xdp_mode = "native"       #   second and lower latency than the kernel's UDP path
 //!
 //! busy_poll_us = 200          # poll this long after a packet before parking (0: off)
-//! run_to_completion = false   # every stage on one worker (sparse, latency-bound)
+//! workers = "auto"            # "one": run to completion, every stage on one worker
+//!                             #   (latency-bound traffic, machines with <= 2 CPUs);
+//!                             # "two": VF side and underlay side on a worker each
+//!                             #   (both directions loaded, cores to spare);
+//!                             # "auto" (default): "one" on <= 2 CPUs, else "two"
 //!
 //! [[port]]
 //! vf = 0
@@ -36,6 +40,7 @@ use serde::Deserialize;
 
 use super::{
     AfXdpUnderlay, DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig, UnderlayKind,
+    Workers,
 };
 use crate::port::XdpMode;
 use crate::port::{AfXdpPort, PortError, TapPort, VfPort};
@@ -144,8 +149,10 @@ struct ConfigFile {
     rules_file: Option<PathBuf>,
     burst: Option<usize>,
     busy_poll_us: Option<u64>,
+    /// Deprecated spelling of `workers = "one"` / `"two"`.
+    run_to_completion: Option<bool>,
     #[serde(default)]
-    run_to_completion: bool,
+    workers: Workers,
 }
 
 /// A parsed data plane config.
@@ -207,6 +214,16 @@ impl DataPlaneConfig {
                 "no VF ports: add a [[port]] with vf, kind and ifname".into(),
             ));
         }
+        match (file.run_to_completion, file.workers) {
+            (Some(_), Workers::One | Workers::Two) => {
+                return Err(DataPlaneConfigError::Rules(
+                    "both run_to_completion and workers are given; keep workers".into(),
+                ))
+            }
+            (Some(true), _) => file.workers = Workers::One,
+            (Some(false), _) => file.workers = Workers::Two,
+            (None, _) => {}
+        }
         // Tables are built now so that a bad rule is reported before any port opens.
         rules.egress_table()?;
         rules.ingress_table()?;
@@ -242,7 +259,7 @@ impl DataPlaneConfig {
             });
         }
         let mut builder = DataPlane::builder()
-            .run_to_completion(self.file.run_to_completion)
+            .workers(self.file.workers)
             .underlay(underlay)
             .egress(Versioned::new(self.rules.egress_table()?))
             .ingress(Versioned::new(self.rules.ingress_table()?));
@@ -355,7 +372,19 @@ vf = 0
         ))
         .unwrap();
         assert_eq!(c.file.busy_poll_us, Some(0));
-        assert!(c.file.run_to_completion);
+        assert_eq!(c.file.workers, Workers::One);
+        let parse_workers = |line: &str| {
+            DataPlaneConfig::parse(&format!("{line}\n{}", config(""))).map(|c| c.file.workers)
+        };
+        assert_eq!(parse_workers("").unwrap(), Workers::Auto);
+        assert_eq!(parse_workers("workers = \"two\"").unwrap(), Workers::Two);
+        assert_eq!(
+            parse_workers("run_to_completion = false").unwrap(),
+            Workers::Two
+        );
+        assert!(parse_workers("workers = \"three\"").is_err());
+        let e = parse_workers("workers = \"one\"\nrun_to_completion = true").unwrap_err();
+        assert!(e.to_string().contains("keep workers"), "{e}");
     }
 
     #[test]

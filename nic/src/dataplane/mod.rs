@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Every stage is an ordinary pipewright stage; the [`Plan`] places them on workers
-//! (by default the VF side and the underlay side each get one).
+//! (by default, see [`Workers`]: all on one busy-polling worker on machines with up to
+//! two CPUs, else the VF side and the underlay side on one each).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -147,7 +148,52 @@ pub struct DataPlaneBuilder {
     plan: Option<Plan>,
     burst: Option<usize>,
     busy_poll: Option<Duration>,
-    run_to_completion: bool,
+    workers: Workers,
+}
+
+/// How many workers the data plane's default plan uses (when no
+/// [`plan`](DataPlaneBuilder::plan) is given).
+///
+/// - [`Workers::One`], run to completion: every stage on one worker, which also
+///   busy-polls for the data plane's busy-poll window (`Plan::busy_poll`) after its
+///   last progress. A request and its reply stay on one thread, so a round trip needs
+///   at most one thread wake-up (none within the window), and no frame crosses a
+///   ring between threads. Choose it for latency-bound traffic, and whenever the
+///   machine has few cores: two data-plane threads next to the guests' own threads
+///   and the kernel's softirq work oversubscribe two CPUs, and a frame handed to the
+///   other worker then waits for a CPU.
+/// - [`Workers::Two`]: the VF side (VF receive, egress, underlay transmit) on one
+///   worker and the underlay side (underlay receive, ingress, VF transmit) on another,
+///   each direction's hot path on its own core: more packets per second when both
+///   directions are loaded and cores are free.
+/// - [`Workers::Auto`] (the default) picks with [`Workers::resolve`]: one worker when
+///   the process may run on at most [`Workers::RUN_TO_COMPLETION_MAX_CPUS`] CPUs,
+///   else two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workers {
+    /// One worker on small machines, two on larger ones (see [`Workers::resolve`]).
+    #[default]
+    Auto,
+    /// Run to completion: every stage on one busy-polling worker.
+    One,
+    /// The VF side and the underlay side on a worker each.
+    Two,
+}
+
+impl Workers {
+    /// Up to this many CPUs available, [`Workers::Auto`] runs to completion.
+    pub const RUN_TO_COMPLETION_MAX_CPUS: usize = 2;
+
+    /// The choice for a process that may run on `cpus` CPUs: [`Workers::One`] or
+    /// [`Workers::Two`] (never `Auto`).
+    pub fn resolve(self, cpus: usize) -> Workers {
+        match self {
+            Workers::Auto if cpus <= Self::RUN_TO_COMPLETION_MAX_CPUS => Workers::One,
+            Workers::Auto => Workers::Two,
+            chosen => chosen,
+        }
+    }
 }
 
 /// Entry point: see [`DataPlane::builder`].
@@ -199,7 +245,7 @@ impl DataPlaneBuilder {
         self
     }
 
-    /// Where the stages run (default: VF side on one worker, underlay side on another).
+    /// Where the stages run (default: the plan [`workers`](Self::workers) chooses).
     pub fn plan(mut self, plan: Plan) -> Self {
         self.plan = Some(plan);
         self
@@ -215,12 +261,18 @@ impl DataPlaneBuilder {
         self
     }
 
-    /// Runs every stage on one worker (VF side and underlay side together), unless a
-    /// [`plan`](Self::plan) is given: for sparse, latency-bound traffic a packet's
-    /// whole path then stays on one thread; under load the default two workers
-    /// carry more.
-    pub fn run_to_completion(mut self, on: bool) -> Self {
-        self.run_to_completion = on;
+    /// Runs every stage on one busy-polling worker (true) or on two (false), unless a
+    /// [`plan`](Self::plan) is given; shorthand for [`workers`](Self::workers) with
+    /// [`Workers::One`] or [`Workers::Two`].
+    pub fn run_to_completion(self, on: bool) -> Self {
+        self.workers(if on { Workers::One } else { Workers::Two })
+    }
+
+    /// How many workers the default plan uses (default [`Workers::Auto`]; see
+    /// [`Workers`] for when to choose which). Ignored when a [`plan`](Self::plan) is
+    /// given.
+    pub fn workers(mut self, workers: Workers) -> Self {
+        self.workers = workers;
         self
     }
 
@@ -251,7 +303,8 @@ impl DataPlaneBuilder {
         };
         let stats = NicStats::new();
         let stop = Stop::default();
-        let activity = activity::Activity::new(self.busy_poll.unwrap_or(DEFAULT_BUSY_POLL));
+        let window = self.busy_poll.unwrap_or(DEFAULT_BUSY_POLL);
+        let activity = activity::Activity::new(window);
         // Room for a 64 KiB TSO segment plus outer headers is not needed per frame:
         // segmentation produces MTU-size frames; receive frames carry one datagram.
         let pool = Arc::new(FramePool::new(DEFAULT_HEADROOM, 9216, 8192));
@@ -369,10 +422,12 @@ impl DataPlaneBuilder {
             .map_err(|e| DataPlaneError::Start(e.to_string()))?;
         let plan = match self.plan {
             Some(plan) => plan,
-            None if self.run_to_completion => {
-                Plan::explicit().worker(pipeline.stage_names(), CpuPin::Auto)
-            }
-            None => default_plan(&pipeline.stage_names()),
+            None => match self.workers.resolve(pipewright_runtime::available_cpus()) {
+                Workers::One => Plan::explicit()
+                    .worker(pipeline.stage_names(), CpuPin::Auto)
+                    .busy_poll(window),
+                _ => default_plan(&pipeline.stage_names()),
+            },
         };
         let running =
             Runtime::start(pipeline, plan).map_err(|e| DataPlaneError::Start(e.to_string()))?;
@@ -384,6 +439,26 @@ impl DataPlaneBuilder {
             stats,
             ports,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Workers;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn auto_runs_to_completion_exactly_on_small_machines(cpus in 0usize..512) {
+            let small = cpus <= Workers::RUN_TO_COMPLETION_MAX_CPUS;
+            prop_assert_eq!(
+                Workers::Auto.resolve(cpus),
+                if small { Workers::One } else { Workers::Two }
+            );
+            // An explicit choice is kept whatever the machine.
+            prop_assert_eq!(Workers::One.resolve(cpus), Workers::One);
+            prop_assert_eq!(Workers::Two.resolve(cpus), Workers::Two);
+        }
     }
 }
 
