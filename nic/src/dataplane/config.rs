@@ -12,11 +12,10 @@
 //! # xdp_mode = "native"       #   second and lower latency than the kernel's UDP path
 //!
 //! busy_poll_us = 200          # poll this long after a packet before parking (0: off)
-//! workers = "auto"            # "one": run to completion, every stage on one worker
-//!                             #   (latency-bound traffic, machines with <= 2 CPUs);
-//!                             # "two": VF side and underlay side on a worker each
-//!                             #   (both directions loaded, cores to spare);
-//!                             # "auto" (default): "one" on <= 2 CPUs, else "two"
+//! workers = "two"             # "two" (default): VF side and underlay side on a
+//!                             #   worker each (throughput, e.g. bulk TCP);
+//!                             # "one": run to completion, every stage on one
+//!                             #   busy-polling worker (latency-bound, low-rate)
 //!
 //! [[port]]
 //! vf = 0
@@ -151,8 +150,7 @@ struct ConfigFile {
     busy_poll_us: Option<u64>,
     /// Deprecated spelling of `workers = "one"` / `"two"`.
     run_to_completion: Option<bool>,
-    #[serde(default)]
-    workers: Workers,
+    workers: Option<Workers>,
 }
 
 /// A parsed data plane config.
@@ -215,14 +213,14 @@ impl DataPlaneConfig {
             ));
         }
         match (file.run_to_completion, file.workers) {
-            (Some(_), Workers::One | Workers::Two) => {
+            (Some(_), Some(_)) => {
                 return Err(DataPlaneConfigError::Rules(
                     "both run_to_completion and workers are given; keep workers".into(),
                 ))
             }
-            (Some(true), _) => file.workers = Workers::One,
-            (Some(false), _) => file.workers = Workers::Two,
-            (None, _) => {}
+            (Some(true), None) => file.workers = Some(Workers::One),
+            (Some(false), None) => file.workers = Some(Workers::Two),
+            _ => {}
         }
         // Tables are built now so that a bad rule is reported before any port opens.
         rules.egress_table()?;
@@ -259,7 +257,7 @@ impl DataPlaneConfig {
             });
         }
         let mut builder = DataPlane::builder()
-            .workers(self.file.workers)
+            .workers(self.file.workers.unwrap_or_default())
             .underlay(underlay)
             .egress(Versioned::new(self.rules.egress_table()?))
             .ingress(Versioned::new(self.rules.ingress_table()?));
@@ -372,12 +370,13 @@ vf = 0
         ))
         .unwrap();
         assert_eq!(c.file.busy_poll_us, Some(0));
-        assert_eq!(c.file.workers, Workers::One);
+        assert_eq!(c.file.workers, Some(Workers::One));
         let parse_workers = |line: &str| {
-            DataPlaneConfig::parse(&format!("{line}\n{}", config(""))).map(|c| c.file.workers)
+            DataPlaneConfig::parse(&format!("{line}\n{}", config("")))
+                .map(|c| c.file.workers.unwrap_or_default())
         };
-        assert_eq!(parse_workers("").unwrap(), Workers::Auto);
-        assert_eq!(parse_workers("workers = \"two\"").unwrap(), Workers::Two);
+        assert_eq!(parse_workers("").unwrap(), Workers::Two);
+        assert_eq!(parse_workers("workers = \"one\"").unwrap(), Workers::One);
         assert_eq!(
             parse_workers("run_to_completion = false").unwrap(),
             Workers::Two

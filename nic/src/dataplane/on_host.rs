@@ -68,7 +68,7 @@ pub struct OnHostOptions {
     pub afxdp_underlay: bool,
     /// The busy-poll window ([`super::DEFAULT_BUSY_POLL`] unless set).
     pub busy_poll: Option<std::time::Duration>,
-    /// How many workers (see [`super::Workers`]; default [`super::Workers::Auto`]).
+    /// How many workers (see [`super::Workers`]; default [`super::Workers::Two`]).
     pub workers: super::Workers,
 }
 
@@ -80,7 +80,7 @@ impl Default for OnHostOptions {
             burst: super::DEFAULT_BURST,
             afxdp_underlay: false,
             busy_poll: None,
-            workers: super::Workers::Auto,
+            workers: super::Workers::Two,
         }
     }
 }
