@@ -158,7 +158,7 @@ pub struct DataPlaneBuilder {
 ///   transmit) on one worker and the underlay side (underlay receive, ingress, VF
 ///   transmit) on another, each direction's hot path on its own thread. Choose it for
 ///   throughput: in `nic_e2e` quick runs on a loaded 2-CPU machine a TCP stream got
-///   0.29–1.16 Gbit/s through the TAP VF with two workers against 0.31–0.71 with one
+///   0.29–1.16 Gbit/s through the TAP VF with two workers against 0.31–0.73 with one
 ///   (data one way and ACKs the other way are both loaded, and two workers pipeline
 ///   them).
 /// - [`Workers::One`], run to completion: every stage on one worker, which also
@@ -166,8 +166,9 @@ pub struct DataPlaneBuilder {
 ///   last progress. A request and its reply stay on one thread: a round trip needs at
 ///   most one thread wake-up and no frame crosses a ring between threads. Choose it
 ///   for latency-bound, low-rate traffic (request/response, control protocols): in the
-///   same runs the AF_XDP VF's round-trip p50 was 77–113 µs with one worker against
-///   107–125 µs with two.
+///   same runs the AF_XDP VF's back-to-back round-trip p50 was 63–113 µs with one worker
+///   against 86–134 µs with two (sparse round trips, one every 2 ms, varied too much
+///   under that load to tell the two apart).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workers {
