@@ -7,7 +7,9 @@
 //! topology setup included). `PIPEWRIGHT_BENCH_CASE=<text>` runs only the cases whose
 //! name contains `<text>`; `PIPEWRIGHT_BENCH_ONLY=ours|peer` one side only (no RESULT
 //! line; for `perf record`). `PIPEWRIGHT_NIC_E2E_GEN_THREADS` sets the UDP generator's
-//! thread count (default 2).
+//! thread count (default 2). Experiments (not for CI): `PIPEWRIGHT_NIC_E2E_WORKERS=one|two`
+//! runs the data plane on one worker (run to completion) or two (the default),
+//! `PIPEWRIGHT_NIC_E2E_BUSY_POLL_US=<µs>` sets its busy-poll window.
 //!
 //! # Topologies (see `topo`)
 //!

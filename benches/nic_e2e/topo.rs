@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use pipewright_nic::dataplane::{start_on_host, OnHostOptions, RunningDataPlane};
+use pipewright_nic::dataplane::{start_on_host, OnHostOptions, RunningDataPlane, Workers};
 use pipewright_nic::host::{Host, Namespace, Netlink, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright_nic::wire::MacAddr;
 
@@ -111,10 +111,22 @@ impl Ours {
                 .stop_within(Duration::from_secs(2))
                 .context("stop the data plane")?;
         }
-        let options = OnHostOptions {
+        let mut options = OnHostOptions {
             afxdp_underlay: underlay == Underlay::AfXdp,
             ..OnHostOptions::default()
         };
+        // Experiments (not used by CI): force the plan's shape or the busy-poll window.
+        match std::env::var("PIPEWRIGHT_NIC_E2E_WORKERS").as_deref() {
+            Ok("one") => options.workers = Workers::One,
+            Ok("two") => options.workers = Workers::Two,
+            _ => {}
+        }
+        if let Some(us) = std::env::var("PIPEWRIGHT_NIC_E2E_BUSY_POLL_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            options.busy_poll = Some(Duration::from_micros(us));
+        }
         let (plane, _, _) = start_on_host(&self.host, &options)
             .with_context(|| format!("start the data plane on the {underlay:?} underlay"))?;
         self.plane = Some(plane);

@@ -12,7 +12,10 @@
 //! # xdp_mode = "native"       #   second and lower latency than the kernel's UDP path
 //!
 //! busy_poll_us = 200          # poll this long after a packet before parking (0: off)
-//! run_to_completion = false   # every stage on one worker (sparse, latency-bound)
+//! workers = "two"             # "two" (default): VF side and underlay side on a
+//!                             #   worker each (throughput, e.g. bulk TCP);
+//!                             # "one": run to completion, every stage on one
+//!                             #   busy-polling worker (latency-bound, low-rate)
 //!
 //! [[port]]
 //! vf = 0
@@ -36,6 +39,7 @@ use serde::Deserialize;
 
 use super::{
     AfXdpUnderlay, DataPlane, DataPlaneError, RunningDataPlane, UnderlayConfig, UnderlayKind,
+    Workers,
 };
 use crate::port::XdpMode;
 use crate::port::{AfXdpPort, PortError, TapPort, VfPort};
@@ -144,8 +148,9 @@ struct ConfigFile {
     rules_file: Option<PathBuf>,
     burst: Option<usize>,
     busy_poll_us: Option<u64>,
-    #[serde(default)]
-    run_to_completion: bool,
+    /// Deprecated spelling of `workers = "one"` / `"two"`.
+    run_to_completion: Option<bool>,
+    workers: Option<Workers>,
 }
 
 /// A parsed data plane config.
@@ -207,6 +212,16 @@ impl DataPlaneConfig {
                 "no VF ports: add a [[port]] with vf, kind and ifname".into(),
             ));
         }
+        match (file.run_to_completion, file.workers) {
+            (Some(_), Some(_)) => {
+                return Err(DataPlaneConfigError::Rules(
+                    "both run_to_completion and workers are given; keep workers".into(),
+                ))
+            }
+            (Some(true), None) => file.workers = Some(Workers::One),
+            (Some(false), None) => file.workers = Some(Workers::Two),
+            _ => {}
+        }
         // Tables are built now so that a bad rule is reported before any port opens.
         rules.egress_table()?;
         rules.ingress_table()?;
@@ -242,7 +257,7 @@ impl DataPlaneConfig {
             });
         }
         let mut builder = DataPlane::builder()
-            .run_to_completion(self.file.run_to_completion)
+            .workers(self.file.workers.unwrap_or_default())
             .underlay(underlay)
             .egress(Versioned::new(self.rules.egress_table()?))
             .ingress(Versioned::new(self.rules.ingress_table()?));
@@ -355,7 +370,20 @@ vf = 0
         ))
         .unwrap();
         assert_eq!(c.file.busy_poll_us, Some(0));
-        assert!(c.file.run_to_completion);
+        assert_eq!(c.file.workers, Some(Workers::One));
+        let parse_workers = |line: &str| {
+            DataPlaneConfig::parse(&format!("{line}\n{}", config("")))
+                .map(|c| c.file.workers.unwrap_or_default())
+        };
+        assert_eq!(parse_workers("").unwrap(), Workers::Two);
+        assert_eq!(parse_workers("workers = \"one\"").unwrap(), Workers::One);
+        assert_eq!(
+            parse_workers("run_to_completion = false").unwrap(),
+            Workers::Two
+        );
+        assert!(parse_workers("workers = \"three\"").is_err());
+        let e = parse_workers("workers = \"one\"\nrun_to_completion = true").unwrap_err();
+        assert!(e.to_string().contains("keep workers"), "{e}");
     }
 
     #[test]

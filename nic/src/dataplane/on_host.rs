@@ -68,8 +68,8 @@ pub struct OnHostOptions {
     pub afxdp_underlay: bool,
     /// The busy-poll window ([`super::DEFAULT_BUSY_POLL`] unless set).
     pub busy_poll: Option<std::time::Duration>,
-    /// Every stage on one worker (see [`super::DataPlaneBuilder::run_to_completion`]).
-    pub run_to_completion: bool,
+    /// How many workers (see [`super::Workers`]; default [`super::Workers::Two`]).
+    pub workers: super::Workers,
 }
 
 impl Default for OnHostOptions {
@@ -80,7 +80,7 @@ impl Default for OnHostOptions {
             burst: super::DEFAULT_BURST,
             afxdp_underlay: false,
             busy_poll: None,
-            run_to_completion: false,
+            workers: super::Workers::Two,
         }
     }
 }
@@ -216,14 +216,14 @@ pub fn start_on_host(
             ..AfXdpUnderlay::new(&underlay.ifname)
         });
     }
-    let (busy_poll, rtc) = (options.busy_poll, options.run_to_completion);
+    let (busy_poll, workers) = (options.busy_poll, options.workers);
     let running = host.dp_ns().run(move || {
         let mut builder = DataPlane::builder()
             .underlay(config)
             .egress(e)
             .ingress(i)
             .burst(burst)
-            .run_to_completion(rtc);
+            .workers(workers);
         if let Some(window) = busy_poll {
             builder = builder.busy_poll(window);
         }
