@@ -15,14 +15,16 @@
 //!   volume (the working set), 32 concurrent clients on a 2-thread tokio runtime, cache
 //!   at 10% of the working set, both over the same local-file backend (`FileBackend`,
 //!   positioned reads on tokio's blocking pool). Ours: the real chunk store (4 KiB
-//!   chunks, io_uring, instance-id tags, redb metadata), through the request pipeline
+//!   chunks, io_uring, instance-id tags, redb metadata, a 1 MiB memory tier of hot
+//!   blocks as foyer's), through the request pipeline
 //!   (`pipeline::start` with the gateway's plan: lookup router, hit and fill stages on
 //!   a pipewright worker's io_uring, requests in flight across bursts) called as a
-//!   `tower::Service` by the same 32 clients, as the NBD server feeds it.
+//!   `tower::Service` (`PathService`: memory-tier hits answered in the caller's task)
+//!   by the same 32 clients, as the NBD server feeds it.
 //!   Peer `foyer`: its `HybridCache<u64, Vec<u8>>` with a byte weigher on a 1 MiB memory
 //!   tier and a disk tier (`FsDevice`, block engine, 1 MiB blocks, 1 MiB buffer pool)
 //!   of exactly our cache file's data bytes; a miss goes through `get_or_fetch` to the
-//!   same backend. Neither side keeps block data in its own memory beyond that (both
+//!   same backend. Neither side keeps block data in its own memory beyond its 1 MiB (both
 //!   files go through the OS page cache). Every read's first 8 bytes are checked
 //!   against the block number on both sides.
 //!   The phantom-entry problem foyer's docs warn about (an updated key coming back with
@@ -37,6 +39,8 @@
 //!
 //! Rounds alternate ours/peer; each RESULT is the median per side.
 //! `PIPEWRIGHT_BENCH_QUICK=1`: smaller traces and volume, fewer rounds (< 60 s).
+//! `PIPEWRIGHT_BENCH_CACHE_MEMORY=<bytes>`: our memory tier's budget in
+//! `gateway-zipf-*` (default 1 MiB, foyer's; 0 measures ours without the tier).
 
 // The counting global allocator of `memory-bytes-per-chunk` implements `GlobalAlloc`.
 #![allow(unsafe_code)]
@@ -372,6 +376,8 @@ fn main() {
 }
 
 const BLOCK: u64 = 4096;
+/// Both sides' memory budget for block copies (foyer's memory tier, our memory tier).
+const FOYER_MEMORY: u64 = 1 << 20;
 const CLIENTS: usize = 32;
 
 /// The volume: block `i` starts with `i` (little endian), the rest is zeros.
@@ -441,6 +447,12 @@ fn ours_zipf(
     let mut cfg = CacheConfig::new(dir.join("ours.cache"), chunks);
     cfg.chunk_size = BLOCK;
     cfg.eviction_batch = 32;
+    // The same memory budget as foyer's memory tier (`PIPEWRIGHT_BENCH_CACHE_MEMORY`:
+    // another budget for ours, e.g. 0 to measure without the tier).
+    cfg.memory_bytes = std::env::var("PIPEWRIGHT_BENCH_CACHE_MEMORY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FOYER_MEMORY);
     let cache = rt
         .block_on(Cache::open(cfg, backend as Arc<dyn Backend>))
         .expect("open our cache");
@@ -473,6 +485,10 @@ fn ours_zipf(
     drop(svc);
     let _ = running.drain();
     let s = cache.stats();
+    eprintln!(
+        "ours: {} hits ({} from the memory tier), {} misses",
+        s.hits, s.memory_hits, s.misses
+    );
     drop(cache);
     (ops, p99, s.hit_ratio())
 }
@@ -496,7 +512,7 @@ fn foyer_zipf(
             .build()
             .expect("foyer device");
         HybridCacheBuilder::new()
-            .memory(1 << 20)
+            .memory(FOYER_MEMORY as usize)
             .with_weighter(|_k: &u64, v: &Vec<u8>| 8 + v.len())
             .storage()
             .with_engine_config(

@@ -87,6 +87,10 @@ struct GatewayArgs {
     /// Write-back deadline in milliseconds.
     #[arg(long, default_value_t = 5000)]
     flush_deadline_ms: u64,
+    /// Memory tier for hot whole blocks (e.g. 64M; 0: none), served without I/O while
+    /// their chunk's instance id and write sequence are unchanged.
+    #[arg(long, default_value = "0")]
+    memory: String,
 }
 
 /// How to reach an `s3://` backend.
@@ -181,6 +185,7 @@ fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         WriteMode::WriteBack
     };
     cfg.flush_deadline = Duration::from_millis(a.flush_deadline_ms);
+    cfg.memory_bytes = parse_size(&a.memory)?;
     let rt = io_runtime()?;
     rt.block_on(async move {
         let a = a;

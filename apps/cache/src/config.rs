@@ -46,6 +46,10 @@ pub struct CacheConfig {
     /// this many following chunks are fetched with it, in one backend read (0: off,
     /// the default).
     pub readahead: u32,
+    /// The memory tier's budget in bytes (0: none, the default): copies of hot whole
+    /// blocks, served without I/O while their slot's instance id and write sequence
+    /// are unchanged (see the crate docs). Counted as block bytes plus an 8-byte key.
+    pub memory_bytes: u64,
     /// Fault injection: every n-th block read stalls 10 ms between its lookup and its
     /// read (a slow disk), so eviction and reuse can overtake it (0: never).
     #[doc(hidden)]
@@ -69,6 +73,7 @@ impl CacheConfig {
             write_mode: WriteMode::WriteBack,
             flush_deadline: Duration::from_secs(5),
             readahead: 0,
+            memory_bytes: 0,
             stall_reads_every: 0,
         }
     }

@@ -101,6 +101,15 @@
 //! write's dirty-block set (before the write is acknowledged) and a flushed slot's
 //! clean state (before it may be retired). See the `meta` module for each commit.
 //!
+//! The **memory tier** (`CacheConfig::memory_bytes`, off by default) keeps copies of
+//! hot whole blocks under the same protocol: a copy enters only from a read that
+//! passed the check above, with the slot, instance id and write sequence that read
+//! saw, and is served only while the slot is still on that instance and its write
+//! sequence has not moved (two atomic loads). Every write into a slot moves its
+//! sequence before it starts and every eviction gives the slot a new instance id
+//! before reuse, so a copy served is what a disk read would return at that moment;
+//! an outdated copy is dropped. Nothing in the tier is durable.
+//!
 //! # The write guarantee
 //!
 //! - **Write-back** (default): a write is acknowledged only after (1) the chunk's
@@ -160,6 +169,7 @@ pub mod faults;
 #[cfg(not(loom))]
 mod gateway;
 #[cfg(not(loom))]
+mod memtier;
 mod meta;
 #[cfg(not(loom))]
 pub mod nbd;

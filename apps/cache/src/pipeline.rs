@@ -24,15 +24,17 @@
 //! ([`ReadBuf`]), which the NBD server writes to its socket without a copy; the pool
 //! is never waited for (an exhausted pool reads into a heap buffer instead), so a
 //! client that stops reading its replies cannot starve the others. The pipeline is
-//! served as a `tower::Service` by [`PipelineService`].
+//! served as a `tower::Service` by [`PathService`]: [`PipelineService`] in front of
+//! the pipeline, with whole-block reads the cache's memory tier holds answered in the
+//! caller's task (no hop to the worker and back).
 
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use pipewright_runtime::{
-    AsyncStage, Burst, Failures, InputId, Outbox, PipelineBuilder, PipelineService, Plan, Running,
-    Runtime, Tagged, UringBudget,
+    AsyncStage, Burst, Failures, InputId, Outbox, PipelineBuilder, PipelineService, Plan,
+    RequestError, ResponseFuture, Running, Runtime, Tagged, UringBudget,
 };
 use tokio::task::JoinHandle;
 
@@ -222,25 +224,68 @@ pub fn request_path(
     Ok(input)
 }
 
+/// The request path as a `tower::Service`: a whole-block read the cache's memory tier
+/// holds a valid copy of ([`Cache::read_memory`]) is answered in the caller's task,
+/// without I/O and without a trip through the pipeline; every other request goes
+/// through the pipeline ([`PipelineService`]). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PathService {
+    cache: Cache,
+    pipeline: PipelineService<BlockRequest, PipelineReply>,
+}
+
+impl PathService {
+    /// Serves requests through `pipeline` (built by [`request_path`] for `cache`),
+    /// memory-tier hits of `cache` directly.
+    pub fn new(cache: Cache, pipeline: PipelineService<BlockRequest, PipelineReply>) -> Self {
+        Self { cache, pipeline }
+    }
+}
+
+impl tower_service::Service<BlockRequest> for PathService {
+    type Response = PipelineReply;
+    type Error = RequestError;
+    type Future = ResponseFuture<PipelineReply>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), RequestError>> {
+        self.pipeline.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: BlockRequest) -> Self::Future {
+        if let BlockRequest::Read {
+            volume,
+            offset,
+            len,
+        } = req
+        {
+            if let Some(data) = self.cache.read_memory(volume, offset, len) {
+                let reply = Ok(Ok(PathResponse::Data(ReadBuf::from_vec(data))));
+                return Box::pin(std::future::ready(reply));
+            }
+        }
+        self.pipeline.call(req)
+    }
+}
+
 /// Starts the request path on the pipewright runtime with `plan` (plus the stages'
 /// [`uring_budget`]); returns the running pipeline (for snapshots, drain, shutdown)
 /// and the `tower::Service` in front of it.
-pub fn start(
-    cache: Cache,
-    plan: Plan,
-) -> Result<(Running, PipelineService<BlockRequest, PipelineReply>), CacheError> {
+pub fn start(cache: Cache, plan: Plan) -> Result<(Running, PathService), CacheError> {
     let budget = uring_budget(&cache);
     let plan = plan
         .uring("hit", budget)
         .uring("fill", budget)
         .uring("write", budget);
     let b = PipelineBuilder::new();
-    let input = request_path(&b, cache)?;
+    let input = request_path(&b, cache.clone())?;
     let pipeline = b.build().map_err(|e| CacheError::Pipeline(e.to_string()))?;
     let running =
         Runtime::start(pipeline, plan).map_err(|e| CacheError::Pipeline(e.to_string()))?;
     let service = PipelineService::new(running.input(&input).expect("the input exists"));
-    Ok((running, service))
+    Ok((running, PathService::new(cache, service)))
 }
 
 #[cfg(test)]
@@ -336,7 +381,7 @@ mod tests {
     }
 
     async fn read(
-        svc: &PipelineService<BlockRequest, PipelineReply>,
+        svc: &PathService,
         volume: crate::VolumeId,
         offset: u64,
         len: u64,

@@ -31,8 +31,10 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Block reads served from the cache file.
+    /// Block reads served from the cache (the cache file or the memory tier).
     hits,
+    /// ... of which from the memory tier (see `CacheConfig::memory_bytes`).
+    memory_hits,
     /// Reads that found their chunk absent (each fetched or waited for a fetch).
     misses,
     /// Reads that waited for another request's fill of the same chunk.

@@ -11,6 +11,19 @@ use tower::{Service, ServiceExt};
 
 #[test]
 fn pipeline_serves_reads_and_writes() {
+    serve_reads_and_writes(0);
+}
+
+/// The same oracle run with a memory tier (16 blocks): every batch is read twice, so
+/// that copies are served from memory, while writes and eviction change the blocks
+/// under them (a copy of a block's earlier bytes would fail the comparison).
+#[test]
+fn pipeline_with_a_memory_tier_serves_only_current_copies() {
+    serve_reads_and_writes(16 * (4096 + 8));
+}
+
+fn serve_reads_and_writes(memory_bytes: u64) {
+    let passes = if memory_bytes > 0 { 2 } else { 1 };
     let dir = tempfile::tempdir().unwrap();
     let vdir = dir.path().join("volumes");
     std::fs::create_dir(&vdir).unwrap();
@@ -25,6 +38,7 @@ fn pipeline_serves_reads_and_writes() {
     cfg.chunk_size = 128 << 10;
     cfg.low_watermark = 1;
     cfg.high_watermark = 2;
+    cfg.memory_bytes = memory_bytes;
     let cache = rt
         .block_on(Cache::open(cfg, Arc::new(FileBackend::new(&vdir).unwrap())))
         .unwrap();
@@ -34,29 +48,32 @@ fn pipeline_serves_reads_and_writes() {
     rt.block_on(async {
         for round in 0..40u64 {
             // A batch of concurrent reads, then a write.
-            let mut calls = Vec::new();
-            for i in 0..16u64 {
-                let offset = ((round * 16 + i) * 37 % 1000) * 4096;
-                let svc = service.clone();
-                calls.push(tokio::spawn(async move {
-                    let resp = svc
-                        .oneshot(BlockRequest::Read {
-                            volume: disk,
-                            offset,
-                            len: 4096,
-                        })
-                        .await
-                        .expect("answered");
-                    (offset, resp)
-                }));
-            }
-            for c in calls {
-                let (offset, resp) = c.await.unwrap();
-                match resp.expect("read ok") {
-                    PathResponse::Data(d) => {
-                        assert_eq!(d[..], model[offset as usize..offset as usize + 4096])
+            // The second pass (with a memory tier) reads what the first one left.
+            for _ in 0..passes {
+                let mut calls = Vec::new();
+                for i in 0..16u64 {
+                    let offset = ((round * 16 + i) * 37 % 1000) * 4096;
+                    let svc = service.clone();
+                    calls.push(tokio::spawn(async move {
+                        let resp = svc
+                            .oneshot(BlockRequest::Read {
+                                volume: disk,
+                                offset,
+                                len: 4096,
+                            })
+                            .await
+                            .expect("answered");
+                        (offset, resp)
+                    }));
+                }
+                for c in calls {
+                    let (offset, resp) = c.await.unwrap();
+                    match resp.expect("read ok") {
+                        PathResponse::Data(d) => {
+                            assert_eq!(d[..], model[offset as usize..offset as usize + 4096])
+                        }
+                        other => panic!("{other:?}"),
                     }
-                    other => panic!("{other:?}"),
                 }
             }
             let offset = (round * 53 % 1000) * 4096 + 100;
@@ -75,6 +92,25 @@ fn pipeline_serves_reads_and_writes() {
                 .unwrap();
             assert_eq!(resp.unwrap(), PathResponse::Written);
             model[offset as usize..offset as usize + 700].copy_from_slice(&data);
+            // The written block again: its bytes now, never a copy from before the write.
+            let block = offset / 4096 * 4096;
+            let resp = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(BlockRequest::Read {
+                    volume: disk,
+                    offset: block,
+                    len: 4096,
+                })
+                .await
+                .unwrap();
+            match resp.expect("read ok") {
+                PathResponse::Data(d) => {
+                    assert_eq!(d[..], model[block as usize..block as usize + 4096])
+                }
+                other => panic!("{other:?}"),
+            }
         }
         // An out-of-range read: a typed error through the pipeline.
         let r = service
@@ -106,7 +142,14 @@ fn pipeline_serves_reads_and_writes() {
         "pipeline: lookup routed {hit} hits, {fill} misses, {write} writes; cache {:?}",
         cache.stats()
     );
-    assert_eq!(hit + fill, 641);
+    let memory = cache.stats().memory_hits;
+    let reads = 40 * (16 * passes as u64 + 1) + 1;
+    assert_eq!(hit + fill + memory, reads);
     assert_eq!(write, 40);
     assert!(hit > 0 && fill > 0);
+    if memory_bytes > 0 {
+        assert!(memory > 0, "no read was served from the memory tier");
+    } else {
+        assert_eq!(memory, 0);
+    }
 }

@@ -4,6 +4,7 @@
 mod file;
 mod retry;
 mod s3;
+mod s3_config;
 mod s3_parts;
 
 use std::fmt;
@@ -13,7 +14,8 @@ use futures::future::BoxFuture;
 
 pub use file::FileBackend;
 pub use retry::RetryPolicy;
-pub use s3::{S3Backend, S3Config, S3Error, S3Stats};
+pub use s3::S3Backend;
+pub use s3_config::{S3Config, S3Error, S3Stats};
 
 /// A volume a backend serves.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use crate::backend::{Backend, VolumeInfo};
 use crate::config::CacheConfig;
 use crate::error::CacheError;
+use crate::memtier::{MemLookup, MemTier};
 use crate::meta::MetaStore;
 use crate::policy::EvictionPolicy;
 use crate::stats::{bump, CacheStats, Counters};
@@ -47,6 +48,10 @@ impl ChunkKey {
             volume: (pk >> 44) as u32,
             chunk: pk & ((1 << 44) - 1),
         }
+    }
+    /// The memory tier's key of block `block` of this chunk, `blocks` blocks a chunk.
+    fn block_key(self, blocks: u64, block: u32) -> u64 {
+        ((self.volume as u64) << 44) | (self.chunk * blocks + block as u64)
     }
     fn addr(self) -> BlockAddr {
         BlockAddr {
@@ -119,6 +124,8 @@ struct Inner {
     /// Set by [`Cache::close`]: new requests are refused, background tasks end.
     closed: std::sync::atomic::AtomicBool,
     counters: Counters,
+    /// The memory tier, when it has a budget.
+    mem: Option<MemTier>,
     volumes: FxHashMap<u32, Volume>,
     by_name: FxHashMap<String, u32>,
 }
@@ -280,10 +287,46 @@ impl Cache {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, CacheError> {
+        if let Some(data) = self.read_memory(volume, offset, len) {
+            return Ok(data);
+        }
         // Not on a worker (or not known to be): the blocking path (see `store`).
         self.read_with(&Blocking, volume, offset, len)
             .await
             .map(ReadBuf::into_vec)
+    }
+
+    /// Answers a read of one whole block from the memory tier, without I/O, if it
+    /// holds a valid copy (see [`CacheConfig::memory_bytes`]); `None`: read it through
+    /// the chunk store.
+    pub fn read_memory(&self, volume: VolumeId, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let inner = &self.inner;
+        let mem = inner.mem.as_ref()?;
+        let bs = inner.cfg.block_size as u64;
+        if len != bs || offset % bs != 0 || inner.is_closed() {
+            return None;
+        }
+        let cs = inner.cfg.chunk_size;
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / cs,
+        };
+        let block = ((offset % cs) / bs) as u32;
+        match mem.get(key.block_key(cs / bs, block), &inner.store.cells) {
+            MemLookup::Hit(data) => {
+                // The chunk's access counts for the chunk store's policy as well,
+                // unless the engine's lock is busy: then this one access is not
+                // recorded (approximate recency, as caches that buffer their hits do)
+                // rather than the hit waiting.
+                if let Ok(mut st) = inner.state.try_lock() {
+                    st.policy.lookup(key.policy_key());
+                }
+                bump(&inner.counters.hits, "cache_hits_total", 1);
+                bump(&inner.counters.memory_hits, "cache_memory_hits_total", 1);
+                Some(data)
+            }
+            MemLookup::Miss => None,
+        }
     }
 
     /// Whether every chunk of `[offset, offset+len)` of `volume` is resident now (the

@@ -13,6 +13,8 @@ use crate::meta::{ChunkRecord, MetaStore, SlotState};
 use crate::stats::{bump, Counters};
 use crate::store::{ChunkStore, Geometry};
 
+use crate::memtier::MemTier;
+
 use super::{ChunkKey, Entry, Inner, SlotInfo, State, Volume};
 
 impl Inner {
@@ -114,7 +116,9 @@ impl Inner {
         );
         meta.commit(&records, Some(next_instance), Some(store.nonce), &new_vols)?;
         let slot_locks = (0..n).map(|_| tokio::sync::Mutex::new(())).collect();
+        let mem = MemTier::new(cfg.memory_bytes, cfg.block_size, cfg.policy);
         Ok(Inner {
+            mem,
             state: Mutex::new(State {
                 index,
                 slots,

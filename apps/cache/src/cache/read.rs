@@ -137,6 +137,14 @@ impl Inner {
             {
                 Ok(buf) => {
                     bump(&self.counters.hits, "cache_hits_total", 1);
+                    if let Some(mem) = &self.mem {
+                        if count == 1 && skip == 0 && len == bs {
+                            // Valid under (slot, instance, seq): the tier may serve
+                            // it while those stay (see `memtier`).
+                            let blocks = self.cfg.chunk_size / bs;
+                            mem.insert(key.block_key(blocks, first), slot, instance, seq, &buf);
+                        }
+                    }
                     return Ok(ReadBuf::new(buf, skip, len as usize));
                 }
                 Err(BlockFault::Stale) => {

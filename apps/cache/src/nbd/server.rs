@@ -12,9 +12,8 @@ use super::wire::*;
 use crate::backend::BackendErrorKind;
 use crate::cache::{Cache, VolumeId};
 use crate::error::CacheError;
-use crate::pipeline::{PathResponse, PipelineReply, ReadBuf};
+use crate::pipeline::{PathResponse, PathService, ReadBuf};
 use crate::service::BlockRequest;
-use pipewright_runtime::PipelineService;
 
 /// Connection-level counters of an [`NbdServer`].
 #[derive(Debug, Default)]
@@ -42,7 +41,7 @@ fn bump(c: &AtomicU64, name: &'static str) {
 pub struct NbdServer {
     cache: Cache,
     /// The request path on the pipewright runtime, when the server was given one.
-    path: Option<PipelineService<BlockRequest, PipelineReply>>,
+    path: Option<PathService>,
     stats: Arc<NbdStats>,
     max_in_flight: usize,
 }
@@ -75,7 +74,7 @@ impl NbdServer {
 
     /// A server whose reads and writes go through the cache's request pipeline
     /// ([`pipeline::start`](crate::pipeline::start)) instead of calling the cache.
-    pub fn with_pipeline(cache: Cache, path: PipelineService<BlockRequest, PipelineReply>) -> Self {
+    pub fn with_pipeline(cache: Cache, path: PathService) -> Self {
         Self {
             path: Some(path),
             ..Self::new(cache)
@@ -446,11 +445,7 @@ async fn write_all_vectored(
     Ok(())
 }
 
-async fn through(
-    path: PipelineService<BlockRequest, PipelineReply>,
-    req: BlockRequest,
-    write: bool,
-) -> Result<ReadBuf, u32> {
+async fn through(path: PathService, req: BlockRequest, write: bool) -> Result<ReadBuf, u32> {
     use tower::ServiceExt;
     match path.oneshot(req).await {
         Ok(Ok(PathResponse::Data(d))) => Ok(d),
