@@ -96,7 +96,7 @@ fn w(page: u64, expected: u64) -> Vec<PageWrite> {
     vec![PageWrite {
         page: PageId(page),
         expected,
-        data: vec![page as u8, expected as u8],
+        data: vec![page as u8, expected as u8].into(),
     }]
 }
 
