@@ -70,7 +70,7 @@ impl Node {
                 // Their outcome record precedes the checkpoint in the log.
                 Phase::Refusing { .. } => cp.finished.push((txn, client, Verdict::Abort)),
                 Phase::Completing => cp.finished.push((txn, client, Verdict::Commit)),
-                Phase::Preparing { .. } | Phase::Prepared { .. } | Phase::Proposing { .. } => {
+                Phase::Preparing | Phase::Prepared { .. } | Phase::Proposing { .. } => {
                     cp.open.push(intent());
                     // What this node promised and accepted as an acceptor.
                     if t.promised != Ballot::default() {
