@@ -17,7 +17,7 @@ use pipewright_storage::client::{ClientError, StorageClient, Transaction};
 use pipewright_storage::cluster::LocalCluster;
 use pipewright_storage::pages::PAGE_SIZE;
 use pipewright_storage::peers::Peers;
-use pipewright_storage::{NodeId, PageId, Version};
+use pipewright_storage::{Bytes, NodeId, PageId, Version};
 use tower::{Service, ServiceExt};
 
 use super::{payload, Measured, PAGES_PER_COORDINATOR};
@@ -85,9 +85,11 @@ impl Ours {
                     while !stop.load(Ordering::Relaxed) {
                         let slot = n % pages.len();
                         data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                        // One copy of the page per transaction, shared by its writes.
+                        let page = Bytes::copy_from_slice(&data);
                         let mut txn = Transaction::new();
                         for (i, &node) in nodes.iter().enumerate() {
-                            txn = txn.write(node, pages[slot], versions[i][slot], data.clone());
+                            txn = txn.write(node, pages[slot], versions[i][slot], page.clone());
                         }
                         let counted = measuring.load(Ordering::Relaxed);
                         let start = Instant::now();
@@ -259,7 +261,7 @@ impl Ours {
                     let pages: Vec<PageId> = (0..PAGES_PER_COORDINATOR)
                         .map(|i| PageId((t * PAGES_PER_COORDINATOR + i) as u64))
                         .collect();
-                    let data = payload(t, PAGE_SIZE);
+                    let data = Bytes::from(payload(t, PAGE_SIZE));
                     let mut n = 0usize;
                     let mut was_down = false;
                     let mut versions = read_versions(&client, &all_nodes, &pages).await.ok();

@@ -21,7 +21,7 @@
 //!   group-commit log sink (one write + one `fdatasync` per burst, lingering up to
 //!   `NodeOptions::linger` for a fuller burst while other transactions are open) →
 //!   after-log stage
-//!   (`Node::persisted`: forward, decide, reply) — with a TCP transport ([`wire`]:
+//!   (`Node::persisted`: durable notice, decide, reply) — with a TCP transport ([`wire`]:
 //!   length-delimited postcard frames; one link per peer; clients on the same
 //!   listener), admission control (`Busy`) and recovery from the log on start;
 //! - [`client`]: [`client::StorageClient`], the coordinator, a
@@ -36,9 +36,12 @@
 //! The coordinator (client) orders the nodes holding the transaction's pages into a
 //! chain; the last is the **decider**. One `Prepare` carrying the chain and every node's
 //! writes travels down the chain; each node analyses its own writes (page locks,
-//! expected versions, space), makes its **intent** durable and only then forwards. The
-//! decider analyses, makes its intent and the **decision** durable, answers the client,
-//! and sends `Commit` back up the chain: 2(N−1) messages. Each node applies its writes,
+//! expected versions, space), forwards the `Prepare` at once and logs its **intent**
+//! (the syncs of the chain's nodes overlap). A `Durable` notice follows the `Prepare`
+//! down the chain: the head sends it once its intent is durable, and every later node
+//! passes it on once its own intent is durable too. The decider analyses, waits for
+//! the notice, makes its intent and the **decision** durable, answers the client,
+//! and sends `Commit` back up the chain: 3(N−1) messages. Each node applies its writes,
 //! passes `Commit` on, and acknowledges to the decider once its completion record is
 //! durable; the decider forgets the decision after the last `Ack`.
 //!
@@ -46,10 +49,11 @@
 //!  client        head (n0)             n1                decider (n2)
 //!    | Prepare      |                   |                     |
 //!    |------------->| lock+check        |                     |
-//!    |              | log Intent, fsync |                     |
 //!    |              |----- Prepare ---->| lock+check          |
-//!    |              |                   | log Intent, fsync   |
-//!    |              |                   |------ Prepare ----->| lock+check
+//!    |              | log Intent, fsync |------ Prepare ----->| lock+check
+//!    |              |                   | log Intent, fsync   |   (waits)
+//!    |              |----- Durable ---->| (own intent durable)|
+//!    |              |                   |------ Durable ----->|
 //!    |              |                   |                     | log Intent+Decision, fsync
 //!    |<----------------------------- Committed ---------------| apply, unlock
 //!    |              |                   |<----- Commit -------|
@@ -65,6 +69,42 @@
 //!        the client, Abort -> n0         answers Commit or Abort
 //!    n0: unlock, Abort -> (head)
 //! ```
+//!
+//! # Pipelined prepares, and why they are safe
+//!
+//! Before, a node forwarded the `Prepare` only once its intent was durable, so a
+//! chain of N nodes paid N `fdatasync`s one after the other. Now the `Prepare` goes
+//! on as soon as the analysis passed, and durability travels separately: the
+//! `Durable` notice is sent by node *i* only when its own intent is durable **and**
+//! (unless it is the head) the notice of node *i − 1* arrived. By induction, a notice
+//! at the decider means every other chain node's intent is durable — exactly what the
+//! old forwarding rule guaranteed when the `Prepare` arrived. The decider writes
+//! nothing and decides nothing before the notice (it only takes its locks), so the
+//! commit point is unchanged: the decider's durable `Decision(commit)` (F = 0), or
+//! its commit proposal (F ≥ 1, sent only once its intent is durable after the
+//! notice). The N − 1 syncs before the decider's overlap, so a 3-node chain pays two
+//! syncs in sequence instead of three.
+//!
+//! What can now happen that could not before, and why it is harmless:
+//!
+//! - A later node refuses (or is late) while an earlier one's intent is still on its
+//!   way to the log: the `Abort` reaches a node in `Preparing`; it releases its locks
+//!   and writes its abort completion after the intent (a crash in between leaves an
+//!   in-doubt intent, settled by `Resolve` like any other).
+//! - A node crashes before its intent is durable, or a `Prepare` or notice is lost:
+//!   the decider never gets the notice. Having decided nothing, it may presume abort:
+//!   after `patience` retry ticks without the notice it durably decides abort and
+//!   tells the client and its predecessor. A node prepared in the meantime asks the
+//!   decider (`Resolve`) as before and gets abort.
+//! - A notice overtakes its `Prepare` (reordering): it is kept until the `Prepare`
+//!   comes, at most a checkpoint interval.
+//!
+//! The model check (`tests/model.rs`) checks *validity* — a commit (applied,
+//! replied or decided) needs every chain node's durable intent — under reordering,
+//! loss, duplication and crashes between any two log writes; the deliberate bug of
+//! passing the notice on before the node's own intent is durable is caught there as
+//! a validity counterexample (a commit with the middle node's intent lost in a
+//! crash), and by the simulation's atomicity check.
 //!
 //! # Decisions that survive the decider (F acceptors, Paxos Commit style)
 //!
@@ -108,8 +148,8 @@
 //!
 //! - **Atomicity.** Every node applies the transaction's writes or none does. The only
 //!   commit point is the decider's durable `Decision(commit)`; the decider writes it only
-//!   after receiving the `Prepare` from its predecessor, i.e. after every other node's
-//!   intent is durable.
+//!   after receiving the `Durable` notice from its predecessor, i.e. after every other
+//!   node's intent is durable.
 //! - **Durability of answers.** The client is told `Committed` only after the decision is
 //!   durable; it is told `Aborted` only after an abort record is durable on the node
 //!   that refused (so a late duplicate `Prepare` cannot revive the transaction).
@@ -269,6 +309,9 @@ mod types;
 #[cfg(not(loom))]
 pub mod wire;
 
+/// Shared page data ([`PageWrite::data`](crate::log::PageWrite::data)).
+#[cfg(not(loom))]
+pub use bytes::Bytes;
 pub use types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// A tokio runtime for the node process and clients (`threads` workers, I/O and

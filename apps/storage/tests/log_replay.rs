@@ -21,7 +21,7 @@ fn record() -> impl Strategy<Value = Record> {
         .prop_map(|(p, v, data)| PageWrite {
             page: PageId(p),
             expected: v,
-            data,
+            data: data.into(),
         });
     let intent = (
         any::<u64>(),

@@ -89,7 +89,7 @@ impl Host {
                 vec![PageWrite {
                     page: PageId(page),
                     expected,
-                    data: vec![1; 64],
+                    data: vec![1; 64].into(),
                 }],
             )],
             acceptors: 0,

@@ -51,7 +51,7 @@ async fn in_doubt_count_oldest_intent_age_and_recovery_time_are_published() {
         writes: vec![PageWrite {
             page: PageId(3),
             expected: 0,
-            data: b"in doubt".to_vec(),
+            data: b"in doubt".to_vec().into(),
         }],
         acceptors: 0,
     };

@@ -437,7 +437,7 @@ fn write(page: u64) -> Vec<PageWrite> {
     vec![PageWrite {
         page: PageId(page),
         expected: 0,
-        data: vec![page as u8 + 1],
+        data: vec![page as u8 + 1].into(),
     }]
 }
 

@@ -96,7 +96,7 @@ fn w(page: u64, expected: u64) -> Vec<PageWrite> {
     vec![PageWrite {
         page: PageId(page),
         expected,
-        data: vec![page as u8, expected as u8],
+        data: vec![page as u8, expected as u8].into(),
     }]
 }
 
@@ -422,4 +422,125 @@ fn a_prepare_overtaken_by_a_later_forgotten_transaction_of_its_client_is_answere
             ..
         }
     )));
+}
+
+/// Pipelined prepares: the head forwards the `Prepare` before its intent is durable;
+/// the decider logs and decides nothing until the `Durable` notice arrives, and
+/// presumes abort (durably, then tells the client and the head) if it never does.
+#[test]
+fn the_decider_decides_only_after_the_durable_notice_and_presumes_abort_without_it() {
+    let chain = vec![NodeId(0), NodeId(1)];
+    let prepare = |txn| Prepare {
+        txn: TxnId(txn),
+        client: ClientId(7),
+        chain: chain.clone(),
+        writes: vec![(NodeId(0), w(txn, 0)), (NodeId(1), w(txn, 0))],
+        acceptors: 0,
+    };
+    let config = NodeConfig {
+        patience: 2,
+        ..NodeConfig::default()
+    };
+    let mut head = Node::new(NodeId(0), config, Default::default());
+    let mut decider = Node::new(NodeId(1), config, Default::default());
+    for (txn, notice) in [(1, true), (2, false)] {
+        let out = head.handle(Message::Prepare(prepare(txn)));
+        // The intent is asked for and the `Prepare` forwarded in the same step.
+        let intent = out.iter().find_map(|a| match a {
+            Action::Persist {
+                id,
+                record: Record::Intent(_),
+            } => Some(*id),
+            _ => None,
+        });
+        let forwarded = out.iter().find_map(|a| match a {
+            Action::Send {
+                to: NodeId(1),
+                msg: m @ Message::Prepare(_),
+            } => Some(m.clone()),
+            _ => None,
+        });
+        let (intent, forwarded) = (intent.expect("intent"), forwarded.expect("forwarded"));
+        assert!(out.iter().all(|a| !matches!(
+            a,
+            Action::Send {
+                msg: Message::Durable { .. },
+                ..
+            }
+        )));
+        // The decider takes its locks but logs nothing before the notice.
+        let out = decider.handle(forwarded);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(decider.status(TxnId(txn)), TxnStatus::Preparing);
+        if notice {
+            let out = head.persisted(intent);
+            let notice = out
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::Send {
+                        msg: m @ Message::Durable { .. },
+                        ..
+                    } => Some(m),
+                    _ => None,
+                })
+                .expect("the notice once the intent is durable");
+            let out = decider.handle(notice);
+            let decision = out.iter().find_map(|a| match a {
+                Action::Persist {
+                    id,
+                    record:
+                        Record::Decision {
+                            verdict: Verdict::Commit,
+                            ..
+                        },
+                } => Some(*id),
+                _ => None,
+            });
+            let out = decider.persisted(decision.expect("a commit decision after the notice"));
+            assert!(out.iter().any(|a| matches!(
+                a,
+                Action::Reply {
+                    outcome: Outcome::Committed,
+                    ..
+                }
+            )));
+        } else {
+            // No notice: after `patience` ticks the decider presumes abort.
+            let mut abort = None;
+            for _ in 0..=config.patience {
+                for a in decider.tick() {
+                    if let Action::Persist {
+                        id,
+                        record:
+                            Record::Decision {
+                                verdict: Verdict::Abort,
+                                ..
+                            },
+                    } = a
+                    {
+                        abort = Some(id);
+                    }
+                }
+            }
+            let out = decider.persisted(abort.expect("an abort decision after patience ticks"));
+            assert!(out.iter().any(|a| matches!(
+                a,
+                Action::Reply {
+                    outcome: Outcome::Aborted(AbortReason::Unresolved),
+                    ..
+                }
+            )));
+            assert!(out.iter().any(|a| matches!(
+                a,
+                Action::Send {
+                    to: NodeId(0),
+                    msg: Message::Abort { .. }
+                }
+            )));
+            assert_eq!(
+                decider.status(TxnId(txn)),
+                TxnStatus::Finished(Verdict::Abort)
+            );
+        }
+    }
 }

@@ -140,12 +140,19 @@ impl Transaction {
         Self::default()
     }
 
-    /// Write `data` to `page` on `node` if the page is still at version `expected`.
-    pub fn write(mut self, node: NodeId, page: PageId, expected: Version, data: Vec<u8>) -> Self {
+    /// Write `data` to `page` on `node` if the page is still at version `expected`
+    /// (a `Vec<u8>`, or [`Bytes`](bytes::Bytes) shared with the caller: not copied).
+    pub fn write(
+        mut self,
+        node: NodeId,
+        page: PageId,
+        expected: Version,
+        data: impl Into<bytes::Bytes>,
+    ) -> Self {
         self.writes.entry(node).or_default().push(PageWrite {
             page,
             expected,
-            data,
+            data: data.into(),
         });
         self
     }
@@ -317,8 +324,7 @@ impl StorageClient {
                 txn: id,
                 client: self.inner.id,
                 chain: chain.clone(),
-                // Kept for the second attempt (a copy of the page data: rare
-                // refusals would otherwise need the prepare back from the node).
+                // Kept for the second attempt (the page data is shared, not copied).
                 writes: if attempt == 0 {
                     writes.clone()
                 } else {

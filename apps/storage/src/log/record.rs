@@ -1,5 +1,6 @@
 //! The records of a node's log.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Ballot;
@@ -14,8 +15,10 @@ pub struct PageWrite {
     /// The version the client based this write on.
     pub expected: Version,
     /// The page's new contents (at most [`PAGE_SIZE`](crate::pages::PAGE_SIZE) bytes;
-    /// the rest of the page is zero).
-    pub data: Vec<u8>,
+    /// the rest of the page is zero). Shared, so copies of a write (the client's
+    /// resend, the node's intent record and its apply) do not copy the page; encoded
+    /// like a `Vec<u8>` (a length, then the bytes), so the log format is unchanged.
+    pub data: Bytes,
 }
 
 /// The outcome of a transaction.

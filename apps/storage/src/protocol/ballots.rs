@@ -103,7 +103,12 @@ impl Node {
         let Some(t) = self.txns.get_mut(&txn) else {
             return;
         };
-        if !matches!(t.phase, Phase::Prepared { .. } | Phase::Proposing { .. }) {
+        let waiting = t.phase == Phase::Waiting;
+        if !matches!(t.phase, Phase::Prepared { .. } | Phase::Proposing { .. }) && !waiting {
+            return;
+        }
+        if waiting && verdict == Verdict::Commit {
+            // Impossible: no acceptor accepts commit before this decider proposed it.
             return;
         }
         t.recovery = None;

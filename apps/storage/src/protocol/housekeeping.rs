@@ -32,6 +32,9 @@ impl Node {
         // after the restart).
         let now = self.checkpoints;
         self.checkpoints += 1;
+        // Early `Durable` notices whose `Prepare` did not follow within a checkpoint
+        // interval: it was lost (or the notice is a late copy).
+        self.early.retain(|_, at| *at + 1 >= now);
         let horizon = u64::from(self.mark_horizon);
         let mut floor = self.floor;
         let mut marks: BTreeMap<ClientId, TxnId> = BTreeMap::new();
@@ -67,7 +70,7 @@ impl Node {
                 // Their outcome record precedes the checkpoint in the log.
                 Phase::Refusing { .. } => cp.finished.push((txn, client, Verdict::Abort)),
                 Phase::Completing => cp.finished.push((txn, client, Verdict::Commit)),
-                Phase::Preparing { .. } | Phase::Prepared { .. } | Phase::Proposing { .. } => {
+                Phase::Preparing | Phase::Prepared { .. } | Phase::Proposing { .. } => {
                     cp.open.push(intent());
                     // What this node promised and accepted as an acceptor.
                     if t.promised != Ballot::default() {
@@ -86,6 +89,8 @@ impl Node {
                         });
                     }
                 }
+                // Nothing logged yet.
+                Phase::Waiting => {}
                 Phase::Deciding | Phase::AwaitingAcks { .. } => {
                     cp.open.push(intent());
                     cp.open.push(Record::Decision {
@@ -126,6 +131,7 @@ impl Node {
                 matches!(
                     t.phase,
                     Phase::Prepared { .. }
+                        | Phase::Waiting
                         | Phase::Proposing { sent: true, .. }
                         | Phase::AwaitingAcks { .. }
                 )
@@ -179,6 +185,16 @@ impl Node {
                             client,
                         };
                         out.push(Action::Send { to, msg });
+                    }
+                }
+                Phase::Waiting => {
+                    // The earlier nodes' `Durable` notice has not come for `patience`
+                    // ticks (a `Prepare` or notice was lost, or a node crashed before
+                    // its intent was durable): the decider has not decided, so it
+                    // may presume abort.
+                    t.waited = t.waited.saturating_add(1);
+                    if t.waited > patience {
+                        self.presume_abort(txn, &mut out);
                     }
                 }
                 Phase::AwaitingAcks { awaiting } => {

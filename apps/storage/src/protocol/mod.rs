@@ -57,7 +57,8 @@ pub fn recovery_quorum(acceptors: usize) -> usize {
 }
 
 /// The prepare message: starts at the chain's head (sent by the client/coordinator) and
-/// travels node to node in chain order once each node's intent is durable.
+/// travels node to node in chain order once each node's analysis passed (its intent
+/// still on its way to the log; [`Message::Durable`] follows once it is durable).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Prepare {
     /// The transaction.
@@ -98,8 +99,17 @@ impl Prepare {
 /// A message between nodes (and, for [`Message::Prepare`], from a client to the head).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Message {
-    /// Prepare, forwarded along the chain.
+    /// Prepare, forwarded along the chain as soon as the node's analysis passed
+    /// (before its intent is durable: the syncs of the chain's nodes overlap).
     Prepare(Prepare),
+    /// Every chain node up to and including the sender holds its intent durably:
+    /// sent to the next node by the head once its intent is durable, and passed on by
+    /// each node once its own intent is durable too. The decider decides commit only
+    /// after it arrived (see the crate documentation, "Pipelined prepares").
+    Durable {
+        /// The transaction.
+        txn: TxnId,
+    },
     /// The decision is commit: sent by the decider to its predecessor and by each node to
     /// its predecessor, or to an in-doubt node as the answer to its `Resolve`.
     Commit {
@@ -193,6 +203,7 @@ impl Message {
         match self {
             Message::Prepare(p) => p.txn,
             Message::Commit { txn, .. }
+            | Message::Durable { txn }
             | Message::Abort { txn }
             | Message::Ack { txn, .. }
             | Message::Resolve { txn, .. }

@@ -24,7 +24,7 @@ use crate::types::{ClientId, NodeId, PageId, TxnId, Version};
 /// let ids = [NodeId(1), NodeId(2)];
 /// let mut nodes: Vec<Node> =
 ///     ids.iter().map(|&id| Node::new(id, NodeConfig::default(), Default::default())).collect();
-/// let write = |page| vec![PageWrite { page: PageId(page), expected: 0, data: vec![7] }];
+/// let write = |page| vec![PageWrite { page: PageId(page), expected: 0, data: vec![7].into() }];
 /// let prepare = Prepare {
 ///     txn: TxnId(1),
 ///     client: ClientId(9),
@@ -78,6 +78,11 @@ pub struct Node {
     /// A checkpoint on its way to the log: its record id and the transactions it
     /// forgets once durable.
     pub(super) checkpointing: Option<Checkpointing>,
+    /// [`Message::Durable`] notices that arrived before their `Prepare` (messages
+    /// may be reordered), with the checkpoint count at arrival; a checkpoint drops
+    /// those older than the previous one (their `Prepare` was lost: the transaction
+    /// aborts by the decider's timeout).
+    pub(super) early: BTreeMap<TxnId, u64>,
 }
 
 /// A checkpoint on its way to the log, and what its durability changes.
@@ -121,6 +126,7 @@ impl Node {
             checkpoints: 0,
             mark_horizon: config.mark_horizon,
             checkpointing: None,
+            early: BTreeMap::new(),
         }
     }
 
@@ -156,7 +162,7 @@ impl Node {
     pub fn status(&self, txn: TxnId) -> TxnStatus {
         match self.txns.get(&txn).map(|t| &t.phase) {
             None => TxnStatus::Unknown,
-            Some(Phase::Preparing { .. }) => TxnStatus::Preparing,
+            Some(Phase::Preparing | Phase::Waiting) => TxnStatus::Preparing,
             Some(Phase::Prepared { in_doubt }) => TxnStatus::Prepared {
                 in_doubt: *in_doubt,
             },
@@ -224,6 +230,7 @@ impl Node {
     pub(super) fn dispatch(&mut self, msg: Message, out: &mut Vec<Action>) {
         match msg {
             Message::Prepare(p) => self.on_prepare(p, out),
+            Message::Durable { txn } => self.on_durable(txn, out),
             Message::Commit { txn, decider } => self.on_commit(txn, decider, out),
             Message::Abort { txn } => self.on_abort(txn, out),
             Message::Ack { txn, from } => self.on_ack(txn, from, out),
@@ -322,7 +329,7 @@ impl Node {
             })
         });
         let is_decider = p.decider() == Some(self.id);
-        let replicated = !p.acceptor_nodes().is_empty();
+        let is_head = p.chain.first() == Some(&self.id);
         let (txn, client, chain, f) = (p.txn, p.client, p.chain.clone(), p.acceptors);
         let phase = match analysis {
             Err(error) => {
@@ -349,6 +356,9 @@ impl Node {
                     askers: BTreeSet::new(),
                 }
             }
+            // The decider logs its intent and decides once every earlier intent is
+            // durable (at once when it is the head: a one-node chain).
+            Ok(()) if is_decider => Phase::Waiting,
             Ok(()) => {
                 let intent = Intent {
                     txn,
@@ -357,35 +367,120 @@ impl Node {
                     writes: writes.clone(),
                     acceptors: f,
                 };
-                if is_decider && replicated {
-                    // The commit proposal goes to the acceptors once the intent is
-                    // durable (a decider restarted without it must be able to presume
-                    // abort: it never proposed).
-                    self.persist_then(txn, Record::Intent(intent), out);
-                    Phase::Proposing {
-                        sent: false,
-                        accepted: BTreeSet::new(),
-                    }
-                } else if is_decider {
-                    self.persist(Record::Intent(intent), out);
-                    self.persist_then(
-                        txn,
-                        Record::Decision {
-                            txn,
-                            client,
-                            verdict: Verdict::Commit,
-                        },
-                        out,
-                    );
-                    Phase::Deciding
-                } else {
-                    self.persist_then(txn, Record::Intent(intent), out);
-                    Phase::Preparing { forward: p }
+                self.persist_then(txn, Record::Intent(intent), out);
+                // Pipelined: forwarded while the intent is on its way to the log; the
+                // decider waits for the `Durable` notice before deciding.
+                if let Some(next) = self.neighbour(&p.chain, 1) {
+                    out.push(Action::Send {
+                        to: next,
+                        msg: Message::Prepare(p),
+                    });
                 }
+                Phase::Preparing
             }
         };
-        self.txns
-            .insert(txn, Txn::new(client, chain, writes, phase, f));
+        let waiting = phase == Phase::Waiting;
+        let mut t = Txn::new(client, chain, writes, phase, f);
+        t.upstream = is_head || self.early.remove(&txn).is_some();
+        let upstream = t.upstream;
+        self.txns.insert(txn, t);
+        if waiting && upstream {
+            self.decide(txn, out);
+        }
+    }
+
+    /// The decider: every earlier intent is durable; log its own intent and decide
+    /// commit (F = 0), or propose commit to the acceptors once it is durable.
+    pub(super) fn decide(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get(&txn) else { return };
+        if t.phase != Phase::Waiting {
+            return;
+        }
+        let client = t.client;
+        let replicated = !t.acceptor_nodes().is_empty();
+        let intent = Intent {
+            txn,
+            client,
+            chain: t.chain.clone(),
+            writes: t.writes.clone(),
+            acceptors: t.acceptors,
+        };
+        let phase = if replicated {
+            // The commit proposal goes to the acceptors once the intent is durable (a
+            // decider restarted without it must be able to presume abort: it never
+            // proposed).
+            self.persist_then(txn, Record::Intent(intent), out);
+            Phase::Proposing {
+                sent: false,
+                accepted: BTreeSet::new(),
+            }
+        } else {
+            self.persist(Record::Intent(intent), out);
+            self.persist_then(
+                txn,
+                Record::Decision {
+                    txn,
+                    client,
+                    verdict: Verdict::Commit,
+                },
+                out,
+            );
+            Phase::Deciding
+        };
+        self.set_phase(txn, phase);
+    }
+
+    /// The decider gives up waiting for the earlier intents: it decides abort
+    /// (durably, then tells the client and its predecessor).
+    pub(super) fn presume_abort(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get(&txn) else { return };
+        let client = t.client;
+        self.locks.release(txn);
+        self.persist_then(
+            txn,
+            Record::Decision {
+                txn,
+                client,
+                verdict: Verdict::Abort,
+            },
+            out,
+        );
+        let phase = Phase::Refusing {
+            reason: AbortReason::Unresolved,
+            askers: BTreeSet::new(),
+        };
+        self.set_phase(txn, phase);
+    }
+
+    /// The predecessor's `Durable` notice: every earlier intent is durable. Passed on
+    /// once our own intent is durable too; at the decider, it may decide.
+    pub(super) fn on_durable(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        let Some(t) = self.txns.get_mut(&txn) else {
+            // Overtook its `Prepare` (or a late copy of a forgotten transaction,
+            // dropped with the early notices at the next checkpoints).
+            let now = self.checkpoints;
+            self.early.insert(txn, now);
+            return;
+        };
+        if t.upstream {
+            return;
+        }
+        t.upstream = true;
+        match t.phase {
+            Phase::Waiting => self.decide(txn, out),
+            Phase::Prepared { .. } => self.notify_next(txn, out),
+            _ => {}
+        }
+    }
+
+    /// Our intent and every earlier one are durable: tell the next node.
+    pub(super) fn notify_next(&mut self, txn: TxnId, out: &mut Vec<Action>) {
+        if let Some(next) = self.neighbour(&self.txns[&txn].chain, 1) {
+            out.push(Action::Send {
+                to: next,
+                msg: Message::Durable { txn },
+            });
+        }
     }
 
     /// Whether `txn` of `client` is at or below the client's low-water mark, or at or
@@ -464,9 +559,10 @@ impl Node {
             self.decider_settles(txn, Verdict::Abort, out);
             return;
         }
-        // An `Abort` reaches a node still making its intent durable only from a
+        // An `Abort` reaches a node still making its intent durable from a later node
+        // that refused (the `Prepare` went on before the intent was durable), a
         // recovery ballot (abort settled) or a node that knows abort: final.
-        if let Phase::Prepared { .. } | Phase::Preparing { .. } = t.phase {
+        if let Phase::Prepared { .. } | Phase::Preparing = t.phase {
             let client = t.client;
             self.locks.release(txn);
             // Presumed abort: the abort record need not be forced; if it is lost, the
@@ -622,14 +718,11 @@ impl Node {
                     },
                 );
             }
-            Phase::Preparing { forward } => {
-                if let Some(next) = self.neighbour(&forward.chain, 1) {
-                    out.push(Action::Send {
-                        to: next,
-                        msg: Message::Prepare(forward),
-                    });
-                }
+            Phase::Preparing => {
                 self.set_phase(txn, Phase::Prepared { in_doubt: false });
+                if self.txns[&txn].upstream {
+                    self.notify_next(txn, out);
+                }
             }
             Phase::Deciding => {
                 self.apply(txn, out);

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AbortReason, Ballot, Node, Prepare};
+use super::{AbortReason, Ballot, Node};
 use crate::locks::PrepareError;
 use crate::log::{PageWrite, Verdict};
 use crate::pages::PAGE_SIZE;
@@ -45,7 +45,8 @@ impl Default for NodeConfig {
 pub enum TxnStatus {
     /// The node has no record of it.
     Unknown,
-    /// Analysis passed, locks held, the intent is being made durable.
+    /// Analysis passed, locks held, the intent is being made durable (at the decider:
+    /// it waits for the earlier nodes' intents to be durable before logging its own).
     Preparing,
     /// Voted yes (intent durable), waiting for the outcome. `in_doubt` after a restart.
     Prepared {
@@ -70,9 +71,12 @@ pub enum TxnStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Phase {
-    Preparing {
-        forward: Prepare,
-    },
+    /// A non-decider's intent is on its way to the log (the `Prepare` was forwarded).
+    Preparing,
+    /// The decider: analysis passed and locks held, nothing logged yet; waits for
+    /// the [`Message::Durable`](super::Message::Durable) notice of its predecessor
+    /// (every earlier intent durable) before it logs its intent and decides.
+    Waiting,
     Prepared {
         in_doubt: bool,
     },
@@ -110,8 +114,11 @@ pub(super) struct Txn {
     pub(super) promised: Ballot,
     /// As an acceptor: the highest ballot accepted and its verdict (durable).
     pub(super) accepted: Option<(Ballot, Verdict)>,
-    /// Ticks spent prepared without an outcome.
+    /// Ticks spent prepared (or, at the decider, waiting) without an outcome.
     pub(super) waited: u32,
+    /// Every earlier chain node's intent is durable (the head's, trivially; else the
+    /// predecessor's [`Message::Durable`](super::Message::Durable) arrived).
+    pub(super) upstream: bool,
     /// The highest round seen in a refusal.
     pub(super) max_round: u32,
     /// The recovery ballot this node runs, if any.
@@ -136,6 +143,7 @@ impl Txn {
             promised: Ballot::default(),
             accepted: None,
             waited: 0,
+            upstream: false,
             max_round: 0,
             recovery: None,
         }

@@ -11,9 +11,10 @@ use crate::protocol::{Action, Message, Outcome};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
     /// A `Prepare` passed analysis here; its intent (at the decider: intent and
-    /// decision) is not yet written.
+    /// decision) is not yet written, nor the `Prepare` forwarded.
     BeforeIntent,
-    /// The intent is durable; the `Prepare` is not yet forwarded.
+    /// The intent here and every earlier one are durable; the `Durable` notice is not
+    /// yet sent to the next node.
     AfterIntent,
     /// The decider's commit decision is durable; the client is not yet answered and
     /// `Commit` not yet sent.
@@ -73,7 +74,7 @@ impl Step {
                 ) | (
                     Step::AfterIntent,
                     Action::Send {
-                        msg: Message::Prepare(_),
+                        msg: Message::Durable { .. },
                         ..
                     },
                 ) | (
