@@ -14,17 +14,7 @@ use tower::{Service, ServiceExt};
 
 #[test]
 fn pipeline_serves_concurrent_tower_calls_each_with_its_own_answer() {
-    let b = PipelineBuilder::new();
-    let (input, requests) = b.input::<Tagged<u64, String>>("requests");
-    requests
-        .then_tagged("square", stage::map(|x: u64| x * x))
-        .then_tagged(
-            "reject-49",
-            stage::try_map(|x: u64| if x == 49 { Err("no 49s") } else { Ok(x) }),
-        )
-        .then_tagged("render", stage::map(|x: u64| format!("<{x}>")))
-        .respond("reply");
-    let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(8)).unwrap();
+    let (running, input) = square_reject_render();
     let service = PipelineService::new(running.input(&input).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -41,14 +31,7 @@ fn pipeline_serves_concurrent_tower_calls_each_with_its_own_answer() {
     });
     assert_eq!(results.len(), 2000);
     for (i, result) in results {
-        if i == 7 {
-            assert!(
-                matches!(result, Err(RequestError::Stage { ref stage, .. }) if stage == "reject-49"),
-                "{result:?}"
-            );
-        } else {
-            assert_eq!(result.unwrap(), format!("<{}>", i * i));
-        }
+        check_answer(i, result);
     }
     drop(service);
     running.drain().unwrap();
@@ -56,18 +39,7 @@ fn pipeline_serves_concurrent_tower_calls_each_with_its_own_answer() {
 
 #[test]
 fn queued_answers_arrive_once_per_request_with_the_callers_ids() {
-    let b = PipelineBuilder::new();
-    let (input, requests) = b.input::<Tagged<u64, String>>("requests");
-    requests
-        .then_tagged("square", stage::map(|x: u64| x * x))
-        .then_tagged(
-            "reject-49",
-            stage::try_map(|x: u64| if x == 49 { Err("no 49s") } else { Ok(x) }),
-        )
-        .then_tagged("render", stage::map(|x: u64| format!("<{x}>")))
-        .respond("reply");
-    // A small input ring, so that many sends wait for room.
-    let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(8)).unwrap();
+    let (running, input) = square_reject_render();
     let mut service = PipelineService::new(running.input(&input).unwrap());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,14 +68,7 @@ fn queued_answers_arrive_once_per_request_with_the_callers_ids() {
     for (k, (id, result)) in got.into_iter().enumerate() {
         let i = k as u64;
         assert_eq!(id, i + 1_000);
-        if i == 7 {
-            assert!(
-                matches!(result, Err(RequestError::Stage { ref stage, .. }) if stage == "reject-49"),
-                "{result:?}"
-            );
-        } else {
-            assert_eq!(result.unwrap(), format!("<{}>", i * i));
-        }
+        check_answer(i, result);
     }
     drop(service);
     running.drain().unwrap();
@@ -484,4 +449,36 @@ fn try_call_answers_busy_when_the_input_is_full_and_serves_what_it_took() {
         closing.try_call(7),
         Err(pipewright::TryCallError::Closed(7))
     ));
+}
+
+/// square -> reject-49 -> render, a worker per stage, with a small input ring (so that
+/// many sends wait for room).
+fn square_reject_render() -> (
+    pipewright::Running,
+    pipewright::InputId<Tagged<u64, String>>,
+) {
+    let b = PipelineBuilder::new();
+    let (input, requests) = b.input::<Tagged<u64, String>>("requests");
+    requests
+        .then_tagged("square", stage::map(|x: u64| x * x))
+        .then_tagged(
+            "reject-49",
+            stage::try_map(|x: u64| if x == 49 { Err("no 49s") } else { Ok(x) }),
+        )
+        .then_tagged("render", stage::map(|x: u64| format!("<{x}>")))
+        .respond("reply");
+    let running = Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(8)).unwrap();
+    (running, input)
+}
+
+/// The answer square_reject_render gives request `i`.
+fn check_answer(i: u64, result: Result<String, RequestError>) {
+    if i == 7 {
+        assert!(
+            matches!(result, Err(RequestError::Stage { ref stage, .. }) if stage == "reject-49"),
+            "{result:?}"
+        );
+    } else {
+        assert_eq!(result.unwrap(), format!("<{}>", i * i));
+    }
 }
