@@ -168,14 +168,13 @@ mod error;
 pub mod faults;
 #[cfg(not(loom))]
 mod gateway;
-#[cfg(not(loom))]
 mod memtier;
+#[cfg(not(loom))]
 mod meta;
 #[cfg(not(loom))]
 pub mod nbd;
 #[cfg(not(loom))]
 pub mod pipeline;
-#[cfg(not(loom))]
 pub mod policy;
 #[cfg(not(loom))]
 pub mod replay;

@@ -17,12 +17,11 @@
 //! I/O and no trip through the request pipeline: [`PathService`](crate::pipeline::PathService)
 //! answers such reads in the caller's task.
 
-use std::sync::Mutex;
-
 use rustc_hash::FxHashMap;
 
 use crate::policy::{EvictionPolicy, PolicyKind};
 use crate::slot::SlotCell;
+use crate::sync::{Mutex, MutexGuard};
 
 /// One block copy and the check it passed.
 #[derive(Debug)]
@@ -72,7 +71,7 @@ impl MemTier {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tier> {
+    fn lock(&self) -> MutexGuard<'_, Tier> {
         self.tier.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -103,7 +102,7 @@ impl MemTier {
     }
 
     /// Whether the tier holds a copy of `key` (valid or not).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn contains(&self, key: u64) -> bool {
         self.lock().map.contains_key(&key)
     }
@@ -135,13 +134,13 @@ impl MemTier {
     }
 
     /// Copies held.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
         self.lock().map.len()
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use proptest::prelude::*;
 
@@ -219,5 +218,71 @@ mod tests {
                 prop_assert!(tier.len() <= 8);
             }
         }
+    }
+}
+
+/// The tier's admission racing a write, model-checked
+/// (`RUSTFLAGS="--cfg loom" cargo test -p pipewright-cache --release --lib memtier::loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use loom::sync::Arc;
+
+    use super::*;
+    use crate::slot::{check, Verdict};
+
+    const I1: u64 = 1;
+    const KEY: u64 = 7;
+    const OLD: u64 = 0xA;
+    const NEW: u64 = 0xB;
+
+    /// One slot holding block `KEY` (bytes `OLD`, the "disk" an atomic). A reader reads
+    /// the block as the read path does (write sequence, then bytes, then the check)
+    /// and admits it to the tier when the check passes; meanwhile a writer writes
+    /// `NEW` into the slot, moving its sequence around the write. Once the write is
+    /// done, the tier must never serve `OLD`. `seq_after_read` is the deliberate bug:
+    /// the sequence taken after the bytes instead of before.
+    fn admission_races_a_write(seq_after_read: bool) {
+        loom::model(move || {
+            let cells = Arc::new(vec![SlotCell::new(I1)]);
+            let disk = Arc::new(AtomicU64::new(OLD));
+            let tier = Arc::new(MemTier::new(4 * 16, 8, PolicyKind::Lru).expect("room"));
+            let writer = {
+                let (cells, disk) = (cells.clone(), disk.clone());
+                loom::thread::spawn(move || {
+                    cells[0].begin_write();
+                    disk.store(NEW, Ordering::SeqCst);
+                    cells[0].end_write();
+                })
+            };
+            let instance = cells[0].instance();
+            let mut seq = cells[0].seq();
+            let data = disk.load(Ordering::SeqCst);
+            if seq_after_read {
+                seq = cells[0].seq();
+            }
+            if check(instance, I1, true, &cells[0], seq) == Verdict::Valid {
+                tier.insert(KEY, 0, instance, seq, &data.to_le_bytes());
+            }
+            writer.join().expect("writer");
+            if let MemLookup::Hit(bytes) = tier.get(KEY, &cells) {
+                assert_eq!(
+                    bytes,
+                    NEW.to_le_bytes(),
+                    "the tier served a block older than the last write"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn a_copy_admitted_during_a_write_is_never_served_after_it() {
+        admission_races_a_write(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "older than the last write")]
+    fn the_model_catches_a_sequence_taken_after_the_read() {
+        admission_races_a_write(true);
     }
 }

@@ -132,5 +132,5 @@ pub fn simulate_request(policy: &mut dyn EvictionPolicy, capacity: usize, key: u
     false
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
