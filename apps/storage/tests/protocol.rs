@@ -112,13 +112,15 @@ fn txn(id: u64, chain: &[u32], page: u64) -> Prepare {
 }
 
 #[test]
-fn three_node_commit_uses_2n_minus_2_messages_then_acks() {
+fn three_node_commit_sends_each_chain_message_2n_minus_2_times() {
     let mut c = Cluster::new(3);
     c.start(txn(1, &[0, 1, 2], 4));
     c.deliver_all();
     assert_eq!(c.replies, vec![(TxnId(1), Outcome::Committed)]);
     let count = |f: fn(&Message) -> bool| c.sent.iter().filter(|m| f(m)).count();
     assert_eq!(count(|m| matches!(m, Message::Prepare(_))), 2);
+    // The pipelined prepare's notice follows it down the chain, hop by hop.
+    assert_eq!(count(|m| matches!(m, Message::Durable { .. })), 2);
     assert_eq!(count(|m| matches!(m, Message::Commit { .. })), 2);
     assert_eq!(count(|m| matches!(m, Message::Ack { .. })), 2);
     for n in 0..3 {
