@@ -115,7 +115,8 @@ impl Node {
         out
     }
 
-    /// The retry timer fired: prepared nodes ask the decider (`Resolve`), the decider
+    /// The retry timer fired: prepared nodes ask the decider (`Resolve`) and repeat
+    /// their `Durable` notice to the next node (it may have been lost), the decider
     /// re-sends `Commit` to nodes that have not acknowledged and its commit proposal
     /// to acceptors that have not accepted. With acceptors (F ≥ 1), a node prepared
     /// for more than `patience` ticks (a decider in doubt after a restart: at once)
@@ -153,6 +154,19 @@ impl Node {
                             client,
                         };
                         out.push(Action::Send { to: decider, msg });
+                        // Our `Durable` notice may have been lost, and without it the
+                        // decider presumes abort: send it again (a repeat is ignored).
+                        let next = t
+                            .chain
+                            .iter()
+                            .position(|&n| n == me)
+                            .and_then(|at| t.chain.get(at + 1).copied());
+                        if let (true, Some(next)) = (t.upstream, next) {
+                            out.push(Action::Send {
+                                to: next,
+                                msg: Message::Durable { txn },
+                            });
+                        }
                     }
                     if t.acceptor_nodes().is_empty() {
                         continue;
