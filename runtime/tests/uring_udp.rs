@@ -44,6 +44,15 @@ fn loopback_ring(buffers: u16) -> UdpRing {
     .unwrap()
 }
 
+/// A ring on a loopback socket with the default receive side, used to send.
+fn sender_ring() -> UdpRing {
+    UdpRing::new(
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpConfig::default(),
+    )
+    .unwrap()
+}
+
 fn payload(i: u32, len: usize) -> Vec<u8> {
     let mut p = i.to_be_bytes().to_vec();
     p.extend((0..len.saturating_sub(4)).map(|k| (k as u32 ^ i) as u8));
@@ -149,11 +158,7 @@ fn gso_send_arrives_as_separate_datagrams_and_gro_coalesces_them() {
         plain
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let tx = UdpRing::new(
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-            UdpConfig::default(),
-        )
-        .unwrap();
+        let tx = sender_ring();
         let run: Vec<u8> = (0..10 * 1000).map(|i| (i / 1000) as u8).collect();
         let (sent, _) = tx
             .send(plain.local_addr().unwrap(), run.clone(), Some(1000))
@@ -258,11 +263,7 @@ fn a_vectored_gso_send_puts_each_header_before_its_slice_of_the_frame() {
         plain
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let tx = UdpRing::new(
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-            UdpConfig::default(),
-        )
-        .unwrap();
+        let tx = sender_ring();
         // A 5,000-byte "frame" cut into 1,000-byte payloads, each behind its own
         // 16-byte header held in a separate small buffer: no payload copy.
         let frame: Vec<u8> = (0..5000u32).map(|i| (i / 1000) as u8 + 100).collect();
@@ -296,11 +297,7 @@ fn a_vectored_send_with_a_bad_slice_is_refused_before_sending() {
         return;
     }
     on_worker(async {
-        let tx = UdpRing::new(
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-            UdpConfig::default(),
-        )
-        .unwrap();
+        let tx = sender_ring();
         let to = "127.0.0.1:9".parse().unwrap();
         let (r, parts) = tx
             .send_vectored(to, vec![vec![0u8; 8]], &[(0, 4..12)], None)
