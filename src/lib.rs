@@ -107,9 +107,10 @@ pub mod graph {
 #[cfg(all(feature = "runtime", not(loom)))]
 pub use pipewright_runtime::{
     available_cpus, controller, live, plan_file, ring, signal, uring, ActivationBudget, ApplyError,
-    ControlStep, EdgeKind, Input, Output, Pin, PipelineService, Plan, PlanError, Report, RunError,
-    Running, Runtime, RuntimePipeline, SendError, Snapshot, StageSnapshot, StartError,
-    TryCallError, TrySendError, UringBudget, Watch, WorkerLocal, WrongThread,
+    ControlStep, EdgeKind, Input, Output, Pin, PipelineService, Plan, PlanError, Report,
+    ResponseFuture, RunError, Running, Runtime, RuntimePipeline, SendError, Snapshot,
+    StageSnapshot, StartError, TryCallError, TrySendError, UringBudget, Watch, WorkerLocal,
+    WrongThread,
 };
 
 /// The pipeline builder of the threaded runtime: [`graph::PipelineBuilder`] over the

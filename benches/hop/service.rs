@@ -55,31 +55,14 @@ where
     (start.elapsed(), acc)
 }
 
-/// The callers' runtime on both sides: `block_on` drives the callers, plus one worker
-/// thread pinned to the second CPU (where the peer's `Buffer` worker runs; ours leaves
-/// it idle and runs the pipeline on its own worker, pinned to the same CPU).
+/// The callers' runtime on both sides: `block_on` on the bench thread drives the
+/// callers, plus one worker thread (where the peer's `Buffer` worker runs; ours leaves
+/// it idle and runs the pipeline on its own pinned worker instead).
 fn caller_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .on_thread_start(|| {
-            core_affinity::set_for_current(core_affinity::CoreId { id: second_core() });
-        })
         .build()
         .expect("tokio runtime")
-}
-
-/// Runs `f` (the callers) on a thread pinned to the first CPU, on both sides: the
-/// callers and the service's work then never share a CPU, whichever side runs, and
-/// the scheduler does not move them between runs.
-fn on_callers_cpu<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
-            f()
-        })
-        .join()
-        .expect("callers' thread")
-    })
 }
 
 /// The four stages fused on one worker (pinned to the second CPU), fed `Tagged`
@@ -100,10 +83,8 @@ fn ours_service(cfg: &Config, expected: &Expected, n: u64) -> f64 {
     let running =
         Runtime::start(b.build().expect("valid pipeline"), plan).expect("pipeline starts");
     let mut svc = PipelineService::new(running.input(&input).expect("input open"));
-    let (elapsed, acc) = on_callers_cpu(|| {
-        let rt = caller_runtime();
-        rt.block_on(drive(&mut svc, n))
-    });
+    let rt = caller_runtime();
+    let (elapsed, acc) = rt.block_on(drive(&mut svc, n));
     drop(svc);
     let report = running.drain().expect("pipeline drains");
     if cfg.verbose {
@@ -118,16 +99,15 @@ fn ours_service(cfg: &Config, expected: &Expected, n: u64) -> f64 {
 /// `Buffer` worker task runs, so, as with ours, the work happens off the callers'
 /// thread (a plain `async` block would run on the caller polling the response future).
 fn peer_tower_buffer(expected: &Expected, n: u64) -> f64 {
-    let (elapsed, acc) = on_callers_cpu(|| {
-        let rt = caller_runtime();
-        rt.block_on(async {
-            let inner = tower::service_fn(|seed: u64| {
-                std::future::ready(Ok::<u64, Infallible>(seal(fold(mix(expand(seed))))))
-            });
-            let mut svc = tower::buffer::Buffer::new(inner, CAPACITY);
-            drive(&mut svc, n).await
-        })
+    let rt = caller_runtime();
+    let (elapsed, acc) = rt.block_on(async {
+        let inner = tower::service_fn(|seed: u64| {
+            std::future::ready(Ok::<u64, Infallible>(seal(fold(mix(expand(seed))))))
+        });
+        let mut svc = tower::buffer::Buffer::new(inner, CAPACITY);
+        drive(&mut svc, n).await
     });
+    drop(rt);
     assert_eq!(acc, expected.get(n), "tower-buffer answered wrongly");
     per_unit(elapsed, n)
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use pipewright_stages::{Answers, RequestError, Tagged};
+use pipewright_stages::{Answers, Reply, RequestError, Tagged};
 use tower_service::Service;
 
 use crate::handles::{Input, SendError, TrySendError};
@@ -18,7 +18,8 @@ use crate::handles::{Input, SendError, TrySendError};
 ///
 /// `poll_ready` is always ready while the pipeline is open; a call that finds the input
 /// full waits inside its response future (backpressure without a hidden reservation).
-/// Each call allocates its response channel and boxed future.
+/// Each call allocates its reply slot (a oneshot channel) and nothing else; a call that
+/// finds the input full also boxes its wait for room.
 ///
 /// [`Stream::then_tagged`]: pipewright_stages::Stream::then_tagged
 /// [`Stream::respond`]: pipewright_stages::Stream::respond
@@ -92,9 +93,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
     pub fn try_call(&mut self, request: Req) -> Result<ResponseFuture<Resp>, TryCallError<Req>> {
         let (tagged, reply) = Tagged::new(request);
         match self.input.try_send(tagged) {
-            Ok(()) => Ok(Box::pin(async move {
-                reply.await.unwrap_or(Err(RequestError::Dropped))
-            })),
+            Ok(()) => Ok(ResponseFuture::waiting(reply)),
             Err(TrySendError::Full(tagged)) => Err(TryCallError::Busy(untag(tagged))),
             Err(TrySendError::Closed(tagged)) => Err(TryCallError::Closed(untag(tagged))),
         }
@@ -183,8 +182,89 @@ impl<Req: Send + 'static, Resp: Send + 'static> Clone for PipelineService<Req, R
     }
 }
 
-/// The response future of [`PipelineService`].
-pub type ResponseFuture<Resp> = Pin<Box<dyn Future<Output = Result<Resp, RequestError>> + Send>>;
+/// The response future of [`PipelineService`]: resolves to the pipeline's answer.
+///
+/// A named future, not a boxed one: a call whose request went straight into the
+/// pipeline's input allocates nothing beyond its reply slot. A service wrapping a
+/// `PipelineService` can answer some calls itself with [`ResponseFuture::ready`].
+///
+/// ```
+/// use pipewright::{RequestError, ResponseFuture};
+///
+/// let answered: ResponseFuture<u32> = ResponseFuture::ready(Ok(7));
+/// assert_eq!(futures::executor::block_on(answered), Ok(7));
+/// let refused: ResponseFuture<u32> = ResponseFuture::ready(Err(RequestError::Closed));
+/// assert_eq!(futures::executor::block_on(refused), Err(RequestError::Closed));
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<Resp> {
+    state: Response<Resp>,
+}
+
+enum Response<Resp> {
+    /// The request is in the pipeline; its answer comes through the reply slot.
+    Waiting(Reply<Resp>),
+    /// Answered already (or refused); taken by the first poll.
+    Ready(Option<Result<Resp, RequestError>>),
+    /// The input was full: the request still has to be sent, then answered.
+    Sending(Pin<Box<dyn Future<Output = Result<Resp, RequestError>> + Send>>),
+}
+
+impl<Resp> ResponseFuture<Resp> {
+    /// A future that resolves at once to `result`.
+    pub fn ready(result: Result<Resp, RequestError>) -> Self {
+        Self {
+            state: Response::Ready(Some(result)),
+        }
+    }
+
+    fn waiting(reply: Reply<Resp>) -> Self {
+        Self {
+            state: Response::Waiting(reply),
+        }
+    }
+
+    fn sending(send: impl Future<Output = Result<Resp, RequestError>> + Send + 'static) -> Self {
+        Self {
+            state: Response::Sending(Box::pin(send)),
+        }
+    }
+}
+
+// The answer is only stored and moved out, never polled in place: pinning the future
+// never needs to pin it.
+impl<Resp> Unpin for ResponseFuture<Resp> {}
+
+impl<Resp> Future for ResponseFuture<Resp> {
+    type Output = Result<Resp, RequestError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            Response::Waiting(reply) => Pin::new(reply)
+                .poll(cx)
+                .map(|answer| answer.unwrap_or(Err(RequestError::Dropped))),
+            Response::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("ResponseFuture polled after it completed"),
+            ),
+            Response::Sending(send) => send.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<Resp> std::fmt::Debug for ResponseFuture<Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            Response::Waiting(_) => "waiting for the answer",
+            Response::Ready(_) => "ready",
+            Response::Sending(_) => "waiting for room in the input",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
 
 impl<Req: Send + 'static, Resp: Send + 'static> Service<Req> for PipelineService<Req, Resp> {
     type Response = Resp;
@@ -202,11 +282,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Service<Req> for PipelineService
     fn call(&mut self, request: Req) -> Self::Future {
         let (tagged, reply) = Tagged::new(request);
         match self.input.try_send(tagged) {
-            Ok(()) => Box::pin(async move { reply.await.unwrap_or(Err(RequestError::Dropped)) }),
-            Err(TrySendError::Closed(_)) => Box::pin(async { Err(RequestError::Closed) }),
+            Ok(()) => ResponseFuture::waiting(reply),
+            Err(TrySendError::Closed(_)) => ResponseFuture::ready(Err(RequestError::Closed)),
             Err(TrySendError::Full(tagged)) => {
                 let mut input = self.input.try_clone();
-                Box::pin(async move {
+                ResponseFuture::sending(async move {
                     let Some(input) = input.as_mut() else {
                         return Err(RequestError::Closed);
                     };

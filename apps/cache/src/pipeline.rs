@@ -263,7 +263,7 @@ impl tower_service::Service<BlockRequest> for PathService {
         {
             if let Some(data) = self.cache.read_memory(volume, offset, len) {
                 let reply = Ok(Ok(PathResponse::Data(ReadBuf::from_vec(data))));
-                return Box::pin(std::future::ready(reply));
+                return ResponseFuture::ready(reply);
             }
         }
         self.pipeline.call(req)
