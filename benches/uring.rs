@@ -15,11 +15,14 @@
 //! page cache (`posix_fadvise(DONTNEED)`) before every read run, so both read storage;
 //! `file-read-direct` is ours with `O_DIRECT`; `file-read-warm` reads the file from
 //! the page cache on both sides. Ours is timed from the first range sent to the
-//! running pipeline to the last byte consumed.
+//! running pipeline to the last byte consumed; the bytes are consumed on the reading
+//! worker (a fused sink), as the peer consumes them in its reading thread.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use pipewright::uring::{BufferPool, FileReader, FileSink, ReadRange};
@@ -157,11 +160,24 @@ fn ours_read(path: &Path, size: u64, direct: bool, cold: bool) -> f64 {
     };
     let b = PipelineBuilder::new();
     let (ranges, input) = b.input::<ReadRange>("ranges");
-    let chunks = input
+    // The bytes are consumed where they were read, as the peer consumes them in its
+    // reading thread: a sink fused on the reader's worker (each buffer goes back to
+    // the pool on that worker, with no thread in between).
+    let consumed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(OnceLock::new());
+    let (seen, finished) = (consumed.clone(), done.clone());
+    input
         .burst(8)
         .then_async("read", reader.expect("open"))
         .burst(8)
-        .output("chunks");
+        .for_each("consume", move |chunk| {
+            let total = seen.fetch_add(chunk.data.len() as u64, Ordering::Relaxed)
+                + chunk.data.len() as u64;
+            std::hint::black_box(&chunk.data[..]);
+            if total == size {
+                let _ = finished.set(Instant::now());
+            }
+        });
     // The reader's I/O budget: reads in flight into registered buffers, one each.
     let plan = Plan::fused().uring(
         "read",
@@ -170,21 +186,16 @@ fn ours_read(path: &Path, size: u64, direct: bool, cold: bool) -> f64 {
             fixed_buffers: READ_BUFFERS as u32,
         },
     );
-    let mut running = Runtime::start(b.build().expect("pipeline"), plan).expect("start");
-    let rx = running.output(&chunks).expect("output");
+    let running = Runtime::start(b.build().expect("pipeline"), plan).expect("start");
     let mut ranges = running.input(&ranges).expect("input");
-    let reader = std::thread::spawn(move || {
-        let total = rx.map(|c| c.data.len() as u64).sum::<u64>();
-        (total, Instant::now())
-    });
     let start = Instant::now();
     for range in ReadRange::chunks(size, READ_SIZE) {
         ranges.send(range).expect("the pipeline takes ranges");
     }
     drop(ranges);
     running.join().expect("run");
-    let (total, end) = reader.join().expect("reader");
-    assert_eq!(total, size);
+    assert_eq!(consumed.load(Ordering::Relaxed), size);
+    let end = *done.get().expect("every byte consumed");
     size as f64 / 1e6 / (end - start).as_secs_f64()
 }
 
