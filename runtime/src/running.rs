@@ -135,6 +135,7 @@ impl Runtime {
             let sync_nodes = owners.iter().filter(|o| o.is_some()).count();
             control = control.with_mailboxes(m.clone(), sync_nodes);
         }
+        control.set_busy_poll(plan.busy_poll_window());
         let control = Arc::new(control);
         let node_signals: Vec<Arc<Signal>> = (0..names.len())
             .map(|n| match pipeline.nodes[n].node.kind() {
@@ -377,7 +378,6 @@ impl Runtime {
                 nodes,
                 control: control.clone(),
                 uring: worker.uring,
-                busy_poll: plan.busy_poll_window(),
             };
             match worker::spawn(setup) {
                 Ok(handle) => threads.push(handle),
@@ -506,6 +506,36 @@ impl Running {
     pub fn abort(self) -> Result<Report, RunError> {
         self.control.abort();
         self.shutdown(Duration::ZERO)
+    }
+
+    /// Changes how long idle workers keep polling before they park (the plan's
+    /// [`busy_poll`](Plan::busy_poll) window), while the pipeline runs: a data plane
+    /// polls while traffic is sparse but latency matters, and stops when its CPU is
+    /// needed elsewhere. Workers pick the new window up at their next idle pass;
+    /// `Duration::ZERO` turns polling off. A worker also stops polling when it finds it
+    /// was descheduled for longer than the window (its CPU is contended).
+    ///
+    /// [`plan`](Running::plan) keeps the window the pipeline started with.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pipewright::{IterSource, PipelineBuilder, Plan, Runtime};
+    ///
+    /// let b = PipelineBuilder::new();
+    /// b.source("numbers", IterSource(0..1000u64)).for_each("sink", drop);
+    /// let running = Runtime::start(b.build()?, Plan::fused())?;
+    /// running.set_busy_poll(Duration::from_micros(200));
+    /// assert_eq!(running.busy_poll(), Duration::from_micros(200));
+    /// running.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_busy_poll(&self, window: Duration) {
+        self.control.set_busy_poll(window);
+    }
+
+    /// The busy-poll window the workers use now (see [`set_busy_poll`](Running::set_busy_poll)).
+    pub fn busy_poll(&self) -> Duration {
+        self.control.busy_poll()
     }
 
     /// True once every worker has ended.

@@ -51,6 +51,9 @@ pub(crate) struct Control {
     finished_at: Mutex<Option<Instant>>,
     /// Quiesce waits that hit [`QUIESCE_LIMIT`] (for `Report::quiesce_overruns`).
     quiesce_overruns: std::sync::atomic::AtomicUsize,
+    /// The busy-poll window in nanoseconds, read by every worker at each idle pass
+    /// (`Running::set_busy_poll` changes it while the pipeline runs).
+    busy_poll_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Control {
@@ -76,7 +79,23 @@ impl Control {
             activation: Vec::new(),
             finished_at: Mutex::new(None),
             quiesce_overruns: Default::default(),
+            busy_poll_nanos: Default::default(),
         }
+    }
+
+    /// How long workers keep polling after their last progress before they park.
+    pub(crate) fn busy_poll(&self) -> Duration {
+        Duration::from_nanos(
+            self.busy_poll_nanos
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Sets the busy-poll window of every worker; they pick it up at their next idle pass.
+    pub(crate) fn set_busy_poll(&self, window: Duration) {
+        let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_poll_nanos
+            .store(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many quiesce waits gave up at [`QUIESCE_LIMIT`].
@@ -267,8 +286,6 @@ pub(crate) struct WorkerSetup {
     pub(crate) control: Arc<Control>,
     /// The worker's io_uring sizing from the plan, if its stages declared one.
     pub(crate) uring: Option<crate::uring::UringConfig>,
-    /// How long to keep polling after the last progress before parking.
-    pub(crate) busy_poll: Duration,
 }
 
 /// Marks the worker done however its thread ends, so `drain` and `shutdown` never
@@ -301,7 +318,6 @@ fn run(setup: WorkerSetup) {
         nodes,
         control,
         uring,
-        busy_poll,
     } = setup;
     if let Some(config) = uring {
         crate::uring::configure(config);
@@ -370,7 +386,6 @@ fn run(setup: WorkerSetup) {
             signal: &signal,
             control: &control,
             has_tasks: !tasks.is_empty(),
-            busy_poll,
             mail: Vec::new(),
         };
         worker.run().await;
@@ -416,13 +431,21 @@ struct Slot {
     done: bool,
 }
 
+/// Whether an idle worker with busy-poll `window` polls once more instead of parking:
+/// only while it has been idle for less than the window, and only if its previous idle
+/// pass was less than a window ago. A longer gap means the thread was descheduled: its
+/// CPU is contended, and polling there would take the CPU from the threads that
+/// produce its work (on a loaded two-CPU machine, the other side of a round trip).
+fn keep_polling(window: Duration, idle_for: Duration, since_last_pass: Duration) -> bool {
+    !window.is_zero() && idle_for < window && since_last_pass < window
+}
+
 struct SyncLoop<'a> {
     index: usize,
     slots: Vec<Slot>,
     signal: &'a Signal,
     control: &'a Control,
     has_tasks: bool,
-    busy_poll: Duration,
     mail: Vec<Command>,
 }
 
@@ -498,6 +521,7 @@ impl SyncLoop<'_> {
     async fn run(&mut self) {
         let mut idle_passes = 0u32;
         let mut idle_since: Option<Instant> = None;
+        let mut last_idle_pass: Option<Instant> = None;
         let mut last_turn = Instant::now();
         loop {
             if self.control.aborted() {
@@ -539,6 +563,7 @@ impl SyncLoop<'_> {
             if progress {
                 idle_passes = 0;
                 idle_since = None;
+                last_idle_pass = None;
                 if self.has_tasks && last_turn.elapsed() >= TASK_TURN_EVERY {
                     tokio::task::yield_now().await;
                     last_turn = Instant::now();
@@ -546,8 +571,13 @@ impl SyncLoop<'_> {
                 continue;
             }
             idle_passes += 1;
-            let polling = !self.busy_poll.is_zero()
-                && idle_since.get_or_insert_with(Instant::now).elapsed() < self.busy_poll;
+            let window = self.control.busy_poll();
+            let polling = !window.is_zero() && {
+                let now = Instant::now();
+                let idle_for = now - *idle_since.get_or_insert(now);
+                let since_last = now - last_idle_pass.replace(now).unwrap_or(now);
+                keep_polling(window, idle_for, since_last)
+            };
             if idle_passes < SPIN_PASSES || polling {
                 if self.has_tasks {
                     tokio::task::yield_now().await;
@@ -558,6 +588,7 @@ impl SyncLoop<'_> {
             }
             idle_passes = 0;
             idle_since = None;
+            last_idle_pass = None;
             match throttle {
                 Some(wait) => {
                     let _ = tokio::time::timeout(wait, self.signal.park()).await;
@@ -577,5 +608,54 @@ impl SyncLoop<'_> {
         for slot in &mut self.slots {
             slot.node.abandon();
         }
+    }
+}
+
+#[cfg(test)]
+mod busy_poll_tests {
+    use std::time::Duration;
+
+    use super::keep_polling;
+
+    const WINDOW: Duration = Duration::from_micros(200);
+
+    #[test]
+    fn polls_within_the_window_of_idleness() {
+        assert!(keep_polling(
+            WINDOW,
+            Duration::from_micros(50),
+            Duration::from_micros(1)
+        ));
+        assert!(!keep_polling(WINDOW, WINDOW, Duration::from_micros(1)));
+        assert!(!keep_polling(
+            WINDOW,
+            Duration::from_millis(5),
+            Duration::from_micros(1)
+        ));
+    }
+
+    #[test]
+    fn a_descheduled_worker_parks_instead_of_polling_on() {
+        // Idle for only 50 µs, but the previous pass was 300 µs ago: the thread lost
+        // its CPU for longer than the window.
+        assert!(!keep_polling(
+            WINDOW,
+            Duration::from_micros(50),
+            Duration::from_micros(300)
+        ));
+        assert!(keep_polling(
+            WINDOW,
+            Duration::from_micros(50),
+            Duration::from_micros(199)
+        ));
+    }
+
+    #[test]
+    fn a_zero_window_never_polls() {
+        assert!(!keep_polling(
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO
+        ));
     }
 }
