@@ -90,6 +90,8 @@ mod service;
 #[cfg(not(loom))]
 pub mod sources;
 #[cfg(not(loom))]
+mod start;
+#[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
 mod stop;
@@ -118,9 +120,11 @@ pub use plan::{
 #[cfg(not(loom))]
 pub use replan::{ApplyError, ControlStep};
 #[cfg(not(loom))]
-pub use running::{Report, RunError, Running, Runtime, RuntimePipeline, StartError};
+pub use running::{Report, RunError, Running, RuntimePipeline, StartError};
 #[cfg(not(loom))]
 pub use service::{PipelineService, ResponseFuture, TryCallError};
+#[cfg(not(loom))]
+pub use start::Runtime;
 #[cfg(not(loom))]
 pub use stats::{Snapshot, StageSnapshot};
 #[cfg(not(loom))]

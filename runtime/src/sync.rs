@@ -60,7 +60,8 @@ pub use std::thread;
 // The runtime's own lock-free code names these at this module's root.
 pub(crate) use self::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Atomic integers, booleans and pointers, [`Ordering`] and [`fence`]:
+/// Atomic integers, booleans and pointers, [`Ordering`] and
+/// [`fence`](atomic::fence):
 /// `std::sync::atomic`'s, or loom's under `--cfg loom`.
 pub mod atomic {
     #[cfg(loom)]
