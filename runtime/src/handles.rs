@@ -58,11 +58,9 @@ impl<T: Send + 'static> Input<T> {
 
     /// Sends one item without waiting.
     pub fn try_send(&mut self, item: T) -> Result<(), TrySendError<T>> {
-        self.one.push_back(item);
-        if self.sender.push_some(&mut self.one) > 0 {
+        let Err(item) = self.sender.push_one(item, &mut self.one) else {
             return Ok(());
-        }
-        let item = self.one.pop_front().expect("item not taken");
+        };
         if self.sender.is_closed() {
             Err(TrySendError::Closed(item))
         } else {

@@ -131,6 +131,26 @@ impl<T: Send> RingSender<T> {
         pushed
     }
 
+    /// Pushes one item if it fits and wakes the consumer; hands it back otherwise. An
+    /// MPSC edge (an application input) takes it without a buffer in between.
+    #[inline]
+    pub(crate) fn push_one(&mut self, item: T, spare: &mut VecDeque<T>) -> Result<(), T> {
+        if let SenderInner::Mpsc(p) = &mut self.inner {
+            return match p.push(item) {
+                Ok(()) => {
+                    self.link.pushed();
+                    Ok(())
+                }
+                Err((item, _full_or_closed)) => Err(item),
+            };
+        }
+        spare.push_back(item);
+        if self.push_some(spare) > 0 {
+            return Ok(());
+        }
+        Err(spare.pop_front().expect("item not taken"))
+    }
+
     /// Tells the consumer a producer waits for space.
     pub(crate) fn arm(&self) {
         self.link.arm();

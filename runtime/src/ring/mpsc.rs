@@ -127,39 +127,7 @@ impl<T> MpscProducer<T> {
             return Ok(0);
         }
         let shared = &*self.shared;
-        let capacity = shared.mask + 1;
-        // Acquire, here and on a failed CAS: `tail` only changes by read-modify-writes,
-        // so reading a value synchronizes with every claim up to it, and each of those
-        // claimers had seen `head >= its new tail - capacity`. The `head` we load next
-        // is then at least that recent, so `tail - head <= capacity`. (With Relaxed, a
-        // fresh `tail` could meet a stale `head`, `free` would wrap around, and the CAS
-        // could claim slots the consumer has not read yet.)
-        let mut tail = shared.tail.load(Ordering::Acquire);
-        let (start, n) = loop {
-            if tail & CLOSED != 0 {
-                return Err(PushError::Closed);
-            }
-            let head = shared.head.load(Ordering::Acquire);
-            // `tail` itself can be stale (the consumer popped past it after other
-            // producers claimed more), so `head` may be ahead of it: a plain
-            // `tail - head` would underflow. Such a `tail` is not current, so the CAS
-            // below fails and we retry with the fresh value; only a `tail` that wins
-            // the CAS (then `head <= tail`) decides how many items we take.
-            let free = capacity - tail.saturating_sub(head);
-            let n = free.min(items.len());
-            if n == 0 {
-                return Err(PushError::Full);
-            }
-            match shared.tail.compare_exchange_weak(
-                tail,
-                tail + n,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break (tail, n),
-                Err(now) => tail = now,
-            }
-        };
+        let (start, n) = self.claim(items.len())?;
         for (pos, item) in (start..start + n).zip(items.drain(..n)) {
             let slot = &shared.slots[pos & shared.mask];
             // SAFETY: our CAS gave us position `pos` exclusively, and the `head` we
@@ -171,12 +139,56 @@ impl<T> MpscProducer<T> {
     }
 
     /// Pushes one item, handing it back with the reason when it cannot.
+    #[inline]
     pub fn push(&mut self, item: T) -> Result<(), (T, PushError)> {
-        let mut one = VecDeque::with_capacity(1);
-        one.push_back(item);
-        match self.push_burst(&mut one) {
-            Ok(_) => Ok(()),
-            Err(e) => Err((one.pop_front().expect("item not taken"), e)),
+        let (pos, _) = match self.claim(1) {
+            Ok(claimed) => claimed,
+            Err(e) => return Err((item, e)),
+        };
+        let slot = &self.shared.slots[pos & self.shared.mask];
+        // SAFETY: as in `push_burst`: our CAS gave us position `pos` exclusively, and
+        // the `head` we Acquired shows the consumer has moved the previous lap's item out.
+        slot.value.with_mut(|v| unsafe { (*v).write(item) });
+        slot.seq.store(pos + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Claims up to `want` (at least 1) consecutive positions: the first and how many.
+    #[inline]
+    fn claim(&self, want: usize) -> Result<(usize, usize), PushError> {
+        let shared = &*self.shared;
+        let capacity = shared.mask + 1;
+        // Acquire, here and on a failed CAS: `tail` only changes by read-modify-writes,
+        // so reading a value synchronizes with every claim up to it, and each of those
+        // claimers had seen `head >= its new tail - capacity`. The `head` we load next
+        // is then at least that recent, so `tail - head <= capacity`. (With Relaxed, a
+        // fresh `tail` could meet a stale `head`, `free` would wrap around, and the CAS
+        // could claim slots the consumer has not read yet.)
+        let mut tail = shared.tail.load(Ordering::Acquire);
+        loop {
+            if tail & CLOSED != 0 {
+                return Err(PushError::Closed);
+            }
+            let head = shared.head.load(Ordering::Acquire);
+            // `tail` itself can be stale (the consumer popped past it after other
+            // producers claimed more), so `head` may be ahead of it: a plain
+            // `tail - head` would underflow. Such a `tail` is not current, so the CAS
+            // below fails and we retry with the fresh value; only a `tail` that wins
+            // the CAS (then `head <= tail`) decides how many items we take.
+            let free = capacity - tail.saturating_sub(head);
+            let n = free.min(want);
+            if n == 0 {
+                return Err(PushError::Full);
+            }
+            match shared.tail.compare_exchange_weak(
+                tail,
+                tail + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok((tail, n)),
+                Err(now) => tail = now,
+            }
         }
     }
 
