@@ -358,6 +358,17 @@ mod tests {
             prop_assert_eq!(again, ds);
         }
 
+        /// Any bytes, at any tunnel header length: no panic, every datagram in one run.
+        #[test]
+        fn garbage_never_panics(
+            ds in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..8),
+            off in 0usize..40,
+        ) {
+            let refs: Vec<&[u8]> = ds.iter().map(|d| &d[..]).collect();
+            let runs = plan_runs(&refs, |_| Some(off));
+            prop_assert_eq!(runs.iter().map(|r| r.range.len()).sum::<usize>(), ds.len());
+        }
+
         /// A corrupted, reordered or foreign segment ends the run before it; every
         /// datagram is in exactly one run, in order.
         #[test]
