@@ -342,6 +342,7 @@ impl DataPlaneBuilder {
                         stats.clone(),
                         stop.clone(),
                         activity.clone(),
+                        self.decap.clone().unwrap_or_default(),
                     )
                     .map_err(|e| DataPlaneError::Socket {
                         what: format!("{}:{port}", underlay.local),

@@ -3,14 +3,20 @@
 //! Transmit: egress emits whole outer frames (Ethernet, IP, UDP, tunnel header, inner
 //! frame). The sink sends each frame's UDP payload from a small pool of sockets, picked
 //! by the frame's outer UDP source port (the flow's entropy), so one flow stays on one
-//! socket and its order is kept. Runs of frames of one flow with one payload size (the
-//! segments of a TSO super-frame, or a guest's stream of equal datagrams) go out as
-//! one GSO send.
+//! socket and its order is kept. Runs of frames of one flow with one payload size (a
+//! guest's stream of equal datagrams) go out as one GSO send. A TSO super-frame kept
+//! whole (one outer header) goes out as GSO runs without a payload copy: a vectored
+//! send whose per-segment headers sit in a small buffer and whose payload slices point
+//! into the frame.
 //!
-//! Receive: a multishot receive (with GRO) on the tunnel's port. The kernel has
+//! Receive: a multishot receive (with `UDP_GRO`) on the tunnel's port. The kernel has
 //! already checked the outer IP and UDP headers; the source writes an outer header in
 //! front of each datagram again so that one decapsulation path (`parse_outer`) serves
-//! both this socket underlay and raw-frame underlays.
+//! both this socket underlay and raw-frame underlays. A GRO buffer's consecutive
+//! segments of one inner TCP flow (checksums verified) are coalesced into one TSO
+//! super-frame (`offload::gro`), which a TAP VF takes whole with a virtio-net GSO header; the
+//! kernel fills GRO buffers when the underlay interface has GRO on (a NIC's default;
+//! on a veth, `ethtool -K <if> gro on`).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -23,8 +29,9 @@ use pipewright_runtime::{
 use super::activity::Activity;
 use super::xdp_underlay::UnderlayKind;
 use super::Stop;
-use crate::offload::SuperFrame;
+use crate::offload::{gro, SuperFrame};
 use crate::pipeline::{Direction, NicStats};
+use crate::tunnel::{inner_offset, DecapConfig};
 use crate::wire::{ethertype, ip_proto, Ipv4Packet, Ipv6Packet, UdpPacket};
 use crate::{Frame, FramePool};
 
@@ -189,50 +196,70 @@ impl UnderlayTx {
 
 impl UnderlayTx {
     /// Adds the sends of an encapsulated super-frame (`meta.outer_len` bytes of outer
-    /// header in front of a TSO/USO frame): its segments, each behind the tunnel
-    /// header, written back to back into GSO runs — the payload's one copy on egress.
+    /// header in front of a TSO/USO frame): GSO runs of its segments, each segment's
+    /// headers (the tunnel header, then its patched inner headers) written into a
+    /// small buffer and its payload a slice of the frame itself — no payload copy on
+    /// egress. The frame is shared by the run's sends until the kernel is done.
     fn push_super(
         &mut self,
-        frame: &Frame,
+        frame: Frame,
         gso: crate::Gso,
         sends: &mut Vec<Send>,
         open: &mut [Option<usize>],
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), (&'static str, Frame)> {
         let data = frame.data();
         let outer = usize::from(frame.meta.outer_len);
-        let (to, src_port, payload_off, _) = outer_addr(data).ok_or("not-encapsulated")?;
+        let Some((to, src_port, payload_off, _)) = outer_addr(data) else {
+            return Err(("not-encapsulated", frame));
+        };
         if payload_off > outer || outer > data.len() {
-            return Err("not-encapsulated");
+            return Err(("not-encapsulated", frame));
         }
         let (prefix, inner) = data[payload_off..].split_at(outer - payload_off);
-        let cut = SuperFrame::parse(inner, gso).map_err(|e| e.reason())?;
+        let cut = match SuperFrame::parse(inner, gso) {
+            Ok(cut) => cut,
+            Err(e) => return Err((e.reason(), frame)),
+        };
         let stride = prefix.len() + cut.hdr_len + cut.size;
-        let segment = u16::try_from(stride).map_err(|_| "segment-too-large")?;
+        let Ok(segment) = u16::try_from(stride) else {
+            return Err(("segment-too-large", frame));
+        };
         let per_send = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
         let socket = usize::from(src_port) % open.len();
         let count = cut.count();
         let mut copied = 0;
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < count {
             let n = per_send.min(count - i);
-            let mut buf = self.spare.pop().unwrap_or_default();
-            buf.clear();
+            let mut headers = self.spare.pop().unwrap_or_default();
+            headers.clear();
+            let mut slices = Vec::with_capacity(2 * n);
             for k in i..i + n {
-                buf.extend_from_slice(prefix);
-                cut.append(inner, k, &mut buf);
+                let at = headers.len();
+                headers.extend_from_slice(prefix);
+                let payload = cut.append_headers(inner, k, &mut headers);
+                slices.push((0, at..headers.len()));
+                slices.push((1, outer + payload.start..outer + payload.end));
             }
-            copied += buf.len();
+            copied += headers.len();
+            runs.push((headers, slices, n));
+            i += n;
+        }
+        let frame = Arc::new(frame);
+        for (headers, slices, n) in runs {
             sends.push(Send {
                 to,
                 socket,
-                payload: buf,
+                payload: headers,
                 segment: Some(segment),
                 datagrams: n,
+                frame: Some((frame.clone(), slices)),
             });
-            i += n;
         }
         // The socket's runs end here: what follows starts a new one.
         open[socket] = None;
+        // Only the headers were copied.
         self.stats.count_copy(Direction::Egress, copied);
         Ok(())
     }
@@ -242,9 +269,31 @@ impl UnderlayTx {
 struct Send {
     to: SocketAddr,
     socket: usize,
+    /// The datagrams; for a vectored send, the headers its slices point into.
     payload: Vec<u8>,
     segment: Option<u16>,
     datagrams: usize,
+    /// A vectored send: the super-frame its payload slices point into, and the slices
+    /// (part 0: `payload`, part 1: the frame's data).
+    frame: Option<(Arc<Frame>, Slices)>,
+}
+
+/// The slices of a vectored send: (part, byte range of that part).
+type Slices = Vec<(usize, std::ops::Range<usize>)>;
+
+/// A part of a vectored send: a buffer of headers, or a super-frame's data.
+enum Part {
+    Bytes(Vec<u8>),
+    Frame(Arc<Frame>),
+}
+
+impl AsRef<[u8]> for Part {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Part::Bytes(b) => b,
+            Part::Frame(f) => f.data(),
+        }
+    }
 }
 
 // The data plane's own ports: not listed among the framework trait's implementors.
@@ -272,10 +321,10 @@ impl AsyncStage for UnderlayTx {
         let mut copied = 0;
         while let Some(frame) = burst.pop() {
             if let (Some(gso), 1..) = (frame.meta.gso, frame.meta.outer_len) {
-                if let Err(reason) = self.push_super(&frame, gso, &mut sends, &mut open) {
+                if let Err((reason, frame)) = self.push_super(frame, gso, &mut sends, &mut open) {
                     self.stats.drop_frame("underlay-tx", reason);
+                    used.push(frame);
                 }
-                used.push(frame);
                 continue;
             }
             let Some(dst) = outer_dst(frame.data()) else {
@@ -316,6 +365,7 @@ impl AsyncStage for UnderlayTx {
                     payload: buf,
                     segment: None,
                     datagrams: 1,
+                    frame: None,
                 });
                 open[socket] = Some(sends.len() - 1);
             }
@@ -332,14 +382,33 @@ impl AsyncStage for UnderlayTx {
                 return;
             }
         };
+        let held: Vec<Arc<Frame>> = sends
+            .iter()
+            .filter_map(|s| s.frame.as_ref().map(|(f, _)| f.clone()))
+            .collect();
         let pending = sends.into_iter().map(|s| {
             let ring = &rings[s.socket];
             async move {
                 // A run of one is a plain datagram (GSO of one segment is refused by
                 // some kernels for sizes above the MTU).
                 let segment = s.segment.filter(|_| s.datagrams > 1);
-                let (result, buf) = ring.send(s.to, s.payload, segment).await;
-                (result, buf, s.datagrams)
+                match s.frame {
+                    None => {
+                        let (result, buf) = ring.send(s.to, s.payload, segment).await;
+                        (result, Some(buf), s.datagrams)
+                    }
+                    Some((frame, slices)) => {
+                        let parts = vec![Part::Bytes(s.payload), Part::Frame(frame)];
+                        let (result, mut parts) =
+                            ring.send_vectored(s.to, parts, &slices, segment).await;
+                        parts.truncate(1);
+                        let buf = match parts.pop() {
+                            Some(Part::Bytes(b)) => Some(b),
+                            _ => None,
+                        };
+                        (result, buf, s.datagrams)
+                    }
+                }
             }
         });
         for (result, buf, datagrams) in futures::future::join_all(pending).await {
@@ -348,10 +417,14 @@ impl AsyncStage for UnderlayTx {
                     failures.push(std::io::Error::new(e.kind(), e.to_string()));
                 }
             }
-            if self.spare.len() < 256 {
+            if let Some(buf) = buf.filter(|_| self.spare.len() < 256) {
                 self.spare.push(buf);
             }
         }
+        // Every send is done: the super-frames' buffers go back to the pool (a frame
+        // shared by several sends is held here once per send; its last one unwraps).
+        self.pool
+            .give_back(held.into_iter().filter_map(|f| Arc::try_unwrap(f).ok()));
     }
 }
 
@@ -365,6 +438,8 @@ pub struct UnderlayRx {
     stats: NicStats,
     stop: Stop,
     activity: Activity,
+    /// Which tunnel each port carries: GRO needs each datagram's tunnel header length.
+    decap: DecapConfig,
 }
 
 impl std::fmt::Debug for UnderlayRx {
@@ -384,6 +459,7 @@ impl UnderlayRx {
         stats: NicStats,
         stop: Stop,
         activity: Activity,
+        decap: DecapConfig,
     ) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(config.local, port))?;
         set_rcvbuf(&socket, config.rx_socket_buffer)?;
@@ -397,6 +473,7 @@ impl UnderlayRx {
             stats,
             stop,
             activity,
+            decap,
         })
     }
 }
@@ -412,8 +489,21 @@ fn set_rcvbuf(socket: &UdpSocket, bytes: usize) -> std::io::Result<()> {
 
 /// Writes Ethernet + IP + UDP headers for a datagram from `from` to `local` in front
 /// of `payload`, into `frame`.
+#[cfg(test)]
 fn rebuild_outer(frame: &mut Frame, from: SocketAddr, local: SocketAddr, payload: &[u8]) -> bool {
-    let udp_len = 8 + payload.len();
+    rebuild_outer_parts(frame, from, local, &[payload])
+}
+
+/// Writes Ethernet + IP + UDP headers for a datagram from `from` to `local` in front
+/// of a payload that is the concatenation of `parts`, into `frame`.
+fn rebuild_outer_parts(
+    frame: &mut Frame,
+    from: SocketAddr,
+    local: SocketAddr,
+    parts: &[&[u8]],
+) -> bool {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+    let udp_len = 8 + payload_len;
     let Ok(udp_len16) = u16::try_from(udp_len) else {
         return false;
     };
@@ -432,7 +522,11 @@ fn rebuild_outer(frame: &mut Frame, from: SocketAddr, local: SocketAddr, payload
     buf[udp_at + 2..udp_at + 4].copy_from_slice(&local.port().to_be_bytes());
     buf[udp_at + 4..udp_at + 6].copy_from_slice(&udp_len16.to_be_bytes());
     buf[udp_at + 6..udp_at + 8].fill(0);
-    buf[udp_at + 8..].copy_from_slice(payload);
+    let mut at = udp_at + 8;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
     match (from.ip(), local.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let ip = &mut buf[14..34];
@@ -494,18 +588,57 @@ impl AsyncSource for UnderlayRx {
                 return SourceState::Exhausted;
             }
         };
-        let (pool, stats, local) = (&self.pool, &self.stats, self.local);
+        let (pool, stats, local, decap) = (&self.pool, &self.stats, self.local, &self.decap);
+        let gro = self.config.gro;
         let on_buffer = |r: Received<'_>| {
             let mut copied = 0;
-            for datagram in r.datagrams() {
-                let mut frame = pool.take_one();
-                if rebuild_outer(&mut frame, r.from, local, datagram) {
-                    copied += datagram.len();
-                    out.push(frame);
-                } else {
+            let datagrams: Vec<&[u8]> = r.datagrams().collect();
+            // Runs of one TCP flow's segments become one super-frame (GRO); the rest
+            // one frame per datagram.
+            let runs = if gro && datagrams.len() > 1 {
+                gro::plan_runs(&datagrams, |d| inner_offset(decap, local.port(), d))
+            } else {
+                (0..datagrams.len()).map(gro::Run::single).collect()
+            };
+            for gro::Run { range: run, merge } in runs {
+                let Some((first, last_flags)) = merge else {
+                    let datagram = datagrams[run.start];
+                    let mut frame = pool.take_one();
+                    if rebuild_outer_parts(&mut frame, r.from, local, &[datagram]) {
+                        copied += datagram.len();
+                        out.push(frame);
+                    } else {
+                        stats.drop_frame("underlay-rx", "too-large");
+                        pool.give_back([frame]);
+                    }
+                    continue;
+                };
+                let mut parts = Vec::with_capacity(run.len());
+                parts.push(datagrams[run.start]);
+                parts.extend(
+                    datagrams[run.start + 1..run.end]
+                        .iter()
+                        .map(|d| &d[first.data_off..]),
+                );
+                let mut frame = pool.take_large();
+                if !rebuild_outer_parts(&mut frame, r.from, local, &parts) {
                     stats.drop_frame("underlay-rx", "too-large");
                     pool.give_back([frame]);
+                    continue;
                 }
+                let payload_len = parts.iter().map(|p| p.len()).sum::<usize>();
+                copied += payload_len;
+                let at = frame.len() - payload_len;
+                gro::finish_merged(&mut frame.data_mut()[at..], &first, last_flags);
+                if let (IpAddr::V6(src), IpAddr::V6(dst)) = (r.from.ip(), local.ip()) {
+                    // The outer checksum covered the headers before they were fixed.
+                    if let Ok(mut udp) = UdpPacket::new_checked(&mut frame.data_mut()[54..]) {
+                        udp.fill_checksum_v6(src, dst);
+                    }
+                }
+                frame.meta.gso = Some(first.gso());
+                stats.count_gro(run.len());
+                out.push(frame);
             }
             stats.count_copy(Direction::Ingress, copied);
         };
@@ -546,7 +679,7 @@ impl AsyncSource for UnderlayRx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::{parse_outer, DecapConfig};
+    use crate::tunnel::parse_outer;
 
     #[test]
     fn rebuilt_outer_headers_parse_as_the_datagram_arrived() {
@@ -583,6 +716,7 @@ mod tests {
             NicStats::new(),
             Stop::default(),
             Activity::new(std::time::Duration::ZERO),
+            DecapConfig::default(),
         )
         .unwrap();
         let socket = rx.socket.as_ref().unwrap();

@@ -8,6 +8,7 @@ use pipewright_runtime::{AsyncSource, Burst, Failures, Outbox, SourceState, Stag
 
 use super::activity::Activity;
 use super::Stop;
+use crate::offload::{complete_partial, segment};
 use crate::pipeline::NicStats;
 use crate::port::VfPort;
 use crate::{Frame, FramePool};
@@ -210,6 +211,27 @@ impl VfTx {
             return;
         };
         let mut port = lock(port);
+        if !port.accepts_super_frames()
+            && self
+                .batch
+                .iter()
+                .any(|f| f.meta.gso.is_some() || f.meta.csum.is_some())
+        {
+            // Cut super-frames (and complete partial checksums) for a port that
+            // takes only wire frames.
+            let mut cut = Vec::with_capacity(self.batch.len());
+            for mut frame in self.batch.drain(..) {
+                let result = if frame.meta.gso.is_some() {
+                    segment(frame, &self.pool, &mut cut).map(|_| ())
+                } else {
+                    complete_partial(&mut frame).map(|()| cut.push(frame))
+                };
+                if let Err(e) = result {
+                    self.stats.drop_frame("vf-tx", e.reason());
+                }
+            }
+            self.batch = cut;
+        }
         // A couple of retries let the kernel drain a ring that just filled.
         for _ in 0..3 {
             match port.send_burst(&mut self.batch, &self.pool) {

@@ -52,8 +52,10 @@ pub enum UnderlayKind {
     /// io_uring UDP sockets bound to the underlay address (the default): works on any
     /// interface, in any namespace, with the kernel's routing, GSO and GRO; costs a
     /// system call per send batch and the kernel's UDP path per datagram. A TAP VF's
-    /// TSO super-frames stay whole to it and leave as `UDP_SEGMENT` sends cut while
-    /// copied (one copy per byte): choose it for bulk TCP.
+    /// TSO super-frames stay whole to it and leave as `UDP_SEGMENT` sends whose
+    /// payload is sliced from the frame (no payload copy), and received TCP segments
+    /// are coalesced into super-frames for a TAP VF (GRO; one copy per byte): choose it
+    /// for bulk TCP.
     #[default]
     Udp,
     /// An AF_XDP socket on the underlay interface: the data plane writes whole outer

@@ -1,5 +1,5 @@
-//! The one ethtool setting the harness needs: transmit checksum offload off on the
-//! remote's underlay veth.
+//! The ethtool settings the harness needs: transmit checksum offload off on the
+//! remote's underlay veth, and GRO on on the data plane's end (as on a NIC).
 //!
 //! A veth never puts frames on a wire, so with transmit checksum offload on, the
 //! kernel leaves a vxlan packet's *inner* L4 checksum partial (only the pseudo-header
@@ -15,6 +15,8 @@ use crate::host::HostError;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_STXCSUM: u32 = 0x17;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -82,6 +84,34 @@ pub(crate) fn tx_checksum(ifname: &str) -> Result<bool, HostError> {
     };
     ethtool(ifname, &mut v).map_err(|source| HostError::Io {
         step: format!("read tx checksum offload of {ifname}"),
+        source,
+    })?;
+    Ok(v.data != 0)
+}
+
+/// Turns receive offload (GRO) on for `ifname` (in the calling thread's namespace),
+/// as a physical NIC's driver has it by default: a veth then receives through NAPI,
+/// and the kernel coalesces a flow's datagrams for a socket that asked for `UDP_GRO`
+/// (the data plane's underlay) into one buffer.
+pub(crate) fn gro_on(ifname: &str) -> Result<(), HostError> {
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    ethtool(ifname, &mut v).map_err(|source| HostError::Io {
+        step: format!("turn GRO on on {ifname}"),
+        source,
+    })
+}
+
+/// Whether GRO is on for `ifname`.
+pub(crate) fn gro(ifname: &str) -> Result<bool, HostError> {
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_GGRO,
+        data: 0,
+    };
+    ethtool(ifname, &mut v).map_err(|source| HostError::Io {
+        step: format!("read GRO of {ifname}"),
         source,
     })?;
     Ok(v.data != 0)

@@ -301,6 +301,9 @@ impl Host {
         a_nl.set_link(a_end.index, None, None, true)?;
         b_nl.set_link(b_end.index, None, None, true)?;
         for ns in [&a.dp, &b.dp] {
+            // GRO stays off here (unlike a host's underlay to its remote): a capture
+            // on `ul0` then sees each received datagram, not the kernel's coalesced
+            // buffers.
             ns.run(|| ethtool::tx_checksum_off(UNDERLAY_IF))??;
         }
         a.underlay = Some(UnderlayInfo {
@@ -421,6 +424,12 @@ impl HostBuilder {
             r_nl.add_addr(r.index, ul.remote_ip)?;
             dp_nl.set_link(d.index, None, None, true)?;
             r_nl.set_link(r.index, None, None, true)?;
+            // GRO on the data plane's end, as a NIC's driver has it.
+            host.dp.run(|| {
+                ethtool::gro_on(UNDERLAY_IF)?;
+                debug_assert!(ethtool::gro(UNDERLAY_IF)?);
+                Ok::<_, HostError>(())
+            })??;
             // Complete inner checksums in the remote's kernel, as a real NIC would on
             // the wire (see `ethtool`).
             remote.run(|| {

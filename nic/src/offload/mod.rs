@@ -2,6 +2,7 @@
 //! segmentation of TSO/USO super-frames.
 
 mod csum;
+pub(crate) mod gro;
 mod l3l4;
 mod segment;
 

@@ -78,39 +78,61 @@ impl SuperFrame {
         self.payload_len.div_ceil(self.size).max(1)
     }
 
-    /// The payload of segment `i` within the super-frame `data`.
-    fn chunk<'d>(&self, data: &'d [u8], i: usize) -> &'d [u8] {
+    /// Where the payload of segment `i` is within the super-frame.
+    pub(crate) fn chunk_range(&self, i: usize) -> std::ops::Range<usize> {
         let start = self.hdr_len + i * self.size;
         let end = (start + self.size).min(self.h.ip_end);
-        &data[start..end]
+        start..end
+    }
+
+    /// The payload of segment `i` within the super-frame `data`.
+    fn chunk<'d>(&self, data: &'d [u8], i: usize) -> &'d [u8] {
+        &data[self.chunk_range(i)]
     }
 
     /// Appends segment `i` of `data` to `out`: its headers then its payload (the one
-    /// copy of the payload), patched and checksummed in place.
+    /// copy of the payload), patched and checksummed.
+    #[cfg(test)]
     pub(crate) fn append(&self, data: &[u8], i: usize, out: &mut Vec<u8>) {
-        let at = out.len();
-        out.extend_from_slice(&data[..self.hdr_len]);
+        self.append_headers(data, i, out);
         out.extend_from_slice(self.chunk(data, i));
-        self.patch(i, &mut out[at..]);
     }
 
-    /// Fixes the per-segment fields of segment `i` (`seg`: its headers and payload).
-    fn patch(&self, i: usize, seg: &mut [u8]) {
+    /// Appends the headers of segment `i` of `data` to `out`, patched and with the
+    /// checksums that cover its payload (read, not copied); returns where that payload
+    /// is in `data`. The headers followed by `data[range]` are the segment (what a
+    /// vectored send puts on the wire without copying the payload).
+    pub(crate) fn append_headers(
+        &self,
+        data: &[u8],
+        i: usize,
+        out: &mut Vec<u8>,
+    ) -> std::ops::Range<usize> {
+        let at = out.len();
+        out.extend_from_slice(&data[..self.hdr_len]);
+        let range = self.chunk_range(i);
+        self.patch(i, &mut out[at..], &data[range.clone()]);
+        range
+    }
+
+    /// Fixes the per-segment fields of segment `i` (`hdr`: its headers, followed on
+    /// the wire by `chunk`, its payload).
+    fn patch(&self, i: usize, hdr: &mut [u8], chunk: &[u8]) {
         let h = &self.h;
-        let chunk_len = seg.len() - self.hdr_len;
-        let ip_len = seg.len() - h.l3_off;
+        let chunk_len = chunk.len();
+        let ip_len = hdr.len() + chunk_len - h.l3_off;
         match h.l3 {
             L3::V4 => {
-                seg[h.l3_off + 2..h.l3_off + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-                seg[h.l3_off + 4..h.l3_off + 6]
+                hdr[h.l3_off + 2..h.l3_off + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+                hdr[h.l3_off + 4..h.l3_off + 6]
                     .copy_from_slice(&self.first_id.wrapping_add(i as u16).to_be_bytes());
             }
-            L3::V6 => seg[h.l3_off + 4..h.l3_off + 6]
+            L3::V6 => hdr[h.l3_off + 4..h.l3_off + 6]
                 .copy_from_slice(&((ip_len - 40) as u16).to_be_bytes()),
         }
         if self.what == TCP {
             let seq = self.seq0.wrapping_add((i * self.size) as u32);
-            seg[h.l4_off + 4..h.l4_off + 8].copy_from_slice(&seq.to_be_bytes());
+            hdr[h.l4_off + 4..h.l4_off + 8].copy_from_slice(&seq.to_be_bytes());
             let mut flags = self.flags0;
             if i + 1 != self.count() {
                 flags &= !(TCP_FIN | TCP_PSH);
@@ -118,16 +140,14 @@ impl SuperFrame {
             if i > 0 {
                 flags &= !TCP_CWR;
             }
-            seg[h.l4_off + 13] = flags;
+            hdr[h.l4_off + 13] = flags;
         } else {
-            seg[h.l4_off + 4..h.l4_off + 6]
+            hdr[h.l4_off + 4..h.l4_off + 6]
                 .copy_from_slice(&((8 + chunk_len) as u16).to_be_bytes());
         }
-        let seg_h = Headers {
-            ip_end: seg.len(),
-            ..*h
-        };
-        finish_segment(seg, &seg_h, self.what);
+        // The L4 header has even length (TCP: a multiple of 4; UDP: 8), so the
+        // payload's sum adds to the header's.
+        finish_headers(hdr, h, self.what, chunk);
     }
 }
 
@@ -174,7 +194,8 @@ pub fn segment(
         };
         buf[..cut.hdr_len].copy_from_slice(&data[..cut.hdr_len]);
         buf[cut.hdr_len..].copy_from_slice(chunk);
-        cut.patch(i, buf);
+        let (hdr, payload) = buf.split_at_mut(cut.hdr_len);
+        cut.patch(i, hdr, payload);
     }
     Ok(count)
 }
@@ -192,6 +213,28 @@ fn tcp_header_end(data: &[u8], h: &Headers) -> Result<usize, OffloadError> {
         return Err(OffloadError::Malformed("tcp data offset"));
     }
     Ok(end)
+}
+
+/// Fills the IPv4 header checksum and the L4 checksum of one segment whose headers
+/// `hdr` (ending with the L4 header, of even length) are followed by `payload`.
+fn finish_headers(hdr: &mut [u8], h: &Headers, what: u8, payload: &[u8]) {
+    if h.l3 == L3::V4 {
+        hdr[h.l3_off + 10..h.l3_off + 12].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(checksum::sum(&hdr[h.l3_off..h.l4_off]));
+        hdr[h.l3_off + 10..h.l3_off + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    let at = h.l4_off + if what == TCP { 16 } else { 6 };
+    hdr[at..at + 2].copy_from_slice(&[0, 0]);
+    let l4_len = hdr.len() - h.l4_off + payload.len();
+    let sum = checksum::combine(
+        checksum::combine(h.pseudo_sum(hdr, l4_len), checksum::sum(&hdr[h.l4_off..])),
+        checksum::sum(payload),
+    );
+    let mut c = checksum::finish(sum);
+    if c == 0 && what == UDP {
+        c = 0xffff;
+    }
+    hdr[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Fills the IPv4 header checksum and the full L4 checksum of one segment (`data`

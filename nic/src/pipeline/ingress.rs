@@ -2,10 +2,10 @@ use pipewright_stages::exec::Transport;
 use pipewright_stages::{Burst, Failures, Outbox, Stage, Stream};
 
 use super::{NicDrop, NicStats};
-use crate::offload::verify_l3l4;
+use crate::offload::{verify_l3l4, Headers};
 use crate::rules::{IngressDecision, IngressTable, Reader, Versioned};
 use crate::tunnel::{parse_outer, strip_outer, DecapConfig, Outer};
-use crate::Frame;
+use crate::{Frame, PartialCsum};
 
 /// A tunnelled frame matched to the VF it is for.
 #[derive(Debug)]
@@ -122,8 +122,20 @@ impl Stage for Decap {
             vf,
         } = m;
         strip_outer(&mut frame, &outer);
-        verify_l3l4(frame.data())
-            .map_err(|e| self.stats.drop_frame("ingress-decap", e.reason()))?;
+        if frame.meta.gso.is_some() {
+            // A super-frame the underlay coalesced (GRO) from segments whose checksums
+            // it verified: its TCP checksum holds the pseudo-header sum, to be
+            // completed by the VF's port (or by segmentation).
+            let h = Headers::parse(frame.data())
+                .map_err(|e| self.stats.drop_frame("ingress-decap", e.reason()))?;
+            frame.meta.csum = Some(PartialCsum {
+                start: h.l4_off as u16,
+                offset: 16,
+            });
+        } else {
+            verify_l3l4(frame.data())
+                .map_err(|e| self.stats.drop_frame("ingress-decap", e.reason()))?;
+        }
         frame.meta.vf = vf;
         out.push(frame);
         Ok(())

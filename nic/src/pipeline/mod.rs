@@ -16,4 +16,4 @@ mod stats;
 pub(crate) use egress::egress_with;
 pub use egress::{egress, Classified, EgressConfig, EgressPorts, EgressVerdict, ToEncap};
 pub use ingress::{ingress, Matched};
-pub use stats::{Copies, Direction, NicDrop, NicStats};
+pub use stats::{Copies, Direction, Gro, NicDrop, NicStats};

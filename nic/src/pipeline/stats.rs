@@ -15,6 +15,7 @@ pub struct NicDrop {
 pub struct NicStats {
     drops: Arc<Mutex<BTreeMap<(&'static str, &'static str), u64>>>,
     copies: Arc<CopyCounts>,
+    gro: Arc<GroCounts>,
 }
 
 impl NicStats {
@@ -74,6 +75,24 @@ impl NicStats {
         }
     }
 
+    /// Counts one super-frame coalesced on receive from `segments` datagrams.
+    pub(crate) fn count_gro(&self, segments: usize) {
+        self.gro.frames.fetch_add(1, Ordering::Relaxed);
+        self.gro
+            .segments
+            .fetch_add(segments as u64, Ordering::Relaxed);
+        metrics::counter!("pipewright_nic_gro_frames_total").increment(1);
+        metrics::counter!("pipewright_nic_gro_segments_total").increment(segments as u64);
+    }
+
+    /// Receive coalescing so far (see [`Gro`]).
+    pub fn gro(&self) -> Gro {
+        Gro {
+            frames: self.gro.frames.load(Ordering::Relaxed),
+            segments: self.gro.segments.load(Ordering::Relaxed),
+        }
+    }
+
     /// Total drops.
     pub fn total(&self) -> u64 {
         self.drops
@@ -108,4 +127,20 @@ pub struct Copies {
 struct CopyCounts {
     egress: AtomicU64,
     ingress: AtomicU64,
+}
+
+/// Receive coalescing (GRO) on the socket underlay: TCP segments from the underlay
+/// delivered to VFs as super-frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Gro {
+    /// Super-frames built.
+    pub frames: u64,
+    /// Datagrams (segments) they were built from.
+    pub segments: u64,
+}
+
+#[derive(Debug, Default)]
+struct GroCounts {
+    frames: AtomicU64,
+    segments: AtomicU64,
 }

@@ -111,6 +111,14 @@ pub trait VfPort: Send + fmt::Debug {
 
     /// The port's counters.
     fn counters(&self) -> PortCounters;
+
+    /// Whether [`send_burst`](VfPort::send_burst) takes super-frames (frames with
+    /// [`crate::FrameMeta::gso`], up to 64 KiB) and partial checksums whole, as a TAP
+    /// with a virtio-net header does; if not (the default), the data plane cuts them
+    /// into wire-sized frames first.
+    fn accepts_super_frames(&self) -> bool {
+        false
+    }
 }
 
 mod tap;

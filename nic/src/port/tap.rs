@@ -451,6 +451,10 @@ impl VfPort for TapPort {
         self.file.as_fd()
     }
 
+    fn accepts_super_frames(&self) -> bool {
+        true
+    }
+
     fn counters(&self) -> PortCounters {
         self.counters
     }

@@ -71,6 +71,15 @@ impl DecapConfig {
     }
 }
 
+/// Where the inner frame starts in the UDP payload `payload` of a datagram to UDP
+/// port `port`: the length of its tunnel header, or `None` when the port carries no
+/// tunnel or the header does not decode (such datagrams take the full `parse_outer`
+/// path, which counts why).
+pub(crate) fn inner_offset(config: &DecapConfig, port: u16, payload: &[u8]) -> Option<usize> {
+    let (_, hdr_len) = config.tunnel_on(port)?.decode(payload, config).ok()?;
+    Some(hdr_len)
+}
+
 /// Why a frame from the underlay was not decapsulated. Every variant is counted by
 /// [`reason`](DecapError::reason) and the frame dropped; none panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

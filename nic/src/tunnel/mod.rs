@@ -6,6 +6,7 @@ mod decap;
 mod encap;
 mod kinds;
 
+pub(crate) use decap::inner_offset;
 pub use decap::{parse_outer, strip_outer, DecapConfig, DecapError, Outer};
 pub use encap::{flow_hash, EncapError, EncapTemplate, MAX_OUTER_LEN};
 pub use kinds::{builtin, Geneve, Pwt, Tunnel, Vxlan};
