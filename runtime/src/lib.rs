@@ -61,6 +61,8 @@ mod barrier;
 #[cfg(not(loom))]
 mod budget;
 #[cfg(not(loom))]
+mod control;
+#[cfg(not(loom))]
 pub mod controller;
 #[cfg(not(loom))]
 mod handles;

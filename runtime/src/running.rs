@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use pipewright_stages::{InputId, OutputId, Pipeline, ReplicaControl, ReplicaError, StageFailure};
 
+use crate::control::Control;
 use crate::handles::{Input, Output};
 use crate::mailbox::Mailboxes;
 use crate::plan::Plan;
@@ -16,7 +17,6 @@ use crate::stats::{Snapshot, StageStats};
 use crate::stop::StopHandle;
 use crate::transport::{EdgeKind, RingReceiver, RingSender, RingTransport};
 use crate::watch::Watch;
-use crate::worker::Control;
 
 pub use crate::outcome::{Report, RunError, StartError};
 

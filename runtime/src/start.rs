@@ -9,6 +9,7 @@ use std::time::Instant;
 use event_listener::Event;
 use pipewright_stages::exec::{Endpoint, NodeKind};
 
+use crate::control::Control;
 use crate::link::{Link, Waker};
 use crate::mailbox::Mailboxes;
 use crate::outcome::StartError;
@@ -18,7 +19,7 @@ use crate::signal::{Owner, Signal};
 use crate::stats::{StageStats, StatsObserver};
 use crate::stop::StopHandle;
 use crate::transport::{EdgeKind, EdgePlan, RingTransport};
-use crate::worker::{self, Control, WorkerSetup};
+use crate::worker::{self, WorkerSetup};
 
 /// Starts pipelines.
 #[derive(Debug, Clone, Copy)]
