@@ -76,24 +76,23 @@ fn wait_for_turns(turns: &AtomicU64, above: u64) {
     }
 }
 
-/// The idle-turn count once it has stopped moving (the worker parked): two readings
+/// The idle-turn count once it has stopped moving (the worker parked): four readings
 /// 20 ms apart agree. A worker that keeps polling never settles, and the hang guard
 /// fails the test.
 fn settled(turns: &AtomicU64, what: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = turns.load(Ordering::Relaxed);
-    loop {
+    let (mut last, mut same) = (turns.load(Ordering::Relaxed), 0);
+    while same < 3 {
         std::thread::sleep(Duration::from_millis(20));
         let now = turns.load(Ordering::Relaxed);
-        if now == last {
-            return now;
-        }
+        same = if now == last { same + 1 } else { 0 };
         assert!(
             Instant::now() < deadline,
             "{what}: still polling after 60 s"
         );
         last = now;
     }
+    last
 }
 
 #[test]

@@ -189,8 +189,7 @@ impl Running {
     /// [`busy_poll`](Plan::busy_poll) window), while the pipeline runs: a data plane
     /// polls while traffic is sparse but latency matters, and stops when its CPU is
     /// needed elsewhere. Workers pick the new window up at their next idle pass;
-    /// `Duration::ZERO` turns polling off. A worker also stops polling when it finds it
-    /// was descheduled for longer than the window (its CPU is contended).
+    /// `Duration::ZERO` turns polling off.
     ///
     /// [`plan`](Running::plan) keeps the window the pipeline started with.
     ///

@@ -54,12 +54,14 @@ mod activity;
 mod config;
 mod on_host;
 mod underlay;
+mod underlay_rx;
 mod vf;
 mod xdp_underlay;
 
 pub use config::{DataPlaneConfig, DataPlaneConfigError, PortEntry, PortKind};
 pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
-pub use underlay::{UnderlayConfig, UnderlayRx, UnderlayTx};
+pub use underlay::{UnderlayConfig, UnderlayTx};
+pub use underlay_rx::UnderlayRx;
 pub use vf::{SharedPort, VfRx, VfTx};
 pub use xdp_underlay::{
     parse_proc_arp, AfXdpUnderlay, NeighbourCache, UnderlayCounters, UnderlayKind, MISS_REFRESH,
