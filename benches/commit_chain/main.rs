@@ -42,6 +42,13 @@
 //!   decider is killed (on the surviving nodes, over the pages the decider's in-doubt
 //!   transactions may hold), F = 1 against F = 0 (`peer=self-f0`: plain two-phase
 //!   commit, which blocks them until the decider is back).
+//! - `decider-down-availability-pg`: the same F = 1 share against PostgreSQL's
+//!   two-phase commit with its coordinator killed (`peer=postgres-2pc-coordinator-killed`):
+//!   the coordinator is a process of its own (this binary, started with
+//!   `PIPEWRIGHT_COMMIT_CHAIN_PG_COORDINATOR`), killed with `kill -9` after the
+//!   warm-up; the transactions it left prepared keep their row locks, and fresh
+//!   coordinators write the same pages for an outage as long as ours, each lock wait
+//!   failing after 1 s (our client's timeout there).
 //! - `chain-length-{2,5}-{tps,p50-ms,p99-ms}`: ours only, chains of 2 and 5 nodes
 //!   against a 3-node chain measured in the same rounds (`peer=self-3node`).
 // A benchmark binary: `pub` marks what its modules share; nothing is exported.
@@ -215,6 +222,14 @@ fn medians(runs: &[Measured]) -> Measured {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(pg::COORDINATOR_ENV) {
+        // The peer's coordinator process of `decider-down-availability`.
+        if let Err(e) = pg::coordinator_process(&spec) {
+            eprintln!("commit_chain: coordinator process: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let _ = ctrlc::set_handler(|| {
         pg::stop_all();
         if let Some(dir) = SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -513,6 +528,11 @@ fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -
             }
         }
     }
+    let pg = if cfg.runs(Side::Peer) {
+        pg_coordinator_down(cfg, scratch, outage)
+    } else {
+        Vec::new()
+    };
     if cfg.only.is_none() {
         result(
             "decider-down-availability",
@@ -523,7 +543,67 @@ fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -
             "higher",
         );
     }
+    if cfg.runs(Side::Ours) && cfg.runs(Side::Peer) {
+        let mut pg = pg;
+        let theirs = if pg.is_empty() { 0.0 } else { median(&mut pg) };
+        result(
+            "decider-down-availability-pg",
+            median(&mut f1),
+            "postgres-2pc-coordinator-killed",
+            theirs,
+            "share",
+            "higher",
+        );
+    }
     Ok(())
+}
+
+/// The peer's side of `decider-down-availability`: PostgreSQL's two-phase commit
+/// with its coordinator process killed (`kill -9`) mid-run; the share of the fresh
+/// coordinators' transactions (same pages, same concurrency) that commit during an
+/// outage as long as ours, before the coordinator restarts and settles what it left
+/// prepared. Empty (a `SKIP` line) without PostgreSQL.
+fn pg_coordinator_down(cfg: &Config, scratch: &Scratch, outage: Duration) -> Vec<f64> {
+    let Some(bin) = pg::binaries() else {
+        eprintln!("commit_chain: decider-down-availability-pg: no PostgreSQL server binaries (Debian package postgresql)");
+        return Vec::new();
+    };
+    let peer = match pg::Peer::start(
+        &bin,
+        &scratch.path("pg-down"),
+        3,
+        cfg.concurrency,
+        PAGE_SIZE,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "commit_chain: decider-down-availability-pg: PostgreSQL servers did not start: {}",
+                e.trim()
+            );
+            return Vec::new();
+        }
+    };
+    let mut shares = Vec::new();
+    for r in 0..cfg.chain_rounds {
+        match peer.coordinator_down(cfg.concurrency, cfg.warmup, outage, PAGE_SIZE) {
+            Ok((committed, attempted, in_doubt)) => {
+                let share = committed as f64 / attempted.max(1) as f64;
+                eprintln!(
+                    "commit_chain: decider-down round {}/{} postgres-2pc, coordinator killed: {committed} of {attempted} transactions committed during the {:.1} s outage ({share:.3}); {in_doubt} prepared transactions left in doubt",
+                    r + 1,
+                    cfg.chain_rounds,
+                    outage.as_secs_f64(),
+                );
+                shares.push(share);
+            }
+            Err(e) => {
+                eprintln!("commit_chain: decider-down-availability-pg: {e}");
+                return Vec::new();
+            }
+        }
+    }
+    shares
 }
 
 fn median(xs: &mut [f64]) -> f64 {
