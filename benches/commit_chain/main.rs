@@ -258,8 +258,10 @@ fn run() -> Result<()> {
         scratch.0.display()
     );
     let mut three = None;
+    // The PostgreSQL servers of `txn-3node`, kept for `decider-down-availability-pg`.
+    let mut pg_servers = None;
     if cfg.wants("txn-3node-tps") || cfg.wants("txn-3node-p99-ms") {
-        three = txn_3node(&cfg, &scratch, &rt, started)?;
+        three = txn_3node(&cfg, &scratch, &rt, started, &mut pg_servers)?;
     }
     if cfg.wants("chain-length") && cfg.runs(Side::Ours) {
         chain_length(&cfg, &scratch, &rt, three.take())?;
@@ -268,7 +270,7 @@ fn run() -> Result<()> {
         three.stop();
     }
     if cfg.wants("decider-down-availability") && cfg.runs(Side::Ours) {
-        decider_down(&cfg, &scratch, &rt)?;
+        decider_down(&cfg, &scratch, &rt, pg_servers.take())?;
     }
     eprintln!(
         "commit_chain: done in {:.1} s",
@@ -304,6 +306,7 @@ fn txn_3node(
     scratch: &Scratch,
     rt: &tokio::runtime::Runtime,
     started: Instant,
+    keep_peer: &mut Option<pg::Peer>,
 ) -> Result<Option<Ours>> {
     let mut ours = if cfg.runs(Side::Ours) {
         Some(start_ours(scratch, 3)?)
@@ -413,7 +416,7 @@ fn txn_3node(
             }
         }
     }
-    drop(peer);
+    *keep_peer = peer;
     if let Some(nl) = no_linger.take() {
         nl.stop();
     }
@@ -497,7 +500,12 @@ fn txn_3node(
 /// that commit while the decider is killed, with F = 1 against F = 0 (what two-phase
 /// commit does: the in-doubt nodes keep their locks until the decider is back), each
 /// on a fresh 3-node cluster settling after 300 ms (tick 50 ms).
-fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -> Result<()> {
+fn decider_down(
+    cfg: &Config,
+    scratch: &Scratch,
+    rt: &tokio::runtime::Runtime,
+    pg_servers: Option<pg::Peer>,
+) -> Result<()> {
     let outage = if common::quick() {
         Duration::from_millis(1500)
     } else {
@@ -529,7 +537,7 @@ fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -
         }
     }
     let pg = if cfg.runs(Side::Peer) {
-        pg_coordinator_down(cfg, scratch, outage)
+        pg_coordinator_down(cfg, scratch, outage, pg_servers)
     } else {
         Vec::new()
     };
@@ -562,8 +570,17 @@ fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -
 /// with its coordinator process killed (`kill -9`) mid-run; the share of the fresh
 /// coordinators' transactions (same pages, same concurrency) that commit during an
 /// outage as long as ours, before the coordinator restarts and settles what it left
-/// prepared. Empty (a `SKIP` line) without PostgreSQL.
-fn pg_coordinator_down(cfg: &Config, scratch: &Scratch, outage: Duration) -> Vec<f64> {
+/// prepared. On `servers` (those of `txn-3node`) if given, else on servers of its
+/// own. Empty (a `SKIP` line) without PostgreSQL.
+fn pg_coordinator_down(
+    cfg: &Config,
+    scratch: &Scratch,
+    outage: Duration,
+    servers: Option<pg::Peer>,
+) -> Vec<f64> {
+    if let Some(peer) = servers {
+        return pg_coordinator_rounds(cfg, &peer, outage);
+    }
     let Some(bin) = pg::binaries() else {
         eprintln!("commit_chain: decider-down-availability-pg: no PostgreSQL server binaries (Debian package postgresql)");
         return Vec::new();
@@ -584,6 +601,11 @@ fn pg_coordinator_down(cfg: &Config, scratch: &Scratch, outage: Duration) -> Vec
             return Vec::new();
         }
     };
+    pg_coordinator_rounds(cfg, &peer, outage)
+}
+
+/// `chain_rounds` rounds of [`pg::Peer::coordinator_down`]: the share of each.
+fn pg_coordinator_rounds(cfg: &Config, peer: &pg::Peer, outage: Duration) -> Vec<f64> {
     let mut shares = Vec::new();
     for r in 0..cfg.chain_rounds {
         match peer.coordinator_down(cfg.concurrency, cfg.warmup, outage, PAGE_SIZE) {
