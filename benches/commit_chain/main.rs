@@ -42,6 +42,13 @@
 //!   decider is killed (on the surviving nodes, over the pages the decider's in-doubt
 //!   transactions may hold), F = 1 against F = 0 (`peer=self-f0`: plain two-phase
 //!   commit, which blocks them until the decider is back).
+//! - `decider-down-availability-pg`: the same F = 1 share against PostgreSQL's
+//!   two-phase commit with its coordinator killed (`peer=postgres-2pc-coordinator-killed`):
+//!   the coordinator is a process of its own (this binary, started with
+//!   `PIPEWRIGHT_COMMIT_CHAIN_PG_COORDINATOR`), killed with `kill -9` after the
+//!   warm-up; the transactions it left prepared keep their row locks, and fresh
+//!   coordinators write the same pages for an outage as long as ours, each lock wait
+//!   failing after 1 s (our client's timeout there).
 //! - `chain-length-{2,5}-{tps,p50-ms,p99-ms}`: ours only, chains of 2 and 5 nodes
 //!   against a 3-node chain measured in the same rounds (`peer=self-3node`).
 // A benchmark binary: `pub` marks what its modules share; nothing is exported.
@@ -215,6 +222,14 @@ fn medians(runs: &[Measured]) -> Measured {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(pg::COORDINATOR_ENV) {
+        // The peer's coordinator process of `decider-down-availability`.
+        if let Err(e) = pg::coordinator_process(&spec) {
+            eprintln!("commit_chain: coordinator process: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let _ = ctrlc::set_handler(|| {
         pg::stop_all();
         if let Some(dir) = SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -243,8 +258,10 @@ fn run() -> Result<()> {
         scratch.0.display()
     );
     let mut three = None;
+    // The PostgreSQL servers of `txn-3node`, kept for `decider-down-availability-pg`.
+    let mut pg_servers = None;
     if cfg.wants("txn-3node-tps") || cfg.wants("txn-3node-p99-ms") {
-        three = txn_3node(&cfg, &scratch, &rt, started)?;
+        three = txn_3node(&cfg, &scratch, &rt, started, &mut pg_servers)?;
     }
     if cfg.wants("chain-length") && cfg.runs(Side::Ours) {
         chain_length(&cfg, &scratch, &rt, three.take())?;
@@ -253,7 +270,7 @@ fn run() -> Result<()> {
         three.stop();
     }
     if cfg.wants("decider-down-availability") && cfg.runs(Side::Ours) {
-        decider_down(&cfg, &scratch, &rt)?;
+        decider_down(&cfg, &scratch, &rt, pg_servers.take())?;
     }
     eprintln!(
         "commit_chain: done in {:.1} s",
@@ -289,6 +306,7 @@ fn txn_3node(
     scratch: &Scratch,
     rt: &tokio::runtime::Runtime,
     started: Instant,
+    keep_peer: &mut Option<pg::Peer>,
 ) -> Result<Option<Ours>> {
     let mut ours = if cfg.runs(Side::Ours) {
         Some(start_ours(scratch, 3)?)
@@ -398,7 +416,7 @@ fn txn_3node(
             }
         }
     }
-    drop(peer);
+    *keep_peer = peer;
     if let Some(nl) = no_linger.take() {
         nl.stop();
     }
@@ -482,7 +500,12 @@ fn txn_3node(
 /// that commit while the decider is killed, with F = 1 against F = 0 (what two-phase
 /// commit does: the in-doubt nodes keep their locks until the decider is back), each
 /// on a fresh 3-node cluster settling after 300 ms (tick 50 ms).
-fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -> Result<()> {
+fn decider_down(
+    cfg: &Config,
+    scratch: &Scratch,
+    rt: &tokio::runtime::Runtime,
+    pg_servers: Option<pg::Peer>,
+) -> Result<()> {
     let outage = if common::quick() {
         Duration::from_millis(1500)
     } else {
@@ -513,6 +536,11 @@ fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -
             }
         }
     }
+    let pg = if cfg.runs(Side::Peer) {
+        pg_coordinator_down(cfg, scratch, outage, pg_servers)
+    } else {
+        Vec::new()
+    };
     if cfg.only.is_none() {
         result(
             "decider-down-availability",
@@ -523,7 +551,81 @@ fn decider_down(cfg: &Config, scratch: &Scratch, rt: &tokio::runtime::Runtime) -
             "higher",
         );
     }
+    if cfg.runs(Side::Ours) && cfg.runs(Side::Peer) {
+        let mut pg = pg;
+        let theirs = if pg.is_empty() { 0.0 } else { median(&mut pg) };
+        result(
+            "decider-down-availability-pg",
+            median(&mut f1),
+            "postgres-2pc-coordinator-killed",
+            theirs,
+            "share",
+            "higher",
+        );
+    }
     Ok(())
+}
+
+/// The peer's side of `decider-down-availability`: PostgreSQL's two-phase commit
+/// with its coordinator process killed (`kill -9`) mid-run; the share of the fresh
+/// coordinators' transactions (same pages, same concurrency) that commit during an
+/// outage as long as ours, before the coordinator restarts and settles what it left
+/// prepared. On `servers` (those of `txn-3node`) if given, else on servers of its
+/// own. Empty (a `SKIP` line) without PostgreSQL.
+fn pg_coordinator_down(
+    cfg: &Config,
+    scratch: &Scratch,
+    outage: Duration,
+    servers: Option<pg::Peer>,
+) -> Vec<f64> {
+    if let Some(peer) = servers {
+        return pg_coordinator_rounds(cfg, &peer, outage);
+    }
+    let Some(bin) = pg::binaries() else {
+        eprintln!("commit_chain: decider-down-availability-pg: no PostgreSQL server binaries (Debian package postgresql)");
+        return Vec::new();
+    };
+    let peer = match pg::Peer::start(
+        &bin,
+        &scratch.path("pg-down"),
+        3,
+        cfg.concurrency,
+        PAGE_SIZE,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "commit_chain: decider-down-availability-pg: PostgreSQL servers did not start: {}",
+                e.trim()
+            );
+            return Vec::new();
+        }
+    };
+    pg_coordinator_rounds(cfg, &peer, outage)
+}
+
+/// `chain_rounds` rounds of [`pg::Peer::coordinator_down`]: the share of each.
+fn pg_coordinator_rounds(cfg: &Config, peer: &pg::Peer, outage: Duration) -> Vec<f64> {
+    let mut shares = Vec::new();
+    for r in 0..cfg.chain_rounds {
+        match peer.coordinator_down(cfg.concurrency, cfg.warmup, outage, PAGE_SIZE) {
+            Ok((committed, attempted, in_doubt)) => {
+                let share = committed as f64 / attempted.max(1) as f64;
+                eprintln!(
+                    "commit_chain: decider-down round {}/{} postgres-2pc, coordinator killed: {committed} of {attempted} transactions committed during the {:.1} s outage ({share:.3}); {in_doubt} prepared transactions left in doubt",
+                    r + 1,
+                    cfg.chain_rounds,
+                    outage.as_secs_f64(),
+                );
+                shares.push(share);
+            }
+            Err(e) => {
+                eprintln!("commit_chain: decider-down-availability-pg: {e}");
+                return Vec::new();
+            }
+        }
+    }
+    shares
 }
 
 fn median(xs: &mut [f64]) -> f64 {

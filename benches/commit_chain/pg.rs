@@ -143,14 +143,15 @@ impl Server {
     }
 
     fn connect(&self) -> Result<postgres::Client, String> {
+        Self::connect_to(self.port)
+    }
+
+    fn connect_to(port: u16) -> Result<postgres::Client, String> {
         postgres::Client::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=bench dbname=postgres",
-                self.port
-            ),
+            &format!("host=127.0.0.1 port={port} user=bench dbname=postgres"),
             postgres::NoTls,
         )
-        .map_err(|e| format!("connect to port {}: {e}", self.port))
+        .map_err(|e| format!("connect to port {port}: {e}"))
     }
 }
 
@@ -401,4 +402,200 @@ fn transaction(
     });
     finished.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(ok)
+}
+
+/// Makes the bench binary a PostgreSQL two-phase-commit coordinator process, for
+/// `decider-down-availability` (the peer's coordinator, killed with `kill -9`):
+/// `<port>,<port>,…/<concurrency>/<page size>`.
+pub const COORDINATOR_ENV: &str = "PIPEWRIGHT_COMMIT_CHAIN_PG_COORDINATOR";
+
+/// What a lock wait may take before the statement fails: the same 1 s our client
+/// gives a transaction in `decider-down-availability`.
+const LOCK_TIMEOUT: &str = "SET lock_timeout = '1s'";
+
+/// Connections to `ports` (one per server) for one coordinator thread, with
+/// [`LOCK_TIMEOUT`].
+fn coordinator_conns(ports: &[u16]) -> Result<Vec<Conn>, String> {
+    ports
+        .iter()
+        .map(|&port| {
+            let mut client = Server::connect_to(port)?;
+            client
+                .batch_execute(LOCK_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let update = client
+                .prepare("UPDATE pages SET data = $1, version = version + 1 WHERE id = $2")
+                .map_err(|e| e.to_string())?;
+            Ok(Conn { client, update })
+        })
+        .collect()
+}
+
+/// The coordinator process ([`COORDINATOR_ENV`]): `concurrency` coordinator threads
+/// run distributed transactions on their pages back to back, as in
+/// [`Peer::run`], until the process is killed. Prints `ready` once every
+/// connection is up.
+pub fn coordinator_process(spec: &str) -> Result<(), String> {
+    let bad =
+        || format!("{COORDINATOR_ENV}={spec}: expected <port>,<port>,…/<concurrency>/<page size>");
+    let mut parts = spec.split('/');
+    let ports: Vec<u16> = parts
+        .next()
+        .ok_or_else(bad)?
+        .split(',')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let concurrency: usize = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let page_size: usize = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let mut all = Vec::new();
+    for _ in 0..concurrency {
+        all.push(coordinator_conns(&ports)?);
+    }
+    let threads: Vec<_> = all
+        .into_iter()
+        .enumerate()
+        .map(|(t, mut conns)| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let gid_base = gid_seed();
+                let mut data = payload(t, page_size);
+                for n in 0usize.. {
+                    let page = (t * PAGES_PER_COORDINATOR + n % PAGES_PER_COORDINATOR) as i32;
+                    data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                    transaction(
+                        &mut conns,
+                        true,
+                        page,
+                        &data,
+                        &format!("k{gid_base:x}t{t}x{n}"),
+                    )?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    println!("ready");
+    for t in threads {
+        t.join()
+            .map_err(|_| "coordinator thread panicked".to_string())??;
+    }
+    Ok(())
+}
+
+impl Peer {
+    /// `decider-down-availability`'s peer case: the coordinator (a process of its own,
+    /// [`coordinator_process`]) runs `concurrency` coordinator threads for `warmup`
+    /// and is killed (`kill -9`) with transactions in flight; the transactions it had
+    /// prepared stay prepared on the servers and hold their rows' locks. For `outage`,
+    /// `concurrency` fresh coordinators (this process) write the same pages, each lock
+    /// wait failing after 1 s (as our client's timeout); what committed of what they
+    /// attempted is counted. Then the coordinator "restarts": the transactions left
+    /// prepared are rolled back (presumed abort; nothing reads the pages afterwards).
+    pub fn coordinator_down(
+        &self,
+        concurrency: usize,
+        warmup: Duration,
+        outage: Duration,
+        page_size: usize,
+    ) -> Result<(u64, u64, usize), String> {
+        use std::io::BufRead;
+        let ports: Vec<u16> = self.servers.iter().map(|s| s.port).collect();
+        let spec = format!(
+            "{}/{concurrency}/{page_size}",
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .env(COORDINATOR_ENV, &spec)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the coordinator process: {e}"))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no coordinator stdout")?;
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the coordinator process did not start".into());
+        }
+        // The fresh coordinators connect before the kill: the outage counts
+        // transactions only.
+        let mut all = Vec::new();
+        for _ in 0..concurrency {
+            all.push(coordinator_conns(&ports)?);
+        }
+        std::thread::sleep(warmup);
+        child
+            .kill()
+            .map_err(|e| format!("killing the coordinator: {e}"))?;
+        let _ = child.wait();
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let attempted = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = all
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut conns)| {
+                let (stop, committed, attempted) =
+                    (stop.clone(), committed.clone(), attempted.clone());
+                std::thread::spawn(move || -> Result<(), String> {
+                    let gid_base = gid_seed();
+                    let mut data = payload(t, page_size);
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let page = (t * PAGES_PER_COORDINATOR + n % PAGES_PER_COORDINATOR) as i32;
+                        data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                        let ok = transaction(
+                            &mut conns,
+                            true,
+                            page,
+                            &data,
+                            &format!("d{gid_base:x}t{t}x{n}"),
+                        )?;
+                        // Counted only when the whole attempt ran during the outage.
+                        if !stop.load(Ordering::Relaxed) {
+                            attempted.fetch_add(1, Ordering::Relaxed);
+                            if ok {
+                                committed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        n += 1;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        std::thread::sleep(outage);
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join()
+                .map_err(|_| "coordinator thread panicked".to_string())??;
+        }
+        // The restarted coordinator settles what the killed one left prepared.
+        let mut in_doubt = 0;
+        for s in &self.servers {
+            let mut c = s.connect()?;
+            let gids: Vec<String> = c
+                .query("SELECT gid FROM pg_prepared_xacts", &[])
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            in_doubt += gids.len();
+            for gid in gids {
+                c.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok((
+            committed.load(Ordering::Relaxed),
+            attempted.load(Ordering::Relaxed),
+            in_doubt,
+        ))
+    }
 }

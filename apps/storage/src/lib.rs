@@ -37,11 +37,11 @@
 //! chain; the last is the **decider**. One `Prepare` carrying the chain and every node's
 //! writes travels down the chain; each node analyses its own writes (page locks,
 //! expected versions, space), forwards the `Prepare` at once and logs its **intent**
-//! (the syncs of the chain's nodes overlap). A `Durable` notice follows the `Prepare`
-//! down the chain: the head sends it once its intent is durable, and every later node
-//! passes it on once its own intent is durable too. The decider analyses, waits for
-//! the notice, makes its intent and the **decision** durable, answers the client,
-//! and sends `Commit` back up the chain: 3(N−1) messages. Each node applies its writes,
+//! (the syncs of the chain's nodes overlap). Every node but the decider sends a
+//! `Durable` notice straight to the decider once its own intent is durable. The
+//! decider analyses, waits for the notices of all the other nodes, makes its intent
+//! and the **decision** durable, answers the client, and sends `Commit` back up the
+//! chain: 4(N−1) messages with the acknowledgements. Each node applies its writes,
 //! passes `Commit` on, and acknowledges to the decider once its completion record is
 //! durable; the decider forgets the decision after the last `Ack`.
 //!
@@ -52,8 +52,8 @@
 //!    |              |----- Prepare ---->| lock+check          |
 //!    |              | log Intent, fsync |------ Prepare ----->| lock+check
 //!    |              |                   | log Intent, fsync   |   (waits)
-//!    |              |----- Durable ---->| (own intent durable)|
-//!    |              |                   |------ Durable ----->|
+//!    |              |------------------ Durable ------------->|
+//!    |              |                   |------ Durable ----->| (both arrived)
 //!    |              |                   |                     | log Intent+Decision, fsync
 //!    |<----------------------------- Committed ---------------| apply, unlock
 //!    |              |                   |<----- Commit -------|
@@ -74,13 +74,16 @@
 //!
 //! Before, a node forwarded the `Prepare` only once its intent was durable, so a
 //! chain of N nodes paid N `fdatasync`s one after the other. Now the `Prepare` goes
-//! on as soon as the analysis passed, and durability travels separately: the
-//! `Durable` notice is sent by node *i* only when its own intent is durable **and**
-//! (unless it is the head) the notice of node *i − 1* arrived. By induction, a notice
-//! at the decider means every other chain node's intent is durable — exactly what the
-//! old forwarding rule guaranteed when the `Prepare` arrived. The decider writes
-//! nothing and decides nothing before the notice (it only takes its locks), so the
-//! commit point is unchanged: the decider's durable `Decision(commit)` (F = 0), or
+//! on as soon as the analysis passed, and durability travels separately: each node
+//! but the decider sends a `Durable` notice **straight to the decider**, only once
+//! its own intent is durable. The decider decides only once it holds the notice of
+//! every other chain node, i.e. once every other chain node's intent is durable —
+//! exactly what the old forwarding rule guaranteed when the `Prepare` arrived. (The
+//! notices used to travel hop by hop down the chain, each node passing it on once its
+//! own intent was durable too; sent straight, they cost the same N − 1 messages but no
+//! longer wait for each other: a 3-node chain's commit path is one hop and one
+//! wake-up shorter.) The decider writes nothing and decides nothing before the
+//! notices (it only takes its locks), so the commit point is unchanged: the decider's durable `Decision(commit)` (F = 0), or
 //! its commit proposal (F ≥ 1, sent only once its intent is durable after the
 //! notice). The N − 1 syncs before the decider's overlap, so a 3-node chain pays two
 //! syncs in sequence instead of three.
@@ -92,19 +95,22 @@
 //!   and writes its abort completion after the intent (a crash in between leaves an
 //!   in-doubt intent, settled by `Resolve` like any other).
 //! - A node crashes before its intent is durable, or a `Prepare` or notice is lost:
-//!   the decider never gets the notice. Having decided nothing, it may presume abort:
-//!   after `patience` retry ticks without the notice it durably decides abort and
+//!   the decider never gets that node's notice (a prepared node repeats its notice
+//!   on every tick). Having decided nothing, it may presume abort: after `patience`
+//!   retry ticks without the notices it durably decides abort and
 //!   tells the client and its predecessor. A node prepared in the meantime asks the
 //!   decider (`Resolve`) as before and gets abort.
-//! - A notice overtakes its `Prepare` (reordering): it is kept until the `Prepare`
-//!   comes, at most a checkpoint interval.
+//! - A notice overtakes its `Prepare` (reordering, or simply a head faster than the
+//!   `Prepare`'s hops): it is kept until the `Prepare` comes, at most a checkpoint
+//!   interval.
 //!
-//! The model check (`tests/model.rs`) checks *validity* — a commit (applied,
+//! The model check (`tests/model/`) checks *validity* — a commit (applied,
 //! replied or decided) needs every chain node's durable intent — under reordering,
-//! loss, duplication and crashes between any two log writes; the deliberate bug of
-//! passing the notice on before the node's own intent is durable is caught there as
-//! a validity counterexample (a commit with the middle node's intent lost in a
-//! crash), and by the simulation's atomicity check.
+//! loss, duplication and crashes between any two log writes; the deliberate bugs of
+//! sending the notice before the node's own intent is durable, or of a decider that
+//! decides before every notice arrived, are caught there as counterexamples (a
+//! commit with a node's intent lost in a crash), and by the simulation's atomicity
+//! check.
 //!
 //! # Decisions that survive the decider (F acceptors, Paxos Commit style)
 //!
@@ -140,16 +146,16 @@
 //!   The decider's `Decision(commit)` is written only after the commit was chosen, so
 //!   it is never redone wrongly after a restart; a decider restarting with an intent
 //!   but no decision does not presume abort (it may have proposed) but learns the
-//!   outcome like any node in doubt. Model-checked with F = 1 (`tests/model.rs`:
+//!   outcome like any node in doubt. Model-checked with F = 1 (`tests/model/`:
 //!   agreement, validity, the decider crashing at any step, or dying for good at any
-//!   step with every live node still settling) and simulated (`tests/simulation.rs`).
+//!   step with every live node still settling) and simulated (`tests/simulation/`).
 //!
 //! # The guarantee: presumed abort
 //!
 //! - **Atomicity.** Every node applies the transaction's writes or none does. The only
 //!   commit point is the decider's durable `Decision(commit)`; the decider writes it only
-//!   after receiving the `Durable` notice from its predecessor, i.e. after every other
-//!   node's intent is durable.
+//!   after receiving the `Durable` notice of every other chain node, i.e. after every
+//!   other node's intent is durable.
 //! - **Durability of answers.** The client is told `Committed` only after the decision is
 //!   durable; it is told `Aborted` only after an abort record is durable on the node
 //!   that refused (so a late duplicate `Prepare` cannot revive the transaction).
@@ -264,9 +270,9 @@
 //! [`protocol::Action`]s in order — `Send`, `Persist` (append to the log; call
 //! `persisted(id)` once durable, and the node sends nothing depending on the record
 //! before that), `Apply` (page writes, synced at checkpoints; until then the intents in
-//! the log are the redo source) and `Reply`. `tests/model.rs` model checks the very same
+//! the log are the redo source) and `Reply`. `tests/model/` model checks the very same
 //! state machine with `stateright` under message loss, duplication, reordering,
-//! crashes and checkpoints; `tests/simulation.rs` drives several nodes over a
+//! crashes and checkpoints; `tests/simulation/` drives several nodes over a
 //! seeded simulated network (loss, duplication with very late copies, reordering,
 //! crashes losing unsynced page writes, checkpoints) through thousands of bank
 //! transfers and checks atomicity, no lost update and bounded state.

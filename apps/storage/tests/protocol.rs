@@ -546,3 +546,100 @@ fn the_decider_decides_only_after_the_durable_notice_and_presumes_abort_without_
         }
     }
 }
+
+/// Every node sends its `Durable` notice straight to the decider once its own intent
+/// is durable (not hop by hop): the decider decides only once the notices of all the
+/// other chain nodes arrived, whatever their order, and keeps a notice that overtook
+/// its `Prepare`.
+#[test]
+fn the_decider_decides_only_once_every_other_node_sent_its_notice() {
+    let ids = [NodeId(0), NodeId(1), NodeId(2)];
+    let prepare = |txn| Prepare {
+        txn: TxnId(txn),
+        client: ClientId(7),
+        chain: ids.to_vec(),
+        writes: ids.iter().map(|&n| (n, w(txn, 0))).collect(),
+        acceptors: 0,
+    };
+    let intent_of = |out: &[Action]| {
+        out.iter()
+            .find_map(|a| match a {
+                Action::Persist {
+                    id,
+                    record: Record::Intent(_),
+                } => Some(*id),
+                _ => None,
+            })
+            .expect("an intent")
+    };
+    let forwarded = |out: &[Action]| {
+        out.iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    msg: m @ Message::Prepare(_),
+                    ..
+                } => Some(m.clone()),
+                _ => None,
+            })
+            .expect("the forwarded prepare")
+    };
+    let notice_to_decider = |out: Vec<Action>| {
+        let notices: Vec<Message> = out
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: m @ Message::Durable { .. },
+                } => {
+                    assert_eq!(to, NodeId(2), "notices go straight to the decider");
+                    Some(m)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        notices.into_iter().next().expect("one")
+    };
+    let decides = |out: &[Action]| {
+        out.iter().any(|a| {
+            matches!(
+                a,
+                Action::Persist {
+                    record: Record::Decision {
+                        verdict: Verdict::Commit,
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+    };
+    // Transaction 1: the middle node's intent is durable first; transaction 2: the
+    // head's, and both notices reach the decider before the `Prepare`.
+    for (txn, head_first) in [(1, false), (2, true)] {
+        let mut nodes: Vec<Node> = ids
+            .iter()
+            .map(|&id| Node::new(id, NodeConfig::default(), Default::default()))
+            .collect();
+        let out = nodes[0].handle(Message::Prepare(prepare(txn)));
+        let (i0, p1) = (intent_of(&out), forwarded(&out));
+        let out = nodes[1].handle(p1);
+        let (i1, p2) = (intent_of(&out), forwarded(&out));
+        let n0 = notice_to_decider(nodes[0].persisted(i0));
+        let n1 = notice_to_decider(nodes[1].persisted(i1));
+        let (first, second) = if head_first { (n0, n1) } else { (n1, n0) };
+        if head_first {
+            assert!(nodes[2].handle(first).is_empty());
+            assert!(nodes[2].handle(second).is_empty());
+            assert!(decides(&nodes[2].handle(p2)));
+        } else {
+            assert!(nodes[2].handle(p2).is_empty());
+            let out = nodes[2].handle(first.clone());
+            assert!(!decides(&out), "decided on one notice of two: {out:?}");
+            // A repeat of the same notice does not count twice.
+            assert!(!decides(&nodes[2].handle(first)));
+            assert!(decides(&nodes[2].handle(second)));
+        }
+        assert_eq!(nodes[2].status(TxnId(txn)), TxnStatus::Deciding);
+    }
+}

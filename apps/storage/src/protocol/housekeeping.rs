@@ -1,6 +1,6 @@
 //! A node's housekeeping: checkpoints (what it may forget) and the retry timer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::node::{Checkpointing, Node};
 use super::state::Phase;
@@ -34,7 +34,7 @@ impl Node {
         self.checkpoints += 1;
         // Early `Durable` notices whose `Prepare` did not follow within a checkpoint
         // interval: it was lost (or the notice is a late copy).
-        self.early.retain(|_, at| *at + 1 >= now);
+        self.early.retain(|_, (_, at)| *at + 1 >= now);
         let horizon = u64::from(self.mark_horizon);
         let mut floor = self.floor;
         let mut marks: BTreeMap<ClientId, TxnId> = BTreeMap::new();
@@ -144,7 +144,7 @@ impl Node {
             let t = self.txns.get_mut(&txn).expect("listed above");
             let client = t.client;
             match &t.phase {
-                Phase::Prepared { .. } => {
+                &Phase::Prepared { in_doubt } => {
                     let decider = t.chain.last().copied();
                     let is_decider = decider == Some(me);
                     if let (Some(decider), false) = (decider, is_decider) {
@@ -156,15 +156,13 @@ impl Node {
                         out.push(Action::Send { to: decider, msg });
                         // Our `Durable` notice may have been lost, and without it the
                         // decider presumes abort: send it again (a repeat is ignored).
-                        let next = t
-                            .chain
-                            .iter()
-                            .position(|&n| n == me)
-                            .and_then(|at| t.chain.get(at + 1).copied());
-                        if let (true, Some(next)) = (t.upstream, next) {
+                        // Not after a restart (a liveness nicety only, and leaving it
+                        // out keeps the model check's states down): without it the
+                        // decider presumes abort, which the node learns by `Resolve`.
+                        if !in_doubt {
                             out.push(Action::Send {
-                                to: next,
-                                msg: Message::Durable { txn },
+                                to: decider,
+                                msg: Message::Durable { txn, from: me },
                             });
                         }
                     }
@@ -208,7 +206,7 @@ impl Node {
                     // may presume abort.
                     t.waited = t.waited.saturating_add(1);
                     if t.waited > patience {
-                        self.presume_abort(txn, &mut out);
+                        self.abort_unresolved(txn, client, BTreeSet::new(), &mut out);
                     }
                 }
                 Phase::AwaitingAcks { awaiting } => {

@@ -5,15 +5,18 @@
 //! [`Action`]s for its host to carry out in order: send a message, append a record to
 //! the log, apply page writes, answer a client. It does no I/O, reads no clock and
 //! draws no random numbers, so the same inputs always give the same actions: the model
-//! check (`tests/model.rs`) drives it directly, and the node's pipeline drives it with
+//! check (`tests/model/`) drives it directly, and the node's pipeline drives it with
 //! a TCP transport, the group-commit log sink and the page store.
 //!
 //! See the [crate documentation](crate) for the protocol's sequence diagram, its
 //! guarantee and what blocks when.
 
 mod ballots;
+mod complete;
+mod decide;
 mod housekeeping;
 mod node;
+mod prepare;
 mod recover;
 mod state;
 
@@ -102,13 +105,15 @@ pub enum Message {
     /// Prepare, forwarded along the chain as soon as the node's analysis passed
     /// (before its intent is durable: the syncs of the chain's nodes overlap).
     Prepare(Prepare),
-    /// Every chain node up to and including the sender holds its intent durably:
-    /// sent to the next node by the head once its intent is durable, and passed on by
-    /// each node once its own intent is durable too. The decider decides commit only
-    /// after it arrived (see the crate documentation, "Pipelined prepares").
+    /// The sender holds its intent durably: sent straight to the decider by every
+    /// other chain node once its own intent is durable (and again on every tick while
+    /// it is prepared). The decider decides commit only after every other chain
+    /// node's notice arrived (see the crate documentation, "Pipelined prepares").
     Durable {
         /// The transaction.
         txn: TxnId,
+        /// The chain node whose intent is durable.
+        from: NodeId,
     },
     /// The decision is commit: sent by the decider to its predecessor and by each node to
     /// its predecessor, or to an in-doubt node as the answer to its `Resolve`.
@@ -203,7 +208,7 @@ impl Message {
         match self {
             Message::Prepare(p) => p.txn,
             Message::Commit { txn, .. }
-            | Message::Durable { txn }
+            | Message::Durable { txn, .. }
             | Message::Abort { txn }
             | Message::Ack { txn, .. }
             | Message::Resolve { txn, .. }

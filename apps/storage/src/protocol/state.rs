@@ -116,9 +116,9 @@ pub(super) struct Txn {
     pub(super) accepted: Option<(Ballot, Verdict)>,
     /// Ticks spent prepared (or, at the decider, waiting) without an outcome.
     pub(super) waited: u32,
-    /// Every earlier chain node's intent is durable (the head's, trivially; else the
-    /// predecessor's [`Message::Durable`](super::Message::Durable) arrived).
-    pub(super) upstream: bool,
+    /// At the decider: the chain nodes whose intent is durable (their
+    /// [`Message::Durable`](super::Message::Durable) notice arrived).
+    pub(super) durable_from: BTreeSet<NodeId>,
     /// The highest round seen in a refusal.
     pub(super) max_round: u32,
     /// The recovery ballot this node runs, if any.
@@ -143,7 +143,7 @@ impl Txn {
             promised: Ballot::default(),
             accepted: None,
             waited: 0,
-            upstream: false,
+            durable_from: BTreeSet::new(),
             max_round: 0,
             recovery: None,
         }

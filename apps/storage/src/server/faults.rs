@@ -13,8 +13,8 @@ pub enum Step {
     /// A `Prepare` passed analysis here; its intent (at the decider: intent and
     /// decision) is not yet written, nor the `Prepare` forwarded.
     BeforeIntent,
-    /// The intent here and every earlier one are durable; the `Durable` notice is not
-    /// yet sent to the next node.
+    /// The intent here is durable; the `Durable` notice is not yet sent to the
+    /// decider.
     AfterIntent,
     /// The decider's commit decision is durable; the client is not yet answered and
     /// `Commit` not yet sent.
