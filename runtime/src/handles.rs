@@ -114,29 +114,34 @@ impl<T: Send + 'static> Input<T> {
     }
 
     /// Sends one item, awaiting while the input is full.
+    ///
+    /// Cancel-safe: if the future is dropped before the item went in, the item is
+    /// dropped with it, and never sent by a later call.
     pub async fn send_async(&mut self, item: T) -> Result<(), SendError<T>> {
-        self.one.push_back(item);
+        let Self { sender, space, one } = self;
+        let pending = Unsent(one);
+        pending.0.push_back(item);
         loop {
-            self.sender.push_some(&mut self.one);
-            if self.one.is_empty() {
+            sender.push_some(pending.0);
+            if pending.0.is_empty() {
                 return Ok(());
             }
-            if self.sender.is_closed() {
+            if sender.is_closed() {
                 break;
             }
-            let listener = self.space.listen();
-            self.sender.arm();
-            self.sender.push_some(&mut self.one);
-            if self.one.is_empty() {
+            let listener = space.listen();
+            sender.arm();
+            sender.push_some(pending.0);
+            if pending.0.is_empty() {
                 return Ok(());
             }
-            if self.sender.is_closed() {
+            if sender.is_closed() {
                 break;
             }
             listener.await;
         }
         Err(SendError::Closed(
-            self.one.pop_front().expect("item not taken"),
+            pending.0.pop_front().expect("item not taken"),
         ))
     }
 
@@ -150,6 +155,16 @@ impl<T: Send + 'static> Input<T> {
         self.sender
             .try_clone()
             .map(|sender| Self::new(sender, self.space.clone()))
+    }
+}
+
+/// The item of a `send_async` in progress: dropped with the future if it is cancelled
+/// before the item went in (left in the buffer, a later send would send it).
+struct Unsent<'a, T>(&'a mut VecDeque<T>);
+
+impl<T> Drop for Unsent<'_, T> {
+    fn drop(&mut self) {
+        self.0.clear();
     }
 }
 

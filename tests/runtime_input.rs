@@ -1,0 +1,73 @@
+//! `Input::send_async` is cancel-safe: a send dropped while it waits for room sends
+//! nothing, then or later.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use pipewright::{stage, PipelineBuilder, Plan, Runtime};
+
+/// Opens the gate when dropped, so that a failing assertion does not leave the worker
+/// blocked in the stage (and the test hanging in `Running`'s drop).
+struct Gate(Arc<AtomicBool>);
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+#[test]
+fn a_cancelled_send_async_is_never_sent() {
+    let gate = Gate(Arc::new(AtomicBool::new(false)));
+    let open = gate.0.clone();
+    let b = PipelineBuilder::new();
+    let (input, items) = b.input::<u64>("items");
+    // Holds its first item until the gate opens, so the input ring fills up.
+    let out = items
+        .then(
+            "gate",
+            stage::map(move |x: u64| {
+                while !open.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                x
+            }),
+        )
+        .burst(1)
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused().ring_capacity(4)).unwrap();
+    let (mut tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+
+    // Fill the input: the stage holds one item, the ring the rest.
+    let mut sent = Vec::new();
+    for x in 0.. {
+        match tx.try_send(x) {
+            Ok(()) => sent.push(x),
+            Err(_) => break,
+        }
+        assert!(x < 1_000_000, "the input never filled up");
+    }
+    // A send that must wait for room, polled once and dropped: cancelled.
+    {
+        let mut cancelled = Box::pin(tx.send_async(999_999));
+        assert!(
+            cancelled.as_mut().now_or_never().is_none(),
+            "the full input took it"
+        );
+    }
+
+    // The output is read while the pipeline drains (its ring is small too).
+    let collector = std::thread::spawn(move || rx.collect());
+    drop(gate);
+    futures::executor::block_on(tx.send_async(7)).unwrap();
+    sent.push(7);
+    drop(tx);
+    running.drain().unwrap();
+    let got = collector.join().expect("collector");
+    assert_eq!(got, sent, "the cancelled item was sent, or one was lost");
+}
