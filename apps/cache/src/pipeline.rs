@@ -36,6 +36,7 @@ use pipewright_runtime::{
     AsyncStage, Burst, Failures, InputId, Outbox, PipelineBuilder, PipelineService, Plan,
     RequestError, ResponseFuture, Running, Runtime, Tagged, UringBudget,
 };
+use pipewright_stages::Answers;
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
@@ -239,6 +240,34 @@ impl PathService {
     /// memory-tier hits of `cache` directly.
     pub fn new(cache: Cache, pipeline: PipelineService<BlockRequest, PipelineReply>) -> Self {
         Self { cache, pipeline }
+    }
+
+    /// Sends `req` with its answer going to `answers` as `(id, reply)` (see
+    /// [`PipelineService::send_queued`]): a caller with many requests in flight (an NBD
+    /// connection, a load generator) waits on one queue and is woken once per burst
+    /// of answers, not once per request. A whole-block read the memory tier holds is
+    /// answered into the queue at once, from the caller's task. Waits while the
+    /// pipeline's input is full; a closed pipeline is [`RequestError::Closed`] (and
+    /// nothing is queued for `id`).
+    pub async fn send_queued(
+        &mut self,
+        answers: &Answers<PipelineReply>,
+        id: u64,
+        req: BlockRequest,
+    ) -> Result<(), RequestError> {
+        if let BlockRequest::Read {
+            volume,
+            offset,
+            len,
+        } = req
+        {
+            if let Some(data) = self.cache.read_memory(volume, offset, len) {
+                let (ticket, _) = answers.tag(id, ()).into_parts();
+                ticket.answer(Ok(Ok(PathResponse::Data(ReadBuf::from_vec(data)))));
+                return Ok(());
+            }
+        }
+        self.pipeline.send_queued(answers, id, req).await
     }
 }
 
