@@ -12,15 +12,18 @@
 //!   serving the same file, read by the same nbdcopy command.
 //!
 //! - `gateway-zipf-ops` / `gateway-zipf-p99`: 4 KiB reads on a Zipf(0.99) trace over a
-//!   volume (the working set), 32 concurrent clients on a 2-thread tokio runtime, cache
-//!   at 10% of the working set, both over the same local-file backend (`FileBackend`,
-//!   positioned reads on tokio's blocking pool). Ours: the real chunk store (4 KiB
-//!   chunks, io_uring, instance-id tags, redb metadata, a 1 MiB memory tier of hot
-//!   blocks as foyer's), through the request pipeline
-//!   (`pipeline::start` with the gateway's plan: lookup router, hit and fill stages on
-//!   a pipewright worker's io_uring, requests in flight across bursts) called as a
-//!   `tower::Service` (`PathService`: memory-tier hits answered in the caller's task)
-//!   by the same 32 clients, as the NBD server feeds it.
+//!   volume (the working set), 32 reads in flight on a 2-thread tokio runtime, cache
+//!   at 10% of the working set, both over the same local-file backend (`FileBackend`:
+//!   foyer's misses read it on tokio's blocking pool, ours on the worker's io_uring,
+//!   `Backend::local_file`). Ours: the real chunk store (4 KiB chunks, io_uring,
+//!   instance-id tags, redb metadata, a 1 MiB memory tier of hot blocks as foyer's),
+//!   through the request pipeline (`pipeline::start` with the gateway's plan: lookup
+//!   and hits on one worker, fills on another, requests in flight across bursts), fed
+//!   as the NBD server feeds it: two client tasks (one per runtime thread) keep 16
+//!   reads each in flight through one answer queue each (`PathService::send_queued`;
+//!   memory-tier hits answered in the caller's task). `PIPEWRIGHT_BENCH_CACHE_CLIENT=tasks`
+//!   drives ours as foyer is driven (32 tasks, one future per read);
+//!   `PIPEWRIGHT_BENCH_CACHE_PLAN=fused` runs the pipeline on one worker.
 //!   Peer `foyer`: its `HybridCache<u64, Vec<u8>>` with a byte weigher on a 1 MiB memory
 //!   tier and a disk tier (`FsDevice`, block engine, 1 MiB blocks, 1 MiB buffer pool)
 //!   of exactly our cache file's data bytes; a miss goes through `get_or_fetch` to the

@@ -76,15 +76,15 @@ where
     )
 }
 
-/// Our plan: `PIPEWRIGHT_BENCH_CACHE_PLAN=fused|float|two` (default fused).
+/// Our plan: the gateway's (`pipeline::gateway_plan`: lookup and hits on one worker,
+/// fills and writes on another); `PIPEWRIGHT_BENCH_CACHE_PLAN=fused` puts every stage
+/// on one worker (the plan before), `float` too but unpinned.
 fn plan() -> Plan {
     let all = ["lookup", "hit", "fill", "write"];
     match std::env::var("PIPEWRIGHT_BENCH_CACHE_PLAN").as_deref() {
         Ok("float") => Plan::explicit().worker(all, Pin::Float),
-        Ok("two") => Plan::explicit()
-            .worker(["lookup", "hit"], Pin::Float)
-            .worker(["fill", "write"], Pin::Float),
-        _ => Plan::fused(),
+        Ok("fused") => Plan::fused(),
+        _ => pipeline::gateway_plan(),
     }
 }
 

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use pipewright_runtime::{
-    AsyncStage, Burst, Failures, InputId, Outbox, PipelineBuilder, PipelineService, Plan,
+    AsyncStage, Burst, Failures, InputId, Outbox, Pin, PipelineBuilder, PipelineService, Plan,
     RequestError, ResponseFuture, Running, Runtime, Tagged, UringBudget,
 };
 use pipewright_stages::Answers;
@@ -297,6 +297,17 @@ impl tower_service::Service<BlockRequest> for PathService {
         }
         self.pipeline.call(req)
     }
+}
+
+/// The gateway's plan for the request path: two unpinned workers, one for the lookup
+/// and the hits, one for the fills and the writes, so that hits and misses use two
+/// cores and a hit never waits behind a miss's backend read and chunk write on the
+/// same thread. Unpinned, because the gateway shares its machine with its clients
+/// (and the tokio threads feeding the pipeline): the scheduler places them.
+pub fn gateway_plan() -> Plan {
+    Plan::explicit()
+        .worker(["lookup", "hit"], Pin::Float)
+        .worker(["fill", "write"], Pin::Float)
 }
 
 /// Starts the request path on the pipewright runtime with `plan` (plus the stages'
