@@ -1,10 +1,13 @@
 //! The request path as a pipewright pipeline:
 //!
 //! ```text
-//!  requests ──▶ lookup (router: resident? ) ──hit──▶ hit  (read cached blocks, verify id + CRC) ─┐
-//!                                           ──miss─▶ fill (fetch chunk, store, publish, read)   ├─▶ reply
-//!                                           ──other▶ write (write-back / write-through, flush) ─┘
+//!  requests ──▶ lookup (router: resident? ) ──hit──▶ hit / hit2 (read cached blocks, verify id + CRC) ─┐
+//!                                           ──miss─▶ fill (fetch chunk, store, publish; answer from it) ├─▶ reply
+//!                                           ──other▶ write (write-back / write-through, flush)          ─┘
 //! ```
+//!
+//! Hits alternate between `hit` and `hit2`, so that a plan can serve them on two
+//! workers ([`gateway_plan`]).
 //!
 //! Each branch is an async stage that keeps up to [`IN_FLIGHT`] requests in flight
 //! across bursts: every request runs as its own task on the stage's worker and answers
@@ -76,8 +79,9 @@ pub type TaggedRequest = Tagged<BlockRequest, PipelineReply>;
 pub const IN_FLIGHT: usize = 64;
 
 const HIT: usize = 0;
-const MISS: usize = 1;
-const OTHER: usize = 2;
+const HIT2: usize = 1;
+const MISS: usize = 2;
+const OTHER: usize = 3;
 
 /// The io_uring budget each stage of the request path declares for `cache`: its
 /// requests in flight (two operations each) and fixed-buffer slots for the pools the
@@ -200,7 +204,7 @@ impl AsyncStage for Serve {
 }
 
 /// Adds the cache's request path to `b`; returns its input. Its stages (`hit`,
-/// `fill`, `write`) should get [`uring_budget`] in the plan ([`start`] does that).
+/// `hit2`, `fill`, `write`) should get [`uring_budget`] in the plan ([`start`] does that).
 pub fn request_path(
     b: &PipelineBuilder,
     cache: Cache,
@@ -209,17 +213,28 @@ pub fn request_path(
     debug_assert_eq!(io.fixed_buffers(), uring_budget(&cache).fixed_buffers);
     let (input, requests) = b.input::<TaggedRequest>("requests");
     let lookup_cache = cache.clone();
-    let [hit, miss, other] =
-        requests.route::<3, _>("lookup", move |t: &TaggedRequest| match t.value() {
+    // Hits alternate between two stages, so that a plan can serve them on two
+    // workers (a run of large hits, such as a sequential scan, is copied and
+    // checksummed on both).
+    let hits = std::sync::atomic::AtomicUsize::new(0);
+    let [hit, hit2, miss, other] =
+        requests.route::<4, _>("lookup", move |t: &TaggedRequest| match t.value() {
             Ok(BlockRequest::Read {
                 volume,
                 offset,
                 len,
-            }) if lookup_cache.is_resident(*volume, *offset, *len) => HIT,
+            }) if lookup_cache.is_resident(*volume, *offset, *len) => {
+                if hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
+                    HIT
+                } else {
+                    HIT2
+                }
+            }
             Ok(BlockRequest::Read { .. }) => MISS,
             _ => OTHER,
         });
     hit.sink_async("hit", Serve::new(cache.clone(), io.clone()));
+    hit2.sink_async("hit2", Serve::new(cache.clone(), io.clone()));
     miss.sink_async("fill", Serve::new(cache.clone(), io.clone()));
     other.sink_async("write", Serve::new(cache, io));
     Ok(input)
@@ -299,15 +314,16 @@ impl tower_service::Service<BlockRequest> for PathService {
     }
 }
 
-/// The gateway's plan for the request path: two unpinned workers, one for the lookup
-/// and the hits, one for the fills and the writes, so that hits and misses use two
-/// cores and a hit never waits behind a miss's backend read and chunk write on the
-/// same thread. Unpinned, because the gateway shares its machine with its clients
+/// The gateway's plan for the request path: two unpinned workers, one for the lookup,
+/// half the hits and the writes, one for the other half of the hits and the fills, so
+/// that the request path uses two cores (a scan's hits are copied and checksummed on
+/// both) and half the hits never wait behind a miss's backend read and chunk write
+/// on the same thread. Unpinned, because the gateway shares its machine with its clients
 /// (and the tokio threads feeding the pipeline): the scheduler places them.
 pub fn gateway_plan() -> Plan {
     Plan::explicit()
-        .worker(["lookup", "hit"], Pin::Float)
-        .worker(["fill", "write"], Pin::Float)
+        .worker(["lookup", "hit", "write"], Pin::Float)
+        .worker(["hit2", "fill"], Pin::Float)
 }
 
 /// Starts the request path on the pipewright runtime with `plan` (plus the stages'
@@ -317,6 +333,7 @@ pub fn start(cache: Cache, plan: Plan) -> Result<(Running, PathService), CacheEr
     let budget = uring_budget(&cache);
     let plan = plan
         .uring("hit", budget)
+        .uring("hit2", budget)
         .uring("fill", budget)
         .uring("write", budget);
     let b = PipelineBuilder::new();
