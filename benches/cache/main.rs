@@ -47,8 +47,6 @@
 
 // The counting global allocator of `memory-bytes-per-chunk` implements `GlobalAlloc`.
 #![allow(unsafe_code)]
-// The counting global allocator of `memory-bytes-per-chunk` implements `GlobalAlloc`.
-#![allow(unsafe_code)]
 
 #[path = "../common/mod.rs"]
 mod common;
