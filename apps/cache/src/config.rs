@@ -36,7 +36,9 @@ pub struct CacheConfig {
     pub low_watermark: u32,
     /// ... and runs until this many are free.
     pub high_watermark: u32,
-    /// Victims chosen per eviction batch (one metadata commit per batch).
+    /// Victims chosen per eviction batch (one metadata commit per batch): at least
+    /// this many; the background evictor takes all it needs to reach the high
+    /// watermark in one batch.
     pub eviction_batch: u32,
     /// Write-back or write-through.
     pub write_mode: WriteMode,

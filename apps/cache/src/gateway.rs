@@ -14,7 +14,6 @@ use crate::cache::Cache;
 use crate::config::CacheConfig;
 use crate::error::CacheError;
 use crate::nbd::NbdServer;
-use pipewright_runtime::Plan;
 
 /// Parses a size: bytes, or with a `K`/`M`/`G`/`T` suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, CacheError> {
@@ -88,9 +87,10 @@ impl Gateway {
         let cache = Cache::open(cfg.clone(), backend).await?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        // The request path runs as a pipewright pipeline on one worker (lookup,
-        // hit / fill / write stages fused); the NBD connections feed it.
-        let (running, path) = crate::pipeline::start(cache.clone(), Plan::fused())?;
+        // The request path runs as a pipewright pipeline on two workers (lookup and
+        // hits; fills and writes: `gateway_plan`); the NBD connections feed it.
+        let (running, path) =
+            crate::pipeline::start(cache.clone(), crate::pipeline::gateway_plan())?;
         let server = NbdServer::with_pipeline(cache.clone(), path);
         tokio::spawn(server.clone().serve(listener));
         let status_file = status_path(&cfg.cache_file);

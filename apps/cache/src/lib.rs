@@ -143,7 +143,12 @@
 //!   through io_uring ext4 would hand each to an io-wq thread), then, when the write
 //!   must be durable, `fdatasync` on the ring. A read inside one chunk is
 //!   answered in its pooled buffer ([`pipeline::ReadBuf`]) and written to the NBD
-//!   socket from there.
+//!   socket from there. A miss reads a local-file backend through the same ring
+//!   ([`Backend::local_file`]; other backends through [`Backend::read`]) and is
+//!   answered from the bytes it fetched, not by reading back what it just stored.
+//!   The gateway runs these stages on two workers ([`pipeline::gateway_plan`]), and
+//!   each NBD connection feeds them through one answer queue
+//!   ([`pipeline::PathService::send_queued`]): one wake-up per burst of answers.
 //! - **blocking pool** (positioned `pread`/`pwrite` on tokio's blocking threads):
 //!   [`Cache::read`]/[`Cache::write`] called directly (tests, [`CacheService`], the
 //!   CLI, `replay --real`), the background flusher and evictor, and the chunks a

@@ -3,7 +3,9 @@
 //!
 //! A block enters the tier only from a disk read that passed the instance-id check
 //! ([`check`](crate::slot::check) gave `Valid`), together with what that check saw:
-//! the slot, its instance id and its write sequence. The tier serves the copy only
+//! the slot, its instance id and its write sequence; or from the fill that stored it,
+//! with the slot's instance id and its write sequence right after the fill's write,
+//! taken before the chunk is published (no other write can reach the slot before). The tier serves the copy only
 //! while the slot is still on that instance **and** its write sequence has not moved:
 //! every write into a slot moves its sequence (before the write starts) and every
 //! eviction gives the slot a new instance id (before the slot is reused), so a copy

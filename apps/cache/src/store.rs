@@ -444,6 +444,10 @@ pub(crate) trait BlockIo {
 
     /// `fdatasync(2)` of the cache file.
     async fn sync(&self, file: &StoreFile) -> io::Result<()>;
+
+    /// `len` bytes of `file` (a backend's local file) from `pos`; bytes past its end
+    /// are zeros.
+    async fn read_file(&self, file: &Arc<File>, pos: u64, len: usize) -> io::Result<Vec<u8>>;
 }
 
 /// Positioned I/O on tokio's blocking pool: for callers that are not on a pipewright
@@ -496,6 +500,23 @@ impl BlockIo for Blocking {
     async fn sync(&self, file: &StoreFile) -> io::Result<()> {
         let file = file.file.clone();
         on_pool(move || file.sync_data()).await
+    }
+
+    async fn read_file(&self, file: &Arc<File>, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = file.clone();
+        on_pool(move || {
+            let mut buf = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                let n = file.read_at(&mut buf[done..], pos + done as u64)?;
+                if n == 0 {
+                    break; // past the end: zeros
+                }
+                done += n;
+            }
+            Ok(buf)
+        })
+        .await
     }
 }
 
@@ -646,6 +667,24 @@ impl BlockIo for Uring {
 
     async fn sync(&self, file: &StoreFile) -> io::Result<()> {
         uring::fdatasync(file.file.as_raw_fd()).await
+    }
+
+    async fn read_file(&self, file: &Arc<File>, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        // A page-cached range completes at submission, on this worker; the rest is
+        // the kernel's to schedule (no thread-pool hop of ours either way).
+        let fd = file.as_raw_fd();
+        let (r, mut out) = uring::read_at(fd, Vec::new(), len, pos).await;
+        r?;
+        while out.len() < len {
+            let n = out.len();
+            let (r, rest) = uring::read_at(fd, Vec::new(), len - n, pos + n as u64).await;
+            if r? == 0 {
+                out.resize(len, 0); // past the end: zeros
+                break;
+            }
+            out.extend_from_slice(&rest);
+        }
+        Ok(out)
     }
 }
 

@@ -137,7 +137,11 @@ fn serve_reads_and_writes(memory_bytes: u64) {
             .find(|s| s.name == name)
             .map_or(0, |s| s.items_in)
     };
-    let (hit, fill, write) = (processed("hit"), processed("fill"), processed("write"));
+    let (hit, fill, write) = (
+        processed("hit") + processed("hit2"),
+        processed("fill"),
+        processed("write"),
+    );
     println!(
         "pipeline: lookup routed {hit} hits, {fill} misses, {write} writes; cache {:?}",
         cache.stats()

@@ -12,7 +12,8 @@ use rustc_hash::FxHashMap;
 use super::{Backend, VolumeInfo};
 
 /// Volumes as files of one directory (every regular file is a volume, its name the
-/// file name), read and written with positioned I/O on tokio's blocking pool.
+/// file name), read and written with positioned I/O on tokio's blocking pool; the
+/// cache reads its misses from the files directly ([`Backend::local_file`]).
 #[derive(Debug, Clone)]
 pub struct FileBackend {
     dir: PathBuf,
@@ -124,5 +125,9 @@ impl Backend for FileBackend {
             let file = file?;
             blocking(move || file.sync_data()).await
         })
+    }
+
+    fn local_file(&self, volume: &str) -> Option<Arc<File>> {
+        self.file(volume).ok()
     }
 }

@@ -8,7 +8,9 @@ mod s3_config;
 mod s3_parts;
 
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -37,6 +39,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn write(&self, volume: &str, offset: u64, data: Vec<u8>) -> BoxFuture<'_, io::Result<()>>;
     /// Makes the volume's writes durable.
     fn sync(&self, volume: &str) -> BoxFuture<'_, io::Result<()>>;
+    /// The local file holding `volume`, when this backend keeps its volumes in local
+    /// files: the cache then reads its misses from the file itself, on the worker that
+    /// serves the miss (through that worker's io_uring: no hop to a thread pool and
+    /// back), instead of calling [`Backend::read`]; bytes past the file's end read as
+    /// zeros, as `read`'s do. The default, `None`: every read goes through `read`.
+    fn local_file(&self, volume: &str) -> Option<Arc<File>> {
+        let _ = volume;
+        None
+    }
 }
 
 /// What kind of failure a backend error is, for retries, metrics and the client's

@@ -11,15 +11,16 @@ use crate::stats::bump;
 use super::{ChunkKey, Entry, Inner};
 
 impl Inner {
-    /// One eviction batch: the policy's victims are flushed if dirty, leave the index,
-    /// get new instance ids in one durable commit, and only then become free.
-    /// The caller holds `evict_lock`. Returns how many slots it freed.
-    pub(super) async fn evict_batch(self: &Arc<Self>) -> Result<u64, CacheError> {
+    /// One eviction batch of (at most) `want` victims: the policy's victims are
+    /// flushed if dirty, leave the index, get new instance ids in one durable commit,
+    /// and only then become free. The caller holds `evict_lock`. Returns how many
+    /// slots it freed.
+    pub(super) async fn evict_batch(self: &Arc<Self>, want: u32) -> Result<u64, CacheError> {
         let victims: Vec<(ChunkKey, u32)> = {
             let mut st = self.lock();
             let mut v = Vec::new();
             let mut skipped = Vec::new();
-            while v.len() < self.cfg.eviction_batch as usize {
+            while v.len() < want.max(1) as usize {
                 let Some(pk) = st.policy.evict() else { break };
                 let key = ChunkKey::from_policy_key(pk);
                 let found = match st.index.get(&key) {
@@ -97,8 +98,16 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
             continue;
         }
         let _g = inner.evict_lock.lock().await;
-        while (inner.lock().free.len() as u32) < inner.cfg.high_watermark {
-            match inner.evict_batch().await {
+        loop {
+            let free = inner.lock().free.len() as u32;
+            if free >= inner.cfg.high_watermark {
+                break;
+            }
+            // The whole way to the high watermark in one batch (one durable commit:
+            // the commit's sync, not the choice of victims, is what costs), never
+            // fewer than `eviction_batch`.
+            let want = (inner.cfg.high_watermark - free).max(inner.cfg.eviction_batch);
+            match inner.evict_batch(want).await {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {

@@ -14,6 +14,24 @@ use crate::store::{BlockIo, Blocking, WriteGuard};
 
 use super::{blocking, ChunkKey, Entry, Inner, SlotInfo, State, PUBLISH_BATCH};
 
+/// What [`Inner::lookup_or_fill`] found.
+pub(super) enum Looked {
+    /// Resident in `(slot, instance, seq)`.
+    Resident(u32, u64, u64),
+    /// Filled by this lookup.
+    Filled(Stored),
+}
+
+/// A chunk a fill stored: its slot, and the slot's instance id and write sequence
+/// right after the chunk's bytes were written (taken before the chunk is published,
+/// so nothing else can have written the slot in between), and the bytes.
+pub(super) struct Stored {
+    pub(super) slot: u32,
+    pub(super) instance: u64,
+    pub(super) seq: u64,
+    pub(super) bytes: Vec<u8>,
+}
+
 impl Inner {
     /// Resident: `(slot, instance, seq)`. Absent: this call fills it (single flight).
     pub(super) async fn lookup<I: BlockIo>(
@@ -21,6 +39,25 @@ impl Inner {
         io: &I,
         key: ChunkKey,
     ) -> Result<(u32, u64, u64), CacheError> {
+        loop {
+            if let Looked::Resident(slot, instance, seq) =
+                self.lookup_or_fill(io, key, false).await?
+            {
+                return Ok((slot, instance, seq));
+            }
+        }
+    }
+
+    /// Resident: [`Looked::Resident`]. Absent: this call fills it (single flight), and
+    /// with `want_bytes` answers [`Looked::Filled`] with the chunk's bytes as fetched
+    /// (and stored): the read that missed is served from them, without reading back
+    /// what it just wrote. Requests that waited for the fill read the cache file.
+    pub(super) async fn lookup_or_fill<I: BlockIo>(
+        self: &Arc<Self>,
+        io: &I,
+        key: ChunkKey,
+        want_bytes: bool,
+    ) -> Result<Looked, CacheError> {
         let mut counted_miss = false;
         enum Found {
             Hit(u32, u64, u64),
@@ -48,7 +85,9 @@ impl Inner {
                 }
             };
             let (tx, ahead) = match found {
-                Found::Hit(slot, instance, seq) => return Ok((slot, instance, seq)),
+                Found::Hit(slot, instance, seq) => {
+                    return Ok(Looked::Resident(slot, instance, seq))
+                }
                 Found::Wait(mut rx) => {
                     if !counted_miss {
                         counted_miss = true;
@@ -75,12 +114,15 @@ impl Inner {
             if !counted_miss {
                 bump(&self.counters.misses, "cache_misses_total", 1);
             }
-            if ahead.is_empty() {
+            let stored = if ahead.is_empty() {
                 let filled = self.fill(io, key).await;
-                self.publish(key, filled.as_ref().ok().copied(), tx);
-                filled?;
+                self.publish(key, filled.as_ref().ok().map(|f| f.slot), tx);
+                filled?
             } else {
-                self.fill_run(io, key, tx, ahead).await?;
+                self.fill_run(io, key, tx, ahead).await?
+            };
+            if want_bytes {
+                return Ok(Looked::Filled(stored));
             }
             // Loop: the lookup now finds it resident.
             counted_miss = true;
@@ -155,7 +197,7 @@ impl Inner {
         key: ChunkKey,
         tx: watch::Sender<bool>,
         ahead: Vec<(ChunkKey, watch::Sender<bool>)>,
-    ) -> Result<u32, CacheError> {
+    ) -> Result<Stored, CacheError> {
         let cs = self.cfg.chunk_size as usize;
         let fail_all = |ahead: Vec<(ChunkKey, watch::Sender<bool>)>, tx| {
             self.publish(key, None, tx);
@@ -170,7 +212,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        let mut data = match self.fetch(key, 1 + ahead.len() as u64).await {
+        let mut data = match self.fetch(io, key, 1 + ahead.len() as u64).await {
             Ok(d) => d,
             Err(e) => {
                 self.release_unwritten(slot);
@@ -186,12 +228,16 @@ impl Inner {
         }
         parts.reverse();
         let filled = self.store_chunk(io, slot, key, data).await;
-        self.publish(key, filled.as_ref().ok().copied(), tx);
+        self.publish(key, filled.as_ref().ok().map(|f| f.slot), tx);
         let inner = self.clone();
         tokio::spawn(async move {
             for ((k, t), bytes) in ahead.into_iter().zip(parts) {
                 let stored = match inner.allocate().await {
-                    Ok(s) => inner.store_chunk(&Blocking, s, k, bytes).await.ok(),
+                    Ok(s) => inner
+                        .store_chunk(&Blocking, s, k, bytes)
+                        .await
+                        .ok()
+                        .map(|f| f.slot),
                     Err(_) => None,
                 };
                 inner.publish(k, stored, t);
@@ -221,7 +267,7 @@ impl Inner {
                     continue;
                 }
             };
-            let n = self.evict_batch().await?;
+            let n = self.evict_batch(self.cfg.eviction_batch).await?;
             drop(guard);
             if n == 0 {
                 // Nothing evictable now (every slot is being filled): wait.
@@ -232,14 +278,14 @@ impl Inner {
 
     /// Fetches the chunk from the backend into a free slot through `io`, then
     /// publishes its mapping (see the crate docs: a clean chunk's bytes need not be
-    /// durable).
+    /// durable). Returns what it stored.
     pub(super) async fn fill<I: BlockIo>(
         self: &Arc<Self>,
         io: &I,
         key: ChunkKey,
-    ) -> Result<u32, CacheError> {
+    ) -> Result<Stored, CacheError> {
         let slot = self.allocate().await?;
-        match self.fetch(key, 1).await {
+        match self.fetch(io, key, 1).await {
             Ok(data) => self.store_chunk(io, slot, key, data).await,
             Err(e) => {
                 self.release_unwritten(slot);
@@ -248,8 +294,15 @@ impl Inner {
         }
     }
 
-    /// `chunks` whole chunks of `key`'s volume from `key` in one backend read.
-    async fn fetch(&self, key: ChunkKey, chunks: u64) -> Result<Vec<u8>, CacheError> {
+    /// `chunks` whole chunks of `key`'s volume from `key` in one backend read (from
+    /// the backend's local file through `io` when it has one: see
+    /// [`Backend::local_file`](crate::Backend::local_file)).
+    async fn fetch<I: BlockIo>(
+        &self,
+        io: &I,
+        key: ChunkKey,
+        chunks: u64,
+    ) -> Result<Vec<u8>, CacheError> {
         let cs = self.cfg.chunk_size;
         let len = (chunks * cs) as usize;
         let name = self.volume_name(key.volume);
@@ -265,7 +318,11 @@ impl Inner {
                 source,
             }
         };
-        match self.backend.read(&name, key.chunk * cs, len).await {
+        let read = match self.backend.local_file(&name) {
+            Some(file) => io.read_file(&file, key.chunk * cs, len).await,
+            None => self.backend.read(&name, key.chunk * cs, len).await,
+        };
+        match read {
             Ok(d) if d.len() == len => Ok(d),
             Ok(d) => Err(failed(io::Error::other(format!(
                 "short read: {} of {len} bytes",
@@ -276,14 +333,14 @@ impl Inner {
     }
 
     /// Writes a fetched chunk into `slot` and records its mapping (not yet in the
-    /// index: the caller publishes it).
+    /// index: the caller publishes it). Returns what it stored.
     async fn store_chunk<I: BlockIo>(
         self: &Arc<Self>,
         io: &I,
         slot: u32,
         key: ChunkKey,
         data: Vec<u8>,
-    ) -> Result<u32, CacheError> {
+    ) -> Result<Stored, CacheError> {
         let cs = self.cfg.chunk_size;
         let instance = self.store.cells[slot as usize].instance();
         if faults::should_crash(CrashPoint::Fill) {
@@ -304,7 +361,7 @@ impl Inner {
         // makes them durable anyway. A clean chunk's mapping may be lost at a crash
         // (the chunk is then refetched); it never names bytes that are not synced.
         let stored = match written {
-            Ok(_) => {
+            Ok(bytes) => {
                 // The mapping joins the batch of clean fills (see `meta`): no
                 // transaction, no thread hop here.
                 let staged = self.meta.stage_clean(
@@ -320,15 +377,20 @@ impl Inner {
                 if staged >= PUBLISH_BATCH {
                     self.publish_wanted.notify_one();
                 }
-                Ok(())
+                Ok(Stored {
+                    slot,
+                    instance,
+                    seq: self.store.cells[slot as usize].seq(),
+                    bytes,
+                })
             }
             Err(e) => Err(CacheError::Io(e)),
         };
         match stored {
-            Ok(()) => {
+            Ok(stored) => {
                 bump(&self.counters.fills, "cache_fills_total", 1);
                 bump(&self.counters.fill_bytes, "cache_fill_bytes_total", cs);
-                Ok(slot)
+                Ok(stored)
             }
             Err(e) => {
                 // The slot may hold part of the chunk under its instance id: retire it.

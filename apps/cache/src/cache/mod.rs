@@ -405,7 +405,10 @@ impl Cache {
                 return Ok(evicted);
             }
             let _g = self.inner.evict_lock.lock().await;
-            let n = self.inner.evict_batch().await?;
+            let n = self
+                .inner
+                .evict_batch(self.inner.cfg.eviction_batch)
+                .await?;
             if n == 0 {
                 return Ok(evicted);
             }

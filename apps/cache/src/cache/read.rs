@@ -9,6 +9,7 @@ use crate::slot::{check, Verdict};
 use crate::stats::bump;
 use crate::store::{BlockBuf, BlockIo, ReadBuf};
 
+use super::fill::Looked;
 use super::{bit, BlockFault, Cache, ChunkKey, Entry, Inner, VolumeId};
 
 impl Cache {
@@ -117,7 +118,32 @@ impl Inner {
         let count = last - first + 1;
         let skip = (in_chunk % bs) as usize;
         loop {
-            let (slot, instance, seq) = self.lookup(io, key).await?;
+            let (slot, instance, seq) = match self.lookup_or_fill(io, key, true).await? {
+                Looked::Resident(slot, instance, seq) => (slot, instance, seq),
+                // This request filled the chunk: served from the bytes it fetched (and
+                // stored), which the memory tier may keep under the fill's instance
+                // and sequence (see `Stored`).
+                Looked::Filled(stored) => {
+                    if let Some(mem) = &self.mem {
+                        if count == 1 && skip == 0 && len == bs {
+                            let blocks = self.cfg.chunk_size / bs;
+                            let at = first as usize * bs as usize;
+                            mem.insert(
+                                key.block_key(blocks, first),
+                                stored.slot,
+                                stored.instance,
+                                stored.seq,
+                                &stored.bytes[at..at + bs as usize],
+                            );
+                        }
+                    }
+                    return Ok(ReadBuf::new(
+                        BlockBuf::Heap(stored.bytes),
+                        in_chunk as usize,
+                        len as usize,
+                    ));
+                }
+            };
             let every = self.cfg.stall_reads_every as u64;
             if every > 0
                 && self

@@ -10,6 +10,7 @@
 //! `ENOSPC`; an unknown command `EINVAL`; a header without the request magic or an
 //! oversized write ends that connection only. Everything is counted in [`NbdStats`].
 
+mod queued;
 mod server;
 mod wire;
 

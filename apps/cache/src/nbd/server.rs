@@ -12,8 +12,7 @@ use super::wire::*;
 use crate::backend::BackendErrorKind;
 use crate::cache::{Cache, VolumeId};
 use crate::error::CacheError;
-use crate::pipeline::{PathResponse, PathService, ReadBuf};
-use crate::service::BlockRequest;
+use crate::pipeline::{PathService, ReadBuf};
 
 /// Connection-level counters of an [`NbdServer`].
 #[derive(Debug, Default)]
@@ -31,7 +30,7 @@ pub struct NbdStats {
     pub unknown_exports: AtomicU64,
 }
 
-fn bump(c: &AtomicU64, name: &'static str) {
+pub(super) fn bump(c: &AtomicU64, name: &'static str) {
     c.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(name).increment(1);
 }
@@ -230,6 +229,16 @@ impl NbdServer {
         wr: tokio::net::tcp::OwnedWriteHalf,
         volume: VolumeId,
     ) -> io::Result<()> {
+        if let Some(path) = &self.path {
+            let conn = super::queued::Connection {
+                cache: self.cache.clone(),
+                path: path.clone(),
+                stats: self.stats.clone(),
+                max_in_flight: self.max_in_flight,
+                volume,
+            };
+            return conn.run(rd, wr).await;
+        }
         let (tx, rx) = mpsc::channel::<Reply>(self.max_in_flight * 2);
         let writer = tokio::spawn(write_replies(rx, wr));
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
@@ -262,35 +271,8 @@ impl NbdServer {
             }
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let (cache, tx, stats) = (self.cache.clone(), tx.clone(), self.stats.clone());
-            let path = self.path.clone();
             tokio::spawn(async move {
-                let reply = match (path, req.kind) {
-                    (Some(path), CMD_READ) if req.len <= MAX_PAYLOAD => {
-                        through(
-                            path,
-                            BlockRequest::Read {
-                                volume,
-                                offset: req.offset,
-                                len: req.len as u64,
-                            },
-                            false,
-                        )
-                        .await
-                    }
-                    (Some(path), CMD_WRITE) => {
-                        through(
-                            path,
-                            BlockRequest::Write {
-                                volume,
-                                offset: req.offset,
-                                data: payload,
-                            },
-                            true,
-                        )
-                        .await
-                    }
-                    _ => serve(&cache, volume, req, payload).await,
-                };
+                let reply = serve(&cache, volume, req, payload).await;
                 bump(&stats.requests, "cache_nbd_requests_total");
                 let mut header = Vec::with_capacity(16);
                 let data = match reply {
@@ -415,7 +397,7 @@ async fn write_replies(
 }
 
 /// Writes every byte of `parts`, in order, with as few `writev`s as the socket allows.
-async fn write_all_vectored(
+pub(super) async fn write_all_vectored(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     parts: &[&[u8]],
 ) -> io::Result<()> {
@@ -445,18 +427,7 @@ async fn write_all_vectored(
     Ok(())
 }
 
-async fn through(path: PathService, req: BlockRequest, write: bool) -> Result<ReadBuf, u32> {
-    use tower::ServiceExt;
-    match path.oneshot(req).await {
-        Ok(Ok(PathResponse::Data(d))) => Ok(d),
-        Ok(Ok(_)) => Ok(ReadBuf::from_vec(Vec::new())),
-        Ok(Err(e)) => Err(errno(&e, write)),
-        // Dropped inside the pipeline (shutdown): an I/O error for the client.
-        Err(_) => Err(EIO),
-    }
-}
-
-async fn serve(
+pub(super) async fn serve(
     cache: &Cache,
     volume: VolumeId,
     req: Request,

@@ -1,0 +1,121 @@
+//! `nbd-read-gbps`: sequential reads of a warm export through NBD, ours and nbdkit's.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use pipewright::cache::{CacheConfig, FileBackend, Gateway};
+
+use super::{common, have, result, scratch};
+
+fn nbdcopy_gbps(uri: &str, bytes: u64) -> f64 {
+    let start = Instant::now();
+    let st = Command::new("nbdcopy")
+        .arg(uri)
+        .arg("null:")
+        .status()
+        .expect("run nbdcopy");
+    assert!(st.success(), "nbdcopy {uri} failed");
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub(crate) fn nbd_read(filter: Option<&str>) {
+    let case = "nbd-read-gbps";
+    if !common::wants(filter, case) {
+        return;
+    }
+    if !have("nbdcopy") || !have("nbdkit") {
+        eprintln!("{case}: skipped: nbdcopy (libnbd-bin) or nbdkit (nbdkit) not found");
+        return;
+    }
+    let quick = common::quick();
+    let mib: u64 = if quick { 256 } else { 1024 };
+    let rounds = if quick { 3 } else { 5 };
+    let dir = scratch().join("nbd");
+    std::fs::create_dir_all(dir.join("volumes")).unwrap();
+    let vol = dir.join("volumes/disk");
+    let data: Vec<u8> = (0..mib * (1 << 20))
+        .map(|i| ((i * 2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&vol, data).unwrap();
+    let bytes = mib << 20;
+    // Ours: the gateway in this process, the cache as large as the volume (warm after
+    // the first pass).
+    let rt = pipewright::cache::io_runtime().unwrap();
+    let mut cfg = CacheConfig::with_size(dir.join("cache"), bytes + (8 << 20), 1 << 20);
+    cfg.low_watermark = 1;
+    cfg.high_watermark = 2;
+    let gw = rt
+        .block_on(Gateway::start(
+            cfg,
+            Arc::new(FileBackend::new(dir.join("volumes")).unwrap()),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .expect("gateway");
+    let ours_uri = format!("nbd://{}/disk", gw.addr());
+    // Peer: nbdkit's file plugin on the same file.
+    let port = free_port();
+    let mut nbdkit = Command::new("nbdkit")
+        .args([
+            "--foreground",
+            "--ip-addr",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--exportname",
+            "disk",
+            "file",
+        ])
+        .arg(format!("file={}", vol.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start nbdkit");
+    let peer_uri = format!("nbd://127.0.0.1:{port}/disk");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Warm both (our cache; the page cache for nbdkit).
+    nbdcopy_gbps(&ours_uri, bytes);
+    nbdcopy_gbps(&peer_uri, bytes);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        if common::only() != Some(common::Side::Peer) {
+            ours.push(nbdcopy_gbps(&ours_uri, bytes));
+        }
+        if common::only() != Some(common::Side::Ours) {
+            theirs.push(nbdcopy_gbps(&peer_uri, bytes));
+        }
+    }
+    let stats = gw.cache().stats();
+    eprintln!(
+        "{case}: {mib} MiB per pass; ours {ours:.3?} nbdkit {theirs:.3?} GB/s; cache hits {} misses {} (load {})",
+        stats.hits,
+        stats.misses,
+        common::loadavg()
+    );
+    let _ = nbdkit.kill();
+    let _ = nbdkit.wait();
+    drop(gw);
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !ours.is_empty() && !theirs.is_empty() {
+        result(
+            case,
+            common::median(ours),
+            "nbdkit",
+            common::median(theirs),
+            "GB/s",
+            "higher",
+        );
+    }
+}
