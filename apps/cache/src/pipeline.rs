@@ -257,6 +257,20 @@ impl PathService {
         Self { cache, pipeline }
     }
 
+    /// The answer to a whole-block read the memory tier holds, without the pipeline.
+    fn memory_answer(&self, req: &BlockRequest) -> Option<PipelineReply> {
+        let BlockRequest::Read {
+            volume,
+            offset,
+            len,
+        } = req
+        else {
+            return None;
+        };
+        let data = self.cache.read_memory(*volume, *offset, *len)?;
+        Some(Ok(PathResponse::Data(ReadBuf::from_vec(data))))
+    }
+
     /// Sends `req` with its answer going to `answers` as `(id, reply)` (see
     /// [`PipelineService::send_queued`]): a caller with many requests in flight (an NBD
     /// connection, a load generator) waits on one queue and is woken once per burst
@@ -270,17 +284,10 @@ impl PathService {
         id: u64,
         req: BlockRequest,
     ) -> Result<(), RequestError> {
-        if let BlockRequest::Read {
-            volume,
-            offset,
-            len,
-        } = req
-        {
-            if let Some(data) = self.cache.read_memory(volume, offset, len) {
-                let (ticket, _) = answers.tag(id, ()).into_parts();
-                ticket.answer(Ok(Ok(PathResponse::Data(ReadBuf::from_vec(data)))));
-                return Ok(());
-            }
+        if let Some(reply) = self.memory_answer(&req) {
+            let (ticket, _) = answers.tag(id, ()).into_parts();
+            ticket.answer(Ok(reply));
+            return Ok(());
         }
         self.pipeline.send_queued(answers, id, req).await
     }
@@ -299,16 +306,8 @@ impl tower_service::Service<BlockRequest> for PathService {
     }
 
     fn call(&mut self, req: BlockRequest) -> Self::Future {
-        if let BlockRequest::Read {
-            volume,
-            offset,
-            len,
-        } = req
-        {
-            if let Some(data) = self.cache.read_memory(volume, offset, len) {
-                let reply = Ok(Ok(PathResponse::Data(ReadBuf::from_vec(data))));
-                return ResponseFuture::ready(reply);
-            }
+        if let Some(reply) = self.memory_answer(&req) {
+            return ResponseFuture::ready(Ok(reply));
         }
         self.pipeline.call(req)
     }
