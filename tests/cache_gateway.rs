@@ -7,7 +7,9 @@ mod cache_common;
 
 use std::process::Command;
 
-use cache_common::{have_tool, random_file, sha256, Client, ClientError, Gateway};
+use pipewright_testkit::require;
+
+use cache_common::{random_file, sha256, Client, ClientError, Gateway};
 
 const MIB: usize = 1 << 20;
 
@@ -31,7 +33,7 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn nbdinfo_lists_exports_and_unknown_export_is_refused() {
-    if !have_tool("nbdinfo", "libnbd-bin", "NBD_TOOLS") {
+    if !require("nbdinfo", "libnbd-bin", "PIPEWRIGHT_REQUIRE_NBD_TOOLS") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +58,7 @@ fn nbdinfo_lists_exports_and_unknown_export_is_refused() {
 
 #[test]
 fn nbdcopy_out_and_back_matches_checksums() {
-    if !have_tool("nbdcopy", "libnbd-bin", "NBD_TOOLS") {
+    if !require("nbdcopy", "libnbd-bin", "PIPEWRIGHT_REQUIRE_NBD_TOOLS") {
         return;
     }
     let mib: usize = std::env::var("PIPEWRIGHT_CACHE_NBDCOPY_MIB")
@@ -93,7 +95,9 @@ fn nbdcopy_out_and_back_matches_checksums() {
 
 #[test]
 fn qemu_img_convert_and_qemu_io_verify() {
-    if !have_tool("qemu-img", "qemu-utils", "QEMU") || !have_tool("qemu-io", "qemu-utils", "QEMU") {
+    if !require("qemu-img", "qemu-utils", "PIPEWRIGHT_REQUIRE_QEMU")
+        || !require("qemu-io", "qemu-utils", "PIPEWRIGHT_REQUIRE_QEMU")
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

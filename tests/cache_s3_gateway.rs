@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cache_common::{have_tool, listening_address, random_file, sha256, Client, ClientError, EXE};
+use pipewright_testkit::require;
+
+use cache_common::{listening_address, random_file, sha256, Client, ClientError, EXE};
 
 const MIB: usize = 1 << 20;
 
@@ -124,7 +126,7 @@ fn nbdcopy(from: impl AsRef<std::ffi::OsStr>, to: impl AsRef<std::ffi::OsStr>) {
 
 #[test]
 fn a_volume_copied_in_through_the_gateway_is_in_s3() {
-    if !have_s3rver() || !have_tool("nbdcopy", "libnbd-bin", "NBD_TOOLS") {
+    if !have_s3rver() || !require("nbdcopy", "libnbd-bin", "PIPEWRIGHT_REQUIRE_NBD_TOOLS") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -382,12 +382,7 @@ fn traffic(a: &Host, b: &Host, pa: &RunningDataPlane, pb: &RunningDataPlane) -> 
 
 /// Frames and bytes written to VF 0's port (A's TAP) so far.
 fn tap_tx(plane: &RunningDataPlane) -> (u64, u64) {
-    let c = plane
-        .port_counters()
-        .into_iter()
-        .find(|(v, _)| *v == 0)
-        .map(|(_, p)| p)
-        .expect("VF 0's counters");
+    let c = plane.port_counters_of(0).expect("VF 0's counters");
     (c.tx_frames, c.tx_bytes)
 }
 

@@ -312,12 +312,7 @@ fn reach_the_kernel_peer(tag: &str, afxdp_underlay: bool) {
 
 /// Frames and bytes written to VF 0's TAP so far.
 fn tap_tx(plane: &RunningDataPlane) -> (u64, u64) {
-    let c = plane
-        .port_counters()
-        .into_iter()
-        .find(|(v, _)| *v == 0)
-        .map(|(_, p)| p)
-        .expect("VF 0's counters");
+    let c = plane.port_counters_of(0).expect("VF 0's counters");
     (c.tx_frames, c.tx_bytes)
 }
 
@@ -327,11 +322,7 @@ fn tap_tx(plane: &RunningDataPlane) -> (u64, u64) {
 /// a transfer's figure then includes its reverse ACKs).
 fn copied(plane: &RunningDataPlane, vf: u16) -> (u64, u64) {
     let c = plane.stats().copies();
-    let port = plane
-        .port_counters()
-        .into_iter()
-        .find(|(v, _)| *v == vf)
-        .map_or(0, |(_, p)| p.copied_bytes);
+    let port = plane.port_counters_of(vf).map_or(0, |p| p.copied_bytes);
     let underlay = plane.underlay_counters().map_or(0, |u| u.copied_bytes);
     (c.egress + port + underlay, c.ingress + underlay)
 }

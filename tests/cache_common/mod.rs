@@ -9,12 +9,6 @@ use std::process::{Child, Command, Stdio};
 
 pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
 
-/// Whether `tool` is on PATH; otherwise prints one skip line (or panics if
-/// `PIPEWRIGHT_REQUIRE_<VAR>=1`): the testkit's check, with the variable's short name.
-pub(crate) fn have_tool(tool: &str, package: &str, var: &str) -> bool {
-    pipewright_testkit::require(tool, package, &format!("PIPEWRIGHT_REQUIRE_{var}"))
-}
-
 /// Reads a gateway's stdout until it says where it listens; returns that address and
 /// keeps draining its stdout (so the gateway never blocks on a full pipe).
 pub(crate) fn listening_address(child: &mut Child) -> String {

@@ -476,6 +476,14 @@ impl RunningDataPlane {
             .collect()
     }
 
+    /// The counters of VF `vf`'s port, if the data plane has that VF.
+    pub fn port_counters_of(&self, vf: u16) -> Option<PortCounters> {
+        self.ports
+            .iter()
+            .find(|(v, _)| *v == vf)
+            .map(|(_, p)| vf::lock(p).counters())
+    }
+
     /// Counters of the AF_XDP underlay (`None` on the UDP underlay).
     pub fn underlay_counters(&self) -> Option<UnderlayCounters> {
         self.xdp.as_ref().map(|(port, counters)| {
