@@ -9,7 +9,8 @@ use pipewright::{
     Stage,
 };
 
-/// Logs its tag once per burst, optionally sleeping per burst.
+/// Logs its tag once per burst, optionally sleeping per burst, and with 0 items each
+/// time its worker turned to it and found its input empty.
 struct Logger {
     tag: char,
     log: Arc<Mutex<Vec<(char, usize)>>>,
@@ -40,11 +41,16 @@ impl Stage for Logger {
             std::thread::sleep(self.per_burst);
         }
     }
+
+    fn on_idle(&mut self, _out: &mut Outbox<'_, ()>) -> Option<Duration> {
+        self.log.lock().unwrap().push((self.tag, 0));
+        None
+    }
 }
 
 /// Runs two logging sinks `x` and `y` on one worker, each fed by its own fast source
-/// on another worker (so both always have input queued; `y` is slowed so its queue
-/// never runs dry), and returns the lengths of the runs of consecutive `x` bursts
+/// on another worker (so both normally have input queued; `y` is slowed so its queue
+/// rarely runs dry), and returns the lengths of the runs of consecutive `x` bursts
 /// that ended because `y` ran.
 fn x_runs(items: u64, x_sleep: Duration, x_budget: Option<ActivationBudget>) -> Vec<usize> {
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -74,15 +80,16 @@ fn x_runs(items: u64, x_sleep: Duration, x_budget: Option<ActivationBudget>) -> 
     let log = log.lock().unwrap();
     let seen: usize = log.iter().map(|(_, n)| n).sum();
     assert_eq!(seen as u64, 2 * items, "every item was processed once");
-    let log: Vec<char> = log.iter().map(|(c, _)| *c).collect();
-    // Only runs that ended because `y` ran count: the tail after `y` finished is
-    // one long run of `x` by necessity.
-    let last_y = log.iter().rposition(|c| *c == 'y').unwrap();
+    // A run of `x` bursts ends when the worker turns to `y`, whether `y` found input
+    // (its source's worker may have been descheduled) or not. Only runs that ended
+    // that way count: the tail after `y` finished is one long run of `x` by necessity.
+    let last_y = log.iter().rposition(|(c, _)| *c == 'y').unwrap();
     let mut runs = Vec::new();
     let mut run = 0;
-    for c in &log[..last_y] {
-        if *c == 'x' {
-            run += 1;
+    for &(c, n) in &log[..last_y] {
+        if c == 'x' {
+            // An `x` turn that found nothing is no burst.
+            run += usize::from(n > 0);
         } else if run > 0 {
             runs.push(run);
             run = 0;
