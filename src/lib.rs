@@ -80,10 +80,10 @@
 #![forbid(unsafe_code)]
 
 pub use pipewright_stages::{
-    exec, inline, layer, source, stage, Answer, Answers, AsyncSource, AsyncStage, BuildError,
-    Burst, ErrorPolicy, Failures, InputId, IterSource, Layer, Outbox, OutputId, Pipeline,
-    ReplicaControl, ReplicaError, Replicas, Reply, RequestError, ServiceStage, Source, SourceState,
-    Spreader, Stage, StageError, StageFailure, Tagged, TaggedStage, Ticket,
+    exec, inline, layer, source, stage, Answer, AnswerTagger, Answers, AsyncSource, AsyncStage,
+    BuildError, Burst, ErrorPolicy, Failures, InputId, IterSource, Layer, Outbox, OutputId,
+    Pipeline, ReplicaControl, ReplicaError, Replicas, Reply, RequestError, ServiceStage, Source,
+    SourceState, Spreader, Stage, StageError, StageFailure, Tagged, TaggedStage, Ticket,
 };
 
 /// The pipeline graph builder, generic over the transport that carries items between

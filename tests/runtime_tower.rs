@@ -103,6 +103,46 @@ fn a_queued_request_to_a_closed_pipeline_is_refused_and_never_answered() {
 }
 
 #[test]
+fn a_reader_task_tags_with_a_tagger_while_a_writer_task_owns_the_answers() {
+    let b = PipelineBuilder::new();
+    let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
+    requests
+        .then_tagged("double", stage::map(|x: u64| 2 * x))
+        .respond("reply");
+    let running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let mut service = PipelineService::new(running.input(&input).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut answers = pipewright::Answers::new();
+    let tagger = answers.tagger();
+    const N: u64 = 1_000;
+    let reader = rt.spawn(async move {
+        for id in 0..N {
+            service.send_queued(&tagger, id, id).await.unwrap();
+        }
+    });
+    let writer = rt.spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < N as usize {
+            answers.recv_many(&mut got, 64).await;
+        }
+        got
+    });
+    rt.block_on(reader).unwrap();
+    let mut got = rt.block_on(writer).unwrap();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got.len(), N as usize);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (id, answer))| *id == i as u64 && *answer == Ok(2 * i as u64)));
+    running.drain().unwrap();
+}
+
+#[test]
 fn a_tower_service_runs_as_an_async_stage() {
     let counter = tower::service_fn(|x: u64| async move {
         tokio::time::sleep(Duration::from_micros(10)).await;

@@ -138,9 +138,10 @@ pub use watch::Watch;
 
 #[cfg(not(loom))]
 pub use pipewright_stages::{
-    layer, stage, Answer, Answers, AsyncSource, AsyncStage, BuildError, Burst, ErrorPolicy,
-    Failures, InputId, IterSource, Layer, Outbox, OutputId, ReplicaControl, ReplicaError, Replicas,
-    RequestError, ServiceStage, Source, SourceState, Spreader, Stage, StageFailure, Tagged,
+    layer, stage, Answer, AnswerTagger, Answers, AsyncSource, AsyncStage, BuildError, Burst,
+    ErrorPolicy, Failures, InputId, IterSource, Layer, Outbox, OutputId, ReplicaControl,
+    ReplicaError, Replicas, RequestError, ServiceStage, Source, SourceState, Spreader, Stage,
+    StageFailure, Tagged,
 };
 
 /// The pipeline builder for this runtime: [`pipewright_stages::PipelineBuilder`] with

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use pipewright_stages::{Answers, Reply, RequestError, Tagged};
+use pipewright_stages::{AnswerTagger, Reply, RequestError, Tagged};
 use tower_service::Service;
 
 use crate::handles::{Input, SendError, TrySendError};
@@ -103,9 +103,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
 impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
     /// Sends `request` with its answer going to `answers` as `(id, result)`, instead of
     /// to a future of its own: for a caller with many requests in flight, which then
-    /// waits on one queue and is woken once per burst of answers (see [`Answers`]).
+    /// waits on one queue and is woken once per burst of answers (see [`Answers`](pipewright_stages::Answers)).
     /// Waits while the pipeline's input is full; a closed pipeline is
-    /// [`RequestError::Closed`] (and nothing is queued for `id`).
+    /// [`RequestError::Closed`] (and nothing is queued for `id`). `answers` is the
+    /// queue itself or one of its [`AnswerTagger`]s (from another task).
     ///
     /// ```
     /// use pipewright::{stage, Answers, PipelineBuilder, PipelineService, Plan, Runtime, Tagged};
@@ -135,11 +136,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
     /// ```
     pub async fn send_queued(
         &mut self,
-        answers: &Answers<Resp>,
+        answers: impl AsRef<AnswerTagger<Resp>>,
         id: u64,
         request: Req,
     ) -> Result<(), RequestError> {
-        let tagged = answers.tag(id, request);
+        let tagged = answers.as_ref().tag(id, request);
         match self.input.try_send(tagged) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(tagged)) => {

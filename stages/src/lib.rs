@@ -68,7 +68,7 @@ pub use replica::{
 };
 pub use source::{AsyncSource, IterSource, Source, SourceState};
 pub use stage::Stage;
-pub use tagged::{Answer, Answers, Reply, Tagged, TaggedStage, Ticket};
+pub use tagged::{Answer, AnswerTagger, Answers, Reply, Tagged, TaggedStage, Ticket};
 pub use tower_stage::ServiceStage;
 
 /// Re-exported so users name one `Layer` trait for stage and service layers alike.

@@ -84,9 +84,80 @@ pub type Answer<R> = (u64, Result<R, RequestError>);
 /// assert_eq!(answers.try_recv(), Some((1, Err(RequestError::Dropped))));
 /// assert_eq!(answers.try_recv(), None);
 /// ```
+///
+/// The queue's receiving end and its tagging end can live in different tasks: a
+/// connection's reader tags requests with a [`tagger`](Answers::tagger) while its
+/// writer owns the `Answers` and sends the answers back.
 pub struct Answers<R> {
-    tx: mpsc::UnboundedSender<Answer<R>>,
+    tagger: AnswerTagger<R>,
     rx: mpsc::UnboundedReceiver<Answer<R>>,
+}
+
+/// The tagging end of an [`Answers`] queue: cheap to clone and `Send`, so requests can
+/// be tagged in another task than the one that receives their answers.
+///
+/// ```
+/// use pipewright_stages::Answers;
+///
+/// let mut answers = Answers::<u64>::new();
+/// let tagger = answers.tagger();
+/// let reader = std::thread::spawn(move || {
+///     // A connection's reader: tags what it parsed and hands it to a pipeline
+///     // (here answered on the spot).
+///     for id in 0..3 {
+///         let (ticket, value) = tagger.tag(id, id * 10).into_parts();
+///         ticket.answer(value.map(|v| v + 1));
+///     }
+/// });
+/// reader.join().unwrap();
+/// let mut got: Vec<_> = std::iter::from_fn(|| answers.try_recv()).collect();
+/// got.sort_by_key(|(id, _)| *id);
+/// assert_eq!(got, vec![(0, Ok(1)), (1, Ok(11)), (2, Ok(21))]);
+/// ```
+pub struct AnswerTagger<R> {
+    tx: mpsc::UnboundedSender<Answer<R>>,
+}
+
+impl<R> Clone for AnswerTagger<R> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for AnswerTagger<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnswerTagger")
+    }
+}
+
+impl<R> AnswerTagger<R> {
+    /// A request carrying `value` whose answer arrives on the tagger's queue as
+    /// `(id, result)`. Ids are the caller's: the queue does not check them.
+    pub fn tag<T>(&self, id: u64, value: T) -> Tagged<T, R> {
+        Tagged {
+            ticket: Ticket {
+                to: Some(AnswerTo::Queue {
+                    id,
+                    queue: self.tx.clone(),
+                }),
+            },
+            value: Ok(value),
+        }
+    }
+}
+
+impl<R> AsRef<AnswerTagger<R>> for AnswerTagger<R> {
+    fn as_ref(&self) -> &AnswerTagger<R> {
+        self
+    }
+}
+
+impl<R> AsRef<AnswerTagger<R>> for Answers<R> {
+    fn as_ref(&self) -> &AnswerTagger<R> {
+        &self.tagger
+    }
 }
 
 impl<R> fmt::Debug for Answers<R> {
@@ -107,21 +178,21 @@ impl<R> Answers<R> {
     /// An empty queue.
     pub fn new() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        Self { tx, rx }
+        Self {
+            tagger: AnswerTagger { tx },
+            rx,
+        }
     }
 
     /// A request carrying `value` whose answer arrives on this queue as `(id, result)`.
     /// Ids are the caller's: the queue does not check them.
     pub fn tag<T>(&self, id: u64, value: T) -> Tagged<T, R> {
-        Tagged {
-            ticket: Ticket {
-                to: Some(AnswerTo::Queue {
-                    id,
-                    queue: self.tx.clone(),
-                }),
-            },
-            value: Ok(value),
-        }
+        self.tagger.tag(id, value)
+    }
+
+    /// A tagging end of this queue, for another task (see [`AnswerTagger`]).
+    pub fn tagger(&self) -> AnswerTagger<R> {
+        self.tagger.clone()
     }
 
     /// Waits for the next answer. The queue never closes (it holds a sender itself):
