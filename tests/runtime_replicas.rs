@@ -340,3 +340,105 @@ fn controller_replica_decisions_are_applied_or_refused_with_the_reason() {
     let (got, _) = send_and_collect(running, tx, rx, 0..1000u64);
     assert_eq!(got, (0..1000).map(|x| x * 3).collect::<Vec<_>>());
 }
+
+/// An async stage that records which replica saw which key, and answers after a yield
+/// (as a stage awaiting I/O would).
+struct AsyncTally {
+    replica: usize,
+    seen_by: Arc<Mutex<HashMap<u64, Vec<usize>>>>,
+}
+
+impl pipewright::AsyncStage for AsyncTally {
+    type In = (u64, u64);
+    type Out = u64;
+    type Error = std::convert::Infallible;
+
+    async fn process_burst(
+        &mut self,
+        burst: &mut pipewright::Burst<'_, (u64, u64)>,
+        out: &mut Outbox<'_, u64>,
+        _failures: &mut pipewright::Failures<'_, Self::Error>,
+    ) {
+        tokio::task::yield_now().await;
+        let mut seen = self.seen_by.lock().unwrap();
+        for (key, value) in burst.drain() {
+            let replicas = seen.entry(key).or_default();
+            if !replicas.contains(&self.replica) {
+                replicas.push(self.replica);
+            }
+            out.push(value);
+        }
+    }
+}
+
+#[test]
+fn async_replicas_deliver_every_item_once_and_keep_a_key_on_one_replica() {
+    let seen_by = Arc::new(Mutex::new(HashMap::new()));
+    let b = PipelineBuilder::new();
+    let (input, events) = b.input::<(u64, u64)>("events");
+    let seen = seen_by.clone();
+    let out = events
+        .then_async_replicated(
+            "lookup",
+            Replicas::new(2)
+                .unordered()
+                .by_key(|(key, _): &(u64, u64)| *key),
+            move |replica| AsyncTally {
+                replica,
+                seen_by: seen.clone(),
+            },
+        )
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let (mut got, report) = send_and_collect(running, tx, rx, (0..10_000u64).map(|i| (i % 31, i)));
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..10_000).collect::<Vec<_>>(),
+        "every item exactly once"
+    );
+    let seen_by = seen_by.lock().unwrap();
+    assert_eq!(seen_by.len(), 31);
+    assert!(
+        seen_by.values().all(|r| r.len() == 1),
+        "a key stays on one replica"
+    );
+    let on_first = seen_by.values().filter(|r| r[0] == 0).count();
+    assert!(
+        on_first > 0 && on_first < 31,
+        "keys spread over both replicas"
+    );
+    let workers: std::collections::HashSet<usize> = report
+        .snapshot
+        .stages
+        .iter()
+        .filter(|s| s.name.starts_with("lookup#"))
+        .map(|s| s.worker)
+        .collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "the plan put the two replicas on two workers"
+    );
+}
+
+#[test]
+fn async_replicas_refuse_to_promise_input_order() {
+    let b = PipelineBuilder::new();
+    let (_input, events) = b.input::<(u64, u64)>("events");
+    let seen_by = Arc::new(Mutex::new(HashMap::new()));
+    events.sink_async_replicated("lookup", Replicas::new(2), move |replica| AsyncTally {
+        replica,
+        seen_by: seen_by.clone(),
+    });
+    let error = b.build().unwrap_err();
+    assert_eq!(
+        error,
+        pipewright::BuildError::OrderedAsyncReplicas("lookup".into())
+    );
+    assert!(error.to_string().contains("Replicas::unordered()"));
+}

@@ -49,6 +49,9 @@ pub enum BuildError {
     /// A router was declared with no outputs.
     #[error("router `{0}` has no outputs: declare at least one route")]
     NoRoutes(String),
+    /// Replicas of an async stage were asked to keep input order.
+    #[error("async stage `{0}` cannot keep input order across replicas (an async burst's outputs are not tied to its inputs): use `Replicas::unordered()`, or tag each item and reorder downstream")]
+    OrderedAsyncReplicas(String),
 }
 
 /// A stage's own error for one request, kept typed for the caller.

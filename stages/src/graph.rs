@@ -374,6 +374,13 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
         self.producers
     }
 
+    /// Ends the stream here: its producers' outputs are discarded (a sink's).
+    fn discard(self) {
+        let b = self.builder;
+        let producers = self.producers;
+        b.graph.borrow_mut().open.retain(|o| !producers.contains(o));
+    }
+
     fn feed(self) -> (&'b PipelineBuilder<X>, Option<EdgeFeed<X>>) {
         let edge: Box<dyn ErasedEdge<X>> = Box::new(TypedEdge::<T>(PhantomData));
         (
@@ -476,6 +483,98 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
                 .collect();
             b.merge(outs)
         }
+    }
+
+    /// Feeds the stream into an async stage that runs as up to `replicas.max` instances
+    /// (tasks, each on the worker the plan gives `name#index`), made by `make(index)`:
+    /// I/O-bound work spread over workers. Replicas of an async stage deliver in
+    /// completion order, so `replicas` must be [`Replicas::unordered`](crate::Replicas::unordered)
+    /// (otherwise building fails with [`BuildError::OrderedAsyncReplicas`]).
+    ///
+    /// ```
+    /// use pipewright::{AsyncStage, Burst, Failures, Outbox, PipelineBuilder, Plan, Replicas, Runtime};
+    ///
+    /// struct Lookup; // stands for a stage that awaits a socket or a file
+    /// impl AsyncStage for Lookup {
+    ///     type In = u64;
+    ///     type Out = u64;
+    ///     type Error = std::convert::Infallible;
+    ///     async fn process_burst(
+    ///         &mut self,
+    ///         burst: &mut Burst<'_, u64>,
+    ///         out: &mut Outbox<'_, u64>,
+    ///         _failures: &mut Failures<'_, Self::Error>,
+    ///     ) {
+    ///         tokio::task::yield_now().await;
+    ///         out.extend(burst.drain().map(|k| k * 10));
+    ///     }
+    /// }
+    ///
+    /// let b = PipelineBuilder::new();
+    /// let (input, keys) = b.input::<u64>("keys");
+    /// let values = keys
+    ///     .then_async_replicated("lookup", Replicas::new(2).unordered(), |_| Lookup)
+    ///     .output("values");
+    /// let mut running = Runtime::start(b.build()?, Plan::spread(2))?;
+    /// let (mut tx, rx) = (running.input(&input).unwrap(), running.output(&values).unwrap());
+    /// for key in 0..100 {
+    ///     tx.send(key)?;
+    /// }
+    /// drop(tx);
+    /// running.drain()?;
+    /// let mut got = rx.collect();
+    /// got.sort();
+    /// assert_eq!(got, (0..100).map(|k| k * 10).collect::<Vec<_>>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn then_async_replicated<S: AsyncStage<In = T>>(
+        self,
+        name: &str,
+        replicas: crate::Replicas<T>,
+        mut make: impl FnMut(usize) -> S,
+    ) -> Stream<'b, S::Out, X> {
+        let b = self.builder;
+        {
+            let mut g = b.graph.borrow_mut();
+            g.claim_name(name);
+            if replicas.ordered && g.error.is_none() {
+                g.error = Some(BuildError::OrderedAsyncReplicas(name.to_string()));
+            }
+        }
+        let max = replicas.max;
+        let control = crate::ReplicaControl::new(name, max, replicas.key.is_some());
+        let split = format!("{name}/split");
+        let (_, input) = self.feed();
+        let id = b.add_node(
+            &split,
+            Box::new(ReplicaSplitNode::<T, Bare, X>::new(
+                split.clone(),
+                control,
+                replicas.key,
+                false,
+            )),
+            input,
+            max,
+        );
+        let outs: Vec<Stream<'b, S::Out, X>> = (0..max)
+            .map(|i| {
+                Stream::<T, X>::new(b, vec![Endpoint::Node { node: id, port: i }])
+                    .then_async(&crate::replica_name(name, i), make(i))
+            })
+            .collect();
+        b.merge(outs)
+    }
+
+    /// Ends the stream in an async sink that runs as up to `replicas.max` instances
+    /// (see [`then_async_replicated`](Stream::then_async_replicated); `replicas` must be
+    /// unordered).
+    pub fn sink_async_replicated<S: AsyncStage<In = T>>(
+        self,
+        name: &str,
+        replicas: crate::Replicas<T>,
+        make: impl FnMut(usize) -> S,
+    ) {
+        self.then_async_replicated(name, replicas, make).discard();
     }
 
     /// Splits the stream over `N` typed outputs: `route` returns the output index for
