@@ -6,7 +6,7 @@ use pipewright::Plan;
 
 use crate::harness::{per_unit, run_case, Case, Config, Expected};
 use crate::pipeline::ours_pipeline;
-use crate::work::direct_loop;
+use crate::work::{direct_loop, hand_burst_loop};
 use crate::BURST;
 
 pub fn run(cfg: &Config, expected: &Expected) {
@@ -27,6 +27,27 @@ pub fn run(cfg: &Config, expected: &Expected) {
                 let acc = direct_loop(n);
                 let elapsed = start.elapsed();
                 assert_eq!(acc, expected.get(n), "direct loop disagrees with itself");
+                per_unit(elapsed, n)
+            },
+        );
+        // The same run against the floor of any buffered design (see `hand_burst_loop`):
+        // the ratio is the runtime's own cost.
+        run_case(
+            cfg,
+            Case {
+                name: "fused-4",
+                what: "the same, against the same work moved burst by burst through queues by hand",
+                peer: "hand-burst-loop",
+                unit: "ns/item",
+                better: "lower",
+                n: cfg.fused_items,
+            },
+            |n| ours_pipeline(cfg, expected, n, Plan::fused().burst_all(BURST)),
+            |n| {
+                let start = Instant::now();
+                let acc = hand_burst_loop(n, BURST);
+                let elapsed = start.elapsed();
+                assert_eq!(acc, expected.get(n), "the hand-written loop disagrees");
                 per_unit(elapsed, n)
             },
         );
