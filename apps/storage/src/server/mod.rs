@@ -48,6 +48,20 @@
 //! network; page writes go to the page cache) and both stages share a worker, so the
 //! mutex is uncontended there; connection tasks take it only to read pages.
 //!
+//! # Threads
+//!
+//! Two pipewright workers (node + after-log; log) and the io_uring worker the log's
+//! sink uses. The retry timer is a tokio task, not an async source on the node
+//! worker: a worker with an async task polls its tokio driver (an `epoll_wait`) on
+//! every idle pass, which the profile showed as a quarter of the node worker's CPU.
+//! The connection and link tasks run on the caller's tokio runtime; `pipewright
+//! storage node` gives them a current-thread one (one thread, not two: a 3-node
+//! cluster on 2 cores ran about 12 threads, and a third of its CPU went to context
+//! switches and loopback wake-ups). Running the network tasks on the node worker
+//! itself (the worker's tokio handle) cut context switches per transaction by a
+//! further 28% but lowered throughput on a loaded machine: they then only run when
+//! the worker idles, and one thread gets one thread's share of the CPU.
+//!
 //! # Timers
 //!
 //! A ticker task feeds the node stage every `tick`: the decider re-sends `Commit`
