@@ -321,17 +321,26 @@ pub use bytes::Bytes;
 pub use types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// A tokio runtime for the node process and clients (`threads` workers, I/O and
-/// timers enabled), for callers that do not otherwise depend on tokio.
+/// timers enabled), for callers that do not otherwise depend on tokio. `threads = 0`
+/// gives a current-thread runtime: every task runs on the thread calling `block_on`
+/// (the node process uses it: one thread fewer to wake).
 ///
 /// ```
 /// let rt = pipewright_storage::io_runtime(1)?;
 /// assert_eq!(rt.block_on(async { 1 + 1 }), 2);
+/// let rt = pipewright_storage::io_runtime(0)?;
+/// assert_eq!(rt.block_on(async { tokio::spawn(async { 2 }).await.unwrap() }), 2);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[cfg(not(loom))]
 pub fn io_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 0 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
+        .worker_threads(threads)
         .enable_all()
         .build()
 }

@@ -254,7 +254,10 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     {
         opts.crash_at = a.crash_at;
     }
-    io_runtime(2)?.block_on(async {
+    // One tokio thread (the main one): a node's connection and link tasks are short (decode, push
+    // into the pipeline; drain a queue into one write), and a 3-node cluster on a
+    // 2-core machine ran 12 threads (the profile: wake-ups and context switches).
+    io_runtime(0)?.block_on(async {
         let server = NodeServer::start(opts).await?;
         let r = server.recovered();
         if a.json {

@@ -48,9 +48,23 @@
 //! network; page writes go to the page cache) and both stages share a worker, so the
 //! mutex is uncontended there; connection tasks take it only to read pages.
 //!
+//! # Threads
+//!
+//! Two pipewright workers (node + after-log; log) and the io_uring worker the log's
+//! sink uses. The retry timer is a tokio task, not an async source on the node
+//! worker: a worker with an async task polls its tokio driver (an `epoll_wait`) on
+//! every idle pass, which the profile showed as a quarter of the node worker's CPU.
+//! The connection and link tasks run on the caller's tokio runtime; `pipewright
+//! storage node` gives them a current-thread one (one thread, not two: a 3-node
+//! cluster on 2 cores ran about 12 threads, and a third of its CPU went to context
+//! switches and loopback wake-ups). Running the network tasks on the node worker
+//! itself (the worker's tokio handle) cut context switches per transaction by a
+//! further 28% but lowered throughput on a loaded machine: they then only run when
+//! the worker idles, and one thread gets one thread's share of the CPU.
+//!
 //! # Timers
 //!
-//! A ticker source feeds the node stage every `tick`: the decider re-sends `Commit`
+//! A ticker task feeds the node stage every `tick`: the decider re-sends `Commit`
 //! to nodes that have not acknowledged, and a node prepared for longer than
 //! `resolve_after` asks its decider (`Resolve`). Asking sooner would be safe but
 //! costly: a decider that has not seen the `Prepare` yet decides abort (presumed
@@ -100,7 +114,7 @@ pub use faults::{CrashAt, NetFaults, Step};
 pub use state::NodeFault;
 
 use net::Ctx;
-use stages::{AfterLog, LogStage, NodeStage, Ticker};
+use stages::{ticker, AfterLog, LogStage, NodeStage};
 use state::{lock, Effects, State, Stats};
 
 /// How to run a node.
@@ -270,6 +284,7 @@ pub struct NodeServer {
     recovered: Recovered,
     running: Running,
     accept: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
     shared: state::Shared,
     fx: Arc<Effects>,
 }
@@ -340,7 +355,6 @@ impl NodeServer {
         });
         let b = PipelineBuilder::new();
         let (inbound_id, inbound) = b.input("inbound");
-        let ticks = b.source_async("ticker", Ticker { every: opts.tick });
         let node_stage = NodeStage {
             shared: shared.clone(),
             fx: fx.clone(),
@@ -349,7 +363,7 @@ impl NodeServer {
             shared: shared.clone(),
             fx: fx.clone(),
         };
-        b.merge([inbound, ticks])
+        inbound
             .then("node", node_stage)
             .then_async(
                 "log",
@@ -366,7 +380,7 @@ impl NodeServer {
             .sink("after-log", after_log);
         let pipeline = b.build().map_err(|e| NodeError::Start(e.to_string()))?;
         let plan = Plan::explicit()
-            .worker(["ticker", "node", "after-log"], Pin::Float)
+            .worker(["node", "after-log"], Pin::Float)
             .worker(["log"], Pin::Float)
             .burst("node", 64)
             .burst("log", 256);
@@ -393,12 +407,17 @@ impl NodeServer {
         recovered.duration = began.elapsed();
         lock(&shared).recovery_ms = recovered.duration.as_millis() as u64;
         metrics::histogram!("storage_recovery_seconds").record(recovered.duration.as_secs_f64());
+        let ticker = match input.try_clone() {
+            Some(ticks) => tokio::spawn(ticker(opts.tick, ticks)),
+            None => return Err(NodeError::Start("the pipeline input is closed".into())),
+        };
         let accept = tokio::spawn(net::accept_loop(listener, ctx, input));
         Ok(NodeServer {
             local_addr,
             recovered,
             running,
             accept,
+            ticker,
             shared,
             fx,
         })
@@ -434,6 +453,7 @@ impl NodeServer {
             }
         };
         self.accept.abort();
+        self.ticker.abort();
         let running = self.running;
         let report = tokio::task::spawn_blocking(move || {
             if failed {
