@@ -18,6 +18,11 @@ use crate::transport::RingTransport;
 /// Idle passes over the worker's stages before it parks. Short: these machines have
 /// two cores, and a spinning worker steals the one its producer needs.
 const SPIN_PASSES: u32 = 64;
+/// And at most this long: on a worker with async tasks every idle pass gives them a
+/// turn, and tokio polls its I/O driver first (an `epoll_wait`, 1-11 us each on a busy
+/// VM), so 64 passes could keep a worker spinning for most of a millisecond after
+/// every item (the NIC's sparse-latency profile; a quarter of a storage node's CPU).
+const SPIN_TIME: Duration = Duration::from_micros(20);
 /// While sync stages keep making progress, let async tasks on the same worker run
 /// at least this often. A task's turn is bounded by tokio's cooperative budget (128
 /// operations: about a burst of calls), so the sync stages' turn must be about as
@@ -226,6 +231,12 @@ fn keep_polling(window: Duration, idle_for: Duration) -> bool {
     !window.is_zero() && idle_for < window
 }
 
+/// Whether an idle worker spins once more before it parks (without busy polling): for
+/// a few passes, and never longer than [`SPIN_TIME`].
+fn keep_spinning(idle_passes: u32, idle_for: Duration) -> bool {
+    idle_passes < SPIN_PASSES && idle_for < SPIN_TIME
+}
+
 struct SyncLoop<'a> {
     index: usize,
     slots: Vec<Slot>,
@@ -355,12 +366,10 @@ impl SyncLoop<'_> {
                 continue;
             }
             idle_passes += 1;
-            let window = self.control.busy_poll();
-            let polling = !window.is_zero() && {
-                let now = Instant::now();
-                keep_polling(window, now - *idle_since.get_or_insert(now))
-            };
-            if idle_passes < SPIN_PASSES || polling {
+            let now = Instant::now();
+            let idle_for = now - *idle_since.get_or_insert(now);
+            let polling = keep_polling(self.control.busy_poll(), idle_for);
+            if keep_spinning(idle_passes, idle_for) || polling {
                 if self.has_tasks {
                     tokio::task::yield_now().await;
                 } else {
@@ -396,7 +405,7 @@ impl SyncLoop<'_> {
 mod busy_poll_tests {
     use std::time::Duration;
 
-    use super::keep_polling;
+    use super::{keep_polling, keep_spinning, SPIN_PASSES, SPIN_TIME};
 
     const WINDOW: Duration = Duration::from_micros(200);
 
@@ -412,5 +421,15 @@ mod busy_poll_tests {
     #[test]
     fn a_zero_window_never_polls() {
         assert!(!keep_polling(Duration::ZERO, Duration::ZERO));
+    }
+
+    #[test]
+    fn an_idle_worker_spins_a_few_passes_and_never_long() {
+        assert!(keep_spinning(1, Duration::ZERO));
+        assert!(keep_spinning(SPIN_PASSES - 1, Duration::from_micros(1)));
+        assert!(!keep_spinning(SPIN_PASSES, Duration::ZERO));
+        // Passes that each poll tokio's driver end the spin by time, not count.
+        assert!(!keep_spinning(3, SPIN_TIME));
+        assert!(!keep_spinning(3, Duration::from_millis(1)));
     }
 }
