@@ -136,7 +136,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
     /// ```
     pub async fn send_queued(
         &mut self,
-        answers: impl AsRef<AnswerTagger<Resp>>,
+        answers: &impl AsRef<AnswerTagger<Resp>>,
         id: u64,
         request: Req,
     ) -> Result<(), RequestError> {

@@ -172,6 +172,7 @@ impl Runtime {
                 kind,
                 capacity,
                 link: Arc::new(Link::new(consumer, producers)),
+                consumer_in_loop: kind == EdgeKind::Local && sync_at(&info.consumer),
             });
         }
         let edge_kinds: Vec<EdgeKind> = edge_plans.iter().map(|e| e.kind).collect();

@@ -39,6 +39,10 @@ pub(crate) struct EdgePlan {
     pub(crate) kind: EdgeKind,
     pub(crate) capacity: usize,
     pub(crate) link: Arc<Link>,
+    /// A local edge whose consumer is a sync stage, run by the producer's own worker
+    /// loop (an async consumer on the same worker is a task, which that loop does
+    /// not run).
+    pub(crate) consumer_in_loop: bool,
 }
 
 /// The runtime's [`Transport`]; built by the runtime from a plan, not by users.
@@ -68,6 +72,7 @@ enum SenderInner<T> {
     Local {
         queue: Arc<Mutex<LocalQueue<T>>>,
         capacity: usize,
+        consumer_in_loop: bool,
     },
     Spsc(SpscProducer<T>),
     Mpsc(MpscProducer<T>),
@@ -101,7 +106,9 @@ impl<T: Send> RingSender<T> {
     fn try_push(&mut self, items: &mut VecDeque<T>) -> usize {
         let before = items.len();
         match &mut self.inner {
-            SenderInner::Local { queue, capacity } => {
+            SenderInner::Local {
+                queue, capacity, ..
+            } => {
                 let mut q = lock(queue);
                 let room = capacity.saturating_sub(q.items.len()).min(items.len());
                 if room == items.len() && q.items.is_empty() {
@@ -187,7 +194,13 @@ impl<T: Send> OutPort<T> for RingSender<T> {
     }
 
     fn is_local(&self) -> bool {
-        matches!(self.inner, SenderInner::Local { .. })
+        matches!(
+            self.inner,
+            SenderInner::Local {
+                consumer_in_loop: true,
+                ..
+            }
+        )
     }
 
     #[inline]
@@ -338,6 +351,7 @@ impl Transport for RingTransport {
                         sender(SenderInner::Local {
                             queue: queue.clone(),
                             capacity: plan.capacity,
+                            consumer_in_loop: plan.consumer_in_loop,
                         })
                     })
                     .collect();

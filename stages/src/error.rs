@@ -50,7 +50,7 @@ pub enum BuildError {
     #[error("router `{0}` has no outputs: declare at least one route")]
     NoRoutes(String),
     /// Replicas of an async stage were asked to keep input order.
-    #[error("async stage `{0}` cannot keep input order across replicas (an async burst's outputs are not tied to its inputs): use `Replicas::unordered()`, or tag each item and reorder downstream")]
+    #[error("async stage `{0}` cannot keep input order across replicas (an async burst's outputs are not tied to its inputs): use `Replicas::new(n).unordered()` (keyed or not), or tag each item and reorder downstream")]
     OrderedAsyncReplicas(String),
 }
 

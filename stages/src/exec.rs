@@ -64,8 +64,9 @@ pub trait OutPort<T>: Send {
     fn queued(&self) -> Option<usize> {
         None
     }
-    /// True when the consumer runs on the producer's own thread (a fused edge): work
-    /// sent there takes the producer's own core. Replicated stages send their items
+    /// True when the consumer runs in the producer's own loop (a fused edge into a sync
+    /// stage; an async stage on the same worker is a task the loop does not run):
+    /// work sent there takes the producer's own core. Replicated stages send their items
     /// to the replica with the least waiting, counting local ones a burst more (see
     /// [`Spreader::pick_shortest`](crate::Spreader::pick_shortest)).
     fn is_local(&self) -> bool {

@@ -488,8 +488,9 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
     /// Feeds the stream into an async stage that runs as up to `replicas.max` instances
     /// (tasks, each on the worker the plan gives `name#index`), made by `make(index)`:
     /// I/O-bound work spread over workers. Replicas of an async stage deliver in
-    /// completion order, so `replicas` must be [`Replicas::unordered`](crate::Replicas::unordered)
-    /// (otherwise building fails with [`BuildError::OrderedAsyncReplicas`]).
+    /// completion order, so `replicas` must be [`Replicas::unordered`](crate::Replicas::unordered),
+    /// optionally [`by_key`](crate::Replicas::by_key) (otherwise building fails with
+    /// [`BuildError::OrderedAsyncReplicas`]).
     ///
     /// ```
     /// use pipewright::{AsyncStage, Burst, Failures, Outbox, PipelineBuilder, Plan, Replicas, Runtime};

@@ -83,7 +83,8 @@ impl<T: 'static> Replicas<T> {
     }
 
     /// Items with equal keys always go to the same replica (for stages that keep state
-    /// per key); the order of one key's items is kept. A keyed stage's replica count is
+    /// per key); the order of one key's items is kept (for an async stage: the order in
+    /// which they reach its replica). A keyed stage's replica count is
     /// fixed while it runs: [`ReplicaControl::set_active`] refuses to move keys.
     pub fn by_key<K: Hash>(mut self, mut key: impl FnMut(&T) -> K + Send + 'static) -> Self {
         // A fixed hasher: the same key goes to the same replica in every run.
@@ -130,7 +131,7 @@ pub enum ReplicaError {
     },
     /// The pipeline has no replicated stage of that name.
     #[error(
-        "the pipeline has no replicated stage `{stage}`; declare it with Stream::then_replicated"
+        "the pipeline has no replicated stage `{stage}`; declare it with Stream::then_replicated (or then_async_replicated)"
     )]
     NotReplicated {
         /// The name asked for.
