@@ -30,8 +30,8 @@ pub fn run(cfg: &Config, expected: &Expected) {
                 per_unit(elapsed, n)
             },
         );
-        // The same run against the floor of any buffered design (see `hand_burst_loop`):
-        // the ratio is the runtime's own cost.
+        // The same run against a simple hand-written buffered loop (see
+        // `hand_burst_loop`): the ratio approximates the runtime's own cost.
         run_case(
             cfg,
             Case {

@@ -39,11 +39,11 @@
 //!   dodge another process, so the load average is printed at start and end: compare
 //!   runs taken under similar load, and look at the per-round lines for outliers.
 //! - `fused-4` is reported twice: against the direct loop (every item in registers from
-//!   seed to digest) and against `hand-burst-loop`, the same work moved through queues
-//!   burst by burst by hand, without a runtime. The second is the floor of any design
-//!   that buffers between stages (on this machine 1.07-1.14x the direct loop; handing
-//!   each item from stage to stage in registers instead measured no better), so its
-//!   ratio is what the runtime itself costs.
+//!   seed to digest) and against `hand-burst-loop`, the same work moved through
+//!   `VecDeque`s burst by burst by a simple hand-written loop, without a runtime. The
+//!   second is a baseline for buffered designs (handing each item from stage to stage
+//!   in registers instead measured no better here), so its ratio approximates what the
+//!   runtime itself adds.
 //!
 //! # Layout
 //!

@@ -98,8 +98,8 @@ pub fn direct_loop(n: u64) -> u64 {
 /// The same work written by hand the way a buffered pipeline moves it, without a
 /// runtime: seeds are generated `burst` at a time into a queue, and each stage takes its
 /// whole input queue into the next one, ending in a sink that keeps its state in a
-/// struct. The floor for any design that hands items between stages through buffers:
-/// what separates ours from it is the runtime's own per-burst work.
+/// struct: a simple baseline for designs that hand items between stages through
+/// buffers, so what separates ours from it approximates the runtime's own work.
 pub fn hand_burst_loop(n: u64, burst: usize) -> u64 {
     use std::collections::VecDeque;
     struct Sink {
