@@ -34,6 +34,9 @@
 //!   trip every 2 ms (sparse traffic: each request finds the data plane idle). Ours is
 //!   also measured with busy-polling off (stderr), the data plane as it was before.
 //!
+//! The throughput cases run the data plane on two workers, the latency cases on one
+//! (run to completion, busy-polling): `Workers::for_traffic`, the plan's choice.
+//!
 //! Every case runs on both of the data plane's underlays: the io_uring UDP sockets
 //! (case names as above) and the AF_XDP socket on `ul0` (names suffixed `-afxdp`);
 //! the kernel peer is measured again next to each.
@@ -57,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::Side;
+use pipewright_nic::dataplane::Workers;
 use probe::Sample;
 use topo::{Ours, Peer, Underlay};
 
@@ -194,7 +198,7 @@ fn run() -> Result<()> {
     );
 
     for underlay in [Underlay::Udp, Underlay::AfXdp] {
-        ours.restart(underlay)?;
+        ours.restart(underlay, Workers::for_traffic(false))?;
         eprintln!("nic_e2e: data plane on the {underlay:?} underlay");
         cases(&cfg, &mut ours, &peer, underlay)?;
         if let Some(c) = ours.plane().underlay_counters() {
@@ -214,9 +218,9 @@ fn run() -> Result<()> {
 }
 
 /// The cases on the data plane's current underlay (`ours` restarted on it).
-fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Result<()> {
+fn cases(cfg: &Config, ours_mut: &mut Ours, peer: &Peer, underlay: Underlay) -> Result<()> {
     let sfx = underlay.suffix();
-    let ours = &*ours;
+    let ours = &*ours_mut;
     if cfg.wants(&format!("udp-64B-pps{sfx}")) {
         let (o, p) = rounds(cfg, &format!("udp-64B-pps{sfx}"), |side| {
             let (path, plane) = match side {
@@ -287,6 +291,21 @@ fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Resu
         }
     }
 
+    // Latency-bound traffic: the plan's choice is running to completion on one
+    // busy-polling worker (the throughput cases above ran on two).
+    let ours = if cfg.wants(&format!("latency-rr{sfx}"))
+        || cfg.wants(&format!("latency-rr-sparse{sfx}"))
+    {
+        ours_mut.restart(underlay, Workers::for_traffic(true))?;
+        eprintln!(
+            "nic_e2e: latency cases with {:?} (busy-poll {:?})",
+            ours_mut.plane().workers(),
+            ours_mut.plane().busy_poll()
+        );
+        &*ours_mut
+    } else {
+        &*ours_mut
+    };
     if cfg.wants(&format!("latency-rr{sfx}")) {
         // The TAP VF's round trips, for the record (not a RESULT).
         if cfg.only.is_none_or(|o| o == Side::Ours) {

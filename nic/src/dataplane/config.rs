@@ -16,6 +16,8 @@
 //!                             #   worker each (throughput, e.g. bulk TCP);
 //!                             # "one": run to completion, every stage on one
 //!                             #   busy-polling worker (latency-bound, low-rate)
+//! switchable = false          # true: workers can change while running
+//!                             #   (RunningDataPlane::set_workers)
 //!
 //! [[port]]
 //! vf = 0
@@ -151,6 +153,7 @@ struct ConfigFile {
     /// Deprecated spelling of `workers = "one"` / `"two"`.
     run_to_completion: Option<bool>,
     workers: Option<Workers>,
+    switchable: Option<bool>,
 }
 
 /// A parsed data plane config.
@@ -258,6 +261,7 @@ impl DataPlaneConfig {
         }
         let mut builder = DataPlane::builder()
             .workers(self.file.workers.unwrap_or_default())
+            .switchable(self.file.switchable.unwrap_or(false))
             .underlay(underlay)
             .egress(Versioned::new(self.rules.egress_table()?))
             .ingress(Versioned::new(self.rules.ingress_table()?));

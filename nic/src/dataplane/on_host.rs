@@ -70,6 +70,9 @@ pub struct OnHostOptions {
     pub busy_poll: Option<std::time::Duration>,
     /// How many workers (see [`super::Workers`]; default [`super::Workers::Two`]).
     pub workers: super::Workers,
+    /// Whether the workers can change while running (see
+    /// [`super::DataPlaneBuilder::switchable`]; default false).
+    pub switchable: bool,
 }
 
 impl Default for OnHostOptions {
@@ -81,6 +84,7 @@ impl Default for OnHostOptions {
             afxdp_underlay: false,
             busy_poll: None,
             workers: super::Workers::Two,
+            switchable: false,
         }
     }
 }
@@ -216,14 +220,15 @@ pub fn start_on_host(
             ..AfXdpUnderlay::new(&underlay.ifname)
         });
     }
-    let (busy_poll, workers) = (options.busy_poll, options.workers);
+    let (busy_poll, workers, switchable) = (options.busy_poll, options.workers, options.switchable);
     let running = host.dp_ns().run(move || {
         let mut builder = DataPlane::builder()
             .underlay(config)
             .egress(e)
             .ingress(i)
             .burst(burst)
-            .workers(workers);
+            .workers(workers)
+            .switchable(switchable);
         if let Some(window) = busy_poll {
             builder = builder.busy_poll(window);
         }
