@@ -6,6 +6,8 @@
 //! local = "192.168.77.1"      # this VTEP's address (configured on an interface here)
 //! rx_ports = [4789, 6081]     # tunnels received (default: VXLAN's 4789)
 //! tx_sockets = 4              # sending sockets (flows spread by source port)
+//! tunnel_gso = false          # true: TSO super-frames to the kernel whole, as
+//!                             #   UDP-tunnel GSO through a TAP (Linux 6.17+)
 //! kind = "udp"                # io_uring UDP sockets (default), or "afxdp":
 //! # kind = "afxdp"            # an AF_XDP socket on the underlay interface (root,
 //! # ifname = "eth1"           #   XDP; next hop on the link, IPv4): more packets per
@@ -94,6 +96,7 @@ struct UnderlayFile {
     tx_sockets: Option<usize>,
     gro: Option<bool>,
     gso: Option<bool>,
+    tunnel_gso: Option<bool>,
     #[serde(default)]
     kind: Option<UnderlayKindFile>,
     ifname: Option<String>,
@@ -249,6 +252,9 @@ impl DataPlaneConfig {
         }
         if let Some(g) = u.gso {
             underlay.gso = g;
+        }
+        if let Some(t) = u.tunnel_gso {
+            underlay.tunnel_gso = t;
         }
         if let (Some(UnderlayKindFile::Afxdp), Some(ifname)) = (u.kind, &u.ifname) {
             underlay.kind = UnderlayKind::AfXdp(AfXdpUnderlay {

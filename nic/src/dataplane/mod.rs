@@ -376,14 +376,19 @@ impl DataPlaneBuilder {
         );
         let mut from_underlay = Vec::new();
         let mut xdp = None;
+        let tunnel_frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
         match &underlay.kind {
             UnderlayKind::Udp => {
-                let tx = UnderlayTx::bind(underlay.clone(), pool.clone(), stats.clone()).map_err(
-                    |e| DataPlaneError::Socket {
-                        what: format!("for sending on {}", underlay.local),
-                        source: e,
-                    },
-                )?;
+                let tx = UnderlayTx::bind(
+                    underlay.clone(),
+                    pool.clone(),
+                    stats.clone(),
+                    tunnel_frames.clone(),
+                )
+                .map_err(|e| DataPlaneError::Socket {
+                    what: format!("for sending on {}", underlay.local),
+                    source: e,
+                })?;
                 out.underlay.sink_async("underlay-tx", tx);
                 for port in &rx_ports {
                     let rx = UnderlayRx::bind(
@@ -495,6 +500,7 @@ impl DataPlaneBuilder {
         Ok(RunningDataPlane {
             running,
             layout,
+            tunnel_frames: underlay.tunnel_gso.then_some(tunnel_frames),
             xdp,
             activity,
             stop,
@@ -537,6 +543,7 @@ struct Layout {
 pub struct RunningDataPlane {
     running: Running,
     layout: Layout,
+    tunnel_frames: Option<Arc<std::sync::atomic::AtomicU64>>,
     xdp: Option<(SharedPort, Arc<xdp_underlay::TxCounters>)>,
     activity: activity::Activity,
     stop: Stop,
@@ -601,6 +608,14 @@ impl RunningDataPlane {
             .unwrap_or_else(|p| p.into_inner());
         self.running
             .set_busy_poll(runtime_busy_poll(workers, window));
+    }
+
+    /// Frames the underlay handed to the kernel through its tunnel-GSO TAP
+    /// ([`UnderlayConfig::tunnel_gso`]; `None` when off).
+    pub fn tunnel_gso_frames(&self) -> Option<u64> {
+        self.tunnel_frames
+            .as_ref()
+            .map(|n| n.load(Ordering::Relaxed))
     }
 
     /// The [`Workers`] choice in force.

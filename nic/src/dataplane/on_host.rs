@@ -73,6 +73,9 @@ pub struct OnHostOptions {
     /// Whether the workers can change while running (see
     /// [`super::DataPlaneBuilder::switchable`]; default false).
     pub switchable: bool,
+    /// Hand super-frames to the kernel as UDP-tunnel GSO packets (see
+    /// [`UnderlayConfig::tunnel_gso`]; default false).
+    pub tunnel_gso: bool,
 }
 
 impl Default for OnHostOptions {
@@ -85,6 +88,7 @@ impl Default for OnHostOptions {
             busy_poll: None,
             workers: super::Workers::Two,
             switchable: false,
+            tunnel_gso: false,
         }
     }
 }
@@ -214,6 +218,7 @@ pub fn start_on_host(
     let local = IpAddr::V4(underlay.dp_ip.addr());
     let (e, i, burst) = (egress.clone(), ingress.clone(), options.burst);
     let mut config = UnderlayConfig::new(local);
+    config.tunnel_gso = options.tunnel_gso;
     if options.afxdp_underlay {
         config.kind = UnderlayKind::AfXdp(AfXdpUnderlay {
             xdp_mode: options.xdp_mode,
