@@ -107,6 +107,16 @@ impl Ours {
     /// Stops the data plane (if running) and starts it again on `underlay` with
     /// `workers` (the plan's choice for the traffic to come).
     pub fn restart(&mut self, underlay: Underlay, workers: Workers) -> Result<()> {
+        self.restart_with(underlay, workers, false)
+    }
+
+    /// [`Ours::restart`], with the socket underlay's tunnel GSO on or off.
+    pub fn restart_with(
+        &mut self,
+        underlay: Underlay,
+        workers: Workers,
+        tunnel_gso: bool,
+    ) -> Result<()> {
         if let Some(plane) = self.plane.take() {
             plane
                 .stop_within(Duration::from_secs(2))
@@ -115,6 +125,7 @@ impl Ours {
         let mut options = OnHostOptions {
             afxdp_underlay: underlay == Underlay::AfXdp,
             workers,
+            tunnel_gso,
             ..OnHostOptions::default()
         };
         // Experiments (not used by CI): force the plan's shape or the busy-poll window.
