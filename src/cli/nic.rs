@@ -68,6 +68,14 @@ struct DemoArgs {
     /// Busy-poll window after each packet, in microseconds (0: park at once).
     #[arg(long)]
     busy_poll_us: Option<u64>,
+    /// Run to completion on one busy-polling worker (latency-bound traffic) instead
+    /// of a worker per side.
+    #[arg(long)]
+    run_to_completion: bool,
+    /// Hand TSO super-frames to the kernel whole as UDP-tunnel GSO packets (socket
+    /// underlay, Linux 6.17+).
+    #[arg(long)]
+    tunnel_gso: bool,
 }
 
 pub(crate) fn run(args: NicArgs) -> anyhow::Result<()> {
@@ -184,6 +192,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let options = OnHostOptions {
         afxdp_underlay: args.afxdp_underlay,
         busy_poll: args.busy_poll_us.map(std::time::Duration::from_micros),
+        workers: pipewright_nic::dataplane::Workers::for_traffic(args.run_to_completion),
+        tunnel_gso: args.tunnel_gso,
         ..OnHostOptions::default()
     };
     let (plane, _, _) = start_on_host(&host, &options)?;
