@@ -218,10 +218,16 @@ impl TunnelTx {
             &mut self.head,
         ) {
             Ok(used) => used,
-            Err(_) => return Ok(false),
+            Err(why) => {
+                // Not an error: the sockets send it (an IPv6 outer header, ...).
+                metrics::counter!("pipewright_nic_tunnel_gso_fallback_total", "reason" => why.as_str())
+                    .increment(1);
+                return Ok(false);
+            }
         };
         self.tap.write(&self.head, &data[used..])?;
         self.frames.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pipewright_nic_tunnel_gso_frames_total").increment(1);
         Ok(true)
     }
 }

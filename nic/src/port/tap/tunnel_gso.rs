@@ -43,6 +43,18 @@ pub(crate) enum NotTunnelable {
     TooLong,
 }
 
+impl NotTunnelable {
+    /// A short label for metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NotTunnelable::Outer => "outer-headers",
+            NotTunnelable::Inner => "inner-headers",
+            NotTunnelable::NoPartialCsum => "no-partial-csum",
+            NotTunnelable::TooLong => "too-long",
+        }
+    }
+}
+
 /// The virtio-net header and patched outer headers for writing `data` (an encapsulated
 /// frame; `outer_len` bytes of outer headers, then the inner frame) to a tunnel-GSO
 /// TAP whose MAC is `tap_mac`; appended to `out`. Returns how many bytes of `data`
