@@ -101,6 +101,9 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| format!("VF {} = {:?} {}", p.vf, p.kind, p.ifname))
         .collect();
+    let mut policy = config
+        .auto_workers()
+        .then(|| pipewright_nic::dataplane::WorkersPolicy::new(config.workers()));
     let plane = config.start()?;
     eprintln!("data plane running: {}", ports.join(", "));
     let _live = match args.live {
@@ -114,11 +117,27 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
     let end = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut last = (plane.received_frames(), Instant::now());
     LiveView::titled("pipewright nic run").run_until(
         plane.running(),
         Duration::from_millis(args.refresh_ms),
         None,
-        || !stop.load(Ordering::SeqCst) && end.is_none_or(|e| Instant::now() < e),
+        || {
+            // auto_workers: one observation of the packet rate per refresh.
+            if let Some(policy) = policy.as_mut() {
+                let now = (plane.received_frames(), Instant::now());
+                let secs = now.1.duration_since(last.1).as_secs_f64().max(1e-3);
+                let pps = now.0.saturating_sub(last.0) as f64 / secs;
+                last = now;
+                if let Some(workers) = policy.observe(pps) {
+                    match plane.set_workers(workers) {
+                        Ok(()) => tracing::info!(?workers, pps, "data plane workers switched"),
+                        Err(error) => tracing::warn!(%error, "data plane workers not switched"),
+                    }
+                }
+            }
+            !stop.load(Ordering::SeqCst) && end.is_none_or(|e| Instant::now() < e)
+        },
     );
     finish(plane)
 }

@@ -20,6 +20,8 @@
 //!                             #   busy-polling worker (latency-bound, low-rate)
 //! switchable = false          # true: workers can change while running
 //!                             #   (RunningDataPlane::set_workers)
+//! auto_workers = false        # true (with switchable): `pipewright nic run`
+//!                             #   switches by packet rate (WorkersPolicy)
 //!
 //! [[port]]
 //! vf = 0
@@ -157,6 +159,7 @@ struct ConfigFile {
     run_to_completion: Option<bool>,
     workers: Option<Workers>,
     switchable: Option<bool>,
+    auto_workers: Option<bool>,
 }
 
 /// A parsed data plane config.
@@ -218,6 +221,11 @@ impl DataPlaneConfig {
                 "no VF ports: add a [[port]] with vf, kind and ifname".into(),
             ));
         }
+        if file.auto_workers == Some(true) && file.switchable != Some(true) {
+            return Err(DataPlaneConfigError::Rules(
+                "auto_workers = true needs switchable = true".into(),
+            ));
+        }
         match (file.run_to_completion, file.workers) {
             (Some(_), Some(_)) => {
                 return Err(DataPlaneConfigError::Rules(
@@ -232,6 +240,17 @@ impl DataPlaneConfig {
         rules.egress_table()?;
         rules.ingress_table()?;
         Ok(Self { file, rules })
+    }
+
+    /// Whether the runner should switch workers by packet rate (`auto_workers`, with
+    /// `switchable`; see [`super::WorkersPolicy`]).
+    pub fn auto_workers(&self) -> bool {
+        self.file.auto_workers.unwrap_or(false)
+    }
+
+    /// The [`Workers`] choice the data plane starts with.
+    pub fn workers(&self) -> Workers {
+        self.file.workers.unwrap_or_default()
     }
 
     /// The VF ports the config names.
@@ -394,6 +413,15 @@ vf = 0
         assert!(parse_workers("workers = \"three\"").is_err());
         let e = parse_workers("workers = \"one\"\nrun_to_completion = true").unwrap_err();
         assert!(e.to_string().contains("keep workers"), "{e}");
+        let e = parse_workers("auto_workers = true").unwrap_err();
+        assert!(e.to_string().contains("switchable"), "{e}");
+        let c = DataPlaneConfig::parse(&format!(
+            "auto_workers = true\nswitchable = true\nworkers = \"one\"\n{}",
+            config("")
+        ))
+        .unwrap();
+        assert!(c.auto_workers());
+        assert_eq!(c.workers(), Workers::One);
     }
 
     #[test]

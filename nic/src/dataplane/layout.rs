@@ -70,10 +70,116 @@ pub(crate) fn place(stages: &[StageRole], workers: Workers, switchable: bool) ->
         .collect()
 }
 
+/// When a switchable data plane changes its [`Workers`] choice, from its packet
+/// rate (frames received per second, both directions), as a pure decision: above
+/// `two_above_pps` it moves to two workers at once (a worker per side for the load);
+/// below `one_below_pps` for `hold` observations in a row it runs to completion on
+/// one (sparse traffic: a round trip on one thread). Between the two thresholds it
+/// keeps its choice, so a rate near one threshold does not make it flap.
+///
+/// ```
+/// use pipewright_nic::dataplane::{Workers, WorkersPolicy};
+///
+/// let mut policy = WorkersPolicy::new(Workers::Two);
+/// assert_eq!(policy.observe(500.0), None);
+/// assert_eq!(policy.observe(500.0), None);
+/// assert_eq!(policy.observe(500.0), Some(Workers::One)); // calm for `hold` = 3
+/// assert_eq!(policy.observe(1e6), Some(Workers::Two)); // load: at once
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersPolicy {
+    /// Run to completion after `hold` observations below this rate.
+    pub one_below_pps: f64,
+    /// Two workers as soon as the rate is above this.
+    pub two_above_pps: f64,
+    /// Observations below `one_below_pps` in a row before running to completion.
+    pub hold: u32,
+    current: Workers,
+    calm: u32,
+}
+
+impl WorkersPolicy {
+    /// Starting from `current`: one worker below 20,000 frames/s held for three
+    /// observations, two above 100,000.
+    pub fn new(current: Workers) -> Self {
+        Self {
+            one_below_pps: 20_000.0,
+            two_above_pps: 100_000.0,
+            hold: 3,
+            current,
+            calm: 0,
+        }
+    }
+
+    /// The choice in force.
+    pub fn current(&self) -> Workers {
+        self.current
+    }
+
+    /// One observation of the rate; the new choice if it changes.
+    pub fn observe(&mut self, pps: f64) -> Option<Workers> {
+        match self.current {
+            Workers::Two if pps < self.one_below_pps => {
+                self.calm += 1;
+                if self.calm >= self.hold {
+                    self.calm = 0;
+                    self.current = Workers::One;
+                    return Some(Workers::One);
+                }
+                None
+            }
+            Workers::Two => {
+                self.calm = 0;
+                None
+            }
+            Workers::One if pps > self.two_above_pps => {
+                self.current = Workers::Two;
+                Some(Workers::Two)
+            }
+            Workers::One => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// A switch to one worker only after `hold` calm observations in a row, to two
+        /// only under load; a steady rate switches at most once.
+        #[test]
+        fn the_policy_switches_only_with_reason_and_never_flaps(
+            rates in proptest::collection::vec(prop_oneof![0.0f64..30_000.0, 0.0f64..1e6], 0..60),
+            steady in 0.0f64..1e6,
+            start_one in any::<bool>(),
+        ) {
+            let start = if start_one { Workers::One } else { Workers::Two };
+            let mut p = WorkersPolicy::new(start);
+            let mut history: Vec<f64> = Vec::new();
+            for r in &rates {
+                let before = p.current();
+                history.push(*r);
+                match p.observe(*r) {
+                    Some(Workers::One) => {
+                        prop_assert_eq!(before, Workers::Two);
+                        let n = p.hold as usize;
+                        prop_assert!(history.len() >= n);
+                        prop_assert!(history[history.len() - n..].iter().all(|x| *x < p.one_below_pps));
+                    }
+                    Some(Workers::Two) => {
+                        prop_assert_eq!(before, Workers::One);
+                        prop_assert!(*r > p.two_above_pps);
+                    }
+                    None => prop_assert_eq!(p.current(), before),
+                }
+            }
+            let mut q = WorkersPolicy::new(start);
+            let switches = (0..20).filter(|_| q.observe(steady).is_some()).count();
+            prop_assert!(switches <= 1);
+        }
+    }
 
     fn role() -> impl Strategy<Value = StageRole> {
         (any::<bool>(), any::<bool>()).prop_map(|(vf, is_async)| StageRole {

@@ -60,6 +60,7 @@ mod vf;
 mod xdp_underlay;
 
 pub use config::{DataPlaneConfig, DataPlaneConfigError, PortEntry, PortKind};
+pub use layout::WorkersPolicy;
 pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
 pub use underlay::{UnderlayConfig, UnderlayTx};
 pub use underlay_rx::UnderlayRx;
@@ -616,6 +617,18 @@ impl RunningDataPlane {
         self.tunnel_frames
             .as_ref()
             .map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Frames received so far from the VFs and the underlay (the receive sources'
+    /// output): the rate a [`WorkersPolicy`] observes.
+    pub fn received_frames(&self) -> u64 {
+        self.running
+            .snapshot()
+            .stages
+            .iter()
+            .filter(|s| is_async_stage(&s.name, false))
+            .map(|s| s.items_out)
+            .sum()
     }
 
     /// The [`Workers`] choice in force.
