@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipewright_nic::dataplane::{
-    start_on_host, OnHostOptions, RunningDataPlane, SwitchError, Workers,
+    start_on_host, OnHostOptions, RunningDataPlane, SwitchError, Workers, WorkersPolicy,
 };
 use pipewright_nic::host::{Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright_nic::wire::MacAddr;
@@ -213,6 +213,16 @@ fn switch(tag: &str, afxdp_underlay: bool) {
     wait_for_placement(&plane, |s| usize::from(underlay_side(s)));
     assert_eq!(plane.running().busy_poll(), Duration::ZERO);
     traffic_passes(&host, &plane, "two workers");
+    // The rate a WorkersPolicy observes counts both directions' frames.
+    let received = plane.received_frames();
+    assert!(received >= 4 * DATAGRAMS, "{received} frames received");
+    let mut policy = WorkersPolicy::new(plane.workers());
+    let calm = (0..policy.hold).filter_map(|_| policy.observe(0.0)).last();
+    assert_eq!(
+        calm,
+        Some(Workers::One),
+        "a calm data plane runs to completion"
+    );
 
     plane
         .set_workers(Workers::One)
