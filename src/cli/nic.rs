@@ -118,6 +118,7 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
     let mut last = (plane.received_frames(), Instant::now());
+    let mut switches = Vec::new();
     LiveView::titled("pipewright nic run").run_until(
         plane.running(),
         Duration::from_millis(args.refresh_ms),
@@ -130,15 +131,18 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
                 let pps = now.0.saturating_sub(last.0) as f64 / secs;
                 last = now;
                 if let Some(workers) = policy.observe(pps) {
-                    match plane.set_workers(workers) {
-                        Ok(()) => tracing::info!(?workers, pps, "data plane workers switched"),
-                        Err(error) => tracing::warn!(%error, "data plane workers not switched"),
-                    }
+                    switches.push(match plane.set_workers(workers) {
+                        Ok(()) => format!("switched to {workers:?} at {pps:.0} frames/s"),
+                        Err(error) => format!("not switched to {workers:?}: {error}"),
+                    });
                 }
             }
             !stop.load(Ordering::SeqCst) && end.is_none_or(|e| Instant::now() < e)
         },
     );
+    for line in switches {
+        println!("workers: {line}");
+    }
     finish(plane)
 }
 
