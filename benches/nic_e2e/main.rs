@@ -28,11 +28,16 @@
 //!   per second at the remote's vxlan device over a fixed window after a warm-up.
 //! - `tcp-bulk-gbps`: one `iperf3` stream, ours through the TAP VF (TSO super-frames
 //!   segmented in user space, sent with UDP GSO); the kernel guest keeps TSO.
+//! - `tcp-bulk-gbps-tunnel-gso`: the same on the socket underlay with tunnel GSO
+//!   (`UnderlayConfig::tunnel_gso`): super-frames handed to the kernel whole.
 //! - `latency-rr-p50-us`, `latency-rr-p99-us`: UDP ping-pong round trips (see `rr`),
 //!   ours through the AF_XDP VF (the TAP VF's figures are printed to stderr too).
 //! - `latency-rr-p50-us-sparse`, `latency-rr-p99-us-sparse`: the same with one round
-//!   trip every 2 ms (sparse traffic: each request finds the data plane idle). Ours is
-//!   also measured with busy-polling off (stderr), the data plane as it was before.
+//!   trip every 2 ms (sparse traffic: each request finds the data plane idle). Outside
+//!   quick mode ours is also measured with busy-polling off (stderr).
+//!
+//! The throughput cases run the data plane on two workers, the latency cases on one
+//! (run to completion, busy-polling): `Workers::for_traffic`, the plan's choice.
 //!
 //! Every case runs on both of the data plane's underlays: the io_uring UDP sockets
 //! (case names as above) and the AF_XDP socket on `ul0` (names suffixed `-afxdp`);
@@ -57,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::Side;
+use pipewright_nic::dataplane::Workers;
 use probe::Sample;
 use topo::{Ours, Peer, Underlay};
 
@@ -194,7 +200,7 @@ fn run() -> Result<()> {
     );
 
     for underlay in [Underlay::Udp, Underlay::AfXdp] {
-        ours.restart(underlay)?;
+        ours.restart(underlay, Workers::for_traffic(false))?;
         eprintln!("nic_e2e: data plane on the {underlay:?} underlay");
         cases(&cfg, &mut ours, &peer, underlay)?;
         if let Some(c) = ours.plane().underlay_counters() {
@@ -214,9 +220,9 @@ fn run() -> Result<()> {
 }
 
 /// The cases on the data plane's current underlay (`ours` restarted on it).
-fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Result<()> {
+fn cases(cfg: &Config, ours_mut: &mut Ours, peer: &Peer, underlay: Underlay) -> Result<()> {
     let sfx = underlay.suffix();
-    let ours = &*ours;
+    let ours = &*ours_mut;
     if cfg.wants(&format!("udp-64B-pps{sfx}")) {
         let (o, p) = rounds(cfg, &format!("udp-64B-pps{sfx}"), |side| {
             let (path, plane) = match side {
@@ -234,7 +240,12 @@ fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Resu
             Ok(pps)
         })?;
         result(cfg, &format!("udp-64B-pps{sfx}"), o, p, "pps", "higher");
-        if cfg.gen_threads != 1 && cfg.only.is_none() && underlay == Underlay::Udp {
+        // (Not in quick mode: it would lengthen CI's run.)
+        if cfg.gen_threads != 1
+            && cfg.only.is_none()
+            && underlay == Underlay::Udp
+            && !common::quick()
+        {
             // One generator thread leaves the second core to pipewright's worker (the
             // kernel does all its work in the sender's context): for the record.
             let w = (cfg.udp_warmup, cfg.udp_window);
@@ -248,45 +259,32 @@ fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Resu
         }
     }
 
-    if cfg.wants(&format!("tcp-bulk-gbps{sfx}")) {
-        if tcp::available() {
-            let _servers = [
-                tcp::Server::start(&ours.tap())?,
-                tcp::Server::start(&peer.path())?,
-            ];
-            let (o, p) = rounds(cfg, &format!("tcp-bulk-gbps{sfx}"), |side| {
-                let (path, plane) = match side {
-                    Side::Ours => (ours.tap(), Some(ours.plane())),
-                    Side::Peer => (peer.path(), None),
-                };
-                let s0 = Sample::take(plane);
-                let (gbps, detail) = tcp::measure(&path, cfg.tcp_secs, cfg.tcp_omit)?;
-                let s1 = Sample::take(plane);
-                // Segments of 1448 bytes (MSS at MTU 1500): CPU per segment.
-                let segments =
-                    (gbps * 1e9 / 8.0 / 1448.0 * f64::from(cfg.tcp_secs + cfg.tcp_omit)) as u64;
-                eprintln!("  {}: {detail}; {}", name(side), s0.cpu_line(&s1, segments));
-                if plane.is_some() {
-                    eprint!("{}", s0.stage_table(&s1));
-                }
-                Ok(gbps)
-            })?;
-            result(
-                cfg,
-                &format!("tcp-bulk-gbps{sfx}"),
-                o,
-                p,
-                "Gbit/s",
-                "higher",
-            );
-        } else {
-            println!(
-                "SKIP suite=nic_e2e case=tcp-bulk-gbps{sfx}: {} not found",
-                tcp::IPERF3
-            );
-        }
+    tcp_case(cfg, ours, peer, &format!("tcp-bulk-gbps{sfx}"))?;
+    if underlay == Underlay::Udp && cfg.wants("tcp-bulk-gbps-tunnel-gso") {
+        // The socket underlay handing super-frames to the kernel as tunnel-GSO packets.
+        ours_mut.restart_with(underlay, Workers::for_traffic(false), true)?;
+        tcp_case(cfg, ours_mut, peer, "tcp-bulk-gbps-tunnel-gso")?;
+        eprintln!(
+            "  tunnel-GSO frames: {:?}",
+            ours_mut.plane().tunnel_gso_frames()
+        );
     }
 
+    // Latency-bound traffic: the plan's choice is running to completion on one
+    // busy-polling worker (the throughput cases above ran on two).
+    let ours = if cfg.wants(&format!("latency-rr{sfx}"))
+        || cfg.wants(&format!("latency-rr-sparse{sfx}"))
+    {
+        ours_mut.restart(underlay, Workers::for_traffic(true))?;
+        eprintln!(
+            "nic_e2e: latency cases with {:?} (busy-poll {:?})",
+            ours_mut.plane().workers(),
+            ours_mut.plane().busy_poll()
+        );
+        &*ours_mut
+    } else {
+        &*ours_mut
+    };
     if cfg.wants(&format!("latency-rr{sfx}")) {
         // The TAP VF's round trips, for the record (not a RESULT).
         if cfg.only.is_none_or(|o| o == Side::Ours) {
@@ -310,6 +308,39 @@ fn cases(cfg: &Config, ours: &mut Ours, peer: &Peer, underlay: Underlay) -> Resu
     Ok(())
 }
 
+/// One `iperf3` stream through the TAP VF, ours against the kernel: RESULT `case`.
+fn tcp_case(cfg: &Config, ours: &Ours, peer: &Peer, case: &str) -> Result<()> {
+    if !cfg.wants(case) {
+        return Ok(());
+    }
+    if !tcp::available() {
+        println!("SKIP suite=nic_e2e case={case}: {} not found", tcp::IPERF3);
+        return Ok(());
+    }
+    let _servers = [
+        tcp::Server::start(&ours.tap())?,
+        tcp::Server::start(&peer.path())?,
+    ];
+    let (o, p) = rounds(cfg, case, |side| {
+        let (path, plane) = match side {
+            Side::Ours => (ours.tap(), Some(ours.plane())),
+            Side::Peer => (peer.path(), None),
+        };
+        let s0 = Sample::take(plane);
+        let (gbps, detail) = tcp::measure(&path, cfg.tcp_secs, cfg.tcp_omit)?;
+        let s1 = Sample::take(plane);
+        // Segments of 1448 bytes (MSS at MTU 1500): CPU per segment.
+        let segments = (gbps * 1e9 / 8.0 / 1448.0 * f64::from(cfg.tcp_secs + cfg.tcp_omit)) as u64;
+        eprintln!("  {}: {detail}; {}", name(side), s0.cpu_line(&s1, segments));
+        if plane.is_some() {
+            eprint!("{}", s0.stage_table(&s1));
+        }
+        Ok(gbps)
+    })?;
+    result(cfg, case, o, p, "Gbit/s", "higher");
+    Ok(())
+}
+
 /// Round trips one at a time (`gap` between them for sparse traffic): RESULT lines
 /// for p50 and p99 (`name` with `{}` where `-p50`/`-p99` goes). Ours is measured with
 /// busy-polling off too, for the record (the data plane before busy-polling).
@@ -330,7 +361,7 @@ fn latency(
         cfg.rr_window
     };
     let case = pattern.replace("{}", "");
-    if cfg.only.is_none_or(|o| o == Side::Ours) {
+    if cfg.only.is_none_or(|o| o == Side::Ours) && !common::quick() {
         let on = ours.plane().busy_poll();
         ours.plane().set_busy_poll(Duration::ZERO);
         let off = measure(&ours.afxdp(), window);

@@ -100,12 +100,23 @@ impl Ours {
             .build()
             .context("build pipewright's host")?;
         let mut ours = Self { plane: None, host };
-        ours.restart(Underlay::Udp)?;
+        ours.restart(Underlay::Udp, Workers::Two)?;
         Ok(ours)
     }
 
-    /// Stops the data plane (if running) and starts it again on `underlay`.
-    pub fn restart(&mut self, underlay: Underlay) -> Result<()> {
+    /// Stops the data plane (if running) and starts it again on `underlay` with
+    /// `workers` (the plan's choice for the traffic to come).
+    pub fn restart(&mut self, underlay: Underlay, workers: Workers) -> Result<()> {
+        self.restart_with(underlay, workers, false)
+    }
+
+    /// [`Ours::restart`], with the socket underlay's tunnel GSO on or off.
+    pub fn restart_with(
+        &mut self,
+        underlay: Underlay,
+        workers: Workers,
+        tunnel_gso: bool,
+    ) -> Result<()> {
         if let Some(plane) = self.plane.take() {
             plane
                 .stop_within(Duration::from_secs(2))
@@ -113,6 +124,8 @@ impl Ours {
         }
         let mut options = OnHostOptions {
             afxdp_underlay: underlay == Underlay::AfXdp,
+            workers,
+            tunnel_gso,
             ..OnHostOptions::default()
         };
         // Experiments (not used by CI): force the plan's shape or the busy-poll window.

@@ -68,6 +68,14 @@ struct DemoArgs {
     /// Busy-poll window after each packet, in microseconds (0: park at once).
     #[arg(long)]
     busy_poll_us: Option<u64>,
+    /// Run to completion on one busy-polling worker (latency-bound traffic) instead
+    /// of a worker per side.
+    #[arg(long)]
+    run_to_completion: bool,
+    /// Hand TSO super-frames to the kernel whole as UDP-tunnel GSO packets (socket
+    /// underlay, Linux 6.17+).
+    #[arg(long)]
+    tunnel_gso: bool,
 }
 
 pub(crate) fn run(args: NicArgs) -> anyhow::Result<()> {
@@ -93,6 +101,9 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| format!("VF {} = {:?} {}", p.vf, p.kind, p.ifname))
         .collect();
+    let mut policy = config
+        .auto_workers()
+        .then(|| pipewright_nic::dataplane::WorkersPolicy::new(config.workers()));
     let plane = config.start()?;
     eprintln!("data plane running: {}", ports.join(", "));
     let _live = match args.live {
@@ -106,12 +117,32 @@ fn run_config(args: RunArgs) -> anyhow::Result<()> {
     let end = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut last = (plane.received_frames(), Instant::now());
+    let mut switches = Vec::new();
     LiveView::titled("pipewright nic run").run_until(
         plane.running(),
         Duration::from_millis(args.refresh_ms),
         None,
-        || !stop.load(Ordering::SeqCst) && end.is_none_or(|e| Instant::now() < e),
+        || {
+            // auto_workers: one observation of the packet rate per refresh.
+            if let Some(policy) = policy.as_mut() {
+                let now = (plane.received_frames(), Instant::now());
+                let secs = now.1.duration_since(last.1).as_secs_f64().max(1e-3);
+                let pps = now.0.saturating_sub(last.0) as f64 / secs;
+                last = now;
+                if let Some(workers) = policy.observe(pps) {
+                    switches.push(match plane.set_workers(workers) {
+                        Ok(()) => format!("switched to {workers:?} at {pps:.0} frames/s"),
+                        Err(error) => format!("not switched to {workers:?}: {error}"),
+                    });
+                }
+            }
+            !stop.load(Ordering::SeqCst) && end.is_none_or(|e| Instant::now() < e)
+        },
     );
+    for line in switches {
+        println!("workers: {line}");
+    }
     finish(plane)
 }
 
@@ -184,6 +215,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let options = OnHostOptions {
         afxdp_underlay: args.afxdp_underlay,
         busy_poll: args.busy_poll_us.map(std::time::Duration::from_micros),
+        workers: pipewright_nic::dataplane::Workers::for_traffic(args.run_to_completion),
+        tunnel_gso: args.tunnel_gso,
         ..OnHostOptions::default()
     };
     let (plane, _, _) = start_on_host(&host, &options)?;

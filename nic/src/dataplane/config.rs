@@ -6,6 +6,8 @@
 //! local = "192.168.77.1"      # this VTEP's address (configured on an interface here)
 //! rx_ports = [4789, 6081]     # tunnels received (default: VXLAN's 4789)
 //! tx_sockets = 4              # sending sockets (flows spread by source port)
+//! tunnel_gso = false          # true: TSO super-frames to the kernel whole, as
+//!                             #   UDP-tunnel GSO through a TAP (Linux 6.17+)
 //! kind = "udp"                # io_uring UDP sockets (default), or "afxdp":
 //! # kind = "afxdp"            # an AF_XDP socket on the underlay interface (root,
 //! # ifname = "eth1"           #   XDP; next hop on the link, IPv4): more packets per
@@ -16,6 +18,10 @@
 //!                             #   worker each (throughput, e.g. bulk TCP);
 //!                             # "one": run to completion, every stage on one
 //!                             #   busy-polling worker (latency-bound, low-rate)
+//! switchable = false          # true: workers can change while running
+//!                             #   (RunningDataPlane::set_workers)
+//! auto_workers = false        # true (with switchable): `pipewright nic run`
+//!                             #   switches by packet rate (WorkersPolicy)
 //!
 //! [[port]]
 //! vf = 0
@@ -92,6 +98,7 @@ struct UnderlayFile {
     tx_sockets: Option<usize>,
     gro: Option<bool>,
     gso: Option<bool>,
+    tunnel_gso: Option<bool>,
     #[serde(default)]
     kind: Option<UnderlayKindFile>,
     ifname: Option<String>,
@@ -151,6 +158,8 @@ struct ConfigFile {
     /// Deprecated spelling of `workers = "one"` / `"two"`.
     run_to_completion: Option<bool>,
     workers: Option<Workers>,
+    switchable: Option<bool>,
+    auto_workers: Option<bool>,
 }
 
 /// A parsed data plane config.
@@ -212,6 +221,11 @@ impl DataPlaneConfig {
                 "no VF ports: add a [[port]] with vf, kind and ifname".into(),
             ));
         }
+        if file.auto_workers == Some(true) && file.switchable != Some(true) {
+            return Err(DataPlaneConfigError::Rules(
+                "auto_workers = true needs switchable = true".into(),
+            ));
+        }
         match (file.run_to_completion, file.workers) {
             (Some(_), Some(_)) => {
                 return Err(DataPlaneConfigError::Rules(
@@ -226,6 +240,17 @@ impl DataPlaneConfig {
         rules.egress_table()?;
         rules.ingress_table()?;
         Ok(Self { file, rules })
+    }
+
+    /// Whether the runner should switch workers by packet rate (`auto_workers`, with
+    /// `switchable`; see [`super::WorkersPolicy`]).
+    pub fn auto_workers(&self) -> bool {
+        self.file.auto_workers.unwrap_or(false)
+    }
+
+    /// The [`Workers`] choice the data plane starts with.
+    pub fn workers(&self) -> Workers {
+        self.file.workers.unwrap_or_default()
     }
 
     /// The VF ports the config names.
@@ -247,6 +272,9 @@ impl DataPlaneConfig {
         if let Some(g) = u.gso {
             underlay.gso = g;
         }
+        if let Some(t) = u.tunnel_gso {
+            underlay.tunnel_gso = t;
+        }
         if let (Some(UnderlayKindFile::Afxdp), Some(ifname)) = (u.kind, &u.ifname) {
             underlay.kind = UnderlayKind::AfXdp(AfXdpUnderlay {
                 xdp_mode: match u.xdp_mode {
@@ -258,6 +286,7 @@ impl DataPlaneConfig {
         }
         let mut builder = DataPlane::builder()
             .workers(self.file.workers.unwrap_or_default())
+            .switchable(self.file.switchable.unwrap_or(false))
             .underlay(underlay)
             .egress(Versioned::new(self.rules.egress_table()?))
             .ingress(Versioned::new(self.rules.ingress_table()?));
@@ -384,6 +413,15 @@ vf = 0
         assert!(parse_workers("workers = \"three\"").is_err());
         let e = parse_workers("workers = \"one\"\nrun_to_completion = true").unwrap_err();
         assert!(e.to_string().contains("keep workers"), "{e}");
+        let e = parse_workers("auto_workers = true").unwrap_err();
+        assert!(e.to_string().contains("switchable"), "{e}");
+        let c = DataPlaneConfig::parse(&format!(
+            "auto_workers = true\nswitchable = true\nworkers = \"one\"\n{}",
+            config("")
+        ))
+        .unwrap();
+        assert!(c.auto_workers());
+        assert_eq!(c.workers(), Workers::One);
     }
 
     #[test]

@@ -52,6 +52,7 @@ use crate::{FramePool, DEFAULT_HEADROOM};
 
 mod activity;
 mod config;
+mod layout;
 mod on_host;
 mod underlay;
 mod underlay_rx;
@@ -59,6 +60,7 @@ mod vf;
 mod xdp_underlay;
 
 pub use config::{DataPlaneConfig, DataPlaneConfigError, PortEntry, PortKind};
+pub use layout::WorkersPolicy;
 pub use on_host::{start_on_host, tables_for_host, OnHostError, OnHostOptions};
 pub use underlay::{UnderlayConfig, UnderlayTx};
 pub use underlay_rx::UnderlayRx;
@@ -151,6 +153,7 @@ pub struct DataPlaneBuilder {
     burst: Option<usize>,
     busy_poll: Option<Duration>,
     workers: Workers,
+    switchable: bool,
 }
 
 /// How many workers the data plane's default plan uses (when no
@@ -171,6 +174,11 @@ pub struct DataPlaneBuilder {
 ///   same runs the AF_XDP VF's back-to-back round-trip p50 was 63–113 µs with one worker
 ///   against 86–134 µs with two (sparse round trips, one every 2 ms, varied too much
 ///   under that load to tell the two apart).
+///
+/// [`Workers::for_traffic`] is the default plan's choice for a kind of traffic (the
+/// `nic_e2e` bench runs its latency cases with it). Started
+/// [`switchable`](DataPlaneBuilder::switchable), the data plane can change between the
+/// two while it runs ([`RunningDataPlane::set_workers`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workers {
@@ -179,6 +187,36 @@ pub enum Workers {
     /// The VF side and the underlay side on a worker each.
     #[default]
     Two,
+}
+
+impl Workers {
+    /// The choice for a kind of traffic, as the data plane's default plan makes it:
+    /// latency-bound traffic (request/response, control protocols, sparse packets)
+    /// runs to completion on one busy-polling worker, bulk traffic on two.
+    pub fn for_traffic(latency_bound: bool) -> Self {
+        if latency_bound {
+            Workers::One
+        } else {
+            Workers::Two
+        }
+    }
+}
+
+/// Why [`RunningDataPlane::set_workers`] could not switch.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The data plane was started with a fixed layout.
+    #[error("the data plane was started with a fixed layout; start it with DataPlaneBuilder::switchable(true) (config: switchable = true) to change its workers while it runs")]
+    Fixed,
+    /// The runtime refused to move a stage.
+    #[error("moving stage {stage}: {source}; the data plane keeps running on the stages' previous workers")]
+    Move {
+        /// The stage.
+        stage: String,
+        /// Why.
+        #[source]
+        source: pipewright_runtime::ApplyError,
+    },
 }
 
 /// Entry point: see [`DataPlane::builder`].
@@ -261,6 +299,18 @@ impl DataPlaneBuilder {
         self
     }
 
+    /// Lets the [`Workers`] choice change while the data plane runs
+    /// ([`RunningDataPlane::set_workers`]; default false). The plan then always has
+    /// two workers and is adaptive: every async stage (the receive sources, the
+    /// socket underlay's transmit) runs on worker 0, and the sync stages move between
+    /// the workers at a switch, at a burst boundary (no frame lost or reordered).
+    /// Costs one atomic per wake-up; in [`Workers::Two`] the underlay side's receive
+    /// shares worker 0 with the VF side. Ignored when a [`plan`](Self::plan) is given.
+    pub fn switchable(mut self, on: bool) -> Self {
+        self.switchable = on;
+        self
+    }
+
     /// Burst size of every stage (default [`DEFAULT_BURST`]).
     pub fn burst(mut self, burst: usize) -> Self {
         self.burst = Some(burst);
@@ -327,14 +377,19 @@ impl DataPlaneBuilder {
         );
         let mut from_underlay = Vec::new();
         let mut xdp = None;
+        let tunnel_frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
         match &underlay.kind {
             UnderlayKind::Udp => {
-                let tx = UnderlayTx::bind(underlay.clone(), pool.clone(), stats.clone()).map_err(
-                    |e| DataPlaneError::Socket {
-                        what: format!("for sending on {}", underlay.local),
-                        source: e,
-                    },
-                )?;
+                let tx = UnderlayTx::bind(
+                    underlay.clone(),
+                    pool.clone(),
+                    stats.clone(),
+                    tunnel_frames.clone(),
+                )
+                .map_err(|e| DataPlaneError::Socket {
+                    what: format!("for sending on {}", underlay.local),
+                    source: e,
+                })?;
                 out.underlay.sink_async("underlay-tx", tx);
                 for port in &rx_ports {
                     let rx = UnderlayRx::bind(
@@ -406,19 +461,47 @@ impl DataPlaneBuilder {
         let pipeline = b
             .build()
             .map_err(|e| DataPlaneError::Start(e.to_string()))?;
+        let names = pipeline.stage_names();
+        let udp_underlay = matches!(underlay.kind, UnderlayKind::Udp);
+        let roles: Vec<layout::StageRole> = names
+            .iter()
+            .map(|n| layout::StageRole {
+                side: layout::side_of(n),
+                is_async: is_async_stage(n, udp_underlay),
+            })
+            .collect();
+        let switchable = self.switchable && self.plan.is_none();
         let plan = match self.plan {
             Some(plan) => plan,
-            None => match self.workers {
-                Workers::One => Plan::explicit()
-                    .worker(pipeline.stage_names(), CpuPin::Auto)
-                    .busy_poll(window),
-                Workers::Two => default_plan(&pipeline.stage_names()),
-            },
+            None => {
+                let placement = layout::place(&roles, self.workers, switchable);
+                let mut plan = Plan::explicit();
+                for w in 0..layout::worker_count(self.workers, switchable) {
+                    let mine = names
+                        .iter()
+                        .zip(&placement)
+                        .filter(|(_, at)| **at == w)
+                        .map(|(n, _)| *n);
+                    plan = plan.worker(mine, CpuPin::Auto);
+                }
+                if switchable {
+                    plan = plan.adaptive();
+                }
+                plan.busy_poll(runtime_busy_poll(self.workers, window))
+            }
+        };
+        let layout = Layout {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            roles,
+            switchable,
+            workers: Mutex::new(self.workers),
         };
         let running =
             Runtime::start(pipeline, plan).map_err(|e| DataPlaneError::Start(e.to_string()))?;
         Ok(RunningDataPlane {
             running,
+            layout,
+            tunnel_frames: underlay.tunnel_gso.then_some(tunnel_frames),
             xdp,
             activity,
             stop,
@@ -428,23 +511,40 @@ impl DataPlaneBuilder {
     }
 }
 
-/// VF receive + egress + underlay transmit on one worker; underlay receive + ingress +
-/// VF transmit on another: each direction's hot path stays on one core.
-fn default_plan(stages: &[&str]) -> Plan {
-    let (vf_side, underlay_side): (Vec<&str>, Vec<&str>) = stages.iter().partition(|s| {
-        (s.starts_with("vf") && s.ends_with("-rx"))
-            || s.starts_with("egress")
-            || **s == "underlay-tx"
-    });
-    Plan::explicit()
-        .worker(vf_side, CpuPin::Auto)
-        .worker(underlay_side, CpuPin::Auto)
+/// Whether stage `name` of the data plane runs as a task of its worker (a source, or
+/// the socket underlay's transmit).
+fn is_async_stage(name: &str, udp_underlay: bool) -> bool {
+    (name.starts_with("vf") && name.ends_with("-rx"))
+        || name.starts_with("underlay-rx")
+        || (udp_underlay && name == "underlay-tx")
+}
+
+/// The runtime's busy-poll window for a [`Workers`] choice: a run-to-completion
+/// worker polls all its inputs (rings and sockets) for the window after its last
+/// progress; with two workers only the receive sources poll (the data plane's own
+/// window), so a worker with nothing to receive parks at once.
+fn runtime_busy_poll(workers: Workers, window: Duration) -> Duration {
+    match workers {
+        Workers::One => window,
+        Workers::Two => Duration::ZERO,
+    }
+}
+
+/// The stages and the placement choice of a running data plane.
+#[derive(Debug)]
+struct Layout {
+    names: Vec<String>,
+    roles: Vec<layout::StageRole>,
+    switchable: bool,
+    workers: Mutex<Workers>,
 }
 
 /// A running data plane.
 #[derive(Debug)]
 pub struct RunningDataPlane {
     running: Running,
+    layout: Layout,
+    tunnel_frames: Option<Arc<std::sync::atomic::AtomicU64>>,
     xdp: Option<(SharedPort, Arc<xdp_underlay::TxCounters>)>,
     activity: activity::Activity,
     stop: Stop,
@@ -497,9 +597,99 @@ impl RunningDataPlane {
         })
     }
 
-    /// Changes the busy-poll window live (see [`DataPlaneBuilder::busy_poll`]).
+    /// Changes the busy-poll window live (see [`DataPlaneBuilder::busy_poll`]); while
+    /// the data plane runs to completion ([`Workers::One`]) the worker polls all its
+    /// inputs for that window too (`Running::set_busy_poll`).
     pub fn set_busy_poll(&self, window: Duration) {
         self.activity.set_window(window);
+        let workers = *self
+            .layout
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.running
+            .set_busy_poll(runtime_busy_poll(workers, window));
+    }
+
+    /// Frames the underlay handed to the kernel through its tunnel-GSO TAP
+    /// ([`UnderlayConfig::tunnel_gso`]; `None` when off).
+    pub fn tunnel_gso_frames(&self) -> Option<u64> {
+        self.tunnel_frames
+            .as_ref()
+            .map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Frames received so far from the VFs and the underlay (the receive sources'
+    /// output): the rate a [`WorkersPolicy`] observes.
+    pub fn received_frames(&self) -> u64 {
+        self.running
+            .snapshot()
+            .stages
+            .iter()
+            .filter(|s| is_async_stage(&s.name, false))
+            .map(|s| s.items_out)
+            .sum()
+    }
+
+    /// The [`Workers`] choice in force.
+    pub fn workers(&self) -> Workers {
+        *self
+            .layout
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether [`set_workers`](Self::set_workers) can change the choice (the data
+    /// plane was started [`switchable`](DataPlaneBuilder::switchable)).
+    pub fn is_switchable(&self) -> bool {
+        self.layout.switchable
+    }
+
+    /// Switches between running to completion on one worker ([`Workers::One`], with
+    /// the worker busy-polling for the data plane's window) and a worker per side
+    /// ([`Workers::Two`]) while the data plane runs: the sync stages move at their
+    /// next burst boundary, nothing in flight is lost or reordered. Needs a data plane
+    /// started [`switchable`](DataPlaneBuilder::switchable).
+    pub fn set_workers(&self, workers: Workers) -> Result<(), SwitchError> {
+        if !self.layout.switchable {
+            return Err(SwitchError::Fixed);
+        }
+        let mut current = self
+            .layout
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let placement = layout::place(&self.layout.roles, workers, true);
+        let now = self.running.snapshot();
+        for ((name, role), to) in self
+            .layout
+            .names
+            .iter()
+            .zip(&self.layout.roles)
+            .zip(placement)
+        {
+            let from = now.stage(name).map_or(to, |s| s.worker);
+            if role.is_async || from == to {
+                continue;
+            }
+            let decision = pipewright_runtime::controller::Decision::Move {
+                stage: name.clone(),
+                from,
+                to,
+                why: pipewright_runtime::controller::Reason::Balance,
+            };
+            self.running
+                .apply(&decision)
+                .map_err(|source| SwitchError::Move {
+                    stage: name.clone(),
+                    source,
+                })?;
+        }
+        *current = workers;
+        self.running
+            .set_busy_poll(runtime_busy_poll(workers, self.activity.window_duration()));
+        Ok(())
     }
 
     /// The busy-poll window in force.

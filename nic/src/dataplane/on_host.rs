@@ -70,6 +70,12 @@ pub struct OnHostOptions {
     pub busy_poll: Option<std::time::Duration>,
     /// How many workers (see [`super::Workers`]; default [`super::Workers::Two`]).
     pub workers: super::Workers,
+    /// Whether the workers can change while running (see
+    /// [`super::DataPlaneBuilder::switchable`]; default false).
+    pub switchable: bool,
+    /// Hand super-frames to the kernel as UDP-tunnel GSO packets (see
+    /// [`UnderlayConfig::tunnel_gso`]; default false).
+    pub tunnel_gso: bool,
 }
 
 impl Default for OnHostOptions {
@@ -81,6 +87,8 @@ impl Default for OnHostOptions {
             afxdp_underlay: false,
             busy_poll: None,
             workers: super::Workers::Two,
+            switchable: false,
+            tunnel_gso: false,
         }
     }
 }
@@ -210,20 +218,22 @@ pub fn start_on_host(
     let local = IpAddr::V4(underlay.dp_ip.addr());
     let (e, i, burst) = (egress.clone(), ingress.clone(), options.burst);
     let mut config = UnderlayConfig::new(local);
+    config.tunnel_gso = options.tunnel_gso;
     if options.afxdp_underlay {
         config.kind = UnderlayKind::AfXdp(AfXdpUnderlay {
             xdp_mode: options.xdp_mode,
             ..AfXdpUnderlay::new(&underlay.ifname)
         });
     }
-    let (busy_poll, workers) = (options.busy_poll, options.workers);
+    let (busy_poll, workers, switchable) = (options.busy_poll, options.workers, options.switchable);
     let running = host.dp_ns().run(move || {
         let mut builder = DataPlane::builder()
             .underlay(config)
             .egress(e)
             .ingress(i)
             .burst(burst)
-            .workers(workers);
+            .workers(workers)
+            .switchable(switchable);
         if let Some(window) = busy_poll {
             builder = builder.busy_poll(window);
         }

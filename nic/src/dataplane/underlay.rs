@@ -19,6 +19,7 @@
 //! on a veth, `ethtool -K <if> gro on`).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pipewright_runtime::uring::{UdpConfig, UdpRing};
@@ -27,6 +28,7 @@ use pipewright_runtime::{AsyncStage, Burst, Failures, Outbox, WorkerLocal};
 use super::xdp_underlay::UnderlayKind;
 use crate::offload::SuperFrame;
 use crate::pipeline::{Direction, NicStats};
+use crate::port::{tunnel_header, TunnelGsoTap};
 use crate::wire::{ethertype, ip_proto, Ipv4Packet, Ipv6Packet, UdpPacket};
 use crate::{Frame, FramePool};
 
@@ -109,6 +111,15 @@ pub struct UnderlayConfig {
     /// overflows, and the kernel drops datagrams unseen by the data plane, as soon as
     /// a peer sends a few GSO runs while the receive worker is busy.
     pub rx_socket_buffer: usize,
+    /// Hand TSO super-frames to the kernel whole, as UDP-tunnel GSO packets (Linux
+    /// 6.17+; default false): every encapsulated frame is written to a TAP device
+    /// created for it (`TUN_F_UDP_TUNNEL_GSO`, a virtio-net header with the outer and
+    /// inner offsets), which the kernel forwards to the underlay interface as one skb;
+    /// a kernel VXLAN peer then decapsulates a 64 KB super-frame once instead of
+    /// every 1.5 KB datagram. Turns on IPv4 forwarding in the data plane's namespace
+    /// (and `accept_local` on the TAP: the frames come from the local address).
+    /// IPv4 outer headers only (others take the sockets). UDP underlay only.
+    pub tunnel_gso: bool,
     /// io_uring UDP sockets (default) or an AF_XDP socket on the underlay interface;
     /// see [`UnderlayKind`] for when to choose which. The socket sizing fields above
     /// apply to the UDP underlay only.
@@ -126,6 +137,7 @@ impl UnderlayConfig {
             gro: true,
             gso: true,
             rx_socket_buffer: 4 << 20,
+            tunnel_gso: false,
             kind: UnderlayKind::Udp,
         }
     }
@@ -139,6 +151,85 @@ pub struct UnderlayTx {
     pool: Arc<FramePool>,
     stats: NicStats,
     spare: Vec<Vec<u8>>,
+    tunnel: Option<TunnelTx>,
+}
+
+/// The tunnel-GSO TAP of an underlay ([`UnderlayConfig::tunnel_gso`]).
+#[derive(Debug)]
+struct TunnelTx {
+    tap: TunnelGsoTap,
+    mac: [u8; 6],
+    head: Vec<u8>,
+    frames: Arc<AtomicU64>,
+}
+
+/// Creates the tunnel-GSO TAP in the calling thread's namespace, brings it up and
+/// lets the kernel forward what it receives to the underlay.
+fn open_tunnel_tap(frames: Arc<AtomicU64>) -> std::io::Result<TunnelTx> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "pwtg{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed) % 100
+    );
+    let tap = TunnelGsoTap::create(&name).map_err(std::io::Error::other)?;
+    let netlink = crate::host::Netlink::open_here().map_err(std::io::Error::other)?;
+    let link = netlink.link(&name).map_err(std::io::Error::other)?;
+    netlink
+        .set_link(link.index, None, None, true)
+        .map_err(std::io::Error::other)?;
+    let sysctl = |path: &str, value: &str| {
+        std::fs::write(format!("/proc/sys/net/ipv4/{path}"), value).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("set net.ipv4.{path} = {value}: {e}"))
+        })
+    };
+    sysctl("ip_forward", "1")?;
+    sysctl(&format!("conf/{name}/accept_local"), "1")?;
+    sysctl(&format!("conf/{name}/rp_filter"), "0")?;
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
+    if all.trim() != "0" {
+        return Err(std::io::Error::other(format!(
+            "net.ipv4.conf.all.rp_filter is {} in the data plane's namespace: the kernel would drop the tunnel-GSO TAP's frames (their source is local); set it to 0 or turn tunnel_gso off",
+            all.trim()
+        )));
+    }
+    tracing::info!(target: "pipewright", tap = tap.name(), "tunnel GSO underlay transmit");
+    Ok(TunnelTx {
+        tap,
+        mac: link.mac.0,
+        head: Vec::with_capacity(256),
+        frames,
+    })
+}
+
+impl TunnelTx {
+    /// Writes `frame` to the TAP: Ok(true) written, Ok(false) not for this path (the
+    /// sockets take it), Err the kernel refused it.
+    fn send(&mut self, frame: &Frame) -> std::io::Result<bool> {
+        self.head.clear();
+        let data = frame.data();
+        let gso = frame.meta.gso.filter(|_| frame.meta.outer_len > 0);
+        let used = match tunnel_header(
+            data,
+            usize::from(frame.meta.outer_len),
+            gso,
+            frame.meta.csum.is_some(),
+            self.mac,
+            &mut self.head,
+        ) {
+            Ok(used) => used,
+            Err(why) => {
+                // Not an error: the sockets send it (an IPv6 outer header, ...).
+                metrics::counter!("pipewright_nic_tunnel_gso_fallback_total", "reason" => why.as_str())
+                    .increment(1);
+                return Ok(false);
+            }
+        };
+        self.tap.write(&self.head, &data[used..])?;
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pipewright_nic_tunnel_gso_frames_total").increment(1);
+        Ok(true)
+    }
 }
 
 impl std::fmt::Debug for UnderlayTx {
@@ -157,11 +248,18 @@ impl UnderlayTx {
         config: UnderlayConfig,
         pool: Arc<FramePool>,
         stats: NicStats,
+        tunnel_frames: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         let sockets = (0..config.tx_sockets.max(1))
             .map(|_| UdpSocket::bind(SocketAddr::new(config.local, 0)))
             .collect::<std::io::Result<Vec<_>>>()?;
+        let tunnel = if config.tunnel_gso {
+            Some(open_tunnel_tap(tunnel_frames)?)
+        } else {
+            None
+        };
         Ok(Self {
+            tunnel,
             config,
             sockets,
             rings: WorkerLocal::new(),
@@ -315,6 +413,20 @@ impl AsyncStage for UnderlayTx {
         let mut used = Vec::new();
         let mut copied = 0;
         while let Some(frame) = burst.pop() {
+            if let Some(tunnel) = &mut self.tunnel {
+                match tunnel.send(&frame) {
+                    Ok(true) => {
+                        used.push(frame);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        failures.push(e);
+                        used.push(frame);
+                        continue;
+                    }
+                }
+            }
             if let (Some(gso), 1..) = (frame.meta.gso, frame.meta.outer_len) {
                 if let Err((reason, frame)) = self.push_super(frame, gso, &mut sends, &mut open) {
                     self.stats.drop_frame("underlay-tx", reason);

@@ -128,4 +128,5 @@ pub use tap::{
     decode_vnet_hdr, encode_vnet_hdr, TapDropReason, TapDrops, TapOffloads, TapPort, MAX_FRAME_LEN,
     VNET_HDR_LEN,
 };
+pub(crate) use tap::{tunnel_header, TunnelGsoTap};
 pub use xsk::{AfXdpBuilder, AfXdpPort, BindMode, XdpMode, XskCounters, XskKernelStats};

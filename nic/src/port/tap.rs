@@ -57,7 +57,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use super::{PortCounters, PortError, VfPort};
 use crate::{Frame, FrameMeta, FramePool};
 
+mod tunnel_gso;
 mod vnet;
+
+pub(crate) use tunnel_gso::{tunnel_header, TunnelGsoTap};
 
 pub use vnet::{decode_vnet_hdr, encode_vnet_hdr, TapDropReason, MAX_FRAME_LEN, VNET_HDR_LEN};
 
