@@ -217,5 +217,5 @@ pub use stats::CacheStats;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_api {
-    pub use crate::slot::{check, SlotCell, Verdict};
+    pub use crate::slot::{check, SlotCell, Verdict, Verified};
 }
