@@ -68,6 +68,7 @@ pub(crate) fn nbd_read(filter: Option<&str>) {
     let mut cfg = CacheConfig::with_size(dir.join("cache"), bytes + (8 << 20), 1 << 20);
     cfg.low_watermark = 1;
     cfg.high_watermark = 2;
+    cfg.direct_hits = super::direct_hits();
     let gw = rt
         .block_on(Gateway::start(
             cfg,

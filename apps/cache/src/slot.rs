@@ -133,8 +133,8 @@ impl Verified {
         if count == 0 || self.epoch.load(Ordering::SeqCst) != seq {
             return false;
         }
-        let all = Self::masks(first, count)
-            .all(|(w, m)| self.word(w).load(Ordering::SeqCst) & m == m);
+        let all =
+            Self::masks(first, count).all(|(w, m)| self.word(w).load(Ordering::SeqCst) & m == m);
         all && self.epoch.load(Ordering::SeqCst) == seq
     }
 

@@ -103,6 +103,9 @@ fn a_checksum_skip_covers_only_its_write_sequence() {
         }
         writer.join().unwrap();
         marker.join().unwrap();
-        assert!(!verified.covers(cell.seq(), 0, 1), "the write's sequence is not verified");
+        assert!(
+            !verified.covers(cell.seq(), 0, 1),
+            "the write's sequence is not verified"
+        );
     });
 }

@@ -84,7 +84,11 @@ impl Cache {
 
     fn count_direct(&self) {
         bump(&self.inner.counters.hits, "cache_hits_total", 1);
-        bump(&self.inner.counters.direct_hits, "cache_direct_hits_total", 1);
+        bump(
+            &self.inner.counters.direct_hits,
+            "cache_direct_hits_total",
+            1,
+        );
     }
 
     /// A direct hit ([`CacheConfig::direct_hits`](crate::CacheConfig::direct_hits)):

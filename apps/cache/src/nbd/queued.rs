@@ -135,7 +135,13 @@ impl Connection {
                     simple_reply(&mut head, 0, req.cookie);
                     let served = loop {
                         let sock = wr.as_ref();
-                        match self.cache.send_direct(self.volume, req.offset, req.len as u64, &head, sock) {
+                        match self.cache.send_direct(
+                            self.volume,
+                            req.offset,
+                            req.len as u64,
+                            &head,
+                            sock,
+                        ) {
                             DirectSend::Sent => break true,
                             DirectSend::Rest(rest) => {
                                 tokio::io::AsyncWriteExt::write_all(&mut wr, &rest).await?;
