@@ -9,7 +9,9 @@
 //!   cache of 10% of the objects, on Zipf(0.99) and Zipf(0.7) traces; peer `lru`.
 //! - `nbd-read-gbps`: sequential reads of a warm export with `nbdcopy ... null:`
 //!   (libnbd-bin) through our gateway; peer `nbdkit` (Debian `nbdkit`, file plugin)
-//!   serving the same file, read by the same nbdcopy command.
+//!   serving the same file, read by the same nbdcopy command. The stderr line also
+//!   gives each server's CPU seconds per GiB over the timed passes (ours: this
+//!   process; nbdkit's: its process), which machine load bends less than GB/s.
 //!
 //! - `gateway-zipf-ops` / `gateway-zipf-p99`: 4 KiB reads on a Zipf(0.99) trace over a
 //!   volume (the working set), 32 reads in flight on a 2-thread tokio runtime, cache
@@ -21,7 +23,9 @@
 //!   and hits on one worker, fills on another, requests in flight across bursts), fed
 //!   as the NBD server feeds it: two client tasks (one per runtime thread) keep 16
 //!   reads each in flight through one answer queue each (`PathService::send_queued`;
-//!   memory-tier hits answered in the caller's task). `PIPEWRIGHT_BENCH_CACHE_CLIENT=tasks`
+//!   memory-tier hits and direct hits, `CacheConfig::direct_hits`: verified blocks the
+//!   page cache holds, read with `preadv2(RWF_NOWAIT)`, answered in the caller's
+//!   task). `PIPEWRIGHT_BENCH_CACHE_CLIENT=tasks`
 //!   drives ours as foyer is driven (32 tasks, one future per read);
 //!   `PIPEWRIGHT_BENCH_CACHE_PLAN=fused` runs the pipeline on one worker.
 //!   Peer `foyer`: its `HybridCache<u64, Vec<u8>>` with a byte weigher on a 1 MiB memory
@@ -44,6 +48,8 @@
 //! `PIPEWRIGHT_BENCH_QUICK=1`: smaller traces and volume, fewer rounds (< 60 s).
 //! `PIPEWRIGHT_BENCH_CACHE_MEMORY=<bytes>`: our memory tier's budget in
 //! `gateway-zipf-*` (default 1 MiB, foyer's; 0 measures ours without the tier).
+//! `PIPEWRIGHT_BENCH_CACHE_DIRECT=0`: ours without direct hits (`gateway-zipf-*` and
+//! `nbd-read-gbps`: every hit through the pipeline, every NBD reply from a buffer).
 
 // The counting global allocator of `memory-bytes-per-chunk` implements `GlobalAlloc`.
 #![allow(unsafe_code)]
@@ -109,6 +115,11 @@ fn scratch() -> PathBuf {
     let d = std::env::temp_dir().join(format!("pipewright-bench-cache-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("scratch directory");
     d
+}
+
+/// `PIPEWRIGHT_BENCH_CACHE_DIRECT`: whether ours serves direct hits (default yes).
+fn direct_hits() -> bool {
+    std::env::var("PIPEWRIGHT_BENCH_CACHE_DIRECT").map_or(true, |v| v != "0")
 }
 
 fn have(tool: &str) -> bool {

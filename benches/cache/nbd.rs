@@ -19,6 +19,22 @@ fn nbdcopy_gbps(uri: &str, bytes: u64) -> f64 {
     bytes as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// CPU seconds (user + system) process `pid` has used so far (Linux), or 0.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -52,6 +68,7 @@ pub(crate) fn nbd_read(filter: Option<&str>) {
     let mut cfg = CacheConfig::with_size(dir.join("cache"), bytes + (8 << 20), 1 << 20);
     cfg.low_watermark = 1;
     cfg.high_watermark = 2;
+    cfg.direct_hits = super::direct_hits();
     let gw = rt
         .block_on(Gateway::start(
             cfg,
@@ -88,17 +105,27 @@ pub(crate) fn nbd_read(filter: Option<&str>) {
     nbdcopy_gbps(&ours_uri, bytes);
     nbdcopy_gbps(&peer_uri, bytes);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    // Server CPU seconds over the timed passes: ours (this process: the gateway) and
+    // nbdkit's; a figure that machine load bends less than the throughput.
+    let (mut ours_cpu, mut peer_cpu) = (0.0, 0.0);
     for _ in 0..rounds {
         if common::only() != Some(common::Side::Peer) {
+            let c = cpu_seconds(std::process::id());
             ours.push(nbdcopy_gbps(&ours_uri, bytes));
+            ours_cpu += cpu_seconds(std::process::id()) - c;
         }
         if common::only() != Some(common::Side::Ours) {
+            let c = cpu_seconds(nbdkit.id());
             theirs.push(nbdcopy_gbps(&peer_uri, bytes));
+            peer_cpu += cpu_seconds(nbdkit.id()) - c;
         }
     }
+    let gib = (rounds as u64 * bytes) as f64 / (1u64 << 30) as f64;
     let stats = gw.cache().stats();
     eprintln!(
-        "{case}: {mib} MiB per pass; ours {ours:.3?} nbdkit {theirs:.3?} GB/s; cache hits {} misses {} (load {})",
+        "{case}: {mib} MiB per pass; ours {ours:.3?} nbdkit {theirs:.3?} GB/s; server CPU s per GiB: ours {:.3} nbdkit {:.3}; cache hits {} misses {} (load {})",
+        ours_cpu / gib,
+        peer_cpu / gib,
         stats.hits,
         stats.misses,
         common::loadavg()

@@ -175,6 +175,7 @@ fn ours_zipf(
     let mut cfg = CacheConfig::new(dir.join("ours.cache"), chunks);
     cfg.chunk_size = BLOCK;
     cfg.eviction_batch = 32;
+    cfg.direct_hits = super::direct_hits();
     // The same memory budget as foyer's memory tier (`PIPEWRIGHT_BENCH_CACHE_MEMORY`:
     // another budget for ours, e.g. 0 to measure without the tier).
     cfg.memory_bytes = std::env::var("PIPEWRIGHT_BENCH_CACHE_MEMORY")
@@ -216,8 +217,8 @@ fn ours_zipf(
     let _ = running.drain();
     let s = cache.stats();
     eprintln!(
-        "ours: {} hits ({} from the memory tier), {} misses",
-        s.hits, s.memory_hits, s.misses
+        "ours: {} hits ({} from the memory tier, {} direct), {} misses",
+        s.hits, s.memory_hits, s.direct_hits, s.misses
     );
     drop(cache);
     (ops, p99, s.hit_ratio())

@@ -56,6 +56,13 @@ pub struct CacheConfig {
     /// read (a slow disk), so eviction and reuse can overtake it (0: never).
     #[doc(hidden)]
     pub stall_reads_every: u32,
+    /// Direct hits (default on): a read inside one resident chunk whose blocks passed
+    /// their checksum under the slot's current write sequence, and whose bytes and
+    /// tags the OS page cache holds, is served in the caller's task of
+    /// [`PathService`](crate::pipeline::PathService) with `preadv2(RWF_NOWAIT)` (which
+    /// never waits for the disk), with the same instance-id and write-sequence check as
+    /// the pipeline's hit stage; anything else goes through the pipeline.
+    pub direct_hits: bool,
 }
 
 impl CacheConfig {
@@ -77,6 +84,7 @@ impl CacheConfig {
             readahead: 0,
             memory_bytes: 0,
             stall_reads_every: 0,
+            direct_hits: true,
         }
     }
 

@@ -186,9 +186,10 @@ fn render_status(
         s.total_chunks, s.free_chunks, s.used_chunks, s.dirty_chunks
     );
     out += &format!(
-        "reads: {} hits ({} from memory), {} misses, hit ratio {:.4}, {} single-flight waits\n",
+        "reads: {} hits ({} from memory, {} direct), {} misses, hit ratio {:.4}, {} single-flight waits\n",
         s.hits,
         s.memory_hits,
+        s.direct_hits,
         s.misses,
         s.hit_ratio(),
         s.single_flight_waits

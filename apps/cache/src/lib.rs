@@ -110,6 +110,31 @@
 //! before reuse, so a copy served is what a disk read would return at that moment;
 //! an outdated copy is dropped. Nothing in the tier is durable.
 //!
+//! **The checksum is checked once per write sequence** of a slot, not on every hit:
+//! a block's CRC is marked verified (see `slot::Verified`) by a read whose whole
+//! check passed, or by the fill that wrote the block and its CRC itself, for the
+//! slot's write sequence at that moment; a later hit under the same sequence checks
+//! the tag's instance id, the slot's instance id and the sequence, and skips the CRC
+//! pass. A hit can still never be stale or torn: the instance-id and sequence checks
+//! are the ones that catch reuse and overlapping writes, and every write moves the
+//! sequence (so its bytes are verified afresh). What the skip gives up: damage that
+//! appears in the cache file under a running cache without a write of ours (a medium
+//! returning other bytes once the page cache dropped them) is caught at the first read
+//! after the next open (nothing is marked then), not at once.
+//!
+//! **Direct hits** ([`CacheConfig::direct_hits`], on by default): a verified range
+//! inside one resident chunk whose bytes and tags the page cache holds is served in the
+//! caller's task, without a trip through the pipeline: read with
+//! `preadv2(RWF_NOWAIT)` (which never waits for the disk) by
+//! [`pipeline::PathService`], or, for an NBD read of 32 KiB or more, written from the
+//! mapped cache file straight into the socket with one non-blocking `writev` (one copy
+//! where a read and a send are two). The same checks run first. A slot is pinned from
+//! before that check until its bytes are in the socket (or copied out, when the socket
+//! took only part), and a retired slot joins the free list only once its pins are gone:
+//! the check sees the new instance id or the retire sees the pin, so the bytes sent are
+//! the checked chunk's. A client write to the same chunk during that `writev` may show
+//! in the reply, as NBD allows for a read and a write in flight together.
+//!
 //! # The write guarantee
 //!
 //! - **Write-back** (default): a write is acknowledged only after (1) the chunk's
@@ -149,6 +174,8 @@
 //!   The gateway runs these stages on two workers ([`pipeline::gateway_plan`]), and
 //!   each NBD connection feeds them through one answer queue
 //!   ([`pipeline::PathService::send_queued`]): one wake-up per burst of answers.
+//!   Direct hits (above) skip the pipeline: `preadv2(RWF_NOWAIT)` in the caller's
+//!   task, or `writev` from the mapped cache file for large NBD reads.
 //! - **blocking pool** (positioned `pread`/`pwrite` on tokio's blocking threads):
 //!   [`Cache::read`]/[`Cache::write`] called directly (tests, [`CacheService`], the
 //!   CLI, `replay --real`), the background flusher and evictor, and the chunks a
@@ -217,5 +244,5 @@ pub use stats::CacheStats;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_api {
-    pub use crate::slot::{check, SlotCell, Verdict};
+    pub use crate::slot::{check, SlotCell, Verdict, Verified};
 }

@@ -267,8 +267,11 @@ impl PathService {
         else {
             return None;
         };
-        let data = self.cache.read_memory(*volume, *offset, *len)?;
-        Some(Ok(PathResponse::Data(ReadBuf::from_vec(data))))
+        if let Some(data) = self.cache.read_memory(*volume, *offset, *len) {
+            return Some(Ok(PathResponse::Data(ReadBuf::from_vec(data))));
+        }
+        let data = self.cache.read_direct(*volume, *offset, *len)?;
+        Some(Ok(PathResponse::Data(data)))
     }
 
     /// Sends `req` with its answer going to `answers` as `(id, reply)` (see

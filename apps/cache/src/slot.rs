@@ -59,6 +59,128 @@ impl SlotCell {
     }
 }
 
+/// Which blocks of a slot passed their checksum under one write sequence of the slot:
+/// a hit of those blocks under the same sequence checks their tags' instance id and
+/// the sequence (all of [`check`] but the CRC) and skips the CRC pass over the bytes.
+///
+/// Why that never serves stale or torn bytes: the instance id and the sequence are
+/// still checked on every read. A block is marked only by a reader whose [`check`]
+/// passed in full (CRC included) under sequence `s`, or by a fill that wrote the
+/// block (and its CRC) itself and saw no other write overlap its own (`s` is the
+/// sequence after it). Every write into the slot moves the sequence, so marks of `s`
+/// say nothing about the bytes after any later write, and a reader that snapshotted
+/// another sequence, or whose read a write overlapped, finds no mark (or a torn
+/// verdict). What the skip gives up is re-detecting damage that appears in the cache
+/// file *under* a running cache without a write of ours (a medium that returns other
+/// bytes than it stored, after the page cache dropped them): that is detected at the
+/// first read after the next open, when nothing is marked.
+///
+/// Marks are a lock-free seqlock: `epoch` is the sequence the bits belong to, or
+/// [`Verified::BUSY`] while one marker changes them (a second marker at the same time
+/// gives up: a mark is an optimisation). Readers see the bits only if `epoch` reads
+/// their sequence before and after.
+#[derive(Debug)]
+pub struct Verified {
+    epoch: AtomicU64,
+    /// Blocks 0..64.
+    first: AtomicU64,
+    /// Blocks from 64 on (empty, no allocation, for chunks of up to 64 blocks).
+    rest: Box<[AtomicU64]>,
+}
+
+impl Verified {
+    /// `epoch` while a marker changes the bits.
+    pub const BUSY: u64 = u64::MAX;
+    /// `epoch` when nothing is marked (write sequences never reach it).
+    const NONE: u64 = u64::MAX - 1;
+
+    /// Nothing marked, for a slot of `blocks` blocks.
+    pub fn new(blocks: u32) -> Self {
+        let words = (blocks as usize).div_ceil(64).max(1);
+        Self {
+            epoch: AtomicU64::new(Self::NONE),
+            first: AtomicU64::new(0),
+            rest: (1..words).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        if i == 0 {
+            &self.first
+        } else {
+            &self.rest[i - 1]
+        }
+    }
+
+    /// The bits of blocks `[first, first+count)` in each word they touch.
+    fn masks(first: u32, count: u32) -> impl Iterator<Item = (usize, u64)> {
+        let (lo, hi) = (first as usize, first as usize + count as usize);
+        (lo / 64..hi.div_ceil(64)).map(move |w| {
+            let a = lo.max(w * 64) - w * 64;
+            let b = hi.min(w * 64 + 64) - w * 64;
+            let mask = if b - a == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (b - a)) - 1) << a
+            };
+            (w, mask)
+        })
+    }
+
+    /// Whether blocks `[first, first+count)` passed their checksum under write
+    /// sequence `seq`.
+    pub fn covers(&self, seq: u64, first: u32, count: u32) -> bool {
+        if count == 0 || self.epoch.load(Ordering::SeqCst) != seq {
+            return false;
+        }
+        let all =
+            Self::masks(first, count).all(|(w, m)| self.word(w).load(Ordering::SeqCst) & m == m);
+        all && self.epoch.load(Ordering::SeqCst) == seq
+    }
+
+    /// Records that blocks `[first, first+count)` passed their checksum under write
+    /// sequence `seq` (marks of another sequence are dropped first). Gives up if
+    /// another marker is at work.
+    pub fn mark(&self, seq: u64, first: u32, count: u32) {
+        let e = self.epoch.load(Ordering::SeqCst);
+        if e == Self::BUSY
+            || self
+                .epoch
+                .compare_exchange(e, Self::BUSY, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        if e != seq {
+            self.first.store(0, Ordering::SeqCst);
+            for w in self.rest.iter() {
+                w.store(0, Ordering::SeqCst);
+            }
+        }
+        for (w, m) in Self::masks(first, count) {
+            self.word(w).fetch_or(m, Ordering::SeqCst);
+        }
+        self.epoch.store(seq, Ordering::SeqCst);
+    }
+
+    /// Drops every mark (damage was put into the slot behind the cache's back: the
+    /// fault-injection hooks).
+    pub fn clear(&self) {
+        loop {
+            let e = self.epoch.load(Ordering::SeqCst);
+            if e != Self::BUSY
+                && self
+                    .epoch
+                    .compare_exchange(e, Self::NONE, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                return;
+            }
+            crate::sync::spin_loop();
+        }
+    }
+}
+
 /// What a reader may do with a block it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

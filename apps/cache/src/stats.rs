@@ -35,6 +35,9 @@ counters! {
     hits,
     /// ... of which from the memory tier (see `CacheConfig::memory_bytes`).
     memory_hits,
+    /// ... of which direct hits, outside the request pipeline (see
+    /// `CacheConfig::direct_hits`).
+    direct_hits,
     /// Reads that found their chunk absent (each fetched or waited for a fetch).
     misses,
     /// Reads that waited for another request's fill of the same chunk.

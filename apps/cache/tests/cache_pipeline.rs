@@ -9,9 +9,17 @@ use pipewright_cache::{BlockRequest, Cache, CacheConfig, FileBackend};
 use pipewright_runtime::Plan;
 use tower::{Service, ServiceExt};
 
+/// With direct hits off, so that every hit goes through the pipeline's hit stages.
 #[test]
 fn pipeline_serves_reads_and_writes() {
-    serve_reads_and_writes(0);
+    serve_reads_and_writes(0, false);
+}
+
+/// With direct hits (`CacheConfig::direct_hits`): verified, page-cached hits served in
+/// the caller's task, while writes and eviction change and reuse their slots.
+#[test]
+fn pipeline_with_direct_hits_serves_only_current_bytes() {
+    serve_reads_and_writes(0, true);
 }
 
 /// The same oracle run with a memory tier (16 blocks): every batch is read twice, so
@@ -19,10 +27,10 @@ fn pipeline_serves_reads_and_writes() {
 /// under them (a copy of a block's earlier bytes would fail the comparison).
 #[test]
 fn pipeline_with_a_memory_tier_serves_only_current_copies() {
-    serve_reads_and_writes(16 * (4096 + 8));
+    serve_reads_and_writes(16 * (4096 + 8), false);
 }
 
-fn serve_reads_and_writes(memory_bytes: u64) {
+fn serve_reads_and_writes(memory_bytes: u64, direct_hits: bool) {
     let passes = if memory_bytes > 0 { 2 } else { 1 };
     let dir = tempfile::tempdir().unwrap();
     let vdir = dir.path().join("volumes");
@@ -39,6 +47,7 @@ fn serve_reads_and_writes(memory_bytes: u64) {
     cfg.low_watermark = 1;
     cfg.high_watermark = 2;
     cfg.memory_bytes = memory_bytes;
+    cfg.direct_hits = direct_hits;
     let cache = rt
         .block_on(Cache::open(cfg, Arc::new(FileBackend::new(&vdir).unwrap())))
         .unwrap();
@@ -147,10 +156,16 @@ fn serve_reads_and_writes(memory_bytes: u64) {
         cache.stats()
     );
     let memory = cache.stats().memory_hits;
+    let direct = cache.stats().direct_hits;
     let reads = 40 * (16 * passes as u64 + 1) + 1;
-    assert_eq!(hit + fill + memory, reads);
+    assert_eq!(hit + fill + memory + direct, reads);
     assert_eq!(write, 40);
     assert!(hit > 0 && fill > 0);
+    if direct_hits {
+        assert!(direct > 0, "no read was a direct hit");
+    } else {
+        assert_eq!(direct, 0);
+    }
     if memory_bytes > 0 {
         assert!(memory > 0, "no read was served from the memory tier");
     } else {

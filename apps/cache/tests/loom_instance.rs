@@ -10,7 +10,7 @@
 
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
-use pipewright_cache::loom_api::{check, SlotCell, Verdict};
+use pipewright_cache::loom_api::{check, SlotCell, Verdict, Verified};
 
 const I1: u64 = 1;
 const I2: u64 = 2;
@@ -61,5 +61,51 @@ fn stale_block_is_never_served() {
         }
         assert_ne!(verdict, Verdict::Corrupt, "a race was mistaken for damage");
         evictor.join().unwrap();
+    });
+}
+
+/// The checksum skip (`Verified`) racing a write and a late mark: a reader that skips
+/// the CRC of a block (a mark covers the write sequence it snapshotted) and whose check
+/// passes has read the bytes that were verified under that sequence, never bytes a
+/// later write put down unverified; and a mark of an old sequence never covers a new
+/// one.
+#[test]
+fn a_checksum_skip_covers_only_its_write_sequence() {
+    /// Bytes verified under sequence 0, and bytes a write puts down (not verified).
+    const OLD: u64 = 0xA;
+    const NEW: u64 = 0xB;
+    loom::model(|| {
+        let cell = Arc::new(SlotCell::new(I1));
+        let verified = Arc::new(Verified::new(1));
+        let data = Arc::new(AtomicU64::new(OLD));
+        verified.mark(0, 0, 1);
+
+        let writer = {
+            let (cell, data) = (cell.clone(), data.clone());
+            loom::thread::spawn(move || {
+                cell.begin_write();
+                data.store(NEW, Ordering::SeqCst);
+                cell.end_write();
+            })
+        };
+        // A reader that verified the old bytes under sequence 0 marks them late.
+        let marker = {
+            let verified = verified.clone();
+            loom::thread::spawn(move || verified.mark(0, 0, 1))
+        };
+
+        let seq = cell.seq();
+        let trusted = verified.covers(seq, 0, 1);
+        let bytes = data.load(Ordering::SeqCst);
+        if trusted && check(I1, I1, true, &cell, seq) == Verdict::Valid {
+            assert_eq!(seq, 0, "a mark of sequence 0 covered another sequence");
+            assert_eq!(bytes, OLD, "served unverified bytes without their CRC");
+        }
+        writer.join().unwrap();
+        marker.join().unwrap();
+        assert!(
+            !verified.covers(cell.seq(), 0, 1),
+            "the write's sequence is not verified"
+        );
     });
 }

@@ -350,11 +350,22 @@ impl Inner {
             eprintln!("pipewright-cache: crash point fill reached, aborting");
             std::process::abort();
         }
-        let written = {
-            let _w = WriteGuard::begin(&self.store.cells[slot as usize]);
-            io.write_blocks(&self.store.file, slot, 0, data, instance, key.addr())
-                .await
+        let cell = &self.store.cells[slot as usize];
+        let (written, during) = {
+            let _w = WriteGuard::begin(cell);
+            let during = cell.seq();
+            let r = io
+                .write_blocks(&self.store.file, slot, 0, data, instance, key.addr())
+                .await;
+            (r, during)
         };
+        // The fill wrote every block and its CRC itself; if no other write overlapped
+        // it, hits under the sequence it ends with need not check the CRCs again.
+        let after = cell.seq();
+        if written.is_ok() && during % 2 == 1 && after == during + 1 {
+            let blocks = (cs / self.cfg.block_size as u64) as u32;
+            self.store.verified[slot as usize].mark(after, 0, blocks);
+        }
         // No fdatasync here: a clean chunk's bytes need not be durable. After a crash
         // that lost some of them, their tags no longer match (instance or CRC) and the
         // chunk is refetched; the next sync of the file (any acknowledged write's)
@@ -380,7 +391,7 @@ impl Inner {
                 Ok(Stored {
                     slot,
                     instance,
-                    seq: self.store.cells[slot as usize].seq(),
+                    seq: after,
                     bytes,
                 })
             }
@@ -433,6 +444,15 @@ impl Inner {
         );
         for (slot, rec) in &records {
             self.store.cells[*slot as usize].set_instance(rec.instance);
+        }
+        // A direct reply that checked a slot's old id before it changed may still be
+        // sending from the slot's bytes: reuse waits for it (one non-blocking `writev`
+        // and at most one copy; see `Cache::send_direct`).
+        if !slots.iter().all(|&s| self.store.unpinned(s)) {
+            metrics::counter!("cache_retire_pin_waits_total").increment(1);
+            while !slots.iter().all(|&s| self.store.unpinned(s)) {
+                tokio::task::yield_now().await;
+            }
         }
         self.lock().free.extend(slots.iter().copied());
         self.free_notify.notify_waiters();

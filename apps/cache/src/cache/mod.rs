@@ -6,6 +6,8 @@
 //! allocation and retirement), [`read`] (validated block reads), [`write`], [`flush`]
 //! (write-back) and [`evict`] (batched eviction).
 
+mod direct;
+pub(crate) use direct::DirectSend;
 mod evict;
 mod fill;
 mod flush;
@@ -126,6 +128,8 @@ struct Inner {
     counters: Counters,
     /// The memory tier, when it has a budget.
     mem: Option<MemTier>,
+    /// Buffers of direct hits ([`Cache::read_direct`]), when they are on.
+    direct: Option<pipewright_runtime::uring::BufferPool>,
     volumes: FxHashMap<u32, Volume>,
     by_name: FxHashMap<String, u32>,
 }

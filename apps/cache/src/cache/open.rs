@@ -117,7 +117,16 @@ impl Inner {
         meta.commit(&records, Some(next_instance), Some(store.nonce), &new_vols)?;
         let slot_locks = (0..n).map(|_| tokio::sync::Mutex::new(())).collect();
         let mem = MemTier::new(cfg.memory_bytes, cfg.block_size, cfg.policy);
+        let direct = if cfg.direct_hits {
+            // Buffers for direct hits, as many as the pipeline's small class (a reply
+            // holds its buffer until the socket took it; past them, heap buffers).
+            let (size, count) = crate::store::pool_classes(cfg.chunk_size)[0];
+            Some(pipewright_runtime::uring::BufferPool::new(count, size)?)
+        } else {
+            None
+        };
         Ok(Inner {
+            direct,
             mem,
             state: Mutex::new(State {
                 index,

@@ -123,8 +123,10 @@ pub(crate) struct Uring {
 
 /// The buffers of the pools for one chunk size: `(size, count)` per data class.
 /// Small buffers of at most 256 KiB (what NBD clients such as nbdcopy ask for at a
-/// time; 128 of them, 32 MiB), and when chunks are larger, a few whole-chunk buffers
-/// (16 MiB of them, 2 to 16).
+/// time; 128 of them, 32 MiB; a reply holds its buffer until the socket took it, and
+/// past the pool a read gets a heap buffer; large NBD reads of verified blocks need
+/// none: they are direct replies from the mapped file), and when chunks are larger, a
+/// few whole-chunk buffers (16 MiB of them, 2 to 16).
 pub(crate) fn pool_classes(chunk_size: u64) -> Vec<(usize, usize)> {
     let small = chunk_size.min(256 << 10) as usize;
     let mut classes = vec![(small, 128)];

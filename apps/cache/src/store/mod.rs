@@ -48,11 +48,13 @@ use std::sync::Arc;
 use pipewright_runtime::uring::PooledBuf;
 
 use crate::error::CacheError;
-use crate::slot::SlotCell;
+use crate::slot::{SlotCell, Verified};
 
 mod block_io;
+mod mapped;
 
 pub(crate) use block_io::{pool_classes, BlockIo, Blocking, Uring};
+pub(crate) use mapped::Mapping;
 
 const MAGIC: &[u8; 8] = b"PWCACHE1";
 const TAG_MAGIC: u32 = 0x5057_4254;
@@ -142,6 +144,13 @@ pub(crate) struct ChunkStore {
     /// The file and where things are in it (what both I/O paths need).
     pub(crate) file: StoreFile,
     pub(crate) cells: Vec<SlotCell>,
+    /// Per slot, the blocks whose checksum passed under its current write sequence
+    /// (a hit of them skips the CRC pass: see [`Verified`]).
+    pub(crate) verified: Vec<Verified>,
+    /// Per slot, direct replies sending from it right now (see [`ChunkStore::pin`]).
+    pins: Vec<std::sync::atomic::AtomicU32>,
+    /// The file mapped read-only for direct replies (`None` if it could not be mapped).
+    pub(crate) map: Option<Mapping>,
     /// Identifies this formatting of the file; the metadata must carry the same.
     pub(crate) nonce: u64,
 }
@@ -210,6 +219,13 @@ impl ChunkStore {
             }
         };
         let cells = (0..geometry.chunks).map(|_| SlotCell::new(0)).collect();
+        let verified = (0..geometry.chunks)
+            .map(|_| Verified::new(geometry.blocks_per_chunk()))
+            .collect();
+        let pins = (0..geometry.chunks)
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect();
+        let map = Mapping::new(&file, geometry.file_size()).ok();
         Ok((
             Self {
                 file: StoreFile {
@@ -217,10 +233,29 @@ impl ChunkStore {
                     geometry,
                 },
                 cells,
+                verified,
+                pins,
+                map,
                 nonce,
             },
             formatted,
         ))
+    }
+
+    /// Pins `slot` for a direct reply sending from its bytes: until the pin is
+    /// dropped, [`ChunkStore::unpinned`] is false and a retired slot is not reused
+    /// (see `Inner::retire`). Pin first, then check the slot's instance id: a retire
+    /// sets the new id first, then waits for the pins (both `SeqCst`), so either the
+    /// reader sees the new id or the retire sees the pin.
+    pub(crate) fn pin(&self, slot: u32) -> SlotPin<'_> {
+        let c = &self.pins[slot as usize];
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SlotPin(c)
+    }
+
+    /// Whether no direct reply is sending from `slot`.
+    pub(crate) fn unpinned(&self, slot: u32) -> bool {
+        self.pins[slot as usize].load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     /// Writes only the first `blocks` blocks' bytes (no tags): the torn fill a crash
@@ -239,6 +274,7 @@ impl ChunkStore {
     /// Zeroes a stored block's tag: the tag a crash leaves when the block's fill was
     /// never synced (for tests of the lost-write path).
     pub(crate) fn lose_tag(&self, slot: u32, block: u32) -> io::Result<()> {
+        self.verified[slot as usize].clear();
         self.file
             .file
             .write_all_at(&[0u8; TAG_SIZE], self.file.tag_pos(slot, block))
@@ -248,6 +284,8 @@ impl ChunkStore {
     pub(crate) fn corrupt_byte(&self, slot: u32, block: u32) -> io::Result<()> {
         let pos = self.file.data_pos(slot, block) + 7;
         let f = &self.file.file;
+        // Damage found by the next read's checksum, as after a restart (see `Verified`).
+        self.verified[slot as usize].clear();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, pos)?;
         b[0] ^= 0x5a;
@@ -264,13 +302,13 @@ pub(crate) struct StoreFile {
 }
 
 impl StoreFile {
-    fn data_pos(&self, slot: u32, block: u32) -> u64 {
+    pub(crate) fn data_pos(&self, slot: u32, block: u32) -> u64 {
         self.geometry.data_off()
             + slot as u64 * self.geometry.chunk_size
             + block as u64 * self.geometry.block_size as u64
     }
 
-    fn tag_pos(&self, slot: u32, block: u32) -> u64 {
+    pub(crate) fn tag_pos(&self, slot: u32, block: u32) -> u64 {
         self.geometry.tag_off()
             + (slot as u64 * self.geometry.blocks_per_chunk() as u64 + block as u64)
                 * TAG_SIZE as u64
@@ -290,6 +328,50 @@ impl StoreFile {
         self.file
             .read_exact_at(&mut raw, self.tag_pos(slot, first))?;
         Ok(decode_tags(&raw))
+    }
+
+    /// Blocks `[first, first+count)` of `slot` and their tags, only if the OS page
+    /// cache holds every byte of them: `preadv2(RWF_NOWAIT)` returns at once instead
+    /// of waiting for the disk, and `None` then (and on any short read or error: the
+    /// caller takes the normal path, which reports errors). Into a buffer of `pool`
+    /// when one is free and large enough, else a heap buffer.
+    pub(crate) fn read_blocks_now(
+        &self,
+        slot: u32,
+        first: u32,
+        count: u32,
+        pool: &pipewright_runtime::uring::BufferPool,
+    ) -> Option<(BlockBuf, Vec<Tag>)> {
+        use rustix::io::{preadv2, ReadWriteFlags};
+        let len = count as usize * self.geometry.block_size as usize;
+        let now = |buf: &mut [u8], pos: u64| {
+            matches!(
+                preadv2(&*self.file, &mut [io::IoSliceMut::new(buf)], pos, ReadWriteFlags::NOWAIT),
+                Ok(n) if n == buf.len()
+            )
+        };
+        let mut raw = vec![0u8; count as usize * TAG_SIZE];
+        if !now(&mut raw, self.tag_pos(slot, first)) {
+            return None;
+        }
+        let pos = self.data_pos(slot, first);
+        let data = match pool.try_take().filter(|_| pool.buffer_size() >= len) {
+            Some(mut buf) => {
+                buf.set_len(len);
+                if !now(&mut buf, pos) {
+                    return None;
+                }
+                BlockBuf::Pooled(buf)
+            }
+            None => {
+                let mut v = vec![0u8; len];
+                if !now(&mut v, pos) {
+                    return None;
+                }
+                BlockBuf::Heap(v)
+            }
+        };
+        Some((data, decode_tags(&raw)))
     }
 
     /// The tags of whole blocks `data` from `first`, written under `instance`.
@@ -322,7 +404,7 @@ impl StoreFile {
     }
 }
 
-fn decode_tags(raw: &[u8]) -> Vec<Tag> {
+pub(crate) fn decode_tags(raw: &[u8]) -> Vec<Tag> {
     raw.chunks_exact(TAG_SIZE).map(Tag::decode).collect()
 }
 
@@ -427,6 +509,15 @@ fn fresh_nonce() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// A slot pinned by a direct reply (see [`ChunkStore::pin`]).
+pub(crate) struct SlotPin<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for SlotPin<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A write into a slot in progress: the slot's write sequence is odd from

@@ -1,0 +1,193 @@
+//! Direct hits: reads served in the caller's thread, without a trip through the
+//! request pipeline, when everything they need is in memory and already verified.
+//!
+//! - [`Cache::read_direct`]: the bytes into a buffer with `preadv2(RWF_NOWAIT)` (the
+//!   request path's `PathService` tries it before the pipeline).
+//! - [`Cache::send_direct`]: an NBD read reply written from the mapped cache file
+//!   straight into the socket, one copy instead of a read into a buffer and a send.
+//!
+//! Both serve only ranges inside one resident chunk whose blocks passed their checksum
+//! under the slot's current write sequence ([`Verified`](crate::slot::Verified)), and
+//! only after every block's tag carries the slot's instance id and
+//! [`check`](crate::slot::check) passed: the pipeline's hit check, so a direct hit is
+//! never stale. Anything else (not resident, not verified, not in the page cache, a
+//! write in progress) takes the normal path, which counts it and reports errors.
+
+use tokio::net::TcpStream;
+
+use crate::slot::{check, Verdict};
+use crate::stats::bump;
+use crate::store::ReadBuf;
+
+use super::{Cache, ChunkKey, Entry, VolumeId};
+
+/// What [`Cache::send_direct`] did.
+pub(crate) enum DirectSend {
+    /// Nothing was sent: serve the request the normal way.
+    NotServed,
+    /// Nothing was sent: the socket is full (wait until it is writable and try again).
+    Full,
+    /// The whole reply went into the socket.
+    Sent,
+    /// The socket took only part of the reply: these are the bytes still to write
+    /// (copied before the slot was unpinned).
+    Rest(Vec<u8>),
+}
+
+/// Where a direct hit's bytes are: `(slot, instance, seq, first block, blocks)`.
+type Found = (u32, u64, u64, u32, u32);
+
+impl Cache {
+    /// The resident, verified slot holding `[offset, offset+len)` of `volume`, for a
+    /// direct hit (and the policy told of the access); `None`: the normal path.
+    fn direct_lookup(&self, volume: VolumeId, offset: u64, len: u64) -> Option<Found> {
+        let inner = &self.inner;
+        let cs = inner.cfg.chunk_size;
+        if len == 0
+            || offset / cs != (offset + len - 1) / cs
+            || inner.cfg.stall_reads_every > 0
+            || inner.is_closed()
+            || inner.check_range(volume.0, offset, len).is_err()
+        {
+            return None;
+        }
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / cs,
+        };
+        let bs = inner.cfg.block_size as u64;
+        let in_chunk = offset % cs;
+        let first = (in_chunk / bs) as u32;
+        let count = ((in_chunk + len - 1) / bs) as u32 - first + 1;
+        let mut st = inner.lock();
+        let Some(Entry::Resident(slot)) = st.index.get(&key) else {
+            return None;
+        };
+        let slot = *slot;
+        let cell = &inner.store.cells[slot as usize];
+        let (instance, seq) = (cell.instance(), cell.seq());
+        if !inner.store.verified[slot as usize].covers(seq, first, count) {
+            return None;
+        }
+        st.policy.lookup(key.policy_key());
+        Some((slot, instance, seq, first, count))
+    }
+
+    /// Whether the tags `raw` of a direct hit carry `instance` and the slot passes the
+    /// check (still on `instance`, no write since `seq`).
+    fn direct_valid(&self, found: Found, tags: &[crate::store::Tag]) -> bool {
+        let (slot, instance, seq, ..) = found;
+        let cell = &self.inner.store.cells[slot as usize];
+        tags.iter()
+            .all(|t| t.magic_ok && check(instance, t.instance, true, cell, seq) == Verdict::Valid)
+    }
+
+    fn count_direct(&self) {
+        bump(&self.inner.counters.hits, "cache_hits_total", 1);
+        bump(
+            &self.inner.counters.direct_hits,
+            "cache_direct_hits_total",
+            1,
+        );
+    }
+
+    /// A direct hit ([`CacheConfig::direct_hits`](crate::CacheConfig::direct_hits)):
+    /// `len` bytes of `volume` from `offset`, read in the calling thread with
+    /// `preadv2(RWF_NOWAIT)` (never waits for the disk) when the range lies inside one
+    /// resident chunk, its blocks passed their checksum under the slot's current write
+    /// sequence and the page cache holds their bytes and tags; served only if the
+    /// pipeline's hit check passes (see the module docs). `None`: take the normal path.
+    pub fn read_direct(&self, volume: VolumeId, offset: u64, len: u64) -> Option<ReadBuf> {
+        let inner = &self.inner;
+        let pool = inner.direct.as_ref()?;
+        let found = self.direct_lookup(volume, offset, len)?;
+        let (slot, instance, seq, first, count) = found;
+        let (buf, tags) = inner.store.file.read_blocks_now(slot, first, count, pool)?;
+        if !self.direct_valid(found, &tags) {
+            return None;
+        }
+        self.count_direct();
+        let cs = inner.cfg.chunk_size;
+        let bs = inner.cfg.block_size as u64;
+        let in_chunk = offset % cs;
+        if let Some(mem) = &inner.mem {
+            if count == 1 && in_chunk % bs == 0 && len == bs {
+                let key = ChunkKey {
+                    volume: volume.0,
+                    chunk: offset / cs,
+                };
+                mem.insert(key.block_key(cs / bs, first), slot, instance, seq, &buf);
+            }
+        }
+        Some(ReadBuf::new(buf, (in_chunk % bs) as usize, len as usize))
+    }
+
+    /// A direct NBD read reply: `head` (the reply header) and `len` bytes of `volume`
+    /// from `offset`, written from the mapped cache file into `sock` with one
+    /// non-blocking `writev`, when [`Cache::read_direct`]'s conditions hold and the
+    /// pages are resident (`mincore`).
+    ///
+    /// The slot is pinned before its check and until the bytes are in the socket (or
+    /// copied out), so a concurrent eviction cannot reuse it meanwhile: the bytes sent
+    /// are the checked chunk's. A write of the same chunk during the `writev` may show
+    /// in the reply, as NBD allows for a read and a write in flight at once (a write
+    /// acknowledged before the read arrived is always seen).
+    pub(crate) fn send_direct(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        len: u64,
+        head: &[u8],
+        sock: &TcpStream,
+    ) -> DirectSend {
+        use std::os::fd::AsRawFd;
+        let inner = &self.inner;
+        let Some(map) = inner.store.map.as_ref().filter(|_| inner.direct.is_some()) else {
+            return DirectSend::NotServed;
+        };
+        let Some(found) = self.direct_lookup(volume, offset, len) else {
+            return DirectSend::NotServed;
+        };
+        let (slot, _, _, first, count) = found;
+        let file = &inner.store.file;
+        let bs = inner.cfg.block_size as u64;
+        let pos = file.data_pos(slot, first) + offset % bs;
+        let len = len as usize;
+        let tag_pos = file.tag_pos(slot, first);
+        let tag_len = count as usize * crate::store::TAG_SIZE;
+        if !map.resident(pos, len) || !map.resident(tag_pos, tag_len) {
+            return DirectSend::NotServed;
+        }
+        let _pin = inner.store.pin(slot);
+        let Some(raw) = map.copy(tag_pos, tag_len) else {
+            return DirectSend::NotServed;
+        };
+        if !self.direct_valid(found, &crate::store::decode_tags(&raw)) {
+            return DirectSend::NotServed;
+        }
+        let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            map.writev(sock.as_raw_fd(), head, pos, len)
+        });
+        let n = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return DirectSend::Full,
+            // A failing socket: nothing went out; the normal path fails the same way.
+            Err(_) => return DirectSend::NotServed,
+        };
+        self.count_direct();
+        if n == head.len() + len {
+            return DirectSend::Sent;
+        }
+        let mut rest = Vec::with_capacity(head.len() + len - n);
+        if n < head.len() {
+            rest.extend_from_slice(&head[n..]);
+        }
+        let done = n.saturating_sub(head.len());
+        // A part of the range `writev` was given, so inside the mapping.
+        let tail = map
+            .copy(pos + done as u64, len - done)
+            .expect("a part of a range inside the mapping");
+        rest.extend_from_slice(&tail);
+        DirectSend::Rest(rest)
+    }
+}
