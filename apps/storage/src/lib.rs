@@ -322,8 +322,9 @@ pub use types::{ClientId, NodeId, PageId, TxnId, Version};
 
 /// A tokio runtime for the node process and clients (`threads` workers, I/O and
 /// timers enabled), for callers that do not otherwise depend on tokio. `threads = 0`
-/// gives a current-thread runtime: every task runs on the thread calling `block_on`
-/// (the node process uses it: one thread fewer to wake).
+/// gives a current-thread runtime: every task runs on the thread calling `block_on`,
+/// and only while it is inside it (the node process uses it, blocked on it for its
+/// whole life: one thread fewer to wake).
 ///
 /// ```
 /// let rt = pipewright_storage::io_runtime(1)?;

@@ -291,7 +291,11 @@ pub struct NodeServer {
 
 impl NodeServer {
     /// Recover from `opts.data` and start serving on `opts.listen`. Must be called
-    /// within a tokio runtime (with I/O and time enabled).
+    /// within a tokio runtime (with I/O and time enabled). The server's connections,
+    /// links and retry timer are tasks on that runtime: on a current-thread runtime
+    /// (as [`io_runtime(0)`](crate::io_runtime) gives) they run only while a caller is
+    /// inside `block_on`, so keep the runtime's thread in `block_on` (as
+    /// `pipewright storage node` does) for as long as the node serves.
     pub async fn start(opts: NodeOptions) -> Result<NodeServer, NodeError> {
         let began = std::time::Instant::now();
         std::fs::create_dir_all(&opts.data).map_err(io("creating the data directory"))?;

@@ -392,7 +392,8 @@ impl Stage for AfterLog {
 /// profile showed as a quarter of the node worker's CPU; without one the node worker
 /// only spins briefly and parks.
 pub(crate) async fn ticker(every: Duration, mut input: Input<Inbound>) {
-    let mut interval = tokio::time::interval(every);
+    // A zero period would panic the interval (and silently end the ticks).
+    let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
