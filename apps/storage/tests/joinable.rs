@@ -1,5 +1,5 @@
-//! `Node::joinable` (kept up to date incrementally, O(1)) against its O(n)
-//! definition over the transactions' statuses, along random schedules: random
+//! `Node::joinable` and `Node::unfinished` (kept up to date incrementally, O(1))
+//! against their O(n) definitions over the transactions' statuses, along random schedules: random
 //! transactions on random chains (with and without acceptors), messages delivered in
 //! random order, lost or duplicated, log records made durable in random-sized steps,
 //! ticks, checkpoints and crashes with recovery from the durable records.
@@ -125,7 +125,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn joinable_matches_its_definition_along_any_schedule(
+    fn joinable_and_unfinished_match_their_definitions_along_any_schedule(
         txns in txns(),
         steps in prop::collection::vec(step(), 0..120),
     ) {
@@ -197,6 +197,10 @@ proptest! {
             }
             for n in 0..NODES as usize {
                 prop_assert_eq!(w.nodes[n].joinable(), w.by_status(n), "node {}", n);
+                let open = w.ids.iter().filter(|&&t| {
+                    !matches!(w.nodes[n].status(t), TxnStatus::Unknown | TxnStatus::Finished(_))
+                }).count();
+                prop_assert_eq!(w.nodes[n].unfinished(), open, "node {}", n);
             }
         }
     }

@@ -89,6 +89,9 @@ pub struct Node {
     /// [`insert_txn`](Node::insert_txn), [`set_phase`](Node::set_phase) and
     /// [`forget`](Node::forget)).
     pub(super) joining: usize,
+    /// How many of `txns` are not finished (see [`Node::unfinished`]), kept up to
+    /// date like `joining`.
+    pub(super) open: usize,
 }
 
 /// A checkpoint on its way to the log, and what its durability changes.
@@ -134,6 +137,7 @@ impl Node {
             checkpointing: None,
             early: BTreeMap::new(),
             joining: 0,
+            open: 0,
         }
     }
 
@@ -284,6 +288,8 @@ impl Node {
         if let Some(t) = self.txns.get_mut(&txn) {
             let was = t.phase.joins();
             self.joining = self.joining + usize::from(phase.joins()) - usize::from(was);
+            let was_open = t.phase.is_open();
+            self.open = self.open + usize::from(phase.is_open()) - usize::from(was_open);
             t.phase = phase;
         }
     }
@@ -292,8 +298,10 @@ impl Node {
     /// [`joinable`](Node::joinable).
     pub(super) fn insert_txn(&mut self, txn: TxnId, t: Txn) {
         self.joining += usize::from(t.phase.joins());
+        self.open += usize::from(t.phase.is_open());
         if let Some(old) = self.txns.insert(txn, t) {
             self.joining -= usize::from(old.phase.joins());
+            self.open -= usize::from(old.phase.is_open());
         }
     }
 
@@ -304,6 +312,12 @@ impl Node {
             self.joining,
             self.txns.values().filter(|t| t.phase.joins()).count(),
             "node {:?}: the joinable count drifted from its definition",
+            self.id
+        );
+        debug_assert_eq!(
+            self.open,
+            self.txns.values().filter(|t| t.phase.is_open()).count(),
+            "node {:?}: the unfinished count drifted from its definition",
             self.id
         );
     }
@@ -339,6 +353,7 @@ impl Node {
         if let Some(t) = self.txns.remove(&txn) {
             debug_assert!(matches!(t.phase, Phase::Finished(_)));
             self.joining -= usize::from(t.phase.joins());
+            self.open -= usize::from(t.phase.is_open());
             let now = self.checkpoints;
             let mark = self.marks.entry(t.client).or_insert((txn, now));
             *mark = (mark.0.max(txn), now);

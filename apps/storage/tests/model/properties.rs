@@ -73,7 +73,7 @@ pub(crate) fn all(model: &ChainModel) -> Vec<Property<ChainModel>> {
             keys.windows(2).all(|w| w[0] != w[1])
         }),
         Property::always(
-            "the O(1) joinable count equals its definition over the statuses",
+            "the O(1) joinable and unfinished counts equal their definitions over the statuses",
             |m: &ChainModel, s: &State| {
                 s.nodes.iter().flatten().all(|node| {
                     let by_status = m
@@ -90,7 +90,17 @@ pub(crate) fn all(model: &ChainModel) -> Vec<Property<ChainModel>> {
                             )
                         })
                         .count();
-                    node.joinable() == by_status
+                    let open = m
+                        .txns
+                        .iter()
+                        .filter(|p| {
+                            !matches!(
+                                node.status(p.txn),
+                                TxnStatus::Unknown | TxnStatus::Finished(_)
+                            )
+                        })
+                        .count();
+                    node.joinable() == by_status && node.unfinished() == open
                 })
             },
         ),
