@@ -155,8 +155,7 @@ impl Node {
             reason: AbortReason::Settled,
             askers: BTreeSet::from([asker]),
         };
-        self.txns
-            .insert(txn, Txn::new(client, Vec::new(), Vec::new(), phase, 0));
+        self.insert_txn(txn, Txn::new(client, Vec::new(), Vec::new(), phase, 0));
     }
 
     /// Answer a recovery `Query` or `Accept` with the outcome when it is known here.
@@ -417,6 +416,8 @@ impl Node {
             // A recovery ballot overtook the decider's proposal: it learns the
             // outcome like any node in doubt (its own ballot proposes commit).
             t.phase = Phase::Prepared { in_doubt: false };
+            // Proposing joins, Prepared does not.
+            self.joining -= 1;
         }
         if t.recovery.as_ref().is_some_and(|r| r.ballot == ballot) {
             t.recovery = None;

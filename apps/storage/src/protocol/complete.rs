@@ -103,6 +103,9 @@ impl Node {
             return;
         };
         let phase = std::mem::replace(&mut t.phase, Phase::Finished(Verdict::Abort));
+        // Finished for the moment (does not join): `set_phase` below counts the next.
+        self.joining -= usize::from(phase.joins());
+        self.open -= usize::from(phase.is_open());
         let client = t.client;
         match phase {
             Phase::Proposing { sent: false, .. } => {

@@ -79,12 +79,11 @@ impl Node {
             reason: AbortReason::Unresolved,
             askers,
         };
-        match self.txns.get_mut(&txn) {
-            Some(t) => t.phase = phase,
-            None => {
-                let t = Txn::new(client, Vec::new(), Vec::new(), phase, 0);
-                self.txns.insert(txn, t);
-            }
+        if self.txns.contains_key(&txn) {
+            self.set_phase(txn, phase);
+        } else {
+            let t = Txn::new(client, Vec::new(), Vec::new(), phase, 0);
+            self.insert_txn(txn, t);
         }
     }
 

@@ -221,6 +221,7 @@ impl Node {
             }
         }
         self.drain(&mut out);
+        self.check_joining();
         out
     }
 }

@@ -84,6 +84,14 @@ pub struct Node {
     /// those older than the previous one (their `Prepare` was lost: the transaction
     /// aborts by the decider's timeout).
     pub(super) early: BTreeMap<TxnId, (BTreeSet<NodeId>, u64)>,
+    /// How many of `txns` are in a phase that [`Phase::joins`] (see
+    /// [`Node::joinable`]), kept up to date by every change of `txns` (through
+    /// [`insert_txn`](Node::insert_txn), [`set_phase`](Node::set_phase) and
+    /// [`forget`](Node::forget)).
+    pub(super) joining: usize,
+    /// How many of `txns` are not finished (see [`Node::unfinished`]), kept up to
+    /// date like `joining`.
+    pub(super) open: usize,
 }
 
 /// A checkpoint on its way to the log, and what its durability changes.
@@ -128,6 +136,8 @@ impl Node {
             mark_horizon: config.mark_horizon,
             checkpointing: None,
             early: BTreeMap::new(),
+            joining: 0,
+            open: 0,
         }
     }
 
@@ -225,6 +235,7 @@ impl Node {
         let mut out = Vec::new();
         self.dispatch(msg, &mut out);
         self.drain(&mut out);
+        self.check_joining();
         out
     }
 
@@ -275,8 +286,40 @@ impl Node {
 
     pub(super) fn set_phase(&mut self, txn: TxnId, phase: Phase) {
         if let Some(t) = self.txns.get_mut(&txn) {
+            let was = t.phase.joins();
+            self.joining = self.joining + usize::from(phase.joins()) - usize::from(was);
+            let was_open = t.phase.is_open();
+            self.open = self.open + usize::from(phase.is_open()) - usize::from(was_open);
             t.phase = phase;
         }
+    }
+
+    /// Remember `t` as `txn` (replacing any earlier state of it), counting it in
+    /// [`joinable`](Node::joinable).
+    pub(super) fn insert_txn(&mut self, txn: TxnId, t: Txn) {
+        self.joining += usize::from(t.phase.joins());
+        self.open += usize::from(t.phase.is_open());
+        if let Some(old) = self.txns.insert(txn, t) {
+            self.joining -= usize::from(old.phase.joins());
+            self.open -= usize::from(old.phase.is_open());
+        }
+    }
+
+    /// Check the incremental count against its definition (debug builds only: it
+    /// walks every remembered transaction).
+    pub(super) fn check_joining(&self) {
+        debug_assert_eq!(
+            self.joining,
+            self.txns.values().filter(|t| t.phase.joins()).count(),
+            "node {:?}: the joinable count drifted from its definition",
+            self.id
+        );
+        debug_assert_eq!(
+            self.open,
+            self.txns.values().filter(|t| t.phase.is_open()).count(),
+            "node {:?}: the unfinished count drifted from its definition",
+            self.id
+        );
     }
 
     /// Every record up to and including `id` is durable: take the steps that waited.
@@ -302,12 +345,15 @@ impl Node {
             }
         }
         self.drain(&mut out);
+        self.check_joining();
         out
     }
 
     pub(super) fn forget(&mut self, txn: TxnId) {
         if let Some(t) = self.txns.remove(&txn) {
             debug_assert!(matches!(t.phase, Phase::Finished(_)));
+            self.joining -= usize::from(t.phase.joins());
+            self.open -= usize::from(t.phase.is_open());
             let now = self.checkpoints;
             let mark = self.marks.entry(t.client).or_insert((txn, now));
             *mark = (mark.0.max(txn), now);

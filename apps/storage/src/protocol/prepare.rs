@@ -131,7 +131,7 @@ impl Node {
         if let Some((from, _)) = self.early.remove(&txn) {
             t.durable_from = from;
         }
-        self.txns.insert(txn, t);
+        self.insert_txn(txn, t);
         if waiting && self.upstream_durable(txn) {
             self.decide(txn, out);
         }

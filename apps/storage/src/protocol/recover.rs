@@ -205,7 +205,7 @@ impl Node {
             let mut t = Txn::new(client, chain, writes, phase, f);
             t.promised = s.promised;
             t.accepted = s.accepted;
-            node.txns.insert(txn, t);
+            node.insert_txn(txn, t);
         }
         for (txn, (client, verdict)) in finished {
             node.txns.entry(txn).or_insert_with(|| {
@@ -214,6 +214,7 @@ impl Node {
                 t
             });
         }
+        node.check_joining();
         Ok((node, out))
     }
 }

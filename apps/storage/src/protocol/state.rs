@@ -98,6 +98,31 @@ pub(super) enum Phase {
     Finished(Verdict),
 }
 
+impl Phase {
+    /// Whether a transaction in this phase may still add a record to this node's log
+    /// without first waiting on another node's log: its own record is on its way to
+    /// the log (preparing, proposing, deciding, refusing, completing), or (the
+    /// decider, waiting) it logs its intent as soon as its predecessor's intent is
+    /// durable. Not: prepared or in doubt (waits for the decision), a decider
+    /// awaiting acknowledgements (logs nothing more), finished.
+    pub(super) fn joins(&self) -> bool {
+        match self {
+            Phase::Preparing
+            | Phase::Waiting
+            | Phase::Proposing { .. }
+            | Phase::Deciding
+            | Phase::Refusing { .. }
+            | Phase::Completing => true,
+            Phase::Prepared { .. } | Phase::AwaitingAcks { .. } | Phase::Finished(_) => false,
+        }
+    }
+
+    /// Not finished (counted by [`Node::unfinished`]).
+    pub(super) fn is_open(&self) -> bool {
+        !matches!(self, Phase::Finished(_))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Txn {
     pub(super) client: ClientId,
@@ -172,12 +197,20 @@ pub(super) struct Recovery {
 impl Node {
     /// Transactions not yet finished here (preparing, prepared or in doubt, deciding,
     /// refusing, completing, or a decider awaiting acknowledgements). Zero once the
-    /// node is quiescent.
+    /// node is quiescent. O(1): the count is kept up to date as the transactions
+    /// change phase (the group-commit log reads it at every burst).
     pub fn unfinished(&self) -> usize {
-        self.txns
-            .values()
-            .filter(|t| !matches!(t.phase, Phase::Finished(_)))
-            .count()
+        self.open
+    }
+
+    /// Transactions that may still add a record to this node's log without first
+    /// waiting on another node's log (see [`TxnStatus`]): `Preparing`, `Replicating`,
+    /// `Deciding`, `Refusing` and `Completing` — not `Prepared` (durable here, waiting
+    /// for the decision), `AwaitingAcks` or `Finished`. The group-commit log lingers
+    /// for at most this many records. O(1): the count is kept up to date as the
+    /// transactions change phase.
+    pub fn joinable(&self) -> usize {
+        self.joining
     }
 
     /// Transactions this node remembers (unfinished ones, and finished ones not yet

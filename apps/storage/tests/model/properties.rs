@@ -2,6 +2,7 @@
 //! unilateral abort, no lost update) and, where asked, liveness.
 
 use pipewright_storage::log::Verdict;
+use pipewright_storage::protocol::TxnStatus;
 use pipewright_storage::TxnId;
 use stateright::Property;
 
@@ -71,6 +72,38 @@ pub(crate) fn all(model: &ChainModel) -> Vec<Property<ChainModel>> {
             let keys: Vec<_> = s.applied.iter().map(|&(n, p, v, _)| (n, p, v)).collect();
             keys.windows(2).all(|w| w[0] != w[1])
         }),
+        Property::always(
+            "the O(1) joinable and unfinished counts equal their definitions over the statuses",
+            |m: &ChainModel, s: &State| {
+                s.nodes.iter().flatten().all(|node| {
+                    let by_status = m
+                        .txns
+                        .iter()
+                        .filter(|p| {
+                            matches!(
+                                node.status(p.txn),
+                                TxnStatus::Preparing
+                                    | TxnStatus::Replicating
+                                    | TxnStatus::Deciding
+                                    | TxnStatus::Refusing
+                                    | TxnStatus::Completing
+                            )
+                        })
+                        .count();
+                    let open = m
+                        .txns
+                        .iter()
+                        .filter(|p| {
+                            !matches!(
+                                node.status(p.txn),
+                                TxnStatus::Unknown | TxnStatus::Finished(_)
+                            )
+                        })
+                        .count();
+                    node.joinable() == by_status && node.unfinished() == open
+                })
+            },
+        ),
         Property::sometimes("a transaction commits", |_, s: &State| {
             s.replies.iter().any(|r| r.1)
         }),
