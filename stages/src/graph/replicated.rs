@@ -57,23 +57,11 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
             );
             Stream::new(b, vec![Endpoint::Node { node: id, port: 0 }])
         } else {
-            let (_, input) = self.feed();
-            let id = b.add_node(
-                &split,
-                Box::new(ReplicaSplitNode::<T, Bare, X>::new(
-                    split.clone(),
-                    control,
-                    replicas.key,
-                    false,
-                )),
-                input,
-                max,
-            );
-            let outs: Vec<Stream<'b, S::Out, X>> = (0..max)
-                .map(|i| {
-                    Stream::<T, X>::new(b, vec![Endpoint::Node { node: id, port: i }])
-                        .then(&crate::replica_name(name, i), make(i))
-                })
+            let outs: Vec<Stream<'b, S::Out, X>> = self
+                .unordered_split(name, control, replicas.key, max)
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| input.then(&crate::replica_name(name, i), make(i)))
                 .collect();
             b.merge(outs)
         }
@@ -138,24 +126,11 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
         }
         let max = replicas.max;
         let control = crate::ReplicaControl::new(name, max, replicas.key.is_some());
-        let split = format!("{name}/split");
-        let (_, input) = self.feed();
-        let id = b.add_node(
-            &split,
-            Box::new(ReplicaSplitNode::<T, Bare, X>::new(
-                split.clone(),
-                control,
-                replicas.key,
-                false,
-            )),
-            input,
-            max,
-        );
-        let outs: Vec<Stream<'b, S::Out, X>> = (0..max)
-            .map(|i| {
-                Stream::<T, X>::new(b, vec![Endpoint::Node { node: id, port: i }])
-                    .then_async(&crate::replica_name(name, i), make(i))
-            })
+        let outs: Vec<Stream<'b, S::Out, X>> = self
+            .unordered_split(name, control, replicas.key, max)
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| input.then_async(&crate::replica_name(name, i), make(i)))
             .collect();
         b.merge(outs)
     }
@@ -170,5 +145,33 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
         make: impl FnMut(usize) -> S,
     ) {
         self.then_async_replicated(name, replicas, make).discard();
+    }
+
+    /// The split of an unordered replicated stage (`name/split`, round robin to the
+    /// replica with the least waiting, or by key) and the input stream of each replica.
+    fn unordered_split(
+        self,
+        name: &str,
+        control: crate::ReplicaControl,
+        key: Option<crate::replica::KeyFn<T>>,
+        max: usize,
+    ) -> Vec<Stream<'b, T, X>> {
+        let b = self.builder;
+        let split = format!("{name}/split");
+        let (_, input) = self.feed();
+        let id = b.add_node(
+            &split,
+            Box::new(ReplicaSplitNode::<T, Bare, X>::new(
+                split.clone(),
+                control,
+                key,
+                false,
+            )),
+            input,
+            max,
+        );
+        (0..max)
+            .map(|port| Stream::new(b, vec![Endpoint::Node { node: id, port }]))
+            .collect()
     }
 }
