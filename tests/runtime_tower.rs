@@ -74,15 +74,21 @@ fn queued_answers_arrive_once_per_request_with_the_callers_ids() {
     running.drain().unwrap();
 }
 
-#[test]
-fn a_queued_request_to_a_closed_pipeline_is_refused_and_never_answered() {
+/// A running pipeline that doubles tagged requests, and a service over it.
+fn doubling_service() -> (pipewright::Running, PipelineService<u64, u64>) {
     let b = PipelineBuilder::new();
     let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
     requests
         .then_tagged("double", stage::map(|x: u64| 2 * x))
         .respond("reply");
     let running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
-    let mut service = PipelineService::new(running.input(&input).unwrap());
+    let service = PipelineService::new(running.input(&input).unwrap());
+    (running, service)
+}
+
+#[test]
+fn a_queued_request_to_a_closed_pipeline_is_refused_and_never_answered() {
+    let (running, mut service) = doubling_service();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,13 +110,7 @@ fn a_queued_request_to_a_closed_pipeline_is_refused_and_never_answered() {
 
 #[test]
 fn a_reader_task_tags_with_a_tagger_while_a_writer_task_owns_the_answers() {
-    let b = PipelineBuilder::new();
-    let (input, requests) = b.input::<Tagged<u64, u64>>("requests");
-    requests
-        .then_tagged("double", stage::map(|x: u64| 2 * x))
-        .respond("reply");
-    let running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
-    let mut service = PipelineService::new(running.input(&input).unwrap());
+    let (running, mut service) = doubling_service();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
