@@ -9,6 +9,9 @@
 //!   [`io_uring()`], [`af_xdp`].
 //! - **[`CountingAlloc`]**: a global allocator that counts allocations and tracks
 //!   blocks of one watched size, for "no allocation per item" and memory-bound tests.
+//! - **[`Partition`]**: a network partition made by the kernel's firewall (nftables):
+//!   every packet from or to some addresses dropped until it heals; [`nftables`]
+//!   checks it can be made here.
 //! - **[`tshark`]**: runs Wireshark's CLI on a capture and returns its fields, the
 //!   independent decoder of the NIC's frames.
 //!
@@ -32,7 +35,9 @@
 
 mod alloc;
 mod need;
+mod partition;
 pub mod tshark;
 
 pub use alloc::CountingAlloc;
 pub use need::{af_xdp, find_tool, io_uring, netns, require, require_that, Tool, IP, PING, TSHARK};
+pub use partition::{nftables, Partition, NFT};

@@ -2,6 +2,7 @@
 //! directory, a concurrent bank workload and the audit.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,10 @@ pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_pipewright");
 pub(crate) struct TestCluster {
     pub(crate) cluster: LocalCluster,
     dir: PathBuf,
+    /// F of the transactions of [`client`](Self::client)s (0: plain two-phase commit).
+    pub(crate) acceptors: u8,
+    /// The timeout of [`client`](Self::client)s.
+    pub(crate) client_timeout: Duration,
 }
 
 impl TestCluster {
@@ -27,6 +32,31 @@ impl TestCluster {
     /// With environment variables for the node processes (checkpoint size, network
     /// faults).
     pub(crate) fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_at(name, &[localhost; 3], extra, env)
+    }
+
+    /// `nodes` nodes, each on a loopback address of its own (`127.X.Y.id`, X and Y
+    /// unique to this cluster of this process), so that a [`Partition`] of one address
+    /// cuts one node off.
+    ///
+    /// [`Partition`]: pipewright_testkit::Partition
+    pub(crate) fn start_on_own_addresses(
+        name: &str,
+        nodes: u8,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        static CLUSTERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let addrs: Vec<SocketAddr> = (1..=nodes)
+            .map(|id| SocketAddr::from(([127, 100 + n % 100, pid as u8, id], 0)))
+            .collect();
+        Self::start_at(name, &addrs, extra, env)
+    }
+
+    fn start_at(name: &str, addrs: &[SocketAddr], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("pw-storage-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -34,13 +64,29 @@ impl TestCluster {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let cluster = LocalCluster::start_with_env(Path::new(EXE), &dir, 3, None, &extra, &env)
+        let cluster = LocalCluster::start_at(Path::new(EXE), &dir, addrs, &extra, &env)
             .unwrap_or_else(|e| panic!("starting the cluster: {e}"));
-        Self { cluster, dir }
+        Self {
+            cluster,
+            dir,
+            acceptors: 0,
+            client_timeout: Duration::from_secs(3),
+        }
     }
 
     pub(crate) fn client(&self) -> StorageClient {
-        StorageClient::with_timeout(self.cluster.peers().clone(), Duration::from_secs(3))
+        let client = StorageClient::with_timeout(self.cluster.peers().clone(), self.client_timeout);
+        client.set_acceptors(self.acceptors);
+        client
+    }
+
+    /// A node's address.
+    pub(crate) fn ip(&self, node: pipewright_storage::NodeId) -> std::net::IpAddr {
+        self.cluster
+            .peers()
+            .addr(node)
+            .expect("a node of the cluster")
+            .ip()
     }
 }
 

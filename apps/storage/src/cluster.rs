@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,8 +45,8 @@ pub struct LocalCluster {
     children: BTreeMap<NodeId, Child>,
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port(ip: IpAddr) -> io::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 impl LocalCluster {
@@ -74,14 +74,37 @@ impl LocalCluster {
         extra: &[String],
         env: &[(String, String)],
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut map = BTreeMap::new();
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut addrs = Vec::new();
         for id in 1..=nodes {
             let port = match base_port {
                 Some(base) => base + id as u16,
-                None => free_port()?,
+                None => free_port(localhost)?,
             };
-            map.insert(NodeId(id), SocketAddr::from(([127, 0, 0, 1], port)));
+            addrs.push(SocketAddr::new(localhost, port));
+        }
+        Self::start_at(exe, dir, &addrs, extra, env)
+    }
+
+    /// Start node `i` (from 1) at `addrs[i - 1]`, a port of 0 meaning a free one; like
+    /// [`start_with_env`](Self::start_with_env) otherwise. Nodes on addresses of their
+    /// own (e.g. `127.77.0.1`, `127.77.0.2`, … on loopback) also send from them, so a
+    /// firewall rule on one address cuts one node off (a network partition).
+    pub fn start_at(
+        exe: &Path,
+        dir: &Path,
+        addrs: &[SocketAddr],
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut map = BTreeMap::new();
+        for (id, addr) in (1..).zip(addrs) {
+            let port = match addr.port() {
+                0 => free_port(addr.ip())?,
+                port => port,
+            };
+            map.insert(NodeId(id), SocketAddr::new(addr.ip(), port));
         }
         let peers = Peers::new(map);
         peers

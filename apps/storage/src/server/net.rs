@@ -2,7 +2,7 @@
 //! link per peer.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use pipewright_runtime::Input;
 use serde::de::DeserializeOwned;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -217,6 +217,14 @@ pub(crate) fn start_links(
     #[cfg(feature = "faults")] faults: Option<NetFaults>,
     #[cfg(feature = "faults")] fx: &Arc<Effects>,
 ) {
+    // Links leave from the node's own address in the peers file, so a node is one
+    // address on the network: what a firewall rule on it (or a partition test) cuts
+    // off is the whole node, its outgoing links included.
+    let source = pending
+        .iter()
+        .find(|link| link.id == me)
+        .map(|link| link.addr.ip())
+        .filter(|ip| !ip.is_unspecified());
     for PendingLink { id, addr, rx } in pending {
         if id == me {
             if let Some(input) = input.try_clone() {
@@ -230,10 +238,10 @@ pub(crate) fn start_links(
                     faults.seed ^ (u64::from(me.0) << 32) ^ u64::from(id.0),
                 );
                 tokio::spawn(inject_faults(rx, tx, faults, rng, fx.clone()));
-                tokio::spawn(link(me, addr, faulty_rx));
+                tokio::spawn(link(me, source, addr, faulty_rx));
                 continue;
             }
-            tokio::spawn(link(me, addr, rx));
+            tokio::spawn(link(me, source, addr, rx));
         }
     }
 }
@@ -287,10 +295,15 @@ async fn loopback(mut rx: mpsc::Receiver<Message>, mut input: Input<Inbound>) {
 /// One connection to `addr`, re-established with backoff; messages queued while it is
 /// down wait in the queue (up to [`LINK_QUEUE`]), messages written to a connection that
 /// then fails are lost (the protocol re-sends what matters).
-async fn link(me: NodeId, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
+async fn link(
+    me: NodeId,
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Message>,
+) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        let stream = match TcpStream::connect(addr).await {
+        let stream = match connect_from(source, addr).await {
             Ok(stream) => stream,
             Err(_) => {
                 tokio::time::sleep(backoff).await;
@@ -329,4 +342,24 @@ async fn link(me: NodeId, addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
             }
         }
     }
+}
+
+/// Connect to `addr` from `source` (any port) when it is given and of the same
+/// family; from wherever the kernel picks if binding to it fails (the peers file may
+/// name an address that is not local, e.g. behind NAT).
+async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = || {
+        if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    };
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        let bound = socket()?;
+        if bound.bind(SocketAddr::new(ip, 0)).is_ok() {
+            return bound.connect(addr).await;
+        }
+    }
+    socket()?.connect(addr).await
 }
