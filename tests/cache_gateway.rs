@@ -217,3 +217,81 @@ fn direct_replies_racing_eviction_carry_the_right_bytes() {
     gw.stop();
     println!("direct replies: {reads} reads of 64 KiB through an 8-chunk cache, all correct");
 }
+
+/// The number before ` checksum failures` in `pipewright cache status`.
+fn checksum_failures(cache_file: &std::path::Path) -> u64 {
+    let out = run(Command::new(cache_common::EXE)
+        .args(["cache", "status", "--cache-file"])
+        .arg(cache_file));
+    let before = out
+        .split(" checksum failures")
+        .next()
+        .expect("a status line");
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no checksum failure count in:\n{out}"))
+}
+
+/// Damage appearing in the cache file under a running gateway (a byte of every stored
+/// block flipped through another file handle, as a failing medium would return them)
+/// after every block was read, verified and served again as direct hits: the next
+/// reads — small ones (`preadv2` direct hits) and large ones (replies from the
+/// mapped file) — return the backend's bytes, the damage counted and refetched.
+#[test]
+fn damage_under_a_running_gateway_is_refetched_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    volumes(dir.path(), &[("disk", MIB)]);
+    let image = std::fs::read(dir.path().join("volumes/disk")).unwrap();
+    let gw = Gateway::start(dir.path(), "2M", &["--chunk-size", "256K"], &[]);
+    let addr = gw.uri("disk")["nbd://".len()..]
+        .trim_end_matches("/disk")
+        .to_string();
+    let mut c = Client::connect(&addr, "disk").unwrap();
+    let read_all = |c: &mut Client, len: usize| {
+        for off in (0..MIB).step_by(len) {
+            let got = c.read(off as u64, len as u32).unwrap();
+            assert!(got == image[off..off + len], "wrong bytes at {off} ({len})");
+        }
+    };
+    // Filled, then hits (verified, direct).
+    for _ in 0..2 {
+        read_all(&mut c, 65536);
+        read_all(&mut c, 4096);
+    }
+    // The chunk data is the file's last `--size` bytes (after the header and tags).
+    let cache_file = dir.path().join("cache");
+    let damaged = {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&cache_file)
+            .unwrap();
+        let data = f.metadata().unwrap().len() - 2 * MIB as u64;
+        let mut n = 0;
+        for block in (data..data + 2 * MIB as u64).step_by(4096) {
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, block + 123).unwrap();
+            f.write_all_at(&[b[0] ^ 0x5a], block + 123).unwrap();
+            n += 1;
+        }
+        n
+    };
+    read_all(&mut c, 4096);
+    read_all(&mut c, 65536);
+    // The status file is rewritten twice a second.
+    let start = std::time::Instant::now();
+    let mut failures = checksum_failures(&cache_file);
+    while failures == 0 && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        failures = checksum_failures(&cache_file);
+    }
+    assert!(failures > 0, "the damage was never detected");
+    gw.stop();
+    println!(
+        "{damaged} blocks damaged under the running gateway: {failures} checksum failures, \
+         every byte served was the backend's"
+    );
+}

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use pipewright_cache::{
     io_runtime, parse_size, status_path, Backend, CacheConfig, FileBackend, Gateway, PolicyKind,
-    RetryPolicy, S3Backend, S3Config, WriteMode,
+    RetryPolicy, S3Backend, S3Config, Verify, WriteMode,
 };
 
 #[derive(Args, Debug)]
@@ -91,6 +91,11 @@ struct GatewayArgs {
     /// their chunk's instance id and write sequence are unchanged.
     #[arg(long, default_value = "0")]
     memory: String,
+    /// How often a hit checks block checksums: every-read (damage in the cache file
+    /// is refetched at once) or once-per-write (faster large hot reads; damage is
+    /// found after the next write of the block or restart).
+    #[arg(long, default_value = "every-read")]
+    verify: Verify,
 }
 
 /// How to reach an `s3://` backend.
@@ -186,6 +191,7 @@ fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
     };
     cfg.flush_deadline = Duration::from_millis(a.flush_deadline_ms);
     cfg.memory_bytes = parse_size(&a.memory)?;
+    cfg.verify = a.verify;
     let rt = io_runtime()?;
     rt.block_on(async move {
         let a = a;

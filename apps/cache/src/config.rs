@@ -17,6 +17,33 @@ pub enum WriteMode {
     WriteThrough,
 }
 
+/// How often a hit checks its blocks' checksums (see the crate docs, "The checksum").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Every hit checks the CRC of every block it serves (the default): damage that
+    /// appears in the cache file under a running cache (a medium returning other bytes
+    /// than it stored) is a miss, counted and refetched, at the first read after it.
+    #[default]
+    EveryRead,
+    /// A block's CRC is checked once per write sequence of its slot: later hits under
+    /// the same sequence check the instance id and the sequence only. Never stale or
+    /// torn either, and cheaper for large hot reads, but damage appearing under a
+    /// running cache is served until the block is written again or the cache reopens.
+    OncePerWrite,
+}
+
+impl std::str::FromStr for Verify {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "every-read" => Ok(Verify::EveryRead),
+            "once-per-write" => Ok(Verify::OncePerWrite),
+            _ => Err(format!("`{s}`: one of every-read, once-per-write")),
+        }
+    }
+}
+
 /// How to build a [`Cache`](crate::Cache).
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -63,6 +90,8 @@ pub struct CacheConfig {
     /// never waits for the disk), with the same instance-id and write-sequence check as
     /// the pipeline's hit stage; anything else goes through the pipeline.
     pub direct_hits: bool,
+    /// How often a hit checks its blocks' checksums (default: every read).
+    pub verify: Verify,
 }
 
 impl CacheConfig {
@@ -85,6 +114,7 @@ impl CacheConfig {
             memory_bytes: 0,
             stall_reads_every: 0,
             direct_hits: true,
+            verify: Verify::EveryRead,
         }
     }
 

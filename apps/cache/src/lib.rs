@@ -110,17 +110,20 @@
 //! before reuse, so a copy served is what a disk read would return at that moment;
 //! an outdated copy is dropped. Nothing in the tier is durable.
 //!
-//! **The checksum is checked once per write sequence** of a slot, not on every hit:
-//! a block's CRC is marked verified (see `slot::Verified`) by a read whose whole
-//! check passed, or by the fill that wrote the block and its CRC itself, for the
-//! slot's write sequence at that moment; a later hit under the same sequence checks
-//! the tag's instance id, the slot's instance id and the sequence, and skips the CRC
-//! pass. A hit can still never be stale or torn: the instance-id and sequence checks
-//! are the ones that catch reuse and overlapping writes, and every write moves the
-//! sequence (so its bytes are verified afresh). What the skip gives up: damage that
-//! appears in the cache file under a running cache without a write of ours (a medium
-//! returning other bytes once the page cache dropped them) is caught at the first read
-//! after the next open (nothing is marked then), not at once.
+//! **The checksum** ([`CacheConfig::verify`]): by default ([`Verify::EveryRead`])
+//! every hit checks the CRC of every block it serves, so damage that appears in the
+//! cache file under a running cache (a medium returning other bytes than it stored,
+//! once the page cache dropped them) is a miss — counted, refetched — at the first
+//! read after it, never data. [`Verify::OncePerWrite`] trades that for speed on large
+//! hot reads: a block's CRC is marked verified (see `slot::Verified`) by a read whose
+//! whole check passed, or by the fill that wrote the block and its CRC itself, for
+//! the slot's write sequence at that moment; a later hit under the same sequence
+//! checks the tag's instance id, the slot's instance id and the sequence, and skips
+//! the CRC pass. A hit can still never be stale or torn (the instance-id and sequence
+//! checks catch reuse and overlapping writes, and every write moves the sequence), but
+//! damage appearing under a running cache is served until the block is written again
+//! or the cache reopens (nothing is marked then). Measured (`cache` bench,
+//! `nbd-read-gbps`): see the README.
 //!
 //! **Direct hits** ([`CacheConfig::direct_hits`], on by default): a verified range
 //! inside one resident chunk whose bytes and tags the page cache holds is served in the
@@ -226,7 +229,7 @@ pub use backend::{
 #[cfg(not(loom))]
 pub use cache::{Cache, VolumeId};
 #[cfg(not(loom))]
-pub use config::{CacheConfig, WriteMode};
+pub use config::{CacheConfig, Verify, WriteMode};
 #[cfg(not(loom))]
 pub use error::CacheError;
 #[cfg(not(loom))]

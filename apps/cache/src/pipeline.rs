@@ -1,13 +1,15 @@
 //! The request path as a pipewright pipeline:
 //!
 //! ```text
-//!  requests ──▶ lookup (router: resident? ) ──hit──▶ hit / hit2 (read cached blocks, verify id + CRC) ─┐
+//!  requests ──▶ lookup (router: resident? ) ──hit──▶ hit#0 / hit#1 (read cached blocks, verify id + CRC) ─┐
 //!                                           ──miss─▶ fill (fetch chunk, store, publish; answer from it) ├─▶ reply
 //!                                           ──other▶ write (write-back / write-through, flush)          ─┘
 //! ```
 //!
-//! Hits alternate between `hit` and `hit2`, so that a plan can serve them on two
-//! workers ([`gateway_plan`]).
+//! `hit` is a replicated async stage (two unordered replicas, `hit#0` and `hit#1`):
+//! each burst of hits goes to the replica with the least waiting, so that a plan can
+//! serve them on two workers ([`gateway_plan`]) and a replica stuck behind slow reads
+//! gets fewer.
 //!
 //! Each branch is an async stage that keeps up to [`IN_FLIGHT`] requests in flight
 //! across bursts: every request runs as its own task on the stage's worker and answers
@@ -37,7 +39,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use pipewright_runtime::{
     AsyncStage, Burst, Failures, InputId, Outbox, Pin, PipelineBuilder, PipelineService, Plan,
-    RequestError, ResponseFuture, Running, Runtime, Tagged, UringBudget,
+    Replicas, RequestError, ResponseFuture, Running, Runtime, Tagged, UringBudget,
 };
 use pipewright_stages::Answers;
 use tokio::task::JoinHandle;
@@ -79,9 +81,10 @@ pub type TaggedRequest = Tagged<BlockRequest, PipelineReply>;
 pub const IN_FLIGHT: usize = 64;
 
 const HIT: usize = 0;
-const HIT2: usize = 1;
-const MISS: usize = 2;
-const OTHER: usize = 3;
+const MISS: usize = 1;
+const OTHER: usize = 2;
+/// Replicas of the `hit` stage.
+const HIT_REPLICAS: usize = 2;
 
 /// The io_uring budget each stage of the request path declares for `cache`: its
 /// requests in flight (two operations each) and fixed-buffer slots for the pools the
@@ -203,8 +206,8 @@ impl AsyncStage for Serve {
     }
 }
 
-/// Adds the cache's request path to `b`; returns its input. Its stages (`hit`,
-/// `hit2`, `fill`, `write`) should get [`uring_budget`] in the plan ([`start`] does that).
+/// Adds the cache's request path to `b`; returns its input. Its stages (`hit` and its
+/// replicas, `fill`, `write`) should get [`uring_budget`] in the plan ([`start`] does that).
 pub fn request_path(
     b: &PipelineBuilder,
     cache: Cache,
@@ -213,28 +216,24 @@ pub fn request_path(
     debug_assert_eq!(io.fixed_buffers(), uring_budget(&cache).fixed_buffers);
     let (input, requests) = b.input::<TaggedRequest>("requests");
     let lookup_cache = cache.clone();
-    // Hits alternate between two stages, so that a plan can serve them on two
-    // workers (a run of large hits, such as a sequential scan, is copied and
-    // checksummed on both).
-    let hits = std::sync::atomic::AtomicUsize::new(0);
-    let [hit, hit2, miss, other] =
-        requests.route::<4, _>("lookup", move |t: &TaggedRequest| match t.value() {
+    let [hit, miss, other] =
+        requests.route::<3, _>("lookup", move |t: &TaggedRequest| match t.value() {
             Ok(BlockRequest::Read {
                 volume,
                 offset,
                 len,
-            }) if lookup_cache.is_resident(*volume, *offset, *len) => {
-                if hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
-                    HIT
-                } else {
-                    HIT2
-                }
-            }
+            }) if lookup_cache.is_resident(*volume, *offset, *len) => HIT,
             Ok(BlockRequest::Read { .. }) => MISS,
             _ => OTHER,
         });
-    hit.sink_async("hit", Serve::new(cache.clone(), io.clone()));
-    hit2.sink_async("hit2", Serve::new(cache.clone(), io.clone()));
+    // Hits on two replicas, so that a plan can serve them on two workers (a run of
+    // large hits, such as a sequential scan, is copied and checksummed on both).
+    // Unordered: every request answers its own ticket.
+    let hit_cache = cache.clone();
+    let hit_io = io.clone();
+    hit.sink_async_replicated("hit", Replicas::new(HIT_REPLICAS).unordered(), move |_| {
+        Serve::new(hit_cache.clone(), hit_io.clone())
+    });
     miss.sink_async("fill", Serve::new(cache.clone(), io.clone()));
     other.sink_async("write", Serve::new(cache, io));
     Ok(input)
@@ -317,15 +316,15 @@ impl tower_service::Service<BlockRequest> for PathService {
 }
 
 /// The gateway's plan for the request path: two unpinned workers, one for the lookup,
-/// half the hits and the writes, one for the other half of the hits and the fills, so
-/// that the request path uses two cores (a scan's hits are copied and checksummed on
-/// both) and half the hits never wait behind a miss's backend read and chunk write
-/// on the same thread. Unpinned, because the gateway shares its machine with its clients
+/// the first `hit` replica and the writes, one for the second replica and the fills,
+/// so that the request path uses two cores (a scan's hits are copied and checksummed
+/// on both) and hits can go around a worker busy with a miss's backend read and chunk
+/// write (the replicas take bursts by how much each has waiting). Unpinned, because the gateway shares its machine with its clients
 /// (and the tokio threads feeding the pipeline): the scheduler places them.
 pub fn gateway_plan() -> Plan {
     Plan::explicit()
         .worker(["lookup", "hit", "write"], Pin::Float)
-        .worker(["hit2", "fill"], Pin::Float)
+        .worker(["hit", "fill"], Pin::Float)
 }
 
 /// Starts the request path on the pipewright runtime with `plan` (plus the stages'
@@ -335,7 +334,6 @@ pub fn start(cache: Cache, plan: Plan) -> Result<(Running, PathService), CacheEr
     let budget = uring_budget(&cache);
     let plan = plan
         .uring("hit", budget)
-        .uring("hit2", budget)
         .uring("fill", budget)
         .uring("write", budget);
     let b = PipelineBuilder::new();

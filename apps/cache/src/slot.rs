@@ -162,23 +162,6 @@ impl Verified {
         }
         self.epoch.store(seq, Ordering::SeqCst);
     }
-
-    /// Drops every mark (damage was put into the slot behind the cache's back: the
-    /// fault-injection hooks).
-    pub fn clear(&self) {
-        loop {
-            let e = self.epoch.load(Ordering::SeqCst);
-            if e != Self::BUSY
-                && self
-                    .epoch
-                    .compare_exchange(e, Self::NONE, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-            {
-                return;
-            }
-            crate::sync::spin_loop();
-        }
-    }
 }
 
 /// What a reader may do with a block it read.

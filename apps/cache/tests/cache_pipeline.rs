@@ -143,14 +143,11 @@ fn serve_reads_and_writes(memory_bytes: u64, direct_hits: bool) {
     let processed = |name: &str| {
         snap.stages
             .iter()
-            .find(|s| s.name == name)
-            .map_or(0, |s| s.items_in)
+            .filter(|s| s.name == name || s.name.starts_with(&format!("{name}#")))
+            .map(|s| s.items_in)
+            .sum::<u64>()
     };
-    let (hit, fill, write) = (
-        processed("hit") + processed("hit2"),
-        processed("fill"),
-        processed("write"),
-    );
+    let (hit, fill, write) = (processed("hit"), processed("fill"), processed("write"));
     println!(
         "pipeline: lookup routed {hit} hits, {fill} misses, {write} writes; cache {:?}",
         cache.stats()

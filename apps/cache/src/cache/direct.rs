@@ -10,14 +10,19 @@
 //! under the slot's current write sequence ([`Verified`](crate::slot::Verified)), and
 //! only after every block's tag carries the slot's instance id and
 //! [`check`](crate::slot::check) passed: the pipeline's hit check, so a direct hit is
-//! never stale. Anything else (not resident, not verified, not in the page cache, a
-//! write in progress) takes the normal path, which counts it and reports errors.
+//! never stale. With [`Verify::EveryRead`] (the default) each block's CRC is checked
+//! again, over the bytes served (`read_direct`) or over a block-sized copy of the
+//! mapped bytes just before they are sent (`send_direct`). Anything else (not
+//! resident, not verified, not in the page cache, a write in progress, a checksum
+//! that fails) takes the normal path, which counts it, reports errors and refetches
+//! damaged blocks.
 
 use tokio::net::TcpStream;
 
+use crate::config::Verify;
 use crate::slot::{check, Verdict};
 use crate::stats::bump;
-use crate::store::ReadBuf;
+use crate::store::{ReadBuf, Tag};
 
 use super::{Cache, ChunkKey, Entry, VolumeId};
 
@@ -82,6 +87,48 @@ impl Cache {
             .all(|t| t.magic_ok && check(instance, t.instance, true, cell, seq) == Verdict::Valid)
     }
 
+    /// Whether blocks `first..` of chunk `key` (their bytes `data`, whole blocks)
+    /// match their tags' CRCs; always with [`Verify::OncePerWrite`], whose marks
+    /// stand for that check.
+    fn checksums_pass(&self, key: ChunkKey, first: u32, data: &[u8], tags: &[Tag]) -> bool {
+        if self.inner.cfg.verify == Verify::OncePerWrite {
+            return true;
+        }
+        let bs = self.inner.cfg.block_size as usize;
+        tags.iter()
+            .zip(data.chunks_exact(bs))
+            .zip(first..)
+            .all(|((tag, block), b)| tag.matches(key.addr(), b, block))
+    }
+
+    /// [`checksums_pass`](Self::checksums_pass) over the mapped cache file, one block
+    /// copied out at a time (the mapping is never borrowed: its bytes change under it).
+    fn mapped_checksums_pass(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        found: Found,
+        tags: &[Tag],
+    ) -> bool {
+        let inner = &self.inner;
+        if inner.cfg.verify == Verify::OncePerWrite {
+            return true;
+        }
+        let Some(map) = inner.store.map.as_ref() else {
+            return false;
+        };
+        let (slot, _, _, first, _) = found;
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / inner.cfg.chunk_size,
+        };
+        let mut block = vec![0u8; inner.cfg.block_size as usize];
+        tags.iter().zip(first..).all(|(tag, b)| {
+            map.copy_into(inner.store.file.data_pos(slot, b), &mut block)
+                && tag.matches(key.addr(), b, &block)
+        })
+    }
+
     fn count_direct(&self) {
         bump(&self.inner.counters.hits, "cache_hits_total", 1);
         bump(
@@ -103,19 +150,19 @@ impl Cache {
         let found = self.direct_lookup(volume, offset, len)?;
         let (slot, instance, seq, first, count) = found;
         let (buf, tags) = inner.store.file.read_blocks_now(slot, first, count, pool)?;
-        if !self.direct_valid(found, &tags) {
+        let cs = inner.cfg.chunk_size;
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / cs,
+        };
+        if !self.direct_valid(found, &tags) || !self.checksums_pass(key, first, &buf, &tags) {
             return None;
         }
         self.count_direct();
-        let cs = inner.cfg.chunk_size;
         let bs = inner.cfg.block_size as u64;
         let in_chunk = offset % cs;
         if let Some(mem) = &inner.mem {
             if count == 1 && in_chunk % bs == 0 && len == bs {
-                let key = ChunkKey {
-                    volume: volume.0,
-                    chunk: offset / cs,
-                };
                 mem.insert(key.block_key(cs / bs, first), slot, instance, seq, &buf);
             }
         }
@@ -162,7 +209,10 @@ impl Cache {
         let Some(raw) = map.copy(tag_pos, tag_len) else {
             return DirectSend::NotServed;
         };
-        if !self.direct_valid(found, &crate::store::decode_tags(&raw)) {
+        let tags = crate::store::decode_tags(&raw);
+        if !self.direct_valid(found, &tags)
+            || !self.mapped_checksums_pass(volume, offset, found, &tags)
+        {
             return DirectSend::NotServed;
         }
         let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {

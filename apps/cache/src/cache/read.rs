@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Verify;
 use crate::error::CacheError;
 use crate::slot::{check, Verdict};
 use crate::stats::bump;
@@ -73,9 +74,10 @@ impl Inner {
         let bs = self.cfg.block_size as usize;
         let cell = &self.store.cells[slot as usize];
         let verified = &self.store.verified[slot as usize];
-        // Blocks whose checksum passed under this write sequence: their tags'
-        // instance ids and the sequence are checked below, the CRC pass is skipped.
-        let trusted = verified.covers(seq, first, count);
+        // With `Verify::OncePerWrite`, blocks whose checksum passed under this write
+        // sequence: their tags' instance ids and the sequence are checked below, the
+        // CRC pass is skipped.
+        let trusted = self.cfg.verify == Verify::OncePerWrite && verified.covers(seq, first, count);
         let mut worst = None;
         for (i, tag) in tags.iter().enumerate() {
             let b = first + i as u32;

@@ -274,7 +274,6 @@ impl ChunkStore {
     /// Zeroes a stored block's tag: the tag a crash leaves when the block's fill was
     /// never synced (for tests of the lost-write path).
     pub(crate) fn lose_tag(&self, slot: u32, block: u32) -> io::Result<()> {
-        self.verified[slot as usize].clear();
         self.file
             .file
             .write_all_at(&[0u8; TAG_SIZE], self.file.tag_pos(slot, block))
@@ -284,8 +283,8 @@ impl ChunkStore {
     pub(crate) fn corrupt_byte(&self, slot: u32, block: u32) -> io::Result<()> {
         let pos = self.file.data_pos(slot, block) + 7;
         let f = &self.file.file;
-        // Damage found by the next read's checksum, as after a restart (see `Verified`).
-        self.verified[slot as usize].clear();
+        // Under the running cache, its marks untouched, as a failing medium would:
+        // found by the next read's checksum (`Verify::EveryRead`).
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, pos)?;
         b[0] ^= 0x5a;
