@@ -50,6 +50,8 @@
 //! `gateway-zipf-*` (default 1 MiB, foyer's; 0 measures ours without the tier).
 //! `PIPEWRIGHT_BENCH_CACHE_DIRECT=0`: ours without direct hits (`gateway-zipf-*` and
 //! `nbd-read-gbps`: every hit through the pipeline, every NBD reply from a buffer).
+//! `PIPEWRIGHT_BENCH_CACHE_VERIFY=once-per-write`: ours checks a block's CRC once per
+//! write of its slot instead of on every hit (`Verify::OncePerWrite`).
 
 // The counting global allocator of `memory-bytes-per-chunk` implements `GlobalAlloc`.
 #![allow(unsafe_code)]
@@ -120,6 +122,15 @@ fn scratch() -> PathBuf {
 /// `PIPEWRIGHT_BENCH_CACHE_DIRECT`: whether ours serves direct hits (default yes).
 fn direct_hits() -> bool {
     std::env::var("PIPEWRIGHT_BENCH_CACHE_DIRECT").map_or(true, |v| v != "0")
+}
+
+/// `PIPEWRIGHT_BENCH_CACHE_VERIFY`: how often ours checks hits' CRCs (`every-read`, the
+/// default, or `once-per-write`).
+fn verify() -> pipewright::cache::Verify {
+    std::env::var("PIPEWRIGHT_BENCH_CACHE_VERIFY").map_or(Default::default(), |v| {
+        v.parse()
+            .unwrap_or_else(|e| panic!("PIPEWRIGHT_BENCH_CACHE_VERIFY: {e}"))
+    })
 }
 
 fn have(tool: &str) -> bool {

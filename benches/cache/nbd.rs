@@ -69,6 +69,7 @@ pub(crate) fn nbd_read(filter: Option<&str>) {
     cfg.low_watermark = 1;
     cfg.high_watermark = 2;
     cfg.direct_hits = super::direct_hits();
+    cfg.verify = super::verify();
     let gw = rt
         .block_on(Gateway::start(
             cfg,

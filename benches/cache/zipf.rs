@@ -176,6 +176,7 @@ fn ours_zipf(
     cfg.chunk_size = BLOCK;
     cfg.eviction_batch = 32;
     cfg.direct_hits = super::direct_hits();
+    cfg.verify = super::verify();
     // The same memory budget as foyer's memory tier (`PIPEWRIGHT_BENCH_CACHE_MEMORY`:
     // another budget for ours, e.g. 0 to measure without the tier).
     cfg.memory_bytes = std::env::var("PIPEWRIGHT_BENCH_CACHE_MEMORY")

@@ -81,7 +81,7 @@ impl ChunkRecord {
         for w in &self.dirty {
             b.extend_from_slice(&w.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&b);
+        let crc = crc_fast::crc32_iscsi(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
     }
@@ -91,7 +91,7 @@ impl ChunkRecord {
             return None;
         }
         let (body, crc) = b.split_at(b.len() - 4);
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+        if crc_fast::crc32_iscsi(body) != u32::from_le_bytes(crc.try_into().ok()?) {
             return None;
         }
         let state = match body[0] {

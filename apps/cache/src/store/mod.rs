@@ -113,7 +113,10 @@ pub(crate) fn block_crc(instance: u64, addr: BlockAddr, block: u32, data: &[u8])
     head[8..12].copy_from_slice(&addr.volume.to_le_bytes());
     head[12..20].copy_from_slice(&addr.chunk.to_le_bytes());
     head[20..24].copy_from_slice(&block.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&head), data)
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    crc.update(&head);
+    crc.update(data);
+    crc.finalize() as u32
 }
 
 impl Tag {
@@ -171,7 +174,7 @@ impl ChunkStore {
         let nonce =
             if len >= 64 && file.read_exact_at(&mut header, 0).is_ok() && &header[..8] == MAGIC {
                 let crc = u32::from_le_bytes(header[40..44].try_into().expect("4"));
-                if crc32c::crc32c(&header[..40]) != crc {
+                if crc_fast::crc32_iscsi(&header[..40]) != crc {
                     None
                 } else {
                     let found = Geometry {
@@ -211,7 +214,7 @@ impl ChunkStore {
                 h[16..24].copy_from_slice(&geometry.chunk_size.to_le_bytes());
                 h[24..28].copy_from_slice(&geometry.chunks.to_le_bytes());
                 h[32..40].copy_from_slice(&nonce.to_le_bytes());
-                let crc = crc32c::crc32c(&h[..40]);
+                let crc = crc_fast::crc32_iscsi(&h[..40]);
                 h[40..44].copy_from_slice(&crc.to_le_bytes());
                 file.write_all_at(&h, 0)?;
                 file.sync_all()?;
@@ -534,5 +537,29 @@ impl<'a> WriteGuard<'a> {
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         self.0.end_write();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tags written by earlier builds stay valid: the block CRC is CRC-32C of the
+    /// 24-byte head (instance, volume, chunk, block) followed by the block's bytes.
+    #[test]
+    fn block_crc_is_crc32c_of_head_then_data() {
+        assert_eq!(crc_fast::crc32_iscsi(b"123456789"), 0xe306_9283);
+        let addr = BlockAddr {
+            volume: 3,
+            chunk: 0x1122_3344_5566,
+        };
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 31 + 7) as u8).collect();
+        let mut whole = Vec::new();
+        whole.extend_from_slice(&9u64.to_le_bytes());
+        whole.extend_from_slice(&3u32.to_le_bytes());
+        whole.extend_from_slice(&0x1122_3344_5566u64.to_le_bytes());
+        whole.extend_from_slice(&5u32.to_le_bytes());
+        whole.extend_from_slice(&data);
+        assert_eq!(block_crc(9, addr, 5, &data), crc_fast::crc32_iscsi(&whole));
     }
 }
