@@ -303,7 +303,7 @@ async fn link(
 ) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        let stream = match connect_from(source, addr).await {
+        let stream = match connect_link(source, addr).await {
             Ok(stream) => stream,
             Err(_) => {
                 tokio::time::sleep(backoff).await;
@@ -342,6 +342,38 @@ async fn link(
             }
         }
     }
+}
+
+/// How long a peer link may go without its peer acknowledging what was sent (or
+/// answering keepalive probes while idle) before it is dropped and re-established. A
+/// peer host that vanished without a reset (power loss, a partition) would otherwise
+/// hold the link through TCP's retransmissions (backing off to two minutes apart,
+/// giving up after ~15 minutes), and the node would not reach the peer, or its next
+/// incarnation, until one of them got through.
+const LINK_STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Connect to `addr` as [`connect_from`] does, giving up after [`LINK_STALL_LIMIT`]
+/// (a SYN into a partition would otherwise wait for minutes of retries, long after
+/// it healed), and bound how long the link may stall ([`bound_stalls`]).
+async fn connect_link(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(LINK_STALL_LIMIT, connect_from(source, addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    bound_stalls(&stream);
+    Ok(stream)
+}
+
+/// `TCP_USER_TIMEOUT` (unacknowledged data) and keepalive probes (idle links), both
+/// at about [`LINK_STALL_LIMIT`]: a dead link then fails its next write or read. Best
+/// effort: a link without them still works, as before.
+fn bound_stalls(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let limit_ms = LINK_STALL_LIMIT.as_millis() as u32;
+    let _ = setsockopt(stream, sockopt::TcpUserTimeout, &limit_ms);
+    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &2);
+    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &1);
+    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
 
 /// Connect to `addr` from `source` (any port) when it is given and of the same
