@@ -176,6 +176,9 @@ enum Reading {
 /// Reads in flight at once without a pool.
 const OWNED_IN_FLIGHT: usize = 32;
 
+/// Bytes of page-cache reads one activation emits before letting its consumer run.
+const CACHED_BYTES_PER_ACTIVATION: usize = 256 << 10;
+
 impl FileReader {
     /// Why `r` cannot be read into `pool`'s buffers, if it cannot.
     fn misfit(&self, pool: &BufferPool, r: ReadRange) -> Option<io::Error> {
@@ -303,7 +306,20 @@ impl AsyncStage for FileReader {
         failures: &mut Failures<'_, io::Error>,
     ) {
         let pool = self.pool.clone();
+        let mut cached_bytes = 0;
         while let Some(&r) = burst.peek() {
+            // Reads the page cache served at once are handed downstream after a few
+            // buffers' worth, while their bytes are still in the CPU's cache (and the
+            // consumer gives the buffers back for the next ones), unless reads from the
+            // device are in flight too (those want the queue kept full).
+            if cached_bytes >= CACHED_BYTES_PER_ACTIVATION
+                && self
+                    .in_flight
+                    .iter()
+                    .all(|r| matches!(r, Reading::Cached(..)))
+            {
+                break;
+            }
             let buf = match &pool {
                 None => {
                     if self.in_flight.len() >= OWNED_IN_FLIGHT {
@@ -335,6 +351,8 @@ impl AsyncStage for FileReader {
             burst.pop();
             if let Err(e) = self.submit(r, buf) {
                 failures.push(e);
+            } else if matches!(self.in_flight.back(), Some(Reading::Cached(..))) {
+                cached_bytes += r.len;
             }
         }
         self.settle_completed(out, failures).await;
