@@ -21,7 +21,10 @@
 //! burst would be tiny while more transactions are open on the node, it waits up to
 //! `NodeOptions::linger` (and at most half its recent sync time) for the pending
 //! records to catch up with the open transactions, then writes and syncs them all
-//! (no linger without concurrent transactions, so a lone transaction pays nothing).
+//! (no linger without concurrent transactions, so a lone transaction pays nothing; and
+//! none unless records arrive at least twice as often as the linger is long, so on a
+//! device with fast syncs, where waiting only delays the chain, batches fill by
+//! themselves during each sync).
 //!
 //! (What the framework lacked: an async stage cannot pull more items from its input
 //! ring during an activation, so lingering inside `process_burst` would only delay
