@@ -126,6 +126,27 @@ fn verdict_of(
     None
 }
 
+/// Asks `nodes` to resolve, then checks that each settles `txn` as committed (`why`
+/// completes the failure message after "node N").
+fn settle_commit(
+    rt: &tokio::runtime::Runtime,
+    client: &StorageClient,
+    nodes: std::ops::RangeInclusive<u32>,
+    txn: TxnId,
+    why: &str,
+) {
+    for n in nodes.clone() {
+        resolve(rt, client, NodeId(n));
+    }
+    for n in nodes {
+        assert_eq!(
+            verdict_of(rt, client, NodeId(n), txn),
+            Some(Verdict::Commit),
+            "node {n} {why}"
+        );
+    }
+}
+
 /// A transaction over the five nodes of `cluster` writing `page` (byte `n` on node
 /// `n`), committed by a decider (node 5) that crashes right after its commit decision:
 /// the client never hears the outcome. Returns the transaction's id.
@@ -175,15 +196,14 @@ fn a_minority_of_the_decision_quorum_lost_settles_without_it() {
     let client = cluster.client();
     let txn = commit_then_lose_decider(&rt, &mut cluster, &client, 7);
     cluster.cluster.kill(NodeId(4)).unwrap();
+    settle_commit(
+        &rt,
+        &client,
+        1..=3,
+        txn,
+        "settles what the decider decided, with acceptors 2 and 3",
+    );
     for n in 1..=3 {
-        resolve(&rt, &client, NodeId(n));
-    }
-    for n in 1..=3 {
-        assert_eq!(
-            verdict_of(&rt, &client, NodeId(n), txn),
-            Some(Verdict::Commit),
-            "node {n} settles what the decider decided, with acceptors 2 and 3"
-        );
         let page = rt.block_on(client.read(NodeId(n), PageId(7))).unwrap();
         assert_eq!(page.data, vec![n as u8], "node {n} applied the commit");
     }
@@ -198,12 +218,9 @@ fn a_minority_of_the_decision_quorum_lost_settles_without_it() {
     // The lost nodes return and learn commit.
     for n in [4, 5] {
         cluster.cluster.restart(NodeId(n)).unwrap();
-        resolve(&rt, &client, NodeId(n));
-        assert_eq!(
-            verdict_of(&rt, &client, NodeId(n), txn),
-            Some(Verdict::Commit),
-            "node {n} learns commit after its restart"
-        );
+    }
+    settle_commit(&rt, &client, 4..=5, txn, "learns commit after its restart");
+    for n in [4, 5] {
         let page = rt.block_on(client.read(NodeId(n), PageId(7))).unwrap();
         assert_eq!(page.data, vec![n as u8], "node {n} applied the commit");
     }
@@ -232,16 +249,13 @@ fn a_minority_of_the_decision_quorum_lost_settles_without_it() {
     for n in [3, 4] {
         cluster.cluster.restart(NodeId(n)).unwrap();
     }
-    for n in 1..=4 {
-        resolve(&rt, &client, NodeId(n));
-    }
-    for n in 1..=4 {
-        assert_eq!(
-            verdict_of(&rt, &client, NodeId(n), txn),
-            Some(Verdict::Commit),
-            "node {n} settles commit once a majority of the acceptors is back"
-        );
-    }
+    settle_commit(
+        &rt,
+        &client,
+        1..=4,
+        txn,
+        "settles commit once a majority of the acceptors is back",
+    );
     println!(
         "majority lost (decider, acceptors 3 and 4): nodes 1 and 2 waited, then committed {txn:?}"
     );
