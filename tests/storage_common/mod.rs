@@ -36,9 +36,10 @@ impl TestCluster {
         Self::start_at(name, &[localhost; 3], extra, env)
     }
 
-    /// `nodes` nodes, each on a loopback address of its own (`127.X.Y.id`, X and Y
-    /// unique to this cluster of this process), so that a [`Partition`] of one address
-    /// cuts one node off.
+    /// `nodes` nodes (at most 7), each on a loopback address of its own,
+    /// `127.(16 + 8n + id).(pid / 256 % 256).(pid % 256)` for this process's `n`-th
+    /// such cluster, so that a [`Partition`] of one address cuts one node off and no
+    /// other test process (pid differing in its low 16 bits) shares it.
     ///
     /// [`Partition`]: pipewright_testkit::Partition
     pub(crate) fn start_on_own_addresses(
@@ -48,10 +49,14 @@ impl TestCluster {
         env: &[(&str, &str)],
     ) -> Self {
         static CLUSTERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        assert!(nodes <= 7, "at most 7 nodes on own addresses");
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed) % 25;
         let pid = std::process::id();
         let addrs: Vec<SocketAddr> = (1..=nodes)
-            .map(|id| SocketAddr::from(([127, 100 + n % 100, pid as u8, id], 0)))
+            .map(|id| {
+                let ip = [127, 16 + 8 * n + id, (pid >> 8) as u8, pid as u8];
+                SocketAddr::from((ip, 0))
+            })
             .collect();
         Self::start_at(name, &addrs, extra, env)
     }

@@ -39,6 +39,9 @@ pub(crate) enum DirectSend {
     Rest(Vec<u8>),
 }
 
+/// The most bytes [`Cache::send_direct`] reads at once to check their CRCs.
+const SCRATCH_BYTES: usize = 64 << 10;
+
 /// Where a direct hit's bytes are: `(slot, instance, seq, first block, blocks)`.
 type Found = (u32, u64, u64, u32, u32);
 
@@ -101,8 +104,11 @@ impl Cache {
             .all(|((tag, block), b)| tag.matches(key.addr(), b, block))
     }
 
-    /// [`checksums_pass`](Self::checksums_pass) over the mapped cache file, one block
-    /// copied out at a time (the mapping is never borrowed: its bytes change under it).
+    /// [`checksums_pass`](Self::checksums_pass) over the bytes a direct reply will
+    /// send from the mapped file, read (`preadv2(RWF_NOWAIT)`) up to 64 KiB at a time
+    /// into a scratch buffer: the mapping is never borrowed (its bytes change under
+    /// it), and a failing medium is a read error (a normal-path miss), not a SIGBUS.
+    /// False if a byte is not in the page cache.
     fn mapped_checksums_pass(
         &self,
         volume: VolumeId,
@@ -114,18 +120,24 @@ impl Cache {
         if inner.cfg.verify == Verify::OncePerWrite {
             return true;
         }
-        let Some(map) = inner.store.map.as_ref() else {
-            return false;
-        };
         let (slot, _, _, first, _) = found;
         let key = ChunkKey {
             volume: volume.0,
             chunk: offset / inner.cfg.chunk_size,
         };
-        let mut block = vec![0u8; inner.cfg.block_size as usize];
-        tags.iter().zip(first..).all(|(tag, b)| {
-            map.copy_into(inner.store.file.data_pos(slot, b), &mut block)
-                && tag.matches(key.addr(), b, &block)
+        let bs = inner.cfg.block_size as usize;
+        let per_read = (SCRATCH_BYTES / bs).max(1);
+        let mut scratch = vec![0u8; per_read.min(tags.len()) * bs];
+        let mut b = first;
+        tags.chunks(per_read).all(|piece| {
+            let bytes = &mut scratch[..piece.len() * bs];
+            let ok = inner
+                .store
+                .file
+                .read_now(inner.store.file.data_pos(slot, b), bytes)
+                && self.checksums_pass(key, b, bytes, piece);
+            b += piece.len() as u32;
+            ok
         })
     }
 
@@ -206,9 +218,10 @@ impl Cache {
             return DirectSend::NotServed;
         }
         let _pin = inner.store.pin(slot);
-        let Some(raw) = map.copy(tag_pos, tag_len) else {
+        let mut raw = vec![0u8; tag_len];
+        if !file.read_now(tag_pos, &mut raw) {
             return DirectSend::NotServed;
-        };
+        }
         let tags = crate::store::decode_tags(&raw);
         if !self.direct_valid(found, &tags)
             || !self.mapped_checksums_pass(volume, offset, found, &tags)

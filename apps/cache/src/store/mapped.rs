@@ -102,17 +102,6 @@ impl Mapping {
         }
     }
 
-    /// Copies `file[pos..pos+out.len()]` into `out`; false if outside the mapping.
-    pub(crate) fn copy_into(&self, pos: u64, out: &mut [u8]) -> bool {
-        let Some(p) = self.ptr(pos, out.len()) else {
-            return false;
-        };
-        // SAFETY: `p..p+out.len()` is inside the mapping and readable; `out` is a
-        // distinct, writable buffer of that length.
-        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
-        true
-    }
-
     /// A copy of `file[pos..pos+len]`.
     pub(crate) fn copy(&self, pos: u64, len: usize) -> Option<Vec<u8>> {
         let p = self.ptr(pos, len)?;

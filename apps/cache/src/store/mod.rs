@@ -332,6 +332,18 @@ impl StoreFile {
         Ok(decode_tags(&raw))
     }
 
+    /// Fills `out` from `pos` only if the OS page cache holds every byte
+    /// (`preadv2(RWF_NOWAIT)`: never waits for the disk; a medium error is an error,
+    /// not a signal as a fault on a mapping would be); false otherwise.
+    pub(crate) fn read_now(&self, pos: u64, out: &mut [u8]) -> bool {
+        use rustix::io::{preadv2, ReadWriteFlags};
+        let len = out.len();
+        matches!(
+            preadv2(&*self.file, &mut [io::IoSliceMut::new(out)], pos, ReadWriteFlags::NOWAIT),
+            Ok(n) if n == len
+        )
+    }
+
     /// Blocks `[first, first+count)` of `slot` and their tags, only if the OS page
     /// cache holds every byte of them: `preadv2(RWF_NOWAIT)` returns at once instead
     /// of waiting for the disk, and `None` then (and on any short read or error: the
@@ -344,14 +356,8 @@ impl StoreFile {
         count: u32,
         pool: &pipewright_runtime::uring::BufferPool,
     ) -> Option<(BlockBuf, Vec<Tag>)> {
-        use rustix::io::{preadv2, ReadWriteFlags};
         let len = count as usize * self.geometry.block_size as usize;
-        let now = |buf: &mut [u8], pos: u64| {
-            matches!(
-                preadv2(&*self.file, &mut [io::IoSliceMut::new(buf)], pos, ReadWriteFlags::NOWAIT),
-                Ok(n) if n == buf.len()
-            )
-        };
+        let now = |buf: &mut [u8], pos: u64| self.read_now(pos, buf);
         let mut raw = vec![0u8; count as usize * TAG_SIZE];
         if !now(&mut raw, self.tag_pos(slot, first)) {
             return None;

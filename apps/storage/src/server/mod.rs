@@ -22,7 +22,7 @@
 //! `NodeOptions::linger` (and at most half its recent sync time) for the pending
 //! records to catch up with the open transactions, then writes and syncs them all
 //! (no linger without concurrent transactions, so a lone transaction pays nothing; and
-//! none unless records arrive at least twice as often as the linger is long, so on a
+//! none unless records arrive at least four times as often as the linger is long, so on a
 //! device with fast syncs, where waiting only delays the chain, batches fill by
 //! themselves during each sync).
 //!

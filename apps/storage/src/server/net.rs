@@ -67,6 +67,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Ctx, input: Input<In
             continue;
         };
         let _ = stream.set_nodelay(true);
+        bound_stalls(&stream);
         let Some(input) = input.try_clone() else {
             return;
         };
@@ -345,7 +346,10 @@ async fn link(
 }
 
 /// How long a peer link may go without its peer acknowledging what was sent (or
-/// answering keepalive probes while idle) before it is dropped and re-established. A
+/// answering keepalive probes while idle, or opening its receive window again after
+/// it stopped reading) before it is dropped and re-established; accepted
+/// connections get the same bound, so a vanished peer or client does not keep a
+/// task and a socket forever. A
 /// peer host that vanished without a reset (power loss, a partition) would otherwise
 /// hold the link through TCP's retransmissions (backing off to two minutes apart,
 /// giving up after ~15 minutes), and the node would not reach the peer, or its next
@@ -389,8 +393,28 @@ async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Resu
     };
     if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
         let bound = socket()?;
+        // The port is chosen at connect time (by the 4-tuple), not reserved at bind
+        // time from the range listeners also bind from: a link reconnecting while
+        // a node is down cannot take that node's port.
+        let _ = nix::sys::socket::setsockopt(
+            &bound,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
         if bound.bind(SocketAddr::new(ip, 0)).is_ok() {
-            return bound.connect(addr).await;
+            match bound.connect(addr).await {
+                // The address cannot reach the peer (a local-only address, another
+                // network): connect from wherever the kernel picks instead.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrNotAvailable
+                            | std::io::ErrorKind::InvalidInput
+                            | std::io::ErrorKind::NetworkUnreachable
+                            | std::io::ErrorKind::HostUnreachable
+                    ) => {}
+                result => return result,
+            }
         }
     }
     socket()?.connect(addr).await

@@ -271,8 +271,9 @@ impl LogStage {
     /// a bounded linger: at most `linger_max`, and at most half a recent
     /// write + `fdatasync` (waiting longer than a sync costs more than a second sync).
     ///
-    /// The linger adapts to the load: it starts only if at least two more records are
-    /// expected within it (the recent gap between records is at most half the cap),
+    /// The linger adapts to the load: it starts only if at least four more records
+    /// are expected within it (the recent gap between records is at most a quarter of
+    /// the cap),
     /// and ends as soon as the burst holds a record per open transaction (at most
     /// 64), or when no record arrived for twice that gap. On a device whose sync is
     /// short against those gaps (a fast SSD: 0.16 ms syncs here, ~0.13 ms between a
@@ -293,7 +294,10 @@ impl LogStage {
         let mut batches = vec![first];
         let now = std::time::Instant::now();
         if let Some(previous) = self.last_take.replace(now) {
-            let gap = (now - previous).as_secs_f64() / self.records(&batches).max(1) as f64;
+            // Clamped: after an idle stretch the average must come back within a few
+            // takes (gaps beyond the longest linger all mean "do not linger").
+            let gap = ((now - previous).as_secs_f64() / self.records(&batches).max(1) as f64)
+                .min(self.linger_max.as_secs_f64());
             self.arrival_gap_secs = if self.arrival_gap_secs == 0.0 {
                 gap
             } else {
@@ -323,6 +327,9 @@ impl LogStage {
                 }
             }
         }
+        // Records that joined during the linger count toward this take: the next gap
+        // is measured from its end.
+        self.last_take = Some(std::time::Instant::now());
         let waited = start.elapsed();
         self.fx
             .stats
@@ -344,12 +351,15 @@ impl LogStage {
     }
 }
 
+/// Records that must be expected to join within a linger for it to start.
+const LINGER_MIN_JOINERS: f64 = 4.0;
+
 /// How long a tiny burst may wait for more records (see `LogStage::take_batches`):
-/// at most `linger_max` and half a sync, and only if two records or more are expected
-/// meanwhile; `None`: do not wait.
+/// at most `linger_max` and half a sync, and only if [`LINGER_MIN_JOINERS`] records or
+/// more are expected meanwhile; `None`: do not wait.
 fn linger_cap(linger_max: Duration, sync_secs: f64, arrival_gap_secs: f64) -> Option<Duration> {
     let cap = linger_max.min(Duration::from_secs_f64(sync_secs / 2.0));
-    (!cap.is_zero() && cap.as_secs_f64() >= 2.0 * arrival_gap_secs).then_some(cap)
+    (!cap.is_zero() && cap.as_secs_f64() >= LINGER_MIN_JOINERS * arrival_gap_secs).then_some(cap)
 }
 
 impl AsyncStage for LogStage {
