@@ -444,33 +444,13 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
 
     /// Ends the stream in a stage whose outputs are discarded (a sink).
     pub fn sink<S: Stage<In = T>>(self, name: &str, stage: S) {
-        let (b, input) = self.feed();
-        let id = b.add_node(
-            name,
-            Box::new(StageNode::<S, X>::new(name.to_string(), stage)),
-            input,
-            1,
-        );
-        b.graph
-            .borrow_mut()
-            .open
-            .retain(|o| *o != Endpoint::Node { node: id, port: 0 });
+        self.then(name, stage).discard();
     }
 
     /// Ends the stream in an async stage whose outputs are discarded (an I/O sink: a
     /// socket, a file).
     pub fn sink_async<S: AsyncStage<In = T>>(self, name: &str, stage: S) {
-        let (b, input) = self.feed();
-        let id = b.add_node(
-            name,
-            Box::new(AsyncStageNode::<S, X>::new(name.to_string(), stage)),
-            input,
-            1,
-        );
-        b.graph
-            .borrow_mut()
-            .open
-            .retain(|o| *o != Endpoint::Node { node: id, port: 0 });
+        self.then_async(name, stage).discard();
     }
 
     /// Ends the stream in a closure called for every item.
