@@ -3,19 +3,21 @@
 //!
 //! - [`Cache::read_direct`]: the bytes into a buffer with `preadv2(RWF_NOWAIT)` (the
 //!   request path's `PathService` tries it before the pipeline).
-//! - [`Cache::send_direct`]: an NBD read reply written from the mapped cache file
-//!   straight into the socket, one copy instead of a read into a buffer and a send.
+//! - [`Cache::send_direct`]: an NBD read reply written into the socket right away,
+//!   from a per-thread buffer the blocks were read and checked in, or (with
+//!   [`Verify::OncePerWrite`]) from the mapped cache file, one copy.
 //!
 //! Both serve only ranges inside one resident chunk whose blocks passed their checksum
 //! under the slot's current write sequence ([`Verified`](crate::slot::Verified)), and
 //! only after every block's tag carries the slot's instance id and
 //! [`check`](crate::slot::check) passed: the pipeline's hit check, so a direct hit is
 //! never stale. With [`Verify::EveryRead`] (the default) each block's CRC is checked
-//! again, over the bytes served (`read_direct`) or over a block-sized copy of the
-//! mapped bytes just before they are sent (`send_direct`). Anything else (not
+//! again, over the bytes served, just before they are served. Anything else (not
 //! resident, not verified, not in the page cache, a write in progress, a checksum
 //! that fails) takes the normal path, which counts it, reports errors and refetches
 //! damaged blocks.
+
+use std::io::{self, IoSlice};
 
 use tokio::net::TcpStream;
 
@@ -38,9 +40,6 @@ pub(crate) enum DirectSend {
     /// (copied before the slot was unpinned).
     Rest(Vec<u8>),
 }
-
-/// The most bytes [`Cache::send_direct`] reads at once to check their CRCs.
-const SCRATCH_BYTES: usize = 64 << 10;
 
 /// Where a direct hit's bytes are: `(slot, instance, seq, first block, blocks)`.
 type Found = (u32, u64, u64, u32, u32);
@@ -104,43 +103,6 @@ impl Cache {
             .all(|((tag, block), b)| tag.matches(key.addr(), b, block))
     }
 
-    /// [`checksums_pass`](Self::checksums_pass) over the bytes a direct reply will
-    /// send from the mapped file, read (`preadv2(RWF_NOWAIT)`) up to 64 KiB at a time
-    /// into a scratch buffer: the mapping is never borrowed (its bytes change under
-    /// it), and a failing medium is a read error (a normal-path miss), not a SIGBUS.
-    /// False if a byte is not in the page cache.
-    fn mapped_checksums_pass(
-        &self,
-        volume: VolumeId,
-        offset: u64,
-        found: Found,
-        tags: &[Tag],
-    ) -> bool {
-        let inner = &self.inner;
-        if inner.cfg.verify == Verify::OncePerWrite {
-            return true;
-        }
-        let (slot, _, _, first, _) = found;
-        let key = ChunkKey {
-            volume: volume.0,
-            chunk: offset / inner.cfg.chunk_size,
-        };
-        let bs = inner.cfg.block_size as usize;
-        let per_read = (SCRATCH_BYTES / bs).max(1);
-        let mut scratch = vec![0u8; per_read.min(tags.len()) * bs];
-        let mut b = first;
-        tags.chunks(per_read).all(|piece| {
-            let bytes = &mut scratch[..piece.len() * bs];
-            let ok = inner
-                .store
-                .file
-                .read_now(inner.store.file.data_pos(slot, b), bytes)
-                && self.checksums_pass(key, b, bytes, piece);
-            b += piece.len() as u32;
-            ok
-        })
-    }
-
     fn count_direct(&self) {
         bump(&self.inner.counters.hits, "cache_hits_total", 1);
         bump(
@@ -182,14 +144,20 @@ impl Cache {
     }
 
     /// A direct NBD read reply: `head` (the reply header) and `len` bytes of `volume`
-    /// from `offset`, written from the mapped cache file into `sock` with one
-    /// non-blocking `writev`, when [`Cache::read_direct`]'s conditions hold and the
-    /// pages are resident (`mincore`).
+    /// from `offset`, written into `sock` with one non-blocking `writev`, when
+    /// [`Cache::read_direct`]'s conditions hold and the page cache holds the bytes.
+    ///
+    /// With [`Verify::EveryRead`] the blocks are read (`preadv2(RWF_NOWAIT)`) into a
+    /// buffer of this thread's, their CRCs checked there and that buffer sent: the
+    /// bytes sent are the bytes checked, and still in the CPU's cache when the socket
+    /// copies them (two copies, as any read-then-send server). With
+    /// [`Verify::OncePerWrite`] they go from the mapped cache file straight into the
+    /// socket (one copy; pages checked resident with `mincore`).
     ///
     /// The slot is pinned before its check and until the bytes are in the socket (or
     /// copied out), so a concurrent eviction cannot reuse it meanwhile: the bytes sent
-    /// are the checked chunk's. A write of the same chunk during the `writev` may show
-    /// in the reply, as NBD allows for a read and a write in flight at once (a write
+    /// are the checked chunk's. A write of the same chunk during the send may show in
+    /// the reply, as NBD allows for a read and a write in flight at once (a write
     /// acknowledged before the read arrived is always seen).
     pub(crate) fn send_direct(
         &self,
@@ -199,7 +167,6 @@ impl Cache {
         head: &[u8],
         sock: &TcpStream,
     ) -> DirectSend {
-        use std::os::fd::AsRawFd;
         let inner = &self.inner;
         let Some(map) = inner.store.map.as_ref().filter(|_| inner.direct.is_some()) else {
             return DirectSend::NotServed;
@@ -210,11 +177,12 @@ impl Cache {
         let (slot, _, _, first, count) = found;
         let file = &inner.store.file;
         let bs = inner.cfg.block_size as u64;
-        let pos = file.data_pos(slot, first) + offset % bs;
         let len = len as usize;
         let tag_pos = file.tag_pos(slot, first);
         let tag_len = count as usize * crate::store::TAG_SIZE;
-        if !map.resident(pos, len) || !map.resident(tag_pos, tag_len) {
+        let every_read = inner.cfg.verify == Verify::EveryRead;
+        let pos = file.data_pos(slot, first) + offset % bs;
+        if !every_read && (!map.resident(pos, len) || !map.resident(tag_pos, tag_len)) {
             return DirectSend::NotServed;
         }
         let _pin = inner.store.pin(slot);
@@ -223,17 +191,57 @@ impl Cache {
             return DirectSend::NotServed;
         }
         let tags = crate::store::decode_tags(&raw);
-        if !self.direct_valid(found, &tags)
-            || !self.mapped_checksums_pass(volume, offset, found, &tags)
-        {
+        if !self.direct_valid(found, &tags) {
             return DirectSend::NotServed;
         }
-        let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {
-            map.writev(sock.as_raw_fd(), head, pos, len)
-        });
+        if !every_read {
+            let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {
+                use std::os::fd::AsRawFd;
+                map.writev(sock.as_raw_fd(), head, pos, len)
+            });
+            return self.after_send(sent, head, len, |done| {
+                // A part of the range `writev` was given, so inside the mapping.
+                map.copy(pos + done as u64, len - done)
+                    .expect("a part of a range inside the mapping")
+            });
+        }
+        let key = ChunkKey {
+            volume: volume.0,
+            chunk: offset / inner.cfg.chunk_size,
+        };
+        SEND_BUFFER.with_borrow_mut(|buf| {
+            let whole = count as usize * bs as usize;
+            if buf.len() < whole {
+                buf.resize(whole, 0);
+            }
+            let blocks = &mut buf[..whole];
+            if !file.read_now(file.data_pos(slot, first), blocks)
+                || !self.checksums_pass(key, first, blocks, &tags)
+            {
+                return DirectSend::NotServed;
+            }
+            let skip = (offset % bs) as usize;
+            let body = &blocks[skip..skip + len];
+            let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::io::writev(sock, &[IoSlice::new(head), IoSlice::new(body)])
+                    .map_err(io::Error::from)
+            });
+            self.after_send(sent, head, len, |done| body[done..].to_vec())
+        })
+    }
+
+    /// The outcome of a direct reply's `writev` of `head` and `len` bytes that
+    /// returned `sent`; `rest(done)`: a copy of the body's bytes from `done` on.
+    fn after_send(
+        &self,
+        sent: io::Result<usize>,
+        head: &[u8],
+        len: usize,
+        rest: impl FnOnce(usize) -> Vec<u8>,
+    ) -> DirectSend {
         let n = match sent {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return DirectSend::Full,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return DirectSend::Full,
             // A failing socket: nothing went out; the normal path fails the same way.
             Err(_) => return DirectSend::NotServed,
         };
@@ -241,16 +249,18 @@ impl Cache {
         if n == head.len() + len {
             return DirectSend::Sent;
         }
-        let mut rest = Vec::with_capacity(head.len() + len - n);
-        if n < head.len() {
-            rest.extend_from_slice(&head[n..]);
-        }
         let done = n.saturating_sub(head.len());
-        // A part of the range `writev` was given, so inside the mapping.
-        let tail = map
-            .copy(pos + done as u64, len - done)
-            .expect("a part of a range inside the mapping");
-        rest.extend_from_slice(&tail);
-        DirectSend::Rest(rest)
+        let mut out = Vec::with_capacity(head.len() + len - n);
+        if n < head.len() {
+            out.extend_from_slice(&head[n..]);
+        }
+        out.extend_from_slice(&rest(done));
+        DirectSend::Rest(out)
     }
+}
+
+thread_local! {
+    /// The buffer a thread's direct replies are read, checked and sent from (at most
+    /// one chunk; kept, so a reply neither allocates nor zeroes one).
+    static SEND_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
