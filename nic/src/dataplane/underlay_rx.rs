@@ -178,9 +178,12 @@ impl AsyncSource for UnderlayRx {
         };
         let (pool, stats, local, decap) = (&self.pool, &self.stats, self.local, &self.decap);
         let gro = self.config.gro;
+        // Datagrams received, for the busy-poll's sparse-traffic test.
+        let received_datagrams = std::cell::Cell::new(0usize);
         let on_buffer = |r: Received<'_>| {
             let mut copied = 0;
             let datagrams: Vec<&[u8]> = r.datagrams().collect();
+            received_datagrams.set(received_datagrams.get() + datagrams.len());
             // Runs of one TCP flow's segments become one super-frame (GRO); the rest
             // one frame per datagram.
             let runs = if gro && datagrams.len() > 1 {
@@ -253,7 +256,7 @@ impl AsyncSource for UnderlayRx {
         };
         match received {
             Ok(_) => {
-                activity.saw_packets();
+                activity.saw_packets(received_datagrams.get());
                 SourceState::Ready
             }
             Err(error) => {

@@ -106,11 +106,11 @@ impl AsyncSource for VfRx {
             let received = lock(port).recv_burst(pool, scratch, max);
             match received {
                 Ok(0) => None,
-                Ok(_) => {
+                Ok(frames) => {
                     for frame in scratch.drain(..) {
                         out.push(frame);
                     }
-                    activity.saw_packets();
+                    activity.saw_packets(frames);
                     Some(SourceState::Ready)
                 }
                 Err(error) => {
