@@ -125,21 +125,23 @@
 //! or the cache reopens (nothing is marked then). The CRC is CRC-32C computed with
 //! `crc-fast` (carry-less-multiply folding, ~76 GB/s on 4 KiB blocks on an AVX-512
 //! Xeon); measured with the `cache` bench's `nbd-read-gbps` (1 MiB sequential NBD
-//! reads of a warm cache, quick mode, 2 vCPUs): 1.95 GB/s every read, 2.30 GB/s once
-//! per write, nbdkit 1.9–2.0 (`PIPEWRIGHT_BENCH_CACHE_VERIFY` picks the mode).
+//! reads of a warm cache, quick mode, 2 vCPUs): 1.98–2.19 GB/s every read, 2.30 GB/s
+//! once per write, nbdkit 1.88–2.14 (`PIPEWRIGHT_BENCH_CACHE_VERIFY` picks the mode).
 //!
 //! **Direct hits** ([`CacheConfig::direct_hits`], on by default): a verified range
 //! inside one resident chunk whose bytes and tags the page cache holds is served in the
 //! caller's task, without a trip through the pipeline: read with
 //! `preadv2(RWF_NOWAIT)` (which never waits for the disk) by
-//! [`pipeline::PathService`], or, for an NBD read of 32 KiB or more, written from the
-//! mapped cache file straight into the socket with one non-blocking `writev` (one copy
-//! where a read and a send are two). The same checks run first. A slot is pinned from
-//! before that check until its bytes are in the socket (or copied out, when the socket
-//! took only part), and a retired slot joins the free list only once its pins are gone:
-//! the check sees the new instance id or the retire sees the pin, so the bytes sent are
-//! the checked chunk's. A client write to the same chunk during that `writev` may show
-//! in the reply, as NBD allows for a read and a write in flight together.
+//! [`pipeline::PathService`], or, for an NBD read of 32 KiB or more, written into the
+//! socket right away with one non-blocking `writev`: from a per-thread buffer the
+//! blocks were read into and their CRCs checked in (every-read checks, the default),
+//! or from the mapped cache file (once-per-write checks: one copy where a read and a
+//! send are two). The same checks run first. A slot is pinned from before that check
+//! until its bytes are in the socket (or copied out, when the socket took only part),
+//! and a retired slot joins the free list only once its pins are gone: the check sees
+//! the new instance id or the retire sees the pin, so the bytes sent are the checked
+//! chunk's. A client write to the same chunk during the reply may show in it, as NBD
+//! allows for a read and a write in flight together.
 //!
 //! # The write guarantee
 //!
@@ -181,7 +183,7 @@
 //!   each NBD connection feeds them through one answer queue
 //!   ([`pipeline::PathService::send_queued`]): one wake-up per burst of answers.
 //!   Direct hits (above) skip the pipeline: `preadv2(RWF_NOWAIT)` in the caller's
-//!   task, or `writev` from the mapped cache file for large NBD reads.
+//!   task, or one `writev` per large NBD read (see above).
 //! - **blocking pool** (positioned `pread`/`pwrite` on tokio's blocking threads):
 //!   [`Cache::read`]/[`Cache::write`] called directly (tests, [`CacheService`], the
 //!   CLI, `replay --real`), the background flusher and evictor, and the chunks a

@@ -8,7 +8,9 @@
 //! (a parked source is woken by the receiving one, so the reply's worker is already
 //! spinning when the reply arrives; the wake happens while the request is still on
 //! the wire, off the round trip's path). After the window they park again, so an idle
-//! data plane costs no CPU.
+//! data plane costs no CPU. While traffic is sparse ([`is_sparse`]) each poll also
+//! offers the CPU to other threads, since the next hop of a round trip often waits
+//! for this one.
 //!
 //! The decision ("still hot?") is [`Window::hot`], a pure function of two instants
 //! read by the caller.
@@ -44,11 +46,14 @@ impl Window {
 
 /// A receive of at most this many frames after a quiet gap marks sparse traffic.
 const SPARSE_FRAMES: usize = 4;
+/// ... and at most this many bytes (a TSO super-frame is one frame but a stream).
+const SPARSE_BYTES: usize = 8 << 10;
 /// The quiet gap before such a receive (shorter gaps are a stream, not sparse).
 const SPARSE_GAP: Duration = Duration::from_micros(30);
 
-/// Whether a receive of `frames` frames at `now_ns`, the previous one at `last_ns`
-/// (0: none yet), is sparse traffic: a handful of frames after a quiet gap.
+/// Whether a receive of `frames` frames of `bytes` bytes at `now_ns`, the previous
+/// one at `last_ns` (0: none, or the sources were cold), is sparse traffic: a handful
+/// of small frames after a quiet gap.
 ///
 /// While traffic is sparse a polling source offers its CPU to other threads at each
 /// poll (`sched_yield`): the threads a round trip needs next (the guest's client, the
@@ -56,10 +61,14 @@ const SPARSE_GAP: Duration = Duration::from_micros(30);
 /// worker's CPU, and a poller that never left it made them wait for its time slice
 /// or its window to end (sparse round trips took about twice the window: 500 us with
 /// a 200 us window, 120 us with no polling at all). Under load receives are full
-/// bursts with short gaps, and a poller that yielded would hand its CPU to the
-/// threads producing the load (0.55x -> 0.18x the kernel's packet rate when it did).
-pub(crate) fn is_sparse(frames: usize, last_ns: u64, now_ns: u64) -> bool {
+/// bursts, or large frames, or close together, and a poller that yielded would hand
+/// its CPU to the threads producing the load (0.55x -> 0.18x the kernel's packet rate
+/// when it did). A handful of small frames after the sources went cold (`last_ns` 0:
+/// never a packet, or a poller was off its CPU longer than the window) is sparse too:
+/// under load a receive after such a gap is a full burst, which is not.
+pub(crate) fn is_sparse(frames: usize, bytes: usize, last_ns: u64, now_ns: u64) -> bool {
     frames <= SPARSE_FRAMES
+        && bytes <= SPARSE_BYTES
         && (last_ns == 0 || now_ns.saturating_sub(last_ns) >= SPARSE_GAP.as_nanos() as u64)
 }
 
@@ -111,13 +120,15 @@ impl Activity {
         Duration::from_nanos(self.window().window_ns)
     }
 
-    /// A source received something: every source polls for the window.
-    pub(crate) fn saw_packets(&self, frames: usize) {
+    /// A source received `frames` frames of `bytes` bytes: every source polls for the
+    /// window. (The order of two sources' stores may interleave: `sparse` is a hint
+    /// that the next receive sets again.)
+    pub(crate) fn saw_packets(&self, frames: usize, bytes: usize) {
         let now = self.now_ns().max(1);
         let last = self.0.last_ns.swap(now, Ordering::Relaxed);
         self.0
             .sparse
-            .store(is_sparse(frames, last, now), Ordering::Relaxed);
+            .store(is_sparse(frames, bytes, last, now), Ordering::Relaxed);
         // Never seen a packet (0): sources may be parked.
         if last == 0 || self.window().must_wake(last, now) {
             self.0.notify.notify_waiters();
@@ -135,13 +146,16 @@ impl Activity {
 
     /// One busy-poll pause: lets the worker's other stages and tasks run (other
     /// threads too while traffic is sparse, see [`is_sparse`]), and closes the window
-    /// if this thread was descheduled for longer than it.
+    /// if this thread was off its CPU for longer than it.
     pub(crate) async fn pause(&self) {
         let before = Instant::now();
         tokio::task::yield_now().await;
         if self.0.sparse.load(Ordering::Relaxed) {
             std::thread::yield_now();
         }
+        // Off the CPU for longer than the window, whether descheduled or yielding to
+        // a thread that then ran that long: the CPU is contended, and polling on
+        // would only take it from the threads that make the traffic.
         if before.elapsed() > self.window_duration() {
             self.descheduled();
         }
@@ -173,18 +187,23 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn a_handful_of_frames_after_a_quiet_gap_is_sparse_and_nothing_else_is() {
+    fn a_handful_of_small_frames_after_a_quiet_gap_is_sparse_and_nothing_else_is() {
         let gap = SPARSE_GAP.as_nanos() as u64;
-        // A ping after 2 ms of silence, or the first packet ever.
-        assert!(is_sparse(1, 1_000, 1_000 + 2_000_000));
-        assert!(is_sparse(1, 0, 5));
-        assert!(is_sparse(SPARSE_FRAMES, 1_000, 1_000 + gap));
+        // A ping after 2 ms of silence.
+        assert!(is_sparse(1, 106, 1_000, 1_000 + 2_000_000));
+        assert!(is_sparse(SPARSE_FRAMES, SPARSE_BYTES, 1_000, 1_000 + gap));
         // A stream: frames close together, even one at a time.
-        assert!(!is_sparse(1, 1_000, 1_000 + gap - 1));
+        assert!(!is_sparse(1, 106, 1_000, 1_000 + gap - 1));
         // A full burst after a long gap (a worker descheduled under load).
-        assert!(!is_sparse(SPARSE_FRAMES + 1, 1_000, 1_000 + 5_000_000));
+        assert!(!is_sparse(SPARSE_FRAMES + 1, 106, 1_000, 1_000 + 5_000_000));
+        // One TSO super-frame at a time: a bulk stream, however far apart.
+        assert!(!is_sparse(1, 64 << 10, 1_000, 1_000 + 100_000));
+        // Cold sources (the first packet, or after a descheduled poller): a ping is
+        // sparse, a full burst is not.
+        assert!(is_sparse(1, 106, 0, 5_000_000));
+        assert!(!is_sparse(SPARSE_FRAMES + 1, 106, 0, 5_000_000));
         // Another thread's clock read after ours.
-        assert!(!is_sparse(1, 2_000, 1_000));
+        assert!(!is_sparse(1, 106, 2_000, 1_000));
     }
 
     proptest! {
@@ -209,17 +228,17 @@ mod tests {
     fn activity_turns_hot_on_packets_and_cold_with_zero_window() {
         let a = Activity::new(Duration::from_secs(3600));
         assert!(!a.hot(), "cold before any packet");
-        a.saw_packets(1);
+        a.saw_packets(1, 64);
         assert!(a.hot());
         a.set_window(Duration::ZERO);
         assert!(!a.hot());
         assert_eq!(a.window_duration(), Duration::ZERO);
         a.set_window(Duration::from_secs(3600));
-        a.saw_packets(1);
+        a.saw_packets(1, 64);
         assert!(a.hot());
         a.descheduled();
         assert!(!a.hot(), "cold until the next packet");
-        a.saw_packets(1);
+        a.saw_packets(1, 64);
         assert!(a.hot());
     }
 
@@ -233,7 +252,7 @@ mod tests {
             let waiter = a.clone();
             let parked = tokio::spawn(async move { waiter.woken().await });
             tokio::task::yield_now().await;
-            a.saw_packets(1);
+            a.saw_packets(1, 64);
             parked.await.unwrap();
         });
     }

@@ -178,12 +178,16 @@ impl AsyncSource for UnderlayRx {
         };
         let (pool, stats, local, decap) = (&self.pool, &self.stats, self.local, &self.decap);
         let gro = self.config.gro;
-        // Datagrams received, for the busy-poll's sparse-traffic test.
-        let received_datagrams = std::cell::Cell::new(0usize);
+        // Datagrams and bytes received, for the busy-poll's sparse-traffic test.
+        let seen = std::cell::Cell::new((0usize, 0usize));
         let on_buffer = |r: Received<'_>| {
             let mut copied = 0;
             let datagrams: Vec<&[u8]> = r.datagrams().collect();
-            received_datagrams.set(received_datagrams.get() + datagrams.len());
+            let (n, bytes) = seen.get();
+            seen.set((
+                n + datagrams.len(),
+                bytes + datagrams.iter().map(|d| d.len()).sum::<usize>(),
+            ));
             // Runs of one TCP flow's segments become one super-frame (GRO); the rest
             // one frame per datagram.
             let runs = if gro && datagrams.len() > 1 {
@@ -256,7 +260,8 @@ impl AsyncSource for UnderlayRx {
         };
         match received {
             Ok(_) => {
-                activity.saw_packets(received_datagrams.get());
+                let (datagrams, bytes) = seen.get();
+                activity.saw_packets(datagrams, bytes);
                 SourceState::Ready
             }
             Err(error) => {

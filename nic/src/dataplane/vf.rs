@@ -107,10 +107,11 @@ impl AsyncSource for VfRx {
             match received {
                 Ok(0) => None,
                 Ok(frames) => {
+                    let bytes = scratch.iter().map(|f| f.len()).sum();
                     for frame in scratch.drain(..) {
                         out.push(frame);
                     }
-                    activity.saw_packets(frames);
+                    activity.saw_packets(frames, bytes);
                     Some(SourceState::Ready)
                 }
                 Err(error) => {

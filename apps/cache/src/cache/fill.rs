@@ -446,8 +446,9 @@ impl Inner {
             self.store.cells[*slot as usize].set_instance(rec.instance);
         }
         // A direct reply that checked a slot's old id before it changed may still be
-        // sending from the slot's bytes: reuse waits for it (one non-blocking `writev`
-        // and at most one copy; see `Cache::send_direct`).
+        // reading or sending the slot's bytes: reuse waits for it (at most a chunk's
+        // `preadv2`, its CRCs, one non-blocking `writev` and a copy; see
+        // `Cache::send_direct`).
         if !slots.iter().all(|&s| self.store.unpinned(s)) {
             metrics::counter!("cache_retire_pin_waits_total").increment(1);
             while !slots.iter().all(|&s| self.store.unpinned(s)) {

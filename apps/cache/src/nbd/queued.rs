@@ -24,8 +24,8 @@ use crate::service::BlockRequest;
 /// Replies written together, at most this many per `writev`.
 const REPLIES_PER_WRITE: usize = 64;
 
-/// Reads of at least this many bytes are tried as direct replies from the mapped
-/// cache file (`Cache::send_direct`); smaller ones are cheaper to copy.
+/// Reads of at least this many bytes are tried as direct replies written into the
+/// socket right here (`Cache::send_direct`); smaller ones go through the pipeline.
 const DIRECT_MIN: u32 = 32 << 10;
 
 /// What the connection knows of a request in flight.
@@ -129,8 +129,8 @@ impl Connection {
                 let payload = &inbuf[pos + Request::LEN..pos + used];
                 pos += used;
                 if req.kind == CMD_READ && (DIRECT_MIN..=MAX_PAYLOAD).contains(&req.len) {
-                    // A large read of resident, verified bytes: written from the
-                    // mapped cache file into the socket right here (`send_direct`).
+                    // A large read of resident, verified bytes: written into the
+                    // socket right here (`send_direct`).
                     let mut head = Vec::with_capacity(16);
                     simple_reply(&mut head, 0, req.cookie);
                     let served = loop {
