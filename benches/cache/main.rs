@@ -7,8 +7,8 @@
 //!   the trace file).
 //! - `miss-ratio-<policy>-zipf<a>`: miss ratio of FIFO, CLOCK, SIEVE and S3-FIFO at a
 //!   cache of 10% of the objects, on Zipf(0.99) and Zipf(0.7) traces; peer `lru`.
-//! - `nbd-read-gbps`: sequential reads of a warm export with `nbdcopy ... null:`
-//!   (libnbd-bin) through our gateway; peer `nbdkit` (Debian `nbdkit`, file plugin)
+//! - `nbd-read-gbps`: sequential 1 MiB reads of a warm export with `nbdcopy
+//!   --request-size=1M ... null:` (libnbd-bin) through our gateway; peer `nbdkit` (Debian `nbdkit`, file plugin)
 //!   serving the same file, read by the same nbdcopy command. The stderr line also
 //!   gives each server's CPU seconds per GiB over the timed passes (ours: this
 //!   process; nbdkit's: its process), which machine load bends less than GB/s.

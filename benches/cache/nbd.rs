@@ -1,4 +1,5 @@
-//! `nbd-read-gbps`: sequential reads of a warm export through NBD, ours and nbdkit's.
+//! `nbd-read-gbps`: sequential 1 MiB reads of a warm export through NBD (`nbdcopy
+//! --request-size=1M ... null:`), ours and nbdkit's.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -8,9 +9,13 @@ use pipewright::cache::{CacheConfig, FileBackend, Gateway};
 
 use super::{common, have, result, scratch};
 
+/// Bytes per NBD read request (nbdcopy's default is 256 KiB).
+const REQUEST_BYTES: u64 = 1 << 20;
+
 fn nbdcopy_gbps(uri: &str, bytes: u64) -> f64 {
     let start = Instant::now();
     let st = Command::new("nbdcopy")
+        .arg(format!("--request-size={}", REQUEST_BYTES))
         .arg(uri)
         .arg("null:")
         .status()
@@ -53,7 +58,7 @@ pub(crate) fn nbd_read(filter: Option<&str>) {
     }
     let quick = common::quick();
     let mib: u64 = if quick { 256 } else { 1024 };
-    let rounds = if quick { 3 } else { 5 };
+    let rounds = if quick { 5 } else { 7 };
     let dir = scratch().join("nbd");
     std::fs::create_dir_all(dir.join("volumes")).unwrap();
     let vol = dir.join("volumes/disk");
