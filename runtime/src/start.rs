@@ -173,6 +173,7 @@ impl Runtime {
                 capacity,
                 link: Arc::new(Link::new(consumer, producers)),
                 consumer_in_loop: kind == EdgeKind::Local && sync_at(&info.consumer),
+                silent,
             });
         }
         let edge_kinds: Vec<EdgeKind> = edge_plans.iter().map(|e| e.kind).collect();

@@ -1,8 +1,11 @@
 //! [`RingTransport`]: how the runtime carries items across each edge.
 //!
 //! Per edge, chosen from the plan: a plain buffer when every producer and the consumer
-//! are fused on one worker; an SPSC ring for one producer on another worker; an MPSC
-//! ring for merges and application inputs.
+//! are fused on one worker (without a lock when nothing can move them: [`silent`]); an
+//! SPSC ring for one producer on another worker; an MPSC ring for merges and
+//! application inputs.
+
+mod silent;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,11 +14,13 @@ use pipewright_stages::exec::{EdgeInfo, InPort, OutPort, Transport};
 
 use crate::link::Link;
 use crate::ring::{MpscConsumer, MpscProducer, SpscConsumer, SpscProducer};
+use silent::SilentQueue;
 
 /// How one edge is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdgeKind {
-    /// Producers and consumer are fused on one worker: a reused buffer, no atomics.
+    /// Producers and consumer are fused on one worker: a reused buffer (behind a lock
+    /// only while a controller may move one of them to another worker).
     Local,
     /// One producer, another worker: lock-free SPSC ring.
     Spsc,
@@ -43,6 +48,9 @@ pub(crate) struct EdgePlan {
     /// loop (an async consumer on the same worker is a task, which that loop does
     /// not run).
     pub(crate) consumer_in_loop: bool,
+    /// A local edge between sync stages that can never move (no controller): its
+    /// ends stay on one worker for good, and its buffer needs no lock ([`silent`]).
+    pub(crate) silent: bool,
 }
 
 /// The runtime's [`Transport`]; built by the runtime from a plan, not by users.
@@ -54,6 +62,38 @@ pub struct RingTransport {
 struct LocalQueue<T> {
     items: VecDeque<T>,
     open_producers: usize,
+}
+
+impl<T> LocalQueue<T> {
+    /// Moves what fits under `capacity` from `items` (the whole burst without moving
+    /// an item when the queue is empty and it all fits).
+    #[inline]
+    fn push_from(&mut self, items: &mut VecDeque<T>, capacity: usize) {
+        let room = capacity.saturating_sub(self.items.len()).min(items.len());
+        if room == items.len() && self.items.is_empty() {
+            std::mem::swap(&mut self.items, items);
+        } else {
+            self.items.extend(items.drain(..room));
+        }
+    }
+
+    /// Moves up to `max` items into `items`; returns how many.
+    #[inline]
+    fn pull_into(&mut self, items: &mut VecDeque<T>, max: usize) -> usize {
+        if items.is_empty() && self.items.len() <= max {
+            let n = self.items.len();
+            std::mem::swap(&mut self.items, items);
+            n
+        } else {
+            let n = self.items.len().min(max);
+            items.extend(self.items.drain(..n));
+            n
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.open_producers == 0 && self.items.is_empty()
+    }
 }
 
 fn lock<T>(q: &Mutex<LocalQueue<T>>) -> MutexGuard<'_, LocalQueue<T>> {
@@ -74,6 +114,10 @@ enum SenderInner<T> {
         capacity: usize,
         consumer_in_loop: bool,
     },
+    Silent {
+        queue: Arc<SilentQueue<T>>,
+        capacity: usize,
+    },
     Spsc(SpscProducer<T>),
     Mpsc(MpscProducer<T>),
 }
@@ -86,6 +130,7 @@ pub struct RingReceiver<T> {
 
 enum ReceiverInner<T> {
     Local(Arc<Mutex<LocalQueue<T>>>),
+    Silent(Arc<SilentQueue<T>>),
     Spsc(SpscConsumer<T>),
     Mpsc(MpscConsumer<T>),
 }
@@ -108,15 +153,9 @@ impl<T: Send> RingSender<T> {
         match &mut self.inner {
             SenderInner::Local {
                 queue, capacity, ..
-            } => {
-                let mut q = lock(queue);
-                let room = capacity.saturating_sub(q.items.len()).min(items.len());
-                if room == items.len() && q.items.is_empty() {
-                    // Hand the whole burst over without moving items.
-                    std::mem::swap(&mut q.items, items);
-                } else {
-                    q.items.extend(items.drain(..room));
-                }
+            } => lock(queue).push_from(items, *capacity),
+            SenderInner::Silent { queue, capacity } => {
+                queue.with(|q| q.push_from(items, *capacity));
             }
             SenderInner::Spsc(p) => {
                 p.push_burst(items);
@@ -188,6 +227,7 @@ impl<T: Send> OutPort<T> for RingSender<T> {
     fn queued(&self) -> Option<usize> {
         Some(match &self.inner {
             SenderInner::Local { queue, .. } => lock(queue).items.len(),
+            SenderInner::Silent { queue, .. } => queue.depth(),
             SenderInner::Spsc(p) => p.len(),
             SenderInner::Mpsc(p) => p.len(),
         })
@@ -199,7 +239,7 @@ impl<T: Send> OutPort<T> for RingSender<T> {
             SenderInner::Local {
                 consumer_in_loop: true,
                 ..
-            }
+            } | SenderInner::Silent { .. }
         )
     }
 
@@ -224,6 +264,7 @@ impl<T: Send> OutPort<T> for RingSender<T> {
         self.closed = true;
         match &mut self.inner {
             SenderInner::Local { queue, .. } => lock(queue).open_producers -= 1,
+            SenderInner::Silent { queue, .. } => queue.with(|q| q.open_producers -= 1),
             SenderInner::Spsc(p) => p.close(),
             SenderInner::Mpsc(p) => p.close(),
         }
@@ -236,8 +277,10 @@ impl<T> Drop for RingSender<T> {
     fn drop(&mut self) {
         if !self.closed {
             self.closed = true;
-            if let SenderInner::Local { queue, .. } = &self.inner {
-                lock(queue).open_producers -= 1;
+            match &self.inner {
+                SenderInner::Local { queue, .. } => lock(queue).open_producers -= 1,
+                SenderInner::Silent { queue, .. } => queue.with(|q| q.open_producers -= 1),
+                _ => {}
             }
             // Ring producers close themselves on drop.
             self.link.pushed();
@@ -249,18 +292,8 @@ impl<T: Send> InPort<T> for RingReceiver<T> {
     #[inline]
     fn pull(&mut self, items: &mut VecDeque<T>, max: usize) -> usize {
         let n = match &mut self.inner {
-            ReceiverInner::Local(queue) => {
-                let mut q = lock(queue);
-                if items.is_empty() && q.items.len() <= max {
-                    let n = q.items.len();
-                    std::mem::swap(&mut q.items, items);
-                    n
-                } else {
-                    let n = q.items.len().min(max);
-                    items.extend(q.items.drain(..n));
-                    n
-                }
-            }
+            ReceiverInner::Local(queue) => lock(queue).pull_into(items, max),
+            ReceiverInner::Silent(queue) => queue.with(|q| q.pull_into(items, max)),
             ReceiverInner::Spsc(c) => c.pop_burst(items, max),
             ReceiverInner::Mpsc(c) => c.pop_burst(items, max),
         };
@@ -272,10 +305,8 @@ impl<T: Send> InPort<T> for RingReceiver<T> {
 
     fn is_finished(&self) -> bool {
         match &self.inner {
-            ReceiverInner::Local(queue) => {
-                let q = lock(queue);
-                q.open_producers == 0 && q.items.is_empty()
-            }
+            ReceiverInner::Local(queue) => lock(queue).is_finished(),
+            ReceiverInner::Silent(queue) => queue.with(|q| q.is_finished()),
             ReceiverInner::Spsc(c) => c.is_finished(),
             ReceiverInner::Mpsc(c) => c.is_finished(),
         }
@@ -284,6 +315,7 @@ impl<T: Send> InPort<T> for RingReceiver<T> {
     fn len(&self) -> usize {
         match &self.inner {
             ReceiverInner::Local(queue) => lock(queue).items.len(),
+            ReceiverInner::Silent(queue) => queue.depth(),
             ReceiverInner::Spsc(c) => c.len(),
             ReceiverInner::Mpsc(c) => c.len(),
         }
@@ -300,6 +332,10 @@ impl<T: Send> RingReceiver<T> {
             ReceiverInner::Local(queue) => {
                 let queue = queue.clone();
                 Box::new(move || lock(&queue).items.len())
+            }
+            ReceiverInner::Silent(queue) => {
+                let queue = queue.clone();
+                Box::new(move || queue.depth())
             }
             ReceiverInner::Spsc(c) => Box::new(c.depth_probe()),
             ReceiverInner::Mpsc(c) => Box::new(c.depth_probe()),
@@ -341,6 +377,24 @@ impl Transport for RingTransport {
             closed: false,
         };
         match plan.kind {
+            EdgeKind::Local if plan.silent => {
+                let queue = silent_queue(producers);
+                let senders = (0..producers)
+                    .map(|_| {
+                        sender(SenderInner::Silent {
+                            queue: queue.clone(),
+                            capacity: plan.capacity,
+                        })
+                    })
+                    .collect();
+                (
+                    senders,
+                    RingReceiver {
+                        inner: ReceiverInner::Silent(queue),
+                        link: link.clone(),
+                    },
+                )
+            }
             EdgeKind::Local => {
                 let queue = Arc::new(Mutex::new(LocalQueue {
                     items: VecDeque::new(),
@@ -389,6 +443,16 @@ impl Transport for RingTransport {
             }
         }
     }
+}
+
+/// The buffer of a silent edge ([`EdgePlan::silent`]).
+#[allow(unsafe_code)]
+fn silent_queue<T>(producers: usize) -> Arc<SilentQueue<T>> {
+    // SAFETY: `start` marks an edge silent only between sync stages of one worker in a
+    // plan without a controller, which never moves a stage: both ends are bound on the
+    // building thread, then used only by that worker (its loop, abort and drop), whose
+    // spawn and join order its accesses with the building thread's.
+    Arc::new(unsafe { SilentQueue::new(producers) })
 }
 
 /// The runtime's own handle on an edge.
