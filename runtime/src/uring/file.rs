@@ -341,6 +341,18 @@ impl AsyncStage for FileReader {
                         Some(buf) => Some(buf),
                         None if !self.in_flight.is_empty() => {
                             self.settle_oldest(out, failures).await;
+                            let device_reads = self
+                                .in_flight
+                                .iter()
+                                .any(|r| !matches!(r, Reading::Cached(..)));
+                            if device_reads && !out.is_empty() {
+                                // Hand it downstream now, while the device's reads
+                                // stay in flight: its consumer gives the buffer back
+                                // for the next read. (Settling every read first let
+                                // the device's queue run dry once per pool's worth:
+                                // O_DIRECT reads went 0.71x -> 1.0x `std-read`.)
+                                break;
+                            }
                             continue;
                         }
                         None if !out.is_empty() => return,
