@@ -19,8 +19,8 @@ use silent::SilentQueue;
 /// How one edge is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdgeKind {
-    /// Producers and consumer are fused on one worker: a reused buffer (behind a lock
-    /// only while a controller may move one of them to another worker).
+    /// Producers and consumer are fused on one worker: a reused buffer (without a
+    /// lock between sync stages of a plan that is not adaptive, [`silent`]).
     Local,
     /// One producer, another worker: lock-free SPSC ring.
     Spsc,
@@ -48,7 +48,8 @@ pub(crate) struct EdgePlan {
     /// loop (an async consumer on the same worker is a task, which that loop does
     /// not run).
     pub(crate) consumer_in_loop: bool,
-    /// A local edge between sync stages that can never move (no controller): its
+    /// A local edge between sync stages that can never move (a plan that is not
+    /// adaptive): its
     /// ends stay on one worker for good, and its buffer needs no lock ([`silent`]).
     pub(crate) silent: bool,
 }
@@ -449,7 +450,7 @@ impl Transport for RingTransport {
 #[allow(unsafe_code)]
 fn silent_queue<T>(producers: usize) -> Arc<SilentQueue<T>> {
     // SAFETY: `start` marks an edge silent only between sync stages of one worker in a
-    // plan without a controller, which never moves a stage: both ends are bound on the
+    // plan that is not adaptive, which never moves a stage: both ends are bound on the
     // building thread, then used only by that worker (its loop, abort and drop), whose
     // spawn and join order its accesses with the building thread's.
     Arc::new(unsafe { SilentQueue::new(producers) })

@@ -1,5 +1,5 @@
 //! The buffer of a *silent* edge: between sync stages fused on one worker, in a plan
-//! without a controller (nothing ever moves a stage), so both ends stay with that
+//! that is not adaptive (nothing ever moves a stage), so both ends stay with that
 //! worker for the pipeline's whole life.
 //!
 //! Such an edge is only ever touched by one thread at a time: the thread that builds
@@ -8,7 +8,9 @@
 //! other by the worker thread's spawn and join. So its buffer needs no lock; the lock
 //! of a fused edge cost two locked instructions per burst on each side, about 2 ns per
 //! item in the `hop` bench's fused case. Other threads (the stats view, the controller's
-//! probes) only read the edge's depth, mirrored in an atomic.
+//! probes) only read the edge's depth, mirrored in an atomic after each change (a
+//! relaxed read: it may lag the worker by a burst, as any reading of a running edge).
+//! Debug builds check the invariant: an access that overlaps another panics.
 
 // Unsafe here: a buffer without a lock, shared by the two ends of one silent edge.
 #![allow(unsafe_code)]
@@ -23,6 +25,9 @@ pub(crate) struct SilentQueue<T> {
     queue: UnsafeCell<LocalQueue<T>>,
     /// `queue.items.len()` as of the last change, for other threads.
     depth: AtomicUsize,
+    /// Set while an access runs (debug builds): overlapping accesses panic.
+    #[cfg(debug_assertions)]
+    in_use: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: `SilentQueue::new`'s contract: every handle on the queue is used by one
@@ -39,8 +44,9 @@ impl<T> SilentQueue<T> {
     /// Every access ([`with`](Self::with)) through every handle (clone of the `Arc`
     /// this goes into) must happen on one thread at a time, with a happens-before edge
     /// between the accesses of different threads (e.g. the spawn or the join of the
-    /// thread that takes the handles over): the ends of a silent edge, which the
-    /// runtime hands to one worker for good.
+    /// thread that takes the handles over), and never nested (no access from inside
+    /// another's closure): the ends of a silent edge, which the runtime hands to one
+    /// worker for good.
     pub(crate) unsafe fn new(producers: usize) -> Self {
         Self {
             queue: UnsafeCell::new(LocalQueue {
@@ -48,18 +54,26 @@ impl<T> SilentQueue<T> {
                 open_producers: producers,
             }),
             depth: AtomicUsize::new(0),
+            #[cfg(debug_assertions)]
+            in_use: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Runs `f` on the queue (it cannot reach the queue again: no `&self` inside).
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut LocalQueue<T>) -> R) -> R {
-        // SAFETY: by `new`'s contract no other access runs at the same time or
-        // unordered with this one, and `f` gets the only reference for its duration
-        // (it is given no way back to `self`).
+        #[cfg(debug_assertions)]
+        assert!(
+            !self.in_use.swap(true, Ordering::Acquire),
+            "a silent edge was used by two accesses at once"
+        );
+        // SAFETY: by `new`'s contract no other access runs at the same time, nested
+        // or unordered with this one, so `f` gets the only reference for its duration.
         let queue = unsafe { &mut *self.queue.get() };
         let result = f(queue);
         self.depth.store(queue.items.len(), Ordering::Relaxed);
+        #[cfg(debug_assertions)]
+        self.in_use.store(false, Ordering::Release);
         result
     }
 
