@@ -280,9 +280,9 @@ fn damage_under_a_running_gateway_is_refetched_not_served() {
         }
         n
     };
-    // Each kind of direct hit meets damaged chunks first: 64 KiB replies from the
-    // mapped file on the first two chunks (256 KiB each), 4 KiB `preadv2` reads on the
-    // last two; then everything again, both ways.
+    // Each kind of direct hit meets damaged chunks first: 64 KiB NBD replies sent
+    // right away (`send_direct`) on the first two chunks (256 KiB each), 4 KiB
+    // `preadv2` reads on the last two; then everything again, both ways.
     read_range(&mut c, 0..MIB / 2, 65536);
     read_range(&mut c, MIB / 2..MIB, 4096);
     read_all(&mut c, 4096);

@@ -204,10 +204,12 @@ impl Cache {
                 use std::os::fd::AsRawFd;
                 map.writev(sock.as_raw_fd(), head, pos, len)
             });
-            return self.after_send(sent, head, len, |done| {
+            return self.after_send(sent, head, len, |done, out| {
                 // A part of the range `writev` was given, so inside the mapping.
-                map.copy(pos + done as u64, len - done)
-                    .expect("a part of a range inside the mapping")
+                out.extend_from_slice(
+                    &map.copy(pos + done as u64, len - done)
+                        .expect("a part of a range inside the mapping"),
+                );
             });
         }
         let key = ChunkKey {
@@ -239,18 +241,21 @@ impl Cache {
                 rustix::io::writev(sock, &[IoSlice::new(head), IoSlice::new(body)])
                     .map_err(io::Error::from)
             });
-            self.after_send(sent, head, len, |done| body[done..].to_vec())
+            self.after_send(sent, head, len, |done, out| {
+                out.extend_from_slice(&body[done..]);
+            })
         })
     }
 
     /// The outcome of a direct reply's `writev` of `head` and `len` bytes that
-    /// returned `sent`; `rest(done)`: a copy of the body's bytes from `done` on.
+    /// returned `sent`; `append_rest(done, out)` appends the body's bytes from `done`
+    /// on to `out`.
     fn after_send(
         &self,
         sent: io::Result<usize>,
         head: &[u8],
         len: usize,
-        rest: impl FnOnce(usize) -> Vec<u8>,
+        append_rest: impl FnOnce(usize, &mut Vec<u8>),
     ) -> DirectSend {
         let n = match sent {
             Ok(n) => n,
@@ -267,7 +272,7 @@ impl Cache {
         if n < head.len() {
             out.extend_from_slice(&head[n..]);
         }
-        out.extend_from_slice(&rest(done));
+        append_rest(done, &mut out);
         DirectSend::Rest(out)
     }
 }
