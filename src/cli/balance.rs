@@ -103,13 +103,13 @@ struct ProducerArgs {
     #[arg(long, default_value_t = 1024)]
     queue_limit: usize,
     /// Fraction of requests that fail.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     error_rate: f64,
     /// Multiply the service time by --degrade-factor after this many ms.
     #[arg(long)]
     degrade_after_ms: Option<u64>,
     /// See --degrade-after-ms.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = factor)]
     degrade_factor: f64,
     /// Report/gossip/shedding period, ms.
     #[arg(long, default_value_t = 500)]
@@ -307,4 +307,24 @@ async fn status(s: StatusArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A fraction in [0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction: use a number from 0 to 1, e.g. 0.01"
+        )),
+    }
+}
+
+/// A finite, non-negative factor.
+fn factor(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a factor: use a non-negative number, e.g. 10 for ten times slower"
+        )),
+    }
 }

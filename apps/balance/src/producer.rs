@@ -43,19 +43,29 @@ impl ServiceTime {
     pub fn sample(&self, rng: &mut impl Rng) -> Duration {
         match *self {
             Self::Fixed(d) => d,
-            Self::Uniform(max) => max.mul_f64(rng.random::<f64>()),
-            Self::Exp(mean) => mean.mul_f64(-(1.0 - rng.random::<f64>()).ln()),
+            Self::Uniform(max) => times(max, rng.random::<f64>()),
+            Self::Exp(mean) => times(mean, -(1.0 - rng.random::<f64>()).ln()),
         }
     }
 
-    /// Scaled by `f`.
+    /// Scaled by `f` (a factor that is negative or not a number counts as 0, one too
+    /// large for a `Duration` as the longest `Duration`).
     pub fn scaled(&self, f: f64) -> Self {
         match *self {
-            Self::Fixed(d) => Self::Fixed(d.mul_f64(f)),
-            Self::Uniform(d) => Self::Uniform(d.mul_f64(f)),
-            Self::Exp(d) => Self::Exp(d.mul_f64(f)),
+            Self::Fixed(d) => Self::Fixed(times(d, f)),
+            Self::Uniform(d) => Self::Uniform(times(d, f)),
+            Self::Exp(d) => Self::Exp(times(d, f)),
         }
     }
+}
+
+/// `d * f`, saturating instead of panicking as `Duration::mul_f64` does.
+fn times(d: Duration, f: f64) -> Duration {
+    let secs = d.as_secs_f64() * f;
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -73,9 +83,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("bad duration unit in {s:?}: use us, ms or s")),
     };
     if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
+        return Err(format!("bad duration {s:?}: use a non-negative number"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("duration {s:?} is too long: use at most a few years"))
 }
 
 impl FromStr for ServiceTime {

@@ -251,7 +251,12 @@ impl Weights {
         if report.requests == 0 && report.timeouts == 0 {
             return;
         }
-        let total = f64::from(report.requests.max(report.errors + report.timeouts).max(1));
+        let total = f64::from(
+            report
+                .requests
+                .max(report.errors.saturating_add(report.timeouts))
+                .max(1),
+        );
         let fail = (f64::from(report.errors) + f64::from(report.timeouts)) / total;
         let lat = sane(report.mean_latency_us);
         match &mut p.consumers {
@@ -265,7 +270,7 @@ impl Weights {
             Some(v) => {
                 let keep = fade(now.saturating_sub(v.at), decay);
                 // A report with requests sets latency; a timeouts-only report does not.
-                if report.requests > report.errors + report.timeouts || lat > 0.0 {
+                if report.requests > report.errors.saturating_add(report.timeouts) || lat > 0.0 {
                     v.latency_us = v.latency_us * keep + lat * (1.0 - keep);
                 }
                 v.failures = (v.failures * keep + fail * (1.0 - keep)).min(1.0);

@@ -1,7 +1,7 @@
 //! The agent's decisions: leases, renewals, report verification, producer registry.
 //! Synchronous and clock-free: every call takes the wall-clock time in milliseconds.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -73,8 +73,15 @@ pub struct AgentCore {
     producers: BTreeMap<ProducerId, Known>,
     /// Leases out, by expiry: (expires_ms, lease id) -> producer.
     leases: BTreeMap<(u64, u64), ProducerId>,
-    /// Lease ids that already carried a report (one report per lease token).
-    reported: HashSet<u64>,
+    /// Lease ids that already carried a report (one report per lease token), kept for
+    /// as long as the token could still carry one.
+    reported: IdsUntil,
+    /// Tokens already renewed (replaced by a new one), until they expire: a token is
+    /// renewed once, whether it is sent twice in one request or again after a lost
+    /// answer.
+    renewed: IdsUntil,
+    /// The first lease id this agent issued: lower ids are from before a restart.
+    first_lease: u64,
     next_lease: u64,
     stats: AgentStatus,
     trace: Option<Vec<TimedEvent>>,
@@ -88,6 +95,39 @@ pub enum Effect {
     None,
     /// The registry changed: persist it durably before answering.
     Persist(Vec<Registered>),
+}
+
+/// Ids remembered until a time, forgotten after it.
+#[derive(Debug, Default)]
+struct IdsUntil {
+    ids: HashSet<u64>,
+    by_time: BTreeSet<(u64, u64)>,
+}
+
+impl IdsUntil {
+    /// Remembers `id` until `until_ms`; false if it already was.
+    fn insert(&mut self, id: u64, until_ms: u64) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.by_time.insert((until_ms, id));
+        true
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// Forgets the ids whose time is before `now_ms`.
+    fn prune(&mut self, now_ms: u64) {
+        while let Some(&(until, id)) = self.by_time.first() {
+            if until >= now_ms {
+                break;
+            }
+            self.by_time.pop_first();
+            self.ids.remove(&id);
+        }
+    }
 }
 
 fn at(now_ms: u64) -> Duration {
@@ -117,15 +157,18 @@ impl AgentCore {
             agent: config.agent,
             ..AgentStatus::default()
         };
+        // Lease ids start at the start time in µs: unique across restarts.
+        let first_lease = now_ms.saturating_mul(1000);
         Self {
-            // Lease ids start at the start time in µs: unique across restarts.
-            next_lease: now_ms.saturating_mul(1000),
+            first_lease,
+            next_lease: first_lease,
             config,
             key,
             weights,
             producers,
             leases: BTreeMap::new(),
-            reported: HashSet::new(),
+            reported: IdsUntil::default(),
+            renewed: IdsUntil::default(),
             stats,
             trace: None,
             decisions: Vec::new(),
@@ -177,10 +220,11 @@ impl AgentCore {
                 break;
             }
             self.leases.remove(&(exp, id));
-            self.reported.remove(&id);
             self.weights.release(p);
             self.log(now_ms, Event::Release(p));
         }
+        self.reported.prune(now_ms);
+        self.renewed.prune(now_ms);
     }
 
     fn issue(&mut self, now_ms: u64, consumer: ConsumerId, producer: ProducerId) -> Option<Lease> {
@@ -191,7 +235,7 @@ impl AgentCore {
             agent: self.config.agent,
             consumer,
             producer,
-            expires_ms: now_ms + self.config.lease_ttl.as_millis() as u64,
+            expires_ms: now_ms.saturating_add(self.ttl_ms()),
         };
         self.leases.insert((claims.expires_ms, claims.id), producer);
         Some(Lease {
@@ -213,6 +257,10 @@ impl AgentCore {
             self.weights.release(claims.producer);
             self.log(now_ms, Event::Release(claims.producer));
         }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether a token is genuine, this consumer's and was issued for a producer of
@@ -247,13 +295,13 @@ impl AgentCore {
         // Reports first, so this request's selection already sees them. A report is
         // taken only with a genuine lease of this consumer on that producer that has
         // not expired more than a lease length ago, once per lease.
-        let ttl = self.config.lease_ttl.as_millis() as u64;
+        let ttl = self.ttl_ms();
         for (token, report) in &req.reports {
-            let fresh = token.claims.expires_ms + ttl >= now_ms;
+            let reportable_until = token.claims.expires_ms.saturating_add(ttl);
             let ok = self.check(req.consumer, token).is_ok()
-                && fresh
+                && reportable_until >= now_ms
                 && self.weights.contains(token.claims.producer)
-                && self.reported.insert(token.claims.id);
+                && self.reported.insert(token.claims.id, reportable_until);
             if ok {
                 self.weights
                     .consumer_report(now, token.claims.producer, *report);
@@ -287,7 +335,12 @@ impl AgentCore {
         for token in &req.renew {
             let c = token.claims;
             let verdict = self.check(req.consumer, token).and_then(|()| {
-                if c.expires_ms <= now_ms {
+                if c.expires_ms <= now_ms || self.renewed.contains(c.id) {
+                    return Err(Refusal::Expired);
+                }
+                // Not out, not renewed, issued by this run of the agent: it was given
+                // back or refused (a token from before a restart is adopted below).
+                if c.id >= self.first_lease && !self.leases.contains_key(&(c.expires_ms, c.id)) {
                     return Err(Refusal::Expired);
                 }
                 match view.get(&c.producer) {
@@ -318,7 +371,7 @@ impl AgentCore {
                         self.weights.acquire(c.producer);
                         self.log(now_ms, Event::Acquire(c.producer));
                     }
-                    self.reported.remove(&c.id);
+                    self.renewed.insert(c.id, c.expires_ms);
                     if let Some(l) = self.issue(now_ms, req.consumer, c.producer) {
                         resp.renewed.push(l);
                         self.stats.renewed += 1;
@@ -377,6 +430,9 @@ impl AgentCore {
         if s.leaving {
             let was = self.producers.remove(&s.id).is_some();
             self.weights.remove(s.id);
+            // Its leases go with it: if it registers again, renewals of them are
+            // refused rather than found without being counted.
+            self.leases.retain(|_, p| *p != s.id);
             self.log(now_ms, Event::Remove(s.id));
             let fx = if was {
                 Effect::Persist(self.registry())
