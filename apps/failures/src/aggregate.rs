@@ -28,11 +28,12 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Adds `other` into `self`.
+    /// Adds `other` into `self`, saturating (about 18 million lines at the largest
+    /// exposure a line may carry would overflow a `u64`).
     pub fn add(&mut self, other: &Counts) {
-        self.failures += other.failures;
-        self.hours += other.hours;
-        self.launches += other.launches;
+        self.failures = self.failures.saturating_add(other.failures);
+        self.hours = self.hours.saturating_add(other.hours);
+        self.launches = self.launches.saturating_add(other.launches);
     }
 
     fn of(kind: &EventKind) -> Counts {

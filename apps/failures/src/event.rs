@@ -545,8 +545,13 @@ fn build(
     })
 }
 
-/// Parses an RFC 3339 time to seconds since the epoch (fractions dropped).
+/// Parses an RFC 3339 time to seconds since the epoch (fractions dropped), with its
+/// offset applied (`10:00:00+05:30` is `04:30:00Z`). A time without an offset, or with
+/// a space for the `T`, is read as UTC.
 pub fn parse_time(s: &str) -> Result<i64, EventError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
     let t = humantime::parse_rfc3339_weak(s).map_err(|_| EventError::BadTime(truncate(s)))?;
     match t.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => Ok(d.as_secs() as i64),
@@ -598,5 +603,22 @@ impl Event {
             None => {}
         }
         Value::Object(obj).to_string()
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::parse_time;
+
+    #[test]
+    fn offsets_are_applied_and_times_without_one_are_utc() {
+        let utc = parse_time("2026-11-29T04:30:00Z").unwrap();
+        assert_eq!(parse_time("2026-11-29T10:00:00+05:30").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-29T10:00:00.123+05:30").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-28T23:30:00-05:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-29T04:30:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-29 04:30:00").unwrap(), utc);
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2026-13-29T04:30:00Z").is_err());
     }
 }

@@ -157,6 +157,7 @@ pub struct Server {
     shared: Shared,
     accept: tokio::task::JoinHandle<()>,
     store: Arc<Checkpoints>,
+    log_path: std::path::PathBuf,
 }
 
 struct Ctx {
@@ -284,6 +285,7 @@ impl Server {
             shared,
             accept,
             store,
+            log_path,
         })
     }
 
@@ -310,15 +312,31 @@ impl Server {
                 .drain()
                 .map_err(|e| ServeError::Start(e.to_string()))?;
         }
-        let _ = &self.store;
+        // Everything accepted is applied and in the log now: a checkpoint saves the
+        // next start replaying it, and keeps the counts of refused lines, which the
+        // log does not hold.
+        let end = match std::fs::metadata(&self.log_path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io("reading the log's length")(e)),
+        };
+        let canonical = lock(&self.shared).canonical();
+        self.store.save(&canonical, end)?;
         Ok(())
     }
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of file descriptors, most likely: back off instead of spinning
+                // until a connection closes.
+                metrics::counter!("failures_accept_errors_total").increment(1);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
