@@ -50,13 +50,13 @@ struct RunArgs {
     #[arg(long)]
     group: String,
     /// Fraction of image pages each guest writes (copy-on-write breaks).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     write_fraction: f64,
     /// Copy-on-write reserve of the group: new VMs are refused beyond it.
     #[arg(long, default_value_t = 1024)]
     cow_reserve_mib: u64,
-    /// Guest RAM per VM (default: the image plus 16 MiB).
-    #[arg(long)]
+    /// Guest RAM per VM (default: the image plus 16 MiB; at most 4095).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..4096))]
     ram_mib: Option<u64>,
     /// Deadline of one guest command, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
@@ -174,7 +174,7 @@ fn run_vms(a: RunArgs) -> anyhow::Result<()> {
     host.create_group(
         &a.group,
         GroupConfig {
-            cow_reserve_pages: a.cow_reserve_mib * (1 << 20) / PAGE as u64,
+            cow_reserve_pages: a.cow_reserve_mib.saturating_mul(1 << 20) / PAGE as u64,
         },
     )?;
     let bytes = Image::open(&a.image)?.read_all()?;
@@ -272,5 +272,15 @@ fn status(a: StatusArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
         println!();
+    }
+}
+
+/// A fraction in [0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction: use a number from 0 to 1, e.g. 0.1"
+        )),
     }
 }

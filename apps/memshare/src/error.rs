@@ -119,10 +119,15 @@ pub enum Error {
     BadGroupName(String),
     /// The group's copy-on-write reserve is used up: starting another VM could push the
     /// host into the OOM killer.
-    #[error("group {group:?} refuses new VMs: {broken_pages} shared pages broken, reserve {reserve_pages} pages (raise --cow-reserve-mib or stop VMs)")]
+    #[error("group {group:?} refuses the VM: it expects to write {requested_pages} pages, and the live VMs already hold {held_pages} of the {reserve_pages}-page copy-on-write reserve ({broken_pages} broken so far); raise --cow-reserve-mib, give the VM a lower --write-fraction, or stop VMs")]
     ReserveExhausted {
         /// The group.
         group: String,
+        /// Pages the refused VM said it would write.
+        requested_pages: u64,
+        /// Pages the live VMs hold of the reserve: for each, what it declared it would
+        /// write or what it broke, whichever is more.
+        held_pages: u64,
         /// Pages copied on write so far.
         broken_pages: u64,
         /// The reserve.

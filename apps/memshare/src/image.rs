@@ -96,6 +96,12 @@ pub struct Image {
 }
 
 impl Image {
+    /// The opened file's metadata (`fstat`: the file this `Image` reads, even if the
+    /// path was since renamed over).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
     /// Open `path`, check that it is a whole number of blocks and as long as its manifest.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let io = |source| ImageError::Io {

@@ -141,7 +141,10 @@ impl Vm {
                 image.len()
             )));
         }
-        if payload::IMAGE_GPA + config.ram_bytes > 1 << 32 {
+        if payload::IMAGE_GPA
+            .checked_add(config.ram_bytes)
+            .is_none_or(|end| end > 1 << 32)
+        {
             return Err(GuestError::ImageTooLarge {
                 image_bytes: config.ram_bytes,
                 ram_bytes: (1 << 32) - payload::IMAGE_GPA,

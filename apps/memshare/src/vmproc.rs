@@ -90,6 +90,21 @@ pub enum Reply {
     Failed(GuestError),
 }
 
+impl Reply {
+    /// What kind of reply it is, for messages (a `Checksums` reply can hold thousands
+    /// of numbers).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Ready { .. } => "ready",
+            Reply::Checksums(_) => "checksums",
+            Reply::Written(_) => "a write count",
+            Reply::DeviceRead { .. } => "device checksums",
+            Reply::Halted => "halted",
+            Reply::Failed(_) => "a failure",
+        }
+    }
+}
+
 fn copy_image(spec: &VmSpec) -> Result<GuestMemory, GuestError> {
     use std::io::Read;
     let setup = |what: &str, e: std::io::Error| GuestError::Setup(format!("{what}: {e}"));

@@ -258,16 +258,32 @@ fn the_reserve_refuses_new_vms_once_guests_broke_too_many_pages() {
     .unwrap();
     // Expects to break 50 pages: within the reserve.
     let w = h.start_vm("r", &VmRequest::new(&img, 0.5, 1)).unwrap();
+    // It holds its 50 pages before it writes any: 20 more do not fit.
+    let err = h.start_vm("r", &VmRequest::new(&img, 0.2, 5)).unwrap_err();
+    match err {
+        Error::ReserveExhausted {
+            requested_pages: 20,
+            held_pages: 50,
+            broken_pages: 0,
+            reserve_pages: 60,
+            ..
+        } => {}
+        e => panic!("{e}"),
+    }
     let written = h.write(w).unwrap();
     assert!(written >= 45, "wrote {written}");
     // Broken pages plus the 20 the next VM expects to break exceed 60.
     let err = h.start_vm("r", &VmRequest::new(&img, 0.2, 2)).unwrap_err();
     match err {
         Error::ReserveExhausted {
+            held_pages,
             broken_pages,
             reserve_pages: 60,
             ..
-        } => assert_eq!(broken_pages, u64::from(written)),
+        } => {
+            assert_eq!(broken_pages, u64::from(written));
+            assert_eq!(held_pages, broken_pages.max(50));
+        }
         e => panic!("{e}"),
     }
     // A VM that would break more than the reserve by itself is refused up front.
@@ -276,7 +292,7 @@ fn the_reserve_refuses_new_vms_once_guests_broke_too_many_pages() {
     assert!(matches!(err, Error::ReserveExhausted { .. }), "{err}");
     // Within the reserve again: admitted.
     h.start_vm("r", &VmRequest::new(&img, 0.1, 4)).unwrap();
-    assert_eq!(h.status("r").unwrap().refused, 2);
+    assert_eq!(h.status("r").unwrap().refused, 3);
 }
 
 #[test]

@@ -65,7 +65,7 @@ impl Host {
             Reply::Checksums(c) => Ok(c),
             r => Err(Error::VmProcess {
                 vm: id,
-                reason: format!("expected checksums, got {r:?}"),
+                reason: format!("expected checksums, got {}", r.kind()),
             }),
         }
     }
@@ -83,7 +83,7 @@ impl Host {
             Reply::DeviceRead { sums, reads } => Ok((sums, reads)),
             r => Err(Error::VmProcess {
                 vm: id,
-                reason: format!("expected device checksums, got {r:?}"),
+                reason: format!("expected device checksums, got {}", r.kind()),
             }),
         }
     }
@@ -94,7 +94,7 @@ impl Host {
             Reply::Written(n) => Ok(n),
             r => Err(Error::VmProcess {
                 vm: id,
-                reason: format!("expected a write count, got {r:?}"),
+                reason: format!("expected a write count, got {}", r.kind()),
             }),
         }
     }

@@ -2,7 +2,6 @@
 //! group's store (or its earlier load reused), then the VM process.
 
 use std::io::BufReader;
-use std::path::Path;
 
 use crate::error::Error;
 use crate::image::Image;
@@ -17,9 +16,11 @@ use super::{marker_seed, Host, VmId, VmProc, VmRequest};
 /// Identifies an unchanged image file: device, inode, size, mtime, ctime.
 pub(super) type ImageKey = (u64, u64, u64, i64, i64, i64, i64);
 
-fn image_key(path: &Path) -> Option<ImageKey> {
+/// The key of the file `image` has open (not of whatever its path names now: a file
+/// renamed over it between the open and this call must not take its cached load).
+fn image_key(image: &Image) -> Option<ImageKey> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
+    let m = image.metadata().ok()?;
     Some((
         m.dev(),
         m.ino(),
@@ -46,18 +47,18 @@ impl Host {
     fn start_vm_inner(&mut self, group: &str, req: &VmRequest) -> Result<VmId, Error> {
         self.reap();
         let loader = self.config.loader.clone();
-        let broken = self.group_broken_pages(group)?;
+        let (held, broken) = self.group_reserve_use(group)?;
         let mut image = Image::open(&req.image)?;
-        let expected = (image.blocks() as f64 * req.write_fraction.clamp(0.0, 1.0)).ceil() as u64;
+        let expected = super::status::expected_writes(image.blocks(), req.write_fraction);
         let g = self.group(group)?;
-        if let Admission::Refuse { projected, reserve } =
-            admit(broken, expected, g.config.cow_reserve_pages)
+        if let Admission::Refuse { reserve, .. } = admit(held, expected, g.config.cow_reserve_pages)
         {
             g.refused += 1;
             metrics::counter!("memshare_vms_refused").increment(1);
-            let _ = projected;
             return Err(Error::ReserveExhausted {
                 group: group.into(),
+                requested_pages: expected,
+                held_pages: held,
                 broken_pages: broken,
                 reserve_pages: reserve,
             });
@@ -71,7 +72,7 @@ impl Host {
             }
             .into());
         }
-        let key = image_key(&req.image);
+        let key = image_key(&image);
         let cached = key.and_then(|k| g.cache.get(&k).map(|(m, s, _)| (m.clone(), *s)));
         let (map, load) = if req.loading == Loading::Shared {
             match cached {
@@ -185,7 +186,7 @@ impl Host {
                     Ok(Reply::Failed(e)) => e.into(),
                     Ok(r) => Error::VmProcess {
                         vm: id,
-                        reason: format!("expected ready, got {r:?}"),
+                        reason: format!("expected ready, got {}", r.kind()),
                     },
                     Err(e) => e,
                 });

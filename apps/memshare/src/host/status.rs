@@ -112,18 +112,20 @@ pub fn live_status(state_dir: &Path) -> Result<Vec<GroupStatus>, Error> {
 }
 
 impl Host {
-    pub(super) fn group_broken_pages(&self, group: &str) -> Result<u64, Error> {
+    /// What the group's live VMs hold of its copy-on-write reserve: each the pages it
+    /// declared it would write or the pages it broke so far, whichever is more (a VM
+    /// admitted but not yet writing still holds its share); and the pages broken so far.
+    pub(super) fn group_reserve_use(&self, group: &str) -> Result<(u64, u64), Error> {
         if !self.groups.contains_key(group) {
             return Err(Error::UnknownGroup(group.into()));
         }
-        Ok(self
-            .vms
-            .values()
-            .filter(|v| v.group == group)
-            .map(|v| {
-                anonymous_in_range(v.pid, v.image_addr, v.image_len).unwrap_or(0) / PAGE as u64
-            })
-            .sum())
+        let (mut held, mut broken) = (0u64, 0u64);
+        for v in self.vms.values().filter(|v| v.group == group) {
+            let b = anonymous_in_range(v.pid, v.image_addr, v.image_len).unwrap_or(0) / PAGE as u64;
+            broken = broken.saturating_add(b);
+            held = held.saturating_add(b.max(expected_writes(v.load.pages, v.write_fraction)));
+        }
+        Ok((held, broken))
     }
 
     /// Status of one group and its VMs, with live figures from the kernel.
@@ -183,4 +185,14 @@ impl Host {
             }
         }
     }
+}
+
+/// Pages a VM of `pages` image pages says it will write at `write_fraction`.
+pub(super) fn expected_writes(pages: u64, write_fraction: f64) -> u64 {
+    let fraction = if write_fraction.is_nan() {
+        1.0
+    } else {
+        write_fraction.clamp(0.0, 1.0)
+    };
+    (pages as f64 * fraction).ceil() as u64
 }
