@@ -83,8 +83,10 @@ pub struct ClientStats {
     pub moved: AtomicU64,
     /// `GoAway` frames received.
     pub go_aways: AtomicU64,
-    /// Lease requests that failed (agent unreachable or busy).
+    /// Lease requests that failed (agent unreachable, or an answer it could not use).
     pub agent_errors: AtomicU64,
+    /// Renewal requests an agent answered `Busy` (asked again shortly).
+    pub agent_busy: AtomicU64,
 }
 
 enum Outcome {
@@ -441,6 +443,13 @@ async fn connect(shared: &Arc<Shared>, lease: Lease) -> Option<Arc<Held>> {
     Some(held)
 }
 
+/// Times a busy agent is asked again within one renewal period, and the pause before.
+const BUSY_RETRIES: u32 = 3;
+const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long a draining connection waits for the answers to what it sent.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 async fn conn_task(
     stream: TcpStream,
     mut rx: mpsc::UnboundedReceiver<(Request, oneshot::Sender<Outcome>)>,
@@ -450,7 +459,21 @@ async fn conn_task(
     let (mut sink, mut frames) = Framed::new(stream, wire::codec(MAX_PRODUCER_FRAME)).split();
     let mut pending: Pending = HashMap::new();
     let mut input_open = true;
+    let mut draining_since: Option<Instant> = None;
     loop {
+        if shared.closed.load(Ordering::Acquire) {
+            // The client is gone: nobody can call through this connection any more.
+            break;
+        }
+        // Callers that gave up (timed out) wait for no answer.
+        pending.retain(|_, t| !t.is_closed());
+        if held.draining.load(Ordering::Acquire) {
+            let since = *draining_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= DRAIN_LIMIT {
+                // The producer does not answer what it took: stop waiting for it.
+                break;
+            }
+        }
         if held.draining.load(Ordering::Acquire) && pending.is_empty() {
             // Drained: everything sent was answered. Refuse whatever was queued
             // meanwhile (unexecuted) and close.
@@ -571,10 +594,8 @@ async fn manage(shared: Arc<Shared>) {
             .map(|h| *h.token.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
         let mut answer = None;
-        for _ in 0..opts.agents.len().max(1) {
-            if opts.agents.is_empty() {
-                break;
-            }
+        let (mut agents_left, mut busy_left) = (opts.agents.len(), BUSY_RETRIES);
+        while agents_left > 0 {
             if agent.is_none() {
                 agent = AgentClient::connect(opts.agents[next_agent]).await.ok();
             }
@@ -584,13 +605,25 @@ async fn manage(shared: Arc<Shared>) {
                         answer = Some(r);
                         break;
                     }
-                    Ok(AgentResponse::Busy) => {}
+                    // A busy agent is asked again: another agent would refuse to renew
+                    // the leases this one issued. If it stays busy, the leases held
+                    // still last a lease length; the next period tries again.
+                    Ok(AgentResponse::Busy) => {
+                        shared.stats.agent_busy.fetch_add(1, Ordering::Relaxed);
+                        if busy_left == 0 {
+                            break;
+                        }
+                        busy_left -= 1;
+                        tokio::time::sleep(BUSY_BACKOFF).await;
+                        continue;
+                    }
                     _ => {}
                 }
             }
             shared.stats.agent_errors.fetch_add(1, Ordering::Relaxed);
             agent = None;
             next_agent = (next_agent + 1) % opts.agents.len();
+            agents_left -= 1;
         }
         if let Some(r) = answer {
             for l in &r.renewed {

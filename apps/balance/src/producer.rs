@@ -363,7 +363,9 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
     inner.stats.connections.fetch_add(1, Ordering::Relaxed);
     let _guard = ConnGuard { inner: &inner, id };
     let (mut sink, mut frames) = Framed::new(stream, wire::codec(MAX_PRODUCER_FRAME)).split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<ProducerFrame>();
+    // Bounded: a client that sends without reading its answers stops being read (its
+    // socket fills up) instead of the producer queueing answers without limit.
+    let (tx, mut rx) = mpsc::channel::<ProducerFrame>(ANSWERS_PER_CONNECTION);
     let writer = tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
             if sink.send(wire::encode(&f)).await.is_err() {
@@ -378,7 +380,20 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
     }
     let mut draining = false;
     let mut drain_deadline = None::<tokio::time::Instant>;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
+        // Room for the next answer first.
+        let permit = tokio::select! {
+            p = tx.clone().reserve_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = crashed.changed() => {
+                writer.abort();
+                return;
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(far)), if drain_deadline.is_some() => break,
+        };
         let frame = tokio::select! {
             f = frames.next() => f,
             _ = crashed.changed() => {
@@ -387,11 +402,11 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
             }
             Some(()) = go_rx.recv(), if !draining => {
                 draining = true;
-                drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
-                let _ = tx.send(ProducerFrame::GoAway);
+                drain_deadline = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                permit.send(ProducerFrame::GoAway);
                 continue;
             }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))), if drain_deadline.is_some() => break,
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(far)), if drain_deadline.is_some() => break,
         };
         let bytes = match frame {
             Some(Ok(b)) => b,
@@ -413,23 +428,44 @@ async fn serve(stream: TcpStream, inner: Arc<Inner>) {
         let waiting = inner.stats.waiting.load(Ordering::Relaxed) as usize;
         if draining || waiting >= inner.opts.queue_limit {
             inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(ProducerFrame::Busy { id: req.id });
+            permit.send(ProducerFrame::Busy { id: req.id });
             continue;
         }
+        let (inner2, pending2) = (inner.clone(), pending.clone());
         pending.fetch_add(1, Ordering::AcqRel);
-        let (inner2, tx2, pending2) = (inner.clone(), tx.clone(), pending.clone());
         tokio::spawn(async move {
+            // Counted down even if the request's task ends early.
+            let _done = CountDown(pending2);
             let answer = execute(&inner2, req).await;
-            let _ = tx2.send(answer);
-            pending2.fetch_sub(1, Ordering::AcqRel);
+            permit.send(answer);
         });
     }
-    // Drained close: answer everything accepted before closing.
-    while pending.load(Ordering::Acquire) > 0 {
+    // Drained close: answer everything accepted before closing, within the limit.
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     drop(tx);
-    let _ = writer.await;
+    // A client that reads nothing would hold the writer forever.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout_at(deadline, writer).await.is_err() {
+        abort.abort();
+    }
+}
+
+/// Answers queued or in service per connection before the producer stops reading it.
+const ANSWERS_PER_CONNECTION: usize = 256;
+
+/// How long a closing connection waits for its answers to be served and written.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Decrements a counter when dropped.
+struct CountDown(Arc<AtomicU32>);
+
+impl Drop for CountDown {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn execute(inner: &Inner, req: Request) -> ProducerFrame {

@@ -146,6 +146,7 @@ impl AgentServer {
         let key = opts.key.clone();
         let decide_core = core.clone();
         let decide_counters = counters.clone();
+        let mut registry_unsaved = false;
         let dir = opts.data.clone();
         requests
             .then_tagged(
@@ -172,13 +173,22 @@ impl AgentServer {
                         }
                         Checked::Producer(s) => {
                             let (peers, fx) = core.producer(now, &s);
-                            if let Effect::Persist(reg) = fx {
+                            // After a failed write the registry is written again with
+                            // the next status, changed or not.
+                            let save = match fx {
+                                Effect::Persist(reg) => Some(reg),
+                                Effect::None if registry_unsaved => Some(core.registry()),
+                                Effect::None => None,
+                            };
+                            if let Some(reg) = save {
                                 if let Err(e) = store_registry(&dir, &reg) {
+                                    registry_unsaved = true;
                                     metrics::counter!("balance_registry_errors_total").increment(1);
                                     return AgentResponse::Refused(format!(
                                         "the agent could not persist its producer registry ({e}); retry"
                                     ));
                                 }
+                                registry_unsaved = false;
                             }
                             AgentResponse::Peers(peers)
                         }
@@ -323,20 +333,36 @@ async fn accept_loop(
     counters: Arc<Counters>,
     max_in_flight: usize,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // A cap on open connections keeps file descriptors for real consumers when
+        // something opens connections and leaves them.
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            counters.busy.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("balance_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve(
-            stream,
-            service.clone(),
-            counters.clone(),
-            max_in_flight,
-        ));
+        let (service, counters, open) = (service.clone(), counters.clone(), open.clone());
+        tokio::spawn(async move {
+            let _open = InFlight(&open);
+            serve(stream, service, counters, max_in_flight).await;
+        });
     }
 }
+
+/// Connections the agent keeps open at once.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// A connection that sends no request for this long is closed (consumers renew every
+/// second or so; a closed connection is reopened by the next call).
+const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -353,7 +379,7 @@ async fn serve(
     max_in_flight: usize,
 ) {
     let mut framed = Framed::new(stream, wire::codec(MAX_AGENT_FRAME));
-    while let Some(frame) = framed.next().await {
+    while let Ok(Some(frame)) = tokio::time::timeout(IDLE_LIMIT, framed.next()).await {
         let bytes = match frame {
             Ok(b) => b,
             Err(_) => {
@@ -367,7 +393,10 @@ async fn serve(
             Err(e) => {
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("balance_malformed_total").increment(1);
-                AgentResponse::Refused(format!("malformed request ({e}): check the client version"))
+                AgentResponse::Refused(format!(
+                    "the agent could not read the request ({e}): the client and the agent are \
+                     probably different pipewright versions; run the same version on both"
+                ))
             }
             Ok(req) => {
                 if counters.in_flight.fetch_add(1, Ordering::AcqRel) >= max_in_flight {
