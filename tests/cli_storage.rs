@@ -517,13 +517,15 @@ fn resolve_settles_in_doubt_transactions_without_the_killed_decider() {
 /// F = 0 (plain two-phase commit) for contrast: with the decider killed, `resolve`
 /// cannot settle (exit 4, the transactions still in doubt); once the decider is back,
 /// `resolve` settles them (presumed abort: it never logged them) and no node
-/// disagrees.
+/// disagrees. The nodes' own patience is 10 minutes here, as in the F = 1 test: with
+/// the default 2 s they may settle by themselves once the decider is back, before
+/// `resolve` runs, and there would be nothing left for it to settle.
 #[test]
 fn resolve_without_acceptors_waits_for_the_decider() {
     if !pipewright_testkit::io_uring() {
         return;
     }
-    let mut cluster = TestCluster::start("cli-resolve-f0", &[]);
+    let mut cluster = TestCluster::start("cli-resolve-f0", &["--settle-after-ms", "600000"]);
     let peers = cluster.cluster.peers_path();
     let txns = prepare_then_kill_decider(&mut cluster, 0);
     let r = storage(&peers, &["resolve", "--timeout", "2"]);
