@@ -44,7 +44,14 @@ impl KeyArg {
             .key
             .clone()
             .or_else(|| std::env::var("PIPEWRIGHT_BALANCE_KEY").ok())
-            .unwrap_or_else(|| "pipewright-dev-key".to_string());
+            .unwrap_or_else(|| {
+                eprintln!(
+                    "warning: no cluster key (--key or PIPEWRIGHT_BALANCE_KEY): using the public \
+                     development key, with which anyone who reaches these ports can forge leases, \
+                     producer statuses and gossip; set a secret key outside a test"
+                );
+                "pipewright-dev-key".to_string()
+            });
         ClusterKey::from_passphrase(&p)
     }
 }
@@ -259,8 +266,13 @@ async fn consumer(c: ConsumerArgs) -> anyhow::Result<()> {
 
 async fn status(s: StatusArgs) -> anyhow::Result<()> {
     let mut c = AgentClient::connect(s.agent).await?;
-    let AgentResponse::Status(st) = c.call(&AgentRequest::Status).await? else {
-        bail!("the agent answered something other than its status");
+    let st = match c.call(&AgentRequest::Status).await? {
+        AgentResponse::Status(st) => st,
+        AgentResponse::Busy => bail!("the agent is busy (at its in-flight limit): try again shortly"),
+        AgentResponse::Refused(why) => bail!("the agent refused: {why}"),
+        _ => bail!(
+            "the agent answered something other than its status: check that agent and CLI are the same pipewright version"
+        ),
     };
     if s.json {
         println!("{}", pipewright_balance::status_json(&st));

@@ -25,7 +25,7 @@ impl AgentClient {
     pub async fn connect(addr: SocketAddr) -> Result<Self, BalanceError> {
         let stream = tokio::time::timeout(AGENT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| BalanceError::Timeout)?
+            .map_err(|_| BalanceError::AgentTimeout(addr))?
             .map_err(|e| BalanceError::Io {
                 what: format!("connecting to agent {addr}"),
                 source: e,
@@ -58,6 +58,6 @@ impl AgentClient {
             }
         })
         .await
-        .map_err(|_| BalanceError::Timeout)?
+        .map_err(|_| BalanceError::AgentTimeout(addr))?
     }
 }

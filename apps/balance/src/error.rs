@@ -47,6 +47,9 @@ pub enum BalanceError {
     /// The request did not complete in time.
     #[error("the request timed out; the producer may be overloaded")]
     Timeout,
+    /// An agent did not answer in time.
+    #[error("agent {0} did not answer within 2 s: check that an agent runs at that address and is not overloaded")]
+    AgentTimeout(std::net::SocketAddr),
     /// The client was shut down.
     #[error("the client is closed")]
     Closed,

@@ -536,32 +536,120 @@ fn status_of(inner: &Inner, addr: SocketAddr, gossip: SocketAddr, util: f64) -> 
 #[derive(Serialize, Deserialize)]
 struct Gossip {
     from: u64,
+    /// The sender's clock when it sent this (Unix ms): a peer's gossip is taken only
+    /// if newer than the last taken, so a replayed datagram changes nothing.
+    sent_ms: u64,
     ind: Indicators,
+}
+
+const GOSSIP_DOMAIN: &[u8] = b"pipewright-balance gossip v1";
+
+/// Gossip with its tag under the cluster key: anyone can send a UDP datagram, only
+/// the cluster's producers can make one that is taken.
+#[derive(Serialize, Deserialize)]
+struct SignedGossip {
+    gossip: Gossip,
+    tag: [u8; crate::lease::TAG_LEN],
+}
+
+impl SignedGossip {
+    fn sign(key: &crate::lease::ClusterKey, gossip: Gossip) -> Self {
+        let tag = key.tag(GOSSIP_DOMAIN, &wire::encode(&gossip));
+        Self { gossip, tag }
+    }
+
+    fn verify(&self, key: &crate::lease::ClusterKey) -> bool {
+        key.verify(GOSSIP_DOMAIN, &wire::encode(&self.gossip), &self.tag)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Which gossip a producer takes: signed by the cluster key, from a peer the agent
+/// listed, newer than that peer's last.
+#[derive(Default)]
+struct GossipFilter {
+    /// Listed peers, and the send time of the last gossip taken from each.
+    listed: std::collections::HashMap<u64, u64>,
+}
+
+impl GossipFilter {
+    /// Takes the agent's new list; returns the peers no longer listed.
+    fn relist(&mut self, peers: &[Peer]) -> Vec<u64> {
+        let ids: std::collections::HashSet<u64> = peers.iter().map(|p| p.id.0).collect();
+        let gone: Vec<u64> = self
+            .listed
+            .keys()
+            .filter(|id| !ids.contains(id))
+            .copied()
+            .collect();
+        for id in &gone {
+            self.listed.remove(id);
+        }
+        for id in ids {
+            self.listed.entry(id).or_insert(0);
+        }
+        gone
+    }
+
+    fn take(&mut self, g: &Gossip) -> bool {
+        match self.listed.get_mut(&g.from) {
+            Some(last) if g.sent_ms > *last => {
+                *last = g.sent_ms;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Every period: measure, decide shedding, gossip, report to the agent.
 async fn control_loop(inner: Arc<Inner>, addr: SocketAddr, gossip: Arc<UdpSocket>) {
     let gossip_addr = gossip.local_addr().unwrap_or(addr);
     let shedder = Arc::new(Mutex::new(inner.opts.shed.map(Shedder::new)));
-    // Receive peers' gossip.
-    {
-        let (gossip, shedder, inner) = (gossip.clone(), shedder.clone(), inner.clone());
+    let filter = Arc::new(Mutex::new(GossipFilter::default()));
+    // Receive peers' gossip (the task ends with the control loop).
+    let receiver = {
+        let (gossip, shedder, inner, filter) = (
+            gossip.clone(),
+            shedder.clone(),
+            inner.clone(),
+            filter.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 512];
             loop {
                 let Ok((n, _)) = gossip.recv_from(&mut buf).await else {
+                    // An ICMP error from a peer that went away: back off a little.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                if let Ok(g) = wire::decode::<Gossip>(&buf[..n]) {
-                    if let Some(s) = shedder.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                        s.peer(inner.started.elapsed(), g.from, g.ind);
+                let taken = match wire::decode::<SignedGossip>(&buf[..n]) {
+                    Ok(g) if g.verify(&inner.opts.key) => {
+                        let ok = lock(&filter).take(&g.gossip);
+                        if ok {
+                            if let Some(s) = lock(&shedder).as_mut() {
+                                s.peer(inner.started.elapsed(), g.gossip.from, g.gossip.ind);
+                            }
+                        }
+                        ok
                     }
+                    _ => false,
+                };
+                if !taken {
+                    metrics::counter!("balance_gossip_ignored_total").increment(1);
                 }
             }
-        });
-    }
+        })
+    };
+    let _receiver = AbortOnDrop(receiver);
     let mut agent: Option<AgentClient> = None;
     let mut peers: Vec<Peer> = Vec::new();
+    let mut last_refusal: Option<String> = None;
     let mut last = (Instant::now(), 0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(inner.opts.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -595,10 +683,14 @@ async fn control_loop(inner: Arc<Inner>, addr: SocketAddr, gossip: Arc<UdpSocket
         last = (now, done, failed, busy_us);
         let local = indicators(&inner, util);
         // Gossip, then decide.
-        let msg = wire::encode(&Gossip {
-            from: inner.opts.id.0,
-            ind: local,
-        });
+        let msg = wire::encode(&SignedGossip::sign(
+            &inner.opts.key,
+            Gossip {
+                from: inner.opts.id.0,
+                sent_ms: unix_ms(),
+                ind: local,
+            },
+        ));
         for p in &peers {
             let _ = gossip.send_to(&msg, p.gossip).await;
         }
@@ -637,10 +729,94 @@ async fn control_loop(inner: Arc<Inner>, addr: SocketAddr, gossip: Arc<UdpSocket
         }
         if let Some(c) = agent.as_mut() {
             match c.call(&req).await {
-                Ok(AgentResponse::Peers(p)) => peers = p,
+                Ok(AgentResponse::Peers(p)) => {
+                    // Peers the agent no longer lists (gone or dead) stop counting.
+                    for gone in lock(&filter).relist(&p) {
+                        if let Some(s) = lock(&shedder).as_mut() {
+                            s.forget(gone);
+                        }
+                    }
+                    peers = p;
+                    last_refusal = None;
+                }
+                Ok(AgentResponse::Refused(why)) => {
+                    metrics::counter!("balance_producer_status_refused_total").increment(1);
+                    // Said once per distinct reason, not every period.
+                    if last_refusal.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(
+                            producer = inner.opts.id.0,
+                            agent = %agent_addr,
+                            "the agent refuses this producer's status: {why}"
+                        );
+                        last_refusal = Some(why);
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => agent = None,
             }
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod gossip_tests {
+    use super::*;
+    use crate::lease::ClusterKey;
+
+    fn peer(id: u64) -> Peer {
+        Peer {
+            id: ProducerId(id),
+            gossip: "127.0.0.1:9".parse().unwrap(),
+        }
+    }
+
+    fn from(id: u64, sent_ms: u64) -> Gossip {
+        Gossip {
+            from: id,
+            sent_ms,
+            ind: Indicators::default(),
+        }
+    }
+
+    #[test]
+    fn only_listed_peers_newer_gossip_is_taken() {
+        let mut f = GossipFilter::default();
+        assert!(!f.take(&from(1, 10)), "nobody is listed yet");
+        assert!(f.relist(&[peer(1), peer(2)]).is_empty());
+        assert!(f.take(&from(1, 10)));
+        assert!(!f.take(&from(1, 10)), "a replay");
+        assert!(!f.take(&from(1, 9)), "older");
+        assert!(f.take(&from(1, 11)));
+        assert!(!f.take(&from(7, 50)), "not listed");
+        assert_eq!(f.relist(&[peer(2)]), vec![1]);
+        assert!(!f.take(&from(1, 12)), "no longer listed");
+        assert!(f.take(&from(2, 1)));
+    }
+
+    #[test]
+    fn gossip_is_taken_only_under_the_cluster_key() {
+        let key = ClusterKey::from_passphrase("cluster");
+        let signed = SignedGossip::sign(&key, from(1, 5));
+        assert!(signed.verify(&key));
+        assert!(!signed.verify(&ClusterKey::from_passphrase("other")));
+        let mut tampered = SignedGossip::sign(&key, from(1, 5));
+        tampered.gossip.ind.connections = 1_000;
+        assert!(!tampered.verify(&key));
+        let bytes = wire::encode(&signed);
+        let back: SignedGossip = wire::decode(&bytes).unwrap();
+        assert!(back.verify(&key));
     }
 }
