@@ -367,6 +367,28 @@ fn respond(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<
         .expect("static headers are valid")
 }
 
+/// Detects on a copy of the aggregates and renders the report, off the server's I/O
+/// threads (a large fleet's report takes a while; ingestion and other requests go on).
+async fn report_response(
+    ctx: &Ctx,
+    content_type: &'static str,
+    render: fn(&crate::detect::Report) -> String,
+) -> Response<Full<Bytes>> {
+    let (shared, config) = (ctx.shared.clone(), ctx.detect.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        let aggs = lock(&shared).clone();
+        render(&detect(&aggs, &config))
+    })
+    .await;
+    match built {
+        Ok(body) => respond(StatusCode::OK, content_type, body),
+        Err(_) => error_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "building the report failed (a bug: please report it with the server's log)",
+        ),
+    }
+}
+
 fn error_json(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     respond(
         status,
@@ -420,22 +442,10 @@ async fn handle(
             }
         }
         (&Method::GET, "/v1/report") => {
-            let aggs = lock(&ctx.shared).clone();
-            let report = detect(&aggs, &ctx.detect);
-            respond(
-                StatusCode::OK,
-                "application/json",
-                crate::report::to_json(&report),
-            )
+            report_response(ctx, "application/json", |r| crate::report::to_json(r)).await
         }
         (&Method::GET, "/") | (&Method::GET, "/report.html") => {
-            let aggs = lock(&ctx.shared).clone();
-            let report = detect(&aggs, &ctx.detect);
-            respond(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                html::render(&report),
-            )
+            report_response(ctx, "text/html; charset=utf-8", html::render).await
         }
         (&Method::GET, "/metrics") => {
             let mut text = ctx

@@ -120,3 +120,65 @@ fn a_fleet_without_patterns_has_no_findings() {
     }
     assert!(total <= 1, "{total} findings in fleets without patterns");
 }
+
+/// Attributes with hundreds of values (hosts, zones): a finding's heatmap shows the
+/// most exposed values, at most 40 per axis, the finding's own among them, instead of a
+/// matrix as large as the fleet.
+#[test]
+fn heatmaps_of_attributes_with_many_values_stay_small() {
+    let mut lines = String::new();
+    for h in 0..300 {
+        for z in 0..3 {
+            lines.push_str(&format!(
+                r#"{{"type":"exposure","time":"2026-11-29T10:00:00Z","app":"a","app_type":"web","resources":{{"host":"h{h}","zone":"z{z}"}},"hours":{}}}"#,
+                100
+            ));
+            lines.push('\n');
+        }
+        // A background rate, so that every host is exposed enough to be tested.
+        for i in 0..10 {
+            lines.push_str(&format!(
+                r#"{{"type":"failure","time":"2026-11-29T10:00:00Z","app":"a","app_type":"web","kind":"crash","resources":{{"host":"h{h}","zone":"z{}"}}}}"#,
+                i % 3
+            ));
+            lines.push('\n');
+        }
+    }
+    // Host h250 fails far more than its exposure says.
+    for i in 0..60 {
+        lines.push_str(&format!(
+            r#"{{"type":"failure","time":"2026-11-29T10:00:00Z","app":"a","app_type":"web","kind":"crash","resources":{{"host":"h250","zone":"z{}"}}}}"#,
+            i % 3
+        ));
+        lines.push('\n');
+    }
+    let aggs = ingest_reader(lines.as_bytes(), Aggregates::default(), NOW).unwrap();
+    let report = detect(&aggs, &DetectConfig::default());
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.combination.get("host").map(String::as_str) == Some("h250")),
+        "{:?}",
+        report.findings
+    );
+    assert!(!report.heatmaps.is_empty());
+    for h in &report.heatmaps {
+        assert!(
+            h.rows.len() <= 40 && h.cols.len() <= 40,
+            "{} x {}",
+            h.rows.len(),
+            h.cols.len()
+        );
+        assert_eq!(h.ratio.len(), h.rows.len());
+        let axis = if h.row_attribute == "host" {
+            &h.rows
+        } else {
+            &h.cols
+        };
+        assert!(
+            axis.iter().any(|v| v == "h250"),
+            "the finding's host is shown"
+        );
+    }
+}

@@ -6,6 +6,9 @@ use crate::aggregate::Aggregates;
 
 use super::{Finding, Heatmap, Unit};
 
+/// The most values a heatmap shows on each axis.
+pub(crate) const MAX_AXIS: usize = 40;
+
 pub(super) fn heatmaps(aggs: &Aggregates, findings: &[Finding], unit: Unit) -> Vec<Heatmap> {
     let it = &aggs.interner;
     let mut out = Vec::new();
@@ -41,15 +44,27 @@ pub(super) fn heatmaps(aggs: &Aggregates, findings: &[Finding], unit: Unit) -> V
         } else {
             0.0
         };
+        // The most exposed values of an attribute (the finding's own always among
+        // them), at most `MAX_AXIS`: an attribute may have thousands of values.
         let values = |name: &str| -> Vec<String> {
-            let mut v: Vec<String> = agg
+            let mut v: Vec<(f64, String)> = agg
                 .singles
-                .keys()
-                .filter(|a| it.name(**a) == name)
-                .map(|a| it.value(*a).to_string())
+                .iter()
+                .filter(|(a, _)| it.name(**a) == name)
+                .map(|(a, c)| (unit.of(c), it.value(*a).to_string()))
                 .collect();
-            v.sort();
-            v
+            let own = f.combination.get(name);
+            v.sort_by(|a, b| {
+                let own_first = |x: &(f64, String)| Some(&x.1) != own;
+                own_first(a)
+                    .cmp(&own_first(b))
+                    .then(b.0.total_cmp(&a.0))
+                    .then_with(|| a.1.cmp(&b.1))
+            });
+            v.truncate(MAX_AXIS);
+            let mut names: Vec<String> = v.into_iter().map(|(_, n)| n).collect();
+            names.sort();
+            names
         };
         let rows = values(&row);
         let cols = values(&col);
