@@ -442,7 +442,7 @@ async fn handle(
             }
         }
         (&Method::GET, "/v1/report") => {
-            report_response(ctx, "application/json", |r| crate::report::to_json(r)).await
+            report_response(ctx, "application/json", crate::report::to_json).await
         }
         (&Method::GET, "/") | (&Method::GET, "/report.html") => {
             report_response(ctx, "text/html; charset=utf-8", html::render).await
