@@ -112,8 +112,13 @@ pub enum Error {
     #[error("unknown trust group {0:?}; create it first (Host::create_group or `run --group`)")]
     UnknownGroup(String),
     /// The group already exists.
-    #[error("trust group {0:?} already exists")]
-    GroupExists(String),
+    #[error("trust group {group:?} already exists{}", owner_hint(*.owner))]
+    GroupExists {
+        /// The group.
+        group: String,
+        /// The live host process that owns it, when another one does.
+        owner: Option<u32>,
+    },
     /// A group name that cannot be a directory name.
     #[error("bad group name {0:?}: use letters, digits, '-' and '_'")]
     BadGroupName(String),
@@ -155,4 +160,13 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+fn owner_hint(owner: Option<u32>) -> String {
+    match owner {
+        Some(pid) => format!(
+            ", owned by the running host process {pid}: stop that process, or use another group name"
+        ),
+        None => " in this host: stop its VMs and use it, or use another group name".into(),
+    }
 }

@@ -279,6 +279,34 @@ pub fn frames(pid: u32, start: u64, pages: usize) -> io::Result<Vec<Option<u64>>
     Ok(out)
 }
 
+/// Waits until `fd` has something to read (or its writer closed it), at most `within`;
+/// false on timeout.
+pub(crate) fn wait_readable(fd: &impl AsRawFd, within: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid `pollfd` on this stack frame for the call's duration; the
+        // descriptor is borrowed from `fd`, open for the whole call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match n {
+            0 => return Ok(false),
+            n if n > 0 => return Ok(true),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,7 +152,6 @@ impl Vm {
         }
         let setup = |what: &str, e: kvm_ioctls::Error| GuestError::Setup(format!("{what}: {e}"));
         let kvm = Kvm::new().map_err(|e| setup("open /dev/kvm", e))?;
-        let vm = kvm.create_vm().map_err(|e| setup("create VM", e))?;
         let results_bytes = (config.params.image_pages as usize * 4).div_ceil(PAGE) * PAGE;
         let mut low = GuestMemory::anonymous(LOW_BYTES + results_bytes.max(PAGE))
             .map_err(|e| GuestError::Setup(format!("low memory: {e}")))?;
@@ -172,6 +171,10 @@ impl Vm {
             ),
             None => None,
         };
+        // Created after the memory it maps, so that on every early return it is closed
+        // (locals drop in reverse order) before that memory is unmapped; `image`, a
+        // parameter, drops after every local.
+        let vm = kvm.create_vm().map_err(|e| setup("create VM", e))?;
         let mut regions = vec![(0u64, &low), (payload::IMAGE_GPA, &image)];
         if let Some(r) = &ram {
             regions.push((payload::IMAGE_GPA + image.len() as u64, r));
@@ -187,9 +190,10 @@ impl Vm {
                 memory_size: m.len() as u64,
                 userspace_addr: m.addr(),
             };
-            // SAFETY: the region describes a live mapping owned by the `Vm` being built,
-            // which keeps it (in `low`, `image`, `_ram`) until after the VM fd is closed;
-            // slots and guest ranges do not overlap.
+            // SAFETY: the region describes a live mapping that outlives the VM fd: on an
+            // early return `vm` drops first (declared after the mappings), and the
+            // finished `Vm` closes `_vm` before its `low`, `image` and `_ram` (field
+            // order); slots and guest ranges do not overlap.
             unsafe { vm.set_user_memory_region(region) }.map_err(|e| setup("memory region", e))?;
         }
         low.write(payload::PARAMS_GPA as usize, &config.params.to_bytes())

@@ -484,3 +484,45 @@ fn block_device_reads_are_served_by_mapping_the_stored_page() {
     assert!(matches!(e, Error::Guest(GuestError::Protocol(_))), "{e}");
     assert_eq!(h.checksum(a).unwrap(), sums(&bytes));
 }
+
+/// A VM process that stops answering (here: SIGSTOPped) costs the host one bounded wait
+/// and a clear error, not a hang; the host goes on with its other VMs.
+#[test]
+fn a_stopped_vm_process_gets_an_error_not_a_hang() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let (img, bytes) = image(dir.path(), "s.raw", 16, 3);
+    let mut h = Host::new(HostConfig {
+        state_dir: dir.path().join("state"),
+        vm_command: vec![env!("CARGO_BIN_EXE_pipewright-memshare-vm").into()],
+        deadline: Duration::from_secs(1),
+        loader: Default::default(),
+    });
+    h.create_group("s", GROUP).unwrap();
+    let stopped = h.start_vm("s", &VmRequest::new(&img, 0.0, 1)).unwrap();
+    let other = h.start_vm("s", &VmRequest::new(&img, 0.0, 2)).unwrap();
+    let pid = h
+        .status("s")
+        .unwrap()
+        .vms
+        .iter()
+        .find(|v| v.id == stopped)
+        .unwrap()
+        .pid;
+    // The shell's builtin `kill` (no unsafe here, no extra package).
+    let stopped_ok = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -STOP {pid}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(stopped_ok, "could not SIGSTOP the VM process {pid}");
+    match h.checksum(stopped).unwrap_err() {
+        Error::VmProcess { reason, .. } => assert!(reason.contains("no reply"), "{reason}"),
+        e => panic!("{e}"),
+    }
+    assert_eq!(h.checksum(other).unwrap(), sums(&bytes));
+    h.kill(stopped).unwrap();
+    h.stop(other).unwrap();
+}

@@ -40,6 +40,7 @@ impl Host {
     }
 
     fn request(&mut self, id: VmId, line: &str) -> Result<Reply, Error> {
+        let reply_limit = self.reply_limit();
         let vm = self.vms.get_mut(&id).ok_or(Error::UnknownVm(id))?;
         let sent = vm.stdin.as_mut().is_some_and(|s| {
             s.write_all(format!("{line}\n").as_bytes()).is_ok() && s.flush().is_ok()
@@ -50,7 +51,7 @@ impl Host {
                 reason: "VM process is gone".into(),
             });
         }
-        match read_reply(id, &mut vm.stdout)? {
+        match read_reply(id, &mut vm.stdout, reply_limit)? {
             Reply::Failed(e) => {
                 metrics::counter!("memshare_guest_errors").increment(1);
                 Err(e.into())
@@ -99,6 +100,12 @@ impl Host {
         }
     }
 
+    /// How long the host waits for a VM process's reply: the guest's own deadline
+    /// plus a margin for the process (loading an image, writing the reply).
+    pub(super) fn reply_limit(&self) -> std::time::Duration {
+        self.config.deadline.saturating_mul(2) + std::time::Duration::from_secs(10)
+    }
+
     /// Kill VM `id` with SIGKILL (as a crash would) and release what it held.
     pub fn kill(&mut self, id: VmId) -> Result<(), Error> {
         let vm = self.vms.get_mut(&id).ok_or(Error::UnknownVm(id))?;
@@ -119,7 +126,34 @@ impl Host {
     }
 }
 
-pub(super) fn read_reply(id: VmId, out: &mut BufReader<ChildStdout>) -> Result<Reply, Error> {
+/// Reads a VM process's reply, waiting at most `within` for it to begin (its guest has
+/// its own deadline; this one catches a VM process that is stopped or wedged, which
+/// would otherwise hold the whole host).
+pub(super) fn read_reply(
+    id: VmId,
+    out: &mut BufReader<ChildStdout>,
+    within: std::time::Duration,
+) -> Result<Reply, Error> {
+    if !out.buffer().contains(&b'\n') {
+        match crate::sys::wait_readable(out.get_ref(), within) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::VmProcess {
+                    vm: id,
+                    reason: format!(
+                        "VM process sent no reply within {} s (stopped or wedged); stop or kill it",
+                        within.as_secs()
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(Error::VmProcess {
+                    vm: id,
+                    reason: format!("waiting for the VM process's reply: {e}"),
+                })
+            }
+        }
+    }
     let mut line = String::new();
     match out.read_line(&mut line) {
         Ok(0) | Err(_) => Err(Error::VmProcess {

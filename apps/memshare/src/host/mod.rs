@@ -95,7 +95,10 @@ impl Host {
             return Err(Error::BadGroupName(name.into()));
         }
         if self.groups.contains_key(name) {
-            return Err(Error::GroupExists(name.into()));
+            return Err(Error::GroupExists {
+                group: name.into(),
+                owner: None,
+            });
         }
         let dir = self.config.state_dir.join(name);
         let io = |source| Error::Store {
@@ -108,7 +111,10 @@ impl Host {
             let pid = pid.trim();
             if pid != std::process::id().to_string() && Path::new(&format!("/proc/{pid}")).exists()
             {
-                return Err(Error::GroupExists(name.into()));
+                return Err(Error::GroupExists {
+                    group: name.into(),
+                    owner: pid.parse().ok(),
+                });
             }
         }
         std::fs::write(&owner, std::process::id().to_string()).map_err(io)?;

@@ -161,7 +161,8 @@ impl Host {
             write_fraction: req.write_fraction,
             cache_key: None,
         };
-        match read_reply(id, &mut vm.stdout) {
+        let reply_limit = self.reply_limit();
+        match read_reply(id, &mut vm.stdout, reply_limit) {
             Ok(Reply::Ready {
                 image_addr,
                 image_len,
