@@ -398,6 +398,15 @@ async fn serve(
                      probably different pipewright versions; run the same version on both"
                 ))
             }
+            // Producer statuses (one per producer per period) and status queries are
+            // not subject to admission: under a storm of lease requests, refusing them
+            // would mark live producers dead and revoke their leases.
+            Ok(req @ (AgentRequest::Producer(_) | AgentRequest::Status)) => {
+                match service.call(req).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
             Ok(req) => {
                 if counters.in_flight.fetch_add(1, Ordering::AcqRel) >= max_in_flight {
                     counters.in_flight.fetch_sub(1, Ordering::AcqRel);
