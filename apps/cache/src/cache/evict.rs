@@ -42,7 +42,19 @@ impl Inner {
         let mut guards = Vec::new();
         for (key, slot) in &victims {
             let g = self.slot_locks[*slot as usize].lock().await;
-            let dirty = self.lock().slots[*slot as usize].is_dirty();
+            // The victim was chosen before its slot lock was ours: meanwhile a reader
+            // may have dropped it as corrupt and a fill reused the slot. Evict only what
+            // still lives there.
+            let (still, dirty) = {
+                let st = self.lock();
+                let s = &st.slots[*slot as usize];
+                let still = matches!(st.index.get(key), Some(Entry::Resident(r)) if r == slot)
+                    && s.key == Some(*key);
+                (still, s.is_dirty())
+            };
+            if !still {
+                continue;
+            }
             if dirty {
                 match self.flush_slot_locked(*slot).await {
                     Ok(_) => bump(
