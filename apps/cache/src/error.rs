@@ -48,6 +48,16 @@ pub enum CacheError {
     /// The configuration is not usable.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// Opening would discard acknowledged writes that were never written back.
+    #[error("{chunks} cached chunks hold writes not yet written back ({where_}); opening would discard them, so the cache is not opened: {what_to_do}")]
+    UnflushedWritesUnreachable {
+        /// How many chunks hold unflushed writes.
+        chunks: usize,
+        /// Which volumes, or which file.
+        where_: String,
+        /// What the operator can do.
+        what_to_do: String,
+    },
     /// A dirty block failed its checksum: its acknowledged data cannot be written back.
     #[error("dirty block {block} of chunk {chunk} of volume {volume:?} failed its checksum; the cache file is damaged, its unflushed write is lost")]
     DirtyBlockCorrupt {

@@ -252,3 +252,52 @@ async fn close_flushes_commits_and_refuses_later_requests() {
     );
     assert_eq!(cache.stats().fills, 0);
 }
+
+/// Acknowledged writes not yet written back are never discarded by an open: not when the
+/// backend no longer lists their volume (a mistyped `--backend`), not when the cache
+/// file's header is damaged. The open is refused, saying what to do, and the writes are
+/// there once the cause is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_that_would_discard_unflushed_writes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, cfg) = setup(dir.path());
+    {
+        let cache = Cache::open(cfg.clone(), backend.clone()).await.unwrap();
+        let disk = cache.volume("disk").unwrap();
+        cache.write(disk, 8192, &[0xAB; 4096]).await.unwrap();
+    }
+    // Dropped without flushing. Reopened against a backend without the volume:
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let wrong = Arc::new(FileBackend::new(empty).unwrap());
+    let e = Cache::open(cfg.clone(), wrong).await.err().unwrap();
+    assert!(
+        matches!(e, CacheError::UnflushedWritesUnreachable { chunks: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("\"disk\""), "{e}");
+    // A damaged header: refused too, not reformatted.
+    let cache_file = cfg.cache_file.clone();
+    let mut bytes = std::fs::read(&cache_file).unwrap();
+    bytes[20] ^= 0xFF;
+    std::fs::write(&cache_file, &bytes).unwrap();
+    let e = Cache::open(cfg.clone(), backend.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, CacheError::UnflushedWritesUnreachable { chunks: 1, .. }),
+        "{e}"
+    );
+    // Repaired: the write is there, and reaches the backend.
+    bytes[20] ^= 0xFF;
+    std::fs::write(&cache_file, &bytes).unwrap();
+    let cache = Cache::open(cfg, backend).await.unwrap();
+    let disk = cache.volume("disk").unwrap();
+    assert_eq!(
+        cache.read(disk, 8192, 4096).await.unwrap(),
+        vec![0xAB; 4096]
+    );
+    cache.flush().await.unwrap();
+    assert_eq!(backend_bytes(dir.path(), 8192, 4096), vec![0xAB; 4096]);
+}

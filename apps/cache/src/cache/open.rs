@@ -28,9 +28,38 @@ impl Inner {
             chunk_size: cfg.chunk_size,
             block_size: cfg.block_size,
         };
-        let (store, _formatted) = ChunkStore::open(&cfg.cache_file, geometry)?;
         let meta = MetaStore::open(&cfg.meta_path())?;
         let loaded = meta.load()?;
+        let is_dirty =
+            |r: &ChunkRecord| r.state != SlotState::Free && r.dirty.iter().any(|w| *w != 0);
+        let unflushed = loaded
+            .records
+            .iter()
+            .filter(|(_, r)| r.as_ref().is_some_and(is_dirty))
+            .count();
+        let (store, _formatted) = ChunkStore::open(&cfg.cache_file, geometry, unflushed > 0)
+            .map_err(|e| match e {
+                CacheError::UnflushedWritesUnreachable {
+                    where_, what_to_do, ..
+                } => CacheError::UnflushedWritesUnreachable {
+                    chunks: unflushed,
+                    where_,
+                    what_to_do,
+                },
+                e => e,
+            })?;
+        if unflushed > 0 && loaded.nonce != Some(store.nonce) {
+            return Err(CacheError::UnflushedWritesUnreachable {
+                chunks: unflushed,
+                where_: format!(
+                    "in another cache file than {} (the metadata names another one)",
+                    cfg.cache_file.display()
+                ),
+                what_to_do: "open with the cache file these writes are in, or move the .meta \
+                             directory away to start empty and discard them"
+                    .into(),
+            });
+        }
         let counters = Counters::default();
         // Volume ids are durable: a volume keeps its id across restarts.
         let mut by_name: FxHashMap<String, u32> = loaded.volumes.iter().cloned().collect();
@@ -55,6 +84,29 @@ impl Inner {
                     size: v.size,
                 },
             );
+        }
+        // Unflushed writes of volumes the backend no longer lists would be dropped below.
+        let mut missing: FxHashMap<u32, usize> = FxHashMap::default();
+        for (_, r) in &loaded.records {
+            if let Some(r) = r.as_ref().filter(|r| is_dirty(r)) {
+                if !volumes.contains_key(&r.volume) {
+                    *missing.entry(r.volume).or_default() += 1;
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<String> = by_name
+                .iter()
+                .filter(|(_, id)| missing.contains_key(id))
+                .map(|(name, id)| format!("{name:?} ({} chunks)", missing[id]))
+                .collect();
+            return Err(CacheError::UnflushedWritesUnreachable {
+                chunks: missing.values().sum(),
+                where_: format!("of volumes the backend does not list: {}", names.join(", ")),
+                what_to_do: "check --backend (path or bucket) and that these volumes exist \
+                             there, then open again; the writes are kept until then"
+                    .into(),
+            });
         }
         by_name.retain(|_, id| volumes.contains_key(id));
         let same_format = loaded.nonce == Some(store.nonce);

@@ -317,6 +317,7 @@ pub(crate) fn errno(e: &CacheError, write: bool) -> u32 {
         CacheError::Meta(_)
         | CacheError::GeometryMismatch { .. }
         | CacheError::DirtyBlockCorrupt { .. }
+        | CacheError::UnflushedWritesUnreachable { .. }
         | CacheError::Pipeline(_) => EIO,
     };
     metrics::counter!("cache_nbd_error_replies_total", "code" => code_name(code)).increment(1);

@@ -160,8 +160,14 @@ pub(crate) struct ChunkStore {
 
 impl ChunkStore {
     /// Opens the cache file, formatting it (preallocated, new nonce) when it is new or
-    /// its header is damaged; refuses a file with another geometry.
-    pub(crate) fn open(path: &Path, geometry: Geometry) -> Result<(Self, bool), CacheError> {
+    /// its header is damaged, unless `keep` (it holds writes not yet written back: a
+    /// damaged header is then an error, not a reformat); refuses a file with another
+    /// geometry.
+    pub(crate) fn open(
+        path: &Path,
+        geometry: Geometry,
+        keep: bool,
+    ) -> Result<(Self, bool), CacheError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -196,6 +202,15 @@ impl ChunkStore {
             };
         let nonce = match nonce {
             Some(n) => n,
+            None if keep => {
+                return Err(CacheError::UnflushedWritesUnreachable {
+                    chunks: 0,
+                    where_: format!("in {}, whose header is damaged or missing", path.display()),
+                    what_to_do: "restore the cache file, or move its .meta directory away to \
+                                 start empty and discard those writes"
+                        .into(),
+                })
+            }
             None => {
                 formatted = true;
                 let nonce = fresh_nonce();
