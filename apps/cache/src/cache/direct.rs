@@ -50,11 +50,12 @@ impl Cache {
     fn direct_lookup(&self, volume: VolumeId, offset: u64, len: u64) -> Option<Found> {
         let inner = &self.inner;
         let cs = inner.cfg.chunk_size;
+        // The range check first: past it, `offset + len` cannot overflow.
         if len == 0
-            || offset / cs != (offset + len - 1) / cs
             || inner.cfg.stall_reads_every > 0
             || inner.is_closed()
             || inner.check_range(volume.0, offset, len).is_err()
+            || offset / cs != (offset + len - 1) / cs
         {
             return None;
         }

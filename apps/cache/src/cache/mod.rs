@@ -340,8 +340,11 @@ impl Cache {
         if len == 0 {
             return true;
         }
+        let Some(last) = offset.checked_add(len - 1) else {
+            return false;
+        };
         let st = self.inner.lock();
-        (offset / cs..=(offset + len - 1) / cs).all(|chunk| {
+        (offset / cs..=last / cs).all(|chunk| {
             matches!(
                 st.index.get(&ChunkKey {
                     volume: volume.0,

@@ -67,6 +67,15 @@ impl Inner {
         let mut next_vol = by_name.values().copied().max().map_or(1, |m| m + 1);
         let mut volumes = FxHashMap::default();
         for v in vols {
+            // Block keys hold a volume's block index in 44 bits.
+            let blocks = v.size.div_ceil(u64::from(cfg.block_size));
+            if blocks >= 1 << 44 {
+                return Err(CacheError::Config(format!(
+                    "volume {:?} of {} bytes has more than 2^44 blocks of {} bytes, more than the \
+                     cache can address: use a larger block size",
+                    v.name, v.size, cfg.block_size
+                )));
+            }
             let id = match by_name.get(&v.name) {
                 Some(&id) => id,
                 None => {

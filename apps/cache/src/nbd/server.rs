@@ -85,11 +85,22 @@ impl NbdServer {
         &self.stats
     }
 
-    /// Accepts connections until the listener fails; each connection is served on its
-    /// own task, and a failing connection never affects the others.
+    /// Accepts connections for as long as it runs (a failed accept is counted and
+    /// retried); each connection is served on its own task, and a failing connection
+    /// never affects the others.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
         loop {
-            let (sock, _) = listener.accept().await?;
+            let sock = match listener.accept().await {
+                Ok((sock, _)) => sock,
+                // Out of file descriptors, or a connection aborted while queued: the
+                // listener itself is fine; back off and keep accepting.
+                Err(e) => {
+                    metrics::counter!("cache_nbd_accept_errors_total").increment(1);
+                    eprintln!("pipewright-cache: accepting an NBD connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
             let _ = sock.set_nodelay(true);
             bump(&self.stats.connections, "cache_nbd_connections_total");
             let this = self.clone();
