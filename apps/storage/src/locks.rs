@@ -123,12 +123,15 @@ impl LockTable {
         wants: &[(PageId, Version)],
         current: impl Fn(PageId) -> Version,
     ) -> Result<(), PrepareError> {
+        // Duplicates first, outside the mutex and in O(n log n): a hostile prepare may
+        // name hundreds of thousands of pages.
+        let mut seen = std::collections::HashSet::with_capacity(wants.len());
+        if let Some(&(page, _)) = wants.iter().find(|(p, _)| !seen.insert(*p)) {
+            return Err(PrepareError::DuplicatePage { page });
+        }
         let mut inner = self.lock();
         let mut fresh = Vec::with_capacity(wants.len());
-        for (i, &(page, expected)) in wants.iter().enumerate() {
-            if wants[..i].iter().any(|&(p, _)| p == page) {
-                return Err(PrepareError::DuplicatePage { page });
-            }
+        for &(page, expected) in wants {
             match inner.holders.get(&page) {
                 Some(&holder) if holder != txn => {
                     return Err(PrepareError::Conflict { page, holder })

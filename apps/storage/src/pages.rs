@@ -49,6 +49,23 @@ pub enum CorruptKind {
     TornWrite,
 }
 
+impl std::fmt::Display for CorruptKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorruptKind::BadMagic => f.write_str("its header is not a page header"),
+            CorruptKind::WrongPage(p) => {
+                write!(f, "its header names page {p} (a misdirected write)")
+            }
+            CorruptKind::BadChecksum => {
+                f.write_str("its checksum does not match (a torn or damaged write)")
+            }
+            CorruptKind::TornWrite => {
+                f.write_str("its header is empty but its data is not (a torn first write)")
+            }
+        }
+    }
+}
+
 /// A page store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
@@ -70,7 +87,7 @@ pub enum PageError {
         len: usize,
     },
     /// The page on disk fails its checks.
-    #[error("page {page} is corrupt: {kind:?}")]
+    #[error("page {page} is corrupt: {kind}; restarting the node rewrites it from its log if the log still holds its last write; otherwise restore the page file")]
     Corrupt {
         /// The page.
         page: PageId,

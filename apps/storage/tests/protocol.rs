@@ -643,3 +643,56 @@ fn the_decider_decides_only_once_every_other_node_sent_its_notice() {
         assert_eq!(nodes[2].status(TxnId(txn)), TxnStatus::Deciding);
     }
 }
+
+/// A hostile prepare naming a huge chain is refused as malformed before any quadratic
+/// check runs; a repeated page is refused; nothing stays locked.
+#[test]
+fn huge_chains_and_page_lists_are_refused_quickly() {
+    use pipewright_storage::protocol::Malformed;
+    let mut c = Cluster::new(1);
+    let mut p = txn(7, &[0], 1);
+    p.chain = (0..1_000_000u32).map(NodeId).collect();
+    let actions = c.nodes[0].handle(Message::Prepare(p));
+    c.run(0, actions);
+    assert!(
+        matches!(
+            &c.replies[..],
+            [(
+                TxnId(7),
+                Outcome::Aborted(AbortReason::Malformed {
+                    what: Malformed::ChainTooLong,
+                    ..
+                })
+            )]
+        ),
+        "{:?}",
+        c.replies
+    );
+    // Every page of the node, then the first one again.
+    let mut p = txn(8, &[0], 1);
+    let writes: Vec<PageWrite> = (0..9u64)
+        .map(|page| PageWrite {
+            page: PageId(page % 8),
+            expected: 0,
+            data: vec![1].into(),
+        })
+        .collect();
+    p.writes = vec![(NodeId(0), writes)];
+    let actions = c.nodes[0].handle(Message::Prepare(p));
+    c.run(0, actions);
+    assert!(
+        matches!(
+            c.replies.last(),
+            Some((
+                TxnId(8),
+                Outcome::Aborted(AbortReason::Refused {
+                    error: PrepareError::DuplicatePage { .. },
+                    ..
+                })
+            ))
+        ),
+        "{:?}",
+        c.replies
+    );
+    assert!(c.nodes[0].locks().is_empty());
+}

@@ -204,8 +204,10 @@ pub(super) fn resolve(a: PeersArg) -> anyhow::Result<()> {
         }
     }
     if !disagree.is_empty() {
+        let list: Vec<String> = disagree.iter().map(|t| t.to_string()).collect();
         eprintln!(
-            "pipewright storage resolve: nodes disagree on transactions {disagree:?} — this is a bug, please report it with the nodes' logs"
+            "pipewright storage resolve: nodes disagree on transactions {} — this is a bug, please report it with the nodes' logs",
+            list.join(", ")
         );
         exit(1);
     }

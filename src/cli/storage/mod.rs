@@ -72,8 +72,8 @@ enum StorageCommand {
 
 #[derive(Args, Debug, Clone)]
 struct NodeTunables {
-    /// Pages in each node's page file (8 KiB each).
-    #[arg(long, default_value_t = 1024)]
+    /// Pages in each node's page file (8 KiB each; at most 2^31, 16 TiB).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 31))]
     pages: u64,
     /// Client transactions admitted per node (as chain head) at once; beyond it
     /// clients get `Busy`.
@@ -143,14 +143,14 @@ struct NodeArgs {
 
 #[derive(Args, Debug)]
 struct ClusterArgs {
-    /// Number of nodes (ids 1..=N).
-    #[arg(long, default_value_t = 3)]
+    /// Number of nodes (ids 1..=N, at most 255).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=255))]
     nodes: u32,
     /// Directory for the peers file, node data and logs (default: a new temporary one).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Node N listens on 127.0.0.1:(P + N) (default: free ports).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=65_000))]
     base_port: Option<u16>,
     #[command(flatten)]
     tunables: NodeTunables,
@@ -174,10 +174,15 @@ struct PeersArg {
 
 fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
-        _ => Err(format!("`{s}` is not a positive number of seconds")),
+        Ok(t) if t.is_finite() && t > 0.0 && t <= MAX_SECONDS => Ok(t),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds from 0 to {MAX_SECONDS} (one day)"
+        )),
     }
 }
+
+/// The longest timeout or run the CLI takes, in seconds.
+const MAX_SECONDS: f64 = 86_400.0;
 
 #[derive(Args, Debug)]
 struct TxnArgs {
@@ -213,7 +218,7 @@ struct BenchArgs {
     #[command(flatten)]
     peers: PeersArg,
     /// How long to run.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_timeout)]
     seconds: f64,
     /// Concurrent transfer loops.
     #[arg(long, default_value_t = 16)]

@@ -102,6 +102,18 @@ pub enum ClientError {
     /// The transaction writes nothing.
     #[error("the transaction has no writes")]
     Empty,
+    /// An explicit chain that leaves out a node the transaction writes to (its writes
+    /// would never be sent), or names no node.
+    #[error("the chain {chain:?} leaves out node {missing} that the transaction writes to: add it to --chain, or drop --chain to run on the written nodes")]
+    ChainMissesWrites {
+        /// The chain given.
+        chain: Vec<u32>,
+        /// A written node not in it.
+        missing: NodeId,
+    },
+    /// An explicit chain with no node.
+    #[error("the chain is empty: name at least the nodes the transaction writes to")]
+    EmptyChain,
     /// The node could not serve a read.
     #[error("node {node}: {error}")]
     Failed {
@@ -309,6 +321,15 @@ impl StorageClient {
             return Err(ClientError::Empty);
         }
         let chain = txn.chain_order();
+        if chain.is_empty() {
+            return Err(ClientError::EmptyChain);
+        }
+        if let Some(&missing) = txn.writes.keys().find(|n| !chain.contains(n)) {
+            return Err(ClientError::ChainMissesWrites {
+                chain: chain.iter().map(|n| n.0).collect(),
+                missing,
+            });
+        }
         let mut conns = Vec::with_capacity(chain.len());
         for &node in &chain {
             conns.push(self.conn(node).await?);

@@ -233,6 +233,9 @@ pub enum Malformed {
     /// A node appears twice in the chain.
     #[error("a node appears twice in the chain")]
     RepeatedNode,
+    /// The chain names more nodes than any cluster has.
+    #[error("the chain names more than 256 nodes")]
+    ChainTooLong,
 }
 
 /// Why a transaction aborted.

@@ -9,6 +9,10 @@ use super::{AbortReason, Action, Malformed, Message, Outcome, Prepare};
 use crate::log::{Intent, Record, Verdict};
 use crate::types::{NodeId, PageId, TxnId, Version};
 
+/// The longest chain a node takes part in (a chain names each node once; the check for
+/// repeats is quadratic, and real chains have a handful of nodes).
+pub(crate) const MAX_CHAIN: usize = 256;
+
 impl Node {
     pub(super) fn on_prepare(&mut self, p: Prepare, out: &mut Vec<Action>) {
         if let Some(t) = self.txns.get(&p.txn) {
@@ -51,6 +55,8 @@ impl Node {
             Some(Malformed::EmptyChain)
         } else if !p.chain.contains(&self.id) {
             Some(Malformed::NotInChain)
+        } else if p.chain.len() > MAX_CHAIN {
+            Some(Malformed::ChainTooLong)
         } else if (1..p.chain.len()).any(|i| p.chain[..i].contains(&p.chain[i])) {
             Some(Malformed::RepeatedNode)
         } else {
