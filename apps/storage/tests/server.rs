@@ -124,9 +124,10 @@ async fn three_nodes_commit_in_any_chain_order_and_refuse_bad_writes() {
         .chain(vec![NodeId(3), NodeId(1), NodeId(2)]);
     client.commit(txn).await.unwrap();
     for i in 1..=3u32 {
-        // Non-deciders apply when `Commit` reaches them: poll briefly.
+        // Non-deciders apply when `Commit` reaches them: poll (a bounded wait of up to
+        // 20 s, long enough for a loaded machine).
         let mut page = client.read(NodeId(i), PageId(1)).await.unwrap();
-        for _ in 0..100 {
+        for _ in 0..2_000 {
             if page.version == 1 {
                 break;
             }
@@ -247,4 +248,44 @@ fn data_directories_without_a_marker_or_of_an_older_format_are_upgraded() {
     write(dir.path(), 1).unwrap();
     assert_eq!(check(dir.path()).unwrap(), 1);
     assert_eq!(check(dir.path()).unwrap(), LOG_FORMAT);
+}
+
+/// A chain through a node the head's peers file does not list is refused before it
+/// starts: nothing sent there would arrive, and the transaction would stay in doubt,
+/// its pages locked, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_through_an_unknown_node_is_refused() {
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=2).map(|i| (NodeId(i), free_addr())).collect();
+    let peers = Peers::new(addrs.clone());
+    let mut nodes = Vec::new();
+    for (&id, &addr) in &addrs {
+        let opts = NodeOptions::new(id, addr, dir.path().join(id.0.to_string()), peers.clone());
+        nodes.push(start(opts).await.0);
+    }
+    // This client's peers file calls node 2's address "99" as well.
+    let mut theirs = addrs.clone();
+    theirs.insert(NodeId(99), addrs[&NodeId(2)]);
+    let client = StorageClient::with_timeout(Peers::new(theirs), Duration::from_secs(5));
+    let txn = Transaction::new()
+        .write(NodeId(1), PageId(3), 0, vec![1])
+        .write(NodeId(99), PageId(3), 0, vec![2])
+        .chain(vec![NodeId(1), NodeId(99)]);
+    match client.commit(txn).await {
+        Err(ClientError::Aborted(reason)) => {
+            assert!(reason.to_string().contains("node 99"), "{reason}")
+        }
+        other => panic!("expected a refusal naming node 99, got {other:?}"),
+    }
+    // Nothing was started: the page takes a transaction at once.
+    let ok = Transaction::new()
+        .write(NodeId(1), PageId(3), 0, vec![1])
+        .write(NodeId(2), PageId(3), 0, vec![2]);
+    client.commit(ok).await.unwrap();
+    for node in nodes {
+        node.stop().await;
+    }
 }

@@ -236,6 +236,10 @@ pub enum Malformed {
     /// The chain names more nodes than any cluster has.
     #[error("the chain names more than 256 nodes")]
     ChainTooLong,
+    /// A node of the chain is not in the receiving node's peers file: nothing sent
+    /// to it would ever arrive, and the transaction could never settle.
+    #[error("node {0} of the chain is not in this node's peers file")]
+    UnknownNode(NodeId),
 }
 
 /// Why a transaction aborted.

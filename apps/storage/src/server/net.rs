@@ -139,7 +139,23 @@ async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<
         match request {
             ClientRequest::Prepare(mut prepare) => {
                 prepare.client = id;
-                if !ctx.fx.admit() {
+                // A chain through a node this one cannot reach would leave its intent
+                // and page locks in doubt forever: refused before anything starts.
+                let unknown = prepare
+                    .chain
+                    .iter()
+                    .find(|n| **n != ctx.fx.id && !ctx.fx.links.contains_key(n))
+                    .copied();
+                if let Some(node) = unknown {
+                    let reason = crate::protocol::AbortReason::Malformed {
+                        node: ctx.fx.id,
+                        what: crate::protocol::Malformed::UnknownNode(node),
+                    };
+                    let _ = tx.send(ClientResponse::Outcome {
+                        txn: prepare.txn,
+                        outcome: crate::protocol::Outcome::Aborted(reason),
+                    });
+                } else if !ctx.fx.admit() {
                     let _ = tx.send(ClientResponse::Busy { txn: prepare.txn });
                 } else if input.send_async(Inbound::Client(prepare)).await.is_err() {
                     break;
