@@ -15,6 +15,10 @@ use std::path::Path;
 
 const HEADER: usize = 16;
 
+/// Set to cut a damaged log at its first bad record even though intact records follow
+/// (see [`replay`]).
+pub(crate) const TRUNCATE_DAMAGED: &str = "PIPEWRIGHT_FAILURES_TRUNCATE_DAMAGED_LOG";
+
 /// The largest record replay accepts (a corrupt length beyond it ends the log).
 pub const MAX_RECORD: usize = 256 << 20;
 
@@ -96,7 +100,7 @@ fn next_record(bytes: &[u8]) -> Option<usize> {
 /// Fails, changing nothing, when bytes that do not decode are followed by an intact
 /// record: that is damage (a flipped bit, or a checkpoint older than the log, whose
 /// released prefix reads back as zeros), and cutting there would lose acknowledged
-/// events.
+/// events; unless [`TRUNCATE_DAMAGED`] is set.
 pub fn replay(path: &Path, from: u64) -> io::Result<Replay> {
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
@@ -116,14 +120,17 @@ pub fn replay(path: &Path, from: u64) -> io::Result<Replay> {
     let (records, used) = decode(&bytes, from);
     let end = from + used as u64;
     let truncated = size - end;
-    if let Some(next) = next_record(&bytes[used..]) {
+    let damaged =
+        next_record(&bytes[used..]).filter(|_| std::env::var_os(TRUNCATE_DAMAGED).is_none());
+    if let Some(next) = damaged {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "{} does not decode at byte {end} although an intact record follows at byte {}: \
                  the log is damaged (or checkpoint.redb is older than the log; its released \
                  prefix reads as zeros). Nothing was changed. Restore the data directory from \
-                 a backup, or move the log away to start without the events it holds",
+                 a backup; or, if the machine lost power during a write, start with \
+                 {TRUNCATE_DAMAGED}=1 to cut the log at byte {end} (what follows is lost)",
                 path.display(),
                 end + next as u64
             ),

@@ -276,3 +276,46 @@ fn replay_a_torn_file_then_truncate_and_append() {
     assert_eq!(out.records[4], Record::Forget { txn: TxnId(9) });
     assert!(out.corruption.is_none());
 }
+
+/// A segment whose bad bytes are followed by intact frames is damage, not a torn tail:
+/// opening it is refused and the file left as it was (cutting would drop committed
+/// decisions). A torn tail alone is cut as before.
+#[test]
+fn damage_before_intact_frames_is_refused_a_torn_tail_is_cut() {
+    use pipewright_storage::log::segments;
+    let records: Vec<Record> = (0..3u64)
+        .map(|t| Record::Decision {
+            txn: TxnId(t + 1),
+            client: ClientId(7),
+            verdict: Verdict::Commit,
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    let mut ends = Vec::new();
+    for r in &records {
+        encode(r, &mut bytes).unwrap();
+        ends.push(bytes.len());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = segments::segment_path(dir.path(), 0);
+    // A flipped bit in the second frame, the third intact after it.
+    let mut damaged = bytes.clone();
+    damaged[ends[0] + FRAME_HEADER] ^= 1;
+    std::fs::write(&path, &damaged).unwrap();
+    let e = segments::open(dir.path()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(
+        e.to_string().contains(&format!("at byte {}", ends[0])),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        damaged,
+        "the segment was changed"
+    );
+    // Torn: the last frame cut short.
+    std::fs::write(&path, &bytes[..ends[2] - 3]).unwrap();
+    let opened = segments::open(dir.path()).unwrap();
+    assert_eq!(opened.replay.records, records[..2]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), ends[1] as u64);
+}

@@ -73,8 +73,14 @@ pub struct Opened {
     pub deleted: Vec<u64>,
 }
 
+/// Set to cut a damaged log at its first bad frame even though intact frames follow
+/// (see [`open`]).
+pub const TRUNCATE_DAMAGED: &str = "PIPEWRIGHT_STORAGE_TRUNCATE_DAMAGED_LOG";
+
 /// Choose the segment to recover from (see the [module docs](self)), truncate its
-/// torn tail, delete every other segment, and sync the directory.
+/// torn tail, delete every other segment, and sync the directory. Refuses (an error,
+/// nothing changed) a segment whose bad bytes are followed by an intact frame, unless
+/// [`TRUNCATE_DAMAGED`] is set.
 ///
 /// An error if segments exist but none is valid (the log was damaged beyond a torn
 /// tail: starting empty would lose committed data).
@@ -105,6 +111,28 @@ pub fn open(dir: &Path) -> io::Result<Opened> {
     };
     let path = segment_path(dir, seq);
     if replay.corruption.is_some() {
+        // A torn last write leaves nothing intact after it. An intact frame after the
+        // bad bytes means damage (a bad sector, a flipped bit): cutting there would drop
+        // committed decisions, so the node does not start, unless told to.
+        let bytes = std::fs::read(&path)?;
+        let bad = replay.valid_len;
+        let intact_after =
+            (bad + 1..bytes.len()).find(|&at| super::frame::decode_frame(&bytes[at..]).is_ok());
+        if let Some(at) = intact_after {
+            if std::env::var_os(TRUNCATE_DAMAGED).is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "log segment {} does not decode at byte {bad} although an intact record \
+                         follows at byte {at}: the log is damaged, not torn, and cutting it would \
+                         drop committed decisions. Nothing was changed. Restore the node's data \
+                         directory; or, if the machine lost power during a write, start with \
+                         {TRUNCATE_DAMAGED}=1 to cut the log at byte {bad} (what follows is lost)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         let file = OpenOptions::new().write(true).open(&path)?;
         let len = file.metadata()?.len();
         opened.truncated_bytes = len - replay.valid_len as u64;
