@@ -338,6 +338,13 @@ impl NodeServer {
             }
         }
         let sink = FileSink::append(&log_path).map_err(io("opening the log"))?;
+        // The log and page files may have just been created: their directory entries
+        // (and the data directory's own, in its parent) are durable from here on, before
+        // anything is acknowledged.
+        segments::sync_dir(&opts.data).map_err(io("syncing the data directory"))?;
+        if let Some(parent) = opts.data.parent().filter(|p| !p.as_os_str().is_empty()) {
+            segments::sync_dir(parent).map_err(io("syncing the data directory's parent"))?;
+        }
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(io(format!("listening on {}", opts.listen)))?;

@@ -61,23 +61,53 @@ where
 
 /// Accept connections until the task is aborted.
 pub(crate) async fn accept_loop(listener: TcpListener, ctx: Ctx, input: Input<Inbound>) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // A cap on open connections keeps file descriptors for the log and the page
+        // file (a failed checkpoint stops the node) when something opens connections
+        // and leaves them.
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("storage_connections_refused_total").increment(1);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         bound_stalls(&stream);
         let Some(input) = input.try_clone() else {
             return;
         };
-        tokio::spawn(serve_connection(stream, ctx.clone(), input));
+        let (ctx, open) = (ctx.clone(), open.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, ctx, input).await;
+            open.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 }
 
+/// Connections open at once.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a new connection has to say who it is.
+const HELLO_LIMIT: Duration = Duration::from_secs(10);
+
+/// Answers queued per client before its reads wait (and outcomes for it are dropped,
+/// counted: a client that does not read its answers learns them with `verdicts`).
+const CLIENT_QUEUE: usize = 256;
+
 async fn serve_connection(stream: TcpStream, ctx: Ctx, input: Input<Inbound>) {
     let mut framed = Framed::new(stream, codec());
-    match next_frame::<Hello, _>(&mut framed).await {
+    let hello = match tokio::time::timeout(HELLO_LIMIT, next_frame::<Hello, _>(&mut framed)).await {
+        Ok(hello) => hello,
+        Err(_) => {
+            metrics::counter!("storage_hello_timeouts_total").increment(1);
+            return;
+        }
+    };
+    match hello {
         Ok(Hello::Peer { .. }) => serve_peer(framed, &ctx, input).await,
         Ok(Hello::Client { id }) => serve_client(framed, id, &ctx, input).await,
         Err(e) => {
@@ -105,8 +135,10 @@ async fn serve_peer(mut framed: Frames, ctx: &Ctx, mut input: Input<Inbound>) {
 }
 
 async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<Inbound>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<ClientResponse>();
-    let _ = tx.send(ClientResponse::Welcome { node: ctx.fx.id });
+    // Bounded: a client that sends without reading its answers is stopped being read
+    // (its reads wait for room) instead of growing the node's memory.
+    let (tx, mut rx) = mpsc::channel::<ClientResponse>(CLIENT_QUEUE);
+    let _ = tx.send(ClientResponse::Welcome { node: ctx.fx.id }).await;
     ctx.fx
         .clients
         .lock()
@@ -151,36 +183,40 @@ async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<
                         node: ctx.fx.id,
                         what: crate::protocol::Malformed::UnknownNode(node),
                     };
-                    let _ = tx.send(ClientResponse::Outcome {
-                        txn: prepare.txn,
-                        outcome: crate::protocol::Outcome::Aborted(reason),
-                    });
+                    let _ = tx
+                        .send(ClientResponse::Outcome {
+                            txn: prepare.txn,
+                            outcome: crate::protocol::Outcome::Aborted(reason),
+                        })
+                        .await;
                 } else if !ctx.fx.admit() {
-                    let _ = tx.send(ClientResponse::Busy { txn: prepare.txn });
+                    let _ = tx.send(ClientResponse::Busy { txn: prepare.txn }).await;
                 } else if input.send_async(Inbound::Client(prepare)).await.is_err() {
                     break;
                 }
             }
             ClientRequest::Read { req, page } => {
                 let read = lock(&ctx.shared).pages.read(page);
-                let _ = tx.send(match read {
-                    Ok((version, data)) => ClientResponse::Page { req, version, data },
-                    Err(e) => ClientResponse::Failed {
-                        req,
-                        error: e.to_string(),
-                    },
-                });
+                let _ = tx
+                    .send(match read {
+                        Ok((version, data)) => ClientResponse::Page { req, version, data },
+                        Err(e) => ClientResponse::Failed {
+                            req,
+                            error: e.to_string(),
+                        },
+                    })
+                    .await;
             }
             ClientRequest::Status { req } => {
                 let status = lock(&ctx.shared).status(&ctx.fx);
-                let _ = tx.send(ClientResponse::Status { req, status });
+                let _ = tx.send(ClientResponse::Status { req, status }).await;
             }
             ClientRequest::Resolve { req } => {
                 let status = lock(&ctx.shared).status(&ctx.fx);
                 if input.send_async(Inbound::Resolve).await.is_err() {
                     break;
                 }
-                let _ = tx.send(ClientResponse::Status { req, status });
+                let _ = tx.send(ClientResponse::Status { req, status }).await;
             }
             ClientRequest::Verdicts { req, txns } => {
                 let verdicts = {
@@ -189,7 +225,7 @@ async fn serve_client(framed: Frames, id: ClientId, ctx: &Ctx, mut input: Input<
                         .map(|t| (t, shared.node.verdict(t)))
                         .collect()
                 };
-                let _ = tx.send(ClientResponse::Verdicts { req, verdicts });
+                let _ = tx.send(ClientResponse::Verdicts { req, verdicts }).await;
             }
         }
     }

@@ -93,7 +93,7 @@ pub(crate) struct Stats {
 pub(crate) struct Effects {
     pub(crate) id: NodeId,
     pub(crate) links: HashMap<NodeId, mpsc::Sender<Message>>,
-    pub(crate) clients: Mutex<HashMap<ClientId, mpsc::UnboundedSender<ClientResponse>>>,
+    pub(crate) clients: Mutex<HashMap<ClientId, mpsc::Sender<ClientResponse>>>,
     pub(crate) stats: Stats,
     pub(crate) max_in_flight: usize,
     /// A crash point for fault tests.
@@ -115,7 +115,9 @@ impl Effects {
     pub(crate) fn reply(&self, client: ClientId, response: ClientResponse) {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = clients.get(&client) {
-            let _ = tx.send(response);
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(response) {
+                metrics::counter!("storage_client_answers_dropped_total").increment(1);
+            }
         }
     }
 
