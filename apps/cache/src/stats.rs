@@ -54,6 +54,9 @@ counters! {
     torn_retries,
     /// Blocks whose checksum failed (the chunk was dropped and refetched).
     checksum_failures,
+    /// Clean chunks refetched because reading them from the cache file failed (a bad
+    /// sector, a short file).
+    io_refetches,
     /// Metadata records that failed their checksum at open (slot dropped).
     meta_corrupt,
     /// Write requests acknowledged.

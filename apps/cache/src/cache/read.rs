@@ -134,6 +134,7 @@ impl Inner {
         let last = ((in_chunk + len - 1) / bs) as u32;
         let count = last - first + 1;
         let skip = (in_chunk % bs) as usize;
+        let mut io_faults = 0;
         loop {
             let (slot, instance, seq) = match self.lookup_or_fill(io, key, true).await? {
                 Looked::Resident(slot, instance, seq) => (slot, instance, seq),
@@ -209,7 +210,25 @@ impl Inner {
                     );
                     self.drop_corrupt(key, slot, instance, block).await?;
                 }
-                Err(BlockFault::Io(e)) => return Err(e.into()),
+                Err(BlockFault::Io(e)) => {
+                    // A bad sector, or a short cache file: a clean chunk is fetched
+                    // again, like a corrupt one (once; a second failure is reported).
+                    // Dirty blocks have no other copy: their error stands.
+                    let dirty_in_range = {
+                        let st = self.lock();
+                        let still =
+                            matches!(st.index.get(&key), Some(Entry::Resident(s)) if *s == slot);
+                        !still
+                            || (first..first + count)
+                                .any(|b| bit(&st.slots[slot as usize].dirty, b))
+                    };
+                    io_faults += 1;
+                    if dirty_in_range || io_faults > 1 {
+                        return Err(e.into());
+                    }
+                    bump(&self.counters.io_refetches, "cache_io_refetches_total", 1);
+                    self.drop_corrupt(key, slot, instance, first).await?;
+                }
             }
         }
     }
