@@ -48,6 +48,12 @@ pub enum CacheError {
     /// The configuration is not usable.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// No cache slot could be freed for a fill.
+    #[error("no cache slot could be freed in {waited_secs} s: every slot is being filled, or the metadata store fails the commits that free them; check the metadata store's disk, or give the cache more chunks")]
+    NoFreeSlot {
+        /// How long the fill waited.
+        waited_secs: u64,
+    },
     /// Opening would discard acknowledged writes that were never written back.
     #[error("{chunks} cached chunks hold writes not yet written back ({where_}); opening would discard them, so the cache is not opened: {what_to_do}")]
     UnflushedWritesUnreachable {

@@ -32,6 +32,13 @@ pub(super) struct Stored {
     pub(super) bytes: Vec<u8>,
 }
 
+/// How long a fill waits for a slot before it fails (every slot being filled, or the
+/// metadata store failing the commits that free them).
+pub(crate) const ALLOCATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often a fill waiting for a slot tries eviction again.
+const RETRY_EVICTION: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Inner {
     /// Resident: `(slot, instance, seq)`. Absent: this call fills it (single flight).
     pub(super) async fn lookup<I: BlockIo>(
@@ -246,9 +253,16 @@ impl Inner {
         filled
     }
 
-    /// A free slot, evicting a batch when there is none.
+    /// A free slot, evicting a batch when there is none; an error when none could be
+    /// freed for [`ALLOCATE_LIMIT`].
     pub(super) async fn allocate(self: &Arc<Self>) -> Result<u32, CacheError> {
+        let began = std::time::Instant::now();
         loop {
+            if began.elapsed() >= ALLOCATE_LIMIT {
+                return Err(CacheError::NoFreeSlot {
+                    waited_secs: began.elapsed().as_secs(),
+                });
+            }
             let notified = self.free_notify.notified();
             {
                 let mut st = self.lock();
@@ -259,11 +273,13 @@ impl Inner {
                     return Ok(slot);
                 }
             }
+            // Waits are bounded: a slot whose fill completed becomes evictable without
+            // anything being freed (no notification), so eviction is tried again.
             let guard = match self.evict_lock.try_lock() {
                 Ok(g) => g,
                 Err(_) => {
                     // Someone is evicting: wait for freed slots.
-                    notified.await;
+                    let _ = tokio::time::timeout(RETRY_EVICTION, notified).await;
                     continue;
                 }
             };
@@ -271,7 +287,7 @@ impl Inner {
             drop(guard);
             if n == 0 {
                 // Nothing evictable now (every slot is being filled): wait.
-                notified.await;
+                let _ = tokio::time::timeout(RETRY_EVICTION, notified).await;
             }
         }
     }

@@ -329,6 +329,7 @@ pub(crate) fn errno(e: &CacheError, write: bool) -> u32 {
         | CacheError::GeometryMismatch { .. }
         | CacheError::DirtyBlockCorrupt { .. }
         | CacheError::UnflushedWritesUnreachable { .. }
+        | CacheError::NoFreeSlot { .. }
         | CacheError::Pipeline(_) => EIO,
     };
     metrics::counter!("cache_nbd_error_replies_total", "code" => code_name(code)).increment(1);
