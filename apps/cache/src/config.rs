@@ -148,10 +148,10 @@ impl CacheConfig {
                 self.chunk_size, self.block_size
             ));
         }
-        if self.chunks < 2 {
+        if self.chunks < 3 {
             return bad(format!(
-                "{} chunks: the cache needs at least 2",
-                self.chunks
+                "{} chunks of {} bytes: the cache needs at least 3 (raise --size or lower --chunk-size)",
+                self.chunks, self.chunk_size
             ));
         }
         if self.low_watermark == 0

@@ -68,6 +68,15 @@ impl Inner {
                 }
             };
             let off = key.chunk * self.cfg.chunk_size + start as u64 * bs;
+            // Whole blocks are cached; the volume's last one may be partial: never write
+            // past its end (a file volume would grow, and export another size).
+            let mut buf = buf;
+            if let Some(v) = self.volumes.get(&key.volume) {
+                let room = v.size.saturating_sub(off);
+                if (buf.len() as u64) > room {
+                    buf.truncate(room as usize);
+                }
+            }
             self.backend
                 .write(&name, off, buf)
                 .await
