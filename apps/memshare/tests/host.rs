@@ -18,10 +18,14 @@ const GROUP: GroupConfig = GroupConfig {
 };
 
 fn host(dir: &Path) -> Host {
+    host_with_deadline(dir, Duration::from_secs(30))
+}
+
+fn host_with_deadline(dir: &Path, deadline: Duration) -> Host {
     Host::new(HostConfig {
         state_dir: dir.join("state"),
         vm_command: vec![env!("CARGO_BIN_EXE_pipewright-memshare-vm").into()],
-        deadline: Duration::from_secs(30),
+        deadline,
         loader: Default::default(),
     })
 }
@@ -494,12 +498,7 @@ fn a_stopped_vm_process_gets_an_error_not_a_hang() {
     }
     let dir = tmp();
     let (img, bytes) = image(dir.path(), "s.raw", 16, 3);
-    let mut h = Host::new(HostConfig {
-        state_dir: dir.path().join("state"),
-        vm_command: vec![env!("CARGO_BIN_EXE_pipewright-memshare-vm").into()],
-        deadline: Duration::from_secs(1),
-        loader: Default::default(),
-    });
+    let mut h = host_with_deadline(dir.path(), Duration::from_secs(1));
     h.create_group("s", GROUP).unwrap();
     let stopped = h.start_vm("s", &VmRequest::new(&img, 0.0, 1)).unwrap();
     let other = h.start_vm("s", &VmRequest::new(&img, 0.0, 2)).unwrap();

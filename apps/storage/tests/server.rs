@@ -47,6 +47,24 @@ impl Running {
     }
 }
 
+/// Nodes `1..=n` on free loopback ports, data under `dir`, each started with its
+/// options as `tune` leaves them; their peers file.
+async fn start_nodes(
+    dir: &std::path::Path,
+    n: u32,
+    tune: impl Fn(&mut NodeOptions),
+) -> (Vec<Running>, BTreeMap<NodeId, SocketAddr>) {
+    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (NodeId(i), free_addr())).collect();
+    let peers = Peers::new(addrs.clone());
+    let mut nodes = Vec::new();
+    for (&id, &addr) in &addrs {
+        let mut opts = NodeOptions::new(id, addr, dir.join(format!("n{}", id.0)), peers.clone());
+        tune(&mut opts);
+        nodes.push(start(opts).await.0);
+    }
+    (nodes, addrs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_log_tail_is_truncated_and_committed_data_survives() {
     // The nodes log through io_uring.
@@ -107,16 +125,8 @@ async fn three_nodes_commit_in_any_chain_order_and_refuse_bad_writes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3).map(|i| (NodeId(i), free_addr())).collect();
-    let peers = Peers::new(addrs.clone());
-    let mut nodes = Vec::new();
-    for (&id, &addr) in &addrs {
-        let data = dir.path().join(format!("n{}", id.0));
-        let mut opts = NodeOptions::new(id, addr, data, peers.clone());
-        opts.pages = 16;
-        nodes.push(start(opts).await.0);
-    }
-    let client = StorageClient::with_timeout(peers, Duration::from_secs(5));
+    let (nodes, addrs) = start_nodes(dir.path(), 3, |o| o.pages = 16).await;
+    let client = StorageClient::with_timeout(Peers::new(addrs), Duration::from_secs(5));
     let txn = Transaction::new()
         .write(NodeId(1), PageId(1), 0, vec![1])
         .write(NodeId(2), PageId(1), 0, vec![2])
@@ -158,15 +168,8 @@ async fn a_full_in_flight_budget_answers_busy() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=2).map(|i| (NodeId(i), free_addr())).collect();
-    let peers = Peers::new(addrs.clone());
-    let mut nodes = Vec::new();
-    for (&id, &addr) in &addrs {
-        let mut opts = NodeOptions::new(id, addr, dir.path().join(id.0.to_string()), peers.clone());
-        opts.max_in_flight = 1;
-        nodes.push(start(opts).await.0);
-    }
-    let client = StorageClient::new(peers);
+    let (nodes, addrs) = start_nodes(dir.path(), 2, |o| o.max_in_flight = 1).await;
+    let client = StorageClient::new(Peers::new(addrs));
     let calls = (0..50u64).map(|i| {
         let client = client.clone();
         async move {
@@ -259,13 +262,7 @@ async fn a_chain_through_an_unknown_node_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=2).map(|i| (NodeId(i), free_addr())).collect();
-    let peers = Peers::new(addrs.clone());
-    let mut nodes = Vec::new();
-    for (&id, &addr) in &addrs {
-        let opts = NodeOptions::new(id, addr, dir.path().join(id.0.to_string()), peers.clone());
-        nodes.push(start(opts).await.0);
-    }
+    let (nodes, addrs) = start_nodes(dir.path(), 2, |_| {}).await;
     // This client's peers file calls node 2's address "99" as well.
     let mut theirs = addrs.clone();
     theirs.insert(NodeId(99), addrs[&NodeId(2)]);
