@@ -122,6 +122,7 @@ mod agent;
 mod agent_client;
 mod client;
 mod error;
+mod gossip;
 mod lease;
 mod load;
 mod producer;

@@ -19,6 +19,7 @@ use tokio_util::codec::Framed;
 
 use crate::agent_client::AgentClient;
 use crate::error::BalanceError;
+use crate::gossip::{unix_ms, Gossip, GossipFilter, SignedGossip};
 use crate::lease::ClusterKey;
 use crate::shed::{Indicators, ShedConfig, Shedder, Verdict};
 use crate::weights::{ProducerId, ProducerReport};
@@ -26,6 +27,9 @@ use crate::wire::{
     self, AgentRequest, AgentResponse, Peer, ProducerFrame, ProducerStatus, Request, SignedStatus,
     MAX_PRODUCER_FRAME,
 };
+
+mod conn;
+use conn::serve;
 
 /// A service-time distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -330,187 +334,6 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     }
 }
 
-struct ConnGuard<'a> {
-    inner: &'a Inner,
-    id: u64,
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        self.inner.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        self.inner
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
-}
-
-async fn serve(stream: TcpStream, inner: Arc<Inner>) {
-    let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (go_tx, mut go_rx) = mpsc::unbounded_channel();
-    inner
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            id,
-            Conn {
-                go_away: go_tx,
-                opened: Instant::now(),
-            },
-        );
-    inner.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let _guard = ConnGuard { inner: &inner, id };
-    let (mut sink, mut frames) = Framed::new(stream, wire::codec(MAX_PRODUCER_FRAME)).split();
-    // Bounded: a client that sends without reading its answers stops being read (its
-    // socket fills up) instead of the producer queueing answers without limit.
-    let (tx, mut rx) = mpsc::channel::<ProducerFrame>(ANSWERS_PER_CONNECTION);
-    let writer = tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if sink.send(wire::encode(&f)).await.is_err() {
-                return;
-            }
-        }
-    });
-    let pending = Arc::new(AtomicU32::new(0));
-    let mut crashed = inner.crashed.subscribe();
-    if *crashed.borrow() {
-        return;
-    }
-    let mut draining = false;
-    let mut drain_deadline = None::<tokio::time::Instant>;
-    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
-    loop {
-        // Room for the next answer first.
-        let permit = tokio::select! {
-            p = tx.clone().reserve_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = crashed.changed() => {
-                writer.abort();
-                return;
-            }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(far)), if drain_deadline.is_some() => break,
-        };
-        let frame = tokio::select! {
-            f = frames.next() => f,
-            _ = crashed.changed() => {
-                writer.abort();
-                return;
-            }
-            Some(()) = go_rx.recv(), if !draining => {
-                draining = true;
-                drain_deadline = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
-                permit.send(ProducerFrame::GoAway);
-                continue;
-            }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(far)), if drain_deadline.is_some() => break,
-        };
-        let bytes = match frame {
-            Some(Ok(b)) => b,
-            Some(Err(_)) => {
-                inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("balance_producer_malformed_total").increment(1);
-                break;
-            }
-            None => break,
-        };
-        let req: Request = match wire::decode(&bytes) {
-            Ok(r) => r,
-            Err(_) => {
-                inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("balance_producer_malformed_total").increment(1);
-                break;
-            }
-        };
-        let waiting = inner.stats.waiting.load(Ordering::Relaxed) as usize;
-        if draining || waiting >= inner.opts.queue_limit {
-            inner.stats.busy.fetch_add(1, Ordering::Relaxed);
-            permit.send(ProducerFrame::Busy { id: req.id });
-            continue;
-        }
-        let (inner2, pending2) = (inner.clone(), pending.clone());
-        pending.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            // Counted down even if the request's task ends early.
-            let _done = CountDown(pending2);
-            let answer = execute(&inner2, req).await;
-            permit.send(answer);
-        });
-    }
-    // Drained close: answer everything accepted before closing, within the limit.
-    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    drop(tx);
-    // A client that reads nothing would hold the writer forever.
-    let abort = writer.abort_handle();
-    if tokio::time::timeout_at(deadline, writer).await.is_err() {
-        abort.abort();
-    }
-}
-
-/// Answers queued or in service per connection before the producer stops reading it.
-const ANSWERS_PER_CONNECTION: usize = 256;
-
-/// How long a closing connection waits for its answers to be served and written.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-/// Decrements a counter when dropped.
-struct CountDown(Arc<AtomicU32>);
-
-impl Drop for CountDown {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn execute(inner: &Inner, req: Request) -> ProducerFrame {
-    let s = &inner.stats;
-    s.in_flight.fetch_add(1, Ordering::Relaxed);
-    s.waiting.fetch_add(1, Ordering::Relaxed);
-    let permit = inner.slots.acquire().await;
-    s.waiting.fetch_sub(1, Ordering::Relaxed);
-    let (service, fail) = {
-        let mut rng = inner.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let mut st = inner.opts.service_time;
-        if let Some(after) = inner.opts.degrade_after {
-            if inner.started.elapsed() >= after {
-                st = st.scaled(inner.opts.degrade_factor);
-            }
-        }
-        let f = f64::from_bits(inner.factor.load(Ordering::Relaxed));
-        if f != 1.0 {
-            st = st.scaled(f);
-        }
-        (
-            st.sample(&mut *rng),
-            rng.random::<f64>() < inner.opts.error_rate,
-        )
-    };
-    tokio::time::sleep(service).await;
-    drop(permit);
-    s.busy_us
-        .fetch_add(service.as_micros() as u64, Ordering::Relaxed);
-    s.in_flight.fetch_sub(1, Ordering::Relaxed);
-    s.completed.fetch_add(1, Ordering::Relaxed);
-    if fail {
-        s.failed.fetch_add(1, Ordering::Relaxed);
-        ProducerFrame::Failed {
-            id: req.id,
-            reason: "injected failure".into(),
-        }
-    } else {
-        ProducerFrame::Done {
-            id: req.id,
-            payload: req.payload,
-        }
-    }
-}
-
 fn indicators(inner: &Inner, utilisation: f64) -> Indicators {
     Indicators {
         connections: inner.stats.connections.load(Ordering::Relaxed),
@@ -530,80 +353,6 @@ fn status_of(inner: &Inner, addr: SocketAddr, gossip: SocketAddr, util: f64) -> 
         shed_total: inner.stats.shed.load(Ordering::Relaxed),
         last_verdict: *inner.last_verdict.lock().unwrap_or_else(|p| p.into_inner()),
         leaving: false,
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Gossip {
-    from: u64,
-    /// The sender's clock when it sent this (Unix ms): a peer's gossip is taken only
-    /// if newer than the last taken, so a replayed datagram changes nothing.
-    sent_ms: u64,
-    ind: Indicators,
-}
-
-const GOSSIP_DOMAIN: &[u8] = b"pipewright-balance gossip v1";
-
-/// Gossip with its tag under the cluster key: anyone can send a UDP datagram, only
-/// the cluster's producers can make one that is taken.
-#[derive(Serialize, Deserialize)]
-struct SignedGossip {
-    gossip: Gossip,
-    tag: [u8; crate::lease::TAG_LEN],
-}
-
-impl SignedGossip {
-    fn sign(key: &crate::lease::ClusterKey, gossip: Gossip) -> Self {
-        let tag = key.tag(GOSSIP_DOMAIN, &wire::encode(&gossip));
-        Self { gossip, tag }
-    }
-
-    fn verify(&self, key: &crate::lease::ClusterKey) -> bool {
-        key.verify(GOSSIP_DOMAIN, &wire::encode(&self.gossip), &self.tag)
-    }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Which gossip a producer takes: signed by the cluster key, from a peer the agent
-/// listed, newer than that peer's last.
-#[derive(Default)]
-struct GossipFilter {
-    /// Listed peers, and the send time of the last gossip taken from each.
-    listed: std::collections::HashMap<u64, u64>,
-}
-
-impl GossipFilter {
-    /// Takes the agent's new list; returns the peers no longer listed.
-    fn relist(&mut self, peers: &[Peer]) -> Vec<u64> {
-        let ids: std::collections::HashSet<u64> = peers.iter().map(|p| p.id.0).collect();
-        let gone: Vec<u64> = self
-            .listed
-            .keys()
-            .filter(|id| !ids.contains(id))
-            .copied()
-            .collect();
-        for id in &gone {
-            self.listed.remove(id);
-        }
-        for id in ids {
-            self.listed.entry(id).or_insert(0);
-        }
-        gone
-    }
-
-    fn take(&mut self, g: &Gossip) -> bool {
-        match self.listed.get_mut(&g.from) {
-            Some(last) if g.sent_ms > *last => {
-                *last = g.sent_ms;
-                true
-            }
-            _ => false,
-        }
     }
 }
 
@@ -768,55 +517,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod gossip_tests {
-    use super::*;
-    use crate::lease::ClusterKey;
-
-    fn peer(id: u64) -> Peer {
-        Peer {
-            id: ProducerId(id),
-            gossip: "127.0.0.1:9".parse().unwrap(),
-        }
-    }
-
-    fn from(id: u64, sent_ms: u64) -> Gossip {
-        Gossip {
-            from: id,
-            sent_ms,
-            ind: Indicators::default(),
-        }
-    }
-
-    #[test]
-    fn only_listed_peers_newer_gossip_is_taken() {
-        let mut f = GossipFilter::default();
-        assert!(!f.take(&from(1, 10)), "nobody is listed yet");
-        assert!(f.relist(&[peer(1), peer(2)]).is_empty());
-        assert!(f.take(&from(1, 10)));
-        assert!(!f.take(&from(1, 10)), "a replay");
-        assert!(!f.take(&from(1, 9)), "older");
-        assert!(f.take(&from(1, 11)));
-        assert!(!f.take(&from(7, 50)), "not listed");
-        assert_eq!(f.relist(&[peer(2)]), vec![1]);
-        assert!(!f.take(&from(1, 12)), "no longer listed");
-        assert!(f.take(&from(2, 1)));
-    }
-
-    #[test]
-    fn gossip_is_taken_only_under_the_cluster_key() {
-        let key = ClusterKey::from_passphrase("cluster");
-        let signed = SignedGossip::sign(&key, from(1, 5));
-        assert!(signed.verify(&key));
-        assert!(!signed.verify(&ClusterKey::from_passphrase("other")));
-        let mut tampered = SignedGossip::sign(&key, from(1, 5));
-        tampered.gossip.ind.connections = 1_000;
-        assert!(!tampered.verify(&key));
-        let bytes = wire::encode(&signed);
-        let back: SignedGossip = wire::decode(&bytes).unwrap();
-        assert!(back.verify(&key));
     }
 }
