@@ -469,19 +469,12 @@ async fn conn_task(
         pending.retain(|_, t| !t.is_closed());
         if held.draining.load(Ordering::Acquire) {
             let since = *draining_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= DRAIN_LIMIT {
-                // The producer does not answer what it took: stop waiting for it.
+            // Drained (everything sent was answered), or the producer does not answer
+            // what it took: close. What was queued meanwhile is refused below,
+            // unexecuted.
+            if pending.is_empty() || since.elapsed() >= DRAIN_LIMIT {
                 break;
             }
-        }
-        if held.draining.load(Ordering::Acquire) && pending.is_empty() {
-            // Drained: everything sent was answered. Refuse whatever was queued
-            // meanwhile (unexecuted) and close.
-            rx.close();
-            while let Ok((_, t)) = rx.try_recv() {
-                let _ = t.send(Outcome::Busy);
-            }
-            break;
         }
         tokio::select! {
             m = rx.recv(), if input_open => match m {

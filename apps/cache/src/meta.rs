@@ -61,6 +61,11 @@ pub(crate) struct ChunkRecord {
 }
 
 impl ChunkRecord {
+    /// Holds a chunk with blocks not yet written back.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.state != SlotState::Free && self.dirty.iter().any(|w| *w != 0)
+    }
+
     pub(crate) fn free(instance: u64) -> Self {
         Self {
             state: SlotState::Free,

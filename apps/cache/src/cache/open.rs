@@ -30,24 +30,12 @@ impl Inner {
         };
         let meta = MetaStore::open(&cfg.meta_path())?;
         let loaded = meta.load()?;
-        let is_dirty =
-            |r: &ChunkRecord| r.state != SlotState::Free && r.dirty.iter().any(|w| *w != 0);
         let unflushed = loaded
             .records
             .iter()
-            .filter(|(_, r)| r.as_ref().is_some_and(is_dirty))
+            .filter(|(_, r)| r.as_ref().is_some_and(ChunkRecord::is_dirty))
             .count();
-        let (store, _formatted) = ChunkStore::open(&cfg.cache_file, geometry, unflushed > 0)
-            .map_err(|e| match e {
-                CacheError::UnflushedWritesUnreachable {
-                    where_, what_to_do, ..
-                } => CacheError::UnflushedWritesUnreachable {
-                    chunks: unflushed,
-                    where_,
-                    what_to_do,
-                },
-                e => e,
-            })?;
+        let (store, _formatted) = ChunkStore::open(&cfg.cache_file, geometry, unflushed)?;
         if unflushed > 0 && loaded.nonce != Some(store.nonce) {
             return Err(CacheError::UnflushedWritesUnreachable {
                 chunks: unflushed,
@@ -97,7 +85,7 @@ impl Inner {
         // Unflushed writes of volumes the backend no longer lists would be dropped below.
         let mut missing: FxHashMap<u32, usize> = FxHashMap::default();
         for (_, r) in &loaded.records {
-            if let Some(r) = r.as_ref().filter(|r| is_dirty(r)) {
+            if let Some(r) = r.as_ref().filter(|r| r.is_dirty()) {
                 if !volumes.contains_key(&r.volume) {
                     *missing.entry(r.volume).or_default() += 1;
                 }

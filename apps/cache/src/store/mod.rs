@@ -160,13 +160,13 @@ pub(crate) struct ChunkStore {
 
 impl ChunkStore {
     /// Opens the cache file, formatting it (preallocated, new nonce) when it is new or
-    /// its header is damaged, unless `keep` (it holds writes not yet written back: a
-    /// damaged header is then an error, not a reformat); refuses a file with another
-    /// geometry.
+    /// its header is damaged, unless `unflushed` chunks hold writes not yet written
+    /// back (a damaged header is then an error, not a reformat); refuses a file with
+    /// another geometry.
     pub(crate) fn open(
         path: &Path,
         geometry: Geometry,
-        keep: bool,
+        unflushed: usize,
     ) -> Result<(Self, bool), CacheError> {
         let file = OpenOptions::new()
             .read(true)
@@ -202,9 +202,9 @@ impl ChunkStore {
             };
         let nonce = match nonce {
             Some(n) => n,
-            None if keep => {
+            None if unflushed > 0 => {
                 return Err(CacheError::UnflushedWritesUnreachable {
-                    chunks: 0,
+                    chunks: unflushed,
                     where_: format!("in {}, whose header is damaged or missing", path.display()),
                     what_to_do: "restore the cache file, or move its .meta directory away to \
                                  start empty and discard those writes"
