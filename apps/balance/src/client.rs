@@ -181,6 +181,8 @@ impl Drop for ManagerGuard {
     fn drop(&mut self) {
         self.1.closed.store(true, Ordering::Release);
         self.0.abort();
+        // Calls still waiting for a lease end now, with `Closed`.
+        self.1.ready.notify_waiters();
     }
 }
 
@@ -232,13 +234,14 @@ impl BalancedClient {
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let end = tokio::time::Instant::now() + timeout;
         loop {
+            // Created before the check: `notify_waiters` reaches a `Notified` from its
+            // creation on, so a lease granted between the check and the wait is not
+            // missed (the wait would last until the next renewal or the timeout).
+            let ready = self.shared.ready.notified();
             if !self.producers().is_empty() {
                 return true;
             }
-            if tokio::time::timeout_at(end, self.shared.ready.notified())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(end, ready).await.is_err() {
                 return !self.producers().is_empty();
             }
         }
@@ -314,6 +317,8 @@ async fn call(
     let mut attempts = 0u32;
     loop {
         let held = loop {
+            // Before the pick, so a grant between the pick and the wait wakes it.
+            let ready = shared.ready.notified();
             if let Some(h) = pick(&shared) {
                 break h;
             }
@@ -321,10 +326,7 @@ async fn call(
                 return Err(BalanceError::Closed);
             }
             shared.wake.notify_one();
-            if tokio::time::timeout_at(deadline, shared.ready.notified())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
                 shared.stats.no_producer.fetch_add(1, Ordering::Relaxed);
                 return Err(BalanceError::NoProducer(
                     "no lease could be obtained in time".into(),

@@ -252,5 +252,5 @@ pub use stats::CacheStats;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_api {
-    pub use crate::slot::{check, SlotCell, Verdict, Verified};
+    pub use crate::slot::{check, SlotCell, SlotPin, Verdict, Verified};
 }

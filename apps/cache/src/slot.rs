@@ -11,17 +11,23 @@
 //! [`Verdict::Valid`]. Eviction never waits for readers: it gives the slot a new
 //! instance id and the next fill writes blocks tagged with it, so a reader that raced
 //! the reuse sees [`Verdict::Stale`] and goes back to the lookup.
+//!
+//! A direct reply, which sends a slot's bytes after its check instead of copying them
+//! first, also *pins* the slot ([`SlotCell::pin`]) from before its check until the
+//! bytes are out; a retired slot is reused only once [`SlotCell::unpinned`].
 
 // `pub` items: the loom model reaches them through `loom_api` (loom builds only).
 #![allow(unreachable_pub)]
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering};
 
-/// A chunk slot's shared state: current instance id and write sequence.
+/// A chunk slot's shared state: current instance id, write sequence and the direct
+/// replies sending from it.
 #[derive(Debug)]
 pub struct SlotCell {
     instance: AtomicU64,
     seq: AtomicU64,
+    pins: AtomicU64,
 }
 
 impl SlotCell {
@@ -30,6 +36,7 @@ impl SlotCell {
         Self {
             instance: AtomicU64::new(instance),
             seq: AtomicU64::new(0),
+            pins: AtomicU64::new(0),
         }
     }
 
@@ -56,6 +63,37 @@ impl SlotCell {
     /// The write ended (the sequence is even again).
     pub fn end_write(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Pins the slot for a reply sending from its bytes: until the pin is dropped,
+    /// [`SlotCell::unpinned`] is false and a retired slot is not reused. Pin first,
+    /// then check the instance id; a retire sets the new id first, then waits for the
+    /// pins: either the reader sees the new id or the retire sees the pin. Each side
+    /// puts a `SeqCst` fence between its write and its read (a store-load order that
+    /// `SeqCst` accesses alone give only through their single total order, which loom
+    /// does not model: it reported a reuse under a send without the fences).
+    /// `tests/loom_instance.rs` checks every interleaving.
+    pub fn pin(&self) -> SlotPin<'_> {
+        self.pins.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        SlotPin(&self.pins)
+    }
+
+    /// Whether no reply is sending from the slot (call after [`SlotCell::set_instance`]
+    /// to wait for the replies that may have checked the old id).
+    pub fn unpinned(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.pins.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// A slot pinned by a reply sending from it (see [`SlotCell::pin`]).
+#[derive(Debug)]
+pub struct SlotPin<'a>(&'a AtomicU64);
+
+impl Drop for SlotPin<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

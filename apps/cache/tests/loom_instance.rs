@@ -109,3 +109,54 @@ fn a_checksum_skip_covers_only_its_write_sequence() {
         );
     });
 }
+
+/// A direct reply sends a slot's bytes *after* its check (no copy first), so it pins
+/// the slot before the check and a retire waits for the pins before the slot is reused
+/// (`SlotCell::pin`). Whatever the interleaving, a reply whose check passed sends the
+/// bytes of the chunk it looked up, never the refill's.
+///
+/// The model fails if the reader pins after its check (a retire between the check and
+/// the pin reuses the slot under the send), or if the retire does not wait for pins.
+#[test]
+fn a_pinned_slot_is_not_reused_under_a_send() {
+    loom::model(|| {
+        let cell = Arc::new(SlotCell::new(I1));
+        let disk = Arc::new(Disk {
+            data: AtomicU64::new(CHUNK_A),
+            tag_instance: AtomicU64::new(I1),
+            tag_sum: AtomicU64::new(CHUNK_A),
+        });
+
+        let retire = {
+            let (cell, disk) = (cell.clone(), disk.clone());
+            loom::thread::spawn(move || {
+                // `Inner::retire`: the new id, then wait for the pins, then free (the
+                // refill follows).
+                cell.set_instance(I2);
+                while !cell.unpinned() {
+                    loom::thread::yield_now();
+                }
+                cell.begin_write();
+                disk.data.store(CHUNK_B, Ordering::SeqCst);
+                disk.tag_instance.store(I2, Ordering::SeqCst);
+                disk.tag_sum.store(CHUNK_B, Ordering::SeqCst);
+                cell.end_write();
+            })
+        };
+
+        // `Cache::send_direct`: the lookup, the pin, the tags' check, then the send.
+        let expected = cell.instance();
+        let pin = cell.pin();
+        let seq = cell.seq();
+        let tag_instance = disk.tag_instance.load(Ordering::SeqCst);
+        let tag_sum = disk.tag_sum.load(Ordering::SeqCst);
+        if expected == I1 && check(expected, tag_instance, true, &cell, seq) == Verdict::Valid {
+            // Only the old chunk's tag passes this check; the bytes go out now.
+            assert_eq!(tag_sum, CHUNK_A);
+            let sent = disk.data.load(Ordering::SeqCst);
+            assert_eq!(sent, CHUNK_A, "a retired slot was reused under a send");
+        }
+        drop(pin);
+        retire.join().unwrap();
+    });
+}

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use pipewright_runtime::uring::PooledBuf;
 
 use crate::error::CacheError;
-use crate::slot::{SlotCell, Verified};
+use crate::slot::{SlotCell, SlotPin, Verified};
 
 mod block_io;
 mod mapped;
@@ -150,8 +150,6 @@ pub(crate) struct ChunkStore {
     /// Per slot, the blocks whose checksum passed under its current write sequence
     /// (a hit of them skips the CRC pass: see [`Verified`]).
     pub(crate) verified: Vec<Verified>,
-    /// Per slot, direct replies sending from it right now (see [`ChunkStore::pin`]).
-    pins: Vec<std::sync::atomic::AtomicU32>,
     /// The file mapped read-only for direct replies (`None` if it could not be mapped).
     pub(crate) map: Option<Mapping>,
     /// Identifies this formatting of the file; the metadata must carry the same.
@@ -240,9 +238,6 @@ impl ChunkStore {
         let verified = (0..geometry.chunks)
             .map(|_| Verified::new(geometry.blocks_per_chunk()))
             .collect();
-        let pins = (0..geometry.chunks)
-            .map(|_| std::sync::atomic::AtomicU32::new(0))
-            .collect();
         let map = Mapping::new(&file, geometry.file_size()).ok();
         Ok((
             Self {
@@ -252,7 +247,6 @@ impl ChunkStore {
                 },
                 cells,
                 verified,
-                pins,
                 map,
                 nonce,
             },
@@ -260,20 +254,14 @@ impl ChunkStore {
         ))
     }
 
-    /// Pins `slot` for a direct reply sending from its bytes: until the pin is
-    /// dropped, [`ChunkStore::unpinned`] is false and a retired slot is not reused
-    /// (see `Inner::retire`). Pin first, then check the slot's instance id: a retire
-    /// sets the new id first, then waits for the pins (both `SeqCst`), so either the
-    /// reader sees the new id or the retire sees the pin.
+    /// Pins `slot` for a direct reply sending from its bytes (see [`SlotCell::pin`]).
     pub(crate) fn pin(&self, slot: u32) -> SlotPin<'_> {
-        let c = &self.pins[slot as usize];
-        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        SlotPin(c)
+        self.cells[slot as usize].pin()
     }
 
     /// Whether no direct reply is sending from `slot`.
     pub(crate) fn unpinned(&self, slot: u32) -> bool {
-        self.pins[slot as usize].load(std::sync::atomic::Ordering::SeqCst) == 0
+        self.cells[slot as usize].unpinned()
     }
 
     /// Writes only the first `blocks` blocks' bytes (no tags): the torn fill a crash
@@ -532,15 +520,6 @@ fn fresh_nonce() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
-}
-
-/// A slot pinned by a direct reply (see [`ChunkStore::pin`]).
-pub(crate) struct SlotPin<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl Drop for SlotPin<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// A write into a slot in progress: the slot's write sequence is odd from
