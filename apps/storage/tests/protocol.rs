@@ -426,6 +426,62 @@ fn a_prepare_overtaken_by_a_later_forgotten_transaction_of_its_client_is_answere
     )));
 }
 
+/// A node in the middle of the chain that finished a committed transaction and forgot
+/// it (two checkpoints) while its predecessor, whose `Commit` was lost, is still
+/// prepared: a late duplicate `Prepare` there must not make the predecessor abort what
+/// the decider committed. The predecessor learns the verdict from the decider.
+#[test]
+fn a_late_duplicate_prepare_at_a_node_that_forgot_a_commit_does_not_abort_it() {
+    let mut c = Cluster::new(3);
+    let p = txn(1, &[0, 1, 2], 7);
+    c.start(p.clone());
+    while let Some((to, msg)) = c.net.pop_front() {
+        if to == NodeId(0) && matches!(msg, Message::Commit { .. }) {
+            continue; // lost
+        }
+        let actions = c.nodes[to.0 as usize].handle(msg);
+        c.run(to.0 as usize, actions);
+    }
+    assert_eq!(c.replies, vec![(TxnId(1), Outcome::Committed)]);
+    assert_eq!(
+        c.nodes[0].status(TxnId(1)),
+        TxnStatus::Prepared { in_doubt: false }
+    );
+    for _ in 0..2 {
+        let actions = c.nodes[1].checkpoint();
+        c.run(1, actions);
+    }
+    assert_eq!(c.nodes[1].status(TxnId(1)), TxnStatus::Unknown, "forgotten");
+    // The duplicate arrives at node 1.
+    let late = c.nodes[1].handle(Message::Prepare(p));
+    assert!(
+        !late.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Message::Abort { .. },
+                ..
+            }
+        )),
+        "a node that forgot the verdict told its predecessor to abort: {late:?}"
+    );
+    c.run(1, late);
+    c.deliver_all();
+    // The predecessor's retry timer asks the decider, which still awaits its
+    // acknowledgement: commit.
+    let tick = c.nodes[0].tick();
+    c.run(0, tick);
+    c.deliver_all();
+    assert_eq!(
+        c.nodes[0].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Commit)
+    );
+    assert_eq!(c.pages[0].read(PageId(7)).unwrap().0, 1);
+    assert_eq!(
+        c.nodes[2].status(TxnId(1)),
+        TxnStatus::Finished(Verdict::Commit)
+    );
+}
+
 /// Pipelined prepares: the head forwards the `Prepare` before its intent is durable;
 /// the decider logs and decides nothing until the `Durable` notice arrives, and
 /// presumes abort (durably, then tells the client and the head) if it never does.

@@ -33,9 +33,14 @@ impl Node {
             // mark is durable, so every later copy is refused too). The verdict is not
             // known here, so the client is told just that (`Forgotten`, not an
             // abort: a late copy of a committed transaction must not read as
-            // aborted); a predecessor still prepared is told to abort (one that
-            // finished ignores it).
-            if let Some(prev) = self.neighbour(&p.chain, -1) {
+            // aborted). Only the decider tells a predecessor still prepared to abort:
+            // it forgets a commit only once every node acknowledged it, so no node is
+            // prepared on a forgotten commit (see `on_resolve`). Any other node may
+            // have forgotten a commit its predecessor has not heard of yet (the
+            // `Commit` lost or late); that predecessor asks the decider on its retry
+            // timer, which tells it the verdict.
+            let decider = p.chain.last() == Some(&self.id);
+            if let Some(prev) = self.neighbour(&p.chain, -1).filter(|_| decider) {
                 out.push(Action::Send {
                     to: prev,
                     msg: Message::Abort { txn: p.txn },
