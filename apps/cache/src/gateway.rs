@@ -218,6 +218,12 @@ fn render_status(
         n.protocol_errors.load(Ordering::Relaxed),
         n.unknown_exports.load(Ordering::Relaxed)
     );
+    out += &format!(
+        "nbd limits: {} handshake timeouts, {} connections refused, {} byte-budget waits\n",
+        n.handshake_timeouts.load(Ordering::Relaxed),
+        n.refused_connections.load(Ordering::Relaxed),
+        n.budget_waits.load(Ordering::Relaxed)
+    );
     if let Some(snap) = stages {
         out += "stages:";
         for st in &snap.stages {

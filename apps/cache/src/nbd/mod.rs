@@ -14,5 +14,8 @@ mod queued;
 mod server;
 mod wire;
 
-pub use server::{NbdServer, NbdStats};
+pub use server::{
+    NbdServer, NbdStats, DEFAULT_HANDSHAKE_DEADLINE, DEFAULT_IN_FLIGHT_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+};
 pub use wire::RequestError;

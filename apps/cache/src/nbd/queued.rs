@@ -33,6 +33,8 @@ const DIRECT_MIN: u32 = 32 << 10;
 struct InFlight {
     cookie: u64,
     write: bool,
+    /// Its payload bytes (what it holds of the connection's byte budget).
+    bytes: u64,
 }
 
 /// The requests in flight, by the id their answers come back with.
@@ -72,6 +74,9 @@ pub(super) struct Connection {
     pub(super) path: PathService,
     pub(super) stats: Arc<NbdStats>,
     pub(super) max_in_flight: usize,
+    /// The payload bytes the requests in flight may hold together (see
+    /// [`NbdServer::max_in_flight_bytes`](super::NbdServer::max_in_flight_bytes)).
+    pub(super) max_in_flight_bytes: u64,
     pub(super) volume: VolumeId,
 }
 
@@ -103,6 +108,7 @@ impl Connection {
         let (side_tx, mut side_rx) = mpsc::unbounded_channel::<(u64, Result<ReadBuf, u32>)>();
         let mut table = Table::default();
         let mut side_in_flight = 0usize;
+        let mut in_flight_bytes = 0u64;
         let mut inbuf: Vec<u8> = Vec::with_capacity(256 << 10);
         let mut got: Vec<Answer<PipelineReply>> = Vec::with_capacity(REPLIES_PER_WRITE);
         let mut side_got = Vec::with_capacity(REPLIES_PER_WRITE);
@@ -110,6 +116,9 @@ impl Connection {
         loop {
             // Take every complete request that has arrived, up to the in-flight limit.
             let mut pos = 0;
+            // The front request waits for answers to free the byte budget: no more is
+            // read meanwhile (a client cannot make the connection buffer more).
+            let mut over_budget = false;
             while ending.is_none() && table.len + side_in_flight < self.max_in_flight {
                 let (req, used) = match parse(&inbuf[pos..]) {
                     Ok(Some(r)) => r,
@@ -126,6 +135,15 @@ impl Connection {
                         break;
                     }
                 };
+                let bytes = match req.kind {
+                    CMD_READ | CMD_WRITE if req.len <= MAX_PAYLOAD => u64::from(req.len),
+                    _ => 0,
+                };
+                if in_flight_bytes > 0 && in_flight_bytes + bytes > self.max_in_flight_bytes {
+                    bump(&self.stats.budget_waits, "cache_nbd_budget_waits_total");
+                    over_budget = true;
+                    break;
+                }
                 let payload = &inbuf[pos + Request::LEN..pos + used];
                 pos += used;
                 if req.kind == CMD_READ && (DIRECT_MIN..=MAX_PAYLOAD).contains(&req.len) {
@@ -161,9 +179,11 @@ impl Connection {
                     CMD_DISC => ending = Some(Ok(())),
                     CMD_READ | CMD_WRITE if req.len <= MAX_PAYLOAD => {
                         let write = req.kind == CMD_WRITE;
+                        in_flight_bytes += bytes;
                         let id = table.insert(InFlight {
                             cookie: req.cookie,
                             write,
+                            bytes,
                         });
                         let request = if write {
                             BlockRequest::Write {
@@ -202,7 +222,8 @@ impl Connection {
             if ending.is_some() && table.len == 0 && side_in_flight == 0 {
                 break;
             }
-            let reading = ending.is_none() && table.len + side_in_flight < self.max_in_flight;
+            let reading =
+                ending.is_none() && !over_budget && table.len + side_in_flight < self.max_in_flight;
             if reading && inbuf.capacity() - inbuf.len() < 64 << 10 {
                 inbuf.reserve(256 << 10);
             }
@@ -210,8 +231,10 @@ impl Connection {
                 biased;
                 _ = answers.recv_many(&mut got, REPLIES_PER_WRITE), if table.len > 0 => {
                     let mut replies = Vec::with_capacity(got.len());
+                    let mut answered_bytes = 0;
                     for (id, answer) in got.drain(..) {
                         let Some(r) = table.take(id) else { continue };
+                        answered_bytes += r.bytes;
                         let reply = match answer {
                             Ok(Ok(PathResponse::Data(d))) => Ok(d),
                             Ok(Ok(_)) => Ok(ReadBuf::from_vec(Vec::new())),
@@ -222,6 +245,8 @@ impl Connection {
                         replies.push((r.cookie, reply));
                     }
                     self.write(&mut wr, replies).await?;
+                    // A read's data is held until it is in the socket.
+                    in_flight_bytes -= answered_bytes;
                 }
                 n = side_rx.recv_many(&mut side_got, REPLIES_PER_WRITE), if side_in_flight > 0 => {
                     side_in_flight -= n;

@@ -3,6 +3,7 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +29,13 @@ pub struct NbdStats {
     pub protocol_errors: AtomicU64,
     /// Export names asked for that do not exist.
     pub unknown_exports: AtomicU64,
+    /// Connections closed because they chose no export within the handshake deadline.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections refused because the server already had its maximum.
+    pub refused_connections: AtomicU64,
+    /// Times a connection's next request had to wait before it was taken because the
+    /// requests in flight already held the connection's byte budget.
+    pub budget_waits: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64, name: &'static str) {
@@ -43,7 +51,25 @@ pub struct NbdServer {
     path: Option<PathService>,
     stats: Arc<NbdStats>,
     max_in_flight: usize,
+    limits: Limits,
+    connections: Arc<Semaphore>,
 }
+
+/// What one client may hold of the server (see the builder methods of [`NbdServer`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) handshake: Duration,
+    pub(super) in_flight_bytes: u64,
+    pub(super) connections: usize,
+}
+
+/// A client that connects must choose its export within this long.
+pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Payload bytes one connection's requests may hold in flight (write data read in,
+/// read data not yet sent).
+pub const DEFAULT_IN_FLIGHT_BYTES: u64 = 128 << 20;
+/// Connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl std::fmt::Debug for NbdServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +94,50 @@ impl NbdServer {
             path: None,
             stats: Arc::default(),
             max_in_flight: 64,
+            limits: Limits {
+                handshake: DEFAULT_HANDSHAKE_DEADLINE,
+                in_flight_bytes: DEFAULT_IN_FLIGHT_BYTES,
+                connections: DEFAULT_MAX_CONNECTIONS,
+            },
+            connections: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
         }
+    }
+
+    /// How long a client may take from connecting to choosing an export
+    /// (default [`DEFAULT_HANDSHAKE_DEADLINE`]); then the connection is closed and
+    /// counted in [`NbdStats::handshake_timeouts`].
+    pub fn handshake_deadline(mut self, deadline: Duration) -> Self {
+        self.limits.handshake = deadline;
+        self
+    }
+
+    /// The payload bytes one connection's requests may hold in flight (default
+    /// [`DEFAULT_IN_FLIGHT_BYTES`]): a request that would go beyond waits (and the
+    /// connection stops reading) until earlier ones are answered, so a client that
+    /// pipelines many 32 MiB requests holds this much of the server's memory, not
+    /// 64 × 32 MiB. Never below the largest request (32 MiB), which always fits.
+    ///
+    /// ```
+    /// # use pipewright_cache::nbd::NbdServer;
+    /// # fn limits(server: NbdServer) -> NbdServer {
+    /// server
+    ///     .max_in_flight_bytes(64 << 20)
+    ///     .max_connections(256)
+    ///     .handshake_deadline(std::time::Duration::from_secs(5))
+    /// # }
+    /// ```
+    pub fn max_in_flight_bytes(mut self, bytes: u64) -> Self {
+        self.limits.in_flight_bytes = bytes.max(u64::from(MAX_PAYLOAD));
+        self
+    }
+
+    /// The connections served at once (default [`DEFAULT_MAX_CONNECTIONS`], at least
+    /// 1); one more is closed at once and counted in
+    /// [`NbdStats::refused_connections`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.connections = n.max(1);
+        self.connections = Arc::new(Semaphore::new(self.limits.connections));
+        self
     }
 
     /// A server whose reads and writes go through the cache's request pipeline
@@ -101,10 +170,19 @@ impl NbdServer {
                     continue;
                 }
             };
+            let Ok(slot) = self.connections.clone().try_acquire_owned() else {
+                bump(
+                    &self.stats.refused_connections,
+                    "cache_nbd_refused_connections_total",
+                );
+                drop(sock);
+                continue;
+            };
             let _ = sock.set_nodelay(true);
             bump(&self.stats.connections, "cache_nbd_connections_total");
             let this = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = this.connection(sock).await {
                     if e.kind() != io::ErrorKind::UnexpectedEof {
                         eprintln!("pipewright-cache: nbd connection ended: {e}");
@@ -126,6 +204,31 @@ impl NbdServer {
     async fn connection(&self, sock: TcpStream) -> io::Result<()> {
         let (rd, mut wr) = sock.into_split();
         let mut rd = BufReader::with_capacity(256 << 10, rd);
+        let deadline = self.limits.handshake;
+        let volume = match tokio::time::timeout(deadline, self.handshake(&mut rd, &mut wr)).await {
+            Ok(Ok(Some(v))) => v,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                bump(
+                    &self.stats.handshake_timeouts,
+                    "cache_nbd_handshake_timeouts_total",
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client chose no export within {deadline:?}; closed"),
+                ));
+            }
+        };
+        self.transmission(rd, wr, volume).await
+    }
+
+    /// The newstyle handshake up to the chosen export (`None`: the client aborted).
+    async fn handshake(
+        &self,
+        rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> io::Result<Option<VolumeId>> {
         let mut hello = Vec::with_capacity(18);
         hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
         hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -174,7 +277,7 @@ impl NbdServer {
                 OPT_ABORT => {
                     option_reply(&mut out, option, REP_ACK, &[]);
                     wr.write_all(&out).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 OPT_LIST => {
                     for v in self.cache.volumes() {
@@ -231,7 +334,7 @@ impl NbdServer {
             }
             wr.write_all(&out).await?;
         };
-        self.transmission(rd, wr, volume).await
+        Ok(Some(volume))
     }
 
     async fn transmission(
@@ -246,6 +349,7 @@ impl NbdServer {
                 path: path.clone(),
                 stats: self.stats.clone(),
                 max_in_flight: self.max_in_flight,
+                max_in_flight_bytes: self.limits.in_flight_bytes,
                 volume,
             };
             return conn.run(rd, wr).await;
@@ -253,6 +357,7 @@ impl NbdServer {
         let (tx, rx) = mpsc::channel::<Reply>(self.max_in_flight * 2);
         let writer = tokio::spawn(write_replies(rx, wr));
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let budget = Arc::new(Semaphore::new(budget_units(self.limits.in_flight_bytes)));
         let mut header = [0u8; Request::LEN];
         let result = loop {
             if let Err(e) = rd.read_exact(&mut header).await {
@@ -266,6 +371,23 @@ impl NbdServer {
                         "cache_nbd_protocol_errors_total",
                     );
                     break Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
+            };
+            // The payload's share of the budget, before a write's payload is read in;
+            // held until the reply (a read's data) is written.
+            let units = match req.kind {
+                CMD_READ | CMD_WRITE if req.len <= MAX_PAYLOAD => budget_units(req.len.into()),
+                _ => 0,
+            };
+            let bytes = match budget.clone().try_acquire_many_owned(units as u32) {
+                Ok(p) => p,
+                Err(_) => {
+                    bump(&self.stats.budget_waits, "cache_nbd_budget_waits_total");
+                    budget
+                        .clone()
+                        .acquire_many_owned(units as u32)
+                        .await
+                        .expect("never closed")
                 }
             };
             let payload = if req.kind == CMD_WRITE {
@@ -297,7 +419,11 @@ impl NbdServer {
                         ReadBuf::from_vec(Vec::new())
                     }
                 };
-                let out = Reply { header, data };
+                let out = Reply {
+                    header,
+                    data,
+                    _budget: bytes,
+                };
                 let _ = tx.send(out).await;
                 drop(permit);
             });
@@ -311,6 +437,12 @@ impl NbdServer {
             r => r,
         }
     }
+}
+
+/// A byte budget in the semaphore's units (4 KiB, so that any budget fits its
+/// permits), rounded up.
+pub(super) fn budget_units(bytes: u64) -> usize {
+    bytes.div_ceil(4096).min(Semaphore::MAX_PERMITS as u64) as usize
 }
 
 /// The NBD error code a failed request is answered with (counted per code in
@@ -384,6 +516,8 @@ fn code_name(code: u32) -> &'static str {
 struct Reply {
     header: Vec<u8>,
     data: ReadBuf,
+    /// Its share of the connection's byte budget, given back once it is written.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Replies queued together, at most this many per `writev`.
