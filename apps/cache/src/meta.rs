@@ -155,6 +155,9 @@ pub(crate) struct MetaStore {
     /// the order their records were made (see the module docs). The time of the last
     /// durable commit.
     commit_lock: Mutex<Instant>,
+    /// Tests: this many of the next transactions fail as a full disk would.
+    #[cfg(test)]
+    pub(crate) fail_next: std::sync::atomic::AtomicU32,
 }
 
 impl MetaStore {
@@ -174,6 +177,8 @@ impl MetaStore {
             db,
             staged: Mutex::new(FxHashMap::default()),
             commit_lock: Mutex::new(Instant::now()),
+            #[cfg(test)]
+            fail_next: Default::default(),
         })
     }
 
@@ -285,6 +290,18 @@ impl MetaStore {
         volumes: &[(String, u32)],
         durable: bool,
     ) -> Result<(), CacheError> {
+        #[cfg(test)]
+        if self
+            .fail_next
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(CacheError::Meta("injected commit failure".into()));
+        }
         let mut tx = self.db.begin_write().map_err(CacheError::meta)?;
         if !durable {
             tx.set_durability(redb::Durability::None);

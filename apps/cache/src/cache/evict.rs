@@ -16,6 +16,13 @@ impl Inner {
     /// and only then become free. The caller holds `evict_lock`. Returns how many
     /// slots it freed.
     pub(super) async fn evict_batch(self: &Arc<Self>, want: u32) -> Result<u64, CacheError> {
+        // Slots whose retirement failed to commit earlier come first (they hold
+        // nothing a reader can find).
+        let unretired = std::mem::take(&mut self.lock().unretired);
+        if !unretired.is_empty() {
+            self.retire(&unretired).await?;
+            return Ok(unretired.len() as u64);
+        }
         let victims: Vec<(ChunkKey, u32)> = {
             let mut st = self.lock();
             let mut v = Vec::new();
@@ -127,6 +134,63 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use crate::backend::FileBackend;
+    use crate::cache::Cache;
+    use crate::config::CacheConfig;
+
+    /// A retirement whose metadata commit fails leaves its slots neither free nor
+    /// resident; the next eviction retires them again, and the cache keeps serving
+    /// the right bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_of_a_failed_retirement_are_retired_by_the_next_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let vdir = dir.path().join("volumes");
+        std::fs::create_dir(&vdir).unwrap();
+        let chunk = 128usize << 10;
+        let image: Vec<u8> = (0..8 * chunk).map(|i| (i / 4096) as u8).collect();
+        std::fs::write(vdir.join("disk"), &image).unwrap();
+        let mut cfg = CacheConfig::new(dir.path().join("cache"), 6);
+        cfg.chunk_size = chunk as u64;
+        cfg.low_watermark = 1;
+        cfg.high_watermark = 2;
+        cfg.eviction_batch = 2;
+        let cache = Cache::open(cfg, Arc::new(FileBackend::new(&vdir).unwrap()))
+            .await
+            .unwrap();
+        let disk = cache.volume("disk").unwrap();
+        let read = |i: usize| {
+            let cache = cache.clone();
+            async move {
+                let got = cache.read(disk, (i * chunk) as u64, 4096).await.unwrap();
+                assert_eq!(got[..], [(i * chunk / 4096) as u8; 4096][..], "chunk {i}");
+            }
+        };
+        for i in 0..3 {
+            read(i).await;
+        }
+        let free_before = cache.inner.lock().free.len();
+        cache.inner.meta.fail_next.store(1, Ordering::SeqCst);
+        assert!(cache.evict_to(free_before as u32 + 2).await.is_err());
+        let lost = cache.inner.lock().unretired.len();
+        assert!(lost > 0, "the failed retirement's slots are remembered");
+        assert_eq!(cache.inner.lock().free.len(), free_before);
+        cache
+            .evict_to(free_before as u32 + lost as u32)
+            .await
+            .unwrap();
+        assert!(cache.inner.lock().unretired.is_empty());
+        assert!(cache.inner.lock().free.len() >= free_before + lost);
+        for i in 0..8 {
+            read(i).await;
         }
     }
 }

@@ -452,7 +452,12 @@ impl Inner {
         };
         let inner = self.clone();
         let recs = records.clone();
-        blocking(move || inner.meta.commit(&recs, Some(next), None, &[])).await?;
+        if let Err(e) = blocking(move || inner.meta.commit(&recs, Some(next), None, &[])).await {
+            // Neither free nor resident: the next eviction retires them again.
+            self.lock().unretired.extend_from_slice(slots);
+            metrics::counter!("cache_retire_commit_failures_total").increment(1);
+            return Err(e);
+        }
         bump(
             &self.counters.instance_ids_issued,
             "cache_instance_ids_issued_total",

@@ -107,6 +107,10 @@ struct State {
     index: FxHashMap<ChunkKey, Entry>,
     slots: Vec<SlotInfo>,
     free: Vec<u32>,
+    /// Slots out of the index whose new instance ids could not be committed (see
+    /// `Inner::retire`): retired again before the next eviction, so a failed commit
+    /// does not lose them until a restart.
+    unretired: Vec<u32>,
     policy: Box<dyn EvictionPolicy>,
     next_instance: u64,
 }

@@ -181,6 +181,7 @@ impl Inner {
                 index,
                 slots,
                 free,
+                unretired: Vec::new(),
                 policy,
                 next_instance,
             }),
