@@ -206,6 +206,39 @@ fn keyed_replicas_keep_each_key_on_one_replica() {
     );
 }
 
+/// A key function that panics on a malformed record costs that record, counted as a
+/// panic of the split, not the worker: every other record is delivered, keyed.
+#[test]
+fn a_key_function_that_panics_costs_its_item_not_the_worker() {
+    let b = PipelineBuilder::new();
+    let (input, lines) = b.input::<String>("lines");
+    let out = lines
+        .then_replicated(
+            "parse",
+            Replicas::new(2)
+                .unordered()
+                .by_key(|l: &String| l.split(',').nth(1).expect("a key field").to_owned()),
+            |_| stage::map(|l: String| l.len()),
+        )
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let (tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let lines = (0..300u64).map(|i| {
+        if i % 3 == 1 {
+            format!("malformed{i}")
+        } else {
+            format!("x,{}", i % 7)
+        }
+    });
+    let (got, report) = send_and_collect(running, tx, rx, lines);
+    assert_eq!(got.len(), 200);
+    let split = report.snapshot.stage("parse/split").unwrap();
+    assert_eq!(split.dropped_total(), 100);
+}
+
 #[test]
 fn replicas_are_added_and_removed_live_without_losing_or_repeating_an_item() {
     let b = PipelineBuilder::new();

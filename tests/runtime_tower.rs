@@ -371,6 +371,39 @@ fn failed_calls_in_flight_are_counted_once_and_the_rest_delivered() {
     assert_eq!(report.snapshot.stage("calls").unwrap().dropped_total(), 100);
 }
 
+/// A call that panics while it completes (polled in the stage's `progress`, after its
+/// burst was taken) costs that item, counted as a panic under the stage's name; the
+/// rest is delivered and the run ends.
+#[test]
+fn a_call_that_panics_while_in_flight_is_counted_and_the_run_ends() {
+    let service = tower::service_fn(|x: u64| async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(x % 10 != 3, "a multiple of ten plus three");
+        Ok::<u64, Infallible>(x)
+    });
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_async("calls", ServiceStage::new(service).window(32))
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let (mut tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let collector = std::thread::spawn(move || rx.collect());
+    for x in 0..200 {
+        tx.send(x).unwrap();
+    }
+    drop(tx);
+    let report = running.drain().unwrap();
+    let mut got: Vec<u64> = collector.join().unwrap();
+    got.sort_unstable();
+    let expected: Vec<u64> = (0..200).filter(|x| x % 10 != 3).collect();
+    assert_eq!(got, expected);
+    assert_eq!(report.snapshot.stage("calls").unwrap().dropped_total(), 20);
+}
+
 /// The typed error of the lookup service in the tagged async test.
 #[derive(Debug, PartialEq, thiserror::Error)]
 #[error("no account {0}")]

@@ -154,11 +154,23 @@ fn run(setup: WorkerSetup) {
                 let task = node.into_task(Box::new(cx));
                 let control = control.clone();
                 tasks.push(tokio::task::spawn_local(async move {
-                    let result = if own_turns {
-                        tokio::task::unconstrained(task).await
+                    // A stage's own panics are caught (and counted) inside its node; one
+                    // that escapes the node still ends the run with an error and reaches
+                    // the barrier, instead of leaving the other workers waiting for it.
+                    let task = std::panic::AssertUnwindSafe(task);
+                    let caught = if own_turns {
+                        futures::FutureExt::catch_unwind(tokio::task::unconstrained(task)).await
                     } else {
-                        task.await
+                        futures::FutureExt::catch_unwind(task).await
                     };
+                    let result = caught.unwrap_or_else(|payload| {
+                        let failure = StageFailure {
+                            stage: "<async task>".into(),
+                            message: format!("panicked: {}", panic_text(&*payload)),
+                        };
+                        control.fail(failure.clone());
+                        Activation::Failed(failure)
+                    });
                     // `Idle` is the abort path, which arrived at the barrier itself.
                     if result != Activation::Idle {
                         control.arrive();
@@ -193,6 +205,15 @@ fn run(setup: WorkerSetup) {
             }
         }
     });
+}
+
+/// A panic's message, when it has one.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Activates a node for one burst, or, with a larger budget, for bursts until the

@@ -2,10 +2,13 @@
 
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::CatchUnwind;
 use futures::stream::{FuturesOrdered, FuturesUnordered, Stream};
+use futures::FutureExt;
 use tower_service::Service;
 
 use crate::{AsyncStage, Burst, Failures, Outbox};
@@ -59,10 +62,13 @@ pub struct ServiceStage<S: Service<Req>, Req> {
     window: usize,
 }
 
-/// The calls in flight: completed in order, or as they finish.
+/// The calls in flight: completed in order, or as they finish. Each call's panic is
+/// caught with it, so that it leaves the set like any completed call (an ordered set
+/// would otherwise wait forever for the panicked call's turn) and is raised again
+/// when its turn comes, where the node counts it.
 enum InFlight<F: Future> {
-    Ordered(FuturesOrdered<F>),
-    Unordered(FuturesUnordered<F>),
+    Ordered(FuturesOrdered<CatchUnwind<AssertUnwindSafe<F>>>),
+    Unordered(FuturesUnordered<CatchUnwind<AssertUnwindSafe<F>>>),
 }
 
 impl<F: Future> InFlight<F> {
@@ -73,16 +79,20 @@ impl<F: Future> InFlight<F> {
         }
     }
     fn push(&mut self, future: F) {
+        let future = AssertUnwindSafe(future).catch_unwind();
         match self {
             InFlight::Ordered(f) => f.push_back(future),
             InFlight::Unordered(f) => f.push(future),
         }
     }
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        match self {
+        let done = match self {
             InFlight::Ordered(f) => Pin::new(f).poll_next(cx),
             InFlight::Unordered(f) => Pin::new(f).poll_next(cx),
-        }
+        };
+        done.map(|call| {
+            call.map(|outcome| outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
     }
 }
 

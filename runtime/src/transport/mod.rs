@@ -278,12 +278,15 @@ impl<T> Drop for RingSender<T> {
     fn drop(&mut self) {
         if !self.closed {
             self.closed = true;
-            match &self.inner {
+            match &mut self.inner {
                 SenderInner::Local { queue, .. } => lock(queue).open_producers -= 1,
                 SenderInner::Silent { queue, .. } => queue.with(|q| q.open_producers -= 1),
-                _ => {}
+                // Closed before the wake-up below (their own drop, which would close
+                // them too, runs only after this body): a consumer woken by it must
+                // find the ring closed, or it parks with nothing left to wake it.
+                SenderInner::Spsc(p) => p.close(),
+                SenderInner::Mpsc(p) => p.close(),
             }
-            // Ring producers close themselves on drop.
             self.link.pushed();
         }
     }

@@ -16,8 +16,17 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket. `rate` must be positive; `capacity` at least 1.
+    /// A full bucket. `capacity` is at least 1.
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is not a positive, finite number (a programming error, reported where
+    /// the bucket is made rather than later on a worker).
     pub fn new(rate: f64, capacity: u32) -> Self {
+        assert!(
+            rate.is_finite() && rate > 0.0,
+            "a token bucket's rate must be a positive, finite number of tokens per second, not {rate}"
+        );
         let capacity = f64::from(capacity.max(1));
         Self {
             rate: rate.max(f64::MIN_POSITIVE),
@@ -47,7 +56,8 @@ impl TokenBucket {
         if missing <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(missing / self.rate)
+            // A tiny rate's wait does not fit a `Duration`: as long as it can be.
+            Duration::try_from_secs_f64(missing / self.rate).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -62,7 +72,23 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     /// `rate` items per second, with bursts of up to `capacity` items.
+    ///
+    /// ```
+    /// use pipewright_stages::layer::RateLimitLayer;
+    /// let limit = RateLimitLayer::per_second(1000.0, 32);
+    /// # let _ = limit;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is not a positive, finite number (so that a rate of 0 or NaN from a
+    /// configuration file fails where the pipeline is built, with this message, not
+    /// on a worker once the bucket runs dry).
     pub fn per_second(rate: f64, capacity: u32) -> Self {
+        assert!(
+            rate.is_finite() && rate > 0.0,
+            "RateLimitLayer::per_second: the rate must be a positive, finite number of items per second, not {rate}"
+        );
         Self { rate, capacity }
     }
 }
@@ -114,7 +140,13 @@ impl<S: Stage> Stage for RateLimit<S> {
         self.inner.error_policy()
     }
     fn backoff(&self) -> Option<Duration> {
-        Some(self.bucket.wait_for(1).max(Duration::from_micros(50)))
+        // Looked at again at least every second (a very low rate's wait could be
+        // longer than a worker's clock can add).
+        Some(
+            self.bucket
+                .wait_for(1)
+                .clamp(Duration::from_micros(50), Duration::from_secs(1)),
+        )
     }
     fn on_idle(&mut self, out: &mut Outbox<'_, S::Out>) -> Option<Duration> {
         self.inner.on_idle(out)
@@ -155,5 +187,32 @@ impl<S: AsyncStage> AsyncStage for RateLimit<S> {
         failures: &mut Failures<'_, S::Error>,
     ) {
         self.inner.progress(out, failures).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_rate_waits_as_long_as_a_duration_can_and_backs_off_at_most_a_second() {
+        let mut bucket = TokenBucket::new(1e-300, 1);
+        assert_eq!(bucket.take(5, Instant::now()), 1);
+        assert_eq!(bucket.wait_for(1), Duration::MAX);
+        let mut limited = RateLimitLayer::per_second(1e-300, 1).layer(crate::stage::map(|x: u8| x));
+        assert_eq!(limited.bucket.take(1, Instant::now()), 1);
+        assert_eq!(limited.backoff(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "positive, finite number of items per second, not 0")]
+    fn a_zero_rate_is_refused_where_the_layer_is_made() {
+        let _ = RateLimitLayer::per_second(0.0, 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "not NaN")]
+    fn a_nan_rate_is_refused_where_the_layer_is_made() {
+        let _ = RateLimitLayer::per_second(f64::NAN, 8);
     }
 }

@@ -134,6 +134,8 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                             .settle_panic(ErrorPolicy::FailPipeline, &*payload)
                             .expect("fail policy always reports");
                         cx.fail(failure.clone());
+                        // What it holds is counted, as a failing sync node's is.
+                        node.abandon();
                         return Activation::Failed(failure);
                     }
                 };

@@ -93,22 +93,38 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                         // Calls in flight: emit their results as they complete, and
                         // stop waiting for them as soon as new input arrives.
                         let before = node.output.buf.len();
-                        {
+                        let panicked = {
                             let mut outbox = Outbox::new(&mut node.output.buf);
                             let mut failures = Failures::new(&mut errors);
-                            let progress = node.stage.progress(&mut outbox, &mut failures);
+                            // A call that panics while it completes here is caught as
+                            // one in `process_burst` is: counted, under the policy.
+                            let progress =
+                                AssertUnwindSafe(node.stage.progress(&mut outbox, &mut failures))
+                                    .catch_unwind();
                             // Parking also ends on an abort, so a hung call cannot
                             // hold up a shutdown.
                             let park = cx.park(None);
                             futures::pin_mut!(progress);
-                            futures::future::select(progress, park).await;
-                        }
+                            match futures::future::select(progress, park).await {
+                                futures::future::Either::Left((Err(payload), _)) => Some(payload),
+                                _ => None,
+                            }
+                        };
                         let emitted = node.output.buf.len() - before;
                         node.common.observer.burst(0, emitted, None);
-                        if let Some(failure) =
-                            node.common.settle(node.stage.error_policy(), &mut errors)
-                        {
+                        let policy = node.stage.error_policy();
+                        if let Some(payload) = panicked {
+                            if let Some(failure) = node.common.settle_panic(policy, &*payload) {
+                                cx.fail(failure.clone());
+                                // What it holds is counted, as a failing sync node's is.
+                                node.abandon();
+                                return Activation::Failed(failure);
+                            }
+                        }
+                        if let Some(failure) = node.common.settle(policy, &mut errors) {
                             cx.fail(failure.clone());
+                            // What it holds is counted, as a failing sync node's is.
+                            node.abandon();
                             return Activation::Failed(failure);
                         }
                         node.output.flush();
@@ -152,11 +168,15 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                 if let Err(payload) = outcome {
                     if let Some(failure) = node.common.settle_panic(policy, &*payload) {
                         cx.fail(failure.clone());
+                        // What it holds is counted, as a failing sync node's is.
+                        node.abandon();
                         return Activation::Failed(failure);
                     }
                 }
                 if let Some(failure) = node.common.settle(policy, &mut errors) {
                     cx.fail(failure.clone());
+                    // What it holds is counted, as a failing sync node's is.
+                    node.abandon();
                     return Activation::Failed(failure);
                 }
                 node.output.flush();

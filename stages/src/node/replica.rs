@@ -3,9 +3,12 @@
 use std::any::Any;
 use std::collections::VecDeque;
 
-use super::{Common, InSlot, OutSlot};
+use std::panic::AssertUnwindSafe;
+
+use super::{catch_unwind, Common, InSlot, OutSlot};
 use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
 use crate::replica::{Emitted, KeyFn, Numbered, ReplicaControl, Settled, Spreader};
+use crate::ErrorPolicy;
 
 /// How the split wraps an item for its replica: numbered (ordered) or as it is.
 pub(crate) trait Envelope<T>: Send + 'static {
@@ -150,12 +153,30 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
         // none here, the edges' own capacity holds the split back and wakes it).
         let cap = 2 * burst;
         let hold_back = balance && local;
+        let mut unplaced = 0;
         while !self.input.buf.is_empty() {
             if hold_back && self.depth.iter().take(active).all(|&d| d >= cap) {
                 break;
             }
             let item = self.input.buf.pop_front().expect("not empty");
-            let key = self.key.as_mut().map(|key| key(&item));
+            let key = match self.key.as_mut() {
+                None => None,
+                // A key function that panics on an item (a malformed record) costs
+                // that item, counted as a panic, not the worker.
+                Some(key) => match catch_unwind(AssertUnwindSafe(|| key(&item))) {
+                    Ok(k) => Some(k),
+                    Err(payload) => {
+                        unplaced += 1;
+                        if let Some(failure) = self
+                            .common
+                            .settle_panic(ErrorPolicy::DropAndCount, &*payload)
+                        {
+                            return Activation::Failed(failure);
+                        }
+                        continue;
+                    }
+                },
+            };
             let outputs = &self.outputs;
             let depth = &self.depth;
             let (replica, seq) = if balance {
@@ -175,7 +196,7 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
             self.outputs[replica].buf.push_back(E::wrap(seq, item));
         }
         let sent = taken - self.input.buf.len();
-        self.common.observer.burst(sent, sent, None);
+        self.common.observer.burst(sent, sent - unplaced, None);
         self.flush_all();
         if sent == 0 {
             return Activation::Blocked;
