@@ -228,6 +228,16 @@ fn bad_segmentation_requests_are_typed_errors() {
         segment(frame, &pool(), &mut Vec::new()),
         Err(OffloadError::BadSegmentSize(0))
     ));
+    // A guest's 1-byte segment size would cut 3000 bytes into 3000 segments.
+    let mut frame = tcp4_superframe(&[0u8; 3000], 0);
+    frame.meta.gso = Some(Gso {
+        kind: GsoKind::TcpV4,
+        size: 1,
+    });
+    assert!(matches!(
+        segment(frame, &pool(), &mut Vec::new()),
+        Err(OffloadError::BadSegmentSize(1))
+    ));
     let whole = tcp4_superframe(&[0u8; 3000], 0);
     for cut in [0, 13, 20, 40, 53] {
         let mut short = Frame::from_bytes(&whole.data()[..cut]);
@@ -244,7 +254,7 @@ fn bad_segmentation_requests_are_typed_errors() {
 
 proptest! {
     #[test]
-    fn segments_reassemble_to_the_original(len in 0usize..20_000, mss in 1u16..3000) {
+    fn segments_reassemble_to_the_original(len in 0usize..20_000, mss in 64u16..3000) {
         let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
         let mut frame = tcp4_superframe(&payload, TcpFlags::ACK.bits());
         frame.meta.gso = Some(Gso { kind: GsoKind::TcpV4, size: mss });

@@ -415,6 +415,13 @@ fn bad_rule_files_say_what_is_wrong() {
         err.to_string().contains("unknown action `explode`"),
         "{err}"
     );
+    let bad_vlan = RULES.replace("ips = [\"10.0.0.1\"]", "ips = [\"10.0.0.1\"]\nvlan = 5000");
+    let err = RuleFile::parse(&bad_vlan)
+        .unwrap()
+        .egress_table()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::Vlan { vlan: 5000, .. }), "{err}");
+    assert!(err.to_string().contains("VF 1"), "{err}");
     let typo = RULES.replace("dst_prefix", "dst_prefx");
     assert!(matches!(RuleFile::parse(&typo), Err(ConfigError::Toml(_))));
     let no_vf = RULES.replace("action = \"deliver\"\nvf = 1", "action = \"deliver\"");

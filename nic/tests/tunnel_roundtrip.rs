@@ -172,6 +172,16 @@ fn decap_rejects_with_typed_reasons() {
         parse_outer(f.data(), &config),
         Err(DecapError::CriticalOptions)
     );
+    // A Geneve control packet (O bit) is not tenant traffic: never delivered.
+    let plain = self::spec(TunnelKind::Geneve, false, 7, Vec::new());
+    let t = EncapTemplate::new(&plain, 1500).unwrap();
+    let mut f = Frame::from_bytes(&original);
+    t.encap(&mut f, 1, 2).unwrap();
+    assert!(parse_outer(f.data(), &config).is_ok());
+    f.data_mut()[14 + 20 + 8 + 1] |= 0x80;
+    let refused = parse_outer(f.data(), &config).unwrap_err();
+    assert_eq!(refused, DecapError::Control);
+    assert_eq!(refused.reason(), "oam");
 }
 
 fn spec_with_critical() -> TunnelSpec {

@@ -10,7 +10,7 @@ use super::activity::Activity;
 use super::Stop;
 use crate::offload::{complete_partial, segment};
 use crate::pipeline::NicStats;
-use crate::port::VfPort;
+use crate::port::{PortError, VfPort};
 use crate::{Frame, FramePool};
 
 /// A port shared by its receive source and the transmit sink (one lock per burst).
@@ -233,15 +233,24 @@ impl VfTx {
             }
             self.batch = cut;
         }
-        // A couple of retries let the kernel drain a ring that just filled.
-        for _ in 0..3 {
+        // A couple of retries let the kernel drain a ring that just filled. A frame
+        // the port could not carry was dropped and counted by the port: the frames
+        // behind it still go (one oversized frame must not cost the burst).
+        let mut tries = 0;
+        while !self.batch.is_empty() && tries < 3 {
             match port.send_burst(&mut self.batch, &self.pool) {
                 Ok(_) if self.batch.is_empty() => return,
-                Ok(_) => std::thread::yield_now(),
+                Ok(_) => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                Err(PortError::FrameTooLarge { .. }) => {}
                 Err(error) => {
+                    // The frames still in the batch were not sent; those taken before
+                    // the error were, and the port counted any it dropped itself.
                     tracing::debug!(target: "pipewright", %error, vf, "VF send failed");
-                    self.stats.drop_frame("vf-tx", "port-error");
-                    break;
+                    metrics::counter!("pipewright_nic_vf_port_errors_total").increment(1);
+                    tries += 1;
                 }
             }
         }

@@ -33,6 +33,11 @@ pub(crate) struct SuperFrame {
     flags0: u8,
 }
 
+/// The smallest TCP segment payload a super-frame may ask for.
+const MIN_SEGMENT: usize = 64;
+/// The most datagrams one UDP super-frame may be cut into (Linux's `UDP_MAX_SEGMENTS`).
+const UDP_MAX_SEGMENTS: usize = 128;
+
 impl SuperFrame {
     /// Reads how `data` (a frame with the GSO request `gso`) is cut.
     pub(crate) fn parse(data: &[u8], gso: Gso) -> Result<Self, OffloadError> {
@@ -48,7 +53,16 @@ impl SuperFrame {
                 ))
             }
         };
-        if size == 0 {
+        // A guest chooses the size: a tiny one would make one 64 KB frame thousands
+        // of segments (all taken from the pool at once). TCP segments carry at least
+        // `MIN_SEGMENT` bytes (Linux's smallest MSS is 88); UDP super-frames are at
+        // most `UDP_MAX_SEGMENTS` datagrams, as the kernel's own UDP GSO allows.
+        let payload_len = h.ip_end.saturating_sub(hdr_len);
+        let segments = payload_len.div_ceil(size.max(1));
+        if size == 0
+            || (what == TCP && size < MIN_SEGMENT && segments > 1)
+            || (what == UDP && segments > UDP_MAX_SEGMENTS)
+        {
             return Err(OffloadError::BadSegmentSize(gso.size));
         }
         let first_id = if h.l3 == L3::V4 {
@@ -296,7 +310,7 @@ mod tests {
         #[test]
         fn appended_segments_are_the_cut_frames(
             len in 1usize..6000,
-            mss in 1u16..1500,
+            mss in 64u16..1500,
             flags in any::<u8>(),
             prefix in proptest::collection::vec(any::<u8>(), 0..16),
         ) {

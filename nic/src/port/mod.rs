@@ -103,6 +103,9 @@ pub trait VfPort: Send + fmt::Debug {
     /// Hands frames to the guest from the front of `frames`, removing those it took, and
     /// returns how many. Frames it could not take now (the ring is full) stay in
     /// `frames`; retry after the guest drains. Buffers of sent frames go back to `pool`.
+    /// On an error, the frame it was about to send when the error happened (one too
+    /// large for the port, one the system call refused) was removed and counted, and
+    /// the frames still in `frames` were not sent: the caller may send them again.
     fn send_burst(&mut self, frames: &mut Vec<Frame>, pool: &FramePool)
         -> Result<usize, PortError>;
 

@@ -437,6 +437,10 @@ impl VfPort for TapPort {
                         self.drop_tx(TapDropReason::LinkDown);
                     }
                     _ => {
+                        // That frame is dropped (counted): the caller retries the
+                        // rest, not the frame that failed.
+                        taken += 1;
+                        self.drop_tx(TapDropReason::KernelRejected);
                         failure = Some(PortError::io(format!("write to TAP {}", self.name), e));
                         break;
                     }

@@ -71,6 +71,26 @@ pub enum ConfigError {
     /// The rules themselves are inconsistent.
     #[error("rule file: {0}")]
     Rules(#[from] RuleError),
+    /// A VLAN id that does not fit the 12 bits of an 802.1Q tag.
+    #[error("rule file: {what}: VLAN id {vlan} is not a VLAN id (0 to 4095)")]
+    Vlan {
+        /// Which entry ("VF 3", "egress rule 7").
+        what: String,
+        /// The id given.
+        vlan: u16,
+    },
+}
+
+/// A VLAN id from the file, checked to fit an 802.1Q tag (a larger one could never
+/// match a frame, so every frame of that VF would be dropped as spoofed).
+fn vlan_id(vlan: Option<u16>, what: impl FnOnce() -> String) -> Result<Option<u16>, ConfigError> {
+    match vlan {
+        Some(v) if v > 0x0fff => Err(ConfigError::Vlan {
+            what: what(),
+            vlan: v,
+        }),
+        other => Ok(other),
+    }
 }
 
 fn mac(s: &str) -> Result<[u8; 6], ConfigError> {
@@ -207,7 +227,7 @@ impl RuleFile {
                 vf: v.vf,
                 mac: mac(&v.mac)?,
                 ips: v.ips.clone(),
-                vlan: v.vlan,
+                vlan: vlan_id(v.vlan, || format!("VF {}", v.vf))?,
             });
         }
         for n in &self.neighbour {
@@ -242,7 +262,7 @@ impl RuleFile {
                 vf: e.vf,
                 dst_mac: e.dst_mac.as_deref().map(mac).transpose()?,
                 dst_prefix: e.dst_prefix,
-                vlan: e.vlan,
+                vlan: vlan_id(e.vlan, || format!("egress rule {}", e.id))?,
                 ethertype: e.ethertype,
                 action,
             });

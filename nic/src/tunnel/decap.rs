@@ -102,6 +102,10 @@ pub enum DecapError {
     /// A Geneve packet with critical options we do not process.
     #[error("Geneve packet with critical options")]
     CriticalOptions,
+    /// A control (OAM) packet of the tunnel, whose payload is not tenant traffic and
+    /// must not be forwarded (RFC 8926 §3.4 for Geneve's O bit).
+    #[error("tunnel control (OAM) packet")]
+    Control,
 }
 
 impl DecapError {
@@ -114,6 +118,7 @@ impl DecapError {
             DecapError::BadUdpChecksum => "bad_checksum",
             DecapError::NotEthernet(_) => "not_ethernet",
             DecapError::CriticalOptions => "critical_options",
+            DecapError::Control => "oam",
         }
     }
 }

@@ -132,6 +132,9 @@ impl Tunnel for Geneve {
         if g.protocol_type() != ethertype::TEB {
             return Err(DecapError::NotEthernet(g.protocol_type()));
         }
+        if g.oam() {
+            return Err(DecapError::Control);
+        }
         if g.critical() && !config.accept_critical_options {
             return Err(DecapError::CriticalOptions);
         }
@@ -167,6 +170,9 @@ impl Tunnel for Pwt {
         let p = PwtPacket::new_checked(payload)?;
         if !p.verify_checksum() {
             return Err(WireError::BadChecksum { layer: "pwt" }.into());
+        }
+        if p.oam() {
+            return Err(DecapError::Control);
         }
         if p.protocol_type() != ethertype::TEB {
             return Err(DecapError::NotEthernet(p.protocol_type()));

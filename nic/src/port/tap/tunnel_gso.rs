@@ -77,7 +77,9 @@ pub(crate) fn tunnel_header(
     let at = out.len();
     out.resize(at + TUNNEL_HDR_LEN, 0);
     let Some(gso) = gso else {
-        if data.len() < 14 {
+        // IPv4 outer headers only, as for super-frames: the TAP side forwards IPv4
+        // (`net.ipv4.ip_forward`), so any other frame takes the sockets.
+        if data.len() < 14 || data[12..14] != [0x08, 0x00] {
             out.truncate(at);
             return Err(NotTunnelable::Outer);
         }
@@ -340,6 +342,15 @@ mod tests {
         assert_eq!(tunnel_header(&data, 50, None, false, TAP, &mut out), Ok(14));
         assert_eq!(out.len(), 1 + TUNNEL_HDR_LEN + 14);
         assert!(out[1..1 + TUNNEL_HDR_LEN].iter().all(|b| *b == 0));
+        // A plain frame with an IPv6 outer header takes the sockets.
+        let mut v6_outer = data.clone();
+        v6_outer[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let mut out = Vec::new();
+        assert_eq!(
+            tunnel_header(&v6_outer, 50, None, false, TAP, &mut out),
+            Err(NotTunnelable::Outer)
+        );
+        assert!(out.is_empty());
     }
 
     proptest! {

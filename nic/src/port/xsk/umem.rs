@@ -62,6 +62,11 @@ impl Umem {
     /// Returns the frame holding `addr` to the free stack.
     pub(super) fn free(&mut self, addr: u64) {
         let base = addr - addr % u64::from(self.frame_size);
+        // An address outside the UMEM (from a misbehaving kernel, already refused by
+        // the reader) is no frame of ours: giving it out later would panic a worker.
+        if base / u64::from(self.frame_size) >= u64::from(self.frames) {
+            return;
+        }
         debug_assert!(
             self.free.len() < self.frames as usize,
             "UMEM frame freed twice"
@@ -114,6 +119,9 @@ mod tests {
             .copy_from_slice(b"abc");
         assert_eq!(u.bytes(a + 10, 3), Some(&b"abc"[..]));
         u.free(a + 300);
+        assert_eq!(u.free_frames(), 4);
+        // An address past the UMEM is not taken back.
+        u.free(4 * 2048 + 5);
         assert_eq!(u.free_frames(), 4);
         assert_eq!(u.alloc(), Some(0));
     }
