@@ -76,3 +76,20 @@ fn top_says_what_is_wrong_when_nothing_listens() {
     let err = String::from_utf8_lossy(&shown.stderr);
     assert!(err.contains("cannot reach the live endpoint"), "{err}");
 }
+
+/// Durations no `Duration` can hold are refused by the argument parser with the
+/// allowed range, instead of a panic once the run started.
+#[test]
+fn out_of_range_durations_are_refused_with_the_range() {
+    for seconds in ["inf", "1e20", "-1", "nan"] {
+        let shown = Command::new(env!("CARGO_BIN_EXE_pipewright"))
+            .arg("demo")
+            .arg(format!("--seconds={seconds}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&shown.stderr);
+        assert_eq!(shown.status.code(), Some(2), "{seconds}: {err}");
+        assert!(err.contains("from 0 to 86400"), "{seconds}: {err}");
+        assert!(!err.contains("panicked"), "{seconds}: {err}");
+    }
+}

@@ -277,8 +277,22 @@ impl Plan {
         if self.ring_capacity == 0 || self.ring_overrides.values().any(|c| *c == 0) {
             return Err(PlanError::ZeroRing);
         }
+        let mut rings = std::iter::once(&self.ring_capacity).chain(self.ring_overrides.values());
+        if let Some(&capacity) = rings.find(|c| **c > MAX_RING_CAPACITY) {
+            return Err(PlanError::RingTooLarge {
+                capacity,
+                max: MAX_RING_CAPACITY,
+            });
+        }
         if let Some((stage, _)) = self.bursts.iter().find(|(_, b)| **b == 0) {
             return Err(PlanError::ZeroBurst(stage.clone()));
+        }
+        if let Some((stage, &burst)) = self.bursts.iter().find(|(_, b)| **b > MAX_BURST) {
+            return Err(PlanError::BurstTooLarge {
+                stage: stage.clone(),
+                burst,
+                max: MAX_BURST,
+            });
         }
         for (stage, budget) in &self.activations {
             if let Some(what) = budget.invalid() {
@@ -574,6 +588,13 @@ pub struct ResolvedWorker {
     pub uring: Option<UringConfig>,
 }
 
+/// The largest ring a plan may ask for, in slots (a ring's slots are allocated when the
+/// pipeline starts: 16 Mi slots of 64-byte items are already 1 GiB).
+pub(crate) const MAX_RING_CAPACITY: usize = 1 << 24;
+/// The largest burst a plan may ask for (rings are made at least twice the widest
+/// burst that feeds them).
+pub(crate) const MAX_BURST: usize = 1 << 20;
+
 /// Why a plan does not fit a pipeline or this machine.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
@@ -597,6 +618,24 @@ pub enum PlanError {
     /// A burst of zero would never make progress.
     #[error("stage `{0}` has burst size 0; use at least 1")]
     ZeroBurst(String),
+    /// A ring larger than any machine could allocate (its slots are allocated up front).
+    #[error("a ring capacity of {capacity} slots was requested; use at most {max}")]
+    RingTooLarge {
+        /// The capacity asked for.
+        capacity: usize,
+        /// The largest the runtime allocates.
+        max: usize,
+    },
+    /// A burst larger than a ring could hold.
+    #[error("stage `{stage}` has burst size {burst}; use at most {max}")]
+    BurstTooLarge {
+        /// The stage (or `*` for every stage).
+        stage: String,
+        /// The burst asked for.
+        burst: usize,
+        /// The largest burst.
+        max: usize,
+    },
     /// More dedicated workers than CPUs.
     #[error("the stages need {wanted} CPUs of their own but this machine has {cpus}; share some (Cores::Share) or fuse them")]
     NotEnoughCores {

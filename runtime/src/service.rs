@@ -175,11 +175,23 @@ fn untag<Req, Resp>(tagged: Tagged<Req, Resp>) -> Req {
     }
 }
 
+impl<Req: Send + 'static, Resp: Send + 'static> PipelineService<Req, Resp> {
+    /// A clone, or `None` once the pipeline's input is closed (after `drain` or
+    /// `close_inputs`): what a server that clones its service per connection calls
+    /// while it may be shutting down.
+    pub fn try_clone(&self) -> Option<Self> {
+        self.input.try_clone().map(|input| Self { input })
+    }
+}
+
 impl<Req: Send + 'static, Resp: Send + 'static> Clone for PipelineService<Req, Resp> {
+    /// # Panics
+    ///
+    /// If the pipeline's input is already closed (after `drain`); use
+    /// [`PipelineService::try_clone`] where that can happen.
     fn clone(&self) -> Self {
-        Self {
-            input: self.input.clone(),
-        }
+        self.try_clone()
+            .expect("cloning a PipelineService whose pipeline input is closed; use try_clone")
     }
 }
 

@@ -156,7 +156,7 @@ impl Runtime {
                     })
                     .max()
                     .unwrap_or(1);
-                capacity = 2 * widest;
+                capacity = widest.saturating_mul(2);
             }
             let producers = info
                 .producers

@@ -87,4 +87,18 @@ fn bad_plan_files_say_what_is_wrong() {
     // typed errors as plans built in code.
     let zero = Plan::from_toml("ring_capacity = 0\nlayout = \"fused\"").unwrap();
     assert_eq!(zero.resolve(&["a"]), Err(PlanError::ZeroRing));
+    // Sizes no machine could allocate are refused with the limit, not an abort.
+    let huge = Plan::from_toml("ring_capacity = 1099511627776\nlayout = \"fused\"").unwrap();
+    assert!(matches!(
+        huge.resolve(&["a"]),
+        Err(PlanError::RingTooLarge {
+            capacity: 1099511627776,
+            ..
+        })
+    ));
+    let wide = Plan::fused().burst_all(usize::MAX);
+    assert!(matches!(
+        wide.resolve(&["a"]),
+        Err(PlanError::BurstTooLarge { .. })
+    ));
 }

@@ -13,7 +13,7 @@ use super::live::{human, LiveView};
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
     /// How long to run.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::cli::parse_seconds)]
     seconds: f64,
     /// Stage placement: `two-workers` (the default: generate+parse+checksum on CPU 0,
     /// the rest on CPU 1), `fused` (one worker) or `per-stage`.

@@ -39,8 +39,8 @@ struct RunArgs {
     /// The data plane config (see `pipewright_nic::dataplane::DataPlaneConfig`).
     #[arg(long)]
     config: PathBuf,
-    /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
+    /// Stop after this many seconds (default: run until Ctrl-C; at most a day).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     seconds: Option<u64>,
     /// Live view refresh period.
     #[arg(long, default_value_t = 500)]

@@ -170,6 +170,35 @@ fn burst_view_keeps_unread_items() {
     assert_eq!(buf, [1, 2, 3]);
 }
 
+/// An application input merged straight into a stage's output is refused at build
+/// time, with the fix in the message (draining closes an input by closing its edge,
+/// which would cut off the stage too).
+#[test]
+fn an_input_merged_with_a_stage_output_is_refused_with_the_fix() {
+    let b = Builder::new();
+    let (_input, commands) = b.input::<u32>("commands");
+    let (_other, numbers) = b.input::<u32>("numbers");
+    let doubled = numbers.then("double", stage::map(|x: u32| x * 2));
+    doubled.merge(commands).for_each("sink", |_| {});
+    let err = b.build().unwrap_err();
+    assert_eq!(
+        err,
+        pipewright_stages::BuildError::InputMergedWithStage {
+            input: "commands".into(),
+            stage: "double".into()
+        }
+    );
+    assert!(err.to_string().contains("commands-in"), "{err}");
+    // Through a stage of its own, the same merge builds.
+    let b = Builder::new();
+    let (_input, commands) = b.input::<u32>("commands");
+    let (_other, numbers) = b.input::<u32>("numbers");
+    let doubled = numbers.then("double", stage::map(|x: u32| x * 2));
+    let commands = commands.then("commands-in", stage::map(|x: u32| x));
+    doubled.merge(commands).for_each("sink", |_| {});
+    assert!(b.build().is_ok());
+}
+
 proptest! {
     /// Route by key, transform per branch, merge: every item arrives exactly once, each
     /// branch keeps its order, and bursts of any size give the same result.

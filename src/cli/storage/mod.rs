@@ -172,17 +172,7 @@ struct PeersArg {
     json: bool,
 }
 
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(t) if t.is_finite() && t > 0.0 && t <= MAX_SECONDS => Ok(t),
-        _ => Err(format!(
-            "`{s}` is not a number of seconds from 0 to {MAX_SECONDS} (one day)"
-        )),
-    }
-}
-
-/// The longest timeout or run the CLI takes, in seconds.
-const MAX_SECONDS: f64 = 86_400.0;
+use crate::cli::parse_seconds as parse_timeout;
 
 #[derive(Args, Debug)]
 struct TxnArgs {

@@ -261,6 +261,23 @@ impl<X: Transport> PipelineBuilder<X> {
                 return Err(BuildError::ZeroBurst(node.name.clone()));
             }
         }
+        for edge in &g.edges {
+            let producers = &edge.info.producers;
+            let input = producers.iter().find_map(|p| match p {
+                Endpoint::Input(i) => Some(*i),
+                _ => None,
+            });
+            let stage = producers.iter().find_map(|p| match p {
+                Endpoint::Node { node, .. } => Some(*node),
+                _ => None,
+            });
+            if let (Some(i), Some(n)) = (input, stage) {
+                return Err(BuildError::InputMergedWithStage {
+                    input: g.inputs[i].0.clone(),
+                    stage: g.nodes[n].name.clone(),
+                });
+            }
+        }
         Ok(Pipeline {
             nodes: g.nodes,
             edges: g.edges,

@@ -64,6 +64,11 @@ impl TokenBucket {
 
 /// Limits a stage to a rate of items per second. Items over the rate stay in the burst
 /// (backpressure upstream), never dropped.
+///
+/// The limit is taken per burst (`process_burst`): apply it outermost. Wrappers that
+/// hand their inner stage one item at a time (`RouteErrorsLayer`, `release_after`,
+/// tagged stages, ordered replicas) call the inner stage's `process`, which a rate
+/// limit inside them does not meter.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     rate: f64,
