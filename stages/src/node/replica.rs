@@ -154,8 +154,10 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
         let cap = 2 * burst;
         let hold_back = balance && local;
         let mut unplaced = 0;
+        let mut held_back = false;
         while !self.input.buf.is_empty() {
             if hold_back && self.depth.iter().take(active).all(|&d| d >= cap) {
+                held_back = true;
                 break;
             }
             let item = self.input.buf.pop_front().expect("not empty");
@@ -199,6 +201,12 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
         self.common.observer.burst(sent, sent - unplaced, None);
         self.flush_all();
         if sent == 0 {
+            // Held back for a replica on this worker: it runs next and the split is
+            // activated after it. If that replica has moved away meanwhile (a live
+            // move), nothing would wake the split: look again shortly.
+            if held_back {
+                return Activation::Throttled(HOLD_BACK_RECHECK);
+            }
             return Activation::Blocked;
         }
         Activation::Progress
@@ -216,6 +224,9 @@ impl<T: Send + 'static, E: Envelope<T>, X: Transport> ErasedNode<X> for SplitNod
         held
     }
 }
+
+/// How soon a split that held work back for its local replica looks again.
+const HOLD_BACK_RECHECK: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Puts the outputs of an ordered replicated stage back in input order.
 pub(crate) struct ReorderNode<T: Send + 'static, X: Transport> {
