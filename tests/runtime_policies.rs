@@ -137,3 +137,41 @@ fn stage_errors_are_counted_routed_or_fatal() {
     drop(tx);
     assert!(matches!(running.drain(), Err(RunError::Failed(f)) if f.stage == "parse"));
 }
+
+/// A stage whose `flush` panics (no item in hand): the panic is counted, no item is
+/// counted as dropped, and everything processed before is delivered.
+#[test]
+fn a_panic_in_flush_counts_a_panic_and_drops_no_item() {
+    struct BadFlush;
+    impl pipewright::Stage for BadFlush {
+        type In = u64;
+        type Out = u64;
+        type Error = std::convert::Infallible;
+        fn process(
+            &mut self,
+            x: u64,
+            out: &mut pipewright::Outbox<'_, u64>,
+        ) -> Result<(), Self::Error> {
+            out.push(x);
+            Ok(())
+        }
+        fn flush(&mut self, _out: &mut pipewright::Outbox<'_, u64>) -> Result<(), Self::Error> {
+            panic!("flush went wrong");
+        }
+    }
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers.then("bad-flush", BadFlush).output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let rx = running.output(&out).unwrap();
+    let mut tx = running.input(&input).unwrap();
+    for i in 0..100 {
+        tx.send(i).unwrap();
+    }
+    drop(tx);
+    let report = running.drain().unwrap();
+    assert_eq!(rx.collect(), (0..100).collect::<Vec<_>>());
+    let stage = report.snapshot.stage("bad-flush").unwrap();
+    assert_eq!(stage.panics, 1);
+    assert_eq!(stage.dropped_total(), 0);
+}

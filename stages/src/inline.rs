@@ -227,11 +227,20 @@ impl InlineRun {
     }
 
     /// Queues items on an input; they enter the pipeline as it makes room.
+    ///
+    /// # Panics
+    ///
+    /// After [`finish`](InlineRun::finish), which closed the inputs (the items would
+    /// be lost without a trace).
     pub fn send_all<T: Send + 'static>(
         &mut self,
         input: &InputId<T>,
         items: impl IntoIterator<Item = T>,
     ) {
+        assert!(
+            self.inputs[input.index].is_some(),
+            "InlineRun::send_all after finish(): the inputs are closed; send every item before finishing"
+        );
         let mut queue: VecDeque<T> = items.into_iter().collect();
         if let Some(sender) = self.input_sender(input) {
             sender.push(&mut queue);

@@ -223,3 +223,15 @@ proptest! {
         prop_assert_eq!(got_high, want_high);
     }
 }
+
+#[test]
+#[should_panic(expected = "send_all after finish")]
+fn items_sent_after_finish_are_refused_loudly_not_lost() {
+    let b = Builder::new();
+    let (input, numbers) = b.input::<u32>("numbers");
+    numbers.for_each("sink", |_| {});
+    let mut run = b.build().unwrap().run_inline();
+    run.send_all(&input, [1]);
+    run.finish().unwrap();
+    run.send_all(&input, [2]);
+}

@@ -9,6 +9,15 @@ use crate::{AsyncStage, Burst, ErrorPolicy, Failures, Outbox};
 /// policy); the stage is polled again with the next burst.
 ///
 /// Needs a tokio timer, which the pipewright runtime's workers provide.
+///
+/// When time runs out, the inner stage's `process_burst` future is dropped: an item it
+/// had taken from the burst and not yet emitted or failed goes with it, counted
+/// nowhere. Wrap stages whose burst futures are cancel-safe (they take an item only
+/// when it is done, or keep items in flight elsewhere, as a [`ServiceStage`] does); to
+/// bound each call of a `ServiceStage`, put tower's `Timeout` on its service instead,
+/// which fails each late call on its own.
+///
+/// [`ServiceStage`]: crate::ServiceStage
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer {
     limit: Duration,

@@ -131,7 +131,7 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                     Err(payload) => {
                         let failure = node
                             .common
-                            .settle_panic(ErrorPolicy::FailPipeline, &*payload)
+                            .settle_panic_losing(ErrorPolicy::FailPipeline, &*payload, 0)
                             .expect("fail policy always reports");
                         cx.fail(failure.clone());
                         // What it holds is counted, as a failing sync node's is.

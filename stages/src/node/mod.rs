@@ -209,9 +209,22 @@ impl Common {
         policy: ErrorPolicy,
         payload: &(dyn Any + Send),
     ) -> Option<StageFailure> {
+        self.settle_panic_losing(policy, payload, 1)
+    }
+
+    /// A panic that cost `lost` items (0 for one in `on_idle` or `flush`, where no
+    /// item is in hand).
+    fn settle_panic_losing(
+        &mut self,
+        policy: ErrorPolicy,
+        payload: &(dyn Any + Send),
+        lost: usize,
+    ) -> Option<StageFailure> {
         let message = panic_message(payload);
         self.observer.panicked(&message);
-        self.observer.dropped(DropReason::Panic, 1);
+        if lost > 0 {
+            self.observer.dropped(DropReason::Panic, lost);
+        }
         (policy == ErrorPolicy::FailPipeline).then(|| self.failure(format!("panicked: {message}")))
     }
 }

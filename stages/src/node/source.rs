@@ -74,9 +74,9 @@ impl<S: Source, X: Transport> ErasedNode<X> for SourceNode<S, X> {
             Ok(state) => state,
             Err(payload) => {
                 // A source that panics cannot be trusted to resume: end it.
-                let failure = self
-                    .common
-                    .settle_panic(ErrorPolicy::FailPipeline, &*payload);
+                let failure =
+                    self.common
+                        .settle_panic_losing(ErrorPolicy::FailPipeline, &*payload, 0);
                 return Activation::Failed(failure.expect("fail policy always reports"));
             }
         };

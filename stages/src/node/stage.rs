@@ -39,7 +39,7 @@ impl<S: Stage, X: Transport> StageNode<S, X> {
             Ok(wait) => wait,
             Err(payload) => {
                 let policy = self.stage.error_policy();
-                if let Some(failure) = self.common.settle_panic(policy, &*payload) {
+                if let Some(failure) = self.common.settle_panic_losing(policy, &*payload, 0) {
                     return Activation::Failed(failure);
                 }
                 None
@@ -72,7 +72,7 @@ impl<S: Stage, X: Transport> StageNode<S, X> {
                     }
                 }
                 Err(payload) => {
-                    if let Some(failure) = self.common.settle_panic(policy, &*payload) {
+                    if let Some(failure) = self.common.settle_panic_losing(policy, &*payload, 0) {
                         return Activation::Failed(failure);
                     }
                 }
