@@ -71,3 +71,28 @@ fn a_cancelled_send_async_is_never_sent() {
     let got = collector.join().expect("collector");
     assert_eq!(got, sent, "the cancelled item was sent, or one was lost");
 }
+
+/// Ids of another pipeline whose input and output carry other item types give `None`,
+/// never a panic, and leave this pipeline's handles in place.
+#[test]
+fn ids_of_another_pipeline_give_none_and_take_nothing() {
+    let b = pipewright::PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then("double", pipewright::stage::map(|x: u64| x * 2))
+        .output("out");
+    let other = pipewright::PipelineBuilder::new();
+    let (other_input, words) = other.input::<String>("words");
+    let other_out = words.output("same");
+    drop(other);
+    let mut running =
+        pipewright::Runtime::start(b.build().unwrap(), pipewright::Plan::fused()).unwrap();
+    assert!(running.input(&other_input).is_none());
+    assert!(running.output(&other_out).is_none());
+    let mut tx = running.input(&input).unwrap();
+    let rx = running.output(&out).expect("still there");
+    tx.send(21).unwrap();
+    drop(tx);
+    running.drain().unwrap();
+    assert_eq!(rx.collect(), vec![42]);
+}

@@ -113,24 +113,27 @@ impl Running {
         Ok(())
     }
 
-    /// A sending handle for an application input, or `None` once it is closed.
+    /// A sending handle for an application input, or `None` once it is closed (or for
+    /// an id of another pipeline whose input carries another item type).
     pub fn input<T: Send + 'static>(&self, id: &InputId<T>) -> Option<Input<T>> {
         let sender = self
             .inputs
             .get(id.index())?
             .as_ref()?
-            .downcast_ref::<RingSender<T>>()
-            .expect("InputId type matches its edge");
+            .downcast_ref::<RingSender<T>>()?;
         let space = sender.space_event();
         sender.try_clone().map(|s| Input::new(s, space))
     }
 
-    /// The receiving handle of an application output (once: outputs have one reader).
+    /// The receiving handle of an application output (once: outputs have one reader;
+    /// `None` after that, or for an id of another pipeline whose output carries
+    /// another item type, which leaves this pipeline's output in place).
     pub fn output<T: Send + 'static>(&mut self, id: &OutputId<T>) -> Option<Output<T>> {
-        let boxed = self.outputs.get_mut(id.index())?.take()?;
-        let receiver = *boxed
-            .downcast::<RingReceiver<T>>()
-            .expect("OutputId type matches its edge");
+        let slot = self.outputs.get_mut(id.index())?;
+        if !slot.as_ref()?.is::<RingReceiver<T>>() {
+            return None;
+        }
+        let receiver = *slot.take()?.downcast::<RingReceiver<T>>().ok()?;
         let ready = receiver.ready_event();
         Some(Output::new(receiver, ready))
     }

@@ -52,6 +52,9 @@ pub enum BuildError {
     /// Replicas of an async stage were asked to keep input order.
     #[error("async stage `{0}` cannot keep input order across replicas (an async burst's outputs are not tied to its inputs): use `Replicas::new(n).unordered()` (keyed or not), or tag each item and reorder downstream")]
     OrderedAsyncReplicas(String),
+    /// Streams of two different builders were merged.
+    #[error("a stream of another PipelineBuilder was merged into this pipeline: build each pipeline from the streams of its own builder")]
+    ForeignStream,
     /// An application input merged straight into a stage's output stream: draining
     /// closes inputs by closing their edge, which would also cut off the stage.
     #[error("input `{input}` is merged with the output of stage `{stage}`: pass the input through a stage of its own first (e.g. `.then(\"{input}-in\", stage::map(|x| x))`) and merge that stage's output")]

@@ -235,3 +235,21 @@ fn items_sent_after_finish_are_refused_loudly_not_lost() {
     run.finish().unwrap();
     run.send_all(&input, [2]);
 }
+
+/// A stream of another builder merged into this one is refused at build time (its
+/// stage ids mean nothing here), never a panic or a silent mis-wiring.
+#[test]
+fn a_stream_of_another_builder_is_refused() {
+    let a = Builder::new();
+    let other = Builder::new();
+    let (_ia, sa) = a.input::<u32>("a");
+    let (_ib, sb) = other.input::<u32>("b");
+    let sb = sb.then("b-stage", stage::map(|x: u32| x + 1));
+    sa.merge(sb)
+        .then("after", stage::map(|x: u32| x))
+        .for_each("sink", |_| {});
+    assert_eq!(
+        a.build().unwrap_err(),
+        pipewright_stages::BuildError::ForeignStream
+    );
+}

@@ -224,11 +224,23 @@ impl<X: Transport> PipelineBuilder<X> {
         &'b self,
         streams: impl IntoIterator<Item = Stream<'b, T, X>>,
     ) -> Stream<'b, T, X> {
-        let producers = streams
-            .into_iter()
-            .flat_map(|s| s.into_producers())
-            .collect();
+        let mut producers = Vec::new();
+        for s in streams {
+            if std::ptr::eq(s.builder, self) {
+                producers.extend(s.into_producers());
+            } else {
+                // Its endpoints index the other builder's stages: never connected here.
+                self.foreign_stream();
+            }
+        }
         Stream::new(self, producers)
+    }
+
+    /// A stream of another builder was handed to this one: its endpoints mean nothing
+    /// here.
+    fn foreign_stream(&self) {
+        let mut g = self.graph.borrow_mut();
+        g.error.get_or_insert(BuildError::ForeignStream);
     }
 
     /// Validates the graph.
@@ -455,7 +467,12 @@ impl<'b, T: Send + 'static, X: Transport> Stream<'b, T, X> {
 
     /// Merges another stream of the same type into this one.
     pub fn merge(mut self, other: Stream<'b, T, X>) -> Stream<'b, T, X> {
-        self.producers.extend(other.into_producers());
+        if std::ptr::eq(self.builder, other.builder) {
+            self.producers.extend(other.into_producers());
+        } else {
+            // Its endpoints index the other builder's stages: never connected here.
+            self.builder.foreign_stream();
+        }
         self
     }
 
