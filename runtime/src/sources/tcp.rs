@@ -350,12 +350,19 @@ impl AsyncSource for TcpSource {
         if rx.recv_many(&mut self.scratch, max).await == 0 {
             return SourceState::Exhausted;
         }
+        // Messages that arrived before a failure are delivered with it, not dropped.
+        let mut failed = None;
         for event in self.scratch.drain(..) {
             match event {
                 Event::Message(message) => out.push(message),
-                Event::Failed(error) => return SourceState::Failed(error),
+                Event::Failed(error) => {
+                    failed.get_or_insert(error);
+                }
             }
         }
-        SourceState::Ready
+        match failed {
+            Some(error) => SourceState::Failed(error),
+            None => SourceState::Ready,
+        }
     }
 }
