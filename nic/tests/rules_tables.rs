@@ -338,6 +338,37 @@ fn bad_tables_are_typed_errors() {
         .rule(rule(1, 1, None, EgressAction::Encap(Arc::new(mixed))))
         .build();
     assert_eq!(mixed.unwrap_err(), RuleError::MixedFamilies(1));
+    // Geneve options that do not fit a frame's headroom would drop every packet of
+    // the rule: refused when the table is built.
+    let mut wide = (*spec(1, "192.168.0.2")).clone();
+    wide.kind = pipewright_nic::tunnel::TunnelKind::Geneve;
+    wide.udp_dst_port = 6081;
+    wide.options = (0..2)
+        .map(|i| pipewright_nic::tunnel::TunnelOption {
+            class: 0x0101,
+            kind: i,
+            data: vec![0; 48],
+        })
+        .collect();
+    let wide = EgressTable::builder()
+        .vf(VfIdentity {
+            vf: 1,
+            mac: VF1_MAC,
+            ips: vec![],
+            vlan: None,
+        })
+        .rule(rule(1, 1, None, EgressAction::Encap(Arc::new(wide))))
+        .build();
+    assert!(matches!(
+        wide.unwrap_err(),
+        RuleError::Template {
+            rule: 1,
+            error: pipewright_nic::tunnel::EncapError::NoHeadroom {
+                need: 154,
+                have: 128
+            }
+        }
+    ));
 }
 
 const RULES: &str = r#"

@@ -34,6 +34,9 @@ const TASK_TURN_EVERY: Duration = Duration::from_micros(50);
 struct TaskCx {
     signal: Arc<Signal>,
     control: Arc<Control>,
+    /// Set once the task arrived at the abort barrier (in `quiesce`), so that the
+    /// worker does not count it twice if it panics afterwards.
+    arrived: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TaskContext for TaskCx {
@@ -51,6 +54,8 @@ impl TaskContext for TaskCx {
         self.control.aborted()
     }
     fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        self.arrived
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Box::pin(self.control.quiesce())
     }
     fn fail(&self, failure: StageFailure) {
@@ -141,9 +146,11 @@ fn run(setup: WorkerSetup) {
         let mut tasks = Vec::new();
         for (id, node, own_signal) in nodes {
             if node.kind() == NodeKind::Async {
+                let arrived = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let cx = TaskCx {
                     signal: own_signal.unwrap_or_else(|| signal.clone()),
                     control: control.clone(),
+                    arrived: arrived.clone(),
                 };
                 // An async stage (a task with an input) yields after each turn of its
                 // own (`exec::TASK_TURN`): tokio's per-poll budget of 128 operations,
@@ -171,8 +178,11 @@ fn run(setup: WorkerSetup) {
                         control.fail(failure.clone());
                         Activation::Failed(failure)
                     });
-                    // `Idle` is the abort path, which arrived at the barrier itself.
-                    if result != Activation::Idle {
+                    // `Idle` is the abort path, which arrived at the barrier itself (as
+                    // did a task that panicked after its `quiesce`).
+                    if result != Activation::Idle
+                        && !arrived.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         control.arrive();
                     }
                     result

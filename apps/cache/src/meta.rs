@@ -239,6 +239,20 @@ impl MetaStore {
         nonce: Option<u64>,
         volumes: &[(String, u32)],
     ) -> Result<(), CacheError> {
+        // Only the commits of records (not the publisher's lazy batches) fail on
+        // purpose, so that a test knows which commit it makes fail.
+        #[cfg(test)]
+        if self
+            .fail_next
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(CacheError::Meta("injected commit failure".into()));
+        }
         self.commit_with(records, next_instance, nonce, volumes, true, false)
             .map(drop)
     }
@@ -290,18 +304,6 @@ impl MetaStore {
         volumes: &[(String, u32)],
         durable: bool,
     ) -> Result<(), CacheError> {
-        #[cfg(test)]
-        if self
-            .fail_next
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            )
-            .is_ok()
-        {
-            return Err(CacheError::Meta("injected commit failure".into()));
-        }
         let mut tx = self.db.begin_write().map_err(CacheError::meta)?;
         if !durable {
             tx.set_durability(redb::Durability::None);

@@ -211,11 +211,15 @@ fn pipelined_large_requests_wait_for_the_byte_budget_and_all_complete() {
     for via_pipeline in [false, true] {
         let g = serve(via_pipeline, |s| s.max_in_flight_bytes(32 << 20));
         let mut c = connect_with(g.addr, Some(64 << 10));
+        c.set_nodelay(true).unwrap();
         let mut writer = c.try_clone().unwrap();
         let sender = std::thread::spawn(move || {
-            for i in 0..4u64 {
-                writer.write_all(&request(0, i, 0, READ as u32)).unwrap();
-            }
+            // The four reads in one segment: the server parses them in one pass, so
+            // the third meets the budget before any reply could block the connection.
+            let reads: Vec<u8> = (0..4u64)
+                .flat_map(|i| request(0, i, 0, READ as u32))
+                .collect();
+            writer.write_all(&reads).unwrap();
             for i in 0..4u64 {
                 let offset = (READ + i as usize * WRITE) as u64;
                 writer

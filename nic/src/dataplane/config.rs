@@ -70,6 +70,10 @@ pub enum DataPlaneConfigError {
     /// Rules missing, or given twice.
     #[error("data plane config: {0}")]
     Rules(String),
+    /// A receive port that no tunnel kind listens on: every datagram on it would be
+    /// dropped.
+    #[error("data plane config: rx_ports lists UDP port {0}, which carries no tunnel this data plane decodes (VXLAN 4789, Geneve 6081, PWT 7470); remove it or use the tunnel's port")]
+    UnmappedRxPort(u16),
     /// The rules are invalid.
     #[error(transparent)]
     RuleFile(#[from] ConfigError),
@@ -236,6 +240,15 @@ impl DataPlaneConfig {
             (Some(false), None) => file.workers = Some(Workers::Two),
             _ => {}
         }
+        let decoded = crate::tunnel::DecapConfig::default();
+        if let Some(port) = file
+            .underlay
+            .rx_ports
+            .iter()
+            .find(|p| !decoded.decodes(**p))
+        {
+            return Err(DataPlaneConfigError::UnmappedRxPort(*port));
+        }
         // Tables are built now so that a bad rule is reported before any port opens.
         rules.egress_table()?;
         rules.ingress_table()?;
@@ -379,6 +392,11 @@ vf = 0
             config("").replace("[[port]]\nvf = 0\nkind = \"tap\"\nifname = \"tap0\"\n", "");
         let e = DataPlaneConfig::parse(&no_ports).unwrap_err();
         assert!(e.to_string().contains("[[port]]"), "{e}");
+        let unmapped = config("").replace("rx_ports = [4789]", "rx_ports = [4789, 8472]");
+        assert!(matches!(
+            DataPlaneConfig::parse(&unmapped),
+            Err(DataPlaneConfigError::UnmappedRxPort(8472))
+        ));
     }
 
     #[test]

@@ -380,6 +380,18 @@ impl EgressTableBuilder {
                         .or_else(|| self.tunnels.iter().find(|t| t.kind() == spec.kind).cloned())
                         .ok_or(EncapError::UnknownTunnel(spec.kind))
                         .and_then(|tunnel| EncapTemplate::with_tunnel(spec, tunnel, mtu))
+                        // Frames carry `DEFAULT_HEADROOM` bytes in front of them: an outer
+                        // header that does not fit would drop every packet of the rule.
+                        .and_then(|t| {
+                            if t.overhead() > crate::DEFAULT_HEADROOM {
+                                Err(EncapError::NoHeadroom {
+                                    need: t.overhead(),
+                                    have: crate::DEFAULT_HEADROOM,
+                                })
+                            } else {
+                                Ok(t)
+                            }
+                        })
                         .map(|t| Some(Arc::new(t)))
                         .map_err(|error| RuleError::Template { rule: r.id, error })
                 }

@@ -39,6 +39,11 @@ impl Default for DecapConfig {
 }
 
 impl DecapConfig {
+    /// Whether some tunnel is decoded on UDP port `port`.
+    pub fn decodes(&self, port: u16) -> bool {
+        self.ports.iter().any(|(p, _)| *p == port)
+    }
+
     /// Accepts (`true`) or drops Geneve packets with critical options.
     pub fn accept_critical_options(mut self, accept: bool) -> Self {
         self.accept_critical_options = accept;

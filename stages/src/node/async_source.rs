@@ -133,10 +133,10 @@ impl<S: AsyncSource, X: Transport> ErasedNode<X> for AsyncSourceNode<S, X> {
                             .common
                             .settle_panic_losing(ErrorPolicy::FailPipeline, &*payload, 0)
                             .expect("fail policy always reports");
-                        cx.fail(failure.clone());
-                        // What it holds is counted, as a failing sync node's is.
-                        node.abandon();
-                        return Activation::Failed(failure);
+                        // The abort branch at the top of the loop waits for every stage to
+                        // stop, then counts what this one holds (as for a failing sync node).
+                        cx.fail(failure);
+                        continue;
                     }
                 };
                 let nanos = timer.map(|t| t.elapsed().as_nanos() as u64);

@@ -115,17 +115,17 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                         let policy = node.stage.error_policy();
                         if let Some(payload) = panicked {
                             if let Some(failure) = node.common.settle_panic(policy, &*payload) {
-                                cx.fail(failure.clone());
-                                // What it holds is counted, as a failing sync node's is.
-                                node.abandon();
-                                return Activation::Failed(failure);
+                                // The abort branch at the top of the loop waits for every stage to
+                                // stop, then counts what this one holds (as for a failing sync node).
+                                cx.fail(failure);
+                                continue;
                             }
                         }
                         if let Some(failure) = node.common.settle(policy, &mut errors) {
-                            cx.fail(failure.clone());
-                            // What it holds is counted, as a failing sync node's is.
-                            node.abandon();
-                            return Activation::Failed(failure);
+                            // The abort branch at the top of the loop waits for every stage to
+                            // stop, then counts what this one holds (as for a failing sync node).
+                            cx.fail(failure);
+                            continue;
                         }
                         node.output.flush();
                         continue;
@@ -167,17 +167,17 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                     .burst(taken, node.output.buf.len(), nanos);
                 if let Err(payload) = outcome {
                     if let Some(failure) = node.common.settle_panic(policy, &*payload) {
-                        cx.fail(failure.clone());
-                        // What it holds is counted, as a failing sync node's is.
-                        node.abandon();
-                        return Activation::Failed(failure);
+                        // The abort branch at the top of the loop waits for every stage to
+                        // stop, then counts what this one holds (as for a failing sync node).
+                        cx.fail(failure);
+                        continue;
                     }
                 }
                 if let Some(failure) = node.common.settle(policy, &mut errors) {
-                    cx.fail(failure.clone());
-                    // What it holds is counted, as a failing sync node's is.
-                    node.abandon();
-                    return Activation::Failed(failure);
+                    // The abort branch at the top of the loop waits for every stage to
+                    // stop, then counts what this one holds (as for a failing sync node).
+                    cx.fail(failure);
+                    continue;
                 }
                 node.output.flush();
             }

@@ -85,8 +85,8 @@ impl Inner {
             guards.push(g);
         }
         faults::reached(CrashPoint::Evict);
-        self.retire(&freed).await?;
-        drop(guards);
+        // Evicted once out of the index, whether or not the retirement commits now (a
+        // failed one is completed by the next batch, which does not count them again).
         let n = freed.len() as u64;
         bump(&self.counters.evictions, "cache_evictions_total", n);
         bump(
@@ -94,6 +94,8 @@ impl Inner {
             "cache_eviction_batches_total",
             1,
         );
+        self.retire(&freed).await?;
+        drop(guards);
         Ok(n)
     }
 }

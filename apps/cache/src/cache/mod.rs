@@ -408,7 +408,8 @@ impl Cache {
     }
 
     /// Evicts until `free` slots are free (or nothing more can be evicted); returns
-    /// how many chunks it evicted.
+    /// how many slots it freed (chunks evicted, and slots whose earlier retirement
+    /// failed to commit and is completed now).
     pub async fn evict_to(&self, free: u32) -> Result<u64, CacheError> {
         let mut evicted = 0;
         loop {

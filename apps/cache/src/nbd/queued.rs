@@ -109,6 +109,9 @@ impl Connection {
         let mut table = Table::default();
         let mut side_in_flight = 0usize;
         let mut in_flight_bytes = 0u64;
+        // The front request is waiting for the budget (counted once per wait, not
+        // once per wake-up).
+        let mut budget_blocked = false;
         let mut inbuf: Vec<u8> = Vec::with_capacity(256 << 10);
         let mut got: Vec<Answer<PipelineReply>> = Vec::with_capacity(REPLIES_PER_WRITE);
         let mut side_got = Vec::with_capacity(REPLIES_PER_WRITE);
@@ -140,10 +143,14 @@ impl Connection {
                     _ => 0,
                 };
                 if in_flight_bytes > 0 && in_flight_bytes + bytes > self.max_in_flight_bytes {
-                    bump(&self.stats.budget_waits, "cache_nbd_budget_waits_total");
+                    if !budget_blocked {
+                        bump(&self.stats.budget_waits, "cache_nbd_budget_waits_total");
+                        budget_blocked = true;
+                    }
                     over_budget = true;
                     break;
                 }
+                budget_blocked = false;
                 let payload = &inbuf[pos + Request::LEN..pos + used];
                 pos += used;
                 if req.kind == CMD_READ && (DIRECT_MIN..=MAX_PAYLOAD).contains(&req.len) {
