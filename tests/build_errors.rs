@@ -53,6 +53,13 @@ fn duplicate_names_and_empty_pipelines_are_rejected() {
         .burst(0)
         .for_each("sink", |_| {});
     assert_eq!(b.build().unwrap_err(), BuildError::ZeroBurst("zero".into()));
+    let b = PipelineBuilder::new().default_burst(0);
+    let (_i, numbers) = b.input::<u32>("in");
+    numbers.for_each("sink", |_| {});
+    assert_eq!(
+        b.build().unwrap_err(),
+        BuildError::ZeroBurst("(default burst)".into())
+    );
 }
 
 fn two_stage() -> pipewright::RuntimePipeline {

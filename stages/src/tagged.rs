@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{Outbox, RequestError, Stage};
 
 /// The completion of one request: answering it consumes it; dropping it unanswered
-/// tells the caller [`RequestError::Dropped`]. The answer goes to the request's own
+/// tells the caller: an answer queue receives [`RequestError::Dropped`], a [`Reply`]
+/// receiver a `RecvError` (which `PipelineService` gives its caller as
+/// `RequestError::Dropped`). The answer goes to the request's own
 /// [`Reply`] (from [`Tagged::new`]) or, for a request tagged by [`Answers::tag`], into
 /// its caller's shared answer queue.
 pub struct Ticket<R> {

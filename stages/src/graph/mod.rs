@@ -169,7 +169,16 @@ impl<X: Transport> PipelineBuilder<X> {
 
     /// Sets the burst size of stages added after this call (default 32).
     pub fn default_burst(self, burst: usize) -> Self {
-        self.graph.borrow_mut().default_burst = burst;
+        {
+            let mut g = self.graph.borrow_mut();
+            if burst == 0 {
+                // Stages take at least one item; say so at build time, as for a
+                // stage's own burst of 0.
+                g.error
+                    .get_or_insert(BuildError::ZeroBurst("(default burst)".into()));
+            }
+            g.default_burst = burst.max(1);
+        }
         self
     }
 
