@@ -182,3 +182,55 @@ fn an_async_stage_stays_on_its_worker_and_a_move_says_why() {
     let got = collector.join().unwrap();
     assert_eq!(got, (0..5_000u64).map(|x| x * 2).collect::<Vec<_>>());
 }
+
+/// Two moves of one stage applied back to back (the second reaches a worker the stage
+/// has left, or one it is still travelling to): the stage ends where the last move
+/// put it, and no item is lost or reordered.
+#[test]
+fn back_to_back_moves_end_where_the_last_one_put_the_stage() {
+    let b = PipelineBuilder::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicBool::new(false));
+    let (seen, wrong) = (next.clone(), bad.clone());
+    b.source("numbers", IterSource(0..u64::MAX))
+        .then("a", stage::map(|x: u64| (x, spin(x))))
+        .for_each("check", move |(x, _): (u64, u64)| {
+            if seen.fetch_add(1, Ordering::Relaxed) != x {
+                wrong.store(true, Ordering::Relaxed);
+            }
+        });
+    let running = Runtime::start(
+        b.build().unwrap(),
+        Plan::spread(2).adaptive().ring_capacity(64),
+    )
+    .unwrap();
+    let mv = |to| Decision::Move {
+        stage: "a".into(),
+        from: 0,
+        to,
+        why: Reason::Balance,
+    };
+    for round in 0..50 {
+        // Away and straight back: the second move is applied while the first is
+        // still on its way.
+        let here = running.snapshot().stage("a").unwrap().worker;
+        let (first, last) = (1 - here, here);
+        running.apply(&mv(first)).unwrap();
+        running.apply(&mv(last)).unwrap();
+        // Bounded wait for the stage to settle where the last move put it.
+        let settled = (0..2000).any(|_| {
+            std::thread::sleep(Duration::from_millis(1));
+            running.snapshot().stage("a").unwrap().worker == last
+        });
+        assert!(
+            settled,
+            "round {round}: stage a did not end on worker {last}"
+        );
+    }
+    running.stop_handle().stop();
+    running.join().unwrap();
+    assert!(
+        !bad.load(Ordering::Relaxed),
+        "an item arrived out of order or twice"
+    );
+}

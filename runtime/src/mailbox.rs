@@ -9,22 +9,39 @@
 use pipewright_stages::exec::ErasedNode;
 
 use crate::signal::{Owner, Signal};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 #[cfg(not(loom))]
 use crate::transport::RingTransport;
 
 /// A command for one worker.
 #[cfg(not(loom))]
 pub(crate) enum Command {
-    /// Stop running node `node` and hand it to worker `to`.
-    Detach { node: usize, to: usize },
+    /// Stop running node `node` and hand it to worker `to` (the `seq`-th move of it:
+    /// only the latest is carried out).
+    Detach { node: usize, to: usize, seq: usize },
     /// Start running this node.
     Attach {
         node: usize,
         boxed: Box<dyn ErasedNode<RingTransport>>,
     },
-    /// Set node `node`'s burst size.
-    SetBurst { node: usize, burst: usize },
+    /// Set node `node`'s burst size (the `seq`-th change of it: only the latest is).
+    SetBurst {
+        node: usize,
+        burst: usize,
+        seq: usize,
+    },
+}
+
+#[cfg(not(loom))]
+impl Command {
+    /// The node the command is about.
+    pub(crate) fn node(&self) -> usize {
+        match self {
+            Command::Detach { node, .. }
+            | Command::Attach { node, .. }
+            | Command::SetBurst { node, .. } => *node,
+        }
+    }
 }
 
 /// One mailbox per worker. Generic over the command only so that the loom model
@@ -41,6 +58,10 @@ pub(crate) struct WorkerMailboxes<C> {
     signals: Vec<Arc<Signal>>,
     /// The owner of every movable (sync) node; `None` for async nodes.
     pub(crate) owners: Vec<Option<Arc<Owner>>>,
+    /// Per node, how many moves and burst changes were asked for: a command older
+    /// than the latest of its kind is superseded.
+    moves: Vec<AtomicUsize>,
+    bursts: Vec<AtomicUsize>,
 }
 
 impl<C> std::fmt::Debug for WorkerMailboxes<C> {
@@ -59,8 +80,30 @@ impl<C> WorkerMailboxes<C> {
             boxes: signals.iter().map(|_| Mutex::new(Vec::new())).collect(),
             flags: signals.iter().map(|_| AtomicBool::new(false)).collect(),
             signals,
+            moves: owners.iter().map(|_| AtomicUsize::new(0)).collect(),
+            bursts: owners.iter().map(|_| AtomicUsize::new(0)).collect(),
             owners,
         }
+    }
+
+    /// Numbers a new move of `node`: the command to carry it.
+    pub(crate) fn next_move(&self, node: usize) -> usize {
+        self.moves[node].fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether move `seq` of `node` is the latest asked for.
+    pub(crate) fn is_latest_move(&self, node: usize, seq: usize) -> bool {
+        self.moves[node].load(Ordering::Acquire) == seq
+    }
+
+    /// Numbers a new burst change of `node`.
+    pub(crate) fn next_burst(&self, node: usize) -> usize {
+        self.bursts[node].fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether burst change `seq` of `node` is the latest asked for.
+    pub(crate) fn is_latest_burst(&self, node: usize, seq: usize) -> bool {
+        self.bursts[node].load(Ordering::Acquire) == seq
     }
 
     /// Posts `command` to `worker` and wakes it.

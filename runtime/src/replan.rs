@@ -72,17 +72,26 @@ impl Running {
                         workers: self.workers,
                     });
                 }
-                let from = owner.current();
-                if from != *to {
-                    mailboxes.send(from, Command::Detach { node, to: *to });
-                }
+                // Sent even when the stage seems to be on `to` already: an earlier
+                // move may still be on its way, and the owner runs them in order (a
+                // worker that finds the stage already its own does nothing).
+                let seq = mailboxes.next_move(node);
+                mailboxes.send(owner.current(), Command::Detach { node, to: *to, seq });
             }
             Decision::Replicas { .. } => {}
             Decision::Burst { to, .. } => {
                 if *to == 0 {
                     return Err(ApplyError::ZeroBurst);
                 }
-                mailboxes.send(owner.current(), Command::SetBurst { node, burst: *to });
+                let seq = mailboxes.next_burst(node);
+                mailboxes.send(
+                    owner.current(),
+                    Command::SetBurst {
+                        node,
+                        burst: *to,
+                        seq,
+                    },
+                );
                 self.stages[node]
                     .burst_now
                     .store(*to, std::sync::atomic::Ordering::Relaxed);

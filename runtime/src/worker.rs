@@ -202,6 +202,7 @@ fn run(setup: WorkerSetup) {
             control: &control,
             has_tasks: !tasks.is_empty(),
             mail: Vec::new(),
+            deferred: Vec::new(),
         };
         worker.run().await;
         for task in tasks {
@@ -275,6 +276,9 @@ struct SyncLoop<'a> {
     control: &'a Control,
     has_tasks: bool,
     mail: Vec<Command>,
+    /// Commands for stages that are on their way to this worker (handed over, not yet
+    /// attached): applied when they arrive.
+    deferred: Vec<Command>,
 }
 
 impl SyncLoop<'_> {
@@ -294,20 +298,28 @@ impl SyncLoop<'_> {
 
     /// Applies re-planning commands; true if a stage arrived (run it right away).
     fn handle_mail(&mut self) -> bool {
-        let Some(mailboxes) = &self.control.mailboxes else {
+        let control = self.control;
+        let Some(mailboxes) = &control.mailboxes else {
             return false;
         };
         if !mailboxes.take(self.index, &mut self.mail) {
             return false;
         }
         let mut arrived = false;
-        for command in std::mem::take(&mut self.mail) {
+        let mut work: std::collections::VecDeque<Command> = std::mem::take(&mut self.mail).into();
+        while let Some(command) = work.pop_front() {
             match command {
-                Command::Detach { node, to } => {
-                    let Some(at) = self.slots.iter().position(|s| s.id == node && !s.done) else {
+                Command::Detach { node, to, seq } => {
+                    // A later move of the stage supersedes this one (it may have been
+                    // forwarded after the stage and arrive after the later one).
+                    if !mailboxes.is_latest_move(node, seq) {
+                        continue;
+                    }
+                    let Some(at) = self.slots.iter().position(|s| s.id == node) else {
+                        self.not_here(mailboxes, Command::Detach { node, to, seq });
                         continue;
                     };
-                    if self.control.aborted() {
+                    if self.slots[at].done || self.control.aborted() || to == self.index {
                         continue;
                     }
                     let slot = self.slots.remove(at);
@@ -335,15 +347,40 @@ impl SyncLoop<'_> {
                         },
                     );
                     arrived = true;
+                    // Commands that reached this worker before the stage did.
+                    let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+                        .into_iter()
+                        .partition(|c| c.node() == node);
+                    self.deferred = later;
+                    work.extend(now);
                 }
-                Command::SetBurst { node, burst } => {
-                    if let Some(slot) = self.slots.iter_mut().find(|s| s.id == node) {
-                        slot.node.set_burst(burst);
+                Command::SetBurst { node, burst, seq } => {
+                    if !mailboxes.is_latest_burst(node, seq) {
+                        continue;
+                    }
+                    match self.slots.iter_mut().find(|s| s.id == node) {
+                        Some(slot) => slot.node.set_burst(burst),
+                        None => self.not_here(mailboxes, Command::SetBurst { node, burst, seq }),
                     }
                 }
             }
         }
         arrived
+    }
+
+    /// A command for a stage this worker does not run: it moved on (the command goes
+    /// to its owner now), or it is on its way here (kept until it arrives). Dropping
+    /// it would lose a move or a burst change `Running::apply` reported as applied.
+    fn not_here(&mut self, mailboxes: &crate::mailbox::Mailboxes, command: Command) {
+        let owner = mailboxes.owners[command.node()]
+            .as_ref()
+            .map(|o| o.current());
+        match owner {
+            Some(owner) if owner != self.index => mailboxes.send(owner, command),
+            Some(_) => self.deferred.push(command),
+            // A pinned stage gets no commands.
+            None => {}
+        }
     }
 
     async fn run(&mut self) {
