@@ -25,15 +25,21 @@ struct Disk {
     tag_sum: AtomicU64,
 }
 
+/// A slot on instance `I1` whose block holds chunk A, written and tagged under `I1`.
+fn slot_holding_chunk_a() -> (Arc<SlotCell>, Arc<Disk>) {
+    let cell = Arc::new(SlotCell::new(I1));
+    let disk = Arc::new(Disk {
+        data: AtomicU64::new(CHUNK_A),
+        tag_instance: AtomicU64::new(I1),
+        tag_sum: AtomicU64::new(CHUNK_A),
+    });
+    (cell, disk)
+}
+
 #[test]
 fn stale_block_is_never_served() {
     loom::model(|| {
-        let cell = Arc::new(SlotCell::new(I1));
-        let disk = Arc::new(Disk {
-            data: AtomicU64::new(CHUNK_A),
-            tag_instance: AtomicU64::new(I1),
-            tag_sum: AtomicU64::new(CHUNK_A),
-        });
+        let (cell, disk) = slot_holding_chunk_a();
 
         let evictor = {
             let (cell, disk) = (cell.clone(), disk.clone());
@@ -120,12 +126,7 @@ fn a_checksum_skip_covers_only_its_write_sequence() {
 #[test]
 fn a_pinned_slot_is_not_reused_under_a_send() {
     loom::model(|| {
-        let cell = Arc::new(SlotCell::new(I1));
-        let disk = Arc::new(Disk {
-            data: AtomicU64::new(CHUNK_A),
-            tag_instance: AtomicU64::new(I1),
-            tag_sum: AtomicU64::new(CHUNK_A),
-        });
+        let (cell, disk) = slot_holding_chunk_a();
 
         let retire = {
             let (cell, disk) = (cell.clone(), disk.clone());

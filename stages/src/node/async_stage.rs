@@ -113,15 +113,10 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                         let emitted = node.output.buf.len() - before;
                         node.common.observer.burst(0, emitted, None);
                         let policy = node.stage.error_policy();
-                        if let Some(payload) = panicked {
-                            if let Some(failure) = node.common.settle_panic(policy, &*payload) {
-                                // The abort branch at the top of the loop waits for every stage to
-                                // stop, then counts what this one holds (as for a failing sync node).
-                                cx.fail(failure);
-                                continue;
-                            }
-                        }
-                        if let Some(failure) = node.common.settle(policy, &mut errors) {
+                        let panic = panicked.as_deref();
+                        if let Some(failure) =
+                            node.common.settle_outcome(policy, panic, &mut errors)
+                        {
                             // The abort branch at the top of the loop waits for every stage to
                             // stop, then counts what this one holds (as for a failing sync node).
                             cx.fail(failure);
@@ -165,17 +160,12 @@ impl<S: AsyncStage, X: Transport> ErasedNode<X> for AsyncStageNode<S, X> {
                 node.common
                     .observer
                     .burst(taken, node.output.buf.len(), nanos);
-                if let Err(payload) = outcome {
-                    if let Some(failure) = node.common.settle_panic(policy, &*payload) {
-                        // The abort branch at the top of the loop waits for every stage to
-                        // stop, then counts what this one holds (as for a failing sync node).
-                        cx.fail(failure);
-                        continue;
-                    }
-                }
-                if let Some(failure) = node.common.settle(policy, &mut errors) {
-                    // The abort branch at the top of the loop waits for every stage to
-                    // stop, then counts what this one holds (as for a failing sync node).
+                let panic = outcome.err();
+                if let Some(failure) =
+                    node.common
+                        .settle_outcome(policy, panic.as_deref(), &mut errors)
+                {
+                    // See the calls-in-flight branch above.
                     cx.fail(failure);
                     continue;
                 }

@@ -187,6 +187,19 @@ impl Common {
     }
 
     /// Applies the error policy to a burst's failures; `Some` stops the pipeline.
+    /// A burst's outcome under `policy`: its panic, if it panicked, then its errors.
+    fn settle_outcome<E: std::fmt::Display>(
+        &mut self,
+        policy: ErrorPolicy,
+        panic: Option<&(dyn Any + Send)>,
+        errors: &mut Vec<E>,
+    ) -> Option<StageFailure> {
+        if let Some(failure) = panic.and_then(|payload| self.settle_panic(policy, payload)) {
+            return Some(failure);
+        }
+        self.settle(policy, errors)
+    }
+
     fn settle<E: std::fmt::Display>(
         &mut self,
         policy: ErrorPolicy,
