@@ -118,6 +118,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod admission;
 mod agent;
 mod agent_client;
 mod client;
@@ -130,6 +131,7 @@ mod shed;
 mod weights;
 mod wire;
 
+pub use admission::{Admission, Admitted};
 pub use agent::core::{AgentConfig, AgentCore, Effect, Registered};
 pub use agent::{load_registry, now_ms, AgentOptions, AgentServer, AgentService};
 pub use agent_client::{AgentClient, AGENT_TIMEOUT};

@@ -542,3 +542,44 @@ async fn a_dropped_client_closes_its_connections() {
     }
     panic!("the producer still has the dropped client's connection open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_a_producers_queue_limit_is_answered_busy() {
+    use pipewright_balance::{ProducerFrame, Request};
+    // One service slot held for a minute and two places in the queue: whatever the
+    // timing, at most three of a burst of ten are accepted, so seven or more are refused.
+    let producer = ProducerServer::start(ProducerOptions {
+        service_time: ServiceTime::Fixed(Duration::from_secs(60)),
+        capacity: 1,
+        queue_limit: 2,
+        ..ProducerOptions::default()
+    })
+    .await
+    .unwrap();
+    let s = tokio::net::TcpStream::connect(producer.local_addr())
+        .await
+        .unwrap();
+    let mut f = tokio_util::codec::Framed::new(s, pipewright_balance::codec(1 << 20));
+    for id in 0..10 {
+        let req = Request {
+            id,
+            idempotent: true,
+            payload: vec![0; 8],
+        };
+        f.feed(pipewright_balance::encode(&req)).await.unwrap();
+    }
+    SinkExt::<bytes::Bytes>::flush(&mut f).await.unwrap();
+    let mut busy = 0;
+    while busy < 7 {
+        let frame = tokio::time::timeout(Duration::from_secs(20), f.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {busy} of a burst of 10 refused, 7 expected"))
+            .unwrap()
+            .unwrap();
+        match pipewright_balance::decode(&frame).unwrap() {
+            ProducerFrame::Busy { .. } => busy += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(producer.stats().busy.load(Ordering::Relaxed) >= 7);
+}

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +29,7 @@ use tokio_util::codec::Framed;
 use tower_service::Service;
 
 use self::core::{AgentConfig, AgentCore, Effect, Registered};
+use crate::admission::Admission;
 use crate::error::BalanceError;
 use crate::lease::ClusterKey;
 use crate::wire::{
@@ -52,9 +53,10 @@ pub struct AgentOptions {
     pub trace: Option<PathBuf>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
-    in_flight: AtomicUsize,
+    /// Lease requests in flight ([`AgentOptions::max_in_flight`]).
+    in_flight: Admission,
     busy: AtomicU64,
     malformed: AtomicU64,
 }
@@ -140,7 +142,11 @@ impl AgentServer {
             core.record(now_ms());
         }
         let core: Shared = Arc::new(Mutex::new(core));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            in_flight: Admission::new(opts.max_in_flight.max(1)),
+            busy: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        });
         let b = PipelineBuilder::new();
         let (input_id, requests) = b.input::<Tagged<AgentRequest, AgentResponse>>("requests");
         let key = opts.key.clone();
@@ -228,12 +234,7 @@ impl AgentServer {
             what: "listener address".into(),
             source: e,
         })?;
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            service.clone(),
-            counters.clone(),
-            opts.max_in_flight.max(1),
-        ));
+        let accept = tokio::spawn(accept_loop(listener, service.clone(), counters.clone()));
         Ok(Self {
             local_addr,
             running,
@@ -331,9 +332,8 @@ async fn accept_loop(
     listener: TcpListener,
     service: PipelineService<AgentRequest, AgentResponse>,
     counters: Arc<Counters>,
-    max_in_flight: usize,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Admission::new(MAX_CONNECTIONS);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -341,18 +341,17 @@ async fn accept_loop(
         };
         // A cap on open connections keeps file descriptors for real consumers when
         // something opens connections and leaves them.
-        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = open.try_admit() else {
             counters.busy.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("balance_connections_refused_total").increment(1);
             drop(stream);
             continue;
-        }
+        };
         let _ = stream.set_nodelay(true);
-        let (service, counters, open) = (service.clone(), counters.clone(), open.clone());
+        let (service, counters) = (service.clone(), counters.clone());
         tokio::spawn(async move {
-            let _open = InFlight(&open);
-            serve(stream, service, counters, max_in_flight).await;
+            let _place = place;
+            serve(stream, service, counters).await;
         });
     }
 }
@@ -364,19 +363,10 @@ const MAX_CONNECTIONS: usize = 16_384;
 /// second or so; a closed connection is reopened by the next call).
 const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 async fn serve(
     stream: TcpStream,
     mut service: PipelineService<AgentRequest, AgentResponse>,
     counters: Arc<Counters>,
-    max_in_flight: usize,
 ) {
     let mut framed = Framed::new(stream, wire::codec(MAX_AGENT_FRAME));
     while let Ok(Some(frame)) = tokio::time::timeout(IDLE_LIMIT, framed.next()).await {
@@ -408,17 +398,15 @@ async fn serve(
                 }
             }
             Ok(req) => {
-                if counters.in_flight.fetch_add(1, Ordering::AcqRel) >= max_in_flight {
-                    counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    counters.busy.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("balance_busy_total").increment(1);
-                    AgentResponse::Busy
-                } else {
-                    let _guard = InFlight(&counters.in_flight);
+                if let Some(_place) = counters.in_flight.try_admit() {
                     match service.call(req).await {
                         Ok(r) => r,
                         Err(_) => return,
                     }
+                } else {
+                    counters.busy.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("balance_busy_total").increment(1);
+                    AgentResponse::Busy
                 }
             }
         };

@@ -98,18 +98,24 @@ pub(super) async fn serve(stream: TcpStream, inner: Arc<Inner>) {
                 break;
             }
         };
-        let waiting = inner.stats.waiting.load(Ordering::Relaxed) as usize;
-        if draining || waiting >= inner.opts.queue_limit {
+        // Admitted here, before its task runs: a burst of requests read in one go is
+        // counted against the queue limit as it arrives.
+        let place = if draining {
+            None
+        } else {
+            inner.queue.try_admit()
+        };
+        let Some(place) = place else {
             inner.stats.busy.fetch_add(1, Ordering::Relaxed);
             permit.send(ProducerFrame::Busy { id: req.id });
             continue;
-        }
+        };
         let (inner2, pending2) = (inner.clone(), pending.clone());
         pending.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             // Counted down even if the request's task ends early.
             let _done = CountDown(pending2);
-            let answer = execute(&inner2, req).await;
+            let answer = execute(&inner2, req, place).await;
             permit.send(answer);
         });
     }
@@ -141,12 +147,15 @@ impl Drop for CountDown {
     }
 }
 
-async fn execute(inner: &Inner, req: Request) -> ProducerFrame {
+/// Serves one admitted request: its place in the queue is given back once it has a
+/// service slot.
+async fn execute(inner: &Inner, req: Request, queued: Admitted) -> ProducerFrame {
     let s = &inner.stats;
     s.in_flight.fetch_add(1, Ordering::Relaxed);
     s.waiting.fetch_add(1, Ordering::Relaxed);
     let permit = inner.slots.acquire().await;
     s.waiting.fetch_sub(1, Ordering::Relaxed);
+    drop(queued);
     let (service, fail) = {
         let mut rng = inner.rng.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = inner.opts.service_time;

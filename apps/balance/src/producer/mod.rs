@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 
+use crate::admission::{Admission, Admitted};
 use crate::agent_client::AgentClient;
 use crate::error::BalanceError;
 use crate::gossip::{unix_ms, Gossip, GossipFilter, SignedGossip};
@@ -199,6 +200,8 @@ struct Inner {
     opts: ProducerOptions,
     stats: ProducerStats,
     slots: Semaphore,
+    /// Requests accepted and not yet in service ([`ProducerOptions::queue_limit`]).
+    queue: Admission,
     started: Instant,
     conns: Mutex<HashMap<u64, Conn>>,
     next_conn: AtomicU64,
@@ -246,6 +249,7 @@ impl ProducerServer {
             })?;
         let inner = Arc::new(Inner {
             slots: Semaphore::new(opts.capacity.max(1)),
+            queue: Admission::new(opts.queue_limit),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(opts.seed)),
             opts,
             stats: ProducerStats::default(),
