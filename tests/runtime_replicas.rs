@@ -333,6 +333,65 @@ fn an_ordered_replica_that_fails_or_panics_on_items_does_not_stall_the_order() {
     assert_eq!(dropped, 200 + 20);
 }
 
+/// A stage with a timer: after the items it processed, when its input is empty, it
+/// emits a mark for the last one.
+struct MarkWhenIdle {
+    last: Option<u64>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Marked {
+    Item(u64),
+    Mark(u64),
+}
+
+impl Stage for MarkWhenIdle {
+    type In = u64;
+    type Out = Marked;
+    type Error = std::convert::Infallible;
+
+    fn process(&mut self, x: u64, out: &mut Outbox<'_, Marked>) -> Result<(), Self::Error> {
+        self.last = Some(x);
+        out.push(Marked::Item(x));
+        Ok(())
+    }
+
+    fn on_idle(&mut self, out: &mut Outbox<'_, Marked>) -> Option<std::time::Duration> {
+        if let Some(x) = self.last.take() {
+            out.push(Marked::Mark(x));
+        }
+        Some(std::time::Duration::from_millis(1))
+    }
+}
+
+#[test]
+fn ordered_replicas_run_their_timers_and_place_timer_outputs_after_their_input() {
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers
+        .then_replicated("marks", Replicas::new(2), |_| MarkWhenIdle { last: None })
+        .output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::spread(2)).unwrap();
+    let (mut tx, mut rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    // One item at a time: each replica's input is empty after it, so its timer runs
+    // and the mark follows the item (the replicas take turns).
+    let next = |rx: &mut Output<Marked>| {
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("no output within 30 s: a replica's timer never ran")
+            .expect("the output ended early")
+    };
+    for x in 0..20u64 {
+        assert!(tx.send(x).is_ok());
+        assert_eq!(next(&mut rx), Marked::Item(x));
+        assert_eq!(next(&mut rx), Marked::Mark(x));
+    }
+    drop(tx);
+    running.drain().unwrap();
+}
+
 /// The controller sees replicated stages and its replica decisions are applied live
 /// (under any plan: the count lives in the split) or refused with the reason.
 #[test]

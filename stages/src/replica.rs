@@ -334,9 +334,46 @@ pub(crate) enum Emitted<T> {
     Many(VecDeque<T>),
 }
 
-/// The outputs of input number `seq`.
+impl<T> Emitted<T> {
+    /// Appends `later` after these outputs.
+    pub(crate) fn append(&mut self, later: Emitted<T>) {
+        let earlier = std::mem::replace(self, Emitted::None);
+        *self = match (earlier, later) {
+            (e, Emitted::None) => e,
+            (Emitted::None, l) => l,
+            (Emitted::One(a), Emitted::One(b)) => Emitted::Many(VecDeque::from([a, b])),
+            (Emitted::One(a), Emitted::Many(mut b)) => {
+                b.push_front(a);
+                Emitted::Many(b)
+            }
+            (Emitted::Many(mut a), Emitted::One(b)) => {
+                a.push_back(b);
+                Emitted::Many(a)
+            }
+            (Emitted::Many(mut a), Emitted::Many(b)) => {
+                a.extend(b);
+                Emitted::Many(a)
+            }
+        };
+    }
+}
+
+/// Where outputs of a replica belong in input order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// The outputs of input number `seq` (exactly one per number).
+    Of(u64),
+    /// Emitted by the stage's timers ([`Stage::on_idle`]) after it settled input
+    /// number `seq` (`None`: before it processed any): they go right after that
+    /// input's outputs.
+    After(Option<u64>),
+    /// Emitted when the input ended ([`Stage::flush`]): after every numbered item.
+    End,
+}
+
+/// Outputs of a replica and where they belong.
 pub(crate) struct Settled<T> {
-    pub(crate) seq: u64,
+    pub(crate) at: Position,
     pub(crate) outputs: Emitted<T>,
 }
 
@@ -346,6 +383,8 @@ pub(crate) struct Settled<T> {
 pub(crate) struct Sequenced<S: Stage> {
     inner: S,
     scratch: VecDeque<S::Out>,
+    /// The last number it settled (its timers' outputs go after it).
+    last: Option<u64>,
 }
 
 impl<S: Stage> Sequenced<S> {
@@ -353,6 +392,7 @@ impl<S: Stage> Sequenced<S> {
         Self {
             inner,
             scratch: VecDeque::new(),
+            last: None,
         }
     }
 
@@ -372,6 +412,8 @@ impl<S: Stage> Stage for Sequenced<S> {
 
     fn process(&mut self, item: Self::In, out: &mut Outbox<'_, Self::Out>) -> Result<(), S::Error> {
         let Numbered { seq, item } = item;
+        self.last = Some(seq);
+        let at = Position::Of(seq);
         let inner = &mut self.inner;
         let scratch = &mut self.scratch;
         let result = crate::node::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -380,12 +422,12 @@ impl<S: Stage> Stage for Sequenced<S> {
         let outputs = self.take_scratch();
         match result {
             Ok(Ok(())) => {
-                out.push(Settled { seq, outputs });
+                out.push(Settled { at, outputs });
                 Ok(())
             }
             Ok(Err(error)) => {
                 out.push(Settled {
-                    seq,
+                    at,
                     outputs: Emitted::None,
                 });
                 Err(error)
@@ -394,7 +436,7 @@ impl<S: Stage> Stage for Sequenced<S> {
                 // Settle the number, then let the executor count the panic and apply
                 // the error policy as for any stage.
                 out.push(Settled {
-                    seq,
+                    at,
                     outputs: Emitted::None,
                 });
                 std::panic::resume_unwind(payload)
@@ -422,11 +464,25 @@ impl<S: Stage> Stage for Sequenced<S> {
         if !self.scratch.is_empty() {
             let outputs = self.take_scratch();
             out.push(Settled {
-                seq: u64::MAX,
+                at: Position::End,
                 outputs,
             });
         }
         result
+    }
+
+    fn on_idle(&mut self, out: &mut Outbox<'_, Self::Out>) -> Option<std::time::Duration> {
+        // A panic here unwinds to the executor, which counts it (no item is lost, and
+        // nothing was pushed: no number is left unsettled).
+        let wait = self.inner.on_idle(&mut Outbox::new(&mut self.scratch));
+        if !self.scratch.is_empty() {
+            let outputs = self.take_scratch();
+            out.push(Settled {
+                at: Position::After(self.last),
+                outputs,
+            });
+        }
+        wait
     }
 
     fn error_policy(&self) -> ErrorPolicy {

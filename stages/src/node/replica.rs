@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 
 use super::{catch_unwind, Common, InSlot, OutSlot};
 use crate::exec::{Activation, BindError, DropReason, ErasedNode, Transport};
-use crate::replica::{Emitted, KeyFn, Numbered, ReplicaControl, Settled, Spreader};
+use crate::replica::{Emitted, KeyFn, Numbered, Position, ReplicaControl, Settled, Spreader};
 use crate::ErrorPolicy;
 
 /// How the split wraps an item for its replica: numbered (ordered) or as it is.
@@ -321,22 +321,49 @@ impl<T: Send + 'static, X: Transport> ErasedNode<X> for ReorderNode<T, X> {
             return Activation::Idle;
         }
         let taken = self.input.buf.len();
-        while let Some(Settled { seq, outputs }) = self.input.buf.pop_front() {
-            if seq == u64::MAX {
-                match outputs {
+        // Timer outputs of inputs already released go out at once.
+        let mut released = 0;
+        while let Some(Settled { at, outputs }) = self.input.buf.pop_front() {
+            match at {
+                Position::Of(seq) => {
+                    let offset = (seq - self.next) as usize;
+                    if self.waiting.len() <= offset {
+                        self.waiting.resize_with(offset + 1, || None);
+                    }
+                    self.waiting[offset] = Some(outputs);
+                }
+                // The replica settled `seq` before (its outputs come down the same
+                // ring first): waiting, or already released.
+                Position::After(Some(seq))
+                    if seq >= self.next
+                        && matches!(
+                            self.waiting.get((seq - self.next) as usize),
+                            Some(Some(_))
+                        ) =>
+                {
+                    if let Some(Some(held)) = self.waiting.get_mut((seq - self.next) as usize) {
+                        held.append(outputs);
+                    }
+                }
+                Position::After(_) => match outputs {
+                    Emitted::None => {}
+                    Emitted::One(item) => {
+                        self.output.buf.push_back(item);
+                        released += 1;
+                    }
+                    Emitted::Many(items) => {
+                        released += items.len();
+                        self.output.buf.extend(items);
+                    }
+                },
+                Position::End => match outputs {
                     Emitted::None => {}
                     Emitted::One(item) => self.tail.push_back(item),
                     Emitted::Many(items) => self.tail.extend(items),
-                }
-                continue;
+                },
             }
-            let offset = (seq - self.next) as usize;
-            if self.waiting.len() <= offset {
-                self.waiting.resize_with(offset + 1, || None);
-            }
-            self.waiting[offset] = Some(outputs);
         }
-        let emitted = self.release();
+        let emitted = released + self.release();
         self.common.observer.burst(taken, emitted, None);
         self.output.flush();
         Activation::Progress
