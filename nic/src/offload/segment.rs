@@ -33,6 +33,19 @@ pub(crate) struct SuperFrame {
     flags0: u8,
 }
 
+/// Packets `frame` stands for on the wire: the segments of a super-frame (TSO from a
+/// VF, GRO from the underlay), counted as Linux counts a GSO skb in its tc and qdisc
+/// statistics; 1 for any other frame, or for a super-frame whose headers (at
+/// `l2_off`) do not parse (it will be dropped and counted further on).
+pub(crate) fn wire_packets(frame: &Frame, l2_off: usize) -> u64 {
+    let Some(gso) = frame.meta.gso else { return 1 };
+    frame
+        .data()
+        .get(l2_off..)
+        .and_then(|inner| SuperFrame::parse(inner, gso).ok())
+        .map_or(1, |s| s.count() as u64)
+}
+
 /// The smallest TCP segment payload a super-frame may ask for.
 const MIN_SEGMENT: usize = 64;
 /// The most datagrams one UDP super-frame may be cut into (Linux's `UDP_MAX_SEGMENTS`).

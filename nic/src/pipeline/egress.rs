@@ -5,7 +5,7 @@ use pipewright_stages::exec::Transport;
 use pipewright_stages::{Burst, Failures, Outbox, Stage, Stream};
 
 use super::{Direction, NicDrop, NicStats};
-use crate::offload::{complete_partial, segment, SuperFrame};
+use crate::offload::{complete_partial, segment, wire_packets, SuperFrame};
 use crate::rules::{EgressDecision, EgressDrop, EgressKey, EgressTable, Reader, Versioned};
 use crate::tunnel::{flow_hash, EncapTemplate};
 use crate::wire::{
@@ -154,11 +154,13 @@ impl Classify {
         let key = egress_key(frame.meta.vf, frame.data())
             .map_err(|e| stats.drop_frame(CLASSIFY, e.reason()))?;
         let bytes = frame.len() as u64;
+        // A TSO super-frame counts as the segments it leaves as.
+        let packets = wire_packets(&frame, 0);
         match table.classify(&key) {
             EgressDecision::Encap {
                 template, counters, ..
             } => {
-                counters.add(1, bytes);
+                counters.add(packets, bytes);
                 Ok(Classified {
                     frame,
                     verdict: EgressVerdict::Encap(template.clone()),
@@ -167,14 +169,14 @@ impl Classify {
             EgressDecision::Flood {
                 template, counters, ..
             } => {
-                counters.add(1, bytes);
+                counters.add(packets, bytes);
                 Ok(Classified {
                     frame,
                     verdict: EgressVerdict::Flood(template.clone()),
                 })
             }
             EgressDecision::AnswerArp { counters, .. } => {
-                counters.add(1, bytes);
+                counters.add(packets, bytes);
                 answer_arp(table, &mut frame)
                     .map_err(|reason| stats.drop_frame(CLASSIFY, reason))?;
                 Ok(Classified {
@@ -183,7 +185,7 @@ impl Classify {
                 })
             }
             EgressDecision::RuleDrop { counters, .. } => {
-                counters.add(1, bytes);
+                counters.add(packets, bytes);
                 Err(stats.drop_frame(CLASSIFY, "rule_drop"))
             }
             EgressDecision::Drop(reason) => {

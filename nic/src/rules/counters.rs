@@ -5,6 +5,12 @@ use super::{RuleError, RuleId};
 
 /// Packet and byte counters of one rule, shared by every table version that has the
 /// rule and by every worker matching against it.
+///
+/// A rule counts the frames it matched, when it matched them (as tc and OVS flow
+/// counters do): a frame dropped further on, for a bad inner checksum or an MTU it
+/// exceeds, is counted here and in the data plane's drop counters. Packets are
+/// counted as on the wire: a TSO or GRO super-frame counts as its segments (as Linux
+/// counts a GSO packet in its tc statistics), its bytes as the super-frame's.
 #[derive(Debug, Default)]
 pub struct RuleCounters {
     packets: AtomicU64,
