@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pipewright_storage::auth::{ClusterKey, SignedHello};
 use pipewright_storage::bank::Bank;
 use pipewright_storage::client::{ClientError, Transaction};
-use pipewright_storage::{io_runtime, NodeId, PageId};
+use pipewright_storage::wire::{self, Challenge, Hello};
+use pipewright_storage::{io_runtime, ClientId, NodeId, PageId};
 use storage_common::{audit, spawn_workload, Counts, TestCluster};
 use tower::{Service, ServiceExt};
 
@@ -95,17 +97,28 @@ fn acknowledged_transactions_survive_kill_9_of_every_node() {
     );
 }
 
-/// A frame with a valid length prefix and a payload that is nothing we know.
-fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> bool {
+/// Sends `bytes` on a new connection to `addr`, after its hello if there is one
+/// (signed with `key` over the node's challenge); true once the node closed it.
+fn send_raw(addr: std::net::SocketAddr, hello: Option<(&ClusterKey, Hello)>, bytes: &[u8]) -> bool {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if let Some((key, hello)) = hello {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut challenge = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut challenge).unwrap();
+        let challenge: Challenge = wire::decode(&challenge).unwrap();
+        let signed = wire::encode(&SignedHello::sign(key, &challenge, hello));
+        s.write_all(&(signed.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(&signed).unwrap();
+    }
     s.write_all(bytes).unwrap();
     let mut buf = [0u8; 64];
     // Closed by the node: read returns 0 (EOF) or a reset.
     loop {
         match s.read(&mut buf) {
             Ok(0) | Err(_) => return true,
-            Ok(_) => continue, // a Welcome before the bad frame; keep reading
+            Ok(_) => continue, // its challenge, a Welcome before the bad frame; keep reading
         }
     }
 }
@@ -123,16 +136,23 @@ fn malformed_frames_close_only_their_connection() {
     // A client connection that keeps working throughout.
     rt.block_on(client.read(NodeId(2), PageId(0))).unwrap();
 
+    let key = cluster.cluster.peers().cluster_key();
     let garbage_hello = [&4u32.to_be_bytes()[..], &[0xff, 0xff, 0xff, 0xff]].concat();
-    assert!(send_raw(addr, &garbage_hello), "bad hello not closed");
-    let mut after_hello = vec![0, 0, 0, 2, 1, 7]; // Hello::Client { id: 7 }
-    after_hello.extend_from_slice(&[0, 0, 0, 3, 9, 9, 9]); // not a ClientRequest
-    assert!(send_raw(addr, &after_hello), "bad request not closed");
+    assert!(send_raw(addr, None, &garbage_hello), "bad hello not closed");
+    let client_hello = Hello::Client { id: ClientId(7) };
+    let not_a_request = [0, 0, 0, 3, 9, 9, 9];
+    assert!(
+        send_raw(addr, Some((&key, client_hello)), &not_a_request),
+        "bad request not closed"
+    );
     let huge = (64u32 << 20).to_be_bytes(); // longer than MAX_FRAME
-    assert!(send_raw(addr, &huge), "oversized frame not closed");
-    let mut peer_junk = vec![0, 0, 0, 2, 0, 1]; // Hello::Peer { from: 1 }
-    peer_junk.extend_from_slice(&[0, 0, 0, 2, 200, 1]); // not a Message
-    assert!(send_raw(addr, &peer_junk), "bad peer message not closed");
+    assert!(send_raw(addr, None, &huge), "oversized frame not closed");
+    let peer_hello = Hello::Peer { from: NodeId(1) };
+    let not_a_message = [0, 0, 0, 2, 200, 1];
+    assert!(
+        send_raw(addr, Some((&key, peer_hello)), &not_a_message),
+        "bad peer message not closed"
+    );
 
     // The node still serves its other connections, old and new.
     let txn = Transaction::new()

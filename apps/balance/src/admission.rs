@@ -5,8 +5,8 @@
 //! queue limit are all this. Its atomics come from `pipewright_runtime::sync`, so
 //! `RUSTFLAGS="--cfg loom"` model-checks this code (`tests/loom_admission.rs`).
 //!
-//! Not tokio's `Semaphore`: the limit is a refusal point (answer `Busy` now), never a
-//! wait, and the count is read as a gauge (a producer's queue depth).
+//! tokio's `Semaphore::try_acquire_owned` would do the same; this one is built on the
+//! `sync` facade so that loom checks it, and it reads as a gauge ([`Admission::held`]).
 
 use pipewright_runtime::sync::atomic::{AtomicUsize, Ordering};
 use pipewright_runtime::sync::Arc;

@@ -118,37 +118,60 @@
 //! ```
 #![deny(missing_docs)]
 
+// Under `--cfg loom` only the admission limit is built (tests/loom_admission.rs).
 mod admission;
+#[cfg(not(loom))]
 mod agent;
+#[cfg(not(loom))]
 mod agent_client;
+#[cfg(not(loom))]
 mod client;
+#[cfg(not(loom))]
 mod error;
+#[cfg(not(loom))]
 mod gossip;
+#[cfg(not(loom))]
 mod lease;
+#[cfg(not(loom))]
 mod load;
+#[cfg(not(loom))]
 mod producer;
+#[cfg(not(loom))]
 mod shed;
+#[cfg(not(loom))]
 mod weights;
+#[cfg(not(loom))]
 mod wire;
 
 pub use admission::{Admission, Admitted};
+#[cfg(not(loom))]
 pub use agent::core::{AgentConfig, AgentCore, Effect, Registered};
+#[cfg(not(loom))]
 pub use agent::{load_registry, now_ms, AgentOptions, AgentServer, AgentService};
+#[cfg(not(loom))]
 pub use agent_client::{AgentClient, AGENT_TIMEOUT};
+#[cfg(not(loom))]
 pub use client::{BalancedClient, ClientOptions, ClientStats};
+#[cfg(not(loom))]
 pub use error::BalanceError;
+#[cfg(not(loom))]
 pub use lease::{ClusterKey, LeaseClaims, LeaseToken, TAG_LEN};
+#[cfg(not(loom))]
 pub use load::{io_runtime, run_load, shutdown_signal, LoadOptions, LoadReport};
+#[cfg(not(loom))]
 pub use producer::{ProducerOptions, ProducerServer, ProducerStats, ServiceTime};
+#[cfg(not(loom))]
 pub use wire::{
     codec, decode, encode, status_json, AgentRequest, AgentResponse, AgentStatus, Lease,
     LeaseRequest, LeaseResponse, Peer, ProducerFrame, ProducerStatus, ProducerView, Refusal,
     Request, SignedStatus, MAX_AGENT_FRAME, MAX_PRODUCER_FRAME,
 };
 
+#[cfg(not(loom))]
 pub use shed::{
     replay_shed, Decision, Indicators, Metric, ShedConfig, ShedEvent, Shedder, Verdict,
 };
+#[cfg(not(loom))]
 pub use weights::{
     replay, ConsumerId, ConsumerReport, Event, ProducerId, ProducerReport, TimedEvent,
     WeightConfig, WeightView, Weights,

@@ -196,7 +196,10 @@
 //!   interval stay apart), and a transaction refused by the *head* — which started
 //!   nothing anywhere — is sent again once with such an id. Since clients start at
 //!   random ids below 2^62, a new client's first transaction at a node with a floor is
-//!   usually refused once at the head: one extra round trip, no fsync.
+//!   usually refused once at the head: one extra round trip, no fsync. The floor trusts
+//!   its clients: one transaction with an id near `u64::MAX` would, once folded, have
+//!   every later one refused. That is why only holders of the cluster key may start
+//!   transactions at all ([`auth`]).
 //!
 //! # Log truncation, and what is forgotten when
 //!
@@ -291,6 +294,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(not(loom))]
+pub mod auth;
 #[cfg(all(not(loom), feature = "bench"))]
 pub mod bank;
 #[cfg(all(not(loom), feature = "bench"))]

@@ -1,8 +1,12 @@
-//! The peers file: which node listens where.
+//! The peers file: which node listens where, and the cluster's key.
 //!
-//! A TOML table mapping node ids to socket addresses:
+//! A TOML table mapping node ids to socket addresses, after the passphrase every node
+//! and client of the cluster shares ([`auth`](crate::auth): connections without it
+//! are refused; a file without `key` uses the public development key):
 //!
 //! ```toml
+//! key = "a long random passphrase, kept as secret as the data"
+//!
 //! [nodes]
 //! 1 = "127.0.0.1:7101"
 //! 2 = "127.0.0.1:7102"
@@ -17,6 +21,10 @@
 //! assert_eq!(peers.addr(NodeId(2)).unwrap().port(), 7102);
 //! assert_eq!(Peers::parse(&peers.to_toml())?, peers);
 //! assert!(Peers::parse("[nodes]\nx = \"nowhere\"").is_err());
+//! assert!(peers.cluster_key().is_development());
+//! let keyed = Peers::parse("key = \"s3cret\"\n[nodes]\n1 = \"127.0.0.1:7101\"\n")?;
+//! assert!(!keyed.cluster_key().is_development());
+//! assert_eq!(Peers::parse(&keyed.to_toml())?, keyed);
 //! # Ok::<(), pipewright_storage::peers::PeersError>(())
 //! ```
 
@@ -26,6 +34,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::ClusterKey;
 use crate::types::NodeId;
 
 /// A peers file could not be read or is invalid.
@@ -56,23 +65,43 @@ pub enum PeersError {
     /// The file names no node.
     #[error("the peers file names no node")]
     Empty,
+    /// `key = ""`.
+    #[error("the peers file's key is empty; give a long random passphrase, or leave `key` out for the development key")]
+    EmptyKey,
 }
 
 #[derive(Serialize, Deserialize)]
 struct File {
+    key: Option<String>,
     nodes: BTreeMap<String, String>,
 }
 
-/// Node id → listening address, for every node of a cluster.
+/// Node id → listening address, for every node of a cluster, and its key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Peers {
     nodes: BTreeMap<NodeId, SocketAddr>,
+    /// The cluster's passphrase (`None`: the development key).
+    key: Option<String>,
 }
 
 impl Peers {
-    /// Peers from a map.
+    /// Peers from a map, with the development key (see [`with_key`](Self::with_key)).
     pub fn new(nodes: BTreeMap<NodeId, SocketAddr>) -> Self {
-        Self { nodes }
+        Self { nodes, key: None }
+    }
+
+    /// The same peers with the cluster key of `passphrase`.
+    pub fn with_key(mut self, passphrase: impl Into<String>) -> Self {
+        self.key = Some(passphrase.into());
+        self
+    }
+
+    /// The key connections are signed with ([`ClusterKey::development`] if the file
+    /// names none).
+    pub fn cluster_key(&self) -> ClusterKey {
+        self.key
+            .as_deref()
+            .map_or_else(ClusterKey::development, ClusterKey::from_passphrase)
     }
 
     /// Parse the TOML text of a peers file.
@@ -90,7 +119,13 @@ impl Peers {
         if nodes.is_empty() {
             return Err(PeersError::Empty);
         }
-        Ok(Self { nodes })
+        if file.key.as_deref() == Some("") {
+            return Err(PeersError::EmptyKey);
+        }
+        Ok(Self {
+            nodes,
+            key: file.key,
+        })
     }
 
     /// Read and parse a peers file.
@@ -105,7 +140,11 @@ impl Peers {
 
     /// The TOML text of this peers file.
     pub fn to_toml(&self) -> String {
-        let mut out = String::from("[nodes]\n");
+        let mut out = String::new();
+        if let Some(key) = &self.key {
+            out.push_str(&format!("key = {}\n\n", toml::Value::String(key.clone())));
+        }
+        out.push_str("[nodes]\n");
         for (id, addr) in &self.nodes {
             out.push_str(&format!("{} = \"{addr}\"\n", id.0));
         }

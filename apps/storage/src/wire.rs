@@ -2,9 +2,11 @@
 //!
 //! Every connection carries length-delimited frames ([`codec`]: a 4-byte big-endian
 //! length, then the payload; at most [`MAX_FRAME`] bytes) whose payloads are `postcard`
-//! encodings of the types here. The first frame from the connecting side is a
-//! [`Hello`]: a peer node then sends protocol [`Message`]s, one per frame; a client
-//! waits for [`ClientResponse::Welcome`] and then sends [`ClientRequest`]s. A frame that
+//! encodings of the types here. The accepting node's first frame is a [`Challenge`];
+//! the connecting side answers with a [`Hello`] signed under the cluster key over it
+//! ([`SignedHello`](crate::auth::SignedHello), see [`auth`](crate::auth)): a peer node
+//! then sends protocol [`Message`]s, one per frame; a client waits for
+//! [`ClientResponse::Welcome`] and then sends [`ClientRequest`]s. A frame that
 //! does not decode as what the connection expects is a [`FrameError`]: the node counts
 //! it and closes that connection, and keeps serving the others.
 //!
@@ -37,7 +39,15 @@ pub fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// The first frame on a connection: who is connecting.
+/// The accepting node's first frame on every connection: a fresh nonce that the
+/// connecting side signs with the cluster key in its hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// 16 random bytes, new for each connection.
+    pub nonce: [u8; 16],
+}
+
+/// Who is connecting (sent signed: [`SignedHello`](crate::auth::SignedHello)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hello {
     /// A peer node; protocol messages follow.
@@ -89,6 +99,11 @@ pub enum ClientRequest {
 /// A node's answer to a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
+    /// The hello was refused (to a client or a peer node), then the connection closed.
+    Denied {
+        /// Why, in words.
+        reason: String,
+    },
     /// The `Hello` was accepted; outcomes for this client id now come here.
     Welcome {
         /// The answering node.
@@ -153,6 +168,8 @@ pub struct NodeStatus {
     pub busy: u64,
     /// Frames that failed to decode (each closed its connection).
     pub malformed_frames: u64,
+    /// Connections refused because their hello was not signed with the cluster key.
+    pub auth_failures: u64,
     /// Messages to peers dropped (link queue full or peer unknown); the protocol
     /// re-sends what matters.
     pub dropped_sends: u64,

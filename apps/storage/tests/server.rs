@@ -47,15 +47,18 @@ impl Running {
     }
 }
 
+/// The key of the clusters these tests start: connections must be signed with it.
+const KEY: &str = "the test cluster's key";
+
 /// Nodes `1..=n` on free loopback ports, data under `dir`, each started with its
-/// options as `tune` leaves them; their peers file.
+/// options as `tune` leaves them; their addresses (the peers file is these and [`KEY`]).
 async fn start_nodes(
     dir: &std::path::Path,
     n: u32,
     tune: impl Fn(&mut NodeOptions),
 ) -> (Vec<Running>, BTreeMap<NodeId, SocketAddr>) {
     let addrs: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|i| (NodeId(i), free_addr())).collect();
-    let peers = Peers::new(addrs.clone());
+    let peers = Peers::new(addrs.clone()).with_key(KEY);
     let mut nodes = Vec::new();
     for (&id, &addr) in &addrs {
         let mut opts = NodeOptions::new(id, addr, dir.join(format!("n{}", id.0)), peers.clone());
@@ -126,7 +129,8 @@ async fn three_nodes_commit_in_any_chain_order_and_refuse_bad_writes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (nodes, addrs) = start_nodes(dir.path(), 3, |o| o.pages = 16).await;
-    let client = StorageClient::with_timeout(Peers::new(addrs), Duration::from_secs(5));
+    let client =
+        StorageClient::with_timeout(Peers::new(addrs).with_key(KEY), Duration::from_secs(5));
     let txn = Transaction::new()
         .write(NodeId(1), PageId(1), 0, vec![1])
         .write(NodeId(2), PageId(1), 0, vec![2])
@@ -169,7 +173,7 @@ async fn a_full_in_flight_budget_answers_busy() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (nodes, addrs) = start_nodes(dir.path(), 2, |o| o.max_in_flight = 1).await;
-    let client = StorageClient::new(Peers::new(addrs));
+    let client = StorageClient::new(Peers::new(addrs).with_key(KEY));
     let calls = (0..50u64).map(|i| {
         let client = client.clone();
         async move {
@@ -266,7 +270,8 @@ async fn a_chain_through_an_unknown_node_is_refused() {
     // This client's peers file calls node 2's address "99" as well.
     let mut theirs = addrs.clone();
     theirs.insert(NodeId(99), addrs[&NodeId(2)]);
-    let client = StorageClient::with_timeout(Peers::new(theirs), Duration::from_secs(5));
+    let client =
+        StorageClient::with_timeout(Peers::new(theirs).with_key(KEY), Duration::from_secs(5));
     let txn = Transaction::new()
         .write(NodeId(1), PageId(3), 0, vec![1])
         .write(NodeId(99), PageId(3), 0, vec![2])
@@ -282,6 +287,75 @@ async fn a_chain_through_an_unknown_node_is_refused() {
         .write(NodeId(1), PageId(3), 0, vec![1])
         .write(NodeId(2), PageId(3), 0, vec![2]);
     client.commit(ok).await.unwrap();
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// Two nodes of a keyed cluster (their links sign with the key: the commit crosses
+/// them): a client with another key is refused with words, a hello forged with the
+/// public development key is refused before any protocol message is read, and both
+/// are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_the_cluster_key_are_refused_and_counted() {
+    use futures::{SinkExt, StreamExt};
+    use pipewright_storage::auth::{ClusterKey, SignedHello};
+    use pipewright_storage::wire::{self, Challenge, ClientResponse, Hello};
+    // The nodes log through io_uring.
+    if !pipewright_testkit::io_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = start_nodes(dir.path(), 2, |_| {}).await;
+    let txn = || {
+        Transaction::new()
+            .write(NodeId(1), PageId(3), 0, vec![1])
+            .write(NodeId(2), PageId(3), 0, vec![2])
+    };
+
+    let stranger = StorageClient::with_timeout(
+        Peers::new(addrs.clone()).with_key("another cluster's key"),
+        Duration::from_secs(5),
+    );
+    let error = stranger.commit(txn()).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Denied {
+                node: NodeId(1),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("key"), "{error}");
+
+    let stream = tokio::net::TcpStream::connect(addrs[&NodeId(1)])
+        .await
+        .unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, wire::codec());
+    let challenge: Challenge = wire::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let forged = SignedHello::sign(
+        &ClusterKey::development(),
+        &challenge,
+        Hello::Peer { from: NodeId(2) },
+    );
+    framed.send(wire::encode(&forged)).await.unwrap();
+    let answer: ClientResponse = wire::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    assert!(
+        matches!(answer, ClientResponse::Denied { .. }),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(framed.next().await, None | Some(Err(_))),
+        "the connection stays open"
+    );
+
+    let client =
+        StorageClient::with_timeout(Peers::new(addrs).with_key(KEY), Duration::from_secs(5));
+    client.commit(txn()).await.unwrap();
+    let status = client.status(NodeId(1)).await.unwrap();
+    assert_eq!(status.auth_failures, 2);
     for node in nodes {
         node.stop().await;
     }

@@ -238,6 +238,15 @@ pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
 
 fn node(a: NodeArgs) -> anyhow::Result<()> {
     let peers = Peers::load(&a.peers)?;
+    if peers.cluster_key().is_development() {
+        eprintln!(
+            "warning: the peers file {} has no `key`: the node takes connections signed with \
+             the public development key, so anyone who reaches its port can start \
+             transactions or pose as a peer; add `key = \"<a long random passphrase>\"` \
+             (the same on every node and client) outside a test",
+            a.peers.display()
+        );
+    }
     let mut opts = NodeOptions::new(NodeId(a.id), a.listen, a.data, peers);
     opts.pages = a.tunables.pages;
     opts.max_in_flight = a.tunables.max_in_flight;

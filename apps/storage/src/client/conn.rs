@@ -9,11 +9,12 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::ClientError;
+use crate::auth::{ClusterKey, SignedHello};
 use crate::types::{ClientId, NodeId, TxnId};
-use crate::wire::{self, codec, ClientRequest, ClientResponse, FrameError, Hello};
+use crate::wire::{self, codec, Challenge, ClientRequest, ClientResponse, FrameError, Hello};
 
 /// Answers a connection's reader routes to waiting callers.
 #[derive(Debug, Default)]
@@ -34,11 +35,22 @@ impl Waiters {
             | ClientResponse::Failed { req, .. }
             | ClientResponse::Status { req, .. }
             | ClientResponse::Verdicts { req, .. } => take(&self.requests, req),
-            ClientResponse::Welcome { .. } => None,
+            ClientResponse::Welcome { .. } | ClientResponse::Denied { .. } => None,
         };
         if let Some(tx) = waiter {
             let _ = tx.send(response);
         }
+    }
+}
+
+/// The next frame, decoded.
+async fn next_frame<T: serde::de::DeserializeOwned>(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+) -> Result<T, FrameError> {
+    match framed.next().await {
+        Some(Ok(bytes)) => wire::decode(&bytes),
+        Some(Err(e)) => Err(FrameError::Io(e)),
+        None => Err(FrameError::Closed),
     }
 }
 
@@ -54,11 +66,13 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Connect, say hello as `client`, and wait for the node's welcome.
+    /// Connect, say hello as `client` (signed with `key` over the node's challenge),
+    /// and wait for the node's welcome.
     pub(super) async fn open(
         node: NodeId,
         addr: SocketAddr,
         client: ClientId,
+        key: &ClusterKey,
         waiters: Arc<Waiters>,
         timeout: Duration,
     ) -> Result<Conn, ClientError> {
@@ -66,23 +80,21 @@ impl Conn {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let mut framed = Framed::new(stream, codec());
-            framed
-                .send(wire::encode(&Hello::Client { id: client }))
-                .await?;
-            match framed.next().await {
-                Some(Ok(bytes)) => match wire::decode::<ClientResponse>(&bytes)? {
-                    ClientResponse::Welcome { .. } => Ok(framed),
-                    _ => Err(FrameError::Unexpected("a response before the welcome")),
-                },
-                Some(Err(e)) => Err(FrameError::Io(e)),
-                None => Err(FrameError::Closed),
+            let challenge: Challenge = next_frame(&mut framed).await?;
+            let hello = SignedHello::sign(key, &challenge, Hello::Client { id: client });
+            framed.send(wire::encode(&hello)).await?;
+            match next_frame::<ClientResponse>(&mut framed).await? {
+                ClientResponse::Welcome { .. } => Ok(Ok(framed)),
+                ClientResponse::Denied { reason } => Ok(Err(reason)),
+                _ => Err(FrameError::Unexpected("a response before the welcome")),
             }
         };
         let framed = match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(ClientError::Timeout { node, txn: None }),
             Ok(Err(FrameError::Io(e))) => return Err(ClientError::Io { node, error: e }),
             Ok(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
-            Ok(Ok(framed)) => framed,
+            Ok(Ok(Err(reason))) => return Err(ClientError::Denied { node, reason }),
+            Ok(Ok(Ok(framed))) => framed,
         };
         let (mut sink, mut frames) = framed.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<ClientRequest>();

@@ -99,6 +99,14 @@ pub enum ClientError {
     /// The node is not in the peers file.
     #[error("node {0} is not in the peers file")]
     UnknownNode(NodeId),
+    /// The node refused this client's hello: its peers file has another key.
+    #[error("{reason}")]
+    Denied {
+        /// The refusing node.
+        node: NodeId,
+        /// The node's words.
+        reason: String,
+    },
     /// The transaction writes nothing.
     #[error("the transaction has no writes")]
     Empty,
@@ -309,7 +317,16 @@ impl StorageClient {
             return Ok(conn.clone());
         }
         let inner = &self.inner;
-        let conn = Conn::open(node, addr, inner.id, inner.waiters.clone(), inner.timeout).await?;
+        let key = inner.peers.cluster_key();
+        let conn = Conn::open(
+            node,
+            addr,
+            inner.id,
+            &key,
+            inner.waiters.clone(),
+            inner.timeout,
+        )
+        .await?;
         let conn = Arc::new(conn);
         conns.insert(node, conn.clone());
         Ok(conn)

@@ -406,10 +406,11 @@ impl NodeServer {
         fx.stats
             .log_disk_bytes
             .store(segments::disk_bytes(&opts.data), Ordering::Relaxed);
+        let key = opts.peers.cluster_key();
         #[cfg(feature = "faults")]
-        net::start_links(opts.id, pending_links, &input, opts.net_faults, &fx);
+        net::start_links(opts.id, &key, pending_links, &input, opts.net_faults, &fx);
         #[cfg(not(feature = "faults"))]
-        net::start_links(opts.id, pending_links, &input);
+        net::start_links(opts.id, &key, pending_links, &input);
         // Recovery's actions (redo, Resolve, Commit re-sends) before serving.
         lock(&shared)
             .execute(&fx, actions)
@@ -417,6 +418,7 @@ impl NodeServer {
         let ctx = Ctx {
             shared: shared.clone(),
             fx: fx.clone(),
+            key,
         };
         recovered.duration = began.elapsed();
         lock(&shared).recovery_ms = recovered.duration.as_millis() as u64;

@@ -18,9 +18,10 @@ use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 use super::faults::NetFaults;
 use super::stages::Inbound;
 use super::state::{lock, Effects, Shared};
+use crate::auth::{self, ClusterKey, SignedHello};
 use crate::protocol::Message;
 use crate::types::{ClientId, NodeId};
-use crate::wire::{self, codec, ClientRequest, ClientResponse, FrameError, Hello};
+use crate::wire::{self, codec, Challenge, ClientRequest, ClientResponse, FrameError, Hello};
 
 /// Messages queued per peer link before further sends are dropped (and counted).
 pub(crate) const LINK_QUEUE: usize = 4096;
@@ -30,6 +31,8 @@ pub(crate) const LINK_QUEUE: usize = 4096;
 pub(crate) struct Ctx {
     pub(crate) shared: Shared,
     pub(crate) fx: Arc<Effects>,
+    /// Hellos must be signed with it.
+    pub(crate) key: ClusterKey,
 }
 
 impl Ctx {
@@ -100,7 +103,17 @@ const CLIENT_QUEUE: usize = 256;
 
 async fn serve_connection(stream: TcpStream, ctx: Ctx, input: Input<Inbound>) {
     let mut framed = Framed::new(stream, codec());
-    let hello = match tokio::time::timeout(HELLO_LIMIT, next_frame::<Hello, _>(&mut framed)).await {
+    let Ok(challenge) = auth::challenge() else {
+        return;
+    };
+    let said = async {
+        framed
+            .send(wire::encode(&challenge))
+            .await
+            .map_err(FrameError::Io)?;
+        next_frame::<SignedHello, _>(&mut framed).await
+    };
+    let hello = match tokio::time::timeout(HELLO_LIMIT, said).await {
         Ok(hello) => hello,
         Err(_) => {
             metrics::counter!("storage_hello_timeouts_total").increment(1);
@@ -108,12 +121,35 @@ async fn serve_connection(stream: TcpStream, ctx: Ctx, input: Input<Inbound>) {
         }
     };
     match hello {
-        Ok(Hello::Peer { .. }) => serve_peer(framed, &ctx, input).await,
-        Ok(Hello::Client { id }) => serve_client(framed, id, &ctx, input).await,
+        Ok(signed) if signed.verify(&ctx.key, &challenge) => match signed.hello {
+            Hello::Peer { .. } => serve_peer(framed, &ctx, input).await,
+            Hello::Client { id } => serve_client(framed, id, &ctx, input).await,
+        },
+        Ok(signed) => deny(framed, &ctx, &signed.hello).await,
         Err(e) => {
             ctx.malformed(&e);
         }
     }
+}
+
+/// Refuses a hello not signed with the cluster key: counted, told in words, closed.
+async fn deny(mut framed: Frames, ctx: &Ctx, hello: &Hello) {
+    ctx.fx.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("storage_auth_failures_total").increment(1);
+    let who = match hello {
+        Hello::Peer { from } => format!("node {from}"),
+        Hello::Client { id } => format!("client {id}"),
+    };
+    let reason = format!(
+        "node {} refused {who}: its hello is not signed with this cluster's key; give it the \
+         same peers file (`key = ...`) as the nodes",
+        ctx.fx.id
+    );
+    let _ = tokio::time::timeout(
+        HELLO_LIMIT,
+        framed.send(wire::encode(&ClientResponse::Denied { reason })),
+    )
+    .await;
 }
 
 type Frames = Framed<TcpStream, LengthDelimitedCodec>;
@@ -265,6 +301,7 @@ pub(crate) fn link_queues(
 /// if `faults` is set), a loopback for `me`.
 pub(crate) fn start_links(
     me: NodeId,
+    key: &ClusterKey,
     pending: Vec<PendingLink>,
     input: &Input<Inbound>,
     #[cfg(feature = "faults")] faults: Option<NetFaults>,
@@ -291,10 +328,10 @@ pub(crate) fn start_links(
                     faults.seed ^ (u64::from(me.0) << 32) ^ u64::from(id.0),
                 );
                 tokio::spawn(inject_faults(rx, tx, faults, rng, fx.clone()));
-                tokio::spawn(link(me, source, addr, faulty_rx));
+                tokio::spawn(link(me, key.clone(), source, addr, faulty_rx));
                 continue;
             }
-            tokio::spawn(link(me, source, addr, rx));
+            tokio::spawn(link(me, key.clone(), source, addr, rx));
         }
     }
 }
@@ -350,11 +387,13 @@ async fn loopback(mut rx: mpsc::Receiver<Message>, mut input: Input<Inbound>) {
 /// then fails are lost (the protocol re-sends what matters).
 async fn link(
     me: NodeId,
+    key: ClusterKey,
     source: Option<IpAddr>,
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Message>,
 ) {
     let mut backoff = Duration::from_millis(20);
+    let mut told = false;
     loop {
         let stream = match connect_link(source, addr).await {
             Ok(stream) => stream,
@@ -368,19 +407,29 @@ async fn link(
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let mut frames = FramedWrite::new(write, codec());
-        // The peer never writes to this connection: reading tells us when it is gone.
+        // After its challenge the peer writes to this connection only to refuse it:
+        // reading tells us when it is gone.
         let mut closed = FramedRead::new(read, codec());
-        if frames
-            .send(wire::encode(&Hello::Peer { from: me }))
-            .await
-            .is_err()
-        {
+        let challenge =
+            tokio::time::timeout(LINK_STALL_LIMIT, next_frame::<Challenge, _>(&mut closed));
+        let Ok(Ok(challenge)) = challenge.await else {
+            continue;
+        };
+        let hello = SignedHello::sign(&key, &challenge, Hello::Peer { from: me });
+        if frames.send(wire::encode(&hello)).await.is_err() {
             continue;
         }
         loop {
             let msg = tokio::select! {
                 msg = rx.recv() => msg,
-                _ = closed.next() => break,
+                refused = next_frame::<ClientResponse, _>(&mut closed) => {
+                    if let Ok(ClientResponse::Denied { reason }) = refused {
+                        // Not a passing failure: try again only slowly.
+                        refused_once(&mut told, &reason);
+                        tokio::time::sleep(DENIED_BACKOFF).await;
+                    }
+                    break;
+                }
             };
             let Some(msg) = msg else { return };
             let mut ok = frames.feed(wire::encode(&msg)).await.is_ok();
@@ -394,6 +443,18 @@ async fn link(
                 break;
             }
         }
+    }
+}
+
+/// How long a link refused for its key waits before it tries again.
+const DENIED_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Says once on stderr why a peer refuses this node's link (a wrong key is a
+/// configuration error nothing else would show).
+fn refused_once(told: &mut bool, reason: &str) {
+    metrics::counter!("storage_link_refused_total").increment(1);
+    if !std::mem::replace(told, true) {
+        eprintln!("storage: {reason}");
     }
 }
 
