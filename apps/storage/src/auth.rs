@@ -1,14 +1,16 @@
 //! Who may talk to a node: every connection proves it holds the cluster key.
 //!
-//! The accepting node opens every connection with a [`Challenge`] (16 fresh random
-//! bytes); the connecting side, a peer node or a client, answers with a
-//! [`SignedHello`]: who it is and an HMAC-SHA256 tag under the [`ClusterKey`] over the
-//! challenge and that identity. The node serves the connection only if the tag
+//! The accepting node opens every connection with a [`Challenge`] (its node id and
+//! 16 fresh random bytes); the connecting side, a peer node or a client, checks that
+//! the node is the one it meant to reach and answers with a [`SignedHello`]: who it is
+//! and an HMAC-SHA256 tag under the [`ClusterKey`] over the challenge and that
+//! identity. The node serves the connection only if the tag
 //! verifies; otherwise it answers [`ClientResponse::Denied`](crate::wire::ClientResponse::Denied),
 //! counts it (`storage_auth_failures_total`) and closes. Without the key nobody can
 //! send protocol messages (forge a peer's `Commit`) or start transactions (e.g. one
 //! with an id near `u64::MAX`, which would raise every node's transaction-id floor);
-//! a captured hello is useless on another connection, whose challenge differs.
+//! a captured hello is useless on another connection, whose challenge differs, and a
+//! hello cannot be passed on to another node, whose id the tag does not cover.
 //!
 //! This authenticates who opens a connection, not each frame: the network between
 //! the nodes and their clients is trusted not to rewrite TCP streams (run the cluster
@@ -16,24 +18,29 @@
 //!
 //! The key comes from the peers file (`key = "…"`, see [`Peers`](crate::peers::Peers));
 //! a file without one uses the public development key, which the CLI warns about.
+//! The passphrase is hashed once (SHA-256), not stretched: one observed handshake lets
+//! an eavesdropper test guesses offline, so it must be machine-generated (e.g.
+//! `openssl rand -hex 32`, as `storage cluster` does), never a word someone chose.
 //!
 //! ```
 //! use pipewright_storage::auth::{ClusterKey, SignedHello};
 //! use pipewright_storage::wire::{Challenge, Hello};
-//! use pipewright_storage::ClientId;
+//! use pipewright_storage::{ClientId, NodeId};
 //!
-//! let key = ClusterKey::from_passphrase("correct horse battery staple");
-//! let challenge = Challenge { nonce: [7; 16] };
+//! let key = ClusterKey::from_passphrase("5f0c0e3b9a1d4c8e7f2a6b1d0c9e8f7a");
+//! let challenge = Challenge { node: NodeId(1), nonce: [7; 16] };
 //! let hello = SignedHello::sign(&key, &challenge, Hello::Client { id: ClientId(1) });
 //! assert!(hello.verify(&key, &challenge));
 //! assert!(!hello.verify(&ClusterKey::development(), &challenge));
-//! assert!(!hello.verify(&key, &Challenge { nonce: [8; 16] }), "bound to its challenge");
+//! assert!(!hello.verify(&key, &Challenge { node: NodeId(1), nonce: [8; 16] }), "bound to its nonce");
+//! assert!(!hello.verify(&key, &Challenge { node: NodeId(2), nonce: [7; 16] }), "and its node");
 //! ```
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::types::NodeId;
 use crate::wire::{encode, Challenge, Hello};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -84,7 +91,7 @@ impl ClusterKey {
     fn mac(&self, challenge: &Challenge, hello: &Hello) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(DOMAIN);
-        mac.update(&challenge.nonce);
+        mac.update(&encode(challenge));
         mac.update(&encode(hello));
         mac
     }
@@ -114,9 +121,22 @@ impl SignedHello {
     }
 }
 
-/// A fresh challenge from the operating system's random source.
-pub(crate) fn challenge() -> std::io::Result<Challenge> {
+/// Fills `bytes` from the operating system's random source.
+pub(crate) fn random(bytes: &mut [u8]) -> std::io::Result<()> {
+    getrandom::fill(bytes).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// A fresh challenge from `node`.
+pub(crate) fn challenge(node: NodeId) -> std::io::Result<Challenge> {
     let mut nonce = [0; 16];
-    getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(Challenge { nonce })
+    random(&mut nonce)?;
+    Ok(Challenge { node, nonce })
+}
+
+/// A new random passphrase (32 bytes, hex): what [`LocalCluster`](crate::cluster::LocalCluster)
+/// writes in its peers file.
+pub fn random_passphrase() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    random(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -107,7 +107,7 @@ impl LocalCluster {
             map.insert(NodeId(id), SocketAddr::new(addr.ip(), port));
         }
         // A key of its own: its nodes refuse connections signed otherwise.
-        let peers = Peers::new(map).with_key(format!("local cluster {:032x}", fastrand::u128(..)));
+        let peers = Peers::new(map).with_key(crate::auth::random_passphrase()?);
         peers
             .save(dir.join("peers.toml"))
             .map_err(|e| io::Error::other(e.to_string()))?;

@@ -25,6 +25,11 @@
 //! let keyed = Peers::parse("key = \"s3cret\"\n[nodes]\n1 = \"127.0.0.1:7101\"\n")?;
 //! assert!(!keyed.cluster_key().is_development());
 //! assert_eq!(Peers::parse(&keyed.to_toml())?, keyed);
+//! // `key` goes above the table, and a misspelt field is an error, not the default key.
+//! use pipewright_storage::peers::PeersError;
+//! let late = Peers::parse("[nodes]\n1 = \"127.0.0.1:7101\"\nkey = \"s3cret\"\n");
+//! assert!(matches!(late, Err(PeersError::KeyInNodes)));
+//! assert!(Peers::parse("Key = \"s3cret\"\n[nodes]\n1 = \"127.0.0.1:7101\"\n").is_err());
 //! # Ok::<(), pipewright_storage::peers::PeersError>(())
 //! ```
 
@@ -65,23 +70,37 @@ pub enum PeersError {
     /// The file names no node.
     #[error("the peers file names no node")]
     Empty,
+    /// `key = ...` written inside the `[nodes]` table.
+    #[error("`key` is inside the [nodes] table: move the `key = ...` line above `[nodes]`")]
+    KeyInNodes,
     /// `key = ""`.
     #[error("the peers file's key is empty; give a long random passphrase, or leave `key` out for the development key")]
     EmptyKey,
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct File {
     key: Option<String>,
     nodes: BTreeMap<String, String>,
 }
 
 /// Node id → listening address, for every node of a cluster, and its key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Peers {
     nodes: BTreeMap<NodeId, SocketAddr>,
     /// The cluster's passphrase (`None`: the development key).
     key: Option<String>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the passphrase: options and clients that hold peers are printed.
+        f.debug_struct("Peers")
+            .field("nodes", &self.nodes)
+            .field("key", &self.key.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 impl Peers {
@@ -109,10 +128,10 @@ impl Peers {
         let file: File = toml::from_str(text)?;
         let mut nodes = BTreeMap::new();
         for (id, addr) in file.nodes {
-            let node = id
-                .trim()
-                .parse()
-                .map_err(|_| PeersError::BadId(id.clone()))?;
+            let node = id.trim().parse().map_err(|_| match id.as_str() {
+                "key" => PeersError::KeyInNodes,
+                _ => PeersError::BadId(id.clone()),
+            })?;
             let sock = addr.parse().map_err(|_| PeersError::BadAddr { id, addr })?;
             nodes.insert(NodeId(node), sock);
         }
@@ -151,13 +170,23 @@ impl Peers {
         out
     }
 
-    /// Write the peers file.
+    /// Write the peers file, readable by its owner only (it holds the cluster's key).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), PeersError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        std::fs::write(path, self.to_toml()).map_err(|error| PeersError::Io {
+        let io = |error| PeersError::Io {
             path: path.display().to_string(),
             error,
-        })
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        file.write_all(self.to_toml().as_bytes()).map_err(io)
     }
 
     /// A node's address.

@@ -43,6 +43,10 @@ pub fn codec() -> LengthDelimitedCodec {
 /// connecting side signs with the cluster key in its hello.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
+    /// The node that sends it: the connecting side checks that it is the node it
+    /// meant to reach, and its signature covers it, so a hello cannot be relayed to
+    /// another node.
+    pub node: NodeId,
     /// 16 random bytes, new for each connection.
     pub nonce: [u8; 16],
 }

@@ -266,12 +266,20 @@ async fn a_chain_through_an_unknown_node_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, addrs) = start_nodes(dir.path(), 2, |_| {}).await;
-    // This client's peers file calls node 2's address "99" as well.
+    let (mut nodes, addrs) = start_nodes(dir.path(), 2, |_| {}).await;
+    // A node 99 that this client's peers file (and its own) lists, and the head's not.
     let mut theirs = addrs.clone();
-    theirs.insert(NodeId(99), addrs[&NodeId(2)]);
-    let client =
-        StorageClient::with_timeout(Peers::new(theirs).with_key(KEY), Duration::from_secs(5));
+    theirs.insert(NodeId(99), free_addr());
+    let peers = Peers::new(theirs).with_key(KEY);
+    let n99 = dir.path().join("n99");
+    let stranger = NodeOptions::new(
+        NodeId(99),
+        peers.addr(NodeId(99)).unwrap(),
+        n99,
+        peers.clone(),
+    );
+    nodes.push(start(stranger).await.0);
+    let client = StorageClient::with_timeout(peers, Duration::from_secs(5));
     let txn = Transaction::new()
         .write(NodeId(1), PageId(3), 0, vec![1])
         .write(NodeId(99), PageId(3), 0, vec![2])
@@ -349,6 +357,20 @@ async fn connections_without_the_cluster_key_are_refused_and_counted() {
     assert!(
         matches!(framed.next().await, None | Some(Err(_))),
         "the connection stays open"
+    );
+
+    // A peers file that puts node 1 at node 2's address: node 2 says who it is, and the
+    // client refuses to sign for it.
+    let wrong = BTreeMap::from([
+        (NodeId(1), addrs[&NodeId(2)]),
+        (NodeId(2), addrs[&NodeId(2)]),
+    ]);
+    let confused =
+        StorageClient::with_timeout(Peers::new(wrong).with_key(KEY), Duration::from_secs(5));
+    let error = confused.status(NodeId(1)).await.unwrap_err();
+    assert!(
+        error.to_string().contains("is node 2, not node 1"),
+        "{error}"
     );
 
     let client =

@@ -44,8 +44,8 @@ pub(super) fn status(a: PeersArg) -> anyhow::Result<()> {
                         s.log_disk_bytes, s.log_bytes, s.log_syncs, s.checkpoints
                     );
                     println!(
-                        "  refused busy {}, malformed frames {}, dropped sends {}; recovery took {} ms",
-                        s.busy, s.malformed_frames, s.dropped_sends, s.recovery_ms
+                        "  refused busy {}, malformed frames {}, refused without the key {}, dropped sends {}; recovery took {} ms",
+                        s.busy, s.malformed_frames, s.auth_failures, s.dropped_sends, s.recovery_ms
                     );
                     print_in_doubt(&s.in_doubt);
                 }

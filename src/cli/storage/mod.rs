@@ -125,7 +125,8 @@ struct NodeArgs {
     /// Data directory (log and page file).
     #[arg(long)]
     data: PathBuf,
-    /// Peers file: a TOML `[nodes]` table of `id = "address"`.
+    /// Peers file: a TOML `[nodes]` table of `id = "address"`, after the cluster's
+    /// `key = "<passphrase>"` (the same on every node and client).
     #[arg(long)]
     peers: PathBuf,
     #[command(flatten)]

@@ -81,6 +81,12 @@ impl Conn {
             stream.set_nodelay(true)?;
             let mut framed = Framed::new(stream, codec());
             let challenge: Challenge = next_frame(&mut framed).await?;
+            if challenge.node != node {
+                return Ok(Err(format!(
+                    "the node at {addr} is node {}, not node {node}: check the peers file",
+                    challenge.node
+                )));
+            }
             let hello = SignedHello::sign(key, &challenge, Hello::Client { id: client });
             framed.send(wire::encode(&hello)).await?;
             match next_frame::<ClientResponse>(&mut framed).await? {

@@ -99,7 +99,8 @@ pub enum ClientError {
     /// The node is not in the peers file.
     #[error("node {0} is not in the peers file")]
     UnknownNode(NodeId),
-    /// The node refused this client's hello: its peers file has another key.
+    /// The node refused this client's hello (its peers file has another key), or
+    /// another node answered at its address.
     #[error("{reason}")]
     Denied {
         /// The refusing node.

@@ -2,7 +2,7 @@
 //! runtime, and the TCP transport.
 //!
 //! ```text
-//!            TCP (peers + clients, one listener; first frame says which)
+//!            TCP (peers + clients, one listener; a signed hello says which, see auth)
 //!                │ decoded frames            admission: in-flight budget → Busy
 //!                ▼
 //!  ┌────────┐  ┌──────┐  doorbell  ┌──────────────────────┐  LogDurable  ┌───────────┐

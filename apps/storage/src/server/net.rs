@@ -103,7 +103,7 @@ const CLIENT_QUEUE: usize = 256;
 
 async fn serve_connection(stream: TcpStream, ctx: Ctx, input: Input<Inbound>) {
     let mut framed = Framed::new(stream, codec());
-    let Ok(challenge) = auth::challenge() else {
+    let Ok(challenge) = auth::challenge(ctx.fx.id) else {
         return;
     };
     let said = async {
@@ -328,10 +328,10 @@ pub(crate) fn start_links(
                     faults.seed ^ (u64::from(me.0) << 32) ^ u64::from(id.0),
                 );
                 tokio::spawn(inject_faults(rx, tx, faults, rng, fx.clone()));
-                tokio::spawn(link(me, key.clone(), source, addr, faulty_rx));
+                tokio::spawn(link(me, id, key.clone(), source, addr, faulty_rx));
                 continue;
             }
-            tokio::spawn(link(me, key.clone(), source, addr, rx));
+            tokio::spawn(link(me, id, key.clone(), source, addr, rx));
         }
     }
 }
@@ -387,6 +387,7 @@ async fn loopback(mut rx: mpsc::Receiver<Message>, mut input: Input<Inbound>) {
 /// then fails are lost (the protocol re-sends what matters).
 async fn link(
     me: NodeId,
+    to: NodeId,
     key: ClusterKey,
     source: Option<IpAddr>,
     addr: SocketAddr,
@@ -395,53 +396,97 @@ async fn link(
     let mut backoff = Duration::from_millis(20);
     let mut told = false;
     loop {
-        let stream = match connect_link(source, addr).await {
-            Ok(stream) => stream,
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
+        let began = tokio::time::Instant::now();
+        if let Ok(stream) = connect_link(source, addr).await {
+            match serve_link(me, to, &key, stream, &mut rx).await {
+                LinkEnd::Closed => return,
+                LinkEnd::Denied(reason) => {
+                    // Not a passing failure: try again only slowly.
+                    refused_once(&mut told, &reason);
+                    tokio::time::sleep(DENIED_BACKOFF).await;
+                    continue;
+                }
+                // A link that carried messages for a while starts over quickly; one
+                // that fails at once (a peer at its connection limit, or refusing
+                // without saying so) backs off like a failed connect.
+                LinkEnd::Broken if began.elapsed() >= LINK_UP_LONG_ENOUGH => {
+                    backoff = Duration::from_millis(20);
+                }
+                LinkEnd::Broken => {}
             }
-        };
-        backoff = Duration::from_millis(20);
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let mut frames = FramedWrite::new(write, codec());
-        // After its challenge the peer writes to this connection only to refuse it:
-        // reading tells us when it is gone.
-        let mut closed = FramedRead::new(read, codec());
-        let challenge =
-            tokio::time::timeout(LINK_STALL_LIMIT, next_frame::<Challenge, _>(&mut closed));
-        let Ok(Ok(challenge)) = challenge.await else {
-            continue;
-        };
-        let hello = SignedHello::sign(&key, &challenge, Hello::Peer { from: me });
-        if frames.send(wire::encode(&hello)).await.is_err() {
-            continue;
         }
-        loop {
-            let msg = tokio::select! {
-                msg = rx.recv() => msg,
-                refused = next_frame::<ClientResponse, _>(&mut closed) => {
-                    if let Ok(ClientResponse::Denied { reason }) = refused {
-                        // Not a passing failure: try again only slowly.
-                        refused_once(&mut told, &reason);
-                        tokio::time::sleep(DENIED_BACKOFF).await;
-                    }
-                    break;
-                }
-            };
-            let Some(msg) = msg else { return };
-            let mut ok = frames.feed(wire::encode(&msg)).await.is_ok();
-            while ok {
-                match rx.try_recv() {
-                    Ok(more) => ok = frames.feed(wire::encode(&more)).await.is_ok(),
-                    Err(_) => break,
-                }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// How a link's connection ended.
+enum LinkEnd {
+    /// The node is stopping (its queue closed).
+    Closed,
+    /// The peer refused the hello, in these words.
+    Denied(String),
+    /// Anything else: connect again.
+    Broken,
+}
+
+/// A link that stayed up this long reconnects without backing off.
+const LINK_UP_LONG_ENOUGH: Duration = Duration::from_secs(1);
+
+/// Says hello on `stream` (to node `to`, which must be the one that answers) and sends
+/// queued messages until the connection fails or the queue closes.
+async fn serve_link(
+    me: NodeId,
+    to: NodeId,
+    key: &ClusterKey,
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Message>,
+) -> LinkEnd {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut frames = FramedWrite::new(write, codec());
+    // After its challenge the peer writes to this connection only to refuse it:
+    // reading tells us when it is gone.
+    let mut closed = FramedRead::new(read, codec());
+    let challenge = tokio::time::timeout(LINK_STALL_LIMIT, next_frame::<Challenge, _>(&mut closed));
+    let challenge = match challenge.await {
+        Ok(Ok(challenge)) if challenge.node == to => challenge,
+        Ok(Ok(challenge)) => {
+            return LinkEnd::Denied(format!(
+                "the node at node {to}'s address is node {}: check the peers file",
+                challenge.node
+            ))
+        }
+        _ => return LinkEnd::Broken,
+    };
+    let hello = SignedHello::sign(key, &challenge, Hello::Peer { from: me });
+    if frames.send(wire::encode(&hello)).await.is_err() {
+        return LinkEnd::Broken;
+    }
+    loop {
+        let msg = tokio::select! {
+            // A refusal is read before anything more is written.
+            biased;
+            refused = next_frame::<ClientResponse, _>(&mut closed) => {
+                return match refused {
+                    Ok(ClientResponse::Denied { reason }) => LinkEnd::Denied(reason),
+                    _ => LinkEnd::Broken,
+                };
             }
-            if !ok || SinkExt::<bytes::Bytes>::flush(&mut frames).await.is_err() {
-                break;
+            msg = rx.recv() => msg,
+        };
+        let Some(msg) = msg else {
+            return LinkEnd::Closed;
+        };
+        let mut ok = frames.feed(wire::encode(&msg)).await.is_ok();
+        while ok {
+            match rx.try_recv() {
+                Ok(more) => ok = frames.feed(wire::encode(&more)).await.is_ok(),
+                Err(_) => break,
             }
+        }
+        if !ok || SinkExt::<bytes::Bytes>::flush(&mut frames).await.is_err() {
+            return LinkEnd::Broken;
         }
     }
 }
