@@ -472,9 +472,20 @@ impl<S: Stage> Stage for Sequenced<S> {
     }
 
     fn on_idle(&mut self, out: &mut Outbox<'_, Self::Out>) -> Option<std::time::Duration> {
-        // A panic here unwinds to the executor, which counts it (no item is lost, and
-        // nothing was pushed: no number is left unsettled).
-        let wait = self.inner.on_idle(&mut Outbox::new(&mut self.scratch));
+        let inner = &mut self.inner;
+        let scratch = &mut self.scratch;
+        let wait = match crate::node::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.on_idle(&mut Outbox::new(scratch))
+        })) {
+            Ok(wait) => wait,
+            Err(payload) => {
+                // What it emitted before the panic is dropped with it (it would go out
+                // as the next input's); the executor counts the panic. No number is
+                // left unsettled.
+                self.scratch.clear();
+                std::panic::resume_unwind(payload)
+            }
+        };
         if !self.scratch.is_empty() {
             let outputs = self.take_scratch();
             out.push(Settled {

@@ -7,10 +7,12 @@
 //! ```
 //!
 //! explores every interleaving of concurrent admissions and releases. The `racy_*`
-//! model is the check-then-count a producer used before (`waiting >= limit`, counted
-//! later): loom finds the schedule that admits two past a limit of one, so it exists
-//! only under loom, where it must fail. In a normal build the models run once on real
-//! threads.
+//! models are what the balancer used before: a producer's check-then-count
+//! (`waiting >= limit`, counted later), which admits two past a limit of one, and the
+//! agent's count-then-undo (`fetch_add`, then `fetch_sub` when over), which refuses a
+//! caller while the place is free; loom finds the schedule that breaks each, so they
+//! exist only under loom, where they must fail. In a normal build the models run once
+//! on real threads.
 
 use pipewright_balance::Admission;
 use pipewright_runtime::sync::atomic::{AtomicUsize, Ordering};
@@ -76,6 +78,25 @@ fn contenders_within_the_limit_are_all_admitted() {
     });
 }
 
+#[test]
+fn a_caller_is_refused_only_while_the_limit_is_really_reached() {
+    model(|| {
+        let queue = Admission::new(1);
+        let held = queue.try_admit().expect("the free place");
+        let q = queue.clone();
+        let other = thread::spawn(move || q.try_admit());
+        drop(held);
+        let mine = queue.try_admit();
+        let theirs = other.join().unwrap();
+        // The place was free at some point after each attempt began: one of the two
+        // attempts that overlap its release gets it.
+        assert!(
+            mine.is_some() || theirs.is_some(),
+            "both refused a free place"
+        );
+    });
+}
+
 /// The producer's old admission: read the count, compare, count later.
 #[cfg(loom)]
 #[test]
@@ -96,5 +117,38 @@ fn racy_check_then_count_admits_past_the_limit() {
             waiting.fetch_add(1, Ordering::SeqCst);
             Some(Counted(waiting.clone()))
         });
+    });
+}
+
+/// The agent's old admission: count first, undo when over the limit.
+#[cfg(loom)]
+#[test]
+#[should_panic(expected = "both refused a free place")]
+fn racy_count_then_undo_refuses_a_free_place() {
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    fn admit(count: &Arc<AtomicUsize>) -> Option<Counted> {
+        if count.fetch_add(1, Ordering::SeqCst) >= 1 {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Counted(count.clone()))
+    }
+    model(|| {
+        let count = Arc::new(AtomicUsize::new(0));
+        let held = admit(&count).expect("the free place");
+        let c = count.clone();
+        let other = thread::spawn(move || admit(&c));
+        drop(held);
+        let mine = admit(&count);
+        let theirs = other.join().unwrap();
+        assert!(
+            mine.is_some() || theirs.is_some(),
+            "both refused a free place"
+        );
     });
 }

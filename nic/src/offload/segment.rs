@@ -33,16 +33,12 @@ pub(crate) struct SuperFrame {
     flags0: u8,
 }
 
-/// Packets `frame` stands for on the wire: the segments of a super-frame (TSO from a
-/// VF, GRO from the underlay), counted as Linux counts a GSO skb in its tc and qdisc
-/// statistics; 1 for any other frame, or for a super-frame whose headers (at
-/// `l2_off`) do not parse (it will be dropped and counted further on).
-pub(crate) fn wire_packets(frame: &Frame, l2_off: usize) -> u64 {
-    let Some(gso) = frame.meta.gso else { return 1 };
-    frame
-        .data()
-        .get(l2_off..)
-        .and_then(|inner| SuperFrame::parse(inner, gso).ok())
+/// Packets a frame of bytes `data` with the GSO request `gso` stands for on the wire:
+/// the segments of a super-frame (TSO from a VF, GRO from the underlay), counted as
+/// Linux counts a GSO skb in its tc and qdisc statistics; 1 for any other frame, or
+/// for a super-frame whose headers do not parse (it is dropped and counted further on).
+pub(crate) fn wire_packets(data: &[u8], gso: Option<Gso>) -> u64 {
+    gso.and_then(|gso| SuperFrame::parse(data, gso).ok())
         .map_or(1, |s| s.count() as u64)
 }
 

@@ -155,12 +155,12 @@ impl Classify {
             .map_err(|e| stats.drop_frame(CLASSIFY, e.reason()))?;
         let bytes = frame.len() as u64;
         // A TSO super-frame counts as the segments it leaves as.
-        let packets = wire_packets(&frame, 0);
+        let packets = || wire_packets(frame.data(), frame.meta.gso);
         match table.classify(&key) {
             EgressDecision::Encap {
                 template, counters, ..
             } => {
-                counters.add(packets, bytes);
+                counters.add(packets(), bytes);
                 Ok(Classified {
                     frame,
                     verdict: EgressVerdict::Encap(template.clone()),
@@ -169,14 +169,14 @@ impl Classify {
             EgressDecision::Flood {
                 template, counters, ..
             } => {
-                counters.add(packets, bytes);
+                counters.add(packets(), bytes);
                 Ok(Classified {
                     frame,
                     verdict: EgressVerdict::Flood(template.clone()),
                 })
             }
             EgressDecision::AnswerArp { counters, .. } => {
-                counters.add(packets, bytes);
+                counters.add(packets(), bytes);
                 answer_arp(table, &mut frame)
                     .map_err(|reason| stats.drop_frame(CLASSIFY, reason))?;
                 Ok(Classified {
@@ -185,7 +185,7 @@ impl Classify {
                 })
             }
             EgressDecision::RuleDrop { counters, .. } => {
-                counters.add(packets, bytes);
+                counters.add(packets(), bytes);
                 Err(stats.drop_frame(CLASSIFY, "rule_drop"))
             }
             EgressDecision::Drop(reason) => {

@@ -63,7 +63,8 @@ impl Match {
         // A rule counts what it matched (as tc and OVS flow counters do): a frame
         // dropped further on (a bad inner checksum) is also in the drop counts.
         let count = |counters: &RuleCounters| {
-            counters.add(wire_packets(&frame, outer.inner_off), frame.len() as u64)
+            let inner = &frame.data()[outer.inner_off..outer.inner_off + outer.inner_len];
+            counters.add(wire_packets(inner, frame.meta.gso), frame.len() as u64)
         };
         match table.classify(&outer.key) {
             IngressDecision::Deliver { vf, counters, .. } => {

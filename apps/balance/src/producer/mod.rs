@@ -423,7 +423,8 @@ async fn control_loop(inner: Arc<Inner>, addr: SocketAddr, gossip: Arc<UdpSocket
             ((busy_us - last.3) as f64 / 1e6 / (secs * inner.opts.capacity.max(1) as f64)).min(1.0);
         let report = ProducerReport {
             utilisation: util,
-            queue_depth: s.waiting.load(Ordering::Relaxed),
+            // Admitted and not yet in service: what the queue limit counts.
+            queue_depth: inner.queue.held() as u32,
             rps: (done - last.1) as f64 / secs,
             error_rate: (failed - last.2) as f64 / secs,
             shedding: false,
