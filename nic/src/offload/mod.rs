@@ -9,7 +9,7 @@ mod segment;
 pub use csum::{complete_partial, verify_l3l4};
 pub use l3l4::{Headers, L3};
 pub use segment::segment;
-pub(crate) use segment::{wire_packets, SuperFrame};
+pub(crate) use segment::SuperFrame;
 
 /// Why an offload could not be applied; the frame is dropped and counted by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -33,15 +33,6 @@ pub(crate) struct SuperFrame {
     flags0: u8,
 }
 
-/// Packets a frame of bytes `data` with the GSO request `gso` stands for on the wire:
-/// the segments of a super-frame (TSO from a VF, GRO from the underlay), counted as
-/// Linux counts a GSO skb in its tc and qdisc statistics; 1 for any other frame, or
-/// for a super-frame whose headers do not parse (it is dropped and counted further on).
-pub(crate) fn wire_packets(data: &[u8], gso: Option<Gso>) -> u64 {
-    gso.and_then(|gso| SuperFrame::parse(data, gso).ok())
-        .map_or(1, |s| s.count() as u64)
-}
-
 /// The smallest TCP segment payload a super-frame may ask for.
 const MIN_SEGMENT: usize = 64;
 /// The most datagrams one UDP super-frame may be cut into (Linux's `UDP_MAX_SEGMENTS`).

@@ -5,7 +5,7 @@ use pipewright_stages::exec::Transport;
 use pipewright_stages::{Burst, Failures, Outbox, Stage, Stream};
 
 use super::{Direction, NicDrop, NicStats};
-use crate::offload::{complete_partial, segment, wire_packets, SuperFrame};
+use crate::offload::{complete_partial, segment, SuperFrame};
 use crate::rules::{EgressDecision, EgressDrop, EgressKey, EgressTable, Reader, Versioned};
 use crate::tunnel::{flow_hash, EncapTemplate};
 use crate::wire::{
@@ -154,13 +154,11 @@ impl Classify {
         let key = egress_key(frame.meta.vf, frame.data())
             .map_err(|e| stats.drop_frame(CLASSIFY, e.reason()))?;
         let bytes = frame.len() as u64;
-        // A TSO super-frame counts as the segments it leaves as.
-        let packets = || wire_packets(frame.data(), frame.meta.gso);
         match table.classify(&key) {
             EgressDecision::Encap {
                 template, counters, ..
             } => {
-                counters.add(packets(), bytes);
+                counters.add(1, bytes);
                 Ok(Classified {
                     frame,
                     verdict: EgressVerdict::Encap(template.clone()),
@@ -169,14 +167,14 @@ impl Classify {
             EgressDecision::Flood {
                 template, counters, ..
             } => {
-                counters.add(packets(), bytes);
+                counters.add(1, bytes);
                 Ok(Classified {
                     frame,
                     verdict: EgressVerdict::Flood(template.clone()),
                 })
             }
             EgressDecision::AnswerArp { counters, .. } => {
-                counters.add(packets(), bytes);
+                counters.add(1, bytes);
                 answer_arp(table, &mut frame)
                     .map_err(|reason| stats.drop_frame(CLASSIFY, reason))?;
                 Ok(Classified {
@@ -185,7 +183,7 @@ impl Classify {
                 })
             }
             EgressDecision::RuleDrop { counters, .. } => {
-                counters.add(packets(), bytes);
+                counters.add(1, bytes);
                 Err(stats.drop_frame(CLASSIFY, "rule_drop"))
             }
             EgressDecision::Drop(reason) => {

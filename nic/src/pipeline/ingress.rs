@@ -2,8 +2,8 @@ use pipewright_stages::exec::Transport;
 use pipewright_stages::{Burst, Failures, Outbox, Stage, Stream};
 
 use super::{NicDrop, NicStats};
-use crate::offload::{verify_l3l4, wire_packets, Headers};
-use crate::rules::{IngressDecision, IngressTable, Reader, RuleCounters, Versioned};
+use crate::offload::{verify_l3l4, Headers};
+use crate::rules::{IngressDecision, IngressTable, Reader, Versioned};
 use crate::tunnel::{parse_outer, strip_outer, DecapConfig, Outer};
 use crate::{Frame, PartialCsum};
 
@@ -60,19 +60,13 @@ impl Match {
     ) -> Result<Matched, NicDrop> {
         let outer =
             parse_outer(frame.data(), decap).map_err(|e| stats.drop_frame(MATCH, e.reason()))?;
-        // A rule counts what it matched (as tc and OVS flow counters do): a frame
-        // dropped further on (a bad inner checksum) is also in the drop counts.
-        let count = |counters: &RuleCounters| {
-            let inner = &frame.data()[outer.inner_off..outer.inner_off + outer.inner_len];
-            counters.add(wire_packets(inner, frame.meta.gso), frame.len() as u64)
-        };
         match table.classify(&outer.key) {
             IngressDecision::Deliver { vf, counters, .. } => {
-                count(counters);
+                counters.add(1, frame.len() as u64);
                 Ok(Matched { frame, outer, vf })
             }
             IngressDecision::RuleDrop { counters, .. } => {
-                count(counters);
+                counters.add(1, frame.len() as u64);
                 Err(stats.drop_frame(MATCH, "rule_drop"))
             }
             IngressDecision::Drop(reason) => Err(stats.drop_frame(MATCH, reason.reason())),

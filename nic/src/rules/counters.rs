@@ -8,9 +8,9 @@ use super::{RuleError, RuleId};
 ///
 /// A rule counts the frames it matched, when it matched them (as tc and OVS flow
 /// counters do): a frame dropped further on, for a bad inner checksum or an MTU it
-/// exceeds, is counted here and in the data plane's drop counters. Packets are
-/// counted as on the wire: a TSO or GRO super-frame counts as its segments (as Linux
-/// counts a GSO packet in its tc statistics), its bytes as the super-frame's.
+/// exceeds, is counted here and in the data plane's drop counters. A TSO or GRO
+/// super-frame counts once, as the data plane's stages count it (so a rule's count
+/// adds up with theirs), and its bytes are all of its segments'.
 #[derive(Debug, Default)]
 pub struct RuleCounters {
     packets: AtomicU64,
