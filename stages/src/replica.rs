@@ -335,6 +335,22 @@ pub(crate) enum Emitted<T> {
 }
 
 impl<T> Emitted<T> {
+    /// Moves the outputs to the back of `out`; returns how many.
+    pub(crate) fn move_to(self, out: &mut VecDeque<T>) -> usize {
+        match self {
+            Emitted::None => 0,
+            Emitted::One(item) => {
+                out.push_back(item);
+                1
+            }
+            Emitted::Many(items) => {
+                let n = items.len();
+                out.extend(items);
+                n
+            }
+        }
+    }
+
     /// Appends `later` after these outputs.
     pub(crate) fn append(&mut self, later: Emitted<T>) {
         let earlier = std::mem::replace(self, Emitted::None);

@@ -97,17 +97,22 @@ fn a_caller_is_refused_only_while_the_limit_is_really_reached() {
     });
 }
 
+/// A place in a hand-made counter (the racy models below): given back when dropped.
+#[cfg(loom)]
+struct Counted(Arc<AtomicUsize>);
+
+#[cfg(loom)]
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The producer's old admission: read the count, compare, count later.
 #[cfg(loom)]
 #[test]
 #[should_panic(expected = "past a limit of 1")]
 fn racy_check_then_count_admits_past_the_limit() {
-    struct Counted(Arc<AtomicUsize>);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
     model(|| {
         let waiting = Arc::new(AtomicUsize::new(0));
         contend(1, 1, move || {
@@ -125,12 +130,6 @@ fn racy_check_then_count_admits_past_the_limit() {
 #[test]
 #[should_panic(expected = "both refused a free place")]
 fn racy_count_then_undo_refuses_a_free_place() {
-    struct Counted(Arc<AtomicUsize>);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
     fn admit(count: &Arc<AtomicUsize>) -> Option<Counted> {
         if count.fetch_add(1, Ordering::SeqCst) >= 1 {
             count.fetch_sub(1, Ordering::SeqCst);

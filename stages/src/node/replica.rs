@@ -257,17 +257,7 @@ impl<T: Send + 'static, X: Transport> ReorderNode<T, X> {
         while let Some(Some(_)) = self.waiting.front() {
             let outputs = self.waiting.pop_front().flatten().expect("checked above");
             self.next += 1;
-            match outputs {
-                Emitted::None => {}
-                Emitted::One(item) => {
-                    self.output.buf.push_back(item);
-                    emitted += 1;
-                }
-                Emitted::Many(items) => {
-                    emitted += items.len();
-                    self.output.buf.extend(items);
-                }
-            }
+            emitted += outputs.move_to(&mut self.output.buf);
         }
         emitted
     }
@@ -305,10 +295,8 @@ impl<T: Send + 'static, X: Transport> ErasedNode<X> for ReorderNode<T, X> {
                 // Every number settled unless the pipeline was aborted; emit what is
                 // left in order either way, then the replicas' end-of-input outputs.
                 while let Some(slot) = self.waiting.pop_front() {
-                    match slot {
-                        Some(Emitted::One(item)) => self.output.buf.push_back(item),
-                        Some(Emitted::Many(items)) => self.output.buf.extend(items),
-                        _ => {}
+                    if let Some(outputs) = slot {
+                        outputs.move_to(&mut self.output.buf);
                     }
                 }
                 self.output.buf.append(&mut self.tail);
@@ -345,22 +333,10 @@ impl<T: Send + 'static, X: Transport> ErasedNode<X> for ReorderNode<T, X> {
                         held.append(outputs);
                     }
                 }
-                Position::After(_) => match outputs {
-                    Emitted::None => {}
-                    Emitted::One(item) => {
-                        self.output.buf.push_back(item);
-                        released += 1;
-                    }
-                    Emitted::Many(items) => {
-                        released += items.len();
-                        self.output.buf.extend(items);
-                    }
-                },
-                Position::End => match outputs {
-                    Emitted::None => {}
-                    Emitted::One(item) => self.tail.push_back(item),
-                    Emitted::Many(items) => self.tail.extend(items),
-                },
+                Position::After(_) => released += outputs.move_to(&mut self.output.buf),
+                Position::End => {
+                    outputs.move_to(&mut self.tail);
+                }
             }
         }
         let emitted = released + self.release();
