@@ -55,6 +55,14 @@ impl SlotCell {
         self.seq.load(Ordering::SeqCst)
     }
 
+    /// Moves the sequence on by a whole write, as if the slot had been written: every
+    /// copy and check taken under the old sequence (the memory tier's, a reader's) is
+    /// stale from now on. For a chunk leaving the index before its slot gets a new
+    /// instance id (that waits for a durable commit).
+    pub fn invalidate(&self) {
+        self.seq.fetch_add(2, Ordering::SeqCst);
+    }
+
     /// A write into the slot starts (the sequence becomes odd).
     pub fn begin_write(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);

@@ -77,10 +77,7 @@ impl Inner {
                     }
                 }
             }
-            {
-                let mut st = self.lock();
-                st.index.remove(key);
-            }
+            self.unindex(*key, *slot);
             freed.push(*slot);
             guards.push(g);
         }
@@ -148,6 +145,41 @@ mod tests {
     use crate::backend::FileBackend;
     use crate::cache::Cache;
     use crate::config::CacheConfig;
+
+    /// A chunk out of the index whose slot's retirement did not commit (so the slot
+    /// keeps its instance id) is not answered from the memory tier after a write of it
+    /// went to another slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_evicted_before_its_retirement_commits_is_not_served_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let vdir = dir.path().join("volumes");
+        std::fs::create_dir(&vdir).unwrap();
+        let chunk = 128usize << 10;
+        std::fs::write(vdir.join("disk"), vec![7u8; 4 * chunk]).unwrap();
+        let mut cfg = CacheConfig::new(dir.path().join("cache"), 6);
+        cfg.chunk_size = chunk as u64;
+        cfg.low_watermark = 1;
+        cfg.high_watermark = 2;
+        cfg.memory_bytes = 1 << 20;
+        let cache = Cache::open(cfg, Arc::new(FileBackend::new(&vdir).unwrap()))
+            .await
+            .unwrap();
+        let disk = cache.volume("disk").unwrap();
+        // Filled, then read again: the second read keeps a copy in the memory tier.
+        for _ in 0..2 {
+            assert_eq!(cache.read(disk, 0, 4096).await.unwrap(), vec![7u8; 4096]);
+        }
+        assert!(
+            cache.read_memory(disk, 0, 4096).is_some(),
+            "the tier holds it"
+        );
+        let free_before = cache.inner.lock().free.len();
+        cache.inner.meta.fail_next.store(1, Ordering::SeqCst);
+        assert!(cache.evict_to(free_before as u32 + 1).await.is_err());
+        assert!(!cache.inner.lock().unretired.is_empty());
+        cache.write(disk, 0, &[9u8; 4096]).await.unwrap();
+        assert_eq!(cache.read(disk, 0, 4096).await.unwrap(), vec![9u8; 4096]);
+    }
 
     /// A retirement whose metadata commit fails leaves its slots neither free nor
     /// resident; the next eviction retires them again, and the cache keeps serving

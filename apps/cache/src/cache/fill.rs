@@ -433,6 +433,19 @@ impl Inner {
         self.free_notify.notify_waiters();
     }
 
+    /// Takes resident chunk `key` out of the index, from `slot`: from now on nobody
+    /// finds it there. The slot keeps its instance id until its retirement is durable,
+    /// so its write sequence moves now: the memory tier checks its copies against
+    /// (instance, sequence) only, and a write of the chunk meanwhile goes to another
+    /// slot, for which a copy from this one must not answer.
+    pub(super) fn unindex(&self, key: ChunkKey, slot: u32) {
+        let mut st = self.lock();
+        st.index.remove(&key);
+        // Under the lock: whoever finds the chunk gone (and fills it elsewhere) finds
+        // the copies already stale.
+        self.store.cells[slot as usize].invalidate();
+    }
+
     /// Gives `slots` (already out of the index) new instance ids, durably, and only
     /// then frees them.
     pub(super) async fn retire(self: &Arc<Self>, slots: &[u32]) -> Result<(), CacheError> {

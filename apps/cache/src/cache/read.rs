@@ -263,11 +263,8 @@ impl Inner {
             // Flush the chunk's other dirty blocks before dropping it.
             self.flush_slot_locked(slot).await?;
         }
-        {
-            let mut st = self.lock();
-            st.index.remove(&key);
-            st.policy.remove(key.policy_key());
-        }
+        self.unindex(key, slot);
+        self.lock().policy.remove(key.policy_key());
         self.retire(&[slot]).await
     }
 }
