@@ -54,9 +54,13 @@ impl TaskContext for TaskCx {
         self.control.aborted()
     }
     fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
-        self.arrived
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        Box::pin(self.control.quiesce())
+        Box::pin(async move {
+            // Marked as it arrives, not when the future is made: a quiesce future
+            // dropped unpolled never arrives, and the barrier must count it then.
+            self.arrived
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.control.quiesce().await
+        })
     }
     fn fail(&self, failure: StageFailure) {
         self.control.fail(failure);

@@ -242,7 +242,9 @@ pub trait TaskContext: 'static {
     /// After an abort: waits until no stage anywhere in the pipeline produces any more,
     /// so that what is then discarded (and counted) is final.
     fn quiesce(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
-    /// Reports a failure under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy).
+    /// Reports a failure under [`ErrorPolicy::FailPipeline`](crate::ErrorPolicy): the
+    /// pipeline aborts, and [`aborted`](TaskContext::aborted) is true from the return
+    /// of this call on (a failed task relies on it to stop pulling or processing).
     fn fail(&self, failure: crate::StageFailure);
     /// Lets the other tasks and stages of the worker run before this task goes on. An
     /// async stage's task calls it after each turn of work (see [`TASK_TURN`]): its

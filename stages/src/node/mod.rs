@@ -186,20 +186,21 @@ impl Common {
         }
     }
 
-    /// Applies the error policy to a burst's failures; `Some` stops the pipeline.
-    /// A burst's outcome under `policy`: its panic, if it panicked, then its errors.
+    /// A burst's outcome under `policy`: its panic, if it panicked, then its errors
+    /// (counted either way, so that what the burst took in adds up); `Some` stops the
+    /// pipeline, with the panic's failure first.
     fn settle_outcome<E: std::fmt::Display>(
         &mut self,
         policy: ErrorPolicy,
         panic: Option<&(dyn Any + Send)>,
         errors: &mut Vec<E>,
     ) -> Option<StageFailure> {
-        if let Some(failure) = panic.and_then(|payload| self.settle_panic(policy, payload)) {
-            return Some(failure);
-        }
-        self.settle(policy, errors)
+        let panicked = panic.and_then(|payload| self.settle_panic(policy, payload));
+        let failed = self.settle(policy, errors);
+        panicked.or(failed)
     }
 
+    /// Applies the error policy to a burst's failures; `Some` stops the pipeline.
     fn settle<E: std::fmt::Display>(
         &mut self,
         policy: ErrorPolicy,
