@@ -149,21 +149,30 @@ mod tests {
     /// A chunk out of the index whose slot's retirement did not commit (so the slot
     /// keeps its instance id) is not answered from the memory tier after a write of it
     /// went to another slot.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_chunk_evicted_before_its_retirement_commits_is_not_served_from_memory() {
+    const CHUNK: usize = 128 << 10;
+
+    /// A cache of 6 chunks of [`CHUNK`] bytes over a volume `disk` holding `image`,
+    /// with `memory_bytes` of memory tier; the directory it lives in.
+    async fn small_cache(image: &[u8], memory_bytes: u64) -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
         let vdir = dir.path().join("volumes");
         std::fs::create_dir(&vdir).unwrap();
-        let chunk = 128usize << 10;
-        std::fs::write(vdir.join("disk"), vec![7u8; 4 * chunk]).unwrap();
+        std::fs::write(vdir.join("disk"), image).unwrap();
         let mut cfg = CacheConfig::new(dir.path().join("cache"), 6);
-        cfg.chunk_size = chunk as u64;
+        cfg.chunk_size = CHUNK as u64;
         cfg.low_watermark = 1;
         cfg.high_watermark = 2;
-        cfg.memory_bytes = 1 << 20;
+        cfg.eviction_batch = 2;
+        cfg.memory_bytes = memory_bytes;
         let cache = Cache::open(cfg, Arc::new(FileBackend::new(&vdir).unwrap()))
             .await
             .unwrap();
+        (dir, cache)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_evicted_before_its_retirement_commits_is_not_served_from_memory() {
+        let (_dir, cache) = small_cache(&vec![7u8; 4 * CHUNK], 1 << 20).await;
         let disk = cache.volume("disk").unwrap();
         // Filled, then read again: the second read keeps a copy in the memory tier.
         for _ in 0..2 {
@@ -186,20 +195,9 @@ mod tests {
     /// the right bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slots_of_a_failed_retirement_are_retired_by_the_next_eviction() {
-        let dir = tempfile::tempdir().unwrap();
-        let vdir = dir.path().join("volumes");
-        std::fs::create_dir(&vdir).unwrap();
-        let chunk = 128usize << 10;
+        let chunk = CHUNK;
         let image: Vec<u8> = (0..8 * chunk).map(|i| (i / 4096) as u8).collect();
-        std::fs::write(vdir.join("disk"), &image).unwrap();
-        let mut cfg = CacheConfig::new(dir.path().join("cache"), 6);
-        cfg.chunk_size = chunk as u64;
-        cfg.low_watermark = 1;
-        cfg.high_watermark = 2;
-        cfg.eviction_batch = 2;
-        let cache = Cache::open(cfg, Arc::new(FileBackend::new(&vdir).unwrap()))
-            .await
-            .unwrap();
+        let (_dir, cache) = small_cache(&image, 0).await;
         let disk = cache.volume("disk").unwrap();
         let read = |i: usize| {
             let cache = cache.clone();
