@@ -92,9 +92,13 @@ impl Running {
                         seq,
                     },
                 );
-                self.stages[node]
+                let mut now = self.stages[node]
                     .burst_now
-                    .store(*to, std::sync::atomic::Ordering::Relaxed);
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if seq > now.0 {
+                    *now = (seq, *to);
+                }
             }
         }
         tracing::info!(target: "pipewright::controller", %decision, "plan change");

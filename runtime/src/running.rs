@@ -29,8 +29,10 @@ pub(crate) type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
 pub(crate) struct StageMeta {
     pub(crate) name: String,
     pub(crate) worker: usize,
-    /// The burst size last set (by the plan, or live by `apply`).
-    pub(crate) burst_now: std::sync::atomic::AtomicUsize,
+    /// The burst size last set (by the plan, or live by `apply`), with the number of
+    /// the change that set it: of two changes applied at once, the later-numbered one
+    /// is both the one the worker carries out and the one reported.
+    pub(crate) burst_now: std::sync::Mutex<(usize, usize)>,
     /// Present when the stage can move; says where it runs now.
     pub(crate) owner: Option<Arc<Owner>>,
     pub(crate) stats: Arc<StageStats>,

@@ -261,7 +261,7 @@ impl Runtime {
                 name: entry.name.clone(),
                 worker: worker_of[id],
                 owner: owners[id].clone(),
-                burst_now: std::sync::atomic::AtomicUsize::new(entry.node.burst()),
+                burst_now: std::sync::Mutex::new((0, entry.node.burst())),
                 stats,
                 input,
             });

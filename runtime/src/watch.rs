@@ -62,7 +62,7 @@ pub(crate) fn snapshot_of(stages: &[StageMeta]) -> Snapshot {
             .map(|(id, meta)| {
                 let mut s = meta.stats.snapshot(&meta.name);
                 s.worker = workers[id];
-                s.burst = meta.burst_now.load(std::sync::atomic::Ordering::Relaxed);
+                s.burst = meta.burst_now.lock().unwrap_or_else(|p| p.into_inner()).1;
                 if let Some((kind, capacity, probe)) = &meta.input {
                     s.queue_depth = probe();
                     s.queue_capacity = *capacity;
