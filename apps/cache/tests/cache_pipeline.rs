@@ -121,6 +121,28 @@ fn serve_reads_and_writes(memory_bytes: u64, direct_hits: bool) {
                 other => panic!("{other:?}"),
             }
         }
+        // A block read twice in a row with nothing else in flight: the first read
+        // fills its chunk (and verifies it), so the second is served from the same
+        // slot; with direct hits on, in the caller's task (the concurrent rounds
+        // above reach a resident, verified chunk only by chance).
+        let block = 999 * 4096;
+        for _ in 0..2 {
+            let resp = service
+                .clone()
+                .oneshot(BlockRequest::Read {
+                    volume: disk,
+                    offset: block,
+                    len: 4096,
+                })
+                .await
+                .unwrap();
+            match resp.expect("read ok") {
+                PathResponse::Data(d) => {
+                    assert_eq!(d[..], model[block as usize..block as usize + 4096])
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         // An out-of-range read: a typed error through the pipeline.
         let r = service
             .clone()
@@ -154,7 +176,7 @@ fn serve_reads_and_writes(memory_bytes: u64, direct_hits: bool) {
     );
     let memory = cache.stats().memory_hits;
     let direct = cache.stats().direct_hits;
-    let reads = 40 * (16 * passes as u64 + 1) + 1;
+    let reads = 40 * (16 * passes as u64 + 1) + 2 + 1;
     assert_eq!(hit + fill + memory + direct, reads);
     assert_eq!(write, 40);
     assert!(hit > 0 && fill > 0);
