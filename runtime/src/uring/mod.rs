@@ -28,18 +28,17 @@ mod bufring;
 mod driver;
 mod file;
 mod in_flight;
+mod ops;
 mod sink;
 mod udp;
 
 pub use buffers::{BufferPool, PooledBuf};
 pub(crate) use driver::configure;
-pub use driver::{
-    current_config, fdatasync, fixed_buffers_registered, read_at, read_pooled, write_at,
-    write_pooled, UringConfig,
-};
+pub use driver::{current_config, fixed_buffers_registered, UringConfig};
 pub use file::{Chunk, ChunkBytes, FileReader, ReadRange};
 pub use in_flight::{
     start_read, start_read_pooled, start_write_pooled, write_then_sync, InFlight, WriteThenSync,
 };
+pub use ops::{fdatasync, read_at, read_pooled, write_at, write_pooled};
 pub use sink::{Durable, FileSink, SinkRecord, SinkStats};
 pub use udp::{Received, UdpConfig, UdpCounters, UdpRing, MAX_SLICES};
