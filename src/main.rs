@@ -46,8 +46,18 @@ enum Command {
 }
 
 #[cfg(not(loom))]
-fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
+fn main() {
+    // The error in words, its causes after colons; never a backtrace (returning the
+    // error from `main` prints anyhow's `Debug`, with one under RUST_BACKTRACE=1).
+    if let Err(error) = run(Args::parse().command) {
+        eprintln!("Error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(loom))]
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Demo(args) => cli::demo::run(args),
         Command::Top(args) => cli::top::run(args),
         #[cfg(feature = "storage")]

@@ -362,6 +362,37 @@ fn cluster_json_names_nodes_and_peers_and_reports_its_stop() {
     let r = storage(&peers, &["status", "--json"]);
     assert_eq!(r.code, 0);
     assert_eq!(json(&r)["reachable"], 2);
+    // The clients' file serves a client, is what `client-peers` writes, and starts no
+    // node (it has no cluster key).
+    let clients = std::path::PathBuf::from(v["client_peers"].as_str().unwrap());
+    let r = storage(&clients, &["status", "--json"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(json(&r)["reachable"], 2);
+    let again = dir.join("clients-again.toml");
+    let r = storage(&peers, &["client-peers", "--out", again.to_str().unwrap()]);
+    assert_eq!(r.code, 0);
+    let text = std::fs::read_to_string(&clients).unwrap();
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), text);
+    assert!(
+        text.contains("client_key") && !text.contains("\nkey"),
+        "{text}"
+    );
+    let data = dir.join("not-a-node");
+    let r = storage(
+        &clients,
+        &[
+            "node",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("client's peers file"), "{}", r.stderr);
+    assert_readable(&r);
     // SIGTERM stops the cluster (and its nodes) cleanly.
     // SAFETY: kill(2) on our own child's pid, no memory involved.
     #[allow(unsafe_code)]

@@ -108,9 +108,10 @@ impl LocalCluster {
         }
         // A key of its own: its nodes refuse connections signed otherwise.
         let peers = Peers::new(map).with_key(crate::auth::random_passphrase()?);
-        peers
+        let saved = peers
             .save(dir.join("peers.toml"))
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .and_then(|()| peers.for_clients().save(dir.join("clients.toml")));
+        saved.map_err(|e| io::Error::other(e.to_string()))?;
         let mut cluster = Self {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -133,9 +134,15 @@ impl LocalCluster {
         &self.peers
     }
 
-    /// The peers file.
+    /// The nodes' peers file (with the cluster key).
     pub fn peers_path(&self) -> PathBuf {
         self.dir.join("peers.toml")
+    }
+
+    /// The clients' peers file (the same nodes, only the client key: see
+    /// [`Peers::for_clients`]).
+    pub fn client_peers_path(&self) -> PathBuf {
+        self.dir.join("clients.toml")
     }
 
     /// A node's data directory.

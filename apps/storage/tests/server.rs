@@ -301,12 +301,14 @@ async fn a_chain_through_an_unknown_node_is_refused() {
 }
 
 /// Two nodes of a keyed cluster (their links sign with the key: the commit crosses
-/// them): a client with another key is refused with words, a hello forged with the
-/// public development key is refused before any protocol message is read, and both
-/// are counted.
+/// them): a client with another key is refused with words, a peer's hello forged with
+/// the public development key, or with the client key a client holds, is refused
+/// before any protocol message is read, all are counted, and a client with the
+/// clients' peers file (no cluster key) commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_the_cluster_key_are_refused_and_counted() {
     use futures::{SinkExt, StreamExt};
+    use hmac::{Hmac, Mac};
     use pipewright_storage::auth::{ClusterKey, SignedHello};
     use pipewright_storage::wire::{self, Challenge, ClientResponse, Hello};
     // The nodes log through io_uring.
@@ -338,26 +340,54 @@ async fn connections_without_the_cluster_key_are_refused_and_counted() {
     );
     assert!(error.to_string().contains("key"), "{error}");
 
-    let stream = tokio::net::TcpStream::connect(addrs[&NodeId(1)])
-        .await
-        .unwrap();
-    let mut framed = tokio_util::codec::Framed::new(stream, wire::codec());
-    let challenge: Challenge = wire::decode(&framed.next().await.unwrap().unwrap()).unwrap();
-    let forged = SignedHello::sign(
-        &ClusterKey::development(),
-        &challenge,
-        Hello::Peer { from: NodeId(2) },
-    );
-    framed.send(wire::encode(&forged)).await.unwrap();
-    let answer: ClientResponse = wire::decode(&framed.next().await.unwrap().unwrap()).unwrap();
-    assert!(
-        matches!(answer, ClientResponse::Denied { .. }),
-        "{answer:?}"
-    );
-    assert!(
-        matches!(framed.next().await, None | Some(Err(_))),
-        "the connection stays open"
-    );
+    // A hello as node 2, signed by `sign` over node 1's challenge: refused and closed.
+    let pose_as_node_2 = |sign: Box<dyn Fn(&Challenge) -> SignedHello + Send>| {
+        let addr = addrs[&NodeId(1)];
+        async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut framed = tokio_util::codec::Framed::new(stream, wire::codec());
+            let challenge: Challenge =
+                wire::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+            framed.send(wire::encode(&sign(&challenge))).await.unwrap();
+            let answer: ClientResponse =
+                wire::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+            assert!(
+                matches!(answer, ClientResponse::Denied { .. }),
+                "{answer:?}"
+            );
+            assert!(
+                matches!(framed.next().await, None | Some(Err(_))),
+                "the connection stays open"
+            );
+        }
+    };
+    pose_as_node_2(Box::new(|challenge| {
+        SignedHello::sign(
+            &ClusterKey::development(),
+            challenge,
+            Hello::Peer { from: NodeId(2) },
+        )
+    }))
+    .await;
+    // A client holds the client key (the bytes of its peers file): a peer's hello
+    // tagged with it, as the hello tag is computed, is still refused.
+    let clients_file = Peers::new(addrs.clone()).with_key(KEY).for_clients();
+    let client_key = clients_file.client_key().to_hex();
+    let client_key: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&client_key[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    pose_as_node_2(Box::new(move |challenge| {
+        let hello = Hello::Peer { from: NodeId(2) };
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&client_key).unwrap();
+        mac.update(b"pipewright-storage hello v1");
+        mac.update(&wire::encode(challenge));
+        mac.update(&wire::encode(&hello));
+        SignedHello {
+            hello,
+            tag: mac.finalize().into_bytes().into(),
+        }
+    }))
+    .await;
 
     // A peers file that puts node 1 at node 2's address: node 2 says who it is, and the
     // client refuses to sign for it.
@@ -373,11 +403,23 @@ async fn connections_without_the_cluster_key_are_refused_and_counted() {
         "{error}"
     );
 
-    let client =
-        StorageClient::with_timeout(Peers::new(addrs).with_key(KEY), Duration::from_secs(5));
+    // The clients' file, as a client reads it: it commits, and cannot start a node.
+    let clients_file = Peers::parse(&clients_file.to_toml()).unwrap();
+    let started = NodeServer::start(NodeOptions::new(
+        NodeId(3),
+        free_addr(),
+        dir.path().join("n3"),
+        clients_file.clone(),
+    ))
+    .await;
+    let Err(refused) = started else {
+        panic!("a node started from the clients' file");
+    };
+    assert!(refused.to_string().contains("client"), "{refused}");
+    let client = StorageClient::with_timeout(clients_file, Duration::from_secs(5));
     client.commit(txn()).await.unwrap();
     let status = client.status(NodeId(1)).await.unwrap();
-    assert_eq!(status.auth_failures, 2);
+    assert_eq!(status.auth_failures, 3);
     for node in nodes {
         node.stop().await;
     }

@@ -68,6 +68,19 @@ enum StorageCommand {
     /// still in doubt at the timeout, 5 if no node answers, 1 if nodes disagree).
     #[command(after_help = EXIT_CODES)]
     Resolve(PeersArg),
+    /// Write the clients' peers file from the nodes' one: the same nodes and, in place
+    /// of the cluster key, the key clients sign with (it cannot pose as a node).
+    ClientPeers(ClientPeersArgs),
+}
+
+#[derive(Args, Debug)]
+struct ClientPeersArgs {
+    /// The nodes' peers file (with `key`).
+    #[arg(long)]
+    peers: PathBuf,
+    /// Where to write the clients' file (created readable by its owner only).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -234,17 +247,31 @@ pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
         StorageCommand::Status(a) => status(a),
         StorageCommand::Bench(a) => bench(a),
         StorageCommand::Resolve(a) => resolve(a),
+        StorageCommand::ClientPeers(a) => client_peers(a),
     }
+}
+
+fn client_peers(a: ClientPeersArgs) -> anyhow::Result<()> {
+    let peers = Peers::load(&a.peers)?;
+    peers.cluster_key()?;
+    peers.for_clients().save(&a.out)?;
+    println!(
+        "wrote {}: give it to the clients in place of {}",
+        a.out.display(),
+        a.peers.display()
+    );
+    Ok(())
 }
 
 fn node(a: NodeArgs) -> anyhow::Result<()> {
     let peers = Peers::load(&a.peers)?;
-    if peers.cluster_key().is_development() {
+    if peers.cluster_key()?.is_development() {
         eprintln!(
             "warning: the peers file {} has no `key`: the node takes connections signed with \
              the public development key, so anyone who reaches its port can start \
              transactions or pose as a peer; add `key = \"<a long random passphrase>\"` \
-             (the same on every node and client) outside a test",
+             (the same on every node; clients get `pipewright storage client-peers`' file) \
+             outside a test",
             a.peers.display()
         );
     }
@@ -312,6 +339,7 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     let mut cluster = LocalCluster::start(&exe, &dir, a.nodes, a.base_port, &a.tunables.args())
         .context("starting the node processes")?;
     let peers = cluster.peers_path();
+    let clients = cluster.client_peers_path();
     if a.json {
         let nodes: Vec<_> = cluster
             .peers()
@@ -328,6 +356,7 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
             "event": "running",
             "nodes": nodes,
             "peers": peers.display().to_string(),
+            "client_peers": clients.display().to_string(),
         });
         println!("{v}");
     } else {
@@ -338,8 +367,15 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
                 cluster.data_dir(id).display()
             );
         }
-        println!("peers file: {}", peers.display());
-        println!("try: pipewright storage bench --peers {}", peers.display());
+        println!(
+            "peers file: {} (clients': {})",
+            peers.display(),
+            clients.display()
+        );
+        println!(
+            "try: pipewright storage bench --peers {}",
+            clients.display()
+        );
         println!("Ctrl-C stops the cluster");
     }
     std::io::Write::flush(&mut std::io::stdout())?;

@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::ClientError;
-use crate::auth::{ClusterKey, SignedHello};
+use crate::auth::{ClientKey, SignedHello};
 use crate::types::{ClientId, NodeId, TxnId};
-use crate::wire::{self, codec, Challenge, ClientRequest, ClientResponse, FrameError, Hello};
+use crate::wire::{self, codec, Challenge, ClientRequest, ClientResponse, FrameError};
 
 /// Answers a connection's reader routes to waiting callers.
 #[derive(Debug, Default)]
@@ -66,13 +66,14 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Connect, say hello as `client` (signed with `key` over the node's challenge),
+    /// Connect, say hello as `client` (signed with the client key `key` over the node's
+    /// challenge),
     /// and wait for the node's welcome.
     pub(super) async fn open(
         node: NodeId,
         addr: SocketAddr,
         client: ClientId,
-        key: &ClusterKey,
+        key: &ClientKey,
         waiters: Arc<Waiters>,
         timeout: Duration,
     ) -> Result<Conn, ClientError> {
@@ -87,7 +88,7 @@ impl Conn {
                     challenge.node
                 )));
             }
-            let hello = SignedHello::sign(key, &challenge, Hello::Client { id: client });
+            let hello = SignedHello::client(key, &challenge, client);
             framed.send(wire::encode(&hello)).await?;
             match next_frame::<ClientResponse>(&mut framed).await? {
                 ClientResponse::Welcome { .. } => Ok(Ok(framed)),

@@ -318,7 +318,7 @@ impl StorageClient {
             return Ok(conn.clone());
         }
         let inner = &self.inner;
-        let key = inner.peers.cluster_key();
+        let key = inner.peers.client_key();
         let conn = Conn::open(
             node,
             addr,

@@ -241,6 +241,9 @@ pub enum NodeError {
     /// The log cannot be recovered from.
     #[error("recovery: {0}")]
     Recover(#[from] RecoverError),
+    /// The peers file holds no cluster key (it is a client's).
+    #[error("{0}")]
+    Peers(#[from] crate::peers::PeersError),
     /// The pipeline could not be built or started.
     #[error("starting the pipeline: {0}")]
     Start(String),
@@ -301,6 +304,7 @@ impl NodeServer {
     /// `pipewright storage node` does) for as long as the node serves.
     pub async fn start(opts: NodeOptions) -> Result<NodeServer, NodeError> {
         let began = std::time::Instant::now();
+        let key = opts.peers.cluster_key()?;
         std::fs::create_dir_all(&opts.data).map_err(io("creating the data directory"))?;
         crate::log::format::check(&opts.data)?;
         let pages = PageStore::open(opts.data.join("pages"), opts.pages)?;
@@ -406,7 +410,6 @@ impl NodeServer {
         fx.stats
             .log_disk_bytes
             .store(segments::disk_bytes(&opts.data), Ordering::Relaxed);
-        let key = opts.peers.cluster_key();
         #[cfg(feature = "faults")]
         net::start_links(opts.id, &key, pending_links, &input, opts.net_faults, &fx);
         #[cfg(not(feature = "faults"))]
