@@ -81,6 +81,11 @@ impl Drop for Proc {
 }
 
 fn agent(dir: &Path, listen: &str) -> Proc {
+    agent_leasing(dir, listen, "3000")
+}
+
+/// An agent whose leases last `lease_ms`.
+fn agent_leasing(dir: &Path, listen: &str, lease_ms: &str) -> Proc {
     Proc::spawn(&[
         "agent",
         "--listen",
@@ -88,7 +93,7 @@ fn agent(dir: &Path, listen: &str) -> Proc {
         "--data",
         dir.to_str().unwrap(),
         "--lease-ms",
-        "3000",
+        lease_ms,
         "--blackout-ms",
         "300",
         "--dead-after-ms",
@@ -268,10 +273,15 @@ async fn producer_killed_mid_run() {
     }
 }
 
+/// A lease length no outage in these tests comes near.
+const LONG_LEASE_MS: &str = "60000";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_and_restarted() {
     let dir = TempDir::new();
-    let mut a = agent(dir.path(), "127.0.0.1:0");
+    // Leases far longer than the outage, however long it lasts on a slow machine: the
+    // clients work on them meanwhile, and the restarted agent adopts them unexpired.
+    let mut a = agent_leasing(dir.path(), "127.0.0.1:0", LONG_LEASE_MS);
     let addr = a.addr;
     let _ps: Vec<Proc> = (1..=3).map(|i| producer(i, addr, &[])).collect();
     wait_live(addr, 3).await;
@@ -290,7 +300,7 @@ async fn agent_killed_and_restarted() {
     // Consumers keep working on their leases while the agent is down.
     let down_at = tally.ok.load(Ordering::Relaxed);
     wait_done(&tally, (down_at + 1_000).min(total - 100)).await;
-    let a2 = agent(dir.path(), &addr.to_string());
+    let a2 = agent_leasing(dir.path(), &addr.to_string(), LONG_LEASE_MS);
     assert_eq!(a2.addr, addr);
     // The registry brought every producer back before any reported.
     let s = status(addr).await.unwrap();
@@ -299,8 +309,10 @@ async fn agent_killed_and_restarted() {
     let ok = tally.ok.load(Ordering::Relaxed);
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(ok, total);
-    // Leases issued by the first agent were renewed by the second.
-    for _ in 0..100 {
+    // Leases issued by the first agent were renewed by the second (the deadline only
+    // turns a hang into a failure).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if status(addr).await.is_some_and(|s| s.renewed > 0) {
             break;
         }
@@ -314,24 +326,58 @@ async fn agent_killed_and_restarted() {
     assert!(s.renewed > 0);
 }
 
+/// The degrading producer's delays, tried in turn: a longer one only if the phase
+/// measured before the degradation did not end inside the shorter one on this machine.
+const DEGRADE_AFTER_MS: [u64; 3] = [2_500, 10_000, 40_000];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degrading_producer_loses_share() {
+    for after_ms in DEGRADE_AFTER_MS {
+        match degrade_run(Duration::from_millis(after_ms)).await {
+            Some((before, after)) => {
+                println!("degrading producer: share {before:.3} -> {after:.3}");
+                assert!(after < before / 3.0, "{before} -> {after}");
+                return;
+            }
+            None => println!(
+                "degrading producer: the phase before the degradation outlasted {after_ms} ms; \
+                 again with a longer delay"
+            ),
+        }
+    }
+    panic!("the phase before the degradation outlasted every delay in {DEGRADE_AFTER_MS:?} ms");
+}
+
+/// Producer 3's share of the completions (from the producers' own completion rates)
+/// before and after it degrades `degrade_after` from its start, or `None` if the
+/// phase before did not provably end before the degradation.
+async fn degrade_run(degrade_after: Duration) -> Option<(f64, f64)> {
     let dir = TempDir::new();
     let a = agent(dir.path(), "127.0.0.1:0");
     let _p1 = producer(1, a.addr, &[]);
     let _p2 = producer(2, a.addr, &[]);
+    let degrade_after_ms = degrade_after.as_millis().to_string();
+    // Its clock starts after this and before it prints its address: it degrades no
+    // sooner than `spawned + degrade_after`, and no later than `listening + degrade_after`.
+    let spawned = std::time::Instant::now();
     let _p3 = producer(
         3,
         a.addr,
-        &["--degrade-after-ms", "2500", "--degrade-factor", "30"],
+        &[
+            "--degrade-after-ms",
+            &degrade_after_ms,
+            "--degrade-factor",
+            "30",
+        ],
     );
+    let listening = std::time::Instant::now();
     wait_live(a.addr, 3).await;
     let cs = clients(a.addr, 6, 2);
     for c in &cs {
         assert!(c.wait_ready(Duration::from_secs(10)).await);
     }
-    // Shares from the producers' own completion rates, one phase before the
-    // degradation and one after (fixed request counts, not time windows).
+    // One phase before the degradation and one after (fixed request counts, not time
+    // windows).
     let share3 = |s: &AgentStatus| {
         let total: f64 = s.producers.iter().map(|p| p.report.rps).sum();
         let p3 = s
@@ -344,8 +390,13 @@ async fn degrading_producer_loses_share() {
     let tally = Arc::new(Tally::default());
     assert!(drive(&cs, 4, 1_500, tally.clone()).await.is_empty());
     let before = share3(&status(a.addr).await.unwrap());
-    // Wait until the degradation has begun (its clock), then keep loading.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // Every report in `before` was made before now: undegraded only if now is before
+    // the earliest moment the degradation can begin.
+    if spawned.elapsed() >= degrade_after {
+        return None;
+    }
+    // Until the degradation has certainly begun (its clock), then keep loading.
+    tokio::time::sleep_until((listening + degrade_after).into()).await;
     let mut after = 1.0;
     for _round in 0..40 {
         assert!(drive(&cs, 4, 500, tally.clone()).await.is_empty());
@@ -354,8 +405,7 @@ async fn degrading_producer_loses_share() {
             break;
         }
     }
-    println!("degrading producer: share {before:.3} -> {after:.3}");
-    assert!(after < before / 3.0, "{before} -> {after}");
+    Some((before, after))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

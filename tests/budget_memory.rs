@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pipewright::layer::ByteBudget;
 use pipewright::{stage, IterSource, PipelineBuilder, Plan, Runtime};
@@ -43,16 +43,34 @@ fn a_stalled_sink_pauses_the_source_within_the_budget() {
     // Big rings: without the budget, thousands of items would queue up.
     let running =
         Runtime::start(b.build().unwrap(), Plan::per_stage().ring_capacity(4096)).unwrap();
+    // Until the source has spent the budget and been refused the next item (it holds
+    // that one, pulled, and pauses): the deadline only turns a hang into a failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(budget.in_flight() == BUDGET && ALLOC.live() > BUDGET / ITEM) {
+        assert!(budget.in_flight() <= BUDGET);
+        assert!(
+            Instant::now() < deadline,
+            "the source never filled the budget: {} bytes in flight, {} item buffers alive",
+            budget.in_flight(),
+            ALLOC.live()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // It stays paused while the sink stays stalled: whatever runs meanwhile, nothing
+    // more may be allocated (this wait decides nothing on a working budget).
     std::thread::sleep(Duration::from_millis(300));
     let peak_while_stalled = ALLOC.peak();
     assert!(budget.in_flight() <= BUDGET);
     stalled.store(false, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(100));
-    let snap = running.snapshot();
-    assert!(
-        snap.stage("slow").unwrap().items_in > 64,
-        "the sink resumed and items flowed"
-    );
+    // Until items flow again (the deadline only turns a hang into a failure).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running.snapshot().stage("slow").unwrap().items_in <= 64 {
+        assert!(
+            Instant::now() < deadline,
+            "the sink resumed but items did not flow"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     running.abort().unwrap();
     // The sink holds one item while stalled; the budget covers everything in flight.
     assert!(

@@ -7,8 +7,9 @@
 // The tests run the `pipewright` binary, which needs the feature `cli`.
 #![cfg(all(feature = "nic", feature = "cli"))]
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pipewright::nic::host::{Host, UnderlaySpec, VfKind, VfSpec, VniSpec};
 use pipewright::nic::wire::MacAddr;
@@ -110,16 +111,18 @@ vf = 0
     let config_path = dir.join("nic.toml");
     std::fs::write(&config_path, config).unwrap();
 
-    let child = Command::new("ip")
+    // Runs until the test stops it with SIGTERM once the pings are done (`--seconds`
+    // only bounds it if the test goes away), however long it takes to start.
+    let mut child = Command::new("ip")
         .args(["netns", "exec", host.dp_ns().name()])
         .arg(env!("CARGO_BIN_EXE_pipewright"))
         .args([
             "nic",
             "run",
             "--seconds",
-            "4",
+            "600",
             "--refresh-ms",
-            "1000",
+            "200",
             "--config",
         ])
         .arg(&config_path)
@@ -127,7 +130,47 @@ vf = 0
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Both outputs are read to the end on their own threads (so the child never
+    // blocks on a full pipe); each tells when its line has come.
+    let (seen, lines) = std::sync::mpsc::channel();
+    let reader = |pipe: Box<dyn std::io::Read + Send>, marker: &'static str| {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(marker) {
+                    let _ = seen.send(marker);
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        })
+    };
+    // `data plane running:` (stderr) comes once the data plane is up; the first frame
+    // of the live view (stdout) once the SIGTERM handler is installed.
+    let stderr = reader(
+        Box::new(child.stderr.take().unwrap()),
+        "data plane running:",
+    );
+    let stdout = reader(Box::new(child.stdout.take().unwrap()), "pipewright nic run");
+    drop(seen);
+    let mut waiting = vec!["data plane running:", "pipewright nic run"];
+    // The deadline only turns a hang into a failure.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(marker) => waiting.retain(|m| *m != marker),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+                panic!("`nic run` never printed {waiting:?} ({status}):\n{stdout}\n{stderr}");
+            }
+        }
+    }
     let ping = Command::new("ip")
         .args([
             "netns",
@@ -144,10 +187,30 @@ vf = 0
         ])
         .output()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nic run failed:\n{stdout}\n{stderr}");
+    // `ip netns exec` ran the binary in its own place: this is `nic run`'s pid.
+    let term = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success(), "kill -TERM {}: {term}", child.id());
+    // It stops at its next refresh; the deadline only turns a hang into a failure.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(
+        status.success(),
+        "nic run did not stop cleanly on SIGTERM ({status}):\n{stdout}\n{stderr}"
+    );
     assert!(
         ping.status.success(),
         "ping through `nic run`: {}\n{stdout}\n{stderr}",

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use pipewright::{stage, PipelineBuilder, Plan, Runtime};
@@ -22,6 +22,8 @@ impl Drop for Gate {
 fn a_cancelled_send_async_is_never_sent() {
     let gate = Gate(Arc::new(AtomicBool::new(false)));
     let open = gate.0.clone();
+    let entered = Arc::new(AtomicBool::new(false));
+    let holding = entered.clone();
     let b = PipelineBuilder::new();
     let (input, items) = b.input::<u64>("items");
     // Holds its first item until the gate opens, so the input ring fills up.
@@ -29,6 +31,7 @@ fn a_cancelled_send_async_is_never_sent() {
         .then(
             "gate",
             stage::map(move |x: u64| {
+                holding.store(true, Ordering::Release);
                 while !open.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -43,9 +46,17 @@ fn a_cancelled_send_async_is_never_sent() {
         running.output(&out).unwrap(),
     );
 
-    // Fill the input: the stage holds one item, the ring the rest.
-    let mut sent = Vec::new();
-    for x in 0.. {
+    // The stage takes item 0 and holds it (the worker takes nothing more until the
+    // gate opens); the deadline only turns a hang into a failure.
+    tx.send(0).unwrap();
+    let mut sent = vec![0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !entered.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "the stage never took item 0");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Fill the input ring behind it.
+    for x in 1.. {
         match tx.try_send(x) {
             Ok(()) => sent.push(x),
             Err(_) => break,

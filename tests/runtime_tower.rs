@@ -1,5 +1,6 @@
 //! tower interop both ways, async stages and their layers, on real workers.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
@@ -209,9 +210,10 @@ fn timeout_layer_fails_the_rest_of_a_stuck_burst() {
     let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
     let rx = running.output(&out).unwrap();
     let mut tx = running.input(&input).unwrap();
-    for x in [1, 2, 1_000, 3] {
-        tx.send(x).unwrap();
-    }
+    // One send of all four, so the worker takes them as one burst (not as many bursts
+    // as it happened to wake up for).
+    tx.send_burst(&mut VecDeque::from([1, 2, 1_000, 3]))
+        .unwrap();
     drop(tx);
     let report = running.drain().unwrap();
     let got = rx.collect();

@@ -8,7 +8,7 @@ mod storage_common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,9 @@ use pipewright_storage::bank::Bank;
 use pipewright_storage::client::{ClientError, Transaction};
 use pipewright_storage::wire::{self, Challenge, Hello};
 use pipewright_storage::{io_runtime, ClientId, NodeId, PageId};
-use storage_common::{audit, spawn_workload, Counts, TestCluster};
+use storage_common::{
+    audit, spawn_counted_workload, spawn_workload, wait_for_attempts, Counts, TestCluster,
+};
 use tower::{Service, ServiceExt};
 
 #[test]
@@ -30,20 +32,23 @@ fn bank_with_concurrent_clients_keeps_its_total() {
     let rt = io_runtime(2).unwrap();
     let bank = Arc::new(Bank::new(cluster.client(), 8));
     rt.block_on(bank.open(1000)).unwrap();
-    let (stop, counts) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Counts::default()),
+    // A fixed number of transfer attempts, however long they take on this machine.
+    let transfers = 200;
+    let (done, counts) = (Arc::new(AtomicU64::new(0)), Arc::new(Counts::default()));
+    let tasks = spawn_counted_workload(&rt, &bank, &cluster, 4, None, transfers, &done, &counts);
+    assert!(
+        wait_for_attempts(&done, transfers, Duration::from_secs(60)),
+        "no transfer finished for 60 s: {}",
+        counts.line()
     );
-    let tasks = spawn_workload(&rt, &bank, &cluster, 4, None, &stop, &counts);
-    std::thread::sleep(Duration::from_secs(5));
-    stop.store(true, Ordering::Relaxed);
     for t in tasks {
         rt.block_on(t).unwrap();
     }
     println!("bank: {}", counts.line());
     assert!(
         counts.committed.load(Ordering::Relaxed) > 20,
-        "too few transfers committed"
+        "too few of {transfers} transfers committed: {}",
+        counts.line()
     );
     audit(&rt, &bank, "bank");
 
@@ -136,7 +141,7 @@ fn malformed_frames_close_only_their_connection() {
     // A client connection that keeps working throughout.
     rt.block_on(client.read(NodeId(2), PageId(0))).unwrap();
 
-    let key = cluster.cluster.peers().cluster_key();
+    let key = cluster.cluster.peers().cluster_key().unwrap();
     let garbage_hello = [&4u32.to_be_bytes()[..], &[0xff, 0xff, 0xff, 0xff]].concat();
     assert!(send_raw(addr, None, &garbage_hello), "bad hello not closed");
     let client_hello = Hello::Client { id: ClientId(7) };

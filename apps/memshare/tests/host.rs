@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pipewright_memshare::{
     frames, marker, marker_seed, page_checksum, selected, write_manifest, write_threshold,
@@ -214,12 +214,10 @@ fn kill_9_leaves_the_others_running_and_the_refcounts_right() {
         .status()
         .unwrap();
     assert!(st.success());
-    std::thread::sleep(Duration::from_millis(50));
+    // Until the host has reaped it (the deadline only turns a hang into a failure).
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut reaped = h.reap();
-    for _ in 0..100 {
-        if !reaped.is_empty() {
-            break;
-        }
+    while reaped.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         reaped = h.reap();
     }
@@ -410,10 +408,10 @@ fn bad_input_gets_typed_errors_and_the_others_go_on() {
         Err(Error::Guest(GuestError::Deadline { ms: 300 }))
     ));
     drop(host_short);
-    for _ in 0..100 {
-        if h.vms() == vec![good] {
-            break;
-        }
+    // Until the host has reaped the VMs that failed (the deadline only turns a hang
+    // into a failure).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.vms() != vec![good] && Instant::now() < deadline {
         h.reap();
         std::thread::sleep(Duration::from_millis(20));
     }
