@@ -11,6 +11,7 @@ use futures::stream::{FuturesUnordered, Stream};
 use tower_service::Service;
 
 use crate::tagged::Ticket;
+use crate::tower_stage::poll_ready_caught;
 use crate::{AsyncStage, Burst, Failures, Outbox, RequestError, StageError, Tagged};
 
 /// One call on behalf of one request: resolves to the request with the call's result.
@@ -78,6 +79,8 @@ impl<S: Service<T>, T, R> TaggedService<S, T, R> {
 enum Step<U, R, E> {
     Ready(Result<(), E>),
     Done(Tagged<U, R>),
+    /// `poll_ready` panicked (see [`poll_ready_caught`]).
+    Panicked(Box<dyn std::any::Any + Send>),
 }
 
 impl<S, T, R> AsyncStage for TaggedService<S, T, R>
@@ -113,8 +116,10 @@ where
                     return Poll::Ready(Step::Done(done));
                 }
                 if self.in_flight.len() < window {
-                    if let Poll::Ready(ready) = self.service.poll_ready(cx) {
-                        return Poll::Ready(Step::Ready(ready));
+                    match poll_ready_caught(&mut self.service, cx) {
+                        Ok(Poll::Ready(ready)) => return Poll::Ready(Step::Ready(ready)),
+                        Ok(Poll::Pending) => {}
+                        Err(payload) => return Poll::Ready(Step::Panicked(payload)),
                     }
                 }
                 Poll::Pending
@@ -122,6 +127,12 @@ where
             .await;
             match step {
                 Step::Done(done) => out.push(done),
+                Step::Panicked(payload) => {
+                    // The item it was getting ready for is the one the panic costs
+                    // (its ticket, dropped, answers its caller).
+                    drop(burst.pop());
+                    std::panic::resume_unwind(payload);
+                }
                 Step::Ready(ready) => {
                     let (ticket, value) = burst.pop().expect("peeked").into_parts();
                     let value = value.expect("checked to be a value");

@@ -136,6 +136,19 @@ impl<S: Service<Req>, Req> ServiceStage<S, Req> {
 enum Step<R, E> {
     Ready(Result<(), E>),
     Done(Result<R, E>),
+    /// `poll_ready` panicked (its payload).
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+/// Polls `service` for readiness; `Err` with the payload if `poll_ready` panicked. The
+/// caller then drops the item it was getting ready for and resumes the panic, so the
+/// panic costs that item (counted as one lost, as the node counts a burst's panic)
+/// rather than one that is still in the burst and served later.
+pub(crate) fn poll_ready_caught<S: Service<Req>, Req>(
+    service: &mut S,
+    cx: &mut Context<'_>,
+) -> Result<Poll<Result<(), S::Error>>, Box<dyn std::any::Any + Send>> {
+    crate::node::catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx)))
 }
 
 fn settle<R, E>(done: Result<R, E>, out: &mut Outbox<'_, R>, failures: &mut Failures<'_, E>) {
@@ -173,14 +186,20 @@ where
                     return Poll::Ready(Step::Done(done));
                 }
                 if self.in_flight.len() < window {
-                    if let Poll::Ready(ready) = self.service.poll_ready(cx) {
-                        return Poll::Ready(Step::Ready(ready));
+                    match poll_ready_caught(&mut self.service, cx) {
+                        Ok(Poll::Ready(ready)) => return Poll::Ready(Step::Ready(ready)),
+                        Ok(Poll::Pending) => {}
+                        Err(payload) => return Poll::Ready(Step::Panicked(payload)),
                     }
                 }
                 Poll::Pending
             })
             .await;
             match step {
+                Step::Panicked(payload) => {
+                    drop(burst.pop());
+                    std::panic::resume_unwind(payload);
+                }
                 Step::Ready(Ok(())) => {
                     let request = burst.pop().expect("burst checked non-empty");
                     let call = self.service.call(request);
