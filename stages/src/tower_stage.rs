@@ -147,7 +147,7 @@ enum Step<R, E> {
 pub(crate) fn poll_ready_caught<S: Service<Req>, Req>(
     service: &mut S,
     cx: &mut Context<'_>,
-) -> Result<Poll<Result<(), S::Error>>, Box<dyn std::any::Any + Send>> {
+) -> std::thread::Result<Poll<Result<(), S::Error>>> {
     crate::node::catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx)))
 }
 
