@@ -13,9 +13,25 @@ use super::{ChunkKey, Entry, Inner};
 impl Inner {
     /// One eviction batch of (at most) `want` victims: the policy's victims are
     /// flushed if dirty, leave the index, get new instance ids in one durable commit,
-    /// and only then become free. The caller holds `evict_lock`. Returns how many
-    /// slots it freed.
-    pub(super) async fn evict_batch(self: &Arc<Self>, want: u32) -> Result<u64, CacheError> {
+    /// and only then become free. `held` is `evict_lock`, held until the batch ends.
+    /// Returns how many slots it freed. Once called it runs to its end even if the
+    /// caller's future is dropped (a cancelled request that needed a slot): victims
+    /// taken from the policy or the index half way would otherwise be lost until a
+    /// restart.
+    pub(super) async fn evict_batch(
+        self: &Arc<Self>,
+        held: tokio::sync::OwnedMutexGuard<()>,
+        want: u32,
+    ) -> Result<u64, CacheError> {
+        let inner = self.clone();
+        super::detached(async move {
+            let _held = held;
+            inner.evict_batch_now(want).await
+        })
+        .await
+    }
+
+    async fn evict_batch_now(self: &Arc<Self>, want: u32) -> Result<u64, CacheError> {
         // Slots whose retirement failed to commit earlier come first (they hold
         // nothing a reader can find).
         let unretired = std::mem::take(&mut self.lock().unretired);
@@ -115,8 +131,8 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
         if (inner.lock().free.len() as u32) >= inner.cfg.low_watermark {
             continue;
         }
-        let _g = inner.evict_lock.lock().await;
         loop {
+            let held = inner.evict_lock.clone().lock_owned().await;
             let free = inner.lock().free.len() as u32;
             if free >= inner.cfg.high_watermark {
                 break;
@@ -125,7 +141,7 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
             // the commit's sync, not the choice of victims, is what costs), never
             // fewer than `eviction_batch`.
             let want = (inner.cfg.high_watermark - free).max(inner.cfg.eviction_batch);
-            match inner.evict_batch(want).await {
+            match inner.evict_batch(held, want).await {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {
@@ -139,8 +155,10 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use crate::backend::FileBackend;
     use crate::cache::Cache;
@@ -188,6 +206,46 @@ mod tests {
         assert!(!cache.inner.lock().unretired.is_empty());
         cache.write(disk, 0, &[9u8; 4096]).await.unwrap();
         assert_eq!(cache.read(disk, 0, 4096).await.unwrap(), vec![9u8; 4096]);
+    }
+
+    /// An eviction whose caller is dropped half way (a request cancelled while it
+    /// waited for a slot) still ends: its victims end free, not lost until a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_eviction_dropped_half_way_still_frees_its_victims() {
+        let image: Vec<u8> = (0..8 * CHUNK).map(|i| (i / 4096) as u8).collect();
+        let (_dir, cache) = small_cache(&image, 0).await;
+        let disk = cache.volume("disk").unwrap();
+        for c in 0..4u64 {
+            cache.read(disk, c * CHUNK as u64, 4096).await.unwrap();
+        }
+        let free_before = cache.inner.lock().free.len();
+        let want = free_before as u32 + 2;
+        // Polled once, then dropped: it stops at its first wait (the retirement's
+        // metadata commit, on a blocking thread).
+        {
+            let mut eviction = std::pin::pin!(cache.evict_to(want));
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(eviction.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "the eviction finished in one poll");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache.inner.lock().free.len() < want as usize {
+            let (free, unretired) = {
+                let st = cache.inner.lock();
+                (st.free.len(), st.unretired.len())
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the dropped eviction's victims never became free: {free} free, {unretired} unretired"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // And the cache serves every chunk's bytes.
+        for c in 0..8u64 {
+            let off = c * CHUNK as u64;
+            let got = cache.read(disk, off, 4096).await.unwrap();
+            assert_eq!(got[..], image[off as usize..off as usize + 4096]);
+        }
     }
 
     /// A retirement whose metadata commit fails leaves its slots neither free nor

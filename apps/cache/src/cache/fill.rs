@@ -275,7 +275,7 @@ impl Inner {
             }
             // Waits are bounded: a slot whose fill completed becomes evictable without
             // anything being freed (no notification), so eviction is tried again.
-            let guard = match self.evict_lock.try_lock() {
+            let held = match self.evict_lock.clone().try_lock_owned() {
                 Ok(g) => g,
                 Err(_) => {
                     // Someone is evicting: wait for freed slots.
@@ -283,8 +283,7 @@ impl Inner {
                     continue;
                 }
             };
-            let n = self.evict_batch(self.cfg.eviction_batch).await?;
-            drop(guard);
+            let n = self.evict_batch(held, self.cfg.eviction_batch).await?;
             if n == 0 {
                 // Nothing evictable now (every slot is being filled): wait.
                 let _ = tokio::time::timeout(RETRY_EVICTION, notified).await;
@@ -448,10 +447,18 @@ impl Inner {
 
     /// Gives `slots` (already out of the index) new instance ids, durably, and only
     /// then frees them.
+    /// Runs to its end once called, even if the caller's future is dropped meanwhile
+    /// (the slots are reset at once, and must end free, or in `unretired` if the
+    /// commit fails).
     pub(super) async fn retire(self: &Arc<Self>, slots: &[u32]) -> Result<(), CacheError> {
         if slots.is_empty() {
             return Ok(());
         }
+        let (inner, slots) = (self.clone(), slots.to_vec());
+        super::detached(async move { inner.retire_now(&slots).await }).await
+    }
+
+    async fn retire_now(self: &Arc<Self>, slots: &[u32]) -> Result<(), CacheError> {
         let (records, next) = {
             let mut st = self.lock();
             let mut records = Vec::with_capacity(slots.len());

@@ -122,7 +122,7 @@ struct Inner {
     backend: Arc<dyn Backend>,
     state: Mutex<State>,
     slot_locks: Vec<tokio::sync::Mutex<()>>,
-    evict_lock: tokio::sync::Mutex<()>,
+    evict_lock: Arc<tokio::sync::Mutex<()>>,
     free_notify: Notify,
     evict_wanted: Arc<Notify>,
     /// Wakes the publisher of clean fills' metadata (see [`publisher`]).
@@ -189,6 +189,21 @@ async fn publisher(weak: std::sync::Weak<Inner>) {
                 eprintln!("pipewright-cache: publishing fill metadata failed (will retry): {e}");
             }
         }
+    }
+}
+
+/// Runs `work` as a task of its own and waits for it: once started it runs to its end
+/// even if the caller's future is dropped (a request cancelled by its client), for
+/// work that must not stop half way (slots out of the index but not yet free).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, CacheError>> + Send + 'static,
+) -> Result<T, CacheError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(CacheError::Io(io::Error::other(format!(
+            "the runtime stopped the task: {e}"
+        )))),
     }
 }
 
@@ -416,10 +431,10 @@ impl Cache {
             if self.inner.lock().free.len() as u32 >= free {
                 return Ok(evicted);
             }
-            let _g = self.inner.evict_lock.lock().await;
+            let held = self.inner.evict_lock.clone().lock_owned().await;
             let n = self
                 .inner
-                .evict_batch(self.inner.cfg.eviction_batch)
+                .evict_batch(held, self.inner.cfg.eviction_batch)
                 .await?;
             if n == 0 {
                 return Ok(evicted);

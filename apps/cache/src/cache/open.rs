@@ -190,7 +190,7 @@ impl Inner {
             meta,
             backend,
             slot_locks,
-            evict_lock: tokio::sync::Mutex::new(()),
+            evict_lock: Arc::new(tokio::sync::Mutex::new(())),
             free_notify: Notify::new(),
             evict_wanted: Arc::new(Notify::new()),
             publish_wanted: Arc::new(Notify::new()),
