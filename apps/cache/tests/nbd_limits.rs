@@ -78,15 +78,22 @@ fn connect_raw(addr: std::net::SocketAddr) -> TcpStream {
 
 /// The newstyle handshake, export `disk` by `NBD_OPT_EXPORT_NAME`.
 fn connect(addr: std::net::SocketAddr) -> TcpStream {
-    connect_with(addr, None)
+    connect_with(addr, None, None)
 }
 
 /// The handshake on a socket whose receive buffer is `recv_buffer` bytes (fixed: no
-/// autotuning), if given.
-fn connect_with(addr: std::net::SocketAddr, recv_buffer: Option<usize>) -> TcpStream {
+/// autotuning), if given, from address `from` if given.
+fn connect_with(
+    addr: std::net::SocketAddr,
+    recv_buffer: Option<usize>,
+    from: Option<std::net::IpAddr>,
+) -> TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     if let Some(n) = recv_buffer {
         sock.set_recv_buffer_size(n).unwrap();
+    }
+    if let Some(ip) = from {
+        sock.bind(&std::net::SocketAddr::new(ip, 0).into()).unwrap();
     }
     sock.connect(&addr.into()).unwrap();
     let mut s: TcpStream = sock.into();
@@ -203,6 +210,41 @@ fn connections_beyond_the_maximum_are_refused_and_counted() {
     );
 }
 
+/// One peer address holds at most its share of the connections: one more from it is
+/// refused and counted, while another address (127.0.0.2, also loopback) is served.
+#[test]
+fn connections_beyond_a_peers_share_are_refused_while_other_peers_are_served() {
+    let g = serve(false, |s| s.max_connections(8).max_connections_per_peer(2));
+    let here: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let a = connect_with(g.addr, None, Some(here));
+    let _b = connect_with(g.addr, None, Some(here));
+    let mut third = connect_raw(g.addr);
+    assert!(
+        closed_by_server(&mut third),
+        "a third connection from one peer was served"
+    );
+    assert_eq!(g.stats.refused_connections.load(Ordering::Relaxed), 1);
+    let mut other = connect_with(g.addr, None, Some("127.0.0.2".parse().unwrap()));
+    other.write_all(&request(0, 9, 0, 4096)).unwrap();
+    assert_eq!(reply(&mut other), (0, 9));
+    let mut data = vec![0u8; 4096];
+    other.read_exact(&mut data).unwrap();
+    assert_eq!(data, (0..4096).map(pattern).collect::<Vec<_>>());
+    // A connection that ends gives its peer's place back.
+    drop(a);
+    let mut served = None;
+    for _ in 0..3000 {
+        let mut s = connect_raw(g.addr);
+        let mut hello = [0u8; 18];
+        if s.read_exact(&mut hello).is_ok() {
+            served = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(served.is_some(), "the peer's place was not given back");
+}
+
 /// A client that pipelines four 16 MiB reads and four 4 MiB writes without reading
 /// its replies (its receive buffer is small, so read data cannot drain into the
 /// kernel): under a 32 MiB budget the server takes two reads and then waits, holding
@@ -213,7 +255,7 @@ fn pipelined_large_requests_wait_for_the_byte_budget_and_all_complete() {
     const WRITE: usize = 4 * MIB;
     for via_pipeline in [false, true] {
         let g = serve(via_pipeline, |s| s.max_in_flight_bytes(32 << 20));
-        let mut c = connect_with(g.addr, Some(64 << 10));
+        let mut c = connect_with(g.addr, Some(64 << 10), None);
         c.set_nodelay(true).unwrap();
         let mut writer = c.try_clone().unwrap();
         let sender = std::thread::spawn(move || {

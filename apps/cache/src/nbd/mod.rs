@@ -16,6 +16,6 @@ mod wire;
 
 pub use server::{
     NbdServer, NbdStats, DEFAULT_HANDSHAKE_DEADLINE, DEFAULT_IN_FLIGHT_BYTES,
-    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER,
 };
 pub use wire::RequestError;

@@ -16,6 +16,9 @@ use crate::error::CacheError;
 use crate::pipeline::{PathService, ReadBuf};
 
 mod handshake;
+mod per_peer;
+
+use per_peer::PerPeer;
 
 /// Connection-level counters of an [`NbdServer`].
 #[derive(Debug, Default)]
@@ -33,7 +36,8 @@ pub struct NbdStats {
     pub unknown_exports: AtomicU64,
     /// Connections closed because they chose no export within the handshake deadline.
     pub handshake_timeouts: AtomicU64,
-    /// Connections refused because the server already had its maximum.
+    /// Connections refused because the server already had its maximum, or their peer
+    /// address its own ([`NbdServer::max_connections_per_peer`]).
     pub refused_connections: AtomicU64,
     /// Times a connection's next request had to wait before it was taken because the
     /// requests in flight already held the connection's byte budget.
@@ -55,7 +59,15 @@ pub struct NbdServer {
     max_in_flight: usize,
     limits: Limits,
     connections: Arc<Semaphore>,
+    per_peer: Arc<PerPeer>,
+    /// When a handshake timeout was last reported (seconds since `UNIX_EPOCH`), and
+    /// how many went unreported since: a flood of silent connections is one line per
+    /// [`REPORT_EVERY`], not one per connection.
+    timeouts_reported: Arc<(AtomicU64, AtomicU64)>,
 }
+
+/// The least time between two reports of handshake timeouts on stderr.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// What one client may hold of the server (see the builder methods of [`NbdServer`]).
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +75,7 @@ pub(super) struct Limits {
     pub(super) handshake: Duration,
     pub(super) in_flight_bytes: u64,
     pub(super) connections: usize,
+    pub(super) per_peer: usize,
 }
 
 /// A client that connects must choose its export within this long.
@@ -72,6 +85,9 @@ pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 pub const DEFAULT_IN_FLIGHT_BYTES: u64 = 128 << 20;
 /// Connections served at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once from one peer address (a quarter of the total, so that
+/// one client cannot take every place).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
 
 impl std::fmt::Debug for NbdServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,8 +116,11 @@ impl NbdServer {
                 handshake: DEFAULT_HANDSHAKE_DEADLINE,
                 in_flight_bytes: DEFAULT_IN_FLIGHT_BYTES,
                 connections: DEFAULT_MAX_CONNECTIONS,
+                per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             },
             connections: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            per_peer: Arc::default(),
+            timeouts_reported: Arc::default(),
         }
     }
 
@@ -142,6 +161,17 @@ impl NbdServer {
         self
     }
 
+    /// The connections served at once from one peer (IP) address (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_PEER`], at least 1): one more from it is closed
+    /// at once and counted in [`NbdStats::refused_connections`], while other peers
+    /// are still served. A client that connects and goes quiet after its handshake
+    /// (an idle mount looks the same) holds its place; this bounds how many one peer
+    /// can hold.
+    pub fn max_connections_per_peer(mut self, n: usize) -> Self {
+        self.limits.per_peer = n.max(1);
+        self
+    }
+
     /// A server whose reads and writes go through the cache's request pipeline
     /// ([`pipeline::start`](crate::pipeline::start)) instead of calling the cache.
     pub fn with_pipeline(cache: Cache, path: PathService) -> Self {
@@ -161,8 +191,8 @@ impl NbdServer {
     /// never affects the others.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
         loop {
-            let sock = match listener.accept().await {
-                Ok((sock, _)) => sock,
+            let (sock, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 // Out of file descriptors, or a connection aborted while queued: the
                 // listener itself is fine; back off and keep accepting.
                 Err(e) => {
@@ -172,7 +202,9 @@ impl NbdServer {
                     continue;
                 }
             };
-            let Ok(slot) = self.connections.clone().try_acquire_owned() else {
+            let place = self.per_peer.try_take(peer.ip(), self.limits.per_peer);
+            let slot = self.connections.clone().try_acquire_owned();
+            let (Some(place), Ok(slot)) = (place, slot) else {
                 bump(
                     &self.stats.refused_connections,
                     "cache_nbd_refused_connections_total",
@@ -184,13 +216,41 @@ impl NbdServer {
             bump(&self.stats.connections, "cache_nbd_connections_total");
             let this = self.clone();
             tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(e) = this.connection(sock).await {
-                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                let _held = (slot, place);
+                match this.connection(sock).await {
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => this.report_timeout(&e),
+                    Err(e) if e.kind() != io::ErrorKind::UnexpectedEof => {
                         eprintln!("pipewright-cache: nbd connection ended: {e}");
                     }
+                    _ => {}
                 }
             });
+        }
+    }
+
+    /// Reports a handshake timeout on stderr, at most once per [`REPORT_EVERY`] with
+    /// the number of others since the last report (each is counted in
+    /// [`NbdStats::handshake_timeouts`]).
+    fn report_timeout(&self, e: &io::Error) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (last, unreported) = &*self.timeouts_reported;
+        let before = last.load(Ordering::Relaxed);
+        let due = before == 0 || now >= before + REPORT_EVERY.as_secs();
+        if due
+            && last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            match unreported.swap(0, Ordering::Relaxed) {
+                0 => eprintln!("pipewright-cache: nbd connection ended: {e}"),
+                n => eprintln!(
+                    "pipewright-cache: nbd connection ended: {e} (and {n} more since the last report)"
+                ),
+            }
+        } else {
+            unreported.fetch_add(1, Ordering::Relaxed);
         }
     }
 
