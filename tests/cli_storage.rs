@@ -373,6 +373,11 @@ fn cluster_json_names_nodes_and_peers_and_reports_its_stop() {
     assert_eq!(r.code, 0);
     let text = std::fs::read_to_string(&clients).unwrap();
     assert_eq!(std::fs::read_to_string(&again).unwrap(), text);
+    // Never over the nodes' file: that would lose the cluster key.
+    let r = storage(&peers, &["client-peers", "--out", peers.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("lose the cluster key"), "{}", r.stderr);
+    assert!(std::fs::read_to_string(&peers).unwrap().contains("key = "));
     assert!(
         text.contains("client_key") && !text.contains("\nkey"),
         "{text}"

@@ -112,17 +112,26 @@ fn echo(host: &Host, vf: usize, guest_ip: &str, remote_ip: &str) -> u64 {
         .unwrap();
     let mut back = vec![false; DATAGRAMS as usize];
     let mut buf = [0u8; 256];
+    // A data plane that forwards nothing fails after this many waits in a row, not
+    // after one per datagram.
+    let (mut unanswered, give_up) = (0, 10);
     for i in 0..DATAGRAMS {
         client.send(&i.to_le_bytes()).unwrap();
         // Read until datagram i's reply, counting (late) replies to earlier ones.
+        let mut answered = false;
         while let Ok(8) = client.recv(&mut buf) {
             let seq = u64::from_le_bytes(buf[..8].try_into().unwrap());
             if seq < DATAGRAMS {
                 back[seq as usize] = true;
             }
             if seq == i {
+                answered = true;
                 break;
             }
+        }
+        unanswered = if answered { 0 } else { unanswered + 1 };
+        if unanswered == give_up {
+            break;
         }
     }
     done.store(true, Ordering::Release);

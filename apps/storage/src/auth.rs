@@ -43,6 +43,11 @@
 //! let posing = SignedHello::client(&key.client_key(), &challenge, ClientId(1));
 //! let posing = SignedHello { hello: Hello::Peer { from: NodeId(2) }, ..posing };
 //! assert!(!posing.verify(&key, &challenge));
+//! // What a client's peers file holds: 64 hex digits, nothing else.
+//! use pipewright_storage::auth::ClientKey;
+//! let client_key = key.client_key();
+//! assert_eq!(ClientKey::from_hex(&client_key.to_hex()), Some(client_key));
+//! assert_eq!(ClientKey::from_hex(&"+f".repeat(32)), None);
 //! assert!(!hello.verify(&ClusterKey::development(), &challenge));
 //! assert!(!hello.verify(&key, &Challenge { node: NodeId(1), nonce: [8; 16] }), "bound to its nonce");
 //! assert!(!hello.verify(&key, &Challenge { node: NodeId(2), nonce: [7; 16] }), "and its node");
@@ -156,7 +161,7 @@ impl ClientKey {
     /// hex digits.
     pub fn from_hex(text: &str) -> Option<Self> {
         let text = text.trim();
-        if text.len() != 64 || !text.is_ascii() {
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut key = [0u8; 32];

@@ -255,6 +255,10 @@ impl Peers {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
+        // `mode` applies to a file it creates only: an existing file is narrowed too.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
         file.write_all(self.to_toml().as_bytes()).map_err(io)
     }
 

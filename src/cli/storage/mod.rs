@@ -254,6 +254,19 @@ pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
 fn client_peers(a: ClientPeersArgs) -> anyhow::Result<()> {
     let peers = Peers::load(&a.peers)?;
     peers.cluster_key()?;
+    let same = match (
+        std::fs::canonicalize(&a.peers),
+        std::fs::canonicalize(&a.out),
+    ) {
+        (Ok(from), Ok(to)) => from == to,
+        _ => false,
+    };
+    anyhow::ensure!(
+        !same,
+        "--out is the nodes' peers file {}: writing the clients' file there would lose the \
+         cluster key; give another path",
+        a.peers.display()
+    );
     peers.for_clients().save(&a.out)?;
     println!(
         "wrote {}: give it to the clients in place of {}",

@@ -24,7 +24,7 @@ impl Inner {
         want: u32,
     ) -> Result<u64, CacheError> {
         let inner = self.clone();
-        super::detached(async move {
+        super::detached(&self.background, async move {
             let _held = held;
             inner.evict_batch_now(want).await
         })
@@ -133,6 +133,10 @@ pub(super) async fn evictor(weak: Weak<Inner>) {
         }
         loop {
             let held = inner.evict_lock.clone().lock_owned().await;
+            if inner.is_closed() {
+                // `close` held the lock for its final flush: nothing evicts after it.
+                return;
+            }
             let free = inner.lock().free.len() as u32;
             if free >= inner.cfg.high_watermark {
                 break;

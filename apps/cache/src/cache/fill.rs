@@ -455,7 +455,11 @@ impl Inner {
             return Ok(());
         }
         let (inner, slots) = (self.clone(), slots.to_vec());
-        super::detached(async move { inner.retire_now(&slots).await }).await
+        super::detached(
+            &self.background,
+            async move { inner.retire_now(&slots).await },
+        )
+        .await
     }
 
     async fn retire_now(self: &Arc<Self>, slots: &[u32]) -> Result<(), CacheError> {

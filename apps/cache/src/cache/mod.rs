@@ -123,6 +123,10 @@ struct Inner {
     state: Mutex<State>,
     slot_locks: Vec<tokio::sync::Mutex<()>>,
     evict_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The runtime [`Cache::open`] ran on (the background tasks' runtime): eviction
+    /// and retirement run there as tasks of their own (see [`detached`]), not on the
+    /// caller's runtime, which may be a pipeline worker's that ends with the worker.
+    background: tokio::runtime::Handle,
     free_notify: Notify,
     evict_wanted: Arc<Notify>,
     /// Wakes the publisher of clean fills' metadata (see [`publisher`]).
@@ -192,13 +196,15 @@ async fn publisher(weak: std::sync::Weak<Inner>) {
     }
 }
 
-/// Runs `work` as a task of its own and waits for it: once started it runs to its end
-/// even if the caller's future is dropped (a request cancelled by its client), for
-/// work that must not stop half way (slots out of the index but not yet free).
+/// Runs `work` as a task of its own on `runtime` and waits for it: once started it runs
+/// to its end even if the caller's future is dropped (a request cancelled by its
+/// client, a pipeline worker that stops), for work that must not stop half way (slots
+/// out of the index but not yet free).
 async fn detached<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
     work: impl std::future::Future<Output = Result<T, CacheError>> + Send + 'static,
 ) -> Result<T, CacheError> {
-    match tokio::spawn(work).await {
+    match runtime.spawn(work).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(CacheError::Io(io::Error::other(format!(
@@ -407,6 +413,9 @@ impl Cache {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         inner.evict_wanted.notify_one();
         inner.publish_wanted.notify_one();
+        // An eviction still running (one a cancelled request started runs on) ends
+        // before the final flush and publish, and none starts after.
+        let _no_more_evictions = inner.evict_lock.clone().lock_owned().await;
         let deadline = inner.cfg.flush_deadline;
         match tokio::time::timeout(deadline, inner.flush_older_than(None)).await {
             Ok(flushed) => flushed?,

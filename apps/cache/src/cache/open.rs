@@ -191,6 +191,7 @@ impl Inner {
             backend,
             slot_locks,
             evict_lock: Arc::new(tokio::sync::Mutex::new(())),
+            background: tokio::runtime::Handle::current(),
             free_notify: Notify::new(),
             evict_wanted: Arc::new(Notify::new()),
             publish_wanted: Arc::new(Notify::new()),

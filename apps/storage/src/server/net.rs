@@ -136,13 +136,19 @@ async fn serve_connection(stream: TcpStream, ctx: Ctx, input: Input<Inbound>) {
 async fn deny(mut framed: Frames, ctx: &Ctx, hello: &Hello) {
     ctx.fx.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("storage_auth_failures_total").increment(1);
-    let who = match hello {
-        Hello::Peer { from } => format!("node {from}"),
-        Hello::Client { id } => format!("client {id}"),
+    let (who, fix) = match hello {
+        Hello::Peer { from } => (
+            format!("node {from}"),
+            "give it the same peers file (`key = ...`) as the other nodes",
+        ),
+        Hello::Client { id } => (
+            format!("client {id}"),
+            "give it the clients' peers file of this cluster, written by `pipewright storage \
+             client-peers` from the nodes' file (never the nodes' file itself)",
+        ),
     };
     let reason = format!(
-        "node {} refused {who}: its hello is not signed with this cluster's key; give it the \
-         same peers file (`key = ...`) as the nodes",
+        "node {} refused {who}: its hello is not signed with this cluster's key; {fix}",
         ctx.fx.id
     );
     let _ = tokio::time::timeout(
