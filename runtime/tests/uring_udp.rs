@@ -74,6 +74,29 @@ fn wait_for_room(seen: &AtomicU32, sent: u32, window: u32) -> bool {
     true
 }
 
+/// A thread sending datagrams `0..n` (datagram `i` of `len(i)` bytes) to `to` from a
+/// socket of its own, at most `window` ahead of what the receiver counted in
+/// `received`; it returns the socket's address.
+fn paced_sender(
+    to: std::net::SocketAddr,
+    n: u32,
+    window: u32,
+    received: &Arc<AtomicU32>,
+    len: fn(u32) -> usize,
+) -> std::thread::JoinHandle<std::net::SocketAddr> {
+    let received = received.clone();
+    std::thread::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..n {
+            if !wait_for_room(&received, i, window) {
+                break;
+            }
+            s.send_to(&payload(i, len(i)), to).unwrap();
+        }
+        s.local_addr().unwrap()
+    })
+}
+
 fn payload(i: u32, len: usize) -> Vec<u8> {
     let mut p = i.to_be_bytes().to_vec();
     p.extend((0..len.saturating_sub(4)).map(|k| (k as u32 ^ i) as u8));
@@ -93,19 +116,7 @@ fn multishot_receive_delivers_every_datagram_even_past_the_buffer_count() {
         let mut ring = loopback_ring(64);
         let to = ring.local_addr().unwrap();
         let received = Arc::new(AtomicU32::new(0));
-        let sender = std::thread::spawn({
-            let received = received.clone();
-            move || {
-                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-                for i in 0..N {
-                    if !wait_for_room(&received, i, WINDOW) {
-                        break;
-                    }
-                    s.send_to(&payload(i, 64 + (i as usize % 900)), to).unwrap();
-                }
-                s.local_addr().unwrap()
-            }
-        });
+        let sender = paced_sender(to, N, WINDOW, &received, |i| 64 + (i as usize % 900));
         let mut seen = HashSet::new();
         let mut from = None;
         while seen.len() < N as usize {
@@ -245,18 +256,7 @@ fn try_recv_burst_never_waits_and_delivers_what_has_arrived() {
         );
         let to = ring.local_addr().unwrap();
         let received = Arc::new(AtomicU32::new(0));
-        let sender = std::thread::spawn({
-            let received = received.clone();
-            move || {
-                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-                for i in 0..N {
-                    if !wait_for_room(&received, i, WINDOW) {
-                        break;
-                    }
-                    s.send_to(&payload(i, 100), to).unwrap();
-                }
-            }
-        });
+        let sender = paced_sender(to, N, WINDOW, &received, |_| 100);
         // Busy-poll, as a stage polling between other work does; past the 32
         // buffers the kernel ends the multishot receive and it is re-armed.
         let mut seen = HashSet::new();

@@ -103,45 +103,14 @@ fn serve_reads_and_writes(memory_bytes: u64, direct_hits: bool) {
             model[offset as usize..offset as usize + 700].copy_from_slice(&data);
             // The written block again: its bytes now, never a copy from before the write.
             let block = offset / 4096 * 4096;
-            let resp = svc
-                .ready()
-                .await
-                .unwrap()
-                .call(BlockRequest::Read {
-                    volume: disk,
-                    offset: block,
-                    len: 4096,
-                })
-                .await
-                .unwrap();
-            match resp.expect("read ok") {
-                PathResponse::Data(d) => {
-                    assert_eq!(d[..], model[block as usize..block as usize + 4096])
-                }
-                other => panic!("{other:?}"),
-            }
+            read_block_checked(&service, disk, block, &model).await;
         }
         // A block read twice in a row with nothing else in flight: the first read
         // fills its chunk (and verifies it), so the second is served from the same
         // slot; with direct hits on, in the caller's task (the concurrent rounds
         // above reach a resident, verified chunk only by chance).
-        let block = 999 * 4096;
         for _ in 0..2 {
-            let resp = service
-                .clone()
-                .oneshot(BlockRequest::Read {
-                    volume: disk,
-                    offset: block,
-                    len: 4096,
-                })
-                .await
-                .unwrap();
-            match resp.expect("read ok") {
-                PathResponse::Data(d) => {
-                    assert_eq!(d[..], model[block as usize..block as usize + 4096])
-                }
-                other => panic!("{other:?}"),
-            }
+            read_block_checked(&service, disk, 999 * 4096, &model).await;
         }
         // An out-of-range read: a typed error through the pipeline.
         let r = service
@@ -212,4 +181,28 @@ fn nowait_reads_work(dir: &std::path::Path) -> bool {
         ReadWriteFlags::NOWAIT,
     );
     matches!(read, Ok(4096))
+}
+
+/// Reads the 4 KiB block at `offset` through `service` and checks it against `model`.
+async fn read_block_checked(
+    service: &pipeline::PathService,
+    disk: pipewright_cache::VolumeId,
+    offset: u64,
+    model: &[u8],
+) {
+    let resp = service
+        .clone()
+        .oneshot(BlockRequest::Read {
+            volume: disk,
+            offset,
+            len: 4096,
+        })
+        .await
+        .unwrap();
+    match resp.expect("read ok") {
+        PathResponse::Data(d) => {
+            assert_eq!(d[..], model[offset as usize..offset as usize + 4096])
+        }
+        other => panic!("{other:?}"),
+    }
 }
