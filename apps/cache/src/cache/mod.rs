@@ -146,7 +146,11 @@ struct Inner {
 /// file of chunk slots. Cheap to clone (one shared engine).
 ///
 /// Background tasks (the flusher and the evictor) run on the tokio runtime that
-/// [`Cache::open`] was called on, until the last clone is dropped.
+/// [`Cache::open`] was called on, until the last clone is dropped, and so does every
+/// eviction, also one a request starts (so that a cancelled request cannot stop it
+/// half way): keep that runtime running while the cache is used, a multi-thread
+/// runtime or a current-thread one whose thread stays in `block_on`, as the pipeline's
+/// workers call into the cache from threads of their own.
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
