@@ -150,7 +150,9 @@ pub(super) fn resolve(a: PeersArg) -> anyhow::Result<()> {
                     (n, _) if n > 1 => "disagreement",
                     (_, true) => "in-doubt",
                     (1, false) => name(by.keys().next().expect("one")),
-                    _ => "unknown",
+                    // Settled, and every reachable node has forgotten it since (as the
+                    // text output says).
+                    _ => "settled-forgotten",
                 };
                 let by: serde_json::Map<String, serde_json::Value> = by
                     .iter()
