@@ -6,6 +6,32 @@ use std::time::Duration;
 
 use pipewright::{PipelineBuilder, Plan, Runtime, ServiceStage};
 
+/// Items `0..n` through `stage` (as stage "calls", on one worker): what came out,
+/// sorted, and how many items the stage counted dropped.
+fn serve<S>(stage: ServiceStage<S, u64>, n: u64) -> (Vec<u64>, u64)
+where
+    S: tower::Service<u64, Response = u64, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
+    let b = PipelineBuilder::new();
+    let (input, numbers) = b.input::<u64>("numbers");
+    let out = numbers.then_async("calls", stage).output("out");
+    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
+    let (mut tx, rx) = (
+        running.input(&input).unwrap(),
+        running.output(&out).unwrap(),
+    );
+    let collector = std::thread::spawn(move || rx.collect());
+    for x in 0..n {
+        tx.send(x).unwrap();
+    }
+    drop(tx);
+    let report = running.drain().unwrap();
+    let mut got: Vec<u64> = collector.join().unwrap();
+    got.sort_unstable();
+    (got, report.snapshot.stage("calls").unwrap().dropped_total())
+}
+
 /// A call that panics while it completes (polled in the stage's `progress`, after its
 /// burst was taken) costs that item, counted as a panic under the stage's name; the
 /// rest is delivered and the run ends.
@@ -16,27 +42,10 @@ fn a_call_that_panics_while_in_flight_is_counted_and_the_run_ends() {
         assert!(x % 10 != 3, "a multiple of ten plus three");
         Ok::<u64, Infallible>(x)
     });
-    let b = PipelineBuilder::new();
-    let (input, numbers) = b.input::<u64>("numbers");
-    let out = numbers
-        .then_async("calls", ServiceStage::new(service).window(32))
-        .output("out");
-    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
-    let (mut tx, rx) = (
-        running.input(&input).unwrap(),
-        running.output(&out).unwrap(),
-    );
-    let collector = std::thread::spawn(move || rx.collect());
-    for x in 0..200 {
-        tx.send(x).unwrap();
-    }
-    drop(tx);
-    let report = running.drain().unwrap();
-    let mut got: Vec<u64> = collector.join().unwrap();
-    got.sort_unstable();
+    let (got, dropped) = serve(ServiceStage::new(service).window(32), 200);
     let expected: Vec<u64> = (0..200).filter(|x| x % 10 != 3).collect();
     assert_eq!(got, expected);
-    assert_eq!(report.snapshot.stage("calls").unwrap().dropped_total(), 20);
+    assert_eq!(dropped, 20);
 }
 
 /// A service whose fifth readiness check panics.
@@ -68,23 +77,7 @@ impl tower::Service<u64> for PanicsOnFifthReady {
 /// one item lost and then serve it).
 #[test]
 fn a_readiness_check_that_panics_costs_exactly_its_item() {
-    let b = PipelineBuilder::new();
-    let (input, numbers) = b.input::<u64>("numbers");
-    let out = numbers
-        .then_async("calls", ServiceStage::new(PanicsOnFifthReady { polls: 0 }))
-        .output("out");
-    let mut running = Runtime::start(b.build().unwrap(), Plan::fused()).unwrap();
-    let (mut tx, rx) = (
-        running.input(&input).unwrap(),
-        running.output(&out).unwrap(),
-    );
-    let collector = std::thread::spawn(move || rx.collect());
-    tx.send_burst(&mut (0..50).collect()).unwrap();
-    drop(tx);
-    let report = running.drain().unwrap();
-    let mut got: Vec<u64> = collector.join().unwrap();
-    got.sort_unstable();
-    let dropped = report.snapshot.stage("calls").unwrap().dropped_total();
+    let (got, dropped) = serve(ServiceStage::new(PanicsOnFifthReady { polls: 0 }), 50);
     assert_eq!(dropped, 1);
     assert_eq!(got.len() as u64 + dropped, 50, "delivered {got:?}");
     // The fifth check was for the fifth item.

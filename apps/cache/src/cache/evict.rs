@@ -36,7 +36,8 @@ impl Inner {
         // nothing a reader can find).
         let unretired = std::mem::take(&mut self.lock().unretired);
         if !unretired.is_empty() {
-            self.retire(&unretired).await?;
+            // Already a task of its own (see `evict_batch`): no second one.
+            self.retire_now(&unretired).await?;
             return Ok(unretired.len() as u64);
         }
         let victims: Vec<(ChunkKey, u32)> = {
@@ -107,7 +108,7 @@ impl Inner {
             "cache_eviction_batches_total",
             1,
         );
-        self.retire(&freed).await?;
+        self.retire_now(&freed).await?;
         drop(guards);
         Ok(n)
     }

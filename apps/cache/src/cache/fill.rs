@@ -462,7 +462,9 @@ impl Inner {
         .await
     }
 
-    async fn retire_now(self: &Arc<Self>, slots: &[u32]) -> Result<(), CacheError> {
+    /// [`retire`](Self::retire)'s work, for a caller that already runs as a task of
+    /// its own.
+    pub(super) async fn retire_now(self: &Arc<Self>, slots: &[u32]) -> Result<(), CacheError> {
         let (records, next) = {
             let mut st = self.lock();
             let mut records = Vec::with_capacity(slots.len());
